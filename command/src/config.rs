@@ -1,0 +1,46 @@
+//! Command service configuration: every field is a flag and an env var.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Parser;
+use common::config::{parse_duration, HorizonConfig, KafkaConfig, TelemetryConfig};
+use common::kafka::ProducerTuning;
+
+/// Accepts analytics events over HTTP and appends them durably to the events topic.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command", version)]
+pub struct Config {
+    /// Address of the HTTP API (`POST /analytics`, `/health`, `/ready`, `/metrics`).
+    #[arg(long, env = "COMMAND_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Requests being processed at once; beyond it POST answers 503 with Retry-After.
+    #[arg(long, env = "COMMAND_MAX_IN_FLIGHT", default_value = "16384")]
+    pub max_in_flight: NonZeroU32,
+    /// How long the producer batches before sending (adds to POST latency).
+    #[arg(long, env = "COMMAND_LINGER", default_value = "1ms", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// A POST whose event is not acknowledged by the broker within this time answers 503.
+    #[arg(long, env = "COMMAND_DELIVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+    /// Events the producer queue may hold; when full, POST answers 503 at once.
+    #[arg(long, env = "COMMAND_QUEUE_MAX_MESSAGES", default_value = "100000")]
+    pub queue_max_messages: NonZeroU32,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub horizon: HorizonConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    pub fn producer_tuning(&self) -> ProducerTuning {
+        ProducerTuning {
+            linger: self.linger,
+            delivery_timeout: self.delivery_timeout,
+            queue_max_messages: self.queue_max_messages.get(),
+        }
+    }
+}

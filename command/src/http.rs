@@ -1,0 +1,105 @@
+//! The HTTP edge of the command service: routing, and the one place where
+//! outcomes become status codes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::analytics::request::parse_post;
+use common::analytics::{ClickEvent, RejectReason};
+use common::http::{self, Body, OpsRoutes};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use crate::metrics as m;
+use crate::publisher::{EventPublisher, PublishError};
+
+/// Everything a request needs; cheap to clone into each connection.
+#[derive(Clone)]
+pub struct CommandApp {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub publisher: EventPublisher,
+    pub horizon: common::analytics::Horizon,
+    pub clock: fn() -> i64,
+    pub in_flight: Semaphore,
+    pub max_in_flight: usize,
+    pub ops: OpsRoutes,
+    /// Cancelled when the producer hits a fatal error: the process restarts.
+    pub fatal: tokio_util::sync::CancellationToken,
+}
+
+/// The outcome of one `POST /analytics`.
+#[derive(Debug)]
+enum Outcome {
+    Accepted,
+    Rejected(RejectReason),
+    Unavailable(PublishError),
+    Overloaded,
+}
+
+impl CommandApp {
+    /// Routes one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (route, resp) = match req.uri().path() {
+            "/analytics" if req.method() == Method::POST => ("/analytics", self.post(req.uri().query()).await),
+            "/analytics" => ("/analytics", http::method_not_allowed("POST")),
+            path => match self.inner.ops.handle(req.method(), path).await {
+                Some(r) => ("ops", r),
+                None => ("other", http::error(StatusCode::NOT_FOUND, "not found; POST /analytics records an event")),
+            },
+        };
+        http::record_request("command", route, resp.status(), started);
+        resp
+    }
+
+    async fn post(&self, query: Option<&str>) -> Response<Body> {
+        let outcome = self.accept(query).await;
+        match outcome {
+            Outcome::Accepted => {
+                metrics::counter!(m::EVENTS_ACCEPTED).increment(1);
+                http::no_content()
+            }
+            Outcome::Rejected(reason) => {
+                metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.label()).increment(1);
+                let status =
+                    if reason.is_outside_horizon() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+                http::error(status, reason)
+            }
+            Outcome::Unavailable(e) => {
+                metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => e.label()).increment(1);
+                tracing::warn!(error = %e, "event not accepted");
+                if e.is_fatal() {
+                    self.inner.fatal.cancel();
+                }
+                http::unavailable(format!("event not recorded: {e}; retry later"), 1)
+            }
+            Outcome::Overloaded => {
+                metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded").increment(1);
+                http::unavailable("event not recorded: too many requests in flight; retry later", 1)
+            }
+        }
+    }
+
+    async fn accept(&self, query: Option<&str>) -> Outcome {
+        let req = match parse_post(query) {
+            Ok(r) => r,
+            Err(reason) => return Outcome::Rejected(reason),
+        };
+        let now = (self.inner.clock)();
+        if let Err(reason) = self.inner.horizon.check(req.timestamp_ms, now) {
+            return Outcome::Rejected(reason);
+        }
+        let Ok(_permit) = self.inner.in_flight.try_acquire() else {
+            return Outcome::Overloaded;
+        };
+        let event = ClickEvent { timestamp_ms: req.timestamp_ms, user: req.user, kind: req.kind, accepted_at_ms: now };
+        match self.inner.publisher.publish(&event).await {
+            Ok(()) => Outcome::Accepted,
+            Err(e) => Outcome::Unavailable(e),
+        }
+    }
+}

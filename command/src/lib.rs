@@ -1,0 +1,108 @@
+//! The command service: the write side of the pipeline.
+//!
+//! `POST /analytics` → validate (pure core in `common::analytics`) → append to
+//! the events topic (idempotent, `acks=all`) → 204 once the broker has it.
+//! Downstream, the processor turns events into hourly aggregates.
+//!
+//! - [`config`]: flags and environment.
+//! - `http`: routing and the mapping of outcomes to status codes.
+//! - `publisher`: the Kafka adapter.
+
+pub mod config;
+mod http;
+pub mod metrics;
+mod publisher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::http::{OpsRoutes, ServerLimits};
+use common::shutdown::CancellationToken;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use crate::config::Config;
+pub use crate::http::CommandApp;
+use crate::publisher::EventPublisher;
+
+/// Builds the app: creates the topics if configured, connects the producer.
+///
+/// # Errors
+/// When the broker cannot be reached for topic creation or the producer cannot be built.
+pub async fn build(cfg: &Config, metrics: metrics_exporter_prometheus::PrometheusHandle, clock: fn() -> i64) -> anyhow::Result<CommandApp> {
+    if cfg.kafka.create_topics {
+        common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    }
+    let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning()).context("creating the producer")?;
+    let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {
+        let weak = weak.clone();
+        let ready: common::http::ReadyCheck = Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => inner.publisher.check_broker(Duration::from_secs(2)).await,
+                    None => Err("shutting down".into()),
+                }
+            })
+        });
+        http::Inner {
+            publisher,
+            horizon: cfg.horizon.horizon(),
+            clock,
+            in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
+            max_in_flight: cfg.max_in_flight.get() as usize,
+            ops: OpsRoutes { service: "command", metrics, ready },
+            fatal: CancellationToken::new(),
+        }
+    });
+    Ok(CommandApp { inner })
+}
+
+/// Serves until `token` is cancelled, then drains requests and flushes the producer.
+///
+/// # Errors
+/// When the producer hit a fatal error (the process should restart) or could not flush.
+pub async fn run(app: CommandApp, listener: TcpListener, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+    let fatal = app.inner.fatal.clone();
+    let stop = token.child_token();
+    let watcher = {
+        let (stop, fatal, app) = (stop.clone(), fatal.clone(), app.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = fatal.cancelled() => { stop.cancel(); break; }
+                    _ = tick.tick() => {
+                        ::metrics::gauge!(crate::metrics::PRODUCER_QUEUE).set(app.inner.publisher.queue_len() as f64);
+                        let busy = app.inner.in_flight_capacity_used();
+                        ::metrics::gauge!(crate::metrics::IN_FLIGHT).set(busy as f64);
+                    }
+                }
+            }
+        })
+    };
+    let handler_app = app.clone();
+    let handler = move |req| {
+        let app = handler_app.clone();
+        async move { app.handle(req).await }
+    };
+    tracing::info!(addr = %listener.local_addr()?, "command service listening");
+    common::http::serve(listener, handler, ServerLimits::default(), stop.clone(), drain).await;
+    stop.cancel();
+    let _ = watcher.await;
+    app.inner.publisher.flush(drain).context("flushing the producer")?;
+    if fatal.is_cancelled() {
+        anyhow::bail!("the producer hit a fatal error");
+    }
+    tracing::info!("command service stopped");
+    Ok(())
+}
+
+impl http::Inner {
+    fn in_flight_capacity_used(&self) -> usize {
+        // Semaphore permits are handed out per request; the gauge shows how many are taken.
+        self.max_in_flight.saturating_sub(self.in_flight.available_permits())
+    }
+}

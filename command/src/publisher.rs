@@ -1,0 +1,106 @@
+//! The events-topic adapter: encodes an event and waits for the broker's ack.
+
+use std::time::{Duration, Instant};
+
+use common::analytics::ClickEvent;
+use common::config::KafkaConfig;
+use common::kafka::{self, ProducerTuning};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::metrics as m;
+
+/// Why an event could not be made durable. Never the client's fault: the
+/// client may retry after `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("the broker did not acknowledge the event in time")]
+    Timeout,
+    #[error("the broker refused the event: {0}")]
+    Broker(KafkaError),
+}
+
+impl PublishError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PublishError::QueueFull => "queue_full",
+            PublishError::Timeout => "timeout",
+            PublishError::Broker(_) => "broker",
+        }
+    }
+
+    /// A fatal producer error (fencing, idempotence broken): the process must restart.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, PublishError::Broker(e) if kafka::is_fatal(e))
+    }
+}
+
+/// Appends events to the events topic, keyed by user.
+pub struct EventPublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl EventPublisher {
+    /// # Errors
+    /// When librdkafka rejects the configuration.
+    pub fn new(kafka_cfg: &KafkaConfig, tuning: ProducerTuning) -> Result<Self, KafkaError> {
+        let producer = kafka::producer_config(kafka_cfg, "command", tuning).create()?;
+        Ok(EventPublisher { producer, topic: kafka_cfg.events_topic.clone() })
+    }
+
+    /// Sends one event and returns once it is acknowledged by all in-sync replicas.
+    ///
+    /// The key is the user id: with `murmur2_random` one user's events always
+    /// land in one partition, which is what keeps per-partition user sets disjoint.
+    ///
+    /// # Errors
+    /// [`PublishError`]; the event is then not recorded as far as the client knows.
+    pub async fn publish(&self, event: &ClickEvent) -> Result<(), PublishError> {
+        let payload = common::avro::encode_event(event);
+        let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
+        let started = Instant::now();
+        // A zero queue timeout: a full queue is overload, answered at once with 503.
+        let result = self.producer.send(record, Timeout::After(Duration::ZERO)).await;
+        metrics::histogram!(m::PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+                Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout,
+                _ => PublishError::Broker(e),
+            }),
+        }
+    }
+
+    /// Messages waiting in the local producer queue.
+    pub fn queue_len(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Readiness: the broker answers a metadata request for the events topic.
+    pub async fn check_broker(&self, limit: Duration) -> Result<(), String> {
+        let topic = self.topic.clone();
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), limit)
+                .map_err(|e| format!("broker: {e}"))
+                .and_then(|md| match md.topics().first() {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                    _ => Err(format!("broker: topic {topic} not available")),
+                })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Sends everything still queued; part of graceful shutdown.
+    pub fn flush(&self, limit: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(limit)
+    }
+}

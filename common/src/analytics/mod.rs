@@ -1,0 +1,22 @@
+//! The hourly web-analytics workload: its pure, I/O-free domain.
+//!
+//! Everything here is deterministic and free of tokio, rdkafka, redis and
+//! postgres, so the same rules run in the command (validation), the processor
+//! (bucketing and aggregation) and the query (hour selection), and property
+//! tests can exercise them directly.
+//!
+//! - [`time`]: event time and the UTC hour it falls into.
+//! - [`event`]: the validated event and the reasons an event is rejected.
+//! - [`request`]: strict parsing of the HTTP query strings of both APIs.
+//! - [`user_set`]: the compact exact set of hashed user ids.
+//! - [`bucket`]: per-(hour, partition) state and the absolute aggregates it yields.
+
+pub mod bucket;
+pub mod event;
+pub mod request;
+pub mod time;
+pub mod user_set;
+
+pub use bucket::{HourBucket, HourCounts, PartitionWindow};
+pub use event::{ClickEvent, EventKind, Horizon, RejectReason, UserId};
+pub use time::{EpochMillis, HourStart};

@@ -1,0 +1,144 @@
+//! Configuration sections shared by the services.
+//!
+//! Each service has one `Config` (clap derive) that `#[command(flatten)]`s the
+//! sections it needs from here. Every field is a flag and an environment
+//! variable, so `--help` documents all of them. Raw values become checked
+//! types (`Duration`, `NonZeroU32`) while parsing, so a bad value fails at
+//! startup with a readable message.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::analytics::Horizon;
+
+/// The Kafka-protocol broker and the topics of the pipeline.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic of accepted events (key: user id).
+    #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
+    pub events_topic: String,
+    /// Partitions of the events topic when the service creates it. Bounds processor parallelism;
+    /// never change it on an existing topic (users would move between partitions).
+    #[arg(long, env = "EVENTS_PARTITIONS", default_value = "4")]
+    pub events_partitions: NonZeroU32,
+    /// Topic of hourly aggregates (key: `<hour_start_ms>:<partition>`, compacted).
+    #[arg(long, env = "AGGREGATES_TOPIC", default_value = "analytics.hourly-aggregates")]
+    pub aggregates_topic: String,
+    /// Partitions of the aggregates topic when the service creates it. Bounds materializer parallelism.
+    #[arg(long, env = "AGGREGATES_PARTITIONS", default_value = "4")]
+    pub aggregates_partitions: NonZeroU32,
+    /// Create missing topics at startup.
+    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value = "true", action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+    /// Consumer group session timeout: how long a dead member keeps its partitions.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+}
+
+/// Redis, the hot read model.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL.
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub url: String,
+    /// Prefix of every key this deployment writes (`<prefix>:hour:<hour_start_ms>`).
+    #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
+    pub key_prefix: String,
+    /// Lifetime of an hour's copy in Redis, refreshed on every write.
+    #[arg(long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// PostgreSQL: history, and the processor's state store.
+#[derive(Debug, Clone, Args)]
+pub struct PgConfig {
+    /// PostgreSQL connection URL.
+    #[arg(long = "pg-url", env = "PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub url: String,
+    /// Schema holding the tables (created and migrated at startup).
+    #[arg(long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
+    pub schema: String,
+    /// Connections in the pool.
+    #[arg(long = "pg-pool-size", env = "PG_POOL_SIZE", default_value = "8")]
+    pub pool_size: NonZeroU32,
+    /// Time limit of one PostgreSQL statement or connection attempt.
+    #[arg(long = "pg-timeout", env = "PG_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The accepted window of event times.
+#[derive(Debug, Clone, Args)]
+pub struct HorizonConfig {
+    /// How far back an event may be (late events within it update their hour).
+    #[arg(long = "horizon-past", env = "HORIZON_PAST", default_value = "7d", value_parser = parse_duration)]
+    pub past: Duration,
+    /// How far into the future an event may be (client clock skew).
+    #[arg(long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
+    pub future: Duration,
+}
+
+impl HorizonConfig {
+    pub fn horizon(&self) -> Horizon {
+        Horizon { past: self.past, future: self.future }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line (for containers and log shippers).
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Log line format; the level filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Time limit for a graceful shutdown after SIGTERM / SIGINT.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d` (or a bare number of seconds).
+///
+/// # Errors
+/// A readable message for clap when the value has no known unit or overflows.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{raw}` is not a duration like 250ms, 30s, 5m, 2h or 7d"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => return Err(format!("unknown duration unit `{other}` in `{raw}` (use ms, s, m, h or d)")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("duration `{raw}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

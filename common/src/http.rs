@@ -1,0 +1,191 @@
+//! The HTTP plumbing every service shares: a hyper 1 accept loop with limits
+//! and graceful shutdown, response helpers, and the operational routes
+//! (`/health`, `/ready`, `/metrics`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub type Body = Full<Bytes>;
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Time a client has to send a complete request head (slow-client defence).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line plus headers) in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { header_read_timeout: Duration::from_secs(5), max_header_bytes: 16 * 1024 }
+    }
+}
+
+/// Serves `handler` on `listener` until `token` is cancelled, then stops
+/// accepting and waits (at most `drain`) for in-flight requests to finish.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: ServerLimits, token: CancellationToken, drain: Duration)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let token = token.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// Binds a listener, with a readable error.
+///
+/// # Errors
+/// When the address is taken or not allowed.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+/// A `text/plain` response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A one-line plain-text error: the reason, then a newline.
+pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
+    text(status, format!("{reason}\n"))
+}
+
+/// 503 with `Retry-After` (seconds): overload or a dependency down, never a silent drop.
+pub fn unavailable(reason: impl std::fmt::Display, retry_after_secs: u32) -> Response<Body> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
+}
+
+/// 405 with the `Allow` header.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}"));
+    r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+pub fn no_content() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// A readiness check: true when every dependency of the service answers.
+pub type ReadyCheck = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The operational routes shared by all services.
+#[derive(Clone)]
+pub struct OpsRoutes {
+    pub service: &'static str,
+    pub metrics: PrometheusHandle,
+    pub ready: ReadyCheck,
+}
+
+impl OpsRoutes {
+    /// Answers `/health`, `/ready` and `/metrics`; `None` for any other path.
+    pub async fn handle(&self, method: &Method, path: &str) -> Option<Response<Body>> {
+        let route = match path {
+            "/health" | "/ready" | "/metrics" => path,
+            _ => return None,
+        };
+        if method != Method::GET && method != Method::HEAD {
+            return Some(method_not_allowed("GET"));
+        }
+        Some(match route {
+            "/health" => text(StatusCode::OK, "ok\n"),
+            "/ready" => match (self.ready)().await {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(reason) => unavailable(format!("not ready: {reason}"), 1),
+            },
+            _ => {
+                let mut r = text(StatusCode::OK, self.metrics.render());
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+        })
+    }
+}
+
+/// Records the standard request metrics (`route` is a fixed label, never the raw path).
+pub fn record_request(service: &'static str, route: &'static str, status: StatusCode, started: Instant) {
+    let status = status.as_u16().to_string();
+    metrics::counter!("analytics_http_requests_total", "service" => service, "route" => route, "status" => status)
+        .increment(1);
+    metrics::histogram!("analytics_http_request_duration_seconds", "service" => service, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Serves only the operational routes (the processor and materializer have no other HTTP API).
+pub async fn serve_ops(listener: TcpListener, ops: OpsRoutes, token: CancellationToken) {
+    let handler = move |req: Request<Incoming>| {
+        let ops = ops.clone();
+        async move {
+            let started = Instant::now();
+            let resp = match ops.handle(req.method(), req.uri().path()).await {
+                Some(r) => r,
+                None => error(StatusCode::NOT_FOUND, "not found; this service serves /health, /ready and /metrics"),
+            };
+            record_request(ops.service, "ops", resp.status(), started);
+            resp
+        }
+    };
+    serve(listener, handler, ServerLimits::default(), token, Duration::from_secs(1)).await;
+}

@@ -1,0 +1,167 @@
+//! Kafka clients, configured once for every service.
+//!
+//! Producers are idempotent with `acks=all` and the `murmur2_random`
+//! partitioner (the Java client's default, so keys land on the same partition
+//! whichever client writes them). Consumers never auto-commit: each service
+//! commits only after its own output is durable.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use crate::config::KafkaConfig;
+
+/// Producer settings that bound how long a request can wait for the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerTuning {
+    /// How long the producer may batch before sending.
+    pub linger: Duration,
+    /// Give up on a message (and fail its request) after this long.
+    pub delivery_timeout: Duration,
+    /// Messages the local queue may hold before `send` fails with QueueFull.
+    pub queue_max_messages: u32,
+}
+
+/// An idempotent, `acks=all` producer configuration.
+pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTuning) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", tuning.linger.as_millis().to_string())
+        .set("message.timeout.ms", tuning.delivery_timeout.as_millis().max(1).to_string())
+        .set("queue.buffering.max.messages", tuning.queue_max_messages.to_string())
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+/// A consumer-group member configuration with manual commits.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
+    let session_ms = kafka.session_timeout.as_millis().max(1000);
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", group_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 3).to_string())
+        // A lower poll interval makes a new group's first join quick on brokers that wait for it.
+        .set("max.poll.interval.ms", (session_ms + 4000).max(10_000).to_string())
+        // Freshness: do not let an idle fetch sit for the default 500 ms.
+        .set("fetch.wait.max.ms", "10")
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+/// The topics this deployment uses, with their partition counts and configs.
+pub fn topic_specs(kafka: &KafkaConfig) -> Vec<(String, u32, Vec<(&'static str, &'static str)>)> {
+    vec![
+        (kafka.events_topic.clone(), kafka.events_partitions.get(), vec![("cleanup.policy", "delete")]),
+        (kafka.aggregates_topic.clone(), kafka.aggregates_partitions.get(), vec![("cleanup.policy", "compact")]),
+    ]
+}
+
+/// Creates the pipeline's topics if they do not exist. Idempotent.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses a creation for another reason.
+pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create()?;
+    let specs = topic_specs(kafka);
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|(name, partitions, configs)| {
+            configs.iter().fold(
+                NewTopic::new(name, *partitions as i32, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                tracing::error!(topic = name, ?code, "could not create topic");
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// True for errors after which a producer must not be used again.
+///
+/// Fencing is treated as fatal even where librdkafka reports it as
+/// retriable: a fenced producer is a zombie.
+pub fn is_fatal(err: &KafkaError) -> bool {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fatal)
+        | Some(RDKafkaErrorCode::ProducerFenced)
+        | Some(RDKafkaErrorCode::InvalidProducerEpoch)
+        | Some(RDKafkaErrorCode::InvalidProducerIdMapping) => true,
+        _ => false,
+    }
+}
+
+/// A partition assignment change, seen from the consumer's poll loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// A consumer context that logs rebalances and forwards them to the consuming loop.
+///
+/// The callbacks run inside `poll`, before any message of the new assignment
+/// is returned, so a loop that drains the channel before handling each message
+/// always sees the change first.
+pub struct RebalanceNotifier {
+    tx: mpsc::UnboundedSender<RebalanceEvent>,
+}
+
+impl RebalanceNotifier {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<RebalanceEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (RebalanceNotifier { tx }, rx)
+    }
+}
+
+fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ClientContext for RebalanceNotifier {}
+
+impl ConsumerContext for RebalanceNotifier {
+    fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions_of(tpl);
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            let _ = self.tx.send(RebalanceEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions_of(tpl);
+                tracing::info!(partitions = ?parts, "partitions assigned");
+                let _ = self.tx.send(RebalanceEvent::Assigned(parts));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Shared foundation of the analytics platform.
+//!
+//! ```text
+//! command ──events──▶ processor ──hourly aggregates──▶ materializer ──▶ Redis + PostgreSQL ◀── query
+//! ```
+//!
+//! - [`analytics`]: the pure domain of the hourly workload (time buckets,
+//!   validation, the exact user set, aggregation). No I/O.
+//! - [`avro`]: the records on the topics, single-object encoded.
+//! - [`config`], [`telemetry`], [`shutdown`], [`http`]: written once, used by every service.
+//! - [`kafka`], [`pg`], [`store`]: the adapters to the broker, PostgreSQL and the read model.
+
+pub mod analytics;
+pub mod avro;
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod pg;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+/// Milliseconds since the epoch by the system clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,54 @@
+//! Process-wide shutdown: one [`CancellationToken`], cancelled on SIGINT or
+//! SIGTERM (or when a critical task fails). Every loop selects on it.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+pub fn on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = t.cancelled() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// Spawns a named task on `tracker`. If it fails, the whole process shuts down
+/// (the token is cancelled) instead of limping on without it.
+pub fn spawn_critical<F>(tracker: &TaskTracker, token: &CancellationToken, name: &'static str, fut: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let token = token.clone();
+    tracker.spawn(async move {
+        match fut.await {
+            Ok(()) => tracing::debug!(task = name, "task finished"),
+            Err(e) => {
+                tracing::error!(task = name, error = format!("{e:#}"), "task failed; shutting down");
+                token.cancel();
+            }
+        }
+    });
+}
+
+/// Waits for the tracked tasks after cancellation, at most `limit`.
+///
+/// # Errors
+/// When the tasks did not finish in time.
+pub async fn drain(tracker: TaskTracker, limit: Duration) -> anyhow::Result<()> {
+    tracker.close();
+    tokio::time::timeout(limit, tracker.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("tasks still running {limit:?} after shutdown began"))
+}

@@ -1,0 +1,24 @@
+//! The read model of the hourly workload: per-hour totals in PostgreSQL (the
+//! record, kept for ever) and their copy in Redis (the hot cache, with a TTL).
+//!
+//! The materializer writes both, PostgreSQL first; the query service reads
+//! Redis, then PostgreSQL, and writes back what it found. Every Redis write
+//! carries the PostgreSQL row's `version` and only a newer version replaces an
+//! older one, so writers racing each other never move the cache backwards.
+
+pub mod cache;
+pub mod hours;
+
+use crate::analytics::HourCounts;
+
+/// The totals of one hour with the version that orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourTotals {
+    pub counts: HourCounts,
+    /// Grows by one on every change of the hour in PostgreSQL; 0 means "no data yet".
+    pub version: i64,
+}
+
+impl HourTotals {
+    pub const EMPTY: HourTotals = HourTotals { counts: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
+}

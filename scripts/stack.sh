@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The local stack, natively: dependencies, the Kafka-protocol broker and the four services.
+#
+#   scripts/stack.sh deps          install/start what is missing (Redis, PostgreSQL, the broker binary)
+#   scripts/stack.sh broker-up     start the broker if it is not running
+#   scripts/stack.sh broker-down   stop the broker this script started
+#   scripts/stack.sh up            deps + release build + broker + services, wait until ready
+#   scripts/stack.sh down          stop everything `up` started, by PID
+#   scripts/stack.sh status        what is running
+#
+# Everything runtime lives under $RUN_DIR (default ./run): logs, PID files, broker data.
+# Idempotent: running `up` twice is harmless.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${RUN_DIR:-$ROOT/run}"
+BROKER_PORT="${BROKER_PORT:-9092}"
+TANSU_VERSION="0.6.0"
+COMMAND_PORT="${COMMAND_PORT:-8081}"
+QUERY_PORT="${QUERY_PORT:-8082}"
+PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
+MATERIALIZER_PORT="${MATERIALIZER_PORT:-9102}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# True if the PID file names a live process.
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # wait_for <what> <seconds> <command...>
+  local what=$1 limit=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@"; do
+    ((SECONDS < deadline)) || die "$what not ready after ${limit}s"
+    sleep 0.2
+  done
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || die "need $* but apt-get is not available"
+  log "installing $* from Debian packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then return; fi
+  command -v redis-server >/dev/null || apt_install redis-server redis-tools
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/analytics.log
+  wait_for "Redis" 20 bash -c 'redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG'
+}
+
+ensure_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  local version
+  version="$(ls /etc/postgresql | sort -V | tail -1)"
+  log "starting PostgreSQL $version"
+  # Trust auth on loopback, as on the CI machines.
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  wait_for "PostgreSQL" 30 pg_isready -q -h 127.0.0.1 -p 5432
+}
+
+ensure_broker_binary() {
+  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
+  log "building the Tansu broker $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"
+  cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+}
+
+deps() {
+  ensure_redis
+  ensure_postgres
+  ensure_broker_binary
+}
+
+broker_up() {
+  mkdir -p "$RUN_DIR/broker"
+  if alive "$RUN_DIR/broker.pid"; then return; fi
+  if port_open "$BROKER_PORT"; then
+    log "a broker already answers on :$BROKER_PORT (not started by us); using it"
+    return
+  fi
+  ensure_broker_binary
+  log "starting the broker on :$BROKER_PORT (data: $RUN_DIR/broker/tansu.db)"
+  # Tansu mangles absolute sqlite paths: run it inside its data folder with a relative one.
+  (cd "$RUN_DIR/broker" && exec nohup tansu broker \
+      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --storage-engine "sqlite://tansu.db" \
+      >>"$RUN_DIR/broker.log" 2>&1) &
+  echo $! >"$RUN_DIR/broker.pid"
+  wait_for "broker" 30 port_open "$BROKER_PORT"
+}
+
+stop_pid() { # stop_pid <name> <pidfile>
+  local pidfile=$2
+  if alive "$pidfile"; then
+    local pid; pid="$(cat "$pidfile")"
+    log "stopping $1 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then log "$1 did not stop in 15s; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$pidfile"
+}
+
+broker_down() { stop_pid broker "$RUN_DIR/broker.pid"; }
+
+SERVICES=(command processor materializer query)
+
+service_args() {
+  case $1 in
+    command) echo "--listen 0.0.0.0:$COMMAND_PORT" ;;
+    query) echo "--listen 0.0.0.0:$QUERY_PORT" ;;
+    processor) echo "--ops-listen 0.0.0.0:$PROCESSOR_PORT" ;;
+    materializer) echo "--ops-listen 0.0.0.0:$MATERIALIZER_PORT" ;;
+  esac
+}
+
+service_port() {
+  case $1 in
+    command) echo "$COMMAND_PORT" ;; query) echo "$QUERY_PORT" ;;
+    processor) echo "$PROCESSOR_PORT" ;; materializer) echo "$MATERIALIZER_PORT" ;;
+  esac
+}
+
+ready() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/ready"; }
+
+up() {
+  deps
+  command -v curl >/dev/null || apt_install curl
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release --bins --quiet)
+  broker_up
+  export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$BROKER_PORT}"
+  for s in "${SERVICES[@]}"; do
+    if alive "$RUN_DIR/$s.pid"; then log "$s already running (pid $(cat "$RUN_DIR/$s.pid"))"; continue; fi
+    # shellcheck disable=SC2046
+    nohup "$ROOT/target/release/$s" $(service_args "$s") >>"$RUN_DIR/$s.log" 2>&1 &
+    echo $! >"$RUN_DIR/$s.pid"
+    log "started $s (pid $!, log $RUN_DIR/$s.log)"
+  done
+  for s in "${SERVICES[@]}"; do
+    wait_for "$s (see $RUN_DIR/$s.log)" 60 ready "$(service_port "$s")"
+    log "$s ready on :$(service_port "$s")"
+  done
+  cat <<MSG
+
+The stack is up. Try:
+
+  curl -i -X POST "http://localhost:$COMMAND_PORT/analytics?timestamp=\$(date +%s000)&user=alice&click"
+  curl "http://localhost:$QUERY_PORT/analytics?timestamp=\$(date +%s000)"
+
+Logs and PID files: $RUN_DIR   Stop with: make down
+MSG
+}
+
+down() {
+  for s in query command materializer processor; do stop_pid "$s" "$RUN_DIR/$s.pid"; done
+  broker_down
+}
+
+status() {
+  for s in broker "${SERVICES[@]}"; do
+    if alive "$RUN_DIR/$s.pid"; then echo "$s: running (pid $(cat "$RUN_DIR/$s.pid"))"; else echo "$s: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  broker-up) broker_up ;;
+  broker-down) broker_down ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: $0 deps|broker-up|broker-down|up|down|status" ;;
+esac
