@@ -44,3 +44,15 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_defaults_parse() {
+        Config::command().debug_assert();
+        Config::try_parse_from(["bin"]).expect("defaults are valid");
+    }
+}

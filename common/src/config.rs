@@ -17,7 +17,7 @@ use crate::analytics::Horizon;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(id = "kafka_brokers", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// Topic of accepted events (key: user id).
     #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
@@ -44,13 +44,13 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
     /// Redis URL.
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
     /// Prefix of every key this deployment writes (`<prefix>:hour:<hour_start_ms>`).
-    #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
+    #[arg(id = "redis_key_prefix", long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
     pub key_prefix: String,
     /// Lifetime of an hour's copy in Redis, refreshed on every write.
-    #[arg(long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
+    #[arg(id = "redis_ttl", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
     pub ttl: Duration,
 }
 
@@ -58,16 +58,16 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Args)]
 pub struct PgConfig {
     /// PostgreSQL connection URL.
-    #[arg(long = "pg-url", env = "PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(id = "pg_url", long = "pg-url", env = "PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub url: String,
     /// Schema holding the tables (created and migrated at startup).
-    #[arg(long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
+    #[arg(id = "pg_schema", long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
     pub schema: String,
     /// Connections in the pool.
-    #[arg(long = "pg-pool-size", env = "PG_POOL_SIZE", default_value = "8")]
+    #[arg(id = "pg_pool_size", long = "pg-pool-size", env = "PG_POOL_SIZE", default_value = "8")]
     pub pool_size: NonZeroU32,
     /// Time limit of one PostgreSQL statement or connection attempt.
-    #[arg(long = "pg-timeout", env = "PG_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(id = "pg_timeout", long = "pg-timeout", env = "PG_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -75,10 +75,10 @@ pub struct PgConfig {
 #[derive(Debug, Clone, Args)]
 pub struct HorizonConfig {
     /// How far back an event may be (late events within it update their hour).
-    #[arg(long = "horizon-past", env = "HORIZON_PAST", default_value = "7d", value_parser = parse_duration)]
+    #[arg(id = "horizon_past", long = "horizon-past", env = "HORIZON_PAST", default_value = "7d", value_parser = parse_duration)]
     pub past: Duration,
     /// How far into the future an event may be (client clock skew).
-    #[arg(long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
+    #[arg(id = "horizon_future", long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
     pub future: Duration,
 }
 

@@ -52,3 +52,21 @@ pub async fn drain(tracker: TaskTracker, limit: Duration) -> anyhow::Result<()> 
         .await
         .map_err(|_| anyhow::anyhow!("tasks still running {limit:?} after shutdown began"))
 }
+
+/// Runs a service future; once `token` is cancelled it has at most `limit` to finish.
+///
+/// # Errors
+/// The service's own error, or a timeout error if it did not stop in time.
+pub async fn bounded<F>(service: F, token: CancellationToken, limit: Duration) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    tokio::pin!(service);
+    tokio::select! {
+        r = &mut service => r,
+        _ = token.cancelled() => match tokio::time::timeout(limit, &mut service).await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("did not stop within {limit:?} of the shutdown signal"),
+        },
+    }
+}

@@ -16,7 +16,7 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Initialises logging (RUST_LOG filter, default `info`) and the metrics
 /// recorder. Safe to call more than once (tests): later calls reuse the first.
 pub fn init(service: &'static str, cfg: &TelemetryConfig) -> PrometheusHandle {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let _ = match cfg.log_format {
         LogFormat::Human => fmt().with_env_filter(filter).with_target(false).try_init(),
         LogFormat::Json => fmt().json().with_env_filter(filter).with_current_span(false).try_init(),

@@ -1,1 +1,57 @@
+//! The query service: the read side of the pipeline.
+//!
+//! `GET /analytics?timestamp=<ms>` → the UTC hour of the timestamp → Redis
+//! (hot copy written by the materializer) → on a miss PostgreSQL, written back
+//! to Redis → on a miss in both, zeros.
+//!
+//! - [`config`]: flags and environment.
+//! - `http`: routing and status codes.
+//! - `reader`: the Redis / PostgreSQL read path.
 
+pub mod config;
+mod http;
+pub mod metrics;
+mod reader;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::http::{OpsRoutes, ServerLimits};
+use common::shutdown::CancellationToken;
+use common::store::cache::HourCache;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+pub use crate::config::Config;
+pub use crate::http::QueryApp;
+use crate::reader::HourReader;
+
+/// Connects to Redis and PostgreSQL (migrating it).
+///
+/// # Errors
+/// When either cannot be reached at startup.
+pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
+    let pool = common::pg::pool(&cfg.pg)?;
+    common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
+    let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
+    let reader = HourReader::new(cache, pool);
+    let ready_reader = reader.clone();
+    let ready: common::http::ReadyCheck = Arc::new(move || {
+        let r = ready_reader.clone();
+        Box::pin(async move { r.ready().await })
+    });
+    Ok(QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready } })
+}
+
+/// Serves until `token` is cancelled, then drains in-flight requests.
+pub async fn run(app: QueryApp, listener: TcpListener, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "query service listening");
+    let handler = move |req| {
+        let app = app.clone();
+        async move { app.handle(req).await }
+    };
+    common::http::serve(listener, handler, ServerLimits::default(), token, drain).await;
+    tracing::info!("query service stopped");
+    Ok(())
+}

@@ -1,1 +1,12 @@
-fn main() {}
+use clap::Parser;
+use query::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    let metrics = common::telemetry::init("query", &cfg.telemetry);
+    let token = common::shutdown::on_signals();
+    let app = query::build(&cfg, metrics).await?;
+    let listener = common::http::bind(cfg.listen).await?;
+    query::run(app, listener, token, cfg.telemetry.shutdown_timeout).await
+}

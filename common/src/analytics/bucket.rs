@@ -189,6 +189,12 @@ impl PartitionWindow {
         Ok(())
     }
 
+    /// Moves past a record that carries no event (undecodable bytes), so a
+    /// replay skips it the same way.
+    pub fn skip(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset + 1);
+    }
+
     /// Counts of every open hour.
     pub fn counts(&self) -> impl Iterator<Item = (HourStart, HourCounts)> + '_ {
         self.hours.iter().map(|(h, b)| (*h, b.counts()))

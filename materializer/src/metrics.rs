@@ -1,0 +1,14 @@
+//! Metric names of the materializer, in one place.
+
+pub const AGGREGATES_CONSUMED: &str = "analytics_materializer_aggregates_consumed_total";
+/// Label `reason`: `undecodable`.
+pub const AGGREGATES_SKIPPED: &str = "analytics_materializer_aggregates_skipped_total";
+pub const BATCHES: &str = "analytics_materializer_batches_total";
+pub const BATCH_SIZE: &str = "analytics_materializer_batch_aggregates";
+/// Label `sink`: `postgres`, `redis`.
+pub const SINK_ERRORS: &str = "analytics_materializer_sink_errors_total";
+/// Label `sink`: `postgres`, `redis`.
+pub const SINK_DURATION: &str = "analytics_materializer_sink_duration_seconds";
+pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
+/// Event accepted by the command → its hour's totals visible in Redis.
+pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";

@@ -1,0 +1,55 @@
+//! Processor configuration: every field is a flag and an env var.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use common::config::{parse_duration, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig};
+
+/// Turns events into exact hourly aggregates, per events-topic partition.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "processor", version)]
+pub struct Config {
+    /// Address of `/health`, `/ready` and `/metrics`.
+    #[arg(long, env = "PROCESSOR_OPS_LISTEN", default_value = "0.0.0.0:9101")]
+    pub ops_listen: SocketAddr,
+    /// Consumer group of the processor instances.
+    #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
+    pub group_id: String,
+    /// How often changed hours are checkpointed and emitted (bounds freshness).
+    #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Extra time past the horizon before an hour's state is dropped (absorbs clock skew between command instances).
+    #[arg(long, env = "PROCESSOR_CLOSE_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub close_grace: Duration,
+    /// An emitted aggregate not acknowledged within this time stops the processor (it restarts and re-emits).
+    #[arg(long, env = "PROCESSOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub pg: PgConfig,
+    #[command(flatten)]
+    pub horizon: HorizonConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    /// How long after its end an hour stays open, measured on the partition's watermark.
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from((self.horizon.past + self.close_grace).as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_defaults_parse() {
+        Config::command().debug_assert();
+        Config::try_parse_from(["bin"]).expect("defaults are valid");
+    }
+}

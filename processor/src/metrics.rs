@@ -1,0 +1,18 @@
+//! Metric names of the processor, in one place.
+
+pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
+/// Label `reason`: `replayed`, `closed_hour`, `undecodable`.
+pub const EVENTS_SKIPPED: &str = "analytics_processor_events_skipped_total";
+pub const AGGREGATES_EMITTED: &str = "analytics_processor_aggregates_emitted_total";
+pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";
+/// Label `outcome`: `fenced`, `error`.
+pub const CHECKPOINT_FAILURES: &str = "analytics_processor_checkpoint_failures_total";
+pub const CHECKPOINT_DURATION: &str = "analytics_processor_checkpoint_duration_seconds";
+pub const RESTORES: &str = "analytics_processor_restores_total";
+pub const RESTORE_DURATION: &str = "analytics_processor_restore_duration_seconds";
+pub const OWNED_PARTITIONS: &str = "analytics_processor_owned_partitions";
+pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
+pub const STATE_BYTES: &str = "analytics_processor_state_bytes";
+pub const STATE_USER_HOURS: &str = "analytics_processor_state_user_hours";
+/// Label `partition`: high watermark minus the next offset to apply.
+pub const CONSUMER_LAG: &str = "analytics_processor_consumer_lag_messages";

@@ -1,0 +1,290 @@
+//! The processor loop: consume events, apply them to per-partition windows,
+//! and every checkpoint interval commit state, emit aggregates, commit offsets.
+//!
+//! Order per checkpoint, which is what makes the output exact:
+//! 1. the window's changes and its `next_offset` go to PostgreSQL in one
+//!    transaction, under the partition's fencing epoch;
+//! 2. the changed hours' absolute counts go to the aggregates topic, tagged
+//!    with that `next_offset`;
+//! 3. the consumer offset is committed to the broker (only a hint: on claim
+//!    the position always comes from the state store).
+//!
+//! A crash anywhere replays from the state store's offset and recomputes the
+//! same values (the window is a pure function of the log prefix), and the
+//! sinks keep the highest offset per (hour, partition).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::analytics::bucket::{Observation, Skipped};
+use common::analytics::{HourStart, PartitionWindow};
+use common::avro::{decode_event, HourAggregate};
+use common::kafka::{consumer_config, RebalanceEvent, RebalanceNotifier};
+use common::shutdown::CancellationToken;
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::emitter::AggregateEmitter;
+use crate::metrics as m;
+use crate::state_store::{StateStore, StoreError};
+use crate::Config;
+
+/// One partition this instance currently owns.
+struct Owned {
+    epoch: i64,
+    window: PartitionWindow,
+    chunks: HashMap<HourStart, u32>,
+}
+
+pub struct Processor {
+    consumer: Arc<StreamConsumer<RebalanceNotifier>>,
+    rebalances: UnboundedReceiver<RebalanceEvent>,
+    store: StateStore,
+    emitter: AggregateEmitter,
+    topic: String,
+    retention_ms: i64,
+    checkpoint_interval: Duration,
+    owned: HashMap<i32, Owned>,
+    /// Events applied since the last metrics flush (recorded per batch, not per event).
+    applied: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Processor {
+    /// Joins the consumer group.
+    ///
+    /// # Errors
+    /// When the consumer or producer cannot be created.
+    pub fn new(cfg: &Config, store: StateStore) -> Result<Self, ProcessorError> {
+        let (ctx, rebalances) = RebalanceNotifier::new();
+        let consumer: StreamConsumer<RebalanceNotifier> =
+            consumer_config(&cfg.kafka, &cfg.group_id, "processor").create_with_context(ctx)?;
+        consumer.subscribe(&[&cfg.kafka.events_topic])?;
+        Ok(Processor {
+            consumer: Arc::new(consumer),
+            rebalances,
+            store,
+            emitter: AggregateEmitter::new(&cfg.kafka, cfg.delivery_timeout)?,
+            topic: cfg.kafka.events_topic.clone(),
+            retention_ms: cfg.retention_ms(),
+            checkpoint_interval: cfg.checkpoint_interval,
+            owned: HashMap::new(),
+            applied: 0,
+        })
+    }
+
+    /// Runs until `token` is cancelled, then checkpoints what it holds.
+    ///
+    /// # Errors
+    /// Kafka delivery failures of aggregates and unrecoverable seek failures; the process should restart.
+    pub async fn run(mut self, token: CancellationToken) -> Result<(), ProcessorError> {
+        let mut tick = tokio::time::interval(self.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            self.handle_rebalances().await?;
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                _ = tick.tick() => self.checkpoint_all().await?,
+                _ = gauges.tick() => self.record_gauges(),
+                msg = async { self.consumer.stream().next().await } => match msg {
+                    Some(Ok(msg)) => {
+                        let (partition, offset) = (msg.partition(), msg.offset());
+                        let payload = msg.payload().map(<[u8]>::to_vec);
+                        drop(msg);
+                        self.handle(partition, offset, payload.as_deref()).await?;
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("processor stopping: final checkpoint");
+        self.checkpoint_all().await?;
+        self.emitter.flush(Duration::from_secs(5))?;
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    async fn handle_rebalances(&mut self) -> Result<(), ProcessorError> {
+        while let Ok(ev) = self.rebalances.try_recv() {
+            if let RebalanceEvent::Revoked(parts) = ev {
+                // Persist what we have before letting go; harmless if already fenced.
+                for p in parts {
+                    if let Some(mut owned) = self.owned.remove(&p) {
+                        if let Err(e) = self.checkpoint_one(p, &mut owned).await {
+                            tracing::info!(partition = p, error = %e, "final checkpoint of a revoked partition failed");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(partition, offset))]
+    async fn handle(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) -> Result<(), ProcessorError> {
+        if !self.owned.contains_key(&partition) {
+            self.claim(partition).await?;
+            let next = self.owned[&partition].window.next_offset();
+            if offset > next {
+                // Our position is past the stored state (we were fenced and reclaimed): go back.
+                tracing::info!(partition, from = offset, to = next, "seeking back to the stored position");
+                self.consumer.seek(&self.topic, partition, Offset::Offset(next), Duration::from_secs(10))?;
+                return Ok(());
+            }
+        }
+        let owned = self.owned.get_mut(&partition).expect("claimed above");
+        let obs = match payload.map(decode_event) {
+            Some(Ok(event)) => Observation::from(&event),
+            other => {
+                if offset >= owned.window.next_offset() {
+                    tracing::warn!(partition, offset, error = ?other.and_then(Result::err), "skipping an undecodable event");
+                    metrics::counter!(m::EVENTS_SKIPPED, "reason" => "undecodable").increment(1);
+                    owned.window.skip(offset);
+                }
+                return Ok(());
+            }
+        };
+        match owned.window.apply(offset, obs) {
+            Ok(()) => self.applied += 1,
+            Err(Skipped::AlreadyApplied) => metrics::counter!(m::EVENTS_SKIPPED, "reason" => "replayed").increment(1),
+            Err(Skipped::ClosedHour) => {
+                tracing::warn!(partition, offset, hour = %obs.hour, "event for a closed hour not counted");
+                metrics::counter!(m::EVENTS_SKIPPED, "reason" => "closed_hour").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims a partition from the state store and re-emits every restored hour
+    /// (a previous owner may have crashed between its checkpoint and its emit).
+    async fn claim(&mut self, partition: i32) -> Result<(), ProcessorError> {
+        let started = Instant::now();
+        let claimed = loop {
+            match self.store.claim(partition, self.retention_ms).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "claiming partition state failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let window = claimed.window;
+        let aggs = aggregates(partition, &window, window.counts().map(|(h, _)| h));
+        self.emitter.emit(&aggs).await?;
+        tracing::info!(
+            partition,
+            epoch = claimed.epoch,
+            next_offset = window.next_offset(),
+            open_hours = window.open_hours(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "claimed partition"
+        );
+        metrics::counter!(m::RESTORES).increment(1);
+        metrics::histogram!(m::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
+        self.owned.insert(partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks });
+        Ok(())
+    }
+
+    async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
+        if self.applied > 0 {
+            metrics::counter!(m::EVENTS_APPLIED).increment(std::mem::take(&mut self.applied));
+        }
+        let mut commits = TopicPartitionList::new();
+        let partitions: Vec<i32> = self.owned.keys().copied().collect();
+        for p in partitions {
+            let mut owned = self.owned.remove(&p).expect("key listed above");
+            match self.checkpoint_one(p, &mut owned).await {
+                Ok(Some(next)) => {
+                    commits.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
+                    self.owned.insert(p, owned);
+                }
+                Ok(None) => {
+                    self.owned.insert(p, owned);
+                }
+                Err(ProcessorError::Store(StoreError::Fenced(_))) => {
+                    tracing::warn!(partition = p, "fenced: another instance owns this partition now; dropping its state");
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "fenced").increment(1);
+                }
+                Err(ProcessorError::Store(e)) => {
+                    // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
+                    tracing::warn!(partition = p, error = %e, "checkpoint failed; will retry");
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "error").increment(1);
+                    self.owned.insert(p, owned);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if commits.count() > 0 {
+            if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit failed (a hint only)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints one partition; returns the committed position if anything changed.
+    async fn checkpoint_one(&self, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
+        owned.window.evict_closed();
+        if !owned.window.has_changes() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let cp = owned.window.checkpoint();
+        self.store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
+        owned.window.mark_checkpointed();
+        let aggs = aggregates(partition, &owned.window, cp.changed.iter().map(|c| c.hour));
+        self.emitter.emit(&aggs).await?;
+        metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
+        metrics::counter!(m::CHECKPOINTS).increment(1);
+        metrics::histogram!(m::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(Some(cp.next_offset))
+    }
+
+    fn record_gauges(&self) {
+        let windows = || self.owned.values().map(|o| &o.window);
+        metrics::gauge!(m::OWNED_PARTITIONS).set(self.owned.len() as f64);
+        metrics::gauge!(m::OPEN_HOURS).set(windows().map(|w| w.open_hours()).sum::<usize>() as f64);
+        metrics::gauge!(m::STATE_BYTES).set(windows().map(|w| w.heap_bytes()).sum::<usize>() as f64);
+        metrics::gauge!(m::STATE_USER_HOURS).set(windows().map(|w| w.user_hours()).sum::<u64>() as f64);
+        // Asking the broker for high watermarks blocks: do it off the loop.
+        let positions: Vec<(i32, i64)> = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            for (p, next) in positions {
+                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                    metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set((high - next).max(0) as f64);
+                }
+            }
+        });
+    }
+}
+
+/// The absolute aggregates of `hours` as of the window's position.
+fn aggregates(partition: i32, window: &PartitionWindow, hours: impl Iterator<Item = HourStart>) -> Vec<HourAggregate> {
+    let counts: HashMap<HourStart, _> = window.counts().collect();
+    hours
+        .filter_map(|h| counts.get(&h).map(|c| (h, *c)))
+        .map(|(hour, counts)| HourAggregate {
+            hour,
+            partition,
+            counts,
+            input_offset: window.next_offset(),
+            watermark_ms: window.watermark_ms(),
+        })
+        .collect()
+}

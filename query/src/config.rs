@@ -1,0 +1,33 @@
+//! Query service configuration: every field is a flag and an env var.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use common::config::{PgConfig, RedisConfig, TelemetryConfig};
+
+/// Answers hourly analytics from Redis, falling back to PostgreSQL.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query", version)]
+pub struct Config {
+    /// Address of the HTTP API (`GET /analytics`, `/health`, `/ready`, `/metrics`).
+    #[arg(long, env = "QUERY_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub pg: PgConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_defaults_parse() {
+        Config::command().debug_assert();
+        Config::try_parse_from(["bin"]).expect("defaults are valid");
+    }
+}

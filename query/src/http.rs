@@ -1,0 +1,53 @@
+//! The HTTP edge of the query service: routing and status codes.
+
+use std::time::Instant;
+
+use common::analytics::request::parse_get;
+use common::analytics::HourStart;
+use common::http::{self, Body, OpsRoutes};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::metrics as m;
+use crate::reader::HourReader;
+
+#[derive(Clone)]
+pub struct QueryApp {
+    pub(crate) reader: HourReader,
+    pub(crate) ops: OpsRoutes,
+}
+
+impl QueryApp {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (route, resp) = match req.uri().path() {
+            "/analytics" if req.method() == Method::GET || req.method() == Method::HEAD => {
+                ("/analytics", self.get(req.uri().query()).await)
+            }
+            "/analytics" => ("/analytics", http::method_not_allowed("GET")),
+            path => match self.ops.handle(req.method(), path).await {
+                Some(r) => ("ops", r),
+                None => ("other", http::error(StatusCode::NOT_FOUND, "not found; GET /analytics?timestamp=<ms> answers")),
+            },
+        };
+        http::record_request("query", route, resp.status(), started);
+        resp
+    }
+
+    async fn get(&self, query: Option<&str>) -> Response<Body> {
+        let ts = match parse_get(query) {
+            Ok(ts) => ts,
+            Err(reason) => {
+                metrics::counter!(m::REJECTED, "reason" => reason.label()).increment(1);
+                return http::error(StatusCode::BAD_REQUEST, reason);
+            }
+        };
+        match self.reader.read(HourStart::of(ts)).await {
+            Ok(counts) => http::text(StatusCode::OK, counts.to_csv()),
+            Err(e) => {
+                tracing::warn!(error = %e, "query failed");
+                http::unavailable(format!("{e}; retry later"), 5)
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Metric names of the query service, in one place.
+
+/// Label `source`: `redis`, `postgres`, `empty` (no data anywhere: zeros).
+pub const READS: &str = "analytics_query_reads_total";
+/// Label `store`: `redis`, `postgres`.
+pub const STORE_ERRORS: &str = "analytics_query_store_errors_total";
+/// Label `store`: `redis`, `postgres`.
+pub const STORE_DURATION: &str = "analytics_query_store_duration_seconds";
+/// Label `reason`: see `RejectReason::label`.
+pub const REJECTED: &str = "analytics_query_requests_rejected_total";

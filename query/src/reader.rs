@@ -1,0 +1,78 @@
+//! Reads an hour: Redis, then PostgreSQL (writing the answer back to Redis), then zeros.
+
+use std::time::Instant;
+
+use common::analytics::{HourCounts, HourStart};
+use common::pg::PgError;
+use common::store::cache::HourCache;
+use common::store::{hours, HourTotals};
+use deadpool_postgres::Pool;
+
+use crate::metrics as m;
+
+/// The hour could not be answered: Redis missed and PostgreSQL is unavailable.
+#[derive(Debug, thiserror::Error)]
+#[error("history store unavailable: {0}")]
+pub struct ReadError(#[from] PgError);
+
+#[derive(Clone)]
+pub struct HourReader {
+    cache: HourCache,
+    pool: Pool,
+}
+
+impl HourReader {
+    pub fn new(cache: HourCache, pool: Pool) -> Self {
+        HourReader { cache, pool }
+    }
+
+    /// The counts of `hour`.
+    ///
+    /// # Errors
+    /// [`ReadError`] only when Redis has no copy and PostgreSQL cannot answer.
+    pub async fn read(&self, hour: HourStart) -> Result<HourCounts, ReadError> {
+        let started = Instant::now();
+        match self.cache.get(hour).await {
+            Ok(Some(t)) => {
+                metrics::histogram!(m::STORE_DURATION, "store" => "redis").record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::READS, "source" => "redis").increment(1);
+                return Ok(t.counts);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Degraded, not down: PostgreSQL has the same answer.
+                tracing::warn!(error = %e, "redis read failed; falling back to postgres");
+                metrics::counter!(m::STORE_ERRORS, "store" => "redis").increment(1);
+            }
+        }
+        let started = Instant::now();
+        let found = async {
+            let client = self.pool.get().await?;
+            hours::read_hour(&client, hour).await
+        }
+        .await
+        .inspect_err(|_| metrics::counter!(m::STORE_ERRORS, "store" => "postgres").increment(1))?;
+        metrics::histogram!(m::STORE_DURATION, "store" => "postgres").record(started.elapsed().as_secs_f64());
+        let (totals, source) = match found {
+            Some(t) => (t, "postgres"),
+            None => (HourTotals::EMPTY, "empty"),
+        };
+        metrics::counter!(m::READS, "source" => source).increment(1);
+        // Write back under the version guard: never overwrites a newer copy.
+        if let Err(e) = self.cache.put_if_newer(&[(hour, totals)]).await {
+            tracing::debug!(error = %e, "redis write-back failed");
+        }
+        Ok(totals.counts)
+    }
+
+    pub async fn ready(&self) -> Result<(), String> {
+        let limit = std::time::Duration::from_secs(2);
+        if !self.cache.ping(limit).await {
+            return Err("redis unreachable".into());
+        }
+        if !common::pg::ping(&self.pool, limit).await {
+            return Err("postgres unreachable".into());
+        }
+        Ok(())
+    }
+}
