@@ -70,3 +70,31 @@ pub async fn drop_schema(pg: &PgConfig) {
         let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema)).await;
     }
 }
+
+/// A raw HTTP/1.1 exchange on a fresh connection (`Connection: close`): the
+/// status code and body. Raw on purpose: tests send bytes a client library
+/// would refuse to produce.
+pub async fn http_raw(addr: std::net::SocketAddr, request_head: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request_head.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `METHOD path_and_query` with an empty body; see [`http_raw`].
+pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    http_raw(addr, &format!("{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+        .await
+}
+
+/// Deletes every Redis key under a prefix (cleanup).
+pub async fn clear_redis_prefix(redis: &RedisConfig) {
+    if let Ok(cache) = crate::store::cache::HourCache::connect(redis).await {
+        let _ = cache.clear().await;
+    }
+}

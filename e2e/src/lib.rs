@@ -1,1 +1,328 @@
-//! Test-only crate; see tests/.
+//! A test harness that runs the four service binaries as real processes
+//! against the real broker, Redis and PostgreSQL, each test with its own
+//! topics, schema and key prefix, and cleans up after itself.
+//!
+//! The binaries are taken from the cargo target directory next to the test
+//! executable (`make test` builds them first), or from `ANALYTICS_BIN_DIR`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::analytics::{HourCounts, HourStart};
+use common::config::{KafkaConfig, PgConfig, RedisConfig};
+use common::test_util::{self, http};
+
+/// One of the four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Command,
+    Processor,
+    Materializer,
+    Query,
+}
+
+impl Service {
+    fn bin(self) -> &'static str {
+        match self {
+            Service::Command => "command",
+            Service::Processor => "processor",
+            Service::Materializer => "materializer",
+            Service::Query => "query",
+        }
+    }
+
+    fn listen_flag(self) -> &'static str {
+        match self {
+            Service::Command | Service::Query => "--listen",
+            Service::Processor | Service::Materializer => "--ops-listen",
+        }
+    }
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// An isolated deployment of the pipeline.
+pub struct Stack {
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub pg: PgConfig,
+    logs: PathBuf,
+    procs: HashMap<String, Running>,
+    extra_env: Vec<(String, String)>,
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ANALYTICS_BIN_DIR") {
+        return dir.into();
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(|p| p.parent()).expect("target/<profile>").to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+impl Stack {
+    pub fn new() -> Self {
+        let suffix = test_util::unique_suffix();
+        let (kafka, redis, pg) = test_util::isolated(&suffix);
+        let logs = bin_dir().join("e2e-logs").join(&suffix);
+        std::fs::create_dir_all(&logs).expect("creating the log folder");
+        Stack { kafka, redis, pg, logs, procs: HashMap::new(), extra_env: Vec::new() }
+    }
+
+    /// Adds an environment variable for every service started afterwards.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    /// Starts an instance named `name` (e.g. `processor-2`) and waits until it is ready.
+    pub async fn start(&mut self, name: &str, service: Service) -> SocketAddr {
+        let path = bin_dir().join(service.bin());
+        assert!(path.exists(), "{} is missing: build the binaries first (cargo build --bins)", path.display());
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("socket address");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .expect("opening a log file");
+        let mut cmd = Command::new(&path);
+        cmd.arg(service.listen_flag())
+            .arg(addr.to_string())
+            .env("KAFKA_BROKERS", &self.kafka.brokers)
+            .env("EVENTS_TOPIC", &self.kafka.events_topic)
+            .env("EVENTS_PARTITIONS", self.kafka.events_partitions.to_string())
+            .env("AGGREGATES_TOPIC", &self.kafka.aggregates_topic)
+            .env("AGGREGATES_PARTITIONS", self.kafka.aggregates_partitions.to_string())
+            .env("PROCESSOR_GROUP", format!("processor-{}", self.pg.schema))
+            .env("MATERIALIZER_GROUP", format!("materializer-{}", self.pg.schema))
+            .env("REDIS_URL", &self.redis.url)
+            .env("REDIS_KEY_PREFIX", &self.redis.key_prefix)
+            .env("PG_URL", &self.pg.url)
+            .env("PG_SCHEMA", &self.pg.schema)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("cloning a file handle")))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning a service");
+        self.procs.insert(name.to_owned(), Running { child, addr });
+        self.wait_ready(name).await;
+        addr
+    }
+
+    async fn wait_ready(&mut self, name: &str) {
+        let addr = self.procs[name].addr;
+        let logs = self.logs.clone();
+        for _ in 0..300 {
+            if let Ok((200, _)) = http(addr, "GET", "/ready").await {
+                return;
+            }
+            if let Some(status) = self.procs.get_mut(name).and_then(|r| r.child.try_wait().ok().flatten()) {
+                panic!("{name} exited with {status} before it was ready; see {}", logs.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{name} not ready after 30 s; see {}", logs.display());
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.procs[name].addr
+    }
+
+    /// SIGKILL: the process gets no chance to flush or commit anything.
+    pub fn kill9(&mut self, name: &str) {
+        let mut r = self.procs.remove(name).expect("a running instance");
+        r.child.kill().expect("sending SIGKILL");
+        let _ = r.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit success and how long it took.
+    pub fn terminate(&mut self, name: &str) -> (bool, Duration) {
+        let mut r = self.procs.remove(name).expect("a running instance");
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill").arg("-TERM").arg(r.child.id().to_string()).status();
+        let status = r.child.wait().expect("waiting for the process");
+        (status.success(), started.elapsed())
+    }
+
+    /// Starts one instance of each service under its plain name.
+    pub async fn start_all(&mut self) {
+        self.start("command", Service::Command).await;
+        self.start("processor", Service::Processor).await;
+        self.start("materializer", Service::Materializer).await;
+        self.start("query", Service::Query).await;
+    }
+
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.logs
+    }
+
+    /// Deletes the stack's Redis keys (as a `FLUSHALL` would, but only ours).
+    pub async fn flush_redis(&self) {
+        test_util::clear_redis_prefix(&self.redis).await;
+    }
+
+    /// Stops everything and removes topics, schema and keys.
+    pub async fn cleanup(mut self) {
+        for (_, mut r) in self.procs.drain() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        test_util::drop_schema(&self.pg).await;
+        test_util::clear_redis_prefix(&self.redis).await;
+        // Topics are left in place: Tansu 0.6 panics (and stops serving) when a
+        // fetch races a topic deletion, and a few idle test topics cost nothing.
+    }
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, r) in self.procs.iter_mut() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+}
+
+/// The event kinds, as the API spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Click,
+    Impression,
+}
+
+/// One event to post.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub timestamp_ms: i64,
+    pub user: String,
+    pub kind: Kind,
+}
+
+impl Event {
+    pub fn path(&self) -> String {
+        let kind = match self.kind {
+            Kind::Click => "click",
+            Kind::Impression => "impression",
+        };
+        format!("/analytics?timestamp={}&user={}&{kind}", self.timestamp_ms, self.user)
+    }
+}
+
+/// The exact expected counts of a set of accepted events.
+#[derive(Debug, Default, Clone)]
+pub struct Expected {
+    hours: BTreeMap<HourStart, (HashSet<String>, u64, u64)>,
+}
+
+impl Expected {
+    pub fn add(&mut self, e: &Event) {
+        let h = self.hours.entry(HourStart::of(e.timestamp_ms)).or_default();
+        h.0.insert(e.user.clone());
+        match e.kind {
+            Kind::Click => h.1 += 1,
+            Kind::Impression => h.2 += 1,
+        }
+    }
+
+    pub fn hours(&self) -> Vec<(HourStart, HourCounts)> {
+        self.hours
+            .iter()
+            .map(|(h, (u, c, i))| (*h, HourCounts { unique_users: u.len() as u64, clicks: *c, impressions: *i }))
+            .collect()
+    }
+}
+
+/// A deterministic mixed workload: `n` events over `hours` (a few late ones,
+/// both hour edges included), users from a pool of `users`.
+pub fn workload(n: usize, users: usize, hours: &[HourStart], seed: u64) -> Vec<Event> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut events: Vec<Event> = (0..n)
+        .map(|i| {
+            let hour = hours[i % hours.len()];
+            let offset = rng.random_range(0..3_600_000);
+            Event {
+                timestamp_ms: hour.start_ms() + offset,
+                user: format!("user-{}", rng.random_range(0..users)),
+                kind: if rng.random_bool(0.3) { Kind::Click } else { Kind::Impression },
+            }
+        })
+        .collect();
+    // The exact edges of each hour.
+    for (j, h) in hours.iter().enumerate() {
+        events.push(Event { timestamp_ms: h.start_ms(), user: format!("edge-start-{j}"), kind: Kind::Click });
+        events.push(Event { timestamp_ms: h.last_ms(), user: format!("edge-end-{j}"), kind: Kind::Impression });
+    }
+    events
+}
+
+/// Posts events with `concurrency` connections; every one must get 204.
+pub async fn post_all(addr: SocketAddr, events: &[Event], concurrency: usize) {
+    use futures::StreamExt;
+    let results: Vec<(usize, u16, String)> = futures::stream::iter(events.iter().enumerate())
+        .map(|(i, e)| async move {
+            let (status, body) = http(addr, "POST", &e.path()).await.unwrap_or((0, "connection failed".into()));
+            (i, status, body)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for (i, status, body) in results {
+        assert_eq!(status, 204, "event {i} ({:?}) got {status}: {body}", events[i]);
+    }
+}
+
+/// The parsed answer of `GET /analytics`.
+pub async fn get_counts(addr: SocketAddr, timestamp_ms: i64) -> Option<HourCounts> {
+    let (status, body) = http(addr, "GET", &format!("/analytics?timestamp={timestamp_ms}")).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let mut values = body.lines().map(|l| l.split_once(',').and_then(|(_, v)| v.parse::<u64>().ok()));
+    Some(HourCounts { unique_users: values.next()??, clicks: values.next()??, impressions: values.next()?? })
+}
+
+/// Waits until every hour of `expected` reads exactly right; panics with the
+/// differences after `limit`.
+pub async fn assert_counts_converge(query: SocketAddr, expected: &Expected, limit: Duration) {
+    let want = expected.hours();
+    let started = std::time::Instant::now();
+    loop {
+        let mut wrong = Vec::new();
+        for (hour, counts) in &want {
+            let got = get_counts(query, hour.start_ms()).await;
+            if got != Some(*counts) {
+                wrong.push(format!("{hour}: want {counts:?}, got {got:?}"));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < limit, "counts not exact after {limit:?}:\n{}", wrong.join("\n"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The hours used by the tests: well inside the horizon and away from "now",
+/// so nothing depends on when the test runs.
+pub fn test_hours(now_ms: i64) -> Vec<HourStart> {
+    let h = |hours_ago: i64| HourStart::of(now_ms - hours_ago * 3_600_000);
+    vec![h(50), h(5), h(4), h(3)]
+}

@@ -1,0 +1,30 @@
+# The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
+.PHONY: up down status test lint fmt build broker clean-run help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+up: ## install what is missing, build, start broker + four services, wait until ready
+	@scripts/stack.sh up
+
+down: ## stop exactly what `make up` started (by PID)
+	@scripts/stack.sh down
+
+status: ## show what is running
+	@scripts/stack.sh status
+
+test: ## every test: lint, unit, property and integration (real broker, Redis, PostgreSQL)
+	@scripts/test.sh
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+build: ## release binaries
+	cargo build --release --bins
+
+broker: ## start only the broker
+	@scripts/stack.sh broker-up

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make test`: everything a change must pass, against the real broker, Redis and PostgreSQL.
+# Starts what it needs; stops the broker again if it was not running before.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="$HOME/.cargo/bin:$PATH"
+RUN_DIR="${RUN_DIR:-$ROOT/run}"
+
+scripts/stack.sh deps
+started_broker=0
+if ! [[ -f "$RUN_DIR/broker.pid" ]] || ! kill -0 "$(cat "$RUN_DIR/broker.pid")" 2>/dev/null; then
+  if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then started_broker=1; fi
+fi
+scripts/stack.sh broker-up
+cleanup() { if ((started_broker)); then scripts/stack.sh broker-down; fi; }
+trap cleanup EXIT
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== build the service binaries (the end-to-end tests run them as processes)"
+cargo build --bins --quiet
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast
+fi
