@@ -35,7 +35,7 @@ pub struct KafkaConfig {
     /// Create missing topics at startup.
     #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value = "true", action = clap::ArgAction::Set)]
     pub create_topics: bool,
-    /// Consumer group session timeout: how long a dead member keeps its partitions.
+    /// How long a silent processor or materializer instance keeps its partitions before another takes them over.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
     pub session_timeout: Duration,
 }

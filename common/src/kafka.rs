@@ -10,10 +10,8 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::ClientContext;
-use tokio::sync::mpsc;
 
 use crate::config::KafkaConfig;
 
@@ -43,7 +41,8 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTun
     c
 }
 
-/// A consumer-group member configuration with manual commits.
+/// A consumer configuration for manually assigned partitions (see
+/// [`crate::membership`]): positions come from the services' own stores.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
     let session_ms = kafka.session_timeout.as_millis().max(1000);
     let mut c = ClientConfig::new();
@@ -54,9 +53,6 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_ms.to_string())
-        .set("heartbeat.interval.ms", (session_ms / 3).to_string())
-        // A lower poll interval makes a new group's first join quick on brokers that wait for it.
-        .set("max.poll.interval.ms", (session_ms + 4000).max(10_000).to_string())
         // Freshness: do not let an idle fetch sit for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
         .set("socket.keepalive.enable", "true");
@@ -115,53 +111,33 @@ pub fn is_fatal(err: &KafkaError) -> bool {
     }
 }
 
-/// A partition assignment change, seen from the consumer's poll loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// A consumer context that logs rebalances and forwards them to the consuming loop.
+/// The number of partitions of `topic`, from the broker's metadata.
 ///
-/// The callbacks run inside `poll`, before any message of the new assignment
-/// is returned, so a loop that drains the channel before handling each message
-/// always sees the change first.
-pub struct RebalanceNotifier {
-    tx: mpsc::UnboundedSender<RebalanceEvent>,
-}
-
-impl RebalanceNotifier {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<RebalanceEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (RebalanceNotifier { tx }, rx)
-    }
-}
-
-fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
-    tpl.elements().iter().map(|e| e.partition()).collect()
-}
-
-impl ClientContext for RebalanceNotifier {}
-
-impl ConsumerContext for RebalanceNotifier {
-    fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let parts = partitions_of(tpl);
-            tracing::info!(partitions = ?parts, "partitions revoked");
-            let _ = self.tx.send(RebalanceEvent::Revoked(parts));
+/// # Errors
+/// When the broker does not answer or does not know the topic.
+pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+            _ => Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)),
         }
-    }
+    })
+    .await
+    .expect("metadata task does not panic")
+}
 
-    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let parts = partitions_of(tpl);
-                tracing::info!(partitions = ?parts, "partitions assigned");
-                let _ = self.tx.send(RebalanceEvent::Assigned(parts));
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
-        }
+/// An assignment of partitions, each at an explicit starting offset.
+///
+/// # Errors
+/// When librdkafka refuses the list (an invalid offset).
+pub fn assignment(topic: &str, positions: impl IntoIterator<Item = (i32, rdkafka::Offset)>) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, offset) in positions {
+        tpl.add_partition_offset(topic, p, offset)?;
     }
+    Ok(tpl)
 }

@@ -15,6 +15,7 @@ pub mod avro;
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod membership;
 pub mod pg;
 pub mod shutdown;
 pub mod store;
@@ -22,6 +23,13 @@ pub mod telemetry;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+
+/// A short random lowercase suffix (member ids, test names).
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..8).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+}
 
 /// Milliseconds since the epoch by the system clock.
 pub fn now_ms() -> i64 {

@@ -12,6 +12,7 @@ use crate::config::PgConfig;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "read_models", include_str!("../migrations/0001_read_models.sql")),
     (2, "processor_state", include_str!("../migrations/0002_processor_state.sql")),
+    (3, "coordination", include_str!("../migrations/0003_coordination.sql")),
 ];
 
 /// Why talking to PostgreSQL failed.

@@ -4,14 +4,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::config::{KafkaConfig, PgConfig, RedisConfig};
 
 /// A short random suffix so parallel tests never share topics, schemas or keys.
 pub fn unique_suffix() -> String {
-    let mut rng = rand::rng();
-    (0..8).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+    crate::random_suffix()
 }
 
 pub fn kafka_brokers() -> String {

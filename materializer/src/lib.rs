@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::http::OpsRoutes;
+use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use common::store::cache::HourCache;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,8 +42,12 @@ pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     }
-    let materializer =
-        Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone())).context("creating the consumer")?;
+    let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.aggregates_topic)
+        .await
+        .context("reading the aggregates topic's partition count")?;
+    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.session_timeout);
+    let materializer = Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone()), membership)
+        .context("creating the consumer")?;
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let (pool, cache) = (pool.clone(), cache.clone());
         Box::pin(async move {

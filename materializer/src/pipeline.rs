@@ -1,95 +1,127 @@
-//! The materializer loop: consume a batch of aggregates, write it to the read
-//! models, then commit the consumed offsets. A crash before the commit
-//! replays the batch, which the offset and version guards turn into no-ops.
+//! The materializer loop: consume aggregates from the partitions this
+//! instance holds, write each batch to the read models, then store the
+//! consumed positions. A crash before the positions are stored replays the
+//! batch, which the offset and version guards turn into no-ops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::avro::{decode_hour_aggregate, HourAggregate};
-use common::kafka::{consumer_config, RebalanceNotifier};
+use common::kafka::{assignment, consumer_config};
+use common::membership::Membership;
 use common::shutdown::CancellationToken;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::Offset;
+use tokio::time::Instant;
 
 use crate::metrics as m;
 use crate::sink::ReadModelSink;
 use crate::Config;
 
 pub struct Materializer {
-    consumer: StreamConsumer<RebalanceNotifier>,
+    consumer: StreamConsumer,
+    membership: Membership,
     sink: ReadModelSink,
     topic: String,
     max_batch: usize,
     batch_wait: Duration,
+    owned: BTreeSet<i32>,
 }
 
-/// Aggregates read since the last commit, and the offsets to commit after writing them.
+/// Aggregates read since the last write, and the positions to store after writing them.
 #[derive(Default)]
 struct Batch {
     aggregates: Vec<HourAggregate>,
     next_offsets: BTreeMap<i32, i64>,
+    started: Option<Instant>,
 }
 
 impl Materializer {
     /// # Errors
-    /// When the consumer cannot be created or subscribed.
-    pub fn new(cfg: &Config, sink: ReadModelSink) -> Result<Self, rdkafka::error::KafkaError> {
-        let (ctx, _rebalances) = RebalanceNotifier::new();
-        let consumer: StreamConsumer<RebalanceNotifier> =
-            consumer_config(&cfg.kafka, &cfg.group_id, "materializer").create_with_context(ctx)?;
-        consumer.subscribe(&[&cfg.kafka.aggregates_topic])?;
+    /// When the consumer cannot be created.
+    pub fn new(cfg: &Config, sink: ReadModelSink, membership: Membership) -> Result<Self, rdkafka::error::KafkaError> {
+        let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "materializer").create()?;
         Ok(Materializer {
             consumer,
+            membership,
             sink,
             topic: cfg.kafka.aggregates_topic.clone(),
             max_batch: cfg.max_batch.get() as usize,
             batch_wait: cfg.batch_wait,
+            owned: BTreeSet::new(),
         })
     }
 
     /// Runs until `token` is cancelled; the batch in hand is written before returning.
     ///
     /// # Errors
-    /// Kafka commit failures that cannot be retried.
-    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+    /// Kafka assignment failures.
+    pub async fn run(mut self, token: CancellationToken) -> anyhow::Result<()> {
+        let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Batch::default();
+        tracing::info!(member = self.membership.member_id(), "joining the materializer group");
         loop {
-            let batch = tokio::select! {
+            let deadline = batch.started.map(|s| s + self.batch_wait);
+            tokio::select! {
+                biased;
                 _ = token.cancelled() => break,
-                b = self.next_batch() => b,
-            };
-            if batch.next_offsets.is_empty() {
-                continue;
+                _ = heartbeat.tick() => {
+                    if !self.flush(&mut batch, &token).await { break; }
+                    self.rebalance().await?;
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if !self.flush(&mut batch, &token).await { break; }
+                }
+                msg = self.consumer.recv() => {
+                    self.add(&mut batch, msg);
+                    if batch.aggregates.len() >= self.max_batch && !self.flush(&mut batch, &token).await {
+                        break;
+                    }
+                }
             }
-            if !self.write_until_done(&batch, &token).await {
-                // Shutting down with the batch unwritten: do not commit; it will be replayed.
-                break;
-            }
-            self.commit(&batch);
+        }
+        // Write what was read; if that is impossible now, it is replayed later.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.flush(&mut batch, &CancellationToken::new())).await;
+        if let Err(e) = self.membership.leave().await {
+            tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
         tracing::info!("materializer stopped");
         Ok(())
     }
 
-    async fn next_batch(&self) -> Batch {
-        let mut batch = Batch::default();
-        let first = self.consumer.recv().await;
-        self.add(&mut batch, first);
-        let deadline = tokio::time::Instant::now() + self.batch_wait;
-        while batch.aggregates.len() < self.max_batch {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(msg) => self.add(&mut batch, msg),
-                Err(_) => break,
+    async fn rebalance(&mut self) -> anyhow::Result<()> {
+        let plan = match self.membership.heartbeat(&self.owned).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::warn!(error = %e, "membership heartbeat failed");
+                return Ok(());
             }
+        };
+        if plan.is_empty() {
+            return Ok(());
         }
-        batch
+        // The batch was flushed before the heartbeat: nothing in hand to finish.
+        for p in plan.lost.iter().chain(&plan.to_release) {
+            self.owned.remove(p);
+        }
+        if let Err(e) = self.membership.release(&plan.to_release).await {
+            tracing::warn!(error = %e, "releasing partitions failed; they will expire");
+        }
+        self.owned.extend(&plan.acquired);
+        let stored = self.membership.committed_offsets(&self.topic).await.unwrap_or_default();
+        let positions: Vec<(i32, Offset)> = self
+            .owned
+            .iter()
+            .map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o))))
+            .collect();
+        self.consumer.assign(&assignment(&self.topic, positions)?)?;
+        tracing::info!(partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
+        Ok(())
     }
 
-    fn add(
-        &self,
-        batch: &mut Batch,
-        msg: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-    ) {
+    fn add(&self, batch: &mut Batch, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -97,6 +129,9 @@ impl Materializer {
                 return;
             }
         };
+        if !self.owned.contains(&msg.partition()) {
+            return; // fetched before a hand-over
+        }
         match msg.payload().map(decode_hour_aggregate) {
             Some(Ok(a)) => batch.aggregates.push(a),
             other => {
@@ -105,19 +140,19 @@ impl Materializer {
             }
         }
         batch.next_offsets.insert(msg.partition(), msg.offset() + 1);
+        batch.started.get_or_insert_with(Instant::now);
     }
 
-    /// Retries the batch with backoff until it is written; false if shutdown came first.
-    async fn write_until_done(&self, batch: &Batch, token: &CancellationToken) -> bool {
+    /// Writes the batch (retrying with backoff) and stores its positions;
+    /// false if shutdown came first.
+    async fn flush(&self, batch: &mut Batch, token: &CancellationToken) -> bool {
+        if batch.next_offsets.is_empty() {
+            return true;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.sink.write(&batch.aggregates).await {
-                Ok(()) => {
-                    metrics::counter!(m::AGGREGATES_CONSUMED).increment(batch.aggregates.len() as u64);
-                    metrics::counter!(m::BATCHES).increment(1);
-                    metrics::histogram!(m::BATCH_SIZE).record(batch.aggregates.len() as f64);
-                    return true;
-                }
+                Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "writing read models failed; retrying");
                     tokio::select! {
@@ -128,18 +163,14 @@ impl Materializer {
                 }
             }
         }
-    }
-
-    fn commit(&self, batch: &Batch) {
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in &batch.next_offsets {
-            if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next)).is_err() {
-                return;
-            }
+        metrics::counter!(m::AGGREGATES_CONSUMED).increment(batch.aggregates.len() as u64);
+        metrics::counter!(m::BATCHES).increment(1);
+        metrics::histogram!(m::BATCH_SIZE).record(batch.aggregates.len() as f64);
+        // Positions after the write: a crash in between only replays this batch.
+        if let Err(e) = self.membership.commit_offsets(&self.topic, &batch.next_offsets).await {
+            tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
         }
-        // Async: a lost commit only replays aggregates, which the guards make harmless.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "offset commit failed");
-        }
+        *batch = Batch::default();
+        true
     }
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::http::OpsRoutes;
+use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -42,8 +43,12 @@ pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     }
-    let processor = Processor::new(&cfg, StateStore::new(pool.clone(), cfg.kafka.events_topic.clone()))
-        .context("creating the consumer")?;
+    let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.events_topic)
+        .await
+        .context("reading the events topic's partition count")?;
+    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.session_timeout);
+    let store = StateStore::new(pool.clone(), cfg.kafka.events_topic.clone());
+    let processor = Processor::new(&cfg, store, membership).context("creating the consumer")?;
     let ready_pool = pool.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();

@@ -13,20 +13,20 @@
 //! same values (the window is a pure function of the log prefix), and the
 //! sinks keep the highest offset per (hour, partition).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::analytics::bucket::{Observation, Skipped};
 use common::analytics::{HourStart, PartitionWindow};
 use common::avro::{decode_event, HourAggregate};
-use common::kafka::{consumer_config, RebalanceEvent, RebalanceNotifier};
+use common::kafka::{assignment, consumer_config};
+use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::emitter::AggregateEmitter;
 use crate::metrics as m;
@@ -41,8 +41,8 @@ struct Owned {
 }
 
 pub struct Processor {
-    consumer: Arc<StreamConsumer<RebalanceNotifier>>,
-    rebalances: UnboundedReceiver<RebalanceEvent>,
+    consumer: Arc<StreamConsumer>,
+    membership: Membership,
     store: StateStore,
     emitter: AggregateEmitter,
     topic: String,
@@ -62,18 +62,15 @@ pub enum ProcessorError {
 }
 
 impl Processor {
-    /// Joins the consumer group.
+    /// Creates the consumer and producer; partitions come from `membership`.
     ///
     /// # Errors
     /// When the consumer or producer cannot be created.
-    pub fn new(cfg: &Config, store: StateStore) -> Result<Self, ProcessorError> {
-        let (ctx, rebalances) = RebalanceNotifier::new();
-        let consumer: StreamConsumer<RebalanceNotifier> =
-            consumer_config(&cfg.kafka, &cfg.group_id, "processor").create_with_context(ctx)?;
-        consumer.subscribe(&[&cfg.kafka.events_topic])?;
+    pub fn new(cfg: &Config, store: StateStore, membership: Membership) -> Result<Self, ProcessorError> {
+        let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "processor").create()?;
         Ok(Processor {
             consumer: Arc::new(consumer),
-            rebalances,
+            membership,
             store,
             emitter: AggregateEmitter::new(&cfg.kafka, cfg.delivery_timeout)?,
             topic: cfg.kafka.events_topic.clone(),
@@ -84,27 +81,30 @@ impl Processor {
         })
     }
 
-    /// Runs until `token` is cancelled, then checkpoints what it holds.
+    /// Runs until `token` is cancelled, then checkpoints what it holds and leaves the group.
     ///
     /// # Errors
-    /// Kafka delivery failures of aggregates and unrecoverable seek failures; the process should restart.
+    /// Kafka delivery failures of aggregates; the process should restart.
     pub async fn run(mut self, token: CancellationToken) -> Result<(), ProcessorError> {
         let mut tick = tokio::time::interval(self.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        tracing::info!(member = self.membership.member_id(), "joining the processor group");
         loop {
-            self.handle_rebalances().await?;
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
                 _ = tick.tick() => self.checkpoint_all().await?,
+                _ = heartbeat.tick() => self.rebalance().await?,
                 _ = gauges.tick() => self.record_gauges(),
                 msg = async { self.consumer.stream().next().await } => match msg {
                     Some(Ok(msg)) => {
                         let (partition, offset) = (msg.partition(), msg.offset());
                         let payload = msg.payload().map(<[u8]>::to_vec);
                         drop(msg);
-                        self.handle(partition, offset, payload.as_deref()).await?;
+                        self.handle(partition, offset, payload.as_deref());
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => break,
@@ -114,39 +114,59 @@ impl Processor {
         tracing::info!("processor stopping: final checkpoint");
         self.checkpoint_all().await?;
         self.emitter.flush(Duration::from_secs(5))?;
-        self.consumer.unsubscribe();
+        if let Err(e) = self.membership.leave().await {
+            tracing::warn!(error = %e, "could not release partitions; they will expire");
+        }
         Ok(())
     }
 
-    async fn handle_rebalances(&mut self) -> Result<(), ProcessorError> {
-        while let Ok(ev) = self.rebalances.try_recv() {
-            if let RebalanceEvent::Revoked(parts) = ev {
-                // Persist what we have before letting go; harmless if already fenced.
-                for p in parts {
-                    if let Some(mut owned) = self.owned.remove(&p) {
-                        if let Err(e) = self.checkpoint_one(p, &mut owned).await {
-                            tracing::info!(partition = p, error = %e, "final checkpoint of a revoked partition failed");
-                        }
-                    }
+    /// Heartbeats the membership and applies its plan: hand over partitions
+    /// meant for others (after a final checkpoint), drop lost ones, claim new ones.
+    async fn rebalance(&mut self) -> Result<(), ProcessorError> {
+        let owned: BTreeSet<i32> = self.owned.keys().copied().collect();
+        let plan = match self.membership.heartbeat(&owned).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::warn!(error = %e, "membership heartbeat failed");
+                return Ok(());
+            }
+        };
+        if plan.is_empty() {
+            return Ok(());
+        }
+        for p in &plan.lost {
+            tracing::warn!(partition = p, "lease lost; dropping the partition");
+            self.owned.remove(p);
+        }
+        for p in &plan.to_release {
+            if let Some(mut owned) = self.owned.remove(p) {
+                if let Err(e) = self.checkpoint_one(*p, &mut owned).await {
+                    tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
         }
+        if let Err(e) = self.membership.release(&plan.to_release).await {
+            tracing::warn!(error = %e, "releasing partitions failed; they will expire");
+        }
+        for p in &plan.acquired {
+            self.claim(*p).await?;
+        }
+        let positions: Vec<(i32, Offset)> =
+            self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset()))).collect();
+        self.consumer.assign(&assignment(&self.topic, positions)?)?;
+        tracing::info!(
+            partitions = ?self.owned.keys().collect::<BTreeSet<_>>(),
+            acquired = ?plan.acquired,
+            released = ?plan.to_release,
+            lost = ?plan.lost,
+            "assignment changed"
+        );
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(partition, offset))]
-    async fn handle(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) -> Result<(), ProcessorError> {
-        if !self.owned.contains_key(&partition) {
-            self.claim(partition).await?;
-            let next = self.owned[&partition].window.next_offset();
-            if offset > next {
-                // Our position is past the stored state (we were fenced and reclaimed): go back.
-                tracing::info!(partition, from = offset, to = next, "seeking back to the stored position");
-                self.consumer.seek(&self.topic, partition, Offset::Offset(next), Duration::from_secs(10))?;
-                return Ok(());
-            }
-        }
-        let owned = self.owned.get_mut(&partition).expect("claimed above");
+    fn handle(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+        // A message fetched before a partition was handed over: not ours any more.
+        let Some(owned) = self.owned.get_mut(&partition) else { return };
         let obs = match payload.map(decode_event) {
             Some(Ok(event)) => Observation::from(&event),
             other => {
@@ -155,7 +175,7 @@ impl Processor {
                     metrics::counter!(m::EVENTS_SKIPPED, "reason" => "undecodable").increment(1);
                     owned.window.skip(offset);
                 }
-                return Ok(());
+                return;
             }
         };
         match owned.window.apply(offset, obs) {
@@ -166,11 +186,11 @@ impl Processor {
                 metrics::counter!(m::EVENTS_SKIPPED, "reason" => "closed_hour").increment(1);
             }
         }
-        Ok(())
     }
 
-    /// Claims a partition from the state store and re-emits every restored hour
-    /// (a previous owner may have crashed between its checkpoint and its emit).
+    /// Claims a partition's state (fencing any previous owner) and re-emits
+    /// every restored hour: a previous owner may have crashed between its
+    /// checkpoint and its emit.
     async fn claim(&mut self, partition: i32) -> Result<(), ProcessorError> {
         let started = Instant::now();
         let claimed = loop {
@@ -204,6 +224,7 @@ impl Processor {
             metrics::counter!(m::EVENTS_APPLIED).increment(std::mem::take(&mut self.applied));
         }
         let mut commits = TopicPartitionList::new();
+        let mut fenced = false;
         let partitions: Vec<i32> = self.owned.keys().copied().collect();
         for p in partitions {
             let mut owned = self.owned.remove(&p).expect("key listed above");
@@ -218,6 +239,7 @@ impl Processor {
                 Err(ProcessorError::Store(StoreError::Fenced(_))) => {
                     tracing::warn!(partition = p, "fenced: another instance owns this partition now; dropping its state");
                     metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "fenced").increment(1);
+                    fenced = true;
                 }
                 Err(ProcessorError::Store(e)) => {
                     // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
@@ -229,9 +251,15 @@ impl Processor {
                 Err(e) => return Err(e),
             }
         }
+        if fenced {
+            let positions: Vec<(i32, Offset)> =
+                self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset()))).collect();
+            self.consumer.assign(&assignment(&self.topic, positions)?)?;
+        }
         if commits.count() > 0 {
+            // Only a hint for lag tooling: positions come from the state store.
             if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
-                tracing::debug!(error = %e, "offset commit failed (a hint only)");
+                tracing::debug!(error = %e, "offset commit failed");
             }
         }
         Ok(())
