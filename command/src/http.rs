@@ -65,8 +65,11 @@ impl CommandApp {
             }
             Outcome::Rejected(reason) => {
                 metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.label()).increment(1);
-                let status =
-                    if reason.is_outside_horizon() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+                let status = if reason.is_outside_horizon() {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 http::error(status, reason)
             }
             Outcome::Unavailable(e) => {

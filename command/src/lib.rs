@@ -30,7 +30,11 @@ use crate::publisher::EventPublisher;
 ///
 /// # Errors
 /// When the broker cannot be reached for topic creation or the producer cannot be built.
-pub async fn build(cfg: &Config, metrics: metrics_exporter_prometheus::PrometheusHandle, clock: fn() -> i64) -> anyhow::Result<CommandApp> {
+pub async fn build(
+    cfg: &Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    clock: fn() -> i64,
+) -> anyhow::Result<CommandApp> {
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     }
@@ -63,7 +67,12 @@ pub async fn build(cfg: &Config, metrics: metrics_exporter_prometheus::Prometheu
 ///
 /// # Errors
 /// When the producer hit a fatal error (the process should restart) or could not flush.
-pub async fn run(app: CommandApp, listener: TcpListener, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    app: CommandApp,
+    listener: TcpListener,
+    token: CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<()> {
     let fatal = app.inner.fatal.clone();
     let stop = token.child_token();
     let watcher = {

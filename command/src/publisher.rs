@@ -86,14 +86,12 @@ impl EventPublisher {
         let topic = self.topic.clone();
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), limit)
-                .map_err(|e| format!("broker: {e}"))
-                .and_then(|md| match md.topics().first() {
+            producer.client().fetch_metadata(Some(&topic), limit).map_err(|e| format!("broker: {e}")).and_then(|md| {
+                match md.topics().first() {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
                     _ => Err(format!("broker: topic {topic} not available")),
-                })
+                }
+            })
         })
         .await
         .map_err(|e| e.to_string())?

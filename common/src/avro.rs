@@ -145,9 +145,18 @@ pub fn decode_hour_aggregate(bytes: &[u8]) -> Result<HourAggregate, DecodeError>
         _ => return Err(DecodeError::Field("partition")),
     };
     let count = |f: &mut Fields, name| u64::try_from(f.long(name)?).map_err(|_| DecodeError::Invalid(name));
-    let counts =
-        HourCounts { unique_users: count(&mut f, "unique_users")?, clicks: count(&mut f, "clicks")?, impressions: count(&mut f, "impressions")? };
-    Ok(HourAggregate { hour, partition, counts, input_offset: f.long("input_offset")?, watermark_ms: f.long("watermark_ms")? })
+    let counts = HourCounts {
+        unique_users: count(&mut f, "unique_users")?,
+        clicks: count(&mut f, "clicks")?,
+        impressions: count(&mut f, "impressions")?,
+    };
+    Ok(HourAggregate {
+        hour,
+        partition,
+        counts,
+        input_offset: f.long("input_offset")?,
+        watermark_ms: f.long("watermark_ms")?,
+    })
 }
 
 struct Fields(Vec<(String, Value)>);
@@ -193,7 +202,13 @@ mod tests {
 
     #[test]
     fn a_record_of_the_other_schema_is_refused() {
-        let agg = HourAggregate { hour: HourStart::of(0), partition: 0, counts: HourCounts::default(), input_offset: 1, watermark_ms: 0 };
+        let agg = HourAggregate {
+            hour: HourStart::of(0),
+            partition: 0,
+            counts: HourCounts::default(),
+            input_offset: 1,
+            watermark_ms: 0,
+        };
         assert_eq!(decode_event(&encode_hour_aggregate(&agg)), Err(DecodeError::WrongHeader));
         assert_eq!(decode_event(b"garbage"), Err(DecodeError::WrongHeader));
         let mut truncated = encode_event(&event(1, "alice", true, 2));

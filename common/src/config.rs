@@ -58,7 +58,12 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Args)]
 pub struct PgConfig {
     /// PostgreSQL connection URL.
-    #[arg(id = "pg_url", long = "pg-url", env = "PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        id = "pg_url",
+        long = "pg-url",
+        env = "PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub url: String,
     /// Schema holding the tables (created and migrated at startup).
     #[arg(id = "pg_schema", long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]

@@ -38,8 +38,13 @@ impl Default for ServerLimits {
 
 /// Serves `handler` on `listener` until `token` is cancelled, then stops
 /// accepting and waits (at most `drain`) for in-flight requests to finish.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: ServerLimits, token: CancellationToken, drain: Duration)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: ServerLimits,
+    token: CancellationToken,
+    drain: Duration,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {

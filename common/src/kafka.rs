@@ -59,11 +59,27 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
     c
 }
 
+/// A topic the pipeline creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    pub configs: Vec<(&'static str, &'static str)>,
+}
+
 /// The topics this deployment uses, with their partition counts and configs.
-pub fn topic_specs(kafka: &KafkaConfig) -> Vec<(String, u32, Vec<(&'static str, &'static str)>)> {
+pub fn topic_specs(kafka: &KafkaConfig) -> Vec<TopicSpec> {
     vec![
-        (kafka.events_topic.clone(), kafka.events_partitions.get(), vec![("cleanup.policy", "delete")]),
-        (kafka.aggregates_topic.clone(), kafka.aggregates_partitions.get(), vec![("cleanup.policy", "compact")]),
+        TopicSpec {
+            name: kafka.events_topic.clone(),
+            partitions: kafka.events_partitions.get(),
+            configs: vec![("cleanup.policy", "delete")],
+        },
+        TopicSpec {
+            name: kafka.aggregates_topic.clone(),
+            partitions: kafka.aggregates_partitions.get(),
+            configs: vec![("cleanup.policy", "compact")],
+        },
     ]
 }
 
@@ -77,11 +93,9 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
     let specs = topic_specs(kafka);
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|(name, partitions, configs)| {
-            configs.iter().fold(
-                NewTopic::new(name, *partitions as i32, TopicReplication::Fixed(1)),
-                |t, (k, v)| t.set(k, v),
-            )
+        .map(|spec| {
+            let topic = NewTopic::new(&spec.name, spec.partitions as i32, TopicReplication::Fixed(1));
+            spec.configs.iter().fold(topic, |t, (k, v)| t.set(k, v))
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -89,9 +103,11 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
         match result {
             Ok(name) => tracing::info!(topic = name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                tracing::error!(topic = name, ?code, "could not create topic");
-            }),
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = name, ?code, "could not create topic");
+                })
+            }
         }
     }
     Ok(())
@@ -102,13 +118,15 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
 /// Fencing is treated as fatal even where librdkafka reports it as
 /// retriable: a fenced producer is a zombie.
 pub fn is_fatal(err: &KafkaError) -> bool {
-    match err.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::Fatal)
-        | Some(RDKafkaErrorCode::ProducerFenced)
-        | Some(RDKafkaErrorCode::InvalidProducerEpoch)
-        | Some(RDKafkaErrorCode::InvalidProducerIdMapping) => true,
-        _ => false,
-    }
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// The number of partitions of `topic`, from the broker's metadata.
@@ -134,7 +152,10 @@ pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, Ka
 ///
 /// # Errors
 /// When librdkafka refuses the list (an invalid offset).
-pub fn assignment(topic: &str, positions: impl IntoIterator<Item = (i32, rdkafka::Offset)>) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+pub fn assignment(
+    topic: &str,
+    positions: impl IntoIterator<Item = (i32, rdkafka::Offset)>,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
     let mut tpl = rdkafka::TopicPartitionList::new();
     for (p, offset) in positions {
         tpl.add_partition_offset(topic, p, offset)?;

@@ -191,7 +191,11 @@ impl Membership {
     ///
     /// # Errors
     /// [`PgError`]; the records after the old position are then consumed again.
-    pub async fn commit_offsets(&self, topic: &str, next: &std::collections::BTreeMap<i32, i64>) -> Result<(), PgError> {
+    pub async fn commit_offsets(
+        &self,
+        topic: &str,
+        next: &std::collections::BTreeMap<i32, i64>,
+    ) -> Result<(), PgError> {
         if next.is_empty() {
             return Ok(());
         }

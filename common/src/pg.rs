@@ -47,8 +47,7 @@ fn checked_schema(schema: &str) -> Result<&str, PgError> {
         && schema.len() <= 63
         && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    ok.then_some(schema)
-        .ok_or_else(|| PgError::Config(format!("schema `{schema}` must match [a-z_][a-z0-9_]{{0,62}}")))
+    ok.then_some(schema).ok_or_else(|| PgError::Config(format!("schema `{schema}` must match [a-z_][a-z0-9_]{{0,62}}")))
 }
 
 /// A pool whose connections use the configured schema and statement timeout.
@@ -101,8 +100,11 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig) -> Result<(), PgError> {
         }
         tx.batch_execute(&format!("SET LOCAL search_path = {schema}")).await?;
         tx.batch_execute(sql).await?;
-        tx.execute(&format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"), &[version, name])
-            .await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await?;
         tracing::info!(version, name, schema, "applied migration");
     }
     tx.commit().await?;

@@ -85,8 +85,11 @@ pub async fn http_raw(addr: std::net::SocketAddr, request_head: &str) -> std::io
 
 /// `METHOD path_and_query` with an empty body; see [`http_raw`].
 pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
-    http_raw(addr, &format!("{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
-        .await
+    http_raw(
+        addr,
+        &format!("{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 /// Deletes every Redis key under a prefix (cleanup).

@@ -100,15 +100,15 @@ async fn events_outside_the_horizon_are_refused_and_change_nothing() {
     let now = common::now_ms();
     let command = stack.addr("command");
     let too_old = now - 3 * 86_400_000;
-    let (status, body) = common::test_util::http(command, "POST", &format!("/analytics?timestamp={too_old}&user=x&click"))
-        .await
-        .unwrap();
+    let (status, body) =
+        common::test_util::http(command, "POST", &format!("/analytics?timestamp={too_old}&user=x&click"))
+            .await
+            .unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("older than the accepted horizon"), "{body}");
     let future = now + 3_600_000;
-    let (status, _) = common::test_util::http(command, "POST", &format!("/analytics?timestamp={future}&user=x&click"))
-        .await
-        .unwrap();
+    let (status, _) =
+        common::test_util::http(command, "POST", &format!("/analytics?timestamp={future}&user=x&click")).await.unwrap();
     assert_eq!(status, 422);
     // Inside the horizon still works, and the refused events left no trace.
     let ok = e2e::Event { timestamp_ms: now - 86_400_000, user: "late-but-fine".into(), kind: e2e::Kind::Click };

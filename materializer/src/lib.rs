@@ -35,7 +35,12 @@ use crate::sink::ReadModelSink;
 ///
 /// # Errors
 /// Startup failures.
-pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    metrics: PrometheusHandle,
+    ops: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let pool = common::pg::pool(&cfg.pg)?;
     common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
@@ -60,7 +65,11 @@ pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token
             Ok(())
         })
     });
-    let ops_task = tokio::spawn(common::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone()));
+    let ops_task = tokio::spawn(common::http::serve_ops(
+        ops,
+        OpsRoutes { service: "materializer", metrics, ready },
+        token.clone(),
+    ));
     tracing::info!(topic = cfg.kafka.aggregates_topic, group = cfg.group_id, "materializer started");
     let result = materializer.run(token.clone()).await;
     token.cancel();

@@ -111,11 +111,8 @@ impl Materializer {
         }
         self.owned.extend(&plan.acquired);
         let stored = self.membership.committed_offsets(&self.topic).await.unwrap_or_default();
-        let positions: Vec<(i32, Offset)> = self
-            .owned
-            .iter()
-            .map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o))))
-            .collect();
+        let positions: Vec<(i32, Offset)> =
+            self.owned.iter().map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))).collect();
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         tracing::info!(partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
         Ok(())

@@ -20,7 +20,8 @@ impl AggregateEmitter {
     /// # Errors
     /// When librdkafka rejects the configuration.
     pub fn new(kafka_cfg: &KafkaConfig, delivery_timeout: Duration) -> Result<Self, KafkaError> {
-        let tuning = ProducerTuning { linger: Duration::from_millis(1), delivery_timeout, queue_max_messages: 1_000_000 };
+        let tuning =
+            ProducerTuning { linger: Duration::from_millis(1), delivery_timeout, queue_max_messages: 1_000_000 };
         let producer = kafka::producer_config(kafka_cfg, "processor", tuning).create()?;
         Ok(AggregateEmitter { producer, topic: kafka_cfg.aggregates_topic.clone() })
     }

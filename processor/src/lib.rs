@@ -37,7 +37,12 @@ use crate::state_store::StateStore;
 ///
 /// # Errors
 /// Startup failures, or a processor failure that requires a restart.
-pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    metrics: PrometheusHandle,
+    ops: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let pool = common::pg::pool(&cfg.pg)?;
     common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
     if cfg.kafka.create_topics {
@@ -53,7 +58,11 @@ pub async fn run(cfg: Config, metrics: PrometheusHandle, ops: TcpListener, token
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
         Box::pin(async move {
-            if common::pg::ping(&pool, Duration::from_secs(2)).await { Ok(()) } else { Err("postgres unreachable".into()) }
+            if common::pg::ping(&pool, Duration::from_secs(2)).await {
+                Ok(())
+            } else {
+                Err("postgres unreachable".into())
+            }
         })
     });
     let ops_routes = OpsRoutes { service: "processor", metrics, ready };

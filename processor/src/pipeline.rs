@@ -237,7 +237,10 @@ impl Processor {
                     self.owned.insert(p, owned);
                 }
                 Err(ProcessorError::Store(StoreError::Fenced(_))) => {
-                    tracing::warn!(partition = p, "fenced: another instance owns this partition now; dropping its state");
+                    tracing::warn!(
+                        partition = p,
+                        "fenced: another instance owns this partition now; dropping its state"
+                    );
                     metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "fenced").increment(1);
                     fenced = true;
                 }

@@ -27,7 +27,9 @@ impl QueryApp {
             "/analytics" => ("/analytics", http::method_not_allowed("GET")),
             path => match self.ops.handle(req.method(), path).await {
                 Some(r) => ("ops", r),
-                None => ("other", http::error(StatusCode::NOT_FOUND, "not found; GET /analytics?timestamp=<ms> answers")),
+                None => {
+                    ("other", http::error(StatusCode::NOT_FOUND, "not found; GET /analytics?timestamp=<ms> answers"))
+                }
             },
         };
         http::record_request("query", route, resp.status(), started);

@@ -45,7 +45,12 @@ pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<Qu
 }
 
 /// Serves until `token` is cancelled, then drains in-flight requests.
-pub async fn run(app: QueryApp, listener: TcpListener, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    app: QueryApp,
+    listener: TcpListener,
+    token: CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "query service listening");
     let handler = move |req| {
         let app = app.clone();

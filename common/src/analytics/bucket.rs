@@ -35,10 +35,7 @@ impl HourCounts {
 
     /// The `text/plain` answer of `GET /analytics`.
     pub fn to_csv(self) -> String {
-        format!(
-            "unique_users,{}\nclicks,{}\nimpressions,{}\n",
-            self.unique_users, self.clicks, self.impressions
-        )
+        format!("unique_users,{}\nclicks,{}\nimpressions,{}\n", self.unique_users, self.clicks, self.impressions)
     }
 }
 
@@ -334,7 +331,8 @@ mod tests {
 
     #[test]
     fn restored_window_continues_exactly() {
-        let events: Vec<_> = (0..100u64).map(|i| obs(H0 + (i as i64 % 3) * HOUR_MS, i % 17, EventKind::Click, H0)).collect();
+        let events: Vec<_> =
+            (0..100u64).map(|i| obs(H0 + (i as i64 % 3) * HOUR_MS, i % 17, EventKind::Click, H0)).collect();
         let mut whole = PartitionWindow::new(0, 0, RETENTION);
         let mut first = PartitionWindow::new(0, 0, RETENTION);
         let mut persisted: BTreeMap<HourStart, (u64, u64, Vec<u64>)> = BTreeMap::new();

@@ -101,10 +101,7 @@ pub struct Horizon {
 
 impl Default for Horizon {
     fn default() -> Self {
-        Horizon {
-            past: Duration::from_secs(7 * 24 * 3600),
-            future: Duration::from_secs(300),
-        }
+        Horizon { past: Duration::from_secs(7 * 24 * 3600), future: Duration::from_secs(300) }
     }
 }
 
@@ -193,9 +190,7 @@ impl RejectReason {
             }
             MissingUser | EmptyUser | UserTooLong(_) | UserHasControlChars => "bad_user",
             MissingKind | ConflictingKinds | UnknownKind(_) | FlagWithValue(_) => "bad_kind",
-            DuplicateParameter(_) | UnknownParameter(_) | BadPercentEncoding | NotUtf8 | QueryTooLong(_) => {
-                "bad_query"
-            }
+            DuplicateParameter(_) | UnknownParameter(_) | BadPercentEncoding | NotUtf8 | QueryTooLong(_) => "bad_query",
             TooOld { .. } => "too_old",
             FromFuture { .. } => "from_future",
         }

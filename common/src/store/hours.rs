@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::HourTotals;
 use crate::analytics::{HourCounts, HourStart};
 use crate::avro::HourAggregate;
@@ -143,7 +142,8 @@ mod tests {
     #[test]
     fn newest_offset_wins_per_key_whatever_the_order() {
         let got = latest_per_key([agg(1, 0, 5, 5), agg(1, 0, 9, 9), agg(1, 1, 2, 2), agg(1, 0, 7, 7), agg(2, 0, 1, 1)]);
-        let summary: Vec<_> = got.iter().map(|a| (a.hour.start_ms() / 3_600_000, a.partition, a.input_offset)).collect();
+        let summary: Vec<_> =
+            got.iter().map(|a| (a.hour.start_ms() / 3_600_000, a.partition, a.input_offset)).collect();
         assert_eq!(summary, vec![(1, 0, 9), (1, 1, 2), (2, 0, 1)]);
     }
 }

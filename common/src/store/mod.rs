@@ -20,5 +20,6 @@ pub struct HourTotals {
 }
 
 impl HourTotals {
-    pub const EMPTY: HourTotals = HourTotals { counts: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
+    pub const EMPTY: HourTotals =
+        HourTotals { counts: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
 }
