@@ -17,7 +17,7 @@ use crate::analytics::Horizon;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
-    #[arg(id = "kafka_brokers", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(id = "kafka_brokers", value_name = "HOST:PORT,..", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// Topic of accepted events (key: user id).
     #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
@@ -36,21 +36,21 @@ pub struct KafkaConfig {
     #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value = "true", action = clap::ArgAction::Set)]
     pub create_topics: bool,
     /// How long a silent processor or materializer instance keeps its partitions before another takes them over.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
-    pub session_timeout: Duration,
+    #[arg(long, env = "MEMBER_LEASE", default_value = "6s", value_parser = parse_duration)]
+    pub member_lease: Duration,
 }
 
 /// Redis, the hot read model.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
     /// Redis URL.
-    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(id = "redis_url", value_name = "URL", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
     /// Prefix of every key this deployment writes (`<prefix>:hour:<hour_start_ms>`).
-    #[arg(id = "redis_key_prefix", long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
+    #[arg(id = "redis_key_prefix", value_name = "PREFIX", long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
     pub key_prefix: String,
     /// Lifetime of an hour's copy in Redis, refreshed on every write.
-    #[arg(id = "redis_ttl", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
+    #[arg(id = "redis_ttl", value_name = "DURATION", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
     pub ttl: Duration,
 }
 
@@ -66,13 +66,13 @@ pub struct PgConfig {
     )]
     pub url: String,
     /// Schema holding the tables (created and migrated at startup).
-    #[arg(id = "pg_schema", long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
+    #[arg(id = "pg_schema", value_name = "SCHEMA", long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
     pub schema: String,
     /// Connections in the pool.
-    #[arg(id = "pg_pool_size", long = "pg-pool-size", env = "PG_POOL_SIZE", default_value = "8")]
+    #[arg(id = "pg_pool_size", value_name = "N", long = "pg-pool-size", env = "PG_POOL_SIZE", default_value = "8")]
     pub pool_size: NonZeroU32,
     /// Time limit of one PostgreSQL statement or connection attempt.
-    #[arg(id = "pg_timeout", long = "pg-timeout", env = "PG_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(id = "pg_timeout", value_name = "DURATION", long = "pg-timeout", env = "PG_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -80,10 +80,10 @@ pub struct PgConfig {
 #[derive(Debug, Clone, Args)]
 pub struct HorizonConfig {
     /// How far back an event may be (late events within it update their hour).
-    #[arg(id = "horizon_past", long = "horizon-past", env = "HORIZON_PAST", default_value = "7d", value_parser = parse_duration)]
+    #[arg(id = "horizon_past", value_name = "DURATION", long = "horizon-past", env = "HORIZON_PAST", default_value = "7d", value_parser = parse_duration)]
     pub past: Duration,
     /// How far into the future an event may be (client clock skew).
-    #[arg(id = "horizon_future", long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
+    #[arg(id = "horizon_future", value_name = "DURATION", long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
     pub future: Duration,
 }
 

@@ -44,7 +44,6 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTun
 /// A consumer configuration for manually assigned partitions (see
 /// [`crate::membership`]): positions come from the services' own stores.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
-    let session_ms = kafka.session_timeout.as_millis().max(1000);
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)
@@ -52,7 +51,6 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", session_ms.to_string())
         // Freshness: do not let an idle fetch sit for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
         .set("socket.keepalive.enable", "true");

@@ -32,7 +32,7 @@ pub fn isolated(suffix: &str) -> (KafkaConfig, RedisConfig, PgConfig) {
         aggregates_topic: format!("test-aggregates-{suffix}"),
         aggregates_partitions: 2.try_into().expect("non-zero"),
         create_topics: true,
-        session_timeout: Duration::from_secs(6),
+        member_lease: Duration::from_secs(6),
     };
     let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
     let pg = PgConfig {

@@ -50,7 +50,7 @@ pub async fn run(
     let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.aggregates_topic)
         .await
         .context("reading the aggregates topic's partition count")?;
-    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.session_timeout);
+    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.member_lease);
     let materializer = Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone()), membership)
         .context("creating the consumer")?;
     let ready: common::http::ReadyCheck = Arc::new(move || {

@@ -51,7 +51,7 @@ pub async fn run(
     let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.events_topic)
         .await
         .context("reading the events topic's partition count")?;
-    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.session_timeout);
+    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.member_lease);
     let store = StateStore::new(pool.clone(), cfg.kafka.events_topic.clone());
     let processor = Processor::new(&cfg, store, membership).context("creating the consumer")?;
     let ready_pool = pool.clone();
