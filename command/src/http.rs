@@ -7,7 +7,6 @@ use std::time::Instant;
 use common::analytics::request::parse_post;
 use common::analytics::{ClickEvent, RejectReason};
 use common::http::{self, Body, OpsRoutes};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
@@ -41,8 +40,8 @@ enum Outcome {
 }
 
 impl CommandApp {
-    /// Routes one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Routes one request. Generic over the body: the API reads only the method, path and query.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::POST => ("/analytics", self.post(req.uri().query()).await),

@@ -17,7 +17,13 @@ use crate::analytics::Horizon;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
-    #[arg(id = "kafka_brokers", value_name = "HOST:PORT,..", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        id = "kafka_brokers",
+        value_name = "HOST:PORT,..",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// Topic of accepted events (key: user id).
     #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
@@ -44,10 +50,22 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
     /// Redis URL.
-    #[arg(id = "redis_url", value_name = "URL", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        id = "redis_url",
+        value_name = "URL",
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub url: String,
     /// Prefix of every key this deployment writes (`<prefix>:hour:<hour_start_ms>`).
-    #[arg(id = "redis_key_prefix", value_name = "PREFIX", long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "analytics")]
+    #[arg(
+        id = "redis_key_prefix",
+        value_name = "PREFIX",
+        long = "redis-key-prefix",
+        env = "REDIS_KEY_PREFIX",
+        default_value = "analytics"
+    )]
     pub key_prefix: String,
     /// Lifetime of an hour's copy in Redis, refreshed on every write.
     #[arg(id = "redis_ttl", value_name = "DURATION", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]

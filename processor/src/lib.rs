@@ -16,7 +16,7 @@ pub mod config;
 mod emitter;
 pub mod metrics;
 mod pipeline;
-mod state_store;
+pub mod state_store;
 
 use std::sync::Arc;
 use std::time::Duration;

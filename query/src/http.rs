@@ -5,7 +5,6 @@ use std::time::Instant;
 use common::analytics::request::parse_get;
 use common::analytics::HourStart;
 use common::http::{self, Body, OpsRoutes};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::metrics as m;
@@ -18,7 +17,8 @@ pub struct QueryApp {
 }
 
 impl QueryApp {
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Generic over the body: the API reads only the method, path and query.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::GET || req.method() == Method::HEAD => {
