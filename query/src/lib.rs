@@ -35,13 +35,18 @@ pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<Qu
     let pool = common::pg::pool(&cfg.pg)?;
     common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
+    Ok(app_from_parts(cache, pool, metrics))
+}
+
+/// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
+pub fn app_from_parts(cache: HourCache, pool: deadpool_postgres::Pool, metrics: PrometheusHandle) -> QueryApp {
     let reader = HourReader::new(cache, pool);
     let ready_reader = reader.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let r = ready_reader.clone();
         Box::pin(async move { r.ready().await })
     });
-    Ok(QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready } })
+    QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready } }
 }
 
 /// Serves until `token` is cancelled, then drains in-flight requests.

@@ -1,0 +1,98 @@
+//! The read model against real PostgreSQL and Redis: replays are no-ops,
+//! concurrent writers sum correctly, Redis never moves backwards.
+
+use common::analytics::{HourCounts, HourStart};
+use common::avro::HourAggregate;
+use common::store::cache::HourCache;
+use common::store::{hours, HourTotals};
+use common::test_util::{drop_schema, isolated, unique_suffix};
+
+const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
+
+fn agg(partition: i32, offset: i64, users: u64, clicks: u64) -> HourAggregate {
+    HourAggregate {
+        hour: HourStart::of(H),
+        partition,
+        counts: HourCounts { unique_users: users, clicks, impressions: 1 },
+        input_offset: offset,
+        watermark_ms: H,
+    }
+}
+
+async fn setup() -> (deadpool_postgres::Pool, HourCache, common::config::PgConfig, common::config::RedisConfig) {
+    let (_, redis, pg) = isolated(&unique_suffix());
+    let pool = common::pg::pool(&pg).unwrap();
+    common::pg::migrate(&pool, &pg).await.unwrap();
+    let cache = HourCache::connect(&redis).await.unwrap();
+    (pool, cache, pg, redis)
+}
+
+#[tokio::test]
+async fn replayed_and_stale_aggregates_change_nothing() {
+    let (pool, _cache, pg, redis) = setup().await;
+    let mut client = pool.get().await.unwrap();
+    let first = hours::apply_aggregates(&mut client, &[agg(0, 10, 5, 7), agg(1, 3, 2, 2)]).await.unwrap();
+    let want = HourCounts { unique_users: 7, clicks: 9, impressions: 2 };
+    assert_eq!(first, vec![(HourStart::of(H), HourTotals { counts: want, version: 1 })]);
+
+    // The same batch again, and an older offset with other counts: no change, same version.
+    let again = hours::apply_aggregates(&mut client, &[agg(0, 10, 5, 7), agg(1, 3, 2, 2)]).await.unwrap();
+    assert_eq!(again, first);
+    let stale = hours::apply_aggregates(&mut client, &[agg(0, 9, 1, 1)]).await.unwrap();
+    assert_eq!(stale, first);
+
+    // A newer offset wins, and the version moves on.
+    let newer = hours::apply_aggregates(&mut client, &[agg(0, 11, 6, 8)]).await.unwrap();
+    assert_eq!(
+        newer[0].1,
+        HourTotals { counts: HourCounts { unique_users: 8, clicks: 10, impressions: 2 }, version: 2 }
+    );
+    assert_eq!(hours::read_hour(&client, HourStart::of(H)).await.unwrap(), Some(newer[0].1));
+    assert_eq!(hours::read_hour(&client, HourStart::of(H + 3_600_000)).await.unwrap(), None);
+    drop(client);
+    drop_schema(&pg).await;
+    common::test_util::clear_redis_prefix(&redis).await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_hour_sum_every_partition() {
+    let (pool, _cache, pg, redis) = setup().await;
+    // 8 writers, each owning one partition, each writing 20 increasing versions at once.
+    let writers = (0..8).map(|p| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for off in 1..=20 {
+                let mut client = pool.get().await.unwrap();
+                hours::apply_aggregates(&mut client, &[agg(p, off, off as u64, off as u64 * 2)]).await.unwrap();
+            }
+        })
+    });
+    futures::future::join_all(writers).await.into_iter().for_each(|r| r.unwrap());
+    let client = pool.get().await.unwrap();
+    let totals = hours::read_hour(&client, HourStart::of(H)).await.unwrap().unwrap();
+    assert_eq!(totals.counts, HourCounts { unique_users: 8 * 20, clicks: 8 * 40, impressions: 8 });
+    drop(client);
+    drop_schema(&pg).await;
+    common::test_util::clear_redis_prefix(&redis).await;
+}
+
+#[tokio::test]
+async fn redis_copy_only_moves_forward_and_expires() {
+    let (_pool, cache, pg, redis) = setup().await;
+    let hour = HourStart::of(H);
+    let v = |version, clicks| HourTotals { counts: HourCounts { unique_users: 1, clicks, impressions: 0 }, version };
+    assert_eq!(cache.get(hour).await.unwrap(), None);
+    assert_eq!(cache.put_if_newer(&[(hour, v(2, 20))]).await.unwrap(), 1);
+    assert_eq!(cache.put_if_newer(&[(hour, v(1, 10))]).await.unwrap(), 0, "an older version is ignored");
+    assert_eq!(cache.put_if_newer(&[(hour, v(2, 99))]).await.unwrap(), 0, "an equal version is ignored");
+    assert_eq!(cache.get(hour).await.unwrap(), Some(v(2, 20)));
+    assert_eq!(cache.put_if_newer(&[(hour, v(3, 30))]).await.unwrap(), 1);
+    assert_eq!(cache.get(hour).await.unwrap(), Some(v(3, 30)));
+
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(cache.key(hour)).query_async(&mut conn).await.unwrap();
+    assert!(ttl_ms > 0 && ttl_ms <= redis.ttl.as_millis() as i64, "ttl {ttl_ms} ms");
+    cache.clear().await.unwrap();
+    assert_eq!(cache.get(hour).await.unwrap(), None);
+    drop_schema(&pg).await;
+}
