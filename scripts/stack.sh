@@ -134,7 +134,7 @@ service_port() {
   esac
 }
 
-ready() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/ready"; }
+ready() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$1/ready"; }
 
 up() {
   deps
