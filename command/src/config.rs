@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{parse_duration, HorizonConfig, KafkaConfig, TelemetryConfig};
+use common::config::{parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, TelemetryConfig};
 use common::kafka::ProducerTuning;
 
 /// Accepts analytics events over HTTP and appends them durably to the events topic.
@@ -31,6 +31,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[command(flatten)]
     pub horizon: HorizonConfig,
+    #[command(flatten)]
+    pub edge: EdgeConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }

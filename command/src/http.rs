@@ -26,6 +26,7 @@ pub(crate) struct Inner {
     pub in_flight: Semaphore,
     pub max_in_flight: usize,
     pub ops: OpsRoutes,
+    pub edge: common::edge::Edge,
     /// Cancelled when the producer hits a fatal error: the process restarts.
     pub fatal: tokio_util::sync::CancellationToken,
 }
@@ -44,7 +45,10 @@ impl CommandApp {
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
-            "/analytics" if req.method() == Method::POST => ("/analytics", self.post(req.uri().query()).await),
+            "/analytics" if req.method() == Method::POST => match self.inner.edge.admit(&req, true) {
+                Ok(()) => ("/analytics", self.inner.edge.within_time_limit(self.post(req.uri().query())).await),
+                Err(refused) => ("/analytics", refused),
+            },
             "/analytics" => ("/analytics", http::method_not_allowed("POST")),
             path => match self.inner.ops.handle(req.method(), path).await {
                 Some(r) => ("ops", r),

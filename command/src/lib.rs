@@ -35,6 +35,14 @@ pub async fn build(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     clock: fn() -> i64,
 ) -> anyhow::Result<CommandApp> {
+    // A request cut short after its event was handed to the producer could be
+    // retried by the client and counted twice: let delivery give up first.
+    anyhow::ensure!(
+        cfg.edge.request_timeout > cfg.delivery_timeout,
+        "--request-timeout ({:?}) must be longer than --delivery-timeout ({:?})",
+        cfg.edge.request_timeout,
+        cfg.delivery_timeout
+    );
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     }
@@ -57,6 +65,7 @@ pub async fn build(
             in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
             max_in_flight: cfg.max_in_flight.get() as usize,
             ops: OpsRoutes { service: "command", metrics, ready },
+            edge: common::edge::Edge::new(&cfg.edge),
             fatal: CancellationToken::new(),
         }
     });
@@ -70,6 +79,7 @@ pub async fn build(
 pub async fn run(
     app: CommandApp,
     listener: TcpListener,
+    limits: ServerLimits,
     token: CancellationToken,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -98,7 +108,7 @@ pub async fn run(
         async move { app.handle(req).await }
     };
     tracing::info!(addr = %listener.local_addr()?, "command service listening");
-    common::http::serve(listener, handler, ServerLimits::default(), stop.clone(), drain).await;
+    common::http::serve(listener, handler, limits, stop.clone(), drain).await;
     stop.cancel();
     let _ = watcher.await;
     app.inner.publisher.flush(drain).context("flushing the producer")?;

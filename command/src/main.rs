@@ -8,5 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let token = common::shutdown::on_signals();
     let app = command::build(&cfg, metrics, common::now_ms).await?;
     let listener = common::http::bind(cfg.listen).await?;
-    command::run(app, listener, token, cfg.telemetry.shutdown_timeout).await
+    let limits = common::http::ServerLimits::from_edge(&cfg.edge)?;
+    command::run(app, listener, limits, token, cfg.telemetry.shutdown_timeout).await
 }

@@ -214,7 +214,8 @@ async fn a_real_listener_serves_and_refuses_oversized_or_broken_requests() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let token = common::shutdown::CancellationToken::new();
-    let server = tokio::spawn(command::run(app, listener, token.clone(), Duration::from_secs(2)));
+    let limits = common::http::ServerLimits::default();
+    let server = tokio::spawn(command::run(app, listener, limits, token.clone(), Duration::from_secs(2)));
 
     let (status, body) = http(addr, "POST", &format!("/analytics?timestamp={NOW}&user=listener&click")).await.unwrap();
     assert_eq!(status, 204, "{body}");

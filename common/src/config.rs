@@ -165,3 +165,29 @@ mod tests {
         assert!(parse_duration("99999999999999999999d").is_err());
     }
 }
+
+/// Security and limits at the HTTP edge of the public services (command, query).
+#[derive(Debug, Clone, Args)]
+pub struct EdgeConfig {
+    /// Require `Authorization: Bearer <token>` on writes (POST). Unset: no authentication.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Requests per second allowed per client IP address (token bucket); 0 turns rate limiting off.
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value = "0")]
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may send in a burst above its rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "200")]
+    pub rate_limit_burst: NonZeroU32,
+    /// Time limit for answering one request; beyond it the answer is 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Largest request body accepted (the API takes none); larger gets 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1024")]
+    pub max_body_bytes: u64,
+    /// Serve HTTPS with this PEM certificate chain (requires --tls-key).
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}

@@ -16,25 +16,46 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub type Body = Full<Bytes>;
 
-/// Limits applied to every connection.
-#[derive(Debug, Clone, Copy)]
+/// Limits and transport options applied to every connection.
+#[derive(Clone)]
 pub struct ServerLimits {
     /// Time a client has to send a complete request head (slow-client defence).
     pub header_read_timeout: Duration,
     /// Largest request head (request line plus headers) in bytes.
     pub max_header_bytes: usize,
+    /// Serve TLS instead of plain HTTP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        ServerLimits { header_read_timeout: Duration::from_secs(5), max_header_bytes: 16 * 1024 }
+        ServerLimits { header_read_timeout: Duration::from_secs(5), max_header_bytes: 16 * 1024, tls: None }
     }
 }
+
+impl ServerLimits {
+    /// Default limits, with TLS if the edge configuration names a certificate and key.
+    ///
+    /// # Errors
+    /// When the certificate or key cannot be loaded.
+    pub fn from_edge(edge: &crate::config::EdgeConfig) -> anyhow::Result<Self> {
+        let tls = match (&edge.tls_cert, &edge.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(ServerLimits { tls, ..ServerLimits::default() })
+    }
+}
+
+/// The client's address, put into every request's extensions by [`serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Serves `handler` on `listener` until `token` is cancelled, then stops
 /// accepting and waits (at most `drain`) for in-flight requests to finish.
@@ -50,7 +71,7 @@ pub async fn serve<H, F>(
 {
     let connections = TaskTracker::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -63,24 +84,17 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let token = token.clone();
+        let (handler, token, limits) = (handler.clone(), token.clone(), limits.clone());
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match &limits.tls {
+                None => serve_connection(stream, peer, handler, &limits, token).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, handler, &limits, token).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
         });
@@ -89,6 +103,65 @@ pub async fn serve<H, F>(
     if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }
+}
+
+async fn serve_connection<IO, H, F>(
+    io: IO,
+    peer: SocketAddr,
+    handler: H,
+    limits: &ServerLimits,
+    token: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A TLS acceptor from PEM files (certificate chain and private key).
+///
+/// # Errors
+/// When a file cannot be read or holds no usable certificate or key.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the private key from {}", key.display()))?
+    .with_context(|| format!("no private key in {}", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Binds a listener, with a readable error.

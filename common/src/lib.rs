@@ -13,6 +13,7 @@
 pub mod analytics;
 pub mod avro;
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod kafka;
 pub mod membership;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::config::{PgConfig, RedisConfig, TelemetryConfig};
+use common::config::{EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
 
 /// Answers hourly analytics from Redis, falling back to PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -16,6 +16,8 @@ pub struct Config {
     pub pg: PgConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
+    #[command(flatten)]
+    pub edge: EdgeConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }

@@ -14,6 +14,7 @@ use crate::reader::HourReader;
 pub struct QueryApp {
     pub(crate) reader: HourReader,
     pub(crate) ops: OpsRoutes,
+    pub(crate) edge: common::edge::Edge,
 }
 
 impl QueryApp {
@@ -22,7 +23,10 @@ impl QueryApp {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::GET || req.method() == Method::HEAD => {
-                ("/analytics", self.get(req.uri().query()).await)
+                match self.edge.admit(&req, false) {
+                    Ok(()) => ("/analytics", self.edge.within_time_limit(self.get(req.uri().query())).await),
+                    Err(refused) => ("/analytics", refused),
+                }
             }
             "/analytics" => ("/analytics", http::method_not_allowed("GET")),
             path => match self.ops.handle(req.method(), path).await {

@@ -35,24 +35,30 @@ pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<Qu
     let pool = common::pg::pool(&cfg.pg)?;
     common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(cache, pool, metrics))
+    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge)))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
-pub fn app_from_parts(cache: HourCache, pool: deadpool_postgres::Pool, metrics: PrometheusHandle) -> QueryApp {
+pub fn app_from_parts(
+    cache: HourCache,
+    pool: deadpool_postgres::Pool,
+    metrics: PrometheusHandle,
+    edge: common::edge::Edge,
+) -> QueryApp {
     let reader = HourReader::new(cache, pool);
     let ready_reader = reader.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let r = ready_reader.clone();
         Box::pin(async move { r.ready().await })
     });
-    QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready } }
+    QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready }, edge }
 }
 
 /// Serves until `token` is cancelled, then drains in-flight requests.
 pub async fn run(
     app: QueryApp,
     listener: TcpListener,
+    limits: ServerLimits,
     token: CancellationToken,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -61,7 +67,7 @@ pub async fn run(
         let app = app.clone();
         async move { app.handle(req).await }
     };
-    common::http::serve(listener, handler, ServerLimits::default(), token, drain).await;
+    common::http::serve(listener, handler, limits, token, drain).await;
     tracing::info!("query service stopped");
     Ok(())
 }

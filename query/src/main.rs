@@ -8,5 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let token = common::shutdown::on_signals();
     let app = query::build(&cfg, metrics).await?;
     let listener = common::http::bind(cfg.listen).await?;
-    query::run(app, listener, token, cfg.telemetry.shutdown_timeout).await
+    let limits = common::http::ServerLimits::from_edge(&cfg.edge)?;
+    query::run(app, listener, limits, token, cfg.telemetry.shutdown_timeout).await
 }

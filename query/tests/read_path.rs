@@ -42,7 +42,8 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         cfg.pg.url = url.to_owned();
         let pool = common::pg::pool(&cfg.pg).unwrap();
         let cache = HourCache::connect(&redis).await.unwrap();
-        let app = query::app_from_parts(cache.clone(), pool.clone(), common::telemetry::prometheus());
+        let edge = common::edge::Edge::new(&cfg.edge);
+        let app = query::app_from_parts(cache.clone(), pool.clone(), common::telemetry::prometheus(), edge);
         return Fixture { app, cache, pool, pg, redis };
     }
     let pool = common::pg::pool(&pg).unwrap();
