@@ -326,3 +326,36 @@ pub fn test_hours(now_ms: i64) -> Vec<HourStart> {
     let h = |hours_ago: i64| HourStart::of(now_ms - hours_ago * 3_600_000);
     vec![h(50), h(5), h(4), h(3)]
 }
+
+/// Posts `events` with `concurrency` connections until they are all sent or
+/// `stop` is set; returns the events that were accepted (204). Failures
+/// (connection refused, 503) are expected under faults and are not counted.
+pub async fn post_under_faults(
+    addrs: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    events: Vec<Event>,
+    concurrency: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Event> {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    let accepted: Vec<Option<Event>> = futures::stream::iter(events.into_iter().enumerate())
+        .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed)))
+        .map(|(i, e)| {
+            let addrs = addrs.clone();
+            async move {
+                let targets = addrs.lock().expect("lock").clone();
+                if targets.is_empty() {
+                    return None;
+                }
+                let addr = targets[i % targets.len()];
+                match http(addr, "POST", &e.path()).await {
+                    Ok((204, _)) => Some(e),
+                    _ => None,
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    accepted.into_iter().flatten().collect()
+}

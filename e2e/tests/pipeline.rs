@@ -119,3 +119,33 @@ async fn events_outside_the_horizon_are_refused_and_change_nothing() {
     assert!(metrics.contains("analytics_command_events_rejected_total{reason=\"too_old\"} 1"), "{metrics}");
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_each_service_within_10_s_under_load_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let events = workload(6000, 800, &test_hours(common::now_ms()), 5);
+    let targets = Arc::new(Mutex::new(vec![stack.addr("command")]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(e2e::post_under_faults(targets.clone(), events, 8, stop.clone()));
+
+    for service in [Service::Processor, Service::Materializer, Service::Query, Service::Command] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let name = format!("{service:?}").to_lowercase();
+        let (ok, took) = stack.terminate(&name);
+        assert!(ok, "{name} exits with success on SIGTERM (logs: {})", stack.log_dir().display());
+        assert!(took < Duration::from_secs(10), "{name} took {took:?} to stop");
+        let addr = stack.start(&name, service).await;
+        if service == Service::Command {
+            *targets.lock().unwrap() = vec![addr];
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let accepted = load.await.unwrap();
+    assert!(accepted.len() > 500, "the load went on: {} accepted", accepted.len());
+    assert_counts_converge(stack.addr("query"), &expected_of(&accepted), CONVERGE).await;
+    stack.cleanup().await;
+}
