@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test lint fmt build broker clean-run help
+.PHONY: up down status test lint fmt build broker help chaos bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,3 +28,6 @@ build: ## release binaries
 
 broker: ## start only the broker
 	@scripts/stack.sh broker-up
+
+chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis flush, PostgreSQL outage, scale)
+	@scripts/chaos.sh

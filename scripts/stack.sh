@@ -83,9 +83,20 @@ deps() {
   ensure_broker_binary
 }
 
+# Tansu 0.6 can lose its storage task to a panic and keep listening while
+# answering nothing: treat a panic logged since its last start as dead.
+broker_healthy() {
+  [[ -f "$RUN_DIR/broker.log" ]] || return 0
+  ! awk '/^tansu broker/ {panicked=0} /panicked at/ {panicked=1} END {exit !panicked}' "$RUN_DIR/broker.log"
+}
+
 broker_up() {
   mkdir -p "$RUN_DIR/broker"
-  if alive "$RUN_DIR/broker.pid"; then return; fi
+  if alive "$RUN_DIR/broker.pid"; then
+    if broker_healthy; then return; fi
+    log "the broker's storage task panicked (see $RUN_DIR/broker.log); restarting it"
+    stop_pid broker "$RUN_DIR/broker.pid"
+  fi
   if port_open "$BROKER_PORT"; then
     log "a broker already answers on :$BROKER_PORT (not started by us); using it"
     return

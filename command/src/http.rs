@@ -45,9 +45,9 @@ impl CommandApp {
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
-            "/analytics" if req.method() == Method::POST => match self.inner.edge.admit(&req, true) {
-                Ok(()) => ("/analytics", self.inner.edge.within_time_limit(self.post(req.uri().query())).await),
-                Err(refused) => ("/analytics", refused),
+            "/analytics" if req.method() == Method::POST => match self.inner.edge.refusal(&req, true) {
+                None => ("/analytics", self.inner.edge.within_time_limit(self.post(req.uri().query())).await),
+                Some(refused) => ("/analytics", refused),
             },
             "/analytics" => ("/analytics", http::method_not_allowed("POST")),
             path => match self.inner.ops.handle(req.method(), path).await {

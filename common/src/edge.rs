@@ -90,11 +90,12 @@ impl Edge {
         }
     }
 
-    /// Refuses a request that fails a check; `write` marks requests that need the token.
-    pub fn admit<B>(&self, req: &Request<B>, write: bool) -> Result<(), Response<Body>> {
+    /// The answer to a request that fails a check, or `None` to let it through;
+    /// `write` marks requests that need the token.
+    pub fn refusal<B>(&self, req: &Request<B>, write: bool) -> Option<Response<Body>> {
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes) {
-            return Err(http::error(
+            return Some(http::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "request body larger than {} bytes; this API takes its input in the query string",
@@ -108,7 +109,7 @@ impl Edge {
                 let mut r =
                     http::error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded for this client; slow down");
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-                return Err(r);
+                return Some(r);
             }
         }
         if let (true, Some(token)) = (write, &self.token) {
@@ -117,10 +118,10 @@ impl Edge {
             if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
                 let mut r = http::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return Err(r);
+                return Some(r);
             }
         }
-        Ok(())
+        None
     }
 
     /// Runs `answer` within the request time limit; 503 when it takes longer.
@@ -168,34 +169,34 @@ mod tests {
     fn everything_is_admitted_by_default() {
         let e = edge(&[]);
         for _ in 0..1000 {
-            assert!(e.admit(&req(None, None, [1, 2, 3, 4]), true).is_ok());
+            assert!(e.refusal(&req(None, None, [1, 2, 3, 4]), true).is_none());
         }
     }
 
     #[test]
     fn writes_need_the_bearer_token_when_one_is_set() {
         let e = edge(&["--api-token", "s3cret"]);
-        let status = |r: Result<(), Response<Body>>| r.err().map(|r| r.status());
-        assert_eq!(status(e.admit(&req(None, None, [1, 1, 1, 1]), true)), Some(StatusCode::UNAUTHORIZED));
+        let status = |r: Option<Response<Body>>| r.map(|r| r.status());
+        assert_eq!(status(e.refusal(&req(None, None, [1, 1, 1, 1]), true)), Some(StatusCode::UNAUTHORIZED));
         assert_eq!(
-            status(e.admit(&req(Some("Bearer nope"), None, [1, 1, 1, 1]), true)),
+            status(e.refusal(&req(Some("Bearer nope"), None, [1, 1, 1, 1]), true)),
             Some(StatusCode::UNAUTHORIZED)
         );
-        assert_eq!(status(e.admit(&req(Some("s3cret"), None, [1, 1, 1, 1]), true)), Some(StatusCode::UNAUTHORIZED));
-        assert_eq!(status(e.admit(&req(Some("Bearer s3cret"), None, [1, 1, 1, 1]), true)), None);
-        assert_eq!(status(e.admit(&req(None, None, [1, 1, 1, 1]), false)), None, "reads need no token");
+        assert_eq!(status(e.refusal(&req(Some("s3cret"), None, [1, 1, 1, 1]), true)), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(e.refusal(&req(Some("Bearer s3cret"), None, [1, 1, 1, 1]), true)), None);
+        assert_eq!(status(e.refusal(&req(None, None, [1, 1, 1, 1]), false)), None, "reads need no token");
     }
 
     #[test]
     fn each_client_gets_its_own_bucket() {
         let e = edge(&["--rate-limit-per-sec", "1", "--rate-limit-burst", "3"]);
         for _ in 0..3 {
-            assert!(e.admit(&req(None, None, [9, 9, 9, 9]), true).is_ok());
+            assert!(e.refusal(&req(None, None, [9, 9, 9, 9]), true).is_none());
         }
-        let refused = e.admit(&req(None, None, [9, 9, 9, 9]), true).unwrap_err();
+        let refused = e.refusal(&req(None, None, [9, 9, 9, 9]), true).expect("refused");
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.headers()[RETRY_AFTER], "1");
-        assert!(e.admit(&req(None, None, [8, 8, 8, 8]), true).is_ok(), "another client is not affected");
+        assert!(e.refusal(&req(None, None, [8, 8, 8, 8]), true).is_none(), "another client is not affected");
     }
 
     #[test]
@@ -205,7 +206,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(limiter.check(ip, t0).is_ok());
         assert!(limiter.check(ip, t0).is_ok());
-        let wait = limiter.check(ip, t0).unwrap_err();
+        let wait = limiter.check(ip, t0).expect_err("refused");
         assert!(wait <= Duration::from_millis(100));
         assert!(limiter.check(ip, t0 + Duration::from_millis(100)).is_ok());
     }
@@ -214,9 +215,9 @@ mod tests {
     fn declared_bodies_over_the_limit_get_413() {
         let e = edge(&["--max-body-bytes", "10"]);
         assert_eq!(
-            e.admit(&req(None, Some(11), [1, 1, 1, 1]), true).unwrap_err().status(),
+            e.refusal(&req(None, Some(11), [1, 1, 1, 1]), true).expect("refused").status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        assert!(e.admit(&req(None, Some(10), [1, 1, 1, 1]), true).is_ok());
+        assert!(e.refusal(&req(None, Some(10), [1, 1, 1, 1]), true).is_none());
     }
 }

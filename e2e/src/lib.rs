@@ -327,35 +327,159 @@ pub fn test_hours(now_ms: i64) -> Vec<HourStart> {
     vec![h(50), h(5), h(4), h(3)]
 }
 
+/// What happened to the events a faulty run tried to post.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Answered 204: each must be counted exactly once.
+    pub accepted: Vec<Event>,
+    /// No answer, or a 503 after the event may have reached the broker
+    /// (delivery timeout): each may be counted once or not at all.
+    pub indeterminate: Vec<Event>,
+}
+
 /// Posts `events` with `concurrency` connections until they are all sent or
-/// `stop` is set; returns the events that were accepted (204). Failures
-/// (connection refused, 503) are expected under faults and are not counted.
+/// `stop` is set, behaving like a careful client: a refusal that records
+/// nothing (connection refused, 503 "queue is full" / overload, 429) is
+/// retried after a pause; an outcome that cannot be known is noted.
 pub async fn post_under_faults(
     addrs: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
     events: Vec<Event>,
     concurrency: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<Event> {
+) -> LoadOutcome {
     use futures::StreamExt;
     use std::sync::atomic::Ordering;
-    let accepted: Vec<Option<Event>> = futures::stream::iter(events.into_iter().enumerate())
+    let results: Vec<(Option<Event>, Vec<Event>)> = futures::stream::iter(events.into_iter().enumerate())
         .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed)))
         .map(|(i, e)| {
             let addrs = addrs.clone();
+            let stop = stop.clone();
             async move {
-                let targets = addrs.lock().expect("lock").clone();
-                if targets.is_empty() {
-                    return None;
+                let mut unknown = Vec::new();
+                for attempt in 0..600 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let targets = addrs.lock().expect("lock").clone();
+                    let addr = targets[(i + attempt) % targets.len()];
+                    match http(addr, "POST", &e.path()).await {
+                        Ok((204, _)) => return (Some(e), unknown),
+                        Ok((429, _)) => {}
+                        Ok((503, body)) if body.contains("queue is full") || body.contains("in flight") => {}
+                        Ok((503, _)) => unknown.push(e.clone()),
+                        Ok((status, body)) => panic!("unexpected {status} for {e:?}: {body}"),
+                        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                        Err(_) => unknown.push(e.clone()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                let addr = targets[i % targets.len()];
-                match http(addr, "POST", &e.path()).await {
-                    Ok((204, _)) => Some(e),
-                    _ => None,
-                }
+                (None, unknown)
             }
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    accepted.into_iter().flatten().collect()
+    let mut outcome = LoadOutcome::default();
+    for (accepted, unknown) in results {
+        outcome.accepted.extend(accepted);
+        outcome.indeterminate.extend(unknown);
+    }
+    outcome
+}
+
+/// Waits until every hour lies between the counts of `lower` (the events that
+/// must be counted) and `upper` (those plus the ones that may be), in every
+/// field; panics with the differences after `limit`. With `lower == upper`
+/// this is an exact check.
+pub async fn assert_counts_within(query: SocketAddr, lower: &Expected, upper: &Expected, limit: Duration) {
+    let lows: BTreeMap<HourStart, HourCounts> = lower.hours().into_iter().collect();
+    let highs: BTreeMap<HourStart, HourCounts> = upper.hours().into_iter().collect();
+    let started = std::time::Instant::now();
+    loop {
+        let mut wrong = Vec::new();
+        for (hour, high) in &highs {
+            let low = lows.get(hour).copied().unwrap_or_default();
+            let got = get_counts(query, hour.start_ms()).await;
+            let within = got.is_some_and(|g| {
+                (low.unique_users..=high.unique_users).contains(&g.unique_users)
+                    && (low.clicks..=high.clicks).contains(&g.clicks)
+                    && (low.impressions..=high.impressions).contains(&g.impressions)
+            });
+            if !within {
+                wrong.push(format!("{hour}: want between {low:?} and {high:?}, got {got:?}"));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < limit, "counts not within bounds after {limit:?}:\n{}", wrong.join("\n"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A TCP proxy in front of a dependency that a test can cut and restore:
+/// while cut, new connections are refused and open ones are dropped, as if
+/// the server behind it were stopped.
+pub struct CuttableProxy {
+    pub addr: SocketAddr,
+    upstream: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let mut proxy = CuttableProxy { addr, upstream, task: None, conns: Default::default() };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (upstream, conns) = (self.upstream, self.conns.clone());
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().expect("lock").push(handle.abort_handle());
+            }
+        }));
+    }
+
+    /// Refuses new connections and drops the open ones.
+    pub fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn restore(&mut self) {
+        for _ in 0..50 {
+            if let Ok(listener) = tokio::net::TcpListener::bind(self.addr).await {
+                self.serve(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not re-bind the proxy on {}", self.addr);
+    }
+}
+
+/// Waits (up to 60 s) until the hour of `timestamp_ms` satisfies `ok`.
+pub async fn wait_for(query: SocketAddr, timestamp_ms: i64, ok: impl Fn(HourCounts) -> bool) {
+    for _ in 0..600 {
+        if get_counts(query, timestamp_ms).await.is_some_and(&ok) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the hour of {timestamp_ms} never reached the expected state");
 }

@@ -23,9 +23,9 @@ impl QueryApp {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::GET || req.method() == Method::HEAD => {
-                match self.edge.admit(&req, false) {
-                    Ok(()) => ("/analytics", self.edge.within_time_limit(self.get(req.uri().query())).await),
-                    Err(refused) => ("/analytics", refused),
+                match self.edge.refusal(&req, false) {
+                    None => ("/analytics", self.edge.within_time_limit(self.get(req.uri().query())).await),
+                    Some(refused) => ("/analytics", refused),
                 }
             }
             "/analytics" => ("/analytics", http::method_not_allowed("GET")),

@@ -1,0 +1,225 @@
+//! Fault scenarios (`make chaos`): each posts ≥ 100k events over several
+//! hours (late ones included) under load, injects a fault, and checks every
+//! affected hour against the exact expected counts. Ignored by `make test`;
+//! `scripts/chaos.sh` runs them one by one and prints a summary.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::analytics::{HourCounts, HourStart};
+use e2e::{
+    assert_counts_within, get_counts, post_under_faults, test_hours, workload, CuttableProxy, Expected, LoadOutcome,
+    Service, Stack,
+};
+
+const EVENTS: usize = 100_000;
+const USERS: usize = 20_000;
+const CONCURRENCY: usize = 32;
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn events(seed: u64) -> Vec<e2e::Event> {
+    workload(EVENTS, USERS, &test_hours(common::now_ms()), seed)
+}
+
+fn expected_of(events: &[e2e::Event]) -> Expected {
+    let mut exp = Expected::default();
+    events.iter().for_each(|e| exp.add(e));
+    exp
+}
+
+/// Load running in the background against the given command instances.
+struct Load {
+    targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+    task: tokio::task::JoinHandle<LoadOutcome>,
+}
+
+impl Load {
+    fn start(targets: Vec<std::net::SocketAddr>, events: Vec<e2e::Event>) -> Self {
+        let targets = Arc::new(Mutex::new(targets));
+        let never = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(post_under_faults(targets.clone(), events, CONCURRENCY, never));
+        Load { targets, task }
+    }
+
+    /// Waits for the load to finish sending.
+    async fn finish(self) -> LoadOutcome {
+        self.task.await.expect("load task")
+    }
+}
+
+async fn pause(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Every 204 counted exactly once; an event whose outcome the client cannot
+/// know (no answer, or a delivery timeout) counted at most once.
+async fn check(stack: &Stack, outcome: &LoadOutcome) {
+    assert!(outcome.accepted.len() >= EVENTS * 9 / 10, "only {} of {EVENTS} events accepted", outcome.accepted.len());
+    let lower = expected_of(&outcome.accepted);
+    let mut upper = lower.clone();
+    outcome.indeterminate.iter().for_each(|e| upper.add(e));
+    println!("accepted {}, indeterminate {}", outcome.accepted.len(), outcome.indeterminate.len());
+    assert_counts_within(stack.addr("query"), &lower, &upper, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_1_kill_9_processor_mid_stream() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let load = Load::start(vec![stack.addr("command")], events(11));
+    pause(4000).await;
+    stack.kill9("processor");
+    pause(2000).await;
+    stack.start("processor", Service::Processor).await;
+    pause(3000).await;
+    stack.kill9("processor");
+    stack.start("processor", Service::Processor).await;
+    let outcome = load.finish().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_2_kill_9_materializer_mid_stream() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let load = Load::start(vec![stack.addr("command")], events(12));
+    pause(4000).await;
+    stack.kill9("materializer");
+    pause(2000).await;
+    stack.start("materializer", Service::Materializer).await;
+    pause(3000).await;
+    stack.kill9("materializer");
+    stack.start("materializer", Service::Materializer).await;
+    let outcome = load.finish().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_3_kill_9_one_of_two_command_instances() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    stack.start("command-2", Service::Command).await;
+    let load = Load::start(vec![stack.addr("command"), stack.addr("command-2")], events(13));
+    pause(4000).await;
+    stack.kill9("command-2");
+    // The load balancer notices: the survivor takes all traffic.
+    *load.targets.lock().unwrap() = vec![stack.addr("command")];
+    let outcome = load.finish().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_4_broker_stopped_and_restarted() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let load = Load::start(vec![stack.addr("command")], events(14));
+    pause(4000).await;
+    let stack_sh = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/stack.sh");
+    assert!(std::process::Command::new("bash").arg(stack_sh).arg("broker-down").status().unwrap().success());
+    pause(3000).await;
+    assert!(std::process::Command::new("bash").arg(stack_sh).arg("broker-up").status().unwrap().success());
+    let outcome = load.finish().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_5_redis_flushed_under_load() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let load = Load::start(vec![stack.addr("command")], events(15));
+    for _ in 0..3 {
+        pause(3000).await;
+        stack.flush_redis().await;
+    }
+    let outcome = load.finish().await;
+    stack.flush_redis().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_6_postgres_stopped_for_30_s() {
+    let mut stack = Stack::new();
+    let upstream = "127.0.0.1:5432".parse().unwrap();
+    let mut pg = CuttableProxy::start(upstream).await;
+    stack.pg.url = format!("postgres://postgres@{}/postgres", pg.addr);
+    stack.env("PG_TIMEOUT", "2s");
+    stack.start_all().await;
+    let now = common::now_ms();
+    // A current-hour probe that is cached in Redis before the outage.
+    let probe = e2e::Event { timestamp_ms: now, user: "probe".into(), kind: e2e::Kind::Click };
+    e2e::post_all(stack.addr("command"), std::slice::from_ref(&probe), 1).await;
+    e2e::wait_for(stack.addr("query"), now, |c| c.clicks >= 1).await;
+
+    let load = Load::start(vec![stack.addr("command")], events(16));
+    pause(3000).await;
+    pg.cut();
+    let outage = std::time::Instant::now();
+    let (mut posts_ok, mut current_ok, mut old_503) = (0, 0, 0);
+    let old_hour = HourStart::of(now - 100 * 3_600_000);
+    while outage.elapsed() < Duration::from_secs(30) {
+        let path = format!("/analytics?timestamp={}&user=outage-{}&impression", now - 3_600_000, posts_ok);
+        if let Ok((204, _)) = common::test_util::http(stack.addr("command"), "POST", &path).await {
+            posts_ok += 1;
+        }
+        if get_counts(stack.addr("query"), now).await.is_some() {
+            current_ok += 1;
+        }
+        let started = std::time::Instant::now();
+        let (status, _) = common::test_util::http(
+            stack.addr("query"),
+            "GET",
+            &format!("/analytics?timestamp={}", old_hour.start_ms()),
+        )
+        .await
+        .unwrap();
+        if status == 503 && started.elapsed() < Duration::from_secs(6) {
+            old_503 += 1;
+        }
+        pause(1000).await;
+    }
+    pg.restore().await;
+    assert!(posts_ok > 20, "ingestion went on during the outage ({posts_ok} accepted)");
+    assert!(current_ok > 20, "current-hour reads went on ({current_ok} answered)");
+    assert!(old_503 > 20, "uncached old hours failed fast with 503 ({old_503})");
+    let mut outcome = load.finish().await;
+    outcome.accepted.push(probe);
+    outcome.accepted.extend((0..posts_ok).map(|i| e2e::Event {
+        timestamp_ms: now - 3_600_000,
+        user: format!("outage-{i}"),
+        kind: e2e::Kind::Impression,
+    }));
+    check(&stack, &outcome).await;
+    assert_eq!(get_counts(stack.addr("query"), old_hour.start_ms()).await, Some(HourCounts::default()));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_7_instances_added_and_removed_under_load() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let load = Load::start(vec![stack.addr("command")], events(17));
+    pause(3000).await;
+    stack.start("processor-2", Service::Processor).await;
+    stack.start("materializer-2", Service::Materializer).await;
+    pause(6000).await;
+    let (ok, _) = stack.terminate("processor");
+    assert!(ok);
+    pause(2000).await;
+    stack.kill9("materializer-2");
+    let outcome = load.finish().await;
+    check(&stack, &outcome).await;
+    stack.cleanup().await;
+}
