@@ -366,7 +366,8 @@ pub async fn post_under_faults(
                         Ok((204, _)) => return (Some(e), unknown),
                         Ok((429, _)) => {}
                         Ok((503, body)) if body.contains("queue is full") || body.contains("in flight") => {}
-                        Ok((503, _)) => unknown.push(e.clone()),
+                        // 0: the connection closed without an answer.
+                        Ok((503 | 0, _)) => unknown.push(e.clone()),
                         Ok((status, body)) => panic!("unexpected {status} for {e:?}: {body}"),
                         Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
                         Err(_) => unknown.push(e.clone()),
