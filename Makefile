@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test lint fmt build broker help chaos bench
+.PHONY: up down status test lint fmt build broker help chaos bench observe
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ fmt: ## format the code
 
 build: ## release binaries
 	cargo build --release --bins
+
+observe: ## Prometheus (Debian package) scraping the four services, on :9090
+	@scripts/stack.sh observe
 
 broker: ## start only the broker
 	@scripts/stack.sh broker-up

@@ -7,6 +7,7 @@
 #   scripts/stack.sh up            deps + release build + broker + services, wait until ready
 #   scripts/stack.sh down          stop everything `up` started, by PID
 #   scripts/stack.sh status        what is running
+#   scripts/stack.sh observe       Prometheus (Debian package) scraping the four services on :9090
 #
 # Everything runtime lives under $RUN_DIR (default ./run): logs, PID files, broker data.
 # Idempotent: running `up` twice is harmless.
@@ -81,6 +82,32 @@ deps() {
   ensure_redis
   ensure_postgres
   ensure_broker_binary
+}
+
+ensure_prometheus() {
+  command -v prometheus >/dev/null || apt_install prometheus
+}
+
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+
+# Prometheus from Debian's package, scraping the four services of `up`.
+observe() {
+  ensure_prometheus
+  mkdir -p "$RUN_DIR/prometheus"
+  if alive "$RUN_DIR/prometheus.pid"; then log "Prometheus already running"; return; fi
+  cat >"$RUN_DIR/prometheus.yml" <<YAML
+global:
+  scrape_interval: 5s
+scrape_configs:
+  - job_name: analytics
+    static_configs:
+      - targets: ['127.0.0.1:$COMMAND_PORT', '127.0.0.1:$QUERY_PORT', '127.0.0.1:$PROCESSOR_PORT', '127.0.0.1:$MATERIALIZER_PORT']
+YAML
+  nohup prometheus --config.file="$RUN_DIR/prometheus.yml" --storage.tsdb.path="$RUN_DIR/prometheus" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >>"$RUN_DIR/prometheus.log" 2>&1 &
+  echo $! >"$RUN_DIR/prometheus.pid"
+  wait_for "Prometheus" 30 port_open "$PROMETHEUS_PORT"
+  log "Prometheus on http://127.0.0.1:$PROMETHEUS_PORT (try: analytics_http_requests_total)"
 }
 
 # Tansu 0.6 can lose its storage task to a panic and keep listening while
@@ -177,22 +204,25 @@ MSG
 }
 
 down() {
+  stop_pid prometheus "$RUN_DIR/prometheus.pid"
   for s in query command materializer processor; do stop_pid "$s" "$RUN_DIR/$s.pid"; done
   broker_down
 }
 
 status() {
-  for s in broker "${SERVICES[@]}"; do
+  for s in broker "${SERVICES[@]}" prometheus; do
     if alive "$RUN_DIR/$s.pid"; then echo "$s: running (pid $(cat "$RUN_DIR/$s.pid"))"; else echo "$s: stopped"; fi
   done
 }
 
 case "${1:-}" in
   deps) deps ;;
+  prometheus-deps) ensure_prometheus ;;
+  observe) observe ;;
   broker-up) broker_up ;;
   broker-down) broker_down ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 deps|broker-up|broker-down|up|down|status" ;;
+  *) die "usage: $0 deps|broker-up|broker-down|up|down|status|observe|prometheus-deps" ;;
 esac
