@@ -12,3 +12,5 @@ pub const SINK_DURATION: &str = "analytics_materializer_sink_duration_seconds";
 pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
 /// Event accepted by the command → its hour's totals visible in Redis.
 pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";
+/// Label `partition`: high watermark of the aggregates topic minus the next offset to write.
+pub const CONSUMER_LAG: &str = "analytics_materializer_consumer_lag_messages";

@@ -4,6 +4,7 @@
 //! batch, which the offset and version guards turn into no-ops.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::avro::{decode_hour_aggregate, HourAggregate};
@@ -20,13 +21,15 @@ use crate::sink::ReadModelSink;
 use crate::Config;
 
 pub struct Materializer {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     membership: Membership,
     sink: ReadModelSink,
     topic: String,
     max_batch: usize,
     batch_wait: Duration,
     owned: BTreeSet<i32>,
+    /// Next offset to consume per owned partition, as last written.
+    positions: Arc<Mutex<BTreeMap<i32, i64>>>,
 }
 
 /// Aggregates read since the last write, and the positions to store after writing them.
@@ -43,13 +46,14 @@ impl Materializer {
     pub fn new(cfg: &Config, sink: ReadModelSink, membership: Membership) -> Result<Self, rdkafka::error::KafkaError> {
         let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "materializer").create()?;
         Ok(Materializer {
-            consumer,
+            consumer: Arc::new(consumer),
             membership,
             sink,
             topic: cfg.kafka.aggregates_topic.clone(),
             max_batch: cfg.max_batch.get() as usize,
             batch_wait: cfg.batch_wait,
             owned: BTreeSet::new(),
+            positions: Arc::default(),
         })
     }
 
@@ -70,6 +74,7 @@ impl Materializer {
                 _ = heartbeat.tick() => {
                     if !self.flush(&mut batch, &token).await { break; }
                     self.rebalance().await?;
+                    self.record_lag();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     if !self.flush(&mut batch, &token).await { break; }
@@ -111,11 +116,32 @@ impl Materializer {
         }
         self.owned.extend(&plan.acquired);
         let stored = self.membership.committed_offsets(&self.topic).await.unwrap_or_default();
+        {
+            let mut positions = self.positions.lock().expect("positions lock");
+            positions.retain(|p, _| self.owned.contains(p));
+            for p in &self.owned {
+                positions.entry(*p).or_insert_with(|| stored.get(p).copied().unwrap_or(0));
+            }
+        }
         let positions: Vec<(i32, Offset)> =
             self.owned.iter().map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))).collect();
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         tracing::info!(partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
         Ok(())
+    }
+
+    /// Consumer lag per owned partition; asking the broker blocks, so it runs off the loop.
+    fn record_lag(&self) {
+        let positions: Vec<(i32, i64)> =
+            self.positions.lock().expect("positions lock").iter().map(|(p, o)| (*p, *o)).collect();
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            for (p, next) in positions {
+                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                    metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set((high - next).max(0) as f64);
+                }
+            }
+        });
     }
 
     fn add(&self, batch: &mut Batch, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
@@ -163,6 +189,7 @@ impl Materializer {
         metrics::counter!(m::AGGREGATES_CONSUMED).increment(batch.aggregates.len() as u64);
         metrics::counter!(m::BATCHES).increment(1);
         metrics::histogram!(m::BATCH_SIZE).record(batch.aggregates.len() as f64);
+        self.positions.lock().expect("positions lock").extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
         // Positions after the write: a crash in between only replays this batch.
         if let Err(e) = self.membership.commit_offsets(&self.topic, &batch.next_offsets).await {
             tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
