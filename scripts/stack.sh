@@ -17,6 +17,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${RUN_DIR:-$ROOT/run}"
 BROKER_PORT="${BROKER_PORT:-9092}"
 TANSU_VERSION="0.6.0"
+NISSHI_VERSION="0.8.1"
+# The Kafka-protocol broker: nisshi (default) or tansu; see docs/broker.md.
+BROKER="${BROKER:-nisshi}"
+# Where it keeps the log: sqlite (files under run/broker/, independent of PostgreSQL) or postgres (nisshi only).
+BROKER_STORE="${BROKER_STORE:-sqlite}"
+BROKER_DB="${BROKER_DB:-analytics_broker}"
 COMMAND_PORT="${COMMAND_PORT:-8081}"
 QUERY_PORT="${QUERY_PORT:-8082}"
 PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
@@ -73,9 +79,18 @@ ensure_postgres() {
 }
 
 ensure_broker_binary() {
-  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
-  log "building the Tansu broker $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"
-  cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+  case $BROKER in
+    tansu)
+      if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
+      log "building the Tansu broker $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"
+      cargo install --locked tansu --version "$TANSU_VERSION" --features libsql ;;
+    nisshi)
+      if command -v nisshi >/dev/null && nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then return; fi
+      log "building the Nisshi broker $NISSHI_VERSION (about 11 minutes on 2 cores, once per machine)"
+      # It declares rustc 1.96; 1.95 builds it.
+      cargo install --locked nisshi --version "$NISSHI_VERSION" --ignore-rust-version ;;
+    *) die "BROKER must be tansu or nisshi, not $BROKER" ;;
+  esac
 }
 
 deps() {
@@ -114,7 +129,7 @@ YAML
 # answering nothing: treat a panic logged since its last start as dead.
 broker_healthy() {
   [[ -f "$RUN_DIR/broker.log" ]] || return 0
-  ! awk '/^tansu broker/ {panicked=0} /panicked at/ {panicked=1} END {exit !panicked}' "$RUN_DIR/broker.log"
+  ! awk '/^(tansu|nisshi) broker/ {panicked=0} /panicked at/ {panicked=1} END {exit !panicked}' "$RUN_DIR/broker.log"
 }
 
 broker_up() {
@@ -129,12 +144,20 @@ broker_up() {
     return
   fi
   ensure_broker_binary
-  log "starting the broker on :$BROKER_PORT (data: $RUN_DIR/broker/tansu.db)"
-  # Tansu mangles absolute sqlite paths: run it inside its data folder with a relative one.
-  (cd "$RUN_DIR/broker" && exec nohup tansu broker \
+  local storage
+  if [[ $BROKER_STORE == sqlite ]]; then
+    # Absolute sqlite paths get mangled: run it inside its data folder with a relative one.
+    storage="sqlite://$BROKER.db"
+  else
+    psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BROKER_DB'" | grep -q 1 ||
+      psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $BROKER_DB"
+    storage="postgres://postgres@127.0.0.1:5432/$BROKER_DB?sslmode=disable"
+  fi
+  log "starting the $BROKER broker on :$BROKER_PORT (storage: $storage)"
+  (cd "$RUN_DIR/broker" && exec nohup "$BROKER" broker \
       --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --storage-engine "sqlite://tansu.db" \
+      --storage-engine "$storage" \
       >>"$RUN_DIR/broker.log" 2>&1) &
   echo $! >"$RUN_DIR/broker.pid"
   wait_for "broker" 30 port_open "$BROKER_PORT"
