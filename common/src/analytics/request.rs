@@ -51,7 +51,7 @@ pub fn parse_post(query: Option<&str>) -> Result<PostRequest, RejectReason> {
             }
             "event" => {
                 let v = value.unwrap_or_default();
-                let k = EventKind::from_name(&v).ok_or(RejectReason::UnknownKind(v))?;
+                let k = EventKind::from_name(&v).ok_or_else(|| RejectReason::UnknownKind(truncate_for_message(&v)))?;
                 set_kind(k, &mut kind)?;
             }
             _ => return Err(RejectReason::UnknownParameter(truncate_for_message(&name))),
@@ -212,6 +212,7 @@ mod tests {
             ("timestamp=1&user=a&click&impression", ConflictingKinds),
             ("timestamp=1&user=a&click&event=click", ConflictingKinds),
             ("timestamp=1&user=a&event=view", UnknownKind("view".into())),
+            ("timestamp=1&user=a&event=%0Aview", UnknownKind("?view".into())),
             ("timestamp=1&user=a&click=yes", FlagWithValue("click".into())),
             ("timestamp=1&timestamp=2&user=a&click", DuplicateParameter("timestamp".into())),
             ("timestamp=1&user=a&click&click", DuplicateParameter("click".into())),

@@ -1,0 +1,47 @@
+//! docs/configuration.md is generated from the binaries' `--help`; this test
+//! fails when a flag, environment variable or default changed without the
+//! document being regenerated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The folder holding the service binaries, found the way `e2e::Stack` finds them.
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ANALYTICS_BIN_DIR") {
+        return dir.into();
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+#[test]
+fn configuration_doc_matches_the_binaries_help() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf();
+    let bins = bin_dir();
+    for service in ["command", "processor", "materializer", "query"] {
+        let bin = bins.join(service);
+        assert!(bin.exists(), "{} is missing: build the binaries first (cargo build --bins)", bin.display());
+    }
+    let out = Command::new("bash")
+        .arg(root.join("scripts/gen-operations-doc.sh"))
+        .arg("--stdout")
+        .env("ANALYTICS_BIN_DIR", &bins)
+        .current_dir(&root)
+        .output()
+        .expect("running bash");
+    assert!(out.status.success(), "scripts/gen-operations-doc.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).expect("the generated document is UTF-8");
+    let committed = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap_or_default();
+    if generated != committed {
+        let first_difference = generated
+            .lines()
+            .zip(committed.lines())
+            .position(|(g, c)| g != c)
+            .unwrap_or_else(|| generated.lines().count().min(committed.lines().count()));
+        panic!(
+            "docs/configuration.md is stale: run scripts/gen-operations-doc.sh (first difference at line {})",
+            first_difference + 1
+        );
+    }
+}
