@@ -154,6 +154,20 @@ impl Membership {
         })
     }
 
+    /// [`heartbeat`](Self::heartbeat) for a loop: `None` when nothing changes,
+    /// or when PostgreSQL did not answer (logged; keep what you own and try
+    /// again at the next tick).
+    pub async fn changes(&self, owned: &BTreeSet<i32>) -> Option<Plan> {
+        match self.heartbeat(owned).await {
+            Ok(plan) if plan.is_empty() => None,
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::warn!(error = %e, group = self.group, "membership heartbeat failed");
+                None
+            }
+        }
+    }
+
     /// Gives partitions back so another member can take them at once.
     ///
     /// # Errors

@@ -111,6 +111,18 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig) -> Result<(), PgError> {
     Ok(())
 }
 
+/// The pool of a service, with its schema migrated: the startup step every
+/// service that uses PostgreSQL shares.
+///
+/// # Errors
+/// A bad configuration, or PostgreSQL unreachable or refusing a migration.
+pub async fn connect_migrated(cfg: &PgConfig) -> anyhow::Result<Pool> {
+    use anyhow::Context;
+    let pool = self::pool(cfg)?;
+    migrate(&pool, cfg).await.context("migrating PostgreSQL")?;
+    Ok(pool)
+}
+
 /// Answers whether PostgreSQL accepts a query right now (readiness).
 pub async fn ping(pool: &Pool, limit: Duration) -> bool {
     let check = async {

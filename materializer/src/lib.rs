@@ -41,8 +41,7 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::pg::pool(&cfg.pg)?;
-    common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
+    let pool = common::pg::connect_migrated(&cfg.pg).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;

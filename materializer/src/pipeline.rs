@@ -97,16 +97,7 @@ impl Materializer {
     }
 
     async fn rebalance(&mut self) -> anyhow::Result<()> {
-        let plan = match self.membership.heartbeat(&self.owned).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                tracing::warn!(error = %e, "membership heartbeat failed");
-                return Ok(());
-            }
-        };
-        if plan.is_empty() {
-            return Ok(());
-        }
+        let Some(plan) = self.membership.changes(&self.owned).await else { return Ok(()) };
         // The batch was flushed before the heartbeat: nothing in hand to finish.
         for p in plan.lost.iter().chain(&plan.to_release) {
             self.owned.remove(p);

@@ -124,16 +124,7 @@ impl Processor {
     /// meant for others (after a final checkpoint), drop lost ones, claim new ones.
     async fn rebalance(&mut self) -> Result<(), ProcessorError> {
         let owned: BTreeSet<i32> = self.owned.keys().copied().collect();
-        let plan = match self.membership.heartbeat(&owned).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                tracing::warn!(error = %e, "membership heartbeat failed");
-                return Ok(());
-            }
-        };
-        if plan.is_empty() {
-            return Ok(());
-        }
+        let Some(plan) = self.membership.changes(&owned).await else { return Ok(()) };
         for p in &plan.lost {
             tracing::warn!(partition = p, "lease lost; dropping the partition");
             self.owned.remove(p);

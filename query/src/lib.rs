@@ -32,8 +32,7 @@ use crate::reader::HourReader;
 /// # Errors
 /// When either cannot be reached at startup.
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
-    let pool = common::pg::pool(&cfg.pg)?;
-    common::pg::migrate(&pool, &cfg.pg).await.context("migrating PostgreSQL")?;
+    let pool = common::pg::connect_migrated(&cfg.pg).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
     Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge)))
 }
