@@ -202,6 +202,14 @@ up() {
   command -v curl >/dev/null || apt_install curl
   log "building release binaries"
   (cd "$ROOT" && cargo build --release --bins --quiet)
+  if [[ $BROKER_STORE == sqlite && ! -f "$RUN_DIR/broker/$BROKER.db" ]]; then
+    # A new, empty log: state and read models written for an older log would
+    # not match it (the services refuse positions beyond the end of the log).
+    local schema="${PG_SCHEMA:-analytics}" prefix="${REDIS_KEY_PREFIX:-analytics}"
+    log "new broker log: resetting PostgreSQL schema '$schema' and Redis keys '$prefix:*' of this stack"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP SCHEMA IF EXISTS $schema CASCADE" 2>/dev/null
+    redis-cli -h 127.0.0.1 --scan --pattern "$prefix:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
+  fi
   broker_up
   export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$BROKER_PORT}"
   for s in "${SERVICES[@]}"; do

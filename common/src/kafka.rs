@@ -146,6 +146,50 @@ pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, Ka
     .expect("metadata task does not panic")
 }
 
+/// A stored position lies beyond the end of the log: the topic was deleted
+/// and recreated (or lost data) behind the store's back.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stored position {stored} of {topic}[{partition}] is beyond the end of the log ({end}): the topic was recreated \
+     or lost data since the state was written; start from a fresh PostgreSQL schema (--pg-schema) for this log"
+)]
+pub struct PositionBeyondLog {
+    pub topic: String,
+    pub partition: i32,
+    pub stored: i64,
+    pub end: i64,
+}
+
+/// Checks a stored position against the partition's high watermark. A
+/// broker that does not answer is not an error here (the check is skipped).
+///
+/// # Errors
+/// [`PositionBeyondLog`] when `stored` is past the end of the log.
+pub async fn check_position<C>(
+    consumer: std::sync::Arc<C>,
+    topic: &str,
+    partition: i32,
+    stored: i64,
+) -> Result<(), PositionBeyondLog>
+where
+    C: Consumer + Send + Sync + 'static,
+{
+    let t = topic.to_owned();
+    let high = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&t, partition, Duration::from_secs(5)))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|(_, high)| high);
+    match high {
+        Some(end) if stored > end => Err(PositionBeyondLog { topic: topic.to_owned(), partition, stored, end }),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(topic, partition, "could not read the partition's end; position not checked");
+            Ok(())
+        }
+    }
+}
+
 /// An assignment of partitions, each at an explicit starting offset.
 ///
 /// # Errors

@@ -107,6 +107,11 @@ impl Materializer {
         }
         self.owned.extend(&plan.acquired);
         let stored = self.membership.committed_offsets(&self.topic).await.unwrap_or_default();
+        for p in &plan.acquired {
+            if let Some(position) = stored.get(p) {
+                common::kafka::check_position(self.consumer.clone(), &self.topic, *p, *position).await?;
+            }
+        }
         {
             let mut positions = self.positions.lock().expect("positions lock");
             positions.retain(|p, _| self.owned.contains(p));

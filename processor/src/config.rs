@@ -17,7 +17,7 @@ pub struct Config {
     #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
     pub group_id: String,
     /// How often changed hours are checkpointed and emitted (bounds freshness).
-    #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
     /// Extra time past the horizon before an hour's state is dropped (absorbs clock skew between command instances).
     #[arg(long, env = "PROCESSOR_CLOSE_GRACE", default_value = "1h", value_parser = parse_duration)]

@@ -59,6 +59,8 @@ pub enum ProcessorError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    LogReset(#[from] common::kafka::PositionBeyondLog),
 }
 
 impl Processor {
@@ -194,6 +196,7 @@ impl Processor {
             }
         };
         let window = claimed.window;
+        common::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
         let aggs = aggregates(partition, &window, window.counts().map(|(h, _)| h));
         self.emitter.emit(&aggs).await?;
         tracing::info!(
