@@ -34,3 +34,6 @@ broker: ## start only the broker
 
 chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis flush, PostgreSQL outage, scale)
 	@scripts/chaos.sh
+
+bench: ## benchmarks against same-run ceilings (QUICK=1 for a short run); writes target/bench/results.json and docs/benchmarks.md
+	@QUICK=$(QUICK) scripts/bench.sh

@@ -24,7 +24,10 @@ pub struct Config {
     /// A POST whose event is not acknowledged by the broker within this time answers 503.
     #[arg(long, env = "COMMAND_DELIVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
-    /// Events the producer queue may hold; when full, POST answers 503 at once.
+    /// Kafka producers (connections) events are spread over; more lift the broker's per-request latency cap.
+    #[arg(long, env = "COMMAND_PRODUCERS", default_value = "1")]
+    pub producers: NonZeroU32,
+    /// Events each producer queue may hold; when full, POST answers 503 at once.
     #[arg(long, env = "COMMAND_QUEUE_MAX_MESSAGES", default_value = "100000")]
     pub queue_max_messages: NonZeroU32,
     #[command(flatten)]

@@ -46,7 +46,8 @@ pub async fn build(
     if cfg.kafka.create_topics {
         common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     }
-    let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning()).context("creating the producer")?;
+    let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning(), cfg.producers.get() as usize)
+        .context("creating the producers")?;
     let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {
         let weak = weak.clone();
         let ready: common::http::ReadyCheck = Arc::new(move || {

@@ -39,17 +39,32 @@ impl PublishError {
 }
 
 /// Appends events to the events topic, keyed by user.
+///
+/// Optionally several producers (each its own connection, each with the
+/// idempotent producer's 5 requests in flight), for brokers whose per-request
+/// commit time caps one connection. Which producer carries an event does not
+/// matter: the key alone picks the partition, and counting does not depend on
+/// the order of events within a partition. (On the local broker more than one
+/// was slower: see docs/benchmarks.md.)
 pub struct EventPublisher {
-    producer: FutureProducer,
+    producers: Vec<FutureProducer>,
+    next: std::sync::atomic::AtomicUsize,
     topic: String,
 }
 
 impl EventPublisher {
     /// # Errors
     /// When librdkafka rejects the configuration.
-    pub fn new(kafka_cfg: &KafkaConfig, tuning: ProducerTuning) -> Result<Self, KafkaError> {
-        let producer = kafka::producer_config(kafka_cfg, "command", tuning).create()?;
-        Ok(EventPublisher { producer, topic: kafka_cfg.events_topic.clone() })
+    pub fn new(kafka_cfg: &KafkaConfig, tuning: ProducerTuning, producers: usize) -> Result<Self, KafkaError> {
+        let producers = (0..producers.max(1))
+            .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{i}"), tuning).create())
+            .collect::<Result<_, _>>()?;
+        Ok(EventPublisher { producers, next: Default::default(), topic: kafka_cfg.events_topic.clone() })
+    }
+
+    fn producer(&self) -> &FutureProducer {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.producers[i % self.producers.len()]
     }
 
     /// Sends one event and returns once it is acknowledged by all in-sync replicas.
@@ -64,7 +79,7 @@ impl EventPublisher {
         let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
         let started = Instant::now();
         // A zero queue timeout: a full queue is overload, answered at once with 503.
-        let result = self.producer.send(record, Timeout::After(Duration::ZERO)).await;
+        let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
         metrics::histogram!(m::PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
         match result {
             Ok(_) => Ok(()),
@@ -78,13 +93,13 @@ impl EventPublisher {
 
     /// Messages waiting in the local producer queue.
     pub fn queue_len(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producers.iter().map(|p| p.in_flight_count()).sum()
     }
 
     /// Readiness: the broker answers a metadata request for the events topic.
     pub async fn check_broker(&self, limit: Duration) -> Result<(), String> {
         let topic = self.topic.clone();
-        let producer = self.producer.clone();
+        let producer = self.producers[0].clone();
         tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(Some(&topic), limit).map_err(|e| format!("broker: {e}")).and_then(|md| {
                 match md.topics().first() {
@@ -99,6 +114,6 @@ impl EventPublisher {
 
     /// Sends everything still queued; part of graceful shutdown.
     pub fn flush(&self, limit: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(limit)
+        self.producers.iter().try_for_each(|p| p.flush(limit))
     }
 }

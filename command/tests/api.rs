@@ -268,6 +268,8 @@ async fn a_full_producer_queue_answers_503_at_once_instead_of_queueing_forever()
         "3s",
         "--queue-max-messages",
         "1",
+        "--producers",
+        "1",
     ]);
     let app = app(&cfg).await;
     let first = {

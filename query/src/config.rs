@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use common::config::{EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
+use std::time::Duration;
+
+use common::config::{parse_duration, EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
 
 /// Answers hourly analytics from Redis, falling back to PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -12,6 +14,10 @@ pub struct Config {
     /// Address of the HTTP API (`GET /analytics`, `/health`, `/ready`, `/metrics`).
     #[arg(long, env = "QUERY_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: SocketAddr,
+    /// How long an answer is reused in process before asking Redis again (0 turns it off).
+    /// Adds at most this much staleness; the current hour gets most reads.
+    #[arg(long, env = "QUERY_LOCAL_CACHE_TTL", default_value = "10ms", value_parser = parse_duration)]
+    pub local_cache_ttl: Duration,
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]

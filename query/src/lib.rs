@@ -34,7 +34,7 @@ use crate::reader::HourReader;
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
     let pool = common::pg::connect_migrated(&cfg.pg).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge)))
+    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge), cfg.local_cache_ttl))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
@@ -43,8 +43,9 @@ pub fn app_from_parts(
     pool: deadpool_postgres::Pool,
     metrics: PrometheusHandle,
     edge: common::edge::Edge,
+    local_cache_ttl: Duration,
 ) -> QueryApp {
-    let reader = HourReader::new(cache, pool);
+    let reader = HourReader::new(cache, pool, local_cache_ttl);
     let ready_reader = reader.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let r = ready_reader.clone();

@@ -1,6 +1,6 @@
 //! Metric names of the query service, in one place.
 
-/// Label `source`: `redis`, `postgres`, `empty` (no data anywhere: zeros).
+/// Label `source`: `local` (in-process, ≤ --local-cache-ttl old), `redis`, `postgres`, `empty` (no data anywhere: zeros).
 pub const READS: &str = "analytics_query_reads_total";
 /// Label `store`: `redis`, `postgres`.
 pub const STORE_ERRORS: &str = "analytics_query_store_errors_total";

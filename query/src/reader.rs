@@ -1,6 +1,8 @@
 //! Reads an hour: Redis, then PostgreSQL (writing the answer back to Redis), then zeros.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::analytics::{HourCounts, HourStart};
 use common::pg::PgError;
@@ -15,15 +17,42 @@ use crate::metrics as m;
 #[error("history store unavailable: {0}")]
 pub struct ReadError(#[from] PgError);
 
+/// Answers kept in process for a few milliseconds: the current hour takes 95 %
+/// of reads, and serving a burst of them from memory instead of a Redis round
+/// trip each costs at most `ttl` of extra staleness.
+struct LocalCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<HourStart, (HourCounts, Instant)>>,
+}
+
+impl LocalCache {
+    fn get(&self, hour: HourStart) -> Option<HourCounts> {
+        let entries = self.entries.lock().expect("local cache lock");
+        entries.get(&hour).filter(|(_, at)| at.elapsed() < self.ttl).map(|(c, _)| *c)
+    }
+
+    fn put(&self, hour: HourStart, counts: HourCounts) {
+        let mut entries = self.entries.lock().expect("local cache lock");
+        if entries.len() >= 4096 {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        entries.insert(hour, (counts, Instant::now()));
+    }
+}
+
 #[derive(Clone)]
 pub struct HourReader {
     cache: HourCache,
     pool: Pool,
+    local: Option<Arc<LocalCache>>,
 }
 
 impl HourReader {
-    pub fn new(cache: HourCache, pool: Pool) -> Self {
-        HourReader { cache, pool }
+    /// `local_ttl` of zero turns the in-process cache off.
+    pub fn new(cache: HourCache, pool: Pool, local_ttl: Duration) -> Self {
+        let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache { ttl: local_ttl, entries: Mutex::default() }));
+        HourReader { cache, pool, local }
     }
 
     /// The counts of `hour`.
@@ -31,6 +60,18 @@ impl HourReader {
     /// # Errors
     /// [`ReadError`] only when Redis has no copy and PostgreSQL cannot answer.
     pub async fn read(&self, hour: HourStart) -> Result<HourCounts, ReadError> {
+        if let Some(counts) = self.local.as_ref().and_then(|l| l.get(hour)) {
+            metrics::counter!(m::READS, "source" => "local").increment(1);
+            return Ok(counts);
+        }
+        let counts = self.read_stores(hour).await?;
+        if let Some(local) = &self.local {
+            local.put(hour, counts);
+        }
+        Ok(counts)
+    }
+
+    async fn read_stores(&self, hour: HourStart) -> Result<HourCounts, ReadError> {
         let started = Instant::now();
         match self.cache.get(hour).await {
             Ok(Some(t)) => {

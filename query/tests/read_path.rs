@@ -34,6 +34,9 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         &redis.key_prefix,
         "--pg-timeout",
         "2s",
+        // Every read goes to the stores: these tests are about them.
+        "--local-cache-ttl",
+        "0ms",
     ]);
     let app = query::build(&cfg, common::telemetry::prometheus()).await.unwrap();
     let mut cfg = cfg;
@@ -43,7 +46,13 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         let pool = common::pg::pool(&cfg.pg).unwrap();
         let cache = HourCache::connect(&redis).await.unwrap();
         let edge = common::edge::Edge::new(&cfg.edge);
-        let app = query::app_from_parts(cache.clone(), pool.clone(), common::telemetry::prometheus(), edge);
+        let app = query::app_from_parts(
+            cache.clone(),
+            pool.clone(),
+            common::telemetry::prometheus(),
+            edge,
+            cfg.local_cache_ttl,
+        );
         return Fixture { app, cache, pool, pg, redis };
     }
     let pool = common::pg::pool(&pg).unwrap();
