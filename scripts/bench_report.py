@@ -80,6 +80,7 @@ targets = [
     ("POST ≥ 50 % of the bare-hyper POST ceiling at 256 connections", g("post_rps_256") and g("post_ceiling_rps_256") and g("post_rps_256") >= 0.5 * g("post_ceiling_rps_256")),
     ("POST p99 ≤ 10 ms at 256 connections", g("post_p99_ms_256") is not None and g("post_p99_ms_256") <= 10),
     ("freshness p99 ≤ 100 ms", g("freshness_p99_ms") is not None and g("freshness_p99_ms") <= 100),
+    ("freshness p99 ≤ 1 s (the allowance where exactly-once commits force it)", g("freshness_p99_ms") is not None and g("freshness_p99_ms") <= 1000),
 ]
 cmd = "make bench QUICK=1" if quick else "make bench"
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
