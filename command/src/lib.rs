@@ -43,9 +43,7 @@ pub async fn build(
         cfg.edge.request_timeout,
         cfg.delivery_timeout
     );
-    if cfg.kafka.create_topics {
-        common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
-    }
+    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning(), cfg.producers.get() as usize)
         .context("creating the producers")?;
     let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {

@@ -81,11 +81,15 @@ pub fn topic_specs(kafka: &KafkaConfig) -> Vec<TopicSpec> {
     ]
 }
 
-/// Creates the pipeline's topics if they do not exist. Idempotent.
+/// Creates the pipeline's topics if they do not exist and `--create-topics`
+/// is on (otherwise does nothing). Idempotent.
 ///
 /// # Errors
 /// When the broker cannot be reached or refuses a creation for another reason.
 pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
+    if !kafka.create_topics {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create()?;
     let specs = topic_specs(kafka);
@@ -188,6 +192,22 @@ where
             Ok(())
         }
     }
+}
+
+/// Sets `gauge{partition}` to high watermark − next offset for each position.
+/// Asking the broker blocks, so it runs on the blocking pool, off the caller's loop.
+pub fn record_lag<C>(consumer: std::sync::Arc<C>, topic: &str, positions: Vec<(i32, i64)>, gauge: &'static str)
+where
+    C: Consumer + Send + Sync + 'static,
+{
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for (p, next) in positions {
+            if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                metrics::gauge!(gauge, "partition" => p.to_string()).set((high - next).max(0) as f64);
+            }
+        }
+    });
 }
 
 /// An assignment of partitions, each at an explicit starting offset.

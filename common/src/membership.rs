@@ -73,6 +73,24 @@ impl Membership {
         Membership { pool, group: group.to_owned(), member, lease, partitions }
     }
 
+    /// Joins `group` for the partitions of `topic`, as many as the broker says it has;
+    /// `--member-lease` sets how long a silent member keeps them.
+    ///
+    /// # Errors
+    /// When the broker does not know the topic.
+    pub async fn join(
+        pool: Pool,
+        kafka: &crate::config::KafkaConfig,
+        group: &str,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let partitions = crate::kafka::partition_count(kafka, topic)
+            .await
+            .with_context(|| format!("reading the partition count of {topic}"))?;
+        Ok(Membership::new(pool, group, partitions, kafka.member_lease))
+    }
+
     pub fn member_id(&self) -> &str {
         &self.member
     }

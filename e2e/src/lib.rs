@@ -57,7 +57,9 @@ pub struct Stack {
     extra_env: Vec<(String, String)>,
 }
 
-fn bin_dir() -> PathBuf {
+/// Where the service binaries are: `ANALYTICS_BIN_DIR`, or the cargo
+/// target folder next to the test executable.
+pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("ANALYTICS_BIN_DIR") {
         return dir.into();
     }
@@ -66,7 +68,8 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(|p| p.parent()).expect("target/<profile>").to_path_buf()
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
@@ -476,11 +479,9 @@ impl CuttableProxy {
 
 /// Waits (up to 60 s) until the hour of `timestamp_ms` satisfies `ok`.
 pub async fn wait_for(query: SocketAddr, timestamp_ms: i64, ok: impl Fn(HourCounts) -> bool) {
-    for _ in 0..600 {
-        if get_counts(query, timestamp_ms).await.is_some_and(&ok) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the hour of {timestamp_ms} never reached the expected state");
+    let what = format!("the hour of {timestamp_ms} to reach the expected state");
+    test_util::wait_until(&what, Duration::from_secs(60), || async {
+        get_counts(query, timestamp_ms).await.filter(|c| ok(*c))
+    })
+    .await;
 }

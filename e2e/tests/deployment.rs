@@ -8,18 +8,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+use e2e::bin_dir;
 use serde_yaml::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("ANALYTICS_BIN_DIR") {
-        return dir.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|p| p.parent()).expect("target/<profile>").to_path_buf()
 }
 
 fn help(bin: &str) -> String {

@@ -2,18 +2,10 @@
 //! fails when a flag, environment variable or default changed without the
 //! document being regenerated.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// The folder holding the service binaries, found the way `e2e::Stack` finds them.
-fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("ANALYTICS_BIN_DIR") {
-        return dir.into();
-    }
-    // target/<profile>/deps/<test-binary> → target/<profile>
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
-}
+use e2e::bin_dir;
 
 #[test]
 fn configuration_doc_matches_the_binaries_help() {

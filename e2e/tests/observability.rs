@@ -5,11 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::test_util::http;
-use e2e::{post_all, Event, Kind, Stack};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use e2e::{free_port, post_all, Event, Kind, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_scrapes_a_metric_from_each_service() {

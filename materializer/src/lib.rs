@@ -16,7 +16,6 @@ mod pipeline;
 mod sink;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use common::http::OpsRoutes;
@@ -43,26 +42,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = common::pg::connect_migrated(&cfg.pg).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    if cfg.kafka.create_topics {
-        common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
-    }
-    let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.aggregates_topic)
-        .await
-        .context("reading the aggregates topic's partition count")?;
-    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.member_lease);
+    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.aggregates_topic).await?;
     let materializer = Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone()), membership)
         .context("creating the consumer")?;
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let (pool, cache) = (pool.clone(), cache.clone());
-        Box::pin(async move {
-            if !common::pg::ping(&pool, Duration::from_secs(2)).await {
-                return Err("postgres unreachable".into());
-            }
-            if !cache.ping(Duration::from_secs(2)).await {
-                return Err("redis unreachable".into());
-            }
-            Ok(())
-        })
+        Box::pin(async move { common::store::check_ready(&pool, &cache).await })
     });
     let ops_task = tokio::spawn(common::http::serve_ops(
         ops,

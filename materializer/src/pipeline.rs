@@ -126,18 +126,10 @@ impl Materializer {
         Ok(())
     }
 
-    /// Consumer lag per owned partition; asking the broker blocks, so it runs off the loop.
+    /// Consumer lag per owned partition.
     fn record_lag(&self) {
-        let positions: Vec<(i32, i64)> =
-            self.positions.lock().expect("positions lock").iter().map(|(p, o)| (*p, *o)).collect();
-        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || {
-            for (p, next) in positions {
-                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                    metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set((high - next).max(0) as f64);
-                }
-            }
-        });
+        let positions = self.positions.lock().expect("positions lock").iter().map(|(p, o)| (*p, *o)).collect();
+        common::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
     }
 
     fn add(&self, batch: &mut Batch, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {

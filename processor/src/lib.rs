@@ -44,13 +44,8 @@ pub async fn run(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = common::pg::connect_migrated(&cfg.pg).await?;
-    if cfg.kafka.create_topics {
-        common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
-    }
-    let partitions = common::kafka::partition_count(&cfg.kafka, &cfg.kafka.events_topic)
-        .await
-        .context("reading the events topic's partition count")?;
-    let membership = Membership::new(pool.clone(), &cfg.group_id, partitions, cfg.kafka.member_lease);
+    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.events_topic).await?;
     let store = StateStore::new(pool.clone(), cfg.kafka.events_topic.clone());
     let processor = Processor::new(&cfg, store, membership).context("creating the consumer")?;
     let ready_pool = pool.clone();

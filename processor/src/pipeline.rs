@@ -144,9 +144,7 @@ impl Processor {
         for p in &plan.acquired {
             self.claim(*p).await?;
         }
-        let positions: Vec<(i32, Offset)> =
-            self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset()))).collect();
-        self.consumer.assign(&assignment(&self.topic, positions)?)?;
+        self.assign_owned()?;
         tracing::info!(
             partitions = ?self.owned.keys().collect::<BTreeSet<_>>(),
             acquired = ?plan.acquired,
@@ -154,6 +152,13 @@ impl Processor {
             lost = ?plan.lost,
             "assignment changed"
         );
+        Ok(())
+    }
+
+    /// Points the consumer at exactly the owned partitions, each at its window's next offset.
+    fn assign_owned(&self) -> Result<(), ProcessorError> {
+        let positions = self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset())));
+        self.consumer.assign(&assignment(&self.topic, positions)?)?;
         Ok(())
     }
 
@@ -249,9 +254,7 @@ impl Processor {
             }
         }
         if fenced {
-            let positions: Vec<(i32, Offset)> =
-                self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset()))).collect();
-            self.consumer.assign(&assignment(&self.topic, positions)?)?;
+            self.assign_owned()?;
         }
         if commits.count() > 0 {
             // Only a hint for lag tooling: positions come from the state store.
@@ -286,16 +289,8 @@ impl Processor {
         metrics::gauge!(m::OPEN_HOURS).set(windows().map(|w| w.open_hours()).sum::<usize>() as f64);
         metrics::gauge!(m::STATE_BYTES).set(windows().map(|w| w.heap_bytes()).sum::<usize>() as f64);
         metrics::gauge!(m::STATE_USER_HOURS).set(windows().map(|w| w.user_hours()).sum::<u64>() as f64);
-        // Asking the broker for high watermarks blocks: do it off the loop.
-        let positions: Vec<(i32, i64)> = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
-        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || {
-            for (p, next) in positions {
-                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                    metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set((high - next).max(0) as f64);
-                }
-            }
-        });
+        let positions = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
+        common::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
     }
 }
 

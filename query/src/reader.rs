@@ -107,13 +107,6 @@ impl HourReader {
     }
 
     pub async fn ready(&self) -> Result<(), String> {
-        let limit = std::time::Duration::from_secs(2);
-        if !self.cache.ping(limit).await {
-            return Err("redis unreachable".into());
-        }
-        if !common::pg::ping(&self.pool, limit).await {
-            return Err("postgres unreachable".into());
-        }
-        Ok(())
+        common::store::check_ready(&self.pool, &self.cache).await
     }
 }

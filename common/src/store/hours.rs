@@ -43,7 +43,6 @@ pub async fn apply_aggregates(
 ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
     let aggs = latest_per_key(aggs.iter().copied());
     let mut hours: Vec<i64> = aggs.iter().map(|a| a.hour.start_ms()).collect();
-    hours.dedup();
     hours.sort_unstable();
     hours.dedup();
     let tx = client.transaction().await?;

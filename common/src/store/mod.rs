@@ -11,6 +11,21 @@ pub mod hours;
 
 use crate::analytics::HourCounts;
 
+/// Readiness of a service that uses both read-model stores: each answers within 2 s.
+///
+/// # Errors
+/// Which store did not answer.
+pub async fn check_ready(pool: &deadpool_postgres::Pool, cache: &cache::HourCache) -> Result<(), String> {
+    let limit = std::time::Duration::from_secs(2);
+    if !crate::pg::ping(pool, limit).await {
+        return Err("postgres unreachable".into());
+    }
+    if !cache.ping(limit).await {
+        return Err("redis unreachable".into());
+    }
+    Ok(())
+}
+
 /// The totals of one hour with the version that orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HourTotals {
