@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test lint fmt build broker help chaos bench observe
+.PHONY: up down status test lint fmt build broker help chaos bench observe reset
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,7 +29,10 @@ build: ## release binaries
 observe: ## Prometheus (Debian package) scraping the four services, on :9090
 	@scripts/stack.sh observe
 
-broker: ## start only the broker
+reset: ## drop this stack's read models, processor state and Kafka log (the stack must be down)
+	@scripts/stack.sh reset
+
+broker: ## start only the broker (Apache Kafka, KRaft, natively)
 	@scripts/stack.sh broker-up
 
 chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis flush, PostgreSQL outage, scale)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The local stack, natively: dependencies, the Kafka-protocol broker and the four services.
+# The local stack, natively: dependencies, Apache Kafka and the four services.
 #
-#   scripts/stack.sh deps          install/start what is missing (Redis, PostgreSQL, the broker binary)
+#   scripts/stack.sh deps          install/start what is missing (Redis, PostgreSQL, the Kafka jars)
 #   scripts/stack.sh broker-up     start the broker if it is not running
 #   scripts/stack.sh broker-down   stop the broker this script started
 #   scripts/stack.sh up            deps + release build + broker + services, wait until ready
 #   scripts/stack.sh down          stop everything `up` started, by PID
 #   scripts/stack.sh status        what is running
 #   scripts/stack.sh observe       Prometheus (Debian package) scraping the four services on :9090
+#   scripts/stack.sh reset         drop this stack's read models, state and broker log (asks nothing: explicit only)
 #
 # Everything runtime lives under $RUN_DIR (default ./run): logs, PID files, broker data.
 # Idempotent: running `up` twice is harmless.
@@ -16,13 +17,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${RUN_DIR:-$ROOT/run}"
 BROKER_PORT="${BROKER_PORT:-9092}"
-TANSU_VERSION="0.6.0"
-NISSHI_VERSION="0.8.1"
-# The Kafka-protocol broker: nisshi (default) or tansu; see docs/broker.md.
-BROKER="${BROKER:-nisshi}"
-# Where it keeps the log: sqlite (files under run/broker/, independent of PostgreSQL) or postgres (nisshi only).
-BROKER_STORE="${BROKER_STORE:-sqlite}"
-BROKER_DB="${BROKER_DB:-analytics_broker}"
 COMMAND_PORT="${COMMAND_PORT:-8081}"
 QUERY_PORT="${QUERY_PORT:-8082}"
 PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
@@ -78,25 +72,10 @@ ensure_postgres() {
   wait_for "PostgreSQL" 30 pg_isready -q -h 127.0.0.1 -p 5432
 }
 
-ensure_broker_binary() {
-  case $BROKER in
-    tansu)
-      if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
-      log "building the Tansu broker $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"
-      cargo install --locked tansu --version "$TANSU_VERSION" --features libsql ;;
-    nisshi)
-      if command -v nisshi >/dev/null && nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then return; fi
-      log "building the Nisshi broker $NISSHI_VERSION (about 11 minutes on 2 cores, once per machine)"
-      # It declares rustc 1.96; 1.95 builds it.
-      cargo install --locked nisshi --version "$NISSHI_VERSION" --ignore-rust-version ;;
-    *) die "BROKER must be tansu or nisshi, not $BROKER" ;;
-  esac
-}
-
 deps() {
   ensure_redis
   ensure_postgres
-  ensure_broker_binary
+  "$ROOT/scripts/kafka.sh" fetch
 }
 
 ensure_prometheus() {
@@ -125,43 +104,7 @@ YAML
   log "Prometheus on http://127.0.0.1:$PROMETHEUS_PORT (try: analytics_http_requests_total)"
 }
 
-# Tansu 0.6 can lose its storage task to a panic and keep listening while
-# answering nothing: treat a panic logged since its last start as dead.
-broker_healthy() {
-  [[ -f "$RUN_DIR/broker.log" ]] || return 0
-  ! awk '/^(tansu|nisshi) broker/ {panicked=0} /panicked at/ {panicked=1} END {exit !panicked}' "$RUN_DIR/broker.log"
-}
-
-broker_up() {
-  mkdir -p "$RUN_DIR/broker"
-  if alive "$RUN_DIR/broker.pid"; then
-    if broker_healthy; then return; fi
-    log "the broker's storage task panicked (see $RUN_DIR/broker.log); restarting it"
-    stop_pid broker "$RUN_DIR/broker.pid"
-  fi
-  if port_open "$BROKER_PORT"; then
-    log "a broker already answers on :$BROKER_PORT (not started by us); using it"
-    return
-  fi
-  ensure_broker_binary
-  local storage
-  if [[ $BROKER_STORE == sqlite ]]; then
-    # Absolute sqlite paths get mangled: run it inside its data folder with a relative one.
-    storage="sqlite://$BROKER.db"
-  else
-    psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BROKER_DB'" | grep -q 1 ||
-      psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $BROKER_DB"
-    storage="postgres://postgres@127.0.0.1:5432/$BROKER_DB?sslmode=disable"
-  fi
-  log "starting the $BROKER broker on :$BROKER_PORT (storage: $storage)"
-  (cd "$RUN_DIR/broker" && exec nohup "$BROKER" broker \
-      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --storage-engine "$storage" \
-      >>"$RUN_DIR/broker.log" 2>&1) &
-  echo $! >"$RUN_DIR/broker.pid"
-  wait_for "broker" 30 port_open "$BROKER_PORT"
-}
+broker_up() { RUN_DIR="$RUN_DIR" BROKER_PORT="$BROKER_PORT" "$ROOT/scripts/kafka.sh" up; }
 
 stop_pid() { # stop_pid <name> <pidfile>
   local pidfile=$2
@@ -175,7 +118,7 @@ stop_pid() { # stop_pid <name> <pidfile>
   rm -f "$pidfile"
 }
 
-broker_down() { stop_pid broker "$RUN_DIR/broker.pid"; }
+broker_down() { RUN_DIR="$RUN_DIR" "$ROOT/scripts/kafka.sh" down; }
 
 SERVICES=(command processor materializer query)
 
@@ -202,14 +145,6 @@ up() {
   command -v curl >/dev/null || apt_install curl
   log "building release binaries"
   (cd "$ROOT" && cargo build --release --bins --quiet)
-  if [[ $BROKER_STORE == sqlite && ! -f "$RUN_DIR/broker/$BROKER.db" ]]; then
-    # A new, empty log: state and read models written for an older log would
-    # not match it (the services refuse positions beyond the end of the log).
-    local schema="${PG_SCHEMA:-analytics}" prefix="${REDIS_KEY_PREFIX:-analytics}"
-    log "new broker log: resetting PostgreSQL schema '$schema' and Redis keys '$prefix:*' of this stack"
-    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP SCHEMA IF EXISTS $schema CASCADE" 2>/dev/null
-    redis-cli -h 127.0.0.1 --scan --pattern "$prefix:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
-  fi
   broker_up
   export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$BROKER_PORT}"
   for s in "${SERVICES[@]}"; do
@@ -240,8 +175,20 @@ down() {
   broker_down
 }
 
+# Explicit, never implicit: drops the PostgreSQL schema and Redis keys of this stack and the broker's log.
+reset() {
+  for s in "${SERVICES[@]}"; do alive "$RUN_DIR/$s.pid" && die "stop the stack first (make down)"; done
+  broker_down
+  local schema="${PG_SCHEMA:-analytics}" prefix="${REDIS_KEY_PREFIX:-analytics}"
+  log "dropping PostgreSQL schema '$schema', Redis keys '$prefix:*' and the broker log $RUN_DIR/kafka/data"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP SCHEMA IF EXISTS $schema CASCADE" 2>/dev/null || true
+  redis-cli -h 127.0.0.1 --scan --pattern "$prefix:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null || true
+  rm -rf "$RUN_DIR/kafka/data"
+}
+
 status() {
-  for s in broker "${SERVICES[@]}" prometheus; do
+  RUN_DIR="$RUN_DIR" "$ROOT/scripts/kafka.sh" status
+  for s in "${SERVICES[@]}" prometheus; do
     if alive "$RUN_DIR/$s.pid"; then echo "$s: running (pid $(cat "$RUN_DIR/$s.pid"))"; else echo "$s: stopped"; fi
   done
 }
@@ -255,5 +202,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 deps|broker-up|broker-down|up|down|status|observe|prometheus-deps" ;;
+  reset) reset ;;
+  *) die "usage: $0 deps|broker-up|broker-down|up|down|status|observe|prometheus-deps|reset" ;;
 esac

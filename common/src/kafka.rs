@@ -51,6 +51,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Only committed transactions: a fenced processor's aborted emits are never seen.
+        .set("isolation.level", "read_committed")
         // Freshness: do not let an idle fetch sit for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
         .set("socket.keepalive.enable", "true");
@@ -128,6 +130,15 @@ pub fn is_fatal(err: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidProducerEpoch
                 | RDKafkaErrorCode::InvalidProducerIdMapping
         )
+    )
+}
+
+/// True when a transactional producer was fenced by a newer one with the same
+/// `transactional.id`: it must be dropped, and its partition given up.
+pub fn is_fenced(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     )
 }
 

@@ -98,3 +98,15 @@ pub async fn clear_redis_prefix(redis: &RedisConfig) {
         let _ = cache.clear().await;
     }
 }
+
+/// Deletes a test's topics (cleanup), so repeated runs do not pile up partitions on the broker.
+pub async fn delete_topics(kafka: &KafkaConfig) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create();
+    if let Ok(admin) = admin {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let _ = admin.delete_topics(&[&kafka.events_topic, &kafka.aggregates_topic], &opts).await;
+    }
+}

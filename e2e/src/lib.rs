@@ -183,8 +183,7 @@ impl Stack {
         }
         test_util::drop_schema(&self.pg).await;
         test_util::clear_redis_prefix(&self.redis).await;
-        // Topics are left in place: Tansu 0.6 panics (and stops serving) when a
-        // fetch races a topic deletion, and a few idle test topics cost nothing.
+        test_util::delete_topics(&self.kafka).await;
     }
 }
 

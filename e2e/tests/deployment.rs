@@ -1,10 +1,12 @@
 //! The Docker Compose deployment cannot run here (no Docker engine), so this
 //! checks what can go wrong without running it: the files parse, the services
 //! exist, every environment variable given to a service is one its binary
-//! really reads (per `--help`), and ports agree between the services,
-//! Prometheus and the gateway.
+//! really reads (per `--help`), ports agree between the services, Prometheus
+//! and the gateway, Kafka keeps its log on its volume with the native stack's
+//! broker settings, the build context is small, the services' image is built
+//! once, and each service waits for exactly the backends it uses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -20,10 +22,18 @@ fn help(bin: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 help")
 }
 
+/// docker/compose.yaml with YAML merge keys (`<<:`) resolved, as Compose reads it.
 fn compose() -> Value {
     let text = std::fs::read_to_string(repo().join("docker/compose.yaml")).expect("docker/compose.yaml");
-    serde_yaml::from_str(&text).expect("compose.yaml is YAML")
+    let mut value: Value = serde_yaml::from_str(&text).expect("compose.yaml is YAML");
+    value.apply_merge().expect("compose.yaml merge keys resolve");
+    value
 }
+
+/// The four services built from this repository.
+const SERVICES: [&str; 4] = ["command", "processor", "materializer", "query"];
+/// The image the four services run.
+const IMAGE: &str = "analytics:latest";
 
 /// A service's environment with YAML merge keys (`<<:`) resolved.
 fn environment(service: &Value) -> BTreeMap<String, String> {
@@ -154,5 +164,191 @@ fn the_grafana_dashboard_is_provisioned_and_queries_real_metrics() {
     }
     for needle in ["freshness", "lag", "analytics_http_request_duration_seconds", "analytics_http_requests_total"] {
         assert!(exprs.iter().any(|e| e.contains(needle)), "dashboard shows {needle}");
+    }
+}
+
+#[test]
+fn kafka_keeps_its_log_on_its_volume() {
+    let c = compose();
+    let kafka = &c["services"]["kafka"];
+    let image = kafka["image"].as_str().unwrap();
+    let major: u32 = image
+        .strip_prefix("apache/kafka:")
+        .and_then(|tag| tag.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("kafka image is apache/kafka:<version>: {image}"));
+    assert!(major >= 4, "Apache Kafka 4.x, like the native stack: {image}");
+
+    // The log directory is the mount point of a named volume declared at the top level.
+    let env = environment(kafka);
+    let log_dirs = env.get("KAFKA_LOG_DIRS").expect("KAFKA_LOG_DIRS is set (the image's default is under /tmp)");
+    let mounts: Vec<&str> = kafka["volumes"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let (volume, target) = mounts
+        .iter()
+        .filter_map(|m| m.split_once(':'))
+        .map(|(source, rest)| (source, rest.split(':').next().unwrap()))
+        .find(|(_, target)| target == log_dirs)
+        .unwrap_or_else(|| panic!("KAFKA_LOG_DIRS={log_dirs} is the mount point of a volume: {mounts:?}"));
+    assert_eq!(target, "/var/lib/kafka/data", "the directory the image creates for its user");
+    assert!(!volume.contains('/') && !volume.starts_with('.'), "a named volume, not a bind mount: {volume}");
+    assert!(c["volumes"].get(volume).is_some(), "volume {volume} is declared");
+    assert!(env.get("CLUSTER_ID").is_some_and(|id| !id.is_empty()), "the log is formatted with a fixed cluster id");
+
+    // Healthy means the broker answers requests, not that a port is open.
+    let check = serde_yaml::to_string(&kafka["healthcheck"]["test"]).unwrap();
+    assert!(check.contains("--bootstrap-server"), "the healthcheck asks the broker: {check}");
+}
+
+#[test]
+fn kafka_mirrors_the_native_broker_settings() {
+    let env = environment(&compose()["services"]["kafka"]);
+    let native = std::fs::read_to_string(repo().join("scripts/kafka/server.properties")).unwrap();
+    let settings: Vec<(&str, &str)> = native
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_once('=').expect("key=value"))
+        .collect();
+    assert!(settings.len() > 10, "server.properties parsed: {settings:?}");
+    for (key, value) in settings {
+        // The image's rule: KAFKA_ + upper case, '.' -> '_', '_' -> "__", '-' -> "___".
+        let var = format!("KAFKA_{}", key.replace('_', "__").replace('-', "___").replace('.', "_").to_uppercase());
+        assert_eq!(env.get(&var).map(String::as_str), Some(value), "compose sets {var} like {key}={value}");
+    }
+    for (var, value) in [
+        ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false"),
+        ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1"),
+        ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1"),
+        ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+        ("KAFKA_LOG_CLEANER_ENABLE", "true"),
+    ] {
+        assert_eq!(env.get(var).map(String::as_str), Some(value), "{var}");
+    }
+}
+
+/// Whether a `.dockerignore` pattern excludes `path` (enough of the syntax for
+/// this file: `**/` prefixes, `*` within one path component, directories).
+fn ignores(pattern: &str, path: &str) -> bool {
+    fn glob(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                name.starts_with(head)
+                    && (head.len()..=name.len()).any(|i| name.is_char_boundary(i) && glob(tail, &name[i..]))
+            }
+        }
+    }
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        // A pattern matching a directory excludes everything below it.
+        pattern.len() <= path.len() && pattern.iter().zip(path).all(|(p, n)| !n.contains('/') && glob(p, n))
+    }
+    let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+    let path: Vec<&str> = path.split('/').collect();
+    match pattern.strip_prefix("**/") {
+        Some(rest) => {
+            let rest: Vec<&str> = rest.split('/').collect();
+            (0..path.len()).any(|start| matches(&rest, &path[start..]))
+        }
+        None => matches(&pattern.split('/').collect::<Vec<_>>(), &path),
+    }
+}
+
+#[test]
+fn dockerignore_keeps_the_build_context_small() {
+    let c = compose();
+    let builds: Vec<&Value> = c["services"].as_mapping().unwrap().values().filter_map(|s| s.get("build")).collect();
+    for build in &builds {
+        assert_eq!(build["context"].as_str(), Some(".."), "the build context is the repository root");
+        let dockerfile = build["dockerfile"].as_str().unwrap();
+        // BuildKit would read <Dockerfile>.dockerignore instead of the root one.
+        assert!(!repo().join(format!("{dockerfile}.dockerignore")).exists(), "no {dockerfile}.dockerignore");
+    }
+    let text = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore at the repository root");
+    let patterns: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert!(!patterns.iter().any(|p| p.starts_with('!')), "no re-inclusions (this test does not model them)");
+    let excluded = |path: &str| patterns.iter().any(|p| ignores(p, path));
+    for path in ["target", "target/release/query", "bench/target", "run", ".git", "node_modules", "docs"] {
+        assert!(excluded(path), ".dockerignore excludes {path}");
+    }
+    // What `cargo build --release --locked --bins` needs stays in the context.
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let members: Vec<&str> = manifest
+        .split_once("members = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()).collect())
+        .expect("workspace members");
+    assert!(members.contains(&"query"), "members parsed: {members:?}");
+    let needed = ["Cargo.toml", "Cargo.lock", "common/schemas/event.avsc", "common/migrations"];
+    for member in &members {
+        for path in [format!("{member}/Cargo.toml"), format!("{member}/src")] {
+            assert!(!excluded(&path), ".dockerignore keeps {path} (the build needs it)");
+        }
+    }
+    for path in needed {
+        assert!(!excluded(path), ".dockerignore keeps {path} (the build needs it)");
+    }
+    // The matcher itself.
+    assert!(ignores("**/target", "a/b/target/x") && ignores("perf.data*", "perf.data.old"));
+    assert!(!ignores("target", "bench/target") && !ignores("run", "runner") && !ignores("**/*.log", "a/log"));
+}
+
+#[test]
+fn the_four_services_share_one_image_built_once() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let builders: Vec<&str> =
+        services.iter().filter(|(_, s)| s.get("build").is_some()).map(|(name, _)| name.as_str().unwrap()).collect();
+    assert_eq!(builders.len(), 1, "exactly one service builds an image: {builders:?}");
+    let builder = &c["services"][builders[0]];
+    assert!(SERVICES.contains(&builders[0]), "the builder is one of the four services: {builders:?}");
+    assert_eq!(builder["image"].as_str(), Some(IMAGE), "the build is tagged {IMAGE}");
+    let dockerfile = builder["build"]["dockerfile"].as_str().unwrap();
+    assert!(repo().join(dockerfile).is_file(), "{dockerfile} exists (relative to the repository root)");
+    for service in SERVICES {
+        let s = &c["services"][service];
+        assert_eq!(s["image"].as_str(), Some(IMAGE), "{service} runs {IMAGE}");
+        if service != builders[0] {
+            // Never pulled from a registry: it is the image built above.
+            assert_eq!(s["pull_policy"].as_str(), Some("never"), "{service} pull_policy");
+        }
+    }
+}
+
+#[test]
+fn each_service_waits_for_exactly_what_it_uses() {
+    let c = compose();
+    // What each service uses, per its configuration (<service>/src/config.rs).
+    let uses: [(&str, &[&str]); 4] = [
+        ("command", &["kafka"]),
+        ("processor", &["kafka", "postgres"]),
+        ("materializer", &["kafka", "postgres", "redis"]),
+        ("query", &["postgres", "redis"]),
+    ];
+    // The variable through which a service reaches each backend.
+    let backends = [("kafka", "KAFKA_BROKERS"), ("postgres", "PG_URL"), ("redis", "REDIS_URL")];
+    for (service, expected) in uses {
+        let expected: BTreeSet<&str> = expected.iter().copied().collect();
+        let help = help(service);
+        let reads: BTreeSet<&str> =
+            backends.iter().filter(|(_, var)| help.contains(&format!("[env: {var}="))).map(|(b, _)| *b).collect();
+        assert_eq!(reads, expected, "{service}'s --help names the backends it uses");
+
+        let s = &c["services"][service];
+        let depends = s["depends_on"].as_mapping().unwrap_or_else(|| panic!("{service} depends_on is a mapping"));
+        let waits: BTreeSet<&str> = depends.keys().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(waits, expected, "{service} waits for exactly what it uses");
+        for (backend, condition) in depends {
+            let backend = backend.as_str().unwrap();
+            assert_eq!(condition["condition"].as_str(), Some("service_healthy"), "{service} waits for {backend}");
+            assert!(c["services"][backend]["healthcheck"]["test"].is_sequence(), "{backend} has a healthcheck");
+        }
+        let env = environment(s);
+        for (backend, var) in backends {
+            assert_eq!(
+                env.contains_key(var),
+                expected.contains(backend),
+                "{service}: {var} given iff it uses {backend}"
+            );
+        }
     }
 }

@@ -1,51 +1,134 @@
 //! The aggregates-topic adapter: absolute (hour, partition) counts tagged with
-//! the input offset they reflect.
+//! the input offset they reflect, written in Kafka transactions.
+//!
+//! Each events partition has its own transactional producer, with the
+//! `transactional.id` `<group>.<events topic>.<partition>`. Whoever claims the
+//! partition calls `init_transactions` with that id, which fences every older
+//! producer of it: a former owner's late emit then fails with PRODUCER_FENCED
+//! instead of landing after the new owner's, and its open transaction is
+//! aborted. A `read_committed` reader of the aggregates topic (the
+//! materializer, or any other consumer) therefore never sees an older
+//! aggregate of an (hour, partition) after a newer one, and compaction keeps
+//! the newest.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::avro::{encode_hour_aggregate, HourAggregate};
 use common::config::KafkaConfig;
 use common::kafka::{self, ProducerTuning};
-use futures::future::try_join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+
+/// How long the transaction calls (init, commit, abort) may block.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an emit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// A newer owner initialised this partition's transactional id: we are a zombie for it.
+    #[error("partition {0}: producer fenced by a newer owner")]
+    Fenced(i32),
+    #[error("partition {partition}: {source}")]
+    Kafka { partition: i32, source: KafkaError },
+}
 
 pub struct AggregateEmitter {
-    producer: FutureProducer,
+    config: rdkafka::ClientConfig,
+    id_prefix: String,
     topic: String,
+    producers: HashMap<i32, FutureProducer>,
 }
 
 impl AggregateEmitter {
     /// # Errors
-    /// When librdkafka rejects the configuration.
-    pub fn new(kafka_cfg: &KafkaConfig, delivery_timeout: Duration) -> Result<Self, KafkaError> {
+    /// Never today; kept fallible for configuration checks.
+    pub fn new(kafka_cfg: &KafkaConfig, group_id: &str, delivery_timeout: Duration) -> Result<Self, KafkaError> {
         let tuning =
             ProducerTuning { linger: Duration::from_millis(1), delivery_timeout, queue_max_messages: 1_000_000 };
-        let producer = kafka::producer_config(kafka_cfg, "processor", tuning).create()?;
-        Ok(AggregateEmitter { producer, topic: kafka_cfg.aggregates_topic.clone() })
+        let mut config = kafka::producer_config(kafka_cfg, "processor", tuning);
+        // An owner killed mid-transaction holds back read_committed readers until the next
+        // owner's init_transactions aborts it (one lease period), or this timeout at most.
+        // librdkafka requires message.timeout.ms (the delivery timeout) to be within it.
+        config.set("transaction.timeout.ms", delivery_timeout.as_millis().max(1000).to_string());
+        Ok(AggregateEmitter {
+            config,
+            id_prefix: format!("{group_id}.{}", kafka_cfg.events_topic),
+            topic: kafka_cfg.aggregates_topic.clone(),
+            producers: HashMap::new(),
+        })
     }
 
-    /// Sends the aggregates and waits until the broker has all of them.
+    /// Takes over `partition`'s transactional id, fencing every earlier producer of it
+    /// (and aborting its open transaction). Call on every claim, before the first emit.
     ///
     /// # Errors
-    /// The first delivery failure. The caller must then stop: the state store
-    /// is ahead of what was emitted, and only a restart (which re-emits every
-    /// restored hour) brings the sinks back in line.
-    pub async fn emit(&self, aggs: &[HourAggregate]) -> Result<(), KafkaError> {
-        let sends = aggs.iter().map(|a| {
-            let key = a.key();
-            let payload = encode_hour_aggregate(a);
-            async move {
-                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-                self.producer.send(record, Timeout::Never).await.map(|_| ()).map_err(|(e, _)| e)
-            }
-        });
-        try_join_all(sends).await?;
+    /// When the broker does not answer or refuses.
+    pub async fn open(&mut self, partition: i32) -> Result<(), EmitError> {
+        self.producers.remove(&partition);
+        let mut config = self.config.clone();
+        config.set("transactional.id", format!("{}.{partition}", self.id_prefix));
+        let producer: FutureProducer = config.create().map_err(|source| EmitError::Kafka { partition, source })?;
+        let p = producer.clone();
+        blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
+        self.producers.insert(partition, producer);
         Ok(())
     }
 
-    pub fn flush(&self, limit: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(limit)
+    /// Forgets a partition's producer (after hand-over or loss).
+    pub fn close(&mut self, partition: i32) {
+        self.producers.remove(&partition);
+    }
+
+    /// Writes the aggregates of one partition in one transaction and waits until it is committed.
+    ///
+    /// # Errors
+    /// [`EmitError::Fenced`] when a newer owner took the partition's id; the
+    /// caller must drop the partition. Any other error: the transaction is
+    /// aborted and the caller must stop, since the state store is ahead of
+    /// what was emitted and only a claim (which re-emits every restored hour)
+    /// brings the sinks back in line.
+    pub async fn emit(&mut self, partition: i32, aggs: &[HourAggregate]) -> Result<(), EmitError> {
+        if aggs.is_empty() {
+            return Ok(());
+        }
+        let Some(producer) = self.producers.get(&partition).cloned() else {
+            return Err(EmitError::Fenced(partition));
+        };
+        let records: Vec<(String, Vec<u8>)> = aggs.iter().map(|a| (a.key(), encode_hour_aggregate(a))).collect();
+        let topic = self.topic.clone();
+        let p = producer.clone();
+        let result = blocking(partition, move || {
+            p.begin_transaction()?;
+            for (key, payload) in &records {
+                // The delivery futures are not needed: commit_transaction flushes and fails
+                // if any record of the transaction failed.
+                if let Err((e, _)) = p.send_result(FutureRecord::to(&topic).key(key).payload(payload)) {
+                    return Err(e);
+                }
+            }
+            p.commit_transaction(TXN_CALL_TIMEOUT)
+        })
+        .await;
+        if let Err(e) = &result {
+            self.producers.remove(&partition);
+            if !matches!(e, EmitError::Fenced(_)) {
+                // Best effort: the next owner's init_transactions aborts it anyway.
+                let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_CALL_TIMEOUT)).await;
+            }
+        }
+        result
+    }
+}
+
+/// Runs a blocking transaction call off the async loop, and classifies its error.
+async fn blocking<F>(partition: i32, f: F) -> Result<(), EmitError>
+where
+    F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await.expect("transaction call does not panic") {
+        Ok(()) => Ok(()),
+        Err(e) if kafka::is_fenced(&e) => Err(EmitError::Fenced(partition)),
+        Err(source) => Err(EmitError::Kafka { partition, source }),
     }
 }

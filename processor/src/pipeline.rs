@@ -28,7 +28,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::emitter::AggregateEmitter;
+use crate::emitter::{AggregateEmitter, EmitError};
 use crate::metrics as m;
 use crate::state_store::{StateStore, StoreError};
 use crate::Config;
@@ -59,6 +59,8 @@ pub enum ProcessorError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    #[error("emit: {0}")]
+    Emit(#[from] EmitError),
     #[error(transparent)]
     LogReset(#[from] common::kafka::PositionBeyondLog),
 }
@@ -74,7 +76,7 @@ impl Processor {
             consumer: Arc::new(consumer),
             membership,
             store,
-            emitter: AggregateEmitter::new(&cfg.kafka, cfg.delivery_timeout)?,
+            emitter: AggregateEmitter::new(&cfg.kafka, &cfg.group_id, cfg.delivery_timeout)?,
             topic: cfg.kafka.events_topic.clone(),
             retention_ms: cfg.retention_ms(),
             checkpoint_interval: cfg.checkpoint_interval,
@@ -115,7 +117,6 @@ impl Processor {
         }
         tracing::info!("processor stopping: final checkpoint");
         self.checkpoint_all().await?;
-        self.emitter.flush(Duration::from_secs(5))?;
         if let Err(e) = self.membership.leave().await {
             tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
@@ -130,6 +131,7 @@ impl Processor {
         for p in &plan.lost {
             tracing::warn!(partition = p, "lease lost; dropping the partition");
             self.owned.remove(p);
+            self.emitter.close(*p);
         }
         for p in &plan.to_release {
             if let Some(mut owned) = self.owned.remove(p) {
@@ -137,6 +139,7 @@ impl Processor {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
+            self.emitter.close(*p);
         }
         if let Err(e) = self.membership.release(&plan.to_release).await {
             tracing::warn!(error = %e, "releasing partitions failed; they will expire");
@@ -202,8 +205,11 @@ impl Processor {
         };
         let window = claimed.window;
         common::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
+        // Fences every earlier owner's producer and aborts its open transaction,
+        // then re-emits what the store holds.
+        self.emitter.open(partition).await?;
         let aggs = aggregates(partition, &window, window.counts().map(|(h, _)| h));
-        self.emitter.emit(&aggs).await?;
+        self.emitter.emit(partition, &aggs).await?;
         tracing::info!(
             partition,
             epoch = claimed.epoch,
@@ -235,7 +241,8 @@ impl Processor {
                 Ok(None) => {
                     self.owned.insert(p, owned);
                 }
-                Err(ProcessorError::Store(StoreError::Fenced(_))) => {
+                Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
+                    self.emitter.close(p);
                     tracing::warn!(
                         partition = p,
                         "fenced: another instance owns this partition now; dropping its state"
@@ -266,7 +273,7 @@ impl Processor {
     }
 
     /// Checkpoints one partition; returns the committed position if anything changed.
-    async fn checkpoint_one(&self, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
+    async fn checkpoint_one(&mut self, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
         owned.window.evict_closed();
         if !owned.window.has_changes() {
             return Ok(None);
@@ -276,7 +283,7 @@ impl Processor {
         self.store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
         owned.window.mark_checkpointed();
         let aggs = aggregates(partition, &owned.window, cp.changed.iter().map(|c| c.hour));
-        self.emitter.emit(&aggs).await?;
+        self.emitter.emit(partition, &aggs).await?;
         metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
         metrics::counter!(m::CHECKPOINTS).increment(1);
         metrics::histogram!(m::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
