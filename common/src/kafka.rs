@@ -161,45 +161,53 @@ pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, Ka
     .expect("metadata task does not panic")
 }
 
-/// A stored position lies beyond the end of the log: the topic was deleted
-/// and recreated (or lost data) behind the store's back.
+/// A stored position does not lie within the partition's log.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "stored position {stored} of {topic}[{partition}] is beyond the end of the log ({end}): the topic was recreated \
-     or lost data since the state was written; start from a fresh PostgreSQL schema (--pg-schema) for this log"
-)]
-pub struct PositionBeyondLog {
-    pub topic: String,
-    pub partition: i32,
-    pub stored: i64,
-    pub end: i64,
+pub enum PositionOutsideLog {
+    /// The topic was deleted and recreated (or lost data) behind the store's back.
+    #[error(
+        "stored position {stored} of {topic}[{partition}] is beyond the end of the log ({end}): the topic was recreated \
+         or lost data since the state was written; for a development stack, `make reset` starts over"
+    )]
+    BeyondEnd { topic: String, partition: i32, stored: i64, end: i64 },
+    /// Retention deleted records that were never applied: resuming would skip them.
+    #[error(
+        "stored position {stored} of {topic}[{partition}] is below the start of the log ({start}): records \
+         {stored}..{start} were deleted by retention before they were applied; refusing to skip them"
+    )]
+    BelowStart { topic: String, partition: i32, stored: i64, start: i64 },
 }
 
-/// Checks a stored position against the partition's high watermark. A
-/// broker that does not answer is not an error here (the check is skipped).
+/// Checks a stored position against the partition's low and high watermarks.
+/// A broker that does not answer is not an error here (the check is skipped).
 ///
 /// # Errors
-/// [`PositionBeyondLog`] when `stored` is past the end of the log.
+/// [`PositionOutsideLog`] when `stored` is past the end of the log, or below
+/// its start (records would be skipped silently).
 pub async fn check_position<C>(
     consumer: std::sync::Arc<C>,
     topic: &str,
     partition: i32,
     stored: i64,
-) -> Result<(), PositionBeyondLog>
+) -> Result<(), PositionOutsideLog>
 where
     C: Consumer + Send + Sync + 'static,
 {
     let t = topic.to_owned();
-    let high = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&t, partition, Duration::from_secs(5)))
+    let marks = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&t, partition, Duration::from_secs(5)))
         .await
         .ok()
-        .and_then(Result::ok)
-        .map(|(_, high)| high);
-    match high {
-        Some(end) if stored > end => Err(PositionBeyondLog { topic: topic.to_owned(), partition, stored, end }),
+        .and_then(Result::ok);
+    let topic = topic.to_owned();
+    match marks {
+        Some((_, end)) if stored > end => Err(PositionOutsideLog::BeyondEnd { topic, partition, stored, end }),
+        Some((start, _)) if stored < start => {
+            metrics::counter!("analytics_position_below_log_start_total", "topic" => topic.clone()).increment(1);
+            Err(PositionOutsideLog::BelowStart { topic, partition, stored, start })
+        }
         Some(_) => Ok(()),
         None => {
-            tracing::warn!(topic, partition, "could not read the partition's end; position not checked");
+            tracing::warn!(topic, partition, "could not read the partition's bounds; position not checked");
             Ok(())
         }
     }

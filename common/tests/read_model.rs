@@ -96,3 +96,36 @@ async fn redis_copy_only_moves_forward_and_expires() {
     assert_eq!(cache.get(hour).await.unwrap(), None);
     drop_schema(&pg).await;
 }
+
+#[tokio::test]
+async fn a_write_back_never_regresses_a_value_even_after_a_flush() {
+    let (pool, cache, pg, redis) = setup().await;
+    let h = HourStart::of(H);
+    let mut client = pool.get().await.unwrap();
+    let v1 = hours::apply_aggregates(&mut client, &[agg(0, 10, 5, 7)]).await.unwrap()[0].1;
+
+    // A reader misses, takes the lease and reads v1 from PostgreSQL; meanwhile the
+    // materializer writes v2 to both stores, and then Redis is flushed.
+    let lease = cache.lease(h).await.unwrap().expect("no one else holds it");
+    let v2 = hours::apply_aggregates(&mut client, &[agg(0, 11, 6, 8)]).await.unwrap()[0].1;
+    assert_eq!(cache.put_if_newer(&[(h, v2)]).await.unwrap(), 1);
+    cache.clear().await.unwrap();
+    // The late write-back of v1 must not land on the empty key.
+    assert!(!cache.fill(h, v1, &lease).await.unwrap());
+    assert_eq!(cache.get(h).await.unwrap(), None);
+
+    // Zeros at version 0 from a reader whose lease was voided by a flush: not written either.
+    let lease = cache.lease(h).await.unwrap().unwrap();
+    cache.clear().await.unwrap();
+    assert!(!cache.fill(h, HourTotals::EMPTY, &lease).await.unwrap());
+    assert_eq!(cache.get(h).await.unwrap(), None);
+
+    // A second concurrent reader gets no lease; the first one's fill lands (nothing intervened).
+    let lease = cache.lease(h).await.unwrap().unwrap();
+    assert_eq!(cache.lease(h).await.unwrap(), None);
+    assert!(cache.fill(h, v2, &lease).await.unwrap());
+    assert_eq!(cache.get(h).await.unwrap(), Some(v2));
+    drop(client);
+    drop_schema(&pg).await;
+    common::test_util::clear_redis_prefix(&redis).await;
+}

@@ -9,6 +9,8 @@ pub const BATCH_SIZE: &str = "analytics_materializer_batch_aggregates";
 pub const SINK_ERRORS: &str = "analytics_materializer_sink_errors_total";
 /// Label `sink`: `postgres`, `redis`.
 pub const SINK_DURATION: &str = "analytics_materializer_sink_duration_seconds";
+/// Hours written to PostgreSQL that Redis has not received yet (it did not answer).
+pub const REDIS_PENDING_HOURS: &str = "analytics_materializer_redis_pending_hours";
 pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
 /// Event accepted by the command → its hour's totals visible in Redis.
 pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";

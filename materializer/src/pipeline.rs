@@ -73,6 +73,7 @@ impl Materializer {
                 _ = token.cancelled() => break,
                 _ = heartbeat.tick() => {
                     if !self.flush(&mut batch, &token).await { break; }
+                    self.sink.catch_up().await;
                     self.rebalance().await?;
                     self.record_lag();
                 }

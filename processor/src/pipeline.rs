@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::analytics::bucket::{Observation, Skipped};
-use common::analytics::{HourStart, PartitionWindow};
+use common::analytics::{HourCounts, HourStart, PartitionWindow};
 use common::avro::{decode_event, HourAggregate};
 use common::kafka::{assignment, consumer_config};
 use common::membership::Membership;
@@ -62,7 +62,7 @@ pub enum ProcessorError {
     #[error("emit: {0}")]
     Emit(#[from] EmitError),
     #[error(transparent)]
-    LogReset(#[from] common::kafka::PositionBeyondLog),
+    LogReset(#[from] common::kafka::PositionOutsideLog),
 }
 
 impl Processor {
@@ -208,7 +208,7 @@ impl Processor {
         // Fences every earlier owner's producer and aborts its open transaction,
         // then re-emits what the store holds.
         self.emitter.open(partition).await?;
-        let aggs = aggregates(partition, &window, window.counts().map(|(h, _)| h));
+        let aggs: Vec<HourAggregate> = window.counts().map(|(h, c)| aggregate(partition, &window, h, c)).collect();
         self.emitter.emit(partition, &aggs).await?;
         tracing::info!(
             partition,
@@ -282,7 +282,9 @@ impl Processor {
         let cp = owned.window.checkpoint();
         self.store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
         owned.window.mark_checkpointed();
-        let aggs = aggregates(partition, &owned.window, cp.changed.iter().map(|c| c.hour));
+        // From the checkpoint, not the window: an hour that closed in this batch is only there.
+        let aggs: Vec<HourAggregate> =
+            cp.changed.iter().map(|c| aggregate(partition, &owned.window, c.hour, c.counts)).collect();
         self.emitter.emit(partition, &aggs).await?;
         metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
         metrics::counter!(m::CHECKPOINTS).increment(1);
@@ -301,17 +303,7 @@ impl Processor {
     }
 }
 
-/// The absolute aggregates of `hours` as of the window's position.
-fn aggregates(partition: i32, window: &PartitionWindow, hours: impl Iterator<Item = HourStart>) -> Vec<HourAggregate> {
-    let counts: HashMap<HourStart, _> = window.counts().collect();
-    hours
-        .filter_map(|h| counts.get(&h).map(|c| (h, *c)))
-        .map(|(hour, counts)| HourAggregate {
-            hour,
-            partition,
-            counts,
-            input_offset: window.next_offset(),
-            watermark_ms: window.watermark_ms(),
-        })
-        .collect()
+/// The absolute aggregate of one hour as of the window's position.
+fn aggregate(partition: i32, window: &PartitionWindow, hour: HourStart, counts: HourCounts) -> HourAggregate {
+    HourAggregate { hour, partition, counts, input_offset: window.next_offset(), watermark_ms: window.watermark_ms() }
 }

@@ -51,8 +51,9 @@ impl QueryApp {
         match self.reader.read(HourStart::of(ts)).await {
             Ok(counts) => http::text(StatusCode::OK, counts.to_csv()),
             Err(e) => {
+                // The detail (PostgreSQL's own text) stays in the log, not in the answer.
                 tracing::warn!(error = %e, "query failed");
-                http::unavailable(format!("{e}; retry later"), 5)
+                http::unavailable("read models unavailable; retry later", 5)
             }
         }
     }

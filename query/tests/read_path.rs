@@ -132,5 +132,8 @@ async fn with_postgres_down_cached_hours_answer_and_others_get_503() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key(hyper::header::RETRY_AFTER));
     assert!(started.elapsed() < std::time::Duration::from_secs(6), "bounded: {:?}", started.elapsed());
+    // A short reason for the client; PostgreSQL's own error text stays in the log.
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(body.trim_end(), "read models unavailable; retry later");
     f.cleanup().await;
 }

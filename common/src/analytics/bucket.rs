@@ -145,12 +145,22 @@ pub struct PartitionWindow {
     /// An hour closes once `watermark >= hour end + retention`.
     retention_ms: i64,
     closed_pending: Vec<HourStart>,
+    /// Final counts of hours that closed with changes not yet checkpointed:
+    /// they must still be persisted and emitted once.
+    closing: Vec<ChangedHour>,
 }
 
 impl PartitionWindow {
     /// An empty window positioned at `next_offset`.
     pub fn new(next_offset: i64, watermark_ms: EpochMillis, retention_ms: i64) -> Self {
-        PartitionWindow { hours: BTreeMap::new(), next_offset, watermark_ms, retention_ms, closed_pending: Vec::new() }
+        PartitionWindow {
+            hours: BTreeMap::new(),
+            next_offset,
+            watermark_ms,
+            retention_ms,
+            closed_pending: Vec::new(),
+            closing: Vec::new(),
+        }
     }
 
     /// Adds a restored hour (see [`HourBucket::restore`]).
@@ -198,14 +208,19 @@ impl PartitionWindow {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.hours.values().any(|b| b.dirty) || !self.closed_pending.is_empty()
+        self.hours.values().any(|b| b.dirty) || !self.closed_pending.is_empty() || !self.closing.is_empty()
     }
 
     /// Drops closed hours from memory and reports them in the next checkpoint.
+    /// An hour that closes with unsaved changes keeps its final counts for that
+    /// checkpoint, so its last update is persisted and emitted.
     pub fn evict_closed(&mut self) {
         let closed: Vec<HourStart> = self.hours.keys().copied().filter(|h| self.is_closed(*h)).collect();
         for h in closed {
-            self.hours.remove(&h);
+            let bucket = self.hours.remove(&h).expect("key listed above");
+            if bucket.dirty {
+                self.closing.push(ChangedHour { hour: h, counts: bucket.counts(), new_users: Vec::new() });
+            }
             self.closed_pending.push(h);
         }
     }
@@ -218,6 +233,7 @@ impl PartitionWindow {
             .iter()
             .filter(|(_, b)| b.dirty)
             .map(|(h, b)| ChangedHour { hour: *h, counts: b.counts(), new_users: b.new_users.clone() })
+            .chain(self.closing.iter().cloned())
             .collect();
         Checkpoint {
             next_offset: self.next_offset,
@@ -234,6 +250,7 @@ impl PartitionWindow {
             b.new_users = Vec::new();
         }
         self.closed_pending.clear();
+        self.closing.clear();
     }
 
     /// Users held, summed over open hours (the denominator of bytes per user-hour).
@@ -308,6 +325,25 @@ mod tests {
         assert_eq!(cp.closed, vec![HourStart::of(H0)]);
         assert_eq!(w.open_hours(), 1);
         assert_eq!(cp.next_offset, 3);
+    }
+
+    #[test]
+    fn an_hour_that_closes_with_unsaved_changes_still_yields_its_final_counts() {
+        // Offset 100 is legal when accepted (A − 7 d + 1 s); offset 101 arrives 3 h later.
+        // Both land in one batch, after which the hour closes before any checkpoint.
+        let a = H0 + 30 * 24 * HOUR_MS;
+        let old = a - 7 * 24 * HOUR_MS + 1000;
+        let mut w = PartitionWindow::new(100, a - 1000, RETENTION);
+        w.apply(100, obs(old, 1, EventKind::Click, a)).unwrap();
+        w.apply(101, obs(a + 3 * HOUR_MS, 2, EventKind::Click, a + 3 * HOUR_MS)).unwrap();
+        w.evict_closed();
+        let cp = w.checkpoint();
+        assert_eq!(cp.closed, vec![HourStart::of(old)]);
+        let closing = cp.changed.iter().find(|c| c.hour == HourStart::of(old)).expect("the closing hour is emitted");
+        assert_eq!(closing.counts, HourCounts { unique_users: 1, clicks: 1, impressions: 0 });
+        w.mark_checkpointed();
+        assert!(!w.has_changes(), "emitted once, then forgotten");
+        assert!(w.checkpoint().changed.is_empty());
     }
 
     #[test]

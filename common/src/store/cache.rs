@@ -1,5 +1,15 @@
 //! Hourly totals in Redis: one hash per hour, `<prefix>:hour:<hour_start_ms>`,
 //! with fields `v` (version), `u`, `c`, `i`, and a TTL.
+//!
+//! Two writers: the materializer ([`HourCache::put_if_newer`]) and the query's
+//! write-back of what it read from PostgreSQL ([`HourCache::fill`]). The
+//! version guard alone cannot stop a write-back from moving a value backwards
+//! once the newer copy is gone (a flush, a Redis restart, an expiry): the
+//! write-back's read may predate the newest PostgreSQL row. So a write-back
+//! needs a *fill lease*, `<key>:fill`, taken before its PostgreSQL read
+//! ([`HourCache::lease`]); every materializer write deletes it, and so does a
+//! flush or restart. A write-back lands only if its own lease is still there,
+//! that is if nothing was written to the hour since its read began.
 
 use std::time::Duration;
 
@@ -24,22 +34,68 @@ for i, key in ipairs(KEYS) do
     redis.call('PEXPIRE', key, ttl)
     written = written + 1
   end
+  -- Any write-back whose read began before this write is now void.
+  redis.call('DEL', key .. ':fill')
 end
 return written
 ";
 
+/// A query's write-back: only under its own, still valid fill lease, and only if newer.
+const FILL: &str = r"
+local key = KEYS[1]
+if redis.call('GET', key .. ':fill') ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', key .. ':fill')
+local cur = tonumber(redis.call('HGET', key, 'v'))
+if cur == nil or cur < tonumber(ARGV[3]) then
+  redis.call('HSET', key, 'v', ARGV[3], 'u', ARGV[4], 'c', ARGV[5], 'i', ARGV[6])
+  redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+  return 1
+end
+return 0
+";
+
+/// How long a fill lease lives: longer than any PostgreSQL read it covers.
+const FILL_LEASE: Duration = Duration::from_secs(10);
+
 /// Redis could not be used; always transient from the caller's point of view.
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct CacheError(#[from] redis::RedisError);
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis: no answer within {0:?}")]
+    Timeout(Duration),
+    /// A recent failure: Redis is not asked again before the back-off ends.
+    #[error("redis: unavailable (backing off)")]
+    BackingOff,
+}
+
+/// Longest wait for one Redis command. Redis answers in well under a
+/// millisecond on a sound network; past this the caller has a better source
+/// (PostgreSQL) and must not hang. Measured reason for it: while redis-rs'
+/// connection manager reconnects to a stopped server, commands can wait
+/// indefinitely despite its own response timeout, and it did not recover
+/// once the server was back; so a failure drops the manager and the next
+/// command after the back-off connects afresh.
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failure, Redis is skipped for this long, so an outage costs each
+/// request nothing instead of one timeout.
+const BACK_OFF: Duration = Duration::from_secs(1);
 
 /// The Redis copy of the hourly totals.
 #[derive(Clone)]
 pub struct HourCache {
-    conn: ConnectionManager,
+    client: redis::Client,
+    manager_config: redis::aio::ConnectionManagerConfig,
+    /// The live connection; `None` after a failure, until the next connect.
+    conn: std::sync::Arc<std::sync::Mutex<Option<ConnectionManager>>>,
     prefix: String,
     ttl: Duration,
     script: Script,
+    fill: Script,
+    /// Until when Redis is skipped after a failure.
+    skip_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl HourCache {
@@ -53,8 +109,52 @@ impl HourCache {
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, mgr_cfg).await?;
-        Ok(HourCache { conn, prefix: cfg.key_prefix.clone(), ttl: cfg.ttl, script: Script::new(PUT_IF_NEWER) })
+        let conn = ConnectionManager::new_with_config(client.clone(), mgr_cfg.clone()).await?;
+        Ok(HourCache {
+            client,
+            manager_config: mgr_cfg,
+            conn: std::sync::Arc::new(std::sync::Mutex::new(Some(conn))),
+            prefix: cfg.key_prefix.clone(),
+            ttl: cfg.ttl,
+            script: Script::new(PUT_IF_NEWER),
+            fill: Script::new(FILL),
+            skip_until: std::sync::Arc::default(),
+        })
+    }
+
+    /// Runs one Redis operation with the timeout and the back-off after failures.
+    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        let now = std::time::Instant::now();
+        if self.skip_until.lock().expect("back-off lock").is_some_and(|until| now < until) {
+            return Err(CacheError::BackingOff);
+        }
+        let attempt = async {
+            let held = self.conn.lock().expect("connection lock").clone();
+            let conn = match held {
+                Some(c) => c,
+                None => {
+                    let c =
+                        ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone()).await?;
+                    *self.conn.lock().expect("connection lock") = Some(c.clone());
+                    c
+                }
+            };
+            op(conn).await
+        };
+        let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(r) => r.map_err(CacheError::from),
+            Err(_) => Err(CacheError::Timeout(OP_TIMEOUT)),
+        };
+        if result.is_err() {
+            self.conn.lock().expect("connection lock").take();
+        }
+        let mut skip = self.skip_until.lock().expect("back-off lock");
+        *skip = result.is_err().then(|| std::time::Instant::now() + BACK_OFF);
+        result
     }
 
     pub fn key(&self, hour: HourStart) -> String {
@@ -66,9 +166,10 @@ impl HourCache {
     /// # Errors
     /// [`CacheError`] when Redis does not answer.
     pub async fn get(&self, hour: HourStart) -> Result<Option<HourTotals>, CacheError> {
-        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key(hour)).arg(&["v", "u", "c", "i"]);
         let (v, u, c, i): (Option<i64>, Option<u64>, Option<u64>, Option<u64>) =
-            redis::cmd("HMGET").arg(self.key(hour)).arg(&["v", "u", "c", "i"]).query_async(&mut conn).await?;
+            self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
         Ok(match (v, u, c, i) {
             (Some(version), Some(unique_users), Some(clicks), Some(impressions)) => {
                 Some(HourTotals { counts: HourCounts { unique_users, clicks, impressions }, version })
@@ -94,8 +195,39 @@ impl HourCache {
                 .arg(t.counts.clicks)
                 .arg(t.counts.impressions);
         }
-        let mut conn = self.conn.clone();
-        Ok(inv.invoke_async(&mut conn).await?)
+        self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
+    }
+
+    /// Takes the fill lease of an hour before reading it from PostgreSQL; `None`
+    /// if another reader holds it (then do not write back).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn lease(&self, hour: HourStart) -> Result<Option<String>, CacheError> {
+        let token = crate::random_suffix();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:fill", self.key(hour))).arg(&token).arg("NX").arg("PX").arg(FILL_LEASE.as_millis() as u64);
+        let set: Option<String> = self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Writes back totals read from PostgreSQL under the lease taken before the
+    /// read; true if written. Nothing is written if anything wrote the hour, or
+    /// Redis lost the lease, since the lease was taken.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn fill(&self, hour: HourStart, totals: HourTotals, lease: &str) -> Result<bool, CacheError> {
+        let mut inv = self.fill.prepare_invoke();
+        inv.key(self.key(hour))
+            .arg(self.ttl.as_millis() as u64)
+            .arg(lease)
+            .arg(totals.version)
+            .arg(totals.counts.unique_users)
+            .arg(totals.counts.clicks)
+            .arg(totals.counts.impressions);
+        let written: i64 = self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await?;
+        Ok(written == 1)
     }
 
     /// Deletes every key under the prefix (tests and operators).
@@ -103,18 +235,20 @@ impl HourCache {
     /// # Errors
     /// [`CacheError`] when Redis does not answer.
     pub async fn clear(&self) -> Result<(), CacheError> {
-        let mut conn = self.conn.clone();
-        let keys: Vec<String> = conn.keys(format!("{}:*", self.prefix)).await?;
-        if !keys.is_empty() {
-            let _: () = conn.del(keys).await?;
-        }
-        Ok(())
+        let pattern = format!("{}:*", self.prefix);
+        self.guarded(|mut conn| async move {
+            let keys: Vec<String> = conn.keys(pattern).await?;
+            if !keys.is_empty() {
+                let _: () = conn.del(keys).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Answers whether Redis responds to PING within `limit`.
     pub async fn ping(&self, limit: Duration) -> bool {
-        let mut conn = self.conn.clone();
-        let ping = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        let ping = self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await });
         matches!(tokio::time::timeout(limit, ping).await, Ok(Ok(_)))
     }
 }

@@ -112,6 +112,25 @@ pub async fn read_hour(client: &deadpool_postgres::Client, hour: HourStart) -> R
     Ok(row.as_ref().and_then(row_to_totals).map(|(_, t)| t))
 }
 
+/// Every hour whose totals changed within `window` (by PostgreSQL's clock).
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer.
+pub async fn changed_within(
+    client: &deadpool_postgres::Client,
+    window: std::time::Duration,
+) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
+    let secs = window.as_secs_f64();
+    let rows = client
+        .query(
+            "SELECT hour_start_ms, unique_users, clicks, impressions, version
+             FROM hourly_aggregates WHERE updated_at > now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(row_to_totals).collect())
+}
+
 fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
     let hour = HourStart::from_aligned(row.get(0))?;
     let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);

@@ -1,0 +1,105 @@
+//! A Redis outage under load: PostgreSQL and positions go on, GETs keep
+//! advancing (served from PostgreSQL), and once Redis is back it catches up to
+//! exactly what PostgreSQL holds. Runs its own Redis server on a free port, so
+//! stopping it disturbs nothing else.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::analytics::HourStart;
+use common::store::cache::HourCache;
+use e2e::{assert_counts_converge, free_port, get_counts, post_all, workload, Expected, Stack};
+
+/// A private redis-server, stopped on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/stack.sh deps)");
+        let r = PrivateRedis { port, child: Some(child) };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on :{port}");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_under_load_postgres_goes_on_and_redis_catches_up() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let mut stack = Stack::new();
+    stack.redis.url = format!("redis://127.0.0.1:{port}");
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    // A past hour: every event of it is within the horizon and none is in the future.
+    let hour = HourStart::of(common::now_ms() - 3 * 3_600_000);
+    let now = hour.start_ms();
+    let events = workload(3000, 300, &[hour], 11);
+    let (before, during) = events.split_at(1000);
+    let (during, after) = during.split_at(1000);
+    let mut expected = Expected::default();
+
+    before.iter().for_each(|e| expected.add(e));
+    post_all(command, before, 8).await;
+    assert_counts_converge(query, &expected, Duration::from_secs(60)).await;
+
+    // Redis goes away; events keep coming, and GETs keep advancing from PostgreSQL.
+    redis.stop();
+    let mut seen = get_counts(query, now).await.expect("query answers without Redis");
+    for chunk in during.chunks(250) {
+        chunk.iter().for_each(|e| expected.add(e));
+        post_all(command, chunk, 8).await;
+        let total = seen.clicks + seen.impressions;
+        seen = common::test_util::wait_until("GET to advance while Redis is down", Duration::from_secs(30), || async {
+            get_counts(query, now).await.filter(|c| c.clicks + c.impressions > total)
+        })
+        .await;
+    }
+    assert_counts_converge(query, &expected, Duration::from_secs(60)).await;
+
+    // Redis comes back (empty, as after a restart): it catches up, and new writes reach it too.
+    let _redis = PrivateRedis::start(port);
+    after.iter().for_each(|e| expected.add(e));
+    post_all(command, after, 8).await;
+    assert_counts_converge(query, &expected, Duration::from_secs(60)).await;
+    let cache = HourCache::connect(&stack.redis).await.expect("redis is back");
+    let want = expected.hours();
+    common::test_util::wait_until("Redis equal to PostgreSQL", Duration::from_secs(30), || async {
+        let pool = common::pg::pool(&stack.pg).ok()?;
+        let client = pool.get().await.ok()?;
+        for (h, counts) in &want {
+            let pg = common::store::hours::read_hour(&client, *h).await.ok()??;
+            let cached = cache.get(*h).await.ok()??;
+            if pg.counts != *counts || cached != pg {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    stack.cleanup().await;
+}
