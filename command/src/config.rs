@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, TelemetryConfig};
+use common::config::{parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig};
 use common::kafka::ProducerTuning;
 
 /// Accepts analytics events over HTTP and appends them durably to the events topic.
@@ -34,6 +34,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[command(flatten)]
     pub horizon: HorizonConfig,
+    /// PostgreSQL, read at startup only: the deployment's horizon and partition count to agree with.
+    #[command(flatten)]
+    pub pg: PgConfig,
     #[command(flatten)]
     pub edge: EdgeConfig,
     #[command(flatten)]

@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub edge: common::edge::Edge,
     /// Cancelled when the producer hits a fatal error: the process restarts.
     pub fatal: tokio_util::sync::CancellationToken,
+    /// Stops the background start-up checks when the service stops.
+    pub background: tokio_util::sync::CancellationToken,
 }
 
 /// The outcome of one `POST /analytics`.
@@ -102,9 +104,21 @@ impl CommandApp {
         let Ok(_permit) = self.inner.in_flight.try_acquire() else {
             return Outcome::Overloaded;
         };
-        let event = ClickEvent { timestamp_ms: req.timestamp_ms, user: req.user, kind: req.kind, accepted_at_ms: now };
+        let event = ClickEvent {
+            timestamp_ms: req.timestamp_ms,
+            user: req.user,
+            kind: req.kind,
+            accepted_at_ms: now,
+            id: None,
+        };
         match self.inner.publisher.publish(&event).await {
-            Ok(()) => Outcome::Accepted,
+            // The processor decides on the broker's clock whether the hour is
+            // still open; answer by the same rule, so a 2xx is always counted.
+            // (The record stays in the log, and the processor skips it the same way.)
+            Ok(Some(appended_ms)) if !self.inner.horizon.counted_at(event.hour(), appended_ms) => {
+                Outcome::Rejected(RejectReason::ClosedOnArrival { timestamp_ms: event.timestamp_ms, appended_ms })
+            }
+            Ok(_) => Outcome::Accepted,
             Err(e) => Outcome::Unavailable(e),
         }
     }

@@ -44,6 +44,20 @@ pub async fn build(
         cfg.delivery_timeout
     );
     common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    // One horizon and one partition count for the whole deployment: refuse to
+    // accept events under settings the processor does not share.
+    let pool = common::pg::connect_migrated(&cfg.pg).await?;
+    common::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
+    let fatal = CancellationToken::new();
+    let background = CancellationToken::new();
+    if let Err(e) = common::pg::agree_partitions(&pool, "command", &cfg.kafka).await {
+        if e.is::<common::pg::SettingMismatch>() {
+            return Err(e);
+        }
+        // The broker may be down while we start: serve (with 503s) and check once it answers.
+        tracing::warn!(error = %e, "partition count not checked yet; retrying in the background");
+        tokio::spawn(recheck_partitions(pool, cfg.kafka.clone(), fatal.clone(), background.clone()));
+    }
     let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning(), cfg.producers.get() as usize)
         .context("creating the producers")?;
     let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {
@@ -65,10 +79,36 @@ pub async fn build(
             max_in_flight: cfg.max_in_flight.get() as usize,
             ops: OpsRoutes { service: "command", metrics, ready },
             edge: common::edge::Edge::new(&cfg.edge),
-            fatal: CancellationToken::new(),
+            fatal,
+            background,
         }
     });
     Ok(CommandApp { inner })
+}
+
+/// Retries the partition-count agreement until the broker answers; a
+/// mismatch is fatal (the process stops rather than route users differently
+/// from the processor). Ends on success, mismatch, or `stop`.
+async fn recheck_partitions(
+    pool: deadpool_postgres::Pool,
+    kafka: common::config::KafkaConfig,
+    fatal: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        match common::pg::agree_partitions(&pool, "command", &kafka).await {
+            Ok(_) => return tracing::info!("partition count agreed"),
+            Err(e) if e.is::<common::pg::SettingMismatch>() => {
+                tracing::error!(error = %e, "refusing to accept events");
+                return fatal.cancel();
+            }
+            Err(e) => tracing::debug!(error = %e, "partition count still not checked"),
+        }
+    }
 }
 
 /// Serves until `token` is cancelled, then drains requests and flushes the producer.
@@ -109,6 +149,7 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "command service listening");
     common::http::serve(listener, handler, limits, stop.clone(), drain).await;
     stop.cancel();
+    app.inner.background.cancel();
     let _ = watcher.await;
     app.inner.publisher.flush(drain).context("flushing the producer")?;
     if fatal.is_cancelled() {

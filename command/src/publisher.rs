@@ -72,9 +72,11 @@ impl EventPublisher {
     /// The key is the user id: with `murmur2_random` one user's events always
     /// land in one partition, which is what keeps per-partition user sets disjoint.
     ///
+    /// Returns the broker's log-append time of the event, if the topic stamps one.
+    ///
     /// # Errors
     /// [`PublishError`]; the event is then not recorded as far as the client knows.
-    pub async fn publish(&self, event: &ClickEvent) -> Result<(), PublishError> {
+    pub async fn publish(&self, event: &ClickEvent) -> Result<Option<i64>, PublishError> {
         let payload = common::avro::encode_event(event);
         let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
         let started = Instant::now();
@@ -82,7 +84,10 @@ impl EventPublisher {
         let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
         metrics::histogram!(m::PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => Ok(()),
+            Ok(delivery) => Ok(match delivery.timestamp {
+                rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+                _ => None,
+            }),
             Err((e, _)) => Err(match e.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
                 Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout,

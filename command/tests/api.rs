@@ -31,6 +31,9 @@ fn config(extra: &[&str]) -> Config {
         kafka.aggregates_topic,
         "--events-partitions".into(),
         "3".into(),
+        // The deployment settings these tests agree on (default horizon, one row per test topic).
+        "--pg-schema".into(),
+        "test_command".into(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::parse_from(args)

@@ -52,6 +52,8 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         &kafka.events_topic,
         "--aggregates-topic",
         &kafka.aggregates_topic,
+        "--pg-schema",
+        "test_command",
         "--api-token",
         "s3cret",
         "--rate-limit-per-sec",

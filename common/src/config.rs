@@ -103,11 +103,14 @@ pub struct HorizonConfig {
     /// How far into the future an event may be (client clock skew).
     #[arg(id = "horizon_future", value_name = "DURATION", long = "horizon-future", env = "HORIZON_FUTURE", default_value = "5m", value_parser = parse_duration)]
     pub future: Duration,
+    /// Extra time past the horizon before an hour closes (absorbs command clocks behind the broker's).
+    #[arg(id = "horizon_grace", value_name = "DURATION", long = "horizon-grace", env = "HORIZON_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
 }
 
 impl HorizonConfig {
     pub fn horizon(&self) -> Horizon {
-        Horizon { past: self.past, future: self.future }
+        Horizon { past: self.past, future: self.future, grace: self.grace }
     }
 }
 

@@ -73,7 +73,10 @@ pub fn topic_specs(kafka: &KafkaConfig) -> Vec<TopicSpec> {
         TopicSpec {
             name: kafka.events_topic.clone(),
             partitions: kafka.events_partitions.get(),
-            configs: vec![("cleanup.policy", "delete")],
+            // The broker stamps each event with its own clock: the processor's
+            // watermark and the command's "will it be counted" check both read
+            // that one clock, which no command host's clock can move.
+            configs: vec![("cleanup.policy", "delete"), ("message.timestamp.type", "LogAppendTime")],
         },
         TopicSpec {
             name: kafka.aggregates_topic.clone(),
@@ -115,6 +118,13 @@ pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// The partition Kafka's default partitioner (Java's, and librdkafka's
+/// `murmur2_random`) picks for a non-empty key: positive murmur2 modulo the count.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
+    (hash % partitions.max(1) as u32) as i32
 }
 
 /// True for errors after which a producer must not be used again.
@@ -242,4 +252,26 @@ pub fn assignment(
         tpl.add_partition_offset(topic, p, offset)?;
     }
     Ok(tpl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Kafka's own test vectors (clients UtilsTest), as signed Java ints.
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, java) in cases {
+            assert_eq!(murmur2::murmur2(key, murmur2::KAFKA_SEED) as i32, java, "{}", String::from_utf8_lossy(key));
+            assert_eq!(partition_for(key, 7), (java & 0x7fff_ffff) % 7);
+        }
+    }
 }

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "read_models", include_str!("../migrations/0001_read_models.sql")),
     (2, "processor_state", include_str!("../migrations/0002_processor_state.sql")),
     (3, "coordination", include_str!("../migrations/0003_coordination.sql")),
+    (4, "deployment_settings", include_str!("../migrations/0004_deployment_settings.sql")),
 ];
 
 /// Why talking to PostgreSQL failed.
@@ -121,6 +122,86 @@ pub async fn connect_migrated(cfg: &PgConfig) -> anyhow::Result<Pool> {
     let pool = self::pool(cfg)?;
     migrate(&pool, cfg).await.context("migrating PostgreSQL")?;
     Ok(pool)
+}
+
+/// A setting this service holds differs from the one stored for the deployment.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "setting `{name}` is {ours} here but {stored} for this deployment (stored by {set_by}); every service must \
+     run with the same value: fix this service's configuration, or change the stored value deliberately \
+     (UPDATE deployment_settings) with every service stopped"
+)]
+pub struct SettingMismatch {
+    pub name: String,
+    pub ours: String,
+    pub stored: String,
+    pub set_by: String,
+}
+
+/// Stores each setting if the deployment has none yet, then checks that the
+/// stored value equals ours. Atomic per setting: of two services starting at
+/// once with different values, one wins and the other refuses.
+///
+/// # Errors
+/// [`SettingMismatch`] on a difference; PostgreSQL errors otherwise.
+pub async fn agree_settings(pool: &Pool, service: &str, settings: &[(String, String)]) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    for (name, ours) in settings {
+        client
+            .execute(
+                "INSERT INTO deployment_settings (name, value, set_by) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                &[name, ours, &service],
+            )
+            .await?;
+        let row = client.query_one("SELECT value, set_by FROM deployment_settings WHERE name = $1", &[name]).await?;
+        let (stored, set_by): (String, String) = (row.get(0), row.get(1));
+        if &stored != ours {
+            return Err(SettingMismatch { name: name.clone(), ours: ours.clone(), stored, set_by }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Agrees the deployment-wide settings a service depends on: the horizon,
+/// and the partition count of the events topic (see [`agree_partitions`]).
+/// Returns that partition count.
+///
+/// # Errors
+/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
+pub async fn agree_deployment(
+    pool: &Pool,
+    service: &str,
+    kafka: &crate::config::KafkaConfig,
+    horizon: &crate::analytics::Horizon,
+) -> anyhow::Result<i32> {
+    agree_horizon(pool, service, horizon).await?;
+    agree_partitions(pool, service, kafka).await
+}
+
+/// Agrees the horizon: how far back events are accepted, and when hours close.
+///
+/// # Errors
+/// A [`SettingMismatch`], or PostgreSQL not answering.
+pub async fn agree_horizon(pool: &Pool, service: &str, horizon: &crate::analytics::Horizon) -> anyhow::Result<()> {
+    let settings: Vec<(String, String)> =
+        horizon.settings().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+    agree_settings(pool, service, &settings).await
+}
+
+/// Agrees the partition count of the events topic as the broker reports it:
+/// users are routed by key modulo that count, and adding partitions would
+/// split a user's events over two partitions and count them as two users.
+///
+/// # Errors
+/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
+pub async fn agree_partitions(pool: &Pool, service: &str, kafka: &crate::config::KafkaConfig) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let partitions = crate::kafka::partition_count(kafka, &kafka.events_topic)
+        .await
+        .with_context(|| format!("reading the partition count of {}", kafka.events_topic))?;
+    let setting = (format!("partitions.{}", kafka.events_topic), partitions.to_string());
+    agree_settings(pool, service, &[setting]).await?;
+    Ok(partitions)
 }
 
 /// Answers whether PostgreSQL accepts a query right now (readiness).

@@ -319,7 +319,7 @@ fn each_service_waits_for_exactly_what_it_uses() {
     let c = compose();
     // What each service uses, per its configuration (<service>/src/config.rs).
     let uses: [(&str, &[&str]); 4] = [
-        ("command", &["kafka"]),
+        ("command", &["kafka", "postgres"]),
         ("processor", &["kafka", "postgres"]),
         ("materializer", &["kafka", "postgres", "redis"]),
         ("query", &["postgres", "redis"]),

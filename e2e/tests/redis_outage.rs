@@ -12,7 +12,6 @@ use e2e::{assert_counts_converge, free_port, get_counts, post_all, workload, Exp
 
 /// A private redis-server, stopped on drop.
 struct PrivateRedis {
-    port: u16,
     child: Option<Child>,
 }
 
@@ -23,7 +22,7 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (installed by scripts/stack.sh deps)");
-        let r = PrivateRedis { port, child: Some(child) };
+        let r = PrivateRedis { child: Some(child) };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return r;

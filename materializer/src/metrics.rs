@@ -1,8 +1,6 @@
 //! Metric names of the materializer, in one place.
 
 pub const AGGREGATES_CONSUMED: &str = "analytics_materializer_aggregates_consumed_total";
-/// Label `reason`: `undecodable`.
-pub const AGGREGATES_SKIPPED: &str = "analytics_materializer_aggregates_skipped_total";
 pub const BATCHES: &str = "analytics_materializer_batches_total";
 pub const BATCH_SIZE: &str = "analytics_materializer_batch_aggregates";
 /// Label `sink`: `postgres`, `redis`.
@@ -16,3 +14,6 @@ pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total
 pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";
 /// Label `partition`: high watermark of the aggregates topic minus the next offset to write.
 pub const CONSUMER_LAG: &str = "analytics_materializer_consumer_lag_messages";
+/// Label `partition`: 1 while this instance holds the partition stopped at an
+/// undecodable record (needs an operator), else 0.
+pub const PARTITION_STALLED: &str = "analytics_materializer_partition_stalled";

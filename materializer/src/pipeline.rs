@@ -13,7 +13,7 @@ use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use crate::metrics as m;
@@ -30,6 +30,11 @@ pub struct Materializer {
     owned: BTreeSet<i32>,
     /// Next offset to consume per owned partition, as last written.
     positions: Arc<Mutex<BTreeMap<i32, i64>>>,
+    /// Owned partitions stopped at an undecodable record (partition → its
+    /// offset): no longer consumed, their position stays at that record, and
+    /// their lease is kept so nobody re-claims them, until an operator deploys
+    /// a reader that knows the record and restarts.
+    stalled: Mutex<BTreeMap<i32, i64>>,
 }
 
 /// Aggregates read since the last write, and the positions to store after writing them.
@@ -54,6 +59,7 @@ impl Materializer {
             batch_wait: cfg.batch_wait,
             owned: BTreeSet::new(),
             positions: Arc::default(),
+            stalled: Mutex::default(),
         })
     }
 
@@ -102,6 +108,9 @@ impl Materializer {
         // The batch was flushed before the heartbeat: nothing in hand to finish.
         for p in plan.lost.iter().chain(&plan.to_release) {
             self.owned.remove(p);
+            if self.stalled.get_mut().expect("stalled lock").remove(p).is_some() {
+                metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(0.0);
+            }
         }
         if let Err(e) = self.membership.release(&plan.to_release).await {
             tracing::warn!(error = %e, "releasing partitions failed; they will expire");
@@ -120,8 +129,13 @@ impl Materializer {
                 positions.entry(*p).or_insert_with(|| stored.get(p).copied().unwrap_or(0));
             }
         }
-        let positions: Vec<(i32, Offset)> =
-            self.owned.iter().map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))).collect();
+        let stalled = self.stalled.get_mut().expect("stalled lock");
+        let positions: Vec<(i32, Offset)> = self
+            .owned
+            .iter()
+            .filter(|p| !stalled.contains_key(p))
+            .map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o))))
+            .collect();
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         tracing::info!(partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
         Ok(())
@@ -141,17 +155,42 @@ impl Materializer {
                 return;
             }
         };
-        if !self.owned.contains(&msg.partition()) {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if !self.owned.contains(&partition) {
             return; // fetched before a hand-over
+        }
+        let mut stalled = self.stalled.lock().expect("stalled lock");
+        if stalled.contains_key(&partition) {
+            return; // fetched before the partition stopped: its position must stay at the bad record
         }
         match msg.payload().map(decode_hour_aggregate) {
             Some(Ok(a)) => batch.aggregates.push(a),
             other => {
-                tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = ?other.and_then(Result::err), "skipping an undecodable aggregate");
-                metrics::counter!(m::AGGREGATES_SKIPPED, "reason" => "undecodable").increment(1);
+                // Skipping it could lose an hour's newest counts (a record of a
+                // newer schema version, say). Stop this partition at the record
+                // (the batch's position for it stays below), keep its lease, and
+                // raise the alarm; the other partitions go on.
+                let error = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no value".to_owned(),
+                };
+                tracing::error!(
+                    partition,
+                    offset,
+                    error,
+                    "undecodable aggregate: partition stopped at this record; deploy a reader that knows it, then restart"
+                );
+                stalled.insert(partition, offset);
+                metrics::gauge!(m::PARTITION_STALLED, "partition" => partition.to_string()).set(1.0);
+                let mut stop = TopicPartitionList::new();
+                stop.add_partition(&self.topic, partition);
+                if let Err(e) = self.consumer.pause(&stop) {
+                    tracing::warn!(partition, error = %e, "pausing the partition failed; its records are ignored");
+                }
+                return;
             }
         }
-        batch.next_offsets.insert(msg.partition(), msg.offset() + 1);
+        batch.next_offsets.insert(partition, offset + 1);
         batch.started.get_or_insert_with(Instant::now);
     }
 

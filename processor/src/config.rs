@@ -19,9 +19,6 @@ pub struct Config {
     /// How often changed hours are checkpointed and emitted (bounds freshness).
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
-    /// Extra time past the horizon before an hour's state is dropped (absorbs clock skew between command instances).
-    #[arg(long, env = "PROCESSOR_CLOSE_GRACE", default_value = "1h", value_parser = parse_duration)]
-    pub close_grace: Duration,
     /// An emitted aggregate not acknowledged within this time stops the processor (it restarts and re-emits).
     #[arg(long, env = "PROCESSOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
@@ -38,7 +35,7 @@ pub struct Config {
 impl Config {
     /// How long after its end an hour stays open, measured on the partition's watermark.
     pub fn retention_ms(&self) -> i64 {
-        i64::try_from((self.horizon.past + self.close_grace).as_millis()).unwrap_or(i64::MAX)
+        self.horizon.horizon().retention_ms()
     }
 }
 

@@ -45,9 +45,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = common::pg::connect_migrated(&cfg.pg).await?;
     common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    let partitions = common::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.horizon.horizon()).await?;
     let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.events_topic).await?;
     let store = StateStore::new(pool.clone(), cfg.kafka.events_topic.clone());
-    let processor = Processor::new(&cfg, store, membership).context("creating the consumer")?;
+    let processor = Processor::new(&cfg, store, membership, partitions).context("creating the consumer")?;
     let ready_pool = pool.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();

@@ -1,7 +1,7 @@
 //! Metric names of the processor, in one place.
 
 pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
-/// Label `reason`: `replayed`, `closed_hour`, `undecodable`.
+/// Label `reason`: `replayed`, `closed_hour`, `misrouted`.
 pub const EVENTS_SKIPPED: &str = "analytics_processor_events_skipped_total";
 pub const AGGREGATES_EMITTED: &str = "analytics_processor_aggregates_emitted_total";
 pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";
@@ -16,3 +16,6 @@ pub const STATE_BYTES: &str = "analytics_processor_state_bytes";
 pub const STATE_USER_HOURS: &str = "analytics_processor_state_user_hours";
 /// Label `partition`: high watermark minus the next offset to apply.
 pub const CONSUMER_LAG: &str = "analytics_processor_consumer_lag_messages";
+/// Label `partition`: 1 while this instance holds the partition stopped at an
+/// undecodable record (needs an operator), else 0.
+pub const PARTITION_STALLED: &str = "analytics_processor_partition_stalled";

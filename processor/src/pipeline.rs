@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::analytics::bucket::{Observation, Skipped};
 use common::analytics::{HourCounts, HourStart, PartitionWindow};
 use common::avro::{decode_event, HourAggregate};
-use common::kafka::{assignment, consumer_config};
+use common::kafka::{assignment, consumer_config, partition_for};
 use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use futures::StreamExt;
@@ -38,6 +38,10 @@ struct Owned {
     epoch: i64,
     window: PartitionWindow,
     chunks: HashMap<HourStart, u32>,
+    /// The offset of an undecodable record this partition stopped at: it is
+    /// no longer consumed (its lease is kept, so nobody re-claims it) until
+    /// an operator deploys a reader that knows the record and restarts.
+    stalled_at: Option<i64>,
 }
 
 pub struct Processor {
@@ -51,6 +55,8 @@ pub struct Processor {
     owned: HashMap<i32, Owned>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
+    /// Partitions of the events topic, as agreed for the deployment (routing check).
+    partitions: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +76,12 @@ impl Processor {
     ///
     /// # Errors
     /// When the consumer or producer cannot be created.
-    pub fn new(cfg: &Config, store: StateStore, membership: Membership) -> Result<Self, ProcessorError> {
+    pub fn new(
+        cfg: &Config,
+        store: StateStore,
+        membership: Membership,
+        partitions: i32,
+    ) -> Result<Self, ProcessorError> {
         let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "processor").create()?;
         Ok(Processor {
             consumer: Arc::new(consumer),
@@ -82,6 +93,7 @@ impl Processor {
             checkpoint_interval: cfg.checkpoint_interval,
             owned: HashMap::new(),
             applied: 0,
+            partitions,
         })
     }
 
@@ -106,9 +118,19 @@ impl Processor {
                 msg = async { self.consumer.stream().next().await } => match msg {
                     Some(Ok(msg)) => {
                         let (partition, offset) = (msg.partition(), msg.offset());
+                        let misrouted = msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition);
+                        // The broker's clock, where the topic stamps it (LogAppendTime).
+                        let appended_ms = match msg.timestamp() {
+                            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+                            _ => None,
+                        };
                         let payload = msg.payload().map(<[u8]>::to_vec);
                         drop(msg);
-                        self.handle(partition, offset, payload.as_deref());
+                        if misrouted {
+                            self.skip_misrouted(partition, offset);
+                        } else {
+                            self.handle(partition, offset, appended_ms, payload.as_deref());
+                        }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => break,
@@ -160,21 +182,66 @@ impl Processor {
 
     /// Points the consumer at exactly the owned partitions, each at its window's next offset.
     fn assign_owned(&self) -> Result<(), ProcessorError> {
-        let positions = self.owned.iter().map(|(p, o)| (*p, Offset::Offset(o.window.next_offset())));
+        let positions = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.stalled_at.is_none())
+            .map(|(p, o)| (*p, Offset::Offset(o.window.next_offset())));
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         Ok(())
     }
 
-    fn handle(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+    /// A record whose key belongs to another partition (a producer with another
+    /// partitioner or partition count): counting it here would count its user
+    /// twice. Skipped, the same way on every replay, and counted in a metric.
+    fn skip_misrouted(&mut self, partition: i32, offset: i64) {
+        let Some(owned) = self.owned.get_mut(&partition) else { return };
+        if owned.stalled_at.is_some() {
+            return; // fetched before the partition stopped: its position must stay at the bad record
+        }
+        if offset >= owned.window.next_offset() {
+            tracing::warn!(partition, offset, "record keyed for another partition: not counted");
+            metrics::counter!(m::EVENTS_SKIPPED, "reason" => "misrouted").increment(1);
+            owned.window.skip(offset);
+        }
+    }
+
+    /// Applies one record. Its acceptance time is the broker's log-append time
+    /// where the topic has one (one clock for the whole partition), else the
+    /// command's `accepted_at` (topics created before LogAppendTime).
+    fn handle(&mut self, partition: i32, offset: i64, appended_ms: Option<i64>, payload: Option<&[u8]>) {
         // A message fetched before a partition was handed over: not ours any more.
         let Some(owned) = self.owned.get_mut(&partition) else { return };
+        if owned.stalled_at.is_some() {
+            return; // fetched before the partition stopped: its position must stay at the bad record
+        }
         let obs = match payload.map(decode_event) {
-            Some(Ok(event)) => Observation::from(&event),
+            Some(Ok(event)) => {
+                let obs = Observation::from(&event);
+                Observation { accepted_at_ms: appended_ms.unwrap_or(obs.accepted_at_ms), ..obs }
+            }
+            // Below the position: already in the restored state (or passed by an older release).
+            _ if offset < owned.window.next_offset() => return,
             other => {
-                if offset >= owned.window.next_offset() {
-                    tracing::warn!(partition, offset, error = ?other.and_then(Result::err), "skipping an undecodable event");
-                    metrics::counter!(m::EVENTS_SKIPPED, "reason" => "undecodable").increment(1);
-                    owned.window.skip(offset);
+                // Skipping it would lose an accepted event for good (a record of a
+                // newer schema version, say). Stop this partition at the record,
+                // keeping its lease and state, and raise the alarm; the others go on.
+                let error = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no value".to_owned(),
+                };
+                tracing::error!(
+                    partition,
+                    offset,
+                    error,
+                    "undecodable event: partition stopped at this record; deploy a reader that knows it, then restart"
+                );
+                owned.stalled_at = Some(offset);
+                metrics::gauge!(m::PARTITION_STALLED, "partition" => partition.to_string()).set(1.0);
+                let mut stop = TopicPartitionList::new();
+                stop.add_partition(&self.topic, partition);
+                if let Err(e) = self.consumer.pause(&stop) {
+                    tracing::warn!(partition, error = %e, "pausing the partition failed; its records are ignored");
                 }
                 return;
             }
@@ -220,7 +287,7 @@ impl Processor {
         );
         metrics::counter!(m::RESTORES).increment(1);
         metrics::histogram!(m::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
-        self.owned.insert(partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks });
+        self.owned.insert(partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, stalled_at: None });
         Ok(())
     }
 
@@ -300,6 +367,10 @@ impl Processor {
         metrics::gauge!(m::STATE_USER_HOURS).set(windows().map(|w| w.user_hours()).sum::<u64>() as f64);
         let positions = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
         common::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
+        for p in 0..self.partitions {
+            let stalled = self.owned.get(&p).is_some_and(|o| o.stalled_at.is_some());
+            metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(if stalled { 1.0 } else { 0.0 });
+        }
     }
 }
 

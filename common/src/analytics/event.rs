@@ -7,6 +7,9 @@ use super::time::{EpochMillis, HourStart};
 /// Longest accepted user id, in bytes of UTF-8. Longer ids are refused with 400.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
+/// Longest accepted client event id, in bytes (ASCII).
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+
 /// What happened: the two event kinds of the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -72,6 +75,39 @@ pub fn hash_user(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
+/// A client event id that passed validation: 1 to [`MAX_EVENT_ID_BYTES`]
+/// bytes of URL-safe ASCII (`[A-Za-z0-9_-]`), so it needs no escaping in a
+/// query string, a log line or a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Checks a decoded event id.
+    ///
+    /// # Errors
+    /// [`RejectReason::EmptyEventId`], [`RejectReason::EventIdTooLong`] or [`RejectReason::BadEventId`].
+    pub fn parse(raw: &str) -> Result<Self, RejectReason> {
+        if raw.is_empty() {
+            return Err(RejectReason::EmptyEventId);
+        }
+        if raw.len() > MAX_EVENT_ID_BYTES {
+            return Err(RejectReason::EventIdTooLong(raw.len()));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(RejectReason::BadEventId);
+        }
+        Ok(EventId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// One accepted event, as it travels on the events topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClickEvent {
@@ -82,6 +118,9 @@ pub struct ClickEvent {
     /// When the command accepted it. Lateness is decided from this, never from
     /// a downstream clock, so a replay decides the same way.
     pub accepted_at_ms: EpochMillis,
+    /// The client's event id for deduplication (schema v2; `None` in v1
+    /// records and when the client sent none). Checked by [`EventId::parse`].
+    pub id: Option<String>,
 }
 
 impl ClickEvent {
@@ -90,22 +129,55 @@ impl ClickEvent {
     }
 }
 
-/// How far from the accepting clock an event time may be.
+/// How far from the accepting clock an event time may be, and how long an
+/// hour stays open for late events.
+///
+/// One value per deployment: the command accepts by it and the processor
+/// closes hours by it, so both must hold the same one (they check it against
+/// the copy stored in PostgreSQL at startup and refuse to run on a mismatch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
     /// Oldest accepted event: `accepted_at - past`.
     pub past: Duration,
     /// Newest accepted event: `accepted_at + future`.
     pub future: Duration,
+    /// Extra time past `past` before an hour closes: absorbs the skew between
+    /// a command host's clock and the broker's, which closes hours.
+    pub grace: Duration,
 }
 
 impl Default for Horizon {
     fn default() -> Self {
-        Horizon { past: Duration::from_secs(7 * 24 * 3600), future: Duration::from_secs(300) }
+        Horizon {
+            past: Duration::from_secs(7 * 24 * 3600),
+            future: Duration::from_secs(300),
+            grace: Duration::from_secs(3600),
+        }
     }
 }
 
 impl Horizon {
+    /// How long after its end an hour stays open, on the partition's watermark.
+    pub fn retention_ms(&self) -> i64 {
+        self.past_ms().saturating_add(duration_ms(self.grace))
+    }
+
+    /// True if an event of `hour` appended to the log at broker time
+    /// `appended_ms` is counted: the rule the processor applies, evaluated on
+    /// the same clock (the broker's log-append time).
+    pub fn counted_at(&self, hour: HourStart, appended_ms: EpochMillis) -> bool {
+        hour.end_ms().saturating_add(self.retention_ms()) > appended_ms
+    }
+
+    /// The settings every service of a deployment must agree on, as stored in PostgreSQL.
+    pub fn settings(&self) -> [(&'static str, String); 3] {
+        [
+            ("horizon.past_ms", self.past_ms().to_string()),
+            ("horizon.future_ms", self.future_ms().to_string()),
+            ("horizon.grace_ms", duration_ms(self.grace).to_string()),
+        ]
+    }
+
     pub fn past_ms(&self) -> i64 {
         duration_ms(self.past)
     }
@@ -156,6 +228,12 @@ pub enum RejectReason {
     UserTooLong(usize),
     #[error("user id contains control characters")]
     UserHasControlChars,
+    #[error("event id is empty")]
+    EmptyEventId,
+    #[error("event id is {0} bytes long; the limit is 128")]
+    EventIdTooLong(usize),
+    #[error("event id may contain only A-Z, a-z, 0-9, `_` and `-`")]
+    BadEventId,
     #[error("missing event kind: add `click` or `impression` (or `event=click|impression`)")]
     MissingKind,
     #[error("more than one event kind given; send one event per request")]
@@ -178,6 +256,10 @@ pub enum RejectReason {
     TooOld { timestamp_ms: i64, oldest_ms: i64 },
     #[error("event time {timestamp_ms} is too far in the future (newest accepted now: {newest_ms})")]
     FromFuture { timestamp_ms: i64, newest_ms: i64 },
+    #[error(
+        "event time {timestamp_ms} reached the log at broker time {appended_ms}, after its hour closed; it is not counted"
+    )]
+    ClosedOnArrival { timestamp_ms: i64, appended_ms: i64 },
 }
 
 impl RejectReason {
@@ -189,16 +271,21 @@ impl RejectReason {
                 "bad_timestamp"
             }
             MissingUser | EmptyUser | UserTooLong(_) | UserHasControlChars => "bad_user",
+            EmptyEventId | EventIdTooLong(_) | BadEventId => "bad_id",
             MissingKind | ConflictingKinds | UnknownKind(_) | FlagWithValue(_) => "bad_kind",
             DuplicateParameter(_) | UnknownParameter(_) | BadPercentEncoding | NotUtf8 | QueryTooLong(_) => "bad_query",
             TooOld { .. } => "too_old",
             FromFuture { .. } => "from_future",
+            ClosedOnArrival { .. } => "closed_on_arrival",
         }
     }
 
     /// True when the request was well-formed but its time lies outside the horizon.
     pub fn is_outside_horizon(&self) -> bool {
-        matches!(self, RejectReason::TooOld { .. } | RejectReason::FromFuture { .. })
+        matches!(
+            self,
+            RejectReason::TooOld { .. } | RejectReason::FromFuture { .. } | RejectReason::ClosedOnArrival { .. }
+        )
     }
 }
 
@@ -218,12 +305,41 @@ mod tests {
     }
 
     #[test]
+    fn counted_at_is_the_processors_closing_rule() {
+        let h = Horizon::default();
+        let hour = HourStart::of(NOW);
+        let closes = hour.end_ms() + h.retention_ms();
+        assert!(h.counted_at(hour, closes - 1));
+        assert!(!h.counted_at(hour, closes));
+        // The grace covers a command clock up to `grace` behind the broker's.
+        let accepted_by_slow_host = hour.end_ms() + h.past_ms();
+        assert!(h.counted_at(hour, accepted_by_slow_host + 59 * 60_000));
+    }
+
+    #[test]
     fn user_ids_are_checked() {
         assert_eq!(UserId::parse(""), Err(RejectReason::EmptyUser));
         assert_eq!(UserId::parse(&"x".repeat(257)), Err(RejectReason::UserTooLong(257)));
         assert!(UserId::parse(&"x".repeat(256)).is_ok());
         assert_eq!(UserId::parse("a\u{0}b"), Err(RejectReason::UserHasControlChars));
         assert!(UserId::parse("名前 with spaces").is_ok());
+    }
+
+    #[test]
+    fn event_ids_are_checked() {
+        assert_eq!(EventId::parse(""), Err(RejectReason::EmptyEventId));
+        assert_eq!(EventId::parse(&"x".repeat(129)), Err(RejectReason::EventIdTooLong(129)));
+        assert_eq!(EventId::parse(&"x".repeat(128)).map(EventId::into_string), Ok("x".repeat(128)));
+        assert_eq!(EventId::parse("a").unwrap().as_str(), "a");
+        assert!(EventId::parse("Az09_-").is_ok());
+        assert!(EventId::parse("0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f").is_ok());
+        for bad in ["a b", "a.b", "a/b", "a+b", "a=b", "a%20", "é", "a\u{0}", "a\n"] {
+            assert_eq!(EventId::parse(bad), Err(RejectReason::BadEventId), "{bad:?}");
+        }
+        // The length is checked in bytes, before the characters.
+        assert_eq!(EventId::parse(&"é".repeat(65)), Err(RejectReason::EventIdTooLong(130)));
+        assert_eq!(RejectReason::BadEventId.label(), "bad_id");
+        assert!(!RejectReason::EventIdTooLong(200).is_outside_horizon());
     }
 
     #[test]

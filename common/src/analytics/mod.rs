@@ -18,5 +18,5 @@ pub mod time;
 pub mod user_set;
 
 pub use bucket::{HourBucket, HourCounts, PartitionWindow};
-pub use event::{ClickEvent, EventKind, Horizon, RejectReason, UserId};
+pub use event::{ClickEvent, EventId, EventKind, Horizon, RejectReason, UserId};
 pub use time::{EpochMillis, HourStart};
