@@ -23,6 +23,7 @@ fn events(n: usize) -> Vec<Observation> {
                 user_hash: hash_user(format!("user-{user}").as_bytes()),
                 kind: if rng.random_bool(0.3) { EventKind::Click } else { EventKind::Impression },
                 accepted_at_ms: H0 + 6 * 3_600_000,
+                id_hash: None,
             }
         })
         .collect()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::analytics::request::parse_post;
-use common::analytics::{ClickEvent, RejectReason};
+use common::analytics::{ClickEvent, EventId, RejectReason};
 use common::http::{self, Body, OpsRoutes};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
@@ -83,7 +83,12 @@ impl CommandApp {
                 if e.is_fatal() {
                     self.inner.fatal.cancel();
                 }
-                http::unavailable(format!("event not recorded: {e}; retry later"), 1)
+                if e.outcome_known() {
+                    http::unavailable(format!("event not recorded: {e}; retry later"), 1)
+                } else {
+                    // It may be in the log already: a blind retry could count it twice.
+                    http::unavailable(format!("outcome unknown: {e}; retry with the same id"), 1)
+                }
             }
             Outcome::Overloaded => {
                 metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded").increment(1);
@@ -109,7 +114,7 @@ impl CommandApp {
             user: req.user,
             kind: req.kind,
             accepted_at_ms: now,
-            id: None,
+            id: req.id.map(EventId::into_string),
         };
         match self.inner.publisher.publish(&event).await {
             // The processor decides on the broker's clock whether the hour is

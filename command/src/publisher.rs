@@ -32,6 +32,21 @@ impl PublishError {
         }
     }
 
+    /// True when the event is certainly not in the log (it never left this
+    /// process). Otherwise it may have been written: a timed-out or failed
+    /// request can still have been appended, so only a retry with the same
+    /// event id is safe.
+    pub fn outcome_known(&self) -> bool {
+        match self {
+            PublishError::QueueFull => true,
+            PublishError::Timeout => false,
+            PublishError::Broker(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownPartition)
+            ),
+        }
+    }
+
     /// A fatal producer error (fencing, idempotence broken): the process must restart.
     pub fn is_fatal(&self) -> bool {
         matches!(self, PublishError::Broker(e) if kafka::is_fatal(e))

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "processor_state", include_str!("../migrations/0002_processor_state.sql")),
     (3, "coordination", include_str!("../migrations/0003_coordination.sql")),
     (4, "deployment_settings", include_str!("../migrations/0004_deployment_settings.sql")),
+    (5, "processor_event_ids", include_str!("../migrations/0005_processor_event_ids.sql")),
 ];
 
 /// Why talking to PostgreSQL failed.

@@ -157,3 +157,38 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     );
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_event_id_sent_three_times_across_processor_kills_counts_once() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let ts = HourStart::of(common::now_ms() - 2 * 3_600_000).start_ms() + 1;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let with_id = format!("/analytics?timestamp={ts}&user=retrier&click&id=order-7f3a_1");
+    let without_id = format!("/analytics?timestamp={ts}&user=plain&click");
+
+    // A client retrying one event (say after a timeout), with processor crashes in between.
+    assert_eq!(http(command, "POST", &with_id).await.unwrap().0, 204);
+    wait_for(query, ts, |c| c.clicks == 1).await;
+    stack.kill9("processor");
+    assert_eq!(http(command, "POST", &with_id).await.unwrap().0, 204);
+    stack.start("processor", Service::Processor).await;
+    stack.kill9("processor");
+    assert_eq!(http(command, "POST", &with_id).await.unwrap().0, 204);
+    stack.start("processor", Service::Processor).await;
+
+    // Without an id, nothing changes: two POSTs are two events.
+    assert_eq!(http(command, "POST", &without_id).await.unwrap().0, 204);
+    assert_eq!(http(command, "POST", &without_id).await.unwrap().0, 204);
+
+    let want = HourCounts { unique_users: 2, clicks: 3, impressions: 0 };
+    wait_for(query, ts, |c| c == want).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get_counts(query, ts).await, Some(want), "and it stays so");
+
+    // A malformed id is refused and changes nothing.
+    let (status, body) =
+        http(command, "POST", &format!("/analytics?timestamp={ts}&user=x&click&id=a.b")).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    stack.cleanup().await;
+}

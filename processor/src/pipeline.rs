@@ -30,14 +30,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::emitter::{AggregateEmitter, EmitError};
 use crate::metrics as m;
-use crate::state_store::{StateStore, StoreError};
+use crate::state_store::{Chunks, StateStore, StoreError};
 use crate::Config;
 
 /// One partition this instance currently owns.
 struct Owned {
     epoch: i64,
     window: PartitionWindow,
-    chunks: HashMap<HourStart, u32>,
+    chunks: Chunks,
     /// The offset of an undecodable record this partition stopped at: it is
     /// no longer consumed (its lease is kept, so nobody re-claims it) until
     /// an operator deploys a reader that knows the record and restarts.
@@ -249,6 +249,7 @@ impl Processor {
         match owned.window.apply(offset, obs) {
             Ok(()) => self.applied += 1,
             Err(Skipped::AlreadyApplied) => metrics::counter!(m::EVENTS_SKIPPED, "reason" => "replayed").increment(1),
+            Err(Skipped::DuplicateId) => metrics::counter!(m::EVENTS_SKIPPED, "reason" => "duplicate_id").increment(1),
             Err(Skipped::ClosedHour) => {
                 tracing::warn!(partition, offset, hour = %obs.hour, "event for a closed hour not counted");
                 metrics::counter!(m::EVENTS_SKIPPED, "reason" => "closed_hour").increment(1);

@@ -39,11 +39,48 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// How many chunk rows each open hour has, per chunk table (to merge them when many).
+#[derive(Debug, Default)]
+pub struct Chunks {
+    pub users: HashMap<HourStart, u32>,
+    pub ids: HashMap<HourStart, u32>,
+}
+
+/// The two chunk tables: user sets and event ids, both of 8-byte hashes.
+#[derive(Clone, Copy)]
+enum ChunkTable {
+    Users,
+    Ids,
+}
+
+impl ChunkTable {
+    fn table(self) -> &'static str {
+        match self {
+            ChunkTable::Users => "processor_user_chunks",
+            ChunkTable::Ids => "processor_id_chunks",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            ChunkTable::Users => "users",
+            ChunkTable::Ids => "ids",
+        }
+    }
+
+    fn counts(self, chunks: &mut Chunks) -> &mut HashMap<HourStart, u32> {
+        match self {
+            ChunkTable::Users => &mut chunks.users,
+            ChunkTable::Ids => &mut chunks.ids,
+        }
+    }
+}
+
 /// A partition's state as claimed from the store.
 pub struct Claimed {
     pub epoch: i64,
     pub window: PartitionWindow,
-    pub chunks: HashMap<HourStart, u32>,
+    pub chunks: Chunks,
 }
 
 #[derive(Clone)]
@@ -88,6 +125,12 @@ impl StateStore {
                 &[&self.topic, &partition],
             )
             .await?;
+        let id_chunks = tx
+            .query(
+                "SELECT hour_start_ms, ids FROM processor_id_chunks WHERE topic = $1 AND partition = $2",
+                &[&self.topic, &partition],
+            )
+            .await?;
         tx.commit().await?;
 
         let mut users: HashMap<i64, Vec<&[u8]>> = HashMap::new();
@@ -95,7 +138,12 @@ impl StateStore {
             users.entry(c.get(0)).or_default().push(c.get::<_, &[u8]>(1));
         }
         let mut window = PartitionWindow::new(next_offset, watermark_ms, retention_ms);
-        let mut chunk_counts = HashMap::new();
+        let mut chunk_counts = Chunks::default();
+        for c in &id_chunks {
+            let Some(hour) = HourStart::from_aligned(c.get(0)) else { continue };
+            window.restore_ids(hour, decode_hashes(c.get::<_, &[u8]>(1)));
+            *chunk_counts.ids.entry(hour).or_default() += 1;
+        }
         for h in &hours {
             let Some(hour) = HourStart::from_aligned(h.get(0)) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
@@ -107,7 +155,7 @@ impl StateStore {
                 expected,
             );
             debug_assert_eq!(bucket.counts().unique_users as usize, expected, "user chunks match the stored count");
-            chunk_counts.insert(hour, parts.len() as u32);
+            chunk_counts.users.insert(hour, parts.len() as u32);
             window.restore_hour(hour, bucket);
         }
         Ok(Claimed { epoch, window, chunks: chunk_counts })
@@ -123,7 +171,7 @@ impl StateStore {
         partition: i32,
         epoch: i64,
         cp: &Checkpoint,
-        chunks: &mut HashMap<HourStart, u32>,
+        chunks: &mut Chunks,
     ) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -156,37 +204,14 @@ impl StateStore {
             ],
         )
         .await?;
-        let (chunk_hours, chunk_users): (Vec<i64>, Vec<Vec<u8>>) = cp
-            .changed
-            .iter()
-            .filter(|c| !c.new_users.is_empty())
-            .map(|c| (c.hour.start_ms(), encode_hashes(&c.new_users)))
-            .unzip();
-        if !chunk_hours.is_empty() {
-            tx.execute(
-                "INSERT INTO processor_user_chunks (topic, partition, hour_start_ms, users)
-                 SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])",
-                &[&self.topic, &partition, &chunk_hours, &chunk_users],
-            )
-            .await?;
+        let new_users: Vec<(HourStart, &[u64])> = cp.changed.iter().map(|c| (c.hour, c.new_users.as_slice())).collect();
+        let mut new_ids: HashMap<HourStart, Vec<u64>> = HashMap::new();
+        for (hour, id) in &cp.new_ids {
+            new_ids.entry(*hour).or_default().push(*id);
         }
-        // Merge the chunks of hours that have many, so a restore reads few rows.
-        let mut merged = Vec::new();
-        for h in &cp.changed {
-            let n = chunks.get(&h.hour).copied().unwrap_or(0) + u32::from(!h.new_users.is_empty());
-            if n >= MAX_CHUNKS_PER_HOUR {
-                tx.execute(
-                    "WITH old AS (
-                         DELETE FROM processor_user_chunks WHERE topic = $1 AND partition = $2 AND hour_start_ms = $3
-                         RETURNING seq, users)
-                     INSERT INTO processor_user_chunks (topic, partition, hour_start_ms, users)
-                     SELECT $1, $2, $3, string_agg(users, ''::bytea ORDER BY seq) FROM old",
-                    &[&self.topic, &partition, &h.hour.start_ms()],
-                )
-                .await?;
-                merged.push(h.hour);
-            }
-        }
+        let new_ids: Vec<(HourStart, &[u64])> = new_ids.iter().map(|(h, ids)| (*h, ids.as_slice())).collect();
+        let users_added = self.append_chunks(&tx, partition, ChunkTable::Users, &new_users, chunks).await?;
+        let ids_added = self.append_chunks(&tx, partition, ChunkTable::Ids, &new_ids, chunks).await?;
         if !cp.closed.is_empty() {
             let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
             tx.execute(
@@ -194,24 +219,78 @@ impl StateStore {
                 &[&self.topic, &partition, &closed],
             )
             .await?;
-            tx.execute(
-                "DELETE FROM processor_user_chunks WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)",
-                &[&self.topic, &partition, &closed],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        for h in &cp.changed {
-            if !h.new_users.is_empty() {
-                *chunks.entry(h.hour).or_default() += 1;
+            for table in [ChunkTable::Users, ChunkTable::Ids] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {} WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)",
+                        table.table()
+                    ),
+                    &[&self.topic, &partition, &closed],
+                )
+                .await?;
             }
         }
-        for h in merged {
-            chunks.insert(h, 1);
-        }
-        for h in &cp.closed {
-            chunks.remove(h);
+        tx.commit().await?;
+        // Only now that it is durable: the new chunk counts.
+        for (table, added) in [(ChunkTable::Users, users_added), (ChunkTable::Ids, ids_added)] {
+            let counts = table.counts(chunks);
+            for (hour, n) in added {
+                counts.insert(hour, n);
+            }
+            for h in &cp.closed {
+                counts.remove(h);
+            }
         }
         Ok(())
+    }
+
+    /// Appends one chunk per hour with new hashes, and merges the chunks of an
+    /// hour that has [`MAX_CHUNKS_PER_HOUR`], so a restore reads few rows.
+    /// Returns the hours' chunk counts after the transaction commits.
+    async fn append_chunks(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        partition: i32,
+        table: ChunkTable,
+        new: &[(HourStart, &[u64])],
+        chunks: &mut Chunks,
+    ) -> Result<Vec<(HourStart, u32)>, StoreError> {
+        let (hours, blobs): (Vec<i64>, Vec<Vec<u8>>) =
+            new.iter().filter(|(_, h)| !h.is_empty()).map(|(hour, h)| (hour.start_ms(), encode_hashes(h))).unzip();
+        if hours.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (name, column) = (table.table(), table.column());
+        tx.execute(
+            &format!(
+                "INSERT INTO {name} (topic, partition, hour_start_ms, {column})
+                 SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])"
+            ),
+            &[&self.topic, &partition, &hours, &blobs],
+        )
+        .await?;
+        let counts = table.counts(chunks);
+        let mut after = Vec::with_capacity(hours.len());
+        for h in hours {
+            let hour = HourStart::from_aligned(h).expect("aligned by construction");
+            let n = counts.get(&hour).copied().unwrap_or(0) + 1;
+            if n >= MAX_CHUNKS_PER_HOUR {
+                tx.execute(
+                    &format!(
+                        "WITH old AS (
+                             DELETE FROM {name} WHERE topic = $1 AND partition = $2 AND hour_start_ms = $3
+                             RETURNING seq, {column})
+                         INSERT INTO {name} (topic, partition, hour_start_ms, {column})
+                         SELECT $1, $2, $3, string_agg({column}, ''::bytea ORDER BY seq) FROM old"
+                    ),
+                    &[&self.topic, &partition, &h],
+                )
+                .await?;
+                after.push((hour, 1));
+            } else {
+                after.push((hour, n));
+            }
+        }
+        Ok(after)
     }
 }

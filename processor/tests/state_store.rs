@@ -12,7 +12,13 @@ const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
 const RETENTION: i64 = 8 * 24 * 3_600_000;
 
 fn obs(hour_offset: i64, user: u64, kind: EventKind) -> Observation {
-    Observation { hour: HourStart::of(H + hour_offset * 3_600_000), user_hash: user, kind, accepted_at_ms: H }
+    Observation {
+        hour: HourStart::of(H + hour_offset * 3_600_000),
+        user_hash: user,
+        kind,
+        accepted_at_ms: H,
+        id_hash: None,
+    }
 }
 
 #[tokio::test]

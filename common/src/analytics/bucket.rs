@@ -6,9 +6,9 @@
 //! function of the partition's log prefix: replaying the same records yields
 //! the same buckets, which is what makes offset-tagged aggregates idempotent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::event::{ClickEvent, EventKind};
+use super::event::{event_id_hash, ClickEvent, EventKind};
 use super::time::{EpochMillis, HourStart};
 use super::user_set::UserSet;
 
@@ -46,11 +46,19 @@ pub struct Observation {
     pub user_hash: u64,
     pub kind: EventKind,
     pub accepted_at_ms: EpochMillis,
+    /// The client's event id, hashed with the user ([`event_id_hash`]); `None` when it sent none.
+    pub id_hash: Option<u64>,
 }
 
 impl From<&ClickEvent> for Observation {
     fn from(e: &ClickEvent) -> Self {
-        Observation { hour: e.hour(), user_hash: e.user.hash64(), kind: e.kind, accepted_at_ms: e.accepted_at_ms }
+        Observation {
+            hour: e.hour(),
+            user_hash: e.user.hash64(),
+            kind: e.kind,
+            accepted_at_ms: e.accepted_at_ms,
+            id_hash: e.id.as_deref().map(|id| event_id_hash(&e.user, id)),
+        }
     }
 }
 
@@ -115,6 +123,8 @@ pub enum Skipped {
     AlreadyApplied,
     /// The hour was closed before this record arrived (it is older than horizon + grace).
     ClosedHour,
+    /// An event with the same (user, id) was already counted: a client's retry.
+    DuplicateId,
 }
 
 /// The changes since the last checkpoint of one partition.
@@ -127,6 +137,8 @@ pub struct Checkpoint {
     pub changed: Vec<ChangedHour>,
     /// Hours closed since the last checkpoint: drop their state.
     pub closed: Vec<HourStart>,
+    /// Event ids first seen since the last checkpoint, with the hour whose closing forgets them.
+    pub new_ids: Vec<(HourStart, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +160,10 @@ pub struct PartitionWindow {
     /// Final counts of hours that closed with changes not yet checkpointed:
     /// they must still be persisted and emitted once.
     closing: Vec<ChangedHour>,
+    /// Every event id counted in an open hour → that hour. An id is forgotten
+    /// when its hour closes, after which no retry of it can be counted anyway.
+    ids: HashMap<u64, HourStart>,
+    new_ids: Vec<(HourStart, u64)>,
 }
 
 impl PartitionWindow {
@@ -160,12 +176,24 @@ impl PartitionWindow {
             retention_ms,
             closed_pending: Vec::new(),
             closing: Vec::new(),
+            ids: HashMap::new(),
+            new_ids: Vec::new(),
         }
     }
 
     /// Adds a restored hour (see [`HourBucket::restore`]).
     pub fn restore_hour(&mut self, hour: HourStart, bucket: HourBucket) {
         self.hours.insert(hour, bucket);
+    }
+
+    /// Adds restored event ids of an open hour (they start clean: already persisted).
+    pub fn restore_ids(&mut self, hour: HourStart, ids: impl IntoIterator<Item = u64>) {
+        self.ids.extend(ids.into_iter().map(|id| (id, hour)));
+    }
+
+    /// Event ids held for deduplication.
+    pub fn held_ids(&self) -> usize {
+        self.ids.len()
     }
 
     pub fn next_offset(&self) -> i64 {
@@ -192,6 +220,13 @@ impl PartitionWindow {
         if self.is_closed(obs.hour) {
             return Err(Skipped::ClosedHour);
         }
+        if let Some(id) = obs.id_hash {
+            if self.ids.contains_key(&id) {
+                return Err(Skipped::DuplicateId);
+            }
+            self.ids.insert(id, obs.hour);
+            self.new_ids.push((obs.hour, id));
+        }
         self.hours.entry(obs.hour).or_default().apply(obs.user_hash, obs.kind);
         Ok(())
     }
@@ -208,7 +243,10 @@ impl PartitionWindow {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.hours.values().any(|b| b.dirty) || !self.closed_pending.is_empty() || !self.closing.is_empty()
+        self.hours.values().any(|b| b.dirty)
+            || !self.closed_pending.is_empty()
+            || !self.closing.is_empty()
+            || !self.new_ids.is_empty()
     }
 
     /// Drops closed hours from memory and reports them in the next checkpoint.
@@ -216,6 +254,10 @@ impl PartitionWindow {
     /// checkpoint, so its last update is persisted and emitted.
     pub fn evict_closed(&mut self) {
         let closed: Vec<HourStart> = self.hours.keys().copied().filter(|h| self.is_closed(*h)).collect();
+        if !closed.is_empty() {
+            self.ids.retain(|_, h| !closed.contains(h));
+            self.new_ids.retain(|(h, _)| !closed.contains(h));
+        }
         for h in closed {
             let bucket = self.hours.remove(&h).expect("key listed above");
             if bucket.dirty {
@@ -240,6 +282,7 @@ impl PartitionWindow {
             watermark_ms: self.watermark_ms,
             changed,
             closed: self.closed_pending.clone(),
+            new_ids: self.new_ids.clone(),
         }
     }
 
@@ -251,6 +294,7 @@ impl PartitionWindow {
         }
         self.closed_pending.clear();
         self.closing.clear();
+        self.new_ids.clear();
     }
 
     /// Users held, summed over open hours (the denominator of bytes per user-hour).
@@ -259,7 +303,9 @@ impl PartitionWindow {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.hours.values().map(HourBucket::heap_bytes).sum()
+        // hashbrown: a (u64, HourStart) entry plus one control byte, at most 7/8 full.
+        let ids = self.ids.capacity() * (std::mem::size_of::<(u64, HourStart)>() + 1);
+        self.hours.values().map(HourBucket::heap_bytes).sum::<usize>() + ids + self.new_ids.capacity() * 16
     }
 
     pub fn open_hours(&self) -> usize {
@@ -277,7 +323,11 @@ mod tests {
     const RETENTION: i64 = 7 * 24 * HOUR_MS + HOUR_MS;
 
     fn obs(ts: i64, user: u64, kind: EventKind, accepted: i64) -> Observation {
-        Observation { hour: HourStart::of(ts), user_hash: user, kind, accepted_at_ms: accepted }
+        Observation { hour: HourStart::of(ts), user_hash: user, kind, accepted_at_ms: accepted, id_hash: None }
+    }
+
+    fn with_id(o: Observation, id: u64) -> Observation {
+        Observation { id_hash: Some(id), ..o }
     }
 
     fn arb_obs() -> impl Strategy<Value = Observation> {
@@ -344,6 +394,37 @@ mod tests {
         w.mark_checkpointed();
         assert!(!w.has_changes(), "emitted once, then forgotten");
         assert!(w.checkpoint().changed.is_empty());
+    }
+
+    #[test]
+    fn an_event_id_is_counted_once_across_checkpoints_and_restores() {
+        let mut w = PartitionWindow::new(0, 0, RETENTION);
+        let retry = with_id(obs(H0 + 5, 1, EventKind::Click, H0), 42);
+        w.apply(0, retry).unwrap();
+        assert_eq!(w.apply(1, retry), Err(Skipped::DuplicateId));
+        // Same id from another hour (a client reusing it): still one event.
+        assert_eq!(w.apply(2, with_id(obs(H0 + HOUR_MS, 1, EventKind::Click, H0), 42)), Err(Skipped::DuplicateId));
+        // Without an id, or with another one: counted.
+        w.apply(3, obs(H0 + 5, 1, EventKind::Click, H0)).unwrap();
+        w.apply(4, with_id(obs(H0 + 5, 1, EventKind::Click, H0), 43)).unwrap();
+        assert_eq!(totals(&w)[&HourStart::of(H0)].clicks, 3);
+        let cp = w.checkpoint();
+        assert_eq!(cp.new_ids, vec![(HourStart::of(H0), 42), (HourStart::of(H0), 43)]);
+        w.mark_checkpointed();
+        assert!(w.checkpoint().new_ids.is_empty());
+
+        // A restored window (another instance after a crash) still knows the ids.
+        let mut restored = PartitionWindow::new(w.next_offset(), w.watermark_ms(), RETENTION);
+        restored.restore_hour(HourStart::of(H0), HourBucket::restore(3, 0, [1], 1));
+        restored.restore_ids(HourStart::of(H0), cp.new_ids.iter().map(|(_, id)| *id));
+        assert_eq!(restored.apply(5, retry), Err(Skipped::DuplicateId));
+        assert_eq!(restored.held_ids(), 2);
+
+        // When the hour closes, its ids are forgotten: the state stays bounded.
+        let later = H0 + HOUR_MS + RETENTION;
+        restored.apply(6, obs(later, 9, EventKind::Click, later)).unwrap();
+        restored.evict_closed();
+        assert_eq!(restored.held_ids(), 0);
     }
 
     #[test]

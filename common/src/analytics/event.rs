@@ -70,6 +70,18 @@ impl UserId {
     }
 }
 
+/// The 64-bit key an event id is deduplicated by: the user and the id
+/// together (ids are the client's, unique per user), XXH3-64 of the user's
+/// bytes, a 0xFF separator (never in UTF-8, so no two pairs collide by
+/// concatenation) and the id's bytes. Part of the data format, like [`hash_user`].
+pub fn event_id_hash(user: &UserId, id: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(user.as_str().len() + 1 + id.len());
+    bytes.extend_from_slice(user.as_str().as_bytes());
+    bytes.push(0xFF);
+    bytes.extend_from_slice(id.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
 /// The hash of a user id's UTF-8 bytes; see [`UserId::hash64`].
 pub fn hash_user(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)

@@ -1,12 +1,13 @@
 //! Strict parsing of the two HTTP query strings.
 //!
 //! `POST /analytics?timestamp=..&user=..&click` (or `&impression`, or
-//! `&event=click|impression`) and `GET /analytics?timestamp=..`. Anything
+//! `&event=click|impression`, and optionally `&id=..`) and
+//! `GET /analytics?timestamp=..`. Anything
 //! unexpected (duplicate or unknown parameters, malformed percent-encoding,
 //! fractional or signed numbers) is refused with a [`RejectReason`], so a
 //! client bug never turns into a silently miscounted event.
 
-use super::event::{EventKind, RejectReason, UserId};
+use super::event::{EventId, EventKind, RejectReason, UserId};
 use super::time::EpochMillis;
 
 /// Longest accepted query string, in bytes as received (before decoding).
@@ -18,6 +19,8 @@ pub struct PostRequest {
     pub timestamp_ms: EpochMillis,
     pub user: UserId,
     pub kind: EventKind,
+    /// The client's id for deduplication: the same (user, id) is counted at most once.
+    pub id: Option<EventId>,
 }
 
 /// Parses the query string of `POST /analytics`.
@@ -27,6 +30,7 @@ pub struct PostRequest {
 pub fn parse_post(query: Option<&str>) -> Result<PostRequest, RejectReason> {
     let mut timestamp = None;
     let mut user = None;
+    let mut id = None;
     let mut kind: Option<EventKind> = None;
     let set_kind = |k: EventKind, kind: &mut Option<EventKind>| match kind {
         Some(_) => Err(RejectReason::ConflictingKinds),
@@ -42,6 +46,7 @@ pub fn parse_post(query: Option<&str>) -> Result<PostRequest, RejectReason> {
         match name.as_str() {
             "timestamp" => timestamp = Some(value.unwrap_or_default()),
             "user" => user = Some(value.unwrap_or_default()),
+            "id" => id = Some(EventId::parse(&value.unwrap_or_default())?),
             "click" | "impression" => {
                 if value.as_deref().is_some_and(|v| !v.is_empty()) {
                     return Err(RejectReason::FlagWithValue(name));
@@ -60,7 +65,7 @@ pub fn parse_post(query: Option<&str>) -> Result<PostRequest, RejectReason> {
     let timestamp_ms = parse_timestamp(timestamp.as_deref())?;
     let user = UserId::parse(user.as_deref().ok_or(RejectReason::MissingUser)?)?;
     let kind = kind.ok_or(RejectReason::MissingKind)?;
-    Ok(PostRequest { timestamp_ms, user, kind })
+    Ok(PostRequest { timestamp_ms, user, kind, id })
 }
 
 /// Parses the query string of `GET /analytics`: its only parameter is `timestamp`.
@@ -190,6 +195,9 @@ mod tests {
         assert_eq!(post("timestamp=5&user=bob&click=").unwrap().kind, EventKind::Click);
         assert_eq!(post("timestamp=5&user=a%20b+c&click").unwrap().user.as_str(), "a b c");
         assert_eq!(post("timestamp=5&user=%E5%90%8D&click").unwrap().user.as_str(), "名");
+        assert_eq!(post("timestamp=5&user=bob&click").unwrap().id, None);
+        let with_id = post("timestamp=5&user=bob&click&id=0b3c8f2e-7d41_X").unwrap();
+        assert_eq!(with_id.id.map(EventId::into_string).as_deref(), Some("0b3c8f2e-7d41_X"));
     }
 
     #[test]
@@ -221,11 +229,18 @@ mod tests {
             ("timestamp=1&user=a%zz&click", BadPercentEncoding),
             ("timestamp=1&user=%ff&click", NotUtf8),
             ("timestamp=1&user=a%00&click", UserHasControlChars),
+            ("timestamp=1&user=a&click&id=", EmptyEventId),
+            ("timestamp=1&user=a&click&id", EmptyEventId),
+            ("timestamp=1&user=a&click&id=a.b", BadEventId),
+            ("timestamp=1&user=a&click&id=a%20b", BadEventId),
+            ("timestamp=1&user=a&click&id=x&id=y", DuplicateParameter("id".into())),
         ];
         for (q, want) in cases {
             assert_eq!(post(q).as_ref().err(), Some(want), "query {q}");
         }
         assert_eq!(parse_post(None), Err(MissingTimestamp));
+        let id = "i".repeat(129);
+        assert_eq!(post(&format!("timestamp=1&user=a&click&id={id}")), Err(EventIdTooLong(129)));
         let long = format!("timestamp=1&user={}&click", "a".repeat(MAX_QUERY_BYTES));
         assert_eq!(post(&long), Err(QueryTooLong(MAX_QUERY_BYTES)));
     }
