@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench` (about 10 minutes) / `make bench QUICK=1` (under 3 minutes).
-# Drives the real stack with wrk, measures same-run ceilings, writes
-# target/bench/results.json and regenerates docs/benchmarks.md.
+# `make bench` (about 12 minutes) / `make bench QUICK=1` (under 4 minutes on a quiet machine).
+# Drives the real stack with wrk and the bench tools (bench/src/bin), measures
+# same-run ceilings, writes target/bench/results.json and regenerates docs/benchmarks.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,7 +12,9 @@ OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
-if [[ $QUICK == 1 ]]; then DUR=8s; PROBE=8; PRODUCE=100000; BACKLOG=8s; else DUR=30s; PROBE=30; PRODUCE=500000; BACKLOG=20s; fi
+# BACKLOG: events written to the events topic while the processor is stopped, then drained.
+if [[ $QUICK == 1 ]]; then DUR=8s; PROBE=8; PRODUCE=100000; BACKLOG=200000; else DUR=30s; PROBE=30; PRODUCE=500000; BACKLOG=1000000; fi
+PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
 for tool in wrk redis-benchmark; do
@@ -23,13 +25,28 @@ for tool in wrk redis-benchmark; do
   fi
 done
 
-started_stack=0
-if ! [[ -f "$RUN_DIR/command.pid" ]] || ! kill -0 "$(cat "$RUN_DIR/command.pid")" 2>/dev/null; then started_stack=1; fi
+alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+# At the end, stop only what this run started: everything if it started the broker, else the services it started.
+started_broker=0 started_services=()
+alive kafka || started_broker=1
+for s in command processor materializer query; do alive "$s" || started_services+=("$s"); done
 scripts/stack.sh up >/dev/null
+stop_service() { # stop_service <name>: by its PID file, as scripts/stack.sh does
+  alive "$1" || return 0
+  local pid; pid="$(cat "$RUN_DIR/$1.pid")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  rm -f "$RUN_DIR/$1.pid"
+}
 ceiling_pid=""
 cleanup() {
   [[ -n $ceiling_pid ]] && kill "$ceiling_pid" 2>/dev/null || true
-  if ((started_stack)); then scripts/stack.sh down >/dev/null; fi
+  if ((started_broker)); then
+    scripts/stack.sh down >/dev/null
+  else
+    for s in "${started_services[@]}"; do stop_service "$s"; done
+  fi
 }
 trap cleanup EXIT
 
@@ -49,6 +66,17 @@ rss_all() { # rss_all <name>
   record "rss_$1" "${json%,}}"
 }
 metric() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+# The sum of a metric over its labels; empty while the metric is not there.
+metric_sum() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2; n++} END {if (n) printf "%d\n", s}'; }
+# Waits until the processor has applied everything in the events topic (its lag gauges refresh every 5 s).
+wait_processor_caught_up() {
+  sleep 5.5
+  local deadline=$((SECONDS + 120))
+  until [[ $(metric_sum "$PROCESSOR_PORT" analytics_processor_consumer_lag_messages) == 0 ]]; do
+    ((SECONDS < deadline)) || { log "warning: the processor still lags after 120s"; return; }
+    sleep 0.5
+  done
+}
 
 log "aggregation core (criterion)"
 QUICK=$QUICK cargo bench -p bench --bench core --quiet -- --noplot >"$OUT/criterion.txt" 2>&1
@@ -72,6 +100,11 @@ kill "$ceiling_pid"; wait "$ceiling_pid" 2>/dev/null || true
 ceiling_pid=""
 log "ceiling: redis-benchmark GET"
 record redis "{\"redis_benchmark_get_rps\": $(redis-benchmark -h 127.0.0.1 -t get -n 200000 -c 50 --csv | awk -F'"' '/^"GET"/ {print $4}')}"
+# What POST could reach if the command added nothing: the command's producer, N sends in flight, each awaited.
+for n in 64 256; do
+  log "ceiling: closed-loop produce, $n sends in flight, $DUR"
+  record "closed_loop_$n" "$(target/release/closed-loop --in-flight "$n" --duration "$DUR" | tail -1)"
+done
 
 wrk_run post_64 64 post.lua http://127.0.0.1:8081
 # The freshness probe runs while the 256-connection load does.
@@ -82,23 +115,39 @@ wrk_run post_256 256 post.lua http://127.0.0.1:8081
 wait "$probe_pid"
 wait
 
+# Freshness again, at half the rate POST just reached with 256 connections (paced: Debian has no wrk2).
+half=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rps"] / 2))' "$OUT/post_256.json")
+wait_processor_caught_up
+log "POST paced at $half/s (half the 256-connection maximum), 256 connections, $DUR, with the freshness probe"
+target/release/freshness-probe "$PROBE" >"$OUT/freshness_half_load.json" &
+probe_pid=$!
+record post_half_load "$(target/release/paced-post --rate "$half" --connections 256 --duration "$DUR" | tail -1)"
+wait "$probe_pid"
+
 wrk_run get_current 64 get.lua http://127.0.0.1:8082
 redis-cli -h 127.0.0.1 --scan --pattern "analytics:hour:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
 wrk_run get_old 64 get-old.lua http://127.0.0.1:8082
 
-log "whole processor: backlog built while it is stopped, then drained"
-kill -TERM "$(cat "$RUN_DIR/processor.pid")"
-while kill -0 "$(cat "$RUN_DIR/processor.pid")" 2>/dev/null; do sleep 0.2; done
-before=$(metric 8081 analytics_command_events_accepted_total)
-wrk -t2 -c64 -d"$BACKLOG" -s bench/wrk/post.lua http://127.0.0.1:8081 >/dev/null
-backlog=$(( $(metric 8081 analytics_command_events_accepted_total) - before ))
-scripts/stack.sh up >/dev/null
+log "whole processor: a backlog of $BACKLOG events written while it is stopped, then drained"
+wait_processor_caught_up # so that the restarted processor has exactly the backlog to apply
+stop_service processor
+record backlog "$(target/release/backlog "$BACKLOG" | tail -1)"
+# Started directly (as scripts/stack.sh starts it), so that the clock runs from the process start, without a build.
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 t0=$(date +%s.%N)
-until [[ $(metric 9101 analytics_processor_events_applied_total || echo 0) -ge $backlog ]]; do sleep 0.05; done
+nohup target/release/processor --ops-listen "0.0.0.0:$PROCESSOR_PORT" >>"$RUN_DIR/processor.log" 2>&1 &
+echo $! >"$RUN_DIR/processor.pid"
+deadline=$((SECONDS + 600))
+until [[ $(metric "$PROCESSOR_PORT" analytics_processor_events_applied_total) -ge $BACKLOG ]]; do
+  ((SECONDS < deadline)) || { log "warning: the processor did not apply the backlog in 600s"; break; }
+  sleep 0.05
+done
 t1=$(date +%s.%N)
-record processor "{\"processor_backlog_events\": $backlog, \"processor_drain_seconds\": $(python3 -c "print($t1 - $t0)")}"
+if ((SECONDS < deadline)); then
+  record processor "{\"processor_backlog_events\": $BACKLOG, \"processor_drain_seconds\": $(python3 -c "print($t1 - $t0)")}"
+fi
 sleep 6 # let the state gauges refresh
-record state_live "{\"live_state_bytes\": $(metric 9101 analytics_processor_state_bytes), \"live_state_user_hours\": $(metric 9101 analytics_processor_state_user_hours)}"
+record state_live "{\"live_state_bytes\": $(metric "$PROCESSOR_PORT" analytics_processor_state_bytes), \"live_state_user_hours\": $(metric "$PROCESSOR_PORT" analytics_processor_state_user_hours)}"
 
 python3 scripts/bench_report.py "$OUT" "$(nproc)" "${QUICK:-0}" "$DUR"
 log "results: target/bench/results.json, report: docs/benchmarks.md"

@@ -19,6 +19,8 @@ scenarios=(
   "chaos_5_redis_flushed_under_load|Redis flushed under load"
   "chaos_6_postgres_stopped_for_30_s|PostgreSQL unreachable for 30 s"
   "chaos_7_instances_added_and_removed_under_load|processor and materializer added, then removed, under load"
+  "chaos_8_redis_down_for_30_s_under_load|Redis unreachable for 30 s under load"
+  "chaos_9_duplicate_ids_with_kill_9_of_the_processor|every event sent twice with its id, processor kill -9"
 )
 passed=0 failed=0
 mkdir -p target/chaos

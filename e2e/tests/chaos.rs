@@ -223,3 +223,105 @@ async fn chaos_7_instances_added_and_removed_under_load() {
     check(&stack, &outcome).await;
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_8_redis_down_for_30_s_under_load() {
+    let mut stack = Stack::new();
+    let upstream = "127.0.0.1:6379".parse().unwrap();
+    let mut redis = CuttableProxy::start(upstream).await;
+    stack.redis.url = format!("redis://{}", redis.addr);
+    stack.start_all().await;
+    let probe_hour = HourStart::of(common::now_ms() - 3 * 3_600_000);
+    let load = Load::start(vec![stack.addr("command")], events(18));
+    pause(3000).await;
+    redis.cut();
+    let outage = std::time::Instant::now();
+    // Reads keep advancing, served from PostgreSQL, while events keep coming.
+    let (mut advanced, mut last, mut i) = (0, 0, 0);
+    while outage.elapsed() < Duration::from_secs(30) {
+        let path = format!("/analytics?timestamp={}&user=redis-outage-{i}&click", probe_hour.start_ms() + 1);
+        if let Ok((204, _)) = common::test_util::http(stack.addr("command"), "POST", &path).await {
+            i += 1;
+        }
+        if let Some(c) = get_counts(stack.addr("query"), probe_hour.start_ms()).await {
+            if c.clicks > last {
+                advanced += 1;
+                last = c.clicks;
+            }
+        }
+        pause(1000).await;
+    }
+    redis.restore().await;
+    assert!(advanced >= 10, "GETs advanced only {advanced} times during the 30 s outage");
+    let mut outcome = load.finish().await;
+    outcome.accepted.extend((0..i).map(|n| e2e::Event {
+        timestamp_ms: probe_hour.start_ms() + 1,
+        user: format!("redis-outage-{n}"),
+        kind: e2e::Kind::Click,
+    }));
+    check(&stack, &outcome).await;
+    // Redis caught up: it holds exactly what PostgreSQL holds, hour by hour.
+    let cache = common::store::cache::HourCache::connect(&stack.redis).await.expect("redis is back");
+    let pool = common::pg::pool(&stack.pg).unwrap();
+    let hours: Vec<HourStart> = expected_of(&outcome.accepted).hours().into_iter().map(|(h, _)| h).collect();
+    common::test_util::wait_until("Redis equal to PostgreSQL", Duration::from_secs(60), || async {
+        let client = pool.get().await.ok()?;
+        for h in &hours {
+            let pg = common::store::hours::read_hour(&client, *h).await.ok()??;
+            if cache.get(*h).await.ok()?? != pg {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    stack.cleanup().await;
+}
+
+/// Posts every event with its own id, twice (a client that retries blindly),
+/// and retries each until it gets a 204: with ids, retrying an unknown outcome is safe.
+async fn post_twice_with_ids(command: std::net::SocketAddr, events: Vec<e2e::Event>) -> usize {
+    use futures::StreamExt;
+    futures::stream::iter(events.into_iter().enumerate())
+        .map(|(i, e)| async move {
+            let path = format!("{}&id=chaos-{i}", e.path());
+            let mut accepted = 0;
+            for _ in 0..600 {
+                if let Ok((204, _)) = common::test_util::http(command, "POST", &path).await {
+                    accepted += 1;
+                    if accepted == 2 {
+                        return;
+                    }
+                } else {
+                    pause(200).await;
+                }
+            }
+            panic!("event {i} never accepted twice");
+        })
+        .buffer_unordered(CONCURRENCY)
+        .count()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_9_duplicate_ids_with_kill_9_of_the_processor() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let all = events(19);
+    let expected = expected_of(&all);
+    let load = tokio::spawn(post_twice_with_ids(stack.addr("command"), all));
+    pause(4000).await;
+    stack.kill9("processor");
+    pause(2000).await;
+    stack.start("processor", Service::Processor).await;
+    pause(3000).await;
+    stack.kill9("processor");
+    stack.start("processor", Service::Processor).await;
+    let sent = load.await.expect("load task");
+    println!("{sent} events, each accepted twice with the same id");
+    // Every event counted exactly once, although each was accepted twice.
+    assert_counts_within(stack.addr("query"), &expected, &expected, CONVERGE).await;
+    stack.cleanup().await;
+}

@@ -44,8 +44,9 @@ pub async fn run(
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
     common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
     let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.aggregates_topic).await?;
-    let materializer = Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone(), cfg.redis.ttl), membership)
-        .context("creating the consumer")?;
+    let materializer =
+        Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone(), cfg.redis.ttl), membership)
+            .context("creating the consumer")?;
     let ready: common::http::ReadyCheck = Arc::new(move || {
         let (pool, cache) = (pool.clone(), cache.clone());
         Box::pin(async move { common::store::check_ready(&pool, &cache).await })

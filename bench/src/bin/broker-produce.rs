@@ -1,5 +1,5 @@
 //! The broker's raw produce rate with rdkafka: idempotent, acks=all, 100-byte
-//! messages to a fresh topic. Prints JSON.
+//! messages to a fresh topic (deleted afterwards). Prints JSON.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         r.map_err(|(e, _)| e)?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     println!("{{\"broker_produce_msgs_per_sec\": {:.0}, \"broker_produce_messages\": {n}}}", n as f64 / secs);
     Ok(())
 }
