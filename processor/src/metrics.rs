@@ -8,6 +8,8 @@ pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";
 /// Label `outcome`: `fenced`, `error`.
 pub const CHECKPOINT_FAILURES: &str = "analytics_processor_checkpoint_failures_total";
 pub const CHECKPOINT_DURATION: &str = "analytics_processor_checkpoint_duration_seconds";
+/// Label `stage`: `store` (the PostgreSQL transaction), `emit` (the Kafka transaction).
+pub const CHECKPOINT_STAGE_DURATION: &str = "analytics_processor_checkpoint_stage_duration_seconds";
 pub const RESTORES: &str = "analytics_processor_restores_total";
 pub const RESTORE_DURATION: &str = "analytics_processor_restore_duration_seconds";
 pub const OWNED_PARTITIONS: &str = "analytics_processor_owned_partitions";

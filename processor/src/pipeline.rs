@@ -23,21 +23,29 @@ use common::avro::{decode_event, HourAggregate};
 use common::kafka::{assignment, consumer_config, partition_for};
 use common::membership::Membership;
 use common::shutdown::CancellationToken;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::emitter::{AggregateEmitter, EmitError};
+use crate::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
 use crate::metrics as m;
 use crate::state_store::{Chunks, StateStore, StoreError};
 use crate::Config;
+
+/// Records taken per wake-up of the loop once one has arrived.
+const DRAIN_BATCH: usize = 1024;
+/// Checkpoint interval while records are waiting (a backlog): a checkpoint
+/// waits for PostgreSQL and a Kafka transaction, time the loop does not consume.
+const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 
 /// One partition this instance currently owns.
 struct Owned {
     epoch: i64,
     window: PartitionWindow,
     chunks: Chunks,
+    /// This partition's transactional producer (its id fences former owners).
+    emitter: PartitionEmitter,
     /// The offset of an undecodable record this partition stopped at: it is
     /// no longer consumed (its lease is kept, so nobody re-claims it) until
     /// an operator deploys a reader that knows the record and restarts.
@@ -108,31 +116,40 @@ impl Processor {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
         tracing::info!(member = self.membership.member_id(), "joining the processor group");
+        // A handle of our own: messages borrow it while `self` is changed.
+        let consumer = self.consumer.clone();
+        let (mut backlogged, mut last_checkpoint) = (false, Instant::now());
         loop {
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
-                _ = tick.tick() => self.checkpoint_all().await?,
+                _ = tick.tick() => {
+                    // Behind (a backlog): checkpoint less often, so that the loop spends its
+                    // time consuming rather than waiting for commits. Counts are the same;
+                    // only the freshness of a backlog's progress is coarser.
+                    if !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
+                        self.checkpoint_all().await?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
                 _ = heartbeat.tick() => self.rebalance().await?,
                 _ = gauges.tick() => self.record_gauges(),
-                msg = async { self.consumer.stream().next().await } => match msg {
-                    Some(Ok(msg)) => {
-                        let (partition, offset) = (msg.partition(), msg.offset());
-                        let misrouted = msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition);
-                        // The broker's clock, where the topic stamps it (LogAppendTime).
-                        let appended_ms = match msg.timestamp() {
-                            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
-                            _ => None,
-                        };
-                        let payload = msg.payload().map(<[u8]>::to_vec);
-                        drop(msg);
-                        if misrouted {
-                            self.skip_misrouted(partition, offset);
-                        } else {
-                            self.handle(partition, offset, appended_ms, payload.as_deref());
+                msg = async { consumer.stream().next().await } => match msg {
+                    Some(msg) => {
+                        self.on_message(msg);
+                        // Take what is already fetched without going round the select
+                        // (timers, cancellation) for every record: a backlog drains faster.
+                        backlogged = true;
+                        for _ in 0..DRAIN_BATCH {
+                            match consumer.recv().now_or_never() {
+                                Some(msg) => self.on_message(msg),
+                                None => {
+                                    backlogged = false;
+                                    break;
+                                }
+                            }
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => break,
                 },
             }
@@ -153,21 +170,22 @@ impl Processor {
         for p in &plan.lost {
             tracing::warn!(partition = p, "lease lost; dropping the partition");
             self.owned.remove(p);
-            self.emitter.close(*p);
         }
         for p in &plan.to_release {
             if let Some(mut owned) = self.owned.remove(p) {
-                if let Err(e) = self.checkpoint_one(*p, &mut owned).await {
+                if let Err(e) = checkpoint_one(&self.store, *p, &mut owned).await {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
-            self.emitter.close(*p);
         }
         if let Err(e) = self.membership.release(&plan.to_release).await {
             tracing::warn!(error = %e, "releasing partitions failed; they will expire");
         }
-        for p in &plan.acquired {
-            self.claim(*p).await?;
+        // Claimed together: each restore reads PostgreSQL and opens a transactional producer.
+        let claims = futures::future::join_all(plan.acquired.iter().map(|p| self.claim(*p))).await;
+        for claimed in claims {
+            let (partition, owned) = claimed?;
+            self.owned.insert(partition, owned);
         }
         self.assign_owned()?;
         tracing::info!(
@@ -189,6 +207,25 @@ impl Processor {
             .map(|(p, o)| (*p, Offset::Offset(o.window.next_offset())));
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         Ok(())
+    }
+
+    fn on_message(&mut self, msg: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => return tracing::warn!(error = %e, "consumer error"),
+        };
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let misrouted = msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition);
+        // The broker's clock, where the topic stamps it (LogAppendTime).
+        let appended_ms = match msg.timestamp() {
+            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+            _ => None,
+        };
+        if misrouted {
+            self.skip_misrouted(partition, offset);
+        } else {
+            self.handle(partition, offset, appended_ms, msg.payload());
+        }
     }
 
     /// A record whose key belongs to another partition (a producer with another
@@ -260,7 +297,7 @@ impl Processor {
     /// Claims a partition's state (fencing any previous owner) and re-emits
     /// every restored hour: a previous owner may have crashed between its
     /// checkpoint and its emit.
-    async fn claim(&mut self, partition: i32) -> Result<(), ProcessorError> {
+    async fn claim(&self, partition: i32) -> Result<(i32, Owned), ProcessorError> {
         let started = Instant::now();
         let claimed = loop {
             match self.store.claim(partition, self.retention_ms).await {
@@ -275,9 +312,9 @@ impl Processor {
         common::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
         // Fences every earlier owner's producer and aborts its open transaction,
         // then re-emits what the store holds.
-        self.emitter.open(partition).await?;
+        let emitter = self.emitter.open(partition).await?;
         let aggs: Vec<HourAggregate> = window.counts().map(|(h, c)| aggregate(partition, &window, h, c)).collect();
-        self.emitter.emit(partition, &aggs).await?;
+        emitter.emit(&aggs).await?;
         tracing::info!(
             partition,
             epoch = claimed.epoch,
@@ -288,8 +325,7 @@ impl Processor {
         );
         metrics::counter!(m::RESTORES).increment(1);
         metrics::histogram!(m::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
-        self.owned.insert(partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, stalled_at: None });
-        Ok(())
+        Ok((partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, emitter, stalled_at: None }))
     }
 
     async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
@@ -298,10 +334,17 @@ impl Processor {
         }
         let mut commits = TopicPartitionList::new();
         let mut fenced = false;
-        let partitions: Vec<i32> = self.owned.keys().copied().collect();
-        for p in partitions {
-            let mut owned = self.owned.remove(&p).expect("key listed above");
-            match self.checkpoint_one(p, &mut owned).await {
+        // All partitions at once: each has its own PostgreSQL connection and Kafka
+        // transaction, so a round takes as long as the slowest, not the sum.
+        let store = &self.store;
+        let rounds = self.owned.drain().map(|(p, mut owned)| async move {
+            let result = checkpoint_one(store, p, &mut owned).await;
+            (p, owned, result)
+        });
+        let results = futures::future::join_all(rounds).await;
+        let mut retry_later = false;
+        for (p, owned, result) in results {
+            match result {
                 Ok(Some(next)) => {
                     commits.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
                     self.owned.insert(p, owned);
@@ -310,7 +353,6 @@ impl Processor {
                     self.owned.insert(p, owned);
                 }
                 Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
-                    self.emitter.close(p);
                     tracing::warn!(
                         partition = p,
                         "fenced: another instance owns this partition now; dropping its state"
@@ -323,10 +365,13 @@ impl Processor {
                     tracing::warn!(partition = p, error = %e, "checkpoint failed; will retry");
                     metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    retry_later = true;
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if retry_later {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if fenced {
             self.assign_owned()?;
@@ -338,26 +383,6 @@ impl Processor {
             }
         }
         Ok(())
-    }
-
-    /// Checkpoints one partition; returns the committed position if anything changed.
-    async fn checkpoint_one(&mut self, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
-        owned.window.evict_closed();
-        if !owned.window.has_changes() {
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let cp = owned.window.checkpoint();
-        self.store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
-        owned.window.mark_checkpointed();
-        // From the checkpoint, not the window: an hour that closed in this batch is only there.
-        let aggs: Vec<HourAggregate> =
-            cp.changed.iter().map(|c| aggregate(partition, &owned.window, c.hour, c.counts)).collect();
-        self.emitter.emit(partition, &aggs).await?;
-        metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
-        metrics::counter!(m::CHECKPOINTS).increment(1);
-        metrics::histogram!(m::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
-        Ok(Some(cp.next_offset))
     }
 
     fn record_gauges(&self) {
@@ -373,6 +398,29 @@ impl Processor {
             metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(if stalled { 1.0 } else { 0.0 });
         }
     }
+}
+
+/// Checkpoints one partition; returns the committed position if anything changed.
+async fn checkpoint_one(store: &StateStore, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
+    owned.window.evict_closed();
+    if !owned.window.has_changes() {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let cp = owned.window.checkpoint();
+    store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
+    owned.window.mark_checkpointed();
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "stage" => "store").record(started.elapsed().as_secs_f64());
+    let emitting = Instant::now();
+    // From the checkpoint, not the window: an hour that closed in this batch is only there.
+    let aggs: Vec<HourAggregate> =
+        cp.changed.iter().map(|c| aggregate(partition, &owned.window, c.hour, c.counts)).collect();
+    owned.emitter.emit(&aggs).await?;
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "stage" => "emit").record(emitting.elapsed().as_secs_f64());
+    metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
+    metrics::counter!(m::CHECKPOINTS).increment(1);
+    metrics::histogram!(m::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
+    Ok(Some(cp.next_offset))
 }
 
 /// The absolute aggregate of one hour as of the window's position.
