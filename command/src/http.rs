@@ -31,7 +31,12 @@ pub(crate) struct Inner {
     pub fatal: tokio_util::sync::CancellationToken,
     /// Stops the background start-up checks when the service stops.
     pub background: tokio_util::sync::CancellationToken,
+    /// Partitions of the events topic as agreed for the deployment; 0 until known.
+    pub partitions: Arc<std::sync::atomic::AtomicI32>,
 }
+
+/// A POST cut short may have handed its event to the producer already.
+const TOO_LONG: &str = "outcome unknown: request took too long; retry with the same id";
 
 /// The outcome of one `POST /analytics`.
 #[derive(Debug)]
@@ -40,15 +45,41 @@ enum Outcome {
     Rejected(RejectReason),
     Unavailable(PublishError),
     Overloaded,
+    /// Written to a partition its key does not map to under the agreed count:
+    /// the processor will skip it, so it is not counted.
+    Misrouted {
+        partition: i32,
+        expected: i32,
+    },
 }
 
 impl CommandApp {
+    /// Whether a delivered event will be counted: the processor's rules, applied here.
+    fn judge(&self, event: &ClickEvent, delivery: crate::publisher::Delivered) -> Outcome {
+        let agreed = self.inner.partitions.load(std::sync::atomic::Ordering::Relaxed);
+        if agreed > 0 {
+            let expected = common::kafka::partition_for(event.user.as_str().as_bytes(), agreed);
+            if delivery.partition != expected {
+                return Outcome::Misrouted { partition: delivery.partition, expected };
+            }
+        }
+        // The processor decides on the broker's clock whether the hour is
+        // still open; answer by the same rule, so a 2xx is always counted.
+        // (The record stays in the log, and the processor skips it the same way.)
+        match delivery.appended_ms {
+            Some(appended_ms) if !self.inner.horizon.counted_at(event.hour(), appended_ms) => {
+                Outcome::Rejected(RejectReason::ClosedOnArrival { timestamp_ms: event.timestamp_ms, appended_ms })
+            }
+            _ => Outcome::Accepted,
+        }
+    }
+
     /// Routes one request. Generic over the body: the API reads only the method, path and query.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::POST => match self.inner.edge.refusal(&req, true) {
-                None => ("/analytics", self.inner.edge.within_time_limit(self.post(req.uri().query())).await),
+                None => ("/analytics", self.inner.edge.within_time_limit(self.post(req.uri().query()), TOO_LONG).await),
                 Some(refused) => ("/analytics", refused),
             },
             "/analytics" => ("/analytics", http::method_not_allowed("POST")),
@@ -90,6 +121,19 @@ impl CommandApp {
                     http::unavailable(format!("outcome unknown: {e}; retry with the same id"), 1)
                 }
             }
+            Outcome::Misrouted { partition, expected } => {
+                metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "partition_count_changed").increment(1);
+                tracing::error!(
+                    partition,
+                    expected,
+                    "the events topic's partition count changed under the deployment; stopping"
+                );
+                self.inner.fatal.cancel();
+                http::unavailable(
+                    "event not recorded: the events topic's partitions changed; it will not be counted; retry later",
+                    1,
+                )
+            }
             Outcome::Overloaded => {
                 metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded").increment(1);
                 http::unavailable("event not recorded: too many requests in flight; retry later", 1)
@@ -120,10 +164,7 @@ impl CommandApp {
             // The processor decides on the broker's clock whether the hour is
             // still open; answer by the same rule, so a 2xx is always counted.
             // (The record stays in the log, and the processor skips it the same way.)
-            Ok(Some(appended_ms)) if !self.inner.horizon.counted_at(event.hour(), appended_ms) => {
-                Outcome::Rejected(RejectReason::ClosedOnArrival { timestamp_ms: event.timestamp_ms, appended_ms })
-            }
-            Ok(_) => Outcome::Accepted,
+            Ok(delivery) => self.judge(&event, delivery),
             Err(e) => Outcome::Unavailable(e),
         }
     }

@@ -50,13 +50,17 @@ pub async fn build(
     common::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
     let fatal = CancellationToken::new();
     let background = CancellationToken::new();
-    if let Err(e) = common::pg::agree_partitions(&pool, "command", &cfg.kafka).await {
-        if e.is::<common::pg::SettingMismatch>() {
-            return Err(e);
+    let partitions = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    match common::pg::agree_partitions(&pool, "command", &cfg.kafka).await {
+        Ok(n) => partitions.store(n, std::sync::atomic::Ordering::Relaxed),
+        Err(e) if e.is::<common::pg::SettingMismatch>() => return Err(e),
+        Err(e) => {
+            // The broker may be down while we start: serve (with 503s) and check once it answers.
+            tracing::warn!(error = %e, "partition count not checked yet; retrying in the background");
+            let recheck =
+                recheck_partitions(pool, cfg.kafka.clone(), partitions.clone(), fatal.clone(), background.clone());
+            tokio::spawn(recheck);
         }
-        // The broker may be down while we start: serve (with 503s) and check once it answers.
-        tracing::warn!(error = %e, "partition count not checked yet; retrying in the background");
-        tokio::spawn(recheck_partitions(pool, cfg.kafka.clone(), fatal.clone(), background.clone()));
     }
     let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning(), cfg.producers.get() as usize)
         .context("creating the producers")?;
@@ -81,6 +85,7 @@ pub async fn build(
             edge: common::edge::Edge::new(&cfg.edge),
             fatal,
             background,
+            partitions,
         }
     });
     Ok(CommandApp { inner })
@@ -92,6 +97,7 @@ pub async fn build(
 async fn recheck_partitions(
     pool: deadpool_postgres::Pool,
     kafka: common::config::KafkaConfig,
+    agreed: Arc<std::sync::atomic::AtomicI32>,
     fatal: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -101,7 +107,10 @@ async fn recheck_partitions(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         match common::pg::agree_partitions(&pool, "command", &kafka).await {
-            Ok(_) => return tracing::info!("partition count agreed"),
+            Ok(n) => {
+                agreed.store(n, std::sync::atomic::Ordering::Relaxed);
+                return tracing::info!(partitions = n, "partition count agreed");
+            }
             Err(e) if e.is::<common::pg::SettingMismatch>() => {
                 tracing::error!(error = %e, "refusing to accept events");
                 return fatal.cancel();

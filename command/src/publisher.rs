@@ -53,6 +53,14 @@ impl PublishError {
     }
 }
 
+/// Where an acknowledged event landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub partition: i32,
+    /// The broker's log-append time, where the topic stamps one.
+    pub appended_ms: Option<i64>,
+}
+
 /// Appends events to the events topic, keyed by user.
 ///
 /// Optionally several producers (each its own connection, each with the
@@ -87,11 +95,11 @@ impl EventPublisher {
     /// The key is the user id: with `murmur2_random` one user's events always
     /// land in one partition, which is what keeps per-partition user sets disjoint.
     ///
-    /// Returns the broker's log-append time of the event, if the topic stamps one.
+    /// Returns where the event landed, and the broker's log-append time if the topic stamps one.
     ///
     /// # Errors
     /// [`PublishError`]; the event is then not recorded as far as the client knows.
-    pub async fn publish(&self, event: &ClickEvent) -> Result<Option<i64>, PublishError> {
+    pub async fn publish(&self, event: &ClickEvent) -> Result<Delivered, PublishError> {
         let payload = common::avro::encode_event(event);
         let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
         let started = Instant::now();
@@ -99,9 +107,12 @@ impl EventPublisher {
         let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
         metrics::histogram!(m::PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok(match delivery.timestamp {
-                rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
-                _ => None,
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                appended_ms: match delivery.timestamp {
+                    rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+                    _ => None,
+                },
             }),
             Err((e, _)) => Err(match e.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,

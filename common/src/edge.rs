@@ -124,11 +124,15 @@ impl Edge {
         None
     }
 
-    /// Runs `answer` within the request time limit; 503 when it takes longer.
-    pub async fn within_time_limit(&self, answer: impl Future<Output = Response<Body>>) -> Response<Body> {
+    /// Runs `answer` within the request time limit; 503 with `reason` when it takes longer.
+    pub async fn within_time_limit(
+        &self,
+        answer: impl Future<Output = Response<Body>>,
+        reason: &'static str,
+    ) -> Response<Body> {
         match tokio::time::timeout(self.request_timeout, answer).await {
             Ok(r) => r,
-            Err(_) => http::unavailable("request took too long; retry later", 1),
+            Err(_) => http::unavailable(reason, 1),
         }
     }
 }

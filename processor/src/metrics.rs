@@ -1,7 +1,7 @@
 //! Metric names of the processor, in one place.
 
 pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
-/// Label `reason`: `replayed`, `closed_hour`, `misrouted`.
+/// Label `reason`: `replayed`, `closed_hour`, `misrouted`, `duplicate_id`.
 pub const EVENTS_SKIPPED: &str = "analytics_processor_events_skipped_total";
 pub const AGGREGATES_EMITTED: &str = "analytics_processor_aggregates_emitted_total";
 pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";

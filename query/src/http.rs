@@ -24,7 +24,12 @@ impl QueryApp {
         let (route, resp) = match req.uri().path() {
             "/analytics" if req.method() == Method::GET || req.method() == Method::HEAD => {
                 match self.edge.refusal(&req, false) {
-                    None => ("/analytics", self.edge.within_time_limit(self.get(req.uri().query())).await),
+                    None => (
+                        "/analytics",
+                        self.edge
+                            .within_time_limit(self.get(req.uri().query()), "request took too long; retry later")
+                            .await,
+                    ),
                     Some(refused) => ("/analytics", refused),
                 }
             }
