@@ -20,6 +20,10 @@ trap cleanup EXIT
 echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# No unused dependencies (false positives, crates used only through macros or features, go in
+# [package.metadata.cargo-machete] ignored = [...] of their Cargo.toml, with the reason).
+if ! cargo machete --version >/dev/null 2>&1; then cargo install --locked cargo-machete; fi
+cargo machete
 
 echo "== build the service binaries (the end-to-end tests run them as processes)"
 cargo build --bins --quiet

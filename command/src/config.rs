@@ -5,7 +5,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig};
+use common::config::{
+    parse_duration, EdgeConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig,
+};
 use common::kafka::ProducerTuning;
 
 /// Accepts analytics events over HTTP and appends them durably to the events topic.
@@ -32,6 +34,8 @@ pub struct Config {
     pub queue_max_messages: NonZeroU32,
     #[command(flatten)]
     pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub events: EventsTopicConfig,
     #[command(flatten)]
     pub horizon: HorizonConfig,
     /// PostgreSQL, read at startup only: the deployment's horizon and partition count to agree with.

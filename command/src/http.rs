@@ -28,9 +28,11 @@ pub(crate) struct Inner {
     pub ops: OpsRoutes,
     pub edge: common::edge::Edge,
     /// Cancelled when the producer hits a fatal error: the process restarts.
-    pub fatal: tokio_util::sync::CancellationToken,
+    pub fatal: common::shutdown::CancellationToken,
     /// Stops the background start-up checks when the service stops.
-    pub background: tokio_util::sync::CancellationToken,
+    pub background: common::shutdown::CancellationToken,
+    /// The service's background tasks (start-up checks, gauges), drained on the way out.
+    pub tasks: common::shutdown::TaskTracker,
     /// Partitions of the events topic as agreed for the deployment; 0 until known.
     pub partitions: Arc<std::sync::atomic::AtomicI32>,
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::http::{OpsRoutes, ServerLimits};
-use common::shutdown::CancellationToken;
+use common::kafka::TopicSpec;
+use common::pg::{migrations, Migration};
+use common::shutdown::{spawn_critical, CancellationToken, TaskTracker};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -26,7 +28,11 @@ pub use crate::config::Config;
 pub use crate::http::CommandApp;
 use crate::publisher::EventPublisher;
 
-/// Builds the app: creates the topics if configured, connects the producer.
+/// The tables the command uses: only the deployment settings it agrees with
+/// the processor (read and stored at startup).
+pub const MIGRATIONS: &[Migration] = &[migrations::DEPLOYMENT_SETTINGS];
+
+/// Builds the app: creates the events topic if configured, connects the producer.
 ///
 /// # Errors
 /// When the broker cannot be reached for topic creation or the producer cannot be built.
@@ -43,26 +49,28 @@ pub async fn build(
         cfg.edge.request_timeout,
         cfg.delivery_timeout
     );
-    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
+    common::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::events(&cfg.events)]).await.context("creating topics")?;
     // One horizon and one partition count for the whole deployment: refuse to
     // accept events under settings the processor does not share.
-    let pool = common::pg::connect_migrated(&cfg.pg).await?;
+    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     common::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
     let fatal = CancellationToken::new();
     let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let partitions = Arc::new(std::sync::atomic::AtomicI32::new(0));
-    match common::pg::agree_partitions(&pool, "command", &cfg.kafka).await {
+    match common::pg::agree_partitions(&pool, "command", &cfg.kafka, &cfg.events).await {
         Ok(n) => partitions.store(n, std::sync::atomic::Ordering::Relaxed),
         Err(e) if e.is::<common::pg::SettingMismatch>() => return Err(e),
         Err(e) => {
             // The broker may be down while we start: serve (with 503s) and check once it answers.
             tracing::warn!(error = %e, "partition count not checked yet; retrying in the background");
-            let recheck =
-                recheck_partitions(pool, cfg.kafka.clone(), partitions.clone(), fatal.clone(), background.clone());
-            tokio::spawn(recheck);
+            let topics = (cfg.kafka.clone(), cfg.events.clone());
+            let recheck = recheck_partitions(pool, topics, partitions.clone(), background.clone());
+            // A mismatch found later is fatal: spawn_critical cancels `fatal` on its error.
+            spawn_critical(&tasks, &fatal, "partition-recheck", recheck);
         }
     }
-    let publisher = EventPublisher::new(&cfg.kafka, cfg.producer_tuning(), cfg.producers.get() as usize)
+    let publisher = EventPublisher::new(&cfg.kafka, &cfg.events, cfg.producer_tuning(), cfg.producers.get() as usize)
         .context("creating the producers")?;
     let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {
         let weak = weak.clone();
@@ -85,38 +93,34 @@ pub async fn build(
             edge: common::edge::Edge::new(&cfg.edge),
             fatal,
             background,
+            tasks,
             partitions,
         }
     });
     Ok(CommandApp { inner })
 }
 
-/// Retries the partition-count agreement until the broker answers; a
-/// mismatch is fatal (the process stops rather than route users differently
-/// from the processor). Ends on success, mismatch, or `stop`.
+/// Retries the partition-count agreement until the broker answers. Ends on
+/// success or `stop`; a mismatch is an error, which stops the process (run
+/// under `spawn_critical`) rather than route users differently from the
+/// processor.
 async fn recheck_partitions(
     pool: deadpool_postgres::Pool,
-    kafka: common::config::KafkaConfig,
+    (kafka, events): (common::config::KafkaConfig, common::config::EventsTopicConfig),
     agreed: Arc<std::sync::atomic::AtomicI32>,
-    fatal: CancellationToken,
     stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+) -> anyhow::Result<()> {
+    let policy = common::retry::backoff(Duration::from_secs(1), Duration::from_secs(10));
+    let attempt = || common::pg::agree_partitions(&pool, "command", &kafka, &events);
+    let retryable = |e: &anyhow::Error| !e.is::<common::pg::SettingMismatch>();
+    match common::retry::until_cancelled(&stop, policy, "checking the partition count", attempt, retryable).await {
+        None => Ok(()),
+        Some(Ok(n)) => {
+            agreed.store(n, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(partitions = n, "partition count agreed");
+            Ok(())
         }
-        match common::pg::agree_partitions(&pool, "command", &kafka).await {
-            Ok(n) => {
-                agreed.store(n, std::sync::atomic::Ordering::Relaxed);
-                return tracing::info!(partitions = n, "partition count agreed");
-            }
-            Err(e) if e.is::<common::pg::SettingMismatch>() => {
-                tracing::error!(error = %e, "refusing to accept events");
-                return fatal.cancel();
-            }
-            Err(e) => tracing::debug!(error = %e, "partition count still not checked"),
-        }
+        Some(Err(e)) => Err(e.context("refusing to accept events")),
     }
 }
 
@@ -133,9 +137,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let fatal = app.inner.fatal.clone();
     let stop = token.child_token();
-    let watcher = {
+    {
+        let (tasks, token) = (app.inner.tasks.clone(), stop.clone());
         let (stop, fatal, app) = (stop.clone(), fatal.clone(), app.clone());
-        tokio::spawn(async move {
+        let watcher = async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -148,8 +153,10 @@ pub async fn run(
                     }
                 }
             }
-        })
-    };
+            Ok(())
+        };
+        spawn_critical(&tasks, &token, "gauges", watcher);
+    }
     let handler_app = app.clone();
     let handler = move |req| {
         let app = handler_app.clone();
@@ -159,7 +166,7 @@ pub async fn run(
     common::http::serve(listener, handler, limits, stop.clone(), drain).await;
     stop.cancel();
     app.inner.background.cancel();
-    let _ = watcher.await;
+    common::shutdown::drain(app.inner.tasks.clone(), drain).await?;
     app.inner.publisher.flush(drain).context("flushing the producer")?;
     if fatal.is_cancelled() {
         anyhow::bail!("the producer hit a fatal error");

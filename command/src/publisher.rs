@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use common::analytics::ClickEvent;
-use common::config::KafkaConfig;
+use common::config::{EventsTopicConfig, KafkaConfig};
 use common::kafka::{self, ProducerTuning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -78,11 +78,16 @@ pub struct EventPublisher {
 impl EventPublisher {
     /// # Errors
     /// When librdkafka rejects the configuration.
-    pub fn new(kafka_cfg: &KafkaConfig, tuning: ProducerTuning, producers: usize) -> Result<Self, KafkaError> {
+    pub fn new(
+        kafka_cfg: &KafkaConfig,
+        events: &EventsTopicConfig,
+        tuning: ProducerTuning,
+        producers: usize,
+    ) -> Result<Self, KafkaError> {
         let producers = (0..producers.max(1))
             .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{i}"), tuning).create())
             .collect::<Result<_, _>>()?;
-        Ok(EventPublisher { producers, next: Default::default(), topic: kafka_cfg.events_topic.clone() })
+        Ok(EventPublisher { producers, next: Default::default(), topic: events.events_topic.clone() })
     }
 
     fn producer(&self) -> &FutureProducer {

@@ -27,8 +27,6 @@ fn config(extra: &[&str]) -> Config {
     args.extend([
         "--events-topic".into(),
         kafka.events_topic,
-        "--aggregates-topic".into(),
-        kafka.aggregates_topic,
         "--events-partitions".into(),
         "3".into(),
         // The deployment settings these tests agree on (default horizon, one row per test topic).
@@ -131,7 +129,7 @@ async fn accepted_events_land_once_keyed_by_user_on_the_java_partition() {
         assert!(body.is_empty());
         sent.push((user.to_string(), ts, if i % 2 == 0 { EventKind::Click } else { EventKind::Impression }));
     }
-    let records = read_topic(&cfg.kafka.brokers, &cfg.kafka.events_topic, 3);
+    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
     assert_eq!(records.len(), sent.len(), "each accepted event exactly once");
     for (user, ts, kind) in sent {
         let (partition, key, event) = records.iter().find(|(_, k, _)| *k == user).expect("the event is on the topic");
@@ -206,7 +204,7 @@ async fn malformed_requests_get_a_4xx_with_a_reason_and_record_nothing() {
     // One good event after all the bad ones: it is the only record on the topic.
     let (status, _) = status_and_body(&app, Method::POST, &format!("/analytics?timestamp={NOW}&user=good&click")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let records = read_topic(&cfg.kafka.brokers, &cfg.kafka.events_topic, 3);
+    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
     assert_eq!(records.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>(), vec!["good"]);
 }
 
@@ -237,7 +235,7 @@ async fn a_real_listener_serves_and_refuses_oversized_or_broken_requests() {
 
     token.cancel();
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops within 10 s").unwrap().unwrap();
-    let records = read_topic(&cfg.kafka.brokers, &cfg.kafka.events_topic, 3);
+    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
     assert_eq!(records.len(), 1);
 }
 

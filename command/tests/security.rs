@@ -50,8 +50,6 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         &kafka.brokers,
         "--events-topic",
         &kafka.events_topic,
-        "--aggregates-topic",
-        &kafka.aggregates_topic,
         "--pg-schema",
         "test_command",
         "--api-token",

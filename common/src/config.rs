@@ -13,7 +13,9 @@ use clap::{Args, ValueEnum};
 
 use crate::analytics::Horizon;
 
-/// The Kafka-protocol broker and the topics of the pipeline.
+/// The Kafka broker, for the services that use the log (command, processor,
+/// materializer). Each of them flattens, beside it, only the topic sections
+/// it reads or writes ([`EventsTopicConfig`], [`AggregatesTopicConfig`]).
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
@@ -25,6 +27,14 @@ pub struct KafkaConfig {
         default_value = "127.0.0.1:9092"
     )]
     pub brokers: String,
+    /// Create the missing topics this service uses at startup.
+    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value = "true", action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+}
+
+/// The events topic: written by the command, read by the processor.
+#[derive(Debug, Clone, Args)]
+pub struct EventsTopicConfig {
     /// Topic of accepted events (key: user id).
     #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
     pub events_topic: String,
@@ -32,16 +42,24 @@ pub struct KafkaConfig {
     /// never change it on an existing topic (users would move between partitions).
     #[arg(long, env = "EVENTS_PARTITIONS", default_value = "4")]
     pub events_partitions: NonZeroU32,
+}
+
+/// The aggregates topic: written by the processor, read by the materializer.
+#[derive(Debug, Clone, Args)]
+pub struct AggregatesTopicConfig {
     /// Topic of hourly aggregates (key: `<hour_start_ms>:<partition>`, compacted).
     #[arg(long, env = "AGGREGATES_TOPIC", default_value = "analytics.hourly-aggregates")]
     pub aggregates_topic: String,
     /// Partitions of the aggregates topic when the service creates it. Bounds materializer parallelism.
     #[arg(long, env = "AGGREGATES_PARTITIONS", default_value = "4")]
     pub aggregates_partitions: NonZeroU32,
-    /// Create missing topics at startup.
-    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value = "true", action = clap::ArgAction::Set)]
-    pub create_topics: bool,
-    /// How long a silent processor or materializer instance keeps its partitions before another takes them over.
+}
+
+/// Partition leases in PostgreSQL, for the services that split a topic's
+/// partitions among their instances (processor, materializer).
+#[derive(Debug, Clone, Args)]
+pub struct LeaseConfig {
+    /// How long a silent instance keeps its partitions before another instance of its lease group takes them over.
     #[arg(long, env = "MEMBER_LEASE", default_value = "6s", value_parser = parse_duration)]
     pub member_lease: Duration,
 }
@@ -83,7 +101,7 @@ pub struct PgConfig {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub url: String,
-    /// Schema holding the tables (created and migrated at startup).
+    /// Schema holding the tables; at startup this service creates and migrates those it uses.
     #[arg(id = "pg_schema", value_name = "SCHEMA", long = "pg-schema", env = "PG_SCHEMA", default_value = "analytics")]
     pub schema: String,
     /// Connections in the pool.
@@ -133,24 +151,19 @@ pub struct TelemetryConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `2h`, `7d` (or a bare number of seconds).
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d` (or a bare number of seconds), and
+/// anything else [`humantime`] reads, such as `1h 30m`.
 ///
 /// # Errors
-/// A readable message for clap when the value has no known unit or overflows.
+/// A one-line message for clap when the value has no known unit or overflows.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{raw}` is not a duration like 250ms, 30s, 5m, 2h or 7d"))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        other => return Err(format!("unknown duration unit `{other}` in `{raw}` (use ms, s, m, h or d)")),
-    };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("duration `{raw}` is too large"))
+    // humantime wants a unit; a bare number has always meant seconds here.
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse().map(Duration::from_secs).map_err(|_| format!("duration `{raw}` is too large"));
+    }
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("`{raw}` is not a duration like 250ms, 30s, 5m, 2h or 7d ({e})").replace('\n', " "))
 }
 
 #[cfg(test)]
@@ -166,6 +179,25 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn every_unit_in_use_still_parses() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration(" 6s "), Ok(Duration::from_secs(6)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_input() {
+        for bad in ["5 parsecs", "", "ms", "99999999999999999999d", "99999999999999999999"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(!e.contains('\n') && e.contains(&format!("`{bad}`")), "{e}");
+        }
     }
 }
 

@@ -2,72 +2,78 @@
 //! bearer-token authentication, per-client rate limiting, and the request
 //! time limit. Configured by [`EdgeConfig`]; each check is off unless set.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::Quota;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
+use subtle::ConstantTimeEq;
 
 use crate::config::EdgeConfig;
 use crate::http::{self, Body, PeerAddr};
 
-/// Per-client token buckets.
-pub struct RateLimiter {
-    per_sec: f64,
-    burst: f64,
-    shards: Vec<Mutex<HashMap<IpAddr, Bucket>>>,
+/// Per-client rate limits: a GCRA (token bucket equivalent) per client IP
+/// address, refilling `per_sec` a second up to `burst`. The per-client state
+/// lives in governor's concurrent map (a `DashMap`), not behind a lock of ours.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    limiter: governor::RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    /// Clients kept before idle ones (whose bucket has refilled) are dropped.
+    max_clients: usize,
+    /// Checks since the size of the client table was last looked at.
+    checks: AtomicU32,
 }
 
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-const SHARDS: usize = 16;
-/// Buckets kept per shard before idle ones are dropped.
-const MAX_BUCKETS_PER_SHARD: usize = 16_384;
+/// Clients remembered before idle ones are dropped (a few dozen bytes each).
+const MAX_CLIENTS: usize = 262_144;
+/// Every this many checks (a power of two) the size of the client table is looked at (it locks every shard).
+const SIZE_CHECK_EVERY: u32 = 1024;
 
 impl RateLimiter {
-    pub fn new(per_sec: u32, burst: u32) -> Self {
-        RateLimiter {
-            per_sec: f64::from(per_sec),
-            burst: f64::from(burst.max(1)),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
-    }
-
-    /// Takes one token for `client` at `now`; on refusal, the wait until the next token.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let shard = &self.shards[shard_of(client)];
-        let mut buckets = shard.lock().expect("rate limiter lock is never poisoned");
-        if buckets.len() >= MAX_BUCKETS_PER_SHARD {
-            // Memory stays bounded: forget clients whose bucket has refilled.
-            let full_after = Duration::from_secs_f64(self.burst / self.per_sec);
-            buckets.retain(|_, b| now.duration_since(b.at) < full_after);
-        }
-        let b = buckets.entry(client).or_insert(Bucket { tokens: self.burst, at: now });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_sec).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
-        }
+    /// `per_sec` requests a second per client, `burst` of them at once.
+    pub fn new(per_sec: NonZeroU32, burst: NonZeroU32) -> Self {
+        RateLimiter::with_clock(per_sec, burst, DefaultClock::default())
     }
 }
 
-fn shard_of(ip: IpAddr) -> usize {
-    let h = match ip {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => (u128::from(v6) as u64) ^ ((u128::from(v6) >> 64) as u64),
-    };
-    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
+impl<C: Clock> RateLimiter<C> {
+    /// A limiter reading time from `clock` (tests use a fake one).
+    pub fn with_clock(per_sec: NonZeroU32, burst: NonZeroU32, clock: C) -> Self {
+        let quota = Quota::per_second(per_sec).allow_burst(burst);
+        RateLimiter {
+            limiter: governor::RateLimiter::dashmap_with_clock(quota, clock),
+            max_clients: MAX_CLIENTS,
+            checks: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one token for `client`; on refusal, the wait until the next token.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        let look_at_size = self.checks.fetch_add(1, Ordering::Relaxed) & (SIZE_CHECK_EVERY - 1) == 0;
+        if look_at_size && self.limiter.len() >= self.max_clients {
+            // Memory stays bounded: forget clients whose bucket has refilled.
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(&client).map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    /// Clients currently remembered.
+    pub fn clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// `Retry-After` in whole seconds: the wait rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// The edge checks of one service.
@@ -83,8 +89,8 @@ impl Edge {
     pub fn new(cfg: &EdgeConfig) -> Self {
         Edge {
             token: cfg.api_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
-            limiter: (cfg.rate_limit_per_sec > 0)
-                .then(|| Arc::new(RateLimiter::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst.get()))),
+            limiter: NonZeroU32::new(cfg.rate_limit_per_sec)
+                .map(|per_sec| Arc::new(RateLimiter::new(per_sec, cfg.rate_limit_burst))),
             request_timeout: cfg.request_timeout,
             max_body_bytes: cfg.max_body_bytes,
         }
@@ -105,17 +111,17 @@ impl Edge {
         }
         // Rate limiting first: it also bounds guesses at the token.
         if let (Some(limiter), Some(PeerAddr(peer))) = (&self.limiter, req.extensions().get::<PeerAddr>()) {
-            if let Err(wait) = limiter.check(peer.ip(), Instant::now()) {
+            if let Err(wait) = limiter.check(peer.ip()) {
                 let mut r =
                     http::error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded for this client; slow down");
-                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
                 return Some(r);
             }
         }
         if let (true, Some(token)) = (write, &self.token) {
             let presented =
                 req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            if !presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes()))) {
                 let mut r = http::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return Some(r);
@@ -137,14 +143,11 @@ impl Edge {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+    use governor::clock::FakeRelativeClock;
 
     #[derive(Parser)]
     struct Cli {
@@ -203,16 +206,67 @@ mod tests {
         assert!(e.refusal(&req(None, None, [8, 8, 8, 8]), true).is_none(), "another client is not affected");
     }
 
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).expect("non-zero")
+    }
+
     #[test]
     fn buckets_refill_at_the_configured_rate() {
-        let limiter = RateLimiter::new(10, 2);
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(nz(10), nz(2), clock.clone());
         let ip: IpAddr = [1, 2, 3, 4].into();
-        let t0 = Instant::now();
-        assert!(limiter.check(ip, t0).is_ok());
-        assert!(limiter.check(ip, t0).is_ok());
-        let wait = limiter.check(ip, t0).expect_err("refused");
-        assert!(wait <= Duration::from_millis(100));
-        assert!(limiter.check(ip, t0 + Duration::from_millis(100)).is_ok());
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_ok());
+        let wait = limiter.check(ip).expect_err("refused");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        clock.advance(wait);
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_err(), "one token refilled, not two");
+        clock.advance(Duration::from_millis(200));
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_err(), "never more than the burst");
+    }
+
+    #[test]
+    fn the_wait_is_until_the_next_token() {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(nz(2), nz(1), clock.clone());
+        let ip: IpAddr = [1, 2, 3, 4].into();
+        assert!(limiter.check(ip).is_ok());
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(limiter.check(ip), Err(Duration::from_millis(400)));
+    }
+
+    #[test]
+    fn retry_after_rounds_the_wait_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2500)), 3);
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten_once_the_table_is_full() {
+        let clock = FakeRelativeClock::default();
+        let mut limiter = RateLimiter::with_clock(nz(10), nz(1), clock.clone());
+        limiter.max_clients = 100;
+        for i in 0..100u32 {
+            assert!(limiter.check(IpAddr::from(i.to_be_bytes())).is_ok());
+        }
+        assert_eq!(limiter.clients(), 100);
+        // Every bucket has refilled: the next size check drops them all.
+        clock.advance(Duration::from_secs(1));
+        for i in 100..(100 + SIZE_CHECK_EVERY) {
+            assert!(limiter.check(IpAddr::from(i.to_be_bytes())).is_ok());
+        }
+        assert!(limiter.clients() <= SIZE_CHECK_EVERY as usize, "{} clients kept", limiter.clients());
+        // A client that is still limited is kept.
+        let busy: IpAddr = [10, 0, 0, 1].into();
+        assert!(limiter.check(busy).is_ok());
+        limiter.limiter.retain_recent();
+        assert!(limiter.check(busy).is_err(), "a busy client's state survives the sweep");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::config::KafkaConfig;
+use crate::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
 
 /// Producer settings that bound how long a request can wait for the broker.
 #[derive(Debug, Clone, Copy)]
@@ -67,37 +67,39 @@ pub struct TopicSpec {
     pub configs: Vec<(&'static str, &'static str)>,
 }
 
-/// The topics this deployment uses, with their partition counts and configs.
-pub fn topic_specs(kafka: &KafkaConfig) -> Vec<TopicSpec> {
-    vec![
+impl TopicSpec {
+    /// The events topic, stamped with the broker's clock: the processor's
+    /// watermark and the command's "will it be counted" check both read that
+    /// one clock, which no command host's clock can move.
+    pub fn events(topic: &EventsTopicConfig) -> Self {
         TopicSpec {
-            name: kafka.events_topic.clone(),
-            partitions: kafka.events_partitions.get(),
-            // The broker stamps each event with its own clock: the processor's
-            // watermark and the command's "will it be counted" check both read
-            // that one clock, which no command host's clock can move.
+            name: topic.events_topic.clone(),
+            partitions: topic.events_partitions.get(),
             configs: vec![("cleanup.policy", "delete"), ("message.timestamp.type", "LogAppendTime")],
-        },
+        }
+    }
+
+    /// The aggregates topic, compacted: only the newest aggregate per key matters.
+    pub fn aggregates(topic: &AggregatesTopicConfig) -> Self {
         TopicSpec {
-            name: kafka.aggregates_topic.clone(),
-            partitions: kafka.aggregates_partitions.get(),
+            name: topic.aggregates_topic.clone(),
+            partitions: topic.aggregates_partitions.get(),
             configs: vec![("cleanup.policy", "compact")],
-        },
-    ]
+        }
+    }
 }
 
-/// Creates the pipeline's topics if they do not exist and `--create-topics`
-/// is on (otherwise does nothing). Idempotent.
+/// Creates the topics of `specs` (those the calling service uses) if they do
+/// not exist and `--create-topics` is on (otherwise does nothing). Idempotent.
 ///
 /// # Errors
 /// When the broker cannot be reached or refuses a creation for another reason.
-pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), KafkaError> {
+pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaError> {
     if !kafka.create_topics {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create()?;
-    let specs = topic_specs(kafka);
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {

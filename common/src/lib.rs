@@ -18,6 +18,7 @@ pub mod http;
 pub mod kafka;
 pub mod membership;
 pub mod pg;
+pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -1,11 +1,11 @@
 //! Partition assignment through PostgreSQL leases.
 //!
-//! Each instance of a group (processor, materializer) heartbeats into
-//! `group_members`; the live members, sorted by id, split the partitions
-//! round-robin; a partition changes hands only once its owner released it or
-//! its lease expired. This replaces the broker's group coordinator, which on
-//! the local broker (Tansu 0.6) can stay stuck for good when a member dies in
-//! the middle of a join (docs/architecture.md, "Assignment").
+//! Each instance of a lease group (the processors, the materializers)
+//! heartbeats into `group_members`; the live members, sorted by id, split the
+//! partitions round-robin; a partition changes hands only once its owner
+//! released it or its lease expired. The services do not use Kafka consumer
+//! groups: partitions are assigned by hand, and positions live in the
+//! services' own stores (docs/architecture.md, "Assignment").
 //!
 //! Leases give liveness and balance only. Correctness never depends on them:
 //! the processor fences its state store by epoch, and every sink write is
@@ -81,6 +81,7 @@ impl Membership {
     pub async fn join(
         pool: Pool,
         kafka: &crate::config::KafkaConfig,
+        lease: &crate::config::LeaseConfig,
         group: &str,
         topic: &str,
     ) -> anyhow::Result<Self> {
@@ -88,7 +89,7 @@ impl Membership {
         let partitions = crate::kafka::partition_count(kafka, topic)
             .await
             .with_context(|| format!("reading the partition count of {topic}"))?;
-        Ok(Membership::new(pool, group, partitions, kafka.member_lease))
+        Ok(Membership::new(pool, group, partitions, lease.member_lease))
     }
 
     pub fn member_id(&self) -> &str {

@@ -8,14 +8,47 @@ use tokio_postgres::NoTls;
 
 use crate::config::PgConfig;
 
-/// Migrations, applied in order, each once, each in its own transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "read_models", include_str!("../migrations/0001_read_models.sql")),
-    (2, "processor_state", include_str!("../migrations/0002_processor_state.sql")),
-    (3, "coordination", include_str!("../migrations/0003_coordination.sql")),
-    (4, "deployment_settings", include_str!("../migrations/0004_deployment_settings.sql")),
-    (5, "processor_event_ids", include_str!("../migrations/0005_processor_event_ids.sql")),
-];
+/// One versioned schema change. Versions are global to the schema (one
+/// `schema_migrations` table), never renumbered and never edited once
+/// released; each service applies the ones of the tables it uses (its
+/// `MIGRATIONS` list), so e.g. the query never creates the processor's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration, by the tables it creates and who uses them.
+pub mod migrations {
+    use super::Migration;
+
+    /// Read models: written by the materializer, read by the query.
+    pub const READ_MODELS: Migration =
+        Migration { version: 1, name: "read_models", sql: include_str!("../migrations/0001_read_models.sql") };
+    /// The processor's state store.
+    pub const PROCESSOR_STATE: Migration =
+        Migration { version: 2, name: "processor_state", sql: include_str!("../migrations/0002_processor_state.sql") };
+    /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
+    pub const COORDINATION: Migration =
+        Migration { version: 3, name: "coordination", sql: include_str!("../migrations/0003_coordination.sql") };
+    /// Settings the deployment agrees on (command, processor).
+    pub const DEPLOYMENT_SETTINGS: Migration = Migration {
+        version: 4,
+        name: "deployment_settings",
+        sql: include_str!("../migrations/0004_deployment_settings.sql"),
+    };
+    /// The processor's counted client event ids.
+    pub const PROCESSOR_EVENT_IDS: Migration = Migration {
+        version: 5,
+        name: "processor_event_ids",
+        sql: include_str!("../migrations/0005_processor_event_ids.sql"),
+    };
+
+    /// All of them, in version order.
+    pub const ALL: &[Migration] =
+        &[READ_MODELS, PROCESSOR_STATE, COORDINATION, DEPLOYMENT_SETTINGS, PROCESSOR_EVENT_IDS];
+}
 
 /// Why talking to PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +107,14 @@ pub fn pool(cfg: &PgConfig) -> Result<Pool, PgError> {
         .map_err(|e| PgError::Config(e.to_string()))
 }
 
-/// Creates the schema and applies missing migrations. Safe to run from many
-/// processes at once: an advisory lock serialises them.
+/// Creates the schema and applies those of `migrations` not applied yet, in
+/// version order. Safe to run from many processes (and services with
+/// overlapping lists) at once: an advisory lock serialises them, and
+/// `schema_migrations` records each version once.
 ///
 /// # Errors
 /// When PostgreSQL is unreachable or a migration fails (it is rolled back).
-pub async fn migrate(pool: &Pool, cfg: &PgConfig) -> Result<(), PgError> {
+pub async fn migrate(pool: &Pool, cfg: &PgConfig, migrations: &[Migration]) -> Result<(), PgError> {
     let schema = checked_schema(&cfg.schema)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -96,10 +131,10 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig) -> Result<(), PgError> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
+    let mut pending: Vec<&Migration> = migrations.iter().filter(|m| !applied.contains(&m.version)).collect();
+    pending.sort_by_key(|m| m.version);
+    pending.dedup_by_key(|m| m.version);
+    for Migration { version, name, sql } in pending {
         tx.batch_execute(&format!("SET LOCAL search_path = {schema}")).await?;
         tx.batch_execute(sql).await?;
         tx.execute(
@@ -113,15 +148,15 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig) -> Result<(), PgError> {
     Ok(())
 }
 
-/// The pool of a service, with its schema migrated: the startup step every
-/// service that uses PostgreSQL shares.
+/// The pool of a service, with the tables it uses migrated: the startup step
+/// every service that uses PostgreSQL shares.
 ///
 /// # Errors
 /// A bad configuration, or PostgreSQL unreachable or refusing a migration.
-pub async fn connect_migrated(cfg: &PgConfig) -> anyhow::Result<Pool> {
+pub async fn connect_migrated(cfg: &PgConfig, migrations: &[Migration]) -> anyhow::Result<Pool> {
     use anyhow::Context;
     let pool = self::pool(cfg)?;
-    migrate(&pool, cfg).await.context("migrating PostgreSQL")?;
+    migrate(&pool, cfg, migrations).await.context("migrating PostgreSQL")?;
     Ok(pool)
 }
 
@@ -173,10 +208,11 @@ pub async fn agree_deployment(
     pool: &Pool,
     service: &str,
     kafka: &crate::config::KafkaConfig,
+    events: &crate::config::EventsTopicConfig,
     horizon: &crate::analytics::Horizon,
 ) -> anyhow::Result<i32> {
     agree_horizon(pool, service, horizon).await?;
-    agree_partitions(pool, service, kafka).await
+    agree_partitions(pool, service, kafka, events).await
 }
 
 /// Agrees the horizon: how far back events are accepted, and when hours close.
@@ -195,12 +231,18 @@ pub async fn agree_horizon(pool: &Pool, service: &str, horizon: &crate::analytic
 ///
 /// # Errors
 /// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
-pub async fn agree_partitions(pool: &Pool, service: &str, kafka: &crate::config::KafkaConfig) -> anyhow::Result<i32> {
+pub async fn agree_partitions(
+    pool: &Pool,
+    service: &str,
+    kafka: &crate::config::KafkaConfig,
+    events: &crate::config::EventsTopicConfig,
+) -> anyhow::Result<i32> {
     use anyhow::Context;
-    let partitions = crate::kafka::partition_count(kafka, &kafka.events_topic)
+    let topic = &events.events_topic;
+    let partitions = crate::kafka::partition_count(kafka, topic)
         .await
-        .with_context(|| format!("reading the partition count of {}", kafka.events_topic))?;
-    let setting = (format!("partitions.{}", kafka.events_topic), partitions.to_string());
+        .with_context(|| format!("reading the partition count of {topic}"))?;
+    let setting = (format!("partitions.{topic}"), partitions.to_string());
     agree_settings(pool, service, &[setting]).await?;
     Ok(partitions)
 }
@@ -229,7 +271,7 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order() {
-        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
-        assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+        let versions: Vec<i32> = migrations::ALL.iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=migrations::ALL.len() as i32).collect::<Vec<_>>());
     }
 }

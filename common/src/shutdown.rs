@@ -1,11 +1,16 @@
 //! Process-wide shutdown: one [`CancellationToken`], cancelled on SIGINT or
 //! SIGTERM (or when a critical task fails). Every loop selects on it.
+//!
+//! Services spawn their background tasks with [`spawn_critical`] on a
+//! [`TaskTracker`] and wait for them with [`drain`] on the way out, instead
+//! of bare `tokio::spawn`.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+pub use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// A token cancelled by the first SIGINT or SIGTERM.
 pub fn on_signals() -> CancellationToken {
@@ -24,22 +29,27 @@ pub fn on_signals() -> CancellationToken {
     token
 }
 
-/// Spawns a named task on `tracker`. If it fails, the whole process shuts down
-/// (the token is cancelled) instead of limping on without it.
+/// Spawns a named task on `tracker`, in a `task` span carrying its name. If it
+/// fails, the whole process shuts down (the token is cancelled) instead of
+/// limping on without it.
 pub fn spawn_critical<F>(tracker: &TaskTracker, token: &CancellationToken, name: &'static str, fut: F)
 where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let token = token.clone();
-    tracker.spawn(async move {
-        match fut.await {
-            Ok(()) => tracing::debug!(task = name, "task finished"),
-            Err(e) => {
-                tracing::error!(task = name, error = format!("{e:#}"), "task failed; shutting down");
-                token.cancel();
+    let span = tracing::info_span!("task", name);
+    tracker.spawn(
+        async move {
+            match fut.await {
+                Ok(()) => tracing::debug!(task = name, "task finished"),
+                Err(e) => {
+                    tracing::error!(task = name, error = format!("{e:#}"), "task failed; shutting down");
+                    token.cancel();
+                }
             }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Waits for the tracked tasks after cancellation, at most `limit`.

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::config::{KafkaConfig, PgConfig, RedisConfig};
+use std::num::NonZeroU32;
+
+use crate::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig, PgConfig, RedisConfig};
 
 /// A short random suffix so parallel tests never share topics, schemas or keys.
 pub fn unique_suffix() -> String {
@@ -23,16 +25,43 @@ pub fn pg_url() -> String {
     std::env::var("PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The Kafka side of a test deployment: the broker and both topics, from
+/// which the config sections of each service are made.
+#[derive(Debug, Clone)]
+pub struct TestKafka {
+    pub brokers: String,
+    pub events_topic: String,
+    pub events_partitions: NonZeroU32,
+    pub aggregates_topic: String,
+    pub aggregates_partitions: NonZeroU32,
+}
+
+impl TestKafka {
+    /// The broker section, creating missing topics.
+    pub fn broker(&self) -> KafkaConfig {
+        KafkaConfig { brokers: self.brokers.clone(), create_topics: true }
+    }
+
+    pub fn events(&self) -> EventsTopicConfig {
+        EventsTopicConfig { events_topic: self.events_topic.clone(), events_partitions: self.events_partitions }
+    }
+
+    pub fn aggregates(&self) -> AggregatesTopicConfig {
+        AggregatesTopicConfig {
+            aggregates_topic: self.aggregates_topic.clone(),
+            aggregates_partitions: self.aggregates_partitions,
+        }
+    }
+}
+
 /// Config sections pointing at fresh, test-private topics, schema and key prefix.
-pub fn isolated(suffix: &str) -> (KafkaConfig, RedisConfig, PgConfig) {
-    let kafka = KafkaConfig {
+pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
+    let kafka = TestKafka {
         brokers: kafka_brokers(),
         events_topic: format!("test-events-{suffix}"),
         events_partitions: 3.try_into().expect("non-zero"),
         aggregates_topic: format!("test-aggregates-{suffix}"),
         aggregates_partitions: 2.try_into().expect("non-zero"),
-        create_topics: true,
-        member_lease: Duration::from_secs(6),
     };
     let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
     let pg = PgConfig {
@@ -100,7 +129,7 @@ pub async fn clear_redis_prefix(redis: &RedisConfig) {
 }
 
 /// Deletes a test's topics (cleanup), so repeated runs do not pile up partitions on the broker.
-pub async fn delete_topics(kafka: &KafkaConfig) {
+pub async fn delete_topics(kafka: &TestKafka) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     let admin: Result<AdminClient<DefaultClientContext>, _> =

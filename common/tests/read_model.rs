@@ -22,7 +22,7 @@ fn agg(partition: i32, offset: i64, users: u64, clicks: u64) -> HourAggregate {
 async fn setup() -> (deadpool_postgres::Pool, HourCache, common::config::PgConfig, common::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::pg::pool(&pg).unwrap();
-    common::pg::migrate(&pool, &pg).await.unwrap();
+    common::pg::migrate(&pool, &pg, &[common::pg::migrations::READ_MODELS]).await.unwrap();
     let cache = HourCache::connect(&redis).await.unwrap();
     (pool, cache, pg, redis)
 }

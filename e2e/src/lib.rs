@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::analytics::{HourCounts, HourStart};
-use common::config::{KafkaConfig, PgConfig, RedisConfig};
-use common::test_util::{self, http};
+use common::config::{PgConfig, RedisConfig};
+use common::test_util::{self, http, TestKafka};
 
 /// One of the four services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,7 +49,7 @@ struct Running {
 
 /// An isolated deployment of the pipeline.
 pub struct Stack {
-    pub kafka: KafkaConfig,
+    pub kafka: TestKafka,
     pub redis: RedisConfig,
     pub pg: PgConfig,
     logs: PathBuf,

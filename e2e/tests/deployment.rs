@@ -101,6 +101,26 @@ fn every_variable_given_to_a_service_is_one_it_reads() {
 }
 
 #[test]
+fn each_help_lists_only_the_kafka_settings_its_service_uses() {
+    // (variable, services that read it): the broker and topics a service touches, leases where it shares partitions.
+    let kafka: [(&str, &[&str]); 7] = [
+        ("KAFKA_BROKERS", &["command", "processor", "materializer"]),
+        ("KAFKA_CREATE_TOPICS", &["command", "processor", "materializer"]),
+        ("EVENTS_TOPIC", &["command", "processor"]),
+        ("EVENTS_PARTITIONS", &["command", "processor"]),
+        ("AGGREGATES_TOPIC", &["processor", "materializer"]),
+        ("AGGREGATES_PARTITIONS", &["processor", "materializer"]),
+        ("MEMBER_LEASE", &["processor", "materializer"]),
+    ];
+    for service in SERVICES {
+        let help = help(service);
+        for (var, readers) in kafka {
+            assert_eq!(help.contains(&format!("[env: {var}=")), readers.contains(&service), "{service} and {var}");
+        }
+    }
+}
+
+#[test]
 fn ports_agree_between_services_prometheus_and_the_gateway() {
     let c = compose();
     let listen =

@@ -34,10 +34,6 @@ async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
         &stack.kafka.events_topic,
         "--events-partitions",
         &stack.kafka.events_partitions.to_string(),
-        "--aggregates-topic",
-        &stack.kafka.aggregates_topic,
-        "--aggregates-partitions",
-        &stack.kafka.aggregates_partitions.to_string(),
         "--pg-url",
         &stack.pg.url,
         "--pg-schema",
@@ -103,7 +99,8 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
     // A command accepting 14 days back, while the deployment closes hours after 7.
     let horizon =
         common::analytics::Horizon { past: Duration::from_secs(14 * 86_400), ..common::analytics::Horizon::default() };
-    let err = common::pg::agree_deployment(&pool, "command", &kafka, &horizon).await.unwrap_err();
+    let (broker, events) = (kafka.broker(), kafka.events());
+    let err = common::pg::agree_deployment(&pool, "command", &broker, &events, &horizon).await.unwrap_err();
     assert!(err.to_string().contains("horizon.past_ms"), "{err}");
 
     // Partitions added to the events topic behind the deployment's back.
@@ -112,9 +109,10 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
         rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let grown = NewPartitions::new(&kafka.events_topic, kafka.events_partitions.get() as usize + 1);
     admin.create_partitions(&[grown], &AdminOptions::new()).await.unwrap();
-    let err = common::pg::agree_deployment(&pool, "processor", &kafka, &common::analytics::Horizon::default())
-        .await
-        .unwrap_err();
+    let err =
+        common::pg::agree_deployment(&pool, "processor", &broker, &events, &common::analytics::Horizon::default())
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains(&format!("partitions.{}", kafka.events_topic)), "{err}");
     stack.cleanup().await;
 }

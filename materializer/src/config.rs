@@ -5,7 +5,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{parse_duration, KafkaConfig, PgConfig, RedisConfig, TelemetryConfig};
+use common::config::{
+    parse_duration, AggregatesTopicConfig, KafkaConfig, LeaseConfig, PgConfig, RedisConfig, TelemetryConfig,
+};
 
 /// Keeps the read models (PostgreSQL history, Redis hot copy) in line with the aggregates topic.
 #[derive(Debug, Clone, Parser)]
@@ -14,7 +16,8 @@ pub struct Config {
     /// Address of `/health`, `/ready` and `/metrics`.
     #[arg(long, env = "MATERIALIZER_OPS_LISTEN", default_value = "0.0.0.0:9102")]
     pub ops_listen: SocketAddr,
-    /// Consumer group of the materializer instances.
+    /// Lease group of the materializer instances (partition leases in PostgreSQL, not a Kafka consumer group;
+    /// positions are stored in PostgreSQL with the writes). Also the group.id of its Kafka consumer.
     #[arg(long, env = "MATERIALIZER_GROUP", default_value = "analytics-materializer")]
     pub group_id: String,
     /// Most aggregates written in one transaction.
@@ -25,6 +28,10 @@ pub struct Config {
     pub batch_wait: Duration,
     #[command(flatten)]
     pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub aggregates: AggregatesTopicConfig,
+    #[command(flatten)]
+    pub lease: LeaseConfig,
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]

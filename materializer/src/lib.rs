@@ -1,10 +1,11 @@
 //! The materializer: aggregates topic → read models.
 //!
-//! Consumes the processor's absolute (hour, partition) aggregates in a
-//! consumer group and upserts them into PostgreSQL (per-partition rows guarded
-//! by input offset, and per-hour totals with a version), then copies the
-//! hour totals to Redis (guarded by version, with a TTL). The query service
-//! reads what it writes.
+//! Consumes the processor's absolute (hour, partition) aggregates from the
+//! partitions it holds a lease on ([`common::membership`], PostgreSQL leases
+//! shared by the materializer instances) and upserts them into PostgreSQL
+//! (per-partition rows guarded by input offset, and per-hour totals with a
+//! version), then copies the hour totals to Redis (guarded by version, with
+//! a TTL). The query service reads what it writes.
 //!
 //! - [`config`]: flags and environment.
 //! - `pipeline`: consume / write / commit loop.
@@ -19,8 +20,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use common::http::OpsRoutes;
+use common::kafka::TopicSpec;
 use common::membership::Membership;
-use common::shutdown::CancellationToken;
+use common::pg::{migrations, Migration};
+use common::shutdown::{CancellationToken, TaskTracker};
 use common::store::cache::HourCache;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -29,8 +32,13 @@ pub use crate::config::Config;
 use crate::pipeline::Materializer;
 use crate::sink::ReadModelSink;
 
-/// Connects to PostgreSQL (migrating it) and Redis, creates topics if
-/// configured, and runs until `token` is cancelled.
+/// The tables the materializer uses: the read models it writes (the query
+/// applies the same migration, to serve zeros before the first write), and
+/// the leases and positions it keeps in PostgreSQL.
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::COORDINATION];
+
+/// Connects to PostgreSQL (migrating its tables) and Redis, creates its topic
+/// if configured, and runs until `token` is cancelled.
 ///
 /// # Errors
 /// Startup failures.
@@ -40,10 +48,13 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::pg::connect_migrated(&cfg.pg).await?;
+    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
-    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.aggregates_topic).await?;
+    common::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::aggregates(&cfg.aggregates)])
+        .await
+        .context("creating topics")?;
+    let topic = &cfg.aggregates.aggregates_topic;
+    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
     let materializer =
         Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone(), cfg.redis.ttl), membership)
             .context("creating the consumer")?;
@@ -51,14 +62,16 @@ pub async fn run(
         let (pool, cache) = (pool.clone(), cache.clone());
         Box::pin(async move { common::store::check_ready(&pool, &cache).await })
     });
-    let ops_task = tokio::spawn(common::http::serve_ops(
-        ops,
-        OpsRoutes { service: "materializer", metrics, ready },
-        token.clone(),
-    ));
-    tracing::info!(topic = cfg.kafka.aggregates_topic, group = cfg.group_id, "materializer started");
+    let tasks = TaskTracker::new();
+    let serve_ops = common::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone());
+    common::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
+        serve_ops.await;
+        Ok(())
+    });
+    tracing::info!(topic = cfg.aggregates.aggregates_topic, group = cfg.group_id, "materializer started");
     let result = materializer.run(token.clone()).await;
     token.cancel();
-    let _ = ops_task.await;
-    result
+    let drained = common::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
+    result?;
+    drained
 }

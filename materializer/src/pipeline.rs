@@ -17,8 +17,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use crate::metrics as m;
-use crate::sink::ReadModelSink;
+use crate::sink::{ReadModelSink, SinkError};
 use crate::Config;
+
+/// First and longest wait between attempts to write a batch.
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Materializer {
     consumer: Arc<StreamConsumer>,
@@ -54,7 +58,7 @@ impl Materializer {
             consumer: Arc::new(consumer),
             membership,
             sink,
-            topic: cfg.kafka.aggregates_topic.clone(),
+            topic: cfg.aggregates.aggregates_topic.clone(),
             max_batch: cfg.max_batch.get() as usize,
             batch_wait: cfg.batch_wait,
             owned: BTreeSet::new(),
@@ -78,17 +82,17 @@ impl Materializer {
                 biased;
                 _ = token.cancelled() => break,
                 _ = heartbeat.tick() => {
-                    if !self.flush(&mut batch, &token).await { break; }
+                    if !self.flush(&mut batch, &token).await? { break; }
                     self.sink.catch_up().await;
                     self.rebalance().await?;
                     self.record_lag();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    if !self.flush(&mut batch, &token).await { break; }
+                    if !self.flush(&mut batch, &token).await? { break; }
                 }
                 msg = self.consumer.recv() => {
                     self.add(&mut batch, msg);
-                    if batch.aggregates.len() >= self.max_batch && !self.flush(&mut batch, &token).await {
+                    if batch.aggregates.len() >= self.max_batch && !self.flush(&mut batch, &token).await? {
                         break;
                     }
                 }
@@ -194,25 +198,21 @@ impl Materializer {
         batch.started.get_or_insert_with(Instant::now);
     }
 
-    /// Writes the batch (retrying with backoff) and stores its positions;
-    /// false if shutdown came first.
-    async fn flush(&self, batch: &mut Batch, token: &CancellationToken) -> bool {
+    /// Writes the batch (retrying with backoff while the stores are unavailable)
+    /// and stores its positions; false if shutdown came first.
+    ///
+    /// # Errors
+    /// A permanent [`SinkError`]: retrying the same batch cannot succeed.
+    async fn flush(&self, batch: &mut Batch, token: &CancellationToken) -> Result<bool, SinkError> {
         if batch.next_offsets.is_empty() {
-            return true;
+            return Ok(true);
         }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.sink.write(&batch.aggregates).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "writing read models failed; retrying");
-                    tokio::select! {
-                        _ = token.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        let policy = common::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
+        let write = || self.sink.write(&batch.aggregates);
+        match common::retry::until_cancelled(token, policy, "writing read models", write, SinkError::is_retryable).await
+        {
+            None => return Ok(false),
+            Some(written) => written?,
         }
         metrics::counter!(m::AGGREGATES_CONSUMED).increment(batch.aggregates.len() as u64);
         metrics::counter!(m::BATCHES).increment(1);
@@ -223,6 +223,6 @@ impl Materializer {
             tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
         }
         *batch = Batch::default();
-        true
+        Ok(true)
     }
 }

@@ -31,6 +31,16 @@ pub enum SinkError {
     Redis(#[from] CacheError),
 }
 
+impl SinkError {
+    /// Worth retrying the batch: PostgreSQL unavailable, or Redis (which only delays its copy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Pg(e) => e.is_retryable(),
+            SinkError::Redis(_) => true,
+        }
+    }
+}
+
 /// What Redis still has to receive.
 #[derive(Default)]
 struct RedisBacklog {

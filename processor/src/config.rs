@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{parse_duration, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig};
+use common::config::{
+    parse_duration, AggregatesTopicConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, LeaseConfig, PgConfig,
+    TelemetryConfig,
+};
 
 /// Turns events into exact hourly aggregates, per events-topic partition.
 #[derive(Debug, Clone, Parser)]
@@ -13,7 +16,9 @@ pub struct Config {
     /// Address of `/health`, `/ready` and `/metrics`.
     #[arg(long, env = "PROCESSOR_OPS_LISTEN", default_value = "0.0.0.0:9101")]
     pub ops_listen: SocketAddr,
-    /// Consumer group of the processor instances.
+    /// Lease group of the processor instances (partition leases in PostgreSQL, not a Kafka consumer group).
+    /// Also the Kafka group.id under which consumed offsets are committed as a hint for lag tooling, and the
+    /// prefix of the aggregate producers' transactional.id (`<group>.<events topic>.<partition>`).
     #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
     pub group_id: String,
     /// How often changed hours are checkpointed and emitted (bounds freshness).
@@ -24,6 +29,12 @@ pub struct Config {
     pub delivery_timeout: Duration,
     #[command(flatten)]
     pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub events: EventsTopicConfig,
+    #[command(flatten)]
+    pub aggregates: AggregatesTopicConfig,
+    #[command(flatten)]
+    pub lease: LeaseConfig,
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use common::avro::{encode_hour_aggregate, HourAggregate};
-use common::config::KafkaConfig;
+use common::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
 use common::kafka::{self, ProducerTuning};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -42,7 +42,13 @@ pub struct AggregateEmitter {
 impl AggregateEmitter {
     /// # Errors
     /// Never today; kept fallible for configuration checks.
-    pub fn new(kafka_cfg: &KafkaConfig, group_id: &str, delivery_timeout: Duration) -> Result<Self, KafkaError> {
+    pub fn new(
+        kafka_cfg: &KafkaConfig,
+        events: &EventsTopicConfig,
+        aggregates: &AggregatesTopicConfig,
+        group_id: &str,
+        delivery_timeout: Duration,
+    ) -> Result<Self, KafkaError> {
         let tuning =
             ProducerTuning { linger: Duration::from_millis(1), delivery_timeout, queue_max_messages: 1_000_000 };
         let mut config = kafka::producer_config(kafka_cfg, "processor", tuning);
@@ -55,8 +61,8 @@ impl AggregateEmitter {
         config.set("retry.backoff.ms", "2").set("retry.backoff.max.ms", "100");
         Ok(AggregateEmitter {
             config,
-            id_prefix: format!("{group_id}.{}", kafka_cfg.events_topic),
-            topic: kafka_cfg.aggregates_topic.clone(),
+            id_prefix: format!("{group_id}.{}", events.events_topic),
+            topic: aggregates.aggregates_topic.clone(),
         })
     }
 

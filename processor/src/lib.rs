@@ -1,8 +1,10 @@
 //! The processor: events → exact hourly aggregates.
 //!
-//! Consumes the events topic in a consumer group. For every partition it owns
-//! it keeps a [`PartitionWindow`](common::analytics::PartitionWindow) (the
-//! exact user set and counts of each open hour), checkpoints it to the
+//! Consumes the partitions of the events topic it holds a lease on
+//! ([`common::membership`], PostgreSQL leases shared by the processor
+//! instances). For every partition it owns it keeps a
+//! [`PartitionWindow`](common::analytics::PartitionWindow) (the exact user
+//! set and counts of each open hour), checkpoints it to the
 //! PostgreSQL state store together with the input offset, and emits the
 //! absolute counts of changed hours to the aggregates topic, where the
 //! materializer picks them up.
@@ -23,8 +25,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::http::OpsRoutes;
+use common::kafka::TopicSpec;
 use common::membership::Membership;
-use common::shutdown::CancellationToken;
+use common::pg::{migrations, Migration};
+use common::shutdown::{CancellationToken, TaskTracker};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -32,8 +36,18 @@ pub use crate::config::Config;
 use crate::pipeline::Processor;
 use crate::state_store::StateStore;
 
-/// Connects to PostgreSQL (migrating it), creates topics if configured, and
-/// runs the processor and its ops endpoint until `token` is cancelled.
+/// The tables the processor uses: its state store, the leases it shares with
+/// the materializer, and the deployment settings it agrees with the command.
+pub const MIGRATIONS: &[Migration] = &[
+    migrations::PROCESSOR_STATE,
+    migrations::COORDINATION,
+    migrations::DEPLOYMENT_SETTINGS,
+    migrations::PROCESSOR_EVENT_IDS,
+];
+
+/// Connects to PostgreSQL (migrating its tables), creates its topics if
+/// configured, and runs the processor and its ops endpoint until `token` is
+/// cancelled.
 ///
 /// # Errors
 /// Startup failures, or a processor failure that requires a restart.
@@ -43,11 +57,14 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::pg::connect_migrated(&cfg.pg).await?;
-    common::kafka::ensure_topics(&cfg.kafka).await.context("creating topics")?;
-    let partitions = common::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.horizon.horizon()).await?;
-    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.group_id, &cfg.kafka.events_topic).await?;
-    let store = StateStore::new(pool.clone(), cfg.kafka.events_topic.clone());
+    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
+    let topics = [TopicSpec::events(&cfg.events), TopicSpec::aggregates(&cfg.aggregates)];
+    common::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
+    let horizon = cfg.horizon.horizon();
+    let partitions = common::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
+    let topic = &cfg.events.events_topic;
+    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
+    let store = StateStore::new(pool.clone(), topic.clone());
     let processor = Processor::new(&cfg, store, membership, partitions).context("creating the consumer")?;
     let ready_pool = pool.clone();
     let ready: common::http::ReadyCheck = Arc::new(move || {
@@ -61,12 +78,18 @@ pub async fn run(
         })
     });
     let ops_routes = OpsRoutes { service: "processor", metrics, ready };
-    let ops_task = tokio::spawn(common::http::serve_ops(ops, ops_routes, token.clone()));
-    tracing::info!(topic = cfg.kafka.events_topic, group = cfg.group_id, "processor started");
+    let tasks = TaskTracker::new();
+    let serve_ops = common::http::serve_ops(ops, ops_routes, token.clone());
+    common::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
+        serve_ops.await;
+        Ok(())
+    });
+    tracing::info!(topic = cfg.events.events_topic, group = cfg.group_id, "processor started");
     let result = processor.run(token.clone()).await;
     token.cancel();
-    let _ = ops_task.await;
+    let drained = common::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
     result.context("processor failed")?;
+    drained?;
     tracing::info!("processor stopped");
     Ok(())
 }

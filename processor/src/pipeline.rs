@@ -27,6 +27,7 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tracing::Instrument;
 
 use crate::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
 use crate::metrics as m;
@@ -38,6 +39,9 @@ const DRAIN_BATCH: usize = 1024;
 /// Checkpoint interval while records are waiting (a backlog): a checkpoint
 /// waits for PostgreSQL and a Kafka transaction, time the loop does not consume.
 const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
+/// First and longest wait between attempts to claim a partition's state.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One partition this instance currently owns.
 struct Owned {
@@ -95,8 +99,14 @@ impl Processor {
             consumer: Arc::new(consumer),
             membership,
             store,
-            emitter: AggregateEmitter::new(&cfg.kafka, &cfg.group_id, cfg.delivery_timeout)?,
-            topic: cfg.kafka.events_topic.clone(),
+            emitter: AggregateEmitter::new(
+                &cfg.kafka,
+                &cfg.events,
+                &cfg.aggregates,
+                &cfg.group_id,
+                cfg.delivery_timeout,
+            )?,
+            topic: cfg.events.events_topic.clone(),
             retention_ms: cfg.retention_ms(),
             checkpoint_interval: cfg.checkpoint_interval,
             owned: HashMap::new(),
@@ -132,7 +142,7 @@ impl Processor {
                         last_checkpoint = Instant::now();
                     }
                 }
-                _ = heartbeat.tick() => self.rebalance().await?,
+                _ = heartbeat.tick() => self.rebalance(&token).await?,
                 _ = gauges.tick() => self.record_gauges(),
                 msg = async { consumer.stream().next().await } => match msg {
                     Some(msg) => {
@@ -163,8 +173,9 @@ impl Processor {
     }
 
     /// Heartbeats the membership and applies its plan: hand over partitions
-    /// meant for others (after a final checkpoint), drop lost ones, claim new ones.
-    async fn rebalance(&mut self) -> Result<(), ProcessorError> {
+    /// meant for others (after a final checkpoint), drop lost ones, claim new ones
+    /// (claims given up at shutdown are left to `leave`).
+    async fn rebalance(&mut self, token: &CancellationToken) -> Result<(), ProcessorError> {
         let owned: BTreeSet<i32> = self.owned.keys().copied().collect();
         let Some(plan) = self.membership.changes(&owned).await else { return Ok(()) };
         for p in &plan.lost {
@@ -182,10 +193,11 @@ impl Processor {
             tracing::warn!(error = %e, "releasing partitions failed; they will expire");
         }
         // Claimed together: each restore reads PostgreSQL and opens a transactional producer.
-        let claims = futures::future::join_all(plan.acquired.iter().map(|p| self.claim(*p))).await;
+        let claims = futures::future::join_all(plan.acquired.iter().map(|p| self.claim(*p, token))).await;
         for claimed in claims {
-            let (partition, owned) = claimed?;
-            self.owned.insert(partition, owned);
+            if let Some((partition, owned)) = claimed? {
+                self.owned.insert(partition, owned);
+            }
         }
         self.assign_owned()?;
         tracing::info!(
@@ -296,18 +308,17 @@ impl Processor {
 
     /// Claims a partition's state (fencing any previous owner) and re-emits
     /// every restored hour: a previous owner may have crashed between its
-    /// checkpoint and its emit.
-    async fn claim(&self, partition: i32) -> Result<(i32, Owned), ProcessorError> {
+    /// checkpoint and its emit. Retries while PostgreSQL is unavailable; `None`
+    /// when `token` is cancelled first.
+    async fn claim(&self, partition: i32, token: &CancellationToken) -> Result<Option<(i32, Owned)>, ProcessorError> {
         let started = Instant::now();
-        let claimed = loop {
-            match self.store.claim(partition, self.retention_ms).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "claiming partition state failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
+        let attempt = || self.store.claim(partition, self.retention_ms);
+        let policy = common::retry::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
+        let retried =
+            common::retry::until_cancelled(token, policy, "claiming the state", attempt, StoreError::is_retryable);
+        // The span names the partition in the retry warnings.
+        let Some(claimed) = retried.instrument(tracing::info_span!("claim", partition)).await else { return Ok(None) };
+        let claimed = claimed?;
         let window = claimed.window;
         common::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
         // Fences every earlier owner's producer and aborts its open transaction,
@@ -325,7 +336,7 @@ impl Processor {
         );
         metrics::counter!(m::RESTORES).increment(1);
         metrics::histogram!(m::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
-        Ok((partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, emitter, stalled_at: None }))
+        Ok(Some((partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, emitter, stalled_at: None })))
     }
 
     async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
@@ -371,6 +382,7 @@ impl Processor {
             }
         }
         if retry_later {
+            // Kept as a plain pause: the retry is the next checkpoint tick, this only applies backpressure.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if fenced {

@@ -27,6 +27,16 @@ pub enum StoreError {
     Pg(#[from] PgError),
 }
 
+impl StoreError {
+    /// Worth retrying: PostgreSQL unavailable or a transient conflict, not a fence.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Fenced(_) => false,
+            StoreError::Pg(e) => e.is_retryable(),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Pg(e.into())

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::http::{OpsRoutes, ServerLimits};
+use common::pg::{migrations, Migration};
 use common::shutdown::CancellationToken;
 use common::store::cache::HourCache;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,12 +28,18 @@ pub use crate::config::Config;
 pub use crate::http::QueryApp;
 use crate::reader::HourReader;
 
-/// Connects to Redis and PostgreSQL (migrating it).
+/// The tables the query reads: the read models. The materializer writes them
+/// and applies the same migration; the query applies it too, so that started
+/// first it answers zeros instead of failing. It never creates the
+/// processor's or the coordination tables.
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
+
+/// Connects to Redis and PostgreSQL (migrating the read models).
 ///
 /// # Errors
 /// When either cannot be reached at startup.
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
-    let pool = common::pg::connect_migrated(&cfg.pg).await?;
+    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
     Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge), cfg.local_cache_ttl))
 }

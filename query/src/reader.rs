@@ -1,7 +1,6 @@
 //! Reads an hour: Redis, then PostgreSQL (writing the answer back to Redis), then zeros.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::analytics::{HourCounts, HourStart};
@@ -9,6 +8,7 @@ use common::pg::PgError;
 use common::store::cache::{CacheError, HourCache};
 use common::store::{hours, HourTotals};
 use deadpool_postgres::Pool;
+use moka::ops::compute::Op;
 
 use crate::metrics as m;
 
@@ -27,28 +27,30 @@ pub struct ReadError(#[from] PgError);
 /// *started*: a slow fallback read is as old as the moment it asked.
 struct LocalCache {
     ttl: Duration,
-    entries: Mutex<HashMap<HourStart, (HourTotals, Instant)>>,
+    /// The value keeps the start of its read: moka's own time to live counts from
+    /// the insert, so it only evicts; [`get`](Self::get) judges the age.
+    entries: moka::sync::Cache<HourStart, (HourTotals, Instant)>,
 }
 
+/// Hours kept in process (a few are read at once; this only bounds a scan).
+const LOCAL_CAPACITY: u64 = 4096;
+
 impl LocalCache {
+    fn new(ttl: Duration) -> Self {
+        LocalCache { ttl, entries: moka::sync::Cache::builder().max_capacity(LOCAL_CAPACITY).time_to_live(ttl).build() }
+    }
+
     fn get(&self, hour: HourStart) -> Option<HourCounts> {
-        let entries = self.entries.lock().expect("local cache lock");
-        entries.get(&hour).filter(|(_, at)| at.elapsed() < self.ttl).map(|(t, _)| t.counts)
+        self.entries.get(&hour).filter(|(_, at)| at.elapsed() < self.ttl).map(|(t, _)| t.counts)
     }
 
     fn put(&self, hour: HourStart, totals: HourTotals, read_started: Instant) {
-        let mut entries = self.entries.lock().expect("local cache lock");
-        if entries.len() >= 4096 {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
-        }
-        match entries.get_mut(&hour) {
-            Some((held, _)) if held.version > totals.version => {}
-            Some(entry) => *entry = (totals, read_started.max(entry.1)),
-            None => {
-                entries.insert(hour, (totals, read_started));
-            }
-        }
+        // One atomic step per key, so that of two racing reads the newer version wins.
+        self.entries.entry(hour).and_compute_with(|held| match held.map(|e| e.into_value()) {
+            Some((held, _)) if held.version > totals.version => Op::Nop,
+            Some((_, at)) => Op::Put((totals, read_started.max(at))),
+            None => Op::Put((totals, read_started)),
+        });
     }
 }
 
@@ -62,7 +64,7 @@ pub struct HourReader {
 impl HourReader {
     /// `local_ttl` of zero turns the in-process cache off.
     pub fn new(cache: HourCache, pool: Pool, local_ttl: Duration) -> Self {
-        let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache { ttl: local_ttl, entries: Mutex::default() }));
+        let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache::new(local_ttl)));
         HourReader { cache, pool, local }
     }
 
@@ -141,7 +143,7 @@ mod tests {
     }
 
     fn cache() -> LocalCache {
-        LocalCache { ttl: Duration::from_millis(500), entries: Mutex::default() }
+        LocalCache::new(Duration::from_millis(500))
     }
 
     #[test]
@@ -161,5 +163,34 @@ mod tests {
         let slow_read_started = Instant::now() - Duration::from_millis(600);
         c.put(h, totals(3, 30), slow_read_started);
         assert_eq!(c.get(h), None, "a read that took longer than the ttl is stale on arrival");
+    }
+
+    #[test]
+    fn an_entry_expires_after_the_ttl() {
+        let (c, h) = (LocalCache::new(Duration::from_millis(50)), HourStart::of(HOUR));
+        c.put(h, totals(1, 10), Instant::now());
+        assert_eq!(c.get(h).map(|x| x.clicks), Some(10));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get(h), None);
+    }
+
+    #[test]
+    fn racing_reads_keep_the_newest_version() {
+        let (c, h) = (Arc::new(cache()), HourStart::of(HOUR));
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for v in 0..200 {
+                        let version = (v * 8 + t) as i64;
+                        c.put(h, totals(version, version as u64), Instant::now());
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        assert_eq!(c.get(h).map(|x| x.clicks), Some(199 * 8 + 7));
     }
 }

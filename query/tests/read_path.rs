@@ -99,6 +99,26 @@ async fn answers_from_postgres_on_a_miss_then_from_redis() {
 }
 
 #[tokio::test]
+async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
+    let f = fixture(None).await;
+    let client = f.pool.get().await.unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            &[&f.pg.schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["hourly_aggregates", "hourly_partition_aggregates", "schema_migrations"]);
+    let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "unique_users,0\nclicks,0\nimpressions,0\n"));
+    f.cleanup().await;
+}
+
+#[tokio::test]
 async fn bad_requests_get_400_with_a_reason() {
     let f = fixture(None).await;
     for uri in [

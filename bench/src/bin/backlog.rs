@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let producer: FutureProducer =
         common::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning).set("batch.size", "1000000").create()?;
-    let topic = cmd.kafka.events_topic.as_str();
+    let topic = cmd.events.events_topic.as_str();
     let mut rng = rand::rng();
     let mut users = HashSet::new();
     let mut pending = futures::stream::FuturesUnordered::new();

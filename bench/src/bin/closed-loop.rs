@@ -48,11 +48,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut cmd = command::Config::try_parse_from(["command"])?;
     let topic = format!("bench-closed-loop-{}", common::random_suffix());
-    cmd.kafka.events_topic = topic.clone();
+    cmd.events.events_topic = topic.clone();
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &cmd.kafka.brokers).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let partitions = cmd.kafka.events_partitions.get() as i32;
+    let partitions = cmd.events.events_partitions.get() as i32;
     for r in admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &opts).await? {
         r.map_err(|(t, code)| anyhow::anyhow!("creating topic {t}: {code:?}"))?;
     }
