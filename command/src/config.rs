@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::config::{
     parse_duration, EdgeConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig,
+    WriteAuthConfig,
 };
 use common::kafka::ProducerTuning;
 
@@ -41,6 +42,8 @@ pub struct Config {
     /// PostgreSQL, read at startup only: the deployment's horizon and partition count to agree with.
     #[command(flatten)]
     pub pg: PgConfig,
+    #[command(flatten)]
+    pub auth: WriteAuthConfig,
     #[command(flatten)]
     pub edge: EdgeConfig,
     #[command(flatten)]

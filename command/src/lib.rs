@@ -90,7 +90,7 @@ pub async fn build(
             in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
             max_in_flight: cfg.max_in_flight.get() as usize,
             ops: OpsRoutes { service: "command", metrics, ready },
-            edge: common::edge::Edge::new(&cfg.edge),
+            edge: common::edge::Edge::new(&cfg.edge, Some(&cfg.auth)),
             fatal,
             background,
             tasks,

@@ -202,11 +202,16 @@ mod tests {
 }
 
 /// Security and limits at the HTTP edge of the public services (command, query).
-#[derive(Debug, Clone, Args)]
-pub struct EdgeConfig {
+/// Authentication of writes, for the services that take them (the command).
+#[derive(Debug, Clone, Default, Args)]
+pub struct WriteAuthConfig {
     /// Require `Authorization: Bearer <token>` on writes (POST). Unset: no authentication.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EdgeConfig {
     /// Requests per second allowed per client IP address (token bucket); 0 turns rate limiting off.
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value = "0")]
     pub rate_limit_per_sec: u32,

@@ -17,7 +17,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW
 use hyper::{Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, WriteAuthConfig};
 use crate::http::{self, Body, PeerAddr};
 
 /// Per-client rate limits: a GCRA (token bucket equivalent) per client IP
@@ -86,9 +86,10 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(cfg: &EdgeConfig) -> Self {
+    /// The checks of `cfg`; `auth` (writes' bearer token) only for a service that takes writes.
+    pub fn new(cfg: &EdgeConfig, auth: Option<&WriteAuthConfig>) -> Self {
         Edge {
-            token: cfg.api_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
+            token: auth.and_then(|a| a.api_token.as_deref()).filter(|t| !t.is_empty()).map(Arc::from),
             limiter: NonZeroU32::new(cfg.rate_limit_per_sec)
                 .map(|per_sec| Arc::new(RateLimiter::new(per_sec, cfg.rate_limit_burst))),
             request_timeout: cfg.request_timeout,
@@ -153,10 +154,13 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         edge: EdgeConfig,
+        #[command(flatten)]
+        auth: WriteAuthConfig,
     }
 
     fn edge(args: &[&str]) -> Edge {
-        Edge::new(&Cli::parse_from(std::iter::once("t").chain(args.iter().copied())).edge)
+        let cli = Cli::parse_from(std::iter::once("t").chain(args.iter().copied()));
+        Edge::new(&cli.edge, Some(&cli.auth))
     }
 
     fn req(auth: Option<&str>, len: Option<u64>, ip: [u8; 4]) -> Request<()> {

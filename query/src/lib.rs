@@ -41,7 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
     let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge), cfg.local_cache_ttl))
+    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).

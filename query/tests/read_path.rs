@@ -45,7 +45,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         cfg.pg.url = url.to_owned();
         let pool = common::pg::pool(&cfg.pg).unwrap();
         let cache = HourCache::connect(&redis).await.unwrap();
-        let edge = common::edge::Edge::new(&cfg.edge);
+        let edge = common::edge::Edge::new(&cfg.edge, None);
         let app = query::app_from_parts(
             cache.clone(),
             pool.clone(),
