@@ -225,6 +225,34 @@ where
     }
 }
 
+/// Stops consuming `partition` at the undecodable record at `offset` and
+/// raises the alarm: an error log naming the record, and `gauge{partition}`
+/// set to 1. Used instead of skipping the record, which could lose an
+/// accepted event or an hour's newest counts for good.
+pub fn stall_partition<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    error: Option<String>,
+    gauge: &'static str,
+) {
+    let error = error.unwrap_or_else(|| "no value".to_owned());
+    tracing::error!(
+        topic,
+        partition,
+        offset,
+        error,
+        "undecodable record: partition stopped at this record; deploy a reader that knows it, then restart"
+    );
+    metrics::gauge!(gauge, "partition" => partition.to_string()).set(1.0);
+    let mut stop = rdkafka::TopicPartitionList::new();
+    stop.add_partition(topic, partition);
+    if let Err(e) = consumer.pause(&stop) {
+        tracing::warn!(partition, error = %e, "pausing the partition failed; its records are ignored");
+    }
+}
+
 /// Sets `gauge{partition}` to high watermark − next offset for each position.
 /// Asking the broker blocks, so it runs on the blocking pool, off the caller's loop.
 pub fn record_lag<C>(consumer: std::sync::Arc<C>, topic: &str, positions: Vec<(i32, i64)>, gauge: &'static str)

@@ -221,7 +221,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
     assert_counts_converge(query, &counted, Duration::ZERO).await;
     assert_eq!(stalled_gauge(processor, healthy as i32).await, Some(0.0));
     let log = std::fs::read_to_string(stack.log_dir().join("processor.log")).expect("the processor's log");
-    assert!(log.contains("undecodable event: partition stopped at this record"), "{log}");
+    assert!(log.contains("undecodable record: partition stopped at this record"), "{log}");
     assert!(log.contains("unknown schema: fingerprint 0x0123456789abcdef"), "{log}");
 
     // A restart with the same build does not skip the records either.

@@ -13,7 +13,7 @@ use common::membership::Membership;
 use common::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use tokio::time::Instant;
 
 use crate::metrics as m;
@@ -174,23 +174,16 @@ impl Materializer {
                 // newer schema version, say). Stop this partition at the record
                 // (the batch's position for it stays below), keep its lease, and
                 // raise the alarm; the other partitions go on.
-                let error = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "no value".to_owned(),
-                };
-                tracing::error!(
+                let error = other.and_then(Result::err).map(|e| e.to_string());
+                stalled.insert(partition, offset);
+                common::kafka::stall_partition(
+                    &*self.consumer,
+                    &self.topic,
                     partition,
                     offset,
                     error,
-                    "undecodable aggregate: partition stopped at this record; deploy a reader that knows it, then restart"
+                    m::PARTITION_STALLED,
                 );
-                stalled.insert(partition, offset);
-                metrics::gauge!(m::PARTITION_STALLED, "partition" => partition.to_string()).set(1.0);
-                let mut stop = TopicPartitionList::new();
-                stop.add_partition(&self.topic, partition);
-                if let Err(e) = self.consumer.pause(&stop) {
-                    tracing::warn!(partition, error = %e, "pausing the partition failed; its records are ignored");
-                }
                 return;
             }
         }

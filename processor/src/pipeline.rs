@@ -275,23 +275,16 @@ impl Processor {
                 // Skipping it would lose an accepted event for good (a record of a
                 // newer schema version, say). Stop this partition at the record,
                 // keeping its lease and state, and raise the alarm; the others go on.
-                let error = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "no value".to_owned(),
-                };
-                tracing::error!(
+                let error = other.and_then(Result::err).map(|e| e.to_string());
+                owned.stalled_at = Some(offset);
+                common::kafka::stall_partition(
+                    &*self.consumer,
+                    &self.topic,
                     partition,
                     offset,
                     error,
-                    "undecodable event: partition stopped at this record; deploy a reader that knows it, then restart"
+                    m::PARTITION_STALLED,
                 );
-                owned.stalled_at = Some(offset);
-                metrics::gauge!(m::PARTITION_STALLED, "partition" => partition.to_string()).set(1.0);
-                let mut stop = TopicPartitionList::new();
-                stop.add_partition(&self.topic, partition);
-                if let Err(e) = self.consumer.pause(&stop) {
-                    tracing::warn!(partition, error = %e, "pausing the partition failed; its records are ignored");
-                }
                 return;
             }
         };
