@@ -120,7 +120,8 @@ impl StateStore {
                 &[&self.topic, &partition],
             )
             .await?;
-        let (epoch, next_offset, watermark_ms): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (epoch, next_offset, watermark_ms): (i64, i64, i64) =
+            (row.get("epoch"), row.get("next_offset"), row.get("watermark_ms"));
         let hours = tx
             .query(
                 "SELECT hour_start_ms, clicks, impressions, unique_users FROM processor_hours
@@ -145,22 +146,22 @@ impl StateStore {
 
         let mut users: HashMap<i64, Vec<&[u8]>> = HashMap::new();
         for c in &chunks {
-            users.entry(c.get(0)).or_default().push(c.get::<_, &[u8]>(1));
+            users.entry(c.get("hour_start_ms")).or_default().push(c.get::<_, &[u8]>("users"));
         }
         let mut window = PartitionWindow::new(next_offset, watermark_ms, retention_ms);
         let mut chunk_counts = Chunks::default();
         for c in &id_chunks {
-            let Some(hour) = HourStart::from_aligned(c.get(0)) else { continue };
-            window.restore_ids(hour, decode_hashes(c.get::<_, &[u8]>(1)));
+            let Some(hour) = HourStart::from_aligned(c.get("hour_start_ms")) else { continue };
+            window.restore_ids(hour, decode_hashes(c.get::<_, &[u8]>("ids")));
             *chunk_counts.ids.entry(hour).or_default() += 1;
         }
         for h in &hours {
-            let Some(hour) = HourStart::from_aligned(h.get(0)) else { continue };
+            let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
-            let expected = usize::try_from(h.get::<_, i64>(3)).unwrap_or(0);
+            let expected = usize::try_from(h.get::<_, i64>("unique_users")).unwrap_or(0);
             let bucket = HourBucket::restore(
-                u64::try_from(h.get::<_, i64>(1)).unwrap_or(0),
-                u64::try_from(h.get::<_, i64>(2)).unwrap_or(0),
+                u64::try_from(h.get::<_, i64>("clicks")).unwrap_or(0),
+                u64::try_from(h.get::<_, i64>("impressions")).unwrap_or(0),
                 parts.iter().flat_map(|p| decode_hashes(p)),
                 expected,
             );

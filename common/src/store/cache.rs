@@ -1,5 +1,5 @@
 //! Hourly totals in Redis: one hash per hour, `<prefix>:hour:<hour_start_ms>`,
-//! with fields `v` (version), `u`, `c`, `i`, and a TTL.
+//! with fields `v` (version), `u`, `c`, `i` (see [`super::COUNT_FIELDS`]), and a TTL.
 //!
 //! Two writers: the materializer ([`HourCache::put_if_newer`]) and the query's
 //! write-back of what it read from PostgreSQL ([`HourCache::fill`]). The
@@ -17,20 +17,29 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::HourTotals;
-use crate::analytics::{HourCounts, HourStart};
+use crate::analytics::HourStart;
 use crate::config::RedisConfig;
 
 /// Writes each hour only if its version is newer than the stored one, and
 /// refreshes the TTL of what it writes. Atomic per call.
+///
+/// ARGV: the TTL in ms, the number `n` of hash fields, their `n` names (the
+/// version first, see [`super::redis_fields`]), then `n` values per key.
 const PUT_IF_NEWER: &str = r"
 local ttl = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local written = 0
 for i, key in ipairs(KEYS) do
-  local base = 1 + (i - 1) * 4
+  local base = 2 + n + (i - 1) * n
   local v = tonumber(ARGV[base + 1])
-  local cur = tonumber(redis.call('HGET', key, 'v'))
+  local cur = tonumber(redis.call('HGET', key, ARGV[3]))
   if cur == nil or cur < v then
-    redis.call('HSET', key, 'v', ARGV[base + 1], 'u', ARGV[base + 2], 'c', ARGV[base + 3], 'i', ARGV[base + 4])
+    local args = {}
+    for f = 1, n do
+      args[#args + 1] = ARGV[2 + f]
+      args[#args + 1] = ARGV[base + f]
+    end
+    redis.call('HSET', key, unpack(args))
     redis.call('PEXPIRE', key, ttl)
     written = written + 1
   end
@@ -41,20 +50,45 @@ return written
 ";
 
 /// A query's write-back: only under its own, still valid fill lease, and only if newer.
+///
+/// ARGV: the TTL in ms, the lease, the number `n` of hash fields, their `n`
+/// names (the version first), then their `n` values.
 const FILL: &str = r"
 local key = KEYS[1]
 if redis.call('GET', key .. ':fill') ~= ARGV[2] then
   return 0
 end
 redis.call('DEL', key .. ':fill')
-local cur = tonumber(redis.call('HGET', key, 'v'))
-if cur == nil or cur < tonumber(ARGV[3]) then
-  redis.call('HSET', key, 'v', ARGV[3], 'u', ARGV[4], 'c', ARGV[5], 'i', ARGV[6])
+local n = tonumber(ARGV[3])
+local cur = tonumber(redis.call('HGET', key, ARGV[4]))
+if cur == nil or cur < tonumber(ARGV[4 + n]) then
+  local args = {}
+  for f = 1, n do
+    args[#args + 1] = ARGV[3 + f]
+    args[#args + 1] = ARGV[3 + n + f]
+  end
+  redis.call('HSET', key, unpack(args))
   redis.call('PEXPIRE', key, tonumber(ARGV[1]))
   return 1
 end
 return 0
 ";
+
+/// Adds the number of hash fields and their names (the version first) to a script call.
+fn field_names(inv: &mut redis::ScriptInvocation<'_>) {
+    inv.arg(super::COUNT_FIELDS.len() + 1);
+    for name in super::redis_fields() {
+        inv.arg(name);
+    }
+}
+
+/// Adds the values of one hour's hash fields, in the order of [`field_names`].
+fn field_values(inv: &mut redis::ScriptInvocation<'_>, totals: &HourTotals) {
+    inv.arg(totals.version);
+    for value in super::count_values(totals.counts) {
+        inv.arg(value);
+    }
+}
 
 /// How long a fill lease lives: longer than any PostgreSQL read it covers.
 const FILL_LEASE: Duration = Duration::from_secs(10);
@@ -167,13 +201,19 @@ impl HourCache {
     /// [`CacheError`] when Redis does not answer.
     pub async fn get(&self, hour: HourStart) -> Result<Option<HourTotals>, CacheError> {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.key(hour)).arg(&["v", "u", "c", "i"]);
-        let (v, u, c, i): (Option<i64>, Option<u64>, Option<u64>, Option<u64>) =
-            self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
-        Ok(match (v, u, c, i) {
-            (Some(version), Some(unique_users), Some(clicks), Some(impressions)) => {
-                Some(HourTotals { counts: HourCounts { unique_users, clicks, impressions }, version })
-            }
+        cmd.arg(self.key(hour)).arg(super::redis_fields().collect::<Vec<_>>());
+        let (version, counts): (Option<i64>, Vec<Option<u64>>) = self
+            .guarded(|mut conn| async move {
+                let mut values: Vec<redis::Value> = cmd.query_async(&mut conn).await?;
+                let counts = values.split_off(1.min(values.len()));
+                let version = values.pop().map(redis::from_owned_redis_value).transpose()?.flatten();
+                let counts = counts.into_iter().map(redis::from_owned_redis_value).collect::<Result<_, _>>()?;
+                Ok((version, counts))
+            })
+            .await?;
+        let counts: Option<Vec<u64>> = counts.into_iter().collect();
+        Ok(match (version, counts.and_then(|c| <[u64; super::COUNTS]>::try_from(c).ok())) {
+            (Some(version), Some(values)) => Some(HourTotals { counts: super::counts_from_values(values), version }),
             _ => None,
         })
     }
@@ -188,12 +228,10 @@ impl HourCache {
         }
         let mut inv = self.script.prepare_invoke();
         inv.arg(self.ttl.as_millis() as u64);
+        field_names(&mut inv);
         for (hour, t) in totals {
-            inv.key(self.key(*hour))
-                .arg(t.version)
-                .arg(t.counts.unique_users)
-                .arg(t.counts.clicks)
-                .arg(t.counts.impressions);
+            inv.key(self.key(*hour));
+            field_values(&mut inv, t);
         }
         self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
     }
@@ -219,13 +257,9 @@ impl HourCache {
     /// [`CacheError`] when Redis does not answer.
     pub async fn fill(&self, hour: HourStart, totals: HourTotals, lease: &str) -> Result<bool, CacheError> {
         let mut inv = self.fill.prepare_invoke();
-        inv.key(self.key(hour))
-            .arg(self.ttl.as_millis() as u64)
-            .arg(lease)
-            .arg(totals.version)
-            .arg(totals.counts.unique_users)
-            .arg(totals.counts.clicks)
-            .arg(totals.counts.impressions);
+        inv.key(self.key(hour)).arg(self.ttl.as_millis() as u64).arg(lease);
+        field_names(&mut inv);
+        field_values(&mut inv, &totals);
         let written: i64 = self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await?;
         Ok(written == 1)
     }

@@ -2,13 +2,61 @@
 
 use std::collections::BTreeMap;
 
-use super::HourTotals;
-use crate::analytics::{HourCounts, HourStart};
+use std::sync::LazyLock;
+
+use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_FIELD};
+use crate::analytics::HourStart;
 use crate::avro::HourAggregate;
 use crate::pg::PgError;
 
 /// Namespace of the per-hour advisory locks.
 const HOUR_LOCK_SPACE: i32 = 0x4e41;
+
+/// The offset-guarded upsert of partition rows; parameters: hours, partitions,
+/// one array per count (in the order of [`COUNT_FIELDS`]), offsets, watermarks.
+static UPSERT_PARTITIONS: LazyLock<String> = LazyLock::new(|| {
+    let arrays: String = (0..COUNTS).map(|k| format!("${}::bigint[], ", k + 3)).collect();
+    format!(
+        "INSERT INTO hourly_partition_aggregates
+             (hour_start_ms, partition, {columns}, input_offset, watermark_ms)
+         SELECT * FROM unnest($1::bigint[], $2::int[], {arrays}${offset}::bigint[], ${watermark}::bigint[])
+         ON CONFLICT (hour_start_ms, partition) DO UPDATE SET
+             {set}, input_offset = EXCLUDED.input_offset, watermark_ms = EXCLUDED.watermark_ms, updated_at = now()
+         WHERE hourly_partition_aggregates.input_offset < EXCLUDED.input_offset",
+        columns = count_columns(str::to_owned, ", "),
+        offset = COUNTS + 3,
+        watermark = COUNTS + 4,
+        set = count_columns(|c| format!("{c} = EXCLUDED.{c}"), ", "),
+    )
+});
+
+/// Sums the partition rows of the hours `$1` into their totals, bumping the
+/// version only when a count changed.
+static SUM_HOURS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO hourly_aggregates (hour_start_ms, {columns}, {version})
+         SELECT hour_start_ms, {sums}, 1
+         FROM hourly_partition_aggregates WHERE hour_start_ms = ANY($1) GROUP BY hour_start_ms
+         ON CONFLICT (hour_start_ms) DO UPDATE SET
+             {set}, {version} = hourly_aggregates.{version} + 1, updated_at = now()
+         WHERE ({current}) IS DISTINCT FROM ({excluded})",
+        columns = count_columns(str::to_owned, ", "),
+        version = VERSION_FIELD.column,
+        sums = count_columns(|c| format!("sum({c})::bigint"), ", "),
+        set = count_columns(|c| format!("{c} = EXCLUDED.{c}"), ", "),
+        current = count_columns(|c| format!("hourly_aggregates.{c}"), ", "),
+        excluded = count_columns(|c| format!("EXCLUDED.{c}"), ", "),
+    )
+});
+
+/// The totals rows, to be followed by a `WHERE` clause; read with [`row_to_totals`].
+static SELECT_HOURS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT hour_start_ms, {}, {} FROM hourly_aggregates",
+        count_columns(str::to_owned, ", "),
+        VERSION_FIELD.column
+    )
+});
 
 /// Keeps, per (hour, partition), only the aggregate with the highest input offset.
 ///
@@ -53,46 +101,18 @@ pub async fn apply_aggregates(
     }
     let col = |f: fn(&HourAggregate) -> i64| aggs.iter().map(f).collect::<Vec<i64>>();
     let partitions: Vec<i32> = aggs.iter().map(|a| a.partition).collect();
-    tx.execute(
-        "INSERT INTO hourly_partition_aggregates
-             (hour_start_ms, partition, unique_users, clicks, impressions, input_offset, watermark_ms)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-         ON CONFLICT (hour_start_ms, partition) DO UPDATE SET
-             unique_users = EXCLUDED.unique_users, clicks = EXCLUDED.clicks, impressions = EXCLUDED.impressions,
-             input_offset = EXCLUDED.input_offset, watermark_ms = EXCLUDED.watermark_ms, updated_at = now()
-         WHERE hourly_partition_aggregates.input_offset < EXCLUDED.input_offset",
-        &[
-            &col(|a| a.hour.start_ms()),
-            &partitions,
-            &col(|a| a.counts.unique_users as i64),
-            &col(|a| a.counts.clicks as i64),
-            &col(|a| a.counts.impressions as i64),
-            &col(|a| a.input_offset),
-            &col(|a| a.watermark_ms),
-        ],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO hourly_aggregates (hour_start_ms, unique_users, clicks, impressions, version)
-         SELECT hour_start_ms, sum(unique_users)::bigint, sum(clicks)::bigint, sum(impressions)::bigint, 1
-         FROM hourly_partition_aggregates WHERE hour_start_ms = ANY($1) GROUP BY hour_start_ms
-         ON CONFLICT (hour_start_ms) DO UPDATE SET
-             unique_users = EXCLUDED.unique_users, clicks = EXCLUDED.clicks, impressions = EXCLUDED.impressions,
-             version = hourly_aggregates.version + 1, updated_at = now()
-         WHERE (hourly_aggregates.unique_users, hourly_aggregates.clicks, hourly_aggregates.impressions)
-               IS DISTINCT FROM (EXCLUDED.unique_users, EXCLUDED.clicks, EXCLUDED.impressions)",
-        &[&hours],
-    )
-    .await?;
+    let counts: Vec<Vec<i64>> =
+        (0..COUNTS).map(|k| aggs.iter().map(|a| count_values(a.counts)[k] as i64).collect()).collect();
+    let (hour_starts, offsets, watermarks) =
+        (col(|a| a.hour.start_ms()), col(|a| a.input_offset), col(|a| a.watermark_ms));
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&hour_starts, &partitions];
+    params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
+    params.extend([&offsets as &(dyn tokio_postgres::types::ToSql + Sync), &watermarks]);
+    tx.execute(UPSERT_PARTITIONS.as_str(), &params).await?;
+    tx.execute(SUM_HOURS.as_str(), &[&hours]).await?;
     // Read back all touched hours, changed or not: after a crash between this
     // commit and the Redis write, the replay must still refresh Redis.
-    let rows = tx
-        .query(
-            "SELECT hour_start_ms, unique_users, clicks, impressions, version
-             FROM hourly_aggregates WHERE hour_start_ms = ANY($1)",
-            &[&hours],
-        )
-        .await?;
+    let rows = tx.query(&format!("{} WHERE hour_start_ms = ANY($1)", *SELECT_HOURS), &[&hours]).await?;
     tx.commit().await?;
     Ok(rows.iter().filter_map(row_to_totals).collect())
 }
@@ -102,12 +122,7 @@ pub async fn apply_aggregates(
 /// # Errors
 /// [`PgError`] when PostgreSQL cannot answer.
 pub async fn read_hour(client: &deadpool_postgres::Client, hour: HourStart) -> Result<Option<HourTotals>, PgError> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT hour_start_ms, unique_users, clicks, impressions, version
-             FROM hourly_aggregates WHERE hour_start_ms = $1",
-        )
-        .await?;
+    let stmt = client.prepare_cached(&format!("{} WHERE hour_start_ms = $1", *SELECT_HOURS)).await?;
     let row = client.query_opt(&stmt, &[&hour.start_ms()]).await?;
     Ok(row.as_ref().and_then(row_to_totals).map(|(_, t)| t))
 }
@@ -122,30 +137,21 @@ pub async fn changed_within(
 ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
     let secs = window.as_secs_f64();
     let rows = client
-        .query(
-            "SELECT hour_start_ms, unique_users, clicks, impressions, version
-             FROM hourly_aggregates WHERE updated_at > now() - make_interval(secs => $1)",
-            &[&secs],
-        )
+        .query(&format!("{} WHERE updated_at > now() - make_interval(secs => $1)", *SELECT_HOURS), &[&secs])
         .await?;
     Ok(rows.iter().filter_map(row_to_totals).collect())
 }
 
 fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
-    let hour = HourStart::from_aligned(row.get(0))?;
-    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-    Some((
-        hour,
-        HourTotals {
-            counts: HourCounts { unique_users: count(1), clicks: count(2), impressions: count(3) },
-            version: row.get(4),
-        },
-    ))
+    let hour = HourStart::from_aligned(row.get("hour_start_ms"))?;
+    let values = COUNT_FIELDS.map(|f| u64::try_from(row.get::<_, i64>(f.column)).unwrap_or(0));
+    Some((hour, HourTotals { counts: counts_from_values(values), version: row.get(VERSION_FIELD.column) }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::HourCounts;
 
     fn agg(h: i64, p: i32, off: i64, clicks: u64) -> HourAggregate {
         HourAggregate {
