@@ -23,10 +23,9 @@ PIDFILE="$RUN_DIR/kafka.pid"
 LOG="$RUN_DIR/kafka.log"
 VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
 
-log() { printf '\033[1m[kafka]\033[0m %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-alive() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+LOG_TAG=kafka
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 ensure_java() {
   command -v java >/dev/null || { log "installing Java 17 from Debian packages";
@@ -76,7 +75,7 @@ answers() {
 }
 
 up() {
-  if alive; then return; fi
+  if alive "$PIDFILE"; then return; fi
   if port_open "$BROKER_PORT"; then log "a broker already answers on :$BROKER_PORT (not started by us); using it"; return; fi
   fetch
   config
@@ -87,28 +86,19 @@ up() {
   echo $! >"$PIDFILE"
   local deadline=$((SECONDS + 90))
   until answers "$from"; do
-    alive || die "Kafka exited during start-up (see $LOG)"
+    alive "$PIDFILE" || die "Kafka exited during start-up (see $LOG)"
     ((SECONDS < deadline)) || die "Kafka not ready after 90s (see $LOG)"
     sleep 0.3
   done
   log "Kafka ready (pid $(cat "$PIDFILE"))"
 }
 
-down() {
-  if alive; then
-    local pid; pid="$(cat "$PIDFILE")"
-    log "stopping Kafka (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "Kafka did not stop in 30s; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$PIDFILE"
-}
+down() { stop_pid Kafka "$PIDFILE" 30; }
 
 case "${1:-}" in
   fetch) fetch ;;
   up) up ;;
   down) down ;;
-  status) if alive; then echo "kafka: running (pid $(cat "$PIDFILE"))"; else echo "kafka: stopped"; fi ;;
+  status) if alive "$PIDFILE"; then echo "kafka: running (pid $(cat "$PIDFILE"))"; else echo "kafka: stopped"; fi ;;
   *) die "usage: $0 fetch|up|down|status" ;;
 esac

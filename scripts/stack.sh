@@ -23,13 +23,9 @@ PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
 MATERIALIZER_PORT="${MATERIALIZER_PORT:-9102}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# True if the PID file names a live process.
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+LOG_TAG=stack
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 wait_for() { # wait_for <what> <seconds> <command...>
   local what=$1 limit=$2; shift 2
@@ -105,18 +101,6 @@ YAML
 }
 
 broker_up() { RUN_DIR="$RUN_DIR" BROKER_PORT="$BROKER_PORT" "$ROOT/scripts/kafka.sh" up; }
-
-stop_pid() { # stop_pid <name> <pidfile>
-  local pidfile=$2
-  if alive "$pidfile"; then
-    local pid; pid="$(cat "$pidfile")"
-    log "stopping $1 (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "$1 did not stop in 15s; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$pidfile"
-}
 
 broker_down() { RUN_DIR="$RUN_DIR" "$ROOT/scripts/kafka.sh" down; }
 

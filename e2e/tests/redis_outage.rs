@@ -7,8 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::analytics::HourStart;
-use common::store::cache::HourCache;
-use e2e::{assert_counts_converge, free_port, get_counts, post_all, workload, Expected, Stack};
+use e2e::{
+    assert_counts_converge, free_port, get_counts, post_all, wait_redis_equals_postgres, workload, Expected, Stack,
+};
 
 /// A private redis-server, stopped on drop.
 struct PrivateRedis {
@@ -85,20 +86,7 @@ async fn redis_down_under_load_postgres_goes_on_and_redis_catches_up() {
     after.iter().for_each(|e| expected.add(e));
     post_all(command, after, 8).await;
     assert_counts_converge(query, &expected, Duration::from_secs(60)).await;
-    let cache = HourCache::connect(&stack.redis).await.expect("redis is back");
-    let want = expected.hours();
-    common::test_util::wait_until("Redis equal to PostgreSQL", Duration::from_secs(30), || async {
-        let pool = common::pg::pool(&stack.pg).ok()?;
-        let client = pool.get().await.ok()?;
-        for (h, counts) in &want {
-            let pg = common::store::hours::read_hour(&client, *h).await.ok()??;
-            let cached = cache.get(*h).await.ok()??;
-            if pg.counts != *counts || cached != pg {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    let want: Vec<_> = expected.hours().into_iter().map(|(h, c)| (h, Some(c))).collect();
+    wait_redis_equals_postgres(&stack, &want, Duration::from_secs(30)).await;
     stack.cleanup().await;
 }

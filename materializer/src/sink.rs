@@ -52,6 +52,18 @@ struct RedisBacklog {
     failing: bool,
 }
 
+impl RedisBacklog {
+    /// Holds each hour's newest totals (equal versions are equal totals).
+    fn keep_newest(&mut self, totals: impl IntoIterator<Item = (HourStart, HourTotals)>) {
+        for (hour, t) in totals {
+            let held = self.pending.entry(hour).or_insert(t);
+            if t.version > held.version {
+                *held = t;
+            }
+        }
+    }
+}
+
 pub struct ReadModelSink {
     pool: Pool,
     cache: HourCache,
@@ -91,13 +103,7 @@ impl ReadModelSink {
     }
 
     fn enqueue(&self, totals: Vec<(HourStart, HourTotals)>) {
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        for (hour, t) in totals {
-            let held = backlog.pending.entry(hour).or_insert(t);
-            if t.version >= held.version {
-                *held = t;
-            }
-        }
+        self.backlog.lock().expect("backlog lock").keep_newest(totals);
     }
 
     /// Writes to Redis what it has not received yet (after a failure, the
@@ -138,12 +144,7 @@ impl ReadModelSink {
                 }
                 backlog.failing = true;
                 // Put back what was taken, unless a newer version arrived meanwhile.
-                for (hour, t) in pending {
-                    let held = backlog.pending.entry(hour).or_insert(t);
-                    if t.version > held.version {
-                        *held = t;
-                    }
-                }
+                backlog.keep_newest(pending);
             }
         }
         metrics::gauge!(m::REDIS_PENDING_HOURS).set(backlog.pending.len() as f64);
