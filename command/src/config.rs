@@ -5,11 +5,11 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{
+use common::engine::config::{
     parse_duration, EdgeConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig,
     WriteAuthConfig,
 };
-use common::kafka::ProducerTuning;
+use common::engine::kafka::ProducerTuning;
 
 /// Accepts analytics events over HTTP and appends them durably to the events topic.
 #[derive(Debug, Clone, Parser)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use common::analytics::request::parse_post;
 use common::analytics::{ClickEvent, EventId, RejectReason};
-use common::http::{self, Body, OpsRoutes};
+use common::engine::http::{self, Body, OpsRoutes};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
@@ -26,13 +26,13 @@ pub(crate) struct Inner {
     pub in_flight: Semaphore,
     pub max_in_flight: usize,
     pub ops: OpsRoutes,
-    pub edge: common::edge::Edge,
+    pub edge: common::engine::edge::Edge,
     /// Cancelled when the producer hits a fatal error: the process restarts.
-    pub fatal: common::shutdown::CancellationToken,
+    pub fatal: common::engine::shutdown::CancellationToken,
     /// Stops the background start-up checks when the service stops.
-    pub background: common::shutdown::CancellationToken,
+    pub background: common::engine::shutdown::CancellationToken,
     /// The service's background tasks (start-up checks, gauges), drained on the way out.
-    pub tasks: common::shutdown::TaskTracker,
+    pub tasks: common::engine::shutdown::TaskTracker,
     /// Partitions of the events topic as agreed for the deployment; 0 until known.
     pub partitions: Arc<std::sync::atomic::AtomicI32>,
 }
@@ -60,7 +60,7 @@ impl CommandApp {
     fn judge(&self, event: &ClickEvent, delivery: crate::publisher::Delivered) -> Outcome {
         let agreed = self.inner.partitions.load(std::sync::atomic::Ordering::Relaxed);
         if agreed > 0 {
-            let expected = common::kafka::partition_for(event.user.as_str().as_bytes(), agreed);
+            let expected = common::engine::kafka::partition_for(event.user.as_str().as_bytes(), agreed);
             if delivery.partition != expected {
                 return Outcome::Misrouted { partition: delivery.partition, expected };
             }

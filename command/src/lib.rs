@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::http::{OpsRoutes, ServerLimits};
-use common::kafka::TopicSpec;
-use common::pg::{migrations, Migration};
-use common::shutdown::{spawn_critical, CancellationToken, TaskTracker};
+use common::engine::http::{OpsRoutes, ServerLimits};
+use common::engine::kafka::TopicSpec;
+use common::engine::pg::{migrations, Migration};
+use common::engine::shutdown::{spawn_critical, CancellationToken, TaskTracker};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -49,18 +49,18 @@ pub async fn build(
         cfg.edge.request_timeout,
         cfg.delivery_timeout
     );
-    common::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::events(&cfg.events)]).await.context("creating topics")?;
+    common::engine::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::events(&cfg.events)]).await.context("creating topics")?;
     // One horizon and one partition count for the whole deployment: refuse to
     // accept events under settings the processor does not share.
-    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    common::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
+    common::engine::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
     let fatal = CancellationToken::new();
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     let partitions = Arc::new(std::sync::atomic::AtomicI32::new(0));
-    match common::pg::agree_partitions(&pool, "command", &cfg.kafka, &cfg.events).await {
+    match common::engine::pg::agree_partitions(&pool, "command", &cfg.kafka, &cfg.events).await {
         Ok(n) => partitions.store(n, std::sync::atomic::Ordering::Relaxed),
-        Err(e) if e.is::<common::pg::SettingMismatch>() => return Err(e),
+        Err(e) if e.is::<common::engine::pg::SettingMismatch>() => return Err(e),
         Err(e) => {
             // The broker may be down while we start: serve (with 503s) and check once it answers.
             tracing::warn!(error = %e, "partition count not checked yet; retrying in the background");
@@ -74,7 +74,7 @@ pub async fn build(
         .context("creating the producers")?;
     let inner = Arc::new_cyclic(|weak: &std::sync::Weak<http::Inner>| {
         let weak = weak.clone();
-        let ready: common::http::ReadyCheck = Arc::new(move || {
+        let ready: common::engine::http::ReadyCheck = Arc::new(move || {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
@@ -90,7 +90,7 @@ pub async fn build(
             in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
             max_in_flight: cfg.max_in_flight.get() as usize,
             ops: OpsRoutes { service: "command", metrics, ready },
-            edge: common::edge::Edge::new(&cfg.edge, Some(&cfg.auth)),
+            edge: common::engine::edge::Edge::new(&cfg.edge, Some(&cfg.auth)),
             fatal,
             background,
             tasks,
@@ -106,14 +106,14 @@ pub async fn build(
 /// processor.
 async fn recheck_partitions(
     pool: deadpool_postgres::Pool,
-    (kafka, events): (common::config::KafkaConfig, common::config::EventsTopicConfig),
+    (kafka, events): (common::engine::config::KafkaConfig, common::engine::config::EventsTopicConfig),
     agreed: Arc<std::sync::atomic::AtomicI32>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let policy = common::retry::backoff(Duration::from_secs(1), Duration::from_secs(10));
-    let attempt = || common::pg::agree_partitions(&pool, "command", &kafka, &events);
-    let retryable = |e: &anyhow::Error| !e.is::<common::pg::SettingMismatch>();
-    match common::retry::until_cancelled(&stop, policy, "checking the partition count", attempt, retryable).await {
+    let policy = common::engine::retry::backoff(Duration::from_secs(1), Duration::from_secs(10));
+    let attempt = || common::engine::pg::agree_partitions(&pool, "command", &kafka, &events);
+    let retryable = |e: &anyhow::Error| !e.is::<common::engine::pg::SettingMismatch>();
+    match common::engine::retry::until_cancelled(&stop, policy, "checking the partition count", attempt, retryable).await {
         None => Ok(()),
         Some(Ok(n)) => {
             agreed.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -163,10 +163,10 @@ pub async fn run(
         async move { app.handle(req).await }
     };
     tracing::info!(addr = %listener.local_addr()?, "command service listening");
-    common::http::serve(listener, handler, limits, stop.clone(), drain).await;
+    common::engine::http::serve(listener, handler, limits, stop.clone(), drain).await;
     stop.cancel();
     app.inner.background.cancel();
-    common::shutdown::drain(app.inner.tasks.clone(), drain).await?;
+    common::engine::shutdown::drain(app.inner.tasks.clone(), drain).await?;
     app.inner.publisher.flush(drain).context("flushing the producer")?;
     if fatal.is_cancelled() {
         anyhow::bail!("the producer hit a fatal error");

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use common::analytics::ClickEvent;
-use common::config::{EventsTopicConfig, KafkaConfig};
-use common::kafka::{self, ProducerTuning};
+use common::engine::config::{EventsTopicConfig, KafkaConfig};
+use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -105,7 +105,7 @@ impl EventPublisher {
     /// # Errors
     /// [`PublishError`]; the event is then not recorded as far as the client knows.
     pub async fn publish(&self, event: &ClickEvent) -> Result<Delivered, PublishError> {
-        let payload = common::avro::encode_event(event);
+        let payload = common::engine::avro::encode_event(event);
         let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
         let started = Instant::now();
         // A zero queue timeout: a full queue is overload, answered at once with 503.

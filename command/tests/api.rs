@@ -38,7 +38,7 @@ fn config(extra: &[&str]) -> Config {
 }
 
 async fn app(cfg: &Config) -> CommandApp {
-    command::build(cfg, common::telemetry::prometheus(), fixed_clock).await.expect("building the command app")
+    command::build(cfg, common::engine::telemetry::prometheus(), fixed_clock).await.expect("building the command app")
 }
 
 async fn status_and_body(app: &CommandApp, method: Method, uri: &str) -> (StatusCode, String) {
@@ -70,7 +70,7 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String, 
             Some(Ok(m)) => {
                 idle = 0;
                 let key = String::from_utf8(m.key().expect("keyed").to_vec()).expect("utf-8 key");
-                let event = common::avro::decode_event(m.payload().expect("payload")).expect("an Avro event");
+                let event = common::engine::avro::decode_event(m.payload().expect("payload")).expect("an Avro event");
                 out.push((m.partition(), key, event));
             }
             _ => idle += 1,
@@ -214,8 +214,8 @@ async fn a_real_listener_serves_and_refuses_oversized_or_broken_requests() {
     let app = app(&cfg).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let token = common::shutdown::CancellationToken::new();
-    let limits = common::http::ServerLimits::default();
+    let token = common::engine::shutdown::CancellationToken::new();
+    let limits = common::engine::http::ServerLimits::default();
     let server = tokio::spawn(command::run(app, listener, limits, token.clone(), Duration::from_secs(2)));
 
     let (status, body) = http(addr, "POST", &format!("/analytics?timestamp={NOW}&user=listener&click")).await.unwrap();

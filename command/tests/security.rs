@@ -63,11 +63,11 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         "--tls-key",
         key_path.to_str().unwrap(),
     ]);
-    let app = command::build(&cfg, common::telemetry::prometheus(), fixed_clock).await.unwrap();
-    let limits = common::http::ServerLimits::from_edge(&cfg.edge).unwrap();
+    let app = command::build(&cfg, common::engine::telemetry::prometheus(), fixed_clock).await.unwrap();
+    let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let token = common::shutdown::CancellationToken::new();
+    let token = common::engine::shutdown::CancellationToken::new();
     let server = tokio::spawn(command::run(app, listener, limits, token.clone(), Duration::from_secs(2)));
 
     let mut roots = RootCertStore::empty();
@@ -121,6 +121,6 @@ async fn a_request_timeout_shorter_than_delivery_is_refused_at_startup() {
         "--create-topics",
         "false",
     ]);
-    let err = command::build(&cfg, common::telemetry::prometheus(), fixed_clock).await.err().expect("refused");
+    let err = command::build(&cfg, common::engine::telemetry::prometheus(), fixed_clock).await.err().expect("refused");
     assert!(err.to_string().contains("--request-timeout"), "{err}");
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::analytics::{HourCounts, HourStart};
-use common::avro::{decode_hour_aggregate, HourAggregate};
+use common::engine::avro::{decode_hour_aggregate, HourAggregate};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;

@@ -11,17 +11,7 @@
 //! - [`kafka`], [`pg`], [`store`]: the adapters to the broker, PostgreSQL and the read model.
 
 pub mod analytics;
-pub mod avro;
-pub mod config;
-pub mod edge;
-pub mod http;
-pub mod kafka;
-pub mod membership;
-pub mod pg;
-pub mod retry;
-pub mod shutdown;
-pub mod store;
-pub mod telemetry;
+pub mod engine;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::num::NonZeroU32;
 
-use crate::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig, PgConfig, RedisConfig};
+use crate::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig, PgConfig, RedisConfig};
 
 /// A short random suffix so parallel tests never share topics, schemas or keys.
 pub fn unique_suffix() -> String {
@@ -123,7 +123,7 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str
 
 /// Deletes every Redis key under a prefix (cleanup).
 pub async fn clear_redis_prefix(redis: &RedisConfig) {
-    if let Ok(cache) = crate::store::cache::HourCache::connect(redis).await {
+    if let Ok(cache) = crate::engine::store::cache::HourCache::connect(redis).await {
         let _ = cache.clear().await;
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::kafka::{check_position, PositionOutsideLog};
+use common::engine::kafka::{check_position, PositionOutsideLog};
 use common::test_util::{delete_topics, isolated, unique_suffix};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

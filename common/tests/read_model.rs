@@ -2,9 +2,9 @@
 //! concurrent writers sum correctly, Redis never moves backwards.
 
 use common::analytics::{HourCounts, HourStart};
-use common::avro::HourAggregate;
-use common::store::cache::HourCache;
-use common::store::{hours, HourTotals};
+use common::engine::avro::HourAggregate;
+use common::engine::store::cache::HourCache;
+use common::engine::store::{hours, HourTotals};
 use common::test_util::{drop_schema, isolated, unique_suffix};
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
@@ -19,10 +19,10 @@ fn agg(partition: i32, offset: i64, users: u64, clicks: u64) -> HourAggregate {
     }
 }
 
-async fn setup() -> (deadpool_postgres::Pool, HourCache, common::config::PgConfig, common::config::RedisConfig) {
+async fn setup() -> (deadpool_postgres::Pool, HourCache, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let pool = common::pg::pool(&pg).unwrap();
-    common::pg::migrate(&pool, &pg, &[common::pg::migrations::READ_MODELS]).await.unwrap();
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();
     let cache = HourCache::connect(&redis).await.unwrap();
     (pool, cache, pg, redis)
 }

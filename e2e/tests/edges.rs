@@ -39,14 +39,14 @@ async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
         "--pg-schema",
         &stack.pg.schema,
     ]);
-    let app = command::build(&cfg, common::telemetry::prometheus(), clock).await.expect("command app");
-    let listener = common::http::bind(cfg.listen).await.expect("binding");
-    let limits = common::http::ServerLimits::from_edge(&cfg.edge).expect("limits");
+    let app = command::build(&cfg, common::engine::telemetry::prometheus(), clock).await.expect("command app");
+    let listener = common::engine::http::bind(cfg.listen).await.expect("binding");
+    let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge).expect("limits");
     tokio::spawn(command::run(
         app,
         listener,
         limits,
-        common::shutdown::CancellationToken::new(),
+        common::engine::shutdown::CancellationToken::new(),
         Duration::from_secs(1),
     ));
     cfg.listen
@@ -93,14 +93,14 @@ async fn a_fast_command_clock_cannot_close_hours_and_a_slow_one_cannot_2xx_an_un
 async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
     let mut stack = Stack::new();
     stack.start("processor", Service::Processor).await;
-    let pool = common::pg::pool(&stack.pg).unwrap();
+    let pool = common::engine::pg::pool(&stack.pg).unwrap();
     let kafka = stack.kafka.clone();
 
     // A command accepting 14 days back, while the deployment closes hours after 7.
     let horizon =
         common::analytics::Horizon { past: Duration::from_secs(14 * 86_400), ..common::analytics::Horizon::default() };
     let (broker, events) = (kafka.broker(), kafka.events());
-    let err = common::pg::agree_deployment(&pool, "command", &broker, &events, &horizon).await.unwrap_err();
+    let err = common::engine::pg::agree_deployment(&pool, "command", &broker, &events, &horizon).await.unwrap_err();
     assert!(err.to_string().contains("horizon.past_ms"), "{err}");
 
     // Partitions added to the events topic behind the deployment's back.
@@ -110,7 +110,7 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
     let grown = NewPartitions::new(&kafka.events_topic, kafka.events_partitions.get() as usize + 1);
     admin.create_partitions(&[grown], &AdminOptions::new()).await.unwrap();
     let err =
-        common::pg::agree_deployment(&pool, "processor", &broker, &events, &common::analytics::Horizon::default())
+        common::engine::pg::agree_deployment(&pool, "processor", &broker, &events, &common::analytics::Horizon::default())
             .await
             .unwrap_err();
     assert!(err.to_string().contains(&format!("partitions.{}", kafka.events_topic)), "{err}");
@@ -124,7 +124,7 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     let hour = HourStart::of(common::now_ms() - 2 * 3_600_000);
     let user = "misrouted-user";
     let n = stack.kafka.events_partitions.get() as i32;
-    let right = common::kafka::partition_for(user.as_bytes(), n);
+    let right = common::engine::kafka::partition_for(user.as_bytes(), n);
     let wrong = (right + 1) % n;
     // Written by a producer that ignores the key's partition.
     let event = common::analytics::ClickEvent {
@@ -136,7 +136,7 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     };
     let producer: rdkafka::producer::FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &stack.kafka.brokers).create().unwrap();
-    let payload = common::avro::encode_event(&event);
+    let payload = common::engine::avro::encode_event(&event);
     let record =
         rdkafka::producer::FutureRecord::to(&stack.kafka.events_topic).key(user).payload(&payload).partition(wrong);
     producer.send(record, Duration::from_secs(10)).await.unwrap();

@@ -47,7 +47,7 @@ fn partitions(stack: &Stack) -> i32 {
 /// Writes one record keyed by `user` to the partition Kafka's default
 /// partitioner picks for it (set explicitly); returns its offset.
 async fn produce(stack: &Stack, producer: &FutureProducer, user: &str, payload: &[u8]) -> i64 {
-    let partition = common::kafka::partition_for(user.as_bytes(), partitions(stack));
+    let partition = common::engine::kafka::partition_for(user.as_bytes(), partitions(stack));
     let record = FutureRecord::to(&stack.kafka.events_topic).key(user).payload(payload).partition(partition);
     let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("producing");
     assert_eq!(delivery.partition, partition);
@@ -58,7 +58,7 @@ async fn produce(stack: &Stack, producer: &FutureProducer, user: &str, payload: 
 fn users_in(partition: i32, partitions: i32, prefix: &str, count: usize) -> Vec<String> {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
-        .filter(|u| common::kafka::partition_for(u.as_bytes(), partitions) == partition)
+        .filter(|u| common::engine::kafka::partition_for(u.as_bytes(), partitions) == partition)
         .take(count)
         .collect()
 }
@@ -139,14 +139,14 @@ async fn records_written_with_every_schema_version_are_all_counted() {
     // again: every partition holds both versions, interleaved.
     let (v1_early, v1_late) = v1.split_at(30);
     for e in v1_early {
-        produce(&stack, &producer, &e.user, &common::avro::encode_event_v1(&click_event(e, None))).await;
+        produce(&stack, &producer, &e.user, &common::engine::avro::encode_event_v1(&click_event(e, None))).await;
     }
     post_all(command, &posted, 8).await;
     for e in v1_late {
-        produce(&stack, &producer, &e.user, &common::avro::encode_event_v1(&click_event(e, None))).await;
+        produce(&stack, &producer, &e.user, &common::engine::avro::encode_event_v1(&click_event(e, None))).await;
     }
     for (i, e) in v2_with_id.iter().enumerate() {
-        let payload = common::avro::encode_event(&click_event(e, Some(format!("evolution-{i}"))));
+        let payload = common::engine::avro::encode_event(&click_event(e, Some(format!("evolution-{i}"))));
         produce(&stack, &producer, &e.user, &payload).await;
     }
 
@@ -155,8 +155,8 @@ async fn records_written_with_every_schema_version_are_all_counted() {
 
     // The topic really holds both versions: v1 headers for the v1 records, v2 for the others.
     let header = |bytes: Vec<u8>| bytes[..10].to_vec();
-    let v1_header = header(common::avro::encode_event_v1(&click_event(&v1[0], None)));
-    let v2_header = header(common::avro::encode_event(&click_event(&v1[0], None)));
+    let v1_header = header(common::engine::avro::encode_event_v1(&click_event(&v1[0], None)));
+    let v2_header = header(common::engine::avro::encode_event(&click_event(&v1[0], None)));
     assert_ne!(v1_header, v2_header);
     let headers = headers_on_the_events_topic(&stack).await;
     assert_eq!(headers.iter().filter(|h| **h == v1_header).count(), v1.len());
@@ -196,7 +196,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
 
     // A record of a schema version this build does not know: a valid v2 body
     // under a fingerprint of no known version (a newer release's record).
-    let mut newer = common::avro::encode_event(&click_event(&event(&users[unknown][0], 7), None));
+    let mut newer = common::engine::avro::encode_event(&click_event(&event(&users[unknown][0], 7), None));
     newer[2..10].copy_from_slice(&0x0123_4567_89AB_CDEFu64.to_le_bytes());
     let unknown_offset = produce(&stack, &producer, &users[unknown][0], &newer).await;
     let garbage_offset = produce(&stack, &producer, &users[garbage][0], b"not an avro record").await;
@@ -237,7 +237,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
     // stopped, move the unknown record's partition one past it, under its current epoch.
     let (ok, _) = stack.terminate("processor");
     assert!(ok, "processor exits cleanly on SIGTERM");
-    let pool = common::pg::pool(&stack.pg).expect("a pool");
+    let pool = common::engine::pg::pool(&stack.pg).expect("a pool");
     let client = pool.get().await.expect("a PostgreSQL connection");
     let row = client
         .query_one(

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{
+use common::engine::config::{
     parse_duration, AggregatesTopicConfig, KafkaConfig, LeaseConfig, PgConfig, RedisConfig, TelemetryConfig,
 };
 

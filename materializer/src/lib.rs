@@ -1,7 +1,7 @@
 //! The materializer: aggregates topic → read models.
 //!
 //! Consumes the processor's absolute (hour, partition) aggregates from the
-//! partitions it holds a lease on ([`common::membership`], PostgreSQL leases
+//! partitions it holds a lease on ([`common::engine::membership`], PostgreSQL leases
 //! shared by the materializer instances) and upserts them into PostgreSQL
 //! (per-partition rows guarded by input offset, and per-hour totals with a
 //! version), then copies the hour totals to Redis (guarded by version, with
@@ -19,12 +19,12 @@ mod sink;
 use std::sync::Arc;
 
 use anyhow::Context;
-use common::http::OpsRoutes;
-use common::kafka::TopicSpec;
-use common::membership::Membership;
-use common::pg::{migrations, Migration};
-use common::shutdown::{CancellationToken, TaskTracker};
-use common::store::cache::HourCache;
+use common::engine::http::OpsRoutes;
+use common::engine::kafka::TopicSpec;
+use common::engine::membership::Membership;
+use common::engine::pg::{migrations, Migration};
+use common::engine::shutdown::{CancellationToken, TaskTracker};
+use common::engine::store::cache::HourCache;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -48,9 +48,9 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    common::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::aggregates(&cfg.aggregates)])
+    common::engine::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::aggregates(&cfg.aggregates)])
         .await
         .context("creating topics")?;
     let topic = &cfg.aggregates.aggregates_topic;
@@ -58,20 +58,20 @@ pub async fn run(
     let materializer =
         Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone(), cfg.redis.ttl), membership)
             .context("creating the consumer")?;
-    let ready: common::http::ReadyCheck = Arc::new(move || {
+    let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let (pool, cache) = (pool.clone(), cache.clone());
-        Box::pin(async move { common::store::check_ready(&pool, &cache).await })
+        Box::pin(async move { common::engine::store::check_ready(&pool, &cache).await })
     });
     let tasks = TaskTracker::new();
-    let serve_ops = common::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone());
-    common::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
+    let serve_ops = common::engine::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone());
+    common::engine::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
         serve_ops.await;
         Ok(())
     });
     tracing::info!(topic = cfg.aggregates.aggregates_topic, group = cfg.group_id, "materializer started");
     let result = materializer.run(token.clone()).await;
     token.cancel();
-    let drained = common::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
+    let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
     result?;
     drained
 }

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::avro::{decode_hour_aggregate, HourAggregate};
-use common::kafka::{assignment, consumer_config};
-use common::membership::Membership;
-use common::shutdown::CancellationToken;
+use common::engine::avro::{decode_hour_aggregate, HourAggregate};
+use common::engine::kafka::{assignment, consumer_config};
+use common::engine::membership::Membership;
+use common::engine::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
@@ -123,7 +123,7 @@ impl Materializer {
         let stored = self.membership.committed_offsets(&self.topic).await.unwrap_or_default();
         for p in &plan.acquired {
             if let Some(position) = stored.get(p) {
-                common::kafka::check_position(self.consumer.clone(), &self.topic, *p, *position).await?;
+                common::engine::kafka::check_position(self.consumer.clone(), &self.topic, *p, *position).await?;
             }
         }
         {
@@ -148,7 +148,7 @@ impl Materializer {
     /// Consumer lag per owned partition.
     fn record_lag(&self) {
         let positions = self.positions.lock().expect("positions lock").iter().map(|(p, o)| (*p, *o)).collect();
-        common::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
+        common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
     }
 
     fn add(&self, batch: &mut Batch, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
@@ -176,7 +176,7 @@ impl Materializer {
                 // raise the alarm; the other partitions go on.
                 let error = other.and_then(Result::err).map(|e| e.to_string());
                 stalled.insert(partition, offset);
-                common::kafka::stall_partition(
+                common::engine::kafka::stall_partition(
                     &*self.consumer,
                     &self.topic,
                     partition,
@@ -200,9 +200,9 @@ impl Materializer {
         if batch.next_offsets.is_empty() {
             return Ok(true);
         }
-        let policy = common::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
+        let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
         let write = || self.sink.write(&batch.aggregates);
-        match common::retry::until_cancelled(token, policy, "writing read models", write, SinkError::is_retryable).await
+        match common::engine::retry::until_cancelled(token, policy, "writing read models", write, SinkError::is_retryable).await
         {
             None => return Ok(false),
             Some(written) => written?,

@@ -15,10 +15,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::analytics::HourStart;
-use common::avro::HourAggregate;
-use common::pg::PgError;
-use common::store::cache::{CacheError, HourCache};
-use common::store::{hours, HourTotals};
+use common::engine::avro::HourAggregate;
+use common::engine::pg::PgError;
+use common::engine::store::cache::{CacheError, HourCache};
+use common::engine::store::{hours, HourTotals};
 use deadpool_postgres::Pool;
 
 use crate::metrics as m;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use common::config::{
+use common::engine::config::{
     parse_duration, AggregatesTopicConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, LeaseConfig, PgConfig,
     TelemetryConfig,
 };

@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use common::avro::{encode_hour_aggregate, HourAggregate};
-use common::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
-use common::kafka::{self, ProducerTuning};
+use common::engine::avro::{encode_hour_aggregate, HourAggregate};
+use common::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
+use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 

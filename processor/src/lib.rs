@@ -1,7 +1,7 @@
 //! The processor: events → exact hourly aggregates.
 //!
 //! Consumes the partitions of the events topic it holds a lease on
-//! ([`common::membership`], PostgreSQL leases shared by the processor
+//! ([`common::engine::membership`], PostgreSQL leases shared by the processor
 //! instances). For every partition it owns it keeps a
 //! [`PartitionWindow`](common::analytics::PartitionWindow) (the exact user
 //! set and counts of each open hour), checkpoints it to the
@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::http::OpsRoutes;
-use common::kafka::TopicSpec;
-use common::membership::Membership;
-use common::pg::{migrations, Migration};
-use common::shutdown::{CancellationToken, TaskTracker};
+use common::engine::http::OpsRoutes;
+use common::engine::kafka::TopicSpec;
+use common::engine::membership::Membership;
+use common::engine::pg::{migrations, Migration};
+use common::engine::shutdown::{CancellationToken, TaskTracker};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -57,20 +57,20 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let topics = [TopicSpec::events(&cfg.events), TopicSpec::aggregates(&cfg.aggregates)];
-    common::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
+    common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
     let horizon = cfg.horizon.horizon();
-    let partitions = common::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
+    let partitions = common::engine::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
     let topic = &cfg.events.events_topic;
     let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
     let store = StateStore::new(pool.clone(), topic.clone());
     let processor = Processor::new(&cfg, store, membership, partitions).context("creating the consumer")?;
     let ready_pool = pool.clone();
-    let ready: common::http::ReadyCheck = Arc::new(move || {
+    let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
         Box::pin(async move {
-            if common::pg::ping(&pool, Duration::from_secs(2)).await {
+            if common::engine::pg::ping(&pool, Duration::from_secs(2)).await {
                 Ok(())
             } else {
                 Err("postgres unreachable".into())
@@ -79,15 +79,15 @@ pub async fn run(
     });
     let ops_routes = OpsRoutes { service: "processor", metrics, ready };
     let tasks = TaskTracker::new();
-    let serve_ops = common::http::serve_ops(ops, ops_routes, token.clone());
-    common::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
+    let serve_ops = common::engine::http::serve_ops(ops, ops_routes, token.clone());
+    common::engine::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
         serve_ops.await;
         Ok(())
     });
     tracing::info!(topic = cfg.events.events_topic, group = cfg.group_id, "processor started");
     let result = processor.run(token.clone()).await;
     token.cancel();
-    let drained = common::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
+    let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
     result.context("processor failed")?;
     drained?;
     tracing::info!("processor stopped");

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use common::analytics::bucket::{Observation, Skipped};
 use common::analytics::{HourCounts, HourStart, PartitionWindow};
-use common::avro::{decode_event, HourAggregate};
-use common::kafka::{assignment, consumer_config, partition_for};
-use common::membership::Membership;
-use common::shutdown::CancellationToken;
+use common::engine::avro::{decode_event, HourAggregate};
+use common::engine::kafka::{assignment, consumer_config, partition_for};
+use common::engine::membership::Membership;
+use common::engine::shutdown::CancellationToken;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -80,7 +80,7 @@ pub enum ProcessorError {
     #[error("emit: {0}")]
     Emit(#[from] EmitError),
     #[error(transparent)]
-    LogReset(#[from] common::kafka::PositionOutsideLog),
+    LogReset(#[from] common::engine::kafka::PositionOutsideLog),
 }
 
 impl Processor {
@@ -277,7 +277,7 @@ impl Processor {
                 // keeping its lease and state, and raise the alarm; the others go on.
                 let error = other.and_then(Result::err).map(|e| e.to_string());
                 owned.stalled_at = Some(offset);
-                common::kafka::stall_partition(
+                common::engine::kafka::stall_partition(
                     &*self.consumer,
                     &self.topic,
                     partition,
@@ -306,14 +306,14 @@ impl Processor {
     async fn claim(&self, partition: i32, token: &CancellationToken) -> Result<Option<(i32, Owned)>, ProcessorError> {
         let started = Instant::now();
         let attempt = || self.store.claim(partition, self.retention_ms);
-        let policy = common::retry::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
+        let policy = common::engine::retry::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
         let retried =
-            common::retry::until_cancelled(token, policy, "claiming the state", attempt, StoreError::is_retryable);
+            common::engine::retry::until_cancelled(token, policy, "claiming the state", attempt, StoreError::is_retryable);
         // The span names the partition in the retry warnings.
         let Some(claimed) = retried.instrument(tracing::info_span!("claim", partition)).await else { return Ok(None) };
         let claimed = claimed?;
         let window = claimed.window;
-        common::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
+        common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
         // Fences every earlier owner's producer and aborts its open transaction,
         // then re-emits what the store holds.
         let emitter = self.emitter.open(partition).await?;
@@ -397,7 +397,7 @@ impl Processor {
         metrics::gauge!(m::STATE_BYTES).set(windows().map(|w| w.heap_bytes()).sum::<usize>() as f64);
         metrics::gauge!(m::STATE_USER_HOURS).set(windows().map(|w| w.user_hours()).sum::<u64>() as f64);
         let positions = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
-        common::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
+        common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
         for p in 0..self.partitions {
             let stalled = self.owned.get(&p).is_some_and(|o| o.stalled_at.is_some());
             metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(if stalled { 1.0 } else { 0.0 });

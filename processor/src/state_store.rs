@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use common::analytics::bucket::Checkpoint;
 use common::analytics::user_set::{decode_hashes, encode_hashes};
 use common::analytics::{HourBucket, HourStart, PartitionWindow};
-use common::pg::PgError;
+use common::engine::pg::PgError;
 use deadpool_postgres::Pool;
 
 /// Chunks an hour may have before they are merged into one.

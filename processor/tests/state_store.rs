@@ -24,8 +24,8 @@ fn obs(hour_offset: i64, user: u64, kind: EventKind) -> Observation {
 #[tokio::test]
 async fn checkpoints_restore_exactly_and_zombies_are_fenced() {
     let (_, _, pg) = isolated(&unique_suffix());
-    let pool = common::pg::pool(&pg).unwrap();
-    common::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
 
     // Instance A claims partition 0 and checkpoints twice (the second adds users to an existing hour).
@@ -64,8 +64,8 @@ async fn checkpoints_restore_exactly_and_zombies_are_fenced() {
 #[tokio::test]
 async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     let (_, _, pg) = isolated(&unique_suffix());
-    let pool = common::pg::pool(&pg).unwrap();
-    common::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
     let mut a = store.claim(3, RETENTION).await.unwrap();
     for i in 0..150u64 {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use std::time::Duration;
 
-use common::config::{parse_duration, EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
+use common::engine::config::{parse_duration, EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
 
 /// Answers hourly analytics from Redis, falling back to PostgreSQL.
 #[derive(Debug, Clone, Parser)]

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use common::analytics::request::parse_get;
 use common::analytics::HourStart;
-use common::http::{self, Body, OpsRoutes};
+use common::engine::http::{self, Body, OpsRoutes};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::metrics as m;
@@ -14,7 +14,7 @@ use crate::reader::HourReader;
 pub struct QueryApp {
     pub(crate) reader: HourReader,
     pub(crate) ops: OpsRoutes,
-    pub(crate) edge: common::edge::Edge,
+    pub(crate) edge: common::engine::edge::Edge,
 }
 
 impl QueryApp {

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::http::{OpsRoutes, ServerLimits};
-use common::pg::{migrations, Migration};
-use common::shutdown::CancellationToken;
-use common::store::cache::HourCache;
+use common::engine::http::{OpsRoutes, ServerLimits};
+use common::engine::pg::{migrations, Migration};
+use common::engine::shutdown::CancellationToken;
+use common::engine::store::cache::HourCache;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -39,9 +39,9 @@ pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
 /// # Errors
 /// When either cannot be reached at startup.
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
-    let pool = common::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(cache, pool, metrics, common::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
+    Ok(app_from_parts(cache, pool, metrics, common::engine::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
@@ -49,12 +49,12 @@ pub fn app_from_parts(
     cache: HourCache,
     pool: deadpool_postgres::Pool,
     metrics: PrometheusHandle,
-    edge: common::edge::Edge,
+    edge: common::engine::edge::Edge,
     local_cache_ttl: Duration,
 ) -> QueryApp {
     let reader = HourReader::new(cache, pool, local_cache_ttl);
     let ready_reader = reader.clone();
-    let ready: common::http::ReadyCheck = Arc::new(move || {
+    let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let r = ready_reader.clone();
         Box::pin(async move { r.ready().await })
     });
@@ -74,7 +74,7 @@ pub async fn run(
         let app = app.clone();
         async move { app.handle(req).await }
     };
-    common::http::serve(listener, handler, limits, token, drain).await;
+    common::engine::http::serve(listener, handler, limits, token, drain).await;
     tracing::info!("query service stopped");
     Ok(())
 }

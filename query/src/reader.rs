@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::analytics::{HourCounts, HourStart};
-use common::pg::PgError;
-use common::store::cache::{CacheError, HourCache};
-use common::store::{hours, HourTotals};
+use common::engine::pg::PgError;
+use common::engine::store::cache::{CacheError, HourCache};
+use common::engine::store::{hours, HourTotals};
 use deadpool_postgres::Pool;
 use moka::ops::compute::Op;
 
@@ -128,7 +128,7 @@ impl HourReader {
     }
 
     pub async fn ready(&self) -> Result<(), String> {
-        common::store::check_ready(&self.pool, &self.cache).await
+        common::engine::store::check_ready(&self.pool, &self.cache).await
     }
 }
 

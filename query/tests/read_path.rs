@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use common::analytics::{HourCounts, HourStart};
-use common::avro::HourAggregate;
-use common::store::cache::HourCache;
+use common::engine::avro::HourAggregate;
+use common::engine::store::cache::HourCache;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
@@ -16,8 +16,8 @@ struct Fixture {
     app: QueryApp,
     cache: HourCache,
     pool: deadpool_postgres::Pool,
-    pg: common::config::PgConfig,
-    redis: common::config::RedisConfig,
+    pg: common::engine::config::PgConfig,
+    redis: common::engine::config::RedisConfig,
 }
 
 async fn fixture(pg_url: Option<&str>) -> Fixture {
@@ -38,24 +38,24 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         "--local-cache-ttl",
         "0ms",
     ]);
-    let app = query::build(&cfg, common::telemetry::prometheus()).await.unwrap();
+    let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
     let mut cfg = cfg;
     if let Some(url) = pg_url {
         // Rebuild against a PostgreSQL that does not answer (the schema already exists).
         cfg.pg.url = url.to_owned();
-        let pool = common::pg::pool(&cfg.pg).unwrap();
+        let pool = common::engine::pg::pool(&cfg.pg).unwrap();
         let cache = HourCache::connect(&redis).await.unwrap();
-        let edge = common::edge::Edge::new(&cfg.edge, None);
+        let edge = common::engine::edge::Edge::new(&cfg.edge, None);
         let app = query::app_from_parts(
             cache.clone(),
             pool.clone(),
-            common::telemetry::prometheus(),
+            common::engine::telemetry::prometheus(),
             edge,
             cfg.local_cache_ttl,
         );
         return Fixture { app, cache, pool, pg, redis };
     }
-    let pool = common::pg::pool(&pg).unwrap();
+    let pool = common::engine::pg::pool(&pg).unwrap();
     let cache = HourCache::connect(&redis).await.unwrap();
     Fixture { app, cache, pool, pg, redis }
 }
@@ -70,7 +70,7 @@ async fn get(app: &QueryApp, uri: &str) -> (StatusCode, String) {
 async fn seed(pool: &deadpool_postgres::Pool, hour: i64, counts: HourCounts) {
     let mut client = pool.get().await.unwrap();
     let a = HourAggregate { hour: HourStart::of(hour), partition: 0, counts, input_offset: 1, watermark_ms: hour };
-    common::store::hours::apply_aggregates(&mut client, &[a]).await.unwrap();
+    common::engine::store::hours::apply_aggregates(&mut client, &[a]).await.unwrap();
 }
 
 impl Fixture {
@@ -143,7 +143,7 @@ async fn bad_requests_get_400_with_a_reason() {
 async fn with_postgres_down_cached_hours_answer_and_others_get_503() {
     let f = fixture(Some("postgres://postgres@127.0.0.1:1/postgres")).await;
     let hot =
-        common::store::HourTotals { counts: HourCounts { unique_users: 1, clicks: 1, impressions: 0 }, version: 1 };
+        common::engine::store::HourTotals { counts: HourCounts { unique_users: 1, clicks: 1, impressions: 0 }, version: 1 };
     f.cache.put_if_newer(&[(HourStart::of(H), hot)]).await.unwrap();
     let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "unique_users,1\nclicks,1\nimpressions,0\n"));

@@ -1,7 +1,7 @@
 //! Writes exactly N valid events straight to the events topic, as the command
-//! would have: the same Avro record (`common::avro::encode_event`), the same
+//! would have: the same Avro record (`common::engine::avro::encode_event`), the same
 //! key (the user id) and the same idempotent `acks=all`, `murmur2_random`
-//! producer (`common::kafka::producer_config`). Only the batching differs
+//! producer (`common::engine::kafka::producer_config`). Only the batching differs
 //! (a longer linger and a larger queue), so the backlog is written fast.
 //!
 //! Event times: 80 % the current hour, 20 % the `--late-hours` hours before it;
@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::kafka::ProducerTuning;
+use common::engine::kafka::ProducerTuning;
 use futures::StreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         queue_max_messages: 1_000_000,
     };
     let producer: FutureProducer =
-        common::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning).set("batch.size", "1000000").create()?;
+        common::engine::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning).set("batch.size", "1000000").create()?;
     let topic = cmd.events.events_topic.as_str();
     let mut rng = rand::rng();
     let mut users = HashSet::new();
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.events {
         let event = bench::backlog_event(&mut rng, common::now_ms(), args.late_hours);
         users.insert(event.user.hash64());
-        let payload = common::avro::encode_event(&event);
+        let payload = common::engine::avro::encode_event(&event);
         let p = producer.clone();
         pending.push(async move {
             let record = FutureRecord::to(topic).key(event.user.as_str()).payload(&payload);

@@ -4,7 +4,7 @@
 //! `--in-flight N` loops each send one event and await its `acks=all`
 //! acknowledgement before sending the next, like N keep-alive connections of
 //! wrk against a command that does no work. The producer is the command's:
-//! `common::kafka::producer_config` with the command's own tuning
+//! `common::engine::kafka::producer_config` with the command's own tuning
 //! (`COMMAND_LINGER`, `COMMAND_DELIVERY_TIMEOUT`, `COMMAND_QUEUE_MAX_MESSAGES`,
 //! `COMMAND_PRODUCERS`, read through `command::Config`), the same Avro record
 //! and key, a zero queue timeout. It writes to a fresh topic with the events
@@ -29,10 +29,10 @@ struct Args {
     #[arg(long, default_value = "64")]
     in_flight: usize,
     /// How long to measure (after a warm-up).
-    #[arg(long, default_value = "30s", value_parser = common::config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = common::engine::config::parse_duration)]
     duration: Duration,
     /// Not measured: lets the producer learn the new topic's leaders.
-    #[arg(long, default_value = "2s", value_parser = common::config::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = common::engine::config::parse_duration)]
     warm_up: Duration,
 }
 
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let producers: Arc<Vec<FutureProducer>> = Arc::new(
         (0..cmd.producers.get())
             .map(|i| {
-                common::kafka::producer_config(&cmd.kafka, &format!("bench-closed-loop-{i}"), cmd.producer_tuning())
+                common::engine::kafka::producer_config(&cmd.kafka, &format!("bench-closed-loop-{i}"), cmd.producer_tuning())
                     .create()
             })
             .collect::<Result<_, _>>()?,
@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
                         return stats;
                     }
                     let event = bench::backlog_event(&mut rng, common::now_ms(), 0);
-                    let payload = common::avro::encode_event(&event);
+                    let payload = common::engine::avro::encode_event(&event);
                     let record = FutureRecord::to(&topic).key(event.user.as_str()).payload(&payload);
                     let result = producer.send(record, Timeout::After(Duration::ZERO)).await;
                     let done = Instant::now();

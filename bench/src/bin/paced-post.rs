@@ -27,7 +27,7 @@ struct Args {
     rate: f64,
     #[arg(long, default_value = "256")]
     connections: usize,
-    #[arg(long, default_value = "30s", value_parser = common::config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = common::engine::config::parse_duration)]
     duration: Duration,
     /// The command service.
     #[arg(long, default_value = "127.0.0.1:8081")]

@@ -20,7 +20,7 @@ use crate::analytics::HourCounts;
 /// PostgreSQL did not answer.
 pub async fn check_ready(pool: &deadpool_postgres::Pool, cache: &cache::HourCache) -> Result<(), String> {
     let limit = std::time::Duration::from_secs(2);
-    if !crate::pg::ping(pool, limit).await {
+    if !crate::engine::pg::ping(pool, limit).await {
         return Err("postgres unreachable".into());
     }
     if !cache.ping(limit).await {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::shutdown::CancellationToken;
+use crate::engine::shutdown::CancellationToken;
 
 /// Backoff from `first` doubling up to `max`, with jitter (so that instances
 /// failing together do not retry together), without a limit on attempts.

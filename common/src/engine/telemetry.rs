@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::{LogFormat, TelemetryConfig};
+use crate::engine::config::{LogFormat, TelemetryConfig};
 
 /// Buckets (seconds) for every `_seconds` histogram: 100 µs to 30 s.
 const LATENCY_BUCKETS: &[f64] =

@@ -6,7 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::config::PgConfig;
+use crate::engine::config::PgConfig;
 
 /// One versioned schema change. Versions are global to the schema (one
 /// `schema_migrations` table), never renumbered and never edited once
@@ -25,24 +25,24 @@ pub mod migrations {
 
     /// Read models: written by the materializer, read by the query.
     pub const READ_MODELS: Migration =
-        Migration { version: 1, name: "read_models", sql: include_str!("../migrations/0001_read_models.sql") };
+        Migration { version: 1, name: "read_models", sql: include_str!("../../migrations/0001_read_models.sql") };
     /// The processor's state store.
     pub const PROCESSOR_STATE: Migration =
-        Migration { version: 2, name: "processor_state", sql: include_str!("../migrations/0002_processor_state.sql") };
+        Migration { version: 2, name: "processor_state", sql: include_str!("../../migrations/0002_processor_state.sql") };
     /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
     pub const COORDINATION: Migration =
-        Migration { version: 3, name: "coordination", sql: include_str!("../migrations/0003_coordination.sql") };
+        Migration { version: 3, name: "coordination", sql: include_str!("../../migrations/0003_coordination.sql") };
     /// Settings the deployment agrees on (command, processor).
     pub const DEPLOYMENT_SETTINGS: Migration = Migration {
         version: 4,
         name: "deployment_settings",
-        sql: include_str!("../migrations/0004_deployment_settings.sql"),
+        sql: include_str!("../../migrations/0004_deployment_settings.sql"),
     };
     /// The processor's counted client event ids.
     pub const PROCESSOR_EVENT_IDS: Migration = Migration {
         version: 5,
         name: "processor_event_ids",
-        sql: include_str!("../migrations/0005_processor_event_ids.sql"),
+        sql: include_str!("../../migrations/0005_processor_event_ids.sql"),
     };
 
     /// All of them, in version order.
@@ -207,8 +207,8 @@ pub async fn agree_settings(pool: &Pool, service: &str, settings: &[(String, Str
 pub async fn agree_deployment(
     pool: &Pool,
     service: &str,
-    kafka: &crate::config::KafkaConfig,
-    events: &crate::config::EventsTopicConfig,
+    kafka: &crate::engine::config::KafkaConfig,
+    events: &crate::engine::config::EventsTopicConfig,
     horizon: &crate::analytics::Horizon,
 ) -> anyhow::Result<i32> {
     agree_horizon(pool, service, horizon).await?;
@@ -234,12 +234,12 @@ pub async fn agree_horizon(pool: &Pool, service: &str, horizon: &crate::analytic
 pub async fn agree_partitions(
     pool: &Pool,
     service: &str,
-    kafka: &crate::config::KafkaConfig,
-    events: &crate::config::EventsTopicConfig,
+    kafka: &crate::engine::config::KafkaConfig,
+    events: &crate::engine::config::EventsTopicConfig,
 ) -> anyhow::Result<i32> {
     use anyhow::Context;
     let topic = &events.events_topic;
-    let partitions = crate::kafka::partition_count(kafka, topic)
+    let partitions = crate::engine::kafka::partition_count(kafka, topic)
         .await
         .with_context(|| format!("reading the partition count of {topic}"))?;
     let setting = (format!("partitions.{topic}"), partitions.to_string());

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::{ClickEvent, EventId, EventKind, HourCounts, HourStart, UserId};
 
-pub const EVENT_V1_SCHEMA_JSON: &str = include_str!("../schemas/event.v1.avsc");
-pub const EVENT_V2_SCHEMA_JSON: &str = include_str!("../schemas/event.v2.avsc");
-pub const HOUR_AGGREGATE_V1_SCHEMA_JSON: &str = include_str!("../schemas/hour_aggregate.v1.avsc");
+pub const EVENT_V1_SCHEMA_JSON: &str = include_str!("../../schemas/event.v1.avsc");
+pub const EVENT_V2_SCHEMA_JSON: &str = include_str!("../../schemas/event.v2.avsc");
+pub const HOUR_AGGREGATE_V1_SCHEMA_JSON: &str = include_str!("../../schemas/hour_aggregate.v1.avsc");
 
 /// Every version of `analytics.v1.Event`, oldest first. Only ever append: a
 /// new version may only add fields with a default (see `docs/schemas.md`).

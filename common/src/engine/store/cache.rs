@@ -18,7 +18,7 @@ use redis::{AsyncCommands, Script};
 
 use super::HourTotals;
 use crate::analytics::HourStart;
-use crate::config::RedisConfig;
+use crate::engine::config::RedisConfig;
 
 /// Writes each hour only if its version is newer than the stored one, and
 /// refreshes the TTL of what it writes. Atomic per call.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use crate::pg::PgError;
+use crate::engine::pg::PgError;
 
 /// The partitions `me` should own, given the live members: round-robin over the sorted ids.
 ///
@@ -80,13 +80,13 @@ impl Membership {
     /// When the broker does not know the topic.
     pub async fn join(
         pool: Pool,
-        kafka: &crate::config::KafkaConfig,
-        lease: &crate::config::LeaseConfig,
+        kafka: &crate::engine::config::KafkaConfig,
+        lease: &crate::engine::config::LeaseConfig,
         group: &str,
         topic: &str,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let partitions = crate::kafka::partition_count(kafka, topic)
+        let partitions = crate::engine::kafka::partition_count(kafka, topic)
             .await
             .with_context(|| format!("reading the partition count of {topic}"))?;
         Ok(Membership::new(pool, group, partitions, lease.member_lease))

@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 
 use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_FIELD};
 use crate::analytics::HourStart;
-use crate::avro::HourAggregate;
-use crate::pg::PgError;
+use crate::engine::avro::HourAggregate;
+use crate::engine::pg::PgError;
 
 /// Namespace of the per-hour advisory locks.
 const HOUR_LOCK_SPACE: i32 = 0x4e41;

@@ -17,8 +17,8 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW
 use hyper::{Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::config::{EdgeConfig, WriteAuthConfig};
-use crate::http::{self, Body, PeerAddr};
+use crate::engine::config::{EdgeConfig, WriteAuthConfig};
+use crate::engine::http::{self, Body, PeerAddr};
 
 /// Per-client rate limits: a GCRA (token bucket equivalent) per client IP
 /// address, refilling `per_sec` a second up to `burst`. The per-client state

@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
+use crate::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
 
 /// Producer settings that bound how long a request can wait for the broker.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +42,7 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTun
 }
 
 /// A consumer configuration for manually assigned partitions (see
-/// [`crate::membership`]): positions come from the services' own stores.
+/// [`crate::engine::membership`]): positions come from the services' own stores.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)

@@ -44,7 +44,7 @@ impl ServerLimits {
     ///
     /// # Errors
     /// When the certificate or key cannot be loaded.
-    pub fn from_edge(edge: &crate::config::EdgeConfig) -> anyhow::Result<Self> {
+    pub fn from_edge(edge: &crate::engine::config::EdgeConfig) -> anyhow::Result<Self> {
         let tls = match (&edge.tls_cert, &edge.tls_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             _ => None,

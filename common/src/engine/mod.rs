@@ -1,0 +1,21 @@
+//! The engine: everything a workload's pipeline needs that knows nothing of
+//! any workload (no clicks, users or hours here).
+//!
+//! - [`config`], [`telemetry`], [`shutdown`], [`http`], [`edge`]: written once, used by every service.
+//! - [`kafka`], [`membership`]: log I/O, partition ownership and fencing.
+//! - [`pg`]: the PostgreSQL pool, migrations and deployment settings.
+//! - [`avro`]: single-object Avro encoding with schema resolution.
+//! - [`store`]: the read-model stores.
+//! - [`retry`]: back-off with cancellation.
+
+pub mod avro;
+pub mod config;
+pub mod edge;
+pub mod http;
+pub mod kafka;
+pub mod membership;
+pub mod pg;
+pub mod retry;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
