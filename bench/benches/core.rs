@@ -23,16 +23,15 @@ fn events(n: usize) -> Vec<Observation> {
                 user_hash: hash_user(format!("user-{user}").as_bytes()),
                 kind: if rng.random_bool(0.3) { EventKind::Click } else { EventKind::Impression },
                 accepted_at_ms: H0 + 6 * 3_600_000,
-                id_hash: None,
             }
         })
         .collect()
 }
 
 fn apply_all(events: &[Observation]) -> PartitionWindow {
-    let mut w = PartitionWindow::new(0, 0, 8 * 24 * 3_600_000);
-    for (i, o) in events.iter().enumerate() {
-        let _ = w.apply(i as i64, *o);
+    let mut w = PartitionWindow::new(0, 8 * 24 * 3_600_000);
+    for o in events {
+        let _ = w.apply(*o);
     }
     w
 }

@@ -19,7 +19,8 @@ fn agg(partition: i32, offset: i64, users: u64, clicks: u64) -> HourAggregate {
     }
 }
 
-async fn setup() -> (deadpool_postgres::Pool, HourCache, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
+async fn setup(
+) -> (deadpool_postgres::Pool, HourCache, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
     common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();

@@ -109,10 +109,15 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
         rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let grown = NewPartitions::new(&kafka.events_topic, kafka.events_partitions.get() as usize + 1);
     admin.create_partitions(&[grown], &AdminOptions::new()).await.unwrap();
-    let err =
-        common::engine::pg::agree_deployment(&pool, "processor", &broker, &events, &common::analytics::Horizon::default())
-            .await
-            .unwrap_err();
+    let err = common::engine::pg::agree_deployment(
+        &pool,
+        "processor",
+        &broker,
+        &events,
+        &common::analytics::Horizon::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains(&format!("partitions.{}", kafka.events_topic)), "{err}");
     stack.cleanup().await;
 }
@@ -150,7 +155,9 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     );
     let (_, metrics) = http(stack.addr("processor"), "GET", "/metrics").await.unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("analytics_processor_events_skipped_total{reason=\"misrouted\"} 1")),
+        metrics.lines().any(|l| l.starts_with("analytics_processor_events_skipped_total{")
+            && l.contains("reason=\"misrouted\"")
+            && l.ends_with("} 1")),
         "{metrics}"
     );
     stack.cleanup().await;

@@ -69,12 +69,16 @@ fn expected_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Expected {
     exp
 }
 
-/// The value of `analytics_processor_partition_stalled{partition="N"}`, if exported.
+/// The value of `analytics_processor_partition_stalled{topic=..., partition="N"}`, if exported.
 async fn stalled_gauge(processor: SocketAddr, partition: i32) -> Option<f64> {
     let (status, metrics) = http(processor, "GET", "/metrics").await.ok()?;
     assert_eq!(status, 200, "{metrics}");
-    let prefix = format!("analytics_processor_partition_stalled{{partition=\"{partition}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+    let label = format!("partition=\"{partition}\"}} ");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("analytics_processor_partition_stalled{"))
+        .find_map(|l| l.split_once(&label).map(|(_, v)| v))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 async fn wait_for_gauge(processor: SocketAddr, partition: i32, value: f64) {

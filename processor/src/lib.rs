@@ -1,24 +1,22 @@
-//! The processor: events → exact hourly aggregates.
+//! The processor: events → exact aggregates, per events-topic partition.
 //!
-//! Consumes the partitions of the events topic it holds a lease on
-//! ([`common::engine::membership`], PostgreSQL leases shared by the processor
-//! instances). For every partition it owns it keeps a
-//! [`PartitionWindow`](common::analytics::PartitionWindow) (the exact user
-//! set and counts of each open hour), checkpoints it to the
-//! PostgreSQL state store together with the input offset, and emits the
-//! absolute counts of changed hours to the aggregates topic, where the
-//! materializer picks them up.
+//! ```text
+//! engine/      the workload-free loop: leases, fencing, checkpoints, dedup, emits
+//!   pipeline     consume / apply / checkpoint / emit, per workload
+//!   state_store  position + epoch + ids in PostgreSQL, chunked hash sets
+//!   emitter      one transactional producer per owned partition
+//!   dedup        event ids, held while their hour is open
+//! analytics.rs the hourly analytics workload (an `engine::Aggregation`)
+//! ```
 //!
-//! - [`config`]: flags and environment.
-//! - `pipeline`: the consume / checkpoint / emit loop.
-//! - `state_store`: the PostgreSQL adapter (claim with fencing, checkpoint).
-//! - `emitter`: the aggregates-topic adapter.
+//! Each workload's partitions are split among the processor instances by
+//! PostgreSQL leases ([`common::engine::membership`]).
 
+pub mod analytics;
 pub mod config;
-mod emitter;
-pub mod metrics;
-mod pipeline;
-pub mod state_store;
+pub mod engine;
+
+pub use engine::metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +30,10 @@ use common::engine::shutdown::{CancellationToken, TaskTracker};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::analytics::Analytics;
 pub use crate::config::Config;
-use crate::pipeline::Processor;
-use crate::state_store::StateStore;
+use crate::engine::state_store::StateStore;
+use crate::engine::{Processor, ProcessorSettings};
 
 /// The tables the processor uses: its state store, the leases it shares with
 /// the materializer, and the deployment settings it agrees with the command.
@@ -61,11 +60,23 @@ pub async fn run(
     let topics = [TopicSpec::events(&cfg.events), TopicSpec::aggregates(&cfg.aggregates)];
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
     let horizon = cfg.horizon.horizon();
-    let partitions = common::engine::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
+    let partitions =
+        common::engine::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
     let topic = &cfg.events.events_topic;
     let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
     let store = StateStore::new(pool.clone(), topic.clone());
-    let processor = Processor::new(&cfg, store, membership, partitions).context("creating the consumer")?;
+    let settings = ProcessorSettings {
+        kafka: cfg.kafka.clone(),
+        events_topic: topic.clone(),
+        aggregates_topic: cfg.aggregates.aggregates_topic.clone(),
+        group_id: cfg.group_id.clone(),
+        checkpoint_interval: cfg.checkpoint_interval,
+        delivery_timeout: cfg.delivery_timeout,
+        retention_ms: cfg.retention_ms(),
+        partitions,
+    };
+    let analytics = Analytics { retention_ms: cfg.retention_ms() };
+    let processor = Processor::new(analytics, &settings, store, membership).context("creating the consumer")?;
     let ready_pool = pool.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();

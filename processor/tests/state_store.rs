@@ -1,24 +1,64 @@
-//! The processor's state store against real PostgreSQL: a checkpoint
-//! restores exactly, and an instance that lost its partition cannot write.
+//! The processor's state store against real PostgreSQL, with the analytics
+//! workload: a checkpoint restores exactly (position, event ids and the
+//! workload's state), and an instance that lost its partition cannot write.
 
 use std::collections::HashMap;
 
-use common::analytics::bucket::Observation;
-use common::analytics::{EventKind, HourCounts, HourStart};
+use common::analytics::{ClickEvent, EventKind, HourCounts, HourStart, UserId};
 use common::test_util::{drop_schema, isolated, unique_suffix};
-use processor::state_store::{StateStore, StoreError};
+use processor::analytics::{Analytics, AnalyticsState};
+use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore, StoreError};
+use processor::engine::{Aggregation, Record};
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
 const RETENTION: i64 = 8 * 24 * 3_600_000;
+const WORKLOAD: Analytics = Analytics { retention_ms: RETENTION };
 
-fn obs(hour_offset: i64, user: u64, kind: EventKind) -> Observation {
-    Observation {
-        hour: HourStart::of(H + hour_offset * 3_600_000),
-        user_hash: user,
+fn event(hour_offset: i64, user: u64, kind: EventKind, id: Option<&str>) -> ClickEvent {
+    ClickEvent {
+        timestamp_ms: H + hour_offset * 3_600_000,
+        user: UserId::parse(&format!("user-{user}")).unwrap(),
         kind,
         accepted_at_ms: H,
-        id_hash: None,
+        id: id.map(str::to_owned),
     }
+}
+
+/// What the engine does with one record: position, dedup, apply.
+fn apply(p: &mut Claimed<AnalyticsState>, event: ClickEvent) {
+    let offset = p.position.next_offset;
+    p.position.next_offset += 1;
+    p.position.watermark_ms = p.position.watermark_ms.max(event.accepted_at_ms);
+    if let Some(id) = WORKLOAD.dedup_id(&event) {
+        if !p.ids.admit(id, p.position.watermark_ms) {
+            return;
+        }
+    }
+    let record = Record { offset, accepted_at_ms: event.accepted_at_ms, watermark_ms: p.position.watermark_ms };
+    WORKLOAD.apply(&mut p.state, record, event).unwrap();
+}
+
+/// What the engine does at a checkpoint.
+async fn checkpoint(store: &StateStore, partition: i32, p: &mut Claimed<AnalyticsState>) -> Result<(), StoreError> {
+    let changes = WORKLOAD.changes(&mut p.state);
+    let cp = EngineCheckpoint {
+        position: p.position,
+        epoch: p.epoch,
+        ids: &p.ids,
+        closed_id_hours: &[],
+        id_chunks: &p.id_chunks,
+    };
+    let (ids_added, receipt) = store.commit(&WORKLOAD, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await?;
+    record_chunks(&mut p.id_chunks, ids_added, &[]);
+    p.ids.mark_checkpointed();
+    if let (Some(changes), Some(receipt)) = (changes, receipt) {
+        WORKLOAD.committed(&mut p.state, changes, receipt);
+    }
+    Ok(())
+}
+
+fn counts(p: &Claimed<AnalyticsState>) -> HashMap<HourStart, HourCounts> {
+    p.state.window().counts().collect()
 }
 
 #[tokio::test]
@@ -29,35 +69,35 @@ async fn checkpoints_restore_exactly_and_zombies_are_fenced() {
     let store = StateStore::new(pool.clone(), "events".into());
 
     // Instance A claims partition 0 and checkpoints twice (the second adds users to an existing hour).
-    let mut a = store.claim(0, RETENTION).await.unwrap();
-    assert_eq!((a.epoch, a.window.next_offset()), (1, 0));
-    for (i, u) in [1u64, 2, 3, 0].iter().enumerate() {
-        a.window.apply(i as i64, obs(0, *u, EventKind::Click)).unwrap();
+    let mut a = store.claim(&WORKLOAD, 0, RETENTION).await.unwrap();
+    assert_eq!((a.epoch, a.position.next_offset), (1, 0));
+    for u in [1u64, 2, 3, 0] {
+        apply(&mut a, event(0, u, EventKind::Click, None));
     }
-    a.window.apply(4, obs(1, 9, EventKind::Impression)).unwrap();
-    store.commit(0, a.epoch, &a.window.checkpoint(), &mut a.chunks).await.unwrap();
-    a.window.mark_checkpointed();
-    a.window.apply(5, obs(0, 2, EventKind::Impression)).unwrap();
-    a.window.apply(6, obs(0, 4, EventKind::Click)).unwrap();
-    store.commit(0, a.epoch, &a.window.checkpoint(), &mut a.chunks).await.unwrap();
-    a.window.mark_checkpointed();
-    a.window.apply(7, obs(0, 5, EventKind::Click)).unwrap(); // not checkpointed: must not survive
+    apply(&mut a, event(1, 9, EventKind::Impression, Some("first")));
+    checkpoint(&store, 0, &mut a).await.unwrap();
+    apply(&mut a, event(0, 2, EventKind::Impression, None));
+    apply(&mut a, event(0, 4, EventKind::Click, None));
+    checkpoint(&store, 0, &mut a).await.unwrap();
+    apply(&mut a, event(0, 5, EventKind::Click, None)); // not checkpointed: must not survive
 
-    // Instance B takes over: it sees exactly the checkpointed state.
-    let b = store.claim(0, RETENTION).await.unwrap();
+    // Instance B takes over: it sees exactly the checkpointed state, ids included.
+    let mut b = store.claim(&WORKLOAD, 0, RETENTION).await.unwrap();
     assert_eq!(b.epoch, 2);
-    assert_eq!(b.window.next_offset(), 7);
-    let counts: HashMap<HourStart, HourCounts> = b.window.counts().collect();
-    assert_eq!(counts[&HourStart::of(H)], HourCounts { unique_users: 5, clicks: 5, impressions: 1 });
-    assert_eq!(counts[&HourStart::of(H + 3_600_000)], HourCounts { unique_users: 1, clicks: 0, impressions: 1 });
+    assert_eq!(b.position.next_offset, 7);
+    assert_eq!(counts(&b)[&HourStart::of(H)], HourCounts { unique_users: 5, clicks: 5, impressions: 1 });
+    let next_hour = HourStart::of(H + 3_600_000);
+    assert_eq!(counts(&b)[&next_hour], HourCounts { unique_users: 1, clicks: 0, impressions: 1 });
+    apply(&mut b, event(1, 9, EventKind::Impression, Some("first"))); // a client's retry
+    assert_eq!(counts(&b)[&next_hour].impressions, 1, "a restored partition still knows the id");
 
     // A, now a zombie, cannot write any more.
-    match store.commit(0, a.epoch, &a.window.checkpoint(), &mut a.chunks).await {
+    match checkpoint(&store, 0, &mut a).await {
         Err(StoreError::Fenced(0)) => {}
         other => panic!("expected the zombie to be fenced, got {other:?}"),
     }
     // Other partitions are independent.
-    assert_eq!(store.claim(1, RETENTION).await.unwrap().epoch, 1);
+    assert_eq!(store.claim(&WORKLOAD, 1, RETENTION).await.unwrap().epoch, 1);
     drop_schema(&pg).await;
 }
 
@@ -67,23 +107,19 @@ async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     let pool = common::engine::pg::pool(&pg).unwrap();
     common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
-    let mut a = store.claim(3, RETENTION).await.unwrap();
+    let mut a = store.claim(&WORKLOAD, 3, RETENTION).await.unwrap();
     for i in 0..150u64 {
-        a.window.apply(i as i64, obs(0, i % 120 + 1, EventKind::Click)).unwrap();
-        store.commit(3, a.epoch, &a.window.checkpoint(), &mut a.chunks).await.unwrap();
-        a.window.mark_checkpointed();
+        apply(&mut a, event(0, i % 120 + 1, EventKind::Click, Some(&format!("id-{i}"))));
+        checkpoint(&store, 3, &mut a).await.unwrap();
     }
-    let chunks: i64 = pool
-        .get()
-        .await
-        .unwrap()
-        .query_one("SELECT count(*) FROM processor_user_chunks WHERE partition = 3", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(chunks < 64, "{chunks} chunks left after merging");
-    let b = store.claim(3, RETENTION).await.unwrap();
-    let counts: HashMap<HourStart, HourCounts> = b.window.counts().collect();
-    assert_eq!(counts[&HourStart::of(H)], HourCounts { unique_users: 120, clicks: 150, impressions: 0 });
+    let client = pool.get().await.unwrap();
+    for table in ["processor_user_chunks", "processor_id_chunks"] {
+        let chunks: i64 =
+            client.query_one(&format!("SELECT count(*) FROM {table} WHERE partition = 3"), &[]).await.unwrap().get(0);
+        assert!(chunks < 64, "{chunks} chunks left in {table} after merging");
+    }
+    let b = store.claim(&WORKLOAD, 3, RETENTION).await.unwrap();
+    assert_eq!(counts(&b)[&HourStart::of(H)], HourCounts { unique_users: 120, clicks: 150, impressions: 0 });
+    assert_eq!(b.ids.held(), 150);
     drop_schema(&pg).await;
 }

@@ -41,8 +41,9 @@ async fn main() -> anyhow::Result<()> {
         delivery_timeout: Duration::from_secs(120),
         queue_max_messages: 1_000_000,
     };
-    let producer: FutureProducer =
-        common::engine::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning).set("batch.size", "1000000").create()?;
+    let producer: FutureProducer = common::engine::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning)
+        .set("batch.size", "1000000")
+        .create()?;
     let topic = cmd.events.events_topic.as_str();
     let mut rng = rand::rng();
     let mut users = HashSet::new();

@@ -59,8 +59,12 @@ async fn main() -> anyhow::Result<()> {
     let producers: Arc<Vec<FutureProducer>> = Arc::new(
         (0..cmd.producers.get())
             .map(|i| {
-                common::engine::kafka::producer_config(&cmd.kafka, &format!("bench-closed-loop-{i}"), cmd.producer_tuning())
-                    .create()
+                common::engine::kafka::producer_config(
+                    &cmd.kafka,
+                    &format!("bench-closed-loop-{i}"),
+                    cmd.producer_tuning(),
+                )
+                .create()
             })
             .collect::<Result<_, _>>()?,
     );

@@ -117,16 +117,6 @@ fn capacity_for(n: usize) -> usize {
     (n * 8).div_ceil(7).max(MIN_CAPACITY)
 }
 
-/// Packs hashes as 8-byte little-endian words: the checkpoint format.
-pub fn encode_hashes(hashes: &[u64]) -> Vec<u8> {
-    hashes.iter().flat_map(|h| h.to_le_bytes()).collect()
-}
-
-/// Reads hashes packed by [`encode_hashes`]; a trailing partial word is ignored.
-pub fn decode_hashes(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,12 +144,6 @@ mod tests {
             }
         }
         assert_eq!(s.len(), 100_000);
-    }
-
-    #[test]
-    fn hashes_survive_the_checkpoint_encoding() {
-        let hs = vec![0, 1, u64::MAX, 0x0123_4567_89ab_cdef];
-        assert_eq!(decode_hashes(&encode_hashes(&hs)).collect::<Vec<_>>(), hs);
     }
 
     proptest! {

@@ -226,7 +226,7 @@ where
 }
 
 /// Stops consuming `partition` at the undecodable record at `offset` and
-/// raises the alarm: an error log naming the record, and `gauge{partition}`
+/// raises the alarm: an error log naming the record, and `gauge{topic, partition}`
 /// set to 1. Used instead of skipping the record, which could lose an
 /// accepted event or an hour's newest counts for good.
 pub fn stall_partition<C: Consumer>(
@@ -245,7 +245,7 @@ pub fn stall_partition<C: Consumer>(
         error,
         "undecodable record: partition stopped at this record; deploy a reader that knows it, then restart"
     );
-    metrics::gauge!(gauge, "partition" => partition.to_string()).set(1.0);
+    metrics::gauge!(gauge, "topic" => topic.to_owned(), "partition" => partition.to_string()).set(1.0);
     let mut stop = rdkafka::TopicPartitionList::new();
     stop.add_partition(topic, partition);
     if let Err(e) = consumer.pause(&stop) {
@@ -253,7 +253,7 @@ pub fn stall_partition<C: Consumer>(
     }
 }
 
-/// Sets `gauge{partition}` to high watermark − next offset for each position.
+/// Sets `gauge{topic, partition}` to high watermark − next offset for each position.
 /// Asking the broker blocks, so it runs on the blocking pool, off the caller's loop.
 pub fn record_lag<C>(consumer: std::sync::Arc<C>, topic: &str, positions: Vec<(i32, i64)>, gauge: &'static str)
 where
@@ -263,7 +263,8 @@ where
     tokio::task::spawn_blocking(move || {
         for (p, next) in positions {
             if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                metrics::gauge!(gauge, "partition" => p.to_string()).set((high - next).max(0) as f64);
+                metrics::gauge!(gauge, "topic" => topic.clone(), "partition" => p.to_string())
+                    .set((high - next).max(0) as f64);
             }
         }
     });

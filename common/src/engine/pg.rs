@@ -27,8 +27,11 @@ pub mod migrations {
     pub const READ_MODELS: Migration =
         Migration { version: 1, name: "read_models", sql: include_str!("../../migrations/0001_read_models.sql") };
     /// The processor's state store.
-    pub const PROCESSOR_STATE: Migration =
-        Migration { version: 2, name: "processor_state", sql: include_str!("../../migrations/0002_processor_state.sql") };
+    pub const PROCESSOR_STATE: Migration = Migration {
+        version: 2,
+        name: "processor_state",
+        sql: include_str!("../../migrations/0002_processor_state.sql"),
+    };
     /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
     pub const COORDINATION: Migration =
         Migration { version: 3, name: "coordination", sql: include_str!("../../migrations/0003_coordination.sql") };

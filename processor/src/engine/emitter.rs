@@ -1,5 +1,5 @@
-//! The aggregates-topic adapter: absolute (hour, partition) counts tagged with
-//! the input offset they reflect, written in Kafka transactions.
+//! The aggregates-topic adapter: a workload's [`Emit`]s (absolute values
+//! tagged with the input offset they reflect), written in Kafka transactions.
 //!
 //! Each events partition has its own transactional producer, with the
 //! `transactional.id` `<group>.<events topic>.<partition>`. Whoever claims the
@@ -13,11 +13,12 @@
 
 use std::time::Duration;
 
-use common::engine::avro::{encode_hour_aggregate, HourAggregate};
-use common::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
+use common::engine::config::KafkaConfig;
 use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::Emit;
 
 /// How long the transaction calls (init, commit, abort) may block.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,8 +45,8 @@ impl AggregateEmitter {
     /// Never today; kept fallible for configuration checks.
     pub fn new(
         kafka_cfg: &KafkaConfig,
-        events: &EventsTopicConfig,
-        aggregates: &AggregatesTopicConfig,
+        events_topic: &str,
+        aggregates_topic: &str,
         group_id: &str,
         delivery_timeout: Duration,
     ) -> Result<Self, KafkaError> {
@@ -61,8 +62,8 @@ impl AggregateEmitter {
         config.set("retry.backoff.ms", "2").set("retry.backoff.max.ms", "100");
         Ok(AggregateEmitter {
             config,
-            id_prefix: format!("{group_id}.{}", events.events_topic),
-            topic: aggregates.aggregates_topic.clone(),
+            id_prefix: format!("{group_id}.{events_topic}"),
+            topic: aggregates_topic.to_owned(),
         })
     }
 
@@ -89,7 +90,7 @@ pub struct PartitionEmitter {
 }
 
 impl PartitionEmitter {
-    /// Writes the aggregates in one transaction and waits until it is committed.
+    /// Writes the records in one transaction and waits until it is committed.
     ///
     /// # Errors
     /// [`EmitError::Fenced`] when a newer owner took the partition's id; the
@@ -97,20 +98,19 @@ impl PartitionEmitter {
     /// aborted and the caller must stop, since the state store is ahead of
     /// what was emitted and only a claim (which re-emits every restored hour)
     /// brings the sinks back in line.
-    pub async fn emit(&self, aggs: &[HourAggregate]) -> Result<(), EmitError> {
-        if aggs.is_empty() {
+    pub async fn emit(&self, records: Vec<Emit>) -> Result<(), EmitError> {
+        if records.is_empty() {
             return Ok(());
         }
         let partition = self.partition;
-        let records: Vec<(String, Vec<u8>)> = aggs.iter().map(|a| (a.key(), encode_hour_aggregate(a))).collect();
         let (topic, p) = (self.topic.clone(), self.producer.clone());
         let result = async {
             let deliveries = blocking(partition, move || {
                 p.begin_transaction()?;
                 records
                     .iter()
-                    .map(|(key, payload)| {
-                        p.send_result(FutureRecord::to(&topic).key(key).payload(payload)).map_err(|(e, _)| e)
+                    .map(|r| {
+                        p.send_result(FutureRecord::to(&topic).key(&r.key).payload(&r.payload)).map_err(|(e, _)| e)
                     })
                     .collect::<Result<Vec<_>, _>>()
             })

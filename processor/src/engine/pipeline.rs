@@ -1,25 +1,24 @@
-//! The processor loop: consume events, apply them to per-partition windows,
-//! and every checkpoint interval commit state, emit aggregates, commit offsets.
+//! The processor loop of one workload: consume events, apply them to
+//! per-partition state, and every checkpoint interval commit state, emit
+//! aggregates, commit offsets.
 //!
 //! Order per checkpoint, which is what makes the output exact:
-//! 1. the window's changes and its `next_offset` go to PostgreSQL in one
-//!    transaction, under the partition's fencing epoch;
-//! 2. the changed hours' absolute counts go to the aggregates topic, tagged
-//!    with that `next_offset`;
+//! 1. the state's changes, the new event ids and the position go to
+//!    PostgreSQL in one transaction, under the partition's fencing epoch;
+//! 2. the workload's aggregates of those changes go to the aggregates topic,
+//!    tagged with that position, in one Kafka transaction;
 //! 3. the consumer offset is committed to the broker (only a hint: on claim
 //!    the position always comes from the state store).
 //!
-//! A crash anywhere replays from the state store's offset and recomputes the
-//! same values (the window is a pure function of the log prefix), and the
-//! sinks keep the highest offset per (hour, partition).
+//! A crash anywhere replays from the state store's position and recomputes
+//! the same values (the state is a pure function of the log prefix), and the
+//! sinks keep the highest offset per key.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::analytics::bucket::{Observation, Skipped};
-use common::analytics::{HourCounts, HourStart, PartitionWindow};
-use common::engine::avro::{decode_event, HourAggregate};
+use common::engine::config::KafkaConfig;
 use common::engine::kafka::{assignment, consumer_config, partition_for};
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
@@ -29,10 +28,11 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::Instrument;
 
-use crate::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
-use crate::metrics as m;
-use crate::state_store::{Chunks, StateStore, StoreError};
-use crate::Config;
+use super::dedup::IdWindow;
+use super::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
+use super::metrics as m;
+use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore, StoreError};
+use super::{Aggregation, Position, Record, Scope};
 
 /// Records taken per wake-up of the loop once one has arrived.
 const DRAIN_BATCH: usize = 1024;
@@ -43,11 +43,29 @@ const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// What the engine needs to run one workload's processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub kafka: KafkaConfig,
+    pub events_topic: String,
+    pub aggregates_topic: String,
+    /// Kafka group.id for the offset hint, and the transactional.id prefix.
+    pub group_id: String,
+    pub checkpoint_interval: Duration,
+    pub delivery_timeout: Duration,
+    /// How long after its end an hour's event ids are held, on the watermark.
+    pub retention_ms: i64,
+    /// Partitions of the events topic, as agreed for the deployment (routing check).
+    pub partitions: i32,
+}
+
 /// One partition this instance currently owns.
-struct Owned {
+struct Owned<S> {
     epoch: i64,
-    window: PartitionWindow,
-    chunks: Chunks,
+    position: Position,
+    ids: IdWindow,
+    id_chunks: ChunkCounts,
+    state: S,
     /// This partition's transactional producer (its id fences former owners).
     emitter: PartitionEmitter,
     /// The offset of an undecodable record this partition stopped at: it is
@@ -56,7 +74,8 @@ struct Owned {
     stalled_at: Option<i64>,
 }
 
-pub struct Processor {
+pub struct Processor<W: Aggregation> {
+    workload: W,
     consumer: Arc<StreamConsumer>,
     membership: Membership,
     store: StateStore,
@@ -64,10 +83,9 @@ pub struct Processor {
     topic: String,
     retention_ms: i64,
     checkpoint_interval: Duration,
-    owned: HashMap<i32, Owned>,
+    owned: HashMap<i32, Owned<W::State>>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
-    /// Partitions of the events topic, as agreed for the deployment (routing check).
     partitions: i32,
 }
 
@@ -83,35 +101,36 @@ pub enum ProcessorError {
     LogReset(#[from] common::engine::kafka::PositionOutsideLog),
 }
 
-impl Processor {
+impl<W: Aggregation> Processor<W> {
     /// Creates the consumer and producer; partitions come from `membership`.
     ///
     /// # Errors
     /// When the consumer or producer cannot be created.
     pub fn new(
-        cfg: &Config,
+        workload: W,
+        settings: &ProcessorSettings,
         store: StateStore,
         membership: Membership,
-        partitions: i32,
     ) -> Result<Self, ProcessorError> {
-        let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "processor").create()?;
+        let consumer: StreamConsumer = consumer_config(&settings.kafka, &settings.group_id, "processor").create()?;
         Ok(Processor {
+            workload,
             consumer: Arc::new(consumer),
             membership,
             store,
             emitter: AggregateEmitter::new(
-                &cfg.kafka,
-                &cfg.events,
-                &cfg.aggregates,
-                &cfg.group_id,
-                cfg.delivery_timeout,
+                &settings.kafka,
+                &settings.events_topic,
+                &settings.aggregates_topic,
+                &settings.group_id,
+                settings.delivery_timeout,
             )?,
-            topic: cfg.events.events_topic.clone(),
-            retention_ms: cfg.retention_ms(),
-            checkpoint_interval: cfg.checkpoint_interval,
+            topic: settings.events_topic.clone(),
+            retention_ms: settings.retention_ms,
+            checkpoint_interval: settings.checkpoint_interval,
             owned: HashMap::new(),
             applied: 0,
-            partitions,
+            partitions: settings.partitions,
         })
     }
 
@@ -125,7 +144,7 @@ impl Processor {
         let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
-        tracing::info!(member = self.membership.member_id(), "joining the processor group");
+        tracing::info!(workload = W::NAME, member = self.membership.member_id(), "joining the processor group");
         // A handle of our own: messages borrow it while `self` is changed.
         let consumer = self.consumer.clone();
         let (mut backlogged, mut last_checkpoint) = (false, Instant::now());
@@ -164,7 +183,7 @@ impl Processor {
                 },
             }
         }
-        tracing::info!("processor stopping: final checkpoint");
+        tracing::info!(workload = W::NAME, "processor stopping: final checkpoint");
         self.checkpoint_all().await?;
         if let Err(e) = self.membership.leave().await {
             tracing::warn!(error = %e, "could not release partitions; they will expire");
@@ -179,12 +198,12 @@ impl Processor {
         let owned: BTreeSet<i32> = self.owned.keys().copied().collect();
         let Some(plan) = self.membership.changes(&owned).await else { return Ok(()) };
         for p in &plan.lost {
-            tracing::warn!(partition = p, "lease lost; dropping the partition");
+            tracing::warn!(workload = W::NAME, partition = p, "lease lost; dropping the partition");
             self.owned.remove(p);
         }
         for p in &plan.to_release {
             if let Some(mut owned) = self.owned.remove(p) {
-                if let Err(e) = checkpoint_one(&self.store, *p, &mut owned).await {
+                if let Err(e) = checkpoint_one(&self.workload, &self.store, *p, &mut owned).await {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
@@ -201,6 +220,7 @@ impl Processor {
         }
         self.assign_owned()?;
         tracing::info!(
+            workload = W::NAME,
             partitions = ?self.owned.keys().collect::<BTreeSet<_>>(),
             acquired = ?plan.acquired,
             released = ?plan.to_release,
@@ -210,13 +230,13 @@ impl Processor {
         Ok(())
     }
 
-    /// Points the consumer at exactly the owned partitions, each at its window's next offset.
+    /// Points the consumer at exactly the owned partitions, each at its next offset.
     fn assign_owned(&self) -> Result<(), ProcessorError> {
         let positions = self
             .owned
             .iter()
             .filter(|(_, o)| o.stalled_at.is_none())
-            .map(|(p, o)| (*p, Offset::Offset(o.window.next_offset())));
+            .map(|(p, o)| (*p, Offset::Offset(o.position.next_offset)));
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
         Ok(())
     }
@@ -227,50 +247,27 @@ impl Processor {
             Err(e) => return tracing::warn!(error = %e, "consumer error"),
         };
         let (partition, offset) = (msg.partition(), msg.offset());
-        let misrouted = msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition);
-        // The broker's clock, where the topic stamps it (LogAppendTime).
-        let appended_ms = match msg.timestamp() {
-            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
-            _ => None,
-        };
-        if misrouted {
-            self.skip_misrouted(partition, offset);
-        } else {
-            self.handle(partition, offset, appended_ms, msg.payload());
-        }
-    }
-
-    /// A record whose key belongs to another partition (a producer with another
-    /// partitioner or partition count): counting it here would count its user
-    /// twice. Skipped, the same way on every replay, and counted in a metric.
-    fn skip_misrouted(&mut self, partition: i32, offset: i64) {
-        let Some(owned) = self.owned.get_mut(&partition) else { return };
-        if owned.stalled_at.is_some() {
-            return; // fetched before the partition stopped: its position must stay at the bad record
-        }
-        if offset >= owned.window.next_offset() {
-            tracing::warn!(partition, offset, "record keyed for another partition: not counted");
-            metrics::counter!(m::EVENTS_SKIPPED, "reason" => "misrouted").increment(1);
-            owned.window.skip(offset);
-        }
-    }
-
-    /// Applies one record. Its acceptance time is the broker's log-append time
-    /// where the topic has one (one clock for the whole partition), else the
-    /// command's `accepted_at` (topics created before LogAppendTime).
-    fn handle(&mut self, partition: i32, offset: i64, appended_ms: Option<i64>, payload: Option<&[u8]>) {
         // A message fetched before a partition was handed over: not ours any more.
         let Some(owned) = self.owned.get_mut(&partition) else { return };
         if owned.stalled_at.is_some() {
             return; // fetched before the partition stopped: its position must stay at the bad record
         }
-        let obs = match payload.map(decode_event) {
-            Some(Ok(event)) => {
-                let obs = Observation::from(&event);
-                Observation { accepted_at_ms: appended_ms.unwrap_or(obs.accepted_at_ms), ..obs }
-            }
-            // Below the position: already in the restored state (or passed by an older release).
-            _ if offset < owned.window.next_offset() => return,
+        if offset < owned.position.next_offset {
+            // Already in the restored state (a replay after a re-assignment).
+            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "replayed").increment(1);
+            return;
+        }
+        // A record whose key belongs to another partition (a producer with another
+        // partitioner or partition count): counting it here could count it twice.
+        // Skipped, the same way on every replay, and counted in a metric.
+        if msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition) {
+            tracing::warn!(workload = W::NAME, partition, offset, "record keyed for another partition: not counted");
+            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "misrouted").increment(1);
+            owned.position.next_offset = offset + 1;
+            return;
+        }
+        let event = match msg.payload().map(|p| self.workload.decode(p)) {
+            Some(Ok(event)) => event,
             other => {
                 // Skipping it would lose an accepted event for good (a record of a
                 // newer schema version, say). Stop this partition at the record,
@@ -288,61 +285,97 @@ impl Processor {
                 return;
             }
         };
-        match owned.window.apply(offset, obs) {
+        // The broker's clock, where the topic stamps it (LogAppendTime): one
+        // clock for the whole partition; else the writer's acceptance time.
+        let accepted_at_ms = match msg.timestamp() {
+            rdkafka::Timestamp::LogAppendTime(ms) => ms,
+            _ => self.workload.accepted_at_ms(&event),
+        };
+        owned.position.next_offset = offset + 1;
+        owned.position.watermark_ms = owned.position.watermark_ms.max(accepted_at_ms);
+        let watermark_ms = owned.position.watermark_ms;
+        if let Some(id) = self.workload.dedup_id(&event) {
+            if !owned.ids.admit(id, watermark_ms) {
+                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "duplicate_id").increment(1);
+                return;
+            }
+        }
+        let record = Record { offset, accepted_at_ms, watermark_ms };
+        match self.workload.apply(&mut owned.state, record, event) {
             Ok(()) => self.applied += 1,
-            Err(Skipped::AlreadyApplied) => metrics::counter!(m::EVENTS_SKIPPED, "reason" => "replayed").increment(1),
-            Err(Skipped::DuplicateId) => metrics::counter!(m::EVENTS_SKIPPED, "reason" => "duplicate_id").increment(1),
-            Err(Skipped::ClosedHour) => {
-                tracing::warn!(partition, offset, hour = %obs.hour, "event for a closed hour not counted");
-                metrics::counter!(m::EVENTS_SKIPPED, "reason" => "closed_hour").increment(1);
+            Err(skip) => {
+                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => skip.0).increment(1);
             }
         }
     }
 
     /// Claims a partition's state (fencing any previous owner) and re-emits
-    /// every restored hour: a previous owner may have crashed between its
+    /// everything restored: a previous owner may have crashed between its
     /// checkpoint and its emit. Retries while PostgreSQL is unavailable; `None`
     /// when `token` is cancelled first.
-    async fn claim(&self, partition: i32, token: &CancellationToken) -> Result<Option<(i32, Owned)>, ProcessorError> {
+    async fn claim(
+        &self,
+        partition: i32,
+        token: &CancellationToken,
+    ) -> Result<Option<(i32, Owned<W::State>)>, ProcessorError> {
         let started = Instant::now();
-        let attempt = || self.store.claim(partition, self.retention_ms);
+        let attempt = || self.store.claim(&self.workload, partition, self.retention_ms);
         let policy = common::engine::retry::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
-        let retried =
-            common::engine::retry::until_cancelled(token, policy, "claiming the state", attempt, StoreError::is_retryable);
+        let retried = common::engine::retry::until_cancelled(
+            token,
+            policy,
+            "claiming the state",
+            attempt,
+            StoreError::is_retryable,
+        );
         // The span names the partition in the retry warnings.
-        let Some(claimed) = retried.instrument(tracing::info_span!("claim", partition)).await else { return Ok(None) };
+        let Some(claimed) = retried.instrument(tracing::info_span!("claim", workload = W::NAME, partition)).await
+        else {
+            return Ok(None);
+        };
         let claimed = claimed?;
-        let window = claimed.window;
-        common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, window.next_offset()).await?;
+        let position = claimed.position;
+        common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
+            .await?;
         // Fences every earlier owner's producer and aborts its open transaction,
         // then re-emits what the store holds.
         let emitter = self.emitter.open(partition).await?;
-        let aggs: Vec<HourAggregate> = window.counts().map(|(h, c)| aggregate(partition, &window, h, c)).collect();
-        emitter.emit(&aggs).await?;
+        let scope = Scope { topic: &self.topic, partition };
+        emitter.emit(self.workload.snapshot(scope, position, &claimed.state)).await?;
         tracing::info!(
+            workload = W::NAME,
             partition,
             epoch = claimed.epoch,
-            next_offset = window.next_offset(),
-            open_hours = window.open_hours(),
+            next_offset = position.next_offset,
+            held_ids = claimed.ids.held(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "claimed partition"
         );
-        metrics::counter!(m::RESTORES).increment(1);
-        metrics::histogram!(m::RESTORE_DURATION).record(started.elapsed().as_secs_f64());
-        Ok(Some((partition, Owned { epoch: claimed.epoch, window, chunks: claimed.chunks, emitter, stalled_at: None })))
+        metrics::counter!(m::RESTORES, "workload" => W::NAME).increment(1);
+        metrics::histogram!(m::RESTORE_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
+        let owned = Owned {
+            epoch: claimed.epoch,
+            position,
+            ids: claimed.ids,
+            id_chunks: claimed.id_chunks,
+            state: claimed.state,
+            emitter,
+            stalled_at: None,
+        };
+        Ok(Some((partition, owned)))
     }
 
     async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
         if self.applied > 0 {
-            metrics::counter!(m::EVENTS_APPLIED).increment(std::mem::take(&mut self.applied));
+            metrics::counter!(m::EVENTS_APPLIED, "workload" => W::NAME).increment(std::mem::take(&mut self.applied));
         }
         let mut commits = TopicPartitionList::new();
         let mut fenced = false;
         // All partitions at once: each has its own PostgreSQL connection and Kafka
         // transaction, so a round takes as long as the slowest, not the sum.
-        let store = &self.store;
+        let (workload, store) = (&self.workload, &self.store);
         let rounds = self.owned.drain().map(|(p, mut owned)| async move {
-            let result = checkpoint_one(store, p, &mut owned).await;
+            let result = checkpoint_one(workload, store, p, &mut owned).await;
             (p, owned, result)
         });
         let results = futures::future::join_all(rounds).await;
@@ -358,16 +391,18 @@ impl Processor {
                 }
                 Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
                     tracing::warn!(
+                        workload = W::NAME,
                         partition = p,
                         "fenced: another instance owns this partition now; dropping its state"
                     );
-                    metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "fenced").increment(1);
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "fenced")
+                        .increment(1);
                     fenced = true;
                 }
                 Err(ProcessorError::Store(e)) => {
                     // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
-                    tracing::warn!(partition = p, error = %e, "checkpoint failed; will retry");
-                    metrics::counter!(m::CHECKPOINT_FAILURES, "outcome" => "error").increment(1);
+                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "checkpoint failed; will retry");
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
                     retry_later = true;
                 }
@@ -391,44 +426,61 @@ impl Processor {
     }
 
     fn record_gauges(&self) {
-        let windows = || self.owned.values().map(|o| &o.window);
-        metrics::gauge!(m::OWNED_PARTITIONS).set(self.owned.len() as f64);
-        metrics::gauge!(m::OPEN_HOURS).set(windows().map(|w| w.open_hours()).sum::<usize>() as f64);
-        metrics::gauge!(m::STATE_BYTES).set(windows().map(|w| w.heap_bytes()).sum::<usize>() as f64);
-        metrics::gauge!(m::STATE_USER_HOURS).set(windows().map(|w| w.user_hours()).sum::<u64>() as f64);
-        let positions = self.owned.iter().map(|(p, o)| (*p, o.window.next_offset())).collect();
+        let label = ("workload", W::NAME);
+        metrics::gauge!(m::OWNED_PARTITIONS, label.0 => label.1).set(self.owned.len() as f64);
+        metrics::gauge!(m::HELD_IDS, label.0 => label.1)
+            .set(self.owned.values().map(|o| o.ids.held()).sum::<usize>() as f64);
+        metrics::gauge!(m::ID_BYTES, label.0 => label.1)
+            .set(self.owned.values().map(|o| o.ids.heap_bytes()).sum::<usize>() as f64);
+        self.workload.record_gauges(self.owned.values().map(|o| &o.state));
+        let positions = self.owned.iter().map(|(p, o)| (*p, o.position.next_offset)).collect();
         common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
         for p in 0..self.partitions {
             let stalled = self.owned.get(&p).is_some_and(|o| o.stalled_at.is_some());
-            metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(if stalled { 1.0 } else { 0.0 });
+            metrics::gauge!(m::PARTITION_STALLED, "topic" => self.topic.clone(), "partition" => p.to_string())
+                .set(if stalled { 1.0 } else { 0.0 });
         }
     }
 }
 
 /// Checkpoints one partition; returns the committed position if anything changed.
-async fn checkpoint_one(store: &StateStore, partition: i32, owned: &mut Owned) -> Result<Option<i64>, ProcessorError> {
-    owned.window.evict_closed();
-    if !owned.window.has_changes() {
+async fn checkpoint_one<W: Aggregation>(
+    workload: &W,
+    store: &StateStore,
+    partition: i32,
+    owned: &mut Owned<W::State>,
+) -> Result<Option<i64>, ProcessorError> {
+    let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
+    let changes = workload.changes(&mut owned.state);
+    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() {
         return Ok(None);
     }
     let started = Instant::now();
-    let cp = owned.window.checkpoint();
-    store.commit(partition, owned.epoch, &cp, &mut owned.chunks).await?;
-    owned.window.mark_checkpointed();
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "stage" => "store").record(started.elapsed().as_secs_f64());
+    let cp = EngineCheckpoint {
+        position: owned.position,
+        epoch: owned.epoch,
+        ids: &owned.ids,
+        closed_id_hours: &closed_id_hours,
+        id_chunks: &owned.id_chunks,
+    };
+    let work = changes.as_ref().map(|c| (&owned.state, c));
+    let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
+    record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
+    owned.ids.mark_checkpointed();
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
+        .record(started.elapsed().as_secs_f64());
     let emitting = Instant::now();
-    // From the checkpoint, not the window: an hour that closed in this batch is only there.
-    let aggs: Vec<HourAggregate> =
-        cp.changed.iter().map(|c| aggregate(partition, &owned.window, c.hour, c.counts)).collect();
-    owned.emitter.emit(&aggs).await?;
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "stage" => "emit").record(emitting.elapsed().as_secs_f64());
-    metrics::counter!(m::AGGREGATES_EMITTED).increment(aggs.len() as u64);
-    metrics::counter!(m::CHECKPOINTS).increment(1);
-    metrics::histogram!(m::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
-    Ok(Some(cp.next_offset))
-}
-
-/// The absolute aggregate of one hour as of the window's position.
-fn aggregate(partition: i32, window: &PartitionWindow, hour: HourStart, counts: HourCounts) -> HourAggregate {
-    HourAggregate { hour, partition, counts, input_offset: window.next_offset(), watermark_ms: window.watermark_ms() }
+    let scope = Scope { topic: store.topic(), partition };
+    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
+    let emitted = emits.len();
+    if let (Some(changes), Some(receipt)) = (changes, receipt) {
+        workload.committed(&mut owned.state, changes, receipt);
+    }
+    owned.emitter.emit(emits).await?;
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
+        .record(emitting.elapsed().as_secs_f64());
+    metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
+    metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
+    metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
+    Ok(Some(owned.position.next_offset))
 }

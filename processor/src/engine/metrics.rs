@@ -1,4 +1,5 @@
-//! Metric names of the processor, in one place.
+//! Metric names of the processor engine, in one place. Every series carries
+//! the label `workload`; the per-partition ones also `topic`.
 
 pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
 /// Label `reason`: `replayed`, `closed_hour`, `misrouted`, `duplicate_id`.
@@ -13,9 +14,9 @@ pub const CHECKPOINT_STAGE_DURATION: &str = "analytics_processor_checkpoint_stag
 pub const RESTORES: &str = "analytics_processor_restores_total";
 pub const RESTORE_DURATION: &str = "analytics_processor_restore_duration_seconds";
 pub const OWNED_PARTITIONS: &str = "analytics_processor_owned_partitions";
-pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
-pub const STATE_BYTES: &str = "analytics_processor_state_bytes";
-pub const STATE_USER_HOURS: &str = "analytics_processor_state_user_hours";
+/// Event ids held for deduplication.
+pub const HELD_IDS: &str = "analytics_processor_held_ids";
+pub const ID_BYTES: &str = "analytics_processor_id_bytes";
 /// Label `partition`: high watermark minus the next offset to apply.
 pub const CONSUMER_LAG: &str = "analytics_processor_consumer_lag_messages";
 /// Label `partition`: 1 while this instance holds the partition stopped at an

@@ -1,0 +1,194 @@
+//! The hourly analytics workload in the processor: events → exact counts per
+//! (hour, partition), persisted as hour rows and user-set chunks, emitted as
+//! `HourAggregate` records.
+//!
+//! The pure part is [`PartitionWindow`] in `common::analytics`; this module
+//! only maps it onto the engine's [`Aggregation`] and its rows.
+
+use common::analytics::bucket::{Checkpoint, Observation, Skipped};
+use common::analytics::event::event_id_hash;
+use common::analytics::{ClickEvent, HourBucket, HourCounts, HourStart, PartitionWindow};
+use common::engine::avro::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
+use common::engine::pg::PgError;
+use deadpool_postgres::Transaction;
+
+use crate::engine::state_store::{
+    append_chunks, decode_hashes, delete_chunks, read_chunks, record_chunks, ChunkCounts, ChunkTable,
+};
+use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
+
+pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
+pub const STATE_BYTES: &str = "analytics_processor_state_bytes";
+pub const STATE_USER_HOURS: &str = "analytics_processor_state_user_hours";
+
+/// The user sets of open hours, as chunks of hashes.
+const USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_user_chunks", column: "users" };
+
+/// The analytics workload; holds the deployment's hour retention.
+pub struct Analytics {
+    /// How long after its end an hour stays open, on the partition's watermark.
+    pub retention_ms: i64,
+}
+
+/// One partition's open hours and how many user chunks each has stored.
+pub struct AnalyticsState {
+    window: PartitionWindow,
+    user_chunks: ChunkCounts,
+}
+
+impl AnalyticsState {
+    /// The open hours.
+    pub fn window(&self) -> &PartitionWindow {
+        &self.window
+    }
+}
+
+fn aggregate(partition: i32, position: Position, hour: HourStart, counts: HourCounts) -> Emit {
+    let agg = HourAggregate {
+        hour,
+        partition,
+        counts,
+        input_offset: position.next_offset,
+        watermark_ms: position.watermark_ms,
+    };
+    Emit { key: agg.key(), payload: encode_hour_aggregate(&agg) }
+}
+
+impl Aggregation for Analytics {
+    const NAME: &'static str = "analytics";
+    type Event = ClickEvent;
+    type State = AnalyticsState;
+    type Changes = Checkpoint;
+    /// User chunks appended per hour.
+    type Receipt = Vec<(i64, u32)>;
+
+    fn decode(&self, payload: &[u8]) -> Result<ClickEvent, DecodeError> {
+        decode_event(payload)
+    }
+
+    fn accepted_at_ms(&self, event: &ClickEvent) -> i64 {
+        event.accepted_at_ms
+    }
+
+    /// Ids are unique per user, and forgotten when the event's hour closes
+    /// (after which no retry of it can be counted anyway).
+    fn dedup_id(&self, event: &ClickEvent) -> Option<DedupId> {
+        let id = event.id.as_deref()?;
+        Some(DedupId { bucket_ms: event.hour().start_ms(), hash: event_id_hash(&event.user, id) })
+    }
+
+    fn apply(&self, state: &mut AnalyticsState, record: Record, event: ClickEvent) -> Result<(), Skip> {
+        // The window closes hours by the partition's watermark: the engine's.
+        let obs = Observation { accepted_at_ms: record.watermark_ms, ..Observation::from(&event) };
+        state.window.apply(obs).map_err(|Skipped::ClosedHour| {
+            tracing::warn!(offset = record.offset, hour = %obs.hour, "event for a closed hour not counted");
+            Skip("closed_hour")
+        })
+    }
+
+    fn changes(&self, state: &mut AnalyticsState) -> Option<Checkpoint> {
+        state.window.evict_closed();
+        state.window.has_changes().then(|| state.window.checkpoint())
+    }
+
+    async fn restore(
+        &self,
+        tx: &Transaction<'_>,
+        scope: Scope<'_>,
+        position: Position,
+    ) -> Result<AnalyticsState, PgError> {
+        let hours = tx
+            .query(
+                "SELECT hour_start_ms, clicks, impressions, unique_users FROM processor_hours
+                 WHERE topic = $1 AND partition = $2",
+                &[&scope.topic, &scope.partition],
+            )
+            .await?;
+        let mut users = read_chunks(tx, USER_CHUNKS, scope).await?;
+        let mut window = PartitionWindow::new(position.watermark_ms, self.retention_ms);
+        let mut user_chunks = ChunkCounts::new();
+        for h in &hours {
+            let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
+            let parts = users.remove(&hour.start_ms()).unwrap_or_default();
+            let expected = usize::try_from(h.get::<_, i64>("unique_users")).unwrap_or(0);
+            let bucket = HourBucket::restore(
+                u64::try_from(h.get::<_, i64>("clicks")).unwrap_or(0),
+                u64::try_from(h.get::<_, i64>("impressions")).unwrap_or(0),
+                parts.iter().flat_map(|p| decode_hashes(p)),
+                expected,
+            );
+            debug_assert_eq!(bucket.counts().unique_users as usize, expected, "user chunks match the stored count");
+            user_chunks.insert(hour.start_ms(), parts.len() as u32);
+            window.restore_hour(hour, bucket);
+        }
+        Ok(AnalyticsState { window, user_chunks })
+    }
+
+    async fn persist(
+        &self,
+        tx: &Transaction<'_>,
+        scope: Scope<'_>,
+        state: &AnalyticsState,
+        cp: &Checkpoint,
+    ) -> Result<Vec<(i64, u32)>, PgError> {
+        let hours: Vec<i64> = cp.changed.iter().map(|c| c.hour.start_ms()).collect();
+        let column = |f: fn(&HourCounts) -> u64| -> Vec<i64> {
+            cp.changed.iter().map(|c| i64::try_from(f(&c.counts)).unwrap_or(i64::MAX)).collect()
+        };
+        tx.execute(
+            "INSERT INTO processor_hours (topic, partition, hour_start_ms, clicks, impressions, unique_users)
+             SELECT $1, $2, * FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+             ON CONFLICT (topic, partition, hour_start_ms) DO UPDATE SET
+                 clicks = EXCLUDED.clicks, impressions = EXCLUDED.impressions, unique_users = EXCLUDED.unique_users",
+            &[
+                &scope.topic,
+                &scope.partition,
+                &hours,
+                &column(|c| c.clicks),
+                &column(|c| c.impressions),
+                &column(|c| c.unique_users),
+            ],
+        )
+        .await?;
+        let new_users: Vec<(i64, &[u64])> =
+            cp.changed.iter().map(|c| (c.hour.start_ms(), c.new_users.as_slice())).collect();
+        let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &state.user_chunks).await?;
+        let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
+        if !closed.is_empty() {
+            tx.execute(
+                "DELETE FROM processor_hours WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)",
+                &[&scope.topic, &scope.partition, &closed],
+            )
+            .await?;
+            delete_chunks(tx, USER_CHUNKS, scope, &closed).await?;
+        }
+        Ok(added)
+    }
+
+    fn committed(&self, state: &mut AnalyticsState, cp: Checkpoint, added: Vec<(i64, u32)>) {
+        state.window.mark_checkpointed();
+        let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
+        record_chunks(&mut state.user_chunks, added, &closed);
+    }
+
+    /// From the checkpoint, not the window: an hour that closed in this batch is only there.
+    fn emits(&self, scope: Scope<'_>, position: Position, cp: &Checkpoint) -> Vec<Emit> {
+        cp.changed.iter().map(|c| aggregate(scope.partition, position, c.hour, c.counts)).collect()
+    }
+
+    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &AnalyticsState) -> Vec<Emit> {
+        state.window.counts().map(|(h, c)| aggregate(scope.partition, position, h, c)).collect()
+    }
+
+    fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a AnalyticsState>) {
+        let (mut hours, mut bytes, mut user_hours) = (0, 0, 0);
+        for s in states {
+            hours += s.window.open_hours();
+            bytes += s.window.heap_bytes();
+            user_hours += s.window.user_hours();
+        }
+        metrics::gauge!(OPEN_HOURS, "workload" => Self::NAME).set(hours as f64);
+        metrics::gauge!(STATE_BYTES, "workload" => Self::NAME).set(bytes as f64);
+        metrics::gauge!(STATE_USER_HOURS, "workload" => Self::NAME).set(user_hours as f64);
+    }
+}

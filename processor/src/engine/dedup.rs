@@ -1,0 +1,153 @@
+//! Event ids for deduplication: an id is counted once while its hour is open.
+//!
+//! Pure and deterministic: whether an id counts depends only on the records
+//! applied before it, never on when checkpoints ran. An id is held from its
+//! first record until its bucket (an hour) closes on the partition's
+//! watermark; a bucket that is closed is never consulted, whether or not its
+//! ids were evicted yet, so eviction timing cannot change an answer.
+
+use std::collections::HashMap;
+
+use super::DedupId;
+
+/// An hour: the granularity at which ids are forgotten.
+pub const BUCKET_MS: i64 = 3_600_000;
+
+/// The ids of one partition's open buckets.
+#[derive(Debug, Clone, Default)]
+pub struct IdWindow {
+    /// Id hash → the bucket whose closing forgets it.
+    ids: HashMap<u64, i64>,
+    /// Ids first seen since the last checkpoint, with their bucket.
+    new: Vec<DedupId>,
+    /// A bucket closes once `watermark >= bucket end + retention`.
+    retention_ms: i64,
+}
+
+impl IdWindow {
+    pub fn new(retention_ms: i64) -> Self {
+        IdWindow { ids: HashMap::new(), new: Vec::new(), retention_ms }
+    }
+
+    /// True once no record can reach `bucket_ms` any more.
+    pub fn is_closed(&self, bucket_ms: i64, watermark_ms: i64) -> bool {
+        bucket_ms.saturating_add(BUCKET_MS).saturating_add(self.retention_ms) <= watermark_ms
+    }
+
+    /// True if the id was not counted yet (and is now); false for a repeat.
+    /// An id of a closed bucket is neither held nor refused here: the
+    /// workload decides about such a record (analytics skips it as late).
+    pub fn admit(&mut self, id: DedupId, watermark_ms: i64) -> bool {
+        if self.is_closed(id.bucket_ms, watermark_ms) {
+            return true;
+        }
+        if let Some(held) = self.ids.get(&id.hash) {
+            if !self.is_closed(*held, watermark_ms) {
+                return false;
+            }
+        }
+        self.ids.insert(id.hash, id.bucket_ms);
+        self.new.push(id);
+        true
+    }
+
+    /// Adds ids restored from the store (already persisted).
+    pub fn restore(&mut self, bucket_ms: i64, hashes: impl IntoIterator<Item = u64>) {
+        self.ids.extend(hashes.into_iter().map(|h| (h, bucket_ms)));
+    }
+
+    /// Ids first seen since the last checkpoint, per bucket.
+    pub fn new_ids(&self) -> HashMap<i64, Vec<u64>> {
+        let mut by_bucket: HashMap<i64, Vec<u64>> = HashMap::new();
+        for id in &self.new {
+            by_bucket.entry(id.bucket_ms).or_default().push(id.hash);
+        }
+        by_bucket
+    }
+
+    pub fn has_new(&self) -> bool {
+        !self.new.is_empty()
+    }
+
+    /// Forgets the ids of buckets closed at `watermark_ms`; returns those buckets.
+    pub fn evict_closed(&mut self, watermark_ms: i64) -> Vec<i64> {
+        let mut closed: Vec<i64> =
+            self.ids.values().copied().filter(|b| self.is_closed(*b, watermark_ms)).collect::<Vec<_>>();
+        closed.sort_unstable();
+        closed.dedup();
+        if !closed.is_empty() {
+            self.ids.retain(|_, b| !closed.contains(b));
+            self.new.retain(|id| !closed.contains(&id.bucket_ms));
+        }
+        closed
+    }
+
+    /// Records that the new ids are durable.
+    pub fn mark_checkpointed(&mut self) {
+        self.new.clear();
+    }
+
+    pub fn held(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        // hashbrown: a (u64, i64) entry plus one control byte.
+        self.ids.capacity() * 17 + self.new.capacity() * std::mem::size_of::<DedupId>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H0: i64 = 1_800_000_000_000 / BUCKET_MS * BUCKET_MS;
+    const RETENTION: i64 = 7 * 24 * BUCKET_MS;
+
+    fn id(bucket_ms: i64, hash: u64) -> DedupId {
+        DedupId { bucket_ms, hash }
+    }
+
+    #[test]
+    fn an_id_is_counted_once_while_its_bucket_is_open() {
+        let mut w = IdWindow::new(RETENTION);
+        assert!(w.admit(id(H0, 42), H0));
+        assert!(!w.admit(id(H0, 42), H0 + 10));
+        // The same id in another bucket (a client reusing it): still one event.
+        assert!(!w.admit(id(H0 + BUCKET_MS, 42), H0 + 10));
+        assert!(w.admit(id(H0, 43), H0 + 10));
+        let new = w.new_ids();
+        assert_eq!(new[&H0], vec![42, 43]);
+        w.mark_checkpointed();
+        assert!(!w.has_new());
+        assert!(!w.admit(id(H0, 43), H0 + 20), "checkpointed ids are still held");
+    }
+
+    #[test]
+    fn a_restored_window_still_knows_the_ids() {
+        let mut w = IdWindow::new(RETENTION);
+        w.restore(H0, [7, 8]);
+        assert!(!w.admit(id(H0, 7), H0));
+        assert!(w.admit(id(H0, 9), H0));
+        assert_eq!(w.held(), 3);
+    }
+
+    #[test]
+    fn ids_are_forgotten_when_their_bucket_closes_whenever_eviction_runs() {
+        let closes = H0 + BUCKET_MS + RETENTION;
+        let mut evicted = IdWindow::new(RETENTION);
+        let mut kept = IdWindow::new(RETENTION);
+        for w in [&mut evicted, &mut kept] {
+            assert!(w.admit(id(H0, 1), H0));
+        }
+        assert_eq!(evicted.evict_closed(closes), vec![H0]);
+        assert_eq!(evicted.held(), 0);
+        assert!(kept.evict_closed(closes - 1).is_empty());
+        // Closed bucket: neither window refuses or holds the id, evicted or not.
+        assert!(evicted.admit(id(H0, 1), closes));
+        assert!(kept.admit(id(H0, 1), closes));
+        // An open bucket's id whose older copy sits in a closed, unevicted bucket is new.
+        assert!(kept.admit(id(closes, 1), closes));
+        assert!(!kept.admit(id(closes, 1), closes));
+    }
+}

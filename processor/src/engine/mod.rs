@@ -1,0 +1,148 @@
+//! The processor engine: knows partitions, offsets, epochs and transactions,
+//! nothing of any workload's events.
+//!
+//! Per owned partition of a workload's events topic it keeps the
+//! [`Position`] (next offset, watermark), the event ids seen (for
+//! deduplication, [`dedup`]) and the workload's state, and every checkpoint
+//! interval commits all three to PostgreSQL in one transaction under the
+//! partition's fencing epoch ([`state_store`]), then emits the workload's
+//! aggregates, tagged with that position, in one Kafka transaction
+//! (`emitter`). A crash anywhere replays from the stored position and
+//! recomputes the same values, and the sinks keep the highest offset per key.
+//!
+//! A workload plugs in by implementing [`Aggregation`]: its event decoding,
+//! its pure state (apply, changes since the last checkpoint, snapshot), the
+//! rows that persist that state (inside the engine's transaction) and the
+//! records it emits.
+
+pub mod dedup;
+mod emitter;
+pub mod metrics;
+mod pipeline;
+pub mod state_store;
+
+use std::future::Future;
+
+use common::engine::avro::DecodeError;
+use common::engine::pg::PgError;
+use deadpool_postgres::Transaction;
+
+pub use pipeline::{Processor, ProcessorError, ProcessorSettings};
+
+/// How far one partition's state has got: every record below `next_offset`
+/// is reflected, and `watermark_ms` is the newest acceptance time among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub next_offset: i64,
+    pub watermark_ms: i64,
+}
+
+/// Whose state a workload reads or writes: a partition of an events topic.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+}
+
+/// A record handed to [`Aggregation::apply`], once and in offset order.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    pub offset: i64,
+    /// When the record was accepted: the broker's log-append time where the
+    /// topic stamps one (one clock for the partition), else the writer's.
+    pub accepted_at_ms: i64,
+    /// The partition's watermark, this record included.
+    pub watermark_ms: i64,
+}
+
+/// A record that was read but not counted; the label goes to
+/// `analytics_processor_events_skipped_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip(pub &'static str);
+
+/// An event's client id for deduplication: the 64-bit hash of the id (with
+/// whatever else makes it unique, such as the user) and the start of the
+/// hour whose closing forgets it ([`dedup::IdWindow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupId {
+    pub bucket_ms: i64,
+    pub hash: u64,
+}
+
+/// One record for the aggregates topic: its compaction key and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emit {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// A workload's side of the processor.
+///
+/// Everything but `restore` and `persist` is pure: the state must be a
+/// function of the records applied (never of a clock), so a replay after a
+/// crash yields the same emits.
+pub trait Aggregation: Send + Sync + 'static {
+    /// The workload's name: a label on the engine's metrics and in logs.
+    const NAME: &'static str;
+    /// A decoded record of the events topic.
+    type Event: Send;
+    /// The state of one partition.
+    type State: Send + Sync + 'static;
+    /// What changed since the last checkpoint, as persisted and emitted.
+    type Changes: Send + Sync + 'static;
+    /// What a committed `persist` leaves to record in the state (row counts, say).
+    type Receipt: Send + 'static;
+
+    /// Decodes a record; an error stops the partition at it (see `stall_partition`).
+    fn decode(&self, payload: &[u8]) -> Result<Self::Event, DecodeError>;
+
+    /// The writer's acceptance time, used where the topic has no log-append time.
+    fn accepted_at_ms(&self, event: &Self::Event) -> i64;
+
+    /// The event's client id, if it carries one: the engine counts an id once.
+    fn dedup_id(&self, event: &Self::Event) -> Option<DedupId>;
+
+    /// Applies one record.
+    ///
+    /// # Errors
+    /// [`Skip`] when the record is not counted (its label names why).
+    fn apply(&self, state: &mut Self::State, record: Record, event: Self::Event) -> Result<(), Skip>;
+
+    /// What changed since the last checkpoint, or `None`. May first close what
+    /// the watermark closed. Leaves the state able to give the same answer
+    /// again until [`committed`](Self::committed), so a failed write is retried.
+    fn changes(&self, state: &mut Self::State) -> Option<Self::Changes>;
+
+    /// Loads a partition's state inside the engine's claim transaction.
+    fn restore(
+        &self,
+        tx: &Transaction<'_>,
+        scope: Scope<'_>,
+        position: Position,
+    ) -> impl Future<Output = Result<Self::State, PgError>> + Send;
+
+    /// Writes `changes` inside the engine's checkpoint transaction, which
+    /// commits them together with the position under the partition's epoch.
+    fn persist(
+        &self,
+        tx: &Transaction<'_>,
+        scope: Scope<'_>,
+        state: &Self::State,
+        changes: &Self::Changes,
+    ) -> impl Future<Output = Result<Self::Receipt, PgError>> + Send;
+
+    /// Records that `changes` are durable.
+    fn committed(&self, state: &mut Self::State, changes: Self::Changes, receipt: Self::Receipt);
+
+    /// The aggregates of `changes`, each reflecting the input up to `position`.
+    fn emits(&self, scope: Scope<'_>, position: Position, changes: &Self::Changes) -> Vec<Emit>;
+
+    /// The aggregates of everything a restored state holds: re-emitted on every
+    /// claim, since a former owner may have died between its checkpoint and its emit.
+    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &Self::State) -> Vec<Emit>;
+
+    /// Sets the workload's own gauges over the states this instance holds.
+    fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a Self::State>)
+    where
+        Self::State: 'a;
+}
