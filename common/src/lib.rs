@@ -6,12 +6,14 @@
 //!
 //! - [`analytics`]: the pure domain of the hourly workload (time buckets,
 //!   validation, the exact user set, aggregation). No I/O.
+//! - [`increments`]: the pure domain of the per-key sums workload. No I/O.
 //! - [`avro`]: the records on the topics, single-object encoded.
 //! - [`config`], [`telemetry`], [`shutdown`], [`http`]: written once, used by every service.
 //! - [`kafka`], [`pg`], [`store`]: the adapters to the broker, PostgreSQL and the read model.
 
 pub mod analytics;
 pub mod engine;
+pub mod increments;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

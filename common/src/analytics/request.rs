@@ -167,7 +167,7 @@ pub fn decode(raw: &str) -> Result<String, RejectReason> {
 }
 
 /// Echoed names are cut short so a reason stays one short line.
-fn truncate_for_message(s: &str) -> String {
+pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 40;
     let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
     if clean.chars().count() <= MAX {

@@ -15,6 +15,10 @@
 //! maps it to and from Avro by name (enum symbols too), so nothing here depends
 //! on a field's or a symbol's position. The domain types convert to and from
 //! these structs, and decoding validates on the way in.
+//!
+//! [`Codec`] is the workload-independent part: any workload builds one from
+//! its bundled `.avsc` versions and maps its own wire structs through it (the
+//! increments workload does, in `crate::increments::wire`).
 
 use std::io::Cursor;
 use std::sync::LazyLock;
@@ -22,6 +26,7 @@ use std::sync::LazyLock;
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::types::Value;
 use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref, Schema};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::{ClickEvent, EventId, EventKind, HourCounts, HourStart, UserId};
@@ -43,7 +48,8 @@ pub const HOUR_AGGREGATE_SCHEMA_JSON: &str = HOUR_AGGREGATE_V1_SCHEMA_JSON;
 
 /// The single-object marker that starts every record.
 const MARKER: [u8; 2] = [0xC3, 0x01];
-const HEADER_LEN: usize = 10;
+/// Length of the single-object header: the marker and the 8-byte fingerprint.
+pub const HEADER_LEN: usize = 10;
 
 /// One version of a schema with its single-object header.
 struct Version {
@@ -83,12 +89,21 @@ impl Version {
 }
 
 /// Every known version of one record's schema; the last is the current one.
-struct Codec {
+///
+/// Writes the current version in single-object encoding and reads any known
+/// version, resolved into the current one. Build it once (a `LazyLock`
+/// static) from `include_str!`ed schemas.
+pub struct Codec {
     versions: Vec<Version>,
 }
 
 impl Codec {
-    fn new(versions: &[&str]) -> Self {
+    /// `versions`: the schema JSON of every version ever written, oldest first.
+    ///
+    /// # Panics
+    /// On a bundled schema that is not valid Avro, or two versions with the
+    /// same fingerprint: both are bugs in the build, found by any test.
+    pub fn new(versions: &[&str]) -> Self {
         let versions: Vec<Version> = versions.iter().map(|json| Version::new(json)).collect();
         for (i, v) in versions.iter().enumerate() {
             assert!(
@@ -103,14 +118,35 @@ impl Codec {
         self.versions.last().expect("at least one schema version")
     }
 
-    fn encode<T: Serialize>(&self, record: &T) -> Vec<u8> {
+    /// The current schema: the one [`Codec::encode`] writes.
+    pub fn schema(&self) -> &Schema {
+        &self.current().schema
+    }
+
+    /// The current version's single-object header: `C3 01` and the
+    /// little-endian CRC-64-AVRO fingerprint of its canonical form.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        self.current().header
+    }
+
+    /// Writes `record` with the current schema.
+    ///
+    /// # Panics
+    /// If the wire struct does not match the schema: a bug, found by the
+    /// workload's round-trip tests.
+    pub fn encode<T: Serialize>(&self, record: &T) -> Vec<u8> {
         self.current().encode_record(record)
     }
 
     /// Reads a record written with any known version, resolved into the
     /// current schema. The value is a record of the current schema's fields,
-    /// in its order, for [`from_value`] into the current wire struct.
-    fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
+    /// in its order, for [`from_record`] into the current wire struct (which
+    /// may borrow its strings from it).
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a missing header, an unknown fingerprint, a body
+    /// that is not a whole record of that schema, or trailing bytes.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
         let (header, body) = bytes.split_at_checked(HEADER_LEN).ok_or(DecodeError::WrongHeader)?;
         if header[..2] != MARKER {
             return Err(DecodeError::WrongHeader);
@@ -129,6 +165,23 @@ impl Codec {
             _ => Err(DecodeError::Avro("not a record".into())),
         }
     }
+
+    /// [`Codec::decode`] then [`from_record`], for wire structs that own their data.
+    ///
+    /// # Errors
+    /// As [`Codec::decode`], or [`DecodeError::Avro`] if the record does not fit `T`.
+    pub fn decode_into<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        from_record(&self.decode(bytes)?)
+    }
+}
+
+/// Maps a record from [`Codec::decode`] into its wire struct by field name;
+/// `T` may borrow strings from `value`.
+///
+/// # Errors
+/// [`DecodeError::Avro`] if the record does not fit `T`.
+pub fn from_record<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T, DecodeError> {
+    from_value::<T>(value).map_err(|e| DecodeError::Avro(e.to_string()))
 }
 
 /// Input that ends with an error rather than `UnexpectedEof`: apache-avro 0.20
