@@ -10,13 +10,17 @@
 //! - [`request`]: strict parsing of the HTTP query strings of both APIs.
 //! - [`user_set`]: the compact exact set of hashed user ids.
 //! - [`bucket`]: per-(hour, partition) state and the absolute aggregates it yields.
+//! - [`sketch`]: the mergeable HyperLogLog of user hashes that answers
+//!   unique users over ranges no exact set covers.
 
 pub mod bucket;
 pub mod event;
 pub mod request;
+pub mod sketch;
 pub mod time;
 pub mod user_set;
 
 pub use bucket::{HourBucket, HourCounts, PartitionWindow};
 pub use event::{ClickEvent, EventId, EventKind, Horizon, RejectReason, UserId};
+pub use sketch::{SketchDecodeError, UserSketch};
 pub use time::{EpochMillis, HourStart};
