@@ -34,6 +34,9 @@ pub struct TestKafka {
     pub events_partitions: NonZeroU32,
     pub aggregates_topic: String,
     pub aggregates_partitions: NonZeroU32,
+    /// The increments workload's topics.
+    pub increments_events_topic: String,
+    pub increments_sums_topic: String,
 }
 
 impl TestKafka {
@@ -62,6 +65,8 @@ pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
         events_partitions: 3.try_into().expect("non-zero"),
         aggregates_topic: format!("test-aggregates-{suffix}"),
         aggregates_partitions: 2.try_into().expect("non-zero"),
+        increments_events_topic: format!("test-increments-{suffix}"),
+        increments_sums_topic: format!("test-sums-{suffix}"),
     };
     let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
     let pg = PgConfig {
@@ -136,6 +141,12 @@ pub async fn delete_topics(kafka: &TestKafka) {
         rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create();
     if let Ok(admin) = admin {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let _ = admin.delete_topics(&[&kafka.events_topic, &kafka.aggregates_topic], &opts).await;
+        let topics = [
+            &kafka.events_topic,
+            &kafka.aggregates_topic,
+            &kafka.increments_events_topic,
+            &kafka.increments_sums_topic,
+        ];
+        let _ = admin.delete_topics(&topics.map(String::as_str), &opts).await;
     }
 }

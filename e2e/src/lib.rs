@@ -105,6 +105,8 @@ impl Stack {
             .env("EVENTS_PARTITIONS", self.kafka.events_partitions.to_string())
             .env("AGGREGATES_TOPIC", &self.kafka.aggregates_topic)
             .env("AGGREGATES_PARTITIONS", self.kafka.aggregates_partitions.to_string())
+            .env("INCREMENTS_EVENTS_TOPIC", &self.kafka.increments_events_topic)
+            .env("INCREMENTS_SUMS_TOPIC", &self.kafka.increments_sums_topic)
             .env("PROCESSOR_GROUP", format!("processor-{}", self.pg.schema))
             .env("MATERIALIZER_GROUP", format!("materializer-{}", self.pg.schema))
             .env("REDIS_URL", &self.redis.url)

@@ -34,6 +34,8 @@ pub struct Config {
     #[command(flatten)]
     pub aggregates: AggregatesTopicConfig,
     #[command(flatten)]
+    pub increments: common::increments::config::IncrementsTopicsConfig,
+    #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]
     pub pg: PgConfig,

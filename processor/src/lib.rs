@@ -6,7 +6,8 @@
 //!   state_store  position + epoch + ids in PostgreSQL, chunked hash sets
 //!   emitter      one transactional producer per owned partition
 //!   dedup        event ids, held while their hour is open
-//! analytics.rs the hourly analytics workload (an `engine::Aggregation`)
+//! analytics.rs  the hourly analytics workload (an `engine::Aggregation`)
+//! increments.rs the per-key sums workload (an `engine::Aggregation`)
 //! ```
 //!
 //! Each workload's partitions are split among the processor instances by
@@ -15,6 +16,7 @@
 pub mod analytics;
 pub mod config;
 pub mod engine;
+pub mod increments;
 
 pub use engine::metrics;
 
@@ -33,7 +35,8 @@ use tokio::net::TcpListener;
 use crate::analytics::Analytics;
 pub use crate::config::Config;
 use crate::engine::state_store::StateStore;
-use crate::engine::{Processor, ProcessorSettings};
+use crate::engine::{Aggregation, Processor, ProcessorSettings};
+use crate::increments::Increments;
 
 /// The tables the processor uses: its state store, the leases it shares with
 /// the materializer, and the deployment settings it agrees with the command.
@@ -42,7 +45,32 @@ pub const MIGRATIONS: &[Migration] = &[
     migrations::COORDINATION,
     migrations::DEPLOYMENT_SETTINGS,
     migrations::PROCESSOR_EVENT_IDS,
+    migrations::PROCESSOR_INCREMENTS,
 ];
+
+/// Joins the lease group of one workload and builds its processor.
+async fn start<W: Aggregation>(
+    workload: W,
+    cfg: &Config,
+    pool: &deadpool_postgres::Pool,
+    (events_topic, aggregates_topic): (&str, &str),
+    group_id: String,
+) -> anyhow::Result<Processor<W>> {
+    let partitions = common::engine::pg::agree_topic_partitions(pool, "processor", &cfg.kafka, events_topic).await?;
+    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &group_id, events_topic).await?;
+    let store = StateStore::new(pool.clone(), events_topic.to_owned());
+    let settings = ProcessorSettings {
+        kafka: cfg.kafka.clone(),
+        events_topic: events_topic.to_owned(),
+        aggregates_topic: aggregates_topic.to_owned(),
+        group_id,
+        checkpoint_interval: cfg.checkpoint_interval,
+        delivery_timeout: cfg.delivery_timeout,
+        retention_ms: cfg.retention_ms(),
+        partitions,
+    };
+    Processor::new(workload, &settings, store, membership).context("creating the consumer")
+}
 
 /// Connects to PostgreSQL (migrating its tables), creates its topics if
 /// configured, and runs the processor and its ops endpoint until `token` is
@@ -57,26 +85,34 @@ pub async fn run(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    let topics = [TopicSpec::events(&cfg.events), TopicSpec::aggregates(&cfg.aggregates)];
+    let (events_partitions, sums_partitions) =
+        (cfg.events.events_partitions.get(), cfg.aggregates.aggregates_partitions.get());
+    let topics = [
+        TopicSpec::events(&cfg.events),
+        TopicSpec::aggregates(&cfg.aggregates),
+        TopicSpec::events_named(&cfg.increments.increments_events_topic, events_partitions),
+        TopicSpec::aggregates_named(&cfg.increments.increments_sums_topic, sums_partitions),
+    ];
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
     let horizon = cfg.horizon.horizon();
-    let partitions =
-        common::engine::pg::agree_deployment(&pool, "processor", &cfg.kafka, &cfg.events, &horizon).await?;
-    let topic = &cfg.events.events_topic;
-    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
-    let store = StateStore::new(pool.clone(), topic.clone());
-    let settings = ProcessorSettings {
-        kafka: cfg.kafka.clone(),
-        events_topic: topic.clone(),
-        aggregates_topic: cfg.aggregates.aggregates_topic.clone(),
-        group_id: cfg.group_id.clone(),
-        checkpoint_interval: cfg.checkpoint_interval,
-        delivery_timeout: cfg.delivery_timeout,
-        retention_ms: cfg.retention_ms(),
-        partitions,
-    };
-    let analytics = Analytics { retention_ms: cfg.retention_ms() };
-    let processor = Processor::new(analytics, &settings, store, membership).context("creating the consumer")?;
+    common::engine::pg::agree_horizon(&pool, "processor", &horizon).await?;
+    // One registration per workload: its topics, its lease group, its Aggregation.
+    let analytics = start(
+        Analytics { retention_ms: cfg.retention_ms() },
+        &cfg,
+        &pool,
+        (&cfg.events.events_topic, &cfg.aggregates.aggregates_topic),
+        cfg.group_id.clone(),
+    )
+    .await?;
+    let increments = start(
+        Increments,
+        &cfg,
+        &pool,
+        (&cfg.increments.increments_events_topic, &cfg.increments.increments_sums_topic),
+        format!("{}.increments", cfg.group_id),
+    )
+    .await?;
     let ready_pool = pool.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
@@ -96,7 +132,7 @@ pub async fn run(
         Ok(())
     });
     tracing::info!(topic = cfg.events.events_topic, group = cfg.group_id, "processor started");
-    let result = processor.run(token.clone()).await;
+    let result = tokio::try_join!(analytics.run(token.clone()), increments.run(token.clone())).map(|_| ());
     token.cancel();
     let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
     result.context("processor failed")?;

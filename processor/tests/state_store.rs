@@ -123,3 +123,47 @@ async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     assert_eq!(b.ids.held(), 150);
     drop_schema(&pg).await;
 }
+
+#[tokio::test]
+async fn increment_sums_beyond_i64_restore_exactly() {
+    use common::increments::{IncrementEvent, IncrementKey, IncrementValue};
+    use processor::increments::Increments;
+
+    let (_, _, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    let store = StateStore::new(pool.clone(), "increments".into());
+    let key = IncrementKey::parse("0B3C8F2E-7D41-4C55-9A1E-5F6B7C8D9E0F").unwrap();
+    let mut a = store.claim(&Increments, 0, RETENTION).await.unwrap();
+    for offset in 0..4 {
+        let event = IncrementEvent { key, value: IncrementValue::new(i64::MAX).unwrap(), accepted_at_ms: H, id: None };
+        a.position.next_offset = offset + 1;
+        Increments.apply(&mut a.state, Record { offset, accepted_at_ms: H, watermark_ms: H }, event).unwrap();
+    }
+    let changes = Increments.changes(&mut a.state).expect("a key changed");
+    assert_eq!(changes, vec![(key, 4 * i128::from(i64::MAX))]);
+    let cp = EngineCheckpoint {
+        position: a.position,
+        epoch: a.epoch,
+        ids: &a.ids,
+        closed_id_hours: &[],
+        id_chunks: &a.id_chunks,
+    };
+    store.commit(&Increments, 0, cp, Some((&a.state, &changes))).await.unwrap();
+    Increments.committed(&mut a.state, changes, ());
+    assert!(Increments.changes(&mut a.state).is_none());
+
+    let b = store.claim(&Increments, 0, RETENTION).await.unwrap();
+    assert_eq!(b.position.next_offset, 4);
+    assert_eq!(b.state.sum(&key), Some(4 * i128::from(i64::MAX)));
+    let sql_sum: String = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT sum::text FROM processor_increment_sums WHERE key = $1::text::uuid", &[&key.to_string()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sql_sum, "36893488147419103228");
+    drop_schema(&pg).await;
+}

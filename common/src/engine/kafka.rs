@@ -72,20 +72,26 @@ impl TopicSpec {
     /// watermark and the command's "will it be counted" check both read that
     /// one clock, which no command host's clock can move.
     pub fn events(topic: &EventsTopicConfig) -> Self {
+        Self::events_named(&topic.events_topic, topic.events_partitions.get())
+    }
+
+    /// An events topic of any workload (see [`TopicSpec::events`]).
+    pub fn events_named(name: &str, partitions: u32) -> Self {
         TopicSpec {
-            name: topic.events_topic.clone(),
-            partitions: topic.events_partitions.get(),
+            name: name.to_owned(),
+            partitions,
             configs: vec![("cleanup.policy", "delete"), ("message.timestamp.type", "LogAppendTime")],
         }
     }
 
     /// The aggregates topic, compacted: only the newest aggregate per key matters.
     pub fn aggregates(topic: &AggregatesTopicConfig) -> Self {
-        TopicSpec {
-            name: topic.aggregates_topic.clone(),
-            partitions: topic.aggregates_partitions.get(),
-            configs: vec![("cleanup.policy", "compact")],
-        }
+        Self::aggregates_named(&topic.aggregates_topic, topic.aggregates_partitions.get())
+    }
+
+    /// An aggregates topic of any workload (see [`TopicSpec::aggregates`]).
+    pub fn aggregates_named(name: &str, partitions: u32) -> Self {
+        TopicSpec { name: name.to_owned(), partitions, configs: vec![("cleanup.policy", "compact")] }
     }
 }
 

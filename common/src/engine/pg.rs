@@ -48,9 +48,26 @@ pub mod migrations {
         sql: include_str!("../../migrations/0005_processor_event_ids.sql"),
     };
 
+    /// The increments workload's processor state: per-key sums.
+    pub const PROCESSOR_INCREMENTS: Migration = Migration {
+        version: 6,
+        name: "processor_increments",
+        sql: include_str!("../../migrations/0006_processor_increments.sql"),
+    };
+    /// The increments read model: materializer writes, query reads.
+    pub const INCREMENTS: Migration =
+        Migration { version: 7, name: "increments", sql: include_str!("../../migrations/0007_increments.sql") };
+
     /// All of them, in version order.
-    pub const ALL: &[Migration] =
-        &[READ_MODELS, PROCESSOR_STATE, COORDINATION, DEPLOYMENT_SETTINGS, PROCESSOR_EVENT_IDS];
+    pub const ALL: &[Migration] = &[
+        READ_MODELS,
+        PROCESSOR_STATE,
+        COORDINATION,
+        DEPLOYMENT_SETTINGS,
+        PROCESSOR_EVENT_IDS,
+        PROCESSOR_INCREMENTS,
+        INCREMENTS,
+    ];
 }
 
 /// Why talking to PostgreSQL failed.
@@ -62,13 +79,16 @@ pub enum PgError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// A stored row this build cannot read (a bug or a manual edit): retrying cannot help.
+    #[error("unreadable row: {0}")]
+    Corrupt(String),
 }
 
 impl PgError {
     /// Transient failures (connection lost, server down, timeouts) are worth retrying.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PgError::Config(_) => false,
+            PgError::Config(_) | PgError::Corrupt(_) => false,
             PgError::Pool(_) => true,
             PgError::Db(e) => e.as_db_error().is_none_or(|db| {
                 // Serialization failures, deadlocks, connection and resource errors.
@@ -240,8 +260,20 @@ pub async fn agree_partitions(
     kafka: &crate::engine::config::KafkaConfig,
     events: &crate::engine::config::EventsTopicConfig,
 ) -> anyhow::Result<i32> {
+    agree_topic_partitions(pool, service, kafka, &events.events_topic).await
+}
+
+/// Agrees the partition count of any workload's events topic (see [`agree_partitions`]).
+///
+/// # Errors
+/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
+pub async fn agree_topic_partitions(
+    pool: &Pool,
+    service: &str,
+    kafka: &crate::engine::config::KafkaConfig,
+    topic: &str,
+) -> anyhow::Result<i32> {
     use anyhow::Context;
-    let topic = &events.events_topic;
     let partitions = crate::engine::kafka::partition_count(kafka, topic)
         .await
         .with_context(|| format!("reading the partition count of {topic}"))?;

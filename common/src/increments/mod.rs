@@ -14,6 +14,7 @@
 //! - [`wire`]: the Avro records of both topics.
 //! - [`row`]: the read-model row and the GET answer.
 
+pub mod config;
 pub mod event;
 pub mod request;
 pub mod row;
@@ -23,4 +24,4 @@ pub mod wire;
 pub use event::{IncrementEvent, IncrementKey, IncrementValue};
 pub use request::{parse_post, IncrementReject, IncrementRequest, MAX_BODY_BYTES};
 pub use row::IncrementRow;
-pub use state::{IncrementState, IncrementSum, Skipped};
+pub use state::{IncrementState, IncrementSum};

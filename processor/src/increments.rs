@@ -1,0 +1,115 @@
+//! The increments workload in the processor: exact per-key sums per
+//! partition (a key lives in one partition), persisted as NUMERIC rows and
+//! emitted as `IncrementSum` records keyed by the counter.
+//!
+//! The pure part is [`IncrementState`] in `common::increments`; this module
+//! only maps it onto the engine's [`Aggregation`] and its rows.
+
+use common::engine::avro::DecodeError;
+use common::engine::pg::PgError;
+use common::increments::wire::{decode_increment, encode_increment_sum};
+use common::increments::{IncrementEvent, IncrementKey, IncrementState, IncrementSum};
+use deadpool_postgres::Transaction;
+
+use crate::engine::dedup::BUCKET_MS;
+use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
+
+pub const STATE_KEYS: &str = "analytics_processor_state_keys";
+
+/// The increments workload.
+pub struct Increments;
+
+/// Keys changed since the last checkpoint, with their sums, sorted by key.
+pub type ChangedSums = Vec<(IncrementKey, i128)>;
+
+fn sum_record(partition: i32, position: Position, key: IncrementKey, sum: i128) -> Emit {
+    let record = IncrementSum { key, sum, partition, input_offset: position.next_offset };
+    Emit { key: key.to_string(), payload: encode_increment_sum(&record) }
+}
+
+impl Aggregation for Increments {
+    const NAME: &'static str = "increments";
+    type Event = IncrementEvent;
+    type State = IncrementState;
+    type Changes = ChangedSums;
+    type Receipt = ();
+
+    fn decode(&self, payload: &[u8]) -> Result<IncrementEvent, DecodeError> {
+        decode_increment(payload)
+    }
+
+    fn accepted_at_ms(&self, event: &IncrementEvent) -> i64 {
+        event.accepted_at_ms
+    }
+
+    /// Ids are unique per key, and held for the deployment's horizon from the
+    /// hour the increment was accepted in.
+    fn dedup_id(&self, event: &IncrementEvent) -> Option<DedupId> {
+        let hash = event.id_hash()?;
+        Some(DedupId { bucket_ms: event.accepted_at_ms.div_euclid(BUCKET_MS) * BUCKET_MS, hash })
+    }
+
+    fn apply(&self, state: &mut IncrementState, _: Record, event: IncrementEvent) -> Result<(), Skip> {
+        state.apply(&event);
+        Ok(())
+    }
+
+    fn changes(&self, state: &mut IncrementState) -> Option<ChangedSums> {
+        state.has_changes().then(|| state.changed())
+    }
+
+    async fn restore(&self, tx: &Transaction<'_>, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
+        let rows = tx
+            .query(
+                "SELECT key::text, sum::text FROM processor_increment_sums WHERE topic = $1 AND partition = $2",
+                &[&scope.topic, &scope.partition],
+            )
+            .await?;
+        let mut state = IncrementState::new();
+        for row in rows {
+            let (key, sum): (&str, &str) = (row.get(0), row.get(1));
+            match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
+                (Some(key), Ok(sum)) => state.restore(key, sum),
+                _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
+            }
+        }
+        Ok(state)
+    }
+
+    async fn persist(
+        &self,
+        tx: &Transaction<'_>,
+        scope: Scope<'_>,
+        _: &IncrementState,
+        changed: &ChangedSums,
+    ) -> Result<(), PgError> {
+        let keys: Vec<String> = changed.iter().map(|(k, _)| k.to_string()).collect();
+        let sums: Vec<String> = changed.iter().map(|(_, s)| s.to_string()).collect();
+        // Sorted by key (IncrementState::changed): concurrent writers lock rows in one order.
+        tx.execute(
+            "INSERT INTO processor_increment_sums (topic, partition, key, sum)
+             SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
+             ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
+            &[&scope.topic, &scope.partition, &keys, &sums],
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn committed(&self, state: &mut IncrementState, _: ChangedSums, (): ()) {
+        state.mark_checkpointed();
+    }
+
+    fn emits(&self, scope: Scope<'_>, position: Position, changed: &ChangedSums) -> Vec<Emit> {
+        changed.iter().map(|(k, s)| sum_record(scope.partition, position, *k, *s)).collect()
+    }
+
+    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &IncrementState) -> Vec<Emit> {
+        state.sums().map(|(k, s)| sum_record(scope.partition, position, k, s)).collect()
+    }
+
+    fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a IncrementState>) {
+        let keys: usize = states.map(IncrementState::len).sum();
+        metrics::gauge!(STATE_KEYS, "workload" => Self::NAME).set(keys as f64);
+    }
+}
