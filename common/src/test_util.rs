@@ -123,7 +123,7 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str
 
 /// Deletes every Redis key under a prefix (cleanup).
 pub async fn clear_redis_prefix(redis: &RedisConfig) {
-    if let Ok(cache) = crate::engine::store::cache::HourCache::connect(redis).await {
+    if let Ok(cache) = crate::engine::store::cache::RedisStore::connect(redis).await {
         let _ = cache.clear().await;
     }
 }
