@@ -180,7 +180,7 @@ impl<W: SinkWorkload> Pipeline<W> {
         match msg.payload().map(|bytes| self.sink.workload().decode(bytes)) {
             Some(Ok(a)) => batch.aggregates.push(a),
             other => {
-                // Skipping it could lose an hour's newest counts (a record of a
+                // Skipping it could lose a row's newest values (a record of a
                 // newer schema version, say). Stop this partition at the record
                 // (the batch's position for it stays below), keep its lease, and
                 // raise the alarm; the other partitions go on.

@@ -46,7 +46,7 @@ impl SinkError {
 struct RedisBacklog<R: CachedRow> {
     /// Rows whose newest version Redis has not acknowledged.
     pending: BTreeMap<R::Id, Versioned<R>>,
-    /// The startup copy of recently changed hours is still to do.
+    /// The startup copy of recently changed rows is still to do.
     resync: bool,
     /// Redis failed last time (to log an outage once).
     failing: bool,

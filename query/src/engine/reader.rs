@@ -18,9 +18,9 @@ use crate::metrics as m;
 #[error("history store unavailable: {0}")]
 pub struct ReadError(#[from] PgError);
 
-/// Answers kept in process for a few milliseconds: a few ids (the current
-/// hour, hot keys) take most reads, and serving a burst of them from memory
-/// instead of a Redis round trip each costs at most `ttl` of extra staleness.
+/// Answers kept in process for a few milliseconds: a few hot ids take most
+/// reads, and serving a burst of them from memory instead of a Redis round
+/// trip each costs at most `ttl` of extra staleness.
 ///
 /// Entries keep the version of the row, and one is only replaced by an equal
 /// or newer version, so concurrent reads finishing out of order never move
@@ -148,33 +148,34 @@ impl<W: QueryWorkload> Reader<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::analytics::read_model::HourTotals;
-    use common::analytics::{HourCounts, HourStart};
+    use common::test_util::sums::Sum;
 
-    const HOUR: i64 = 1_800_000_000_000 / 3_600_000 * 3_600_000;
-
-    fn totals(version: i64, clicks: u64) -> HourTotals {
-        HourTotals { row: HourCounts { unique_users: 1, clicks, impressions: 0 }, version }
+    fn totals(version: i64, total: u64) -> Versioned<Sum> {
+        Versioned { row: Sum { total: i128::from(total) }, version }
     }
 
-    fn cache() -> LocalCache<HourCounts> {
+    fn key() -> String {
+        "key".to_owned()
+    }
+
+    fn cache() -> LocalCache<Sum> {
         LocalCache::new(Duration::from_millis(500))
     }
 
     #[test]
     fn an_older_version_never_replaces_a_newer_one() {
-        let (c, h) = (cache(), HourStart::of(HOUR));
+        let (c, h) = (cache(), key());
         c.put(&h, &totals(7, 70), Instant::now());
         c.put(&h, &totals(5, 50), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.clicks), Some(70));
+        assert_eq!(c.get(&h).map(|x| x.row.total), Some(70));
         c.put(&h, &totals(7, 70), Instant::now());
         c.put(&h, &totals(9, 90), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.clicks), Some(90));
+        assert_eq!(c.get(&h).map(|x| x.row.total), Some(90));
     }
 
     #[test]
     fn an_entry_is_as_old_as_the_start_of_its_read() {
-        let (c, h) = (cache(), HourStart::of(HOUR));
+        let (c, h) = (cache(), key());
         let slow_read_started = Instant::now() - Duration::from_millis(600);
         c.put(&h, &totals(3, 30), slow_read_started);
         assert_eq!(c.get(&h), None, "a read that took longer than the ttl is stale on arrival");
@@ -182,19 +183,19 @@ mod tests {
 
     #[test]
     fn an_entry_expires_after_the_ttl() {
-        let (c, h) = (LocalCache::<HourCounts>::new(Duration::from_millis(50)), HourStart::of(HOUR));
+        let (c, h) = (LocalCache::<Sum>::new(Duration::from_millis(50)), key());
         c.put(&h, &totals(1, 10), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.clicks), Some(10));
+        assert_eq!(c.get(&h).map(|x| x.row.total), Some(10));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get(&h), None);
     }
 
     #[test]
     fn racing_reads_keep_the_newest_version() {
-        let (c, h) = (Arc::new(cache()), HourStart::of(HOUR));
+        let (c, h) = (Arc::new(cache()), key());
         let writers: Vec<_> = (0..8)
             .map(|t| {
-                let c = c.clone();
+                let (c, h) = (c.clone(), h.clone());
                 std::thread::spawn(move || {
                     for v in 0..200 {
                         let version = (v * 8 + t) as i64;
@@ -206,6 +207,6 @@ mod tests {
         for w in writers {
             w.join().expect("writer");
         }
-        assert_eq!(c.get(&h).map(|x| x.row.clicks), Some(199 * 8 + 7));
+        assert_eq!(c.get(&h).map(|x| x.row.total), Some(199 * 8 + 7));
     }
 }
