@@ -4,12 +4,13 @@
 //! command ──events──▶ processor ──hourly aggregates──▶ materializer ──▶ Redis + PostgreSQL ◀── query
 //! ```
 //!
-//! - [`analytics`]: the pure domain of the hourly workload (time buckets,
-//!   validation, the exact user set, aggregation). No I/O.
-//! - [`increments`]: the pure domain of the per-key sums workload. No I/O.
-//! - [`avro`]: the records on the topics, single-object encoded.
-//! - [`config`], [`telemetry`], [`shutdown`], [`http`]: written once, used by every service.
-//! - [`kafka`], [`pg`], [`store`]: the adapters to the broker, PostgreSQL and the read model.
+//! - [`engine`]: what every workload's pipeline needs and that names no
+//!   workload: config, telemetry, shutdown, HTTP edge, log I/O, partition
+//!   ownership, PostgreSQL, Avro encoding, the versioned read-model cache.
+//! - [`analytics`]: the typed pieces of the hourly workload (time buckets,
+//!   validation, the exact user set, aggregation, the read-model row and its
+//!   PostgreSQL statements).
+//! - [`increments`]: the typed pieces of the per-key sums workload. No I/O.
 
 pub mod analytics;
 pub mod engine;

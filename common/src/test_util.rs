@@ -128,7 +128,7 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str
 
 /// Deletes every Redis key under a prefix (cleanup).
 pub async fn clear_redis_prefix(redis: &RedisConfig) {
-    if let Ok(cache) = crate::engine::store::cache::HourCache::connect(redis).await {
+    if let Ok(cache) = crate::engine::store::cache::RedisStore::connect(redis).await {
         let _ = cache.clear().await;
     }
 }
@@ -148,5 +148,110 @@ pub async fn delete_topics(kafka: &TestKafka) {
             &kafka.increments_sums_topic,
         ];
         let _ = admin.delete_topics(&topics.map(String::as_str), &opts).await;
+    }
+}
+
+/// A test-only second workload's read model: exact per-key sums (beyond
+/// `i64`), to show the engine carries rows it was not written for.
+pub mod sums {
+    use crate::engine::pg::PgError;
+    use crate::engine::store::{CachedRow, Versioned};
+
+    /// The sum of one key.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Sum {
+        pub total: i128,
+    }
+
+    impl CachedRow for Sum {
+        type Id = String;
+        const KIND: &'static str = "sum";
+        const FIELDS: &'static [&'static str] = &["t"];
+
+        fn id_to_key(id: &String) -> String {
+            id.clone()
+        }
+
+        fn to_values(&self) -> Vec<String> {
+            vec![self.total.to_string()]
+        }
+
+        fn from_values(values: &[String]) -> Option<Self> {
+            match values {
+                [t] => Some(Sum { total: t.parse().ok()? }),
+                _ => None,
+            }
+        }
+    }
+
+    /// An absolute value for a key: replays are no-ops (the version only moves on a change).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SetSum {
+        pub key: String,
+        pub total: i128,
+    }
+
+    const COLUMNS: &str = "key, total::text AS total, version";
+
+    /// Creates the table of the sums in the pool's schema.
+    pub async fn create_table(client: &deadpool_postgres::Client) {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS test_sums (key TEXT PRIMARY KEY, total NUMERIC NOT NULL,
+                     version BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await
+            .expect("creating test_sums");
+    }
+
+    fn row(r: &tokio_postgres::Row) -> Option<(String, Versioned<Sum>)> {
+        let total: String = r.get("total");
+        Some((r.get("key"), Versioned { row: Sum { total: total.parse().ok()? }, version: r.get("version") }))
+    }
+
+    /// Writes the batch in `tx`; returns every touched row.
+    ///
+    /// # Errors
+    /// [`PgError`].
+    pub async fn write(
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &[SetSum],
+    ) -> Result<Vec<(String, Versioned<Sum>)>, PgError> {
+        let mut keys = Vec::new();
+        for s in batch {
+            tx.execute(
+                "INSERT INTO test_sums (key, total, version) VALUES ($1, $2::text::numeric, 1)
+                 ON CONFLICT (key) DO UPDATE SET total = EXCLUDED.total, version = test_sums.version + 1,
+                     updated_at = now()
+                 WHERE test_sums.total IS DISTINCT FROM EXCLUDED.total",
+                &[&s.key, &s.total.to_string()],
+            )
+            .await?;
+            keys.push(s.key.clone());
+        }
+        let rows = tx.query(&format!("SELECT {COLUMNS} FROM test_sums WHERE key = ANY($1)"), &[&keys]).await?;
+        Ok(rows.iter().filter_map(row).collect())
+    }
+
+    /// # Errors
+    /// [`PgError`].
+    pub async fn read(client: &deadpool_postgres::Client, key: &str) -> Result<Option<Versioned<Sum>>, PgError> {
+        let r = client.query_opt(&format!("SELECT {COLUMNS} FROM test_sums WHERE key = $1"), &[&key]).await?;
+        Ok(r.as_ref().and_then(row).map(|(_, v)| v))
+    }
+
+    /// # Errors
+    /// [`PgError`].
+    pub async fn changed_within(
+        client: &deadpool_postgres::Client,
+        window: std::time::Duration,
+    ) -> Result<Vec<(String, Versioned<Sum>)>, PgError> {
+        let rows = client
+            .query(
+                &format!("SELECT {COLUMNS} FROM test_sums WHERE updated_at > now() - make_interval(secs => $1)"),
+                &[&window.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(row).collect())
     }
 }

@@ -1,36 +1,44 @@
-//! The materializer: aggregates topic → read models.
+//! The materializer: aggregates topics → read models.
 //!
-//! Consumes the processor's absolute (hour, partition) aggregates from the
-//! partitions it holds a lease on ([`common::engine::membership`], PostgreSQL leases
-//! shared by the materializer instances) and upserts them into PostgreSQL
-//! (per-partition rows guarded by input offset, and per-hour totals with a
-//! version), then copies the hour totals to Redis (guarded by version, with
-//! a TTL). The query service reads what it writes.
+//! ```text
+//! engine/     the generic pipeline, one per workload: consume the partitions
+//!             this instance holds a lease on, write each batch to PostgreSQL
+//!             in one transaction, copy the rows to Redis (version-guarded,
+//!             with a TTL, catching up after outages), store the positions
+//! analytics   the hourly workload: decode HourAggregate, upsert the partition
+//!             rows and hour totals, the hour totals in Redis
+//! ```
+//!
+//! The engine names no workload; [`workloads`] lists them, one line each. The
+//! query service reads what they write.
 //!
 //! - [`config`]: flags and environment.
-//! - `pipeline`: consume / write / commit loop.
-//! - `sink`: the PostgreSQL and Redis writes.
+//! - [`engine`]: [`engine::SinkWorkload`], the pipeline and the sink.
+//! - [`analytics`]: the hourly workload.
 
+pub mod analytics;
 pub mod config;
+pub mod engine;
 pub mod metrics;
-mod pipeline;
-mod sink;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use common::engine::http::OpsRoutes;
-use common::engine::kafka::TopicSpec;
-use common::engine::membership::Membership;
 use common::engine::pg::{migrations, Migration};
 use common::engine::shutdown::{CancellationToken, TaskTracker};
-use common::engine::store::cache::HourCache;
+use common::engine::store::cache::RedisStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 pub use crate::config::Config;
-use crate::pipeline::Materializer;
-use crate::sink::ReadModelSink;
+use crate::engine::{Engine, Registration};
+
+/// Every workload the materializer runs, each with its source from `cfg`.
+/// Adding a workload: one module implementing [`engine::SinkWorkload`] and one line here.
+pub fn workloads(cfg: &Config) -> Vec<Registration> {
+    vec![Registration::new(analytics::Analytics, analytics::source(cfg))]
+}
 
 /// The tables the materializer uses: the read models it writes (the query
 /// applies the same migration, to serve zeros before the first write), and
@@ -49,27 +57,45 @@ pub async fn run(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    common::engine::kafka::ensure_topics(&cfg.kafka, &[TopicSpec::aggregates(&cfg.aggregates)])
-        .await
-        .context("creating topics")?;
-    let topic = &cfg.aggregates.aggregates_topic;
-    let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &cfg.group_id, topic).await?;
-    let materializer =
-        Materializer::new(&cfg, ReadModelSink::new(pool.clone(), cache.clone(), cfg.redis.ttl), membership)
-            .context("creating the consumer")?;
+    let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
+    let workloads = workloads(&cfg);
+    let topics: Vec<_> = workloads.iter().map(|w| w.source.topic.clone()).collect();
+    common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
+    let engine = Engine {
+        pool: pool.clone(),
+        redis: redis.clone(),
+        redis_ttl: cfg.redis.ttl,
+        kafka: cfg.kafka.clone(),
+        lease: cfg.lease.clone(),
+        max_batch: cfg.max_batch.get() as usize,
+        batch_wait: cfg.batch_wait,
+    };
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
-        let (pool, cache) = (pool.clone(), cache.clone());
-        Box::pin(async move { common::engine::store::check_ready(&pool, &cache).await })
+        let (pool, redis) = (pool.clone(), redis.clone());
+        Box::pin(async move { common::engine::store::check_ready(&pool, &redis).await })
     });
     let tasks = TaskTracker::new();
-    let serve_ops = common::engine::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone());
+    let serve_ops =
+        common::engine::http::serve_ops(ops, OpsRoutes { service: "materializer", metrics, ready }, token.clone());
     common::engine::shutdown::spawn_critical(&tasks, &token, "ops-http", async move {
         serve_ops.await;
         Ok(())
     });
-    tracing::info!(topic = cfg.aggregates.aggregates_topic, group = cfg.group_id, "materializer started");
-    let result = materializer.run(token.clone()).await;
+    let mut pipelines = tokio::task::JoinSet::new();
+    for workload in workloads {
+        let name = workload.name;
+        let run = workload.run(engine.clone(), token.clone());
+        pipelines.spawn(async move { run.await.with_context(|| format!("the {name} pipeline")) });
+    }
+    tracing::info!("materializer started");
+    // The first pipeline to fail stops the others.
+    let mut result = Ok(());
+    while let Some(done) = pipelines.join_next().await {
+        if let Err(e) = done.context("a pipeline panicked").and_then(|r| r) {
+            token.cancel();
+            result = result.and(Err(e));
+        }
+    }
     token.cancel();
     let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
     result?;

@@ -1,4 +1,6 @@
-//! Metric names of the materializer, in one place.
+//! Metric names of the materializer, in one place. Every metric a pipeline
+//! records carries the label `workload` (its [`SinkWorkload::NAME`](crate::engine::SinkWorkload::NAME)),
+//! except the lag and stall gauges, which are labelled by partition only.
 
 pub const AGGREGATES_CONSUMED: &str = "analytics_materializer_aggregates_consumed_total";
 pub const BATCHES: &str = "analytics_materializer_batches_total";
@@ -7,10 +9,12 @@ pub const BATCH_SIZE: &str = "analytics_materializer_batch_aggregates";
 pub const SINK_ERRORS: &str = "analytics_materializer_sink_errors_total";
 /// Label `sink`: `postgres`, `redis`.
 pub const SINK_DURATION: &str = "analytics_materializer_sink_duration_seconds";
-/// Hours written to PostgreSQL that Redis has not received yet (it did not answer).
-pub const REDIS_PENDING_HOURS: &str = "analytics_materializer_redis_pending_hours";
+/// Rows written to PostgreSQL that Redis has not received yet (it did not answer).
+/// The name predates other workloads than the hourly one.
+pub const REDIS_PENDING: &str = "analytics_materializer_redis_pending_hours";
+/// Row copies written to Redis after batches. The name predates other workloads than the hourly one.
 pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
-/// Event accepted by the command → its hour's totals visible in Redis.
+/// Input accepted → its read-model row visible in Redis.
 pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";
 /// Label `partition`: high watermark of the aggregates topic minus the next offset to write.
 pub const CONSUMER_LAG: &str = "analytics_materializer_consumer_lag_messages";

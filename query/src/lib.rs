@@ -1,17 +1,23 @@
 //! The query service: the read side of the pipeline.
 //!
-//! `GET /analytics?timestamp=<ms>` → the UTC hour of the timestamp → Redis
-//! (hot copy written by the materializer) → on a miss PostgreSQL, written back
-//! to Redis → on a miss in both, zeros.
+//! ```text
+//! engine/     read-through reader per workload: in-process copy → Redis (hot
+//!             copy written by the materializer) → PostgreSQL, written back to
+//!             Redis under a fill lease → the empty row; the routing table,
+//!             edge checks, time limit and metrics of every route
+//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV
+//! ```
+//!
+//! The engine names no workload; [`routes`] registers them, one line each.
 //!
 //! - [`config`]: flags and environment.
-//! - `http`: routing and status codes.
-//! - `reader`: the Redis / PostgreSQL read path.
+//! - [`engine`]: [`engine::QueryWorkload`], the reader and the HTTP routing.
+//! - [`analytics`]: the hourly workload.
 
+pub mod analytics;
 pub mod config;
-mod http;
+pub mod engine;
 pub mod metrics;
-mod reader;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +26,19 @@ use anyhow::Context;
 use common::engine::http::{OpsRoutes, ServerLimits};
 use common::engine::pg::{migrations, Migration};
 use common::engine::shutdown::CancellationToken;
-use common::engine::store::cache::HourCache;
+use common::engine::store::cache::RedisStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 pub use crate::config::Config;
-pub use crate::http::QueryApp;
-use crate::reader::HourReader;
+pub use crate::engine::http::QueryApp;
+use crate::engine::{Route, Stores};
+
+/// Every workload the query serves, reading `stores`.
+/// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
+pub fn routes(stores: &Stores) -> Vec<Route> {
+    [stores.register(analytics::Analytics)].concat()
+}
 
 /// The tables the query reads: the read models. The materializer writes them
 /// and applies the same migration; the query applies it too, so that started
@@ -40,25 +52,25 @@ pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
 /// When either cannot be reached at startup.
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    let cache = HourCache::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(cache, pool, metrics, common::engine::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
+    let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
+    Ok(app_from_parts(redis, pool, metrics, common::engine::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
 pub fn app_from_parts(
-    cache: HourCache,
+    redis: RedisStore,
     pool: deadpool_postgres::Pool,
     metrics: PrometheusHandle,
     edge: common::engine::edge::Edge,
     local_cache_ttl: Duration,
 ) -> QueryApp {
-    let reader = HourReader::new(cache, pool, local_cache_ttl);
-    let ready_reader = reader.clone();
+    let stores = Stores { pool, redis, local_cache_ttl };
+    let routes = routes(&stores);
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
-        let r = ready_reader.clone();
-        Box::pin(async move { r.ready().await })
+        let stores = stores.clone();
+        Box::pin(async move { stores.ready().await })
     });
-    QueryApp { reader, ops: OpsRoutes { service: "query", metrics, ready }, edge }
+    QueryApp::new(routes, OpsRoutes { service: "query", metrics, ready }, edge)
 }
 
 /// Serves until `token` is cancelled, then drains in-flight requests.

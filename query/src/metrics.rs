@@ -1,4 +1,5 @@
-//! Metric names of the query service, in one place.
+//! Metric names of the query service, in one place. The reader's metrics
+//! carry the label `workload` (its [`QueryWorkload::NAME`](crate::engine::QueryWorkload::NAME)).
 
 /// Label `source`: `local` (in-process, ≤ --local-cache-ttl old), `redis`, `postgres`, `empty` (no data anywhere: zeros).
 pub const READS: &str = "analytics_query_reads_total";

@@ -2,9 +2,9 @@
 //! PostgreSQL with write-back, then zeros; 503 (not a hang) when it cannot answer.
 
 use clap::Parser;
+use common::analytics::read_model::{HourCache, HourTotals};
 use common::analytics::{HourCounts, HourStart};
 use common::engine::avro::HourAggregate;
-use common::engine::store::cache::HourCache;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
@@ -47,7 +47,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         let cache = HourCache::connect(&redis).await.unwrap();
         let edge = common::engine::edge::Edge::new(&cfg.edge, None);
         let app = query::app_from_parts(
-            cache.clone(),
+            cache.store().clone(),
             pool.clone(),
             common::engine::telemetry::prometheus(),
             edge,
@@ -70,7 +70,7 @@ async fn get(app: &QueryApp, uri: &str) -> (StatusCode, String) {
 async fn seed(pool: &deadpool_postgres::Pool, hour: i64, counts: HourCounts) {
     let mut client = pool.get().await.unwrap();
     let a = HourAggregate { hour: HourStart::of(hour), partition: 0, counts, input_offset: 1, watermark_ms: hour };
-    common::engine::store::hours::apply_aggregates(&mut client, &[a]).await.unwrap();
+    common::analytics::read_model::pg::apply_aggregates(&mut client, &[a]).await.unwrap();
 }
 
 impl Fixture {
@@ -85,14 +85,14 @@ async fn answers_from_postgres_on_a_miss_then_from_redis() {
     let f = fixture(None).await;
     let counts = HourCounts { unique_users: 3, clicks: 4, impressions: 5 };
     seed(&f.pool, H, counts).await;
-    assert_eq!(f.cache.get(HourStart::of(H)).await.unwrap(), None);
+    assert_eq!(f.cache.get(&HourStart::of(H)).await.unwrap(), None);
     // Any millisecond of the hour, the edges included, reads the same hour.
     for ts in [H, H + 1_234_567, H + 3_599_999] {
         let (status, body) = get(&f.app, &format!("/analytics?timestamp={ts}")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "unique_users,3\nclicks,4\nimpressions,5\n");
     }
-    assert_eq!(f.cache.get(HourStart::of(H)).await.unwrap().map(|t| t.counts), Some(counts), "written back");
+    assert_eq!(f.cache.get(&HourStart::of(H)).await.unwrap().map(|t| t.row), Some(counts), "written back");
     let (_, next_hour) = get(&f.app, &format!("/analytics?timestamp={}", H + 3_600_000)).await;
     assert_eq!(next_hour, "unique_users,0\nclicks,0\nimpressions,0\n");
     f.cleanup().await;
@@ -142,8 +142,7 @@ async fn bad_requests_get_400_with_a_reason() {
 #[tokio::test]
 async fn with_postgres_down_cached_hours_answer_and_others_get_503() {
     let f = fixture(Some("postgres://postgres@127.0.0.1:1/postgres")).await;
-    let hot =
-        common::engine::store::HourTotals { counts: HourCounts { unique_users: 1, clicks: 1, impressions: 0 }, version: 1 };
+    let hot = HourTotals { row: HourCounts { unique_users: 1, clicks: 1, impressions: 0 }, version: 1 };
     f.cache.put_if_newer(&[(HourStart::of(H), hot)]).await.unwrap();
     let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "unique_users,1\nclicks,1\nimpressions,0\n"));

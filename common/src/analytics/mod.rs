@@ -1,9 +1,10 @@
-//! The hourly web-analytics workload: its pure, I/O-free domain.
+//! The hourly web-analytics workload: its typed pieces, which the engine
+//! ([`crate::engine`]) runs without knowing them.
 //!
-//! Everything here is deterministic and free of tokio, rdkafka, redis and
-//! postgres, so the same rules run in the command (validation), the processor
-//! (bucketing and aggregation) and the query (hour selection), and property
-//! tests can exercise them directly.
+//! Everything but [`read_model::pg`] is deterministic and free of tokio,
+//! rdkafka, redis and postgres, so the same rules run in the command
+//! (validation), the processor (bucketing and aggregation) and the query
+//! (hour selection), and property tests can exercise them directly.
 //!
 //! - [`time`]: event time and the UTC hour it falls into.
 //! - [`event`]: the validated event and the reasons an event is rejected.
@@ -12,9 +13,12 @@
 //! - [`bucket`]: per-(hour, partition) state and the absolute aggregates it yields.
 //! - [`sketch`]: the mergeable HyperLogLog of user hashes that answers
 //!   unique users over ranges no exact set covers.
+//! - [`read_model`]: the hour totals as a cached row, and their PostgreSQL
+//!   statements ([`read_model::pg`]), used by the materializer and the query.
 
 pub mod bucket;
 pub mod event;
+pub mod read_model;
 pub mod request;
 pub mod sketch;
 pub mod time;

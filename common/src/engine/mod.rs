@@ -5,7 +5,7 @@
 //! - [`kafka`], [`membership`]: log I/O, partition ownership and fencing.
 //! - [`pg`]: the PostgreSQL pool, migrations and deployment settings.
 //! - [`avro`]: single-object Avro encoding with schema resolution.
-//! - [`store`]: the read-model stores.
+//! - [`store`]: the read-model stores: the versioned Redis cache of any [`store::CachedRow`].
 //! - [`retry`]: back-off with cancellation.
 
 pub mod avro;

@@ -1,30 +1,35 @@
-//! Hourly totals in Redis: one hash per hour, `<prefix>:hour:<hour_start_ms>`,
-//! with fields `v` (version), `u`, `c`, `i` (see [`super::COUNT_FIELDS`]), and a TTL.
+//! The Redis copy of a read model: one hash per row,
+//! `<prefix>:<kind>:<id>`, with the version in field `v` first, then the
+//! row's fields (see [`CachedRow`]), and a TTL.
 //!
-//! Two writers: the materializer ([`HourCache::put_if_newer`]) and the query's
-//! write-back of what it read from PostgreSQL ([`HourCache::fill`]). The
-//! version guard alone cannot stop a write-back from moving a value backwards
-//! once the newer copy is gone (a flush, a Redis restart, an expiry): the
-//! write-back's read may predate the newest PostgreSQL row. So a write-back
-//! needs a *fill lease*, `<key>:fill`, taken before its PostgreSQL read
-//! ([`HourCache::lease`]); every materializer write deletes it, and so does a
-//! flush or restart. A write-back lands only if its own lease is still there,
-//! that is if nothing was written to the hour since its read began.
+//! Two writers: the materializer ([`VersionedCache::put_if_newer`]) and the
+//! query's write-back of what it read from PostgreSQL ([`VersionedCache::fill`]).
+//! The version guard alone cannot stop a write-back from moving a value
+//! backwards once the newer copy is gone (a flush, a Redis restart, an
+//! expiry): the write-back's read may predate the newest PostgreSQL row. So a
+//! write-back needs a *fill lease*, `<key>:fill`, taken before its PostgreSQL
+//! read ([`VersionedCache::lease`]); every materializer write deletes it, and
+//! so does a flush or restart. A write-back lands only if its own lease is
+//! still there, that is if nothing was written to the row since its read began.
+//!
+//! [`RedisStore`] is the connection (timeouts, back-off, reconnects), shared
+//! by every workload of a service; [`VersionedCache`] is its typed view for
+//! one kind of row.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::HourTotals;
-use crate::analytics::HourStart;
+use super::{CachedRow, Versioned, VERSION_FIELD};
 use crate::engine::config::RedisConfig;
 
-/// Writes each hour only if its version is newer than the stored one, and
+/// Writes each row only if its version is newer than the stored one, and
 /// refreshes the TTL of what it writes. Atomic per call.
 ///
 /// ARGV: the TTL in ms, the number `n` of hash fields, their `n` names (the
-/// version first, see [`super::redis_fields`]), then `n` values per key.
+/// version first), then `n` values per key.
 const PUT_IF_NEWER: &str = r"
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -75,17 +80,21 @@ return 0
 ";
 
 /// Adds the number of hash fields and their names (the version first) to a script call.
-fn field_names(inv: &mut redis::ScriptInvocation<'_>) {
-    inv.arg(super::COUNT_FIELDS.len() + 1);
-    for name in super::redis_fields() {
-        inv.arg(name);
+fn field_names<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>) {
+    inv.arg(R::FIELDS.len() + 1);
+    inv.arg(VERSION_FIELD);
+    for name in R::FIELDS {
+        inv.arg(*name);
     }
 }
 
-/// Adds the values of one hour's hash fields, in the order of [`field_names`].
-fn field_values(inv: &mut redis::ScriptInvocation<'_>, totals: &HourTotals) {
-    inv.arg(totals.version);
-    for value in super::count_values(totals.counts) {
+/// Adds the values of one row's hash fields, in the order of [`field_names`].
+fn field_values<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>, versioned: &Versioned<R>) {
+    let values = versioned.row.to_values();
+    // A row giving another number of values than it has fields would shift every value after it.
+    assert_eq!(values.len(), R::FIELDS.len(), "{}: one value per field", R::KIND);
+    inv.arg(versioned.version);
+    for value in values {
         inv.arg(value);
     }
 }
@@ -103,6 +112,9 @@ pub enum CacheError {
     /// A recent failure: Redis is not asked again before the back-off ends.
     #[error("redis: unavailable (backing off)")]
     BackingOff,
+    /// A hash whose values the row does not accept (written by something else).
+    #[error("redis: malformed value under {0}")]
+    Malformed(String),
 }
 
 /// Longest wait for one Redis command. Redis answers in well under a
@@ -117,22 +129,22 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// request nothing instead of one timeout.
 const BACK_OFF: Duration = Duration::from_secs(1);
 
-/// The Redis copy of the hourly totals.
+/// The Redis connection of a service and its key prefix, TTL and scripts.
 #[derive(Clone)]
-pub struct HourCache {
+pub struct RedisStore {
     client: redis::Client,
     manager_config: redis::aio::ConnectionManagerConfig,
     /// The live connection; `None` after a failure, until the next connect.
     conn: std::sync::Arc<std::sync::Mutex<Option<ConnectionManager>>>,
     prefix: String,
     ttl: Duration,
-    script: Script,
+    put: Script,
     fill: Script,
     /// Until when Redis is skipped after a failure.
     skip_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
-impl HourCache {
+impl RedisStore {
     /// Connects (with automatic reconnection afterwards).
     ///
     /// # Errors
@@ -144,13 +156,13 @@ impl HourCache {
             .set_response_timeout(Duration::from_secs(2))
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client.clone(), mgr_cfg.clone()).await?;
-        Ok(HourCache {
+        Ok(RedisStore {
             client,
             manager_config: mgr_cfg,
             conn: std::sync::Arc::new(std::sync::Mutex::new(Some(conn))),
             prefix: cfg.key_prefix.clone(),
             ttl: cfg.ttl,
-            script: Script::new(PUT_IF_NEWER),
+            put: Script::new(PUT_IF_NEWER),
             fill: Script::new(FILL),
             skip_until: std::sync::Arc::default(),
         })
@@ -191,77 +203,9 @@ impl HourCache {
         result
     }
 
-    pub fn key(&self, hour: HourStart) -> String {
-        format!("{}:hour:{}", self.prefix, hour.start_ms())
-    }
-
-    /// The cached totals of an hour, or `None` on a miss.
-    ///
-    /// # Errors
-    /// [`CacheError`] when Redis does not answer.
-    pub async fn get(&self, hour: HourStart) -> Result<Option<HourTotals>, CacheError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.key(hour)).arg(super::redis_fields().collect::<Vec<_>>());
-        let (version, counts): (Option<i64>, Vec<Option<u64>>) = self
-            .guarded(|mut conn| async move {
-                let mut values: Vec<redis::Value> = cmd.query_async(&mut conn).await?;
-                let counts = values.split_off(1.min(values.len()));
-                let version = values.pop().map(redis::from_owned_redis_value).transpose()?.flatten();
-                let counts = counts.into_iter().map(redis::from_owned_redis_value).collect::<Result<_, _>>()?;
-                Ok((version, counts))
-            })
-            .await?;
-        let counts: Option<Vec<u64>> = counts.into_iter().collect();
-        Ok(match (version, counts.and_then(|c| <[u64; super::COUNTS]>::try_from(c).ok())) {
-            (Some(version), Some(values)) => Some(HourTotals { counts: super::counts_from_values(values), version }),
-            _ => None,
-        })
-    }
-
-    /// Stores totals whose version is newer than what Redis holds; returns how many were written.
-    ///
-    /// # Errors
-    /// [`CacheError`] when Redis does not answer; nothing or part may be written.
-    pub async fn put_if_newer(&self, totals: &[(HourStart, HourTotals)]) -> Result<usize, CacheError> {
-        if totals.is_empty() {
-            return Ok(0);
-        }
-        let mut inv = self.script.prepare_invoke();
-        inv.arg(self.ttl.as_millis() as u64);
-        field_names(&mut inv);
-        for (hour, t) in totals {
-            inv.key(self.key(*hour));
-            field_values(&mut inv, t);
-        }
-        self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
-    }
-
-    /// Takes the fill lease of an hour before reading it from PostgreSQL; `None`
-    /// if another reader holds it (then do not write back).
-    ///
-    /// # Errors
-    /// [`CacheError`] when Redis does not answer.
-    pub async fn lease(&self, hour: HourStart) -> Result<Option<String>, CacheError> {
-        let token = crate::random_suffix();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("{}:fill", self.key(hour))).arg(&token).arg("NX").arg("PX").arg(FILL_LEASE.as_millis() as u64);
-        let set: Option<String> = self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
-        Ok(set.map(|_| token))
-    }
-
-    /// Writes back totals read from PostgreSQL under the lease taken before the
-    /// read; true if written. Nothing is written if anything wrote the hour, or
-    /// Redis lost the lease, since the lease was taken.
-    ///
-    /// # Errors
-    /// [`CacheError`] when Redis does not answer.
-    pub async fn fill(&self, hour: HourStart, totals: HourTotals, lease: &str) -> Result<bool, CacheError> {
-        let mut inv = self.fill.prepare_invoke();
-        inv.key(self.key(hour)).arg(self.ttl.as_millis() as u64).arg(lease);
-        field_names(&mut inv);
-        field_values(&mut inv, &totals);
-        let written: i64 = self.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await?;
-        Ok(written == 1)
+    /// The key of the row `id` of kind `kind`.
+    pub fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
     }
 
     /// Deletes every key under the prefix (tests and operators).
@@ -284,5 +228,117 @@ impl HourCache {
     pub async fn ping(&self, limit: Duration) -> bool {
         let ping = self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await });
         matches!(tokio::time::timeout(limit, ping).await, Ok(Ok(_)))
+    }
+}
+
+/// The Redis copy of one kind of row, [`CachedRow`].
+pub struct VersionedCache<R> {
+    store: RedisStore,
+    row: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for VersionedCache<R> {
+    fn clone(&self) -> Self {
+        VersionedCache { store: self.store.clone(), row: PhantomData }
+    }
+}
+
+impl<R: CachedRow> VersionedCache<R> {
+    /// The rows of kind `R` in `store`.
+    pub fn new(store: RedisStore) -> Self {
+        VersionedCache { store, row: PhantomData }
+    }
+
+    /// Connects a store of its own (tools and tests; services share one [`RedisStore`]).
+    ///
+    /// # Errors
+    /// When Redis is unreachable at startup or the URL is invalid.
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, CacheError> {
+        Ok(Self::new(RedisStore::connect(cfg).await?))
+    }
+
+    /// The connection this view uses.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    pub fn key(&self, id: &R::Id) -> String {
+        self.store.key(R::KIND, &R::id_to_key(id))
+    }
+
+    /// The cached row `id`, or `None` on a miss.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer or holds a malformed hash.
+    pub async fn get(&self, id: &R::Id) -> Result<Option<Versioned<R>>, CacheError> {
+        let key = self.key(id);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&key).arg(VERSION_FIELD).arg(R::FIELDS);
+        let values: Vec<Option<String>> =
+            self.store.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
+        // Any field missing is a miss (an entry being written or expiring).
+        let Some(mut values) = values.into_iter().collect::<Option<Vec<String>>>() else { return Ok(None) };
+        if values.len() != R::FIELDS.len() + 1 {
+            return Ok(None);
+        }
+        let row_values = values.split_off(1);
+        let version = values[0].parse::<i64>().map_err(|_| CacheError::Malformed(key.clone()))?;
+        let row = R::from_values(&row_values).ok_or(CacheError::Malformed(key))?;
+        Ok(Some(Versioned { row, version }))
+    }
+
+    /// Stores rows whose version is newer than what Redis holds; returns how many were written.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer; nothing or part may be written.
+    pub async fn put_if_newer(&self, rows: &[(R::Id, Versioned<R>)]) -> Result<usize, CacheError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.store.put.prepare_invoke();
+        inv.arg(self.store.ttl.as_millis() as u64);
+        field_names::<R>(&mut inv);
+        for (id, row) in rows {
+            inv.key(self.key(id));
+            field_values(&mut inv, row);
+        }
+        self.store.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
+    }
+
+    /// Takes the fill lease of a row before reading it from PostgreSQL; `None`
+    /// if another reader holds it (then do not write back).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn lease(&self, id: &R::Id) -> Result<Option<String>, CacheError> {
+        let token = crate::random_suffix();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:fill", self.key(id))).arg(&token).arg("NX").arg("PX").arg(FILL_LEASE.as_millis() as u64);
+        let set: Option<String> =
+            self.store.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Writes back a row read from PostgreSQL under the lease taken before the
+    /// read; true if written. Nothing is written if anything wrote the row, or
+    /// Redis lost the lease, since the lease was taken.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn fill(&self, id: &R::Id, row: &Versioned<R>, lease: &str) -> Result<bool, CacheError> {
+        let mut inv = self.store.fill.prepare_invoke();
+        inv.key(self.key(id)).arg(self.store.ttl.as_millis() as u64).arg(lease);
+        field_names::<R>(&mut inv);
+        field_values(&mut inv, row);
+        let written: i64 = self.store.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await?;
+        Ok(written == 1)
+    }
+
+    /// Deletes every key under the store's prefix, of every kind (tests and operators).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn clear(&self) -> Result<(), CacheError> {
+        self.store.clear().await
     }
 }

@@ -1,15 +1,58 @@
-//! The read model of the hourly workload: per-hour totals in PostgreSQL (the
-//! record, kept for ever) and their copy in Redis (the hot cache, with a TTL).
+//! The read-model stores, generic over the row a workload keeps in them.
 //!
-//! The materializer writes both, PostgreSQL first; the query service reads
-//! Redis, then PostgreSQL, and writes back what it found. Every Redis write
-//! carries the PostgreSQL row's `version` and only a newer version replaces an
-//! older one, so writers racing each other never move the cache backwards.
+//! A workload's read model lives twice: in PostgreSQL (the record, kept for
+//! ever; the workload owns its tables and statements) and in Redis (the hot
+//! copy, with a TTL; [`cache::VersionedCache`]). Every copy carries the
+//! PostgreSQL row's `version`, and only a newer version replaces an older
+//! one, so writers racing each other never move the cache backwards.
+//!
+//! The engine knows a row only through [`CachedRow`]: its key kind, its field
+//! names and their values as strings (so a sum beyond `i64` fits).
 
 pub mod cache;
-pub mod hours;
 
-use crate::analytics::HourCounts;
+/// A row as one of its copies holds it, with the version that orders the copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versioned<R> {
+    pub row: R,
+    /// Grows by one on every change of the row in PostgreSQL; 0 means "no data yet".
+    pub version: i64,
+}
+
+impl<R: Default> Versioned<R> {
+    /// The answer for a key no store holds: the empty row at version 0.
+    pub fn absent() -> Self {
+        Versioned { row: R::default(), version: 0 }
+    }
+}
+
+/// Where one value of a row lives: its field in the Redis hash and its column in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub redis: &'static str,
+    pub column: &'static str,
+}
+
+/// The Redis hash field of the version, always first.
+pub const VERSION_FIELD: &str = "v";
+
+/// A read-model row the engine can copy to Redis: one hash per row,
+/// `<prefix>:<KIND>:<id>`, with the field [`VERSION_FIELD`] then [`FIELDS`](Self::FIELDS).
+pub trait CachedRow: Clone + Send + Sync + 'static {
+    /// What identifies a row (an hour, a key).
+    type Id: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static;
+    /// The key segment naming the kind of row, e.g. `hour`.
+    const KIND: &'static str;
+    /// The hash field names of the row's values, in the order of [`to_values`](Self::to_values).
+    const FIELDS: &'static [&'static str];
+
+    /// The id as it appears in the key.
+    fn id_to_key(id: &Self::Id) -> String;
+    /// The values in the order of [`FIELDS`](Self::FIELDS), as decimal strings or any text.
+    fn to_values(&self) -> Vec<String>;
+    /// The row from its values in the order of [`FIELDS`](Self::FIELDS); `None` if one is malformed.
+    fn from_values(values: &[String]) -> Option<Self>;
+}
 
 /// Readiness of a service that uses both read-model stores: PostgreSQL
 /// answers within 2 s. Redis is only the hot copy: without it the service
@@ -18,88 +61,13 @@ use crate::analytics::HourCounts;
 ///
 /// # Errors
 /// PostgreSQL did not answer.
-pub async fn check_ready(pool: &deadpool_postgres::Pool, cache: &cache::HourCache) -> Result<(), String> {
+pub async fn check_ready(pool: &deadpool_postgres::Pool, redis: &cache::RedisStore) -> Result<(), String> {
     let limit = std::time::Duration::from_secs(2);
     if !crate::engine::pg::ping(pool, limit).await {
         return Err("postgres unreachable".into());
     }
-    if !cache.ping(limit).await {
+    if !redis.ping(limit).await {
         tracing::debug!("ready without redis: serving from postgres");
     }
     Ok(())
-}
-
-/// The totals of one hour with the version that orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HourTotals {
-    pub counts: HourCounts,
-    /// Grows by one on every change of the hour in PostgreSQL; 0 means "no data yet".
-    pub version: i64,
-}
-
-impl HourTotals {
-    pub const EMPTY: HourTotals =
-        HourTotals { counts: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
-}
-
-/// How many counts an hour's read model holds.
-pub const COUNTS: usize = 3;
-
-/// Where one value of the hour's read model lives: its field in the Redis
-/// hash and its column in PostgreSQL (`hourly_aggregates`,
-/// `hourly_partition_aggregates`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field {
-    pub redis: &'static str,
-    pub column: &'static str,
-}
-
-/// The version that orders the copies of an hour.
-pub const VERSION_FIELD: Field = Field { redis: "v", column: "version" };
-
-/// The counts of an hour, in the order of [`count_values`] and [`counts_from_values`].
-///
-/// The single definition the Redis scripts and reads and the PostgreSQL
-/// statements and row mapping are built from. To add a count: add it to
-/// [`HourCounts`], then the compiler points here (the two functions below
-/// destructure it exhaustively, and the array length is [`COUNTS`]).
-pub const COUNT_FIELDS: [Field; COUNTS] = [
-    Field { redis: "u", column: "unique_users" },
-    Field { redis: "c", column: "clicks" },
-    Field { redis: "i", column: "impressions" },
-];
-
-/// The counts in the order of [`COUNT_FIELDS`].
-pub fn count_values(counts: HourCounts) -> [u64; COUNTS] {
-    let HourCounts { unique_users, clicks, impressions } = counts;
-    [unique_users, clicks, impressions]
-}
-
-/// The counts from values in the order of [`COUNT_FIELDS`].
-pub fn counts_from_values(values: [u64; COUNTS]) -> HourCounts {
-    let [unique_users, clicks, impressions] = values;
-    HourCounts { unique_users, clicks, impressions }
-}
-
-/// Every field of the Redis hash, the version first.
-pub fn redis_fields() -> impl Iterator<Item = &'static str> {
-    std::iter::once(VERSION_FIELD.redis).chain(COUNT_FIELDS.iter().map(|f| f.redis))
-}
-
-/// The PostgreSQL count columns joined with `sep`, each formatted by `each`
-/// (e.g. `|c| format!("sum({c})::bigint")`).
-pub fn count_columns(each: impl Fn(&str) -> String, sep: &str) -> String {
-    COUNT_FIELDS.iter().map(|f| each(f.column)).collect::<Vec<_>>().join(sep)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_round_trip_through_the_field_order() {
-        let counts = HourCounts { unique_users: 1, clicks: 2, impressions: 3 };
-        assert_eq!(counts_from_values(count_values(counts)), counts);
-        assert_eq!(redis_fields().collect::<Vec<_>>(), ["v", "u", "c", "i"]);
-    }
 }

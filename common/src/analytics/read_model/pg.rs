@@ -1,13 +1,14 @@
-//! Hourly totals in PostgreSQL.
+//! Hourly totals in PostgreSQL: the offset-guarded partition rows, their
+//! per-hour sums with a version, and the reads of both services.
 
 use std::collections::BTreeMap;
-
 use std::sync::LazyLock;
 
-use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_FIELD};
+use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_COLUMN};
 use crate::analytics::HourStart;
 use crate::engine::avro::HourAggregate;
 use crate::engine::pg::PgError;
+use crate::engine::store::Versioned;
 
 /// Namespace of the per-hour advisory locks.
 const HOUR_LOCK_SPACE: i32 = 0x4e41;
@@ -41,7 +42,7 @@ static SUM_HOURS: LazyLock<String> = LazyLock::new(|| {
              {set}, {version} = hourly_aggregates.{version} + 1, updated_at = now()
          WHERE ({current}) IS DISTINCT FROM ({excluded})",
         columns = count_columns(str::to_owned, ", "),
-        version = VERSION_FIELD.column,
+        version = VERSION_COLUMN,
         sums = count_columns(|c| format!("sum({c})::bigint"), ", "),
         set = count_columns(|c| format!("{c} = EXCLUDED.{c}"), ", "),
         current = count_columns(|c| format!("hourly_aggregates.{c}"), ", "),
@@ -51,11 +52,7 @@ static SUM_HOURS: LazyLock<String> = LazyLock::new(|| {
 
 /// The totals rows, to be followed by a `WHERE` clause; read with [`row_to_totals`].
 static SELECT_HOURS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT hour_start_ms, {}, {} FROM hourly_aggregates",
-        count_columns(str::to_owned, ", "),
-        VERSION_FIELD.column
-    )
+    format!("SELECT hour_start_ms, {}, {} FROM hourly_aggregates", count_columns(str::to_owned, ", "), VERSION_COLUMN)
 });
 
 /// Keeps, per (hour, partition), only the aggregate with the highest input offset.
@@ -76,12 +73,7 @@ pub fn latest_per_key(aggs: impl IntoIterator<Item = HourAggregate>) -> Vec<Hour
     latest.into_values().collect()
 }
 
-/// Applies a batch of aggregates and returns the resulting totals of every hour it touched.
-///
-/// One transaction: per-hour advisory locks (taken in hour order, so two
-/// materializers never deadlock and each sums what the other committed), the
-/// offset-guarded upsert of the partition rows (a replay is a no-op), then the
-/// sums. Safe to repeat: the same batch gives the same rows and versions.
+/// Applies a batch of aggregates in its own transaction; see [`write_aggregates`].
 ///
 /// # Errors
 /// [`PgError`]; nothing is written then.
@@ -89,11 +81,30 @@ pub async fn apply_aggregates(
     client: &mut deadpool_postgres::Object,
     aggs: &[HourAggregate],
 ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
+    let tx = client.transaction().await?;
+    let totals = write_aggregates(&tx, aggs).await?;
+    tx.commit().await?;
+    Ok(totals)
+}
+
+/// Applies a batch of aggregates within `tx` and returns the resulting totals
+/// of every hour it touched.
+///
+/// Per-hour advisory locks (taken in hour order, so two materializers never
+/// deadlock and each sums what the other committed), the offset-guarded
+/// upsert of the partition rows (a replay is a no-op), then the sums. Safe to
+/// repeat: the same batch gives the same rows and versions.
+///
+/// # Errors
+/// [`PgError`]; the caller rolls the transaction back.
+pub async fn write_aggregates(
+    tx: &deadpool_postgres::Transaction<'_>,
+    aggs: &[HourAggregate],
+) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
     let aggs = latest_per_key(aggs.iter().copied());
     let mut hours: Vec<i64> = aggs.iter().map(|a| a.hour.start_ms()).collect();
     hours.sort_unstable();
     hours.dedup();
-    let tx = client.transaction().await?;
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await?;
     for h in &hours {
         let key = i32::try_from(h / crate::analytics::time::HOUR_MS).unwrap_or(i32::MAX);
@@ -113,7 +124,6 @@ pub async fn apply_aggregates(
     // Read back all touched hours, changed or not: after a crash between this
     // commit and the Redis write, the replay must still refresh Redis.
     let rows = tx.query(&format!("{} WHERE hour_start_ms = ANY($1)", *SELECT_HOURS), &[&hours]).await?;
-    tx.commit().await?;
     Ok(rows.iter().filter_map(row_to_totals).collect())
 }
 
@@ -145,7 +155,7 @@ pub async fn changed_within(
 fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
     let hour = HourStart::from_aligned(row.get("hour_start_ms"))?;
     let values = COUNT_FIELDS.map(|f| u64::try_from(row.get::<_, i64>(f.column)).unwrap_or(0));
-    Some((hour, HourTotals { counts: counts_from_values(values), version: row.get(VERSION_FIELD.column) }))
+    Some((hour, Versioned { row: counts_from_values(values), version: row.get(VERSION_COLUMN) }))
 }
 
 #[cfg(test)]

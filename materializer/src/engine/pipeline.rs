@@ -1,13 +1,13 @@
-//! The materializer loop: consume aggregates from the partitions this
-//! instance holds, write each batch to the read models, then store the
-//! consumed positions. A crash before the positions are stored replays the
-//! batch, which the offset and version guards turn into no-ops.
+//! The loop of one workload's pipeline: consume aggregates from the
+//! partitions this instance holds, write each batch to the read models, then
+//! store the consumed positions. A crash before the positions are stored
+//! replays the batch, which the workload's guards in PostgreSQL and the
+//! version guard in Redis turn into no-ops.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::engine::avro::{decode_hour_aggregate, HourAggregate};
 use common::engine::kafka::{assignment, consumer_config};
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
@@ -16,18 +16,18 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
 use tokio::time::Instant;
 
+use super::sink::{ReadModelSink, SinkError};
+use super::{Engine, SinkWorkload, Source};
 use crate::metrics as m;
-use crate::sink::{ReadModelSink, SinkError};
-use crate::Config;
 
 /// First and longest wait between attempts to write a batch.
 const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-pub struct Materializer {
+pub struct Pipeline<W: SinkWorkload> {
     consumer: Arc<StreamConsumer>,
     membership: Membership,
-    sink: ReadModelSink,
+    sink: ReadModelSink<W>,
     topic: String,
     max_batch: usize,
     batch_wait: Duration,
@@ -42,25 +42,35 @@ pub struct Materializer {
 }
 
 /// Aggregates read since the last write, and the positions to store after writing them.
-#[derive(Default)]
-struct Batch {
-    aggregates: Vec<HourAggregate>,
+struct Batch<A> {
+    aggregates: Vec<A>,
     next_offsets: BTreeMap<i32, i64>,
     started: Option<Instant>,
 }
 
-impl Materializer {
+impl<A> Default for Batch<A> {
+    fn default() -> Self {
+        Batch { aggregates: Vec::new(), next_offsets: BTreeMap::new(), started: None }
+    }
+}
+
+impl<W: SinkWorkload> Pipeline<W> {
     /// # Errors
     /// When the consumer cannot be created.
-    pub fn new(cfg: &Config, sink: ReadModelSink, membership: Membership) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: StreamConsumer = consumer_config(&cfg.kafka, &cfg.group_id, "materializer").create()?;
-        Ok(Materializer {
+    pub fn new(
+        engine: &Engine,
+        source: &Source,
+        sink: ReadModelSink<W>,
+        membership: Membership,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let consumer: StreamConsumer = consumer_config(&engine.kafka, &source.group_id, "materializer").create()?;
+        Ok(Pipeline {
             consumer: Arc::new(consumer),
             membership,
             sink,
-            topic: cfg.aggregates.aggregates_topic.clone(),
-            max_batch: cfg.max_batch.get() as usize,
-            batch_wait: cfg.batch_wait,
+            topic: source.topic.name.clone(),
+            max_batch: engine.max_batch,
+            batch_wait: engine.batch_wait,
             owned: BTreeSet::new(),
             positions: Arc::default(),
             stalled: Mutex::default(),
@@ -75,7 +85,7 @@ impl Materializer {
         let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
-        tracing::info!(member = self.membership.member_id(), "joining the materializer group");
+        tracing::info!(workload = W::NAME, member = self.membership.member_id(), "joining the materializer group");
         loop {
             let deadline = batch.started.map(|s| s + self.batch_wait);
             tokio::select! {
@@ -103,7 +113,7 @@ impl Materializer {
         if let Err(e) = self.membership.leave().await {
             tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
-        tracing::info!("materializer stopped");
+        tracing::info!(workload = W::NAME, "pipeline stopped");
         Ok(())
     }
 
@@ -141,7 +151,7 @@ impl Materializer {
             .map(|p| (*p, stored.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o))))
             .collect();
         self.consumer.assign(&assignment(&self.topic, positions)?)?;
-        tracing::info!(partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
+        tracing::info!(workload = W::NAME, partitions = ?self.owned, acquired = ?plan.acquired, released = ?plan.to_release, lost = ?plan.lost, "assignment changed");
         Ok(())
     }
 
@@ -151,7 +161,7 @@ impl Materializer {
         common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
     }
 
-    fn add(&self, batch: &mut Batch, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
+    fn add(&self, batch: &mut Batch<W::Aggregate>, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -167,10 +177,10 @@ impl Materializer {
         if stalled.contains_key(&partition) {
             return; // fetched before the partition stopped: its position must stay at the bad record
         }
-        match msg.payload().map(decode_hour_aggregate) {
+        match msg.payload().map(|bytes| self.sink.workload().decode(bytes)) {
             Some(Ok(a)) => batch.aggregates.push(a),
             other => {
-                // Skipping it could lose an hour's newest counts (a record of a
+                // Skipping it could lose a row's newest values (a record of a
                 // newer schema version, say). Stop this partition at the record
                 // (the batch's position for it stays below), keep its lease, and
                 // raise the alarm; the other partitions go on.
@@ -196,20 +206,27 @@ impl Materializer {
     ///
     /// # Errors
     /// A permanent [`SinkError`]: retrying the same batch cannot succeed.
-    async fn flush(&self, batch: &mut Batch, token: &CancellationToken) -> Result<bool, SinkError> {
+    async fn flush(&self, batch: &mut Batch<W::Aggregate>, token: &CancellationToken) -> Result<bool, SinkError> {
         if batch.next_offsets.is_empty() {
             return Ok(true);
         }
         let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
         let write = || self.sink.write(&batch.aggregates);
-        match common::engine::retry::until_cancelled(token, policy, "writing read models", write, SinkError::is_retryable).await
+        match common::engine::retry::until_cancelled(
+            token,
+            policy,
+            "writing read models",
+            write,
+            SinkError::is_retryable,
+        )
+        .await
         {
             None => return Ok(false),
             Some(written) => written?,
         }
-        metrics::counter!(m::AGGREGATES_CONSUMED).increment(batch.aggregates.len() as u64);
-        metrics::counter!(m::BATCHES).increment(1);
-        metrics::histogram!(m::BATCH_SIZE).record(batch.aggregates.len() as f64);
+        metrics::counter!(m::AGGREGATES_CONSUMED, "workload" => W::NAME).increment(batch.aggregates.len() as u64);
+        metrics::counter!(m::BATCHES, "workload" => W::NAME).increment(1);
+        metrics::histogram!(m::BATCH_SIZE, "workload" => W::NAME).record(batch.aggregates.len() as f64);
         self.positions.lock().expect("positions lock").extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
         // Positions after the write: a crash in between only replays this batch.
         if let Err(e) = self.membership.commit_offsets(&self.topic, &batch.next_offsets).await {

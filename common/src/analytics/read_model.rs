@@ -1,0 +1,116 @@
+//! The read model of the hourly workload: per-hour totals in PostgreSQL (the
+//! record, kept for ever) and their copy in Redis (the hot cache, with a TTL).
+//!
+//! The materializer writes both, PostgreSQL first; the query service reads
+//! Redis, then PostgreSQL, and writes back what it found. The engine's
+//! [`VersionedCache`] keeps the Redis copy; this module gives it the row
+//! ([`HourCounts`] as a [`CachedRow`], one hash per hour,
+//! `<prefix>:hour:<hour_start_ms>` with fields `v`, `u`, `c`, `i`) and holds
+//! the PostgreSQL statements ([`pg`]).
+
+pub mod pg;
+
+use super::{HourCounts, HourStart};
+use crate::engine::store::cache::VersionedCache;
+use crate::engine::store::{CachedRow, Field, Versioned};
+
+/// The totals of one hour with the version that orders them.
+pub type HourTotals = Versioned<HourCounts>;
+
+/// The Redis copy of the hourly totals.
+pub type HourCache = VersionedCache<HourCounts>;
+
+/// The totals of an hour no store holds: zeros at version 0.
+pub const EMPTY: HourTotals = Versioned { row: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
+
+/// How many counts an hour's read model holds.
+pub const COUNTS: usize = 3;
+
+/// The PostgreSQL column of the version (`hourly_aggregates`).
+pub const VERSION_COLUMN: &str = "version";
+
+/// The counts of an hour, in the order of [`count_values`] and [`counts_from_values`].
+///
+/// The single definition the Redis hash and the PostgreSQL statements and row
+/// mapping are built from (`hourly_aggregates`, `hourly_partition_aggregates`).
+/// To add a count: add it to [`HourCounts`], then the compiler points here
+/// (the two functions below destructure it exhaustively, and the array length
+/// is [`COUNTS`]).
+pub const COUNT_FIELDS: [Field; COUNTS] = [
+    Field { redis: "u", column: "unique_users" },
+    Field { redis: "c", column: "clicks" },
+    Field { redis: "i", column: "impressions" },
+];
+
+/// The Redis fields of [`COUNT_FIELDS`], in order.
+const REDIS_FIELDS: [&str; COUNTS] = {
+    let mut names = [""; COUNTS];
+    let mut i = 0;
+    while i < COUNTS {
+        names[i] = COUNT_FIELDS[i].redis;
+        i += 1;
+    }
+    names
+};
+
+/// The counts in the order of [`COUNT_FIELDS`].
+pub fn count_values(counts: HourCounts) -> [u64; COUNTS] {
+    let HourCounts { unique_users, clicks, impressions } = counts;
+    [unique_users, clicks, impressions]
+}
+
+/// The counts from values in the order of [`COUNT_FIELDS`].
+pub fn counts_from_values(values: [u64; COUNTS]) -> HourCounts {
+    let [unique_users, clicks, impressions] = values;
+    HourCounts { unique_users, clicks, impressions }
+}
+
+/// The PostgreSQL count columns joined with `sep`, each formatted by `each`
+/// (e.g. `|c| format!("sum({c})::bigint")`).
+pub fn count_columns(each: impl Fn(&str) -> String, sep: &str) -> String {
+    COUNT_FIELDS.iter().map(|f| each(f.column)).collect::<Vec<_>>().join(sep)
+}
+
+impl CachedRow for HourCounts {
+    type Id = HourStart;
+    const KIND: &'static str = "hour";
+    const FIELDS: &'static [&'static str] = &REDIS_FIELDS;
+
+    fn id_to_key(hour: &HourStart) -> String {
+        hour.start_ms().to_string()
+    }
+
+    fn to_values(&self) -> Vec<String> {
+        count_values(*self).iter().map(u64::to_string).collect()
+    }
+
+    fn from_values(values: &[String]) -> Option<Self> {
+        let parsed: Vec<u64> = values.iter().map(|v| v.parse().ok()).collect::<Option<_>>()?;
+        Some(counts_from_values(<[u64; COUNTS]>::try_from(parsed).ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_round_trip_through_the_field_order() {
+        let counts = HourCounts { unique_users: 1, clicks: 2, impressions: 3 };
+        assert_eq!(counts_from_values(count_values(counts)), counts);
+        assert_eq!(HourCounts::from_values(&counts.to_values()), Some(counts));
+        assert_eq!(HourCounts::FIELDS, ["u", "c", "i"]);
+    }
+
+    #[test]
+    fn an_hour_keeps_its_redis_key() {
+        assert_eq!(HourCounts::KIND, "hour");
+        assert_eq!(HourCounts::id_to_key(&HourStart::of(7_200_123)), "7200000");
+    }
+
+    #[test]
+    fn a_malformed_count_is_refused() {
+        assert_eq!(HourCounts::from_values(&["1".into(), "x".into(), "3".into()]), None);
+        assert_eq!(HourCounts::from_values(&["1".into(), "2".into()]), None);
+    }
+}

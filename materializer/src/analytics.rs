@@ -1,0 +1,50 @@
+//! The hourly analytics workload in the materializer: the processor's
+//! absolute (hour, partition) aggregates → the per-partition rows guarded by
+//! input offset and the per-hour totals with a version
+//! ([`common::analytics::read_model::pg`]) → the hour totals in Redis.
+
+use std::time::Duration;
+
+use common::analytics::read_model::{pg, HourTotals};
+use common::analytics::{HourCounts, HourStart};
+use common::engine::avro::{decode_hour_aggregate, DecodeError, HourAggregate};
+use common::engine::kafka::TopicSpec;
+use common::engine::pg::PgError;
+use deadpool_postgres::{Client, Transaction};
+
+use crate::engine::{SinkWorkload, Source};
+use crate::Config;
+
+/// The hourly analytics read model.
+pub struct Analytics;
+
+/// Its topic and lease group: `--aggregates-topic` and `--group-id`.
+pub fn source(cfg: &Config) -> Source {
+    Source { topic: TopicSpec::aggregates(&cfg.aggregates), group_id: cfg.group_id.clone() }
+}
+
+impl SinkWorkload for Analytics {
+    const NAME: &'static str = "analytics";
+    type Aggregate = HourAggregate;
+    type Row = HourCounts;
+
+    fn decode(&self, bytes: &[u8]) -> Result<HourAggregate, DecodeError> {
+        decode_hour_aggregate(bytes)
+    }
+
+    fn watermark_ms(&self, aggregate: &HourAggregate) -> i64 {
+        aggregate.watermark_ms
+    }
+
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &[HourAggregate],
+    ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
+        pg::write_aggregates(tx, batch).await
+    }
+
+    async fn changed_within(&self, client: &Client, window: Duration) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
+        pg::changed_within(client, window).await
+    }
+}

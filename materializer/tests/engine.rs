@@ -1,0 +1,68 @@
+//! The materializer's engine with a workload it was not written for (the
+//! test-only exact sums of `common::test_util::sums`): the batch lands in
+//! PostgreSQL in one transaction, then in Redis under the version guard;
+//! a replay changes nothing. Real PostgreSQL and Redis.
+
+use std::time::Duration;
+
+use common::engine::avro::DecodeError;
+use common::engine::pg::PgError;
+use common::engine::store::cache::VersionedCache;
+use common::test_util::sums::{self, SetSum, Sum};
+use common::test_util::{drop_schema, isolated, unique_suffix};
+use deadpool_postgres::{Client, Transaction};
+use materializer::engine::sink::ReadModelSink;
+use materializer::engine::{Keyed, SinkWorkload};
+
+struct Sums;
+
+impl SinkWorkload for Sums {
+    const NAME: &'static str = "sums";
+    type Aggregate = SetSum;
+    type Row = Sum;
+
+    fn decode(&self, _bytes: &[u8]) -> Result<SetSum, DecodeError> {
+        Err(DecodeError::Invalid("not read from a topic in this test"))
+    }
+
+    fn watermark_ms(&self, _: &SetSum) -> i64 {
+        common::now_ms()
+    }
+
+    async fn write(&self, tx: &Transaction<'_>, batch: &[SetSum]) -> Result<Vec<Keyed<Sum>>, PgError> {
+        sums::write(tx, batch).await
+    }
+
+    async fn changed_within(&self, client: &Client, window: Duration) -> Result<Vec<Keyed<Sum>>, PgError> {
+        sums::changed_within(client, window).await
+    }
+}
+
+#[tokio::test]
+async fn a_second_workload_goes_through_the_same_sink() {
+    let (_, redis, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();
+    sums::create_table(&pool.get().await.unwrap()).await;
+    let cache = VersionedCache::<Sum>::connect(&redis).await.unwrap();
+    let sink = ReadModelSink::new(Sums, pool.clone(), cache.clone(), redis.ttl);
+
+    let huge = i128::from(i64::MAX) * 3;
+    let batch = [SetSum { key: "a".into(), total: huge }, SetSum { key: "b".into(), total: -5 }];
+    sink.write(&batch).await.unwrap();
+    let a = cache.get(&"a".to_owned()).await.unwrap().expect("copied to redis");
+    assert_eq!((a.row.total, a.version), (huge, 1));
+    assert_eq!(cache.get(&"b".to_owned()).await.unwrap().map(|v| v.row.total), Some(-5));
+
+    // The same batch again: same rows, same versions.
+    sink.write(&batch).await.unwrap();
+    assert_eq!(cache.get(&"a".to_owned()).await.unwrap().map(|v| v.version), Some(1));
+    // A change moves the version in both stores.
+    sink.write(&[SetSum { key: "a".into(), total: 1 }]).await.unwrap();
+    let a = cache.get(&"a".to_owned()).await.unwrap().unwrap();
+    assert_eq!((a.row.total, a.version), (1, 2));
+    assert_eq!(sums::read(&pool.get().await.unwrap(), "a").await.unwrap(), Some(a));
+
+    cache.clear().await.unwrap();
+    drop_schema(&pg).await;
+}

@@ -1,0 +1,91 @@
+//! The query service's engine: read-through readers and the HTTP routing
+//! table, knowing a workload only through [`QueryWorkload`].
+//!
+//! - [`reader`]: a row by id, from the in-process copy, then Redis, then
+//!   PostgreSQL (through the workload), written back to Redis under a fill lease.
+//! - [`http`]: the routes the workloads registered, behind the edge checks,
+//!   the time limit and the request metrics; errors mapped to statuses in one place.
+
+pub mod http;
+pub mod reader;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::engine::http::Body;
+use common::engine::pg::PgError;
+use common::engine::store::cache::RedisStore;
+use common::engine::store::{CachedRow, Versioned};
+use deadpool_postgres::{Client, Pool};
+use hyper::Response;
+
+pub use self::reader::{ReadError, Reader};
+
+/// What a workload gives the query service: its read-model row, how to read
+/// one from PostgreSQL, and the routes that answer from a [`Reader`].
+pub trait QueryWorkload: Sized + Send + Sync + 'static {
+    /// Names the workload in logs and in the `workload` metric label.
+    const NAME: &'static str;
+    /// The read-model row; its [`Default`] at version 0 is the answer when no store holds an id.
+    type Row: CachedRow + Default;
+
+    /// The row `id` from PostgreSQL, `None` if it was never written.
+    fn read(
+        &self,
+        client: &Client,
+        id: &<Self::Row as CachedRow>::Id,
+    ) -> impl Future<Output = Result<Option<Versioned<Self::Row>>, PgError>> + Send;
+
+    /// The workload's HTTP routes, answering from `reader`.
+    fn routes(reader: Reader<Self>) -> Vec<Route>;
+}
+
+/// What a route's handler answers: a response, or an error the engine maps to one.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, QueryError>> + Send>>;
+
+/// A route's handler: given the query string, the answer.
+pub type Handler = Arc<dyn Fn(Option<&str>) -> Answer + Send + Sync>;
+
+/// One `GET` (and `HEAD`) route of a workload.
+#[derive(Clone)]
+pub struct Route {
+    /// The exact path, also the `route` label of the request metrics.
+    pub path: &'static str,
+    /// How to call it, for the answer to an unknown path (`GET /analytics?timestamp=<ms>`).
+    pub usage: &'static str,
+    pub handler: Handler,
+}
+
+/// Why a route could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The caller's fault: 400 with `message`; counted under `label`, a fixed short string.
+    #[error("{message}")]
+    Rejected { label: &'static str, message: String },
+    /// The stores cannot answer: 503, retry later.
+    #[error(transparent)]
+    Unavailable(#[from] ReadError),
+}
+
+/// The stores every workload reads, shared.
+#[derive(Clone)]
+pub struct Stores {
+    pub pool: Pool,
+    pub redis: RedisStore,
+    /// How long an answer is reused in process (0 turns it off).
+    pub local_cache_ttl: Duration,
+}
+
+impl Stores {
+    /// The routes of `workload`, reading these stores: one registration line in `lib.rs`.
+    pub fn register<W: QueryWorkload>(&self, workload: W) -> Vec<Route> {
+        W::routes(Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl))
+    }
+
+    /// Readiness: see [`common::engine::store::check_ready`].
+    pub async fn ready(&self) -> Result<(), String> {
+        common::engine::store::check_ready(&self.pool, &self.redis).await
+    }
+}
