@@ -27,8 +27,11 @@ pub mod migrations {
     pub const READ_MODELS: Migration =
         Migration { version: 1, name: "read_models", sql: include_str!("../../migrations/0001_read_models.sql") };
     /// The processor's state store.
-    pub const PROCESSOR_STATE: Migration =
-        Migration { version: 2, name: "processor_state", sql: include_str!("../../migrations/0002_processor_state.sql") };
+    pub const PROCESSOR_STATE: Migration = Migration {
+        version: 2,
+        name: "processor_state",
+        sql: include_str!("../../migrations/0002_processor_state.sql"),
+    };
     /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
     pub const COORDINATION: Migration =
         Migration { version: 3, name: "coordination", sql: include_str!("../../migrations/0003_coordination.sql") };
@@ -237,8 +240,22 @@ pub async fn agree_partitions(
     kafka: &crate::engine::config::KafkaConfig,
     events: &crate::engine::config::EventsTopicConfig,
 ) -> anyhow::Result<i32> {
+    agree_topic_partitions(pool, service, kafka, &events.events_topic).await
+}
+
+/// Agrees the partition count of any keyed topic as the broker reports it
+/// (stored as the setting `partitions.<topic>`): records are routed by key
+/// modulo that count, so it must never change under a deployment.
+///
+/// # Errors
+/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
+pub async fn agree_topic_partitions(
+    pool: &Pool,
+    service: &str,
+    kafka: &crate::engine::config::KafkaConfig,
+    topic: &str,
+) -> anyhow::Result<i32> {
     use anyhow::Context;
-    let topic = &events.events_topic;
     let partitions = crate::engine::kafka::partition_count(kafka, topic)
         .await
         .with_context(|| format!("reading the partition count of {topic}"))?;
