@@ -37,13 +37,17 @@ fn config(extra: &[&str]) -> Config {
     Config::parse_from(args)
 }
 
+fn empty() -> http_body_util::Empty<hyper::body::Bytes> {
+    http_body_util::Empty::new()
+}
+
 async fn app(cfg: &Config) -> CommandApp {
     command::build(cfg, common::engine::telemetry::prometheus(), fixed_clock).await.expect("building the command app")
 }
 
 async fn status_and_body(app: &CommandApp, method: Method, uri: &str) -> (StatusCode, String) {
     use http_body_util::BodyExt;
-    let req = Request::builder().method(method).uri(uri).body(()).expect("a valid request");
+    let req = Request::builder().method(method).uri(uri).body(empty()).expect("a valid request");
     let resp = app.handle(req).await;
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("full body").to_bytes();
@@ -247,13 +251,13 @@ async fn an_unreachable_broker_gives_503_with_retry_after_in_bounded_time() {
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!("/analytics?timestamp={NOW}&user=a&click"))
-        .body(())
+        .body(empty())
         .unwrap();
     let resp = app.handle(req).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key(hyper::header::RETRY_AFTER));
     assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
-    let ready = app.handle(Request::builder().uri("/ready").body(()).unwrap()).await;
+    let ready = app.handle(Request::builder().uri("/ready").body(empty()).unwrap()).await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready without a broker");
 }
 
@@ -279,7 +283,7 @@ async fn a_full_producer_queue_answers_503_at_once_instead_of_queueing_forever()
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(format!("/analytics?timestamp={NOW}&user=a&click"))
-                .body(())
+                .body(empty())
                 .unwrap();
             app.handle(req).await.status()
         })

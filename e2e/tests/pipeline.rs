@@ -116,7 +116,8 @@ async fn events_outside_the_horizon_are_refused_and_change_nothing() {
     assert_counts_converge(stack.addr("query"), &expected_of(std::slice::from_ref(&ok)), CONVERGE).await;
     assert_eq!(get_counts(stack.addr("query"), too_old).await, Some(HourCounts::default()));
     let (_, metrics) = common::test_util::http(command, "GET", "/metrics").await.unwrap();
-    assert!(metrics.contains("analytics_command_events_rejected_total{reason=\"too_old\"} 1"), "{metrics}");
+    let rejected = "analytics_command_events_rejected_total{reason=\"too_old\",workload=\"analytics\"} 1";
+    assert!(metrics.contains(rejected), "{metrics}");
     stack.cleanup().await;
 }
 

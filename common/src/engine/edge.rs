@@ -100,8 +100,7 @@ impl Edge {
     /// The answer to a request that fails a check, or `None` to let it through;
     /// `write` marks requests that need the token.
     pub fn refusal<B>(&self, req: &Request<B>, write: bool) -> Option<Response<Body>> {
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes) {
+        if self.declares_body_over_limit(req) {
             return Some(http::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -110,6 +109,24 @@ impl Edge {
                 ),
             ));
         }
+        self.access_refusal(req, write)
+    }
+
+    /// Largest request body accepted, in bytes.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
+    /// Whether the request's `Content-Length` is over [`Edge::max_body_bytes`].
+    pub fn declares_body_over_limit<B>(&self, req: &Request<B>) -> bool {
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        declared.is_some_and(|n| n > self.max_body_bytes)
+    }
+
+    /// The rate-limit and token checks of [`Edge::refusal`] without the body
+    /// size, for an API whose body is its input (it refuses a body too large
+    /// in its own words).
+    pub fn access_refusal<B>(&self, req: &Request<B>, write: bool) -> Option<Response<Body>> {
         // Rate limiting first: it also bounds guesses at the token.
         if let (Some(limiter), Some(PeerAddr(peer))) = (&self.limiter, req.extensions().get::<PeerAddr>()) {
             if let Err(wait) = limiter.check(peer.ip()) {

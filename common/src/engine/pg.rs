@@ -263,7 +263,9 @@ pub async fn agree_partitions(
     agree_topic_partitions(pool, service, kafka, &events.events_topic).await
 }
 
-/// Agrees the partition count of any workload's events topic (see [`agree_partitions`]).
+/// Agrees the partition count of any keyed topic as the broker reports it
+/// (stored as the setting `partitions.<topic>`): records are routed by key
+/// modulo that count, so it must never change under a deployment.
 ///
 /// # Errors
 /// A [`SettingMismatch`], or the broker or PostgreSQL not answering.

@@ -123,7 +123,8 @@ impl<W: SinkWorkload> Pipeline<W> {
         for p in plan.lost.iter().chain(&plan.to_release) {
             self.owned.remove(p);
             if self.stalled.get_mut().expect("stalled lock").remove(p).is_some() {
-                metrics::gauge!(m::PARTITION_STALLED, "partition" => p.to_string()).set(0.0);
+                metrics::gauge!(m::PARTITION_STALLED, "topic" => self.topic.clone(), "partition" => p.to_string())
+                    .set(0.0);
             }
         }
         if let Err(e) = self.membership.release(&plan.to_release).await {

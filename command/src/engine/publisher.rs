@@ -1,9 +1,9 @@
-//! The events-topic adapter: encodes an event and waits for the broker's ack.
+//! The topic adapter: appends one workload's encoded events to its topic and
+//! waits for the broker's ack.
 
 use std::time::{Duration, Instant};
 
-use common::analytics::ClickEvent;
-use common::engine::config::{EventsTopicConfig, KafkaConfig};
+use common::engine::config::KafkaConfig;
 use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -61,7 +61,7 @@ pub struct Delivered {
     pub appended_ms: Option<i64>,
 }
 
-/// Appends events to the events topic, keyed by user.
+/// Appends one workload's events to its topic, keyed by the workload's key.
 ///
 /// Optionally several producers (each its own connection, each with the
 /// idempotent producer's 5 requests in flight), for brokers whose per-request
@@ -73,6 +73,8 @@ pub struct EventPublisher {
     producers: Vec<FutureProducer>,
     next: std::sync::atomic::AtomicUsize,
     topic: String,
+    /// The workload's name, for the `workload` metrics label.
+    workload: &'static str,
 }
 
 impl EventPublisher {
@@ -80,14 +82,19 @@ impl EventPublisher {
     /// When librdkafka rejects the configuration.
     pub fn new(
         kafka_cfg: &KafkaConfig,
-        events: &EventsTopicConfig,
+        topic: &str,
+        workload: &'static str,
         tuning: ProducerTuning,
         producers: usize,
     ) -> Result<Self, KafkaError> {
         let producers = (0..producers.max(1))
-            .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{i}"), tuning).create())
+            .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{workload}-{i}"), tuning).create())
             .collect::<Result<_, _>>()?;
-        Ok(EventPublisher { producers, next: Default::default(), topic: events.events_topic.clone() })
+        Ok(EventPublisher { producers, next: Default::default(), topic: topic.to_owned(), workload })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     fn producer(&self) -> &FutureProducer {
@@ -95,22 +102,21 @@ impl EventPublisher {
         &self.producers[i % self.producers.len()]
     }
 
-    /// Sends one event and returns once it is acknowledged by all in-sync replicas.
+    /// Sends one encoded event and returns once it is acknowledged by all in-sync replicas.
     ///
-    /// The key is the user id: with `murmur2_random` one user's events always
-    /// land in one partition, which is what keeps per-partition user sets disjoint.
+    /// With `murmur2_random` one key's events always land in one partition
+    /// (for analytics, the user id: that keeps per-partition user sets disjoint).
     ///
     /// Returns where the event landed, and the broker's log-append time if the topic stamps one.
     ///
     /// # Errors
     /// [`PublishError`]; the event is then not recorded as far as the client knows.
-    pub async fn publish(&self, event: &ClickEvent) -> Result<Delivered, PublishError> {
-        let payload = common::engine::avro::encode_event(event);
-        let record = FutureRecord::to(&self.topic).key(event.user.as_str()).payload(&payload);
+    pub async fn publish(&self, key: &[u8], payload: &[u8]) -> Result<Delivered, PublishError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
         let started = Instant::now();
         // A zero queue timeout: a full queue is overload, answered at once with 503.
         let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
-        metrics::histogram!(m::PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::PRODUCE_DURATION, "workload" => self.workload).record(started.elapsed().as_secs_f64());
         match result {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
@@ -132,7 +138,7 @@ impl EventPublisher {
         self.producers.iter().map(|p| p.in_flight_count()).sum()
     }
 
-    /// Readiness: the broker answers a metadata request for the events topic.
+    /// Readiness: the broker answers a metadata request for the topic.
     pub async fn check_broker(&self, limit: Duration) -> Result<(), String> {
         let topic = self.topic.clone();
         let producer = self.producers[0].clone();

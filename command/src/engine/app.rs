@@ -1,0 +1,328 @@
+//! Building, serving and stopping the write edge: the routing table of the
+//! registered workloads, the edge checks, the partition-count agreement of
+//! each workload's topic, the gauges and graceful shutdown.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::engine::http::{self, Body, OpsRoutes, ServerLimits};
+use common::engine::shutdown::{spawn_critical, CancellationToken, TaskTracker};
+use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::lane::{BodyError, Lane, Route, Topic};
+use super::publisher::EventPublisher;
+use super::Intake;
+use crate::config::Config;
+use crate::metrics as m;
+
+/// A POST cut short may have handed its event to the producer already.
+const TOO_LONG: &str = "outcome unknown: request took too long; retry with the same id";
+
+/// Paths the engine serves itself; no workload may take them.
+const OPS_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// The state every request shares; cheap to reach through [`CommandApp`].
+pub(crate) struct Shared {
+    routes: Vec<Box<dyn Route>>,
+    pub clock: fn() -> i64,
+    pub in_flight: Semaphore,
+    max_in_flight: usize,
+    ops: OpsRoutes,
+    edge: common::engine::edge::Edge,
+    /// Cancelled when a producer hits a fatal error: the process restarts.
+    pub fatal: CancellationToken,
+    /// Stops the background start-up checks when the service stops.
+    background: CancellationToken,
+    /// The service's background tasks (start-up checks, gauges), drained on the way out.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    fn route(&self, path: &str) -> Option<&dyn Route> {
+        self.routes.iter().find(|r| r.path() == path).map(|r| r.as_ref())
+    }
+
+    fn in_flight_capacity_used(&self) -> usize {
+        // Semaphore permits are handed out per request; the gauge shows how many are taken.
+        self.max_in_flight.saturating_sub(self.in_flight.available_permits())
+    }
+}
+
+/// The write edge being assembled: register each workload, then [`Engine::start`].
+pub struct Engine<'c> {
+    cfg: &'c Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    clock: fn() -> i64,
+    routes: Vec<Box<dyn Route>>,
+}
+
+impl<'c> Engine<'c> {
+    /// An engine with no workload yet, on the broker, limits and edge of `cfg`.
+    ///
+    /// # Errors
+    /// When the request time limit does not leave room for delivery.
+    pub fn new(
+        cfg: &'c Config,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        clock: fn() -> i64,
+    ) -> anyhow::Result<Self> {
+        // A request cut short after its event was handed to the producer could be
+        // retried by the client and counted twice: let delivery give up first.
+        anyhow::ensure!(
+            cfg.edge.request_timeout > cfg.delivery_timeout,
+            "--request-timeout ({:?}) must be longer than --delivery-timeout ({:?})",
+            cfg.edge.request_timeout,
+            cfg.delivery_timeout
+        );
+        Ok(Engine { cfg, metrics, clock, routes: Vec::new() })
+    }
+
+    /// Adds a workload: its route and its topic's producers.
+    ///
+    /// # Errors
+    /// When its route or topic is taken, or librdkafka rejects the producer configuration.
+    pub fn register<W: Intake>(mut self, workload: W) -> anyhow::Result<Self> {
+        let spec = workload.topic();
+        anyhow::ensure!(
+            W::ROUTE.starts_with('/') && !OPS_PATHS.contains(&W::ROUTE),
+            "workload {}: route {} is not a free path",
+            W::NAME,
+            W::ROUTE
+        );
+        if let Some(other) = self.routes.iter().find(|r| r.path() == W::ROUTE || r.topic().spec.name == spec.name) {
+            anyhow::bail!("workloads {} and {} share a route or a topic", other.name(), W::NAME);
+        }
+        let publisher = EventPublisher::new(
+            &self.cfg.kafka,
+            &spec.name,
+            W::NAME,
+            self.cfg.producer_tuning(),
+            self.cfg.producers.get() as usize,
+        )
+        .with_context(|| format!("creating the producers of {}", W::NAME))?;
+        let topic = Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)) };
+        self.routes.push(Box::new(Lane { workload, topic }));
+        Ok(self)
+    }
+
+    /// Creates the workloads' topics if configured, and agrees each topic's
+    /// partition count for the deployment (in the background while the broker
+    /// does not answer: requests get 503 until then).
+    ///
+    /// # Errors
+    /// When no workload is registered, the broker refuses topic creation, or a
+    /// partition count differs from the deployment's.
+    pub async fn start(self, pool: deadpool_postgres::Pool) -> anyhow::Result<CommandApp> {
+        let Engine { cfg, metrics, clock, routes } = self;
+        anyhow::ensure!(!routes.is_empty(), "no workload registered");
+        let specs: Vec<_> = routes.iter().map(|r| r.topic().spec.clone()).collect();
+        common::engine::kafka::ensure_topics(&cfg.kafka, &specs).await.context("creating topics")?;
+        let fatal = CancellationToken::new();
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        for route in &routes {
+            let topic = route.topic();
+            let (name, agreed) = (topic.spec.name.clone(), topic.agreed_partitions.clone());
+            match common::engine::pg::agree_topic_partitions(&pool, "command", &cfg.kafka, &name).await {
+                Ok(n) => agreed.store(n, Ordering::Relaxed),
+                Err(e) if e.is::<common::engine::pg::SettingMismatch>() => return Err(e),
+                Err(e) => {
+                    // The broker may be down while we start: serve (with 503s) and check once it answers.
+                    tracing::warn!(error = %e, topic = name, "partition count not checked yet; retrying in the background");
+                    let recheck = recheck_partitions(pool.clone(), cfg.kafka.clone(), name, agreed, background.clone());
+                    // A mismatch found later is fatal: spawn_critical cancels `fatal` on its error.
+                    spawn_critical(&tasks, &fatal, "partition-recheck", recheck);
+                }
+            }
+        }
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            let ready: http::ReadyCheck = Arc::new(move || {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(inner) = weak.upgrade() else { return Err("shutting down".into()) };
+                    for route in &inner.routes {
+                        route.topic().publisher.check_broker(Duration::from_secs(2)).await?;
+                    }
+                    Ok(())
+                })
+            });
+            Shared {
+                routes,
+                clock,
+                in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
+                max_in_flight: cfg.max_in_flight.get() as usize,
+                ops: OpsRoutes { service: "command", metrics, ready },
+                edge: common::engine::edge::Edge::new(&cfg.edge, Some(&cfg.auth)),
+                fatal,
+                background,
+                tasks,
+            }
+        });
+        Ok(CommandApp { inner })
+    }
+}
+
+/// Retries the partition-count agreement of `topic` until the broker answers.
+/// Ends on success or `stop`; a mismatch is an error, which stops the process
+/// (run under `spawn_critical`) rather than route keys differently from the
+/// processor.
+async fn recheck_partitions(
+    pool: deadpool_postgres::Pool,
+    kafka: common::engine::config::KafkaConfig,
+    topic: String,
+    agreed: Arc<AtomicI32>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let policy = common::engine::retry::backoff(Duration::from_secs(1), Duration::from_secs(10));
+    let attempt = || common::engine::pg::agree_topic_partitions(&pool, "command", &kafka, &topic);
+    let retryable = |e: &anyhow::Error| !e.is::<common::engine::pg::SettingMismatch>();
+    match common::engine::retry::until_cancelled(&stop, policy, "checking the partition count", attempt, retryable)
+        .await
+    {
+        None => Ok(()),
+        Some(Ok(n)) => {
+            agreed.store(n, Ordering::Relaxed);
+            tracing::info!(topic, partitions = n, "partition count agreed");
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.context("refusing to accept events")),
+    }
+}
+
+/// The running write edge; cheap to clone into each connection.
+#[derive(Clone)]
+pub struct CommandApp {
+    inner: Arc<Shared>,
+}
+
+impl CommandApp {
+    /// Routes one request: a registered workload's `POST`, or the operational routes.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let (route, resp) = match self.inner.route(req.uri().path()) {
+            Some(route) if req.method() == Method::POST => (route.path(), self.post(route, req).await),
+            Some(route) => (route.path(), http::method_not_allowed("POST")),
+            None => match self.inner.ops.handle(req.method(), req.uri().path()).await {
+                Some(r) => ("ops", r),
+                None => ("other", http::error(StatusCode::NOT_FOUND, self.not_found())),
+            },
+        };
+        http::record_request("command", route, resp.status(), started);
+        resp
+    }
+
+    fn not_found(&self) -> String {
+        let routes: Vec<String> = self.inner.routes.iter().map(|r| format!("POST {}", r.path())).collect();
+        format!("not found; {} records an event", routes.join(" or "))
+    }
+
+    async fn post<B>(&self, route: &dyn Route, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let edge = &self.inner.edge;
+        // A workload whose body is its input refuses an oversized one in its own words, after the token check.
+        let refusal = if route.reads_body() { edge.access_refusal(&req, true) } else { edge.refusal(&req, true) };
+        if let Some(refused) = refusal {
+            return refused;
+        }
+        let answer = async {
+            let declared_too_large = edge.declares_body_over_limit(&req);
+            let (parts, body) = req.into_parts();
+            let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or(""));
+            let limit_bytes = edge.max_body_bytes();
+            let body = match (route.reads_body(), declared_too_large) {
+                (false, _) => Ok(Bytes::new()),
+                (true, true) => Err(BodyError::TooLarge { limit_bytes }),
+                (true, false) => read_body(body, limit_bytes).await,
+            };
+            route.post(&self.inner, parts.uri.query(), content_type, body.as_deref().map_err(|e| *e)).await
+        };
+        edge.within_time_limit(answer, TOO_LONG).await
+    }
+}
+
+/// Reads a whole body of at most `limit_bytes`.
+async fn read_body<B>(body: B, limit_bytes: u64) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let limit = usize::try_from(limit_bytes).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { limit_bytes }),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body unreadable");
+            Err(BodyError::Unreadable)
+        }
+    }
+}
+
+/// Serves until `token` is cancelled, then drains requests and flushes every producer.
+///
+/// # Errors
+/// When a producer hit a fatal error (the process should restart) or could not flush.
+pub async fn run(
+    app: CommandApp,
+    listener: TcpListener,
+    limits: ServerLimits,
+    token: CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let fatal = app.inner.fatal.clone();
+    let stop = token.child_token();
+    spawn_critical(&app.inner.tasks, &stop, "gauges", gauges(app.clone(), stop.clone()));
+    let handler_app = app.clone();
+    let handler = move |req| {
+        let app = handler_app.clone();
+        async move { app.handle(req).await }
+    };
+    tracing::info!(addr = %listener.local_addr()?, "command service listening");
+    http::serve(listener, handler, limits, stop.clone(), drain).await;
+    stop.cancel();
+    app.inner.background.cancel();
+    common::engine::shutdown::drain(app.inner.tasks.clone(), drain).await?;
+    for route in &app.inner.routes {
+        let publisher = &route.topic().publisher;
+        publisher.flush(drain).with_context(|| format!("flushing the producer of {}", publisher.topic()))?;
+    }
+    if fatal.is_cancelled() {
+        anyhow::bail!("the producer hit a fatal error");
+    }
+    tracing::info!("command service stopped");
+    Ok(())
+}
+
+/// Updates the gauges every second until `stop`; a fatal producer error stops the service.
+async fn gauges(app: CommandApp, stop: CancellationToken) -> anyhow::Result<()> {
+    let fatal = app.inner.fatal.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = fatal.cancelled() => { stop.cancel(); break; }
+            _ = tick.tick() => {
+                for route in &app.inner.routes {
+                    let queued = route.topic().publisher.queue_len();
+                    metrics::gauge!(m::PRODUCER_QUEUE, "workload" => route.name()).set(f64::from(queued));
+                }
+                metrics::gauge!(m::IN_FLIGHT).set(app.inner.in_flight_capacity_used() as f64);
+            }
+        }
+    }
+    Ok(())
+}

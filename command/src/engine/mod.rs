@@ -1,0 +1,127 @@
+//! The generic write edge: everything the command does that is not about one
+//! workload.
+//!
+//! A workload implements [`Intake`]: its route, how one request becomes its
+//! typed event (or a [`Reject`] with a one-line reason), the event's partition
+//! key and encoded record, an optional judgement of the delivery, and its
+//! success status. The engine owns the rest, the same for every workload:
+//!
+//! - routing (a table built from the registered workloads) and the edge
+//!   checks (bearer token, rate limit, body size), in [`app`];
+//! - reading the body within the edge's size limit, for workloads whose input
+//!   it is ([`BodyUse`]);
+//! - the in-flight limit (overload answers 503 with `Retry-After`);
+//! - one publisher per workload topic ([`publisher`]), and the check that each
+//!   record landed on the partition its key maps to under the partition count
+//!   agreed for that topic (in `lane`);
+//! - the mapping of every outcome to a status, in one place (`outcome`);
+//! - metrics (label `workload`), the gauges task and graceful shutdown.
+//!
+//! Adding a workload is one module implementing [`Intake`] plus one
+//! `.register(..)` line in `crate::build`.
+
+pub mod app;
+mod lane;
+mod outcome;
+pub mod publisher;
+
+use hyper::StatusCode;
+
+pub use app::{run, CommandApp, Engine};
+pub use publisher::Delivered;
+
+/// One workload at the write edge: a `POST` route whose requests become typed
+/// events on the workload's own topic.
+///
+/// Implementations are pure apart from what they are handed: no I/O in
+/// [`Intake::parse`] or [`Intake::judge`], so a workload is tested without a
+/// broker.
+pub trait Intake: Send + Sync + 'static {
+    /// Names the workload in metrics (label `workload`) and logs, e.g. `analytics`.
+    const NAME: &'static str;
+    /// The path it accepts `POST`s on, e.g. `/analytics`.
+    const ROUTE: &'static str;
+    /// The status once the event is durably in the log (204 for analytics, 200 for increments).
+    const ACCEPTED: StatusCode;
+    /// Whether its input is in the body. By default it is not: the body is never read.
+    const BODY: BodyUse<Self::Reject> = BodyUse::Ignored;
+
+    /// The validated event, as it goes to the log.
+    type Event: Send + Sync;
+    /// Why a request is refused: the client's fault, answered 400 or 422.
+    type Reject: Reject;
+
+    /// The topic the events go to, as created when missing. Its partition
+    /// count is agreed for the deployment under the setting `partitions.<name>`.
+    fn topic(&self) -> common::engine::kafka::TopicSpec;
+
+    /// Turns one request into its event. `now_ms` is the command's clock.
+    ///
+    /// # Errors
+    /// The first problem found; nothing is written.
+    fn parse(&self, input: &Input<'_>, now_ms: i64) -> Result<Self::Event, Self::Reject>;
+
+    /// The partition key: the default partitioner (murmur2) maps it to a partition.
+    fn key<'e>(&self, event: &'e Self::Event) -> &'e [u8];
+
+    /// The record's payload.
+    fn encode(&self, event: &Self::Event) -> Vec<u8>;
+
+    /// Whether a delivered event will be counted downstream; by default it is.
+    ///
+    /// # Errors
+    /// The reject the client gets instead of success (the record stays in the
+    /// log; downstream skips it by the same rule).
+    fn judge(&self, event: &Self::Event, delivered: &Delivered) -> Result<(), Self::Reject> {
+        let _ = (event, delivered);
+        Ok(())
+    }
+}
+
+/// A workload's reason for refusing a request.
+pub trait Reject: std::fmt::Display + Send {
+    /// A short, fixed label for metrics (`reason="bad_json"`), never user input.
+    fn label(&self) -> &'static str;
+    /// Which client error it is.
+    fn status(&self) -> RejectStatus;
+}
+
+/// The two ways a client's request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectStatus {
+    /// 400: malformed.
+    BadRequest,
+    /// 422: well-formed, but it would not be counted (e.g. outside the horizon).
+    Unprocessable,
+}
+
+impl RejectStatus {
+    pub fn code(self) -> StatusCode {
+        match self {
+            RejectStatus::BadRequest => StatusCode::BAD_REQUEST,
+            RejectStatus::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// Whether a workload's input is in the request body.
+pub enum BodyUse<R> {
+    /// The input is in the query string: the engine never reads the body, and
+    /// a request declaring one over the edge's limit gets 413 before any other check.
+    Ignored,
+    /// The input is the body: after the token and rate-limit checks the engine
+    /// reads it, up to the edge's limit (`--max-body-bytes`); a larger one is
+    /// refused with `too_large(limit_bytes)`, in the workload's words.
+    Read { too_large: fn(u64) -> R },
+}
+
+/// What a workload sees of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The raw query string, if any (not decoded).
+    pub query: Option<&'a str>,
+    /// The `Content-Type` header; `Some("")` when it is not visible ASCII.
+    pub content_type: Option<&'a str>,
+    /// The body, complete and within the size limit; empty for [`BodyUse::Ignored`].
+    pub body: &'a [u8],
+}

@@ -1,0 +1,149 @@
+//! The one place where the outcome of a `POST` becomes a status code, a
+//! one-line reason and a metric, whatever the workload.
+
+use common::engine::http::{self, Body};
+use common::engine::shutdown::CancellationToken;
+use hyper::{Response, StatusCode};
+
+use super::publisher::PublishError;
+use super::Reject;
+use crate::metrics as m;
+
+/// The outcome of one `POST` to a workload's route.
+#[derive(Debug)]
+pub(crate) enum Outcome<R> {
+    /// Durably in the log, and it will be counted: the workload's success status.
+    Accepted(StatusCode),
+    /// The client's fault, in the workload's words.
+    Rejected(R),
+    /// The body could not be read (the client went away mid-body, or sent a broken chunk).
+    BodyUnreadable,
+    Unavailable(PublishError),
+    Overloaded,
+    /// Written to a partition its key does not map to under the agreed count:
+    /// downstream will skip it, so it is not counted.
+    Misrouted {
+        partition: i32,
+        expected: i32,
+    },
+}
+
+/// The answer to `outcome`, recorded in the metrics of `workload`. A fatal
+/// producer error or a changed partition count cancels `fatal`: the process restarts.
+pub(crate) fn respond<R: Reject>(
+    workload: &'static str,
+    outcome: Outcome<R>,
+    fatal: &CancellationToken,
+) -> Response<Body> {
+    match outcome {
+        Outcome::Accepted(status) => {
+            metrics::counter!(m::EVENTS_ACCEPTED, "workload" => workload).increment(1);
+            let mut r = http::no_content();
+            *r.status_mut() = status;
+            r
+        }
+        Outcome::Rejected(reason) => {
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.label(), "workload" => workload).increment(1);
+            http::error(reason.status().code(), reason)
+        }
+        Outcome::BodyUnreadable => {
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => "body_unreadable", "workload" => workload).increment(1);
+            http::error(StatusCode::BAD_REQUEST, "the request body could not be read")
+        }
+        Outcome::Unavailable(e) => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => e.label(), "workload" => workload).increment(1);
+            tracing::warn!(error = %e, workload, "event not accepted");
+            if e.is_fatal() {
+                fatal.cancel();
+            }
+            if e.outcome_known() {
+                http::unavailable(format!("event not recorded: {e}; retry later"), 1)
+            } else {
+                // It may be in the log already: a blind retry could count it twice.
+                http::unavailable(format!("outcome unknown: {e}; retry with the same id"), 1)
+            }
+        }
+        Outcome::Misrouted { partition, expected } => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "partition_count_changed", "workload" => workload)
+                .increment(1);
+            tracing::error!(
+                workload,
+                partition,
+                expected,
+                "the events topic's partition count changed under the deployment; stopping"
+            );
+            fatal.cancel();
+            http::unavailable(
+                "event not recorded: the events topic's partitions changed; it will not be counted; retry later",
+                1,
+            )
+        }
+        Outcome::Overloaded => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded", "workload" => workload).increment(1);
+            http::unavailable("event not recorded: too many requests in flight; retry later", 1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::RejectStatus;
+    use hyper::header::RETRY_AFTER;
+
+    #[derive(Debug)]
+    struct Late;
+
+    impl std::fmt::Display for Late {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("too late")
+        }
+    }
+
+    impl Reject for Late {
+        fn label(&self) -> &'static str {
+            "late"
+        }
+        fn status(&self) -> RejectStatus {
+            RejectStatus::Unprocessable
+        }
+    }
+
+    async fn answer(outcome: Outcome<Late>, fatal: &CancellationToken) -> (StatusCode, Option<String>, String) {
+        use http_body_util::BodyExt;
+        let r = respond("test", outcome, fatal);
+        let retry = r.headers().get(RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_owned());
+        let status = r.status();
+        let body = r.into_body().collect().await.expect("a full body").to_bytes();
+        (status, retry, String::from_utf8(body.to_vec()).expect("utf-8"))
+    }
+
+    #[tokio::test]
+    async fn each_outcome_has_its_status_and_a_one_line_reason() {
+        let fatal = CancellationToken::new();
+        assert_eq!(answer(Outcome::Accepted(StatusCode::OK), &fatal).await, (StatusCode::OK, None, String::new()));
+        assert_eq!(answer(Outcome::Accepted(StatusCode::NO_CONTENT), &fatal).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            answer(Outcome::Rejected(Late), &fatal).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, None, "too late\n".into())
+        );
+        assert_eq!(answer(Outcome::BodyUnreadable, &fatal).await.0, StatusCode::BAD_REQUEST);
+        let (status, retry, body) = answer(Outcome::Overloaded, &fatal).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert!(body.contains("in flight"), "{body}");
+        let (status, retry, body) = answer(Outcome::Unavailable(PublishError::Timeout), &fatal).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert!(body.starts_with("outcome unknown:") && body.contains("same id"), "{body}");
+        let (_, _, body) = answer(Outcome::Unavailable(PublishError::QueueFull), &fatal).await;
+        assert!(body.starts_with("event not recorded:") && body.contains("queue is full"), "{body}");
+        assert!(!fatal.is_cancelled(), "none of these stop the process");
+    }
+
+    #[tokio::test]
+    async fn a_misrouted_record_stops_the_process() {
+        let fatal = CancellationToken::new();
+        let (status, _, _) = answer(Outcome::Misrouted { partition: 1, expected: 0 }, &fatal).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(fatal.is_cancelled());
+    }
+}
