@@ -76,8 +76,8 @@ impl Intake for Analytics {
         })
     }
 
-    fn key<'e>(&self, event: &'e ClickEvent) -> &'e [u8] {
-        event.user.as_str().as_bytes()
+    fn key<'e>(&self, event: &'e ClickEvent) -> std::borrow::Cow<'e, [u8]> {
+        event.user.as_str().as_bytes().into()
     }
 
     fn encode(&self, event: &ClickEvent) -> Vec<u8> {
@@ -118,7 +118,7 @@ mod tests {
         let a = analytics();
         let event = a.parse(&query(&format!("timestamp={NOW}&user=ann&click&id=x1")), NOW + 5).expect("valid");
         assert_eq!((event.timestamp_ms, event.kind, event.accepted_at_ms), (NOW, EventKind::Click, NOW + 5));
-        assert_eq!((a.key(&event), event.id.as_deref()), (&b"ann"[..], Some("x1")));
+        assert_eq!((&*a.key(&event), event.id.as_deref()), (&b"ann"[..], Some("x1")));
         assert_eq!(common::engine::avro::decode_event(&a.encode(&event)).expect("Avro"), event);
     }
 

@@ -11,11 +11,11 @@ use common::engine::config::{
 };
 use common::engine::kafka::ProducerTuning;
 
-/// Accepts analytics events over HTTP and appends them durably to the events topic.
+/// Accepts events over HTTP (analytics, increments) and appends them durably to each workload's events topic.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "command", version)]
 pub struct Config {
-    /// Address of the HTTP API (`POST /analytics`, `/health`, `/ready`, `/metrics`).
+    /// Address of the HTTP API (`POST /analytics`, `POST /increment`, `/health`, `/ready`, `/metrics`).
     #[arg(long, env = "COMMAND_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
     /// Requests being processed at once; beyond it POST answers 503 with Retry-After.
@@ -37,6 +37,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[command(flatten)]
     pub events: EventsTopicConfig,
+    #[command(flatten)]
+    pub increments: common::increments::config::IncrementsEventsTopicConfig,
     #[command(flatten)]
     pub horizon: HorizonConfig,
     /// PostgreSQL, read at startup only: the deployment's horizon and partition count to agree with.

@@ -30,6 +30,7 @@
 pub mod analytics;
 pub mod config;
 pub mod engine;
+pub mod increments;
 pub mod metrics;
 
 use common::engine::pg::{migrations, Migration};
@@ -54,5 +55,9 @@ pub async fn build(
 ) -> anyhow::Result<CommandApp> {
     let engine = engine::Engine::new(cfg, metrics, clock)?;
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    engine.register(analytics::Analytics::agreed(&pool, &cfg.events, &cfg.horizon).await?)?.start(pool).await
+    engine
+        .register(analytics::Analytics::agreed(&pool, &cfg.events, &cfg.horizon).await?)?
+        .register(increments::Increments::new(&cfg.increments, cfg.events.events_partitions.get()))?
+        .start(pool)
+        .await
 }

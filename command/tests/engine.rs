@@ -76,8 +76,8 @@ impl Intake for Sums {
         Ok((key.to_owned(), value))
     }
 
-    fn key<'e>(&self, event: &'e (String, u64)) -> &'e [u8] {
-        event.0.as_bytes()
+    fn key<'e>(&self, event: &'e (String, u64)) -> std::borrow::Cow<'e, [u8]> {
+        event.0.as_bytes().into()
     }
 
     fn encode(&self, event: &(String, u64)) -> Vec<u8> {
@@ -233,8 +233,8 @@ fn a_route_or_topic_can_be_registered_once_and_never_over_the_operational_routes
         fn parse(&self, _: &Input<'_>, _: i64) -> Result<(), BadSum> {
             Ok(())
         }
-        fn key<'e>(&self, _: &'e ()) -> &'e [u8] {
-            b""
+        fn key<'e>(&self, _: &'e ()) -> std::borrow::Cow<'e, [u8]> {
+            b"".as_slice().into()
         }
         fn encode(&self, _: &()) -> Vec<u8> {
             Vec::new()

@@ -105,10 +105,10 @@ pub async fn drop_schema(pg: &PgConfig) {
 /// A raw HTTP/1.1 exchange on a fresh connection (`Connection: close`): the
 /// status code and body. Raw on purpose: tests send bytes a client library
 /// would refuse to produce.
-pub async fn http_raw(addr: std::net::SocketAddr, request_head: &str) -> std::io::Result<(u16, String)> {
+pub async fn http_raw(addr: std::net::SocketAddr, request: impl AsRef<[u8]>) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request_head.as_bytes()).await?;
+    stream.write_all(request.as_ref()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
@@ -124,6 +124,22 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path_and_query: &str
         &format!("{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     )
     .await
+}
+
+/// One request with a body and, if given, a `Content-Type`.
+pub async fn http_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    http_raw(addr, [head.as_bytes(), body].concat()).await
 }
 
 /// Deletes every Redis key under a prefix (cleanup).

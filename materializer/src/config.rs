@@ -31,6 +31,8 @@ pub struct Config {
     #[command(flatten)]
     pub aggregates: AggregatesTopicConfig,
     #[command(flatten)]
+    pub increments: common::increments::config::IncrementsSumsTopicConfig,
+    #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]
     pub pg: PgConfig,

@@ -7,6 +7,8 @@
 //!             with a TTL, catching up after outages), store the positions
 //! analytics   the hourly workload: decode HourAggregate, upsert the partition
 //!             rows and hour totals, the hour totals in Redis
+//! increments  the per-key sums: decode IncrementSum, upsert `increments`
+//!             guarded by input offset, the sums in Redis
 //! ```
 //!
 //! The engine names no workload; [`workloads`] lists them, one line each. The
@@ -19,6 +21,7 @@
 pub mod analytics;
 pub mod config;
 pub mod engine;
+pub mod increments;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -37,13 +40,16 @@ use crate::engine::{Engine, Registration};
 /// Every workload the materializer runs, each with its source from `cfg`.
 /// Adding a workload: one module implementing [`engine::SinkWorkload`] and one line here.
 pub fn workloads(cfg: &Config) -> Vec<Registration> {
-    vec![Registration::new(analytics::Analytics, analytics::source(cfg))]
+    vec![
+        Registration::new(analytics::Analytics, analytics::source(cfg)),
+        Registration::new(increments::Increments, increments::source(cfg)),
+    ]
 }
 
 /// The tables the materializer uses: the read models it writes (the query
 /// applies the same migration, to serve zeros before the first write), and
 /// the leases and positions it keeps in PostgreSQL.
-pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::COORDINATION];
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::COORDINATION, migrations::INCREMENTS];
 
 /// Connects to PostgreSQL (migrating its tables) and Redis, creates its topic
 /// if configured, and runs until `token` is cancelled.

@@ -34,7 +34,9 @@ pub struct Config {
     #[command(flatten)]
     pub aggregates: AggregatesTopicConfig,
     #[command(flatten)]
-    pub increments: common::increments::config::IncrementsTopicsConfig,
+    pub increments_events: common::increments::config::IncrementsEventsTopicConfig,
+    #[command(flatten)]
+    pub increments_sums: common::increments::config::IncrementsSumsTopicConfig,
     #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]

@@ -23,7 +23,8 @@ pub struct Increments;
 pub type ChangedSums = Vec<(IncrementKey, i128)>;
 
 fn sum_record(partition: i32, position: Position, key: IncrementKey, sum: i128) -> Emit {
-    let record = IncrementSum { key, sum, partition, input_offset: position.next_offset };
+    let record =
+        IncrementSum { key, sum, partition, input_offset: position.next_offset, watermark_ms: position.watermark_ms };
     Emit { key: key.to_string(), payload: encode_increment_sum(&record) }
 }
 

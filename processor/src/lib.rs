@@ -90,8 +90,8 @@ pub async fn run(
     let topics = [
         TopicSpec::events(&cfg.events),
         TopicSpec::aggregates(&cfg.aggregates),
-        TopicSpec::events_named(&cfg.increments.increments_events_topic, events_partitions),
-        TopicSpec::aggregates_named(&cfg.increments.increments_sums_topic, sums_partitions),
+        TopicSpec::events_named(&cfg.increments_events.increments_events_topic, events_partitions),
+        TopicSpec::aggregates_named(&cfg.increments_sums.increments_sums_topic, sums_partitions),
     ];
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
     let horizon = cfg.horizon.horizon();
@@ -109,7 +109,7 @@ pub async fn run(
         Increments,
         &cfg,
         &pool,
-        (&cfg.increments.increments_events_topic, &cfg.increments.increments_sums_topic),
+        (&cfg.increments_events.increments_events_topic, &cfg.increments_sums.increments_sums_topic),
         format!("{}.increments", cfg.group_id),
     )
     .await?;

@@ -26,7 +26,7 @@ impl QueryWorkload for Analytics {
     }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
-        let handler = move |query: Option<&str>| {
+        let handler = move |_: &str, query: Option<&str>| {
             let parsed = parse_get(query);
             let reader = reader.clone();
             Box::pin(async move { get(&reader, parsed).await }) as crate::engine::Answer

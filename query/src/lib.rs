@@ -6,6 +6,7 @@
 //!             Redis under a fill lease → the empty row; the routing table,
 //!             edge checks, time limit and metrics of every route
 //! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV
+//! increments  GET /increment/<uuid>: the key's exact sum as JSON, or 404
 //! ```
 //!
 //! The engine names no workload; [`routes`] registers them, one line each.
@@ -17,6 +18,7 @@
 pub mod analytics;
 pub mod config;
 pub mod engine;
+pub mod increments;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -37,14 +39,14 @@ use crate::engine::{Route, Stores};
 /// Every workload the query serves, reading `stores`.
 /// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
 pub fn routes(stores: &Stores) -> Vec<Route> {
-    [stores.register(analytics::Analytics)].concat()
+    [stores.register(analytics::Analytics), stores.register(increments::Increments)].concat()
 }
 
 /// The tables the query reads: the read models. The materializer writes them
 /// and applies the same migration; the query applies it too, so that started
 /// first it answers zeros instead of failing. It never creates the
 /// processor's or the coordination tables.
-pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::INCREMENTS];
 
 /// Connects to Redis and PostgreSQL (migrating the read models).
 ///

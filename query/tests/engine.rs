@@ -29,7 +29,7 @@ impl QueryWorkload for Sums {
     }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
-        let handler = move |query: Option<&str>| {
+        let handler = move |_: &str, query: Option<&str>| {
             let key = query.and_then(|q| q.strip_prefix("key=")).map(str::to_owned);
             let reader = reader.clone();
             Box::pin(async move {

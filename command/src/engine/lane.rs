@@ -96,11 +96,11 @@ impl<W: Intake> Lane<W> {
         };
         let key = self.workload.key(&event);
         let payload = self.workload.encode(&event);
-        let delivered = match self.topic.publisher.publish(key, &payload).await {
+        let delivered = match self.topic.publisher.publish(&key, &payload).await {
             Ok(delivered) => delivered,
             Err(e) => return Outcome::Unavailable(e),
         };
-        if let Some(expected) = self.topic.misrouted(key, &delivered) {
+        if let Some(expected) = self.topic.misrouted(&key, &delivered) {
             return Outcome::Misrouted { partition: delivered.partition, expected };
         }
         match self.workload.judge(&event, &delivered) {

@@ -62,7 +62,7 @@ pub trait Intake: Send + Sync + 'static {
     fn parse(&self, input: &Input<'_>, now_ms: i64) -> Result<Self::Event, Self::Reject>;
 
     /// The partition key: the default partitioner (murmur2) maps it to a partition.
-    fn key<'e>(&self, event: &'e Self::Event) -> &'e [u8];
+    fn key<'e>(&self, event: &'e Self::Event) -> std::borrow::Cow<'e, [u8]>;
 
     /// The record's payload.
     fn encode(&self, event: &Self::Event) -> Vec<u8>;

@@ -221,7 +221,7 @@ pub struct EdgeConfig {
     /// Time limit for answering one request; beyond it the answer is 503.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Largest request body accepted (the API takes none); larger gets 413.
+    /// Largest request body accepted (only `POST /increment` takes one: larger is 400 there, 413 elsewhere).
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1024")]
     pub max_body_bytes: u64,
     /// Serve HTTPS with this PEM certificate chain (requires --tls-key).

@@ -104,7 +104,7 @@ impl Edge {
             return Some(http::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "request body larger than {} bytes; this API takes its input in the query string",
+                    "request body larger than {} bytes; this route takes its input in the query string",
                     self.max_body_bytes
                 ),
             ));

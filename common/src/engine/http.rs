@@ -181,6 +181,14 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// A JSON answer (the body already serialized).
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 /// A one-line plain-text error: the reason, then a newline.
 pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
     text(status, format!("{reason}\n"))

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod event;
+pub mod read_model;
 pub mod request;
 pub mod row;
 pub mod state;

@@ -24,6 +24,8 @@ pub struct IncrementSum {
     pub sum: i128,
     pub partition: i32,
     pub input_offset: i64,
+    /// Newest acceptance time among the increments it reflects.
+    pub watermark_ms: i64,
 }
 
 impl IncrementSum {

@@ -60,6 +60,7 @@ struct IncrementSumRecord<'a> {
     sum: DecimalI128,
     partition: i32,
     input_offset: i64,
+    watermark_ms: i64,
 }
 
 /// An integer as the bytes of an Avro `decimal` of scale 0: two's complement,
@@ -149,6 +150,7 @@ pub fn encode_increment_sum(s: &IncrementSum) -> Vec<u8> {
         sum: DecimalI128(s.sum),
         partition: s.partition,
         input_offset: s.input_offset,
+        watermark_ms: s.watermark_ms,
     })
 }
 
@@ -167,6 +169,7 @@ pub fn decode_increment_sum(bytes: &[u8]) -> Result<IncrementSum, DecodeError> {
         sum: r.sum.0,
         partition: r.partition,
         input_offset: r.input_offset,
+        watermark_ms: r.watermark_ms,
     })
 }
 
@@ -190,7 +193,13 @@ mod tests {
     }
 
     fn sum(sum: i128) -> IncrementSum {
-        IncrementSum { key: IncrementKey::parse(KEY).unwrap(), sum, partition: 3, input_offset: 12_345 }
+        IncrementSum {
+            key: IncrementKey::parse(KEY).unwrap(),
+            sum,
+            partition: 3,
+            input_offset: 12_345,
+            watermark_ms: 1_900_000_000_000,
+        }
     }
 
     /// CRC-64-AVRO, written from the specification, independent of apache-avro.
@@ -206,7 +215,7 @@ mod tests {
         // Parsing Canonical Form, written by hand from the .avsc files: the
         // logical types (timestamp-millis, decimal) and their attributes drop out.
         let increment = r#"{"name":"increments.v1.Increment","type":"record","fields":[{"name":"key","type":"string"},{"name":"value","type":"long"},{"name":"accepted_at_ms","type":"long"},{"name":"id","type":["null","string"]}]}"#;
-        let sum_v1 = r#"{"name":"increments.v1.IncrementSum","type":"record","fields":[{"name":"key","type":"string"},{"name":"sum","type":"bytes"},{"name":"partition","type":"int"},{"name":"input_offset","type":"long"}]}"#;
+        let sum_v1 = r#"{"name":"increments.v1.IncrementSum","type":"record","fields":[{"name":"key","type":"string"},{"name":"sum","type":"bytes"},{"name":"partition","type":"int"},{"name":"input_offset","type":"long"},{"name":"watermark_ms","type":"long"}]}"#;
         for (canonical, codec) in [(increment, increment_codec()), (sum_v1, increment_sum_codec())] {
             let mut want = vec![0xC3, 0x01];
             want.extend_from_slice(&crc64_avro(canonical.as_bytes()).to_le_bytes());
@@ -292,6 +301,7 @@ mod tests {
                     ("sum", Value::Decimal(apache_avro::Decimal::from(bytes))),
                     ("partition", Value::Int(0)),
                     ("input_offset", Value::Long(0)),
+                    ("watermark_ms", Value::TimestampMillis(0)),
                 ],
             )
         };
@@ -345,7 +355,7 @@ mod tests {
 
         #[test]
         fn any_sum_round_trips(bytes in any::<u128>(), s in 1i128..=i128::MAX, partition in 0i32..1024, offset in 0i64..i64::MAX) {
-            let s = IncrementSum { key: IncrementKey::from_uuid(uuid::Uuid::from_u128(bytes)), sum: s, partition, input_offset: offset };
+            let s = IncrementSum { key: IncrementKey::from_uuid(uuid::Uuid::from_u128(bytes)), sum: s, partition, input_offset: offset, watermark_ms: offset };
             prop_assert_eq!(decode_increment_sum(&encode_increment_sum(&s)), Ok(s));
         }
 

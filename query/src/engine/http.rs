@@ -32,11 +32,12 @@ impl QueryApp {
     /// Generic over the body: the API reads only the method, path and query.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
-        let (route, resp) = match self.routes.iter().find(|r| r.path == req.uri().path()) {
+        let path = req.uri().path();
+        let (route, resp) = match self.routes.iter().find(|r| r.matches(path)) {
             Some(route) if req.method() == Method::GET || req.method() == Method::HEAD => {
                 let resp = match self.edge.refusal(&req, false) {
                     None => {
-                        let answer = (route.handler)(req.uri().query());
+                        let answer = (route.handler)(req.uri().path(), req.uri().query());
                         self.edge
                             .within_time_limit(async { respond(answer.await) }, "request took too long; retry later")
                             .await
@@ -64,6 +65,7 @@ fn respond(answer: Result<Response<Body>, QueryError>) -> Response<Body> {
             metrics::counter!(m::REJECTED, "reason" => label).increment(1);
             http::error(StatusCode::BAD_REQUEST, message)
         }
+        Err(QueryError::NotFound(message)) => http::error(StatusCode::NOT_FOUND, message),
         Err(QueryError::Unavailable(e)) => {
             // The detail (PostgreSQL's own text) stays in the log, not in the answer.
             tracing::warn!(error = %e, "query failed");

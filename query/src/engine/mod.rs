@@ -45,17 +45,28 @@ pub trait QueryWorkload: Sized + Send + Sync + 'static {
 /// What a route's handler answers: a response, or an error the engine maps to one.
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, QueryError>> + Send>>;
 
-/// A route's handler: given the query string, the answer.
-pub type Handler = Arc<dyn Fn(Option<&str>) -> Answer + Send + Sync>;
+/// A route's handler: given the path and the query string, the answer.
+pub type Handler = Arc<dyn Fn(&str, Option<&str>) -> Answer + Send + Sync>;
 
 /// One `GET` (and `HEAD`) route of a workload.
 #[derive(Clone)]
 pub struct Route {
-    /// The exact path, also the `route` label of the request metrics.
+    /// The exact path, or a prefix when it ends with `/` (`/increment/` serves
+    /// `/increment/{key}`); also the `route` label of the request metrics.
     pub path: &'static str,
     /// How to call it, for the answer to an unknown path (`GET /analytics?timestamp=<ms>`).
     pub usage: &'static str,
     pub handler: Handler,
+}
+
+impl Route {
+    /// Whether this route serves `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self.path.strip_suffix('/') {
+            Some(_) => path.len() > self.path.len() && path.starts_with(self.path),
+            None => path == self.path,
+        }
+    }
 }
 
 /// Why a route could not answer.
@@ -64,6 +75,9 @@ pub enum QueryError {
     /// The caller's fault: 400 with `message`; counted under `label`, a fixed short string.
     #[error("{message}")]
     Rejected { label: &'static str, message: String },
+    /// Nothing is known under this id: 404 with the message.
+    #[error("{0}")]
+    NotFound(String),
     /// The stores cannot answer: 503, retry later.
     #[error(transparent)]
     Unavailable(#[from] ReadError),
