@@ -21,6 +21,8 @@ scenarios=(
   "chaos_7_instances_added_and_removed_under_load|processor and materializer added, then removed, under load"
   "chaos_8_redis_down_for_30_s_under_load|Redis unreachable for 30 s under load"
   "chaos_9_duplicate_ids_with_kill_9_of_the_processor|every event sent twice with its id, processor kill -9"
+  "chaos_10_increments_kill_9_of_processor_and_materializer|increments: kill -9 of processor and materializer"
+  "chaos_11_increments_instances_added_and_removed|increments: instances added and removed under load"
 )
 passed=0 failed=0
 mkdir -p target/chaos

@@ -505,3 +505,102 @@ pub async fn wait_redis_equals_postgres(stack: &Stack, hours: &[(HourStart, Opti
     })
     .await;
 }
+
+/// One increment of the increments workload, sent with its own id.
+#[derive(Debug, Clone)]
+pub struct Increment {
+    pub key: String,
+    pub value: i64,
+    pub id: String,
+}
+
+impl Increment {
+    /// `n` increments over `keys` keys, each with a unique id.
+    pub fn workload(n: usize, keys: u64, seed: u64) -> Vec<Increment> {
+        (0..n as u64)
+            .map(|i| Increment {
+                key: format!("00000000-0000-4000-8000-{:012x}", (i * 7 + seed) % keys),
+                value: ((i * 7919 + seed) % 1_000_003 + 1) as i64,
+                id: format!("s{seed}-{i}"),
+            })
+            .collect()
+    }
+
+    /// The exact sum of every key.
+    pub fn sums(increments: &[Increment]) -> BTreeMap<String, i128> {
+        let mut sums = BTreeMap::new();
+        for i in increments {
+            *sums.entry(i.key.clone()).or_default() += i128::from(i.value);
+        }
+        sums
+    }
+}
+
+/// Posts every increment until it is acknowledged, like a careful client:
+/// whatever the failure (refused connection, 503 of any kind, no answer), it
+/// retries with the same id, so an increment whose first outcome was unknown
+/// is still counted exactly once. Panics on a 4xx.
+pub async fn post_increments_until_acknowledged(
+    addrs: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    increments: Vec<Increment>,
+    concurrency: usize,
+) {
+    use futures::StreamExt;
+    futures::stream::iter(increments.into_iter().enumerate())
+        .for_each_concurrent(concurrency, |(i, inc)| {
+            let addrs = addrs.clone();
+            async move {
+                let body = format!(r#"{{"key":"{}","value":{}}}"#, inc.key, inc.value);
+                let path = format!("/increment?id={}", inc.id);
+                for attempt in 0..1200 {
+                    let targets = addrs.lock().expect("lock").clone();
+                    let addr = targets[(i + attempt) % targets.len()];
+                    match common::test_util::http_body(addr, "POST", &path, Some("application/json"), body.as_bytes())
+                        .await
+                    {
+                        Ok((200, _)) => return,
+                        Ok((status @ 400..=428, answer)) => panic!("{status} for {inc:?}: {answer}"),
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                panic!("{inc:?} never acknowledged");
+            }
+        })
+        .await;
+}
+
+/// Waits until the `increments` table holds exactly `expected` (every key,
+/// every sum), then checks each key's `GET /increment/{key}` answer.
+pub async fn assert_sums_converge(stack: &Stack, expected: &BTreeMap<String, i128>, limit: Duration) {
+    use futures::StreamExt;
+    let pool = common::engine::pg::pool(&stack.pg).expect("a pool");
+    let want: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let mut last = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(client) = pool.get().await {
+            if let Ok(rows) = client.query("SELECT key::text, value::text FROM increments ORDER BY key", &[]).await {
+                last = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+                if last == want {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let wrong: Vec<_> = want.iter().filter(|w| !last.contains(w)).take(5).collect();
+    assert_eq!(last.len(), want.len(), "keys in PostgreSQL; first missing or wrong: {wrong:?}");
+    assert!(wrong.is_empty(), "sums in PostgreSQL differ; first: {wrong:?}");
+    let query = stack.addr("query");
+    let answers: Vec<(String, u16, String)> = futures::stream::iter(expected.keys())
+        .map(|k| async move {
+            let (status, body) = http(query, "GET", &format!("/increment/{k}")).await.unwrap_or((0, String::new()));
+            (k.clone(), status, body)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (k, status, body) in answers {
+        assert_eq!((status, body), (200, format!(r#"{{"key":"{k}","value":{}}}"#, expected[&k])), "GET {k}");
+    }
+}

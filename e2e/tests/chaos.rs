@@ -3,6 +3,7 @@
 //! affected hour against the exact expected counts. Ignored by `make test`;
 //! `scripts/chaos.sh` runs them one by one and prints a summary.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -311,5 +312,62 @@ async fn chaos_9_duplicate_ids_with_kill_9_of_the_processor() {
     println!("{sent} events, each accepted twice with the same id");
     // Every event counted exactly once, although each was accepted twice.
     assert_counts_within(stack.addr("query"), &expected, &expected, CONVERGE).await;
+    stack.cleanup().await;
+}
+
+/// Increments under load, every one sent until acknowledged with its id.
+fn increment_load(
+    targets: Vec<std::net::SocketAddr>,
+    seed: u64,
+) -> (tokio::task::JoinHandle<()>, BTreeMap<String, i128>) {
+    let increments = e2e::Increment::workload(20_000, 1_000, seed);
+    let expected = e2e::Increment::sums(&increments);
+    let targets = Arc::new(Mutex::new(targets));
+    (tokio::spawn(e2e::post_increments_until_acknowledged(targets, increments, CONCURRENCY)), expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_10_increments_kill_9_of_processor_and_materializer() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (load, expected) = increment_load(vec![stack.addr("command")], 10);
+    pause(3000).await;
+    stack.kill9("processor");
+    pause(1500).await;
+    stack.start("processor", Service::Processor).await;
+    pause(2000).await;
+    stack.kill9("materializer");
+    pause(1500).await;
+    stack.start("materializer", Service::Materializer).await;
+    pause(2000).await;
+    stack.kill9("processor");
+    stack.kill9("materializer");
+    stack.start("processor", Service::Processor).await;
+    stack.start("materializer", Service::Materializer).await;
+    load.await.expect("load task");
+    e2e::assert_sums_converge(&stack, &expected, CONVERGE).await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_11_increments_instances_added_and_removed() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let command_2 = stack.start("command-2", Service::Command).await;
+    let (load, expected) = increment_load(vec![stack.addr("command"), command_2], 11);
+    pause(2000).await;
+    stack.start("processor-2", Service::Processor).await;
+    stack.start("materializer-2", Service::Materializer).await;
+    pause(5000).await;
+    let (ok, _) = stack.terminate("processor");
+    assert!(ok, "processor exits cleanly on SIGTERM");
+    stack.kill9("command-2");
+    pause(2000).await;
+    stack.kill9("materializer-2");
+    stack.start("processor-3", Service::Processor).await;
+    load.await.expect("load task");
+    e2e::assert_sums_converge(&stack, &expected, CONVERGE).await;
     stack.cleanup().await;
 }
