@@ -124,6 +124,13 @@ probe_pid=$!
 record post_half_load "$(target/release/paced-post --rate "$half" --connections 256 --duration "$DUR" | tail -1)"
 wait "$probe_pid"
 
+# The increments workload: POST /increment at 256 connections, with the staleness probe running.
+wait_processor_caught_up
+target/release/increment-staleness "$PROBE" >"$OUT/increment_staleness.json" &
+probe_pid=$!
+wrk_run increment_256 256 increment.lua http://127.0.0.1:8081
+wait "$probe_pid"
+
 wrk_run get_current 64 get.lua http://127.0.0.1:8082
 redis-cli -h 127.0.0.1 --scan --pattern "analytics:hour:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
 wrk_run get_old 64 get-old.lua http://127.0.0.1:8082

@@ -49,6 +49,11 @@ put("broker_produce_msgs_per_sec", raw.get("broker", {}).get("broker_produce_msg
 for n in ["64", "256"]:
     for k, v in raw.get(f"closed_loop_{n}", {}).items():
         put(k, v)
+inc = raw.get("increment_256", {})
+for k in ["rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
+    put(f"increment_{k}_256", inc.get(k))
+for k, v in raw.get("increment_staleness", {}).items():
+    put(k, v)
 half = raw.get("post_half_load", {})
 for k in ["rps", "target_rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
     put(f"post_{k}_half_load", half.get(k))
@@ -119,6 +124,10 @@ kafka_targets = [
     ("whole processor drains a backlog at ≥ 150,000 events/s", g("processor_events_per_sec"), " events/s", at_least(g("processor_events_per_sec"), 150_000)),
     ("freshness p99 ≤ 100 ms at half the maximum POST rate", g("freshness_p99_ms_half_load"), " ms", at_most(g("freshness_p99_ms_half_load"), 100)),
 ]
+# The targets of the "Increments" issue.
+increment_targets = [
+    ("increments read model staleness p99 ≤ 1 s under load (POST 200 until GET shows it)", g("increment_staleness_p99_ms"), " ms", at_most(g("increment_staleness_p99_ms"), 1000)),
+]
 
 
 def target_rows(rows):
@@ -147,6 +156,12 @@ lines = [
     "| target | measured | met |",
     "|---|---|---|",
 ] + target_rows(kafka_targets) + [
+    "",
+    "Targets of the issue \"Increments\":",
+    "",
+    "| target | measured | met |",
+    "|---|---|---|",
+] + target_rows(increment_targets) + [
     "",
     "## POST /analytics (durable: 204 after the broker's acks=all)",
     "",
@@ -177,6 +192,17 @@ lines += [
     f"{fmt(g('post_non_2xx_half_load'))} non-2xx.",
     "",
     f"Broker raw produce rate (rdkafka, idempotent, acks=all, 100-byte messages): {fmt(g('broker_produce_msgs_per_sec'))} msg/s.",
+    "",
+    "## POST /increment (durable: 200 after the broker's acks=all)",
+    "",
+    "| connections | requests/s | ceiling (bare hyper 204) | ratio | p50 ms | p99 ms | p99.9 ms | non-2xx |",
+    "|---|---|---|---|---|---|---|---|",
+    f"| 256 | {fmt(g('increment_rps_256'))} | {fmt(g('post_ceiling_rps_256'))} | {ratio('increment_rps_256', 'post_ceiling_rps_256')} | "
+    f"{fmt(g('increment_p50_ms_256'))} | {fmt(g('increment_p99_ms_256'))} | {fmt(g('increment_p999_ms_256'))} | {fmt(g('increment_non_2xx_256'))} |",
+    "",
+    f"Staleness of the increments read model while that load runs (`increment-staleness`: POST 1 to a probe key, GET until",
+    f"the sum shows it): p50 {fmt(g('increment_staleness_p50_ms'))} ms, p99 {fmt(g('increment_staleness_p99_ms'))} ms, max "
+    f"{fmt(g('increment_staleness_max_ms'))} ms over {fmt(g('increment_staleness_samples'))} samples. The reference design's bound is 10 s.",
     "",
     "## GET /analytics (64 connections)",
     "",
