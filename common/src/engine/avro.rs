@@ -445,6 +445,16 @@ pub fn decode_hour_aggregate(bytes: &[u8]) -> Result<HourAggregate, DecodeError>
     HourAggregate::try_from(from_value::<HourAggregateRecord>(&value).map_err(|e| DecodeError::Avro(e.to_string()))?)
 }
 
+/// CRC-64-AVRO, written from the specification, independent of apache-avro:
+/// the tests of every workload's records check their headers with it.
+#[cfg(test)]
+pub(crate) fn crc64_avro(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    let table: Vec<u64> =
+        (0..256u64).map(|i| (0..8).fold(i, |fp, _| (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1)))).collect();
+    bytes.iter().fold(EMPTY, |fp, b| (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,14 +529,6 @@ mod tests {
         let mut longer = encode_event(&event(1, "alice", true, 2));
         longer.push(0);
         assert_eq!(decode_event(&longer), Err(DecodeError::TrailingBytes));
-    }
-
-    /// CRC-64-AVRO, written from the specification, independent of apache-avro.
-    fn crc64_avro(bytes: &[u8]) -> u64 {
-        const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
-        let table: Vec<u64> =
-            (0..256u64).map(|i| (0..8).fold(i, |fp, _| (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1)))).collect();
-        bytes.iter().fold(EMPTY, |fp, b| (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize])
     }
 
     #[test]

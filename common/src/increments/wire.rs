@@ -176,7 +176,7 @@ pub fn decode_increment_sum(bytes: &[u8]) -> Result<IncrementSum, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::avro::HEADER_LEN;
+    use crate::engine::avro::{crc64_avro, HEADER_LEN};
     use crate::increments::event::MAX_VALUE;
     use apache_avro::types::Value;
     use proptest::prelude::*;
@@ -200,14 +200,6 @@ mod tests {
             input_offset: 12_345,
             watermark_ms: 1_900_000_000_000,
         }
-    }
-
-    /// CRC-64-AVRO, written from the specification, independent of apache-avro.
-    fn crc64_avro(bytes: &[u8]) -> u64 {
-        const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
-        let table: Vec<u64> =
-            (0..256u64).map(|i| (0..8).fold(i, |fp, _| (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1)))).collect();
-        bytes.iter().fold(EMPTY, |fp, b| (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize])
     }
 
     #[test]
