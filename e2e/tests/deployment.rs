@@ -165,9 +165,11 @@ fn the_grafana_dashboard_is_provisioned_and_queries_real_metrics() {
         .collect();
     // Each metric the dashboard uses is one the code defines.
     let sources: String = [
-        "common/src/http.rs",
+        "common/src/engine/http.rs",
         "command/src/metrics.rs",
-        "processor/src/metrics.rs",
+        "processor/src/engine/metrics.rs",
+        "processor/src/analytics.rs",
+        "processor/src/increments.rs",
         "materializer/src/metrics.rs",
         "query/src/metrics.rs",
     ]
