@@ -5,7 +5,8 @@
 //!             copy written by the materializer) → PostgreSQL, written back to
 //!             Redis under a fill lease → the empty row; the routing table,
 //!             edge checks, time limit and metrics of every route
-//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV
+//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV;
+//!             GET /analytics/timeseries and /analytics/aggregate: ranges as JSON
 //! ```
 //!
 //! The engine names no workload; [`routes`] registers them, one line each.
@@ -37,14 +38,14 @@ use crate::engine::{Route, Stores};
 /// Every workload the query serves, reading `stores`.
 /// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
 pub fn routes(stores: &Stores) -> Vec<Route> {
-    [stores.register(analytics::Analytics)].concat()
+    [stores.register(analytics::Analytics), analytics::range_routes(stores.pool.clone())].concat()
 }
 
 /// The tables the query reads: the read models. The materializer writes them
 /// and applies the same migration; the query applies it too, so that started
 /// first it answers zeros instead of failing. It never creates the
 /// processor's or the coordination tables.
-pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS];
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::RANGES];
 
 /// Connects to Redis and PostgreSQL (migrating the read models).
 ///
