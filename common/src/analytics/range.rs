@@ -104,9 +104,10 @@ impl Range {
         (0..self.bucket_count(interval) as i64).map(move |k| first + k * len)
     }
 
-    /// `[start of the first bucket, end of the last)`: the rows to read.
+    /// `[start of the first bucket, end of the last)`: the rows to read. The
+    /// end saturates at the largest time (a bucket there holds no row anyway).
     pub fn covering(self, interval: Interval) -> (EpochMillis, EpochMillis) {
-        (interval.floor(self.from_ms), interval.floor(self.to_ms - 1) + interval.length_ms())
+        (interval.floor(self.from_ms), interval.floor(self.to_ms - 1).saturating_add(interval.length_ms()))
     }
 
     /// Exact when the range is one UTC hour or one whole UTC day, else estimated.
@@ -355,6 +356,13 @@ mod tests {
         );
         assert_eq!(ts(&format!("from=0&to={}&interval=day", 1000 * DAY_MS)).map(|_| ()), Ok(()));
         assert_eq!(TooManyBuckets(1001).to_string(), "the range covers 1001 buckets; at most 1000 are answered");
+    }
+
+    #[test]
+    fn the_end_of_time_is_a_valid_range() {
+        let r = ts(&format!("from={}&to={}&interval=day", i64::MAX - 5 * DAY_MS, i64::MAX)).unwrap();
+        assert_eq!(r.range.bucket_starts(r.interval).count() as u64, r.range.bucket_count(r.interval));
+        assert_eq!(r.range.covering(r.interval).1, i64::MAX);
     }
 
     #[test]
