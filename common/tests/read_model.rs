@@ -15,6 +15,8 @@ fn agg(partition: i32, offset: i64, users: u64, clicks: u64) -> HourAggregate {
         counts: HourCounts { unique_users: users, clicks, impressions: 1 },
         input_offset: offset,
         watermark_ms: H,
+        sketch: None,
+        day_unique_users: None,
     }
 }
 

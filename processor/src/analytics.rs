@@ -1,13 +1,14 @@
 //! The hourly analytics workload in the processor: events → exact counts per
-//! (hour, partition), persisted as hour rows and user-set chunks, emitted as
-//! `HourAggregate` records.
+//! (hour, partition) and exact unique users per (UTC day, partition),
+//! persisted as hour rows and user-set chunks (hours and days), emitted as
+//! `HourAggregate` records that carry the hour's sketch and its day's count.
 //!
 //! The pure part is [`PartitionWindow`] in `common::analytics`; this module
 //! only maps it onto the engine's [`Aggregation`] and its rows.
 
-use common::analytics::bucket::{Checkpoint, Observation, Skipped};
+use common::analytics::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
 use common::analytics::event::event_id_hash;
-use common::analytics::{ClickEvent, HourBucket, HourCounts, HourStart, PartitionWindow};
+use common::analytics::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
 use common::engine::avro::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use common::engine::pg::PgError;
 use deadpool_postgres::Transaction;
@@ -20,9 +21,15 @@ use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
 pub const STATE_BYTES: &str = "analytics_processor_state_bytes";
 pub const STATE_USER_HOURS: &str = "analytics_processor_state_user_hours";
+pub const OPEN_DAYS: &str = "analytics_processor_open_days";
+/// Heap bytes of the day user sets; divided by [`STATE_USER_DAYS`]: bytes per user-day.
+pub const STATE_DAY_BYTES: &str = "analytics_processor_state_day_bytes";
+pub const STATE_USER_DAYS: &str = "analytics_processor_state_user_days";
 
 /// The user sets of open hours, as chunks of hashes.
 const USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_user_chunks", column: "users" };
+/// The user sets of open days, as chunks of hashes (keyed by the day's start).
+const DAY_USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_day_user_chunks", column: "users" };
 
 /// The analytics workload; holds the deployment's hour retention.
 pub struct Analytics {
@@ -30,10 +37,17 @@ pub struct Analytics {
     pub retention_ms: i64,
 }
 
-/// One partition's open hours and how many user chunks each has stored.
+/// One partition's open hours and days and how many user chunks each has stored.
 pub struct AnalyticsState {
     window: PartitionWindow,
     user_chunks: ChunkCounts,
+    day_user_chunks: ChunkCounts,
+}
+
+/// User chunks appended per hour and per day by one checkpoint.
+pub struct Appended {
+    hours: Vec<(i64, u32)>,
+    days: Vec<(i64, u32)>,
 }
 
 impl AnalyticsState {
@@ -43,13 +57,15 @@ impl AnalyticsState {
     }
 }
 
-fn aggregate(partition: i32, position: Position, hour: HourStart, counts: HourCounts) -> Emit {
+fn aggregate(partition: i32, position: Position, hour: &ChangedHour) -> Emit {
     let agg = HourAggregate {
-        hour,
+        hour: hour.hour,
         partition,
-        counts,
+        counts: hour.counts,
         input_offset: position.next_offset,
         watermark_ms: position.watermark_ms,
+        sketch: Some(hour.sketch.clone()),
+        day_unique_users: Some(hour.day_unique_users),
     };
     Emit { key: agg.key(), payload: encode_hour_aggregate(&agg) }
 }
@@ -59,8 +75,8 @@ impl Aggregation for Analytics {
     type Event = ClickEvent;
     type State = AnalyticsState;
     type Changes = Checkpoint;
-    /// User chunks appended per hour.
-    type Receipt = Vec<(i64, u32)>;
+    /// User chunks appended per hour and per day.
+    type Receipt = Appended;
 
     fn decode(&self, payload: &[u8]) -> Result<ClickEvent, DecodeError> {
         decode_event(payload)
@@ -106,6 +122,14 @@ impl Aggregation for Analytics {
             .await?;
         let mut users = read_chunks(tx, USER_CHUNKS, scope).await?;
         let mut window = PartitionWindow::new(position.watermark_ms, self.retention_ms);
+        let mut day_user_chunks = ChunkCounts::new();
+        // Days first: restoring an hour adds its users to its day.
+        for (day, parts) in read_chunks(tx, DAY_USER_CHUNKS, scope).await? {
+            let Some(day) = DayStart::from_aligned(day) else { continue };
+            let size: usize = parts.iter().map(|p| p.len() / 8).sum();
+            day_user_chunks.insert(day.start_ms(), parts.len() as u32);
+            window.restore_day(day, DayUsers::restore(parts.iter().flat_map(|p| decode_hashes(p)), size));
+        }
         let mut user_chunks = ChunkCounts::new();
         for h in &hours {
             let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
@@ -121,7 +145,7 @@ impl Aggregation for Analytics {
             user_chunks.insert(hour.start_ms(), parts.len() as u32);
             window.restore_hour(hour, bucket);
         }
-        Ok(AnalyticsState { window, user_chunks })
+        Ok(AnalyticsState { window, user_chunks, day_user_chunks })
     }
 
     async fn persist(
@@ -130,7 +154,7 @@ impl Aggregation for Analytics {
         scope: Scope<'_>,
         state: &AnalyticsState,
         cp: &Checkpoint,
-    ) -> Result<Vec<(i64, u32)>, PgError> {
+    ) -> Result<Appended, PgError> {
         let hours: Vec<i64> = cp.changed.iter().map(|c| c.hour.start_ms()).collect();
         let column = |f: fn(&HourCounts) -> u64| -> Vec<i64> {
             cp.changed.iter().map(|c| i64::try_from(f(&c.counts)).unwrap_or(i64::MAX)).collect()
@@ -162,33 +186,47 @@ impl Aggregation for Analytics {
             .await?;
             delete_chunks(tx, USER_CHUNKS, scope, &closed).await?;
         }
-        Ok(added)
+        let new_day_users: Vec<(i64, &[u64])> =
+            cp.changed_days.iter().map(|d| (d.day.start_ms(), d.new_users.as_slice())).collect();
+        let days = append_chunks(tx, DAY_USER_CHUNKS, scope, &new_day_users, &state.day_user_chunks).await?;
+        let closed_days: Vec<i64> = cp.closed_days.iter().map(|d| d.start_ms()).collect();
+        delete_chunks(tx, DAY_USER_CHUNKS, scope, &closed_days).await?;
+        Ok(Appended { hours: added, days })
     }
 
-    fn committed(&self, state: &mut AnalyticsState, cp: Checkpoint, added: Vec<(i64, u32)>) {
+    fn committed(&self, state: &mut AnalyticsState, cp: Checkpoint, added: Appended) {
         state.window.mark_checkpointed();
         let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
-        record_chunks(&mut state.user_chunks, added, &closed);
+        record_chunks(&mut state.user_chunks, added.hours, &closed);
+        let closed_days: Vec<i64> = cp.closed_days.iter().map(|d| d.start_ms()).collect();
+        record_chunks(&mut state.day_user_chunks, added.days, &closed_days);
     }
 
     /// From the checkpoint, not the window: an hour that closed in this batch is only there.
     fn emits(&self, scope: Scope<'_>, position: Position, cp: &Checkpoint) -> Vec<Emit> {
-        cp.changed.iter().map(|c| aggregate(scope.partition, position, c.hour, c.counts)).collect()
+        cp.changed.iter().map(|c| aggregate(scope.partition, position, c)).collect()
     }
 
     fn snapshot(&self, scope: Scope<'_>, position: Position, state: &AnalyticsState) -> Vec<Emit> {
-        state.window.counts().map(|(h, c)| aggregate(scope.partition, position, h, c)).collect()
+        state.window.snapshot().iter().map(|c| aggregate(scope.partition, position, c)).collect()
     }
 
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a AnalyticsState>) {
         let (mut hours, mut bytes, mut user_hours) = (0, 0, 0);
+        let (mut days, mut day_bytes, mut user_days) = (0, 0, 0);
         for s in states {
             hours += s.window.open_hours();
             bytes += s.window.heap_bytes();
             user_hours += s.window.user_hours();
+            days += s.window.open_days();
+            day_bytes += s.window.day_heap_bytes();
+            user_days += s.window.user_days();
         }
         metrics::gauge!(OPEN_HOURS, "workload" => Self::NAME).set(hours as f64);
         metrics::gauge!(STATE_BYTES, "workload" => Self::NAME).set(bytes as f64);
         metrics::gauge!(STATE_USER_HOURS, "workload" => Self::NAME).set(user_hours as f64);
+        metrics::gauge!(OPEN_DAYS, "workload" => Self::NAME).set(days as f64);
+        metrics::gauge!(STATE_DAY_BYTES, "workload" => Self::NAME).set(day_bytes as f64);
+        metrics::gauge!(STATE_USER_DAYS, "workload" => Self::NAME).set(user_days as f64);
     }
 }

@@ -46,6 +46,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migrations::DEPLOYMENT_SETTINGS,
     migrations::PROCESSOR_EVENT_IDS,
     migrations::PROCESSOR_INCREMENTS,
+    migrations::PROCESSOR_DAYS,
 ];
 
 /// Joins the lease group of one workload and builds its processor.

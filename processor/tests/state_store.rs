@@ -167,3 +167,50 @@ async fn increment_sums_beyond_i64_restore_exactly() {
     assert_eq!(sql_sum, "36893488147419103228");
     drop_schema(&pg).await;
 }
+
+#[tokio::test]
+async fn day_user_sets_restore_exactly_and_are_dropped_when_their_day_closes() {
+    use common::analytics::DayStart;
+    let (_, _, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    let store = StateStore::new(pool.clone(), "events".into());
+    let day = DayStart::of(H);
+    let hours_to_next_day = (day.end_ms() - H) / 3_600_000;
+    let days = |p: &Claimed<AnalyticsState>| p.state.window().day_counts().collect::<HashMap<_, _>>();
+
+    let mut a = store.claim(&WORKLOAD, 2, RETENTION).await.unwrap();
+    for (hour, user) in [(0, 1), (0, 2), (hours_to_next_day - 1, 1), (hours_to_next_day - 1, 3)] {
+        apply(&mut a, event(hour, user, EventKind::Click, None));
+    }
+    checkpoint(&store, 2, &mut a).await.unwrap();
+    apply(&mut a, event(hours_to_next_day, 1, EventKind::Click, None)); // the next day
+    apply(&mut a, event(0, 4, EventKind::Impression, None));
+    checkpoint(&store, 2, &mut a).await.unwrap();
+    let want = HashMap::from([(day, 4), (DayStart::of(day.end_ms()), 1)]);
+    assert_eq!(days(&a), want);
+
+    let mut b = store.claim(&WORKLOAD, 2, RETENTION).await.unwrap();
+    assert_eq!(days(&b), want, "restored exactly");
+    // The watermark moves past the day's close: its set leaves memory and the store.
+    let late = ClickEvent {
+        accepted_at_ms: day.end_ms() + RETENTION,
+        ..event(hours_to_next_day + 200, 9, EventKind::Click, None)
+    };
+    apply(&mut b, late);
+    checkpoint(&store, 2, &mut b).await.unwrap();
+    assert!(!days(&b).contains_key(&day));
+    let client = pool.get().await.unwrap();
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM processor_day_user_chunks WHERE partition = 2 AND hour_start_ms = $1",
+            &[&day.start_ms()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let c = store.claim(&WORKLOAD, 2, RETENTION).await.unwrap();
+    assert_eq!(days(&c), days(&b));
+    drop_schema(&pg).await;
+}

@@ -1,18 +1,24 @@
 //! The hourly analytics workload in the query service:
-//! `GET /analytics?timestamp=<ms>` → the UTC hour of the timestamp → its
-//! totals (zeros if no store has them) as CSV.
+//! - `GET /analytics?timestamp=<ms>` → the UTC hour of the timestamp → its
+//!   totals (zeros if no store has them) as CSV, read through the engine's
+//!   [`Reader`] (in process, Redis, PostgreSQL);
+//! - `GET /analytics/timeseries` and `GET /analytics/aggregate` ([`range_routes`]):
+//!   time ranges as JSON, read from PostgreSQL (the record) in one or two
+//!   queries; see [`common::analytics::range`] for the rules.
 
 use std::sync::Arc;
 
-use common::analytics::read_model::{pg, HourTotals};
+use common::analytics::range::{self, Interval, RangeReject, TimeseriesRequest, UniqueUsers};
+use common::analytics::read_model::{pg, ranges, HourTotals};
 use common::analytics::request::parse_get;
 use common::analytics::{HourCounts, HourStart};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
-use deadpool_postgres::Client;
+use deadpool_postgres::{Client, Pool};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
-use crate::engine::{QueryError, QueryWorkload, Reader, Route};
+use crate::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
 
 /// The hourly analytics read model.
 pub struct Analytics;
@@ -42,4 +48,86 @@ async fn get(
     let ts = parsed.map_err(|reason| QueryError::Rejected { label: reason.label(), message: reason.to_string() })?;
     let totals = reader.read(&HourStart::of(ts)).await?;
     Ok(http::text(StatusCode::OK, totals.row.to_csv()))
+}
+
+/// The time-range routes, reading PostgreSQL through `pool`: the totals of a
+/// range are never cached (Redis holds single hours only), and PostgreSQL
+/// keeps them for ever.
+pub fn range_routes(pool: Pool) -> Vec<Route> {
+    let timeseries_pool = pool.clone();
+    let timeseries = move |_: &str, query: Option<&str>| {
+        let parsed = range::parse_timeseries(query);
+        let pool = timeseries_pool.clone();
+        Box::pin(async move { get_timeseries(&pool, parsed).await }) as crate::engine::Answer
+    };
+    let aggregate = move |_: &str, query: Option<&str>| {
+        let parsed = range::parse_aggregate(query);
+        let pool = pool.clone();
+        Box::pin(async move { get_aggregate(&pool, parsed).await }) as crate::engine::Answer
+    };
+    vec![
+        Route {
+            path: "/analytics/timeseries",
+            usage: "GET /analytics/timeseries?from=<ms>&to=<ms>&interval=hour|day",
+            handler: Arc::new(timeseries),
+        },
+        Route {
+            path: "/analytics/aggregate",
+            usage: "GET /analytics/aggregate?from=<ms>&to=<ms>",
+            handler: Arc::new(aggregate),
+        },
+    ]
+}
+
+fn rejected(reason: RangeReject) -> QueryError {
+    QueryError::Rejected { label: reason.label(), message: reason.to_string() }
+}
+
+fn unavailable(e: PgError) -> QueryError {
+    QueryError::Unavailable(ReadError::from(e))
+}
+
+/// A `200 application/json` answer.
+fn json(body: &impl serde::Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).expect("answers serialize: plain numbers and strings");
+    let mut resp = http::text(StatusCode::OK, bytes);
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, QueryError> {
+    pool.get().await.map_err(|e| unavailable(e.into()))
+}
+
+async fn get_timeseries(
+    pool: &Pool,
+    parsed: Result<TimeseriesRequest, RangeReject>,
+) -> Result<Response<Body>, QueryError> {
+    let req = parsed.map_err(rejected)?;
+    let (from, to) = req.range.covering(req.interval);
+    let client = client(pool).await?;
+    let stored = match req.interval {
+        Interval::Hour => ranges::read_hours(&client, from, to).await,
+        Interval::Day => ranges::read_days(&client, from, to).await,
+    }
+    .map_err(unavailable)?;
+    Ok(json(&range::timeseries(req, &stored)))
+}
+
+async fn get_aggregate(pool: &Pool, parsed: Result<range::Range, RangeReject>) -> Result<Response<Body>, QueryError> {
+    let range = parsed.map_err(rejected)?;
+    let (from, to) = (range.from_ms(), range.to_ms());
+    let client = client(pool).await?;
+    let sums = ranges::read_sums(&client, from, to).await.map_err(unavailable)?;
+    let (unique_users, exact) = match range.unique_users() {
+        // One hour: the sum over one hour is that hour's exact total.
+        UniqueUsers::Hour(_) => (sums.counts.unique_users, true),
+        UniqueUsers::Day(day) => (ranges::read_day_users(&client, day).await.map_err(unavailable)?, true),
+        UniqueUsers::Estimated => {
+            let sketch = ranges::merge_sketches(&client, from, to).await.map_err(unavailable)?;
+            (range::bounded_estimate(sketch.estimate(), sums.busiest_hour_users, sums.counts.unique_users), false)
+        }
+    };
+    let counts = HourCounts { unique_users, ..sums.counts };
+    Ok(json(&range::Aggregate::new(range, counts, exact)))
 }

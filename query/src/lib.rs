@@ -5,7 +5,8 @@
 //!             copy written by the materializer) → PostgreSQL, written back to
 //!             Redis under a fill lease → the empty row; the routing table,
 //!             edge checks, time limit and metrics of every route
-//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV
+//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV;
+//!             GET /analytics/timeseries and /analytics/aggregate: ranges as JSON
 //! increments  GET /increment/<uuid>: the key's exact sum as JSON, or 404
 //! ```
 //!
@@ -39,14 +40,19 @@ use crate::engine::{Route, Stores};
 /// Every workload the query serves, reading `stores`.
 /// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
 pub fn routes(stores: &Stores) -> Vec<Route> {
-    [stores.register(analytics::Analytics), stores.register(increments::Increments)].concat()
+    [
+        stores.register(analytics::Analytics),
+        analytics::range_routes(stores.pool.clone()),
+        stores.register(increments::Increments),
+    ]
+    .concat()
 }
 
 /// The tables the query reads: the read models. The materializer writes them
 /// and applies the same migration; the query applies it too, so that started
 /// first it answers zeros instead of failing. It never creates the
 /// processor's or the coordination tables.
-pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::INCREMENTS];
+pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::INCREMENTS, migrations::RANGES];
 
 /// Connects to Redis and PostgreSQL (migrating the read models).
 ///

@@ -83,7 +83,12 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
     assert_eq!(get(&app, "/analytics?timestamp=0").await.0, StatusCode::OK);
     assert_eq!(
         get(&app, "/nope").await,
-        (StatusCode::NOT_FOUND, "not found; GET /analytics?timestamp=<ms>, GET /sums?key=<key> answers\n".to_owned())
+        (
+            StatusCode::NOT_FOUND,
+            "not found; GET /analytics?timestamp=<ms>, GET /analytics/timeseries?from=<ms>&to=<ms>&interval=hour|day, \
+             GET /analytics/aggregate?from=<ms>&to=<ms>, GET /increment/<uuid>, GET /sums?key=<key> answers\n"
+                .to_owned()
+        )
     );
     store.clear().await.unwrap();
     drop_schema(&pg).await;

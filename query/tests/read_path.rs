@@ -69,7 +69,15 @@ async fn get(app: &QueryApp, uri: &str) -> (StatusCode, String) {
 
 async fn seed(pool: &deadpool_postgres::Pool, hour: i64, counts: HourCounts) {
     let mut client = pool.get().await.unwrap();
-    let a = HourAggregate { hour: HourStart::of(hour), partition: 0, counts, input_offset: 1, watermark_ms: hour };
+    let a = HourAggregate {
+        hour: HourStart::of(hour),
+        partition: 0,
+        counts,
+        input_offset: 1,
+        watermark_ms: hour,
+        sketch: None,
+        day_unique_users: None,
+    };
     common::analytics::read_model::pg::apply_aggregates(&mut client, &[a]).await.unwrap();
 }
 
@@ -112,7 +120,17 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tables, ["hourly_aggregates", "hourly_partition_aggregates", "schema_migrations"]);
+    assert_eq!(
+        tables,
+        [
+            "daily_aggregates",
+            "daily_partition_aggregates",
+            "hourly_aggregates",
+            "hourly_partition_aggregates",
+            "hourly_partition_sketches",
+            "schema_migrations"
+        ]
+    );
     let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "unique_users,0\nclicks,0\nimpressions,0\n"));
     f.cleanup().await;

@@ -1,8 +1,10 @@
-//! Per-(hour, partition) state and the absolute aggregates it yields.
+//! Per-(hour, partition) and per-(day, partition) state and the absolute
+//! aggregates it yields.
 //!
 //! A [`PartitionWindow`] is the analytics state of one input partition: one
-//! [`HourBucket`] per open hour and the partition's watermark (the newest
-//! acceptance time seen), which closes hours. The engine keeps the position
+//! [`HourBucket`] per open hour, one [`DayUsers`] (the exact user set) per
+//! open UTC day, and the partition's watermark (the newest acceptance time
+//! seen), which closes hours and days. The engine keeps the position
 //! and the event ids beside it. It is a pure function of the partition's log
 //! prefix: replaying the same records yields the same buckets, which is what
 //! makes offset-tagged aggregates idempotent.
@@ -10,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use super::event::{ClickEvent, EventKind};
-use super::time::{EpochMillis, HourStart};
+use super::sketch::UserSketch;
+use super::time::{DayStart, EpochMillis, HourStart};
 use super::user_set::UserSet;
 
 /// Counts of one hour, for one partition or summed over partitions.
@@ -107,6 +110,50 @@ impl HourBucket {
     pub fn heap_bytes(&self) -> usize {
         self.users.heap_bytes() + self.new_users.capacity() * 8
     }
+
+    /// The mergeable sketch of the hour's users, as stored ([`UserSketch::to_bytes`]).
+    ///
+    /// Derived from the exact set when asked (at emit time) rather than kept
+    /// beside it: a sketch is 64 KiB of registers, an hour's set usually far less.
+    pub fn sketch_bytes(&self) -> Vec<u8> {
+        self.users.iter().collect::<UserSketch>().to_bytes()
+    }
+}
+
+/// The exact user set of one UTC day in one partition, built like an
+/// [`HourBucket`]'s: the union of the day's hours, kept until the day closes
+/// (so also past the close of its first hours).
+#[derive(Debug, Clone, Default)]
+pub struct DayUsers {
+    users: UserSet,
+    /// Users first seen since the last checkpoint: the delta to persist.
+    new_users: Vec<u64>,
+}
+
+impl DayUsers {
+    /// Adds a user; order does not matter.
+    pub fn insert(&mut self, user_hash: u64) {
+        if self.users.insert(user_hash) {
+            self.new_users.push(user_hash);
+        }
+    }
+
+    /// Rebuilds a day from a checkpoint; it starts clean.
+    pub fn restore(users: impl IntoIterator<Item = u64>, size_hint: usize) -> Self {
+        let mut set = UserSet::with_capacity(size_hint);
+        for h in users {
+            set.insert(h);
+        }
+        DayUsers { users: set, new_users: Vec::new() }
+    }
+
+    pub fn unique_users(&self) -> u64 {
+        self.users.len() as u64
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.users.heap_bytes() + self.new_users.capacity() * 8
+    }
 }
 
 /// Why [`PartitionWindow::apply`] did not count a record.
@@ -123,12 +170,29 @@ pub struct Checkpoint {
     pub changed: Vec<ChangedHour>,
     /// Hours closed since the last checkpoint: drop their state.
     pub closed: Vec<HourStart>,
+    /// Open days whose user set grew, with the users to persist.
+    pub changed_days: Vec<ChangedDay>,
+    /// Days closed since the last checkpoint: drop their user sets.
+    pub closed_days: Vec<DayStart>,
 }
 
+/// One hour as persisted and emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedHour {
     pub hour: HourStart,
     pub counts: HourCounts,
+    pub new_users: Vec<u64>,
+    /// [`HourBucket::sketch_bytes`] of the hour.
+    pub sketch: Vec<u8>,
+    /// Distinct users of the hour's UTC day so far, in this partition.
+    pub day_unique_users: u64,
+}
+
+/// One open day whose user set grew since the last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedDay {
+    pub day: DayStart,
+    pub unique_users: u64,
     pub new_users: Vec<u64>,
 }
 
@@ -136,10 +200,13 @@ pub struct ChangedHour {
 #[derive(Debug, Clone)]
 pub struct PartitionWindow {
     hours: BTreeMap<HourStart, HourBucket>,
+    /// The user set of every day with an open hour or not yet closed itself.
+    days: BTreeMap<DayStart, DayUsers>,
     watermark_ms: EpochMillis,
-    /// An hour closes once `watermark >= hour end + retention`.
+    /// An hour closes once `watermark >= hour end + retention`; a day likewise.
     retention_ms: i64,
     closed_pending: Vec<HourStart>,
+    closed_days_pending: Vec<DayStart>,
     /// Final counts of hours that closed with changes not yet checkpointed:
     /// they must still be persisted and emitted once.
     closing: Vec<ChangedHour>,
@@ -150,16 +217,32 @@ impl PartitionWindow {
     pub fn new(watermark_ms: EpochMillis, retention_ms: i64) -> Self {
         PartitionWindow {
             hours: BTreeMap::new(),
+            days: BTreeMap::new(),
             watermark_ms,
             retention_ms,
             closed_pending: Vec::new(),
+            closed_days_pending: Vec::new(),
             closing: Vec::new(),
         }
     }
 
     /// Adds a restored hour (see [`HourBucket::restore`]).
+    ///
+    /// Its users also join its day's set: a no-op when the day was restored
+    /// too (an hour's users are always in its day), and what seeds the day
+    /// of a state written before days were kept (those users are then new,
+    /// to be persisted with the next checkpoint).
     pub fn restore_hour(&mut self, hour: HourStart, bucket: HourBucket) {
+        let day = self.days.entry(hour.day()).or_default();
+        for h in bucket.users.iter() {
+            day.insert(h);
+        }
         self.hours.insert(hour, bucket);
+    }
+
+    /// Adds a restored day (see [`DayUsers::restore`]); call before [`restore_hour`](Self::restore_hour).
+    pub fn restore_day(&mut self, day: DayStart, users: DayUsers) {
+        self.days.insert(day, users);
     }
 
     pub fn watermark_ms(&self) -> EpochMillis {
@@ -171,6 +254,11 @@ impl PartitionWindow {
         hour.end_ms().saturating_add(self.retention_ms) <= self.watermark_ms
     }
 
+    /// True once no record can reach `day` any more: after its last hour closed.
+    pub fn is_day_closed(&self, day: DayStart) -> bool {
+        day.end_ms().saturating_add(self.retention_ms) <= self.watermark_ms
+    }
+
     /// Applies one record, in log order. Deterministic: depends only on the
     /// records applied before it, never on a clock. (Replays and duplicate ids
     /// are the engine's: it never hands this a record twice.)
@@ -180,7 +268,35 @@ impl PartitionWindow {
             return Err(Skipped::ClosedHour);
         }
         self.hours.entry(obs.hour).or_default().apply(obs.user_hash, obs.kind);
+        // An open hour's day is open too: it ends no earlier.
+        self.days.entry(obs.hour.day()).or_default().insert(obs.user_hash);
         Ok(())
+    }
+
+    /// Distinct users of `day` so far (0 for a day with none).
+    pub fn day_unique_users(&self, day: DayStart) -> u64 {
+        self.days.get(&day).map_or(0, DayUsers::unique_users)
+    }
+
+    /// Unique users of every open day.
+    pub fn day_counts(&self) -> impl Iterator<Item = (DayStart, u64)> + '_ {
+        self.days.iter().map(|(d, u)| (*d, u.unique_users()))
+    }
+
+    /// An hour as emitted: its counts, sketch and its day's unique users.
+    fn report(&self, hour: HourStart, bucket: &HourBucket, new_users: Vec<u64>) -> ChangedHour {
+        ChangedHour {
+            hour,
+            counts: bucket.counts(),
+            new_users,
+            sketch: bucket.sketch_bytes(),
+            day_unique_users: self.day_unique_users(hour.day()),
+        }
+    }
+
+    /// Every open hour as emitted (new users left out): what a claim re-emits.
+    pub fn snapshot(&self) -> Vec<ChangedHour> {
+        self.hours.iter().map(|(h, b)| self.report(*h, b, Vec::new())).collect()
     }
 
     /// Counts of every open hour.
@@ -189,20 +305,31 @@ impl PartitionWindow {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.hours.values().any(|b| b.dirty) || !self.closed_pending.is_empty() || !self.closing.is_empty()
+        self.hours.values().any(|b| b.dirty)
+            || self.days.values().any(|d| !d.new_users.is_empty())
+            || !self.closed_pending.is_empty()
+            || !self.closed_days_pending.is_empty()
+            || !self.closing.is_empty()
     }
 
-    /// Drops closed hours from memory and reports them in the next checkpoint.
-    /// An hour that closes with unsaved changes keeps its final counts for that
-    /// checkpoint, so its last update is persisted and emitted.
+    /// Drops closed hours and days from memory and reports them in the next
+    /// checkpoint. An hour that closes with unsaved changes keeps its final
+    /// counts (and its day's) for that checkpoint, so its last update is
+    /// persisted and emitted. Hours go first: a day closes with its last hour.
     pub fn evict_closed(&mut self) {
         let closed: Vec<HourStart> = self.hours.keys().copied().filter(|h| self.is_closed(*h)).collect();
         for h in closed {
             let bucket = self.hours.remove(&h).expect("key listed above");
             if bucket.dirty {
-                self.closing.push(ChangedHour { hour: h, counts: bucket.counts(), new_users: Vec::new() });
+                let last = self.report(h, &bucket, Vec::new());
+                self.closing.push(last);
             }
             self.closed_pending.push(h);
+        }
+        let closed: Vec<DayStart> = self.days.keys().copied().filter(|d| self.is_day_closed(*d)).collect();
+        for d in closed {
+            self.days.remove(&d);
+            self.closed_days_pending.push(d);
         }
     }
 
@@ -213,10 +340,21 @@ impl PartitionWindow {
             .hours
             .iter()
             .filter(|(_, b)| b.dirty)
-            .map(|(h, b)| ChangedHour { hour: *h, counts: b.counts(), new_users: b.new_users.clone() })
+            .map(|(h, b)| self.report(*h, b, b.new_users.clone()))
             .chain(self.closing.iter().cloned())
             .collect();
-        Checkpoint { changed, closed: self.closed_pending.clone() }
+        let changed_days = self
+            .days
+            .iter()
+            .filter(|(_, d)| !d.new_users.is_empty())
+            .map(|(day, d)| ChangedDay { day: *day, unique_users: d.unique_users(), new_users: d.new_users.clone() })
+            .collect();
+        Checkpoint {
+            changed,
+            closed: self.closed_pending.clone(),
+            changed_days,
+            closed_days: self.closed_days_pending.clone(),
+        }
     }
 
     /// Records that the last [`checkpoint`](Self::checkpoint) is durable.
@@ -225,7 +363,11 @@ impl PartitionWindow {
             b.dirty = false;
             b.new_users = Vec::new();
         }
+        for d in self.days.values_mut() {
+            d.new_users = Vec::new();
+        }
         self.closed_pending.clear();
+        self.closed_days_pending.clear();
         self.closing.clear();
     }
 
@@ -234,8 +376,23 @@ impl PartitionWindow {
         self.hours.values().map(|b| b.counts().unique_users).sum()
     }
 
+    /// Users held, summed over open days (the denominator of bytes per user-day).
+    pub fn user_days(&self) -> u64 {
+        self.days.values().map(DayUsers::unique_users).sum()
+    }
+
+    /// Heap bytes of the hour buckets.
     pub fn heap_bytes(&self) -> usize {
         self.hours.values().map(HourBucket::heap_bytes).sum::<usize>()
+    }
+
+    /// Heap bytes of the day user sets.
+    pub fn day_heap_bytes(&self) -> usize {
+        self.days.values().map(DayUsers::heap_bytes).sum::<usize>()
+    }
+
+    pub fn open_days(&self) -> usize {
+        self.days.len()
     }
 
     pub fn open_hours(&self) -> usize {
@@ -337,12 +494,16 @@ mod tests {
         let mut whole = PartitionWindow::new(0, RETENTION);
         let mut first = PartitionWindow::new(0, RETENTION);
         let mut persisted: BTreeMap<HourStart, (u64, u64, Vec<u64>)> = BTreeMap::new();
+        let mut persisted_days: BTreeMap<DayStart, Vec<u64>> = BTreeMap::new();
         for (i, o) in events.iter().enumerate() {
             whole.apply(*o).unwrap();
             if i < 60 {
                 first.apply(*o).unwrap();
             }
             if i == 30 || i == 59 {
+                for d in first.checkpoint().changed_days {
+                    persisted_days.entry(d.day).or_default().extend(d.new_users);
+                }
                 for ch in first.checkpoint().changed {
                     let e = persisted.entry(ch.hour).or_default();
                     e.0 = ch.counts.clicks;
@@ -353,6 +514,10 @@ mod tests {
             }
         }
         let mut restored = PartitionWindow::new(first.watermark_ms(), RETENTION);
+        for (d, users) in persisted_days {
+            let n = users.len();
+            restored.restore_day(d, DayUsers::restore(users, n));
+        }
         for (h, (c, i, users)) in persisted {
             let n = users.len();
             restored.restore_hour(h, HourBucket::restore(c, i, users, n));
@@ -362,9 +527,117 @@ mod tests {
             restored.apply(*o).unwrap();
         }
         assert_eq!(totals(&restored), totals(&whole));
+        assert_eq!(days(&restored), days(&whole));
+    }
+
+    fn days(w: &PartitionWindow) -> BTreeMap<DayStart, u64> {
+        w.day_counts().collect()
+    }
+
+    #[test]
+    fn a_day_counts_each_user_once_across_its_hours_and_late_events_join_their_own_day() {
+        let mut w = PartitionWindow::new(0, RETENTION);
+        let d0 = DayStart::of(H0);
+        let now = d0.end_ms() + 5 * HOUR_MS; // the next day
+        w.apply(obs(d0.start_ms(), 1, EventKind::Click, now)).unwrap();
+        w.apply(obs(d0.start_ms() + 5 * HOUR_MS, 1, EventKind::Click, now)).unwrap();
+        w.apply(obs(d0.end_ms() - 1, 2, EventKind::Impression, now)).unwrap();
+        w.apply(obs(now, 1, EventKind::Click, now)).unwrap();
+        assert_eq!(days(&w), BTreeMap::from([(d0, 2), (DayStart::of(now), 1)]));
+        let cp = w.checkpoint();
+        let last_hour = cp.changed.iter().find(|c| c.hour == HourStart::of(d0.end_ms() - 1)).unwrap();
+        assert_eq!((last_hour.counts.unique_users, last_hour.day_unique_users), (1, 2));
+        let mut changed_days: Vec<_> =
+            cp.changed_days.iter().map(|d| (d.day, d.unique_users, d.new_users.clone())).collect();
+        changed_days.sort();
+        assert_eq!(changed_days, vec![(d0, 2, vec![1, 2]), (DayStart::of(now), 1, vec![1])]);
+        w.mark_checkpointed();
+        w.apply(obs(d0.start_ms() + HOUR_MS, 2, EventKind::Click, now)).unwrap();
+        let cp = w.checkpoint();
+        assert!(cp.changed_days.is_empty(), "user 2 was already in the day");
+        assert_eq!(cp.changed[0].day_unique_users, 2);
+    }
+
+    #[test]
+    fn a_day_closes_with_its_last_hour_and_its_final_count_is_emitted_once() {
+        let d0 = DayStart::of(H0);
+        let mut w = PartitionWindow::new(0, RETENTION);
+        w.apply(obs(d0.start_ms(), 1, EventKind::Click, d0.start_ms())).unwrap();
+        w.apply(obs(d0.end_ms() - 1, 2, EventKind::Click, d0.start_ms())).unwrap();
+        w.mark_checkpointed();
+        // Late, for the last hour, accepted just before it closes; then the watermark closes it.
+        let almost = d0.end_ms() + RETENTION - 1;
+        w.apply(obs(d0.end_ms() - 2, 3, EventKind::Click, almost)).unwrap();
+        let close = d0.end_ms() + RETENTION;
+        w.apply(obs(close, 4, EventKind::Click, close)).unwrap();
+        assert!(w.is_day_closed(d0));
+        assert_eq!(w.apply(obs(d0.end_ms() - 1, 5, EventKind::Click, close)), Err(Skipped::ClosedHour));
+        w.evict_closed();
+        let cp = w.checkpoint();
+        assert_eq!(cp.closed_days, vec![d0]);
+        let last = cp.changed.iter().find(|c| c.hour == HourStart::of(d0.end_ms() - 1)).expect("the closing hour");
+        assert_eq!(last.day_unique_users, 3, "the day's final count rides on its last hour");
+        assert!(cp.changed_days.iter().all(|d| d.day != d0), "a closed day's users are not persisted");
+        w.mark_checkpointed();
+        assert_eq!(days(&w).len(), 1);
+        assert!(!w.has_changes());
+    }
+
+    #[test]
+    fn an_hours_sketch_is_emitted_with_it() {
+        let mut w = PartitionWindow::new(0, RETENTION);
+        for u in 0..100u64 {
+            w.apply(obs(H0, u.wrapping_mul(0x9E37_79B9_7F4A_7C15), EventKind::Click, H0)).unwrap();
+        }
+        let cp = w.checkpoint();
+        let sketch = UserSketch::from_bytes(&cp.changed[0].sketch).unwrap();
+        assert_eq!(sketch.estimate(), 100, "exact at small counts");
+        assert_eq!(w.snapshot(), vec![ChangedHour { new_users: Vec::new(), ..cp.changed[0].clone() }]);
+    }
+
+    #[test]
+    fn restoring_days_before_days_were_kept_seeds_them_from_the_open_hours() {
+        let mut w = PartitionWindow::new(H0, RETENTION);
+        w.restore_hour(HourStart::of(H0), HourBucket::restore(2, 0, [7, 8], 2));
+        w.restore_hour(HourStart::of(H0 + HOUR_MS), HourBucket::restore(1, 0, [8, 9], 2));
+        assert_eq!(w.day_unique_users(DayStart::of(H0)), 3);
+        assert!(w.has_changes(), "the seeded users are persisted");
+        // With the day restored too, nothing is new.
+        let mut w = PartitionWindow::new(H0, RETENTION);
+        w.restore_day(DayStart::of(H0), DayUsers::restore([7, 8, 9, 10], 4));
+        w.restore_hour(HourStart::of(H0), HourBucket::restore(2, 0, [7, 8], 2));
+        assert_eq!(w.day_unique_users(DayStart::of(H0)), 4);
+        assert!(!w.has_changes());
+    }
+
+    #[test]
+    fn day_sets_stay_within_14_bytes_per_user_day() {
+        let mut w = PartitionWindow::new(0, RETENTION);
+        for i in 1..=200_000u64 {
+            let hash = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            w.apply(obs(H0 + (i as i64 % 24) * HOUR_MS, hash, EventKind::Click, H0)).unwrap();
+        }
+        w.mark_checkpointed(); // the unsaved deltas are transient
+        let per_user_day = w.day_heap_bytes() as f64 / w.user_days() as f64;
+        assert!(per_user_day <= 14.0, "{per_user_day:.2} bytes per user-day");
+        println!("day sets: {per_user_day:.2} bytes per user-day at {} user-days", w.user_days());
     }
 
     proptest! {
+        #[test]
+        fn a_days_users_are_the_union_of_its_hours_and_partitions_add_up(events in proptest::collection::vec((0i64..48 * HOUR_MS, 0u64..60), 0..300)) {
+            let (mut p0, mut p1) = (PartitionWindow::new(0, RETENTION), PartitionWindow::new(0, RETENTION));
+            let mut union: BTreeMap<DayStart, std::collections::BTreeSet<u64>> = BTreeMap::new();
+            for (dt, u) in &events {
+                let o = obs(H0 + dt, *u, EventKind::Click, H0 + 48 * HOUR_MS);
+                if u % 2 == 0 { p0.apply(o).unwrap() } else { p1.apply(o).unwrap() }
+                union.entry(o.hour.day()).or_default().insert(*u);
+            }
+            for (day, users) in &union {
+                prop_assert_eq!(p0.day_unique_users(*day) + p1.day_unique_users(*day), users.len() as u64);
+            }
+        }
+
         #[test]
         fn any_event_order_gives_the_same_buckets(mut events in proptest::collection::vec(arb_obs(), 0..300), seed in any::<u64>()) {
             let mut a = PartitionWindow::new(0, RETENTION);

@@ -13,11 +13,15 @@
 //! - [`bucket`]: per-(hour, partition) state and the absolute aggregates it yields.
 //! - [`sketch`]: the mergeable HyperLogLog of user hashes that answers
 //!   unique users over ranges no exact set covers.
+//! - [`range`]: the time ranges of the read API (timeseries and aggregate):
+//!   parsing, buckets, and when unique users are exact.
 //! - [`read_model`]: the hour totals as a cached row, and their PostgreSQL
-//!   statements ([`read_model::pg`]), used by the materializer and the query.
+//!   statements ([`read_model::pg`]), used by the materializer and the query;
+//!   beside them the hourly sketches and the day totals of the ranges.
 
 pub mod bucket;
 pub mod event;
+pub mod range;
 pub mod read_model;
 pub mod request;
 pub mod sketch;
@@ -27,4 +31,4 @@ pub mod user_set;
 pub use bucket::{HourBucket, HourCounts, PartitionWindow};
 pub use event::{ClickEvent, EventId, EventKind, Horizon, RejectReason, UserId};
 pub use sketch::{SketchDecodeError, UserSketch};
-pub use time::{EpochMillis, HourStart};
+pub use time::{DayStart, EpochMillis, HourStart};

@@ -6,9 +6,11 @@
 //! [`VersionedCache`] keeps the Redis copy; this module gives it the row
 //! ([`HourCounts`] as a [`CachedRow`], one hash per hour,
 //! `<prefix>:hour:<hour_start_ms>` with fields `v`, `u`, `c`, `i`) and holds
-//! the PostgreSQL statements ([`pg`]).
+//! the PostgreSQL statements ([`pg`]). Beside them, the read models of time
+//! ranges ([`ranges`]): hourly sketches and day totals, PostgreSQL only.
 
 pub mod pg;
+pub mod ranges;
 
 use super::{HourCounts, HourStart};
 use crate::engine::store::cache::VersionedCache;

@@ -103,11 +103,12 @@ fn parse_timestamp(raw: Option<&str>) -> Result<EpochMillis, RejectReason> {
     raw.parse::<i64>().map_err(|_| RejectReason::TimestampOverflow)
 }
 
+/// Names seen so far in a query string: each may appear once.
 #[derive(Default)]
-struct Seen(Vec<String>);
+pub(super) struct Seen(Vec<String>);
 
 impl Seen {
-    fn once(&mut self, name: &str) -> Result<(), RejectReason> {
+    pub(super) fn once(&mut self, name: &str) -> Result<(), RejectReason> {
         if self.0.iter().any(|n| n == name) {
             return Err(RejectReason::DuplicateParameter(truncate_for_message(name)));
         }
@@ -116,13 +117,17 @@ impl Seen {
     }
 }
 
-struct Param {
-    name: String,
+/// One decoded `name[=value]` pair of a query string.
+pub(super) struct Param {
+    pub(super) name: String,
     /// `None` for a bare flag (`&click`), `Some("")` for `&click=`.
-    value: Option<String>,
+    pub(super) value: Option<String>,
 }
 
-fn split_query(query: Option<&str>) -> Result<impl Iterator<Item = Result<Param, RejectReason>> + '_, RejectReason> {
+/// The decoded parameters of a query string, refusing one that is too long.
+pub(super) fn split_query(
+    query: Option<&str>,
+) -> Result<impl Iterator<Item = Result<Param, RejectReason>> + '_, RejectReason> {
     let query = query.unwrap_or("");
     if query.len() > MAX_QUERY_BYTES {
         return Err(RejectReason::QueryTooLong(MAX_QUERY_BYTES));

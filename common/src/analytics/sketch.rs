@@ -202,6 +202,15 @@ impl UserSketch {
     }
 }
 
+/// Checks that `bytes` are a sketch [`UserSketch::from_bytes`] reads,
+/// without building it: how a reader refuses a corrupt sketch on the way in.
+///
+/// # Errors
+/// As [`UserSketch::from_bytes`].
+pub fn check_bytes(bytes: &[u8]) -> Result<(), SketchDecodeError> {
+    for_each_register(bytes, |_, _| {})
+}
+
 impl Default for UserSketch {
     fn default() -> Self {
         Self::new()

@@ -1,4 +1,4 @@
-//! Event time and UTC hour bucketing.
+//! Event time and UTC hour and day bucketing.
 
 use std::fmt;
 
@@ -7,6 +7,9 @@ pub type EpochMillis = i64;
 
 /// Length of one bucket.
 pub const HOUR_MS: i64 = 3_600_000;
+
+/// Length of one UTC day (UTC has no daylight saving; leap seconds are not in epoch time).
+pub const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The first millisecond of a UTC hour; the identity of an hourly bucket.
 ///
@@ -45,6 +48,50 @@ impl HourStart {
     }
 }
 
+impl HourStart {
+    /// The UTC day this hour belongs to.
+    pub fn day(self) -> DayStart {
+        DayStart::of(self.0)
+    }
+}
+
+/// The first millisecond of a UTC day; the identity of a daily bucket.
+///
+/// Always a multiple of [`DAY_MS`], built only through [`DayStart::of`] or
+/// [`DayStart::from_aligned`], like [`HourStart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DayStart(i64);
+
+impl DayStart {
+    /// The day that contains `ts_ms` (floor, also for negative times).
+    pub fn of(ts_ms: EpochMillis) -> Self {
+        DayStart(ts_ms.div_euclid(DAY_MS) * DAY_MS)
+    }
+
+    /// Rebuilds a day from its start; `None` if not aligned.
+    pub fn from_aligned(start_ms: i64) -> Option<Self> {
+        (start_ms.rem_euclid(DAY_MS) == 0).then_some(DayStart(start_ms))
+    }
+
+    pub fn start_ms(self) -> i64 {
+        self.0
+    }
+
+    /// The first millisecond after this day.
+    pub fn end_ms(self) -> i64 {
+        self.0 + DAY_MS
+    }
+}
+
+impl fmt::Display for DayStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(f, "{}", t.format("%Y-%m-%d")),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
 impl fmt::Display for HourStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match chrono::DateTime::from_timestamp_millis(self.0) {
@@ -79,7 +126,26 @@ mod tests {
         assert!(HourStart::from_aligned(HOUR_MS * 3 + 1).is_none());
     }
 
+    #[test]
+    fn days_are_utc_days_made_of_24_hours() {
+        let d = DayStart::of(DAY_MS * 3 + 5);
+        assert_eq!(d.start_ms(), DAY_MS * 3);
+        assert_eq!(d.to_string(), "1970-01-04");
+        assert_eq!(HourStart::of(d.end_ms() - 1).day(), d);
+        assert_ne!(HourStart::of(d.end_ms()).day(), d);
+        assert_eq!(DayStart::of(-1).start_ms(), -DAY_MS);
+        assert!(DayStart::from_aligned(DAY_MS).is_some());
+        assert!(DayStart::from_aligned(HOUR_MS).is_none());
+    }
+
     proptest! {
+        #[test]
+        fn every_hour_lies_in_exactly_one_day(ts in -10_000_000_000_000i64..10_000_000_000_000) {
+            let (h, d) = (HourStart::of(ts), DayStart::of(ts));
+            prop_assert_eq!(h.day(), d);
+            prop_assert!(d.start_ms() <= h.start_ms() && h.end_ms() <= d.end_ms());
+        }
+
         #[test]
         fn every_timestamp_falls_in_exactly_one_aligned_hour(ts in -10_000_000_000_000i64..10_000_000_000_000) {
             let h = HourStart::of(ts);

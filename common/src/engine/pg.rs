@@ -57,6 +57,12 @@ pub mod migrations {
     /// The increments read model: materializer writes, query reads.
     pub const INCREMENTS: Migration =
         Migration { version: 7, name: "increments", sql: include_str!("../../migrations/0007_increments.sql") };
+    /// The analytics range read models (hourly sketches, day totals): materializer writes, query reads.
+    pub const RANGES: Migration =
+        Migration { version: 8, name: "ranges", sql: include_str!("../../migrations/0008_ranges.sql") };
+    /// The analytics processor's day user sets.
+    pub const PROCESSOR_DAYS: Migration =
+        Migration { version: 9, name: "processor_days", sql: include_str!("../../migrations/0009_processor_days.sql") };
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -67,6 +73,8 @@ pub mod migrations {
         PROCESSOR_EVENT_IDS,
         PROCESSOR_INCREMENTS,
         INCREMENTS,
+        RANGES,
+        PROCESSOR_DAYS,
     ];
 }
 

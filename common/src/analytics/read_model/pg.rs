@@ -1,6 +1,7 @@
 //! Hourly totals in PostgreSQL: the offset-guarded partition rows, their
 //! per-hour sums with a version, and the reads of both services.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -61,14 +62,15 @@ static SELECT_HOURS: LazyLock<String> = LazyLock::new(|| {
 pub fn latest_per_key(aggs: impl IntoIterator<Item = HourAggregate>) -> Vec<HourAggregate> {
     let mut latest: BTreeMap<(HourStart, i32), HourAggregate> = BTreeMap::new();
     for a in aggs {
-        latest
-            .entry((a.hour, a.partition))
-            .and_modify(|cur| {
-                if a.input_offset > cur.input_offset {
-                    *cur = a;
-                }
-            })
-            .or_insert(a);
+        match latest.entry((a.hour, a.partition)) {
+            Entry::Vacant(slot) => {
+                slot.insert(a);
+            }
+            Entry::Occupied(mut slot) if a.input_offset > slot.get().input_offset => {
+                slot.insert(a);
+            }
+            Entry::Occupied(_) => {}
+        }
     }
     latest.into_values().collect()
 }
@@ -92,8 +94,9 @@ pub async fn apply_aggregates(
 ///
 /// Per-hour advisory locks (taken in hour order, so two materializers never
 /// deadlock and each sums what the other committed), the offset-guarded
-/// upsert of the partition rows (a replay is a no-op), then the sums. Safe to
-/// repeat: the same batch gives the same rows and versions.
+/// upsert of the partition rows (a replay is a no-op), then the sums, then
+/// the range read models ([`super::ranges`]: sketches and day totals, under
+/// day locks). Safe to repeat: the same batch gives the same rows and versions.
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
@@ -101,7 +104,7 @@ pub async fn write_aggregates(
     tx: &deadpool_postgres::Transaction<'_>,
     aggs: &[HourAggregate],
 ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
-    let aggs = latest_per_key(aggs.iter().copied());
+    let aggs = latest_per_key(aggs.iter().cloned());
     let mut hours: Vec<i64> = aggs.iter().map(|a| a.hour.start_ms()).collect();
     hours.sort_unstable();
     hours.dedup();
@@ -121,6 +124,9 @@ pub async fn write_aggregates(
     params.extend([&offsets as &(dyn tokio_postgres::types::ToSql + Sync), &watermarks]);
     tx.execute(UPSERT_PARTITIONS.as_str(), &params).await?;
     tx.execute(SUM_HOURS.as_str(), &[&hours]).await?;
+    // The range read models, from the same aggregates (day locks after the hour locks).
+    super::ranges::write_sketches(tx, &aggs).await?;
+    super::ranges::write_days(tx, &aggs).await?;
     // Read back all touched hours, changed or not: after a crash between this
     // commit and the Redis write, the replay must still refresh Redis.
     let rows = tx.query(&format!("{} WHERE hour_start_ms = ANY($1)", *SELECT_HOURS), &[&hours]).await?;
@@ -170,6 +176,8 @@ mod tests {
             counts: HourCounts { unique_users: 1, clicks, impressions: 0 },
             input_offset: off,
             watermark_ms: 0,
+            sketch: None,
+            day_unique_users: None,
         }
     }
 
