@@ -27,6 +27,8 @@ fn config(extra: &[&str]) -> Config {
     args.extend([
         "--events-topic".into(),
         kafka.events_topic,
+        "--increments-events-topic".into(),
+        kafka.increments_events_topic,
         "--events-partitions".into(),
         "3".into(),
         // The deployment settings these tests agree on (default horizon, one row per test topic).

@@ -89,6 +89,7 @@ fn config(sums_topic_suffix: &str, extra: &[&str]) -> Config {
     let (kafka, _, _) = isolated(sums_topic_suffix);
     let mut args: Vec<String> =
         ["command", "--kafka-brokers", &kafka.brokers, "--events-topic", &kafka.events_topic].map(String::from).into();
+    args.extend(["--increments-events-topic", &kafka.increments_events_topic].map(String::from));
     args.extend(["--pg-schema", "test_command", "--max-body-bytes", "64"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::parse_from(args)

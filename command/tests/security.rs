@@ -50,6 +50,8 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         &kafka.brokers,
         "--events-topic",
         &kafka.events_topic,
+        "--increments-events-topic",
+        &kafka.increments_events_topic,
         "--pg-schema",
         "test_command",
         "--api-token",
