@@ -97,8 +97,8 @@ mod tests {
         let late = events.iter().filter(|e| e.timestamp_ms < hour).count();
         assert!((1_000..3_000).contains(&late), "about 20 % late, got {late}");
         // Every event must decode as the command would have encoded it.
-        let bytes = common::engine::avro::encode_event(&events[0]);
-        assert_eq!(common::engine::avro::decode_event(&bytes).expect("valid record"), events[0]);
+        let bytes = common::analytics::wire::encode_event(&events[0]);
+        assert_eq!(common::analytics::wire::decode_event(&bytes).expect("valid record"), events[0]);
     }
 
     #[test]

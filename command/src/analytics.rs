@@ -81,7 +81,7 @@ impl Intake for Analytics {
     }
 
     fn encode(&self, event: &ClickEvent) -> Vec<u8> {
-        common::engine::avro::encode_event(event)
+        common::analytics::wire::encode_event(event)
     }
 
     /// The processor decides on the broker's clock whether the hour is still
@@ -119,7 +119,7 @@ mod tests {
         let event = a.parse(&query(&format!("timestamp={NOW}&user=ann&click&id=x1")), NOW + 5).expect("valid");
         assert_eq!((event.timestamp_ms, event.kind, event.accepted_at_ms), (NOW, EventKind::Click, NOW + 5));
         assert_eq!((&*a.key(&event), event.id.as_deref()), (&b"ann"[..], Some("x1")));
-        assert_eq!(common::engine::avro::decode_event(&a.encode(&event)).expect("Avro"), event);
+        assert_eq!(common::analytics::wire::decode_event(&a.encode(&event)).expect("Avro"), event);
     }
 
     #[test]

@@ -76,7 +76,8 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String, 
             Some(Ok(m)) => {
                 idle = 0;
                 let key = String::from_utf8(m.key().expect("keyed").to_vec()).expect("utf-8 key");
-                let event = common::engine::avro::decode_event(m.payload().expect("payload")).expect("an Avro event");
+                let event =
+                    common::analytics::wire::decode_event(m.payload().expect("payload")).expect("an Avro event");
                 out.push((m.partition(), key, event));
             }
             _ => idle += 1,

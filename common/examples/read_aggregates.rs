@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use common::analytics::wire::{decode_hour_aggregate, HourAggregate};
 use common::analytics::{HourCounts, HourStart};
-use common::engine::avro::{decode_hour_aggregate, HourAggregate};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;

@@ -2,8 +2,8 @@
 //! concurrent writers sum correctly, Redis never moves backwards.
 
 use common::analytics::read_model::{self, pg as hours, HourCache, HourTotals};
+use common::analytics::wire::HourAggregate;
 use common::analytics::{HourCounts, HourStart};
-use common::engine::avro::HourAggregate;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;

@@ -141,7 +141,7 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     };
     let producer: rdkafka::producer::FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &stack.kafka.brokers).create().unwrap();
-    let payload = common::engine::avro::encode_event(&event);
+    let payload = common::analytics::wire::encode_event(&event);
     let record =
         rdkafka::producer::FutureRecord::to(&stack.kafka.events_topic).key(user).payload(&payload).partition(wrong);
     producer.send(record, Duration::from_secs(10)).await.unwrap();

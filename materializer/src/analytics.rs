@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use common::analytics::read_model::{pg, HourTotals};
+use common::analytics::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
 use common::analytics::{HourCounts, HourStart};
-use common::engine::avro::{decode_hour_aggregate, DecodeError, HourAggregate};
 use common::engine::kafka::TopicSpec;
 use common::engine::pg::PgError;
 use deadpool_postgres::{Client, Transaction};

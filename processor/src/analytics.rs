@@ -8,8 +8,8 @@
 
 use common::analytics::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
 use common::analytics::event::event_id_hash;
+use common::analytics::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use common::analytics::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
-use common::engine::avro::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use common::engine::pg::PgError;
 use deadpool_postgres::Transaction;
 

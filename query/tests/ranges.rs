@@ -5,8 +5,8 @@
 use clap::Parser;
 use common::analytics::read_model::pg::apply_aggregates;
 use common::analytics::time::{DAY_MS, HOUR_MS};
+use common::analytics::wire::HourAggregate;
 use common::analytics::{HourCounts, HourStart, UserSketch};
-use common::engine::avro::HourAggregate;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};

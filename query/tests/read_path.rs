@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use common::analytics::read_model::{HourCache, HourTotals};
+use common::analytics::wire::HourAggregate;
 use common::analytics::{HourCounts, HourStart};
-use common::engine::avro::HourAggregate;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};

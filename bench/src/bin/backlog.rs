@@ -1,5 +1,5 @@
 //! Writes exactly N valid events straight to the events topic, as the command
-//! would have: the same Avro record (`common::engine::avro::encode_event`), the same
+//! would have: the same Avro record (`common::analytics::wire::encode_event`), the same
 //! key (the user id) and the same idempotent `acks=all`, `murmur2_random`
 //! producer (`common::engine::kafka::producer_config`). Only the batching differs
 //! (a longer linger and a larger queue), so the backlog is written fast.
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.events {
         let event = bench::backlog_event(&mut rng, common::now_ms(), args.late_hours);
         users.insert(event.user.hash64());
-        let payload = common::engine::avro::encode_event(&event);
+        let payload = common::analytics::wire::encode_event(&event);
         let p = producer.clone();
         pending.push(async move {
             let record = FutureRecord::to(topic).key(event.user.as_str()).payload(&payload);

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
                         return stats;
                     }
                     let event = bench::backlog_event(&mut rng, common::now_ms(), 0);
-                    let payload = common::engine::avro::encode_event(&event);
+                    let payload = common::analytics::wire::encode_event(&event);
                     let record = FutureRecord::to(&topic).key(event.user.as_str()).payload(&payload);
                     let result = producer.send(record, Timeout::After(Duration::ZERO)).await;
                     let done = Instant::now();

@@ -27,6 +27,7 @@ pub mod request;
 pub mod sketch;
 pub mod time;
 pub mod user_set;
+pub mod wire;
 
 pub use bucket::{HourBucket, HourCounts, PartitionWindow};
 pub use event::{ClickEvent, EventId, EventKind, Horizon, RejectReason, UserId};

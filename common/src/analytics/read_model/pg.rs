@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_COLUMN};
+use crate::analytics::wire::HourAggregate;
 use crate::analytics::HourStart;
-use crate::engine::avro::HourAggregate;
 use crate::engine::pg::PgError;
 use crate::engine::store::Versioned;
 

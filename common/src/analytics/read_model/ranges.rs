@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 
 use super::{count_columns, counts_from_values, COUNTS, COUNT_FIELDS};
 use crate::analytics::time::{DayStart, EpochMillis, DAY_MS};
+use crate::analytics::wire::HourAggregate;
 use crate::analytics::{HourCounts, HourStart, UserSketch};
-use crate::engine::avro::HourAggregate;
 use crate::engine::pg::PgError;
 
 /// Namespace of the per-day advisory locks (the hours' is `0x4e41`).
