@@ -63,14 +63,14 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
     tx.commit().await.unwrap();
 
     let store = RedisStore::connect(&redis).await.unwrap();
-    let stores = Stores { pool: pool.clone(), redis: store.clone(), local_cache_ttl: Duration::ZERO };
+    let stores = Stores::new(pool.clone(), store.clone(), Duration::ZERO);
     let cfg = query::Config::parse_from(["query"]);
     let ready: common::engine::http::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
     let ops =
         common::engine::http::OpsRoutes { service: "query", metrics: common::engine::telemetry::prometheus(), ready };
     let mut routes = query::routes(&stores);
     routes.extend(stores.register(Sums));
-    let app = QueryApp::new(routes, ops, common::engine::edge::Edge::new(&cfg.edge, None));
+    let app = QueryApp::new(routes, ops, common::engine::edge::Edge::new(&cfg.edge, None), &stores);
 
     assert_eq!(get(&app, "/sums?key=k").await, (StatusCode::OK, format!("{huge}\n")));
     let cached = VersionedCache::<Sum>::new(store.clone()).get(&"k".to_owned()).await.unwrap();
@@ -83,7 +83,12 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
     assert_eq!(get(&app, "/analytics?timestamp=0").await.0, StatusCode::OK);
     assert_eq!(
         get(&app, "/nope").await,
-        (StatusCode::NOT_FOUND, "not found; GET /analytics?timestamp=<ms>, GET /sums?key=<key> answers\n".to_owned())
+        (
+            StatusCode::NOT_FOUND,
+            "not found; GET /analytics?timestamp=<ms>, GET /analytics/live (Server-Sent Events), GET /sums?key=<key> \
+             answers\n"
+                .to_owned()
+        )
     );
     store.clear().await.unwrap();
     drop_schema(&pg).await;

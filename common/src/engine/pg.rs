@@ -58,6 +58,10 @@ pub mod migrations {
     pub const INCREMENTS: Migration =
         Migration { version: 7, name: "increments", sql: include_str!("../../migrations/0007_increments.sql") };
 
+    /// Read-your-writes progress per events partition: materializer writes, query reads.
+    pub const READ_PROGRESS: Migration =
+        Migration { version: 8, name: "read_progress", sql: include_str!("../../migrations/0008_read_progress.sql") };
+
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
         READ_MODELS,
@@ -67,6 +71,7 @@ pub mod migrations {
         PROCESSOR_EVENT_IDS,
         PROCESSOR_INCREMENTS,
         INCREMENTS,
+        READ_PROGRESS,
     ];
 }
 
