@@ -112,7 +112,7 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tables, ["hourly_aggregates", "hourly_partition_aggregates", "schema_migrations"]);
+    assert_eq!(tables, ["hourly_aggregates", "hourly_partition_aggregates", "read_progress", "schema_migrations"]);
     let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "unique_users,0\nclicks,0\nimpressions,0\n"));
     f.cleanup().await;
