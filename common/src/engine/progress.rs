@@ -95,6 +95,19 @@ pub fn decode_progress(bytes: &[u8]) -> Result<Progress, DecodeError> {
     Ok(p)
 }
 
+/// The furthest of `records` per (events topic, partition, aggregates partition):
+/// a batch holds several checkpoints' records, and one statement may not update a row twice.
+pub fn furthest(records: &[Progress]) -> Vec<Progress> {
+    let mut furthest: std::collections::BTreeMap<(&str, i32, i32), &Progress> = std::collections::BTreeMap::new();
+    for p in records {
+        let held = furthest.entry((&p.events_topic, p.partition, p.aggregates_partition)).or_insert(p);
+        if p.next_offset > held.next_offset {
+            *held = p;
+        }
+    }
+    furthest.into_values().cloned().collect()
+}
+
 /// The progress of one events partition as one aggregates partition carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
@@ -186,6 +199,7 @@ pub mod pg {
     /// # Errors
     /// [`PgError`] when PostgreSQL cannot answer; the transaction must then be dropped.
     pub async fn write(tx: &Transaction<'_>, records: &[Progress]) -> Result<(), PgError> {
+        let records = super::furthest(records);
         if records.is_empty() {
             return Ok(());
         }
@@ -306,6 +320,9 @@ mod tests {
         assert!(is_progress_key(Some(p.key().as_bytes())));
         assert!(!is_progress_key(Some(b"1700000000000:2")));
         assert!(!is_progress_key(None));
+        let later = Progress { next_offset: 50, ..p.clone() };
+        let other = Progress { aggregates_partition: 0, ..p.clone() };
+        assert_eq!(furthest(&[p.clone(), later.clone(), other.clone(), p.clone()]), vec![other, later]);
         let bad = Progress { aggregates_partition: 4, ..p };
         assert_eq!(decode_progress(&encode_progress(&bad)), Err(DecodeError::Invalid("aggregates_partition")));
     }
