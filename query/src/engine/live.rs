@@ -98,7 +98,8 @@ impl Feed {
                 continue;
             }
             changes.borrow_and_update();
-            match (self.render)().await {
+            // In-process copies read before this change may not show it: read past them.
+            match super::reader::fresh_since(std::time::Instant::now(), (self.render)()).await {
                 Ok(json) => {
                     self.latest.send_if_modified(|held| {
                         let changed = held.as_deref() != Some(json.as_str());
