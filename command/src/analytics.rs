@@ -135,10 +135,13 @@ mod tests {
     fn an_event_reaching_the_log_after_its_hour_closed_is_refused() {
         let a = analytics();
         let event = a.parse(&query(&format!("timestamp={NOW}&user=ann&click")), NOW).expect("valid");
-        let on_time = Delivered { partition: 0, appended_ms: Some(NOW) };
+        let on_time = Delivered { partition: 0, offset: 0, appended_ms: Some(NOW) };
         assert!(a.judge(&event, &on_time).is_ok());
-        assert!(a.judge(&event, &Delivered { partition: 0, appended_ms: None }).is_ok(), "no broker time: counted");
-        let late = Delivered { partition: 0, appended_ms: Some(NOW + 30 * 86_400_000) };
+        assert!(
+            a.judge(&event, &Delivered { partition: 0, offset: 0, appended_ms: None }).is_ok(),
+            "no broker time: counted"
+        );
+        let late = Delivered { partition: 0, offset: 0, appended_ms: Some(NOW + 30 * 86_400_000) };
         let reason = a.judge(&event, &late).expect_err("closed on arrival");
         assert_eq!(
             (Reject::status(&reason), Reject::label(&reason)),

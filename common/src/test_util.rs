@@ -271,3 +271,96 @@ pub mod sums {
         Ok(rows.iter().filter_map(row).collect())
     }
 }
+
+/// An answer read by [`request`]: status, headers (names lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `METHOD path_and_query` with extra request headers, on a fresh connection;
+/// the whole answer, headers included.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Answer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    let head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Answer { status, headers, body: body.to_owned() })
+}
+
+/// A Server-Sent Events client on a raw connection: [`SseClient::next_data`]
+/// returns each `data:` payload in turn (comments such as heartbeats skipped).
+pub struct SseClient {
+    reader: tokio::io::BufReader<tokio::net::TcpStream>,
+    /// Status code of the answer.
+    pub status: u16,
+}
+
+impl SseClient {
+    /// Opens `GET path` with extra headers and reads the answer's head.
+    pub async fn open(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Self> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{extra}\r\n").as_bytes(),
+            )
+            .await?;
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        Ok(SseClient { reader, status })
+    }
+
+    /// The next `data:` payload; `None` when the stream ends. The chunked
+    /// transfer coding's size lines are skipped (each event is one chunk).
+    pub async fn next_data(&mut self) -> std::io::Result<Option<String>> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Ok(None);
+            }
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                return Ok(Some(data.to_owned()));
+            }
+        }
+    }
+}

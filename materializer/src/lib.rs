@@ -49,8 +49,13 @@ pub fn workloads(cfg: &Config) -> Vec<Registration> {
 /// The tables the materializer uses: the read models it writes (the query
 /// applies the same migration, to serve zeros before the first write), and
 /// the leases and positions it keeps in PostgreSQL.
-pub const MIGRATIONS: &[Migration] =
-    &[migrations::READ_MODELS, migrations::COORDINATION, migrations::INCREMENTS, migrations::RANGES];
+pub const MIGRATIONS: &[Migration] = &[
+    migrations::READ_MODELS,
+    migrations::COORDINATION,
+    migrations::INCREMENTS,
+    migrations::RANGES,
+    migrations::READ_PROGRESS,
+];
 
 /// Connects to PostgreSQL (migrating its tables) and Redis, creates its topic
 /// if configured, and runs until `token` is cancelled.

@@ -49,16 +49,16 @@ async fn a_second_workload_goes_through_the_same_sink() {
 
     let huge = i128::from(i64::MAX) * 3;
     let batch = [SetSum { key: "a".into(), total: huge }, SetSum { key: "b".into(), total: -5 }];
-    sink.write(&batch).await.unwrap();
+    sink.write(&batch, &[]).await.unwrap();
     let a = cache.get(&"a".to_owned()).await.unwrap().expect("copied to redis");
     assert_eq!((a.row.total, a.version), (huge, 1));
     assert_eq!(cache.get(&"b".to_owned()).await.unwrap().map(|v| v.row.total), Some(-5));
 
     // The same batch again: same rows, same versions.
-    sink.write(&batch).await.unwrap();
+    sink.write(&batch, &[]).await.unwrap();
     assert_eq!(cache.get(&"a".to_owned()).await.unwrap().map(|v| v.version), Some(1));
     // A change moves the version in both stores.
-    sink.write(&[SetSum { key: "a".into(), total: 1 }]).await.unwrap();
+    sink.write(&[SetSum { key: "a".into(), total: 1 }], &[]).await.unwrap();
     let a = cache.get(&"a".to_owned()).await.unwrap().unwrap();
     assert_eq!((a.row.total, a.version), (1, 2));
     assert_eq!(sums::read(&pool.get().await.unwrap(), "a").await.unwrap(), Some(a));

@@ -58,12 +58,17 @@ async fn start<W: Aggregation>(
     group_id: String,
 ) -> anyhow::Result<Processor<W>> {
     let partitions = common::engine::pg::agree_topic_partitions(pool, "processor", &cfg.kafka, events_topic).await?;
+    // Progress records go to every partition of the aggregates topic (see common::engine::progress).
+    let aggregates_partitions = common::engine::kafka::partition_count(&cfg.kafka, aggregates_topic)
+        .await
+        .with_context(|| format!("reading the partition count of {aggregates_topic}"))?;
     let membership = Membership::join(pool.clone(), &cfg.kafka, &cfg.lease, &group_id, events_topic).await?;
     let store = StateStore::new(pool.clone(), events_topic.to_owned());
     let settings = ProcessorSettings {
         kafka: cfg.kafka.clone(),
         events_topic: events_topic.to_owned(),
         aggregates_topic: aggregates_topic.to_owned(),
+        aggregates_partitions,
         group_id,
         checkpoint_interval: cfg.checkpoint_interval,
         delivery_timeout: cfg.delivery_timeout,

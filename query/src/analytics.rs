@@ -4,7 +4,9 @@
 //!   [`Reader`] (in process, Redis, PostgreSQL);
 //! - `GET /analytics/timeseries` and `GET /analytics/aggregate` ([`range_routes`]):
 //!   time ranges as JSON, read from PostgreSQL (the record) in one or two
-//!   queries; see [`common::analytics::range`] for the rules.
+//!   queries; see [`common::analytics::range`] for the rules;
+//! - `GET /analytics/live`: the current hour's and today's counts, pushed as
+//!   Server-Sent Events.
 
 use std::sync::Arc;
 
@@ -15,7 +17,6 @@ use common::analytics::{HourCounts, HourStart};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
 use deadpool_postgres::{Client, Pool};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
 use crate::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
@@ -32,12 +33,14 @@ impl QueryWorkload for Analytics {
     }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
+        let hourly = reader.clone();
         let handler = move |_: &str, query: Option<&str>| {
             let parsed = parse_get(query);
-            let reader = reader.clone();
+            let reader = hourly.clone();
             Box::pin(async move { get(&reader, parsed).await }) as crate::engine::Answer
         };
-        vec![Route { path: "/analytics", usage: "GET /analytics?timestamp=<ms>", handler: Arc::new(handler) }]
+        let live = live_route(&reader);
+        vec![Route { path: "/analytics", usage: "GET /analytics?timestamp=<ms>", handler: Arc::new(handler) }, live]
     }
 }
 
@@ -89,10 +92,7 @@ fn unavailable(e: PgError) -> QueryError {
 
 /// A `200 application/json` answer.
 fn json(body: &impl serde::Serialize) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).expect("answers serialize: plain numbers and strings");
-    let mut resp = http::text(StatusCode::OK, bytes);
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    http::json(StatusCode::OK, serde_json::to_vec(body).expect("answers serialize: plain numbers and strings"))
 }
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, QueryError> {
@@ -130,4 +130,88 @@ async fn get_aggregate(pool: &Pool, parsed: Result<range::Range, RangeReject>) -
     };
     let counts = HourCounts { unique_users, ..sums.counts };
     Ok(json(&range::Aggregate::new(range, counts, exact)))
+}
+
+/// `GET /analytics/live`: Server-Sent Events, each `data:` a [`LiveView`] in
+/// JSON, pushed by the engine whenever the hourly read model changes.
+fn live_route(reader: &Reader<Analytics>) -> Route {
+    let feed = reader.live(|reader| async move { render_live(&reader, common::now_ms()).await });
+    Route {
+        path: "/analytics/live",
+        usage: "GET /analytics/live (Server-Sent Events)",
+        handler: Arc::new(move |_, _| feed.answer()),
+    }
+}
+
+/// What a live stream shows: the current UTC hour's counts and today's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LiveView {
+    pub hour: Counts,
+    pub today: DayCounts,
+}
+
+/// The counts of one UTC hour; `start` in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub start: i64,
+    pub unique_users: u64,
+    pub clicks: u64,
+    pub impressions: u64,
+}
+
+/// The counts of one UTC day so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DayCounts {
+    pub start: i64,
+    /// Exact only when `unique_users_exact`; otherwise the sum of the hours'
+    /// unique users, which counts a user once per hour they were seen in.
+    pub unique_users: u64,
+    pub unique_users_exact: bool,
+    pub clicks: u64,
+    pub impressions: u64,
+}
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, QueryError> {
+    let hour = HourStart::of(now_ms);
+    let counts = reader.read(&hour).await?.row;
+    let view = LiveView {
+        hour: Counts {
+            start: hour.start_ms(),
+            unique_users: counts.unique_users,
+            clicks: counts.clicks,
+            impressions: counts.impressions,
+        },
+        today: today(reader, now_ms).await?,
+    };
+    Ok(serde_json::to_string(&view).expect("a LiveView serializes"))
+}
+
+/// Today's counts (the UTC day of `now_ms`, up to now): clicks and
+/// impressions exact, summed over the day's hours.
+///
+/// THE HOOK FOR EXACT DAY UNIQUES: unique users are the sum of the hours'
+/// (`unique_users_exact: false`). Once the per-day user sets land, answer
+/// from the day's row here and set `unique_users_exact: true`; the live
+/// stream and anything else showing "today" follow.
+///
+/// # Errors
+/// [`ReadError`](crate::engine::ReadError) when an hour cannot be read.
+pub async fn today(reader: &Reader<Analytics>, now_ms: i64) -> Result<DayCounts, crate::engine::ReadError> {
+    let start = now_ms - now_ms.rem_euclid(DAY_MS);
+    let hours: Vec<HourStart> = (start..=now_ms).step_by(3_600_000).map(HourStart::of).collect();
+    let rows = futures::future::try_join_all(hours.iter().map(|h| reader.read(h))).await?;
+    let sum = rows.iter().fold(HourCounts::default(), |acc, r| HourCounts {
+        unique_users: acc.unique_users + r.row.unique_users,
+        clicks: acc.clicks + r.row.clicks,
+        impressions: acc.impressions + r.row.impressions,
+    });
+    Ok(DayCounts {
+        start,
+        unique_users: sum.unique_users,
+        unique_users_exact: false,
+        clicks: sum.clicks,
+        impressions: sum.impressions,
+    })
 }

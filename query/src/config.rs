@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use clap::Parser;
 use std::time::Duration;
 
-use common::engine::config::{parse_duration, EdgeConfig, PgConfig, RedisConfig, TelemetryConfig};
+use common::engine::config::{
+    parse_duration, CorsConfig, EdgeConfig, PgConfig, ReadAuthConfig, RedisConfig, TelemetryConfig,
+};
 
 /// Answers hourly analytics from Redis, falling back to PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -24,6 +26,10 @@ pub struct Config {
     pub redis: RedisConfig,
     #[command(flatten)]
     pub edge: EdgeConfig,
+    #[command(flatten)]
+    pub read_auth: ReadAuthConfig,
+    #[command(flatten)]
+    pub cors: CorsConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }

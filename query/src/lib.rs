@@ -52,7 +52,8 @@ pub fn routes(stores: &Stores) -> Vec<Route> {
 /// and applies the same migration; the query applies it too, so that started
 /// first it answers zeros instead of failing. It never creates the
 /// processor's or the coordination tables.
-pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::INCREMENTS, migrations::RANGES];
+pub const MIGRATIONS: &[Migration] =
+    &[migrations::READ_MODELS, migrations::INCREMENTS, migrations::RANGES, migrations::READ_PROGRESS];
 
 /// Connects to Redis and PostgreSQL (migrating the read models).
 ///
@@ -61,7 +62,9 @@ pub const MIGRATIONS: &[Migration] = &[migrations::READ_MODELS, migrations::INCR
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
-    Ok(app_from_parts(redis, pool, metrics, common::engine::edge::Edge::new(&cfg.edge, None), cfg.local_cache_ttl))
+    let cors = common::engine::edge::Cors::new(&cfg.cors)?;
+    let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
+    Ok(app_from_parts(redis, pool, metrics, edge, cfg.local_cache_ttl).with_cors(cors))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
@@ -72,13 +75,14 @@ pub fn app_from_parts(
     edge: common::engine::edge::Edge,
     local_cache_ttl: Duration,
 ) -> QueryApp {
-    let stores = Stores { pool, redis, local_cache_ttl };
+    let stores = Stores::new(pool, redis, local_cache_ttl);
     let routes = routes(&stores);
+    let ready_stores = stores.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
-        let stores = stores.clone();
+        let stores = ready_stores.clone();
         Box::pin(async move { stores.ready().await })
     });
-    QueryApp::new(routes, OpsRoutes { service: "query", metrics, ready }, edge)
+    QueryApp::new(routes, OpsRoutes { service: "query", metrics, ready }, edge, &stores)
 }
 
 /// Serves until `token` is cancelled, then drains in-flight requests.
@@ -90,11 +94,18 @@ pub async fn run(
     drain: Duration,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "query service listening");
+    let handler_app = app.clone();
     let handler = move |req| {
-        let app = app.clone();
+        let app = handler_app.clone();
         async move { app.handle(req).await }
     };
-    common::engine::http::serve(listener, handler, limits, token, drain).await;
+    // Live streams never finish on their own: end them as the shutdown starts, so their connections drain.
+    let end_streams = async {
+        token.cancelled().await;
+        app.end_streams();
+    };
+    tokio::join!(common::engine::http::serve(listener, handler, limits, token.clone(), drain), end_streams);
+    app.shut_down(drain).await;
     tracing::info!("query service stopped");
     Ok(())
 }

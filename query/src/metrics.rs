@@ -9,3 +9,9 @@ pub const STORE_ERRORS: &str = "analytics_query_store_errors_total";
 pub const STORE_DURATION: &str = "analytics_query_store_duration_seconds";
 /// Label `reason`: see `RejectReason::label`.
 pub const REJECTED: &str = "analytics_query_requests_rejected_total";
+/// How long a read with `after=<token>` waited for its write; label `outcome`: `reflected`, `timeout`.
+pub const TOKEN_WAIT_DURATION: &str = "analytics_query_token_wait_seconds";
+/// Server-Sent Events streams open now; label `workload`.
+pub const LIVE_STREAMS: &str = "analytics_query_live_streams";
+/// Snapshots pushed to live streams (one per stream per change); label `workload`.
+pub const LIVE_EVENTS: &str = "analytics_query_live_events_total";

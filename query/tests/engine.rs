@@ -63,14 +63,14 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
     tx.commit().await.unwrap();
 
     let store = RedisStore::connect(&redis).await.unwrap();
-    let stores = Stores { pool: pool.clone(), redis: store.clone(), local_cache_ttl: Duration::ZERO };
+    let stores = Stores::new(pool.clone(), store.clone(), Duration::ZERO);
     let cfg = query::Config::parse_from(["query"]);
     let ready: common::engine::http::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
     let ops =
         common::engine::http::OpsRoutes { service: "query", metrics: common::engine::telemetry::prometheus(), ready };
     let mut routes = query::routes(&stores);
     routes.extend(stores.register(Sums));
-    let app = QueryApp::new(routes, ops, common::engine::edge::Edge::new(&cfg.edge, None));
+    let app = QueryApp::new(routes, ops, common::engine::edge::Edge::new(&cfg.edge, None), &stores);
 
     assert_eq!(get(&app, "/sums?key=k").await, (StatusCode::OK, format!("{huge}\n")));
     let cached = VersionedCache::<Sum>::new(store.clone()).get(&"k".to_owned()).await.unwrap();
@@ -85,8 +85,10 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
         get(&app, "/nope").await,
         (
             StatusCode::NOT_FOUND,
-            "not found; GET /analytics?timestamp=<ms>, GET /analytics/timeseries?from=<ms>&to=<ms>&interval=hour|day, \
-             GET /analytics/aggregate?from=<ms>&to=<ms>, GET /increment/<uuid>, GET /sums?key=<key> answers\n"
+            "not found; GET /analytics?timestamp=<ms>, GET /analytics/live (Server-Sent Events), \
+             GET /analytics/timeseries?from=<ms>&to=<ms>&interval=hour|day, GET /analytics/aggregate?from=<ms>&to=<ms>, \
+             GET /increment/<uuid>, GET /sums?key=<key> answers
+"
                 .to_owned()
         )
     );

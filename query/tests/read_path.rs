@@ -129,6 +129,7 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
             "hourly_partition_aggregates",
             "hourly_partition_sketches",
             "increments",
+            "read_progress",
             "schema_migrations"
         ]
     );

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use common::engine::http::Body;
 use common::engine::kafka::TopicSpec;
+use common::engine::progress::ReadToken;
 use hyper::Response;
 
 use super::app::Shared;
@@ -104,7 +105,14 @@ impl<W: Intake> Lane<W> {
             return Outcome::Misrouted { partition: delivered.partition, expected };
         }
         match self.workload.judge(&event, &delivered) {
-            Ok(()) => Outcome::Accepted(W::ACCEPTED),
+            Ok(()) => {
+                let token = ReadToken {
+                    topic: self.topic.spec.name.clone(),
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                };
+                Outcome::Accepted(W::ACCEPTED, token)
+            }
             Err(reason) => Outcome::Rejected(reason),
         }
     }

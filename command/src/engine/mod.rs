@@ -14,7 +14,10 @@
 //! - one publisher per workload topic ([`publisher`]), and the check that each
 //!   record landed on the partition its key maps to under the partition count
 //!   agreed for that topic (in `lane`);
-//! - the mapping of every outcome to a status, in one place (`outcome`);
+//! - the mapping of every outcome to a status, in one place (`outcome`),
+//!   with the `Analytics-Token` header on every success: the read token of
+//!   the event's topic, partition and offset, which any `GET` of the query
+//!   accepts as `after=` to read its own write;
 //! - metrics (label `workload`), the gauges task and graceful shutdown.
 //!
 //! Adding a workload is one module implementing [`Intake`] plus one

@@ -5,6 +5,9 @@ use common::engine::http::{self, Body};
 use common::engine::shutdown::CancellationToken;
 use hyper::{Response, StatusCode};
 
+use common::engine::progress::{ReadToken, TOKEN_HEADER};
+use hyper::header::HeaderValue;
+
 use super::publisher::PublishError;
 use super::Reject;
 use crate::metrics as m;
@@ -12,8 +15,9 @@ use crate::metrics as m;
 /// The outcome of one `POST` to a workload's route.
 #[derive(Debug)]
 pub(crate) enum Outcome<R> {
-    /// Durably in the log, and it will be counted: the workload's success status.
-    Accepted(StatusCode),
+    /// Durably in the log, and it will be counted: the workload's success
+    /// status, with the read token naming where the event landed.
+    Accepted(StatusCode, ReadToken),
     /// The client's fault, in the workload's words.
     Rejected(R),
     /// The body could not be read (the client went away mid-body, or sent a broken chunk).
@@ -36,10 +40,13 @@ pub(crate) fn respond<R: Reject>(
     fatal: &CancellationToken,
 ) -> Response<Body> {
     match outcome {
-        Outcome::Accepted(status) => {
+        Outcome::Accepted(status, token) => {
             metrics::counter!(m::EVENTS_ACCEPTED, "workload" => workload).increment(1);
             let mut r = http::no_content();
             *r.status_mut() = status;
+            // base64url and a version byte: always a valid header value.
+            let token = HeaderValue::from_str(&token.encode()).expect("a read token is visible ASCII");
+            r.headers_mut().insert(TOKEN_HEADER, token);
             r
         }
         Outcome::Rejected(reason) => {
@@ -121,8 +128,12 @@ mod tests {
     #[tokio::test]
     async fn each_outcome_has_its_status_and_a_one_line_reason() {
         let fatal = CancellationToken::new();
-        assert_eq!(answer(Outcome::Accepted(StatusCode::OK), &fatal).await, (StatusCode::OK, None, String::new()));
-        assert_eq!(answer(Outcome::Accepted(StatusCode::NO_CONTENT), &fatal).await.0, StatusCode::NO_CONTENT);
+        let token = || ReadToken { topic: "t".into(), partition: 1, offset: 7 };
+        assert_eq!(
+            answer(Outcome::Accepted(StatusCode::OK, token()), &fatal).await,
+            (StatusCode::OK, None, String::new())
+        );
+        assert_eq!(answer(Outcome::Accepted(StatusCode::NO_CONTENT, token()), &fatal).await.0, StatusCode::NO_CONTENT);
         assert_eq!(
             answer(Outcome::Rejected(Late), &fatal).await,
             (StatusCode::UNPROCESSABLE_ENTITY, None, "too late\n".into())
@@ -137,6 +148,18 @@ mod tests {
         let (_, _, body) = answer(Outcome::Unavailable(PublishError::QueueFull), &fatal).await;
         assert!(body.starts_with("event not recorded:") && body.contains("queue is full"), "{body}");
         assert!(!fatal.is_cancelled(), "none of these stop the process");
+    }
+
+    #[test]
+    fn an_accepted_event_carries_its_read_token() {
+        let token = ReadToken { topic: "analytics.events".into(), partition: 2, offset: 41 };
+        let r = respond::<Late>(
+            "test",
+            Outcome::Accepted(StatusCode::NO_CONTENT, token.clone()),
+            &CancellationToken::new(),
+        );
+        let header = r.headers().get(TOKEN_HEADER).expect("a token header").to_str().expect("ascii");
+        assert_eq!(ReadToken::parse(header), Ok(token));
     }
 
     #[tokio::test]

@@ -57,6 +57,9 @@ impl PublishError {
 #[derive(Debug, Clone, Copy)]
 pub struct Delivered {
     pub partition: i32,
+    /// The record's offset in that partition: with the topic, what a read
+    /// token names (see `common::engine::progress::ReadToken`).
+    pub offset: i64,
     /// The broker's log-append time, where the topic stamps one.
     pub appended_ms: Option<i64>,
 }
@@ -120,6 +123,7 @@ impl EventPublisher {
         match result {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
+                offset: delivery.offset,
                 appended_ms: match delivery.timestamp {
                     rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
                     _ => None,

@@ -210,6 +210,23 @@ pub struct WriteAuthConfig {
     pub api_token: Option<String>,
 }
 
+/// Authentication of reads, for the services that serve them (the query).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReadAuthConfig {
+    /// Require `Authorization: Bearer <token>` on reads (GET). Unset: no authentication.
+    #[arg(long, env = "READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+}
+
+/// Reads from web pages of other origins (CORS), for the services that serve reads (the query).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CorsConfig {
+    /// Origins whose web pages may read the API, comma-separated (`https://app.example,http://localhost:3000`);
+    /// `*` allows any. Unset: none (browsers refuse cross-origin reads).
+    #[arg(long, env = "CORS_ORIGINS", value_name = "ORIGIN,..", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {
     /// Requests per second allowed per client IP address (token bucket); 0 turns rate limiting off.

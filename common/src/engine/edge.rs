@@ -1,6 +1,8 @@
 //! Checks at the HTTP edge, before a request reaches the API: body size,
-//! bearer-token authentication, per-client rate limiting, and the request
-//! time limit. Configured by [`EdgeConfig`]; each check is off unless set.
+//! bearer-token authentication (one token for writes, another for reads),
+//! per-client rate limiting, and the request time limit. Configured by
+//! [`EdgeConfig`]; each check is off unless set. [`Cors`] answers browsers'
+//! cross-origin checks for the origins of a [`CorsConfig`].
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,11 +15,15 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::Quota;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION,
+    CONTENT_LENGTH, ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+};
 use hyper::{Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::engine::config::{EdgeConfig, WriteAuthConfig};
+use crate::engine::config::{CorsConfig, EdgeConfig, ReadAuthConfig, WriteAuthConfig};
 use crate::engine::http::{self, Body, PeerAddr};
 
 /// Per-client rate limits: a GCRA (token bucket equivalent) per client IP
@@ -80,6 +86,7 @@ fn retry_after_secs(wait: Duration) -> u64 {
 #[derive(Clone)]
 pub struct Edge {
     token: Option<Arc<str>>,
+    read_token: Option<Arc<str>>,
     limiter: Option<Arc<RateLimiter>>,
     request_timeout: Duration,
     max_body_bytes: u64,
@@ -90,6 +97,7 @@ impl Edge {
     pub fn new(cfg: &EdgeConfig, auth: Option<&WriteAuthConfig>) -> Self {
         Edge {
             token: auth.and_then(|a| a.api_token.as_deref()).filter(|t| !t.is_empty()).map(Arc::from),
+            read_token: None,
             limiter: NonZeroU32::new(cfg.rate_limit_per_sec)
                 .map(|per_sec| Arc::new(RateLimiter::new(per_sec, cfg.rate_limit_burst))),
             request_timeout: cfg.request_timeout,
@@ -97,8 +105,20 @@ impl Edge {
         }
     }
 
+    /// The same checks, with reads needing the bearer token of `auth` if it names one.
+    pub fn with_read_auth(mut self, auth: &ReadAuthConfig) -> Self {
+        self.read_token = auth.read_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// Whether reads need a bearer token.
+    pub fn reads_need_token(&self) -> bool {
+        self.read_token.is_some()
+    }
+
     /// The answer to a request that fails a check, or `None` to let it through;
-    /// `write` marks requests that need the token.
+    /// `write` marks writes (they need the write token), others are reads
+    /// (they need the read token).
     pub fn refusal<B>(&self, req: &Request<B>, write: bool) -> Option<Response<Body>> {
         if self.declares_body_over_limit(req) {
             return Some(http::error(
@@ -136,7 +156,8 @@ impl Edge {
                 return Some(r);
             }
         }
-        if let (true, Some(token)) = (write, &self.token) {
+        let token = if write { &self.token } else { &self.read_token };
+        if let Some(token) = token {
             let presented =
                 req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
             if !presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes()))) {
@@ -146,6 +167,12 @@ impl Edge {
             }
         }
         None
+    }
+
+    /// The rate-limit check alone (for a browser's preflight, which carries no token).
+    pub fn rate_refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let no_token = Edge { token: None, read_token: None, ..self.clone() };
+        no_token.access_refusal(req, false)
     }
 
     /// Runs `answer` within the request time limit; 503 with `reason` when it takes longer.
@@ -158,6 +185,94 @@ impl Edge {
             Ok(r) => r,
             Err(_) => http::unavailable(reason, 1),
         }
+    }
+}
+
+/// The origins allowed to read from a browser, and the answers to its checks.
+#[derive(Clone, Default)]
+pub struct Cors {
+    origins: Arc<[HeaderValue]>,
+    any: bool,
+}
+
+/// Why an origin of `--cors-origins` is refused at startup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("CORS origin `{0}` is not `*` or scheme://host[:port] (no path, no trailing slash)")]
+pub struct BadOrigin(String);
+
+/// How long a browser may reuse a preflight answer.
+const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
+
+impl Cors {
+    /// The origins of `cfg`, checked.
+    ///
+    /// # Errors
+    /// [`BadOrigin`] for a value that is no origin.
+    pub fn new(cfg: &CorsConfig) -> Result<Self, BadOrigin> {
+        let mut origins = Vec::new();
+        let mut any = false;
+        for raw in cfg.cors_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            if raw == "*" {
+                any = true;
+                continue;
+            }
+            let valid = raw.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty()
+                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                    && !host.is_empty()
+                    && !host.contains('/')
+                    && host.bytes().all(|b| b.is_ascii_graphic())
+            });
+            let value = HeaderValue::from_str(raw).ok().filter(|_| valid).ok_or_else(|| BadOrigin(raw.to_owned()))?;
+            origins.push(value);
+        }
+        Ok(Cors { origins: origins.into(), any })
+    }
+
+    /// Whether any origin is allowed at all.
+    pub fn enabled(&self) -> bool {
+        self.any || !self.origins.is_empty()
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.any || self.origins.iter().any(|o| o == origin)
+    }
+
+    /// Adds to `resp` the headers that let a page of the request's origin read it
+    /// (nothing for a request without an `Origin`, or from an origin not allowed).
+    pub fn decorate(&self, origin: Option<&HeaderValue>, resp: &mut Response<Body>) {
+        if !self.enabled() {
+            return;
+        }
+        let headers = resp.headers_mut();
+        // The answer depends on the Origin header: caches must keep one per origin.
+        headers.append(VARY, HeaderValue::from_static("origin"));
+        if let Some(origin) = origin.filter(|o| self.allows(o)) {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after"));
+        }
+    }
+
+    /// The answer to an `OPTIONS` request for a read route: a browser's
+    /// preflight from an allowed origin gets the methods and headers it may
+    /// use; from another origin, 403; without an `Origin`, the allowed methods.
+    pub fn preflight<B>(&self, req: &Request<B>) -> Response<Body> {
+        let origin = req.headers().get(ORIGIN);
+        let mut r = http::no_content();
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        match origin {
+            None => {}
+            Some(o) if self.allows(o) && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD) => {
+                let headers = r.headers_mut();
+                headers.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD"));
+                headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization"));
+                headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from(PREFLIGHT_MAX_AGE_SECS));
+            }
+            Some(o) if self.allows(o) => {}
+            Some(_) => r = http::error(StatusCode::FORBIDDEN, "this origin may not read this API"),
+        }
+        self.decorate(origin, &mut r);
+        r
     }
 }
 
@@ -178,6 +293,89 @@ mod tests {
     fn edge(args: &[&str]) -> Edge {
         let cli = Cli::parse_from(std::iter::once("t").chain(args.iter().copied()));
         Edge::new(&cli.edge, Some(&cli.auth))
+    }
+
+    #[derive(Parser)]
+    struct ReadCli {
+        #[command(flatten)]
+        edge: EdgeConfig,
+        #[command(flatten)]
+        read: ReadAuthConfig,
+        #[command(flatten)]
+        cors: CorsConfig,
+    }
+
+    fn read_cli(args: &[&str]) -> ReadCli {
+        ReadCli::parse_from(std::iter::once("t").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn reads_need_the_read_token_when_one_is_set() {
+        let cli = read_cli(&["--read-token", "r34d"]);
+        let e = Edge::new(&cli.edge, None).with_read_auth(&cli.read);
+        let status = |r: Option<Response<Body>>| r.map(|r| r.status());
+        assert_eq!(status(e.refusal(&req(None, None, [1, 1, 1, 1]), false)), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            status(e.refusal(&req(Some("Bearer nope"), None, [1, 1, 1, 1]), false)),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(status(e.refusal(&req(Some("Bearer r34d"), None, [1, 1, 1, 1]), false)), None);
+        assert!(e.rate_refusal(&req(None, None, [1, 1, 1, 1])).is_none(), "a preflight carries no token");
+        let open = Edge::new(&read_cli(&[]).edge, None).with_read_auth(&read_cli(&[]).read);
+        assert_eq!(status(open.refusal(&req(None, None, [1, 1, 1, 1]), false)), None);
+    }
+
+    fn from(origin: Option<&str>, preflight: bool) -> Request<()> {
+        let mut b = Request::options("/analytics");
+        if let Some(o) = origin {
+            b = b.header(ORIGIN, o);
+        }
+        if preflight {
+            b = b.header(ACCESS_CONTROL_REQUEST_METHOD, "GET");
+        }
+        b.body(()).expect("a request")
+    }
+
+    #[test]
+    fn cors_lets_only_the_configured_origins_read() {
+        let cors = Cors::new(&read_cli(&["--cors-origins", "https://a.example,http://localhost:3000"]).cors)
+            .expect("valid origins");
+        let ok = cors.preflight(&from(Some("https://a.example"), true));
+        assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+        assert_eq!(ok.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
+        assert_eq!(ok.headers()[ACCESS_CONTROL_ALLOW_METHODS], "GET, HEAD");
+        assert_eq!(ok.headers()[ACCESS_CONTROL_ALLOW_HEADERS], "authorization");
+        assert_eq!(cors.preflight(&from(Some("https://evil.example"), true)).status(), StatusCode::FORBIDDEN);
+        assert_eq!(cors.preflight(&from(None, false)).status(), StatusCode::NO_CONTENT);
+
+        let mut r = http::no_content();
+        cors.decorate(Some(&HeaderValue::from_static("http://localhost:3000")), &mut r);
+        assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "http://localhost:3000");
+        assert_eq!(r.headers()[VARY], "origin");
+        let mut r = http::no_content();
+        cors.decorate(Some(&HeaderValue::from_static("https://evil.example")), &mut r);
+        assert!(!r.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
+
+    #[test]
+    fn cors_is_off_by_default_and_star_allows_any_origin() {
+        let off = Cors::new(&read_cli(&[]).cors).expect("no origins");
+        assert!(!off.enabled());
+        let mut r = http::no_content();
+        off.decorate(Some(&HeaderValue::from_static("https://a.example")), &mut r);
+        assert!(r.headers().is_empty());
+        let any = Cors::new(&read_cli(&["--cors-origins", "*"]).cors).expect("star");
+        assert_eq!(
+            any.preflight(&from(Some("https://x.example"), true)).headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://x.example"
+        );
+    }
+
+    #[test]
+    fn a_malformed_origin_is_refused_at_startup() {
+        for bad in ["a.example", "https://a.example/", "https://a.example/path", "://x"] {
+            assert!(Cors::new(&read_cli(&["--cors-origins", bad]).cors).is_err(), "{bad}");
+        }
     }
 
     fn req(auth: Option<&str>, len: Option<u64>, ip: [u8; 4]) -> Request<()> {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,7 +21,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub type Body = Full<Bytes>;
+/// Every response body: a whole one ([`full`]) or a stream of chunks ([`streaming`]).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A body sent at once.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// A body sent chunk by chunk as `chunks` yields them (Server-Sent Events);
+/// it ends when the stream does.
+pub fn streaming(chunks: impl futures::Stream<Item = Bytes> + Send + 'static) -> Body {
+    use futures::StreamExt;
+    StreamBody::new(chunks.map(|chunk| Ok(hyper::body::Frame::data(chunk)))).boxed_unsync()
+}
 
 /// Limits and transport options applied to every connection.
 #[derive(Clone)]
@@ -175,7 +189,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// A `text/plain` response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
@@ -183,7 +197,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 /// A JSON answer (the body already serialized).
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -209,7 +223,7 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 pub fn no_content() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }

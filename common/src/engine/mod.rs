@@ -5,6 +5,7 @@
 //! - [`kafka`], [`membership`]: log I/O, partition ownership and fencing.
 //! - [`pg`]: the PostgreSQL pool, migrations and deployment settings.
 //! - [`avro`]: single-object Avro encoding with schema resolution.
+//! - [`progress`]: read-your-writes tokens and the progress of each events partition.
 //! - [`store`]: the read-model stores: the versioned Redis cache of any [`store::CachedRow`].
 //! - [`retry`]: back-off with cancellation.
 
@@ -15,6 +16,7 @@ pub mod http;
 pub mod kafka;
 pub mod membership;
 pub mod pg;
+pub mod progress;
 pub mod retry;
 pub mod shutdown;
 pub mod store;

@@ -63,6 +63,9 @@ pub mod migrations {
     /// The analytics processor's day user sets.
     pub const PROCESSOR_DAYS: Migration =
         Migration { version: 9, name: "processor_days", sql: include_str!("../../migrations/0009_processor_days.sql") };
+    /// Read-your-writes progress per events partition: materializer writes, query reads.
+    pub const READ_PROGRESS: Migration =
+        Migration { version: 10, name: "read_progress", sql: include_str!("../../migrations/0010_read_progress.sql") };
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -75,6 +78,7 @@ pub mod migrations {
         INCREMENTS,
         RANGES,
         PROCESSOR_DAYS,
+        READ_PROGRESS,
     ];
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::engine::kafka::{assignment, consumer_config};
 use common::engine::membership::Membership;
+use common::engine::progress::{decode_progress, is_progress_key, Progress};
 use common::engine::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -44,13 +45,15 @@ pub struct Pipeline<W: SinkWorkload> {
 /// Aggregates read since the last write, and the positions to store after writing them.
 struct Batch<A> {
     aggregates: Vec<A>,
+    /// The processor's progress records read with them (engine records, never the workload's).
+    progress: Vec<Progress>,
     next_offsets: BTreeMap<i32, i64>,
     started: Option<Instant>,
 }
 
 impl<A> Default for Batch<A> {
     fn default() -> Self {
-        Batch { aggregates: Vec::new(), next_offsets: BTreeMap::new(), started: None }
+        Batch { aggregates: Vec::new(), progress: Vec::new(), next_offsets: BTreeMap::new(), started: None }
     }
 }
 
@@ -178,14 +181,23 @@ impl<W: SinkWorkload> Pipeline<W> {
         if stalled.contains_key(&partition) {
             return; // fetched before the partition stopped: its position must stay at the bad record
         }
-        match msg.payload().map(|bytes| self.sink.workload().decode(bytes)) {
-            Some(Ok(a)) => batch.aggregates.push(a),
-            other => {
+        // The engine's progress records first, by key: the workload never sees them.
+        let decoded: Result<(), Option<String>> = match msg.payload() {
+            Some(bytes) if is_progress_key(msg.key()) => {
+                decode_progress(bytes).map(|p| batch.progress.push(p)).map_err(|e| Some(e.to_string()))
+            }
+            Some(bytes) => {
+                self.sink.workload().decode(bytes).map(|a| batch.aggregates.push(a)).map_err(|e| Some(e.to_string()))
+            }
+            None => Err(None),
+        };
+        match decoded {
+            Ok(()) => {}
+            Err(error) => {
                 // Skipping it could lose a row's newest values (a record of a
                 // newer schema version, say). Stop this partition at the record
                 // (the batch's position for it stays below), keep its lease, and
                 // raise the alarm; the other partitions go on.
-                let error = other.and_then(Result::err).map(|e| e.to_string());
                 stalled.insert(partition, offset);
                 common::engine::kafka::stall_partition(
                     &*self.consumer,
@@ -212,7 +224,7 @@ impl<W: SinkWorkload> Pipeline<W> {
             return Ok(true);
         }
         let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
-        let write = || self.sink.write(&batch.aggregates);
+        let write = || self.sink.write(&batch.aggregates, &batch.progress);
         match common::engine::retry::until_cancelled(
             token,
             policy,

@@ -10,6 +10,13 @@
 //! possibly stale for them; every pipeline therefore starts by copying to
 //! Redis every row PostgreSQL changed within one Redis TTL (any older Redis
 //! entry has expired), again under the version guard.
+//!
+//! The processor's progress records ([`common::engine::progress`]) ride along:
+//! written to PostgreSQL in the batch's transaction, and to Redis only once
+//! no row is pending there any more, so a query that sees a progress in
+//! Redis reads rows at least that fresh. After each round that wrote
+//! anything, a change notification goes out on Redis pub/sub (the query's
+//! token waits and live streams listen to it).
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -17,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::engine::pg::PgError;
+use common::engine::progress::{self, Progress};
 use common::engine::store::cache::{CacheError, VersionedCache};
 use common::engine::store::{CachedRow, Versioned};
 use deadpool_postgres::Pool;
@@ -50,9 +58,30 @@ struct RedisBacklog<R: CachedRow> {
     resync: bool,
     /// Redis failed last time (to log an outage once).
     failing: bool,
+    /// Progress marks to copy to Redis once no row is pending: the furthest per
+    /// (events topic, partition, aggregates partition).
+    progress: BTreeMap<(String, i32, i32), Progress>,
+    /// Something reached Redis or is on its way: a change notification is due.
+    notify: bool,
 }
 
 impl<R: CachedRow> RedisBacklog<R> {
+    /// Holds each events partition's furthest progress per aggregates partition.
+    fn keep_furthest(&mut self, records: impl IntoIterator<Item = Progress>) {
+        for p in records {
+            let key = (p.events_topic.clone(), p.partition, p.aggregates_partition);
+            match self.progress.entry(key) {
+                Entry::Occupied(e) if e.get().next_offset >= p.next_offset => {}
+                Entry::Occupied(mut e) => {
+                    e.insert(p);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(p);
+                }
+            }
+        }
+    }
+
     /// Holds each row's newest version (equal versions are equal rows).
     fn keep_newest(&mut self, rows: impl IntoIterator<Item = Keyed<R>>) {
         for (id, row) in rows {
@@ -79,7 +108,13 @@ pub struct ReadModelSink<W: SinkWorkload> {
 
 impl<W: SinkWorkload> ReadModelSink<W> {
     pub fn new(workload: W, pool: Pool, cache: VersionedCache<W::Row>, redis_ttl: Duration) -> Self {
-        let backlog = RedisBacklog { pending: BTreeMap::new(), resync: true, failing: false };
+        let backlog = RedisBacklog {
+            pending: BTreeMap::new(),
+            resync: true,
+            failing: false,
+            progress: BTreeMap::new(),
+            notify: false,
+        };
         ReadModelSink { workload, pool, cache, redis_ttl, backlog: Mutex::new(backlog) }
     }
 
@@ -92,12 +127,13 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     /// # Errors
     /// [`SinkError::Pg`]: retry the whole batch (PostgreSQL keeps what it has,
     /// guarded by offsets). Redis failures are not errors: see [`Self::catch_up`].
-    pub async fn write(&self, batch: &[W::Aggregate]) -> Result<(), SinkError> {
+    pub async fn write(&self, batch: &[W::Aggregate], progress: &[Progress]) -> Result<(), SinkError> {
         let started = Instant::now();
         let rows = async {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
             let tx = client.transaction().await?;
-            let rows = self.workload.write(&tx, batch).await?;
+            let rows = if batch.is_empty() { Vec::new() } else { self.workload.write(&tx, batch).await? };
+            progress::pg::write(&tx, progress).await?;
             tx.commit().await?;
             Ok::<_, PgError>(rows)
         }
@@ -106,7 +142,12 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         metrics::histogram!(m::SINK_DURATION, "sink" => "postgres", "workload" => W::NAME)
             .record(started.elapsed().as_secs_f64());
 
-        self.enqueue(rows);
+        {
+            let mut backlog = self.backlog.lock().expect("backlog lock");
+            backlog.keep_newest(rows);
+            backlog.keep_furthest(progress.iter().cloned());
+            backlog.notify = true;
+        }
         self.catch_up().await;
 
         let now = common::now_ms();
@@ -117,17 +158,14 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         Ok(())
     }
 
-    fn enqueue(&self, rows: Vec<Keyed<W::Row>>) {
-        self.backlog.lock().expect("backlog lock").keep_newest(rows);
-    }
-
     /// Writes to Redis what it has not received yet (after a failure, the
     /// cache skips Redis for a moment, so an outage costs the batches nothing).
     /// Never fails: what Redis refuses stays pending.
     pub async fn catch_up(&self) {
-        let (resync, pending) = {
+        let (resync, pending, marks, notify) = {
             let mut backlog = self.backlog.lock().expect("backlog lock");
-            (backlog.resync, std::mem::take(&mut backlog.pending))
+            let b = &mut *backlog;
+            (b.resync, std::mem::take(&mut b.pending), std::mem::take(&mut b.progress), std::mem::take(&mut b.notify))
         };
         let mut result = Ok(());
         if resync {
@@ -141,6 +179,17 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::REDIS_WRITES, "workload" => W::NAME).increment(written as u64);
             });
+        }
+        // Progress only after every pending row: then Redis is at least as fresh as it says.
+        let marks: Vec<Progress> = marks.into_values().collect();
+        if result.is_ok() && !marks.is_empty() {
+            result = self.cache.store().put_progress(&marks).await;
+        }
+        if result.is_ok() && notify {
+            // Best effort: listeners also poll, so a lost notification only delays them.
+            if let Err(e) = self.cache.store().publish_change(W::NAME).await {
+                tracing::debug!(workload = W::NAME, error = %e, "change notification not sent");
+            }
         }
         let mut backlog = self.backlog.lock().expect("backlog lock");
         match result {
@@ -161,6 +210,8 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                 backlog.failing = true;
                 // Put back what was taken, unless a newer version arrived meanwhile.
                 backlog.keep_newest(pending);
+                backlog.keep_furthest(marks);
+                backlog.notify |= notify;
             }
         }
         metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(backlog.pending.len() as f64);

@@ -18,6 +18,9 @@ use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use common::engine::progress::{encode_progress, Progress};
+
+use super::pipeline::ProcessorSettings;
 use super::Emit;
 
 /// How long the transaction calls (init, commit, abort) may block.
@@ -38,6 +41,8 @@ pub struct AggregateEmitter {
     config: rdkafka::ClientConfig,
     id_prefix: String,
     topic: String,
+    events_topic: String,
+    aggregates_partitions: i32,
 }
 
 impl AggregateEmitter {
@@ -45,11 +50,10 @@ impl AggregateEmitter {
     /// Never today; kept fallible for configuration checks.
     pub fn new(
         kafka_cfg: &KafkaConfig,
-        events_topic: &str,
-        aggregates_topic: &str,
-        group_id: &str,
+        settings: &ProcessorSettings,
         delivery_timeout: Duration,
     ) -> Result<Self, KafkaError> {
+        let (events_topic, group_id) = (&settings.events_topic, &settings.group_id);
         let tuning =
             ProducerTuning { linger: Duration::from_millis(1), delivery_timeout, queue_max_messages: 1_000_000 };
         let mut config = kafka::producer_config(kafka_cfg, "processor", tuning);
@@ -63,7 +67,9 @@ impl AggregateEmitter {
         Ok(AggregateEmitter {
             config,
             id_prefix: format!("{group_id}.{events_topic}"),
-            topic: aggregates_topic.to_owned(),
+            topic: settings.aggregates_topic.clone(),
+            events_topic: events_topic.clone(),
+            aggregates_partitions: settings.aggregates_partitions,
         })
     }
 
@@ -78,7 +84,13 @@ impl AggregateEmitter {
         let producer: FutureProducer = config.create().map_err(|source| EmitError::Kafka { partition, source })?;
         let p = producer.clone();
         blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
-        Ok(PartitionEmitter { producer, topic: self.topic.clone(), partition })
+        Ok(PartitionEmitter {
+            producer,
+            topic: self.topic.clone(),
+            partition,
+            events_topic: self.events_topic.clone(),
+            aggregates_partitions: self.aggregates_partitions,
+        })
     }
 }
 
@@ -87,10 +99,31 @@ pub struct PartitionEmitter {
     producer: FutureProducer,
     topic: String,
     partition: i32,
+    events_topic: String,
+    aggregates_partitions: i32,
 }
 
 impl PartitionEmitter {
-    /// Writes the records in one transaction and waits until it is committed.
+    /// The progress records of `next_offset`: one per aggregates partition,
+    /// written to it explicitly (its key alone would land in one).
+    fn progress(&self, next_offset: i64) -> Vec<(i32, Emit)> {
+        (0..self.aggregates_partitions)
+            .map(|ap| {
+                let p = Progress {
+                    events_topic: self.events_topic.clone(),
+                    partition: self.partition,
+                    next_offset,
+                    aggregates_partition: ap,
+                    aggregates_partitions: self.aggregates_partitions,
+                };
+                (ap, Emit { key: p.key(), payload: encode_progress(&p) })
+            })
+            .collect()
+    }
+
+    /// Writes the records, then (with `progress`, the partition's next offset)
+    /// a progress record to every aggregates partition, in one transaction,
+    /// and waits until it is committed.
     ///
     /// # Errors
     /// [`EmitError::Fenced`] when a newer owner took the partition's id; the
@@ -98,8 +131,9 @@ impl PartitionEmitter {
     /// aborted and the caller must stop, since the state store is ahead of
     /// what was emitted and only a claim (which re-emits every restored hour)
     /// brings the sinks back in line.
-    pub async fn emit(&self, records: Vec<Emit>) -> Result<(), EmitError> {
-        if records.is_empty() {
+    pub async fn emit(&self, records: Vec<Emit>, progress: Option<i64>) -> Result<(), EmitError> {
+        let progress = progress.map(|next_offset| self.progress(next_offset)).unwrap_or_default();
+        if records.is_empty() && progress.is_empty() {
             return Ok(());
         }
         let partition = self.partition;
@@ -107,10 +141,14 @@ impl PartitionEmitter {
         let result = async {
             let deliveries = blocking(partition, move || {
                 p.begin_transaction()?;
-                records
-                    .iter()
-                    .map(|r| {
-                        p.send_result(FutureRecord::to(&topic).key(&r.key).payload(&r.payload)).map_err(|(e, _)| e)
+                let keyed = records.iter().map(|r| (None, r));
+                let placed = progress.iter().map(|(ap, r)| (Some(*ap), r));
+                keyed
+                    .chain(placed)
+                    .map(|(ap, r)| {
+                        let mut record = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
+                        record.partition = ap;
+                        p.send_result(record).map_err(|(e, _)| e)
                     })
                     .collect::<Result<Vec<_>, _>>()
             })

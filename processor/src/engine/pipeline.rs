@@ -49,6 +49,8 @@ pub struct ProcessorSettings {
     pub kafka: KafkaConfig,
     pub events_topic: String,
     pub aggregates_topic: String,
+    /// Partitions of the aggregates topic: each gets a progress record per checkpoint.
+    pub aggregates_partitions: i32,
     /// Kafka group.id for the offset hint, and the transactional.id prefix.
     pub group_id: String,
     pub checkpoint_interval: Duration,
@@ -68,6 +70,11 @@ struct Owned<S> {
     state: S,
     /// This partition's transactional producer (its id fences former owners).
     emitter: PartitionEmitter,
+    /// The next offset the last emitted progress records carried: a
+    /// checkpoint is due whenever the position moved past it, even if the
+    /// records changed nothing (duplicates, skipped records), so that a read
+    /// token of such a record resolves too.
+    progress_emitted: i64,
     /// The offset of an undecodable record this partition stopped at: it is
     /// no longer consumed (its lease is kept, so nobody re-claims it) until
     /// an operator deploys a reader that knows the record and restarts.
@@ -118,13 +125,7 @@ impl<W: Aggregation> Processor<W> {
             consumer: Arc::new(consumer),
             membership,
             store,
-            emitter: AggregateEmitter::new(
-                &settings.kafka,
-                &settings.events_topic,
-                &settings.aggregates_topic,
-                &settings.group_id,
-                settings.delivery_timeout,
-            )?,
+            emitter: AggregateEmitter::new(&settings.kafka, settings, settings.delivery_timeout)?,
             topic: settings.events_topic.clone(),
             retention_ms: settings.retention_ms,
             checkpoint_interval: settings.checkpoint_interval,
@@ -341,7 +342,7 @@ impl<W: Aggregation> Processor<W> {
         // then re-emits what the store holds.
         let emitter = self.emitter.open(partition).await?;
         let scope = Scope { topic: &self.topic, partition };
-        emitter.emit(self.workload.snapshot(scope, position, &claimed.state)).await?;
+        emitter.emit(self.workload.snapshot(scope, position, &claimed.state), Some(position.next_offset)).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
@@ -360,6 +361,7 @@ impl<W: Aggregation> Processor<W> {
             id_chunks: claimed.id_chunks,
             state: claimed.state,
             emitter,
+            progress_emitted: position.next_offset,
             stalled_at: None,
         };
         Ok(Some((partition, owned)))
@@ -452,7 +454,8 @@ async fn checkpoint_one<W: Aggregation>(
 ) -> Result<Option<i64>, ProcessorError> {
     let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
     let changes = workload.changes(&mut owned.state);
-    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() {
+    let moved = owned.position.next_offset > owned.progress_emitted;
+    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved {
         return Ok(None);
     }
     let started = Instant::now();
@@ -476,7 +479,11 @@ async fn checkpoint_one<W: Aggregation>(
     if let (Some(changes), Some(receipt)) = (changes, receipt) {
         workload.committed(&mut owned.state, changes, receipt);
     }
-    owned.emitter.emit(emits).await?;
+    // The progress records after the aggregates, in the same transaction:
+    // a reader that applied them has applied the aggregates too.
+    let next_offset = owned.position.next_offset;
+    owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
+    owned.progress_emitted = next_offset;
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
         .record(emitting.elapsed().as_secs_f64());
     metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);

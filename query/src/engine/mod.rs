@@ -3,11 +3,18 @@
 //!
 //! - [`reader`]: a row by id, from the in-process copy, then Redis, then
 //!   PostgreSQL (through the workload), written back to Redis under a fill lease.
-//! - [`http`]: the routes the workloads registered, behind the edge checks,
-//!   the time limit and the request metrics; errors mapped to statuses in one place.
+//! - [`http`]: the routes the workloads registered, behind the edge checks
+//!   (CORS, read token), the read-your-writes wait, the time limit and the
+//!   request metrics; errors mapped to statuses in one place.
+//! - [`wait`]: `after=<token>`: hold an answer until a write is reflected.
+//! - [`changes`]: the Redis pub/sub notifications of read-model changes.
+//! - [`live`]: Server-Sent Events streams of a workload's snapshot.
 
+pub mod changes;
 pub mod http;
+pub mod live;
 pub mod reader;
+pub mod wait;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +28,10 @@ use common::engine::store::{CachedRow, Versioned};
 use deadpool_postgres::{Client, Pool};
 use hyper::Response;
 
+pub use self::changes::Changes;
+pub use self::live::LiveFeed;
 pub use self::reader::{ReadError, Reader};
+pub use self::wait::ProgressWait;
 
 /// What a workload gives the query service: its read-model row, how to read
 /// one from PostgreSQL, and the routes that answer from a [`Reader`].
@@ -83,19 +93,36 @@ pub enum QueryError {
     Unavailable(#[from] ReadError),
 }
 
-/// The stores every workload reads, shared.
+/// The stores every workload reads, shared, and the notifications of their changes.
 #[derive(Clone)]
 pub struct Stores {
     pub pool: Pool,
     pub redis: RedisStore,
     /// How long an answer is reused in process (0 turns it off).
     pub local_cache_ttl: Duration,
+    changes: Changes,
 }
 
 impl Stores {
+    pub fn new(pool: Pool, redis: RedisStore, local_cache_ttl: Duration) -> Self {
+        let changes = Changes::new(redis.clone());
+        Stores { pool, redis, local_cache_ttl, changes }
+    }
+
     /// The routes of `workload`, reading these stores: one registration line in `lib.rs`.
     pub fn register<W: QueryWorkload>(&self, workload: W) -> Vec<Route> {
-        W::routes(Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl))
+        let reader = Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl);
+        W::routes(reader.with_changes(self.changes.clone()))
+    }
+
+    /// The notifications of read-model changes (one subscription per process).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// The read-your-writes wait over these stores.
+    pub fn progress(&self) -> ProgressWait {
+        ProgressWait::new(self.redis.clone(), self.pool.clone(), self.changes.clone())
     }
 
     /// Readiness: see [`common::engine::store::check_ready`].

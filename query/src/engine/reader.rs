@@ -41,8 +41,12 @@ impl<R: CachedRow> LocalCache<R> {
         LocalCache { ttl, entries: moka::sync::Cache::builder().max_capacity(LOCAL_CAPACITY).time_to_live(ttl).build() }
     }
 
-    fn get(&self, id: &R::Id) -> Option<Versioned<R>> {
-        self.entries.get(id).filter(|(_, at)| at.elapsed() < self.ttl).map(|(row, _)| row)
+    /// The entry of `id` if it is younger than the ttl and its read started no earlier than `not_before`.
+    fn get(&self, id: &R::Id, not_before: Option<Instant>) -> Option<Versioned<R>> {
+        self.entries
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < self.ttl && not_before.is_none_or(|t| *at >= t))
+            .map(|(row, _)| row)
     }
 
     fn put(&self, id: &R::Id, row: &Versioned<R>, read_started: Instant) {
@@ -55,12 +59,26 @@ impl<R: CachedRow> LocalCache<R> {
     }
 }
 
+tokio::task_local! {
+    /// Set for the answer to a read-your-writes request: the moment its write
+    /// was seen reflected. In-process copies read before it are too old.
+    static FRESH_SINCE: Instant;
+}
+
+/// Runs `answer` so that every [`Reader::read`] in it ignores in-process
+/// copies whose read started before `since` (they may predate the write a
+/// read token waited for).
+pub async fn fresh_since<F: std::future::Future>(since: Instant, answer: F) -> F::Output {
+    FRESH_SINCE.scope(since, answer).await
+}
+
 /// The read path of one workload's rows.
 pub struct Reader<W: QueryWorkload> {
     workload: Arc<W>,
     cache: VersionedCache<W::Row>,
     pool: Pool,
     local: Option<Arc<LocalCache<W::Row>>>,
+    changes: Option<super::Changes>,
 }
 
 impl<W: QueryWorkload> Clone for Reader<W> {
@@ -70,6 +88,7 @@ impl<W: QueryWorkload> Clone for Reader<W> {
             cache: self.cache.clone(),
             pool: self.pool.clone(),
             local: self.local.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
@@ -78,7 +97,25 @@ impl<W: QueryWorkload> Reader<W> {
     /// `local_ttl` of zero turns the in-process cache off.
     pub fn new(workload: W, redis: RedisStore, pool: Pool, local_ttl: Duration) -> Self {
         let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache::new(local_ttl)));
-        Reader { workload: Arc::new(workload), cache: VersionedCache::new(redis), pool, local }
+        Reader { workload: Arc::new(workload), cache: VersionedCache::new(redis), pool, local, changes: None }
+    }
+
+    /// The same reader, with the process's change notifications (for [`Reader::live`]).
+    pub fn with_changes(mut self, changes: super::Changes) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    /// A live feed of this workload: `render` turns the reader's rows into
+    /// the JSON snapshot every stream receives when the read model changes.
+    pub fn live<F, Fut>(&self, render: F) -> super::LiveFeed
+    where
+        F: Fn(Reader<W>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, super::QueryError>> + Send + 'static,
+    {
+        let changes = self.changes.clone().unwrap_or_else(|| super::Changes::new(self.cache.store().clone()));
+        let reader = self.clone();
+        super::LiveFeed::new(W::NAME, changes, move || render(reader.clone()))
     }
 
     /// The row `id`; the empty row at version 0 when no store holds it.
@@ -86,7 +123,8 @@ impl<W: QueryWorkload> Reader<W> {
     /// # Errors
     /// [`ReadError`] only when Redis has no copy and PostgreSQL cannot answer.
     pub async fn read(&self, id: &<W::Row as CachedRow>::Id) -> Result<Versioned<W::Row>, ReadError> {
-        if let Some(row) = self.local.as_ref().and_then(|l| l.get(id)) {
+        let not_before = FRESH_SINCE.try_with(|since| *since).ok();
+        if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, not_before)) {
             metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME).increment(1);
             return Ok(row);
         }
@@ -167,10 +205,10 @@ mod tests {
         let (c, h) = (cache(), key());
         c.put(&h, &totals(7, 70), Instant::now());
         c.put(&h, &totals(5, 50), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.total), Some(70));
+        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(70));
         c.put(&h, &totals(7, 70), Instant::now());
         c.put(&h, &totals(9, 90), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.total), Some(90));
+        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(90));
     }
 
     #[test]
@@ -178,16 +216,26 @@ mod tests {
         let (c, h) = (cache(), key());
         let slow_read_started = Instant::now() - Duration::from_millis(600);
         c.put(&h, &totals(3, 30), slow_read_started);
-        assert_eq!(c.get(&h), None, "a read that took longer than the ttl is stale on arrival");
+        assert_eq!(c.get(&h, None), None, "a read that took longer than the ttl is stale on arrival");
+    }
+
+    #[test]
+    fn a_fresh_read_ignores_copies_read_before_its_write_was_reflected() {
+        let (c, h) = (cache(), key());
+        let read_started = Instant::now();
+        c.put(&h, &totals(3, 30), read_started);
+        let reflected_at = Instant::now() + Duration::from_millis(1);
+        assert_eq!(c.get(&h, Some(reflected_at)), None);
+        assert_eq!(c.get(&h, Some(read_started)).map(|x| x.row.total), Some(30));
     }
 
     #[test]
     fn an_entry_expires_after_the_ttl() {
         let (c, h) = (LocalCache::<Sum>::new(Duration::from_millis(50)), key());
         c.put(&h, &totals(1, 10), Instant::now());
-        assert_eq!(c.get(&h).map(|x| x.row.total), Some(10));
+        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(10));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(c.get(&h), None);
+        assert_eq!(c.get(&h, None), None);
     }
 
     #[test]
@@ -207,6 +255,6 @@ mod tests {
         for w in writers {
             w.join().expect("writer");
         }
-        assert_eq!(c.get(&h).map(|x| x.row.total), Some(199 * 8 + 7));
+        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(199 * 8 + 7));
     }
 }

@@ -79,6 +79,23 @@ end
 return 0
 ";
 
+/// Moves progress marks forward only: per key (one events partition), field
+/// `<aggregates partition>` holds `<next_offset>/<aggregates partitions>`.
+///
+/// ARGV: per key, the field, the next offset and the partition count.
+const PUT_PROGRESS: &str = r"
+for i, key in ipairs(KEYS) do
+  local field = ARGV[(i - 1) * 3 + 1]
+  local offset = tonumber(ARGV[(i - 1) * 3 + 2])
+  local cur = redis.call('HGET', key, field)
+  local cur_offset = cur and tonumber(string.match(cur, '^(%d+)/')) or nil
+  if cur_offset == nil or cur_offset < offset then
+    redis.call('HSET', key, field, ARGV[(i - 1) * 3 + 2] .. '/' .. ARGV[(i - 1) * 3 + 3])
+  end
+end
+return 0
+";
+
 /// Adds the number of hash fields and their names (the version first) to a script call.
 fn field_names<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>) {
     inv.arg(R::FIELDS.len() + 1);
@@ -140,6 +157,7 @@ pub struct RedisStore {
     ttl: Duration,
     put: Script,
     fill: Script,
+    put_progress: Script,
     /// Until when Redis is skipped after a failure.
     skip_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -164,6 +182,7 @@ impl RedisStore {
             ttl: cfg.ttl,
             put: Script::new(PUT_IF_NEWER),
             fill: Script::new(FILL),
+            put_progress: Script::new(PUT_PROGRESS),
             skip_until: std::sync::Arc::default(),
         })
     }
@@ -222,6 +241,89 @@ impl RedisStore {
             Ok(())
         })
         .await
+    }
+
+    /// The key of the progress marks of one events partition.
+    fn progress_key(&self, topic: &str, partition: i32) -> String {
+        format!("{}:progress:{topic}:{partition}", self.prefix)
+    }
+
+    /// The pub/sub channel announcing that a workload's read model changed;
+    /// each message is the workload's name.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// Stores progress marks, each only moving forward (no TTL: a few small
+    /// hashes per events topic, and a wait must not start over after expiry).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer; some marks may be written.
+    pub async fn put_progress(&self, records: &[crate::engine::progress::Progress]) -> Result<(), CacheError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.put_progress.prepare_invoke();
+        for p in records {
+            inv.key(self.progress_key(&p.events_topic, p.partition));
+            inv.arg(p.aggregates_partition).arg(p.next_offset).arg(p.aggregates_partitions);
+        }
+        self.guarded(|mut conn| async move { inv.invoke_async::<()>(&mut conn).await }).await
+    }
+
+    /// The progress marks of one events partition; empty when none is stored.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer or holds a malformed mark.
+    pub async fn progress(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<crate::engine::progress::Mark>, CacheError> {
+        let key = self.progress_key(topic, partition);
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(&key);
+        let fields: Vec<(String, String)> =
+            self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
+        fields
+            .iter()
+            .map(|(field, value)| {
+                let (offset, n) = value.split_once('/')?;
+                Some(crate::engine::progress::Mark {
+                    aggregates_partition: field.parse().ok()?,
+                    aggregates_partitions: n.parse().ok()?,
+                    next_offset: offset.parse().ok()?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or(CacheError::Malformed(key))
+    }
+
+    /// Announces on [`RedisStore::changes_channel`] that `workload`'s read model changed.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn publish_change(&self, workload: &str) -> Result<(), CacheError> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.changes_channel()).arg(workload);
+        self.guarded(|mut conn| async move { cmd.query_async::<i64>(&mut conn).await }).await.map(|_| ())
+    }
+
+    /// A dedicated connection subscribed to [`RedisStore::changes_channel`].
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn subscribe_changes(&self) -> Result<redis::aio::PubSub, CacheError> {
+        let channel = self.changes_channel();
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), subscribe).await {
+            Ok(r) => r.map_err(CacheError::from),
+            Err(_) => Err(CacheError::Timeout(Duration::from_secs(2))),
+        }
     }
 
     /// Answers whether Redis responds to PING within `limit`.
