@@ -13,6 +13,7 @@ use std::sync::Arc;
 use common::analytics::range::{self, Interval, RangeReject, TimeseriesRequest, UniqueUsers};
 use common::analytics::read_model::{pg, ranges, HourTotals};
 use common::analytics::request::parse_get;
+use common::analytics::time::DayStart;
 use common::analytics::{HourCounts, HourStart};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
@@ -163,15 +164,12 @@ pub struct Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct DayCounts {
     pub start: i64,
-    /// Exact only when `unique_users_exact`; otherwise the sum of the hours'
-    /// unique users, which counts a user once per hour they were seen in.
+    /// Exact: the day's distinct users (see `unique_users_exact`).
     pub unique_users: u64,
     pub unique_users_exact: bool,
     pub clicks: u64,
     pub impressions: u64,
 }
-
-const DAY_MS: i64 = 24 * 3_600_000;
 
 async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, QueryError> {
     let hour = HourStart::of(now_ms);
@@ -189,29 +187,22 @@ async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, 
 }
 
 /// Today's counts (the UTC day of `now_ms`, up to now): clicks and
-/// impressions exact, summed over the day's hours.
-///
-/// THE HOOK FOR EXACT DAY UNIQUES: unique users are the sum of the hours'
-/// (`unique_users_exact: false`). Once the per-day user sets land, answer
-/// from the day's row here and set `unique_users_exact: true`; the live
-/// stream and anything else showing "today" follow.
+/// impressions summed over the day's hours, unique users exact from the
+/// day's row (the processor keeps a user set per day and partition).
 ///
 /// # Errors
-/// [`ReadError`](crate::engine::ReadError) when an hour cannot be read.
+/// [`ReadError`](crate::engine::ReadError) when an hour or the day cannot be read.
 pub async fn today(reader: &Reader<Analytics>, now_ms: i64) -> Result<DayCounts, crate::engine::ReadError> {
-    let start = now_ms - now_ms.rem_euclid(DAY_MS);
-    let hours: Vec<HourStart> = (start..=now_ms).step_by(3_600_000).map(HourStart::of).collect();
+    let day = DayStart::of(now_ms);
+    let hours: Vec<HourStart> = (day.start_ms()..=now_ms).step_by(3_600_000).map(HourStart::of).collect();
     let rows = futures::future::try_join_all(hours.iter().map(|h| reader.read(h))).await?;
-    let sum = rows.iter().fold(HourCounts::default(), |acc, r| HourCounts {
-        unique_users: acc.unique_users + r.row.unique_users,
-        clicks: acc.clicks + r.row.clicks,
-        impressions: acc.impressions + r.row.impressions,
-    });
+    let client = reader.pool().get().await.map_err(PgError::from)?;
+    let unique_users = ranges::read_day_users(&client, day).await?;
     Ok(DayCounts {
-        start,
-        unique_users: sum.unique_users,
-        unique_users_exact: false,
-        clicks: sum.clicks,
-        impressions: sum.impressions,
+        start: day.start_ms(),
+        unique_users,
+        unique_users_exact: true,
+        clicks: rows.iter().map(|r| r.row.clicks).sum(),
+        impressions: rows.iter().map(|r| r.row.impressions).sum(),
     })
 }

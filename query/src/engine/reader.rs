@@ -94,6 +94,11 @@ impl<W: QueryWorkload> Clone for Reader<W> {
 }
 
 impl<W: QueryWorkload> Reader<W> {
+    /// The PostgreSQL pool it reads (for a workload's own reads beside the row's).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// `local_ttl` of zero turns the in-process cache off.
     pub fn new(workload: W, redis: RedisStore, pool: Pool, local_ttl: Duration) -> Self {
         let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache::new(local_ttl)));
