@@ -8,6 +8,7 @@
 //! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV;
 //!             GET /analytics/timeseries and /analytics/aggregate: ranges as JSON
 //! increments  GET /increment/<uuid>: the key's exact sum as JSON, or 404
+//! dashboard   GET /: the dashboard page, reading the analytics routes above
 //! ```
 //!
 //! The engine names no workload; [`routes`] registers them, one line each.
@@ -15,9 +16,11 @@
 //! - [`config`]: flags and environment.
 //! - [`engine`]: [`engine::QueryWorkload`], the reader and the HTTP routing.
 //! - [`analytics`]: the hourly workload.
+//! - [`dashboard`]: the page at `/`.
 
 pub mod analytics;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod increments;
 pub mod metrics;
@@ -41,6 +44,7 @@ use crate::engine::{Route, Stores};
 /// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
 pub fn routes(stores: &Stores) -> Vec<Route> {
     [
+        vec![dashboard::route()],
         stores.register(analytics::Analytics),
         analytics::range_routes(stores.pool.clone()),
         stores.register(increments::Increments),

@@ -85,7 +85,7 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
         get(&app, "/nope").await,
         (
             StatusCode::NOT_FOUND,
-            "not found; GET /analytics?timestamp=<ms>, GET /analytics/live (Server-Sent Events), \
+            "not found; GET / (the dashboard), GET /analytics?timestamp=<ms>, GET /analytics/live (Server-Sent Events), \
              GET /analytics/timeseries?from=<ms>&to=<ms>&interval=hour|day, GET /analytics/aggregate?from=<ms>&to=<ms>, \
              GET /increment/<uuid>, GET /sums?key=<key> answers
 "

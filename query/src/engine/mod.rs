@@ -62,7 +62,8 @@ pub type Handler = Arc<dyn Fn(&str, Option<&str>) -> Answer + Send + Sync>;
 #[derive(Clone)]
 pub struct Route {
     /// The exact path, or a prefix when it ends with `/` (`/increment/` serves
-    /// `/increment/{key}`); also the `route` label of the request metrics.
+    /// `/increment/{key}`); `/` alone is exact (the dashboard), not a prefix of
+    /// every path. Also the `route` label of the request metrics.
     pub path: &'static str,
     /// How to call it, for the answer to an unknown path (`GET /analytics?timestamp=<ms>`).
     pub usage: &'static str,
@@ -73,8 +74,8 @@ impl Route {
     /// Whether this route serves `path`.
     pub fn matches(&self, path: &str) -> bool {
         match self.path.strip_suffix('/') {
-            Some(_) => path.len() > self.path.len() && path.starts_with(self.path),
-            None => path == self.path,
+            Some(parent) if !parent.is_empty() => path.len() > self.path.len() && path.starts_with(self.path),
+            _ => path == self.path,
         }
     }
 }
@@ -128,5 +129,41 @@ impl Stores {
     /// Readiness: see [`common::engine::store::check_ready`].
     pub async fn ready(&self) -> Result<(), String> {
         common::engine::store::check_ready(&self.pool, &self.redis).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &'static str) -> Route {
+        let handler: Handler = Arc::new(|_, _| Box::pin(async { Ok(common::engine::http::no_content()) }));
+        Route { path, usage: path, handler }
+    }
+
+    #[test]
+    fn a_path_ending_in_a_slash_is_a_prefix_of_longer_paths_only() {
+        let r = route("/increment/");
+        assert!(r.matches("/increment/abc"));
+        assert!(!r.matches("/increment/"));
+        assert!(!r.matches("/increment"));
+        assert!(!r.matches("/other/abc"));
+    }
+
+    #[test]
+    fn the_root_is_exact_not_a_prefix_of_every_path() {
+        let r = route("/");
+        assert!(r.matches("/"));
+        assert!(!r.matches("/nope"));
+        assert!(!r.matches("/analytics"));
+        assert!(!r.matches(""));
+    }
+
+    #[test]
+    fn other_paths_are_exact() {
+        let r = route("/analytics");
+        assert!(r.matches("/analytics"));
+        assert!(!r.matches("/analytics/"));
+        assert!(!r.matches("/analytics/live"));
     }
 }
