@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Headless-browser test tooling: Debian's chromium driven by playwright-core.
 #
-#   scripts/browser.sh install   chromium (apt) if missing; playwright-core (npm ci) into
+#   scripts/browser.sh install   chromium and Node.js >= 20 (apt) if missing; playwright-core (npm ci) into
 #                                e2e/browser/node_modules if missing or not what the lock says
 #   scripts/browser.sh smoke     install, then e2e/browser/smoke.mjs (screenshot in target/browser/)
 #   scripts/browser.sh run FILE  install, then one browser test (e.g. e2e/browser/dashboard.mjs)
@@ -34,8 +34,24 @@ install_chromium() {
     apt-get install -y -q --no-install-recommends chromium
 }
 
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+# Node.js >= 20 with npm (playwright-core needs 20): Debian's packages if missing.
+install_node() {
+  if (($(node_major) >= 20)) && command -v npm >/dev/null; then return; fi
+  log "installing Node.js and npm (Debian packages)"
+  timed "apt-get update" as_root apt-get update -q
+  timed "apt-get install nodejs" as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends nodejs
+  # Debian packages npm apart; NodeSource's nodejs carries it.
+  if ! command -v npm >/dev/null; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+  fi
+  (($(node_major) >= 20)) ||
+    die "Node.js $(node --version 2>/dev/null || echo missing) is too old: playwright-core needs >= 20 (Debian 13, or NodeSource on Debian 12)"
+}
+
 install_playwright() {
-  command -v node >/dev/null || die "node is missing (Node.js >= 20 with npm)"
   if [[ -f "$STAMP" ]] && cmp -s "$STAMP" "$BROWSER_DIR/package-lock.json"; then return; fi
   log "installing playwright-core (npm ci in e2e/browser)"
   # playwright-core downloads nothing on install; the variable guards against a
@@ -47,6 +63,7 @@ install_playwright() {
 
 cmd_install() {
   install_chromium
+  install_node
   install_playwright
   log "ready: $(versions_line)"
 }
