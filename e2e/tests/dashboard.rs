@@ -65,28 +65,32 @@ async fn wait_settled(query: std::net::SocketAddr, events: &[Event], now_ms: i64
     .await;
 }
 
-/// Runs `program args` in the repository root with `env`; panics with its output if it fails.
-async fn run(program: &str, args: &[&str], env: &[(&str, String)], limit: Duration) {
+/// Runs `program args` in the repository root with `env`, printing its
+/// output; the error says how it failed, with that output.
+async fn run(program: &str, args: &[&str], env: &[(&str, String)], limit: Duration) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).current_dir(repo_root()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let what = format!("{program} {}", args.join(" "));
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let child = cmd.spawn().map_err(|e| format!("starting {what}: {e}"))?;
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
-        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+        .map_err(|_| format!("{what} took longer than {limit:?}"))?
+        .map_err(|e| format!("running {what}: {e}"))?;
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     println!("$ {what}\n{stdout}{stderr}");
-    assert!(output.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", output.status);
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(format!("{what} failed ({}):\n{stdout}\n{stderr}", output.status)),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_new_click_live_in_a_real_browser() {
     // Installing may take minutes on a fresh machine (apt and npm); later runs find it done.
-    run("scripts/browser.sh", &["install"], &[], Duration::from_secs(900)).await;
+    run("scripts/browser.sh", &["install"], &[], Duration::from_secs(900)).await.unwrap_or_else(|e| panic!("{e}"));
 
     let mut stack = Stack::new();
     // The page shows 30 days; the default horizon accepts 7.
@@ -100,6 +104,8 @@ async fn the_dashboard_shows_a_new_click_live_in_a_real_browser() {
     wait_settled(query, &events, now_ms).await;
 
     let env = [("COMMAND_URL", format!("http://{command}")), ("QUERY_URL", format!("http://{query}"))];
-    run("node", &["e2e/browser/dashboard.mjs"], &env, Duration::from_secs(180)).await;
+    let outcome = run("node", &["e2e/browser/dashboard.mjs"], &env, Duration::from_secs(180)).await;
+    // Clean up first, pass or fail; the failure screenshot is target/browser/dashboard-failure.png.
     stack.cleanup().await;
+    outcome.unwrap_or_else(|e| panic!("{e}"));
 }
