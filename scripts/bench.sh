@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench` (about 12 minutes) / `make bench QUICK=1` (under 4 minutes on a quiet machine).
+# `make bench` (about 14 minutes) / `make bench QUICK=1` (under 5 minutes on a quiet machine).
 # Drives the real stack with wrk and the bench tools (bench/src/bin), measures
 # same-run ceilings, writes target/bench/results.json and regenerates docs/benchmarks.md.
 set -euo pipefail
@@ -13,7 +13,13 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
 # BACKLOG: events written to the events topic while the processor is stopped, then drained.
-if [[ $QUICK == 1 ]]; then DUR=8s; PROBE=8; PRODUCE=100000; BACKLOG=200000; else DUR=30s; PROBE=30; PRODUCE=500000; BACKLOG=1000000; fi
+# LIVE: live-probe's open SSE streams (1,000 in both: opening them takes about a second), POST rounds timed
+# through them, and token round trips.
+if [[ $QUICK == 1 ]]; then
+  DUR=8s; PROBE=8; PRODUCE=100000; BACKLOG=200000; LIVE=(--streams 1000 --rounds 10 --token-tries 100)
+else
+  DUR=30s; PROBE=30; PRODUCE=500000; BACKLOG=1000000; LIVE=(--streams 1000 --rounds 30 --token-tries 300)
+fi
 PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
@@ -53,8 +59,8 @@ trap cleanup EXIT
 log "building the benchmark tools"
 cargo build --release -p bench --bins --quiet
 
-# One JSON object per measurement in $OUT, merged at the end.
-record() { echo "$2" >"$OUT/$1.json"; }
+# One JSON object per measurement in $OUT, merged at the end; {} when the tool printed nothing (it failed).
+record() { local json="$2"; [[ -n $json ]] || json='{}'; echo "$json" >"$OUT/$1.json"; }
 wrk_run() { # wrk_run <name> <connections> <script> <url>
   log "wrk $1: $2 connections, $DUR, $3"
   record "$1" "$(wrk -t2 -c"$2" -d"$DUR" --timeout 10s -s "bench/wrk/$3" "$4" | tail -1)"
@@ -134,6 +140,33 @@ wait "$probe_pid"
 wrk_run get_current 64 get.lua http://127.0.0.1:8082
 redis-cli -h 127.0.0.1 --scan --pattern "analytics:hour:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
 wrk_run get_old 64 get-old.lua http://127.0.0.1:8082
+
+# Time ranges, read from the PostgreSQL rows the POST phases above wrote (5 % of their events fall
+# in the past week): first one answer of each, kept to show that the ranges hold data, then wrk.
+wait_processor_caught_up
+sleep 2 # the materializer's last batch
+now_ms=$(date +%s%3N)
+to_ms=$((now_ms - now_ms % 3600000 + 3600000))
+range_check() { # range_check <path>: the answer, summarized in one JSON object
+  { curl -fs "http://127.0.0.1:8082$1" || echo '{}'; } | python3 -c 'import json, sys
+a = json.load(sys.stdin)
+if not a:
+    print("{}")
+elif "buckets" in a:
+    b = a["buckets"]
+    print(json.dumps({"timeseries_buckets_48h": len(b), "timeseries_nonempty_buckets_48h": sum(1 for x in b if x["clicks"] + x["impressions"]),
+                      "timeseries_events_48h": sum(x["clicks"] + x["impressions"] for x in b)}))
+else:
+    print(json.dumps({"aggregate_events_7d": a["clicks"] + a["impressions"], "aggregate_unique_users_7d": a["unique_users"]}))'
+}
+record range_timeseries "$(range_check "/analytics/timeseries?from=$((to_ms - 48 * 3600000))&to=$to_ms&interval=hour")"
+record range_aggregate "$(range_check "/analytics/aggregate?from=$((to_ms - 168 * 3600000))&to=$to_ms")"
+wrk_run timeseries_48h 64 timeseries.lua http://127.0.0.1:8082
+wrk_run aggregate_7d 64 aggregate.lua http://127.0.0.1:8082
+
+# The live side on a quiet stack: read-your-writes token round trips, then the SSE fan-out.
+log "live-probe: ${LIVE[*]}"
+record live "$(target/release/live-probe --command 127.0.0.1:8081 --query 127.0.0.1:8082 "${LIVE[@]}" | tail -1)"
 
 log "whole processor: a backlog of $BACKLOG events written while it is stopped, then drained"
 wait_processor_caught_up # so that the restarted processor has exactly the backlog to apply
