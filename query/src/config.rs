@@ -13,7 +13,7 @@ use common::engine::config::{
 #[derive(Debug, Clone, Parser)]
 #[command(name = "query", version)]
 pub struct Config {
-    /// Address of the HTTP API (`GET /analytics`, `/health`, `/ready`, `/metrics`).
+    /// Address of the HTTP API (`GET /`: the dashboard, `GET /analytics…`, `GET /increment/{key}`, `/health`, `/ready`, `/metrics`).
     #[arg(long, env = "QUERY_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: SocketAddr,
     /// How long an answer is reused in process before asking Redis again (0 turns it off).
