@@ -248,7 +248,13 @@ impl Expected {
     pub fn hours(&self) -> Vec<(HourStart, HourCounts)> {
         self.hours
             .iter()
-            .map(|(h, (u, c, i))| (*h, HourCounts { unique_users: u.len() as u64, clicks: *c, impressions: *i }))
+            .map(|(h, (u, c, i))| {
+                // Field by field: a count this harness does not post stays 0.
+                let mut counts = HourCounts { unique_users: u.len() as u64, ..HourCounts::ZERO };
+                counts.clicks = *c;
+                counts.impressions = *i;
+                (*h, counts)
+            })
             .collect()
     }
 }
@@ -299,8 +305,9 @@ pub async fn get_counts(addr: SocketAddr, timestamp_ms: i64) -> Option<HourCount
     if status != 200 {
         return None;
     }
-    let mut values = body.lines().map(|l| l.split_once(',').and_then(|(_, v)| v.parse::<u64>().ok()));
-    Some(HourCounts { unique_users: values.next()??, clicks: values.next()??, impressions: values.next()?? })
+    let values: Vec<u64> =
+        body.lines().map(|l| l.split_once(',').and_then(|(_, v)| v.parse().ok())).collect::<Option<_>>()?;
+    Some(HourCounts::from_array(values.try_into().ok()?))
 }
 
 /// Waits until every hour of `expected` reads exactly right; panics with the

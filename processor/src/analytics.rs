@@ -8,6 +8,7 @@
 
 use common::analytics::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
 use common::analytics::event::event_id_hash;
+use common::analytics::read_model::{count_columns, COUNTS, COUNT_FIELDS};
 use common::analytics::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use common::analytics::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
 use common::engine::pg::PgError;
@@ -25,6 +26,19 @@ pub const OPEN_DAYS: &str = "analytics_processor_open_days";
 /// Heap bytes of the day user sets; divided by [`STATE_USER_DAYS`]: bytes per user-day.
 pub const STATE_DAY_BYTES: &str = "analytics_processor_state_day_bytes";
 pub const STATE_USER_DAYS: &str = "analytics_processor_state_user_days";
+
+/// The upsert of changed hours' counts: one array parameter per value of
+/// [`COUNT_FIELDS`], after the topic, partition and hours.
+static UPSERT_HOURS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let arrays: String = (0..COUNTS).map(|k| format!(", ${}::bigint[]", k + 4)).collect();
+    format!(
+        "INSERT INTO processor_hours (topic, partition, hour_start_ms, {columns})
+         SELECT $1, $2, * FROM unnest($3::bigint[]{arrays})
+         ON CONFLICT (topic, partition, hour_start_ms) DO UPDATE SET {set}",
+        columns = count_columns(str::to_owned, ", "),
+        set = count_columns(|c| format!("{c} = EXCLUDED.{c}"), ", "),
+    )
+});
 
 /// The user sets of open hours, as chunks of hashes.
 const USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_user_chunks", column: "users" };
@@ -115,8 +129,10 @@ impl Aggregation for Analytics {
     ) -> Result<AnalyticsState, PgError> {
         let hours = tx
             .query(
-                "SELECT hour_start_ms, clicks, impressions, unique_users FROM processor_hours
-                 WHERE topic = $1 AND partition = $2",
+                &format!(
+                    "SELECT hour_start_ms, {} FROM processor_hours WHERE topic = $1 AND partition = $2",
+                    count_columns(str::to_owned, ", ")
+                ),
                 &[&scope.topic, &scope.partition],
             )
             .await?;
@@ -134,13 +150,9 @@ impl Aggregation for Analytics {
         for h in &hours {
             let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
-            let expected = usize::try_from(h.get::<_, i64>("unique_users")).unwrap_or(0);
-            let bucket = HourBucket::restore(
-                u64::try_from(h.get::<_, i64>("clicks")).unwrap_or(0),
-                u64::try_from(h.get::<_, i64>("impressions")).unwrap_or(0),
-                parts.iter().flat_map(|p| decode_hashes(p)),
-                expected,
-            );
+            let stored = HourCounts::from_array(COUNT_FIELDS.map(|f| u64::try_from(h.get::<_, i64>(f.column)).unwrap_or(0)));
+            let expected = usize::try_from(stored.unique_users).unwrap_or(0);
+            let bucket = HourBucket::restore(stored, parts.iter().flat_map(|p| decode_hashes(p)), expected);
             debug_assert_eq!(bucket.counts().unique_users as usize, expected, "user chunks match the stored count");
             user_chunks.insert(hour.start_ms(), parts.len() as u32);
             window.restore_hour(hour, bucket);
@@ -156,23 +168,12 @@ impl Aggregation for Analytics {
         cp: &Checkpoint,
     ) -> Result<Appended, PgError> {
         let hours: Vec<i64> = cp.changed.iter().map(|c| c.hour.start_ms()).collect();
-        let column = |f: fn(&HourCounts) -> u64| -> Vec<i64> {
-            cp.changed.iter().map(|c| i64::try_from(f(&c.counts)).unwrap_or(i64::MAX)).collect()
-        };
-        tx.execute(
-            "INSERT INTO processor_hours (topic, partition, hour_start_ms, clicks, impressions, unique_users)
-             SELECT $1, $2, * FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-             ON CONFLICT (topic, partition, hour_start_ms) DO UPDATE SET
-                 clicks = EXCLUDED.clicks, impressions = EXCLUDED.impressions, unique_users = EXCLUDED.unique_users",
-            &[
-                &scope.topic,
-                &scope.partition,
-                &hours,
-                &column(|c| c.clicks),
-                &column(|c| c.impressions),
-                &column(|c| c.unique_users),
-            ],
-        )
+        let counts: Vec<Vec<i64>> = (0..COUNTS)
+            .map(|k| cp.changed.iter().map(|c| i64::try_from(c.counts.to_array()[k]).unwrap_or(i64::MAX)).collect())
+            .collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&scope.topic, &scope.partition, &hours];
+        params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
+        tx.execute(UPSERT_HOURS.as_str(), &params)
         .await?;
         let new_users: Vec<(i64, &[u64])> =
             cp.changed.iter().map(|c| (c.hour.start_ms(), c.new_users.as_slice())).collect();

@@ -155,32 +155,27 @@ pub struct LiveView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub start: i64,
-    pub unique_users: u64,
-    pub clicks: u64,
-    pub impressions: u64,
+    /// Written as fields of its own (`unique_users`, then one per count).
+    #[serde(flatten)]
+    pub counts: HourCounts,
 }
 
-/// The counts of one UTC day so far.
+/// The counts of one UTC day so far: event counts summed over its hours,
+/// unique users exact (the day's distinct users).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct DayCounts {
     pub start: i64,
-    /// Exact: the day's distinct users (see `unique_users_exact`).
-    pub unique_users: u64,
+    /// Written as fields of its own (`unique_users`, then one per count).
+    #[serde(flatten)]
+    pub counts: HourCounts,
     pub unique_users_exact: bool,
-    pub clicks: u64,
-    pub impressions: u64,
 }
 
 async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, QueryError> {
     let hour = HourStart::of(now_ms);
     let counts = reader.read(&hour).await?.row;
     let view = LiveView {
-        hour: Counts {
-            start: hour.start_ms(),
-            unique_users: counts.unique_users,
-            clicks: counts.clicks,
-            impressions: counts.impressions,
-        },
+        hour: Counts { start: hour.start_ms(), counts },
         today: today(reader, now_ms).await?,
     };
     Ok(serde_json::to_string(&view).expect("a LiveView serializes"))
@@ -198,11 +193,6 @@ pub async fn today(reader: &Reader<Analytics>, now_ms: i64) -> Result<DayCounts,
     let rows = futures::future::try_join_all(hours.iter().map(|h| reader.read(h))).await?;
     let client = reader.pool().get().await.map_err(PgError::from)?;
     let unique_users = ranges::read_day_users(&client, day).await?;
-    Ok(DayCounts {
-        start: day.start_ms(),
-        unique_users,
-        unique_users_exact: true,
-        clicks: rows.iter().map(|r| r.row.clicks).sum(),
-        impressions: rows.iter().map(|r| r.row.impressions).sum(),
-    })
+    let summed = rows.iter().fold(HourCounts::default(), |acc, r| acc.merge(r.row));
+    Ok(DayCounts { start: day.start_ms(), counts: HourCounts { unique_users, ..summed }, unique_users_exact: true })
 }

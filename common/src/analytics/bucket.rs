@@ -11,37 +11,11 @@
 
 use std::collections::BTreeMap;
 
+pub use super::counts::HourCounts;
 use super::event::{ClickEvent, EventKind};
 use super::sketch::UserSketch;
 use super::time::{DayStart, EpochMillis, HourStart};
 use super::user_set::UserSet;
-
-/// Counts of one hour, for one partition or summed over partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HourCounts {
-    pub unique_users: u64,
-    pub clicks: u64,
-    pub impressions: u64,
-}
-
-impl HourCounts {
-    /// Combines the counts of two disjoint user populations (two partitions).
-    ///
-    /// Users are partitioned by key, so one user's events are all in one
-    /// partition and unique users add up exactly.
-    pub fn merge(self, other: HourCounts) -> HourCounts {
-        HourCounts {
-            unique_users: self.unique_users + other.unique_users,
-            clicks: self.clicks + other.clicks,
-            impressions: self.impressions + other.impressions,
-        }
-    }
-
-    /// The `text/plain` answer of `GET /analytics`.
-    pub fn to_csv(self) -> String {
-        format!("unique_users,{}\nclicks,{}\nimpressions,{}\n", self.unique_users, self.clicks, self.impressions)
-    }
-}
 
 /// What the processor needs of an event: its hour, the user's hash, kind and acceptance time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +36,8 @@ impl From<&ClickEvent> for Observation {
 #[derive(Debug, Clone, Default)]
 pub struct HourBucket {
     users: UserSet,
-    clicks: u64,
-    impressions: u64,
+    /// The per-kind counts (its `unique_users` unused: the set is the truth).
+    kinds: HourCounts,
     /// Users first seen since the last checkpoint: the delta to persist.
     new_users: Vec<u64>,
     dirty: bool,
@@ -75,15 +49,12 @@ impl HourBucket {
         if self.users.insert(user_hash) {
             self.new_users.push(user_hash);
         }
-        match kind {
-            EventKind::Click => self.clicks += 1,
-            EventKind::Impression => self.impressions += 1,
-        }
+        self.kinds.add(kind);
         self.dirty = true;
     }
 
     pub fn counts(&self) -> HourCounts {
-        HourCounts { unique_users: self.users.len() as u64, clicks: self.clicks, impressions: self.impressions }
+        HourCounts { unique_users: self.users.len() as u64, ..self.kinds }
     }
 
     /// Unions another bucket of the same hour into this one.
@@ -93,18 +64,18 @@ impl HourBucket {
                 self.new_users.push(h);
             }
         }
-        self.clicks += other.clicks;
-        self.impressions += other.impressions;
+        self.kinds = self.kinds.merge(other.kinds);
         self.dirty = true;
     }
 
     /// Rebuilds a bucket from a checkpoint; it starts clean (nothing to persist).
-    pub fn restore(clicks: u64, impressions: u64, users: impl IntoIterator<Item = u64>, size_hint: usize) -> Self {
+    /// `kinds`: the stored per-kind counts (their `unique_users` is ignored).
+    pub fn restore(kinds: HourCounts, users: impl IntoIterator<Item = u64>, size_hint: usize) -> Self {
         let mut set = UserSet::with_capacity(size_hint);
         for h in users {
             set.insert(h);
         }
-        HourBucket { users: set, clicks, impressions, new_users: Vec::new(), dirty: false }
+        HourBucket { users: set, kinds: HourCounts { unique_users: 0, ..kinds }, new_users: Vec::new(), dirty: false }
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -520,7 +491,7 @@ mod tests {
         }
         for (h, (c, i, users)) in persisted {
             let n = users.len();
-            restored.restore_hour(h, HourBucket::restore(c, i, users, n));
+            restored.restore_hour(h, HourBucket::restore(HourCounts { unique_users: 0, clicks: c, impressions: i }, users, n));
         }
         // The engine resumes at the restored position: record 60 onwards.
         for o in &events[60..] {
@@ -598,14 +569,14 @@ mod tests {
     #[test]
     fn restoring_days_before_days_were_kept_seeds_them_from_the_open_hours() {
         let mut w = PartitionWindow::new(H0, RETENTION);
-        w.restore_hour(HourStart::of(H0), HourBucket::restore(2, 0, [7, 8], 2));
-        w.restore_hour(HourStart::of(H0 + HOUR_MS), HourBucket::restore(1, 0, [8, 9], 2));
+        w.restore_hour(HourStart::of(H0), HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2));
+        w.restore_hour(HourStart::of(H0 + HOUR_MS), HourBucket::restore(HourCounts { unique_users: 0, clicks: 1, impressions: 0 }, [8, 9], 2));
         assert_eq!(w.day_unique_users(DayStart::of(H0)), 3);
         assert!(w.has_changes(), "the seeded users are persisted");
         // With the day restored too, nothing is new.
         let mut w = PartitionWindow::new(H0, RETENTION);
         w.restore_day(DayStart::of(H0), DayUsers::restore([7, 8, 9, 10], 4));
-        w.restore_hour(HourStart::of(H0), HourBucket::restore(2, 0, [7, 8], 2));
+        w.restore_hour(HourStart::of(H0), HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2));
         assert_eq!(w.day_unique_users(DayStart::of(H0)), 4);
         assert!(!w.has_changes());
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use super::counts::EventKind;
 use super::time::{EpochMillis, HourStart};
 
 /// Longest accepted user id, in bytes of UTF-8. Longer ids are refused with 400.
@@ -9,31 +10,6 @@ pub const MAX_USER_ID_BYTES: usize = 256;
 
 /// Longest accepted client event id, in bytes (ASCII).
 pub const MAX_EVENT_ID_BYTES: usize = 128;
-
-/// What happened: the two event kinds of the workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    Click,
-    Impression,
-}
-
-impl EventKind {
-    /// Parses the wire name used by the HTTP API (`click`, `impression`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "click" => Some(EventKind::Click),
-            "impression" => Some(EventKind::Impression),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Click => "click",
-            EventKind::Impression => "impression",
-        }
-    }
-}
 
 /// A user id that passed validation: non-empty, at most [`MAX_USER_ID_BYTES`], no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -246,11 +222,11 @@ pub enum RejectReason {
     EventIdTooLong(usize),
     #[error("event id may contain only A-Z, a-z, 0-9, `_` and `-`")]
     BadEventId,
-    #[error("missing event kind: add `click` or `impression` (or `event=click|impression`)")]
+    #[error("missing event kind: add {} (or `event=<kind>`)", EventKind::names_for_message())]
     MissingKind,
     #[error("more than one event kind given; send one event per request")]
     ConflictingKinds,
-    #[error("unknown event kind `{0}`; expected `click` or `impression`")]
+    #[error("unknown event kind `{0}`; expected {kinds}", kinds = EventKind::names_for_message())]
     UnknownKind(String),
     #[error("flag `{0}` takes no value")]
     FlagWithValue(String),

@@ -6,6 +6,8 @@
 //! (validation), the processor (bucketing and aggregation) and the query
 //! (hour selection), and property tests can exercise them directly.
 //!
+//! - [`counts`]: the event kinds and their counts: the one definition every
+//!   shape of a count (API name, Avro symbol and field, column, Redis field) comes from.
 //! - [`time`]: event time and the UTC hour it falls into.
 //! - [`event`]: the validated event and the reasons an event is rejected.
 //! - [`request`]: strict parsing of the HTTP query strings of both APIs.
@@ -20,6 +22,7 @@
 //!   beside them the hourly sketches and the day totals of the ranges.
 
 pub mod bucket;
+pub mod counts;
 pub mod event;
 pub mod range;
 pub mod read_model;

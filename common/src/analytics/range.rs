@@ -243,16 +243,14 @@ pub fn parse_aggregate(query: Option<&str>) -> Result<Range, RangeReject> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Bucket {
     pub start: EpochMillis,
-    pub unique_users: u64,
-    pub clicks: u64,
-    pub impressions: u64,
+    /// Written as the bucket's own fields (`unique_users`, then one per count).
+    #[serde(flatten)]
+    pub counts: HourCounts,
 }
 
 impl Bucket {
     pub fn new(start: EpochMillis, counts: HourCounts) -> Self {
-        // Exhaustive: a count added to `HourCounts` must be added here too.
-        let HourCounts { unique_users, clicks, impressions } = counts;
-        Bucket { start, unique_users, clicks, impressions }
+        Bucket { start, counts }
     }
 }
 
@@ -281,17 +279,16 @@ pub fn timeseries(req: TimeseriesRequest, stored: &BTreeMap<EpochMillis, HourCou
 pub struct Aggregate {
     pub from: EpochMillis,
     pub to: EpochMillis,
-    pub unique_users: u64,
-    pub clicks: u64,
-    pub impressions: u64,
+    /// Written as the answer's own fields (`unique_users`, then one per count).
+    #[serde(flatten)]
+    pub counts: HourCounts,
     pub unique_users_exact: bool,
 }
 
 impl Aggregate {
-    /// `counts`: exact clicks and impressions and the unique users as answered.
+    /// `counts`: exact event counts and the unique users as answered.
     pub fn new(range: Range, counts: HourCounts, unique_users_exact: bool) -> Self {
-        let HourCounts { unique_users, clicks, impressions } = counts;
-        Aggregate { from: range.from_ms(), to: range.to_ms(), unique_users, clicks, impressions, unique_users_exact }
+        Aggregate { from: range.from_ms(), to: range.to_ms(), counts, unique_users_exact }
     }
 }
 

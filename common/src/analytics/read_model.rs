@@ -14,7 +14,7 @@ pub mod ranges;
 
 use super::{HourCounts, HourStart};
 use crate::engine::store::cache::VersionedCache;
-use crate::engine::store::{CachedRow, Field, Versioned};
+use crate::engine::store::{CachedRow, Versioned};
 
 /// The totals of one hour with the version that orders them.
 pub type HourTotals = Versioned<HourCounts>;
@@ -23,26 +23,12 @@ pub type HourTotals = Versioned<HourCounts>;
 pub type HourCache = VersionedCache<HourCounts>;
 
 /// The totals of an hour no store holds: zeros at version 0.
-pub const EMPTY: HourTotals = Versioned { row: HourCounts { unique_users: 0, clicks: 0, impressions: 0 }, version: 0 };
+pub const EMPTY: HourTotals = Versioned { row: HourCounts::ZERO, version: 0 };
 
-/// How many counts an hour's read model holds.
-pub const COUNTS: usize = 3;
+pub use crate::analytics::counts::{COUNTS, COUNT_FIELDS};
 
 /// The PostgreSQL column of the version (`hourly_aggregates`).
 pub const VERSION_COLUMN: &str = "version";
-
-/// The counts of an hour, in the order of [`count_values`] and [`counts_from_values`].
-///
-/// The single definition the Redis hash and the PostgreSQL statements and row
-/// mapping are built from (`hourly_aggregates`, `hourly_partition_aggregates`).
-/// To add a count: add it to [`HourCounts`], then the compiler points here
-/// (the two functions below destructure it exhaustively, and the array length
-/// is [`COUNTS`]).
-pub const COUNT_FIELDS: [Field; COUNTS] = [
-    Field { redis: "u", column: "unique_users" },
-    Field { redis: "c", column: "clicks" },
-    Field { redis: "i", column: "impressions" },
-];
 
 /// The Redis fields of [`COUNT_FIELDS`], in order.
 const REDIS_FIELDS: [&str; COUNTS] = {
@@ -57,14 +43,12 @@ const REDIS_FIELDS: [&str; COUNTS] = {
 
 /// The counts in the order of [`COUNT_FIELDS`].
 pub fn count_values(counts: HourCounts) -> [u64; COUNTS] {
-    let HourCounts { unique_users, clicks, impressions } = counts;
-    [unique_users, clicks, impressions]
+    counts.to_array()
 }
 
 /// The counts from values in the order of [`COUNT_FIELDS`].
 pub fn counts_from_values(values: [u64; COUNTS]) -> HourCounts {
-    let [unique_users, clicks, impressions] = values;
-    HourCounts { unique_users, clicks, impressions }
+    HourCounts::from_array(values)
 }
 
 /// The PostgreSQL count columns joined with `sep`, each formatted by `each`

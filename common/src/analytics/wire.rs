@@ -17,21 +17,18 @@ use crate::analytics::{sketch, ClickEvent, EventId, EventKind, HourCounts, HourS
 use crate::engine::avro::Codec;
 pub use crate::engine::avro::DecodeError;
 
-pub const EVENT_V1_SCHEMA_JSON: &str = include_str!("../../schemas/event.v1.avsc");
-pub const EVENT_V2_SCHEMA_JSON: &str = include_str!("../../schemas/event.v2.avsc");
-pub const HOUR_AGGREGATE_V1_SCHEMA_JSON: &str = include_str!("../../schemas/hour_aggregate.v1.avsc");
-pub const HOUR_AGGREGATE_V2_SCHEMA_JSON: &str = include_str!("../../schemas/hour_aggregate.v2.avsc");
+/// Every version of `analytics.v1.Event`, oldest first: every
+/// `common/schemas/event.v<N>.avsc` (found by `common/build.rs`). Only ever
+/// add a version: it may only add fields with a default, or enum symbols (see
+/// `docs/schemas.md`).
+pub const EVENT_SCHEMA_VERSIONS: &[&str] = crate::engine::avro::versions::EVENT_SCHEMA_VERSIONS;
+/// Every version of `analytics.v1.HourAggregate`, oldest first (`hour_aggregate.v<N>.avsc`).
+pub const HOUR_AGGREGATE_SCHEMA_VERSIONS: &[&str] = crate::engine::avro::versions::HOUR_AGGREGATE_SCHEMA_VERSIONS;
 
-/// Every version of `analytics.v1.Event`, oldest first. Only ever append: a
-/// new version may only add fields with a default (see `docs/schemas.md`).
-pub const EVENT_SCHEMA_VERSIONS: &[&str] = &[EVENT_V1_SCHEMA_JSON, EVENT_V2_SCHEMA_JSON];
-/// Every version of `analytics.v1.HourAggregate`, oldest first.
-pub const HOUR_AGGREGATE_SCHEMA_VERSIONS: &[&str] = &[HOUR_AGGREGATE_V1_SCHEMA_JSON, HOUR_AGGREGATE_V2_SCHEMA_JSON];
-
-/// The event schema written by [`encode_event`] and read into by [`decode_event`].
-pub const EVENT_SCHEMA_JSON: &str = EVENT_V2_SCHEMA_JSON;
+/// The event schema written by [`encode_event`] and read into by [`decode_event`]: the newest.
+pub const EVENT_SCHEMA_JSON: &str = EVENT_SCHEMA_VERSIONS[EVENT_SCHEMA_VERSIONS.len() - 1];
 /// The aggregate schema written by [`encode_hour_aggregate`] and read into by [`decode_hour_aggregate`].
-pub const HOUR_AGGREGATE_SCHEMA_JSON: &str = HOUR_AGGREGATE_V2_SCHEMA_JSON;
+pub const HOUR_AGGREGATE_SCHEMA_JSON: &str = HOUR_AGGREGATE_SCHEMA_VERSIONS[HOUR_AGGREGATE_SCHEMA_VERSIONS.len() - 1];
 
 static EVENT: LazyLock<Codec> = LazyLock::new(|| Codec::new(EVENT_SCHEMA_VERSIONS));
 static HOUR_AGGREGATE: LazyLock<Codec> = LazyLock::new(|| Codec::new(HOUR_AGGREGATE_SCHEMA_VERSIONS));
@@ -46,32 +43,80 @@ pub fn hour_aggregate_schema() -> &'static Schema {
     &HOUR_AGGREGATE.current().schema
 }
 
-/// `analytics.v1.EventKind`: serde writes and reads the symbol by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum EventKindRecord {
-    #[serde(rename = "CLICK")]
-    Click,
-    #[serde(rename = "IMPRESSION")]
-    Impression,
+/// The wire pieces that name the counts, generated from the one list
+/// ([`crate::with_kinds!`]): the `EventKind` enum (serde writes and reads
+/// each symbol by name) and the aggregate record with one field per count.
+macro_rules! define_wire {
+    ($(($kind:ident, $name:literal, $symbol:literal, $count:ident, $redis:literal),)+) => {
+        /// `analytics.v1.EventKind`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        enum EventKindRecord {
+            $(#[serde(rename = $symbol)] $kind,)+
+        }
+
+        impl From<EventKind> for EventKindRecord {
+            fn from(kind: EventKind) -> Self {
+                match kind {
+                    $(EventKind::$kind => EventKindRecord::$kind,)+
+                }
+            }
+        }
+
+        impl From<EventKindRecord> for EventKind {
+            fn from(kind: EventKindRecord) -> Self {
+                match kind {
+                    $(EventKindRecord::$kind => EventKind::$kind,)+
+                }
+            }
+        }
+
+        /// `analytics.v1.HourAggregate` as the current schema has it: the
+        /// wire shape of an [`HourAggregate`]. The sketch borrows from the
+        /// aggregate when encoding and from the decoded value when decoding.
+        #[derive(Debug, Serialize, Deserialize)]
+        // A schema field missing here fails decoding (and the round-trip tests) instead of being dropped.
+        #[serde(deny_unknown_fields)]
+        struct HourAggregateRecord<'a> {
+            hour_start_ms: i64,
+            partition: i32,
+            unique_users: i64,
+            $($count: i64,)+
+            input_offset: i64,
+            watermark_ms: i64,
+            /// Since v2; a v1 record resolves to the default, empty (no sketch).
+            #[serde(with = "apache_avro::serde_avro_slice", borrow)]
+            sketch: &'a [u8],
+            /// Since v2; a v1 record resolves to the default, null.
+            day_unique_users: Option<i64>,
+        }
+
+        impl<'a> From<&'a HourAggregate> for HourAggregateRecord<'a> {
+            fn from(a: &'a HourAggregate) -> Self {
+                HourAggregateRecord {
+                    hour_start_ms: a.hour.start_ms(),
+                    partition: a.partition,
+                    unique_users: long(a.counts.unique_users),
+                    $($count: long(a.counts.$count),)+
+                    input_offset: a.input_offset,
+                    watermark_ms: a.watermark_ms,
+                    sketch: a.sketch.as_deref().unwrap_or_default(),
+                    day_unique_users: a.day_unique_users.map(long),
+                }
+            }
+        }
+
+        /// The counts of a decoded record; a negative one is refused.
+        fn record_counts(r: &HourAggregateRecord<'_>) -> Result<HourCounts, DecodeError> {
+            let count = |v: i64, name| u64::try_from(v).map_err(|_| DecodeError::Invalid(name));
+            Ok(HourCounts {
+                unique_users: count(r.unique_users, "unique_users")?,
+                $($count: count(r.$count, stringify!($count))?,)+
+            })
+        }
+    };
 }
 
-impl From<EventKind> for EventKindRecord {
-    fn from(kind: EventKind) -> Self {
-        match kind {
-            EventKind::Click => EventKindRecord::Click,
-            EventKind::Impression => EventKindRecord::Impression,
-        }
-    }
-}
-
-impl From<EventKindRecord> for EventKind {
-    fn from(kind: EventKindRecord) -> Self {
-        match kind {
-            EventKindRecord::Click => EventKind::Click,
-            EventKindRecord::Impression => EventKind::Impression,
-        }
-    }
-}
+crate::with_kinds!(define_wire);
 
 /// `analytics.v1.Event` as the current schema (`event.v2.avsc`) has it: the
 /// wire shape of a [`ClickEvent`]. The strings borrow from the event when
@@ -181,47 +226,9 @@ impl HourAggregate {
     }
 }
 
-/// `analytics.v1.HourAggregate` as the current schema
-/// (`hour_aggregate.v2.avsc`) has it: the wire shape of an [`HourAggregate`].
-/// The sketch borrows from the aggregate when encoding and from the decoded
-/// value when decoding.
-#[derive(Debug, Serialize, Deserialize)]
-// A schema field missing here fails decoding (and the round-trip tests) instead of being dropped.
-#[serde(deny_unknown_fields)]
-struct HourAggregateRecord<'a> {
-    hour_start_ms: i64,
-    partition: i32,
-    unique_users: i64,
-    clicks: i64,
-    impressions: i64,
-    input_offset: i64,
-    watermark_ms: i64,
-    /// Since v2; a v1 record resolves to the default, empty (no sketch).
-    #[serde(with = "apache_avro::serde_avro_slice", borrow)]
-    sketch: &'a [u8],
-    /// Since v2; a v1 record resolves to the default, null.
-    day_unique_users: Option<i64>,
-}
-
 /// Avro has no unsigned long; a count beyond i64 (never reached) saturates.
 fn long(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-impl<'a> From<&'a HourAggregate> for HourAggregateRecord<'a> {
-    fn from(a: &'a HourAggregate) -> Self {
-        HourAggregateRecord {
-            hour_start_ms: a.hour.start_ms(),
-            partition: a.partition,
-            unique_users: long(a.counts.unique_users),
-            clicks: long(a.counts.clicks),
-            impressions: long(a.counts.impressions),
-            input_offset: a.input_offset,
-            watermark_ms: a.watermark_ms,
-            sketch: a.sketch.as_deref().unwrap_or_default(),
-            day_unique_users: a.day_unique_users.map(long),
-        }
-    }
 }
 
 impl TryFrom<HourAggregateRecord<'_>> for HourAggregate {
@@ -230,6 +237,7 @@ impl TryFrom<HourAggregateRecord<'_>> for HourAggregate {
     /// Refuses an unaligned hour, a negative count or a sketch that is not one.
     fn try_from(r: HourAggregateRecord<'_>) -> Result<Self, DecodeError> {
         let count = |v: i64, name| u64::try_from(v).map_err(|_| DecodeError::Invalid(name));
+        let counts = record_counts(&r)?;
         let sketch = match r.sketch {
             [] => None,
             bytes => {
@@ -240,11 +248,7 @@ impl TryFrom<HourAggregateRecord<'_>> for HourAggregate {
         Ok(HourAggregate {
             hour: HourStart::from_aligned(r.hour_start_ms).ok_or(DecodeError::Invalid("hour_start_ms"))?,
             partition: r.partition,
-            counts: HourCounts {
-                unique_users: count(r.unique_users, "unique_users")?,
-                clicks: count(r.clicks, "clicks")?,
-                impressions: count(r.impressions, "impressions")?,
-            },
+            counts,
             input_offset: r.input_offset,
             watermark_ms: r.watermark_ms,
             sketch,
@@ -271,25 +275,15 @@ struct HourAggregateRecordV1 {
 /// for tests of reading older records. The sketch and day count are not written.
 #[cfg(any(test, feature = "test-util"))]
 pub fn encode_hour_aggregate_v1(a: &HourAggregate) -> Vec<u8> {
-    let HourAggregateRecord {
-        hour_start_ms,
-        partition,
-        unique_users,
-        clicks,
-        impressions,
-        input_offset,
-        watermark_ms,
-        sketch: _,
-        day_unique_users: _,
-    } = HourAggregateRecord::from(a);
+    // v1 is frozen history: it has exactly these two counts.
     let v1 = HourAggregateRecordV1 {
-        hour_start_ms,
-        partition,
-        unique_users,
-        clicks,
-        impressions,
-        input_offset,
-        watermark_ms,
+        hour_start_ms: a.hour.start_ms(),
+        partition: a.partition,
+        unique_users: long(a.counts.unique_users),
+        clicks: long(a.counts.clicks),
+        impressions: long(a.counts.impressions),
+        input_offset: a.input_offset,
+        watermark_ms: a.watermark_ms,
     };
     HOUR_AGGREGATE.versions[0].encode_record(&v1)
 }
@@ -480,6 +474,27 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_schemas_carry_exactly_the_defined_counts() {
+        // A count added to `counts::with_kinds!` without its schema versions (or
+        // the other way round) fails here, not in production.
+        let event: serde_json::Value = serde_json::from_str(EVENT_SCHEMA_JSON).unwrap();
+        let kind = event["fields"].as_array().unwrap().iter().find(|f| f["name"] == "kind").expect("a kind field");
+        let symbols: Vec<&str> = kind["type"]["symbols"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(symbols, EventKind::ALL.iter().map(|k| k.symbol()).collect::<Vec<_>>(), "event kind symbols");
+        let aggregate: serde_json::Value = serde_json::from_str(HOUR_AGGREGATE_SCHEMA_JSON).unwrap();
+        let not_counts = ["hour_start_ms", "partition", "input_offset", "watermark_ms", "sketch", "day_unique_users"];
+        let counts: Vec<&str> = aggregate["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .filter(|name| !not_counts.contains(name))
+            .collect();
+        let defined: Vec<&str> = crate::analytics::counts::COUNT_FIELDS.iter().map(|f| f.column).collect();
+        assert_eq!(counts, defined, "aggregate count fields");
+    }
+
+    #[test]
     fn published_headers_never_change() {
         // The headers in docs/schemas.md: records with them are on topics for
         // good, so editing a released .avsc (instead of adding a version) fails here.
@@ -534,7 +549,7 @@ mod tests {
     #[test]
     fn a_record_of_an_unknown_version_is_refused_with_its_fingerprint() {
         // A future v3 (v2 plus one more defaulted field) that this build does not know.
-        let mut v3: serde_json::Value = serde_json::from_str(EVENT_V2_SCHEMA_JSON).unwrap();
+        let mut v3: serde_json::Value = serde_json::from_str(EVENT_SCHEMA_VERSIONS[1]).unwrap();
         v3["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "extra", "type": "long", "default": 0}));
         let v3 = Version::new(&v3.to_string());
         let mut fields = event_v1_fields(&event(1, "carol", true, 2));

@@ -25,11 +25,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::avro::{Codec, DecodeError};
+use crate::engine::avro::{versions, Codec, DecodeError};
 
-pub const PROGRESS_V1_SCHEMA_JSON: &str = include_str!("../../schemas/progress.v1.avsc");
 /// Every version of `engine.v1.Progress`, oldest first.
-pub const PROGRESS_SCHEMA_VERSIONS: &[&str] = &[PROGRESS_V1_SCHEMA_JSON];
+pub const PROGRESS_SCHEMA_VERSIONS: &[&str] = versions::PROGRESS_SCHEMA_VERSIONS;
 
 /// The key prefix of progress records on an aggregates topic: readers route
 /// them to the engine before a workload's decoding sees them.

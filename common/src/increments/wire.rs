@@ -20,13 +20,11 @@ use super::state::IncrementSum;
 use crate::analytics::EventId;
 use crate::engine::avro::{from_record, Codec, DecodeError};
 
-pub const INCREMENT_V1_SCHEMA_JSON: &str = include_str!("../../schemas/increment.v1.avsc");
-pub const INCREMENT_SUM_V1_SCHEMA_JSON: &str = include_str!("../../schemas/increment_sum.v1.avsc");
 
 /// Every version of `increments.v1.Increment`, oldest first. Only ever append.
-pub const INCREMENT_SCHEMA_VERSIONS: &[&str] = &[INCREMENT_V1_SCHEMA_JSON];
+pub const INCREMENT_SCHEMA_VERSIONS: &[&str] = crate::engine::avro::versions::INCREMENT_SCHEMA_VERSIONS;
 /// Every version of `increments.v1.IncrementSum`, oldest first. Only ever append.
-pub const INCREMENT_SUM_SCHEMA_VERSIONS: &[&str] = &[INCREMENT_SUM_V1_SCHEMA_JSON];
+pub const INCREMENT_SUM_SCHEMA_VERSIONS: &[&str] = crate::engine::avro::versions::INCREMENT_SUM_SCHEMA_VERSIONS;
 
 static INCREMENT: LazyLock<Codec> = LazyLock::new(|| Codec::new(INCREMENT_SCHEMA_VERSIONS));
 static INCREMENT_SUM: LazyLock<Codec> = LazyLock::new(|| Codec::new(INCREMENT_SUM_SCHEMA_VERSIONS));

@@ -164,6 +164,44 @@ fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
     Some((hour, Versioned { row: counts_from_values(values), version: row.get(VERSION_COLUMN) }))
 }
 
+/// The tables that hold one column per value of [`COUNT_FIELDS`].
+pub const PROCESSOR_COUNT_TABLES: &[&str] = &["processor_hours"];
+/// The read-model tables that hold one column per value of [`COUNT_FIELDS`].
+pub const READ_MODEL_COUNT_TABLES: &[&str] = &["hourly_partition_aggregates", "hourly_aggregates"];
+
+/// Adds to `tables` the count columns [`COUNT_FIELDS`] has and they lack
+/// (`BIGINT NOT NULL DEFAULT 0`): the columns come from the one typed list,
+/// so a count added there needs no migration. Rows written before it read 0.
+/// Run by each service after its migrations; a no-op (no lock taken) when
+/// every column exists.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer.
+pub async fn ensure_count_columns(pool: &deadpool_postgres::Pool, tables: &[&str]) -> Result<(), PgError> {
+    let client = pool.get().await?;
+    let tables: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = ANY($1)",
+            &[&tables],
+        )
+        .await?;
+    let existing: std::collections::HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for table in &tables {
+        for field in COUNT_FIELDS.iter().filter(|f| !existing.contains(&(table.clone(), f.column.to_owned()))) {
+            tracing::info!(table, column = field.column, "adding a count column");
+            client
+                .execute(
+                    &format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} BIGINT NOT NULL DEFAULT 0", field.column),
+                    &[],
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
