@@ -150,7 +150,8 @@ impl Aggregation for Analytics {
         for h in &hours {
             let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
-            let stored = HourCounts::from_array(COUNT_FIELDS.map(|f| u64::try_from(h.get::<_, i64>(f.column)).unwrap_or(0)));
+            let stored =
+                HourCounts::from_array(COUNT_FIELDS.map(|f| u64::try_from(h.get::<_, i64>(f.column)).unwrap_or(0)));
             let expected = usize::try_from(stored.unique_users).unwrap_or(0);
             let bucket = HourBucket::restore(stored, parts.iter().flat_map(|p| decode_hashes(p)), expected);
             debug_assert_eq!(bucket.counts().unique_users as usize, expected, "user chunks match the stored count");
@@ -173,8 +174,7 @@ impl Aggregation for Analytics {
             .collect();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&scope.topic, &scope.partition, &hours];
         params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
-        tx.execute(UPSERT_HOURS.as_str(), &params)
-        .await?;
+        tx.execute(UPSERT_HOURS.as_str(), &params).await?;
         let new_users: Vec<(i64, &[u64])> =
             cp.changed.iter().map(|c| (c.hour.start_ms(), c.new_users.as_slice())).collect();
         let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &state.user_chunks).await?;

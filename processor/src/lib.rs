@@ -92,9 +92,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     // Analytics: one column per count of the typed list, added where missing.
-    common::analytics::read_model::pg::ensure_count_columns(&pool, common::analytics::read_model::pg::PROCESSOR_COUNT_TABLES)
-        .await
-        .context("adding count columns")?;
+    common::analytics::read_model::pg::ensure_count_columns(
+        &pool,
+        common::analytics::read_model::pg::PROCESSOR_COUNT_TABLES,
+    )
+    .await
+    .context("adding count columns")?;
     let (events_partitions, sums_partitions) =
         (cfg.events.events_partitions.get(), cfg.aggregates.aggregates_partitions.get());
     let topics = [

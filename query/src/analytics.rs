@@ -174,10 +174,7 @@ pub struct DayCounts {
 async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, QueryError> {
     let hour = HourStart::of(now_ms);
     let counts = reader.read(&hour).await?.row;
-    let view = LiveView {
-        hour: Counts { start: hour.start_ms(), counts },
-        today: today(reader, now_ms).await?,
-    };
+    let view = LiveView { hour: Counts { start: hour.start_ms(), counts }, today: today(reader, now_ms).await? };
     Ok(serde_json::to_string(&view).expect("a LiveView serializes"))
 }
 

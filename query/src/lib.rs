@@ -66,9 +66,12 @@ pub const MIGRATIONS: &[Migration] =
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
     let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
     // Analytics: one column per count of the typed list, added where missing.
-    common::analytics::read_model::pg::ensure_count_columns(&pool, common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES)
-        .await
-        .context("adding count columns")?;
+    common::analytics::read_model::pg::ensure_count_columns(
+        &pool,
+        common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
+    )
+    .await
+    .context("adding count columns")?;
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);

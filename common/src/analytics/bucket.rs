@@ -491,7 +491,10 @@ mod tests {
         }
         for (h, (c, i, users)) in persisted {
             let n = users.len();
-            restored.restore_hour(h, HourBucket::restore(HourCounts { unique_users: 0, clicks: c, impressions: i }, users, n));
+            restored.restore_hour(
+                h,
+                HourBucket::restore(HourCounts { unique_users: 0, clicks: c, impressions: i }, users, n),
+            );
         }
         // The engine resumes at the restored position: record 60 onwards.
         for o in &events[60..] {
@@ -569,14 +572,23 @@ mod tests {
     #[test]
     fn restoring_days_before_days_were_kept_seeds_them_from_the_open_hours() {
         let mut w = PartitionWindow::new(H0, RETENTION);
-        w.restore_hour(HourStart::of(H0), HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2));
-        w.restore_hour(HourStart::of(H0 + HOUR_MS), HourBucket::restore(HourCounts { unique_users: 0, clicks: 1, impressions: 0 }, [8, 9], 2));
+        w.restore_hour(
+            HourStart::of(H0),
+            HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2),
+        );
+        w.restore_hour(
+            HourStart::of(H0 + HOUR_MS),
+            HourBucket::restore(HourCounts { unique_users: 0, clicks: 1, impressions: 0 }, [8, 9], 2),
+        );
         assert_eq!(w.day_unique_users(DayStart::of(H0)), 3);
         assert!(w.has_changes(), "the seeded users are persisted");
         // With the day restored too, nothing is new.
         let mut w = PartitionWindow::new(H0, RETENTION);
         w.restore_day(DayStart::of(H0), DayUsers::restore([7, 8, 9, 10], 4));
-        w.restore_hour(HourStart::of(H0), HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2));
+        w.restore_hour(
+            HourStart::of(H0),
+            HourBucket::restore(HourCounts { unique_users: 0, clicks: 2, impressions: 0 }, [7, 8], 2),
+        );
         assert_eq!(w.day_unique_users(DayStart::of(H0)), 4);
         assert!(!w.has_changes());
     }

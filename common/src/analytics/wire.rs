@@ -479,7 +479,8 @@ mod tests {
         // the other way round) fails here, not in production.
         let event: serde_json::Value = serde_json::from_str(EVENT_SCHEMA_JSON).unwrap();
         let kind = event["fields"].as_array().unwrap().iter().find(|f| f["name"] == "kind").expect("a kind field");
-        let symbols: Vec<&str> = kind["type"]["symbols"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let symbols: Vec<&str> =
+            kind["type"]["symbols"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
         assert_eq!(symbols, EventKind::ALL.iter().map(|k| k.symbol()).collect::<Vec<_>>(), "event kind symbols");
         let aggregate: serde_json::Value = serde_json::from_str(HOUR_AGGREGATE_SCHEMA_JSON).unwrap();
         let not_counts = ["hour_start_ms", "partition", "input_offset", "watermark_ms", "sketch", "day_unique_users"];

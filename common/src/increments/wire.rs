@@ -20,7 +20,6 @@ use super::state::IncrementSum;
 use crate::analytics::EventId;
 use crate::engine::avro::{from_record, Codec, DecodeError};
 
-
 /// Every version of `increments.v1.Increment`, oldest first. Only ever append.
 pub const INCREMENT_SCHEMA_VERSIONS: &[&str] = crate::engine::avro::versions::INCREMENT_SCHEMA_VERSIONS;
 /// Every version of `increments.v1.IncrementSum`, oldest first. Only ever append.
