@@ -178,7 +178,7 @@ t0=$(date +%s.%N)
 nohup target/release/processor --ops-listen "0.0.0.0:$PROCESSOR_PORT" >>"$RUN_DIR/processor.log" 2>&1 &
 echo $! >"$RUN_DIR/processor.pid"
 deadline=$((SECONDS + 600))
-until [[ $(metric "$PROCESSOR_PORT" analytics_processor_events_applied_total) -ge $BACKLOG ]]; do
+until [[ $(metric_sum "$PROCESSOR_PORT" analytics_processor_events_applied_total) -ge $BACKLOG ]]; do
   ((SECONDS < deadline)) || { log "warning: the processor did not apply the backlog in 600s"; break; }
   sleep 0.05
 done
@@ -187,7 +187,7 @@ if ((SECONDS < deadline)); then
   record processor "{\"processor_backlog_events\": $BACKLOG, \"processor_drain_seconds\": $(python3 -c "print($t1 - $t0)")}"
 fi
 sleep 6 # let the state gauges refresh
-record state_live "{\"live_state_bytes\": $(metric "$PROCESSOR_PORT" analytics_processor_state_bytes), \"live_state_user_hours\": $(metric "$PROCESSOR_PORT" analytics_processor_state_user_hours)}"
+record state_live "{\"live_state_bytes\": $(metric_sum "$PROCESSOR_PORT" analytics_processor_state_bytes), \"live_state_user_hours\": $(metric_sum "$PROCESSOR_PORT" analytics_processor_state_user_hours)}"
 
 python3 scripts/bench_report.py "$OUT" "$(nproc)" "${QUICK:-0}" "$DUR"
 log "results: target/bench/results.json, report: docs/benchmarks.md"

@@ -88,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
         };
         last_message = Instant::now();
         tally.records += 1;
+        // Read-your-writes progress marks (`progress:<partition>:<aggregates partition>`)
+        // share the topic: they are not aggregates.
+        if common::engine::progress::is_progress_key(msg.key()) {
+            continue;
+        }
         // The pipeline never writes a null value; skip one rather than guess what it means.
         let Some(payload) = msg.payload() else {
             tally.empty += 1;
