@@ -6,7 +6,7 @@
 //! watermark; a bucket that is closed is never consulted, whether or not its
 //! ids were evicted yet, so eviction timing cannot change an answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::DedupId;
 
@@ -18,6 +18,10 @@ pub const BUCKET_MS: i64 = 3_600_000;
 pub struct IdWindow {
     /// Id hash → the bucket whose closing forgets it.
     ids: HashMap<u64, i64>,
+    /// Every bucket an id of `ids` may be in (a superset: an id that moved to a
+    /// newer bucket leaves its old one here until it closes). Eviction checks
+    /// these few buckets, not every id, at each checkpoint.
+    buckets: BTreeSet<i64>,
     /// Ids first seen since the last checkpoint, with their bucket.
     new: Vec<DedupId>,
     /// A bucket closes once `watermark >= bucket end + retention`.
@@ -26,7 +30,7 @@ pub struct IdWindow {
 
 impl IdWindow {
     pub fn new(retention_ms: i64) -> Self {
-        IdWindow { ids: HashMap::new(), new: Vec::new(), retention_ms }
+        IdWindow { ids: HashMap::new(), buckets: BTreeSet::new(), new: Vec::new(), retention_ms }
     }
 
     /// True once no record can reach `bucket_ms` any more.
@@ -47,6 +51,7 @@ impl IdWindow {
             }
         }
         self.ids.insert(id.hash, id.bucket_ms);
+        self.buckets.insert(id.bucket_ms);
         self.new.push(id);
         true
     }
@@ -54,6 +59,7 @@ impl IdWindow {
     /// Adds ids restored from the store (already persisted).
     pub fn restore(&mut self, bucket_ms: i64, hashes: impl IntoIterator<Item = u64>) {
         self.ids.extend(hashes.into_iter().map(|h| (h, bucket_ms)));
+        self.buckets.insert(bucket_ms);
     }
 
     /// Ids first seen since the last checkpoint, per bucket.
@@ -69,13 +75,13 @@ impl IdWindow {
         !self.new.is_empty()
     }
 
-    /// Forgets the ids of buckets closed at `watermark_ms`; returns those buckets.
+    /// Forgets the ids of buckets closed at `watermark_ms`; returns those
+    /// buckets (their stored chunks can go: no closed bucket is consulted).
     pub fn evict_closed(&mut self, watermark_ms: i64) -> Vec<i64> {
-        let mut closed: Vec<i64> =
-            self.ids.values().copied().filter(|b| self.is_closed(*b, watermark_ms)).collect::<Vec<_>>();
-        closed.sort_unstable();
-        closed.dedup();
+        // Buckets close oldest first: the closed ones are a prefix of the set.
+        let closed: Vec<i64> = self.buckets.iter().copied().take_while(|b| self.is_closed(*b, watermark_ms)).collect();
         if !closed.is_empty() {
+            self.buckets.retain(|b| !closed.contains(b));
             self.ids.retain(|_, b| !closed.contains(b));
             self.new.retain(|id| !closed.contains(&id.bucket_ms));
         }
@@ -148,6 +154,10 @@ mod tests {
         assert!(kept.admit(id(H0, 1), closes));
         // An open bucket's id whose older copy sits in a closed, unevicted bucket is new.
         assert!(kept.admit(id(closes, 1), closes));
+        assert!(!kept.admit(id(closes, 1), closes));
+        // The old bucket is still reported closed (its stored chunk goes), the moved id stays.
+        assert_eq!(kept.evict_closed(closes), vec![H0]);
+        assert_eq!(kept.held(), 1);
         assert!(!kept.admit(id(closes, 1), closes));
     }
 }
