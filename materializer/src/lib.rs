@@ -68,14 +68,13 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    // Analytics: one column per count of the typed list, added where missing.
-    common::analytics::read_model::pg::ensure_count_columns(
-        &pool,
+    // Analytics tables: one column per count of the typed list, added where missing.
+    let pool = common::analytics::read_model::pg::connect_migrated(
+        &cfg.pg,
+        MIGRATIONS,
         common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
     )
-    .await
-    .context("adding count columns")?;
+    .await?;
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let workloads = workloads(&cfg);
     let topics: Vec<_> = workloads.iter().map(|w| w.source.topic.clone()).collect();

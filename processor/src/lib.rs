@@ -90,14 +90,13 @@ pub async fn run(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    // Analytics: one column per count of the typed list, added where missing.
-    common::analytics::read_model::pg::ensure_count_columns(
-        &pool,
+    // Analytics tables: one column per count of the typed list, added where missing.
+    let pool = common::analytics::read_model::pg::connect_migrated(
+        &cfg.pg,
+        MIGRATIONS,
         common::analytics::read_model::pg::PROCESSOR_COUNT_TABLES,
     )
-    .await
-    .context("adding count columns")?;
+    .await?;
     let (events_partitions, sums_partitions) =
         (cfg.events.events_partitions.get(), cfg.aggregates.aggregates_partitions.get());
     let topics = [

@@ -64,14 +64,13 @@ pub const MIGRATIONS: &[Migration] =
 /// # Errors
 /// When either cannot be reached at startup.
 pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
-    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    // Analytics: one column per count of the typed list, added where missing.
-    common::analytics::read_model::pg::ensure_count_columns(
-        &pool,
+    // Analytics tables: one column per count of the typed list, added where missing.
+    let pool = common::analytics::read_model::pg::connect_migrated(
+        &cfg.pg,
+        MIGRATIONS,
         common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
     )
-    .await
-    .context("adding count columns")?;
+    .await?;
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);

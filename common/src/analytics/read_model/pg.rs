@@ -164,6 +164,23 @@ fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
     Some((hour, Versioned { row: counts_from_values(values), version: row.get(VERSION_COLUMN) }))
 }
 
+/// Connects and applies `migrations` ([`crate::engine::pg::connect_migrated`]),
+/// then adds to `count_tables` the count columns they lack
+/// ([`ensure_count_columns`]): the start-up of every service with analytics tables.
+///
+/// # Errors
+/// As [`crate::engine::pg::connect_migrated`], or PostgreSQL failing the columns.
+pub async fn connect_migrated(
+    cfg: &crate::engine::config::PgConfig,
+    migrations: &[crate::engine::pg::Migration],
+    count_tables: &[&str],
+) -> anyhow::Result<deadpool_postgres::Pool> {
+    use anyhow::Context;
+    let pool = crate::engine::pg::connect_migrated(cfg, migrations).await?;
+    ensure_count_columns(&pool, count_tables).await.context("adding count columns")?;
+    Ok(pool)
+}
+
 /// The tables that hold one column per value of [`COUNT_FIELDS`].
 pub const PROCESSOR_COUNT_TABLES: &[&str] = &["processor_hours"];
 /// The read-model tables that hold one column per value of [`COUNT_FIELDS`].
