@@ -31,7 +31,10 @@ for tool in wrk redis-benchmark; do
   fi
 done
 
-alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+LOG_TAG=bench
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh" # pid_alive: a zombie or a process that is gone is stopped
+alive() { [[ -f "$RUN_DIR/$1.pid" ]] && pid_alive "$(cat "$RUN_DIR/$1.pid")"; }
 # At the end, stop only what this run started: everything if it started the broker, else the services it started.
 started_broker=0 started_services=()
 alive kafka || started_broker=1
@@ -41,8 +44,8 @@ stop_service() { # stop_service <name>: by its PID file, as scripts/stack.sh doe
   alive "$1" || return 0
   local pid; pid="$(cat "$RUN_DIR/$1.pid")"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  for _ in $(seq 1 150); do pid_alive "$pid" || break; sleep 0.2; done
+  pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
   rm -f "$RUN_DIR/$1.pid"
 }
 ceiling_pid=""

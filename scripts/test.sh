@@ -10,7 +10,10 @@ RUN_DIR="${RUN_DIR:-$ROOT/run}"
 scripts/stack.sh deps
 scripts/stack.sh prometheus-deps
 started_broker=0
-if ! [[ -f "$RUN_DIR/kafka.pid" ]] || ! kill -0 "$(cat "$RUN_DIR/kafka.pid")" 2>/dev/null; then
+LOG_TAG=test
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+if ! alive "$RUN_DIR/kafka.pid"; then
   if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then started_broker=1; fi
 fi
 scripts/stack.sh broker-up

@@ -27,3 +27,44 @@ fn up_never_resets_data_and_reset_is_explicit() {
     let makefile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Makefile")).unwrap();
     assert!(makefile.contains("reset:") && makefile.contains("scripts/stack.sh reset"), "`make reset` exists");
 }
+
+/// Runs `alive` of scripts/lib.sh on a PID file naming `pid`: true if the
+/// scripts treat the process as running.
+fn lib_sh_alive(pid: u32) -> bool {
+    let dir = std::env::temp_dir().join(format!("alive-{}-{pid}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("service.pid");
+    std::fs::write(&pidfile, format!("{pid}\n")).unwrap();
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib.sh");
+    let status = std::process::Command::new("bash")
+        .args(["-c", "LOG_TAG=test; source \"$1\"; alive \"$2\"", "bash", lib])
+        .arg(&pidfile)
+        .status()
+        .expect("bash runs");
+    std::fs::remove_dir_all(&dir).unwrap();
+    status.success()
+}
+
+/// `make up` right after a service was killed must not see the dying process
+/// as running: a PID that is gone, or a zombie not reaped yet, is stopped.
+#[test]
+fn a_pid_that_is_gone_or_a_zombie_is_not_running() {
+    let mut running = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    assert!(lib_sh_alive(running.id()), "a running process is alive");
+    // Killed but not reaped (we do not wait for it yet): a zombie, as a killed
+    // service is until its parent collects it.
+    running.kill().expect("kill");
+    let zombie = running.id();
+    let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    for _ in 0..100 {
+        if stat(zombie).rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(stat(zombie).rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')), "a zombie now");
+    assert!(!lib_sh_alive(zombie), "a zombie is stopped");
+    running.wait().expect("reaped");
+    assert!(!lib_sh_alive(zombie), "a process that is gone is stopped");
+    assert!(!lib_sh_alive(u32::MAX / 2), "a PID nothing has is stopped");
+}
