@@ -1,0 +1,119 @@
+"""Schemathesis hooks for the contract run (e2e/tests/contract.rs).
+
+Read-your-writes (`after`, `wait_ms` on every query route): a schema-valid token names a
+write this deployment most likely never made, so the answer is 503 once `wait_ms` has
+passed (up to 30 s each). The hook shortens a valid wait to at most 200 ms, and sends half
+of the valid tokens as the token of a real write (`CONTRACT_TOKEN`, made by the test before
+the run), so the answers after a reflected write are checked too. Invalid tokens and waits
+are sent as generated: they must get 400.
+
+The horizon: `POST /analytics` counts an event only if its time lies within the horizon
+around the command's clock (7 days back, 5 minutes ahead), a bound that moves with the
+clock and which a static schema cannot state: a generated time is almost never in it
+(422). The hook moves a schema-valid time into the last 6 days (keeping it distinct per
+generated value), so valid events are recorded (204, with their `Analytics-Token`). An
+invalid time (negative, too large, not a number) is sent as generated: it must get 400.
+
+Ranges: one rule of docs/openapi/query.yaml relates two parameters, which a JSON Schema cannot
+state: a range's `from` must be before its `to`, and a time series holds at most 1000
+buckets. Without help nearly every generated range breaks it (400), so the 200 answers
+would never be checked against their schemas. This hook turns a generated range whose
+bounds are both valid on their own into a valid range (same `from`, a `to` after it and
+close enough). A case made invalid on purpose elsewhere (a bad `interval`, an unknown
+parameter, a malformed `after`) stays invalid; a bound that is itself invalid (negative,
+not a number, not on an hour for the aggregate) is left alone.
+"""
+
+import os
+import pathlib
+import re
+import time
+import zlib
+
+import schemathesis
+import yaml
+
+HOUR_MS = 3_600_000
+I64_MAX = 2**63 - 1
+# Ranges up to 30 days: under the 1000 hourly buckets of a time series, and cheap to aggregate.
+LONGEST_MS = 30 * 24 * HOUR_MS
+RANGE_PATHS = {"/analytics/timeseries", "/analytics/aggregate"}
+
+
+def _int(value):
+    """A query value as the integer it reads as on the wire (some phases build them as text), else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _bound(value, step):
+    """The bound as an int if it is valid on its own (what the schema says), else None."""
+    value = _int(value)
+    if value is None:
+        return None
+    if not 0 <= value <= I64_MAX or value % step:
+        return None
+    return value
+
+
+def valid_range(path, query):
+    if path not in RANGE_PATHS or not isinstance(query, dict):
+        return query
+    step = HOUR_MS if path.endswith("aggregate") else 1
+    start, end = _bound(query.get("from"), step), _bound(query.get("to"), step)
+    if start is None or end is None:
+        return query
+    length = max(step, min(abs(end - start), LONGEST_MS) // step * step)
+    if start + length > I64_MAX:
+        start = (I64_MAX - length) // step * step
+    return {**query, "from": start, "to": start + length}
+
+
+# Well inside the default horizon (7 days back), whatever the run's duration.
+RECENT_MS = 6 * 24 * HOUR_MS
+
+
+def in_horizon(method, path, query):
+    if (method.upper(), path) != ("POST", "/analytics") or not isinstance(query, dict):
+        return query
+    timestamp = _bound(query.get("timestamp"), 1)
+    if timestamp is None:
+        return query
+    now_ms = time.time_ns() // 1_000_000
+    return {**query, "timestamp": now_ms - timestamp % RECENT_MS}
+
+
+SPEC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "openapi" / "query.yaml"
+TOKEN = re.compile(yaml.safe_load(SPEC.read_text())["components"]["parameters"]["After"]["schema"]["pattern"])
+REAL_TOKEN = os.environ.get("CONTRACT_TOKEN")
+LONGEST_WAIT_MS = 200
+
+
+def _valid_wait(value):
+    value = _int(value)
+    return value is not None and 0 <= value <= 30_000
+
+
+def short_waits(query):
+    if not isinstance(query, dict):
+        return query
+    token = query.get("after")
+    if not isinstance(token, str) or not TOKEN.search(token):
+        return query
+    wait = query.get("wait_ms", 5_000)
+    if not _valid_wait(wait):
+        return query
+    query = {**query, "wait_ms": min(_int(wait), LONGEST_WAIT_MS)}
+    if REAL_TOKEN and zlib.crc32(token.encode()) % 2 == 0:
+        query["after"] = REAL_TOKEN
+    return query
+
+
+@schemathesis.hook
+def before_call(ctx, case, **kwargs):
+    """Every phase (examples, coverage, fuzzing) goes through here, just before the request is sent."""
+    path = case.operation.path
+    case.query = short_waits(valid_range(path, in_horizon(case.method, path, case.query)))
