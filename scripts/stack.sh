@@ -9,6 +9,7 @@
 #   scripts/stack.sh status        what is running
 #   scripts/stack.sh observe       Prometheus (Debian package) scraping the four services on :9090
 #   scripts/stack.sh reset         drop this stack's read models, state and broker log (asks nothing: explicit only)
+#   scripts/stack.sh schemathesis-deps   the pinned schemathesis in $RUN_DIR/venv-schemathesis (make test's contract run)
 #
 # Everything runtime lives under $RUN_DIR (default ./run): logs, PID files, broker data.
 # Idempotent: running `up` twice is harmless.
@@ -72,6 +73,20 @@ deps() {
   ensure_redis
   ensure_postgres
   "$ROOT/scripts/kafka.sh" fetch
+}
+
+# The API contract run (e2e/tests/contract.rs): schemathesis, pinned, in a virtualenv of its own.
+SCHEMATHESIS_VERSION=4.32.5
+schemathesis_deps() {
+  local venv="$RUN_DIR/venv-schemathesis"
+  if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then return; fi
+  command -v python3 >/dev/null || apt_install python3
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+  log "installing schemathesis $SCHEMATHESIS_VERSION in $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  "$venv/bin/schemathesis" --version >/dev/null || die "schemathesis did not install in $venv"
 }
 
 ensure_prometheus() {
@@ -180,6 +195,7 @@ status() {
 case "${1:-}" in
   deps) deps ;;
   prometheus-deps) ensure_prometheus ;;
+  schemathesis-deps) schemathesis_deps ;;
   observe) observe ;;
   broker-up) broker_up ;;
   broker-down) broker_down ;;
@@ -187,5 +203,5 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   reset) reset ;;
-  *) die "usage: $0 deps|broker-up|broker-down|up|down|status|observe|prometheus-deps|reset" ;;
+  *) die "usage: $0 deps|broker-up|broker-down|up|down|status|observe|prometheus-deps|schemathesis-deps|reset" ;;
 esac

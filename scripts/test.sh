@@ -9,6 +9,7 @@ RUN_DIR="${RUN_DIR:-$ROOT/run}"
 
 scripts/stack.sh deps
 scripts/stack.sh prometheus-deps
+scripts/stack.sh schemathesis-deps # the API contract run (e2e/tests/contract.rs)
 started_broker=0
 LOG_TAG=test
 # shellcheck source=scripts/lib.sh
