@@ -37,3 +37,24 @@ fn configuration_doc_matches_the_binaries_help() {
         );
     }
 }
+
+/// An increment's id is held for a bounded window (the processor forgets it
+/// once the hour of the first attempt closes): the docs must say so, with the
+/// default `--horizon-past`, not promise that any number of retries adds once.
+#[test]
+fn the_increment_id_window_is_stated_as_the_processor_holds_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf();
+    let days = common::analytics::Horizon::default().past.as_secs() / 86_400;
+    let window = format!("within `--horizon-past` ({days} days");
+    for (doc, from, to) in [
+        ("docs/api.md", "## POST /increment", "## GET /increment"),
+        ("docs/openapi/command.yaml", "  /increment:", "  /health:"),
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("the document");
+        let start = text.find(from).unwrap_or_else(|| panic!("{from} in {doc}"));
+        let end = start + text[start..].find(to).unwrap_or_else(|| panic!("{to} in {doc}"));
+        let flat = text[start..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!flat.contains("however often"), "{doc} promises more than the id window");
+        assert!(flat.contains(&window), "{doc} states the increment id window: `{window}`");
+    }
+}

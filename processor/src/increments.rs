@@ -114,3 +114,64 @@ impl Aggregation for Increments {
         metrics::gauge!(STATE_KEYS, "workload" => Self::NAME).set(keys as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::analytics::Horizon;
+    use common::increments::IncrementValue;
+
+    use super::*;
+    use crate::engine::dedup::IdWindow;
+
+    /// 30 minutes into an hour: the window is measured from the hour the first attempt was accepted in.
+    const FIRST_MS: i64 = 1_900_000_000_000 / BUCKET_MS * BUCKET_MS + 30 * 60_000;
+
+    fn attempt(accepted_at_ms: i64) -> IncrementEvent {
+        IncrementEvent {
+            key: IncrementKey::parse("0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f").expect("a UUID"),
+            value: IncrementValue::new(5).expect("positive"),
+            accepted_at_ms,
+            id: Some("order-1234".into()),
+        }
+    }
+
+    /// What the engine does with each record: the id first, then the sum.
+    /// The broker's clock (the watermark) is the accepting clock here.
+    fn post(ids: &mut IdWindow, state: &mut IncrementState, event: &IncrementEvent) {
+        let id = Increments.dedup_id(event).expect("the attempt has an id");
+        if ids.admit(id, event.accepted_at_ms) {
+            state.apply(event);
+        }
+        ids.evict_closed(event.accepted_at_ms);
+    }
+
+    /// The promise of docs/api.md: a retry with the same id that reaches the
+    /// broker within `--horizon-past` of the first attempt is added once; the
+    /// id is held until `--horizon-past + --horizon-grace` after the end of
+    /// the first attempt's hour, and a retry later than that is added again.
+    #[test]
+    fn a_retried_increment_is_added_once_within_the_id_window_and_again_after_it() {
+        let horizon = Horizon::default();
+        let mut ids = IdWindow::new(horizon.retention_ms());
+        let mut state = IncrementState::new();
+        let sum = |state: &IncrementState| state.sum(&attempt(0).key).expect("the key was added");
+        post(&mut ids, &mut state, &attempt(FIRST_MS));
+        assert_eq!(sum(&state), 5);
+
+        let past_ms = i64::try_from(horizon.past.as_millis()).expect("days fit");
+        let held_until_ms = FIRST_MS / BUCKET_MS * BUCKET_MS + BUCKET_MS + horizon.retention_ms();
+        for retry_ms in [FIRST_MS + 1, FIRST_MS + past_ms, held_until_ms - 1] {
+            post(&mut ids, &mut state, &attempt(retry_ms));
+            assert_eq!(
+                sum(&state),
+                5,
+                "a retry {} ms after the first attempt is the same increment",
+                retry_ms - FIRST_MS
+            );
+        }
+        assert!(held_until_ms - FIRST_MS > past_ms, "the window is at least --horizon-past");
+
+        post(&mut ids, &mut state, &attempt(held_until_ms));
+        assert_eq!(sum(&state), 10, "past the window the id is forgotten: the retry is added again");
+    }
+}
