@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -108,55 +107,79 @@ fn schemathesis() -> PathBuf {
     path
 }
 
-/// `schemathesis run` of one spec against `url`, with the settings of `e2e/contract/<config>`.
-fn run_schemathesis(spec: &str, config: &str, url: &str, token: &str) -> std::thread::JoinHandle<Output> {
-    let (spec, config, url, token) = (
-        root().join("docs/openapi").join(spec),
-        root().join("e2e/contract").join(config),
-        url.to_owned(),
-        token.to_owned(),
-    );
-    let bin = schemathesis();
-    std::thread::spawn(move || {
-        // In e2e/contract, where the settings name their hooks; the report goes to stdout, and
-        // nothing is stored (no example database, no report files).
-        Command::new(bin)
-            .current_dir(root().join("e2e/contract"))
-            .env("CONTRACT_TOKEN", token)
-            .arg("--config-file")
-            .arg(&config)
-            .arg("--no-color")
-            .arg("run")
-            .arg(&spec)
-            .args(["--url", &url, "--checks", "all", "--max-examples", MAX_EXAMPLES])
-            // One worker: Python 3.11's parser is not safe to use from several threads, which
-            // schemathesis's workers do (an `AST constructor recursion depth mismatch` error).
-            .args(["--workers", "1", "--generation-database", "none", "--request-timeout", "15"])
-            .output()
-            .expect("schemathesis runs")
-    })
+/// One schemathesis run: a spec, its settings in `e2e/contract/`, the service's URL.
+struct Run<'a> {
+    spec: &'a str,
+    config: &'a str,
+    url: String,
+    /// Extra request headers (the bearer token, a CORS origin).
+    headers: &'a [(&'a str, &'a str)],
+    max_examples: &'a str,
 }
 
-#[tokio::test]
-async fn both_services_meet_their_openapi_specs() {
+/// Starts `schemathesis run --checks all` of one spec; `token` is a real write's read token.
+fn run_schemathesis(run: Run<'_>, token: &str) -> std::thread::JoinHandle<Output> {
+    let mut cmd = Command::new(schemathesis());
+    // In e2e/contract, where the settings name their hooks; the report goes to stdout, and
+    // nothing is stored (no example database, no report files).
+    cmd.current_dir(root().join("e2e/contract"))
+        .env("CONTRACT_TOKEN", token)
+        .arg("--config-file")
+        .arg(root().join("e2e/contract").join(run.config))
+        .arg("--no-color")
+        .arg("run")
+        .arg(root().join("docs/openapi").join(run.spec))
+        .args(["--url", &run.url, "--checks", "all", "--max-examples", run.max_examples])
+        // One worker: Python 3.11's parser is not safe to use from several threads, which
+        // schemathesis's workers do (an `AST constructor recursion depth mismatch` error).
+        .args(["--workers", "1", "--generation-database", "none", "--request-timeout", "15"]);
+    for (name, value) in run.headers {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    std::thread::spawn(move || cmd.output().expect("schemathesis runs"))
+}
+
+/// Starts a stack with `env`, makes a real write (the hooks send its token as `after` for
+/// half of the valid tokens) and runs schemathesis of both specs against it at once.
+async fn check_both_specs(
+    env: &[(&str, &str)],
+    command_headers: &[(&str, &str)],
+    query_headers: &[(&str, &str)],
+    max_examples: &str,
+) {
     let mut stack = Stack::new();
+    for (key, value) in env {
+        stack.env(key, value);
+    }
     stack.start_all().await;
     let (command, query) = (stack.addr("command"), stack.addr("query"));
 
-    // A real write, reflected: the hooks send it as `after` for half of the valid tokens.
     let path = format!("/analytics?timestamp={}&user=contract&click", common::now_ms());
-    let posted = request(command, "POST", &path, &[]).await.expect("the command answers");
+    let posted = request(command, "POST", &path, command_headers).await.expect("the command answers");
     assert_eq!(posted.status, 204, "{posted:?}");
     let token = posted.header("analytics-token").expect("a read token").to_owned();
     let read = format!("/analytics?timestamp={}&after={token}&wait_ms=30000", common::now_ms());
-    let reflected = request(query, "GET", &read, &[]).await.expect("the query answers");
+    let reflected = request(query, "GET", &read, query_headers).await.expect("the query answers");
     assert_eq!(reflected.status, 200, "the write is reflected: {reflected:?}");
 
     let started = std::time::Instant::now();
     let runs = [
-        ("command.yaml", run_schemathesis("command.yaml", "command.toml", &format!("http://{command}"), &token)),
-        ("query.yaml", run_schemathesis("query.yaml", "query.toml", &format!("http://{query}"), &token)),
-    ];
+        Run {
+            spec: "command.yaml",
+            config: "command.toml",
+            url: format!("http://{command}"),
+            headers: command_headers,
+            max_examples,
+        },
+        Run {
+            spec: "query.yaml",
+            config: "query.toml",
+            url: format!("http://{query}"),
+            headers: query_headers,
+            max_examples,
+        },
+    ]
+    .map(|run| (run.spec, run_schemathesis(run, &token)));
     let mut failed = Vec::new();
     for (spec, run) in runs {
         let output = run.join().expect("the schemathesis thread");
@@ -169,5 +192,19 @@ async fn both_services_meet_their_openapi_specs() {
     println!("both runs took {:?}", started.elapsed());
     stack.cleanup().await;
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert!(started.elapsed() < Duration::from_secs(600));
+}
+
+/// The default deployment: no tokens, no CORS.
+#[tokio::test]
+async fn both_services_meet_their_openapi_specs() {
+    check_both_specs(&[], &[], &[], MAX_EXAMPLES).await;
+}
+
+/// With every optional edge check on: write and read tokens, CORS for one origin (the
+/// query's preflight then answers `OPTIONS`, its `Allow` included in the check).
+#[tokio::test]
+async fn both_services_meet_their_openapi_specs_with_tokens_and_cors() {
+    let env = [("API_TOKEN", "wr1te"), ("READ_TOKEN", "r34d"), ("CORS_ORIGINS", "https://dash.example")];
+    let query = [("Authorization", "Bearer r34d"), ("Origin", "https://dash.example")];
+    check_both_specs(&env, &[("Authorization", "Bearer wr1te")], &query, "20").await;
 }
