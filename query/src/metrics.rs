@@ -3,6 +3,9 @@
 
 /// Label `source`: `local` (in-process, ≤ --local-cache-ttl old), `redis`, `postgres`, `empty` (no data anywhere: zeros).
 pub const READS: &str = "analytics_query_reads_total";
+/// Redis copies not answered because they were older than an answer already
+/// given from PostgreSQL (Redis lagging after a failure); label `workload`.
+pub const STALE_REDIS: &str = "analytics_query_stale_redis_reads_total";
 /// Label `store`: `redis`, `postgres`.
 pub const STORE_ERRORS: &str = "analytics_query_store_errors_total";
 /// Label `store`: `redis`, `postgres`.

@@ -77,6 +77,16 @@ pub fn split_query(query: Option<&str>) -> Result<(Option<After>, Option<String>
     Ok((token.map(|token| After { token, wait: wait.unwrap_or(DEFAULT_WAIT) }), rest))
 }
 
+/// Which store's progress showed a write reflected. The materializer writes
+/// a mark to Redis only after the rows it covers, so Redis' rows are then at
+/// least as fresh; PostgreSQL's mark commits with its rows, but Redis' rows
+/// may still lag it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflected {
+    InRedis,
+    InPostgres,
+}
+
 /// The read-your-writes wait of one process.
 #[derive(Clone)]
 pub struct ProgressWait {
@@ -90,33 +100,33 @@ impl ProgressWait {
         ProgressWait { redis, pool, changes }
     }
 
-    /// Whether `token`'s event is reflected: Redis, else PostgreSQL; `false`
-    /// when neither answers (the wait goes on).
-    async fn reflected(&self, token: &ReadToken) -> bool {
+    /// Where `token`'s event is seen reflected: Redis, else PostgreSQL;
+    /// `None` when not yet, or neither answers (the wait goes on).
+    async fn reflected(&self, token: &ReadToken) -> Option<Reflected> {
         match self.redis.progress(&token.topic, token.partition).await {
-            Ok(marks) => progress::reflected(&marks, token.offset),
+            Ok(marks) => progress::reflected(&marks, token.offset).then_some(Reflected::InRedis),
             Err(_) => {
                 let marks = async {
                     let client = self.pool.get().await.ok()?;
                     progress::pg::marks(&client, &token.topic, token.partition).await.ok()
                 };
-                marks.await.is_some_and(|m| progress::reflected(&m, token.offset))
+                marks.await.is_some_and(|m| progress::reflected(&m, token.offset)).then_some(Reflected::InPostgres)
             }
         }
     }
 
-    /// Returns once `token`'s event is reflected (true), or after `limit` (false).
-    pub async fn wait(&self, token: &ReadToken, limit: Duration) -> bool {
+    /// Returns once `token`'s event is reflected (where it was seen), or after `limit` (`None`).
+    pub async fn wait(&self, token: &ReadToken, limit: Duration) -> Option<Reflected> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut changes = self.changes.subscribe(None);
         loop {
             // Marked seen before the check: a change during it wakes the next wait at once.
             changes.borrow_and_update();
-            if self.reflected(token).await {
-                return true;
+            if let Some(seen) = self.reflected(token).await {
+                return Some(seen);
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = tokio::time::sleep_until(deadline) => return None,
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
             }
