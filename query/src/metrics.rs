@@ -14,6 +14,9 @@ pub const STORE_DURATION: &str = "analytics_query_store_duration_seconds";
 pub const REJECTED: &str = "analytics_query_requests_rejected_total";
 /// How long a read with `after=<token>` waited for its write; label `outcome`: `reflected`, `timeout`.
 pub const TOKEN_WAIT_DURATION: &str = "analytics_query_token_wait_seconds";
+/// Reads of the read-your-writes progress (one per round trip to a store, however
+/// many partitions it covers); label `store`: `redis`, `postgres`.
+pub const PROGRESS_READS: &str = "analytics_query_progress_reads_total";
 /// Server-Sent Events streams open now; label `workload`.
 pub const LIVE_STREAMS: &str = "analytics_query_live_streams";
 /// Snapshots pushed to live streams (one per stream per change); label `workload`.

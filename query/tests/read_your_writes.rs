@@ -44,7 +44,14 @@ async fn fixture() -> Fixture {
     let store = RedisStore::connect(&redis).await.unwrap();
     let cfg = <query::Config as clap::Parser>::parse_from(["query"]);
     let edge = common::engine::edge::Edge::new(&cfg.edge, None);
-    let app = query::app_from_parts(store.clone(), pool, common::engine::telemetry::prometheus(), edge, Duration::ZERO);
+    let app = query::app_from_parts(
+        store.clone(),
+        pool,
+        common::engine::telemetry::prometheus(),
+        edge,
+        Duration::ZERO,
+        cfg.limits(),
+    );
     Fixture { app, store, redis_url: redis.url.clone(), redis, pg }
 }
 
@@ -147,7 +154,7 @@ async fn a_polling_client_never_sees_a_count_go_down_across_a_redis_back_off() {
     assert!(seen.contains(&NEW.clicks), "the fallback read shows PostgreSQL's newer row: {seen:?}");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a read went backwards: {seen:?}");
     // The stale copy was repaired by the write-back, for every other reader of Redis too.
-    let cached = HourCache::new(f.store.clone()).get(&HourStart::of(H)).await.unwrap();
-    assert_eq!(cached, Some(HourTotals { row: NEW, version: 2 }));
+    let cache = HourCache::connect(&f.redis).await.unwrap();
+    assert_eq!(cache.get(&HourStart::of(H)).await.unwrap(), Some(HourTotals { row: NEW, version: 2 }));
     f.cleanup().await;
 }

@@ -93,6 +93,13 @@ impl QueryApp {
             self.edge.within_time_limit(async { respond(answer.await) }, "request took too long; retry later")
         };
         let Some(After { token, wait }) = after else { return call(query).await };
+        // Held until the answer is computed: the wait and the reads after it.
+        let Some(_place) = self.progress.admit() else {
+            return respond(Err(QueryError::Busy {
+                label: "too_many_waits",
+                message: "too many requests waiting for their writes; retry later".into(),
+            }));
+        };
         let waiting = Instant::now();
         // The wait is outside the request time limit: the client chose it (at most 30 s).
         let reflected = self.progress.wait(&token, wait).await;
@@ -131,6 +138,10 @@ fn respond(answer: Result<Response<Body>, QueryError>) -> Response<Body> {
             http::error(StatusCode::BAD_REQUEST, message)
         }
         Err(QueryError::NotFound(message)) => http::error(StatusCode::NOT_FOUND, message),
+        Err(QueryError::Busy { label, message }) => {
+            metrics::counter!(m::REJECTED, "reason" => label).increment(1);
+            http::unavailable(message, 1)
+        }
         Err(QueryError::Unavailable(e)) => {
             // The detail (PostgreSQL's own text) stays in the log, not in the answer.
             tracing::warn!(error = %e, "query failed");

@@ -143,6 +143,8 @@ pub struct Reader<W: QueryWorkload> {
     local: Option<Arc<LocalCache<W::Row>>>,
     floors: Arc<Floors<<W::Row as CachedRow>::Id>>,
     changes: Option<super::Changes>,
+    /// The places for live streams, shared by every live route of the process.
+    live_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl<W: QueryWorkload> Clone for Reader<W> {
@@ -154,6 +156,7 @@ impl<W: QueryWorkload> Clone for Reader<W> {
             local: self.local.clone(),
             floors: self.floors.clone(),
             changes: self.changes.clone(),
+            live_slots: self.live_slots.clone(),
         }
     }
 }
@@ -174,12 +177,15 @@ impl<W: QueryWorkload> Reader<W> {
             local,
             floors: Arc::new(Floors::new()),
             changes: None,
+            live_slots: None,
         }
     }
 
-    /// The same reader, with the process's change notifications (for [`Reader::live`]).
-    pub fn with_changes(mut self, changes: super::Changes) -> Self {
+    /// The same reader, with the process's change notifications and live-stream
+    /// places (for [`Reader::live`]).
+    pub fn with_changes(mut self, changes: super::Changes, live_slots: Arc<tokio::sync::Semaphore>) -> Self {
         self.changes = Some(changes);
+        self.live_slots = Some(live_slots);
         self
     }
 
@@ -191,8 +197,12 @@ impl<W: QueryWorkload> Reader<W> {
         Fut: std::future::Future<Output = Result<String, super::QueryError>> + Send + 'static,
     {
         let changes = self.changes.clone().unwrap_or_else(|| super::Changes::new(self.cache.store().clone()));
+        let slots = self
+            .live_slots
+            .clone()
+            .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(super::Limits::default().live_streams)));
         let reader = self.clone();
-        super::LiveFeed::new(W::NAME, changes, move || render(reader.clone()))
+        super::LiveFeed::new(W::NAME, changes, slots, move || render(reader.clone()))
     }
 
     /// The row `id`; the empty row at version 0 when no store holds it.
