@@ -148,6 +148,7 @@ impl ProgressWait {
     pub async fn wait(&self, token: &ReadToken, limit: Duration) -> Option<Reflected> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut marks = self.watch(token);
+        let stop = self.inner.changes.stopping().clone();
         loop {
             if let Some(seen) = marks.borrow_and_update().as_ref() {
                 if progress::reflected(&seen.marks, token.offset) {
@@ -156,8 +157,9 @@ impl ProgressWait {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return None,
+                // The service is stopping, the watcher with it: answer now (503), the client retries elsewhere.
+                _ = stop.cancelled() => return None,
                 changed = marks.changed() => if changed.is_err() {
-                    // The watcher stopped: the service is shutting down.
                     return None;
                 },
             }
