@@ -12,6 +12,7 @@
 //! per partition. The progress reads therefore grow with the partitions
 //! waited on (a handful), not with the requests. At most `max_waits`
 //! requests wait at once ([`ProgressWait::admit`]); beyond, 503.
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
