@@ -144,6 +144,11 @@ impl Stack {
         self.procs[name].addr
     }
 
+    /// The process id of a running instance (to read its `/proc/<pid>/status`).
+    pub fn pid(&self, name: &str) -> u32 {
+        self.procs[name].child.id()
+    }
+
     /// SIGKILL: the process gets no chance to flush or commit anything.
     pub fn kill9(&mut self, name: &str) {
         let mut r = self.procs.remove(name).expect("a running instance");

@@ -118,14 +118,14 @@ async fn get_timeseries(
 async fn get_aggregate(pool: &Pool, parsed: Result<range::Range, RangeReject>) -> Result<Response<Body>, QueryError> {
     let range = parsed.map_err(rejected)?;
     let (from, to) = (range.from_ms(), range.to_ms());
-    let client = client(pool).await?;
+    let mut client = client(pool).await?;
     let sums = ranges::read_sums(&client, from, to).await.map_err(unavailable)?;
     let (unique_users, exact) = match range.unique_users() {
         // One hour: the sum over one hour is that hour's exact total.
         UniqueUsers::Hour(_) => (sums.counts.unique_users, true),
         UniqueUsers::Day(day) => (ranges::read_day_users(&client, day).await.map_err(unavailable)?, true),
         UniqueUsers::Estimated => {
-            let sketch = ranges::merge_sketches(&client, from, to).await.map_err(unavailable)?;
+            let sketch = ranges::merge_sketches(&mut client, from, to).await.map_err(unavailable)?;
             (range::bounded_estimate(sketch.estimate(), sums.busiest_hour_users, sums.counts.unique_users), false)
         }
     };

@@ -20,6 +20,13 @@ pub struct Config {
     /// Adds at most this much staleness; the current hour gets most reads.
     #[arg(long, env = "QUERY_LOCAL_CACHE_TTL", default_value = "10ms", value_parser = parse_duration)]
     pub local_cache_ttl: Duration,
+    /// Most requests waiting at once for their write (`after=`); beyond, 503 with `Retry-After: 1`.
+    /// Waiting is cheap: one progress watcher per process serves every waiting request.
+    #[arg(long, env = "QUERY_MAX_TOKEN_WAITS", default_value = "4096", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_token_waits: u32,
+    /// Most live streams (`GET /analytics/live`) open at once; beyond, 503 with `Retry-After: 1`.
+    #[arg(long, env = "QUERY_MAX_LIVE_STREAMS", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_streams: u32,
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]
@@ -34,6 +41,16 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+impl Config {
+    /// The caps of [`crate::engine::Limits`] these flags set.
+    pub fn limits(&self) -> crate::engine::Limits {
+        crate::engine::Limits {
+            token_waits: self.max_token_waits as usize,
+            live_streams: self.max_live_streams as usize,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +59,8 @@ mod tests {
     #[test]
     fn flags_are_consistent_and_defaults_parse() {
         Config::command().debug_assert();
-        Config::try_parse_from(["bin"]).expect("defaults are valid");
+        let cfg = Config::try_parse_from(["bin"]).expect("defaults are valid");
+        assert_eq!(cfg.limits(), crate::engine::Limits::default());
+        assert!(Config::try_parse_from(["bin", "--max-token-waits", "0"]).is_err());
     }
 }

@@ -74,7 +74,7 @@ pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<Qu
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
-    Ok(app_from_parts(redis, pool, metrics, edge, cfg.local_cache_ttl).with_cors(cors))
+    Ok(app_from_parts(redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
@@ -84,8 +84,9 @@ pub fn app_from_parts(
     metrics: PrometheusHandle,
     edge: common::engine::edge::Edge,
     local_cache_ttl: Duration,
+    limits: engine::Limits,
 ) -> QueryApp {
-    let stores = Stores::new(pool, redis, local_cache_ttl);
+    let stores = Stores::with_limits(pool, redis, local_cache_ttl, limits);
     let routes = routes(&stores);
     let ready_stores = stores.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {

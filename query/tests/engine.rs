@@ -92,6 +92,6 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
                 .to_owned()
         )
     );
-    store.clear().await.unwrap();
+    common::test_util::clear_redis_prefix(&redis).await;
     drop_schema(&pg).await;
 }

@@ -131,6 +131,10 @@ async fn timeseries_and_aggregates_answer_from_the_range_read_models() {
             "parameter `from` must be the start of a UTC hour (a multiple of 3600000), got 5\n",
         ),
         ("/analytics/aggregate?from=3600000&to=0", "`from` must be before `to`\n"),
+        (
+            "/analytics/aggregate?from=0&to=315576000000",
+            "the range covers 87660 hours; at most 744 (31 days) are answered\n",
+        ),
     ] {
         let (status, _, body) = get(&app, uri).await;
         assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, reason), "{uri}");

@@ -52,6 +52,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
             common::engine::telemetry::prometheus(),
             edge,
             cfg.local_cache_ttl,
+            cfg.limits(),
         );
         return Fixture { app, cache, pool, pg, redis };
     }

@@ -18,6 +18,13 @@ use super::HourCounts;
 /// Most buckets one timeseries answer may have.
 pub const MAX_BUCKETS: u64 = 1000;
 
+/// The longest range `GET /analytics/aggregate` answers, in hours: 31 days
+/// (any calendar month; the dashboard asks for 30). Its unique users merge
+/// one sketch per (hour, partition), up to 49 KB each, so the work grows
+/// with the range: 744 hours × 4 partitions is ~146 MB read from
+/// PostgreSQL, where a year would be ~1.7 GB.
+pub const MAX_AGGREGATE_HOURS: u64 = 31 * 24;
+
 /// The length of a timeseries bucket, aligned to UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interval {
@@ -148,6 +155,8 @@ pub enum RangeReject {
     TooManyBuckets(u64),
     #[error("parameter `{name}` must be the start of a UTC hour (a multiple of 3600000), got {value}")]
     NotHourAligned { name: &'static str, value: EpochMillis },
+    #[error("the range covers {0} hours; at most 744 (31 days) are answered")]
+    RangeTooLong(u64),
 }
 
 impl RangeReject {
@@ -156,6 +165,7 @@ impl RangeReject {
         match self {
             RangeReject::Query(r) => r.label(),
             RangeReject::TooManyBuckets(_) => "too_many_buckets",
+            RangeReject::RangeTooLong(_) => "range_too_long",
             RangeReject::MissingInterval | RangeReject::BadInterval(_) => "bad_interval",
             RangeReject::MissingParameter(_)
             | RangeReject::BadMillis { .. }
@@ -226,7 +236,7 @@ pub fn parse_timeseries(query: Option<&str>) -> Result<TimeseriesRequest, RangeR
 /// the totals are kept per hour, so only whole hours can be answered exactly.
 ///
 /// # Errors
-/// The first problem found.
+/// The first problem found; [`RangeReject::RangeTooLong`] beyond [`MAX_AGGREGATE_HOURS`].
 pub fn parse_aggregate(query: Option<&str>) -> Result<Range, RangeReject> {
     let raw = split_range(query, false)?;
     let from = parse_millis("from", raw.from)?;
@@ -236,7 +246,12 @@ pub fn parse_aggregate(query: Option<&str>) -> Result<Range, RangeReject> {
             return Err(RangeReject::NotHourAligned { name, value });
         }
     }
-    Range::new(from, to)
+    let range = Range::new(from, to)?;
+    let hours = range.bucket_count(Interval::Hour);
+    if hours > MAX_AGGREGATE_HOURS {
+        return Err(RangeReject::RangeTooLong(hours));
+    }
+    Ok(range)
 }
 
 /// One bucket of a timeseries answer.
@@ -377,6 +392,24 @@ mod tests {
         assert_eq!(
             parse_aggregate(Some(&format!("from={D0}&to={D0}&interval=hour"))),
             Err(RangeReject::Query(RejectReason::UnknownParameter("interval".into())))
+        );
+    }
+
+    #[test]
+    fn aggregate_answers_at_most_31_days() {
+        let to = D0 + MAX_AGGREGATE_HOURS as i64 * HOUR_MS;
+        assert_eq!(parse_aggregate(Some(&format!("from={D0}&to={to}"))), Range::new(D0, to));
+        assert_eq!(
+            parse_aggregate(Some(&format!("from={D0}&to={}", to + HOUR_MS))),
+            Err(RangeReject::RangeTooLong(MAX_AGGREGATE_HOURS + 1))
+        );
+        let ten_years = parse_aggregate(Some(&format!("from=0&to={}", 3652 * DAY_MS)));
+        assert_eq!(ten_years, Err(RangeReject::RangeTooLong(3652 * 24)));
+        let reason = ten_years.unwrap_err().to_string();
+        assert_eq!(reason, "the range covers 87648 hours; at most 744 (31 days) are answered");
+        assert_eq!(
+            RangeReject::RangeTooLong(1).to_string(),
+            format!("the range covers 1 hours; at most {MAX_AGGREGATE_HOURS} (31 days) are answered")
         );
     }
 

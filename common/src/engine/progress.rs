@@ -241,6 +241,37 @@ pub mod pg {
             .map(|r| Mark { aggregates_partition: r.get(0), aggregates_partitions: r.get(1), next_offset: r.get(2) })
             .collect())
     }
+
+    /// The marks of several events partitions (topic, partition), in one query;
+    /// a partition without marks is absent from the map.
+    ///
+    /// # Errors
+    /// [`PgError`] when PostgreSQL cannot answer.
+    pub async fn marks_many(
+        client: &Client,
+        partitions: &[(String, i32)],
+    ) -> Result<std::collections::HashMap<(String, i32), Vec<Mark>>, PgError> {
+        let topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+        let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let stmt = client
+            .prepare_cached(
+                "SELECT r.events_topic, r.partition, r.aggregates_partition, r.aggregates_partitions, r.next_offset
+                 FROM read_progress r JOIN unnest($1::text[], $2::int[]) AS w(events_topic, partition)
+                 USING (events_topic, partition)",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&topics, &numbers]).await?;
+        let mut marks: std::collections::HashMap<(String, i32), Vec<Mark>> = std::collections::HashMap::new();
+        for r in &rows {
+            let mark = Mark {
+                aggregates_partition: r.get("aggregates_partition"),
+                aggregates_partitions: r.get("aggregates_partitions"),
+                next_offset: r.get("next_offset"),
+            };
+            marks.entry((r.get("events_topic"), r.get("partition"))).or_default().push(mark);
+        }
+        Ok(marks)
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use common::engine::http::{self, Body, OpsRoutes};
 use hyper::header::ORIGIN;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::reader::fresh_since;
-use super::wait::{split_query, After, ProgressWait};
+use super::reader::{fresh_as, Fresh};
+use super::wait::{split_query, After, ProgressWait, Reflected};
 use super::{Changes, QueryError, Route, Stores};
 use crate::metrics as m;
 
@@ -93,19 +93,28 @@ impl QueryApp {
             self.edge.within_time_limit(async { respond(answer.await) }, "request took too long; retry later")
         };
         let Some(After { token, wait }) = after else { return call(query).await };
+        // Held until the answer is computed: the wait and the reads after it.
+        let Some(_place) = self.progress.admit() else {
+            return respond(Err(QueryError::Busy {
+                label: "too_many_waits",
+                message: "too many requests waiting for their writes; retry later".into(),
+            }));
+        };
         let waiting = Instant::now();
         // The wait is outside the request time limit: the client chose it (at most 30 s).
         let reflected = self.progress.wait(&token, wait).await;
-        metrics::histogram!(m::TOKEN_WAIT_DURATION, "outcome" => if reflected { "reflected" } else { "timeout" })
-            .record(waiting.elapsed().as_secs_f64());
-        if !reflected {
+        let outcome = if reflected.is_some() { "reflected" } else { "timeout" };
+        metrics::histogram!(m::TOKEN_WAIT_DURATION, "outcome" => outcome).record(waiting.elapsed().as_secs_f64());
+        let Some(seen) = reflected else {
             return http::unavailable(
                 format!("the write is not reflected yet after {} ms; retry later", wait.as_millis()),
                 1,
             );
-        }
-        // Copies held in process from before this moment may predate the write.
-        fresh_since(Instant::now(), call(query)).await
+        };
+        // Copies held in process from before this moment may predate the write;
+        // seen in PostgreSQL only, Redis' copies may too.
+        let fresh = Fresh { since: Instant::now(), from_postgres: seen == Reflected::InPostgres };
+        fresh_as(fresh, call(query)).await
     }
 
     /// Ends the live streams (their connections can then close) and the change
@@ -129,6 +138,10 @@ fn respond(answer: Result<Response<Body>, QueryError>) -> Response<Body> {
             http::error(StatusCode::BAD_REQUEST, message)
         }
         Err(QueryError::NotFound(message)) => http::error(StatusCode::NOT_FOUND, message),
+        Err(QueryError::Busy { label, message }) => {
+            metrics::counter!(m::REJECTED, "reason" => label).increment(1);
+            http::unavailable(message, 1)
+        }
         Err(QueryError::Unavailable(e)) => {
             // The detail (PostgreSQL's own text) stays in the log, not in the answer.
             tracing::warn!(error = %e, "query failed");

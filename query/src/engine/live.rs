@@ -9,6 +9,9 @@
 //! [`watch`] channel. A thousand streams therefore cost one rendering per
 //! change, not a thousand, and a slow stream skips to the newest snapshot
 //! instead of queueing old ones.
+//!
+//! Open streams are capped per process (`--max-live-streams`, shared by every
+//! live route): beyond it a new stream is refused with 503 and `Retry-After`.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +22,7 @@ use common::engine::http::{self, Body};
 use futures::future::BoxFuture;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::changes::Changes;
 use super::{Answer, QueryError};
@@ -46,31 +49,39 @@ struct Feed {
     changes: Changes,
     latest: watch::Sender<Option<Arc<str>>>,
     started: OnceLock<()>,
+    slots: Arc<Semaphore>,
 }
 
 impl LiveFeed {
-    /// A feed of `workload`'s changes rendered by `render` (a JSON object, one line).
-    pub fn new<F, Fut>(workload: &'static str, changes: Changes, render: F) -> Self
+    /// A feed of `workload`'s changes rendered by `render` (a JSON object, one
+    /// line); each stream takes one of `slots` while open.
+    pub fn new<F, Fut>(workload: &'static str, changes: Changes, slots: Arc<Semaphore>, render: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, QueryError>> + Send + 'static,
     {
         let render: Render = Arc::new(move || Box::pin(render()));
-        let feed = Feed { workload, render, changes, latest: watch::channel(None).0, started: OnceLock::new() };
+        let feed = Feed { workload, render, changes, latest: watch::channel(None).0, started: OnceLock::new(), slots };
         LiveFeed { inner: Arc::new(feed) }
     }
 
     /// The answer to one `GET`: a stream starting with the current snapshot.
-    /// Fails (503) only when the first snapshot cannot be read.
+    /// Fails (503) when every stream place is taken, or the first snapshot cannot be read.
     pub fn answer(&self) -> Answer {
         let feed = self.inner.clone();
         Box::pin(async move {
+            let Ok(slot) = feed.slots.clone().try_acquire_owned() else {
+                return Err(QueryError::Busy {
+                    label: "too_many_streams",
+                    message: "too many live streams open; retry later".into(),
+                });
+            };
             feed.start();
             // Subscribed before the first rendering: nothing that changes after it is missed.
             let updates = feed.latest.subscribe();
             let first: Arc<str> = (feed.render)().await?.into();
             let stop = feed.changes.stopping().clone();
-            Ok(stream(feed.workload, first, updates, stop))
+            Ok(stream(feed.workload, first, updates, stop, slot))
         })
     }
 }
@@ -129,13 +140,16 @@ struct Stream {
     open: OpenStream,
 }
 
-/// Counts a stream in the open-streams gauge while it lives.
-struct OpenStream(&'static str);
+/// Counts a stream in the open-streams gauge, and holds its place, while it lives.
+struct OpenStream(
+    &'static str,
+    #[allow(dead_code, reason = "held, not read: dropping it frees the place")] OwnedSemaphorePermit,
+);
 
 impl OpenStream {
-    fn new(workload: &'static str) -> Self {
+    fn new(workload: &'static str, slot: OwnedSemaphorePermit) -> Self {
         metrics::gauge!(m::LIVE_STREAMS, "workload" => workload).increment(1.0);
-        OpenStream(workload)
+        OpenStream(workload, slot)
     }
 }
 
@@ -150,11 +164,12 @@ fn stream(
     first: Arc<str>,
     updates: watch::Receiver<Option<Arc<str>>>,
     stop: common::engine::shutdown::CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) -> Response<Body> {
     use futures::StreamExt;
     let start = Bytes::from(format!("retry: {RETRY_MS}\n{}", std::str::from_utf8(&event(&first)).expect("utf-8")));
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    let state = Stream { updates, last: first, heartbeat, stop, open: OpenStream::new(workload) };
+    let state = Stream { updates, last: first, heartbeat, stop, open: OpenStream::new(workload, slot) };
     let rest = futures::stream::unfold(state, |mut s| async move {
         loop {
             tokio::select! {

@@ -92,9 +92,29 @@ pub enum QueryError {
     /// The stores cannot answer: 503, retry later.
     #[error(transparent)]
     Unavailable(#[from] ReadError),
+    /// A cap of [`Limits`] is reached: 503 with the message, retry after a second.
+    #[error("{message}")]
+    Busy { label: &'static str, message: String },
 }
 
-/// The stores every workload reads, shared, and the notifications of their changes.
+/// Caps on the requests that hold on for long: beyond them, 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests waiting at once for their write (`after=`).
+    pub token_waits: usize,
+    /// Live streams (Server-Sent Events) open at once, over every live route.
+    pub live_streams: usize,
+}
+
+impl Default for Limits {
+    /// The defaults of the flags `--max-token-waits` and `--max-live-streams`.
+    fn default() -> Self {
+        Limits { token_waits: 4096, live_streams: 1024 }
+    }
+}
+
+/// The stores every workload reads, shared, the notifications of their
+/// changes, and the process's read-your-writes wait and live-stream places.
 #[derive(Clone)]
 pub struct Stores {
     pub pool: Pool,
@@ -102,18 +122,27 @@ pub struct Stores {
     /// How long an answer is reused in process (0 turns it off).
     pub local_cache_ttl: Duration,
     changes: Changes,
+    progress: ProgressWait,
+    live_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Stores {
+    /// The stores, with the default [`Limits`].
     pub fn new(pool: Pool, redis: RedisStore, local_cache_ttl: Duration) -> Self {
+        Self::with_limits(pool, redis, local_cache_ttl, Limits::default())
+    }
+
+    pub fn with_limits(pool: Pool, redis: RedisStore, local_cache_ttl: Duration, limits: Limits) -> Self {
         let changes = Changes::new(redis.clone());
-        Stores { pool, redis, local_cache_ttl, changes }
+        let progress = ProgressWait::new(redis.clone(), pool.clone(), changes.clone(), limits.token_waits);
+        let live_slots = Arc::new(tokio::sync::Semaphore::new(limits.live_streams));
+        Stores { pool, redis, local_cache_ttl, changes, progress, live_slots }
     }
 
     /// The routes of `workload`, reading these stores: one registration line in `lib.rs`.
     pub fn register<W: QueryWorkload>(&self, workload: W) -> Vec<Route> {
         let reader = Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl);
-        W::routes(reader.with_changes(self.changes.clone()))
+        W::routes(reader.with_changes(self.changes.clone(), self.live_slots.clone()))
     }
 
     /// The notifications of read-model changes (one subscription per process).
@@ -121,9 +150,9 @@ impl Stores {
         &self.changes
     }
 
-    /// The read-your-writes wait over these stores.
+    /// The read-your-writes wait over these stores (one watcher per process).
     pub fn progress(&self) -> ProgressWait {
-        ProgressWait::new(self.redis.clone(), self.pool.clone(), self.changes.clone())
+        self.progress.clone()
     }
 
     /// Readiness: see [`common::engine::store::check_ready`].

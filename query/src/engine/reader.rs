@@ -1,5 +1,14 @@
 //! Reads a workload's row by id: the in-process copy, then Redis, then
 //! PostgreSQL (writing the answer back to Redis), then the empty row.
+//!
+//! Reads never go backwards within a process. PostgreSQL is the record and
+//! Redis may lag it (a materializer write to Redis that failed is pending;
+//! a write-back skipped during the Redis back-off), so once a row was
+//! answered from PostgreSQL at version `v` without Redis taking `v`, the
+//! reader keeps `v` as the row's *floor*: a Redis copy below it is stale,
+//! is not answered, and is repaired by the write-back of a PostgreSQL read.
+//! An answer to `after=` whose write was seen reflected in PostgreSQL's
+//! progress (Redis did not answer) reads the rows from PostgreSQL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,17 +68,71 @@ impl<R: CachedRow> LocalCache<R> {
     }
 }
 
+/// Versions below which a Redis copy is stale: the highest version of each
+/// row answered from PostgreSQL and not (known to be) in Redis. An entry
+/// goes once Redis is seen at or above it.
+struct Floors<Id: Clone + Eq + std::hash::Hash + Send + Sync + 'static> {
+    versions: moka::sync::Cache<Id, i64>,
+}
+
+/// Rows with a floor held at once: those read from PostgreSQL while Redis lagged.
+const FLOOR_CAPACITY: u64 = 100_000;
+/// A floor not consulted for this long goes (Redis has long caught up by then).
+const FLOOR_IDLE: Duration = Duration::from_secs(3600);
+
+impl<Id: Clone + Eq + std::hash::Hash + Send + Sync + 'static> Floors<Id> {
+    fn new() -> Self {
+        Floors { versions: moka::sync::Cache::builder().max_capacity(FLOOR_CAPACITY).time_to_idle(FLOOR_IDLE).build() }
+    }
+
+    fn get(&self, id: &Id) -> i64 {
+        self.versions.get(id).unwrap_or(0)
+    }
+
+    /// Raises the floor of `id` to `version` (never lowers it).
+    fn raise(&self, id: &Id, version: i64) {
+        self.versions.entry_by_ref(id).and_compute_with(|held| match held.map(|e| e.into_value()) {
+            Some(held) if held >= version => Op::Nop,
+            _ => Op::Put(version),
+        });
+    }
+
+    /// Redis holds `version` of `id`: a floor at or below it is no longer needed.
+    fn reached(&self, id: &Id, version: i64) {
+        if self.versions.contains_key(id) {
+            self.versions.entry_by_ref(id).and_compute_with(|held| match held {
+                Some(held) if *held.value() <= version => Op::Remove,
+                _ => Op::Nop,
+            });
+        }
+    }
+}
+
+/// What the answer to a read-your-writes request must be at least as fresh as.
+#[derive(Debug, Clone, Copy)]
+pub struct Fresh {
+    /// The moment the write was seen reflected: in-process copies read before it may predate it.
+    pub since: Instant,
+    /// The write was seen reflected in PostgreSQL's progress, which can be
+    /// ahead of Redis: read the rows from PostgreSQL.
+    pub from_postgres: bool,
+}
+
 tokio::task_local! {
-    /// Set for the answer to a read-your-writes request: the moment its write
-    /// was seen reflected. In-process copies read before it are too old.
-    static FRESH_SINCE: Instant;
+    /// Set for the answer to a read-your-writes request (and a live snapshot).
+    static FRESH: Fresh;
 }
 
 /// Runs `answer` so that every [`Reader::read`] in it ignores in-process
 /// copies whose read started before `since` (they may predate the write a
-/// read token waited for).
+/// read token waited for, or the change a live snapshot shows).
 pub async fn fresh_since<F: std::future::Future>(since: Instant, answer: F) -> F::Output {
-    FRESH_SINCE.scope(since, answer).await
+    fresh_as(Fresh { since, from_postgres: false }, answer).await
+}
+
+/// Runs `answer` so that every [`Reader::read`] in it is at least as fresh as `fresh`.
+pub async fn fresh_as<F: std::future::Future>(fresh: Fresh, answer: F) -> F::Output {
+    FRESH.scope(fresh, answer).await
 }
 
 /// The read path of one workload's rows.
@@ -78,7 +141,10 @@ pub struct Reader<W: QueryWorkload> {
     cache: VersionedCache<W::Row>,
     pool: Pool,
     local: Option<Arc<LocalCache<W::Row>>>,
+    floors: Arc<Floors<<W::Row as CachedRow>::Id>>,
     changes: Option<super::Changes>,
+    /// The places for live streams, shared by every live route of the process.
+    live_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl<W: QueryWorkload> Clone for Reader<W> {
@@ -88,7 +154,9 @@ impl<W: QueryWorkload> Clone for Reader<W> {
             cache: self.cache.clone(),
             pool: self.pool.clone(),
             local: self.local.clone(),
+            floors: self.floors.clone(),
             changes: self.changes.clone(),
+            live_slots: self.live_slots.clone(),
         }
     }
 }
@@ -102,12 +170,22 @@ impl<W: QueryWorkload> Reader<W> {
     /// `local_ttl` of zero turns the in-process cache off.
     pub fn new(workload: W, redis: RedisStore, pool: Pool, local_ttl: Duration) -> Self {
         let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache::new(local_ttl)));
-        Reader { workload: Arc::new(workload), cache: VersionedCache::new(redis), pool, local, changes: None }
+        Reader {
+            workload: Arc::new(workload),
+            cache: VersionedCache::new(redis),
+            pool,
+            local,
+            floors: Arc::new(Floors::new()),
+            changes: None,
+            live_slots: None,
+        }
     }
 
-    /// The same reader, with the process's change notifications (for [`Reader::live`]).
-    pub fn with_changes(mut self, changes: super::Changes) -> Self {
+    /// The same reader, with the process's change notifications and live-stream
+    /// places (for [`Reader::live`]).
+    pub fn with_changes(mut self, changes: super::Changes, live_slots: Arc<tokio::sync::Semaphore>) -> Self {
         self.changes = Some(changes);
+        self.live_slots = Some(live_slots);
         self
     }
 
@@ -119,8 +197,12 @@ impl<W: QueryWorkload> Reader<W> {
         Fut: std::future::Future<Output = Result<String, super::QueryError>> + Send + 'static,
     {
         let changes = self.changes.clone().unwrap_or_else(|| super::Changes::new(self.cache.store().clone()));
+        let slots = self
+            .live_slots
+            .clone()
+            .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(super::Limits::default().live_streams)));
         let reader = self.clone();
-        super::LiveFeed::new(W::NAME, changes, move || render(reader.clone()))
+        super::LiveFeed::new(W::NAME, changes, slots, move || render(reader.clone()))
     }
 
     /// The row `id`; the empty row at version 0 when no store holds it.
@@ -128,41 +210,55 @@ impl<W: QueryWorkload> Reader<W> {
     /// # Errors
     /// [`ReadError`] only when Redis has no copy and PostgreSQL cannot answer.
     pub async fn read(&self, id: &<W::Row as CachedRow>::Id) -> Result<Versioned<W::Row>, ReadError> {
-        let not_before = FRESH_SINCE.try_with(|since| *since).ok();
-        if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, not_before)) {
-            metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME).increment(1);
-            return Ok(row);
+        let fresh = FRESH.try_with(|f| *f).ok();
+        let from_postgres = fresh.is_some_and(|f| f.from_postgres);
+        if !from_postgres {
+            if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, fresh.map(|f| f.since))) {
+                metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME).increment(1);
+                return Ok(row);
+            }
         }
         let started = Instant::now();
-        let row = self.read_stores(id).await?;
+        let row = self.read_stores(id, from_postgres).await?;
         if let Some(local) = &self.local {
             local.put(id, &row, started);
         }
         Ok(row)
     }
 
-    async fn read_stores(&self, id: &<W::Row as CachedRow>::Id) -> Result<Versioned<W::Row>, ReadError> {
+    /// Redis (unless `skip_redis`), then PostgreSQL with a write-back.
+    async fn read_stores(
+        &self,
+        id: &<W::Row as CachedRow>::Id,
+        skip_redis: bool,
+    ) -> Result<Versioned<W::Row>, ReadError> {
         let started = Instant::now();
-        let mut lease = None;
-        match self.cache.get(id).await {
-            Ok(Some(row)) => {
+        let cached = if skip_redis { Ok(None) } else { self.cache.get(id).await };
+        let stale = match cached {
+            Ok(Some(row)) if row.version >= self.floors.get(id) => {
+                self.floors.reached(id, row.version);
                 metrics::histogram!(m::STORE_DURATION, "store" => "redis", "workload" => W::NAME)
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::READS, "source" => "redis", "workload" => W::NAME).increment(1);
                 return Ok(row);
             }
-            Ok(None) => {
-                // Taken before the PostgreSQL read, so a write-back of that read can never
-                // land over anything written after it began.
-                lease = self.cache.lease(id).await.ok().flatten();
+            // Older than an answer already given: PostgreSQL answers, and the write-back repairs Redis.
+            Ok(Some(_)) => {
+                metrics::counter!(m::STALE_REDIS, "workload" => W::NAME).increment(1);
+                true
             }
+            Ok(None) => true,
             // Degraded, not down: PostgreSQL has the same answer.
-            Err(CacheError::BackingOff) => {}
+            Err(CacheError::BackingOff) => false,
             Err(e) => {
                 tracing::warn!(workload = W::NAME, error = %e, "redis read failed; falling back to postgres");
                 metrics::counter!(m::STORE_ERRORS, "store" => "redis", "workload" => W::NAME).increment(1);
+                false
             }
-        }
+        };
+        // Taken before the PostgreSQL read, so a write-back of that read can never
+        // land over anything written after it began.
+        let lease = if stale || skip_redis { self.cache.lease(id).await.ok().flatten() } else { None };
         let started = Instant::now();
         let found = async {
             let client = self.pool.get().await?;
@@ -179,10 +275,18 @@ impl<W: QueryWorkload> Reader<W> {
             None => (Versioned::absent(), "empty"),
         };
         metrics::counter!(m::READS, "source" => source, "workload" => W::NAME).increment(1);
+        let mut filled = false;
         if let Some(lease) = lease {
-            if let Err(e) = self.cache.fill(id, &row, &lease).await {
-                tracing::debug!(error = %e, "redis write-back failed");
+            match self.cache.fill(id, &row, &lease).await {
+                Ok(written) => filled = written,
+                Err(e) => tracing::debug!(error = %e, "redis write-back failed"),
             }
+        }
+        // Redis may hold an older copy than this answer (no write-back, or one
+        // refused because something wrote the row since): later Redis copies
+        // below it are stale.
+        if !filled && row.version > 0 {
+            self.floors.raise(id, row.version);
         }
         Ok(row)
     }
@@ -241,6 +345,20 @@ mod tests {
         assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(10));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get(&h, None), None);
+    }
+
+    #[test]
+    fn a_floor_only_rises_and_goes_once_redis_reaches_it() {
+        let floors = Floors::<String>::new();
+        let h = key();
+        assert_eq!(floors.get(&h), 0);
+        floors.raise(&h, 5);
+        floors.raise(&h, 3);
+        assert_eq!(floors.get(&h), 5);
+        floors.reached(&h, 4);
+        assert_eq!(floors.get(&h), 5, "Redis below the floor: kept");
+        floors.reached(&h, 5);
+        assert_eq!(floors.get(&h), 0);
     }
 
     #[test]

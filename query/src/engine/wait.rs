@@ -2,18 +2,28 @@
 //! route holds the answer until the token's event is reflected in the read
 //! models ([`common::engine::progress`]), or answers 503 once `wait_ms` is up.
 //!
-//! The progress is read from Redis, where the materializer writes it only
-//! after the rows it covers, and from PostgreSQL when Redis does not answer.
-//! A check runs on every change notification of any workload, and at least
-//! every [`RECHECK`] in case a notification was lost.
+//! Waiting is cheap and capped. One watcher task per process reads the
+//! progress of every events partition someone waits on, all of them in one
+//! round trip: from Redis, where the materializer writes it only after the
+//! rows it covers, and from PostgreSQL when Redis does not answer. It reads
+//! on every change notification of any workload, at least every [`RECHECK`]
+//! (a notification may be lost), and at once for a partition nobody waited
+//! on yet; and hands the marks to the waiters through a [`watch`] channel
+//! per partition. The progress reads therefore grow with the partitions
+//! waited on (a handful), not with the requests. At most `max_waits`
+//! requests wait at once ([`ProgressWait::admit`]); beyond, 503.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::engine::progress::{self, ReadToken};
+use common::engine::progress::{self, Mark, ReadToken};
 use common::engine::store::cache::RedisStore;
 use deadpool_postgres::Pool;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::changes::Changes;
+use crate::metrics as m;
 
 /// The wait when a request names none.
 pub const DEFAULT_WAIT: Duration = Duration::from_millis(5_000);
@@ -77,48 +87,168 @@ pub fn split_query(query: Option<&str>) -> Result<(Option<After>, Option<String>
     Ok((token.map(|token| After { token, wait: wait.unwrap_or(DEFAULT_WAIT) }), rest))
 }
 
-/// The read-your-writes wait of one process.
+/// Which store's progress showed a write reflected. The materializer writes
+/// a mark to Redis only after the rows it covers, so Redis' rows are then at
+/// least as fresh; PostgreSQL's mark commits with its rows, but Redis' rows
+/// may still lag it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflected {
+    InRedis,
+    InPostgres,
+}
+
+/// One events partition: (events topic, partition).
+type PartitionKey = (String, i32);
+
+/// The progress of one events partition as last read, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    marks: Vec<Mark>,
+    source: Reflected,
+}
+
+/// The read-your-writes wait of one process: the shared watcher and the cap. Cheap to clone.
 #[derive(Clone)]
 pub struct ProgressWait {
+    inner: Arc<Watcher>,
+}
+
+struct Watcher {
     redis: RedisStore,
     pool: Pool,
     changes: Changes,
+    /// The partitions waited on, each with the latest marks read (`None` before the first read).
+    watched: Mutex<HashMap<PartitionKey, watch::Sender<Option<Seen>>>>,
+    /// A partition nobody waited on is now waited on: read at once.
+    wake: Notify,
+    started: OnceLock<()>,
+    slots: Arc<Semaphore>,
 }
 
 impl ProgressWait {
-    pub fn new(redis: RedisStore, pool: Pool, changes: Changes) -> Self {
-        ProgressWait { redis, pool, changes }
+    /// At most `max_waits` requests wait at once.
+    pub fn new(redis: RedisStore, pool: Pool, changes: Changes, max_waits: usize) -> Self {
+        let watcher = Watcher {
+            redis,
+            pool,
+            changes,
+            watched: Mutex::default(),
+            wake: Notify::new(),
+            started: OnceLock::new(),
+            slots: Arc::new(Semaphore::new(max_waits)),
+        };
+        ProgressWait { inner: Arc::new(watcher) }
     }
 
-    /// Whether `token`'s event is reflected: Redis, else PostgreSQL; `false`
-    /// when neither answers (the wait goes on).
-    async fn reflected(&self, token: &ReadToken) -> bool {
-        match self.redis.progress(&token.topic, token.partition).await {
-            Ok(marks) => progress::reflected(&marks, token.offset),
-            Err(_) => {
-                let marks = async {
-                    let client = self.pool.get().await.ok()?;
-                    progress::pg::marks(&client, &token.topic, token.partition).await.ok()
-                };
-                marks.await.is_some_and(|m| progress::reflected(&m, token.offset))
+    /// A place among the waiting requests, held until dropped; `None` when all are taken.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Returns once `token`'s event is reflected (where it was seen), or after `limit` (`None`).
+    pub async fn wait(&self, token: &ReadToken, limit: Duration) -> Option<Reflected> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut marks = self.watch(token);
+        let stop = self.inner.changes.stopping().clone();
+        loop {
+            if let Some(seen) = marks.borrow_and_update().as_ref() {
+                if progress::reflected(&seen.marks, token.offset) {
+                    return Some(seen.source);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return None,
+                // The service is stopping, the watcher with it: answer now (503), the client retries elsewhere.
+                _ = stop.cancelled() => return None,
+                changed = marks.changed() => if changed.is_err() {
+                    return None;
+                },
             }
         }
     }
 
-    /// Returns once `token`'s event is reflected (true), or after `limit` (false).
-    pub async fn wait(&self, token: &ReadToken, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// The marks of `token`'s partition as the watcher reads them (started on first use).
+    fn watch(&self, token: &ReadToken) -> watch::Receiver<Option<Seen>> {
+        let inner = &self.inner;
+        inner.started.get_or_init(|| {
+            let watcher = inner.clone();
+            inner.changes.spawn(async move { watcher.run().await });
+        });
+        let mut watched = inner.watched.lock().expect("watched lock");
+        let key = (token.topic.clone(), token.partition);
+        match watched.get(&key) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                watched.insert(key, tx);
+                inner.wake.notify_one();
+                rx
+            }
+        }
+    }
+}
+
+impl Watcher {
+    /// Reads the progress of the partitions waited on, until the service stops.
+    async fn run(&self) {
         let mut changes = self.changes.subscribe(None);
+        let stop = self.changes.stopping().clone();
         loop {
-            // Marked seen before the check: a change during it wakes the next wait at once.
+            let partitions = self.waited_on();
+            if partitions.is_empty() {
+                // Nothing to read until someone waits.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.wake.notified() => continue,
+                }
+            }
+            // Marked seen before the read: a change during it triggers the next read at once.
             changes.borrow_and_update();
-            if self.reflected(token).await {
-                return true;
+            if let Some(read) = self.read(&partitions).await {
+                let watched = self.watched.lock().expect("watched lock");
+                for (key, seen) in partitions.into_iter().zip(read) {
+                    if let Some(tx) = watched.get(&key) {
+                        tx.send_if_modified(|held| {
+                            let changed = held.as_ref() != Some(&seen);
+                            if changed {
+                                *held = Some(seen);
+                            }
+                            changed
+                        });
+                    }
+                }
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = stop.cancelled() => return,
                 _ = changes.changed() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// The partitions someone waits on now; forgets the others.
+    fn waited_on(&self) -> Vec<PartitionKey> {
+        let mut watched = self.watched.lock().expect("watched lock");
+        watched.retain(|_, tx| tx.receiver_count() > 0);
+        watched.keys().cloned().collect()
+    }
+
+    /// The marks of `partitions`, in order: from Redis in one round trip, else
+    /// from PostgreSQL in one query; `None` when neither answers.
+    async fn read(&self, partitions: &[PartitionKey]) -> Option<Vec<Seen>> {
+        metrics::counter!(m::PROGRESS_READS, "store" => "redis").increment(1);
+        match self.redis.progress_many(partitions).await {
+            Ok(all) => Some(all.into_iter().map(|marks| Seen { marks, source: Reflected::InRedis }).collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "progress not read from redis; reading postgres");
+                metrics::counter!(m::PROGRESS_READS, "store" => "postgres").increment(1);
+                let client = self.pool.get().await.ok()?;
+                let mut found = progress::pg::marks_many(&client, partitions).await.ok()?;
+                let seen = partitions
+                    .iter()
+                    .map(|key| Seen { marks: found.remove(key).unwrap_or_default(), source: Reflected::InPostgres });
+                Some(seen.collect())
             }
         }
     }

@@ -225,28 +225,46 @@ pub async fn read_day_users(client: &deadpool_postgres::Client, day: DayStart) -
     Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
 }
 
-/// The union sketch of every (hour, partition) in `[from_ms, to_ms)`.
+/// Sketches fetched per round trip while merging a range: at most
+/// 64 × 49 KB ≈ 3 MB of them are held at once, whatever the range.
+pub const SKETCH_BATCH: i32 = 64;
+
+/// The union sketch of every (hour, partition) in `[from_ms, to_ms)`,
+/// streamed: the rows come through a portal [`SKETCH_BATCH`] at a time and
+/// are folded into one accumulator (64 KB of registers), so the memory a
+/// merge needs does not grow with the range. One read-only transaction.
 ///
 /// # Errors
 /// [`PgError::Corrupt`] for a stored sketch this build cannot read (the
 /// materializer checked it on the way in, so a bug or a manual edit);
 /// [`PgError`] when PostgreSQL cannot answer.
 pub async fn merge_sketches(
-    client: &deadpool_postgres::Client,
+    client: &mut deadpool_postgres::Client,
     from_ms: EpochMillis,
     to_ms: EpochMillis,
 ) -> Result<UserSketch, PgError> {
-    let stmt = client
-        .prepare_cached("SELECT hour_start_ms, sketch FROM hourly_partition_sketches WHERE hour_start_ms >= $1 AND hour_start_ms < $2")
+    let tx = client.build_transaction().read_only(true).start().await?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT hour_start_ms, sketch FROM hourly_partition_sketches
+             WHERE hour_start_ms >= $1 AND hour_start_ms < $2",
+        )
         .await?;
-    let rows = client.query(&stmt, &[&from_ms, &to_ms]).await?;
+    let portal = tx.bind(&stmt, &[&from_ms, &to_ms]).await?;
     let mut union = UserSketch::new();
-    for row in &rows {
-        union.merge_bytes(row.get::<_, &[u8]>("sketch")).map_err(|e| {
-            let hour = HourStart::from_aligned(row.get("hour_start_ms")).map(|h| h.to_string()).unwrap_or_default();
-            PgError::Corrupt(format!("sketch of hour {hour}: {e}"))
-        })?;
+    loop {
+        let rows = tx.query_portal(&portal, SKETCH_BATCH).await?;
+        for row in &rows {
+            union.merge_bytes(row.get::<_, &[u8]>("sketch")).map_err(|e| {
+                let hour = HourStart::from_aligned(row.get("hour_start_ms")).map(|h| h.to_string()).unwrap_or_default();
+                PgError::Corrupt(format!("sketch of hour {hour}: {e}"))
+            })?;
+        }
+        if rows.len() < SKETCH_BATCH as usize {
+            break;
+        }
     }
+    tx.commit().await?;
     Ok(union)
 }
 

@@ -285,18 +285,29 @@ impl RedisStore {
         cmd.arg(&key);
         let fields: Vec<(String, String)> =
             self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
-        fields
-            .iter()
-            .map(|(field, value)| {
-                let (offset, n) = value.split_once('/')?;
-                Some(crate::engine::progress::Mark {
-                    aggregates_partition: field.parse().ok()?,
-                    aggregates_partitions: n.parse().ok()?,
-                    next_offset: offset.parse().ok()?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or(CacheError::Malformed(key))
+        parse_marks(key, &fields)
+    }
+
+    /// The progress marks of several events partitions, in one round trip
+    /// (the query's shared watcher reads every partition waited on at once).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer or holds a malformed mark.
+    pub async fn progress_many(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Vec<crate::engine::progress::Mark>>, CacheError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = partitions.iter().map(|(topic, p)| self.progress_key(topic, *p)).collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let all: Vec<Vec<(String, String)>> =
+            self.guarded(|mut conn| async move { pipe.query_async(&mut conn).await }).await?;
+        keys.into_iter().zip(all.iter()).map(|(key, fields)| parse_marks(key, fields)).collect()
     }
 
     /// Announces on [`RedisStore::changes_channel`] that `workload`'s read model changed.
@@ -331,6 +342,23 @@ impl RedisStore {
         let ping = self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await });
         matches!(tokio::time::timeout(limit, ping).await, Ok(Ok(_)))
     }
+}
+
+/// The marks of one progress hash (`key`), each field `<aggregates partition>`
+/// holding `<next_offset>/<aggregates partitions>`.
+fn parse_marks(key: String, fields: &[(String, String)]) -> Result<Vec<crate::engine::progress::Mark>, CacheError> {
+    fields
+        .iter()
+        .map(|(field, value)| {
+            let (offset, n) = value.split_once('/')?;
+            Some(crate::engine::progress::Mark {
+                aggregates_partition: field.parse().ok()?,
+                aggregates_partitions: n.parse().ok()?,
+                next_offset: offset.parse().ok()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or(CacheError::Malformed(key))
 }
 
 /// The Redis copy of one kind of row, [`CachedRow`].
