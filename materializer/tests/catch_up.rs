@@ -153,3 +153,117 @@ async fn a_catch_up_of_300k_rows_completes_in_bounded_calls_while_redis_keeps_an
     common::test_util::clear_redis_prefix(&redis).await;
     drop_schema(&pg).await;
 }
+
+/// A TCP proxy in front of Redis that can stall: while stalled, it forwards
+/// nothing either way (a Redis that stopped answering without closing).
+struct StallingProxy {
+    addr: std::net::SocketAddr,
+    stalled: Arc<AtomicBool>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (upstream, flag) = (upstream.to_owned(), stalled.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, flag.clone()));
+                tokio::spawn(Self::pump(sr, cw, flag.clone()));
+            }
+        });
+        StallingProxy { addr, stalled }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        stalled: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while stalled.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_never_wait_for_a_redis_that_stopped_answering() {
+    let (_, mut redis, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[migrations::INCREMENTS, migrations::READ_PROGRESS]).await.unwrap();
+    let direct = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
+    let upstream = redis.url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let proxy = StallingProxy::start(&upstream).await;
+    redis.url = format!("redis://{}", proxy.addr);
+    let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
+    let sink = Arc::new(ReadModelSink::new(Increments, pool.clone(), cache, redis.ttl));
+    // The materializer's heartbeat, driving the copy to Redis in the background.
+    let stop = Arc::new(AtomicBool::new(false));
+    let copier = tokio::spawn({
+        let (sink, stop) = (sink.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                sink.catch_up().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let key = |i: u128| IncrementKey::from_uuid(uuid::Uuid::from_u128((7 << 64) + i));
+    let batch = |round: i64| -> Vec<IncrementSum> {
+        (0..100u128)
+            .map(|i| IncrementSum {
+                key: key(i),
+                sum: i128::from(round) * 10 + i as i128,
+                partition: 0,
+                input_offset: round,
+                watermark_ms: common::now_ms(),
+            })
+            .collect()
+    };
+    sink.write(&batch(1), &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Redis stops answering: every batch still commits at PostgreSQL's pace.
+    proxy.stalled.store(true, Ordering::Relaxed);
+    let mut slowest = Duration::ZERO;
+    for round in 2..=30 {
+        let started = Instant::now();
+        sink.write(&batch(round), &[]).await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("slowest batch while Redis stalled: {slowest:?}");
+    assert!(slowest < Duration::from_millis(400), "a batch waited {slowest:?} for a Redis that does not answer");
+
+    // Redis answers again: it gets the newest rows.
+    proxy.stalled.store(false, Ordering::Relaxed);
+    common::test_util::wait_until("Redis to catch up", Duration::from_secs(30), || async {
+        for i in 0..100u128 {
+            let got = direct.get(&key(i)).await.ok()??;
+            if (got.version, got.row.0) != (30, 300 + i as i128) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    copier.await.unwrap();
+    common::test_util::clear_redis_prefix(&redis).await;
+    drop_schema(&pg).await;
+}
