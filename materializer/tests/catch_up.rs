@@ -326,3 +326,82 @@ async fn batches_never_wait_for_a_redis_that_stopped_answering() {
     common::test_util::clear_redis_prefix(&redis).await;
     drop_schema(&pg).await;
 }
+
+/// A sum of `key(i)` at `offset`.
+fn sum_of(i: u128, offset: i64) -> IncrementSum {
+    IncrementSum {
+        key: IncrementKey::from_uuid(uuid::Uuid::from_u128((9 << 64) + i)),
+        sum: i128::from(offset) * 1000 + i as i128,
+        partition: 0,
+        input_offset: offset,
+        watermark_ms: common::now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_when_too_many_were_held() {
+    let (_, redis, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[migrations::INCREMENTS, migrations::READ_PROGRESS]).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
+    // Rows changed long ago (beyond one TTL: their Redis copies expired) and a minute ago.
+    let old: Vec<IncrementSum> = (0..30).map(|i| sum_of(i, 1)).collect();
+    let recent: Vec<IncrementSum> = (30..60).map(|i| sum_of(i, 2)).collect();
+    {
+        let mut c = pool.get().await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        common::increments::read_model::write_sums(&tx, &old).await.unwrap();
+        common::increments::read_model::write_sums(&tx, &recent).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    client
+        .execute(
+            "UPDATE increments SET updated_at = now() - CASE input_offset WHEN 1 THEN interval '3 hours'
+                 ELSE interval '1 minute' END",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // The start-up catch-up: what changed within the TTL, a page at a time.
+    let sink = ReadModelSink::with_max_held(Increments, pool.clone(), cache.clone(), redis.ttl, 10);
+    sink.catch_up().await;
+    for s in &recent {
+        let cached = cache.get(&s.key).await.unwrap().map(|c| (c.version, c.row.0));
+        assert_eq!(cached, Some((s.input_offset, s.sum)), "{:?}: changed within the TTL", s.key);
+    }
+    for s in &old {
+        assert_eq!(cache.get(&s.key).await.unwrap(), None, "{:?} changed before the TTL: not copied", s.key);
+    }
+
+    // At most 10 rows held: a batch of 12 overflows, so Redis gets them from
+    // PostgreSQL, by a catch-up of what changed since that batch began only.
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for s in &recent {
+        let key = cache.store().key("increment", &s.key.to_string());
+        let _: () = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await.unwrap();
+    }
+    let progress = Progress {
+        events_topic: "events".into(),
+        partition: 0,
+        next_offset: 100,
+        aggregates_partition: 0,
+        aggregates_partitions: 1,
+    };
+    let fresh: Vec<IncrementSum> = (60..72).map(|i| sum_of(i, 3)).collect();
+    sink.write(&fresh, std::slice::from_ref(&progress)).await.unwrap();
+    sink.catch_up().await;
+    for s in &fresh {
+        let cached = cache.get(&s.key).await.unwrap().map(|c| (c.version, c.row.0));
+        assert_eq!(cached, Some((s.input_offset, s.sum)), "{:?}: dropped, then caught up", s.key);
+    }
+    for s in &recent {
+        assert_eq!(cache.get(&s.key).await.unwrap(), None, "{:?}: older than the dropped batch", s.key);
+    }
+    let marks = cache.store().progress("events", 0).await.unwrap();
+    assert_eq!(marks.iter().map(|m| m.next_offset).collect::<Vec<_>>(), vec![100], "marks once caught up");
+
+    common::test_util::clear_redis_prefix(&redis).await;
+    drop_schema(&pg).await;
+}

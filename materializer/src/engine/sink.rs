@@ -348,13 +348,14 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     /// is copied by the next start's catch-up.
     pub async fn run_copier(&self, stop: CancellationToken) {
         loop {
+            // At once at start: the catch-up needs no batch to begin.
+            self.copy(&stop).await;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RETRY_EVERY) => {}
             }
-            self.copy(&stop).await;
         }
         let _ = tokio::time::timeout(LAST_COPY, self.copy(&stop)).await;
     }
