@@ -256,19 +256,35 @@ pub mod sums {
         Ok(r.as_ref().and_then(row).map(|(_, v)| v))
     }
 
+    /// One page in key order: at most `limit` keys after `after`, those changed since `since`.
+    ///
     /// # Errors
     /// [`PgError`].
-    pub async fn changed_within(
+    pub async fn changed_page(
         client: &deadpool_postgres::Client,
-        window: std::time::Duration,
-    ) -> Result<Vec<(String, Versioned<Sum>)>, PgError> {
+        since: std::time::SystemTime,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<crate::engine::store::ChangedPage<Sum>, PgError> {
         let rows = client
             .query(
-                &format!("SELECT {COLUMNS} FROM test_sums WHERE updated_at > now() - make_interval(secs => $1)"),
-                &[&window.as_secs_f64()],
+                &format!(
+                    "SELECT {COLUMNS}, updated_at >= $1 AS changed FROM test_sums
+                     WHERE key > $2 ORDER BY key LIMIT $3"
+                ),
+                &[&since, &after.unwrap_or(""), &limit],
             )
             .await?;
-        Ok(rows.iter().filter_map(row).collect())
+        let mut page = crate::engine::store::ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
+        for r in &rows {
+            if let Some((key, sum)) = row(r) {
+                if r.get::<_, bool>("changed") {
+                    page.changed.push((key.clone(), sum));
+                }
+                page.last = Some(key);
+            }
+        }
+        Ok(page)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Fault scenarios (`make chaos`): each posts ≥ 100k events over several
 //! hours (late ones included) under load, injects a fault, and checks every
-//! affected hour against the exact expected counts. Ignored by `make test`;
+//! affected hour against the exact expected counts; the increments ones check
+//! every sum, and scenario 13 measures staleness after a materializer restart
+//! with a million keys held. Ignored by `make test`;
 //! `scripts/chaos.sh` runs them one by one and prints a summary.
 
 use std::collections::BTreeMap;
@@ -369,5 +371,203 @@ async fn chaos_11_increments_instances_added_and_removed() {
     stack.start("processor-3", Service::Processor).await;
     load.await.expect("load task");
     e2e::assert_sums_converge(&stack, &expected, CONVERGE).await;
+    stack.cleanup().await;
+}
+
+/// Increment keys loaded by scenario 13.
+const HELD_KEYS: u64 = 1_000_000;
+
+/// The `i`-th key of scenario 13's bulk load.
+fn held_key(i: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", i >> 20, i)
+}
+
+/// Writes one increment of 1 to each of `n` keys straight to the increments
+/// events topic, as the command would (the same Avro record and record key,
+/// an idempotent `acks=all` producer), only faster: a million POSTs would
+/// take minutes on this box.
+async fn bulk_increments(stack: &Stack, n: u64) {
+    use futures::StreamExt;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = common::engine::config::KafkaConfig { brokers: stack.kafka.brokers.clone(), create_topics: false };
+    let tuning = common::engine::kafka::ProducerTuning {
+        linger: Duration::from_millis(20),
+        delivery_timeout: Duration::from_secs(120),
+        queue_max_messages: 1_000_000,
+    };
+    let producer: FutureProducer = common::engine::kafka::producer_config(&kafka, "chaos-bulk", tuning)
+        .set("batch.size", "1000000")
+        .create()
+        .expect("a producer");
+    let topic = stack.kafka.increments_events_topic.as_str();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let event = common::increments::IncrementEvent {
+            key: common::increments::IncrementKey::parse_canonical(&held_key(i)).expect("a canonical key"),
+            value: common::increments::IncrementValue::new(1).expect("positive"),
+            accepted_at_ms: common::now_ms(),
+            id: None,
+        };
+        let (key, payload) = (event.partition_key(), common::increments::wire::encode_increment(&event));
+        let p = producer.clone();
+        pending.push(async move {
+            let record = FutureRecord::to(topic).key(&key[..]).payload(&payload);
+            p.send(record, Duration::from_secs(120)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if pending.len() >= 100_000 {
+            pending.next().await.expect("a send").expect("the broker acknowledges");
+        }
+    }
+    while let Some(sent) = pending.next().await {
+        sent.expect("the broker acknowledges");
+    }
+}
+
+/// The value of a gauge on a service's `/metrics`, by its name and labels as rendered.
+async fn gauge(ops: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = common::test_util::http(ops, "GET", "/metrics").await.ok()?;
+    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The `q` quantile of `sorted` (seconds), 0 when empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: run with scripts/chaos.sh"]
+async fn chaos_13_increments_staleness_after_a_materializer_restart_with_1m_keys() {
+    use std::sync::atomic::Ordering;
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let loading = std::time::Instant::now();
+    bulk_increments(&stack, HELD_KEYS).await;
+    println!("{HELD_KEYS} increments in the log after {:?}", loading.elapsed());
+    let pool = common::engine::pg::pool(&stack.pg).expect("a pool");
+    common::test_util::wait_until("every key in PostgreSQL", Duration::from_secs(900), || async {
+        let client = pool.get().await.ok()?;
+        let row = client.query_one("SELECT count(*) AS n FROM increments", &[]).await.ok()?;
+        (row.get::<_, i64>("n") as u64 >= HELD_KEYS).then_some(())
+    })
+    .await;
+    println!("{HELD_KEYS} keys held (PostgreSQL) after {:?}", loading.elapsed());
+
+    // A steady load over the held keys (each increment a different key), on through the restart.
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            use futures::StreamExt;
+            futures::stream::iter(0..8u64)
+                .for_each_concurrent(8, |lane| {
+                    let stop = stop.clone();
+                    async move {
+                        let mut i = lane;
+                        while !stop.load(Ordering::Relaxed) {
+                            let key = held_key(i * 7919 % HELD_KEYS);
+                            let body = format!(r#"{{"key":"{key}","value":1}}"#);
+                            let _ = common::test_util::http_body(
+                                command,
+                                "POST",
+                                "/increment",
+                                Some("application/json"),
+                                body.as_bytes(),
+                            )
+                            .await;
+                            i += 8;
+                            pause(5).await;
+                        }
+                    }
+                })
+                .await;
+        }
+    });
+    pause(5000).await;
+
+    stack.kill9("materializer");
+    let restarted = std::time::Instant::now();
+    stack.start("materializer", Service::Materializer).await;
+    let ops = stack.addr("materializer");
+
+    // The probe: POST to a key of its own, then GET until the sum shows it.
+    let probe = "ffffffff-0000-4000-8000-000000000013";
+    let (mut samples, mut expected) = (Vec::<(f64, f64)>::new(), 0i128);
+    let mut caught_up_after = None;
+    while restarted.elapsed() < Duration::from_secs(90) {
+        if caught_up_after.is_none()
+            && gauge(ops, r#"analytics_materializer_redis_catching_up{workload="increments"}"#).await == Some(0.0)
+        {
+            caught_up_after = Some(restarted.elapsed());
+        }
+        let body = format!(r#"{{"key":"{probe}","value":1}}"#);
+        match common::test_util::http_body(command, "POST", "/increment", Some("application/json"), body.as_bytes())
+            .await
+        {
+            Ok((200, _)) => expected += 1,
+            _ => continue,
+        }
+        let (posted_at, accepted) = (restarted.elapsed().as_secs_f64(), std::time::Instant::now());
+        loop {
+            let (status, body) =
+                common::test_util::http(query, "GET", &format!("/increment/{probe}")).await.unwrap_or_default();
+            let sum = (status == 200)
+                .then(|| common::increments::IncrementRow::from_json(body.as_bytes()).ok().map(|r| r.sum))
+                .flatten();
+            if sum.is_some_and(|s| s >= expected) || accepted.elapsed() > Duration::from_secs(60) {
+                samples.push((posted_at, accepted.elapsed().as_secs_f64()));
+                break;
+            }
+            pause(5).await;
+        }
+        pause(50).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    background.await.expect("the background load");
+    pause(3000).await; // the last increments of the load reach both stores
+    let window = |from: f64, to: f64| -> Vec<f64> {
+        let mut s: Vec<f64> = samples.iter().filter(|(t, _)| (from..to).contains(t)).map(|(_, s)| *s).collect();
+        s.sort_by(f64::total_cmp);
+        s
+    };
+    let (first, after) = (window(0.0, 60.0), window(60.0, 90.0));
+    println!(
+        "staleness after the restart: first minute {} samples p50 {:.2} s p99 {:.2} s max {:.2} s; \
+         60-90 s {} samples p50 {:.2} s p99 {:.2} s max {:.2} s; catch-up of Redis done after {caught_up_after:?}",
+        first.len(),
+        quantile(&first, 0.5),
+        quantile(&first, 0.99),
+        quantile(&first, 1.0),
+        after.len(),
+        quantile(&after, 0.5),
+        quantile(&after, 0.99),
+        quantile(&after, 1.0),
+    );
+    let caught_up_after = caught_up_after.expect("the materializer's catch-up of Redis finished within 90 s");
+    assert!(!after.is_empty(), "no probe sample 60-90 s after the restart");
+    // The goal is 10 s; twice that leaves room for a noisy shared 2-core box.
+    assert!(quantile(&after, 0.99) < 20.0, "staleness p99 {:.2} s a minute after the restart", quantile(&after, 0.99));
+
+    // Redis converged: a sample of held keys reads there as in PostgreSQL.
+    let cache = common::increments::read_model::SumCache::connect(&stack.redis).await.expect("redis answers");
+    let client = pool.get().await.expect("a connection");
+    let rows = client
+        .query(
+            "SELECT key::text AS key, value::text AS value, input_offset FROM increments TABLESAMPLE SYSTEM (0.5)",
+            &[],
+        )
+        .await
+        .expect("a sample");
+    let mut differ = 0;
+    for r in &rows {
+        let key = common::increments::IncrementKey::parse_canonical(r.get("key")).expect("a key");
+        let cached = cache.get(&key).await.expect("redis answers");
+        let value: &str = r.get("value");
+        if cached.map(|c| (c.version, c.row.0.to_string())) != Some((r.get("input_offset"), value.to_owned())) {
+            differ += 1;
+        }
+    }
+    println!("{} sampled keys, {differ} differ in Redis; catch-up took {caught_up_after:?}", rows.len());
+    assert_eq!(differ, 0, "keys whose Redis copy differs from PostgreSQL");
     stack.cleanup().await;
 }

@@ -3,13 +3,14 @@
 //! input offset and the per-hour totals with a version
 //! ([`common::analytics::read_model::pg`]) → the hour totals in Redis.
 
-use std::time::Duration;
+use std::time::SystemTime;
 
 use common::analytics::read_model::{pg, HourTotals};
 use common::analytics::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
 use common::analytics::{HourCounts, HourStart};
 use common::engine::kafka::TopicSpec;
 use common::engine::pg::PgError;
+use common::engine::store::ChangedPage;
 use deadpool_postgres::{Client, Transaction};
 
 use crate::engine::{SinkWorkload, Source};
@@ -44,7 +45,13 @@ impl SinkWorkload for Analytics {
         pg::write_aggregates(tx, batch).await
     }
 
-    async fn changed_within(&self, client: &Client, window: Duration) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
-        pg::changed_within(client, window).await
+    async fn changed_page(
+        &self,
+        client: &Client,
+        since: SystemTime,
+        after: Option<&HourStart>,
+        limit: i64,
+    ) -> Result<ChangedPage<HourCounts>, PgError> {
+        pg::changed_page(client, since, after.copied(), limit).await
     }
 }

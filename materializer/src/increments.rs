@@ -2,11 +2,12 @@
 //! → the `increments` table, guarded by input offset
 //! ([`common::increments::read_model`]) → the sums in Redis.
 
-use std::time::Duration;
+use std::time::SystemTime;
 
 use common::engine::avro::DecodeError;
 use common::engine::kafka::TopicSpec;
 use common::engine::pg::PgError;
+use common::engine::store::ChangedPage;
 use common::increments::read_model::{self, StoredSum, SumRow};
 use common::increments::wire::decode_increment_sum;
 use common::increments::{IncrementKey, IncrementSum};
@@ -46,7 +47,13 @@ impl SinkWorkload for Increments {
         read_model::write_sums(tx, batch).await
     }
 
-    async fn changed_within(&self, client: &Client, window: Duration) -> Result<Vec<(IncrementKey, SumRow)>, PgError> {
-        read_model::changed_within(client, window).await
+    async fn changed_page(
+        &self,
+        client: &Client,
+        since: SystemTime,
+        after: Option<&IncrementKey>,
+        limit: i64,
+    ) -> Result<ChangedPage<StoredSum>, PgError> {
+        read_model::changed_page(client, since, after.copied(), limit).await
     }
 }

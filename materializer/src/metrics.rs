@@ -12,6 +12,12 @@ pub const SINK_DURATION: &str = "analytics_materializer_sink_duration_seconds";
 /// Rows written to PostgreSQL that Redis has not received yet (it did not answer).
 /// The name predates other workloads than the hourly one.
 pub const REDIS_PENDING: &str = "analytics_materializer_redis_pending_hours";
+/// Rows dropped from those held for Redis (more than the limit): a catch-up re-reads them from PostgreSQL.
+pub const REDIS_DROPPED: &str = "analytics_materializer_redis_dropped_rows_total";
+/// Rows copied to Redis by a catch-up (at start, or after rows were dropped).
+pub const REDIS_CAUGHT_UP: &str = "analytics_materializer_redis_catch_up_rows_total";
+/// 1 while a catch-up of Redis runs (progress marks wait for it), else 0.
+pub const REDIS_CATCHING_UP: &str = "analytics_materializer_redis_catching_up";
 /// Row copies written to Redis after batches. The name predates other workloads than the hourly one.
 pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
 /// Input accepted → its read-model row visible in Redis.

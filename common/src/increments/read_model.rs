@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::{IncrementKey, IncrementSum};
 use crate::engine::pg::PgError;
 use crate::engine::store::cache::VersionedCache;
-use crate::engine::store::{CachedRow, Versioned};
+use crate::engine::store::{CachedRow, ChangedPage, Versioned};
 
 /// The exact sum of one key (0 only for a key no store holds, at version 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,18 +107,47 @@ pub async fn read_sum(client: &deadpool_postgres::Client, key: IncrementKey) -> 
     row.as_ref().map(row_to_sum).transpose().map(|found| found.map(|(_, sum)| sum))
 }
 
-/// Every key whose sum changed within `window` (by PostgreSQL's clock).
+/// One page of `increments` in key order for the materializer's catch-up:
+/// at most `limit` keys after `after` (from the first key when `None`),
+/// keeping those whose sum changed since `since` (PostgreSQL's clock).
+/// Each page is one range scan of the primary key.
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer.
-pub async fn changed_within(
+/// [`PgError`] when PostgreSQL cannot answer or a row is unreadable.
+pub async fn changed_page(
     client: &deadpool_postgres::Client,
-    window: std::time::Duration,
-) -> Result<Vec<(IncrementKey, SumRow)>, PgError> {
-    let rows = client
-        .query(&format!("{SELECT} WHERE updated_at > now() - make_interval(secs => $1)"), &[&window.as_secs_f64()])
-        .await?;
-    rows.iter().map(row_to_sum).collect()
+    since: std::time::SystemTime,
+    after: Option<IncrementKey>,
+    limit: i64,
+) -> Result<ChangedPage<StoredSum>, PgError> {
+    // Ordered by the uuid column, not the text alias `key`: that would sort
+    // the whole table (140 ms a page at 300k keys instead of 16) and in
+    // another order than the cursor's `>`.
+    const PAGE: &str = "SELECT key::text AS key, value::text AS value, input_offset, updated_at >= $1 AS changed
+         FROM increments";
+    let rows = match after {
+        None => {
+            let stmt = client.prepare_cached(&format!("{PAGE} ORDER BY increments.key LIMIT $2")).await?;
+            client.query(&stmt, &[&since, &limit]).await?
+        }
+        Some(after) => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "{PAGE} WHERE increments.key > $3::text::uuid ORDER BY increments.key LIMIT $2"
+                ))
+                .await?;
+            client.query(&stmt, &[&since, &limit, &after.to_string()]).await?
+        }
+    };
+    let mut page = ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
+    for row in &rows {
+        let (key, sum) = row_to_sum(row)?;
+        if row.get::<_, bool>("changed") {
+            page.changed.push((key, sum));
+        }
+        page.last = Some(key);
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

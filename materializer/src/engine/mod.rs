@@ -7,14 +7,16 @@
 //! module implementing it plus one [`Registration`] line in `lib.rs`.
 //!
 //! - [`pipeline`]: the consume / batch / retry / positions loop.
-//! - [`sink`]: the PostgreSQL transaction, then Redis with its backlog and resync.
+//! - [`sink`]: the PostgreSQL transaction, then the Redis copier: held rows in bounded
+//!   calls, the paged catch-up, the progress marks.
 
 pub mod pipeline;
 pub mod sink;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::engine::avro::DecodeError;
 use common::engine::config::{KafkaConfig, LeaseConfig};
@@ -23,8 +25,9 @@ use common::engine::membership::Membership;
 use common::engine::pg::PgError;
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{RedisStore, VersionedCache};
-use common::engine::store::{CachedRow, Versioned};
+use common::engine::store::{CachedRow, ChangedPage, Versioned};
 use deadpool_postgres::{Client, Pool, Transaction};
+use tracing::Instrument;
 
 use self::pipeline::Pipeline;
 use self::sink::ReadModelSink;
@@ -62,13 +65,18 @@ pub trait SinkWorkload: Send + Sync + 'static {
         batch: &[Self::Aggregate],
     ) -> impl Future<Output = Result<Vec<Keyed<Self::Row>>, PgError>> + Send;
 
-    /// Every row changed within `window` (by PostgreSQL's clock): copied to
-    /// Redis at startup, in case an instance died with rows still pending.
-    fn changed_within(
+    /// One page of the read model in id order for the catch-up of Redis: at
+    /// most `limit` rows after `after` (from the first when `None`), keeping
+    /// those changed since `since` (by PostgreSQL's clock). The engine pages
+    /// through the table at startup (in case an instance died with rows still
+    /// pending) and after dropping pending rows, a bounded amount of work per call.
+    fn changed_page(
         &self,
         client: &Client,
-        window: Duration,
-    ) -> impl Future<Output = Result<Vec<Keyed<Self::Row>>, PgError>> + Send;
+        since: SystemTime,
+        after: Option<&<Self::Row as CachedRow>::Id>,
+        limit: i64,
+    ) -> impl Future<Output = Result<ChangedPage<Self::Row>, PgError>> + Send;
 }
 
 /// Where a workload's aggregates come from: its topic and its lease group
@@ -130,9 +138,24 @@ async fn run_pipeline<W: SinkWorkload>(
     let topic = &source.topic.name;
     let membership =
         Membership::join(engine.pool.clone(), &engine.kafka, &engine.lease, &source.group_id, topic).await?;
-    let sink =
-        ReadModelSink::new(workload, engine.pool.clone(), VersionedCache::new(engine.redis.clone()), engine.redis_ttl);
-    let pipeline = Pipeline::new(&engine, &source, sink, membership).context("creating the consumer")?;
+    let sink = Arc::new(ReadModelSink::new(
+        workload,
+        engine.pool.clone(),
+        VersionedCache::new(engine.redis.clone()),
+        engine.redis_ttl,
+    ));
+    let pipeline = Pipeline::new(&engine, &source, sink.clone(), membership).context("creating the consumer")?;
+    // The Redis copier outlives the pipeline's last batch: it stops after it.
+    let stop_copier = CancellationToken::new();
+    let copier = tokio::spawn({
+        let stop = stop_copier.clone();
+        async move { sink.run_copier(stop).await }.instrument(tracing::info_span!("redis-copier", workload = W::NAME))
+    });
     tracing::info!(workload = W::NAME, topic, group = source.group_id, "pipeline started");
-    pipeline.run(token).await
+    let result = pipeline.run(token).await;
+    stop_copier.cancel();
+    if let Err(e) = copier.await {
+        tracing::error!(workload = W::NAME, error = %e, "the redis copier panicked");
+    }
+    result
 }

@@ -28,7 +28,7 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 pub struct Pipeline<W: SinkWorkload> {
     consumer: Arc<StreamConsumer>,
     membership: Membership,
-    sink: ReadModelSink<W>,
+    sink: Arc<ReadModelSink<W>>,
     topic: String,
     max_batch: usize,
     batch_wait: Duration,
@@ -63,7 +63,7 @@ impl<W: SinkWorkload> Pipeline<W> {
     pub fn new(
         engine: &Engine,
         source: &Source,
-        sink: ReadModelSink<W>,
+        sink: Arc<ReadModelSink<W>>,
         membership: Membership,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let consumer: StreamConsumer = consumer_config(&engine.kafka, &source.group_id, "materializer").create()?;
@@ -96,7 +96,6 @@ impl<W: SinkWorkload> Pipeline<W> {
                 _ = token.cancelled() => break,
                 _ = heartbeat.tick() => {
                     if !self.flush(&mut batch, &token).await? { break; }
-                    self.sink.catch_up().await;
                     self.rebalance().await?;
                     self.record_lag();
                 }

@@ -1,30 +1,39 @@
 //! Writes a batch of a workload's aggregates to its read model: PostgreSQL
-//! first (the record, one transaction through [`SinkWorkload::write`]), then
-//! Redis (the hot copy), each guarded so replays are no-ops.
+//! (the record, one transaction through [`SinkWorkload::write`]), then hands
+//! the rows to the Redis copier (the hot copy), each guarded so replays are no-ops.
 //!
 //! PostgreSQL is the truth and must keep advancing whatever Redis does: a
-//! batch only fails on a PostgreSQL error. When Redis does not answer, the
-//! rows it missed are kept (newest version each) and written once it answers
-//! again, under the same version guard, so it catches up without ever moving
-//! backwards. A materializer that dies with rows still pending leaves Redis
-//! possibly stale for them; every pipeline therefore starts by copying to
+//! batch only fails on a PostgreSQL error, and it never waits for Redis. The
+//! rows it wrote are held (newest version each, in batch order) and copied
+//! by one background task per pipeline, [`ReadModelSink::run_copier`], in
+//! calls of at most [`ROWS_PER_CALL`] rows under the version guard, so Redis
+//! is never blocked for more than a few milliseconds and catches up without
+//! ever moving backwards. When Redis does not answer, the rows stay held;
+//! past [`MAX_PENDING`] of them they are dropped and re-read from PostgreSQL
+//! instead (a catch-up from the oldest dropped write on), so memory stays bounded.
+//!
+//! The catch-up: a materializer that dies with rows still pending leaves
+//! Redis possibly stale for them, so every pipeline starts by copying to
 //! Redis every row PostgreSQL changed within one Redis TTL (any older Redis
-//! entry has expired), again under the version guard.
+//! entry has expired). It pages through the read model by id
+//! ([`SinkWorkload::changed_page`], [`ROWS_PER_PAGE`] rows a statement),
+//! between the copies of new batches' rows, which go first.
 //!
 //! The processor's progress records ([`common::engine::progress`]) ride along:
 //! written to PostgreSQL in the batch's transaction, and to Redis only once
-//! no row is pending there any more, so a query that sees a progress in
-//! Redis reads rows at least that fresh. After each round that wrote
-//! anything, a change notification goes out on Redis pub/sub (the query's
-//! token waits and live streams listen to it).
+//! every row of their batch and of the batches before it is there and no
+//! catch-up is running, so a query that sees a progress in Redis reads rows
+//! at least that fresh. After each round that wrote anything, a change
+//! notification goes out on Redis pub/sub (the query's token waits and live
+//! streams listen to it).
 
-use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::engine::pg::PgError;
 use common::engine::progress::{self, Progress};
+use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{CacheError, VersionedCache};
 use common::engine::store::{CachedRow, Versioned};
 use deadpool_postgres::Pool;
@@ -32,70 +41,213 @@ use deadpool_postgres::Pool;
 use super::{Keyed, SinkWorkload};
 use crate::metrics as m;
 
+/// Most rows in one Redis call. The version-guarded write costs Redis about
+/// 7 µs a row (1.8 ms a call of 250 on the shared 2-core test box, measured by
+/// `materializer/tests/catch_up.rs`), so no call blocks Redis for long.
+pub const ROWS_PER_CALL: usize = 250;
+/// Most rows one PostgreSQL statement of the catch-up reads.
+pub const ROWS_PER_PAGE: i64 = 5_000;
+/// Most rows held for Redis. Beyond, they are dropped and re-read from
+/// PostgreSQL by a catch-up (about 100 bytes each held).
+pub const MAX_PENDING: usize = 100_000;
+/// Also re-read when rows are dropped: how much earlier than the oldest dropped
+/// batch's start its rows may carry as `updated_at` (none in practice; a margin).
+const DROP_MARGIN: Duration = Duration::from_secs(5);
+/// Batches whose progress records and freshness samples wait for Redis; beyond,
+/// the two oldest merge (marks) or the oldest samples are dropped.
+const MAX_WAITING_BATCHES: usize = 256;
+/// How often the copier tries again when no batch wakes it.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long the copier keeps handing Redis held rows once its pipeline stopped.
+const LAST_COPY: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error(transparent)]
     Pg(#[from] PgError),
-    #[error(transparent)]
-    Redis(#[from] CacheError),
 }
 
 impl SinkError {
-    /// Worth retrying the batch: PostgreSQL unavailable, or Redis (which only delays its copy).
+    /// Worth retrying the batch: PostgreSQL unavailable.
     pub fn is_retryable(&self) -> bool {
         match self {
             SinkError::Pg(e) => e.is_retryable(),
-            SinkError::Redis(_) => true,
         }
     }
+}
+
+/// A row PostgreSQL holds and Redis may not.
+struct Held<R> {
+    row: Versioned<R>,
+    /// The batch that wrote this version.
+    batch: u64,
+    /// When that batch's write began: its `updated_at` is later.
+    written_from: Instant,
+}
+
+/// A catch-up in progress: paging through the read model by id.
+struct CatchUp<Id> {
+    /// Copy what changed since this moment; one Redis TTL back when `None`.
+    from: Option<Instant>,
+    /// The same moment by PostgreSQL's clock, fixed by the first page.
+    since: Option<SystemTime>,
+    /// The last id done.
+    after: Option<Id>,
+    /// Changes with every (re)start, so a page read before one is not taken as progress.
+    generation: u64,
+    began: Instant,
+    copied: usize,
 }
 
 /// What Redis still has to receive.
 struct RedisBacklog<R: CachedRow> {
     /// Rows whose newest version Redis has not acknowledged.
-    pending: BTreeMap<R::Id, Versioned<R>>,
-    /// The startup copy of recently changed rows is still to do.
-    resync: bool,
+    held: HashMap<R::Id, Held<R>>,
+    /// The same rows in batch order: copied oldest first.
+    queue: BTreeSet<(u64, R::Id)>,
+    /// The number of the last batch written.
+    batch: u64,
+    catch_up: Option<CatchUp<R::Id>>,
+    generations: u64,
+    /// Progress records by the batch they came with: to Redis once every row
+    /// up to that batch is there and no catch-up runs.
+    marks: BTreeMap<u64, Vec<Progress>>,
+    /// Watermarks of each batch's aggregates: freshness is measured once its rows are in Redis.
+    watermarks: BTreeMap<u64, Vec<i64>>,
     /// Redis failed last time (to log an outage once).
     failing: bool,
-    /// Progress marks to copy to Redis once no row is pending: the furthest per
-    /// (events topic, partition, aggregates partition).
-    progress: BTreeMap<(String, i32, i32), Progress>,
-    /// Something reached Redis or is on its way: a change notification is due.
-    notify: bool,
 }
 
 impl<R: CachedRow> RedisBacklog<R> {
-    /// Holds each events partition's furthest progress per aggregates partition.
-    fn keep_furthest(&mut self, records: impl IntoIterator<Item = Progress>) {
-        for p in records {
-            let key = (p.events_topic.clone(), p.partition, p.aggregates_partition);
-            match self.progress.entry(key) {
-                Entry::Occupied(e) if e.get().next_offset >= p.next_offset => {}
-                Entry::Occupied(mut e) => {
-                    e.insert(p);
-                }
-                Entry::Vacant(e) => {
-                    e.insert(p);
-                }
-            }
-        }
+    fn new() -> Self {
+        let mut backlog = RedisBacklog {
+            held: HashMap::new(),
+            queue: BTreeSet::new(),
+            batch: 0,
+            catch_up: None,
+            generations: 0,
+            marks: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
+            failing: false,
+        };
+        backlog.start_catch_up(None);
+        backlog
     }
 
-    /// Holds each row's newest version (equal versions are equal rows).
-    fn keep_newest(&mut self, rows: impl IntoIterator<Item = Keyed<R>>) {
+    /// Starts a catch-up of what changed since `from` (one TTL back if `None`),
+    /// or widens the one running to it (then it starts over from the first id).
+    fn start_catch_up(&mut self, from: Option<Instant>) {
+        let from = match &self.catch_up {
+            Some(running) => running.from.zip(from).map(|(a, b)| a.min(b)),
+            None => from,
+        };
+        self.generations += 1;
+        self.catch_up = Some(CatchUp {
+            from,
+            since: None,
+            after: None,
+            generation: self.generations,
+            began: Instant::now(),
+            copied: 0,
+        });
+    }
+
+    /// Holds a written batch's rows, progress records and watermarks. Returns
+    /// how many rows were dropped (to be re-read by a catch-up) because more
+    /// than `max_held` would be held.
+    fn add(
+        &mut self,
+        rows: Vec<Keyed<R>>,
+        progress: &[Progress],
+        watermarks: Vec<i64>,
+        written_from: Instant,
+        max_held: usize,
+    ) -> usize {
+        self.batch += 1;
+        let batch = self.batch;
         for (id, row) in rows {
-            match self.pending.entry(id) {
-                Entry::Vacant(e) => {
-                    e.insert(row);
-                }
-                Entry::Occupied(mut e) if row.version > e.get().version => {
-                    e.insert(row);
-                }
-                Entry::Occupied(_) => {}
+            self.hold(id, Held { row, batch, written_from });
+        }
+        if !progress.is_empty() {
+            self.marks.insert(batch, progress.to_vec());
+            while self.marks.len() > MAX_WAITING_BATCHES {
+                // Merge the oldest into the next: those marks wait a little longer.
+                let (_, oldest) = self.marks.pop_first().expect("more than one batch");
+                self.marks.first_entry().expect("more than one batch").get_mut().extend(oldest);
             }
         }
+        if !watermarks.is_empty() {
+            self.watermarks.insert(batch, watermarks);
+        }
+        while self.watermarks.len() > MAX_WAITING_BATCHES {
+            self.watermarks.pop_first();
+        }
+        if self.held.len() <= max_held {
+            return 0;
+        }
+        let dropped = self.held.len();
+        let oldest = self.held.values().map(|h| h.written_from).min().expect("rows held");
+        self.held.clear();
+        self.queue.clear();
+        self.watermarks.clear();
+        self.start_catch_up(Some(oldest.checked_sub(DROP_MARGIN).unwrap_or(oldest)));
+        dropped
     }
+
+    /// Holds a row unless an equal or newer version is held already.
+    fn hold(&mut self, id: R::Id, new: Held<R>) {
+        if let Some(cur) = self.held.get(&id) {
+            if cur.row.version >= new.row.version {
+                return;
+            }
+            self.queue.remove(&(cur.batch, id.clone()));
+        }
+        self.queue.insert((new.batch, id.clone()));
+        self.held.insert(id, new);
+    }
+
+    /// Takes up to `n` rows, oldest batch first.
+    fn take(&mut self, n: usize) -> Vec<(R::Id, Held<R>)> {
+        let mut taken = Vec::with_capacity(n.min(self.queue.len()));
+        while taken.len() < n {
+            let Some((_, id)) = self.queue.pop_first() else { break };
+            let held = self.held.remove(&id).expect("queued rows are held");
+            taken.push((id, held));
+        }
+        taken
+    }
+
+    /// Every batch before this one has all its rows in Redis.
+    fn first_unfinished_batch(&self) -> u64 {
+        self.queue.first().map_or(self.batch + 1, |(b, _)| *b)
+    }
+
+    /// The progress records Redis may now receive: of the batches whose rows,
+    /// and all rows before them, are in Redis, unless a catch-up runs.
+    fn due_marks(&mut self) -> Vec<Progress> {
+        if self.catch_up.is_some() {
+            return Vec::new();
+        }
+        let rest = self.marks.split_off(&self.first_unfinished_batch());
+        let due: Vec<Progress> = std::mem::replace(&mut self.marks, rest).into_values().flatten().collect();
+        progress::furthest(&due)
+    }
+
+    /// The watermarks of the batches now wholly in Redis.
+    fn due_watermarks(&mut self) -> Vec<i64> {
+        let rest = self.watermarks.split_off(&self.first_unfinished_batch());
+        std::mem::replace(&mut self.watermarks, rest).into_values().flatten().collect()
+    }
+}
+
+/// How one step of the copier went.
+enum Step {
+    /// Something was copied; there may be more.
+    Copied,
+    /// Nothing left to copy.
+    Idle,
+    /// Redis (or, for a catch-up page, PostgreSQL) failed: try again later.
+    Failed,
 }
 
 pub struct ReadModelSink<W: SinkWorkload> {
@@ -103,30 +255,51 @@ pub struct ReadModelSink<W: SinkWorkload> {
     pool: Pool,
     cache: VersionedCache<W::Row>,
     redis_ttl: Duration,
+    max_held: usize,
     backlog: Mutex<RedisBacklog<W::Row>>,
+    /// Rung by every batch written: the copier has work.
+    wake: tokio::sync::Notify,
+    /// One copier at a time (the background task, or a test driving it).
+    copying: tokio::sync::Mutex<()>,
 }
 
 impl<W: SinkWorkload> ReadModelSink<W> {
+    /// A sink whose first job for Redis is a catch-up of one TTL.
     pub fn new(workload: W, pool: Pool, cache: VersionedCache<W::Row>, redis_ttl: Duration) -> Self {
-        let backlog = RedisBacklog {
-            pending: BTreeMap::new(),
-            resync: true,
-            failing: false,
-            progress: BTreeMap::new(),
-            notify: false,
-        };
-        ReadModelSink { workload, pool, cache, redis_ttl, backlog: Mutex::new(backlog) }
+        Self::with_max_held(workload, pool, cache, redis_ttl, MAX_PENDING)
+    }
+
+    /// [`Self::new`], holding at most `max_held` rows for Redis (tests).
+    pub fn with_max_held(
+        workload: W,
+        pool: Pool,
+        cache: VersionedCache<W::Row>,
+        redis_ttl: Duration,
+        max_held: usize,
+    ) -> Self {
+        metrics::gauge!(m::REDIS_CATCHING_UP, "workload" => W::NAME).set(1.0);
+        ReadModelSink {
+            workload,
+            pool,
+            cache,
+            redis_ttl,
+            max_held,
+            backlog: Mutex::new(RedisBacklog::new()),
+            wake: tokio::sync::Notify::new(),
+            copying: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn workload(&self) -> &W {
         &self.workload
     }
 
-    /// Applies a batch. Safe to call again with the same batch after any failure.
+    /// Applies a batch to PostgreSQL and hands its rows to the Redis copier
+    /// (never waiting for Redis). Safe to call again with the same batch after any failure.
     ///
     /// # Errors
     /// [`SinkError::Pg`]: retry the whole batch (PostgreSQL keeps what it has,
-    /// guarded by offsets). Redis failures are not errors: see [`Self::catch_up`].
+    /// guarded by offsets).
     pub async fn write(&self, batch: &[W::Aggregate], progress: &[Progress]) -> Result<(), SinkError> {
         let started = Instant::now();
         let rows = async {
@@ -142,104 +315,332 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         metrics::histogram!(m::SINK_DURATION, "sink" => "postgres", "workload" => W::NAME)
             .record(started.elapsed().as_secs_f64());
 
-        {
+        let watermarks = batch.iter().map(|a| self.workload.watermark_ms(a)).collect();
+        let (dropped, held) = {
             let mut backlog = self.backlog.lock().expect("backlog lock");
-            backlog.keep_newest(rows);
-            backlog.keep_furthest(progress.iter().cloned());
-            backlog.notify = true;
+            let dropped = backlog.add(rows, progress, watermarks, started, self.max_held);
+            (dropped, backlog.held.len())
+        };
+        metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(held as f64);
+        if dropped > 0 {
+            metrics::counter!(m::REDIS_DROPPED, "workload" => W::NAME).increment(dropped as u64);
+            tracing::warn!(
+                workload = W::NAME,
+                dropped,
+                max = self.max_held,
+                "too many rows held for redis; dropped, redis will catch up from PostgreSQL"
+            );
         }
-        self.catch_up().await;
-
-        let now = common::now_ms();
-        let freshness = metrics::histogram!(m::FRESHNESS, "workload" => W::NAME);
-        for a in batch {
-            freshness.record((now - self.workload.watermark_ms(a)).max(0) as f64 / 1000.0);
-        }
+        self.wake.notify_one();
         Ok(())
     }
 
-    /// Writes to Redis what it has not received yet (after a failure, the
-    /// cache skips Redis for a moment, so an outage costs the batches nothing).
-    /// Never fails: what Redis refuses stays pending.
+    /// Copies to Redis, a bounded call at a time, until everything held is
+    /// there, any catch-up is done and the progress marks are written, or
+    /// Redis fails (what it refused stays held). Never fails.
     pub async fn catch_up(&self) {
-        let (resync, pending, marks, notify) = {
-            let mut backlog = self.backlog.lock().expect("backlog lock");
-            let b = &mut *backlog;
-            (b.resync, std::mem::take(&mut b.pending), std::mem::take(&mut b.progress), std::mem::take(&mut b.notify))
-        };
-        let mut result = Ok(());
-        if resync {
-            result = self.resync().await;
+        self.copy(&CancellationToken::new()).await;
+    }
+
+    /// The copier of this sink's pipeline: copies whenever a batch was
+    /// written (and every second while something is left) until `stop`; then
+    /// hands Redis what is held for a few more seconds. Anything left then
+    /// is copied by the next start's catch-up.
+    pub async fn run_copier(&self, stop: CancellationToken) {
+        loop {
+            // At once at start: the catch-up needs no batch to begin.
+            self.copy(&stop).await;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
+            }
         }
-        let pending: Vec<Keyed<W::Row>> = pending.into_iter().collect();
-        if result.is_ok() && !pending.is_empty() {
-            let started = Instant::now();
-            result = self.cache.put_if_newer(&pending).await.map(|written| {
-                metrics::histogram!(m::SINK_DURATION, "sink" => "redis", "workload" => W::NAME)
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!(m::REDIS_WRITES, "workload" => W::NAME).increment(written as u64);
-            });
+        let _ = tokio::time::timeout(LAST_COPY, self.copy(&stop)).await;
+    }
+
+    /// Rounds of [`Self::step`] until idle or failed; catch-up pages only until `stop`.
+    async fn copy(&self, stop: &CancellationToken) {
+        let _one = self.copying.lock().await;
+        let mut wrote = false;
+        loop {
+            let step = self.step(!stop.is_cancelled(), &mut wrote).await;
+            let (marks, watermarks) = {
+                let mut backlog = self.backlog.lock().expect("backlog lock");
+                (backlog.due_marks(), backlog.due_watermarks())
+            };
+            let now = common::now_ms();
+            let freshness = metrics::histogram!(m::FRESHNESS, "workload" => W::NAME);
+            for w in watermarks {
+                freshness.record((now - w).max(0) as f64 / 1000.0);
+            }
+            // Progress only after every row up to its batch: then Redis is at least as fresh as it says.
+            let marked = if marks.is_empty() { Ok(()) } else { self.cache.store().put_progress(&marks).await };
+            match &marked {
+                Ok(()) => wrote |= !marks.is_empty(),
+                Err(e) => {
+                    self.failed(e);
+                    let mut backlog = self.backlog.lock().expect("backlog lock");
+                    let first = backlog.first_unfinished_batch().saturating_sub(1);
+                    backlog.marks.entry(first).or_default().extend(marks);
+                }
+            }
+            if !matches!(step, Step::Copied) || marked.is_err() {
+                break;
+            }
         }
-        // Progress only after every pending row: then Redis is at least as fresh as it says.
-        let marks: Vec<Progress> = marks.into_values().collect();
-        if result.is_ok() && !marks.is_empty() {
-            result = self.cache.store().put_progress(&marks).await;
-        }
-        if result.is_ok() && notify {
+        if wrote {
             // Best effort: listeners also poll, so a lost notification only delays them.
             if let Err(e) = self.cache.store().publish_change(W::NAME).await {
                 tracing::debug!(workload = W::NAME, error = %e, "change notification not sent");
             }
         }
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        match result {
-            Ok(()) => {
-                if backlog.failing {
-                    tracing::info!(workload = W::NAME, "redis answers again; caught up");
-                }
-                backlog.resync = false;
-                backlog.failing = false;
-            }
-            Err(e) => {
-                if !matches!(e, CacheError::BackingOff) {
-                    metrics::counter!(m::SINK_ERRORS, "sink" => "redis", "workload" => W::NAME).increment(1);
-                }
-                if !backlog.failing {
-                    tracing::warn!(workload = W::NAME, error = %e, "redis unavailable; PostgreSQL goes on, Redis catches up when it answers");
-                }
-                backlog.failing = true;
-                // Put back what was taken, unless a newer version arrived meanwhile.
-                backlog.keep_newest(pending);
-                backlog.keep_furthest(marks);
-                backlog.notify |= notify;
-            }
-        }
-        metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(backlog.pending.len() as f64);
+        let held = self.backlog.lock().expect("backlog lock").held.len();
+        metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(held as f64);
     }
 
-    /// Copies every row PostgreSQL changed within one Redis TTL to Redis.
-    async fn resync(&self) -> Result<(), CacheError> {
-        let recent = async {
-            let client = self.pool.get().await.map_err(PgError::from)?;
-            self.workload.changed_within(&client, self.redis_ttl).await
+    /// One bounded step: a call's worth of held rows (oldest batch first), else a catch-up page.
+    async fn step(&self, pages: bool, wrote: &mut bool) -> Step {
+        let (taken, catching_up) = {
+            let mut backlog = self.backlog.lock().expect("backlog lock");
+            (backlog.take(ROWS_PER_CALL), backlog.catch_up.is_some())
+        };
+        if taken.is_empty() {
+            return if catching_up && pages { self.catch_up_page(wrote).await } else { Step::Idle };
         }
-        .await;
-        match recent {
-            Ok(recent) => {
-                let written = self.cache.put_if_newer(&recent).await?;
-                tracing::info!(
-                    workload = W::NAME,
-                    rows = recent.len(),
-                    written,
-                    "redis brought up to date with PostgreSQL"
-                );
-                Ok(())
+        let rows: Vec<Keyed<W::Row>> = taken.iter().map(|(id, h)| (id.clone(), h.row.clone())).collect();
+        let started = Instant::now();
+        match self.cache.put_if_newer(&rows).await {
+            Ok(written) => {
+                metrics::histogram!(m::SINK_DURATION, "sink" => "redis", "workload" => W::NAME)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::REDIS_WRITES, "workload" => W::NAME).increment(written as u64);
+                *wrote = true;
+                self.succeeded();
+                Step::Copied
             }
             Err(e) => {
-                // Not Redis' fault: try again on the next round.
-                tracing::warn!(workload = W::NAME, error = %e, "could not list recently changed rows; redis resync postponed");
-                Ok(())
+                self.failed(&e);
+                let mut backlog = self.backlog.lock().expect("backlog lock");
+                for (id, held) in taken {
+                    backlog.hold(id, held);
+                }
+                Step::Failed
             }
         }
+    }
+
+    /// One page of the catch-up: up to [`ROWS_PER_PAGE`] rows from PostgreSQL,
+    /// those changed copied to Redis [`ROWS_PER_CALL`] at a time.
+    async fn catch_up_page(&self, wrote: &mut bool) -> Step {
+        let Some((from, since, after, generation)) = self
+            .backlog
+            .lock()
+            .expect("backlog lock")
+            .catch_up
+            .as_ref()
+            .map(|c| (c.from, c.since, c.after.clone(), c.generation))
+        else {
+            return Step::Idle;
+        };
+        let page = async {
+            let client = self.pool.get().await.map_err(PgError::from)?;
+            let since = match since {
+                Some(since) => since,
+                None => {
+                    let window = from.map_or(self.redis_ttl, |f| f.elapsed().min(self.redis_ttl));
+                    let row = client
+                        .query_one("SELECT now() - make_interval(secs => $1) AS since", &[&window.as_secs_f64()])
+                        .await?;
+                    row.get::<_, SystemTime>("since")
+                }
+            };
+            let page = self.workload.changed_page(&client, since, after.as_ref(), ROWS_PER_PAGE).await?;
+            Ok::<_, PgError>((since, page))
+        }
+        .await;
+        let (since, page) = match page {
+            Ok(page) => page,
+            Err(e) => {
+                // Not Redis' fault: the held rows keep flowing; the catch-up tries again next round.
+                tracing::warn!(workload = W::NAME, error = %e, "could not read a page of changed rows; redis catch-up postponed");
+                return Step::Failed;
+            }
+        };
+        for chunk in page.changed.chunks(ROWS_PER_CALL) {
+            match self.cache.put_if_newer(chunk).await {
+                Ok(_) => *wrote = true,
+                Err(e) => {
+                    // The page is read again next time; the version guard makes that harmless.
+                    self.failed(&e);
+                    return Step::Failed;
+                }
+            }
+        }
+        self.succeeded();
+        metrics::counter!(m::REDIS_CAUGHT_UP, "workload" => W::NAME).increment(page.changed.len() as u64);
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        let Some(c) = backlog.catch_up.as_mut().filter(|c| c.generation == generation) else {
+            return Step::Copied; // restarted meanwhile: this page was not its progress
+        };
+        c.since = Some(since);
+        c.copied += page.changed.len();
+        c.after = page.last;
+        if page.scanned < ROWS_PER_PAGE as usize || c.after.is_none() {
+            tracing::info!(
+                workload = W::NAME,
+                rows = c.copied,
+                seconds = c.began.elapsed().as_secs_f64(),
+                "redis caught up with PostgreSQL"
+            );
+            backlog.catch_up = None;
+        }
+        metrics::gauge!(m::REDIS_CATCHING_UP, "workload" => W::NAME)
+            .set(f64::from(u8::from(backlog.catch_up.is_some())));
+        Step::Copied
+    }
+
+    fn succeeded(&self) {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if backlog.failing {
+            tracing::info!(workload = W::NAME, "redis answers again; catching up");
+        }
+        backlog.failing = false;
+    }
+
+    fn failed(&self, e: &CacheError) {
+        if !matches!(e, CacheError::BackingOff) {
+            metrics::counter!(m::SINK_ERRORS, "sink" => "redis", "workload" => W::NAME).increment(1);
+        }
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if !backlog.failing {
+            tracing::warn!(workload = W::NAME, error = %e, "redis unavailable; PostgreSQL goes on, Redis catches up when it answers");
+        }
+        backlog.failing = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Row;
+
+    impl CachedRow for Row {
+        type Id = u32;
+        const KIND: &'static str = "row";
+        const FIELDS: &'static [&'static str] = &[];
+
+        fn id_to_key(id: &u32) -> String {
+            id.to_string()
+        }
+
+        fn to_values(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn from_values(_: &[String]) -> Option<Self> {
+            Some(Row)
+        }
+    }
+
+    fn rows(ids: &[(u32, i64)]) -> Vec<Keyed<Row>> {
+        ids.iter().map(|(id, version)| (*id, Versioned { row: Row, version: *version })).collect()
+    }
+
+    fn mark(next_offset: i64) -> Progress {
+        Progress {
+            events_topic: "e".into(),
+            partition: 0,
+            next_offset,
+            aggregates_partition: 0,
+            aggregates_partitions: 1,
+        }
+    }
+
+    /// A backlog whose start-up catch-up is done.
+    fn caught_up() -> RedisBacklog<Row> {
+        let mut b = RedisBacklog::new();
+        b.catch_up = None;
+        b
+    }
+
+    #[test]
+    fn marks_wait_for_every_row_of_their_batch_and_the_batches_before() {
+        let mut b = caught_up();
+        let now = Instant::now();
+        b.add(rows(&[(1, 1), (2, 1)]), &[mark(10)], vec![], now, 100);
+        b.add(rows(&[(3, 1)]), &[mark(20)], vec![], now, 100);
+        assert!(b.due_marks().is_empty(), "nothing copied yet");
+        let first = b.take(1);
+        assert_eq!(first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1], "oldest batch first");
+        assert!(b.due_marks().is_empty(), "row 2 of the first batch is still held");
+        b.take(1);
+        assert_eq!(b.due_marks(), vec![mark(10)]);
+        b.take(1);
+        assert_eq!(b.due_marks(), vec![mark(20)]);
+    }
+
+    #[test]
+    fn a_newer_version_moves_a_row_to_its_batch_and_an_older_one_is_ignored() {
+        let mut b = caught_up();
+        let now = Instant::now();
+        b.add(rows(&[(1, 5)]), &[mark(10)], vec![], now, 100);
+        b.add(rows(&[(1, 4), (2, 1)]), &[], vec![], now, 100);
+        assert_eq!(b.held[&1].row.version, 5);
+        b.add(rows(&[(1, 6)]), &[mark(30)], vec![], now, 100);
+        // Row 1 now belongs to batch 3: batch 1's marks are due once batch 2's row 2 is copied.
+        let taken: Vec<u32> = b.take(1).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(taken, vec![2]);
+        assert_eq!(b.due_marks(), vec![mark(10)]);
+        assert_eq!(b.take(5).into_iter().map(|(_, h)| h.row.version).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(b.due_marks(), vec![mark(30)]);
+    }
+
+    #[test]
+    fn no_marks_while_a_catch_up_runs() {
+        let mut b: RedisBacklog<Row> = RedisBacklog::new();
+        b.add(Vec::new(), &[mark(10)], vec![], Instant::now(), 100);
+        assert!(b.due_marks().is_empty(), "the start-up catch-up is not done");
+        b.catch_up = None;
+        assert_eq!(b.due_marks(), vec![mark(10)]);
+    }
+
+    #[test]
+    fn too_many_rows_held_are_dropped_for_a_catch_up_from_the_oldest_write() {
+        let mut b = caught_up();
+        let early = Instant::now();
+        assert_eq!(b.add(rows(&[(1, 1), (2, 1)]), &[mark(10)], vec![1, 2], early, 3), 0);
+        let dropped = b.add(rows(&[(3, 1), (4, 1)]), &[mark(20)], vec![3], early + Duration::from_secs(9), 3);
+        assert_eq!(dropped, 4);
+        assert!(b.held.is_empty() && b.queue.is_empty());
+        let c = b.catch_up.as_ref().expect("a catch-up from PostgreSQL");
+        assert_eq!(c.from, early.checked_sub(DROP_MARGIN));
+        assert!(b.due_marks().is_empty(), "the marks wait for the catch-up");
+        b.catch_up = None;
+        assert_eq!(b.due_marks(), vec![mark(20)]);
+        // A second overflow during a catch-up keeps the oldest start, and restarts it.
+        b.start_catch_up(Some(early));
+        b.catch_up.as_mut().unwrap().after = Some(7);
+        b.start_catch_up(Some(early + Duration::from_secs(1)));
+        let c = b.catch_up.as_ref().unwrap();
+        assert_eq!((c.from, c.after), (Some(early), None));
+        // One TTL back stays one TTL back.
+        b.start_catch_up(None);
+        b.start_catch_up(Some(early));
+        assert_eq!(b.catch_up.as_ref().unwrap().from, None);
+    }
+
+    #[test]
+    fn waiting_marks_stay_bounded() {
+        let mut b: RedisBacklog<Row> = RedisBacklog::new();
+        for i in 0..1000 {
+            b.add(Vec::new(), &[mark(i)], vec![0; 10], Instant::now(), 100);
+        }
+        assert!(b.marks.len() <= MAX_WAITING_BATCHES && b.watermarks.len() <= MAX_WAITING_BATCHES);
+        b.catch_up = None;
+        assert_eq!(b.due_marks(), vec![mark(999)]);
     }
 }

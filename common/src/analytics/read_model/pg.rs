@@ -7,9 +7,9 @@ use std::sync::LazyLock;
 
 use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_COLUMN};
 use crate::analytics::wire::HourAggregate;
-use crate::analytics::HourStart;
+use crate::analytics::{HourCounts, HourStart};
 use crate::engine::pg::PgError;
-use crate::engine::store::Versioned;
+use crate::engine::store::{ChangedPage, Versioned};
 
 /// Namespace of the per-hour advisory locks.
 const HOUR_LOCK_SPACE: i32 = 0x4e41;
@@ -143,19 +143,37 @@ pub async fn read_hour(client: &deadpool_postgres::Client, hour: HourStart) -> R
     Ok(row.as_ref().and_then(row_to_totals).map(|(_, t)| t))
 }
 
-/// Every hour whose totals changed within `window` (by PostgreSQL's clock).
+/// One page of `hourly_aggregates` in hour order for the materializer's
+/// catch-up: at most `limit` hours after `after` (from the first when
+/// `None`), keeping those whose totals changed since `since` (PostgreSQL's clock).
 ///
 /// # Errors
 /// [`PgError`] when PostgreSQL cannot answer.
-pub async fn changed_within(
+pub async fn changed_page(
     client: &deadpool_postgres::Client,
-    window: std::time::Duration,
-) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
-    let secs = window.as_secs_f64();
-    let rows = client
-        .query(&format!("{} WHERE updated_at > now() - make_interval(secs => $1)", *SELECT_HOURS), &[&secs])
+    since: std::time::SystemTime,
+    after: Option<HourStart>,
+    limit: i64,
+) -> Result<ChangedPage<HourCounts>, PgError> {
+    let after = after.map_or(i64::MIN, HourStart::start_ms);
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT hour_start_ms, {}, {}, updated_at >= $1 AS changed FROM hourly_aggregates
+             WHERE hour_start_ms > $2 ORDER BY hour_start_ms LIMIT $3",
+            count_columns(str::to_owned, ", "),
+            VERSION_COLUMN
+        ))
         .await?;
-    Ok(rows.iter().filter_map(row_to_totals).collect())
+    let rows = client.query(&stmt, &[&since, &after, &limit]).await?;
+    let mut page = ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
+    for row in &rows {
+        let Some((hour, totals)) = row_to_totals(row) else { continue };
+        if row.get::<_, bool>("changed") {
+            page.changed.push((hour, totals));
+        }
+        page.last = Some(hour);
+    }
+    Ok(page)
 }
 
 fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {

@@ -54,6 +54,21 @@ pub trait CachedRow: Clone + Send + Sync + 'static {
     fn from_values(values: &[String]) -> Option<Self>;
 }
 
+/// One page of a read model in id order, for the materializer's catch-up of
+/// Redis: of the rows scanned (at most the page's limit, the ids after a
+/// cursor), those changed since a given moment, and where the next page starts.
+/// Paging by id through the primary key bounds every statement and every
+/// Redis call, whatever the table holds.
+#[derive(Debug, Clone)]
+pub struct ChangedPage<R: CachedRow> {
+    /// The rows of the page changed since the moment asked, in id order.
+    pub changed: Vec<(R::Id, Versioned<R>)>,
+    /// How many rows the page scanned, changed or not.
+    pub scanned: usize,
+    /// The id of the page's last scanned row: the next page starts after it.
+    pub last: Option<R::Id>,
+}
+
 /// Readiness of a service that uses both read-model stores: PostgreSQL
 /// answers within 2 s. Redis is only the hot copy: without it the service
 /// works on PostgreSQL alone (degraded, logged and counted), so its absence
