@@ -16,8 +16,9 @@
 //! records it emits.
 
 pub mod dedup;
-mod emitter;
+pub mod emitter;
 pub mod metrics;
+pub mod partition;
 mod pipeline;
 pub mod state_store;
 

@@ -28,11 +28,11 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::Instrument;
 
-use super::dedup::IdWindow;
-use super::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
+use super::emitter::{AggregateEmitter, EmitError};
 use super::metrics as m;
-use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore, StoreError};
-use super::{Aggregation, Position, Record, Scope};
+use super::partition::{checkpoint_partition, open_claimed, OwnedPartition};
+use super::state_store::{StateStore, StoreError};
+use super::Aggregation;
 
 /// Records taken per wake-up of the loop once one has arrived.
 const DRAIN_BATCH: usize = 1024;
@@ -61,25 +61,7 @@ pub struct ProcessorSettings {
     pub partitions: i32,
 }
 
-/// One partition this instance currently owns.
-struct Owned<S> {
-    epoch: i64,
-    position: Position,
-    ids: IdWindow,
-    id_chunks: ChunkCounts,
-    state: S,
-    /// This partition's transactional producer (its id fences former owners).
-    emitter: PartitionEmitter,
-    /// The next offset the last emitted progress records carried: a
-    /// checkpoint is due whenever the position moved past it, even if the
-    /// records changed nothing (duplicates, skipped records), so that a read
-    /// token of such a record resolves too.
-    progress_emitted: i64,
-    /// The offset of an undecodable record this partition stopped at: it is
-    /// no longer consumed (its lease is kept, so nobody re-claims it) until
-    /// an operator deploys a reader that knows the record and restarts.
-    stalled_at: Option<i64>,
-}
+type Owned<S> = OwnedPartition<S>;
 
 pub struct Processor<W: Aggregation> {
     workload: W,
@@ -204,7 +186,7 @@ impl<W: Aggregation> Processor<W> {
         }
         for p in &plan.to_release {
             if let Some(mut owned) = self.owned.remove(p) {
-                if let Err(e) = checkpoint_one(&self.workload, &self.store, *p, &mut owned).await {
+                if let Err(e) = checkpoint_partition(&self.workload, &self.store, *p, &mut owned).await {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
@@ -292,18 +274,8 @@ impl<W: Aggregation> Processor<W> {
             rdkafka::Timestamp::LogAppendTime(ms) => ms,
             _ => self.workload.accepted_at_ms(&event),
         };
-        owned.position.next_offset = offset + 1;
-        owned.position.watermark_ms = owned.position.watermark_ms.max(accepted_at_ms);
-        let watermark_ms = owned.position.watermark_ms;
-        if let Some(id) = self.workload.dedup_id(&event) {
-            if !owned.ids.admit(id, watermark_ms) {
-                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "duplicate_id").increment(1);
-                return;
-            }
-        }
-        let record = Record { offset, accepted_at_ms, watermark_ms };
-        match self.workload.apply(&mut owned.state, record, event) {
-            Ok(()) => self.applied += 1,
+        match owned.apply(&self.workload, offset, accepted_at_ms, event) {
+            Ok(_) => self.applied += 1,
             Err(skip) => {
                 metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => skip.0).increment(1);
             }
@@ -338,32 +310,19 @@ impl<W: Aggregation> Processor<W> {
         let position = claimed.position;
         common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
             .await?;
-        // Fences every earlier owner's producer and aborts its open transaction,
-        // then re-emits what the store holds.
-        let emitter = self.emitter.open(partition).await?;
-        let scope = Scope { topic: &self.topic, partition };
-        emitter.emit(self.workload.snapshot(scope, position, &claimed.state), Some(position.next_offset)).await?;
+        let (epoch, held_ids) = (claimed.epoch, claimed.ids.held());
+        let owned = open_claimed(&self.workload, &self.store, &self.emitter, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
-            epoch = claimed.epoch,
+            epoch,
             next_offset = position.next_offset,
-            held_ids = claimed.ids.held(),
+            held_ids,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "claimed partition"
         );
         metrics::counter!(m::RESTORES, "workload" => W::NAME).increment(1);
         metrics::histogram!(m::RESTORE_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
-        let owned = Owned {
-            epoch: claimed.epoch,
-            position,
-            ids: claimed.ids,
-            id_chunks: claimed.id_chunks,
-            state: claimed.state,
-            emitter,
-            progress_emitted: position.next_offset,
-            stalled_at: None,
-        };
         Ok(Some((partition, owned)))
     }
 
@@ -377,7 +336,7 @@ impl<W: Aggregation> Processor<W> {
         // transaction, so a round takes as long as the slowest, not the sum.
         let (workload, store) = (&self.workload, &self.store);
         let rounds = self.owned.drain().map(|(p, mut owned)| async move {
-            let result = checkpoint_one(workload, store, p, &mut owned).await;
+            let result = checkpoint_partition(workload, store, p, &mut owned).await;
             (p, owned, result)
         });
         let results = futures::future::join_all(rounds).await;
@@ -443,51 +402,4 @@ impl<W: Aggregation> Processor<W> {
                 .set(if stalled { 1.0 } else { 0.0 });
         }
     }
-}
-
-/// Checkpoints one partition; returns the committed position if anything changed.
-async fn checkpoint_one<W: Aggregation>(
-    workload: &W,
-    store: &StateStore,
-    partition: i32,
-    owned: &mut Owned<W::State>,
-) -> Result<Option<i64>, ProcessorError> {
-    let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
-    let changes = workload.changes(&mut owned.state);
-    let moved = owned.position.next_offset > owned.progress_emitted;
-    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved {
-        return Ok(None);
-    }
-    let started = Instant::now();
-    let cp = EngineCheckpoint {
-        position: owned.position,
-        epoch: owned.epoch,
-        ids: &owned.ids,
-        closed_id_hours: &closed_id_hours,
-        id_chunks: &owned.id_chunks,
-    };
-    let work = changes.as_ref().map(|c| (&owned.state, c));
-    let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
-    record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
-    owned.ids.mark_checkpointed();
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
-        .record(started.elapsed().as_secs_f64());
-    let emitting = Instant::now();
-    let scope = Scope { topic: store.topic(), partition };
-    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
-    let emitted = emits.len();
-    if let (Some(changes), Some(receipt)) = (changes, receipt) {
-        workload.committed(&mut owned.state, changes, receipt);
-    }
-    // The progress records after the aggregates, in the same transaction:
-    // a reader that applied them has applied the aggregates too.
-    let next_offset = owned.position.next_offset;
-    owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
-    owned.progress_emitted = next_offset;
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
-        .record(emitting.elapsed().as_secs_f64());
-    metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
-    metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
-    metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
-    Ok(Some(owned.position.next_offset))
 }
