@@ -208,10 +208,6 @@ impl Aggregation for Analytics {
         cp.changed.iter().map(|c| aggregate(scope.partition, position, c)).collect()
     }
 
-    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &AnalyticsState) -> Vec<Emit> {
-        state.window.snapshot().iter().map(|c| aggregate(scope.partition, position, c)).collect()
-    }
-
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a AnalyticsState>) {
         let (mut hours, mut bytes, mut user_hours) = (0, 0, 0);
         let (mut days, mut day_bytes, mut user_days) = (0, 0, 0);

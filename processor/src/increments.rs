@@ -105,10 +105,6 @@ impl Aggregation for Increments {
         changed.iter().map(|(k, s)| sum_record(scope.partition, position, *k, *s)).collect()
     }
 
-    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &IncrementState) -> Vec<Emit> {
-        state.sums().map(|(k, s)| sum_record(scope.partition, position, k, s)).collect()
-    }
-
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a IncrementState>) {
         let keys: usize = states.map(IncrementState::len).sum();
         metrics::gauge!(STATE_KEYS, "workload" => Self::NAME).set(keys as f64);

@@ -265,11 +265,6 @@ impl PartitionWindow {
         }
     }
 
-    /// Every open hour as emitted (new users left out): what a claim re-emits.
-    pub fn snapshot(&self) -> Vec<ChangedHour> {
-        self.hours.iter().map(|(h, b)| self.report(*h, b, Vec::new())).collect()
-    }
-
     /// Counts of every open hour.
     pub fn counts(&self) -> impl Iterator<Item = (HourStart, HourCounts)> + '_ {
         self.hours.iter().map(|(h, b)| (*h, b.counts()))
@@ -566,7 +561,6 @@ mod tests {
         let cp = w.checkpoint();
         let sketch = UserSketch::from_bytes(&cp.changed[0].sketch).unwrap();
         assert_eq!(sketch.estimate(), 100, "exact at small counts");
-        assert_eq!(w.snapshot(), vec![ChangedHour { new_users: Vec::new(), ..cp.changed[0].clone() }]);
     }
 
     #[test]

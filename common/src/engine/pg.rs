@@ -66,6 +66,12 @@ pub mod migrations {
     /// Read-your-writes progress per events partition: materializer writes, query reads.
     pub const READ_PROGRESS: Migration =
         Migration { version: 10, name: "read_progress", sql: include_str!("../../migrations/0010_read_progress.sql") };
+    /// The processor's outbox: each checkpoint's records until their Kafka transaction committed.
+    pub const PROCESSOR_OUTBOX: Migration = Migration {
+        version: 11,
+        name: "processor_outbox",
+        sql: include_str!("../../migrations/0011_processor_outbox.sql"),
+    };
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -79,6 +85,7 @@ pub mod migrations {
         RANGES,
         PROCESSOR_DAYS,
         READ_PROGRESS,
+        PROCESSOR_OUTBOX,
     ];
 }
 

@@ -31,6 +31,9 @@ pub struct OwnedPartition<S> {
     /// no longer consumed (its lease is kept, so nobody re-claims it) until
     /// an operator deploys a reader that knows the record and restarts.
     pub(crate) stalled_at: Option<i64>,
+    /// Outbox rows up to this input offset are in the log (their Kafka
+    /// transaction committed): the next checkpoint deletes them.
+    pub(crate) outbox_through: Option<i64>,
 }
 
 impl<S> OwnedPartition<S> {
@@ -88,21 +91,25 @@ pub async fn claim_partition<W: Aggregation>(
     retention_ms: i64,
 ) -> Result<OwnedPartition<W::State>, ProcessorError> {
     let claimed = store.claim(workload, partition, retention_ms).await?;
-    open_claimed(workload, store, emitter, partition, claimed).await
+    open_claimed(workload, emitter, partition, claimed).await
 }
 
 /// The second half of [`claim_partition`], once the store's state is loaded.
 pub(crate) async fn open_claimed<W: Aggregation>(
-    workload: &W,
-    store: &StateStore,
+    _workload: &W,
     emitter: &AggregateEmitter,
     partition: i32,
     claimed: super::state_store::Claimed<W::State>,
 ) -> Result<OwnedPartition<W::State>, ProcessorError> {
     let position = claimed.position;
     let emitter = emitter.open(partition).await?;
-    let scope = Scope { topic: store.topic(), partition };
-    emitter.emit(workload.snapshot(scope, position, &claimed.state), Some(position.next_offset)).await?;
+    // Exactly the records that may be missing from the log: those of
+    // checkpoints whose Kafka transaction was not known committed. Every
+    // other record of the state is already there, and the sinks keep the
+    // newest input offset per key, so re-sending these is idempotent.
+    let resent = claimed.outbox.len();
+    emitter.emit(claimed.outbox, Some(position.next_offset)).await?;
+    metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
     Ok(OwnedPartition {
         epoch: claimed.epoch,
         position,
@@ -112,6 +119,7 @@ pub(crate) async fn open_claimed<W: Aggregation>(
         emitter,
         progress_emitted: position.next_offset,
         stalled_at: None,
+        outbox_through: claimed.outbox_through,
     })
 }
 
@@ -131,35 +139,41 @@ pub async fn checkpoint_partition<W: Aggregation>(
     let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
     let changes = workload.changes(&mut owned.state);
     let moved = owned.position.next_offset > owned.progress_emitted;
-    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved {
+    let outbox_due = owned.outbox_through.is_some();
+    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved && !outbox_due {
         return Ok(None);
     }
     let started = Instant::now();
+    let scope = Scope { topic: store.topic(), partition };
+    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
     let cp = EngineCheckpoint {
         position: owned.position,
         epoch: owned.epoch,
         ids: &owned.ids,
         closed_id_hours: &closed_id_hours,
         id_chunks: &owned.id_chunks,
+        emits: &emits,
+        emitted_through: owned.outbox_through,
     };
     let work = changes.as_ref().map(|c| (&owned.state, c));
     let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
+    owned.outbox_through = None;
     record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
     owned.ids.mark_checkpointed();
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
         .record(started.elapsed().as_secs_f64());
     let emitting = Instant::now();
-    let scope = Scope { topic: store.topic(), partition };
-    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
     let emitted = emits.len();
     if let (Some(changes), Some(receipt)) = (changes, receipt) {
         workload.committed(&mut owned.state, changes, receipt);
     }
-    // The progress records after the aggregates, in the same transaction:
+    // The progress records after the aggregates, in the last transaction:
     // a reader that applied them has applied the aggregates too.
     let next_offset = owned.position.next_offset;
     owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
     owned.progress_emitted = next_offset;
+    // In the log now: the next checkpoint deletes them from the outbox.
+    owned.outbox_through = (emitted > 0).then_some(next_offset);
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
         .record(emitting.elapsed().as_secs_f64());
     metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);

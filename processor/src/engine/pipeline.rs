@@ -119,9 +119,29 @@ impl<W: Aggregation> Processor<W> {
 
     /// Runs until `token` is cancelled, then checkpoints what it holds and leaves the group.
     ///
+    /// A partition whose emit or claim fails is dropped and claimed again at
+    /// the next heartbeat (which re-sends its outbox); the others go on.
+    ///
     /// # Errors
-    /// Kafka delivery failures of aggregates; the process should restart.
+    /// What no partition-level retry can repair (the consumer, a stored
+    /// position outside the log); the group is left first, so that a new
+    /// instance of the workload takes the partitions at once.
     pub async fn run(mut self, token: CancellationToken) -> Result<(), ProcessorError> {
+        let result = self.run_loop(&token).await;
+        let result = match result {
+            Ok(()) => {
+                tracing::info!(workload = W::NAME, "processor stopping: final checkpoint");
+                self.checkpoint_all().await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.membership.leave().await {
+            tracing::warn!(error = %e, "could not release partitions; they will expire");
+        }
+        result
+    }
+
+    async fn run_loop(&mut self, token: &CancellationToken) -> Result<(), ProcessorError> {
         let mut tick = tokio::time::interval(self.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
@@ -144,7 +164,7 @@ impl<W: Aggregation> Processor<W> {
                         last_checkpoint = Instant::now();
                     }
                 }
-                _ = heartbeat.tick() => self.rebalance(&token).await?,
+                _ = heartbeat.tick() => self.rebalance(token).await?,
                 _ = gauges.tick() => self.record_gauges(),
                 msg = async { consumer.stream().next().await } => match msg {
                     Some(msg) => {
@@ -165,11 +185,6 @@ impl<W: Aggregation> Processor<W> {
                     None => break,
                 },
             }
-        }
-        tracing::info!(workload = W::NAME, "processor stopping: final checkpoint");
-        self.checkpoint_all().await?;
-        if let Err(e) = self.membership.leave().await {
-            tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
         Ok(())
     }
@@ -196,9 +211,19 @@ impl<W: Aggregation> Processor<W> {
         }
         // Claimed together: each restore reads PostgreSQL and opens a transactional producer.
         let claims = futures::future::join_all(plan.acquired.iter().map(|p| self.claim(*p, token))).await;
-        for claimed in claims {
-            if let Some((partition, owned)) = claimed? {
-                self.owned.insert(partition, owned);
+        for (p, claimed) in plan.acquired.iter().zip(claims) {
+            match claimed {
+                Ok(Some((partition, owned))) => {
+                    self.owned.insert(partition, owned);
+                }
+                Ok(None) => {}
+                // The log does not hold the stored position: an operator's problem, not a retry's.
+                Err(e @ ProcessorError::LogReset(_)) => return Err(e),
+                Err(e) => {
+                    // This partition only: the next heartbeat acquires it again (the lease is ours).
+                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "claim failed; retrying at the next heartbeat");
+                    metrics::counter!(m::CLAIM_FAILURES, "workload" => W::NAME).increment(1);
+                }
             }
         }
         self.assign_owned()?;
@@ -311,7 +336,7 @@ impl<W: Aggregation> Processor<W> {
         common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
             .await?;
         let (epoch, held_ids) = (claimed.epoch, claimed.ids.held());
-        let owned = open_claimed(&self.workload, &self.store, &self.emitter, partition, claimed).await?;
+        let owned = open_claimed(&self.workload, &self.emitter, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
@@ -366,6 +391,15 @@ impl<W: Aggregation> Processor<W> {
                     metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
                     retry_later = true;
+                }
+                Err(ProcessorError::Emit(e)) => {
+                    // The state store is ahead of the log: dropped here, the partition is
+                    // claimed again at the next heartbeat (its lease is still ours), and the
+                    // claim re-sends the outbox, which holds this checkpoint's records.
+                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "emit failed; claiming the partition again");
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "emit_error")
+                        .increment(1);
+                    fenced = true;
                 }
                 Err(e) => return Err(e),
             }

@@ -18,7 +18,7 @@ use common::engine::pg::PgError;
 use deadpool_postgres::{Pool, Transaction};
 
 use super::dedup::IdWindow;
-use super::{Aggregation, Position, Scope};
+use super::{Aggregation, Emit, Position, Scope};
 
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
@@ -188,6 +188,11 @@ pub struct Claimed<S> {
     pub ids: IdWindow,
     pub id_chunks: ChunkCounts,
     pub state: S,
+    /// The records of checkpoints whose Kafka transaction is not known to
+    /// have committed, oldest first: what a claim re-sends.
+    pub outbox: Vec<Emit>,
+    /// The newest input offset among them (`None` when there are none).
+    pub outbox_through: Option<i64>,
 }
 
 /// What one checkpoint commits beside the workload's changes.
@@ -197,6 +202,60 @@ pub struct EngineCheckpoint<'a> {
     pub ids: &'a IdWindow,
     pub closed_id_hours: &'a [i64],
     pub id_chunks: &'a ChunkCounts,
+    /// This checkpoint's records, kept in the outbox until their Kafka transaction commits.
+    pub emits: &'a [Emit],
+    /// Outbox rows up to this input offset are known to be in the log: deleted.
+    pub emitted_through: Option<i64>,
+}
+
+/// Writes a checkpoint's records to the outbox (one row per key, the newest
+/// replacing an older one) after deleting the rows known to be in the log.
+async fn write_outbox(
+    tx: &Transaction<'_>,
+    scope: Scope<'_>,
+    position: Position,
+    emits: &[Emit],
+    emitted_through: Option<i64>,
+) -> Result<(), PgError> {
+    if let Some(through) = emitted_through {
+        tx.execute(
+            "DELETE FROM processor_outbox WHERE topic = $1 AND partition = $2 AND input_offset <= $3",
+            &[&scope.topic, &scope.partition, &through],
+        )
+        .await?;
+    }
+    if emits.is_empty() {
+        return Ok(());
+    }
+    // One row per key: a statement may not upsert a row twice, so the last record of a key wins.
+    let mut newest: HashMap<&str, &[u8]> = HashMap::with_capacity(emits.len());
+    for e in emits {
+        newest.insert(&e.key, &e.payload);
+    }
+    let (keys, payloads): (Vec<&str>, Vec<&[u8]>) = newest.into_iter().unzip();
+    tx.execute(
+        "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
+         SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
+         ON CONFLICT (topic, partition, key)
+         DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
+        &[&scope.topic, &scope.partition, &position.next_offset, &keys, &payloads],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A partition's outbox, oldest first, and its newest input offset.
+async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<(Vec<Emit>, Option<i64>), PgError> {
+    let rows = tx
+        .query(
+            "SELECT key, input_offset, payload FROM processor_outbox
+             WHERE topic = $1 AND partition = $2 ORDER BY input_offset, key",
+            &[&scope.topic, &scope.partition],
+        )
+        .await?;
+    let through = rows.iter().map(|r| r.get::<_, i64>("input_offset")).max();
+    let emits = rows.into_iter().map(|r| Emit { key: r.get("key"), payload: r.get("payload") }).collect();
+    Ok((emits, through))
 }
 
 #[derive(Clone)]
@@ -249,12 +308,14 @@ impl StateStore {
             ids.restore(hour, chunks.iter().flat_map(|c| decode_hashes(c)));
         }
         let state = workload.restore(&tx, scope, position).await?;
+        let (outbox, outbox_through) = read_outbox(&tx, scope).await?;
         tx.commit().await?;
-        Ok(Claimed { epoch, position, ids, id_chunks, state })
+        Ok(Claimed { epoch, position, ids, id_chunks, state, outbox, outbox_through })
     }
 
     /// Commits a checkpoint under its epoch: the position, the new ids (and
-    /// the closed hours' ids gone), and the workload's changes if it has any.
+    /// the closed hours' ids gone), the workload's changes if it has any, and
+    /// its records to the outbox (with the rows known emitted gone).
     ///
     /// # Errors
     /// [`StoreError::Fenced`] if the partition was claimed by someone else;
@@ -287,6 +348,7 @@ impl StateStore {
             Some((state, changes)) => Some(workload.persist(&tx, scope, state, changes).await?),
             None => None,
         };
+        write_outbox(&tx, scope, cp.position, cp.emits, cp.emitted_through).await?;
         tx.commit().await?;
         Ok((ids_added, receipt))
     }
