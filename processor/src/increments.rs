@@ -15,6 +15,8 @@ use crate::engine::dedup::BUCKET_MS;
 use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
+/// Keys read per query when a claim restores a partition's sums.
+const RESTORE_PAGE: i32 = 100_000;
 
 /// The increments workload.
 pub struct Increments;
@@ -59,22 +61,32 @@ impl Aggregation for Increments {
         state.has_changes().then(|| state.changed())
     }
 
+    /// Reads the sums through a portal, [`RESTORE_PAGE`] rows at a time: one
+    /// scan of the partition's rows, with bounded fetches however many keys
+    /// it holds.
     async fn restore(&self, tx: &Transaction<'_>, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
-        let rows = tx
-            .query(
-                "SELECT key::text, sum::text FROM processor_increment_sums WHERE topic = $1 AND partition = $2",
+        let portal = tx
+            .bind(
+                "SELECT key::text AS key, sum::text AS sum FROM processor_increment_sums
+                 WHERE topic = $1 AND partition = $2",
                 &[&scope.topic, &scope.partition],
             )
             .await?;
         let mut state = IncrementState::new();
-        for row in rows {
-            let (key, sum): (&str, &str) = (row.get(0), row.get(1));
-            match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
-                (Some(key), Ok(sum)) => state.restore(key, sum),
-                _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
+        loop {
+            let rows = tx.query_portal(&portal, RESTORE_PAGE).await?;
+            state.reserve(rows.len());
+            for row in &rows {
+                let (key, sum): (&str, &str) = (row.get("key"), row.get("sum"));
+                match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
+                    (Some(key), Ok(sum)) => state.restore(key, sum),
+                    _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
+                }
+            }
+            if rows.len() < RESTORE_PAGE as usize {
+                return Ok(state);
             }
         }
-        Ok(state)
     }
 
     async fn persist(

@@ -159,16 +159,20 @@ async fn claim_with_many_keys_re_sends_only_what_may_be_missing(held: i64) {
     let emitter = AggregateEmitter::new(&settings.kafka, &settings, settings.delivery_timeout).unwrap();
     let store = StateStore::new(pool.clone(), kafka.increments_events_topic.clone());
     let loading = Instant::now();
-    pool.get()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO processor_increment_sums (topic, partition, key, sum)
-             SELECT $1, 0, md5(i::text)::uuid, i FROM generate_series(1, $2::bigint) AS i",
-            &[&kafka.increments_events_topic, &held],
-        )
-        .await
-        .unwrap();
+    let client = pool.get().await.unwrap();
+    // In slices: each statement stays within the pool's statement timeout.
+    for from in (1..=held).step_by(250_000) {
+        let to = (from + 249_999).min(held);
+        client
+            .execute(
+                "INSERT INTO processor_increment_sums (topic, partition, key, sum)
+                 SELECT $1, 0, md5(i::text)::uuid, i FROM generate_series($2::bigint, $3::bigint) AS i",
+                &[&kafka.increments_events_topic, &from, &to],
+            )
+            .await
+            .unwrap();
+    }
+    drop(client);
     eprintln!("stored {held} keys in {:?}", loading.elapsed());
 
     let key = |n: u128| IncrementKey::from_uuid(uuid::Uuid::from_u128(n));
