@@ -12,6 +12,7 @@ use common::increments::{IncrementEvent, IncrementKey, IncrementState, Increment
 use deadpool_postgres::Transaction;
 
 use crate::engine::dedup::BUCKET_MS;
+use crate::engine::state_store::ROWS_PER_STATEMENT;
 use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
@@ -61,7 +62,7 @@ impl Aggregation for Increments {
         state.has_changes().then(|| state.changed())
     }
 
-    /// Reads the sums through a portal, [`RESTORE_PAGE`] rows at a time: one
+    /// Reads the sums through a portal, `RESTORE_PAGE` rows at a time: one
     /// scan of the partition's rows, with bounded fetches however many keys
     /// it holds.
     async fn restore(&self, tx: &Transaction<'_>, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
@@ -96,16 +97,19 @@ impl Aggregation for Increments {
         _: &IncrementState,
         changed: &ChangedSums,
     ) -> Result<(), PgError> {
-        let keys: Vec<String> = changed.iter().map(|(k, _)| k.to_string()).collect();
-        let sums: Vec<String> = changed.iter().map(|(_, s)| s.to_string()).collect();
-        // Sorted by key (IncrementState::changed): concurrent writers lock rows in one order.
-        tx.execute(
-            "INSERT INTO processor_increment_sums (topic, partition, key, sum)
-             SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
-             ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
-            &[&scope.topic, &scope.partition, &keys, &sums],
-        )
-        .await?;
+        // Sorted by key (IncrementState::changed): concurrent writers lock rows in
+        // one order. In bounded statements, each well within the statement timeout.
+        for slice in changed.chunks(ROWS_PER_STATEMENT) {
+            let keys: Vec<String> = slice.iter().map(|(k, _)| k.to_string()).collect();
+            let sums: Vec<String> = slice.iter().map(|(_, s)| s.to_string()).collect();
+            tx.execute(
+                "INSERT INTO processor_increment_sums (topic, partition, key, sum)
+                 SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
+                 ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
+                &[&scope.topic, &scope.partition, &keys, &sums],
+            )
+            .await?;
+        }
         Ok(())
     }
 

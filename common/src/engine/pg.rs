@@ -96,7 +96,8 @@ pub enum PgError {
     Config(String),
     #[error("no PostgreSQL connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("PostgreSQL: {0}")]
+    /// The server's message when it sent one (tokio-postgres' own text is only "db error").
+    #[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), |db| format!("{}: {}", db.code().code(), db.message())))]
     Db(#[from] tokio_postgres::Error),
     /// A stored row this build cannot read (a bug or a manual edit): retrying cannot help.
     #[error("unreadable row: {0}")]

@@ -13,6 +13,12 @@ use super::pipeline::ProcessorError;
 use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore};
 use super::{Aggregation, Position, Scope};
 
+/// Records a partition may read past its last committed checkpoint before
+/// the loop checkpoints at once, and stops reading until a checkpoint
+/// commits: one checkpoint's rows, outbox and Kafka transactions stay
+/// bounded however large a backlog is or however long PostgreSQL fails.
+pub const MAX_PENDING_RECORDS: usize = 50_000;
+
 /// One partition this instance owns.
 pub struct OwnedPartition<S> {
     pub(crate) epoch: i64,
@@ -34,6 +40,9 @@ pub struct OwnedPartition<S> {
     /// Outbox rows up to this input offset are in the log (their Kafka
     /// transaction committed): the next checkpoint deletes them.
     pub(crate) outbox_through: Option<i64>,
+    /// Records read since the last committed checkpoint: the loop checkpoints
+    /// at [`MAX_PENDING_RECORDS`] and reads no more until one commits.
+    pub(crate) pending_records: usize,
 }
 
 impl<S> OwnedPartition<S> {
@@ -53,6 +62,11 @@ impl<S> OwnedPartition<S> {
         &self.ids
     }
 
+    /// True when the partition must checkpoint before it reads more.
+    pub fn is_full(&self) -> bool {
+        self.pending_records >= MAX_PENDING_RECORDS
+    }
+
     /// What the engine does with one decoded record that passed the routing
     /// check: moves the position, drops a repeated id, applies the rest.
     /// Returns whether it was applied.
@@ -65,6 +79,7 @@ impl<S> OwnedPartition<S> {
     ) -> Result<bool, super::Skip> {
         self.position.next_offset = offset + 1;
         self.position.watermark_ms = self.position.watermark_ms.max(accepted_at_ms);
+        self.pending_records += 1;
         let watermark_ms = self.position.watermark_ms;
         if let Some(id) = workload.dedup_id(&event) {
             if !self.ids.admit(id, watermark_ms) {
@@ -120,6 +135,7 @@ pub(crate) async fn open_claimed<W: Aggregation>(
         progress_emitted: position.next_offset,
         stalled_at: None,
         outbox_through: claimed.outbox_through,
+        pending_records: 0,
     })
 }
 
@@ -158,6 +174,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
     let work = changes.as_ref().map(|c| (&owned.state, c));
     let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
     owned.outbox_through = None;
+    owned.pending_records = 0;
     record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
     owned.ids.mark_checkpointed();
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")

@@ -2,17 +2,23 @@
 //! per-partition state, and every checkpoint interval commit state, emit
 //! aggregates, commit offsets.
 //!
-//! Order per checkpoint, which is what makes the output exact:
-//! 1. the state's changes, the new event ids and the position go to
-//!    PostgreSQL in one transaction, under the partition's fencing epoch;
-//! 2. the workload's aggregates of those changes go to the aggregates topic,
-//!    tagged with that position, in one Kafka transaction;
+//! Order per checkpoint, which is what makes the output exact
+//! ([`checkpoint_partition`]):
+//! 1. the state's changes, the new event ids, the position and the
+//!    checkpoint's aggregates (the outbox) go to PostgreSQL in one
+//!    transaction, under the partition's fencing epoch; the outbox rows of
+//!    the previous checkpoint, whose emit committed, are deleted in it;
+//! 2. the aggregates go to the aggregates topic, tagged with that position,
+//!    in bounded Kafka transactions;
 //! 3. the consumer offset is committed to the broker (only a hint: on claim
 //!    the position always comes from the state store).
 //!
 //! A crash anywhere replays from the state store's position and recomputes
-//! the same values (the state is a pure function of the log prefix), and the
-//! sinks keep the highest offset per key.
+//! the same values (the state is a pure function of the log prefix); a claim
+//! re-sends the outbox, the only records that may be missing from the log
+//! ([`open_claimed`]); and the sinks keep the highest offset per key. A
+//! partition whose emit or claim fails is dropped and claimed again at the
+//! next heartbeat; the loop goes on with the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -152,6 +158,10 @@ impl<W: Aggregation> Processor<W> {
         let consumer = self.consumer.clone();
         let (mut backlogged, mut last_checkpoint) = (false, Instant::now());
         loop {
+            // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint:
+            // checkpoint before reading more (bounds a checkpoint, and the state's growth
+            // while PostgreSQL fails).
+            let full = self.owned.values().any(OwnedPartition::is_full);
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
@@ -159,14 +169,14 @@ impl<W: Aggregation> Processor<W> {
                     // Behind (a backlog): checkpoint less often, so that the loop spends its
                     // time consuming rather than waiting for commits. Counts are the same;
                     // only the freshness of a backlog's progress is coarser.
-                    if !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
+                    if full || !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
                         self.checkpoint_all().await?;
                         last_checkpoint = Instant::now();
                     }
                 }
                 _ = heartbeat.tick() => self.rebalance(token).await?,
                 _ = gauges.tick() => self.record_gauges(),
-                msg = async { consumer.stream().next().await } => match msg {
+                msg = async { consumer.stream().next().await }, if !full => match msg {
                     Some(msg) => {
                         self.on_message(msg);
                         // Take what is already fetched without going round the select
@@ -180,6 +190,10 @@ impl<W: Aggregation> Processor<W> {
                                     break;
                                 }
                             }
+                        }
+                        if self.owned.values().any(OwnedPartition::is_full) {
+                            self.checkpoint_all().await?;
+                            last_checkpoint = Instant::now();
                         }
                     }
                     None => break,
@@ -272,6 +286,7 @@ impl<W: Aggregation> Processor<W> {
             tracing::warn!(workload = W::NAME, partition, offset, "record keyed for another partition: not counted");
             metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "misrouted").increment(1);
             owned.position.next_offset = offset + 1;
+            owned.pending_records += 1;
             return;
         }
         let event = match msg.payload().map(|p| self.workload.decode(p)) {

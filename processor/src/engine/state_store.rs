@@ -1,10 +1,11 @@
 //! The processor's state store in PostgreSQL: the engine's part.
 //!
 //! Per events partition: the position (`next_offset`, watermark), the
-//! fencing `epoch` and the event ids held for deduplication. A checkpoint
-//! writes them and the workload's own rows ([`Aggregation::persist`]) in one
-//! transaction, so the state and the offset it reflects are always committed
-//! together. Each claim of a partition bumps its `epoch`; a checkpoint only
+//! fencing `epoch`, the event ids held for deduplication and the outbox (the
+//! records of checkpoints whose Kafka transaction is not known committed). A
+//! checkpoint writes them and the workload's own rows
+//! ([`Aggregation::persist`]) in one transaction, so the state, the offset it
+//! reflects and the records it emits are always committed together. Each claim of a partition bumps its `epoch`; a checkpoint only
 //! commits under the writer's own epoch, so an instance that lost the
 //! partition can no longer write.
 //!
@@ -19,6 +20,10 @@ use deadpool_postgres::{Pool, Transaction};
 
 use super::dedup::IdWindow;
 use super::{Aggregation, Emit, Position, Scope};
+
+/// Rows one statement of a checkpoint writes at most (a checkpoint of more
+/// uses several): each statement stays well within the statement timeout.
+pub const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
@@ -232,15 +237,19 @@ async fn write_outbox(
     for e in emits {
         newest.insert(&e.key, &e.payload);
     }
-    let (keys, payloads): (Vec<&str>, Vec<&[u8]>) = newest.into_iter().unzip();
-    tx.execute(
-        "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
-         SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
-         ON CONFLICT (topic, partition, key)
-         DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
-        &[&scope.topic, &scope.partition, &position.next_offset, &keys, &payloads],
-    )
-    .await?;
+    let rows: Vec<(&str, &[u8])> = newest.into_iter().collect();
+    // Bounded statements: each stays well within the statement timeout.
+    for slice in rows.chunks(ROWS_PER_STATEMENT) {
+        let (keys, payloads): (Vec<&str>, Vec<&[u8]>) = slice.iter().copied().unzip();
+        tx.execute(
+            "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
+             SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
+             ON CONFLICT (topic, partition, key)
+             DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
+            &[&scope.topic, &scope.partition, &position.next_offset, &keys, &payloads],
+        )
+        .await?;
+    }
     Ok(())
 }
 
