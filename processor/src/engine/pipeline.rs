@@ -350,7 +350,7 @@ impl<W: Aggregation> Processor<W> {
         let position = claimed.position;
         common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
             .await?;
-        let (epoch, held_ids) = (claimed.epoch, claimed.ids.held());
+        let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
         let owned = open_claimed(&self.workload, &self.emitter, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
@@ -358,6 +358,7 @@ impl<W: Aggregation> Processor<W> {
             epoch,
             next_offset = position.next_offset,
             held_ids,
+            resent,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "claimed partition"
         );
