@@ -28,7 +28,8 @@ pub type ChangedSums = Vec<(IncrementKey, i128)>;
 fn sum_record(partition: i32, position: Position, key: IncrementKey, sum: i128) -> Emit {
     let record =
         IncrementSum { key, sum, partition, input_offset: position.next_offset, watermark_ms: position.watermark_ms };
-    Emit { key: key.to_string(), payload: encode_increment_sum(&record) }
+    // A key's sum is never dropped from the state: a claim renders it again.
+    Emit { key: key.to_string(), payload: encode_increment_sum(&record), keep_payload: false }
 }
 
 impl Aggregation for Increments {
@@ -119,6 +120,13 @@ impl Aggregation for Increments {
 
     fn emits(&self, scope: Scope<'_>, position: Position, changed: &ChangedSums) -> Vec<Emit> {
         changed.iter().map(|(k, s)| sum_record(scope.partition, position, *k, *s)).collect()
+    }
+
+    fn render(&self, scope: Scope<'_>, position: Position, state: &IncrementState, keys: &[String]) -> Vec<Emit> {
+        keys.iter()
+            .filter_map(|k| IncrementKey::parse_canonical(k))
+            .filter_map(|k| state.sum(&k).map(|sum| sum_record(scope.partition, position, k, sum)))
+            .collect()
     }
 
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a IncrementState>) {

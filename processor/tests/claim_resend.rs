@@ -129,6 +129,9 @@ async fn a_closed_hours_final_counts_are_re_sent_when_their_emit_never_committed
     assert_eq!(h.hour, HourStart::of(H));
     assert_eq!(h.counts.unique_users, 2, "H's final counts reached the log");
     assert_eq!(h.counts.clicks, 2);
+    // The hour still open was kept as a key alone and rendered from the restored state.
+    let open = decode_hour_aggregate(&newest[&format!("{}:0", HourStart::of(closes).start_ms())]).unwrap();
+    assert_eq!((open.counts.unique_users, open.input_offset), (1, 3));
     drop_schema(&pg).await;
     delete_topics(&kafka).await;
 }

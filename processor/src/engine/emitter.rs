@@ -121,7 +121,7 @@ impl PartitionEmitter {
                     aggregates_partition: ap,
                     aggregates_partitions: self.aggregates_partitions,
                 };
-                (ap, Emit { key: p.key(), payload: encode_progress(&p) })
+                (ap, Emit { key: p.key(), payload: encode_progress(&p), keep_payload: false })
             })
             .collect()
     }
@@ -240,7 +240,7 @@ mod tests {
     use super::*;
 
     fn emit(n: usize, bytes: usize) -> Emit {
-        Emit { key: format!("k{n}"), payload: vec![0; bytes] }
+        Emit { key: format!("k{n}"), payload: vec![0; bytes], keep_payload: false }
     }
 
     #[test]

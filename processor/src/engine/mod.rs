@@ -78,6 +78,11 @@ pub struct DedupId {
 pub struct Emit {
     pub key: String,
     pub payload: Vec<u8>,
+    /// True when the state that produced it cannot render it again (a
+    /// closed hour's final record): the outbox keeps its bytes. Otherwise
+    /// the outbox keeps only its key, and a claim asks the workload to
+    /// render it from the restored state ([`Aggregation::render`]).
+    pub keep_payload: bool,
 }
 
 /// A workload's side of the processor.
@@ -142,6 +147,11 @@ pub trait Aggregation: Send + Sync + 'static {
     /// The engine stores them in its outbox with the checkpoint, and re-sends
     /// them on a claim until their Kafka transaction is known committed.
     fn emits(&self, scope: Scope<'_>, position: Position, changes: &Self::Changes) -> Vec<Emit>;
+
+    /// The records of `keys` as the state holds them now, each reflecting the
+    /// input up to `position`: what a claim re-sends for outbox rows kept
+    /// without their bytes. A key the state no longer holds is left out.
+    fn render(&self, scope: Scope<'_>, position: Position, state: &Self::State, keys: &[String]) -> Vec<Emit>;
 
     /// Sets the workload's own gauges over the states this instance holds.
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a Self::State>)

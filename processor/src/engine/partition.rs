@@ -106,12 +106,13 @@ pub async fn claim_partition<W: Aggregation>(
     retention_ms: i64,
 ) -> Result<OwnedPartition<W::State>, ProcessorError> {
     let claimed = store.claim(workload, partition, retention_ms).await?;
-    open_claimed(workload, emitter, partition, claimed).await
+    open_claimed(workload, store.topic(), emitter, partition, claimed).await
 }
 
 /// The second half of [`claim_partition`], once the store's state is loaded.
 pub(crate) async fn open_claimed<W: Aggregation>(
-    _workload: &W,
+    workload: &W,
+    topic: &str,
     emitter: &AggregateEmitter,
     partition: i32,
     claimed: super::state_store::Claimed<W::State>,
@@ -122,8 +123,13 @@ pub(crate) async fn open_claimed<W: Aggregation>(
     // checkpoints whose Kafka transaction was not known committed. Every
     // other record of the state is already there, and the sinks keep the
     // newest input offset per key, so re-sending these is idempotent.
-    let resent = claimed.outbox.len();
-    emitter.emit(claimed.outbox, Some(position.next_offset)).await?;
+    // Kept whole (closed hours' final records), then rendered from the
+    // restored state, which is at least as new as the record it replaces.
+    let outbox = claimed.outbox;
+    let mut records = outbox.kept;
+    records.extend(workload.render(Scope { topic, partition }, position, &claimed.state, &outbox.keys));
+    let resent = records.len();
+    emitter.emit(records, Some(position.next_offset)).await?;
     metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
     Ok(OwnedPartition {
         epoch: claimed.epoch,
@@ -134,7 +140,7 @@ pub(crate) async fn open_claimed<W: Aggregation>(
         emitter,
         progress_emitted: position.next_offset,
         stalled_at: None,
-        outbox_through: claimed.outbox_through,
+        outbox_through: outbox.through,
         pending_records: 0,
     })
 }

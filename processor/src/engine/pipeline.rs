@@ -351,7 +351,7 @@ impl<W: Aggregation> Processor<W> {
         common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
             .await?;
         let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
-        let owned = open_claimed(&self.workload, &self.emitter, partition, claimed).await?;
+        let owned = open_claimed(&self.workload, &self.topic, &self.emitter, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,

@@ -194,10 +194,29 @@ pub struct Claimed<S> {
     pub id_chunks: ChunkCounts,
     pub state: S,
     /// The records of checkpoints whose Kafka transaction is not known to
-    /// have committed, oldest first: what a claim re-sends.
-    pub outbox: Vec<Emit>,
-    /// The newest input offset among them (`None` when there are none).
-    pub outbox_through: Option<i64>,
+    /// have committed: what a claim re-sends.
+    pub outbox: Outbox,
+}
+
+/// A partition's outbox as a claim reads it.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Records kept whole (the state cannot render them again), oldest first.
+    pub kept: Vec<Emit>,
+    /// Keys of records kept without their bytes: rendered from the restored state.
+    pub keys: Vec<String>,
+    /// The newest input offset among all of them (`None` when there are none).
+    pub through: Option<i64>,
+}
+
+impl Outbox {
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What one checkpoint commits beside the workload's changes.
@@ -233,14 +252,15 @@ async fn write_outbox(
         return Ok(());
     }
     // One row per key: a statement may not upsert a row twice, so the last record of a key wins.
-    let mut newest: HashMap<&str, &[u8]> = HashMap::with_capacity(emits.len());
+    // The bytes only where the state cannot render the record again.
+    let mut newest: HashMap<&str, Option<&[u8]>> = HashMap::with_capacity(emits.len());
     for e in emits {
-        newest.insert(&e.key, &e.payload);
+        newest.insert(&e.key, e.keep_payload.then_some(e.payload.as_slice()));
     }
-    let rows: Vec<(&str, &[u8])> = newest.into_iter().collect();
+    let rows: Vec<(&str, Option<&[u8]>)> = newest.into_iter().collect();
     // Bounded statements: each stays well within the statement timeout.
     for slice in rows.chunks(ROWS_PER_STATEMENT) {
-        let (keys, payloads): (Vec<&str>, Vec<&[u8]>) = slice.iter().copied().unzip();
+        let (keys, payloads): (Vec<&str>, Vec<Option<&[u8]>>) = slice.iter().copied().unzip();
         tx.execute(
             "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
              SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
@@ -253,8 +273,8 @@ async fn write_outbox(
     Ok(())
 }
 
-/// A partition's outbox, oldest first, and its newest input offset.
-async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<(Vec<Emit>, Option<i64>), PgError> {
+/// A partition's outbox: the records kept whole (oldest first), the keys kept alone.
+async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<Outbox, PgError> {
     let rows = tx
         .query(
             "SELECT key, input_offset, payload FROM processor_outbox
@@ -262,9 +282,15 @@ async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<(Vec<Emit
             &[&scope.topic, &scope.partition],
         )
         .await?;
-    let through = rows.iter().map(|r| r.get::<_, i64>("input_offset")).max();
-    let emits = rows.into_iter().map(|r| Emit { key: r.get("key"), payload: r.get("payload") }).collect();
-    Ok((emits, through))
+    let mut outbox =
+        Outbox { through: rows.iter().map(|r| r.get::<_, i64>("input_offset")).max(), ..Outbox::default() };
+    for r in rows {
+        match r.get::<_, Option<Vec<u8>>>("payload") {
+            Some(payload) => outbox.kept.push(Emit { key: r.get("key"), payload, keep_payload: true }),
+            None => outbox.keys.push(r.get("key")),
+        }
+    }
+    Ok(outbox)
 }
 
 #[derive(Clone)]
@@ -317,9 +343,9 @@ impl StateStore {
             ids.restore(hour, chunks.iter().flat_map(|c| decode_hashes(c)));
         }
         let state = workload.restore(&tx, scope, position).await?;
-        let (outbox, outbox_through) = read_outbox(&tx, scope).await?;
+        let outbox = read_outbox(&tx, scope).await?;
         tx.commit().await?;
-        Ok(Claimed { epoch, position, ids, id_chunks, state, outbox, outbox_through })
+        Ok(Claimed { epoch, position, ids, id_chunks, state, outbox })
     }
 
     /// Commits a checkpoint under its epoch: the position, the new ids (and
