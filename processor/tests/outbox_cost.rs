@@ -84,6 +84,67 @@ async fn run(store: &StateStore, pool: &deadpool_postgres::Pool, partition: i32,
     (wal, payload)
 }
 
+/// The same for increments: 1000 increments per checkpoint over 100k keys
+/// (the `make bench` increments load: nearly every increment a different key).
+async fn run_increments(store: &StateStore, pool: &deadpool_postgres::Pool, partition: i32, outbox: bool) -> i64 {
+    use common::increments::{IncrementEvent, IncrementKey, IncrementValue};
+    use processor::increments::Increments;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut p = store.claim(&Increments, partition, RETENTION).await.unwrap();
+    let now = common::now_ms();
+    let (mut wal, mut emitted_through) = (0i64, None);
+    for _ in 0..CHECKPOINTS {
+        for _ in 0..EVENTS_PER_CHECKPOINT {
+            let key = IncrementKey::from_uuid(uuid::Uuid::from_u128(rng.random_range(0..100_000u128)));
+            let e = IncrementEvent { key, value: IncrementValue::new(1).unwrap(), accepted_at_ms: now, id: None };
+            let offset = p.position.next_offset;
+            p.position = Position { next_offset: offset + 1, watermark_ms: now };
+            let _ = Increments.apply(&mut p.state, Record { offset, accepted_at_ms: now, watermark_ms: now }, e);
+        }
+        let changes = Increments.changes(&mut p.state);
+        let scope = Scope { topic: store.topic(), partition };
+        let emits = changes.as_ref().map(|c| Increments.emits(scope, p.position, c)).unwrap_or_default();
+        let cp = EngineCheckpoint {
+            position: p.position,
+            epoch: p.epoch,
+            ids: &p.ids,
+            closed_id_hours: &[],
+            id_chunks: &p.id_chunks,
+            emits: if outbox { &emits } else { &[] },
+            emitted_through: if outbox { emitted_through } else { None },
+        };
+        let before = wal_lsn(pool).await;
+        store.commit(&Increments, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await.unwrap();
+        wal += wal_lsn(pool).await - before;
+        if let Some(c) = changes {
+            Increments.committed(&mut p.state, c, ());
+        }
+        emitted_through = Some(p.position.next_offset);
+    }
+    wal
+}
+
+#[tokio::test]
+#[ignore = "a measurement: run in release with --nocapture"]
+async fn outbox_bytes_per_checkpoint_of_increments() {
+    let (_, _, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    let store = StateStore::new(pool.clone(), "increments".into());
+    for round in 0..2 {
+        let without = run_increments(&store, &pool, round * 2, false).await;
+        let with = run_increments(&store, &pool, round * 2 + 1, true).await;
+        let per = |b: i64| b / CHECKPOINTS as i64;
+        println!(
+            "increments round {round}: {CHECKPOINTS} checkpoints of {EVENTS_PER_CHECKPOINT} increments: WAL per checkpoint without the outbox {} B, with {} B ({:.2}x)",
+            per(without),
+            per(with),
+            with as f64 / without as f64
+        );
+    }
+    drop_schema(&pg).await;
+}
+
 #[tokio::test]
 #[ignore = "a measurement: run in release with --nocapture"]
 async fn outbox_bytes_per_checkpoint() {
