@@ -23,6 +23,7 @@ scenarios=(
   "chaos_9_duplicate_ids_with_kill_9_of_the_processor|every event sent twice with its id, processor kill -9"
   "chaos_10_increments_kill_9_of_processor_and_materializer|increments: kill -9 of processor and materializer"
   "chaos_11_increments_instances_added_and_removed|increments: instances added and removed under load"
+  "chaos_12_increments_kill_9_of_the_processor_holding_1m_keys|increments: kill -9 of the processor holding 1M keys, staleness after"
   "chaos_13_increments_staleness_after_a_materializer_restart_with_1m_keys|increments: 1M keys held, materializer kill -9, staleness p99"
 )
 passed=0 failed=0

@@ -71,7 +71,8 @@ impl AnalyticsState {
     }
 }
 
-fn aggregate(partition: i32, position: Position, hour: &ChangedHour) -> Emit {
+/// `closing`: the checkpoint drops the hour, so the outbox must keep the bytes.
+fn aggregate(partition: i32, position: Position, hour: &ChangedHour, closing: bool) -> Emit {
     let agg = HourAggregate {
         hour: hour.hour,
         partition,
@@ -81,7 +82,7 @@ fn aggregate(partition: i32, position: Position, hour: &ChangedHour) -> Emit {
         sketch: Some(hour.sketch.clone()),
         day_unique_users: Some(hour.day_unique_users),
     };
-    Emit { key: agg.key(), payload: encode_hour_aggregate(&agg) }
+    Emit { key: agg.key(), payload: encode_hour_aggregate(&agg), keep_payload: closing }
 }
 
 impl Aggregation for Analytics {
@@ -205,11 +206,18 @@ impl Aggregation for Analytics {
 
     /// From the checkpoint, not the window: an hour that closed in this batch is only there.
     fn emits(&self, scope: Scope<'_>, position: Position, cp: &Checkpoint) -> Vec<Emit> {
-        cp.changed.iter().map(|c| aggregate(scope.partition, position, c)).collect()
+        cp.changed.iter().map(|c| aggregate(scope.partition, position, c, cp.closed.contains(&c.hour))).collect()
     }
 
-    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &AnalyticsState) -> Vec<Emit> {
-        state.window.snapshot().iter().map(|c| aggregate(scope.partition, position, c)).collect()
+    /// Keys are `<hour start ms>:<partition>` ([`HourAggregate::key`]); an
+    /// hour no longer open is left out (its final record was kept whole).
+    fn render(&self, scope: Scope<'_>, position: Position, state: &AnalyticsState, keys: &[String]) -> Vec<Emit> {
+        keys.iter()
+            .filter_map(|k| k.split_once(':')?.0.parse::<i64>().ok())
+            .filter_map(HourStart::from_aligned)
+            .filter_map(|hour| state.window.report_hour(hour))
+            .map(|c| aggregate(scope.partition, position, &c, false))
+            .collect()
     }
 
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a AnalyticsState>) {

@@ -24,7 +24,8 @@ pub struct Config {
     /// How often changed hours are checkpointed and emitted (bounds freshness).
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
-    /// An emitted aggregate not acknowledged within this time stops the processor (it restarts and re-emits).
+    /// An emitted aggregate not acknowledged within this time fails its checkpoint's emit: the partition is claimed
+    /// again, which re-sends the records the state store holds in its outbox.
     #[arg(long, env = "PROCESSOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
     #[command(flatten)]

@@ -12,9 +12,12 @@ use common::increments::{IncrementEvent, IncrementKey, IncrementState, Increment
 use deadpool_postgres::Transaction;
 
 use crate::engine::dedup::BUCKET_MS;
+use crate::engine::state_store::ROWS_PER_STATEMENT;
 use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
+/// Keys read per query when a claim restores a partition's sums.
+const RESTORE_PAGE: i32 = 100_000;
 
 /// The increments workload.
 pub struct Increments;
@@ -25,7 +28,8 @@ pub type ChangedSums = Vec<(IncrementKey, i128)>;
 fn sum_record(partition: i32, position: Position, key: IncrementKey, sum: i128) -> Emit {
     let record =
         IncrementSum { key, sum, partition, input_offset: position.next_offset, watermark_ms: position.watermark_ms };
-    Emit { key: key.to_string(), payload: encode_increment_sum(&record) }
+    // A key's sum is never dropped from the state: a claim renders it again.
+    Emit { key: key.to_string(), payload: encode_increment_sum(&record), keep_payload: false }
 }
 
 impl Aggregation for Increments {
@@ -59,22 +63,32 @@ impl Aggregation for Increments {
         state.has_changes().then(|| state.changed())
     }
 
+    /// Reads the sums through a portal, `RESTORE_PAGE` rows at a time: one
+    /// scan of the partition's rows, with bounded fetches however many keys
+    /// it holds.
     async fn restore(&self, tx: &Transaction<'_>, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
-        let rows = tx
-            .query(
-                "SELECT key::text, sum::text FROM processor_increment_sums WHERE topic = $1 AND partition = $2",
+        let portal = tx
+            .bind(
+                "SELECT key::text AS key, sum::text AS sum FROM processor_increment_sums
+                 WHERE topic = $1 AND partition = $2",
                 &[&scope.topic, &scope.partition],
             )
             .await?;
         let mut state = IncrementState::new();
-        for row in rows {
-            let (key, sum): (&str, &str) = (row.get(0), row.get(1));
-            match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
-                (Some(key), Ok(sum)) => state.restore(key, sum),
-                _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
+        loop {
+            let rows = tx.query_portal(&portal, RESTORE_PAGE).await?;
+            state.reserve(rows.len());
+            for row in &rows {
+                let (key, sum): (&str, &str) = (row.get("key"), row.get("sum"));
+                match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
+                    (Some(key), Ok(sum)) => state.restore(key, sum),
+                    _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
+                }
+            }
+            if rows.len() < RESTORE_PAGE as usize {
+                return Ok(state);
             }
         }
-        Ok(state)
     }
 
     async fn persist(
@@ -84,16 +98,19 @@ impl Aggregation for Increments {
         _: &IncrementState,
         changed: &ChangedSums,
     ) -> Result<(), PgError> {
-        let keys: Vec<String> = changed.iter().map(|(k, _)| k.to_string()).collect();
-        let sums: Vec<String> = changed.iter().map(|(_, s)| s.to_string()).collect();
-        // Sorted by key (IncrementState::changed): concurrent writers lock rows in one order.
-        tx.execute(
-            "INSERT INTO processor_increment_sums (topic, partition, key, sum)
-             SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
-             ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
-            &[&scope.topic, &scope.partition, &keys, &sums],
-        )
-        .await?;
+        // Sorted by key (IncrementState::changed): concurrent writers lock rows in
+        // one order. In bounded statements, each well within the statement timeout.
+        for slice in changed.chunks(ROWS_PER_STATEMENT) {
+            let keys: Vec<String> = slice.iter().map(|(k, _)| k.to_string()).collect();
+            let sums: Vec<String> = slice.iter().map(|(_, s)| s.to_string()).collect();
+            tx.execute(
+                "INSERT INTO processor_increment_sums (topic, partition, key, sum)
+                 SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
+                 ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
+                &[&scope.topic, &scope.partition, &keys, &sums],
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -105,8 +122,11 @@ impl Aggregation for Increments {
         changed.iter().map(|(k, s)| sum_record(scope.partition, position, *k, *s)).collect()
     }
 
-    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &IncrementState) -> Vec<Emit> {
-        state.sums().map(|(k, s)| sum_record(scope.partition, position, k, s)).collect()
+    fn render(&self, scope: Scope<'_>, position: Position, state: &IncrementState, keys: &[String]) -> Vec<Emit> {
+        keys.iter()
+            .filter_map(|k| IncrementKey::parse_canonical(k))
+            .filter_map(|k| state.sum(&k).map(|sum| sum_record(scope.partition, position, k, sum)))
+            .collect()
     }
 
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a IncrementState>) {

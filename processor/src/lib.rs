@@ -47,7 +47,76 @@ pub const MIGRATIONS: &[Migration] = &[
     migrations::PROCESSOR_EVENT_IDS,
     migrations::PROCESSOR_INCREMENTS,
     migrations::PROCESSOR_DAYS,
+    migrations::PROCESSOR_OUTBOX,
 ];
+
+/// A workload's topics and lease group.
+struct Workload {
+    events_topic: String,
+    aggregates_topic: String,
+    group: String,
+}
+
+impl Workload {
+    fn new((events, aggregates): (&str, &str), group: String) -> Self {
+        Workload { events_topic: events.to_owned(), aggregates_topic: aggregates.to_owned(), group }
+    }
+
+    fn topics(&self) -> (&str, &str) {
+        (&self.events_topic, &self.aggregates_topic)
+    }
+}
+
+/// First and longest wait before a failed workload is started again.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// Runs one workload's processor until `token` is cancelled; when it fails
+/// (it left its lease group first), builds a new one after a backoff and
+/// runs that. Only this workload restarts: the other runs on its own task.
+async fn supervise<W: Aggregation>(
+    first: Processor<W>,
+    make: impl Fn() -> W + Send + 'static,
+    cfg: Config,
+    pool: deadpool_postgres::Pool,
+    reg: Workload,
+    token: CancellationToken,
+) {
+    let mut wait = RESTART_FIRST;
+    let mut processor = Some(first);
+    loop {
+        let running = match processor.take() {
+            Some(p) => Ok(p),
+            None => start(make(), &cfg, &pool, reg.topics(), reg.group.clone()).await,
+        };
+        let started = std::time::Instant::now();
+        let failed = match running {
+            Ok(p) => match p.run(token.clone()).await {
+                Ok(()) => return,
+                Err(e) => anyhow::Error::from(e),
+            },
+            Err(e) => e,
+        };
+        if token.is_cancelled() {
+            return;
+        }
+        if started.elapsed() > RESTART_MAX {
+            wait = RESTART_FIRST; // it ran a while: a new failure, not a crash loop
+        }
+        tracing::error!(
+            workload = W::NAME,
+            error = format!("{failed:#}"),
+            retry_in_ms = wait.as_millis() as u64,
+            "workload failed; restarting it"
+        );
+        ::metrics::counter!(engine::metrics::WORKLOAD_RESTARTS, "workload" => W::NAME).increment(1);
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+    }
+}
 
 /// Joins the lease group of one workload and builds its processor.
 async fn start<W: Aggregation>(
@@ -82,8 +151,11 @@ async fn start<W: Aggregation>(
 /// configured, and runs the processor and its ops endpoint until `token` is
 /// cancelled.
 ///
+/// A workload whose processor fails after startup is restarted on its own
+/// (see `supervise`); the other workload keeps running meanwhile.
+///
 /// # Errors
-/// Startup failures, or a processor failure that requires a restart.
+/// Startup failures.
 pub async fn run(
     cfg: Config,
     metrics: PrometheusHandle,
@@ -109,22 +181,16 @@ pub async fn run(
     let horizon = cfg.horizon.horizon();
     common::engine::pg::agree_horizon(&pool, "processor", &horizon).await?;
     // One registration per workload: its topics, its lease group, its Aggregation.
-    let analytics = start(
-        Analytics { retention_ms: cfg.retention_ms() },
-        &cfg,
-        &pool,
-        (&cfg.events.events_topic, &cfg.aggregates.aggregates_topic),
-        cfg.group_id.clone(),
-    )
-    .await?;
-    let increments = start(
-        Increments,
-        &cfg,
-        &pool,
+    let analytics_reg =
+        Workload::new((&cfg.events.events_topic, &cfg.aggregates.aggregates_topic), cfg.group_id.clone());
+    let increments_reg = Workload::new(
         (&cfg.increments_events.increments_events_topic, &cfg.increments_sums.increments_sums_topic),
         format!("{}.increments", cfg.group_id),
-    )
-    .await?;
+    );
+    let retention_ms = cfg.retention_ms();
+    let analytics =
+        start(Analytics { retention_ms }, &cfg, &pool, analytics_reg.topics(), analytics_reg.group.clone()).await?;
+    let increments = start(Increments, &cfg, &pool, increments_reg.topics(), increments_reg.group.clone()).await?;
     let ready_pool = pool.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
@@ -144,10 +210,23 @@ pub async fn run(
         Ok(())
     });
     tracing::info!(topic = cfg.events.events_topic, group = cfg.group_id, "processor started");
-    let result = tokio::try_join!(analytics.run(token.clone()), increments.run(token.clone())).map(|_| ());
+    // Each workload on its own task, restarted on its own if it fails: one
+    // workload's failure never stops the other's partitions.
+    let analytics = tokio::spawn(supervise(
+        analytics,
+        move || Analytics { retention_ms },
+        cfg.clone(),
+        pool.clone(),
+        analytics_reg,
+        token.clone(),
+    ));
+    let increments =
+        tokio::spawn(supervise(increments, || Increments, cfg.clone(), pool.clone(), increments_reg, token.clone()));
+    let (a, i) = tokio::join!(analytics, increments);
     token.cancel();
     let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
-    result.context("processor failed")?;
+    a.context("analytics processor task")?;
+    i.context("increments processor task")?;
     drained?;
     tracing::info!("processor stopped");
     Ok(())

@@ -47,6 +47,8 @@ async fn checkpoint(store: &StateStore, partition: i32, p: &mut Claimed<Analytic
         ids: &p.ids,
         closed_id_hours: &[],
         id_chunks: &p.id_chunks,
+        emits: &[],
+        emitted_through: None,
     };
     let (ids_added, receipt) = store.commit(&WORKLOAD, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await?;
     record_chunks(&mut p.id_chunks, ids_added, &[]);
@@ -148,6 +150,8 @@ async fn increment_sums_beyond_i64_restore_exactly() {
         ids: &a.ids,
         closed_id_hours: &[],
         id_chunks: &a.id_chunks,
+        emits: &[],
+        emitted_through: None,
     };
     store.commit(&Increments, 0, cp, Some((&a.state, &changes))).await.unwrap();
     Increments.committed(&mut a.state, changes, ());

@@ -265,9 +265,9 @@ impl PartitionWindow {
         }
     }
 
-    /// Every open hour as emitted (new users left out): what a claim re-emits.
-    pub fn snapshot(&self) -> Vec<ChangedHour> {
-        self.hours.iter().map(|(h, b)| self.report(*h, b, Vec::new())).collect()
+    /// An open hour as emitted (new users left out), or `None` when it is not open.
+    pub fn report_hour(&self, hour: HourStart) -> Option<ChangedHour> {
+        self.hours.get(&hour).map(|b| self.report(hour, b, Vec::new()))
     }
 
     /// Counts of every open hour.
@@ -566,7 +566,10 @@ mod tests {
         let cp = w.checkpoint();
         let sketch = UserSketch::from_bytes(&cp.changed[0].sketch).unwrap();
         assert_eq!(sketch.estimate(), 100, "exact at small counts");
-        assert_eq!(w.snapshot(), vec![ChangedHour { new_users: Vec::new(), ..cp.changed[0].clone() }]);
+        assert_eq!(
+            w.report_hour(HourStart::of(H0)),
+            Some(ChangedHour { new_users: Vec::new(), ..cp.changed[0].clone() })
+        );
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub mod migrations {
     /// Read-your-writes progress per events partition: materializer writes, query reads.
     pub const READ_PROGRESS: Migration =
         Migration { version: 10, name: "read_progress", sql: include_str!("../../migrations/0010_read_progress.sql") };
+    /// The processor's outbox: each checkpoint's records until their Kafka transaction committed.
+    pub const PROCESSOR_OUTBOX: Migration = Migration {
+        version: 11,
+        name: "processor_outbox",
+        sql: include_str!("../../migrations/0011_processor_outbox.sql"),
+    };
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -79,6 +85,7 @@ pub mod migrations {
         RANGES,
         PROCESSOR_DAYS,
         READ_PROGRESS,
+        PROCESSOR_OUTBOX,
     ];
 }
 
@@ -89,7 +96,8 @@ pub enum PgError {
     Config(String),
     #[error("no PostgreSQL connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("PostgreSQL: {0}")]
+    /// The server's message when it sent one (tokio-postgres' own text is only "db error").
+    #[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), |db| format!("{}: {}", db.code().code(), db.message())))]
     Db(#[from] tokio_postgres::Error),
     /// A stored row this build cannot read (a bug or a manual edit): retrying cannot help.
     #[error("unreadable row: {0}")]

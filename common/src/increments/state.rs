@@ -105,6 +105,11 @@ impl IncrementState {
         self.changed.clear();
     }
 
+    /// Makes room for `more` keys (a restore knows how many it reads).
+    pub fn reserve(&mut self, more: usize) {
+        self.sums.reserve(more);
+    }
+
     /// Sets a key's sum as read from a checkpoint; not a change.
     pub fn restore(&mut self, key: IncrementKey, sum: i128) {
         self.sums.insert(key, sum);

@@ -24,13 +24,23 @@ pub struct IdWindow {
     buckets: BTreeSet<i64>,
     /// Ids first seen since the last checkpoint, with their bucket.
     new: Vec<DedupId>,
+    /// Buckets evicted since the last committed checkpoint: their stored
+    /// chunks are deleted by the next commit, so they are reported again
+    /// until one succeeds (a failed commit leaves the chunks in place).
+    closing: BTreeSet<i64>,
     /// A bucket closes once `watermark >= bucket end + retention`.
     retention_ms: i64,
 }
 
 impl IdWindow {
     pub fn new(retention_ms: i64) -> Self {
-        IdWindow { ids: HashMap::new(), buckets: BTreeSet::new(), new: Vec::new(), retention_ms }
+        IdWindow {
+            ids: HashMap::new(),
+            buckets: BTreeSet::new(),
+            new: Vec::new(),
+            closing: BTreeSet::new(),
+            retention_ms,
+        }
     }
 
     /// True once no record can reach `bucket_ms` any more.
@@ -56,9 +66,15 @@ impl IdWindow {
         true
     }
 
-    /// Adds ids restored from the store (already persisted).
+    /// Adds ids restored from the store (already persisted). An id found in
+    /// several buckets (a failed checkpoint can leave the chunk of a closed
+    /// bucket beside the one the id moved to) keeps the newest, whatever
+    /// order the buckets are restored in.
     pub fn restore(&mut self, bucket_ms: i64, hashes: impl IntoIterator<Item = u64>) {
-        self.ids.extend(hashes.into_iter().map(|h| (h, bucket_ms)));
+        for h in hashes {
+            let held = self.ids.entry(h).or_insert(bucket_ms);
+            *held = (*held).max(bucket_ms);
+        }
         self.buckets.insert(bucket_ms);
     }
 
@@ -76,7 +92,8 @@ impl IdWindow {
     }
 
     /// Forgets the ids of buckets closed at `watermark_ms`; returns those
-    /// buckets (their stored chunks can go: no closed bucket is consulted).
+    /// buckets and the ones evicted since the last committed checkpoint
+    /// (their stored chunks can go: no closed bucket is consulted).
     pub fn evict_closed(&mut self, watermark_ms: i64) -> Vec<i64> {
         // Buckets close oldest first: the closed ones are a prefix of the set.
         let closed: Vec<i64> = self.buckets.iter().copied().take_while(|b| self.is_closed(*b, watermark_ms)).collect();
@@ -84,13 +101,15 @@ impl IdWindow {
             self.buckets.retain(|b| !closed.contains(b));
             self.ids.retain(|_, b| !closed.contains(b));
             self.new.retain(|id| !closed.contains(&id.bucket_ms));
+            self.closing.extend(closed);
         }
-        closed
+        self.closing.iter().copied().collect()
     }
 
-    /// Records that the new ids are durable.
+    /// Records that the new ids (and the deletion of the closed buckets' chunks) are durable.
     pub fn mark_checkpointed(&mut self) {
         self.new.clear();
+        self.closing.clear();
     }
 
     pub fn held(&self) -> usize {
@@ -159,5 +178,34 @@ mod tests {
         assert_eq!(kept.evict_closed(closes), vec![H0]);
         assert_eq!(kept.held(), 1);
         assert!(!kept.admit(id(closes, 1), closes));
+    }
+
+    #[test]
+    fn a_restored_id_keeps_its_newest_bucket_whatever_the_chunk_order() {
+        // A failed checkpoint left the id's old chunk (its bucket closed) beside
+        // the chunk of the bucket it moved to: restore must keep the newest.
+        let closes = H0 + BUCKET_MS + RETENTION;
+        let newer = closes;
+        for order in [[H0, newer], [newer, H0]] {
+            let mut w = IdWindow::new(RETENTION);
+            for bucket in order {
+                w.restore(bucket, [42]);
+            }
+            assert!(!w.admit(id(newer, 42), closes), "restored in order {order:?}: the id is still held");
+            assert_eq!(w.held(), 1);
+        }
+    }
+
+    #[test]
+    fn closed_buckets_are_reported_again_until_a_checkpoint_commits() {
+        let closes = H0 + BUCKET_MS + RETENTION;
+        let mut w = IdWindow::new(RETENTION);
+        assert!(w.admit(id(H0, 1), H0));
+        w.mark_checkpointed();
+        assert_eq!(w.evict_closed(closes), vec![H0]);
+        // That checkpoint failed: its chunk is still stored, so the next one must delete it.
+        assert_eq!(w.evict_closed(closes), vec![H0]);
+        w.mark_checkpointed();
+        assert!(w.evict_closed(closes).is_empty());
     }
 }

@@ -25,6 +25,11 @@ use super::Emit;
 
 /// How long the transaction calls (init, commit, abort) may block.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records per Kafka transaction at most: one transaction stays far below the
+/// producer's queue and commits well within the transaction timeout.
+pub const MAX_TXN_RECORDS: usize = 10_000;
+/// Bytes of keys and payloads per Kafka transaction, about (a larger record still goes, alone).
+pub const MAX_TXN_BYTES: usize = 8 << 20;
 
 /// Why an emit failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,26 +121,42 @@ impl PartitionEmitter {
                     aggregates_partition: ap,
                     aggregates_partitions: self.aggregates_partitions,
                 };
-                (ap, Emit { key: p.key(), payload: encode_progress(&p) })
+                (ap, Emit { key: p.key(), payload: encode_progress(&p), keep_payload: false })
             })
             .collect()
     }
 
     /// Writes the records, then (with `progress`, the partition's next offset)
-    /// a progress record to every aggregates partition, in one transaction,
-    /// and waits until it is committed.
+    /// a progress record to every aggregates partition, in Kafka transactions
+    /// of at most [`MAX_TXN_RECORDS`] records and about [`MAX_TXN_BYTES`]
+    /// (the progress records in the last), waiting for each to commit.
+    ///
+    /// Several transactions are not atomic together, and need not be: the
+    /// records stay in the state store's outbox until the next checkpoint, so
+    /// a crash between them is repaired by the next claim's re-send; and the
+    /// progress records come last, so a reader that applied them has applied
+    /// every record before them.
     ///
     /// # Errors
     /// [`EmitError::Fenced`] when a newer owner took the partition's id; the
     /// caller must drop the partition. Any other error: the transaction is
-    /// aborted and the caller must stop, since the state store is ahead of
-    /// what was emitted and only a claim (which re-emits every restored hour)
-    /// brings the sinks back in line.
+    /// aborted and the caller must drop the partition and claim it again
+    /// (which re-sends the outbox).
     pub async fn emit(&self, records: Vec<Emit>, progress: Option<i64>) -> Result<(), EmitError> {
         let progress = progress.map(|next_offset| self.progress(next_offset)).unwrap_or_default();
         if records.is_empty() && progress.is_empty() {
             return Ok(());
         }
+        let mut batches = bounded_batches(records);
+        let last = batches.pop().unwrap_or_default();
+        for batch in batches {
+            self.transaction(batch, Vec::new()).await?;
+        }
+        self.transaction(last, progress).await
+    }
+
+    /// One Kafka transaction: the keyed records, then the placed ones.
+    async fn transaction(&self, records: Vec<Emit>, progress: Vec<(i32, Emit)>) -> Result<(), EmitError> {
         let partition = self.partition;
         let (topic, p) = (self.topic.clone(), self.producer.clone());
         let result = async {
@@ -178,6 +199,25 @@ impl PartitionEmitter {
     }
 }
 
+/// Splits records into transactions of at most [`MAX_TXN_RECORDS`] records
+/// and about [`MAX_TXN_BYTES`] (a batch holds at least one record); always
+/// at least one batch, possibly empty.
+fn bounded_batches(records: Vec<Emit>) -> Vec<Vec<Emit>> {
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0;
+    for r in records {
+        let size = r.key.len() + r.payload.len();
+        let current = batches.last_mut().expect("never empty");
+        if !current.is_empty() && (current.len() >= MAX_TXN_RECORDS || bytes + size > MAX_TXN_BYTES) {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("never empty").push(r);
+    }
+    batches
+}
+
 /// Runs a blocking transaction call off the async loop, and classifies its error.
 async fn blocking<T, F>(partition: i32, f: F) -> Result<T, EmitError>
 where
@@ -192,5 +232,26 @@ fn classify(partition: i32, e: KafkaError) -> EmitError {
         EmitError::Fenced(partition)
     } else {
         EmitError::Kafka { partition, source: e }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emit(n: usize, bytes: usize) -> Emit {
+        Emit { key: format!("k{n}"), payload: vec![0; bytes], keep_payload: false }
+    }
+
+    #[test]
+    fn records_are_split_into_bounded_transactions_in_order() {
+        let batches = bounded_batches((0..25_001).map(|n| emit(n, 10)).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![10_000, 10_000, 5_001]);
+        assert_eq!(batches[1][0].key, "k10000");
+        let big = bounded_batches((0..5).map(|n| emit(n, 3 << 20)).collect());
+        assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        let huge = bounded_batches(vec![emit(0, MAX_TXN_BYTES * 2)]);
+        assert_eq!(huge.len(), 1, "an oversized record still goes, alone");
+        assert_eq!(bounded_batches(Vec::new()), vec![Vec::<Emit>::new()]);
     }
 }

@@ -6,13 +6,19 @@ pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
 pub const EVENTS_SKIPPED: &str = "analytics_processor_events_skipped_total";
 pub const AGGREGATES_EMITTED: &str = "analytics_processor_aggregates_emitted_total";
 pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";
-/// Label `outcome`: `fenced`, `error`.
+/// Label `outcome`: `fenced`, `error` (the store; retried), `emit_error` (the partition is claimed again).
 pub const CHECKPOINT_FAILURES: &str = "analytics_processor_checkpoint_failures_total";
 pub const CHECKPOINT_DURATION: &str = "analytics_processor_checkpoint_duration_seconds";
 /// Label `stage`: `store` (the PostgreSQL transaction), `emit` (the Kafka transaction).
 pub const CHECKPOINT_STAGE_DURATION: &str = "analytics_processor_checkpoint_stage_duration_seconds";
 pub const RESTORES: &str = "analytics_processor_restores_total";
 pub const RESTORE_DURATION: &str = "analytics_processor_restore_duration_seconds";
+/// Outbox records re-sent by claims (those a former owner may not have got into the log).
+pub const CLAIM_RESENT: &str = "analytics_processor_claim_resent_total";
+/// Claims that failed (retried at the next heartbeat); the workload's other partitions go on.
+pub const CLAIM_FAILURES: &str = "analytics_processor_claim_failures_total";
+/// Restarts of a workload's loop after a failure; the other workload goes on.
+pub const WORKLOAD_RESTARTS: &str = "analytics_processor_workload_restarts_total";
 pub const OWNED_PARTITIONS: &str = "analytics_processor_owned_partitions";
 /// Event ids held for deduplication.
 pub const HELD_IDS: &str = "analytics_processor_held_ids";

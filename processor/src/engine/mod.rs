@@ -5,19 +5,23 @@
 //! [`Position`] (next offset, watermark), the event ids seen (for
 //! deduplication, [`dedup`]) and the workload's state, and every checkpoint
 //! interval commits all three to PostgreSQL in one transaction under the
-//! partition's fencing epoch ([`state_store`]), then emits the workload's
-//! aggregates, tagged with that position, in one Kafka transaction
-//! (`emitter`). A crash anywhere replays from the stored position and
-//! recomputes the same values, and the sinks keep the highest offset per key.
+//! partition's fencing epoch ([`state_store`]), together with the
+//! workload's aggregates of that checkpoint in an outbox; then emits those
+//! aggregates, tagged with that position, in bounded Kafka transactions
+//! ([`emitter`]); the next checkpoint deletes the outbox rows so emitted. A
+//! crash anywhere replays from the stored position and recomputes the same
+//! values; a claim re-sends the outbox (the only records a former owner may
+//! have left out of the log); and the sinks keep the highest offset per key.
 //!
 //! A workload plugs in by implementing [`Aggregation`]: its event decoding,
-//! its pure state (apply, changes since the last checkpoint, snapshot), the
-//! rows that persist that state (inside the engine's transaction) and the
-//! records it emits.
+//! its pure state (apply, changes since the last checkpoint), the rows that
+//! persist that state (inside the engine's transaction) and the records it
+//! emits.
 
 pub mod dedup;
-mod emitter;
+pub mod emitter;
 pub mod metrics;
+pub mod partition;
 mod pipeline;
 pub mod state_store;
 
@@ -74,6 +78,11 @@ pub struct DedupId {
 pub struct Emit {
     pub key: String,
     pub payload: Vec<u8>,
+    /// True when the state that produced it cannot render it again (a
+    /// closed hour's final record): the outbox keeps its bytes. Otherwise
+    /// the outbox keeps only its key, and a claim asks the workload to
+    /// render it from the restored state ([`Aggregation::render`]).
+    pub keep_payload: bool,
 }
 
 /// A workload's side of the processor.
@@ -135,11 +144,14 @@ pub trait Aggregation: Send + Sync + 'static {
     fn committed(&self, state: &mut Self::State, changes: Self::Changes, receipt: Self::Receipt);
 
     /// The aggregates of `changes`, each reflecting the input up to `position`.
+    /// The engine stores them in its outbox with the checkpoint, and re-sends
+    /// them on a claim until their Kafka transaction is known committed.
     fn emits(&self, scope: Scope<'_>, position: Position, changes: &Self::Changes) -> Vec<Emit>;
 
-    /// The aggregates of everything a restored state holds: re-emitted on every
-    /// claim, since a former owner may have died between its checkpoint and its emit.
-    fn snapshot(&self, scope: Scope<'_>, position: Position, state: &Self::State) -> Vec<Emit>;
+    /// The records of `keys` as the state holds them now, each reflecting the
+    /// input up to `position`: what a claim re-sends for outbox rows kept
+    /// without their bytes. A key the state no longer holds is left out.
+    fn render(&self, scope: Scope<'_>, position: Position, state: &Self::State, keys: &[String]) -> Vec<Emit>;
 
     /// Sets the workload's own gauges over the states this instance holds.
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a Self::State>)

@@ -2,17 +2,23 @@
 //! per-partition state, and every checkpoint interval commit state, emit
 //! aggregates, commit offsets.
 //!
-//! Order per checkpoint, which is what makes the output exact:
-//! 1. the state's changes, the new event ids and the position go to
-//!    PostgreSQL in one transaction, under the partition's fencing epoch;
-//! 2. the workload's aggregates of those changes go to the aggregates topic,
-//!    tagged with that position, in one Kafka transaction;
+//! Order per checkpoint, which is what makes the output exact
+//! ([`checkpoint_partition`]):
+//! 1. the state's changes, the new event ids, the position and the
+//!    checkpoint's aggregates (the outbox) go to PostgreSQL in one
+//!    transaction, under the partition's fencing epoch; the outbox rows of
+//!    the previous checkpoint, whose emit committed, are deleted in it;
+//! 2. the aggregates go to the aggregates topic, tagged with that position,
+//!    in bounded Kafka transactions;
 //! 3. the consumer offset is committed to the broker (only a hint: on claim
 //!    the position always comes from the state store).
 //!
 //! A crash anywhere replays from the state store's position and recomputes
-//! the same values (the state is a pure function of the log prefix), and the
-//! sinks keep the highest offset per key.
+//! the same values (the state is a pure function of the log prefix); a claim
+//! re-sends the outbox, the only records that may be missing from the log
+//! ([`open_claimed`]); and the sinks keep the highest offset per key. A
+//! partition whose emit or claim fails is dropped and claimed again at the
+//! next heartbeat; the loop goes on with the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,11 +34,11 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::Instrument;
 
-use super::dedup::IdWindow;
-use super::emitter::{AggregateEmitter, EmitError, PartitionEmitter};
+use super::emitter::{AggregateEmitter, EmitError};
 use super::metrics as m;
-use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore, StoreError};
-use super::{Aggregation, Position, Record, Scope};
+use super::partition::{checkpoint_partition, open_claimed, OwnedPartition};
+use super::state_store::{StateStore, StoreError};
+use super::Aggregation;
 
 /// Records taken per wake-up of the loop once one has arrived.
 const DRAIN_BATCH: usize = 1024;
@@ -61,25 +67,7 @@ pub struct ProcessorSettings {
     pub partitions: i32,
 }
 
-/// One partition this instance currently owns.
-struct Owned<S> {
-    epoch: i64,
-    position: Position,
-    ids: IdWindow,
-    id_chunks: ChunkCounts,
-    state: S,
-    /// This partition's transactional producer (its id fences former owners).
-    emitter: PartitionEmitter,
-    /// The next offset the last emitted progress records carried: a
-    /// checkpoint is due whenever the position moved past it, even if the
-    /// records changed nothing (duplicates, skipped records), so that a read
-    /// token of such a record resolves too.
-    progress_emitted: i64,
-    /// The offset of an undecodable record this partition stopped at: it is
-    /// no longer consumed (its lease is kept, so nobody re-claims it) until
-    /// an operator deploys a reader that knows the record and restarts.
-    stalled_at: Option<i64>,
-}
+type Owned<S> = OwnedPartition<S>;
 
 pub struct Processor<W: Aggregation> {
     workload: W,
@@ -137,9 +125,29 @@ impl<W: Aggregation> Processor<W> {
 
     /// Runs until `token` is cancelled, then checkpoints what it holds and leaves the group.
     ///
+    /// A partition whose emit or claim fails is dropped and claimed again at
+    /// the next heartbeat (which re-sends its outbox); the others go on.
+    ///
     /// # Errors
-    /// Kafka delivery failures of aggregates; the process should restart.
+    /// What no partition-level retry can repair (the consumer, a stored
+    /// position outside the log); the group is left first, so that a new
+    /// instance of the workload takes the partitions at once.
     pub async fn run(mut self, token: CancellationToken) -> Result<(), ProcessorError> {
+        let result = self.run_loop(&token).await;
+        let result = match result {
+            Ok(()) => {
+                tracing::info!(workload = W::NAME, "processor stopping: final checkpoint");
+                self.checkpoint_all().await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.membership.leave().await {
+            tracing::warn!(error = %e, "could not release partitions; they will expire");
+        }
+        result
+    }
+
+    async fn run_loop(&mut self, token: &CancellationToken) -> Result<(), ProcessorError> {
         let mut tick = tokio::time::interval(self.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
@@ -150,6 +158,10 @@ impl<W: Aggregation> Processor<W> {
         let consumer = self.consumer.clone();
         let (mut backlogged, mut last_checkpoint) = (false, Instant::now());
         loop {
+            // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint:
+            // checkpoint before reading more (bounds a checkpoint, and the state's growth
+            // while PostgreSQL fails).
+            let full = self.owned.values().any(OwnedPartition::is_full);
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
@@ -157,14 +169,14 @@ impl<W: Aggregation> Processor<W> {
                     // Behind (a backlog): checkpoint less often, so that the loop spends its
                     // time consuming rather than waiting for commits. Counts are the same;
                     // only the freshness of a backlog's progress is coarser.
-                    if !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
+                    if full || !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
                         self.checkpoint_all().await?;
                         last_checkpoint = Instant::now();
                     }
                 }
-                _ = heartbeat.tick() => self.rebalance(&token).await?,
+                _ = heartbeat.tick() => self.rebalance(token).await?,
                 _ = gauges.tick() => self.record_gauges(),
-                msg = async { consumer.stream().next().await } => match msg {
+                msg = async { consumer.stream().next().await }, if !full => match msg {
                     Some(msg) => {
                         self.on_message(msg);
                         // Take what is already fetched without going round the select
@@ -179,15 +191,14 @@ impl<W: Aggregation> Processor<W> {
                                 }
                             }
                         }
+                        if self.owned.values().any(OwnedPartition::is_full) {
+                            self.checkpoint_all().await?;
+                            last_checkpoint = Instant::now();
+                        }
                     }
                     None => break,
                 },
             }
-        }
-        tracing::info!(workload = W::NAME, "processor stopping: final checkpoint");
-        self.checkpoint_all().await?;
-        if let Err(e) = self.membership.leave().await {
-            tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
         Ok(())
     }
@@ -204,7 +215,7 @@ impl<W: Aggregation> Processor<W> {
         }
         for p in &plan.to_release {
             if let Some(mut owned) = self.owned.remove(p) {
-                if let Err(e) = checkpoint_one(&self.workload, &self.store, *p, &mut owned).await {
+                if let Err(e) = checkpoint_partition(&self.workload, &self.store, *p, &mut owned).await {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
@@ -214,9 +225,19 @@ impl<W: Aggregation> Processor<W> {
         }
         // Claimed together: each restore reads PostgreSQL and opens a transactional producer.
         let claims = futures::future::join_all(plan.acquired.iter().map(|p| self.claim(*p, token))).await;
-        for claimed in claims {
-            if let Some((partition, owned)) = claimed? {
-                self.owned.insert(partition, owned);
+        for (p, claimed) in plan.acquired.iter().zip(claims) {
+            match claimed {
+                Ok(Some((partition, owned))) => {
+                    self.owned.insert(partition, owned);
+                }
+                Ok(None) => {}
+                // The log does not hold the stored position: an operator's problem, not a retry's.
+                Err(e @ ProcessorError::LogReset(_)) => return Err(e),
+                Err(e) => {
+                    // This partition only: the next heartbeat acquires it again (the lease is ours).
+                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "claim failed; retrying at the next heartbeat");
+                    metrics::counter!(m::CLAIM_FAILURES, "workload" => W::NAME).increment(1);
+                }
             }
         }
         self.assign_owned()?;
@@ -265,6 +286,7 @@ impl<W: Aggregation> Processor<W> {
             tracing::warn!(workload = W::NAME, partition, offset, "record keyed for another partition: not counted");
             metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "misrouted").increment(1);
             owned.position.next_offset = offset + 1;
+            owned.pending_records += 1;
             return;
         }
         let event = match msg.payload().map(|p| self.workload.decode(p)) {
@@ -292,18 +314,8 @@ impl<W: Aggregation> Processor<W> {
             rdkafka::Timestamp::LogAppendTime(ms) => ms,
             _ => self.workload.accepted_at_ms(&event),
         };
-        owned.position.next_offset = offset + 1;
-        owned.position.watermark_ms = owned.position.watermark_ms.max(accepted_at_ms);
-        let watermark_ms = owned.position.watermark_ms;
-        if let Some(id) = self.workload.dedup_id(&event) {
-            if !owned.ids.admit(id, watermark_ms) {
-                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "duplicate_id").increment(1);
-                return;
-            }
-        }
-        let record = Record { offset, accepted_at_ms, watermark_ms };
-        match self.workload.apply(&mut owned.state, record, event) {
-            Ok(()) => self.applied += 1,
+        match owned.apply(&self.workload, offset, accepted_at_ms, event) {
+            Ok(_) => self.applied += 1,
             Err(skip) => {
                 metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => skip.0).increment(1);
             }
@@ -338,32 +350,20 @@ impl<W: Aggregation> Processor<W> {
         let position = claimed.position;
         common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
             .await?;
-        // Fences every earlier owner's producer and aborts its open transaction,
-        // then re-emits what the store holds.
-        let emitter = self.emitter.open(partition).await?;
-        let scope = Scope { topic: &self.topic, partition };
-        emitter.emit(self.workload.snapshot(scope, position, &claimed.state), Some(position.next_offset)).await?;
+        let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
+        let owned = open_claimed(&self.workload, &self.topic, &self.emitter, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
-            epoch = claimed.epoch,
+            epoch,
             next_offset = position.next_offset,
-            held_ids = claimed.ids.held(),
+            held_ids,
+            resent,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "claimed partition"
         );
         metrics::counter!(m::RESTORES, "workload" => W::NAME).increment(1);
         metrics::histogram!(m::RESTORE_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
-        let owned = Owned {
-            epoch: claimed.epoch,
-            position,
-            ids: claimed.ids,
-            id_chunks: claimed.id_chunks,
-            state: claimed.state,
-            emitter,
-            progress_emitted: position.next_offset,
-            stalled_at: None,
-        };
         Ok(Some((partition, owned)))
     }
 
@@ -377,7 +377,7 @@ impl<W: Aggregation> Processor<W> {
         // transaction, so a round takes as long as the slowest, not the sum.
         let (workload, store) = (&self.workload, &self.store);
         let rounds = self.owned.drain().map(|(p, mut owned)| async move {
-            let result = checkpoint_one(workload, store, p, &mut owned).await;
+            let result = checkpoint_partition(workload, store, p, &mut owned).await;
             (p, owned, result)
         });
         let results = futures::future::join_all(rounds).await;
@@ -407,6 +407,15 @@ impl<W: Aggregation> Processor<W> {
                     metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
                     retry_later = true;
+                }
+                Err(ProcessorError::Emit(e)) => {
+                    // The state store is ahead of the log: dropped here, the partition is
+                    // claimed again at the next heartbeat (its lease is still ours), and the
+                    // claim re-sends the outbox, which holds this checkpoint's records.
+                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "emit failed; claiming the partition again");
+                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "emit_error")
+                        .increment(1);
+                    fenced = true;
                 }
                 Err(e) => return Err(e),
             }
@@ -443,51 +452,4 @@ impl<W: Aggregation> Processor<W> {
                 .set(if stalled { 1.0 } else { 0.0 });
         }
     }
-}
-
-/// Checkpoints one partition; returns the committed position if anything changed.
-async fn checkpoint_one<W: Aggregation>(
-    workload: &W,
-    store: &StateStore,
-    partition: i32,
-    owned: &mut Owned<W::State>,
-) -> Result<Option<i64>, ProcessorError> {
-    let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
-    let changes = workload.changes(&mut owned.state);
-    let moved = owned.position.next_offset > owned.progress_emitted;
-    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved {
-        return Ok(None);
-    }
-    let started = Instant::now();
-    let cp = EngineCheckpoint {
-        position: owned.position,
-        epoch: owned.epoch,
-        ids: &owned.ids,
-        closed_id_hours: &closed_id_hours,
-        id_chunks: &owned.id_chunks,
-    };
-    let work = changes.as_ref().map(|c| (&owned.state, c));
-    let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
-    record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
-    owned.ids.mark_checkpointed();
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
-        .record(started.elapsed().as_secs_f64());
-    let emitting = Instant::now();
-    let scope = Scope { topic: store.topic(), partition };
-    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
-    let emitted = emits.len();
-    if let (Some(changes), Some(receipt)) = (changes, receipt) {
-        workload.committed(&mut owned.state, changes, receipt);
-    }
-    // The progress records after the aggregates, in the same transaction:
-    // a reader that applied them has applied the aggregates too.
-    let next_offset = owned.position.next_offset;
-    owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
-    owned.progress_emitted = next_offset;
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
-        .record(emitting.elapsed().as_secs_f64());
-    metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
-    metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
-    metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
-    Ok(Some(owned.position.next_offset))
 }

@@ -1,10 +1,11 @@
 //! The processor's state store in PostgreSQL: the engine's part.
 //!
 //! Per events partition: the position (`next_offset`, watermark), the
-//! fencing `epoch` and the event ids held for deduplication. A checkpoint
-//! writes them and the workload's own rows ([`Aggregation::persist`]) in one
-//! transaction, so the state and the offset it reflects are always committed
-//! together. Each claim of a partition bumps its `epoch`; a checkpoint only
+//! fencing `epoch`, the event ids held for deduplication and the outbox (the
+//! records of checkpoints whose Kafka transaction is not known committed). A
+//! checkpoint writes them and the workload's own rows
+//! ([`Aggregation::persist`]) in one transaction, so the state, the offset it
+//! reflects and the records it emits are always committed together. Each claim of a partition bumps its `epoch`; a checkpoint only
 //! commits under the writer's own epoch, so an instance that lost the
 //! partition can no longer write.
 //!
@@ -18,7 +19,11 @@ use common::engine::pg::PgError;
 use deadpool_postgres::{Pool, Transaction};
 
 use super::dedup::IdWindow;
-use super::{Aggregation, Position, Scope};
+use super::{Aggregation, Emit, Position, Scope};
+
+/// Rows one statement of a checkpoint writes at most (a checkpoint of more
+/// uses several): each statement stays well within the statement timeout.
+pub const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
@@ -188,6 +193,30 @@ pub struct Claimed<S> {
     pub ids: IdWindow,
     pub id_chunks: ChunkCounts,
     pub state: S,
+    /// The records of checkpoints whose Kafka transaction is not known to
+    /// have committed: what a claim re-sends.
+    pub outbox: Outbox,
+}
+
+/// A partition's outbox as a claim reads it.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Records kept whole (the state cannot render them again), oldest first.
+    pub kept: Vec<Emit>,
+    /// Keys of records kept without their bytes: rendered from the restored state.
+    pub keys: Vec<String>,
+    /// The newest input offset among all of them (`None` when there are none).
+    pub through: Option<i64>,
+}
+
+impl Outbox {
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What one checkpoint commits beside the workload's changes.
@@ -197,6 +226,71 @@ pub struct EngineCheckpoint<'a> {
     pub ids: &'a IdWindow,
     pub closed_id_hours: &'a [i64],
     pub id_chunks: &'a ChunkCounts,
+    /// This checkpoint's records, kept in the outbox until their Kafka transaction commits.
+    pub emits: &'a [Emit],
+    /// Outbox rows up to this input offset are known to be in the log: deleted.
+    pub emitted_through: Option<i64>,
+}
+
+/// Writes a checkpoint's records to the outbox (one row per key, the newest
+/// replacing an older one) after deleting the rows known to be in the log.
+async fn write_outbox(
+    tx: &Transaction<'_>,
+    scope: Scope<'_>,
+    position: Position,
+    emits: &[Emit],
+    emitted_through: Option<i64>,
+) -> Result<(), PgError> {
+    if let Some(through) = emitted_through {
+        tx.execute(
+            "DELETE FROM processor_outbox WHERE topic = $1 AND partition = $2 AND input_offset <= $3",
+            &[&scope.topic, &scope.partition, &through],
+        )
+        .await?;
+    }
+    if emits.is_empty() {
+        return Ok(());
+    }
+    // One row per key: a statement may not upsert a row twice, so the last record of a key wins.
+    // The bytes only where the state cannot render the record again.
+    let mut newest: HashMap<&str, Option<&[u8]>> = HashMap::with_capacity(emits.len());
+    for e in emits {
+        newest.insert(&e.key, e.keep_payload.then_some(e.payload.as_slice()));
+    }
+    let rows: Vec<(&str, Option<&[u8]>)> = newest.into_iter().collect();
+    // Bounded statements: each stays well within the statement timeout.
+    for slice in rows.chunks(ROWS_PER_STATEMENT) {
+        let (keys, payloads): (Vec<&str>, Vec<Option<&[u8]>>) = slice.iter().copied().unzip();
+        tx.execute(
+            "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
+             SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
+             ON CONFLICT (topic, partition, key)
+             DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
+            &[&scope.topic, &scope.partition, &position.next_offset, &keys, &payloads],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A partition's outbox: the records kept whole (oldest first), the keys kept alone.
+async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<Outbox, PgError> {
+    let rows = tx
+        .query(
+            "SELECT key, input_offset, payload FROM processor_outbox
+             WHERE topic = $1 AND partition = $2 ORDER BY input_offset, key",
+            &[&scope.topic, &scope.partition],
+        )
+        .await?;
+    let mut outbox =
+        Outbox { through: rows.iter().map(|r| r.get::<_, i64>("input_offset")).max(), ..Outbox::default() };
+    for r in rows {
+        match r.get::<_, Option<Vec<u8>>>("payload") {
+            Some(payload) => outbox.kept.push(Emit { key: r.get("key"), payload, keep_payload: true }),
+            None => outbox.keys.push(r.get("key")),
+        }
+    }
+    Ok(outbox)
 }
 
 #[derive(Clone)]
@@ -249,12 +343,14 @@ impl StateStore {
             ids.restore(hour, chunks.iter().flat_map(|c| decode_hashes(c)));
         }
         let state = workload.restore(&tx, scope, position).await?;
+        let outbox = read_outbox(&tx, scope).await?;
         tx.commit().await?;
-        Ok(Claimed { epoch, position, ids, id_chunks, state })
+        Ok(Claimed { epoch, position, ids, id_chunks, state, outbox })
     }
 
     /// Commits a checkpoint under its epoch: the position, the new ids (and
-    /// the closed hours' ids gone), and the workload's changes if it has any.
+    /// the closed hours' ids gone), the workload's changes if it has any, and
+    /// its records to the outbox (with the rows known emitted gone).
     ///
     /// # Errors
     /// [`StoreError::Fenced`] if the partition was claimed by someone else;
@@ -287,6 +383,7 @@ impl StateStore {
             Some((state, changes)) => Some(workload.persist(&tx, scope, state, changes).await?),
             None => None,
         };
+        write_outbox(&tx, scope, cp.position, cp.emits, cp.emitted_through).await?;
         tx.commit().await?;
         Ok((ids_added, receipt))
     }

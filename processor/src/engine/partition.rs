@@ -1,0 +1,206 @@
+//! One owned partition of a workload's events topic, and the two steps the
+//! engine runs on it besides applying records: claiming it (restore, fence,
+//! re-send) and checkpointing it (store, then emit).
+//!
+//! Public so that tests drive the exact steps of the loop with faults in between.
+
+use std::time::Instant;
+
+use super::dedup::IdWindow;
+use super::emitter::{AggregateEmitter, PartitionEmitter};
+use super::metrics as m;
+use super::pipeline::ProcessorError;
+use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore};
+use super::{Aggregation, Position, Scope};
+
+/// Records a partition may read past its last committed checkpoint before
+/// the loop checkpoints at once, and stops reading until a checkpoint
+/// commits: one checkpoint's rows, outbox and Kafka transactions stay
+/// bounded however large a backlog is or however long PostgreSQL fails.
+pub const MAX_PENDING_RECORDS: usize = 50_000;
+
+/// One partition this instance owns.
+pub struct OwnedPartition<S> {
+    pub(crate) epoch: i64,
+    pub(crate) position: Position,
+    pub(crate) ids: IdWindow,
+    pub(crate) id_chunks: ChunkCounts,
+    pub(crate) state: S,
+    /// This partition's transactional producer (its id fences former owners).
+    pub(crate) emitter: PartitionEmitter,
+    /// The next offset the last emitted progress records carried: a
+    /// checkpoint is due whenever the position moved past it, even if the
+    /// records changed nothing (duplicates, skipped records), so that a read
+    /// token of such a record resolves too.
+    pub(crate) progress_emitted: i64,
+    /// The offset of an undecodable record this partition stopped at: it is
+    /// no longer consumed (its lease is kept, so nobody re-claims it) until
+    /// an operator deploys a reader that knows the record and restarts.
+    pub(crate) stalled_at: Option<i64>,
+    /// Outbox rows up to this input offset are in the log (their Kafka
+    /// transaction committed): the next checkpoint deletes them.
+    pub(crate) outbox_through: Option<i64>,
+    /// Records read since the last committed checkpoint: the loop checkpoints
+    /// at [`MAX_PENDING_RECORDS`] and reads no more until one commits.
+    pub(crate) pending_records: usize,
+}
+
+impl<S> OwnedPartition<S> {
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    pub fn ids(&self) -> &IdWindow {
+        &self.ids
+    }
+
+    /// True when the partition must checkpoint before it reads more.
+    pub fn is_full(&self) -> bool {
+        self.pending_records >= MAX_PENDING_RECORDS
+    }
+
+    /// What the engine does with one decoded record that passed the routing
+    /// check: moves the position, drops a repeated id, applies the rest.
+    /// Returns whether it was applied.
+    pub fn apply<W: Aggregation<State = S>>(
+        &mut self,
+        workload: &W,
+        offset: i64,
+        accepted_at_ms: i64,
+        event: W::Event,
+    ) -> Result<bool, super::Skip> {
+        self.position.next_offset = offset + 1;
+        self.position.watermark_ms = self.position.watermark_ms.max(accepted_at_ms);
+        self.pending_records += 1;
+        let watermark_ms = self.position.watermark_ms;
+        if let Some(id) = workload.dedup_id(&event) {
+            if !self.ids.admit(id, watermark_ms) {
+                return Err(super::Skip("duplicate_id"));
+            }
+        }
+        let record = super::Record { offset, accepted_at_ms, watermark_ms };
+        workload.apply(&mut self.state, record, event).map(|()| true)
+    }
+}
+
+/// Claims a partition's state in the store (fencing any previous owner's
+/// writes), opens its transactional producer (fencing any previous owner's
+/// emits and aborting its open transaction) and re-sends what a previous
+/// owner may not have emitted. One attempt: the caller retries.
+///
+/// # Errors
+/// The store's, or the emitter's.
+pub async fn claim_partition<W: Aggregation>(
+    workload: &W,
+    store: &StateStore,
+    emitter: &AggregateEmitter,
+    partition: i32,
+    retention_ms: i64,
+) -> Result<OwnedPartition<W::State>, ProcessorError> {
+    let claimed = store.claim(workload, partition, retention_ms).await?;
+    open_claimed(workload, store.topic(), emitter, partition, claimed).await
+}
+
+/// The second half of [`claim_partition`], once the store's state is loaded.
+pub(crate) async fn open_claimed<W: Aggregation>(
+    workload: &W,
+    topic: &str,
+    emitter: &AggregateEmitter,
+    partition: i32,
+    claimed: super::state_store::Claimed<W::State>,
+) -> Result<OwnedPartition<W::State>, ProcessorError> {
+    let position = claimed.position;
+    let emitter = emitter.open(partition).await?;
+    // Exactly the records that may be missing from the log: those of
+    // checkpoints whose Kafka transaction was not known committed. Every
+    // other record of the state is already there, and the sinks keep the
+    // newest input offset per key, so re-sending these is idempotent.
+    // Kept whole (closed hours' final records), then rendered from the
+    // restored state, which is at least as new as the record it replaces.
+    let outbox = claimed.outbox;
+    let mut records = outbox.kept;
+    records.extend(workload.render(Scope { topic, partition }, position, &claimed.state, &outbox.keys));
+    let resent = records.len();
+    emitter.emit(records, Some(position.next_offset)).await?;
+    metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
+    Ok(OwnedPartition {
+        epoch: claimed.epoch,
+        position,
+        ids: claimed.ids,
+        id_chunks: claimed.id_chunks,
+        state: claimed.state,
+        emitter,
+        progress_emitted: position.next_offset,
+        stalled_at: None,
+        outbox_through: outbox.through,
+        pending_records: 0,
+    })
+}
+
+/// Checkpoints one partition: its changes, new ids and position to the store
+/// in one transaction, then its emits to Kafka in transactions. Returns the
+/// committed position if anything changed.
+///
+/// # Errors
+/// The store's (nothing was written then), or the emitter's (the store is
+/// then ahead of the log: the partition must be claimed again, which re-sends).
+pub async fn checkpoint_partition<W: Aggregation>(
+    workload: &W,
+    store: &StateStore,
+    partition: i32,
+    owned: &mut OwnedPartition<W::State>,
+) -> Result<Option<i64>, ProcessorError> {
+    let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
+    let changes = workload.changes(&mut owned.state);
+    let moved = owned.position.next_offset > owned.progress_emitted;
+    let outbox_due = owned.outbox_through.is_some();
+    if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved && !outbox_due {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let scope = Scope { topic: store.topic(), partition };
+    let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
+    let cp = EngineCheckpoint {
+        position: owned.position,
+        epoch: owned.epoch,
+        ids: &owned.ids,
+        closed_id_hours: &closed_id_hours,
+        id_chunks: &owned.id_chunks,
+        emits: &emits,
+        emitted_through: owned.outbox_through,
+    };
+    let work = changes.as_ref().map(|c| (&owned.state, c));
+    let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
+    owned.outbox_through = None;
+    owned.pending_records = 0;
+    record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
+    owned.ids.mark_checkpointed();
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
+        .record(started.elapsed().as_secs_f64());
+    let emitting = Instant::now();
+    let emitted = emits.len();
+    if let (Some(changes), Some(receipt)) = (changes, receipt) {
+        workload.committed(&mut owned.state, changes, receipt);
+    }
+    // The progress records after the aggregates, in the last transaction:
+    // a reader that applied them has applied the aggregates too.
+    let next_offset = owned.position.next_offset;
+    owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
+    owned.progress_emitted = next_offset;
+    // In the log now: the next checkpoint deletes them from the outbox.
+    owned.outbox_through = (emitted > 0).then_some(next_offset);
+    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
+        .record(emitting.elapsed().as_secs_f64());
+    metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
+    metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
+    metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
+    Ok(Some(owned.position.next_offset))
+}
