@@ -133,6 +133,14 @@ probe_pid=$!
 record post_half_load "$(target/release/paced-post --rate "$half" --connections 256 --duration "$DUR" | tail -1)"
 wait "$probe_pid"
 
+# What the analytics emits cost per event over the POST phases above (5 % of their events spread over the past
+# week, so several open hours change per checkpoint): every change re-sends its hour's whole record, sketch included.
+wait_processor_caught_up
+analytics_metric() { metric "$PROCESSOR_PORT" "$1{workload=\"analytics\"}"; }
+record emitted "{\"analytics_emitted_bytes\": $(analytics_metric analytics_processor_aggregate_bytes_emitted_total), \
+\"analytics_emitted_records\": $(analytics_metric analytics_processor_aggregates_emitted_total), \
+\"analytics_events_applied\": $(analytics_metric analytics_processor_events_applied_total)}"
+
 # The increments workload: POST /increment at 256 connections, with the staleness probe running.
 wait_processor_caught_up
 target/release/increment-staleness "$PROBE" >"$OUT/increment_staleness.json" &

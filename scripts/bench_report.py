@@ -71,6 +71,11 @@ for k in ["rps", "target_rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket
 for k in ["freshness_p50_ms", "freshness_p99_ms", "freshness_max_ms", "freshness_samples"]:
     put(k, raw.get("freshness", {}).get(k))
     put(f"{k}_half_load", raw.get("freshness_half_load", {}).get(k))
+emitted = raw.get("emitted", {})
+if emitted.get("analytics_events_applied") and emitted.get("analytics_emitted_records"):
+    put("emitted_bytes_per_event", emitted["analytics_emitted_bytes"] / emitted["analytics_events_applied"])
+    put("emitted_records_per_event", emitted["analytics_emitted_records"] / emitted["analytics_events_applied"])
+    put("emitted_bytes_per_record", emitted["analytics_emitted_bytes"] / emitted["analytics_emitted_records"])
 p = raw.get("processor", {})
 if p.get("processor_drain_seconds"):
     put("processor_backlog_events", p["processor_backlog_events"])
@@ -299,6 +304,8 @@ lines += [
     f"{fmt(g('processor_events_per_sec'))} events/s ({fmt(g('processor_drain_seconds'))} s) |",
     f"| state per unique user-hour (core benchmark) | {fmt(g('state_bytes_per_user_hour'))} bytes |",
     f"| state per unique user-hour (live processor after the run) | {fmt(g('live_state_bytes_per_user_hour'))} bytes |",
+    f"| aggregates emitted per analytics event over the POST phases (hour records, sketches included) | "
+    f"{fmt(g('emitted_bytes_per_event'))} bytes ({fmt(g('emitted_records_per_event'))} records of {fmt(g('emitted_bytes_per_record'))} bytes on average) |",
     "",
     "The backlog is written straight to the events topic by `backlog` while the processor is stopped: exactly that many",
     f"events, encoded and keyed as the command does ({fmt(g('backlog_distinct_users'))} distinct users, event times in the current",

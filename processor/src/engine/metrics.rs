@@ -5,6 +5,9 @@ pub const EVENTS_APPLIED: &str = "analytics_processor_events_applied_total";
 /// Label `reason`: `replayed`, `closed_hour`, `misrouted`, `duplicate_id`.
 pub const EVENTS_SKIPPED: &str = "analytics_processor_events_skipped_total";
 pub const AGGREGATES_EMITTED: &str = "analytics_processor_aggregates_emitted_total";
+/// Key and payload bytes of the emitted aggregates (progress records not included):
+/// `make bench` divides it by the events applied (bytes emitted per event).
+pub const AGGREGATE_BYTES_EMITTED: &str = "analytics_processor_aggregate_bytes_emitted_total";
 pub const CHECKPOINTS: &str = "analytics_processor_checkpoints_total";
 /// Label `outcome`: `fenced`, `error` (the store; retried), `emit_error` (the partition is claimed again).
 pub const CHECKPOINT_FAILURES: &str = "analytics_processor_checkpoint_failures_total";

@@ -187,6 +187,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
         .record(started.elapsed().as_secs_f64());
     let emitting = Instant::now();
     let emitted = emits.len();
+    let emitted_bytes: usize = emits.iter().map(|e| e.key.len() + e.payload.len()).sum();
     if let (Some(changes), Some(receipt)) = (changes, receipt) {
         workload.committed(&mut owned.state, changes, receipt);
     }
@@ -200,6 +201,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
         .record(emitting.elapsed().as_secs_f64());
     metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
+    metrics::counter!(m::AGGREGATE_BYTES_EMITTED, "workload" => W::NAME).increment(emitted_bytes as u64);
     metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
     metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
     Ok(Some(owned.position.next_offset))
