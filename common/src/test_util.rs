@@ -78,6 +78,22 @@ pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
     (kafka, redis, pg)
 }
 
+/// The command line of a service reading this test's stores: `bin`, the
+/// PostgreSQL and Redis flags of `pg` and `redis`, then `extra`.
+pub fn store_args(bin: &str, redis: &RedisConfig, pg: &PgConfig, extra: &[&str]) -> Vec<String> {
+    let stores = [
+        "--pg-url",
+        &pg.url,
+        "--pg-schema",
+        &pg.schema,
+        "--redis-url",
+        &redis.url,
+        "--redis-key-prefix",
+        &redis.key_prefix,
+    ];
+    std::iter::once(bin).chain(stores).chain(extra.iter().copied()).map(str::to_owned).collect()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `limit` with `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

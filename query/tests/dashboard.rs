@@ -4,7 +4,7 @@
 //! browser by e2e/tests/dashboard.rs.
 
 use clap::Parser;
-use common::test_util::{drop_schema, isolated, unique_suffix};
+use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use query::{Config, QueryApp};
@@ -12,19 +12,7 @@ use query::{Config, QueryApp};
 /// An app on a schema and key prefix of its own, with `extra` flags; and what to clean up.
 async fn app(extra: &[&str]) -> (QueryApp, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let mut args = vec![
-        "query",
-        "--pg-url",
-        &pg.url,
-        "--pg-schema",
-        &pg.schema,
-        "--redis-url",
-        &redis.url,
-        "--redis-key-prefix",
-        &redis.key_prefix,
-    ];
-    args.extend_from_slice(extra);
-    let cfg = Config::parse_from(args);
+    let cfg = Config::parse_from(store_args("query", &redis, &pg, extra));
     let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.expect("the app builds");
     (app, pg, redis)
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use common::engine::progress::ReadToken;
-use common::test_util::{drop_schema, isolated, unique_suffix};
+use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use query::QueryApp;
@@ -19,19 +19,7 @@ struct Fixture {
 
 async fn fixture(flags: &[&str]) -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let mut args = vec![
-        "query",
-        "--pg-url",
-        &pg.url,
-        "--pg-schema",
-        &pg.schema,
-        "--redis-url",
-        &redis.url,
-        "--redis-key-prefix",
-        &redis.key_prefix,
-    ];
-    args.extend_from_slice(flags);
-    let cfg = <query::Config as clap::Parser>::parse_from(args);
+    let cfg = <query::Config as clap::Parser>::parse_from(store_args("query", &redis, &pg, flags));
     let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
     Fixture { app, redis, pg }
 }

@@ -4,7 +4,7 @@
 //! Alone in its test binary: the count is process-wide.
 
 use common::engine::progress::ReadToken;
-use common::test_util::{drop_schema, isolated, unique_suffix};
+use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use hyper::{Request, StatusCode};
 
 /// The progress reads counted so far from `store` (`redis` or `postgres`).
@@ -40,17 +40,7 @@ async fn reads_while_waiting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reads_do_not_grow_with_the_number_of_waiters() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = <query::Config as clap::Parser>::parse_from([
-        "query",
-        "--pg-url",
-        &pg.url,
-        "--pg-schema",
-        &pg.schema,
-        "--redis-url",
-        &redis.url,
-        "--redis-key-prefix",
-        &redis.key_prefix,
-    ]);
+    let cfg = <query::Config as clap::Parser>::parse_from(store_args("query", &redis, &pg, &[]));
     let metrics = common::engine::telemetry::prometheus();
     let app = query::build(&cfg, metrics.clone()).await.unwrap();
 

@@ -7,7 +7,7 @@ use common::analytics::read_model::pg::apply_aggregates;
 use common::analytics::time::{DAY_MS, HOUR_MS};
 use common::analytics::wire::HourAggregate;
 use common::analytics::{HourCounts, HourStart, UserSketch};
-use common::test_util::{drop_schema, isolated, unique_suffix};
+use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use query::{Config, QueryApp};
@@ -48,17 +48,7 @@ fn agg(hour: i64, p: i32, offset: i64, hour_users: &[u64], day_users: u64, click
 #[tokio::test]
 async fn timeseries_and_aggregates_answer_from_the_range_read_models() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = Config::parse_from([
-        "query",
-        "--pg-url",
-        &pg.url,
-        "--pg-schema",
-        &pg.schema,
-        "--redis-url",
-        &redis.url,
-        "--redis-key-prefix",
-        &redis.key_prefix,
-    ]);
+    let cfg = Config::parse_from(store_args("query", &redis, &pg, &[]));
     let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
     let pool = common::engine::pg::pool(&pg).unwrap();
     let mut client = pool.get().await.unwrap();

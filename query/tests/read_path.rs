@@ -5,7 +5,7 @@ use clap::Parser;
 use common::analytics::read_model::{HourCache, HourTotals};
 use common::analytics::wire::HourAggregate;
 use common::analytics::{HourCounts, HourStart};
-use common::test_util::{drop_schema, isolated, unique_suffix};
+use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use query::{Config, QueryApp};
@@ -22,22 +22,18 @@ struct Fixture {
 
 async fn fixture(pg_url: Option<&str>) -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = Config::parse_from([
+    let cfg = Config::parse_from(store_args(
         "query",
-        "--pg-url",
-        &pg.url,
-        "--pg-schema",
-        &pg.schema,
-        "--redis-url",
-        &redis.url,
-        "--redis-key-prefix",
-        &redis.key_prefix,
-        "--pg-timeout",
-        "2s",
-        // Every read goes to the stores: these tests are about them.
-        "--local-cache-ttl",
-        "0ms",
-    ]);
+        &redis,
+        &pg,
+        &[
+            "--pg-timeout",
+            "2s",
+            // Every read goes to the stores: these tests are about them.
+            "--local-cache-ttl",
+            "0ms",
+        ],
+    ));
     let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
     let mut cfg = cfg;
     if let Some(url) = pg_url {
