@@ -24,6 +24,11 @@ pub struct Config {
     /// How often changed hours are checkpointed and emitted (bounds freshness).
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
+    /// Aggregate bytes per second this instance's checkpoints may emit (0: no limit). A round of checkpoints that
+    /// emitted B bytes holds the next one back B / this (seconds), so that more events fold into each record when
+    /// changes are spread over many open hours (each carries its hour's whole sketch, up to 49 KB).
+    #[arg(long, env = "PROCESSOR_EMIT_BYTES_PER_SEC", default_value_t = 32 << 20)]
+    pub emit_bytes_per_sec: u64,
     /// An emitted aggregate not acknowledged within this time fails its checkpoint's emit: the partition is claimed
     /// again, which re-sends the records the state store holds in its outbox.
     #[arg(long, env = "PROCESSOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -140,6 +140,7 @@ async fn start<W: Aggregation>(
         aggregates_partitions,
         group_id,
         checkpoint_interval: cfg.checkpoint_interval,
+        emit_bytes_per_sec: cfg.emit_bytes_per_sec,
         delivery_timeout: cfg.delivery_timeout,
         retention_ms: cfg.retention_ms(),
         partitions,

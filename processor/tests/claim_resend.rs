@@ -43,6 +43,7 @@ fn settings(kafka: &TestKafka, suffix: &str) -> ProcessorSettings {
         aggregates_partitions: kafka.aggregates_partitions.get() as i32,
         group_id: format!("test-processor-{suffix}"),
         checkpoint_interval: Duration::from_millis(50),
+        emit_bytes_per_sec: 0,
         delivery_timeout: Duration::from_secs(10),
         retention_ms: RETENTION,
         partitions: kafka.events_partitions.get() as i32,

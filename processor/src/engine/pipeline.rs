@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use super::emitter::{AggregateEmitter, EmitError};
 use super::metrics as m;
-use super::partition::{checkpoint_partition, open_claimed, OwnedPartition};
+use super::partition::{checkpoint_partition, emit_pause, open_claimed, OwnedPartition};
 use super::state_store::{StateStore, StoreError};
 use super::Aggregation;
 
@@ -60,6 +60,8 @@ pub struct ProcessorSettings {
     /// Kafka group.id for the offset hint, and the transactional.id prefix.
     pub group_id: String,
     pub checkpoint_interval: Duration,
+    /// Aggregate bytes per second the checkpoints may emit (0: no limit); see [`emit_pause`].
+    pub emit_bytes_per_sec: u64,
     pub delivery_timeout: Duration,
     /// How long after its end an hour's event ids are held, on the watermark.
     pub retention_ms: i64,
@@ -78,6 +80,9 @@ pub struct Processor<W: Aggregation> {
     topic: String,
     retention_ms: i64,
     checkpoint_interval: Duration,
+    emit_bytes_per_sec: u64,
+    /// No tick checkpoints before this: the pause the last round's emitted bytes call for.
+    paced_until: Instant,
     owned: HashMap<i32, Owned<W::State>>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
@@ -117,6 +122,8 @@ impl<W: Aggregation> Processor<W> {
             topic: settings.events_topic.clone(),
             retention_ms: settings.retention_ms,
             checkpoint_interval: settings.checkpoint_interval,
+            emit_bytes_per_sec: settings.emit_bytes_per_sec,
+            paced_until: Instant::now(),
             owned: HashMap::new(),
             applied: 0,
             partitions: settings.partitions,
@@ -169,7 +176,8 @@ impl<W: Aggregation> Processor<W> {
                     // Behind (a backlog): checkpoint less often, so that the loop spends its
                     // time consuming rather than waiting for commits. Counts are the same;
                     // only the freshness of a backlog's progress is coarser.
-                    if full || !(backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
+                    let paced = Instant::now() < self.paced_until;
+                    if full || !(paced || backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
                         self.checkpoint_all().await?;
                         last_checkpoint = Instant::now();
                     }
@@ -371,6 +379,7 @@ impl<W: Aggregation> Processor<W> {
         if self.applied > 0 {
             metrics::counter!(m::EVENTS_APPLIED, "workload" => W::NAME).increment(std::mem::take(&mut self.applied));
         }
+        let started = Instant::now();
         let mut commits = TopicPartitionList::new();
         let mut fenced = false;
         // All partitions at once: each has its own PostgreSQL connection and Kafka
@@ -420,6 +429,8 @@ impl<W: Aggregation> Processor<W> {
                 Err(e) => return Err(e),
             }
         }
+        let emitted: usize = self.owned.values().map(|o| o.last_emit_bytes).sum();
+        self.paced_until = started + emit_pause(emitted, self.emit_bytes_per_sec);
         if retry_later {
             // Kept as a plain pause: the retry is the next checkpoint tick, this only applies backpressure.
             tokio::time::sleep(Duration::from_millis(500)).await;
