@@ -31,9 +31,11 @@ mkdir -p target/chaos
 for entry in "${scenarios[@]}"; do
   name=${entry%%|*} what=${entry#*|}
   start=$SECONDS
-  if cargo test --release -p e2e --test chaos --quiet -- --ignored --exact "$name" --test-threads 1 \
+  if cargo test --release -p e2e --test chaos --quiet -- --ignored --exact "$name" --test-threads 1 --nocapture \
       >"target/chaos/$name.log" 2>&1; then
     printf 'PASS  %-70s %4ss\n' "$what" $((SECONDS - start)); passed=$((passed + 1))
+    # What a scenario measured (the staleness after a restart, say), under its line.
+    grep -E '^(staleness|measured)' "target/chaos/$name.log" | sed 's/^/        /' || true
   else
     printf 'FAIL  %-70s %4ss  (target/chaos/%s.log)\n' "$what" $((SECONDS - start)) "$name"; failed=$((failed + 1))
   fi
