@@ -8,10 +8,13 @@
 //! `cargo test --release -p processor --test outbox_cost -- --ignored --nocapture`
 
 use common::analytics::{ClickEvent, EventKind, UserId};
+use common::increments::{IncrementEvent, IncrementKey, IncrementValue};
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use processor::analytics::Analytics;
 use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore};
-use processor::engine::{Aggregation, Position, Record, Scope};
+use processor::engine::{Aggregation, Emit, Position, Record, Scope};
+use processor::increments::Increments;
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const HOUR: i64 = 3_600_000;
@@ -20,7 +23,7 @@ const WORKLOAD: Analytics = Analytics { retention_ms: RETENTION };
 const CHECKPOINTS: usize = 200;
 const EVENTS_PER_CHECKPOINT: usize = 1000;
 
-fn event(rng: &mut impl Rng, now: i64) -> ClickEvent {
+fn event(rng: &mut StdRng, now: i64) -> ClickEvent {
     let hour = now / HOUR * HOUR;
     let ts = if rng.random_bool(0.95) {
         rng.random_range(hour..=now)
@@ -44,24 +47,33 @@ async fn wal_lsn(pool: &deadpool_postgres::Pool) -> i64 {
     client.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS b", &[]).await.unwrap().get("b")
 }
 
-/// Runs the checkpoints on `partition`; returns (WAL bytes, outbox payload bytes).
-async fn run(store: &StateStore, pool: &deadpool_postgres::Pool, partition: i32, outbox: bool) -> (i64, usize) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut p: Claimed<_> = store.claim(&WORKLOAD, partition, RETENTION).await.unwrap();
+/// Runs [`CHECKPOINTS`] checkpoints of [`EVENTS_PER_CHECKPOINT`] events from
+/// `next_event` on `partition`, with or without the outbox rows; returns (WAL
+/// bytes, bytes of the records emitted).
+async fn run<W: Aggregation>(
+    workload: &W,
+    store: &StateStore,
+    pool: &deadpool_postgres::Pool,
+    partition: i32,
+    outbox: bool,
+    mut next_event: impl FnMut(&mut StdRng, i64) -> W::Event,
+) -> (i64, usize) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut p: Claimed<_> = store.claim(workload, partition, RETENTION).await.unwrap();
     let now = common::now_ms();
     let (mut wal, mut payload, mut emitted_through) = (0i64, 0usize, None);
     for _ in 0..CHECKPOINTS {
         for _ in 0..EVENTS_PER_CHECKPOINT {
-            let e = event(&mut rng, now);
+            let e = next_event(&mut rng, now);
             let offset = p.position.next_offset;
             p.position = Position { next_offset: offset + 1, watermark_ms: now };
             let record = Record { offset, accepted_at_ms: now, watermark_ms: now };
-            let _ = WORKLOAD.apply(&mut p.state, record, e);
+            let _ = workload.apply(&mut p.state, record, e);
         }
-        let changes = WORKLOAD.changes(&mut p.state);
+        let changes = workload.changes(&mut p.state);
         let scope = Scope { topic: store.topic(), partition };
-        let emits = changes.as_ref().map(|c| WORKLOAD.emits(scope, p.position, c)).unwrap_or_default();
-        payload += emits.iter().map(|e| e.key.len() + e.payload.len()).sum::<usize>();
+        let emits = changes.as_ref().map(|c| workload.emits(scope, p.position, c)).unwrap_or_default();
+        payload += emits.iter().map(Emit::bytes).sum::<usize>();
         let cp = EngineCheckpoint {
             position: p.position,
             epoch: p.epoch,
@@ -73,55 +85,22 @@ async fn run(store: &StateStore, pool: &deadpool_postgres::Pool, partition: i32,
         };
         let before = wal_lsn(pool).await;
         let (added, receipt) =
-            store.commit(&WORKLOAD, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await.unwrap();
+            store.commit(workload, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await.unwrap();
         wal += wal_lsn(pool).await - before;
         record_chunks(&mut p.id_chunks, added, &[]);
         if let (Some(c), Some(r)) = (changes, receipt) {
-            WORKLOAD.committed(&mut p.state, c, r);
+            workload.committed(&mut p.state, c, r);
         }
         emitted_through = Some(p.position.next_offset);
     }
     (wal, payload)
 }
 
-/// The same for increments: 1000 increments per checkpoint over 100k keys
-/// (the `make bench` increments load: nearly every increment a different key).
-async fn run_increments(store: &StateStore, pool: &deadpool_postgres::Pool, partition: i32, outbox: bool) -> i64 {
-    use common::increments::{IncrementEvent, IncrementKey, IncrementValue};
-    use processor::increments::Increments;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut p = store.claim(&Increments, partition, RETENTION).await.unwrap();
-    let now = common::now_ms();
-    let (mut wal, mut emitted_through) = (0i64, None);
-    for _ in 0..CHECKPOINTS {
-        for _ in 0..EVENTS_PER_CHECKPOINT {
-            let key = IncrementKey::from_uuid(uuid::Uuid::from_u128(rng.random_range(0..100_000u128)));
-            let e = IncrementEvent { key, value: IncrementValue::new(1).unwrap(), accepted_at_ms: now, id: None };
-            let offset = p.position.next_offset;
-            p.position = Position { next_offset: offset + 1, watermark_ms: now };
-            let _ = Increments.apply(&mut p.state, Record { offset, accepted_at_ms: now, watermark_ms: now }, e);
-        }
-        let changes = Increments.changes(&mut p.state);
-        let scope = Scope { topic: store.topic(), partition };
-        let emits = changes.as_ref().map(|c| Increments.emits(scope, p.position, c)).unwrap_or_default();
-        let cp = EngineCheckpoint {
-            position: p.position,
-            epoch: p.epoch,
-            ids: &p.ids,
-            closed_id_hours: &[],
-            id_chunks: &p.id_chunks,
-            emits: if outbox { &emits } else { &[] },
-            emitted_through: if outbox { emitted_through } else { None },
-        };
-        let before = wal_lsn(pool).await;
-        store.commit(&Increments, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await.unwrap();
-        wal += wal_lsn(pool).await - before;
-        if let Some(c) = changes {
-            Increments.committed(&mut p.state, c, ());
-        }
-        emitted_through = Some(p.position.next_offset);
-    }
-    wal
+/// An increment of 1 to one of 100k keys (the `make bench` increments load:
+/// nearly every increment a different key).
+fn increment(rng: &mut StdRng, now: i64) -> IncrementEvent {
+    let key = IncrementKey::from_uuid(uuid::Uuid::from_u128(rng.random_range(0..100_000u128)));
+    IncrementEvent { key, value: IncrementValue::new(1).unwrap(), accepted_at_ms: now, id: None }
 }
 
 #[tokio::test]
@@ -132,8 +111,8 @@ async fn outbox_bytes_per_checkpoint_of_increments() {
     common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
     let store = StateStore::new(pool.clone(), "increments".into());
     for round in 0..2 {
-        let without = run_increments(&store, &pool, round * 2, false).await;
-        let with = run_increments(&store, &pool, round * 2 + 1, true).await;
+        let (without, _) = run(&Increments, &store, &pool, round * 2, false, increment).await;
+        let (with, _) = run(&Increments, &store, &pool, round * 2 + 1, true, increment).await;
         let per = |b: i64| b / CHECKPOINTS as i64;
         println!(
             "increments round {round}: {CHECKPOINTS} checkpoints of {EVENTS_PER_CHECKPOINT} increments: WAL per checkpoint without the outbox {} B, with {} B ({:.2}x)",
@@ -153,8 +132,8 @@ async fn outbox_bytes_per_checkpoint() {
     common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
     for round in 0..2 {
-        let (without, payload) = run(&store, &pool, round * 2, false).await;
-        let (with, _) = run(&store, &pool, round * 2 + 1, true).await;
+        let (without, payload) = run(&WORKLOAD, &store, &pool, round * 2, false, event).await;
+        let (with, _) = run(&WORKLOAD, &store, &pool, round * 2 + 1, true, event).await;
         let per = |b: i64| b / CHECKPOINTS as i64;
         println!(
             "round {round}: {CHECKPOINTS} checkpoints of {EVENTS_PER_CHECKPOINT} events: WAL per checkpoint without the outbox {} B, with {} B ({:.2}x); records emitted per checkpoint {} B",

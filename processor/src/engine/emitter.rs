@@ -206,7 +206,7 @@ fn bounded_batches(records: Vec<Emit>) -> Vec<Vec<Emit>> {
     let mut batches = vec![Vec::new()];
     let mut bytes = 0;
     for r in records {
-        let size = r.key.len() + r.payload.len();
+        let size = r.bytes();
         let current = batches.last_mut().expect("never empty");
         if !current.is_empty() && (current.len() >= MAX_TXN_RECORDS || bytes + size > MAX_TXN_BYTES) {
             batches.push(Vec::new());

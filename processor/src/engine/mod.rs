@@ -85,6 +85,13 @@ pub struct Emit {
     pub keep_payload: bool,
 }
 
+impl Emit {
+    /// The record's key and payload bytes: what transactions are bounded and emits paced by.
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.payload.len()
+    }
+}
+
 /// A workload's side of the processor.
 ///
 /// Everything but `restore` and `persist` is pure: the state must be a

@@ -11,7 +11,7 @@ use super::emitter::{AggregateEmitter, PartitionEmitter};
 use super::metrics as m;
 use super::pipeline::ProcessorError;
 use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore};
-use super::{Aggregation, Position, Scope};
+use super::{Aggregation, Emit, Position, Scope};
 
 /// Records a partition may read past its last committed checkpoint before
 /// the loop checkpoints at once, and stops reading until a checkpoint
@@ -192,7 +192,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
         .record(started.elapsed().as_secs_f64());
     let emitting = Instant::now();
     let emitted = emits.len();
-    let emitted_bytes: usize = emits.iter().map(|e| e.key.len() + e.payload.len()).sum();
+    let emitted_bytes: usize = emits.iter().map(Emit::bytes).sum();
     if let (Some(changes), Some(receipt)) = (changes, receipt) {
         workload.committed(&mut owned.state, changes, receipt);
     }
