@@ -182,7 +182,7 @@ impl Stack {
         test_util::clear_redis_prefix(&self.redis).await;
     }
 
-    /// Stops everything and removes topics, schema and keys.
+    /// Stops everything and removes topics, schema, keys and the logs.
     pub async fn cleanup(mut self) {
         for (_, mut r) in self.procs.drain() {
             let _ = r.child.kill();
@@ -191,6 +191,8 @@ impl Stack {
         test_util::drop_schema(&self.pg).await;
         test_util::clear_redis_prefix(&self.redis).await;
         test_util::delete_topics(&self.kafka).await;
+        // Reached only by a test that got this far: its logs are not needed (a failed test keeps them).
+        let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
 
