@@ -6,15 +6,13 @@
 //!
 //! - [`engine`]: what every workload's pipeline needs and that names no
 //!   workload: config, telemetry, shutdown, HTTP edge, log I/O, partition
-//!   ownership, PostgreSQL, Avro encoding, the versioned read-model cache.
-//! - [`analytics`]: the typed pieces of the hourly workload (time buckets,
-//!   validation, the exact user set, aggregation, the read-model row and its
-//!   PostgreSQL statements).
-//! - [`increments`]: the typed pieces of the per-key sums workload. No I/O.
+//!   ownership, PostgreSQL, Avro encoding, the versioned read-model cache, and
+//!   the workload descriptor ([`engine::workload::Workload`]).
+//!
+//! No workload code lives here: each workload is its own crate under
+//! `workloads/`, and the `platform` crate lists them.
 
-pub mod analytics;
 pub mod engine;
-pub mod increments;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::num::NonZeroU32;
 
-use crate::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig, PgConfig, RedisConfig};
+use crate::engine::config::{KafkaConfig, PartitionsConfig, PgConfig, RedisConfig};
 
 /// A short random suffix so parallel tests never share topics, schemas or keys.
 pub fn unique_suffix() -> String {
@@ -45,15 +45,9 @@ impl TestKafka {
         KafkaConfig { brokers: self.brokers.clone(), create_topics: true }
     }
 
-    pub fn events(&self) -> EventsTopicConfig {
-        EventsTopicConfig { events_topic: self.events_topic.clone(), events_partitions: self.events_partitions }
-    }
-
-    pub fn aggregates(&self) -> AggregatesTopicConfig {
-        AggregatesTopicConfig {
-            aggregates_topic: self.aggregates_topic.clone(),
-            aggregates_partitions: self.aggregates_partitions,
-        }
+    /// The deployment's partition counts.
+    pub fn partitions(&self) -> PartitionsConfig {
+        PartitionsConfig { events_partitions: self.events_partitions, aggregates_partitions: self.aggregates_partitions }
     }
 }
 

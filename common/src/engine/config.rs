@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::analytics::Horizon;
+use crate::engine::horizon::Horizon;
 
 /// The Kafka broker, for the services that use the log (command, processor,
-/// materializer). Each of them flattens, beside it, only the topic sections
-/// it reads or writes ([`EventsTopicConfig`], [`AggregatesTopicConfig`]).
+/// materializer). Each of them flattens, beside it, the deployment's
+/// [`PartitionsConfig`]; the topics' names are each workload's config.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
@@ -32,25 +32,16 @@ pub struct KafkaConfig {
     pub create_topics: bool,
 }
 
-/// The events topic: written by the command, read by the processor.
+/// The partition counts of the topics the services create: one pair for the
+/// deployment, used by every workload's topics (a workload names its topics in
+/// its own config section; see [`crate::engine::workload::Workload::topics`]).
 #[derive(Debug, Clone, Args)]
-pub struct EventsTopicConfig {
-    /// Topic of accepted events (key: user id).
-    #[arg(long, env = "EVENTS_TOPIC", default_value = "analytics.events")]
-    pub events_topic: String,
-    /// Partitions of the events topic when the service creates it. Bounds processor parallelism;
+pub struct PartitionsConfig {
+    /// Partitions of each events topic when the service creates it. Bounds processor parallelism;
     /// never change it on an existing topic (users would move between partitions).
     #[arg(long, env = "EVENTS_PARTITIONS", default_value = "4")]
     pub events_partitions: NonZeroU32,
-}
-
-/// The aggregates topic: written by the processor, read by the materializer.
-#[derive(Debug, Clone, Args)]
-pub struct AggregatesTopicConfig {
-    /// Topic of hourly aggregates (key: `<hour_start_ms>:<partition>`, compacted).
-    #[arg(long, env = "AGGREGATES_TOPIC", default_value = "analytics.hourly-aggregates")]
-    pub aggregates_topic: String,
-    /// Partitions of the aggregates topic when the service creates it. Bounds materializer parallelism.
+    /// Partitions of each aggregates topic when the service creates it. Bounds materializer parallelism.
     #[arg(long, env = "AGGREGATES_PARTITIONS", default_value = "4")]
     pub aggregates_partitions: NonZeroU32,
 }
@@ -112,7 +103,8 @@ pub struct PgConfig {
     pub timeout: Duration,
 }
 
-/// The accepted window of event times.
+/// The accepted window of event times: engine policy ([`Horizon`]) that a
+/// workload which needs one flattens into its own config section.
 #[derive(Debug, Clone, Args)]
 pub struct HorizonConfig {
     /// How far back an event may be (late events within it update their hour).

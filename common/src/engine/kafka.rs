@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::engine::config::{AggregatesTopicConfig, EventsTopicConfig, KafkaConfig};
+use crate::engine::config::KafkaConfig;
 
 /// Producer settings that bound how long a request can wait for the broker.
 #[derive(Debug, Clone, Copy)]
@@ -68,14 +68,9 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// The events topic, stamped with the broker's clock: the processor's
+    /// An events topic, stamped with the broker's clock: the processor's
     /// watermark and the command's "will it be counted" check both read that
     /// one clock, which no command host's clock can move.
-    pub fn events(topic: &EventsTopicConfig) -> Self {
-        Self::events_named(&topic.events_topic, topic.events_partitions.get())
-    }
-
-    /// An events topic of any workload (see [`TopicSpec::events`]).
     pub fn events_named(name: &str, partitions: u32) -> Self {
         TopicSpec {
             name: name.to_owned(),
@@ -84,12 +79,7 @@ impl TopicSpec {
         }
     }
 
-    /// The aggregates topic, compacted: only the newest aggregate per key matters.
-    pub fn aggregates(topic: &AggregatesTopicConfig) -> Self {
-        Self::aggregates_named(&topic.aggregates_topic, topic.aggregates_partitions.get())
-    }
-
-    /// An aggregates topic of any workload (see [`TopicSpec::aggregates`]).
+    /// An aggregates topic, compacted: only the newest aggregate per key matters.
     pub fn aggregates_named(name: &str, partitions: u32) -> Self {
         TopicSpec { name: name.to_owned(), partitions, configs: vec![("cleanup.policy", "compact")] }
     }

@@ -8,10 +8,14 @@
 //! - [`progress`]: read-your-writes tokens and the progress of each events partition.
 //! - [`store`]: the read-model stores: the versioned Redis cache of any [`store::CachedRow`].
 //! - [`retry`]: back-off with cancellation.
+//! - [`workload`]: the workload descriptor every service's roles build on,
+//!   and the list of workloads a service runs.
+//! - [`horizon`]: the accepted window of event times, a policy workloads configure.
 
 pub mod avro;
 pub mod config;
 pub mod edge;
+pub mod horizon;
 pub mod http;
 pub mod kafka;
 pub mod membership;
@@ -21,3 +25,4 @@ pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod workload;

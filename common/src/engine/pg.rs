@@ -7,86 +7,119 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::engine::config::PgConfig;
+use crate::engine::workload::Service;
 
-/// One versioned schema change. Versions are global to the schema (one
-/// `schema_migrations` table), never renumbered and never edited once
-/// released; each service applies the ones of the tables it uses (its
-/// `MIGRATIONS` list), so e.g. the query never creates the processor's tables.
+/// One versioned schema change of one owner: the engine ([`ENGINE`]) or a
+/// workload (its name). Versions are numbered per owner from 1, never
+/// renumbered and never edited once released; `applied_migrations` records
+/// each (owner, version) once. Each service applies the migrations of the
+/// tables it uses (`applied_by`), so e.g. the query never creates the
+/// processor's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
+    pub owner: &'static str,
     pub version: i32,
     pub name: &'static str,
+    /// The services that use its tables, and so apply it at startup.
+    pub applied_by: &'static [Service],
     sql: &'static str,
 }
 
-/// Every migration, by the tables it creates and who uses them.
+impl Migration {
+    pub const fn new(
+        owner: &'static str,
+        version: i32,
+        name: &'static str,
+        applied_by: &'static [Service],
+        sql: &'static str,
+    ) -> Self {
+        Migration { owner, version, name, applied_by, sql }
+    }
+
+    /// The SQL it runs (with `search_path` set to the deployment's schema).
+    pub fn sql(&self) -> &'static str {
+        self.sql
+    }
+}
+
+/// The owner of the engine's own migrations ([`migrations::ALL`]).
+pub const ENGINE: &str = "engine";
+
+/// Tables of a workload's processor state: only the processor applies them.
+pub const PROCESSOR_TABLES: &[Service] = &[Service::Processor];
+/// A workload's read models: written by the materializer, read by the query,
+/// which applies them too, so that started first it answers zeros instead of failing.
+pub const READ_MODEL_TABLES: &[Service] = &[Service::Materializer, Service::Query];
+
+/// The engine's migrations, by the tables they create and who uses them.
+/// Each workload's own tables are in its crate (`Workload::MIGRATIONS`).
 pub mod migrations {
-    use super::Migration;
+    use super::{Migration, ENGINE};
+    use crate::engine::workload::Service::{Command, Materializer, Processor, Query};
 
-    /// Read models: written by the materializer, read by the query.
-    pub const READ_MODELS: Migration =
-        Migration { version: 1, name: "read_models", sql: include_str!("../../migrations/0001_read_models.sql") };
-    /// The processor's state store.
-    pub const PROCESSOR_STATE: Migration = Migration {
-        version: 2,
-        name: "processor_state",
-        sql: include_str!("../../migrations/0002_processor_state.sql"),
-    };
+    /// The processor's state store: position and fencing epoch per partition.
+    pub const PROCESSOR_STATE: Migration = Migration::new(
+        ENGINE,
+        1,
+        "processor_state",
+        &[Processor],
+        include_str!("../../migrations/0001_processor_state.sql"),
+    );
     /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
-    pub const COORDINATION: Migration =
-        Migration { version: 3, name: "coordination", sql: include_str!("../../migrations/0003_coordination.sql") };
+    pub const COORDINATION: Migration = Migration::new(
+        ENGINE,
+        2,
+        "coordination",
+        &[Processor, Materializer],
+        include_str!("../../migrations/0002_coordination.sql"),
+    );
     /// Settings the deployment agrees on (command, processor).
-    pub const DEPLOYMENT_SETTINGS: Migration = Migration {
-        version: 4,
-        name: "deployment_settings",
-        sql: include_str!("../../migrations/0004_deployment_settings.sql"),
-    };
+    pub const DEPLOYMENT_SETTINGS: Migration = Migration::new(
+        ENGINE,
+        3,
+        "deployment_settings",
+        &[Command, Processor],
+        include_str!("../../migrations/0003_deployment_settings.sql"),
+    );
     /// The processor's counted client event ids.
-    pub const PROCESSOR_EVENT_IDS: Migration = Migration {
-        version: 5,
-        name: "processor_event_ids",
-        sql: include_str!("../../migrations/0005_processor_event_ids.sql"),
-    };
-
-    /// The increments workload's processor state: per-key sums.
-    pub const PROCESSOR_INCREMENTS: Migration = Migration {
-        version: 6,
-        name: "processor_increments",
-        sql: include_str!("../../migrations/0006_processor_increments.sql"),
-    };
-    /// The increments read model: materializer writes, query reads.
-    pub const INCREMENTS: Migration =
-        Migration { version: 7, name: "increments", sql: include_str!("../../migrations/0007_increments.sql") };
-    /// The analytics range read models (hourly sketches, day totals): materializer writes, query reads.
-    pub const RANGES: Migration =
-        Migration { version: 8, name: "ranges", sql: include_str!("../../migrations/0008_ranges.sql") };
-    /// The analytics processor's day user sets.
-    pub const PROCESSOR_DAYS: Migration =
-        Migration { version: 9, name: "processor_days", sql: include_str!("../../migrations/0009_processor_days.sql") };
+    pub const PROCESSOR_EVENT_IDS: Migration = Migration::new(
+        ENGINE,
+        4,
+        "processor_event_ids",
+        &[Processor],
+        include_str!("../../migrations/0004_processor_event_ids.sql"),
+    );
     /// Read-your-writes progress per events partition: materializer writes, query reads.
-    pub const READ_PROGRESS: Migration =
-        Migration { version: 10, name: "read_progress", sql: include_str!("../../migrations/0010_read_progress.sql") };
+    pub const READ_PROGRESS: Migration = Migration::new(
+        ENGINE,
+        5,
+        "read_progress",
+        &[Materializer, Query],
+        include_str!("../../migrations/0005_read_progress.sql"),
+    );
     /// The processor's outbox: each checkpoint's records until their Kafka transaction committed.
-    pub const PROCESSOR_OUTBOX: Migration = Migration {
-        version: 11,
-        name: "processor_outbox",
-        sql: include_str!("../../migrations/0011_processor_outbox.sql"),
-    };
+    pub const PROCESSOR_OUTBOX: Migration = Migration::new(
+        ENGINE,
+        6,
+        "processor_outbox",
+        &[Processor],
+        include_str!("../../migrations/0006_processor_outbox.sql"),
+    );
 
     /// All of them, in version order.
-    pub const ALL: &[Migration] = &[
-        READ_MODELS,
-        PROCESSOR_STATE,
-        COORDINATION,
-        DEPLOYMENT_SETTINGS,
-        PROCESSOR_EVENT_IDS,
-        PROCESSOR_INCREMENTS,
-        INCREMENTS,
-        RANGES,
-        PROCESSOR_DAYS,
-        READ_PROGRESS,
-        PROCESSOR_OUTBOX,
-    ];
+    pub const ALL: &[Migration] =
+        &[PROCESSOR_STATE, COORDINATION, DEPLOYMENT_SETTINGS, PROCESSOR_EVENT_IDS, READ_PROGRESS, PROCESSOR_OUTBOX];
+}
+
+/// The migrations `service` applies: the engine's, then each workload's of
+/// `workloads` (each list numbered from 1 by its owner).
+pub fn migrations_for<'a>(service: Service, workloads: impl IntoIterator<Item = &'a [Migration]>) -> Vec<Migration> {
+    std::iter::once(migrations::ALL)
+        .chain(workloads)
+        .flatten()
+        .filter(|m| m.applied_by.contains(&service))
+        .copied()
+        .collect()
 }
 
 /// Why talking to PostgreSQL failed.
@@ -151,9 +184,15 @@ pub fn pool(cfg: &PgConfig) -> Result<Pool, PgError> {
 }
 
 /// Creates the schema and applies those of `migrations` not applied yet, in
-/// version order. Safe to run from many processes (and services with
-/// overlapping lists) at once: an advisory lock serialises them, and
-/// `schema_migrations` records each version once.
+/// order of owner (the engine first) and version. Safe to run from many
+/// processes (and services with overlapping lists) at once: an advisory lock
+/// serialises them, and `applied_migrations` records each (owner, version) once.
+///
+/// Upgrading a schema migrated before versions were numbered per owner (its
+/// `schema_migrations` table is keyed by a global version): that table is
+/// left alone, and `applied_migrations` starts empty, so the first start would
+/// try to create existing tables; fill `applied_migrations` from the mapping in
+/// docs/architecture.md ("Tables and migrations") before starting the new build.
 ///
 /// # Errors
 /// When PostgreSQL is unreachable or a migration fails (it is rolled back).
@@ -164,28 +203,30 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig, migrations: &[Migration]) -> R
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('analytics-migrations'))", &[]).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-             version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+         CREATE TABLE IF NOT EXISTS {schema}.applied_migrations (
+             owner TEXT NOT NULL, version INT NOT NULL, name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (owner, version))"
     ))
     .await?;
-    let applied: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
+    let applied: Vec<(String, i32)> = tx
+        .query(&format!("SELECT owner, version FROM {schema}.applied_migrations"), &[])
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get("owner"), r.get("version")))
         .collect();
-    let mut pending: Vec<&Migration> = migrations.iter().filter(|m| !applied.contains(&m.version)).collect();
-    pending.sort_by_key(|m| m.version);
-    pending.dedup_by_key(|m| m.version);
-    for Migration { version, name, sql } in pending {
+    let mut pending: Vec<&Migration> =
+        migrations.iter().filter(|m| !applied.iter().any(|(o, v)| o == m.owner && *v == m.version)).collect();
+    pending.sort_by_key(|m| (m.owner != ENGINE, m.owner, m.version));
+    pending.dedup_by_key(|m| (m.owner, m.version));
+    for Migration { owner, version, name, sql, .. } in pending {
         tx.batch_execute(&format!("SET LOCAL search_path = {schema}")).await?;
         tx.batch_execute(sql).await?;
         tx.execute(
-            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
-            &[version, name],
+            &format!("INSERT INTO {schema}.applied_migrations (owner, version, name) VALUES ($1, $2, $3)"),
+            &[owner, version, name],
         )
         .await?;
-        tracing::info!(version, name, schema, "applied migration");
+        tracing::info!(owner, version, name, schema, "applied migration");
     }
     tx.commit().await?;
     Ok(())
@@ -241,48 +282,6 @@ pub async fn agree_settings(pool: &Pool, service: &str, settings: &[(String, Str
     Ok(())
 }
 
-/// Agrees the deployment-wide settings a service depends on: the horizon,
-/// and the partition count of the events topic (see [`agree_partitions`]).
-/// Returns that partition count.
-///
-/// # Errors
-/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
-pub async fn agree_deployment(
-    pool: &Pool,
-    service: &str,
-    kafka: &crate::engine::config::KafkaConfig,
-    events: &crate::engine::config::EventsTopicConfig,
-    horizon: &crate::analytics::Horizon,
-) -> anyhow::Result<i32> {
-    agree_horizon(pool, service, horizon).await?;
-    agree_partitions(pool, service, kafka, events).await
-}
-
-/// Agrees the horizon: how far back events are accepted, and when hours close.
-///
-/// # Errors
-/// A [`SettingMismatch`], or PostgreSQL not answering.
-pub async fn agree_horizon(pool: &Pool, service: &str, horizon: &crate::analytics::Horizon) -> anyhow::Result<()> {
-    let settings: Vec<(String, String)> =
-        horizon.settings().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
-    agree_settings(pool, service, &settings).await
-}
-
-/// Agrees the partition count of the events topic as the broker reports it:
-/// users are routed by key modulo that count, and adding partitions would
-/// split a user's events over two partitions and count them as two users.
-///
-/// # Errors
-/// A [`SettingMismatch`], or the broker or PostgreSQL not answering.
-pub async fn agree_partitions(
-    pool: &Pool,
-    service: &str,
-    kafka: &crate::engine::config::KafkaConfig,
-    events: &crate::engine::config::EventsTopicConfig,
-) -> anyhow::Result<i32> {
-    agree_topic_partitions(pool, service, kafka, &events.events_topic).await
-}
-
 /// Agrees the partition count of any keyed topic as the broker reports it
 /// (stored as the setting `partitions.<topic>`): records are routed by key
 /// modulo that count, so it must never change under a deployment.
@@ -302,6 +301,14 @@ pub async fn agree_topic_partitions(
     let setting = (format!("partitions.{topic}"), partitions.to_string());
     agree_settings(pool, service, &[setting]).await?;
     Ok(partitions)
+}
+
+/// Panics unless `migrations` are `owner`'s, numbered 1, 2, … in order: a
+/// check for each owner's test of its list.
+pub fn assert_numbered(owner: &str, migrations: &[Migration]) {
+    let versions: Vec<i32> = migrations.iter().map(|m| m.version).collect();
+    assert_eq!(versions, (1..=migrations.len() as i32).collect::<Vec<_>>(), "{owner}: versions 1, 2, … in order");
+    assert!(migrations.iter().all(|m| m.owner == owner), "{owner}: every migration names its owner");
 }
 
 /// Answers whether PostgreSQL accepts a query right now (readiness).
@@ -328,7 +335,15 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order() {
-        let versions: Vec<i32> = migrations::ALL.iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=migrations::ALL.len() as i32).collect::<Vec<_>>());
+        assert_numbered(ENGINE, migrations::ALL);
+    }
+
+    #[test]
+    fn each_service_applies_the_engine_tables_it_uses() {
+        let names = |s| migrations_for(s, []).iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(Service::Command), ["deployment_settings"]);
+        assert_eq!(names(Service::Query), ["read_progress"]);
+        assert_eq!(names(Service::Materializer), ["coordination", "read_progress"]);
+        assert!(!names(Service::Processor).contains(&"read_progress"));
     }
 }

@@ -1,9 +1,8 @@
 //! The validated analytics event and every reason an event is refused.
 
-use std::time::Duration;
-
 pub use super::counts::EventKind;
 use super::time::{EpochMillis, HourStart};
+pub use common::engine::horizon::{Horizon, OutsideHorizon};
 
 /// Longest accepted user id, in bytes of UTF-8. Longer ids are refused with 400.
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -117,82 +116,29 @@ impl ClickEvent {
     }
 }
 
-/// How far from the accepting clock an event time may be, and how long an
-/// hour stays open for late events.
-///
-/// One value per deployment: the command accepts by it and the processor
-/// closes hours by it, so both must hold the same one (they check it against
-/// the copy stored in PostgreSQL at startup and refuse to run on a mismatch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Horizon {
-    /// Oldest accepted event: `accepted_at - past`.
-    pub past: Duration,
-    /// Newest accepted event: `accepted_at + future`.
-    pub future: Duration,
-    /// Extra time past `past` before an hour closes: absorbs the skew between
-    /// a command host's clock and the broker's, which closes hours.
-    pub grace: Duration,
-}
-
-impl Default for Horizon {
-    fn default() -> Self {
-        Horizon {
-            past: Duration::from_secs(7 * 24 * 3600),
-            future: Duration::from_secs(300),
-            grace: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl Horizon {
-    /// How long after its end an hour stays open, on the partition's watermark.
-    pub fn retention_ms(&self) -> i64 {
-        self.past_ms().saturating_add(duration_ms(self.grace))
-    }
-
+/// The analytics rules over the engine's [`Horizon`], in the workload's
+/// own terms: hours and [`RejectReason`]s.
+pub trait HourHorizon {
     /// True if an event of `hour` appended to the log at broker time
-    /// `appended_ms` is counted: the rule the processor applies, evaluated on
-    /// the same clock (the broker's log-append time).
-    pub fn counted_at(&self, hour: HourStart, appended_ms: EpochMillis) -> bool {
-        hour.end_ms().saturating_add(self.retention_ms()) > appended_ms
-    }
+    /// `appended_ms` is counted (see [`Horizon::counted_at`]).
+    fn counts_hour_at(&self, hour: HourStart, appended_ms: EpochMillis) -> bool;
+}
 
-    /// The settings every service of a deployment must agree on, as stored in PostgreSQL.
-    pub fn settings(&self) -> [(&'static str, String); 3] {
-        [
-            ("horizon.past_ms", self.past_ms().to_string()),
-            ("horizon.future_ms", self.future_ms().to_string()),
-            ("horizon.grace_ms", duration_ms(self.grace).to_string()),
-        ]
-    }
-
-    pub fn past_ms(&self) -> i64 {
-        duration_ms(self.past)
-    }
-
-    pub fn future_ms(&self) -> i64 {
-        duration_ms(self.future)
-    }
-
-    /// Accepts an event time as seen at `now_ms`, or says why not.
-    ///
-    /// # Errors
-    /// [`RejectReason::TooOld`] or [`RejectReason::FromFuture`].
-    pub fn check(&self, timestamp_ms: EpochMillis, now_ms: EpochMillis) -> Result<(), RejectReason> {
-        let oldest = now_ms.saturating_sub(self.past_ms());
-        let newest = now_ms.saturating_add(self.future_ms());
-        if timestamp_ms < oldest {
-            Err(RejectReason::TooOld { timestamp_ms, oldest_ms: oldest })
-        } else if timestamp_ms > newest {
-            Err(RejectReason::FromFuture { timestamp_ms, newest_ms: newest })
-        } else {
-            Ok(())
-        }
+impl HourHorizon for Horizon {
+    fn counts_hour_at(&self, hour: HourStart, appended_ms: EpochMillis) -> bool {
+        self.counted_at(hour.end_ms(), appended_ms)
     }
 }
 
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+impl From<OutsideHorizon> for RejectReason {
+    fn from(outside: OutsideHorizon) -> Self {
+        match outside {
+            OutsideHorizon::TooOld { timestamp_ms, oldest_ms } => RejectReason::TooOld { timestamp_ms, oldest_ms },
+            OutsideHorizon::FromFuture { timestamp_ms, newest_ms } => {
+                RejectReason::FromFuture { timestamp_ms, newest_ms }
+            }
+        }
+    }
 }
 
 /// Why a request was refused. Always the caller's fault: nothing was recorded.
@@ -280,29 +226,6 @@ impl RejectReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NOW: i64 = 1_800_000_000_000;
-
-    #[test]
-    fn horizon_edges_are_inclusive() {
-        let h = Horizon::default();
-        assert!(h.check(NOW - h.past_ms(), NOW).is_ok());
-        assert!(h.check(NOW + h.future_ms(), NOW).is_ok());
-        assert!(matches!(h.check(NOW - h.past_ms() - 1, NOW), Err(RejectReason::TooOld { .. })));
-        assert!(matches!(h.check(NOW + h.future_ms() + 1, NOW), Err(RejectReason::FromFuture { .. })));
-    }
-
-    #[test]
-    fn counted_at_is_the_processors_closing_rule() {
-        let h = Horizon::default();
-        let hour = HourStart::of(NOW);
-        let closes = hour.end_ms() + h.retention_ms();
-        assert!(h.counted_at(hour, closes - 1));
-        assert!(!h.counted_at(hour, closes));
-        // The grace covers a command clock up to `grace` behind the broker's.
-        let accepted_by_slow_host = hour.end_ms() + h.past_ms();
-        assert!(h.counted_at(hour, accepted_by_slow_host + 59 * 60_000));
-    }
 
     #[test]
     fn user_ids_are_checked() {
