@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::engine::config::{
-    parse_duration, EdgeConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig,
+    parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, PartitionsConfig, PgConfig, TelemetryConfig,
     WriteAuthConfig,
 };
 use common::engine::kafka::ProducerTuning;
@@ -36,12 +36,11 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
-    pub events: EventsTopicConfig,
-    #[command(flatten)]
-    pub increments: common::increments::config::IncrementsEventsTopicConfig,
+    pub partitions: PartitionsConfig,
+    /// The accepted window of event times: engine policy, handed to each workload's intake.
     #[command(flatten)]
     pub horizon: HorizonConfig,
-    /// PostgreSQL, read at startup only: the deployment's horizon and partition count to agree with.
+    /// PostgreSQL, read at startup only: the deployment's horizon, partition counts and workload settings to agree with.
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]

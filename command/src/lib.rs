@@ -18,46 +18,87 @@
 //!   implements; `engine::app` owns routing, the edge, the in-flight limit,
 //!   partition-count agreement, gauges and shutdown; `engine::publisher` is
 //!   the Kafka adapter; `engine::outcome` maps every outcome to a status.
-//! - [`analytics`]: `POST /analytics` (clicks and impressions, 204), with its
-//!   horizon: malformed → 400, outside the horizon or closed on arrival → 422.
-//! - [`config`]: flags and environment; each workload reads its own sections
-//!   (analytics: `--events-topic`, `--events-partitions`, the horizon).
+//! - [`config`]: the engine's flags and environment; each workload adds its
+//!   own section ([`common::engine::workload::Workload::Config`]).
 //! - [`metrics`]: metric names (label `workload` on the per-event ones).
-//!
-//! Adding a workload: one module implementing [`engine::Intake`], its config
-//! section in [`Config`], and one `.register(..)` line in [`build`].
+//! - [`CommandRole`]: what a workload implements to be served here, and
+//!   [`Workloads`], the list the `platform` crate makes from its one list of
+//!   workloads. The workloads live in their own crates (`workloads/<name>/`).
 
-pub mod analytics;
 pub mod config;
 pub mod engine;
-pub mod increments;
 pub mod metrics;
 
-use common::engine::pg::{migrations, Migration};
+use common::engine::horizon::Horizon;
+use common::engine::kafka::TopicSpec;
+use common::engine::workload::{Configured, Listed, Service, Workload, WorkloadList};
 
 pub use crate::config::Config;
 pub use crate::engine::{run, CommandApp};
 
-/// The tables the command uses: only the deployment settings it agrees with
-/// the processor (read and stored at startup).
-pub const MIGRATIONS: &[Migration] = &[migrations::DEPLOYMENT_SETTINGS];
+/// A workload's role at the write edge: the [`engine::Intake`] it serves.
+pub trait CommandRole: Workload {
+    type Intake: engine::Intake;
 
-/// Builds the app with every workload: agrees the deployment settings,
-/// creates the topics if configured, connects the producers.
+    /// The intake on `events`: the workload's events topic (see
+    /// [`common::engine::workload::Workload::topics`]) with the deployment's
+    /// partition count. `horizon` is the deployment's, agreed with the processor.
+    fn intake(cfg: &Self::Config, events: TopicSpec, horizon: &Horizon) -> Self::Intake;
+}
+
+/// The command's view of a listed workload, its config parsed.
+pub trait Registered: Listed {
+    /// Adds the workload's intake to `engine`.
+    ///
+    /// # Errors
+    /// As [`engine::Engine::register`].
+    fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>>;
+}
+
+impl<W: CommandRole> Registered for Configured<W> {
+    fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>> {
+        let events = TopicSpec::events_named(&W::topics(&self.config).events, cfg.partitions.events_partitions.get());
+        engine.register(W::intake(&self.config, events, &cfg.horizon.horizon()))
+    }
+}
+
+/// The workloads the command serves, in the platform's order.
+#[derive(Default)]
+pub struct Workloads(pub WorkloadList<dyn Registered>);
+
+impl Workloads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists `W`: a compile error unless it implements [`CommandRole`].
+    pub fn add<W: CommandRole>(self) -> Self {
+        Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Builds the app with every workload of `workloads`: agrees the deployment
+/// settings (the horizon, each workload's own, and each topic's partition
+/// count), creates the topics if configured, connects the producers.
 ///
 /// # Errors
 /// When a setting differs from the deployment's, PostgreSQL does not answer,
 /// the broker refuses topic creation, or a producer cannot be built.
 pub async fn build(
     cfg: &Config,
+    workloads: &[Box<dyn Registered>],
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     clock: fn() -> i64,
 ) -> anyhow::Result<CommandApp> {
-    let engine = engine::Engine::new(cfg, metrics, clock)?;
-    let pool = common::engine::pg::connect_migrated(&cfg.pg, MIGRATIONS).await?;
-    engine
-        .register(analytics::Analytics::agreed(&pool, &cfg.events, &cfg.horizon).await?)?
-        .register(increments::Increments::new(&cfg.increments, cfg.events.events_partitions.get()))?
-        .start(pool)
-        .await
+    let mut engine = engine::Engine::new(cfg, metrics, clock)?;
+    let migrations = common::engine::pg::migrations_for(Service::Command, workloads.iter().map(|w| w.migrations()));
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await?;
+    // One horizon for command and processor, or events would be accepted
+    // under rules the processor does not share.
+    common::engine::pg::agree_horizon(&pool, "command", &cfg.horizon.horizon()).await?;
+    common::engine::workload::agree_settings(&pool, "command", workloads).await?;
+    for w in workloads {
+        engine = w.register(engine, cfg)?;
+    }
+    engine.start(pool).await
 }

@@ -47,7 +47,10 @@ impl TestKafka {
 
     /// The deployment's partition counts.
     pub fn partitions(&self) -> PartitionsConfig {
-        PartitionsConfig { events_partitions: self.events_partitions, aggregates_partitions: self.aggregates_partitions }
+        PartitionsConfig {
+            events_partitions: self.events_partitions,
+            aggregates_partitions: self.aggregates_partitions,
+        }
     }
 }
 

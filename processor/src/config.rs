@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::engine::config::{
-    parse_duration, AggregatesTopicConfig, EventsTopicConfig, HorizonConfig, KafkaConfig, LeaseConfig, PgConfig,
-    TelemetryConfig,
+    parse_duration, HorizonConfig, KafkaConfig, LeaseConfig, PartitionsConfig, PgConfig, TelemetryConfig,
 };
 
-/// Turns events into exact hourly aggregates, per events-topic partition.
+/// Turns each workload's events into exact aggregates, per events-topic partition.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "processor", version)]
 pub struct Config {
@@ -36,13 +35,7 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
-    pub events: EventsTopicConfig,
-    #[command(flatten)]
-    pub aggregates: AggregatesTopicConfig,
-    #[command(flatten)]
-    pub increments_events: common::increments::config::IncrementsEventsTopicConfig,
-    #[command(flatten)]
-    pub increments_sums: common::increments::config::IncrementsSumsTopicConfig,
+    pub partitions: PartitionsConfig,
     #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]

@@ -6,17 +6,16 @@
 //!   state_store  position + epoch + ids in PostgreSQL, chunked hash sets
 //!   emitter      one transactional producer per owned partition
 //!   dedup        event ids, held while their hour is open
-//! analytics.rs  the hourly analytics workload (an `engine::Aggregation`)
-//! increments.rs the per-key sums workload (an `engine::Aggregation`)
 //! ```
 //!
-//! Each workload's partitions are split among the processor instances by
-//! PostgreSQL leases ([`common::engine::membership`]).
+//! A workload plugs in by implementing [`ProcessorRole`] (its
+//! [`engine::Aggregation`]) in its own crate (`workloads/<name>/`); the
+//! `platform` crate makes [`Workloads`] from its one list. Each workload's
+//! partitions are split among the processor instances by PostgreSQL leases
+//! ([`common::engine::membership`]), in a lease group of its own.
 
-pub mod analytics;
 pub mod config;
 pub mod engine;
-pub mod increments;
 
 pub use engine::metrics;
 
@@ -24,42 +23,89 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use common::engine::horizon::Horizon;
 use common::engine::http::OpsRoutes;
 use common::engine::kafka::TopicSpec;
 use common::engine::membership::Membership;
-use common::engine::pg::{migrations, Migration};
 use common::engine::shutdown::{CancellationToken, TaskTracker};
+use common::engine::workload::{Configured, Listed, Service, Workload, WorkloadList};
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::analytics::Analytics;
 pub use crate::config::Config;
 use crate::engine::state_store::StateStore;
 use crate::engine::{Aggregation, Processor, ProcessorSettings};
-use crate::increments::Increments;
 
-/// The tables the processor uses: its state store, the leases it shares with
-/// the materializer, and the deployment settings it agrees with the command.
-pub const MIGRATIONS: &[Migration] = &[
-    migrations::PROCESSOR_STATE,
-    migrations::COORDINATION,
-    migrations::DEPLOYMENT_SETTINGS,
-    migrations::PROCESSOR_EVENT_IDS,
-    migrations::PROCESSOR_INCREMENTS,
-    migrations::PROCESSOR_DAYS,
-    migrations::PROCESSOR_OUTBOX,
-];
+/// A workload's role in the processor: the [`Aggregation`] of its events.
+pub trait ProcessorRole: Workload {
+    type Aggregation: Aggregation;
+
+    /// The aggregation, made again each time the workload restarts.
+    /// `horizon` is the deployment's, agreed with the command.
+    fn aggregation(cfg: &Self::Config, horizon: &Horizon) -> Self::Aggregation;
+}
+
+/// The processor's view of a listed workload, its config parsed.
+pub trait Registered: Listed {
+    /// Joins the workload's lease group, builds its processor and runs it on
+    /// its own task, restarted on its own when it fails, until `token` is cancelled.
+    ///
+    /// # Errors
+    /// Startup failures (partition agreement, leases, the consumer).
+    fn launch<'a>(
+        &'a self,
+        cfg: &'a Config,
+        pool: &'a deadpool_postgres::Pool,
+        token: CancellationToken,
+    ) -> BoxFuture<'a, anyhow::Result<tokio::task::JoinHandle<()>>>;
+}
+
+impl<W: ProcessorRole> Registered for Configured<W> {
+    fn launch<'a>(
+        &'a self,
+        cfg: &'a Config,
+        pool: &'a deadpool_postgres::Pool,
+        token: CancellationToken,
+    ) -> BoxFuture<'a, anyhow::Result<tokio::task::JoinHandle<()>>> {
+        Box::pin(async move {
+            let topics = W::topics(&self.config);
+            let reg = Lanes::new((&topics.events, &topics.aggregates), format!("{}{}", cfg.group_id, W::GROUP_SUFFIX));
+            let horizon = cfg.horizon.horizon();
+            let first =
+                start(W::aggregation(&self.config, &horizon), cfg, pool, reg.topics(), reg.group.clone()).await?;
+            let config = self.config.clone();
+            let make = move || W::aggregation(&config, &horizon);
+            Ok(tokio::spawn(supervise(first, make, cfg.clone(), pool.clone(), reg, token)))
+        })
+    }
+}
+
+/// The workloads the processor runs, in the platform's order.
+#[derive(Default)]
+pub struct Workloads(pub WorkloadList<dyn Registered>);
+
+impl Workloads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists `W`: a compile error unless it implements [`ProcessorRole`].
+    pub fn add<W: ProcessorRole>(self) -> Self {
+        Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
 
 /// A workload's topics and lease group.
-struct Workload {
+struct Lanes {
     events_topic: String,
     aggregates_topic: String,
     group: String,
 }
 
-impl Workload {
+impl Lanes {
     fn new((events, aggregates): (&str, &str), group: String) -> Self {
-        Workload { events_topic: events.to_owned(), aggregates_topic: aggregates.to_owned(), group }
+        Lanes { events_topic: events.to_owned(), aggregates_topic: aggregates.to_owned(), group }
     }
 
     fn topics(&self) -> (&str, &str) {
@@ -79,7 +125,7 @@ async fn supervise<W: Aggregation>(
     make: impl Fn() -> W + Send + 'static,
     cfg: Config,
     pool: deadpool_postgres::Pool,
-    reg: Workload,
+    reg: Lanes,
     token: CancellationToken,
 ) {
     let mut wait = RESTART_FIRST;
@@ -148,50 +194,60 @@ async fn start<W: Aggregation>(
     Processor::new(workload, &settings, store, membership).context("creating the consumer")
 }
 
-/// Connects to PostgreSQL (migrating its tables), creates its topics if
-/// configured, and runs the processor and its ops endpoint until `token` is
-/// cancelled.
+/// Connects to PostgreSQL (migrating its tables and every workload's), creates
+/// the workloads' topics if configured, and runs a processor per workload and
+/// the ops endpoint until `token` is cancelled.
 ///
 /// A workload whose processor fails after startup is restarted on its own
-/// (see `supervise`); the other workload keeps running meanwhile.
+/// (see `supervise`); the other workloads keep running meanwhile.
 ///
 /// # Errors
 /// Startup failures.
 pub async fn run(
     cfg: Config,
+    workloads: &[Box<dyn Registered>],
     metrics: PrometheusHandle,
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Analytics tables: one column per count of the typed list, added where missing.
-    let pool = common::analytics::read_model::pg::connect_migrated(
-        &cfg.pg,
-        MIGRATIONS,
-        common::analytics::read_model::pg::PROCESSOR_COUNT_TABLES,
-    )
-    .await?;
-    let (events_partitions, sums_partitions) =
-        (cfg.events.events_partitions.get(), cfg.aggregates.aggregates_partitions.get());
-    let topics = [
-        TopicSpec::events(&cfg.events),
-        TopicSpec::aggregates(&cfg.aggregates),
-        TopicSpec::events_named(&cfg.increments_events.increments_events_topic, events_partitions),
-        TopicSpec::aggregates_named(&cfg.increments_sums.increments_sums_topic, sums_partitions),
-    ];
+    anyhow::ensure!(!workloads.is_empty(), "no workload listed");
+    let migrations = common::engine::pg::migrations_for(Service::Processor, workloads.iter().map(|w| w.migrations()));
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await?;
+    for w in workloads {
+        w.after_migrate(&pool, Service::Processor)
+            .await
+            .with_context(|| format!("preparing the tables of {}", w.name()))?;
+    }
+    let (events_partitions, aggregates_partitions) =
+        (cfg.partitions.events_partitions.get(), cfg.partitions.aggregates_partitions.get());
+    let topics: Vec<TopicSpec> = workloads
+        .iter()
+        .flat_map(|w| {
+            let t = w.topics();
+            [
+                TopicSpec::events_named(&t.events, events_partitions),
+                TopicSpec::aggregates_named(&t.aggregates, aggregates_partitions),
+            ]
+        })
+        .collect();
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
-    let horizon = cfg.horizon.horizon();
-    common::engine::pg::agree_horizon(&pool, "processor", &horizon).await?;
-    // One registration per workload: its topics, its lease group, its Aggregation.
-    let analytics_reg =
-        Workload::new((&cfg.events.events_topic, &cfg.aggregates.aggregates_topic), cfg.group_id.clone());
-    let increments_reg = Workload::new(
-        (&cfg.increments_events.increments_events_topic, &cfg.increments_sums.increments_sums_topic),
-        format!("{}.increments", cfg.group_id),
-    );
-    let retention_ms = cfg.retention_ms();
-    let analytics =
-        start(Analytics { retention_ms }, &cfg, &pool, analytics_reg.topics(), analytics_reg.group.clone()).await?;
-    let increments = start(Increments, &cfg, &pool, increments_reg.topics(), increments_reg.group.clone()).await?;
+    common::engine::pg::agree_horizon(&pool, "processor", &cfg.horizon.horizon()).await?;
+    common::engine::workload::agree_settings(&pool, "processor", workloads).await?;
+    // One processor per workload, each on its own task and restarted on its
+    // own if it fails: one workload's failure never stops another's partitions.
+    let mut running = Vec::with_capacity(workloads.len());
+    for w in workloads {
+        match w.launch(&cfg, &pool, token.clone()).await {
+            Ok(task) => running.push((w.name(), task)),
+            Err(e) => {
+                token.cancel();
+                for (_, task) in running {
+                    let _ = task.await;
+                }
+                return Err(e.context(format!("starting the {} processor", w.name())));
+            }
+        }
+    }
     let ready_pool = pool.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let pool = ready_pool.clone();
@@ -210,24 +266,18 @@ pub async fn run(
         serve_ops.await;
         Ok(())
     });
-    tracing::info!(topic = cfg.events.events_topic, group = cfg.group_id, "processor started");
-    // Each workload on its own task, restarted on its own if it fails: one
-    // workload's failure never stops the other's partitions.
-    let analytics = tokio::spawn(supervise(
-        analytics,
-        move || Analytics { retention_ms },
-        cfg.clone(),
-        pool.clone(),
-        analytics_reg,
-        token.clone(),
-    ));
-    let increments =
-        tokio::spawn(supervise(increments, || Increments, cfg.clone(), pool.clone(), increments_reg, token.clone()));
-    let (a, i) = tokio::join!(analytics, increments);
+    tracing::info!(workloads = ?workloads.iter().map(|w| w.name()).collect::<Vec<_>>(), group = cfg.group_id, "processor started");
+    let mut failed = None;
+    for (name, task) in running {
+        if let Err(e) = task.await {
+            failed.get_or_insert(anyhow::Error::from(e).context(format!("{name} processor task")));
+        }
+    }
     token.cancel();
     let drained = common::engine::shutdown::drain(tasks, cfg.telemetry.shutdown_timeout).await;
-    a.context("analytics processor task")?;
-    i.context("increments processor task")?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     drained?;
     tracing::info!("processor stopped");
     Ok(())

@@ -20,8 +20,8 @@
 //!   accepts as `after=` to read its own write;
 //! - metrics (label `workload`), the gauges task and graceful shutdown.
 //!
-//! Adding a workload is one module implementing [`Intake`] plus one
-//! `.register(..)` line in `crate::build`.
+//! A workload's crate implements [`Intake`] and returns it from its
+//! [`crate::CommandRole`]; `crate::build` registers every listed workload.
 
 pub mod app;
 mod lane;

@@ -103,8 +103,8 @@ pub struct PgConfig {
     pub timeout: Duration,
 }
 
-/// The accepted window of event times: engine policy ([`Horizon`]) that a
-/// workload which needs one flattens into its own config section.
+/// The accepted window of event times: engine policy ([`Horizon`]) that the
+/// command and the processor hand to each workload.
 #[derive(Debug, Clone, Args)]
 pub struct HorizonConfig {
     /// How far back an event may be (late events within it update their hour).

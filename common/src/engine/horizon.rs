@@ -1,13 +1,14 @@
-//! The horizon: engine policy that a workload configures (the analytics
-//! workload flattens [`crate::engine::config::HorizonConfig`] into its config
-//! section). How far from the accepting clock an event time may be, and how
-//! long a period (an hour, a day) stays open for late events.
+//! The horizon: engine policy, set by the deployment
+//! ([`crate::engine::config::HorizonConfig`], in the command's and the
+//! processor's config) and handed to each workload's intake and aggregation,
+//! which apply it to their own periods (the analytics workload: hours). How
+//! far from the accepting clock an event time may be, and how long a period
+//! stays open for late events.
 //!
 //! One value per deployment: the command accepts by it and the processor
-//! closes periods by it, so both must hold the same one. A workload that
-//! uses it returns [`Horizon::settings`] from its
-//! [`crate::engine::workload::Workload::settings`], which both services agree
-//! with the copy stored in PostgreSQL at startup, refusing to run on a mismatch.
+//! closes periods by it, so both must hold the same one: both agree it with
+//! the copy stored in PostgreSQL at startup ([`crate::engine::pg::agree_horizon`])
+//! and refuse to run on a mismatch.
 
 use std::time::Duration;
 

@@ -282,6 +282,21 @@ pub async fn agree_settings(pool: &Pool, service: &str, settings: &[(String, Str
     Ok(())
 }
 
+/// Agrees the horizon: how far back events are accepted, and when periods
+/// close (the command and the processor).
+///
+/// # Errors
+/// A [`SettingMismatch`], or PostgreSQL not answering.
+pub async fn agree_horizon(
+    pool: &Pool,
+    service: &str,
+    horizon: &crate::engine::horizon::Horizon,
+) -> anyhow::Result<()> {
+    let settings: Vec<(String, String)> =
+        horizon.settings().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+    agree_settings(pool, service, &settings).await
+}
+
 /// Agrees the partition count of any keyed topic as the broker reports it
 /// (stored as the setting `partitions.<topic>`): records are routed by key
 /// modulo that count, so it must never change under a deployment.

@@ -83,7 +83,10 @@ pub struct Configured<W: Workload> {
 
 type AfterMigrate = for<'a> fn(&'a Pool, Service) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
 
-fn after_migrate<W: Workload>(pool: &Pool, service: Service) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + '_>> {
+fn after_migrate<W: Workload>(
+    pool: &Pool,
+    service: Service,
+) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + '_>> {
     Box::pin(W::after_migrate(pool, service))
 }
 
@@ -233,7 +236,11 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
 ///
 /// # Errors
 /// A `SettingMismatch`, or PostgreSQL not answering.
-pub async fn agree_settings<L: Listed + ?Sized>(pool: &Pool, service: &str, workloads: &[Box<L>]) -> anyhow::Result<()> {
+pub async fn agree_settings<L: Listed + ?Sized>(
+    pool: &Pool,
+    service: &str,
+    workloads: &[Box<L>],
+) -> anyhow::Result<()> {
     for w in workloads {
         crate::engine::pg::agree_settings(pool, service, &w.settings()).await?;
     }
