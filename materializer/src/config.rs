@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::engine::config::{
-    parse_duration, AggregatesTopicConfig, KafkaConfig, LeaseConfig, PgConfig, RedisConfig, TelemetryConfig,
+    parse_duration, KafkaConfig, LeaseConfig, PartitionsConfig, PgConfig, RedisConfig, TelemetryConfig,
 };
 
-/// Keeps the read models (PostgreSQL history, Redis hot copy) in line with the aggregates topic.
+/// Keeps the read models (PostgreSQL history, Redis hot copy) in line with each workload's aggregates topic.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "materializer", version)]
 pub struct Config {
@@ -29,9 +29,7 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
-    pub aggregates: AggregatesTopicConfig,
-    #[command(flatten)]
-    pub increments: common::increments::config::IncrementsSumsTopicConfig,
+    pub partitions: PartitionsConfig,
     #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]

@@ -5,78 +5,98 @@
 //!             this instance holds a lease on, write each batch to PostgreSQL
 //!             in one transaction, copy the rows to Redis (version-guarded,
 //!             with a TTL, catching up after outages), store the positions
-//! analytics   the hourly workload: decode HourAggregate, upsert the partition
-//!             rows and hour totals, the hour totals in Redis
-//! increments  the per-key sums: decode IncrementSum, upsert `increments`
-//!             guarded by input offset, the sums in Redis
 //! ```
 //!
-//! The engine names no workload; [`workloads`] lists them, one line each. The
-//! query service reads what they write.
+//! The engine names no workload: a workload implements [`MaterializerRole`]
+//! (its [`engine::SinkWorkload`]) in its own crate (`workloads/<name>/`), and
+//! the `platform` crate makes [`Workloads`] from its one list. The query
+//! service reads what they write.
 //!
 //! - [`config`]: flags and environment.
 //! - [`engine`]: [`engine::SinkWorkload`], the pipeline and the sink.
-//! - [`analytics`]: the hourly workload.
 
-pub mod analytics;
 pub mod config;
 pub mod engine;
-pub mod increments;
 pub mod metrics;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use common::engine::http::OpsRoutes;
-use common::engine::pg::{migrations, Migration};
+use common::engine::kafka::TopicSpec;
 use common::engine::shutdown::{CancellationToken, TaskTracker};
 use common::engine::store::cache::RedisStore;
+use common::engine::workload::{Configured, Listed, Service, Workload, WorkloadList};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 pub use crate::config::Config;
-use crate::engine::{Engine, Registration};
+use crate::engine::{Engine, Registration, Source};
 
-/// Every workload the materializer runs, each with its source from `cfg`.
-/// Adding a workload: one module implementing [`engine::SinkWorkload`] and one line here.
-pub fn workloads(cfg: &Config) -> Vec<Registration> {
-    vec![
-        Registration::new(analytics::Analytics, analytics::source(cfg)),
-        Registration::new(increments::Increments, increments::source(cfg)),
-    ]
+/// A workload's role in the materializer: the [`engine::SinkWorkload`] that
+/// writes its aggregates to its read model.
+pub trait MaterializerRole: Workload {
+    type Sink: engine::SinkWorkload;
+
+    fn sink(cfg: &Self::Config) -> Self::Sink;
 }
 
-/// The tables the materializer uses: the read models it writes (the query
-/// applies the same migration, to serve zeros before the first write), and
-/// the leases and positions it keeps in PostgreSQL.
-pub const MIGRATIONS: &[Migration] = &[
-    migrations::READ_MODELS,
-    migrations::COORDINATION,
-    migrations::INCREMENTS,
-    migrations::RANGES,
-    migrations::READ_PROGRESS,
-];
+/// The materializer's view of a listed workload, its config parsed.
+pub trait Registered: Listed {
+    /// Its pipeline, reading its aggregates topic in its own lease group.
+    fn registration(&self, cfg: &Config) -> Registration;
+}
 
-/// Connects to PostgreSQL (migrating its tables) and Redis, creates its topic
-/// if configured, and runs until `token` is cancelled.
+impl<W: MaterializerRole> Registered for Configured<W> {
+    fn registration(&self, cfg: &Config) -> Registration {
+        let topic = TopicSpec::aggregates_named(
+            &W::topics(&self.config).aggregates,
+            cfg.partitions.aggregates_partitions.get(),
+        );
+        let source = Source { topic, group_id: format!("{}{}", cfg.group_id, W::GROUP_SUFFIX) };
+        Registration::new(W::sink(&self.config), source)
+    }
+}
+
+/// The workloads the materializer runs, in the platform's order.
+#[derive(Default)]
+pub struct Workloads(pub WorkloadList<dyn Registered>);
+
+impl Workloads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists `W`: a compile error unless it implements [`MaterializerRole`].
+    pub fn add<W: MaterializerRole>(self) -> Self {
+        Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Connects to PostgreSQL (migrating its tables and every workload's read
+/// models) and Redis, creates the workloads' aggregates topics if configured,
+/// and runs a pipeline per workload until `token` is cancelled.
 ///
 /// # Errors
 /// Startup failures.
 pub async fn run(
     cfg: Config,
+    workloads: &[Box<dyn Registered>],
     metrics: PrometheusHandle,
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Analytics tables: one column per count of the typed list, added where missing.
-    let pool = common::analytics::read_model::pg::connect_migrated(
-        &cfg.pg,
-        MIGRATIONS,
-        common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
-    )
-    .await?;
+    let migrations =
+        common::engine::pg::migrations_for(Service::Materializer, workloads.iter().map(|w| w.migrations()));
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await?;
+    for w in workloads {
+        w.after_migrate(&pool, Service::Materializer)
+            .await
+            .with_context(|| format!("preparing the tables of {}", w.name()))?;
+    }
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
-    let workloads = workloads(&cfg);
+    let workloads: Vec<Registration> = workloads.iter().map(|w| w.registration(&cfg)).collect();
+    anyhow::ensure!(!workloads.is_empty(), "no workload listed");
     let topics: Vec<_> = workloads.iter().map(|w| w.source.topic.clone()).collect();
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;
     let engine = Engine {

@@ -9,7 +9,7 @@ use common::engine::config::{
     parse_duration, CorsConfig, EdgeConfig, PgConfig, ReadAuthConfig, RedisConfig, TelemetryConfig,
 };
 
-/// Answers hourly analytics from Redis, falling back to PostgreSQL.
+/// Answers each workload's reads from Redis, falling back to PostgreSQL.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "query", version)]
 pub struct Config {

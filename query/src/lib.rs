@@ -5,24 +5,18 @@
 //!             copy written by the materializer) → PostgreSQL, written back to
 //!             Redis under a fill lease → the empty row; the routing table,
 //!             edge checks, time limit and metrics of every route
-//! analytics   GET /analytics?timestamp=<ms>: the UTC hour's totals as CSV;
-//!             GET /analytics/timeseries and /analytics/aggregate: ranges as JSON
-//! increments  GET /increment/<uuid>: the key's exact sum as JSON, or 404
-//! dashboard   GET /: the dashboard page, reading the analytics routes above
 //! ```
 //!
-//! The engine names no workload; [`routes`] registers them, one line each.
+//! The engine names no workload: a workload implements [`QueryRole`] (its
+//! routes, usually over an [`engine::QueryWorkload`] reader) in its own crate
+//! (`workloads/<name>/`), and the `platform` crate makes [`Workloads`] from
+//! its one list.
 //!
 //! - [`config`]: flags and environment.
 //! - [`engine`]: [`engine::QueryWorkload`], the reader and the HTTP routing.
-//! - [`analytics`]: the hourly workload.
-//! - [`dashboard`]: the page at `/`.
 
-pub mod analytics;
 pub mod config;
-pub mod dashboard;
 pub mod engine;
-pub mod increments;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -30,9 +24,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::engine::http::{OpsRoutes, ServerLimits};
-use common::engine::pg::{migrations, Migration};
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::RedisStore;
+use common::engine::workload::{Configured, Listed, Service, Workload, WorkloadList};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -40,45 +34,71 @@ pub use crate::config::Config;
 pub use crate::engine::http::QueryApp;
 use crate::engine::{Route, Stores};
 
-/// Every workload the query serves, reading `stores`.
-/// Adding a workload: one module implementing [`engine::QueryWorkload`] and one line here.
-pub fn routes(stores: &Stores) -> Vec<Route> {
-    [
-        vec![dashboard::route()],
-        stores.register(analytics::Analytics),
-        analytics::range_routes(stores.pool.clone()),
-        stores.register(increments::Increments),
-    ]
-    .concat()
+/// A workload's role in the query service: its `GET` routes, reading `stores`
+/// (usually through [`Stores::register`] of its [`engine::QueryWorkload`]).
+pub trait QueryRole: Workload {
+    fn routes(cfg: &Self::Config, stores: &Stores) -> Vec<Route>;
 }
 
-/// The tables the query reads: the read models. The materializer writes them
-/// and applies the same migration; the query applies it too, so that started
-/// first it answers zeros instead of failing. It never creates the
-/// processor's or the coordination tables.
-pub const MIGRATIONS: &[Migration] =
-    &[migrations::READ_MODELS, migrations::INCREMENTS, migrations::RANGES, migrations::READ_PROGRESS];
+/// The query's view of a listed workload, its config parsed.
+pub trait Registered: Listed {
+    fn routes(&self, stores: &Stores) -> Vec<Route>;
+}
 
-/// Connects to Redis and PostgreSQL (migrating the read models).
+impl<W: QueryRole> Registered for Configured<W> {
+    fn routes(&self, stores: &Stores) -> Vec<Route> {
+        W::routes(&self.config, stores)
+    }
+}
+
+/// The workloads the query serves, in the platform's order.
+#[derive(Default)]
+pub struct Workloads(pub WorkloadList<dyn Registered>);
+
+impl Workloads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists `W`: a compile error unless it implements [`QueryRole`].
+    pub fn add<W: QueryRole>(self) -> Self {
+        Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Every route of `workloads`, reading `stores`, in the list's order.
+pub fn routes(workloads: &[Box<dyn Registered>], stores: &Stores) -> Vec<Route> {
+    workloads.iter().flat_map(|w| w.routes(stores)).collect()
+}
+
+/// Connects to Redis and PostgreSQL, migrating the read models: the
+/// materializer writes them and applies the same migrations; the query applies
+/// them too, so that started first it answers zeros instead of failing. It
+/// never creates the processor's or the coordination tables.
 ///
 /// # Errors
 /// When either cannot be reached at startup.
-pub async fn build(cfg: &Config, metrics: PrometheusHandle) -> anyhow::Result<QueryApp> {
-    // Analytics tables: one column per count of the typed list, added where missing.
-    let pool = common::analytics::read_model::pg::connect_migrated(
-        &cfg.pg,
-        MIGRATIONS,
-        common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
-    )
-    .await?;
+pub async fn build(
+    cfg: &Config,
+    workloads: &[Box<dyn Registered>],
+    metrics: PrometheusHandle,
+) -> anyhow::Result<QueryApp> {
+    let migrations = common::engine::pg::migrations_for(Service::Query, workloads.iter().map(|w| w.migrations()));
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await?;
+    for w in workloads {
+        w.after_migrate(&pool, Service::Query)
+            .await
+            .with_context(|| format!("preparing the tables of {}", w.name()))?;
+    }
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
-    Ok(app_from_parts(redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors))
+    Ok(app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors))
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
 pub fn app_from_parts(
+    workloads: &[Box<dyn Registered>],
     redis: RedisStore,
     pool: deadpool_postgres::Pool,
     metrics: PrometheusHandle,
@@ -87,7 +107,7 @@ pub fn app_from_parts(
     limits: engine::Limits,
 ) -> QueryApp {
     let stores = Stores::with_limits(pool, redis, local_cache_ttl, limits);
-    let routes = routes(&stores);
+    let routes = routes(workloads, &stores);
     let ready_stores = stores.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {
         let stores = ready_stores.clone();

@@ -3,8 +3,8 @@
 //! PostgreSQL read model in one transaction, copy the resulting rows to Redis
 //! under the version guard, then store the positions.
 //!
-//! It knows a workload only through [`SinkWorkload`]; a workload is one
-//! module implementing it plus one [`Registration`] line in `lib.rs`.
+//! It knows a workload only through [`SinkWorkload`], which a workload's
+//! crate returns from its [`crate::MaterializerRole`].
 //!
 //! - [`pipeline`]: the consume / batch / retry / positions loop.
 //! - [`sink`]: the PostgreSQL transaction, then the Redis copier: held rows in bounded

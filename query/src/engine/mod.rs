@@ -139,7 +139,7 @@ impl Stores {
         Stores { pool, redis, local_cache_ttl, changes, progress, live_slots }
     }
 
-    /// The routes of `workload`, reading these stores: one registration line in `lib.rs`.
+    /// The routes of `workload`, reading these stores (a workload's [`crate::QueryRole`] calls it).
     pub fn register<W: QueryWorkload>(&self, workload: W) -> Vec<Route> {
         let reader = Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl);
         W::routes(reader.with_changes(self.changes.clone(), self.live_slots.clone()))
