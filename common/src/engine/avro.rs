@@ -35,14 +35,15 @@ pub(crate) const MARKER: [u8; 2] = [0xC3, 0x01];
 /// Length of the single-object header: the marker and the 8-byte fingerprint.
 pub const HEADER_LEN: usize = 10;
 
-/// One version of a schema with its single-object header.
-pub(crate) struct Version {
-    pub(crate) schema: Schema,
-    pub(crate) header: [u8; HEADER_LEN],
+/// One version of a schema with its single-object header. Public for the
+/// workloads' wire tests, which write older versions and check headers.
+pub struct Version {
+    pub schema: Schema,
+    pub header: [u8; HEADER_LEN],
 }
 
 impl Version {
-    pub(crate) fn new(json: &str) -> Self {
+    pub fn new(json: &str) -> Self {
         let schema = Schema::parse_str(json).expect("bundled schema is valid Avro");
         // The specification's Parsing Canonical Form drops `logicalType`, but
         // apache-avro 0.20 keeps `{"type":"long"}` where it should write
@@ -57,7 +58,7 @@ impl Version {
     }
 
     /// The header, then the record serialized straight against the schema.
-    pub(crate) fn encode_record<T: Serialize>(&self, record: &T) -> Vec<u8> {
+    pub fn encode_record<T: Serialize>(&self, record: &T) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&self.header);
         write_avro_datum_ref(&self.schema, record, &mut out).expect("wire struct matches its schema");
@@ -65,8 +66,7 @@ impl Version {
     }
 
     /// Encodes a generic value: for tests that write a version this build does not know.
-    #[cfg(test)]
-    pub(crate) fn encode(&self, value: Value) -> Vec<u8> {
+    pub fn encode(&self, value: Value) -> Vec<u8> {
         let body = apache_avro::to_avro_datum(&self.schema, value).expect("value built to match its schema");
         [self.header.as_slice(), &body].concat()
     }
@@ -78,7 +78,8 @@ impl Version {
 /// version, resolved into the current one. Build it once (a `LazyLock`
 /// static) from `include_str!`ed schemas.
 pub struct Codec {
-    pub(crate) versions: Vec<Version>,
+    /// Oldest first; public for tests that write older versions.
+    pub versions: Vec<Version>,
 }
 
 impl Codec {
@@ -98,7 +99,8 @@ impl Codec {
         Codec { versions }
     }
 
-    pub(crate) fn current(&self) -> &Version {
+    /// The newest version: the one [`Codec::encode`] writes.
+    pub fn current(&self) -> &Version {
         self.versions.last().expect("at least one schema version")
     }
 
@@ -183,7 +185,7 @@ impl<R: std::io::Read> std::io::Read for NoEofAsNull<R> {
 }
 
 /// The schema JSON with every `logicalType` attribute removed.
-pub(crate) fn without_logical_types(v: serde_json::Value) -> serde_json::Value {
+pub fn without_logical_types(v: serde_json::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         J::Object(map) => match (map.get("type"), map.get("logicalType")) {
@@ -220,14 +222,13 @@ pub enum DecodeError {
 }
 
 /// The fingerprint's 8 bytes as they appear in the header (`5E D3 …`).
-pub(crate) fn fingerprint_hex(fingerprint: u64) -> String {
+pub fn fingerprint_hex(fingerprint: u64) -> String {
     fingerprint.to_le_bytes().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
 }
 
 /// CRC-64-AVRO, written from the specification, independent of apache-avro:
 /// the tests of every workload's records check their headers with it.
-#[cfg(test)]
-pub(crate) fn crc64_avro(bytes: &[u8]) -> u64 {
+pub fn crc64_avro(bytes: &[u8]) -> u64 {
     const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
     let table: Vec<u64> =
         (0..256u64).map(|i| (0..8).fold(i, |fp, _| (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1)))).collect();

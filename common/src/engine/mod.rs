@@ -10,6 +10,7 @@
 //! - [`retry`]: back-off with cancellation.
 //! - [`workload`]: the workload descriptor every service's roles build on,
 //!   and the list of workloads a service runs.
+//! - [`request`]: the client's event id and strict query-string decoding, for every workload's edge.
 //! - [`horizon`]: the accepted window of event times, a policy workloads configure.
 
 pub mod avro;
@@ -21,6 +22,7 @@ pub mod kafka;
 pub mod membership;
 pub mod pg;
 pub mod progress;
+pub mod request;
 pub mod retry;
 pub mod shutdown;
 pub mod store;

@@ -16,10 +16,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use analytics::wire::{decode_hour_aggregate, HourAggregate};
+use analytics::{HourCounts, HourStart};
 use anyhow::Context;
 use clap::Parser;
-use common::analytics::wire::{decode_hour_aggregate, HourAggregate};
-use common::analytics::{HourCounts, HourStart};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;

@@ -374,7 +374,7 @@ impl PartitionWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::time::HOUR_MS;
+    use crate::time::HOUR_MS;
     use proptest::prelude::*;
 
     const H0: i64 = 1_800_000_000_000 / HOUR_MS * HOUR_MS;

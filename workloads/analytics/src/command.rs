@@ -2,17 +2,17 @@
 //! `POST /analytics?timestamp=..&user=..&click` becomes a [`ClickEvent`] on
 //! the events topic, keyed by user, answered 204.
 //!
-//! Its rules are the pure core in `common::analytics` (query-string parsing,
+//! Its rules are the pure core of this crate (query-string parsing,
 //! the horizon); this module only plugs them into the engine's [`Intake`].
-//! The horizon is agreed with the rest of the deployment here, at startup.
+//! The horizon is the engine's, agreed with the rest of the deployment at startup.
 
-use common::analytics::request::parse_post;
-use common::analytics::{ClickEvent, EventId, Horizon, RejectReason};
-use common::engine::config::{EventsTopicConfig, HorizonConfig};
+use crate::event::HourHorizon;
+use crate::request::parse_post;
+use crate::{ClickEvent, EventId, Horizon, RejectReason};
 use common::engine::kafka::TopicSpec;
 use hyper::StatusCode;
 
-use crate::engine::{Delivered, Input, Intake, Reject, RejectStatus};
+use ::command::engine::{Delivered, Input, Intake, Reject, RejectStatus};
 
 /// Hourly web analytics: clicks and impressions per user.
 pub struct Analytics {
@@ -21,20 +21,10 @@ pub struct Analytics {
 }
 
 impl Analytics {
-    /// The workload on `events`, once its horizon is agreed for the
-    /// deployment: one horizon for command and processor, or events would be
-    /// accepted under rules the processor does not share.
-    ///
-    /// # Errors
-    /// A `SettingMismatch`, or PostgreSQL not answering.
-    pub async fn agreed(
-        pool: &deadpool_postgres::Pool,
-        events: &EventsTopicConfig,
-        horizon: &HorizonConfig,
-    ) -> anyhow::Result<Self> {
-        let horizon = horizon.horizon();
-        common::engine::pg::agree_horizon(pool, "command", &horizon).await?;
-        Ok(Analytics { topic: TopicSpec::events(events), horizon })
+    /// The workload on its events topic, accepting by the deployment's
+    /// horizon (the engine agreed it with the processor at startup).
+    pub fn new(topic: TopicSpec, horizon: Horizon) -> Self {
+        Analytics { topic, horizon }
     }
 }
 
@@ -81,7 +71,7 @@ impl Intake for Analytics {
     }
 
     fn encode(&self, event: &ClickEvent) -> Vec<u8> {
-        common::analytics::wire::encode_event(event)
+        crate::wire::encode_event(event)
     }
 
     /// The processor decides on the broker's clock whether the hour is still
@@ -89,7 +79,7 @@ impl Intake for Analytics {
     /// stays in the log, and the processor skips it the same way.)
     fn judge(&self, event: &ClickEvent, delivered: &Delivered) -> Result<(), RejectReason> {
         match delivered.appended_ms {
-            Some(appended_ms) if !self.horizon.counted_at(event.hour(), appended_ms) => {
+            Some(appended_ms) if !self.horizon.counts_hour_at(event.hour(), appended_ms) => {
                 Err(RejectReason::ClosedOnArrival { timestamp_ms: event.timestamp_ms, appended_ms })
             }
             _ => Ok(()),
@@ -100,13 +90,12 @@ impl Intake for Analytics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::analytics::EventKind;
+    use crate::EventKind;
 
     const NOW: i64 = 1_900_000_000_000;
 
     fn analytics() -> Analytics {
-        let events = EventsTopicConfig { events_topic: "t".into(), events_partitions: 1.try_into().expect("non-zero") };
-        Analytics { topic: TopicSpec::events(&events), horizon: Horizon::default() }
+        Analytics::new(TopicSpec::events_named("t", 1), Horizon::default())
     }
 
     fn query(q: &str) -> Input<'_> {
@@ -119,7 +108,7 @@ mod tests {
         let event = a.parse(&query(&format!("timestamp={NOW}&user=ann&click&id=x1")), NOW + 5).expect("valid");
         assert_eq!((event.timestamp_ms, event.kind, event.accepted_at_ms), (NOW, EventKind::Click, NOW + 5));
         assert_eq!((&*a.key(&event), event.id.as_deref()), (&b"ann"[..], Some("x1")));
-        assert_eq!(common::analytics::wire::decode_event(&a.encode(&event)).expect("Avro"), event);
+        assert_eq!(crate::wire::decode_event(&a.encode(&event)).expect("Avro"), event);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use serde::Serialize;
 
-use crate::engine::store::Field;
+use common::engine::store::Field;
 
 /// Calls `$then!` with the list of event kinds:
 /// `(Variant, "api name", "AVRO_SYMBOL", count_field, "redis field")`.
@@ -170,7 +170,7 @@ mod tests {
     mod one_more_count {
         use serde::Serialize;
 
-        use crate::engine::store::Field;
+        use common::engine::store::Field;
 
         define_counts! {
             (Click, "click", "CLICK", clicks, "c"),

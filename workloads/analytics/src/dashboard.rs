@@ -22,7 +22,7 @@ use common::engine::http::{self, Body};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
-use crate::engine::Route;
+use ::query::engine::Route;
 
 /// The page, embedded in the binary.
 pub const PAGE: &str = include_str!("dashboard.html");
@@ -40,7 +40,7 @@ pub fn route() -> Route {
     Route {
         path: "/",
         usage: "GET / (the dashboard)",
-        handler: Arc::new(|_, _| Box::pin(async { Ok(page()) }) as crate::engine::Answer),
+        handler: Arc::new(|_, _| Box::pin(async { Ok(page()) }) as ::query::engine::Answer),
     }
 }
 

@@ -3,12 +3,13 @@
 pub use super::counts::EventKind;
 use super::time::{EpochMillis, HourStart};
 pub use common::engine::horizon::{Horizon, OutsideHorizon};
+use common::engine::request::BadEventId;
 
 /// Longest accepted user id, in bytes of UTF-8. Longer ids are refused with 400.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
-/// Longest accepted client event id, in bytes (ASCII).
-pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// The client's event id and its limit are the engine's ([`common::engine::request`]).
+pub use common::engine::request::{EventId, MAX_EVENT_ID_BYTES};
 
 /// A user id that passed validation: non-empty, at most [`MAX_USER_ID_BYTES`], no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,36 +63,13 @@ pub fn hash_user(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
-/// A client event id that passed validation: 1 to [`MAX_EVENT_ID_BYTES`]
-/// bytes of URL-safe ASCII (`[A-Za-z0-9_-]`), so it needs no escaping in a
-/// query string, a log line or a key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EventId(String);
-
-impl EventId {
-    /// Checks a decoded event id.
-    ///
-    /// # Errors
-    /// [`RejectReason::EmptyEventId`], [`RejectReason::EventIdTooLong`] or [`RejectReason::BadEventId`].
-    pub fn parse(raw: &str) -> Result<Self, RejectReason> {
-        if raw.is_empty() {
-            return Err(RejectReason::EmptyEventId);
+impl From<BadEventId> for RejectReason {
+    fn from(bad: BadEventId) -> Self {
+        match bad {
+            BadEventId::Empty => RejectReason::EmptyEventId,
+            BadEventId::TooLong(n) => RejectReason::EventIdTooLong(n),
+            BadEventId::Chars => RejectReason::BadEventId,
         }
-        if raw.len() > MAX_EVENT_ID_BYTES {
-            return Err(RejectReason::EventIdTooLong(raw.len()));
-        }
-        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(RejectReason::BadEventId);
-        }
-        Ok(EventId(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
     }
 }
 
@@ -237,18 +215,11 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_are_checked() {
-        assert_eq!(EventId::parse(""), Err(RejectReason::EmptyEventId));
-        assert_eq!(EventId::parse(&"x".repeat(129)), Err(RejectReason::EventIdTooLong(129)));
-        assert_eq!(EventId::parse(&"x".repeat(128)).map(EventId::into_string), Ok("x".repeat(128)));
-        assert_eq!(EventId::parse("a").unwrap().as_str(), "a");
-        assert!(EventId::parse("Az09_-").is_ok());
-        assert!(EventId::parse("0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f").is_ok());
-        for bad in ["a b", "a.b", "a/b", "a+b", "a=b", "a%20", "é", "a\u{0}", "a\n"] {
-            assert_eq!(EventId::parse(bad), Err(RejectReason::BadEventId), "{bad:?}");
-        }
-        // The length is checked in bytes, before the characters.
-        assert_eq!(EventId::parse(&"é".repeat(65)), Err(RejectReason::EventIdTooLong(130)));
+    fn event_id_refusals_are_bad_ids() {
+        let reason = |raw: &str| EventId::parse(raw).map_err(RejectReason::from);
+        assert_eq!(reason(""), Err(RejectReason::EmptyEventId));
+        assert_eq!(reason(&"x".repeat(129)), Err(RejectReason::EventIdTooLong(129)));
+        assert_eq!(reason("a.b"), Err(RejectReason::BadEventId));
         assert_eq!(RejectReason::BadEventId.label(), "bad_id");
         assert!(!RejectReason::EventIdTooLong(200).is_outside_horizon());
     }

@@ -1,28 +1,21 @@
 //! The hourly analytics workload in the materializer: the processor's
 //! absolute (hour, partition) aggregates → the per-partition rows guarded by
 //! input offset and the per-hour totals with a version
-//! ([`common::analytics::read_model::pg`]) → the hour totals in Redis.
+//! ([`crate::read_model::pg`]) → the hour totals in Redis.
 
 use std::time::SystemTime;
 
-use common::analytics::read_model::{pg, HourTotals};
-use common::analytics::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
-use common::analytics::{HourCounts, HourStart};
-use common::engine::kafka::TopicSpec;
+use crate::read_model::{pg, HourTotals};
+use crate::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
+use crate::{HourCounts, HourStart};
 use common::engine::pg::PgError;
 use common::engine::store::ChangedPage;
 use deadpool_postgres::{Client, Transaction};
 
-use crate::engine::{SinkWorkload, Source};
-use crate::Config;
+use ::materializer::engine::SinkWorkload;
 
 /// The hourly analytics read model.
 pub struct Analytics;
-
-/// Its topic and lease group: `--aggregates-topic` and `--group-id`.
-pub fn source(cfg: &Config) -> Source {
-    Source { topic: TopicSpec::aggregates(&cfg.aggregates), group_id: cfg.group_id.clone() }
-}
 
 impl SinkWorkload for Analytics {
     const NAME: &'static str = "analytics";

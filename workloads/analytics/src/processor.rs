@@ -3,21 +3,21 @@
 //! persisted as hour rows and user-set chunks (hours and days), emitted as
 //! `HourAggregate` records that carry the hour's sketch and its day's count.
 //!
-//! The pure part is [`PartitionWindow`] in `common::analytics`; this module
+//! The pure part is [`PartitionWindow`] (`crate::bucket`); this module
 //! only maps it onto the engine's [`Aggregation`] and its rows.
 
-use common::analytics::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
-use common::analytics::event::event_id_hash;
-use common::analytics::read_model::{count_columns, COUNTS, COUNT_FIELDS};
-use common::analytics::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
-use common::analytics::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
+use crate::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
+use crate::event::event_id_hash;
+use crate::read_model::{count_columns, COUNTS, COUNT_FIELDS};
+use crate::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
+use crate::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
 use common::engine::pg::PgError;
 use deadpool_postgres::Transaction;
 
-use crate::engine::state_store::{
+use ::processor::engine::state_store::{
     append_chunks, decode_hashes, delete_chunks, read_chunks, record_chunks, ChunkCounts, ChunkTable,
 };
-use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
+use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
 pub const STATE_BYTES: &str = "analytics_processor_state_bytes";

@@ -4,23 +4,23 @@
 //!   [`Reader`] (in process, Redis, PostgreSQL);
 //! - `GET /analytics/timeseries` and `GET /analytics/aggregate` ([`range_routes`]):
 //!   time ranges as JSON, read from PostgreSQL (the record) in one or two
-//!   queries; see [`common::analytics::range`] for the rules;
+//!   queries; see [`crate::range`] for the rules;
 //! - `GET /analytics/live`: the current hour's and today's counts, pushed as
 //!   Server-Sent Events.
 
 use std::sync::Arc;
 
-use common::analytics::range::{self, Interval, RangeReject, TimeseriesRequest, UniqueUsers};
-use common::analytics::read_model::{pg, ranges, HourTotals};
-use common::analytics::request::parse_get;
-use common::analytics::time::DayStart;
-use common::analytics::{HourCounts, HourStart};
+use crate::range::{self, Interval, RangeReject, TimeseriesRequest, UniqueUsers};
+use crate::read_model::{pg, ranges, HourTotals};
+use crate::request::parse_get;
+use crate::time::DayStart;
+use crate::{HourCounts, HourStart};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
 use deadpool_postgres::{Client, Pool};
 use hyper::{Response, StatusCode};
 
-use crate::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
+use ::query::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
 
 /// The hourly analytics read model.
 pub struct Analytics;
@@ -38,7 +38,7 @@ impl QueryWorkload for Analytics {
         let handler = move |_: &str, query: Option<&str>| {
             let parsed = parse_get(query);
             let reader = hourly.clone();
-            Box::pin(async move { get(&reader, parsed).await }) as crate::engine::Answer
+            Box::pin(async move { get(&reader, parsed).await }) as ::query::engine::Answer
         };
         let live = live_route(&reader);
         vec![Route { path: "/analytics", usage: "GET /analytics?timestamp=<ms>", handler: Arc::new(handler) }, live]
@@ -47,7 +47,7 @@ impl QueryWorkload for Analytics {
 
 async fn get(
     reader: &Reader<Analytics>,
-    parsed: Result<i64, common::analytics::RejectReason>,
+    parsed: Result<i64, crate::RejectReason>,
 ) -> Result<Response<Body>, QueryError> {
     let ts = parsed.map_err(|reason| QueryError::Rejected { label: reason.label(), message: reason.to_string() })?;
     let totals = reader.read(&HourStart::of(ts)).await?;
@@ -62,12 +62,12 @@ pub fn range_routes(pool: Pool) -> Vec<Route> {
     let timeseries = move |_: &str, query: Option<&str>| {
         let parsed = range::parse_timeseries(query);
         let pool = timeseries_pool.clone();
-        Box::pin(async move { get_timeseries(&pool, parsed).await }) as crate::engine::Answer
+        Box::pin(async move { get_timeseries(&pool, parsed).await }) as ::query::engine::Answer
     };
     let aggregate = move |_: &str, query: Option<&str>| {
         let parsed = range::parse_aggregate(query);
         let pool = pool.clone();
-        Box::pin(async move { get_aggregate(&pool, parsed).await }) as crate::engine::Answer
+        Box::pin(async move { get_aggregate(&pool, parsed).await }) as ::query::engine::Answer
     };
     vec![
         Route {
@@ -183,8 +183,8 @@ async fn render_live(reader: &Reader<Analytics>, now_ms: i64) -> Result<String, 
 /// day's row (the processor keeps a user set per day and partition).
 ///
 /// # Errors
-/// [`ReadError`](crate::engine::ReadError) when an hour or the day cannot be read.
-pub async fn today(reader: &Reader<Analytics>, now_ms: i64) -> Result<DayCounts, crate::engine::ReadError> {
+/// [`ReadError`](::query::engine::ReadError) when an hour or the day cannot be read.
+pub async fn today(reader: &Reader<Analytics>, now_ms: i64) -> Result<DayCounts, ::query::engine::ReadError> {
     let day = DayStart::of(now_ms);
     let hours: Vec<HourStart> = (day.start_ms()..=now_ms).step_by(3_600_000).map(HourStart::of).collect();
     let rows = futures::future::try_join_all(hours.iter().map(|h| reader.read(h))).await?;

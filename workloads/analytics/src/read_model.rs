@@ -13,8 +13,8 @@ pub mod pg;
 pub mod ranges;
 
 use super::{HourCounts, HourStart};
-use crate::engine::store::cache::VersionedCache;
-use crate::engine::store::{CachedRow, Versioned};
+use common::engine::store::cache::VersionedCache;
+use common::engine::store::{CachedRow, Versioned};
 
 /// The totals of one hour with the version that orders them.
 pub type HourTotals = Versioned<HourCounts>;
@@ -25,7 +25,7 @@ pub type HourCache = VersionedCache<HourCounts>;
 /// The totals of an hour no store holds: zeros at version 0.
 pub const EMPTY: HourTotals = Versioned { row: HourCounts::ZERO, version: 0 };
 
-pub use crate::analytics::counts::{COUNTS, COUNT_FIELDS};
+pub use crate::counts::{COUNTS, COUNT_FIELDS};
 
 /// The PostgreSQL column of the version (`hourly_aggregates`).
 pub const VERSION_COLUMN: &str = "version";

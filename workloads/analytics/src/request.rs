@@ -9,9 +9,10 @@
 
 use super::event::{EventId, EventKind, RejectReason, UserId};
 use super::time::EpochMillis;
+use common::engine::request::BadEncoding;
 
-/// Longest accepted query string, in bytes as received (before decoding).
-pub const MAX_QUERY_BYTES: usize = 2048;
+/// Longest accepted query string, in bytes as received (before decoding): the engine's.
+pub use common::engine::request::{truncate_for_message, MAX_QUERY_BYTES};
 
 /// A syntactically valid `POST /analytics` request, not yet checked against the horizon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,44 +143,13 @@ pub(super) fn split_query(
 }
 
 /// Strict `application/x-www-form-urlencoded` decoding: `+` is a space, `%XY`
-/// needs two hex digits, and the result must be UTF-8.
+/// needs two hex digits, and the result must be UTF-8 (the engine's rule,
+/// [`common::engine::request::decode`], in this workload's words).
 pub fn decode(raw: &str) -> Result<String, RejectReason> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16));
-                let lo = bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
-                    _ => return Err(RejectReason::BadPercentEncoding),
-                }
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| RejectReason::NotUtf8)
-}
-
-/// Echoed names are cut short so a reason stays one short line.
-pub fn truncate_for_message(s: &str) -> String {
-    const MAX: usize = 40;
-    let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-    if clean.chars().count() <= MAX {
-        clean
-    } else {
-        clean.chars().take(MAX).chain("…".chars()).collect()
-    }
+    common::engine::request::decode(raw).map_err(|e| match e {
+        BadEncoding::Percent => RejectReason::BadPercentEncoding,
+        BadEncoding::NotUtf8 => RejectReason::NotUtf8,
+    })
 }
 
 #[cfg(test)]

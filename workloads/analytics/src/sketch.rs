@@ -362,7 +362,7 @@ fn tau(mut x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::event::hash_user;
+    use crate::event::hash_user;
     use proptest::prelude::*;
     use std::fmt::Write as _;
 

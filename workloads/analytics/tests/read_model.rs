@@ -1,9 +1,9 @@
 //! The read model against real PostgreSQL and Redis: replays are no-ops,
 //! concurrent writers sum correctly, Redis never moves backwards.
 
-use common::analytics::read_model::{self, pg as hours, HourCache, HourTotals};
-use common::analytics::wire::HourAggregate;
-use common::analytics::{HourCounts, HourStart};
+use analytics::read_model::{self, pg as hours, HourCache, HourTotals};
+use analytics::wire::HourAggregate;
+use analytics::{HourCounts, HourStart};
 use common::test_util::{drop_schema, isolated, unique_suffix};
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
@@ -24,7 +24,7 @@ async fn setup(
 ) -> (deadpool_postgres::Pool, HourCache, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[analytics::migrations::READ_MODELS]).await.unwrap();
     let cache = HourCache::connect(&redis).await.unwrap();
     (pool, cache, pg, redis)
 }

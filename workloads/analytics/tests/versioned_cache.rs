@@ -2,8 +2,8 @@
 //! totals: any [`CachedRow`] gets the same key layout, version guard and
 //! fill leases; values travel as text, so a sum beyond `i64` fits.
 
-use common::analytics::read_model::{HourCache, HourTotals};
-use common::analytics::{HourCounts, HourStart};
+use analytics::read_model::{HourCache, HourTotals};
+use analytics::{HourCounts, HourStart};
 use common::engine::store::cache::{RedisStore, VersionedCache};
 use common::engine::store::Versioned;
 use common::test_util::sums::Sum;

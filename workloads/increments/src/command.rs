@@ -2,16 +2,15 @@
 //! body `{"key": "<uuid>", "value": <int>}` becomes an [`IncrementEvent`] on
 //! its events topic, keyed by the counter, answered 200.
 //!
-//! Its rules are the pure core in `common::increments::request`; this module
+//! Its rules are the pure core in `crate::request`; this module
 //! only plugs them into the engine's [`Intake`].
 
+use crate::request::parse_post;
+use crate::{IncrementEvent, IncrementReject};
 use common::engine::kafka::TopicSpec;
-use common::increments::config::IncrementsEventsTopicConfig;
-use common::increments::request::parse_post;
-use common::increments::{IncrementEvent, IncrementReject};
 use hyper::StatusCode;
 
-use crate::engine::{BodyUse, Input, Intake, Reject, RejectStatus};
+use ::command::engine::{BodyUse, Input, Intake, Reject, RejectStatus};
 
 /// Exact per-key sums.
 pub struct Increments {
@@ -19,9 +18,9 @@ pub struct Increments {
 }
 
 impl Increments {
-    /// The workload on its events topic, with as many partitions as the analytics one.
-    pub fn new(topics: &IncrementsEventsTopicConfig, partitions: u32) -> Self {
-        Increments { topic: TopicSpec::events_named(&topics.increments_events_topic, partitions) }
+    /// The workload on its events topic.
+    pub fn new(topic: TopicSpec) -> Self {
+        Increments { topic }
     }
 }
 
@@ -61,7 +60,7 @@ impl Intake for Increments {
     }
 
     fn encode(&self, event: &IncrementEvent) -> Vec<u8> {
-        common::increments::wire::encode_increment(event)
+        crate::wire::encode_increment(event)
     }
 }
 
@@ -70,8 +69,7 @@ mod tests {
     use super::*;
 
     fn intake() -> Increments {
-        let topics = IncrementsEventsTopicConfig { increments_events_topic: "t".into() };
-        Increments::new(&topics, 1)
+        Increments::new(TopicSpec::events_named("t", 1))
     }
 
     fn body(b: &[u8]) -> Input<'_> {
@@ -84,7 +82,7 @@ mod tests {
         let event = i.parse(&body(br#"{"key":"0B3C8F2E-7D41-4C55-9A1E-5F6B7C8D9E0F","value":5}"#), 42).expect("valid");
         assert_eq!(&*i.key(&event), b"0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f");
         assert_eq!((event.value.get(), event.accepted_at_ms), (5, 42));
-        assert_eq!(common::increments::wire::decode_increment(&i.encode(&event)).expect("Avro"), event);
+        assert_eq!(crate::wire::decode_increment(&i.encode(&event)).expect("Avro"), event);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::fmt;
 use uuid::Uuid;
 
 use super::request::IncrementReject;
-use crate::analytics::EpochMillis;
 
 /// Length of a key in its canonical form: lowercase hyphenated, `8-4-4-4-12` hex digits.
 pub const KEY_LEN: usize = 36;
@@ -105,9 +104,9 @@ pub struct IncrementEvent {
     pub value: IncrementValue,
     /// When the command accepted it; the deduplication window is measured on
     /// this, never on a downstream clock, so a replay decides the same way.
-    pub accepted_at_ms: EpochMillis,
+    pub accepted_at_ms: i64,
     /// The client's id for deduplication, checked by
-    /// [`EventId::parse`](crate::analytics::EventId::parse); `None` when it sent none.
+    /// [`EventId::parse`](common::engine::request::EventId::parse); `None` when it sent none.
     pub id: Option<String>,
 }
 
@@ -125,8 +124,8 @@ impl IncrementEvent {
 }
 
 /// The 64-bit key an increment id is deduplicated by: the counter and the id
-/// together (ids are the client's, unique per key), built as analytics'
-/// [`event_id_hash`](crate::analytics::event::event_id_hash) builds it for a
+/// together (ids are the client's, unique per key), built as the analytics
+/// workload's `event_id_hash` builds it for a
 /// user: XXH3-64 of the canonical key, a 0xFF separator (never in ASCII, so
 /// no two pairs collide by concatenation) and the id's bytes. Part of the
 /// data format: held ids are checkpointed by this hash.

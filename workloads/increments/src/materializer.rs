@@ -1,30 +1,21 @@
 //! The increments workload in the materializer: the processor's per-key sums
 //! → the `increments` table, guarded by input offset
-//! ([`common::increments::read_model`]) → the sums in Redis.
+//! ([`crate::read_model`]) → the sums in Redis.
 
 use std::time::SystemTime;
 
+use crate::read_model::{self, StoredSum, SumRow};
+use crate::wire::decode_increment_sum;
+use crate::{IncrementKey, IncrementSum};
 use common::engine::avro::DecodeError;
-use common::engine::kafka::TopicSpec;
 use common::engine::pg::PgError;
 use common::engine::store::ChangedPage;
-use common::increments::read_model::{self, StoredSum, SumRow};
-use common::increments::wire::decode_increment_sum;
-use common::increments::{IncrementKey, IncrementSum};
 use deadpool_postgres::{Client, Transaction};
 
-use crate::engine::{SinkWorkload, Source};
-use crate::Config;
+use ::materializer::engine::SinkWorkload;
 
 /// The per-key sums read model.
 pub struct Increments;
-
-/// Its topic (`--increments-sums-topic`) and lease group (`<group>.increments`).
-pub fn source(cfg: &Config) -> Source {
-    let topic =
-        TopicSpec::aggregates_named(&cfg.increments.increments_sums_topic, cfg.aggregates.aggregates_partitions.get());
-    Source { topic, group_id: format!("{}.increments", cfg.group_id) }
-}
 
 impl SinkWorkload for Increments {
     const NAME: &'static str = "increments";

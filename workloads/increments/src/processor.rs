@@ -2,18 +2,18 @@
 //! partition (a key lives in one partition), persisted as NUMERIC rows and
 //! emitted as `IncrementSum` records keyed by the counter.
 //!
-//! The pure part is [`IncrementState`] in `common::increments`; this module
+//! The pure part is [`IncrementState`] (`crate::state`); this module
 //! only maps it onto the engine's [`Aggregation`] and its rows.
 
+use crate::wire::{decode_increment, encode_increment_sum};
+use crate::{IncrementEvent, IncrementKey, IncrementState, IncrementSum};
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use common::increments::wire::{decode_increment, encode_increment_sum};
-use common::increments::{IncrementEvent, IncrementKey, IncrementState, IncrementSum};
 use deadpool_postgres::Transaction;
 
-use crate::engine::dedup::BUCKET_MS;
-use crate::engine::state_store::ROWS_PER_STATEMENT;
-use crate::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
+use ::processor::engine::dedup::BUCKET_MS;
+use ::processor::engine::state_store::ROWS_PER_STATEMENT;
+use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
 /// Keys read per query when a claim restores a partition's sums.
@@ -137,11 +137,11 @@ impl Aggregation for Increments {
 
 #[cfg(test)]
 mod tests {
-    use common::analytics::Horizon;
-    use common::increments::IncrementValue;
+    use crate::IncrementValue;
+    use common::engine::horizon::Horizon;
 
     use super::*;
-    use crate::engine::dedup::IdWindow;
+    use ::processor::engine::dedup::IdWindow;
 
     /// 30 minutes into an hour: the window is measured from the hour the first attempt was accepted in.
     const FIRST_MS: i64 = 1_900_000_000_000 / BUCKET_MS * BUCKET_MS + 30 * 60_000;

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
+use crate::read_model::{self, StoredSum, SumRow};
+use crate::{IncrementKey, IncrementRow};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
-use common::increments::read_model::{self, StoredSum, SumRow};
-use common::increments::{IncrementKey, IncrementRow};
 use deadpool_postgres::Client;
 use hyper::{Response, StatusCode};
 
-use crate::engine::{QueryError, QueryWorkload, Reader, Route};
+use ::query::engine::{QueryError, QueryWorkload, Reader, Route};
 
 /// The route's prefix: the key follows it.
 const PREFIX: &str = "/increment/";
@@ -42,7 +42,7 @@ impl QueryWorkload for Increments {
                     }
                 };
                 get(&reader, key).await
-            }) as crate::engine::Answer
+            }) as ::query::engine::Answer
         };
         vec![Route { path: PREFIX, usage: "GET /increment/<uuid>", handler: Arc::new(handler) }]
     }

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use super::{IncrementKey, IncrementSum};
-use crate::engine::pg::PgError;
-use crate::engine::store::cache::VersionedCache;
-use crate::engine::store::{CachedRow, ChangedPage, Versioned};
+use common::engine::pg::PgError;
+use common::engine::store::cache::VersionedCache;
+use common::engine::store::{CachedRow, ChangedPage, Versioned};
 
 /// The exact sum of one key (0 only for a key no store holds, at version 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -25,15 +25,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::event::{IncrementEvent, IncrementKey, IncrementValue};
-use crate::analytics::request::{decode as decode_query_part, truncate_for_message};
-use crate::analytics::{EpochMillis, EventId, RejectReason};
+use common::engine::request::{decode as decode_query_part, truncate_for_message, BadEventId, EventId};
 
 /// Largest accepted body in bytes. The caller stops reading past it and
 /// answers [`IncrementReject::BodyTooLarge`]; a valid body is under 100 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 
-/// Longest accepted query string, in bytes as received; the same limit as analytics.
-pub const MAX_QUERY_BYTES: usize = crate::analytics::request::MAX_QUERY_BYTES;
+/// Longest accepted query string, in bytes as received: the engine's.
+pub const MAX_QUERY_BYTES: usize = common::engine::request::MAX_QUERY_BYTES;
 
 /// A valid `POST /increment`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +45,7 @@ pub struct IncrementRequest {
 
 impl IncrementRequest {
     /// The event to append to the log, stamped with the accepting clock.
-    pub fn into_event(self, accepted_at_ms: EpochMillis) -> IncrementEvent {
+    pub fn into_event(self, accepted_at_ms: i64) -> IncrementEvent {
         IncrementEvent { key: self.key, value: self.value, accepted_at_ms, id: self.id.map(EventId::into_string) }
     }
 }
@@ -186,12 +185,12 @@ impl IncrementReject {
         }
     }
 
-    /// The analytics id rules, in this workload's words.
-    fn from_id(reason: RejectReason) -> Self {
-        match reason {
-            RejectReason::EmptyEventId => IncrementReject::EmptyId,
-            RejectReason::EventIdTooLong(n) => IncrementReject::IdTooLong(n),
-            _ => IncrementReject::BadId,
+    /// The engine's id rules, in this workload's words.
+    fn from_id(bad: BadEventId) -> Self {
+        match bad {
+            BadEventId::Empty => IncrementReject::EmptyId,
+            BadEventId::TooLong(n) => IncrementReject::IdTooLong(n),
+            BadEventId::Chars => IncrementReject::BadId,
         }
     }
 }
@@ -329,7 +328,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 }
 
 /// Parses the query string of `POST /increment`: nothing, or `id=<id>` with
-/// the analytics id rules ([`EventId::parse`]) and strict percent-decoding.
+/// the engine's id rules ([`EventId::parse`]) and strict percent-decoding.
 ///
 /// # Errors
 /// [`IncrementReject::UnknownParameter`], [`IncrementReject::DuplicateId`],

@@ -132,7 +132,7 @@ impl IncrementState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::increments::event::{IncrementValue, MAX_VALUE};
+    use crate::event::{IncrementValue, MAX_VALUE};
     use proptest::prelude::*;
 
     fn key(n: u128) -> IncrementKey {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::engine::pg::migrations;
 use common::engine::progress::Progress;
 use common::engine::store::cache::VersionedCache;
-use common::increments::read_model::StoredSum;
-use common::increments::{IncrementKey, IncrementSum};
 use common::test_util::{drop_schema, isolated, unique_suffix};
+use increments::materializer::Increments;
+use increments::read_model::StoredSum;
+use increments::{IncrementKey, IncrementSum};
 use materializer::engine::sink::ReadModelSink;
-use materializer::increments::Increments;
 
 const ROWS: i64 = 300_000;
 /// The longest Redis may take to answer a PING while the catch-up runs.
@@ -138,7 +138,9 @@ async fn a_catch_up_of_300k_rows_completes_in_bounded_calls_while_redis_keeps_an
 
 async fn catch_up_of_300k_rows(redis: common::engine::config::RedisConfig, pg: common::engine::config::PgConfig) {
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[migrations::INCREMENTS, migrations::READ_PROGRESS]).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
+        .await
+        .unwrap();
     let client = pool.get().await.unwrap();
     // 300k keys changed just now (within the TTL), none of them in Redis: what
     // a materializer restart finds after a load (or after dying with rows pending).
@@ -264,7 +266,9 @@ impl StallingProxy {
 async fn batches_never_wait_for_a_redis_that_stopped_answering() {
     let (_, mut redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[migrations::INCREMENTS, migrations::READ_PROGRESS]).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
+        .await
+        .unwrap();
     let direct = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
     let upstream = redis.url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
     let proxy = StallingProxy::start(&upstream).await;
@@ -342,7 +346,9 @@ fn sum_of(i: u128, offset: i64) -> IncrementSum {
 async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_when_too_many_were_held() {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[migrations::INCREMENTS, migrations::READ_PROGRESS]).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
+        .await
+        .unwrap();
     let client = pool.get().await.unwrap();
     let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
     // Rows changed long ago (beyond one TTL: their Redis copies expired) and a minute ago.
@@ -351,8 +357,8 @@ async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_wh
     {
         let mut c = pool.get().await.unwrap();
         let tx = c.transaction().await.unwrap();
-        common::increments::read_model::write_sums(&tx, &old).await.unwrap();
-        common::increments::read_model::write_sums(&tx, &recent).await.unwrap();
+        increments::read_model::write_sums(&tx, &old).await.unwrap();
+        increments::read_model::write_sums(&tx, &recent).await.unwrap();
         tx.commit().await.unwrap();
     }
     client

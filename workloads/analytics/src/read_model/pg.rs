@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::{count_columns, count_values, counts_from_values, HourTotals, COUNTS, COUNT_FIELDS, VERSION_COLUMN};
-use crate::analytics::wire::HourAggregate;
-use crate::analytics::{HourCounts, HourStart};
-use crate::engine::pg::PgError;
-use crate::engine::store::{ChangedPage, Versioned};
+use crate::wire::HourAggregate;
+use crate::{HourCounts, HourStart};
+use common::engine::pg::PgError;
+use common::engine::store::{ChangedPage, Versioned};
 
 /// Namespace of the per-hour advisory locks.
 const HOUR_LOCK_SPACE: i32 = 0x4e41;
@@ -110,7 +110,7 @@ pub async fn write_aggregates(
     hours.dedup();
     let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await?;
     for h in &hours {
-        let key = i32::try_from(h / crate::analytics::time::HOUR_MS).unwrap_or(i32::MAX);
+        let key = i32::try_from(h / crate::time::HOUR_MS).unwrap_or(i32::MAX);
         tx.execute(&lock, &[&HOUR_LOCK_SPACE, &key]).await?;
     }
     let col = |f: fn(&HourAggregate) -> i64| aggs.iter().map(f).collect::<Vec<i64>>();
@@ -182,19 +182,19 @@ fn row_to_totals(row: &tokio_postgres::Row) -> Option<(HourStart, HourTotals)> {
     Some((hour, Versioned { row: counts_from_values(values), version: row.get(VERSION_COLUMN) }))
 }
 
-/// Connects and applies `migrations` ([`crate::engine::pg::connect_migrated`]),
+/// Connects and applies `migrations` ([`common::engine::pg::connect_migrated`]),
 /// then adds to `count_tables` the count columns they lack
 /// ([`ensure_count_columns`]): the start-up of every service with analytics tables.
 ///
 /// # Errors
-/// As [`crate::engine::pg::connect_migrated`], or PostgreSQL failing the columns.
+/// As [`common::engine::pg::connect_migrated`], or PostgreSQL failing the columns.
 pub async fn connect_migrated(
-    cfg: &crate::engine::config::PgConfig,
-    migrations: &[crate::engine::pg::Migration],
+    cfg: &common::engine::config::PgConfig,
+    migrations: &[common::engine::pg::Migration],
     count_tables: &[&str],
 ) -> anyhow::Result<deadpool_postgres::Pool> {
     use anyhow::Context;
-    let pool = crate::engine::pg::connect_migrated(cfg, migrations).await?;
+    let pool = common::engine::pg::connect_migrated(cfg, migrations).await?;
     ensure_count_columns(&pool, count_tables).await.context("adding count columns")?;
     Ok(pool)
 }
@@ -240,7 +240,7 @@ pub async fn ensure_count_columns(pool: &deadpool_postgres::Pool, tables: &[&str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::HourCounts;
+    use crate::HourCounts;
 
     fn agg(h: i64, p: i32, off: i64, clicks: u64) -> HourAggregate {
         HourAggregate {

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::{count_columns, counts_from_values, COUNTS, COUNT_FIELDS};
-use crate::analytics::time::{DayStart, EpochMillis, DAY_MS};
-use crate::analytics::wire::HourAggregate;
-use crate::analytics::{HourCounts, HourStart, UserSketch};
-use crate::engine::pg::PgError;
+use crate::time::{DayStart, EpochMillis, DAY_MS};
+use crate::wire::HourAggregate;
+use crate::{HourCounts, HourStart, UserSketch};
+use common::engine::pg::PgError;
 
 /// Namespace of the per-day advisory locks (the hours' is `0x4e41`).
 const DAY_LOCK_SPACE: i32 = 0x4e44;
@@ -271,7 +271,7 @@ pub async fn merge_sketches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::time::HOUR_MS;
+    use crate::time::HOUR_MS;
 
     fn agg(hour: i64, p: i32, off: i64, day: Option<u64>) -> HourAggregate {
         HourAggregate {

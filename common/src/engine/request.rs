@@ -1,0 +1,136 @@
+//! Request rules every workload's HTTP edge shares: the client's event id
+//! (deduplication is engine policy: the processor counts an id once while
+//! its period is open), strict percent-decoding of query-string parts, the
+//! query-string size limit, and how user input is quoted in messages.
+//! Pure: no I/O. Each workload maps the errors into its own reject reasons.
+
+/// Longest accepted query string, in bytes as received.
+pub const MAX_QUERY_BYTES: usize = 2048;
+
+/// Longest accepted client event id, in bytes (ASCII).
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+
+/// A client event id that passed validation: 1 to [`MAX_EVENT_ID_BYTES`]
+/// bytes of URL-safe ASCII (`[A-Za-z0-9_-]`), so it needs no escaping in a
+/// query string, a log line or a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+/// Why a client event id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadEventId {
+    #[error("the event id is empty")]
+    Empty,
+    #[error("the event id is {0} bytes long")]
+    TooLong(usize),
+    #[error("the event id has characters other than A-Z a-z 0-9 _ -")]
+    Chars,
+}
+
+impl EventId {
+    /// Checks a decoded event id. The length is checked in bytes, before the characters.
+    ///
+    /// # Errors
+    /// [`BadEventId`].
+    pub fn parse(raw: &str) -> Result<Self, BadEventId> {
+        if raw.is_empty() {
+            return Err(BadEventId::Empty);
+        }
+        if raw.len() > MAX_EVENT_ID_BYTES {
+            return Err(BadEventId::TooLong(raw.len()));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(BadEventId::Chars);
+        }
+        Ok(EventId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Why a query-string part could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadEncoding {
+    #[error("malformed percent-encoding")]
+    Percent,
+    #[error("not UTF-8 once decoded")]
+    NotUtf8,
+}
+
+/// Decodes one name or value of a query string: `%XX` and `+` (a space),
+/// strictly (a `%` not followed by two hex digits is an error), to UTF-8.
+///
+/// # Errors
+/// [`BadEncoding`].
+pub fn decode(raw: &str) -> Result<String, BadEncoding> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16));
+                let lo = bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                    _ => return Err(BadEncoding::Percent),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| BadEncoding::NotUtf8)
+}
+
+/// User input quoted in a message: control characters replaced, at most 40 characters.
+pub fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 40;
+    let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if clean.chars().count() <= MAX {
+        clean
+    } else {
+        clean.chars().take(MAX).chain("…".chars()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_checked() {
+        assert_eq!(EventId::parse(""), Err(BadEventId::Empty));
+        assert_eq!(EventId::parse(&"x".repeat(129)), Err(BadEventId::TooLong(129)));
+        assert_eq!(EventId::parse(&"x".repeat(128)).map(EventId::into_string), Ok("x".repeat(128)));
+        assert_eq!(EventId::parse("a").unwrap().as_str(), "a");
+        assert!(EventId::parse("Az09_-").is_ok());
+        assert!(EventId::parse("0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f").is_ok());
+        for bad in ["a b", "a.b", "a/b", "a+b", "a=b", "a%20", "é", "a\u{0}", "a\n"] {
+            assert_eq!(EventId::parse(bad), Err(BadEventId::Chars), "{bad:?}");
+        }
+        // The length is checked in bytes, before the characters.
+        assert_eq!(EventId::parse(&"é".repeat(65)), Err(BadEventId::TooLong(130)));
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(decode("a%20b+c").as_deref(), Ok("a b c"));
+        assert_eq!(decode("%zz"), Err(BadEncoding::Percent));
+        assert_eq!(decode("%2"), Err(BadEncoding::Percent));
+        assert_eq!(decode("%ff"), Err(BadEncoding::NotUtf8));
+    }
+}
