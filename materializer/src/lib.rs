@@ -60,7 +60,7 @@ impl<W: MaterializerRole> Registered for Configured<W> {
 
 /// The workloads the materializer runs, in the platform's order.
 #[derive(Default)]
-pub struct Workloads(pub WorkloadList<dyn Registered>);
+pub struct Workloads(WorkloadList<dyn Registered>);
 
 impl Workloads {
     pub fn new() -> Self {
@@ -70,6 +70,15 @@ impl Workloads {
     /// Lists `W`: a compile error unless it implements [`MaterializerRole`].
     pub fn add<W: MaterializerRole>(self) -> Self {
         Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Parsing, migrations and names come from the common list.
+impl std::ops::Deref for Workloads {
+    type Target = WorkloadList<dyn Registered>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

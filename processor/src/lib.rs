@@ -83,7 +83,7 @@ impl<W: ProcessorRole> Registered for Configured<W> {
 
 /// The workloads the processor runs, in the platform's order.
 #[derive(Default)]
-pub struct Workloads(pub WorkloadList<dyn Registered>);
+pub struct Workloads(WorkloadList<dyn Registered>);
 
 impl Workloads {
     pub fn new() -> Self {
@@ -93,6 +93,15 @@ impl Workloads {
     /// Lists `W`: a compile error unless it implements [`ProcessorRole`].
     pub fn add<W: ProcessorRole>(self) -> Self {
         Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Parsing, migrations and names come from the common list.
+impl std::ops::Deref for Workloads {
+    type Target = WorkloadList<dyn Registered>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

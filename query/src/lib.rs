@@ -53,7 +53,7 @@ impl<W: QueryRole> Registered for Configured<W> {
 
 /// The workloads the query serves, in the platform's order.
 #[derive(Default)]
-pub struct Workloads(pub WorkloadList<dyn Registered>);
+pub struct Workloads(WorkloadList<dyn Registered>);
 
 impl Workloads {
     pub fn new() -> Self {
@@ -63,6 +63,15 @@ impl Workloads {
     /// Lists `W`: a compile error unless it implements [`QueryRole`].
     pub fn add<W: QueryRole>(self) -> Self {
         Workloads(self.0.add::<W>(|w| Box::new(w)))
+    }
+}
+
+/// Parsing, migrations and names come from the common list.
+impl std::ops::Deref for Workloads {
+    type Target = WorkloadList<dyn Registered>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

@@ -1,12 +1,11 @@
-use clap::Parser;
-use command::Config;
+//! The command service: `POST` of every listed workload → its events topic.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+    let (cfg, workloads) = platform::command().parse::<command::Config>();
     let metrics = common::engine::telemetry::init("command", &cfg.telemetry);
     let token = common::engine::shutdown::on_signals();
-    let app = command::build(&cfg, metrics, common::now_ms).await?;
+    let app = command::build(&cfg, &workloads, metrics, common::now_ms).await?;
     let listener = common::engine::http::bind(cfg.listen).await?;
     let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge)?;
     command::run(app, listener, limits, token, cfg.telemetry.shutdown_timeout).await

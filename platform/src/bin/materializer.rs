@@ -1,13 +1,12 @@
-use clap::Parser;
-use materializer::Config;
+//! The materializer: every listed workload's aggregates → its read models.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+    let (cfg, workloads) = platform::materializer().parse::<materializer::Config>();
     let metrics = common::engine::telemetry::init("materializer", &cfg.telemetry);
     let token = common::engine::shutdown::on_signals();
     let ops = common::engine::http::bind(cfg.ops_listen).await?;
     let limit = cfg.telemetry.shutdown_timeout;
-    let run = materializer::run(cfg, metrics, ops, token.clone());
+    let run = materializer::run(cfg, &workloads, metrics, ops, token.clone());
     common::engine::shutdown::bounded(run, token, limit).await
 }

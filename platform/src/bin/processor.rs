@@ -1,13 +1,12 @@
-use clap::Parser;
-use processor::Config;
+//! The processor: every listed workload's events → its aggregates.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+    let (cfg, workloads) = platform::processor().parse::<processor::Config>();
     let metrics = common::engine::telemetry::init("processor", &cfg.telemetry);
     let token = common::engine::shutdown::on_signals();
     let ops = common::engine::http::bind(cfg.ops_listen).await?;
     let limit = cfg.telemetry.shutdown_timeout;
-    let run = processor::run(cfg, metrics, ops, token.clone());
+    let run = processor::run(cfg, &workloads, metrics, ops, token.clone());
     common::engine::shutdown::bounded(run, token, limit).await
 }
