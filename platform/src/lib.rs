@@ -44,3 +44,38 @@ macro_rules! workloads {
 }
 
 workloads![analytics::Analytics, increments::Increments];
+
+/// Each service's engine config and listed workloads from `args` (the first
+/// is the program's name), for tests and tools; panics on a bad argument,
+/// like `clap::Parser::parse_from` exits.
+pub mod parse {
+    use std::ffi::OsString;
+
+    fn or_panic<T>(parsed: Result<T, clap::Error>) -> T {
+        parsed.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn command<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(
+        args: I,
+    ) -> (command::Config, Vec<Box<dyn command::Registered>>) {
+        or_panic(super::command().try_parse_from(args))
+    }
+
+    pub fn processor<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(
+        args: I,
+    ) -> (processor::Config, Vec<Box<dyn processor::Registered>>) {
+        or_panic(super::processor().try_parse_from(args))
+    }
+
+    pub fn materializer<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(
+        args: I,
+    ) -> (materializer::Config, Vec<Box<dyn materializer::Registered>>) {
+        or_panic(super::materializer().try_parse_from(args))
+    }
+
+    pub fn query<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(
+        args: I,
+    ) -> (query::Config, Vec<Box<dyn query::Registered>>) {
+        or_panic(super::query().try_parse_from(args))
+    }
+}

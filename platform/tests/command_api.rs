@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use analytics::{ClickEvent, EventKind};
+use command::Registered;
 use command::{CommandApp, Config};
-use common::analytics::{ClickEvent, EventKind};
 use common::test_util::{http, http_raw, isolated, unique_suffix};
 use hyper::{Method, Request, StatusCode};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,7 +18,7 @@ fn fixed_clock() -> i64 {
     NOW
 }
 
-fn config(extra: &[&str]) -> Config {
+fn config(extra: &[&str]) -> (Config, Vec<Box<dyn Registered>>) {
     let (kafka, _, _) = isolated(&unique_suffix());
     let mut args = vec!["command".to_owned()];
     if !extra.contains(&"--kafka-brokers") {
@@ -36,15 +36,17 @@ fn config(extra: &[&str]) -> Config {
         "test_command".into(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    Config::parse_from(args)
+    platform::parse::command(args)
 }
 
 fn empty() -> http_body_util::Empty<hyper::body::Bytes> {
     http_body_util::Empty::new()
 }
 
-async fn app(cfg: &Config) -> CommandApp {
-    command::build(cfg, common::engine::telemetry::prometheus(), fixed_clock).await.expect("building the command app")
+async fn app((cfg, workloads): &(Config, Vec<Box<dyn Registered>>)) -> CommandApp {
+    command::build(cfg, workloads, common::engine::telemetry::prometheus(), fixed_clock)
+        .await
+        .expect("building the command app")
 }
 
 async fn status_and_body(app: &CommandApp, method: Method, uri: &str) -> (StatusCode, String) {
@@ -76,8 +78,7 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String, 
             Some(Ok(m)) => {
                 idle = 0;
                 let key = String::from_utf8(m.key().expect("keyed").to_vec()).expect("utf-8 key");
-                let event =
-                    common::analytics::wire::decode_event(m.payload().expect("payload")).expect("an Avro event");
+                let event = analytics::wire::decode_event(m.payload().expect("payload")).expect("an Avro event");
                 out.push((m.partition(), key, event));
             }
             _ => idle += 1,
@@ -136,7 +137,7 @@ async fn accepted_events_land_once_keyed_by_user_on_the_java_partition() {
         assert!(body.is_empty());
         sent.push((user.to_string(), ts, if i % 2 == 0 { EventKind::Click } else { EventKind::Impression }));
     }
-    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
+    let records = read_topic(&cfg.0.kafka.brokers, &cfg.1[0].topics().events, 3);
     assert_eq!(records.len(), sent.len(), "each accepted event exactly once");
     for (user, ts, kind) in sent {
         let (partition, key, event) = records.iter().find(|(_, k, _)| *k == user).expect("the event is on the topic");
@@ -211,7 +212,7 @@ async fn malformed_requests_get_a_4xx_with_a_reason_and_record_nothing() {
     // One good event after all the bad ones: it is the only record on the topic.
     let (status, _) = status_and_body(&app, Method::POST, &format!("/analytics?timestamp={NOW}&user=good&click")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
+    let records = read_topic(&cfg.0.kafka.brokers, &cfg.1[0].topics().events, 3);
     assert_eq!(records.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>(), vec!["good"]);
 }
 
@@ -242,7 +243,7 @@ async fn a_real_listener_serves_and_refuses_oversized_or_broken_requests() {
 
     token.cancel();
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops within 10 s").unwrap().unwrap();
-    let records = read_topic(&cfg.kafka.brokers, &cfg.events.events_topic, 3);
+    let records = read_topic(&cfg.0.kafka.brokers, &cfg.1[0].topics().events, 3);
     assert_eq!(records.len(), 1);
 }
 

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use command::engine::{BodyUse, Engine, Input, Intake, Reject, RejectStatus};
+use command::Registered;
 use command::{CommandApp, Config};
 use common::engine::kafka::TopicSpec;
+use common::engine::workload::Service;
 use common::test_util::{isolated, unique_suffix};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -85,23 +86,23 @@ impl Intake for Sums {
     }
 }
 
-fn config(sums_topic_suffix: &str, extra: &[&str]) -> Config {
+fn config(sums_topic_suffix: &str, extra: &[&str]) -> (Config, Vec<Box<dyn Registered>>) {
     let (kafka, _, _) = isolated(sums_topic_suffix);
     let mut args: Vec<String> =
         ["command", "--kafka-brokers", &kafka.brokers, "--events-topic", &kafka.events_topic].map(String::from).into();
     args.extend(["--increments-events-topic", &kafka.increments_events_topic].map(String::from));
     args.extend(["--pg-schema", "test_command", "--max-body-bytes", "64"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
-    Config::parse_from(args)
+    platform::parse::command(args)
 }
 
-/// Analytics and the sums, registered the way `command::build` registers analytics.
-async fn app(cfg: &Config, sums_topic: &str) -> CommandApp {
-    let pool = common::engine::pg::connect_migrated(&cfg.pg, command::MIGRATIONS).await.expect("PostgreSQL");
-    let analytics = command::analytics::Analytics::agreed(&pool, &cfg.events, &cfg.horizon).await.expect("horizon");
-    Engine::new(cfg, common::engine::telemetry::prometheus(), fixed_clock)
-        .expect("engine")
-        .register(analytics)
+/// Analytics and the sums, registered the way `command::build` registers the listed workloads.
+async fn app((cfg, workloads): &(Config, Vec<Box<dyn Registered>>), sums_topic: &str) -> CommandApp {
+    let migrations = platform::command().migrations(Service::Command);
+    let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await.expect("PostgreSQL");
+    let analytics = workloads.iter().find(|w| w.name() == "analytics").expect("analytics is listed");
+    analytics
+        .register(Engine::new(cfg, common::engine::telemetry::prometheus(), fixed_clock).expect("engine"), cfg)
         .expect("analytics")
         .register(Sums { topic: sums_topic.to_owned() })
         .expect("sums")
@@ -190,7 +191,7 @@ async fn a_body_workload_beside_analytics_gets_its_route_topic_status_and_body_r
     );
 
     // Only the good ones reached the log, keyed and partitioned by their key.
-    let mut records = read_topic(&cfg.kafka.brokers, &sums_topic);
+    let mut records = read_topic(&cfg.0.kafka.brokers, &sums_topic);
     records.sort();
     let expected = |key: &str| common::engine::kafka::partition_for(key.as_bytes(), PARTITIONS as i32);
     let mut want = vec![(expected("k1"), "k1".to_owned(), "5".to_owned()), (expected("k2"), "k2".into(), "7".into())];
@@ -198,7 +199,7 @@ async fn a_body_workload_beside_analytics_gets_its_route_topic_status_and_body_r
     assert_eq!(records, want);
 
     // The sums topic's partition count is agreed for the deployment, like the events topic's.
-    let pool = common::engine::pg::pool(&cfg.pg).expect("pool");
+    let pool = common::engine::pg::pool(&cfg.0.pg).expect("pool");
     let client = pool.get().await.expect("PostgreSQL");
     let row = client
         .query_one("SELECT value FROM deployment_settings WHERE name = $1", &[&format!("partitions.{sums_topic}")])
@@ -242,7 +243,7 @@ fn a_route_or_topic_can_be_registered_once_and_never_over_the_operational_routes
         }
     }
     let cfg = config(&unique_suffix(), &["--create-topics", "false"]);
-    let engine = || Engine::new(&cfg, common::engine::telemetry::prometheus(), fixed_clock).expect("engine");
+    let engine = || Engine::new(&cfg.0, common::engine::telemetry::prometheus(), fixed_clock).expect("engine");
     let twice = engine().register(Sums { topic: "a".into() }).expect("once").register(Sums { topic: "b".into() });
     assert!(twice.is_err(), "the same route twice");
     assert!(engine().register(Health).is_err(), "an operational route");

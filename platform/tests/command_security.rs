@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use command::Config;
 use common::test_util::{isolated, unique_suffix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -44,7 +42,7 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
 
     let (kafka, _, _) = isolated(&unique_suffix());
-    let cfg = Config::parse_from([
+    let (cfg, workloads) = platform::parse::command([
         "command",
         "--kafka-brokers",
         &kafka.brokers,
@@ -65,7 +63,7 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         "--tls-key",
         key_path.to_str().unwrap(),
     ]);
-    let app = command::build(&cfg, common::engine::telemetry::prometheus(), fixed_clock).await.unwrap();
+    let app = command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), fixed_clock).await.unwrap();
     let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -114,7 +112,7 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
 
 #[tokio::test]
 async fn a_request_timeout_shorter_than_delivery_is_refused_at_startup() {
-    let cfg = Config::parse_from([
+    let (cfg, workloads) = platform::parse::command([
         "command",
         "--request-timeout",
         "2s",
@@ -123,6 +121,9 @@ async fn a_request_timeout_shorter_than_delivery_is_refused_at_startup() {
         "--create-topics",
         "false",
     ]);
-    let err = command::build(&cfg, common::engine::telemetry::prometheus(), fixed_clock).await.err().expect("refused");
+    let err = command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), fixed_clock)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("--request-timeout"), "{err}");
 }

@@ -2,16 +2,17 @@
 //! the records a former owner committed to the state store but may not have
 //! got into the log, and nothing it did get there.
 
+use common::engine::workload::Service;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::analytics::wire::decode_hour_aggregate;
-use common::analytics::{ClickEvent, EventKind, HourStart, UserId};
+use analytics::processor::Analytics;
+use analytics::wire::decode_hour_aggregate;
+use analytics::{ClickEvent, EventKind, HourStart, UserId};
 use common::engine::config::KafkaConfig;
 use common::engine::kafka::TopicSpec;
 use common::engine::progress::{decode_progress, is_progress_key};
 use common::test_util::{delete_topics, drop_schema, isolated, unique_suffix, TestKafka};
-use processor::analytics::Analytics;
 use processor::engine::emitter::{AggregateEmitter, EmitError};
 use processor::engine::partition::{checkpoint_partition, claim_partition};
 use processor::engine::state_store::StateStore;
@@ -84,7 +85,7 @@ async fn a_closed_hours_final_counts_are_re_sent_when_their_emit_never_committed
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
     common::engine::kafka::ensure_topics(
         &kafka.broker(),
         &[TopicSpec::aggregates_named(&kafka.aggregates_topic, kafka.aggregates_partitions.get())],
@@ -142,14 +143,14 @@ async fn a_closed_hours_final_counts_are_re_sent_when_their_emit_never_committed
 /// transaction never commits, and a claim. The claim must re-send only the
 /// failed checkpoint's keys, not every key held, and quickly.
 async fn claim_with_many_keys_re_sends_only_what_may_be_missing(held: i64) {
-    use common::increments::wire::decode_increment_sum;
-    use common::increments::{IncrementEvent, IncrementKey, IncrementValue};
-    use processor::increments::Increments;
+    use increments::processor::Increments;
+    use increments::wire::decode_increment_sum;
+    use increments::{IncrementEvent, IncrementKey, IncrementValue};
 
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
     let sums_topic = kafka.increments_sums_topic.clone();
     common::engine::kafka::ensure_topics(&kafka.broker(), &[TopicSpec::aggregates_named(&sums_topic, 2)])
         .await

@@ -3,11 +3,11 @@
 //! increments workload unable to claim a partition (its stored position lies
 //! beyond the end of the log), while analytics events keep being counted.
 
+use common::engine::workload::Service;
 use std::time::Duration;
 
-use clap::Parser;
-use common::analytics::wire::encode_event;
-use common::analytics::{ClickEvent, EventKind, UserId};
+use analytics::wire::encode_event;
+use analytics::{ClickEvent, EventKind, UserId};
 use common::test_util::{delete_topics, drop_schema, isolated, unique_suffix, wait_until};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -32,7 +32,7 @@ async fn a_workload_that_cannot_claim_does_not_stop_the_other() {
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, processor::MIGRATIONS).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
     // Increments partition 0 was checkpointed at an offset its (new, empty) log never reached.
     pool.get()
         .await
@@ -77,11 +77,12 @@ async fn a_workload_that_cannot_claim_does_not_stop_the_other() {
         "--pg-schema",
         &pg.schema,
     ];
-    let cfg = processor::Config::try_parse_from(args).unwrap();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
+    let (cfg, workloads) = platform::parse::processor(args);
+    let metrics = common::engine::telemetry::prometheus();
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let token = common::engine::shutdown::CancellationToken::new();
-    let running = tokio::spawn(processor::run(cfg, metrics, ops, token.clone()));
+    let stop = token.clone();
+    let running = tokio::spawn(async move { processor::run(cfg, &workloads, metrics, ops, stop).await });
 
     let tuning = common::engine::kafka::ProducerTuning {
         linger: Duration::from_millis(1),

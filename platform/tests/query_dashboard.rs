@@ -3,17 +3,16 @@
 //! unknown paths still answer 404. The page itself is tested in a real
 //! browser by e2e/tests/dashboard.rs.
 
-use clap::Parser;
 use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
-use query::{Config, QueryApp};
+use query::QueryApp;
 
 /// An app on a schema and key prefix of its own, with `extra` flags; and what to clean up.
 async fn app(extra: &[&str]) -> (QueryApp, common::engine::config::PgConfig, common::engine::config::RedisConfig) {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = Config::parse_from(store_args("query", &redis, &pg, extra));
-    let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.expect("the app builds");
+    let (cfg, workloads) = platform::parse::query(store_args("query", &redis, &pg, extra));
+    let app = query::build(&cfg, &workloads, common::engine::telemetry::prometheus()).await.expect("the app builds");
     (app, pg, redis)
 }
 
@@ -35,7 +34,7 @@ async fn the_root_serves_the_dashboard_and_other_unknown_paths_stay_404() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert!(headers.contains_key("content-security-policy"));
-    assert_eq!(body, query::dashboard::PAGE);
+    assert_eq!(body, analytics::dashboard::PAGE);
 
     for path in ["/nope", "/index.html", "/analytics/"] {
         let (status, _, body) = get(&app, path, &[]).await;
@@ -57,7 +56,7 @@ async fn with_a_read_token_the_dashboard_needs_it_like_every_read() {
         (StatusCode::UNAUTHORIZED, Some(&b"Bearer"[..]))
     );
     let (status, _, body) = get(&app, "/", &[("authorization", "Bearer r34d")]).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, query::dashboard::PAGE));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, analytics::dashboard::PAGE));
     drop_schema(&pg).await;
     common::test_util::clear_redis_prefix(&redis).await;
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use common::engine::pg::PgError;
 use common::engine::store::cache::{RedisStore, VersionedCache};
 use common::engine::store::Versioned;
@@ -53,7 +52,7 @@ async fn get(app: &QueryApp, uri: &str) -> (StatusCode, String) {
 async fn a_second_workload_registers_its_route_and_reads_through() {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[analytics::migrations::READ_MODELS]).await.unwrap();
     let client = pool.get().await.unwrap();
     sums::create_table(&client).await;
     let mut client = pool.get().await.unwrap();
@@ -64,11 +63,11 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
 
     let store = RedisStore::connect(&redis).await.unwrap();
     let stores = Stores::new(pool.clone(), store.clone(), Duration::ZERO);
-    let cfg = query::Config::parse_from(["query"]);
+    let (cfg, workloads) = platform::parse::query(["query"]);
     let ready: common::engine::http::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
     let ops =
         common::engine::http::OpsRoutes { service: "query", metrics: common::engine::telemetry::prometheus(), ready };
-    let mut routes = query::routes(&stores);
+    let mut routes = query::routes(&workloads, &stores);
     routes.extend(stores.register(Sums));
     let app = QueryApp::new(routes, ops, common::engine::edge::Edge::new(&cfg.edge, None), &stores);
 

@@ -19,8 +19,8 @@ struct Fixture {
 
 async fn fixture(flags: &[&str]) -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = <query::Config as clap::Parser>::parse_from(store_args("query", &redis, &pg, flags));
-    let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
+    let (cfg, workloads) = platform::parse::query(store_args("query", &redis, &pg, flags));
+    let app = query::build(&cfg, &workloads, common::engine::telemetry::prometheus()).await.unwrap();
     Fixture { app, redis, pg }
 }
 

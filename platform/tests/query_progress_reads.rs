@@ -40,9 +40,9 @@ async fn reads_while_waiting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reads_do_not_grow_with_the_number_of_waiters() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = <query::Config as clap::Parser>::parse_from(store_args("query", &redis, &pg, &[]));
+    let (cfg, workloads) = platform::parse::query(store_args("query", &redis, &pg, &[]));
     let metrics = common::engine::telemetry::prometheus();
-    let app = query::build(&cfg, metrics.clone()).await.unwrap();
+    let app = query::build(&cfg, &workloads, metrics.clone()).await.unwrap();
 
     let one = reads_while_waiting(&app, &metrics, "redis", 1).await;
     let many = reads_while_waiting(&app, &metrics, "redis", 200).await;

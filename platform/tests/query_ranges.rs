@@ -2,15 +2,14 @@
 //! materializer writes them (offset-guarded, replay-safe), then
 //! `GET /analytics/timeseries` and `GET /analytics/aggregate` through the router.
 
-use clap::Parser;
-use common::analytics::read_model::pg::apply_aggregates;
-use common::analytics::time::{DAY_MS, HOUR_MS};
-use common::analytics::wire::HourAggregate;
-use common::analytics::{HourCounts, HourStart, UserSketch};
+use analytics::read_model::pg::apply_aggregates;
+use analytics::time::{DAY_MS, HOUR_MS};
+use analytics::wire::HourAggregate;
+use analytics::{HourCounts, HourStart, UserSketch};
 use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
-use query::{Config, QueryApp};
+use query::QueryApp;
 
 const D0: i64 = 1_900_000_000_000 / DAY_MS * DAY_MS;
 
@@ -48,8 +47,8 @@ fn agg(hour: i64, p: i32, offset: i64, hour_users: &[u64], day_users: u64, click
 #[tokio::test]
 async fn timeseries_and_aggregates_answer_from_the_range_read_models() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = Config::parse_from(store_args("query", &redis, &pg, &[]));
-    let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
+    let (cfg, workloads) = platform::parse::query(store_args("query", &redis, &pg, &[]));
+    let app = query::build(&cfg, &workloads, common::engine::telemetry::prometheus()).await.unwrap();
     let pool = common::engine::pg::pool(&pg).unwrap();
     let mut client = pool.get().await.unwrap();
 

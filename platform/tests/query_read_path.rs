@@ -1,14 +1,13 @@
 //! The query read path against real Redis and PostgreSQL: Redis first, then
 //! PostgreSQL with write-back, then zeros; 503 (not a hang) when it cannot answer.
 
-use clap::Parser;
-use common::analytics::read_model::{HourCache, HourTotals};
-use common::analytics::wire::HourAggregate;
-use common::analytics::{HourCounts, HourStart};
+use analytics::read_model::{HourCache, HourTotals};
+use analytics::wire::HourAggregate;
+use analytics::{HourCounts, HourStart};
 use common::test_util::{drop_schema, isolated, store_args, unique_suffix};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
-use query::{Config, QueryApp};
+use query::QueryApp;
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;
 
@@ -22,7 +21,7 @@ struct Fixture {
 
 async fn fixture(pg_url: Option<&str>) -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let cfg = Config::parse_from(store_args(
+    let (cfg, workloads) = platform::parse::query(store_args(
         "query",
         &redis,
         &pg,
@@ -34,7 +33,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
             "0ms",
         ],
     ));
-    let app = query::build(&cfg, common::engine::telemetry::prometheus()).await.unwrap();
+    let app = query::build(&cfg, &workloads, common::engine::telemetry::prometheus()).await.unwrap();
     let mut cfg = cfg;
     if let Some(url) = pg_url {
         // Rebuild against a PostgreSQL that does not answer (the schema already exists).
@@ -43,6 +42,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
         let cache = HourCache::connect(&redis).await.unwrap();
         let edge = common::engine::edge::Edge::new(&cfg.edge, None);
         let app = query::app_from_parts(
+            &workloads,
             cache.store().clone(),
             pool.clone(),
             common::engine::telemetry::prometheus(),
@@ -75,7 +75,7 @@ async fn seed(pool: &deadpool_postgres::Pool, hour: i64, counts: HourCounts) {
         sketch: None,
         day_unique_users: None,
     };
-    common::analytics::read_model::pg::apply_aggregates(&mut client, &[a]).await.unwrap();
+    analytics::read_model::pg::apply_aggregates(&mut client, &[a]).await.unwrap();
 }
 
 impl Fixture {

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use common::analytics::read_model::{pg::apply_aggregates, HourCache, HourTotals};
-use common::analytics::wire::HourAggregate;
-use common::analytics::{HourCounts, HourStart};
+use analytics::read_model::{pg::apply_aggregates, HourCache, HourTotals};
+use analytics::wire::HourAggregate;
+use analytics::{HourCounts, HourStart};
 use common::engine::progress::{self, Progress, ReadToken};
 use common::engine::store::cache::RedisStore;
 use common::test_util::{drop_schema, isolated, unique_suffix};
@@ -34,17 +34,12 @@ struct Fixture {
 /// with the in-process cache off: every read goes to the stores.
 async fn fixture() -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let pool = common::analytics::read_model::pg::connect_migrated(
-        &pg,
-        query::MIGRATIONS,
-        common::analytics::read_model::pg::READ_MODEL_COUNT_TABLES,
-    )
-    .await
-    .unwrap();
+    let pool = platform::query().connect_migrated(&pg, common::engine::workload::Service::Query).await.unwrap();
     let store = RedisStore::connect(&redis).await.unwrap();
-    let cfg = <query::Config as clap::Parser>::parse_from(["query"]);
+    let (cfg, workloads) = platform::parse::query(["query"]);
     let edge = common::engine::edge::Edge::new(&cfg.edge, None);
     let app = query::app_from_parts(
+        &workloads,
         store.clone(),
         pool,
         common::engine::telemetry::prometheus(),

@@ -190,7 +190,19 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
     /// The service's command line (`C`, its engine config) with every listed
     /// workload's section added: what `--help` shows.
     pub fn command<C: CommandFactory>(&self) -> clap::Command {
-        self.entries.iter().fold(C::command(), |cmd, e| (e.augment)(cmd))
+        let service = C::command();
+        // A section's doc comment would replace the service's own description.
+        let (about, long_about) = (service.get_about().cloned(), service.get_long_about().cloned());
+        let reset = || clap::builder::Resettable::<clap::builder::StyledStr>::Reset;
+        let cmd = self.entries.iter().fold(service, |cmd, e| (e.augment)(cmd));
+        let cmd = match about {
+            Some(about) => cmd.about(about),
+            None => cmd.about(reset()),
+        };
+        match long_about {
+            Some(long_about) => cmd.long_about(long_about),
+            None => cmd.long_about(reset()),
+        }
     }
 
     /// Parses the process's arguments and environment into the engine's
