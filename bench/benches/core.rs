@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use common::analytics::bucket::Observation;
-use common::analytics::event::hash_user;
-use common::analytics::{EventKind, HourStart, PartitionWindow};
+use analytics::bucket::Observation;
+use analytics::event::hash_user;
+use analytics::{EventKind, HourStart, PartitionWindow};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 

@@ -1,7 +1,7 @@
 //! Benchmark tools; see src/bin and benches, driven by scripts/bench.sh.
 
-use common::analytics::time::HOUR_MS;
-use common::analytics::{ClickEvent, EpochMillis, EventKind, HourStart, UserId};
+use analytics::time::HOUR_MS;
+use analytics::{ClickEvent, EpochMillis, EventKind, HourStart, UserId};
 use rand::Rng;
 
 /// Users of the load: the same pool of 1M as `bench/wrk/post.lua`, skewed by [`skewed_user`].
@@ -97,18 +97,18 @@ mod tests {
         let late = events.iter().filter(|e| e.timestamp_ms < hour).count();
         assert!((1_000..3_000).contains(&late), "about 20 % late, got {late}");
         // Every event must decode as the command would have encoded it.
-        let bytes = common::analytics::wire::encode_event(&events[0]);
-        assert_eq!(common::analytics::wire::decode_event(&bytes).expect("valid record"), events[0]);
+        let bytes = analytics::wire::encode_event(&events[0]);
+        assert_eq!(analytics::wire::decode_event(&bytes).expect("valid record"), events[0]);
     }
 
     #[test]
     fn post_paths_are_valid_requests_within_the_horizon() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let horizon = common::analytics::Horizon::default();
+        let horizon = common::engine::horizon::Horizon::default();
         for _ in 0..1_000 {
             let path = post_path(&mut rng, NOW);
             let query = path.strip_prefix("/analytics?").expect("the POST path");
-            let req = common::analytics::request::parse_post(Some(query)).expect("a valid POST");
+            let req = analytics::request::parse_post(Some(query)).expect("a valid POST");
             assert!(horizon.check(req.timestamp_ms, NOW).is_ok(), "{path}");
         }
     }

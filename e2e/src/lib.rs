@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::analytics::{HourCounts, HourStart};
+use analytics::{HourCounts, HourStart};
 use common::engine::config::{PgConfig, RedisConfig};
 use common::test_util::{self, http, TestKafka};
 
@@ -504,12 +504,12 @@ pub async fn wait_for(query: SocketAddr, timestamp_ms: i64, ok: impl Fn(HourCoun
 /// Waits (up to `limit`) until Redis holds exactly PostgreSQL's totals for
 /// each hour and, where given, PostgreSQL holds the expected counts.
 pub async fn wait_redis_equals_postgres(stack: &Stack, hours: &[(HourStart, Option<HourCounts>)], limit: Duration) {
-    let cache = common::analytics::read_model::HourCache::connect(&stack.redis).await.expect("redis answers");
+    let cache = analytics::read_model::HourCache::connect(&stack.redis).await.expect("redis answers");
     let pool = common::engine::pg::pool(&stack.pg).expect("a PostgreSQL pool");
     test_util::wait_until("Redis equal to PostgreSQL", limit, || async {
         let client = pool.get().await.ok()?;
         for (h, want) in hours {
-            let pg = common::analytics::read_model::pg::read_hour(&client, *h).await.ok()??;
+            let pg = analytics::read_model::pg::read_hour(&client, *h).await.ok()??;
             let cached = cache.get(h).await.ok()??;
             if want.is_some_and(|w| pg.row != w) || cached != pg {
                 return None;

@@ -8,9 +8,9 @@
 //! writes them): 31 days × 24 hours × 4 partitions = 2,976 dense sketches,
 //! 146 MB, which the pipeline would take far too long to produce.
 
-use common::analytics::range::MAX_AGGREGATE_HOURS;
-use common::analytics::time::{DAY_MS, HOUR_MS};
-use common::analytics::UserSketch;
+use analytics::range::MAX_AGGREGATE_HOURS;
+use analytics::time::{DAY_MS, HOUR_MS};
+use analytics::UserSketch;
 use common::test_util::http;
 use e2e::{Service, Stack};
 
@@ -31,7 +31,7 @@ fn peak_rss_kb(pid: u32) -> u64 {
 fn sketch(p: i32) -> Vec<u8> {
     let base = u64::from(p as u32) * 1_000_000;
     let sketch: UserSketch =
-        (base..base + USERS_PER_PARTITION).map(|k| common::analytics::event::hash_user(&k.to_le_bytes())).collect();
+        (base..base + USERS_PER_PARTITION).map(|k| analytics::event::hash_user(&k.to_le_bytes())).collect();
     let bytes = sketch.to_bytes();
     assert_eq!(bytes.len(), 49_155, "a dense sketch: the largest size");
     bytes

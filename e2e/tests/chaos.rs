@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::analytics::{HourCounts, HourStart};
+use analytics::{HourCounts, HourStart};
 use e2e::{
     assert_counts_within, get_counts, post_under_faults, test_hours, workload, CuttableProxy, Expected, LoadOutcome,
     Service, Stack,
@@ -402,13 +402,13 @@ async fn bulk_increments(stack: &Stack, n: u64) {
     let topic = stack.kafka.increments_events_topic.as_str();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let event = common::increments::IncrementEvent {
-            key: common::increments::IncrementKey::parse_canonical(&held_key(i)).expect("a canonical key"),
-            value: common::increments::IncrementValue::new(1).expect("positive"),
+        let event = increments::IncrementEvent {
+            key: increments::IncrementKey::parse_canonical(&held_key(i)).expect("a canonical key"),
+            value: increments::IncrementValue::new(1).expect("positive"),
             accepted_at_ms: common::now_ms(),
             id: None,
         };
-        let (key, payload) = (event.partition_key(), common::increments::wire::encode_increment(&event));
+        let (key, payload) = (event.partition_key(), increments::wire::encode_increment(&event));
         let p = producer.clone();
         pending.push(async move {
             let record = FutureRecord::to(topic).key(&key[..]).payload(&payload);
@@ -512,7 +512,7 @@ async fn chaos_13_increments_staleness_after_a_materializer_restart_with_1m_keys
             let (status, body) =
                 common::test_util::http(query, "GET", &format!("/increment/{probe}")).await.unwrap_or_default();
             let sum = (status == 200)
-                .then(|| common::increments::IncrementRow::from_json(body.as_bytes()).ok().map(|r| r.sum))
+                .then(|| increments::IncrementRow::from_json(body.as_bytes()).ok().map(|r| r.sum))
                 .flatten();
             if sum.is_some_and(|s| s >= expected) || accepted.elapsed() > Duration::from_secs(60) {
                 samples.push((posted_at, accepted.elapsed().as_secs_f64()));
@@ -549,7 +549,7 @@ async fn chaos_13_increments_staleness_after_a_materializer_restart_with_1m_keys
     assert!(quantile(&after, 0.99) < 20.0, "staleness p99 {:.2} s a minute after the restart", quantile(&after, 0.99));
 
     // Redis converged: a sample of held keys reads there as in PostgreSQL.
-    let cache = common::increments::read_model::SumCache::connect(&stack.redis).await.expect("redis answers");
+    let cache = increments::read_model::SumCache::connect(&stack.redis).await.expect("redis answers");
     let client = pool.get().await.expect("a connection");
     let rows = client
         .query(
@@ -560,7 +560,7 @@ async fn chaos_13_increments_staleness_after_a_materializer_restart_with_1m_keys
         .expect("a sample");
     let mut differ = 0;
     for r in &rows {
-        let key = common::increments::IncrementKey::parse_canonical(r.get("key")).expect("a key");
+        let key = increments::IncrementKey::parse_canonical(r.get("key")).expect("a key");
         let cached = cache.get(&key).await.expect("redis answers");
         let value: &str = r.get("value");
         if cached.map(|c| (c.version, c.row.0.to_string())) != Some((r.get("input_offset"), value.to_owned())) {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::analytics::time::{DAY_MS, HOUR_MS};
+use analytics::time::{DAY_MS, HOUR_MS};
 use common::test_util::{http, wait_until};
 use e2e::{post_all, Event, Kind, Stack};
 use rand::{Rng, SeedableRng};

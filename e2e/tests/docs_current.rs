@@ -44,7 +44,7 @@ fn configuration_doc_matches_the_binaries_help() {
 #[test]
 fn the_increment_id_window_is_stated_as_the_processor_holds_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf();
-    let days = common::analytics::Horizon::default().past.as_secs() / 86_400;
+    let days = common::engine::horizon::Horizon::default().past.as_secs() / 86_400;
     let window = format!("within `--horizon-past` ({days} days");
     for (doc, from, to) in [
         ("docs/api.md", "## POST /increment", "## GET /increment"),

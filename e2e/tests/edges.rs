@@ -6,8 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
-use common::analytics::{HourCounts, HourStart};
+use analytics::{HourCounts, HourStart};
 use common::test_util::http;
 use e2e::{free_port, get_counts, wait_for, Service, Stack};
 
@@ -24,7 +23,7 @@ fn slow_clock() -> i64 {
 /// A command service in this process, on the stack's topics and schema, with its own clock.
 async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
     let port = free_port();
-    let cfg = command::Config::parse_from([
+    let (cfg, workloads) = platform::parse::command([
         "command",
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -39,7 +38,8 @@ async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
         "--pg-schema",
         &stack.pg.schema,
     ]);
-    let app = command::build(&cfg, common::engine::telemetry::prometheus(), clock).await.expect("command app");
+    let app =
+        command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), clock).await.expect("command app");
     let listener = common::engine::http::bind(cfg.listen).await.expect("binding");
     let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge).expect("limits");
     tokio::spawn(command::run(
@@ -97,10 +97,12 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
     let kafka = stack.kafka.clone();
 
     // A command accepting 14 days back, while the deployment closes hours after 7.
-    let horizon =
-        common::analytics::Horizon { past: Duration::from_secs(14 * 86_400), ..common::analytics::Horizon::default() };
-    let (broker, events) = (kafka.broker(), kafka.events());
-    let err = common::engine::pg::agree_deployment(&pool, "command", &broker, &events, &horizon).await.unwrap_err();
+    let horizon = common::engine::horizon::Horizon {
+        past: Duration::from_secs(14 * 86_400),
+        ..common::engine::horizon::Horizon::default()
+    };
+    let broker = kafka.broker();
+    let err = common::engine::pg::agree_horizon(&pool, "command", &horizon).await.unwrap_err();
     assert!(err.to_string().contains("horizon.past_ms"), "{err}");
 
     // Partitions added to the events topic behind the deployment's back.
@@ -109,15 +111,8 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
         rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let grown = NewPartitions::new(&kafka.events_topic, kafka.events_partitions.get() as usize + 1);
     admin.create_partitions(&[grown], &AdminOptions::new()).await.unwrap();
-    let err = common::engine::pg::agree_deployment(
-        &pool,
-        "processor",
-        &broker,
-        &events,
-        &common::analytics::Horizon::default(),
-    )
-    .await
-    .unwrap_err();
+    let err =
+        common::engine::pg::agree_topic_partitions(&pool, "processor", &broker, &kafka.events_topic).await.unwrap_err();
     assert!(err.to_string().contains(&format!("partitions.{}", kafka.events_topic)), "{err}");
     stack.cleanup().await;
 }
@@ -132,16 +127,16 @@ async fn a_record_in_the_wrong_partition_is_not_counted() {
     let right = common::engine::kafka::partition_for(user.as_bytes(), n);
     let wrong = (right + 1) % n;
     // Written by a producer that ignores the key's partition.
-    let event = common::analytics::ClickEvent {
+    let event = analytics::ClickEvent {
         timestamp_ms: hour.start_ms() + 1,
-        user: common::analytics::UserId::parse(user).unwrap(),
-        kind: common::analytics::EventKind::Click,
+        user: analytics::UserId::parse(user).unwrap(),
+        kind: analytics::EventKind::Click,
         accepted_at_ms: common::now_ms(),
         id: None,
     };
     let producer: rdkafka::producer::FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &stack.kafka.brokers).create().unwrap();
-    let payload = common::analytics::wire::encode_event(&event);
+    let payload = analytics::wire::encode_event(&event);
     let record =
         rdkafka::producer::FutureRecord::to(&stack.kafka.events_topic).key(user).payload(&payload).partition(wrong);
     producer.send(record, Duration::from_secs(10)).await.unwrap();

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::increments::IncrementRow;
 use common::test_util::{http, http_body, wait_until};
 use e2e::Stack;
+use increments::IncrementRow;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const JSON: Option<&str> = Some("application/json");

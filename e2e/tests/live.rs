@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::analytics::HourStart;
+use analytics::HourStart;
 use common::test_util::{request, Answer, SseClient};
 use e2e::{Service, Stack};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use common::analytics::{HourCounts, HourStart};
+use analytics::{HourCounts, HourStart};
 use e2e::{assert_counts_converge, get_counts, post_all, test_hours, workload, Expected, Service, Stack};
 
 const CONVERGE: Duration = Duration::from_secs(90);

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::analytics::time::{DAY_MS, HOUR_MS};
-use common::analytics::DayStart;
+use analytics::time::{DAY_MS, HOUR_MS};
+use analytics::DayStart;
 use common::test_util::http;
 use e2e::{post_all, Event, Kind, Stack};
 use serde_json::Value;

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::analytics::HourStart;
+use analytics::HourStart;
 use e2e::{
     assert_counts_converge, free_port, get_counts, post_all, wait_redis_equals_postgres, workload, Expected, Stack,
 };

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::analytics::{ClickEvent, EventKind, HourStart, UserId};
+use analytics::{ClickEvent, EventKind, HourStart, UserId};
 use common::test_util::{http, wait_until};
 use e2e::{assert_counts_converge, post_all, Event, Expected, Kind, Service, Stack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -143,14 +143,14 @@ async fn records_written_with_every_schema_version_are_all_counted() {
     // again: every partition holds both versions, interleaved.
     let (v1_early, v1_late) = v1.split_at(30);
     for e in v1_early {
-        produce(&stack, &producer, &e.user, &common::analytics::wire::encode_event_v1(&click_event(e, None))).await;
+        produce(&stack, &producer, &e.user, &analytics::wire::encode_event_v1(&click_event(e, None))).await;
     }
     post_all(command, &posted, 8).await;
     for e in v1_late {
-        produce(&stack, &producer, &e.user, &common::analytics::wire::encode_event_v1(&click_event(e, None))).await;
+        produce(&stack, &producer, &e.user, &analytics::wire::encode_event_v1(&click_event(e, None))).await;
     }
     for (i, e) in v2_with_id.iter().enumerate() {
-        let payload = common::analytics::wire::encode_event(&click_event(e, Some(format!("evolution-{i}"))));
+        let payload = analytics::wire::encode_event(&click_event(e, Some(format!("evolution-{i}"))));
         produce(&stack, &producer, &e.user, &payload).await;
     }
 
@@ -159,8 +159,8 @@ async fn records_written_with_every_schema_version_are_all_counted() {
 
     // The topic really holds both versions: v1 headers for the v1 records, v2 for the others.
     let header = |bytes: Vec<u8>| bytes[..10].to_vec();
-    let v1_header = header(common::analytics::wire::encode_event_v1(&click_event(&v1[0], None)));
-    let v2_header = header(common::analytics::wire::encode_event(&click_event(&v1[0], None)));
+    let v1_header = header(analytics::wire::encode_event_v1(&click_event(&v1[0], None)));
+    let v2_header = header(analytics::wire::encode_event(&click_event(&v1[0], None)));
     assert_ne!(v1_header, v2_header);
     let headers = headers_on_the_events_topic(&stack).await;
     assert_eq!(headers.iter().filter(|h| **h == v1_header).count(), v1.len());
@@ -200,7 +200,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
 
     // A record of a schema version this build does not know: a valid v2 body
     // under a fingerprint of no known version (a newer release's record).
-    let mut newer = common::analytics::wire::encode_event(&click_event(&event(&users[unknown][0], 7), None));
+    let mut newer = analytics::wire::encode_event(&click_event(&event(&users[unknown][0], 7), None));
     newer[2..10].copy_from_slice(&0x0123_4567_89AB_CDEFu64.to_le_bytes());
     let unknown_offset = produce(&stack, &producer, &users[unknown][0], &newer).await;
     let garbage_offset = produce(&stack, &producer, &users[garbage][0], b"not an avro record").await;

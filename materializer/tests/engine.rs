@@ -49,7 +49,8 @@ impl SinkWorkload for Sums {
 async fn a_second_workload_goes_through_the_same_sink() {
     let (_, redis, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[common::engine::pg::migrations::READ_MODELS]).await.unwrap();
+    let engine_tables = common::engine::pg::migrations_for(common::engine::workload::Service::Materializer, []);
+    common::engine::pg::migrate(&pool, &pg, &engine_tables).await.unwrap();
     sums::create_table(&pool.get().await.unwrap()).await;
     let cache = VersionedCache::<Sum>::connect(&redis).await.unwrap();
     let sink = ReadModelSink::new(Sums, pool.clone(), cache.clone(), redis.ttl);

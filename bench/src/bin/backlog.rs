@@ -1,5 +1,5 @@
 //! Writes exactly N valid events straight to the events topic, as the command
-//! would have: the same Avro record (`common::analytics::wire::encode_event`), the same
+//! would have: the same Avro record (`analytics::wire::encode_event`), the same
 //! key (the user id) and the same idempotent `acks=all`, `murmur2_random`
 //! producer (`common::engine::kafka::producer_config`). Only the batching differs
 //! (a longer linger and a larger queue), so the backlog is written fast.
@@ -35,7 +35,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cmd = command::Config::try_parse_from(["command"])?;
+    let (cmd, workloads) = platform::command().try_parse_from::<command::Config, _, _>(["command"])?;
+    let analytics = workloads.iter().find(|w| w.name() == "analytics").expect("analytics is listed");
+    let topic = analytics.topics().events;
     let tuning = ProducerTuning {
         linger: Duration::from_millis(20),
         delivery_timeout: Duration::from_secs(120),
@@ -44,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let producer: FutureProducer = common::engine::kafka::producer_config(&cmd.kafka, "bench-backlog", tuning)
         .set("batch.size", "1000000")
         .create()?;
-    let topic = cmd.events.events_topic.as_str();
+    let topic = topic.as_str();
     let mut rng = rand::rng();
     let mut users = HashSet::new();
     let mut pending = futures::stream::FuturesUnordered::new();
@@ -52,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.events {
         let event = bench::backlog_event(&mut rng, common::now_ms(), args.late_hours);
         users.insert(event.user.hash64());
-        let payload = common::analytics::wire::encode_event(&event);
+        let payload = analytics::wire::encode_event(&event);
         let p = producer.clone();
         pending.push(async move {
             let record = FutureRecord::to(topic).key(event.user.as_str()).payload(&payload);

@@ -46,13 +46,12 @@ struct LoopStats {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cmd = command::Config::try_parse_from(["command"])?;
+    let cmd = command::Config::try_parse_from(["command"])?;
     let topic = format!("bench-closed-loop-{}", common::random_suffix());
-    cmd.events.events_topic = topic.clone();
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &cmd.kafka.brokers).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let partitions = cmd.events.events_partitions.get() as i32;
+    let partitions = cmd.partitions.events_partitions.get() as i32;
     for r in admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &opts).await? {
         r.map_err(|(t, code)| anyhow::anyhow!("creating topic {t}: {code:?}"))?;
     }
@@ -83,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
                         return stats;
                     }
                     let event = bench::backlog_event(&mut rng, common::now_ms(), 0);
-                    let payload = common::analytics::wire::encode_event(&event);
+                    let payload = analytics::wire::encode_event(&event);
                     let record = FutureRecord::to(&topic).key(event.user.as_str()).payload(&payload);
                     let result = producer.send(record, Timeout::After(Duration::ZERO)).await;
                     let done = Instant::now();

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bench::{json_num, quantile, sorted_ms};
-use common::increments::IncrementRow;
 use common::test_util::{http, http_body};
+use increments::IncrementRow;
 
 async fn sum(query: SocketAddr, key: &str) -> Option<i128> {
     let (status, body) = http(query, "GET", &format!("/increment/{key}")).await.ok()?;

@@ -13,9 +13,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use analytics::HourStart;
 use bench::{json_num, quantile, sorted_ms};
 use clap::Parser;
-use common::analytics::HourStart;
 use common::engine::config::RedisConfig;
 use common::engine::store::cache::RedisStore;
 use common::test_util::{request, SseClient};
