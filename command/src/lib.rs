@@ -73,7 +73,7 @@ impl Workloads {
 
     /// Lists `W`: a compile error unless it implements [`CommandRole`].
     pub fn add<W: CommandRole>(self) -> Self {
-        Workloads(self.0.add::<W>(|w| Box::new(w)))
+        Workloads(self.0.with::<W>(|w| Box::new(w)))
     }
 }
 

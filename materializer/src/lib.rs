@@ -69,7 +69,7 @@ impl Workloads {
 
     /// Lists `W`: a compile error unless it implements [`MaterializerRole`].
     pub fn add<W: MaterializerRole>(self) -> Self {
-        Workloads(self.0.add::<W>(|w| Box::new(w)))
+        Workloads(self.0.with::<W>(|w| Box::new(w)))
     }
 }
 

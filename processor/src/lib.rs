@@ -92,7 +92,7 @@ impl Workloads {
 
     /// Lists `W`: a compile error unless it implements [`ProcessorRole`].
     pub fn add<W: ProcessorRole>(self) -> Self {
-        Workloads(self.0.add::<W>(|w| Box::new(w)))
+        Workloads(self.0.with::<W>(|w| Box::new(w)))
     }
 }
 

@@ -62,7 +62,7 @@ impl Workloads {
 
     /// Lists `W`: a compile error unless it implements [`QueryRole`].
     pub fn add<W: QueryRole>(self) -> Self {
-        Workloads(self.0.add::<W>(|w| Box::new(w)))
+        Workloads(self.0.with::<W>(|w| Box::new(w)))
     }
 }
 

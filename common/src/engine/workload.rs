@@ -81,7 +81,13 @@ pub struct Configured<W: Workload> {
     pub config: W::Config,
 }
 
-type AfterMigrate = for<'a> fn(&'a Pool, Service) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
+/// The future of [`Workload::after_migrate`], boxed for the lists.
+pub type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
+
+type AfterMigrate = for<'a> fn(&'a Pool, Service) -> Preparing<'a>;
+
+/// Makes a service's view of a workload from the matches of its command line.
+type Bind<B> = Box<dyn Fn(&ArgMatches) -> Result<Box<B>, clap::Error> + Send + Sync>;
 
 fn after_migrate<W: Workload>(
     pool: &Pool,
@@ -99,11 +105,7 @@ pub trait Listed: Send + Sync {
     fn migrations(&self) -> &'static [Migration];
     fn topics(&self) -> Topics;
     fn settings(&self) -> Vec<(String, String)>;
-    fn after_migrate<'a>(
-        &'a self,
-        pool: &'a Pool,
-        service: Service,
-    ) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
+    fn after_migrate<'a>(&'a self, pool: &'a Pool, service: Service) -> Preparing<'a>;
 }
 
 impl<W: Workload> Listed for Configured<W> {
@@ -127,11 +129,7 @@ impl<W: Workload> Listed for Configured<W> {
         W::settings(&self.config)
     }
 
-    fn after_migrate<'a>(
-        &'a self,
-        pool: &'a Pool,
-        service: Service,
-    ) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>> {
+    fn after_migrate<'a>(&'a self, pool: &'a Pool, service: Service) -> Preparing<'a> {
         Box::pin(W::after_migrate(pool, service))
     }
 }
@@ -141,12 +139,13 @@ struct Entry<B: ?Sized> {
     migrations: &'static [Migration],
     after_migrate: AfterMigrate,
     augment: fn(clap::Command) -> clap::Command,
-    bind: Box<dyn Fn(&ArgMatches) -> Result<Box<B>, clap::Error> + Send + Sync>,
+    bind: Bind<B>,
 }
 
 /// The workloads one service runs, in the order of the platform's list, each
 /// as the service's view `B` of a [`Configured`] workload (e.g.
-/// `dyn command::Registered`). Built by the service's own `add::<W: Role>()`.
+/// `dyn command::Registered`). Built by the service's own `add::<W: Role>()`,
+/// which calls [`WorkloadList::with`].
 pub struct WorkloadList<B: ?Sized> {
     entries: Vec<Entry<B>>,
 }
@@ -162,7 +161,7 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
     ///
     /// # Panics
     /// When `W`'s name is listed already (a bug in the list).
-    pub fn add<W: Workload>(mut self, view: fn(Configured<W>) -> Box<B>) -> Self {
+    pub fn with<W: Workload>(mut self, view: fn(Configured<W>) -> Box<B>) -> Self {
         assert!(self.entries.iter().all(|e| e.name != W::NAME), "workload {} listed twice", W::NAME);
         self.entries.push(Entry {
             name: W::NAME,
