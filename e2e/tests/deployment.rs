@@ -168,8 +168,8 @@ fn the_grafana_dashboard_is_provisioned_and_queries_real_metrics() {
         "common/src/engine/http.rs",
         "command/src/metrics.rs",
         "processor/src/engine/metrics.rs",
-        "processor/src/analytics.rs",
-        "processor/src/increments.rs",
+        "workloads/analytics/src/processor.rs",
+        "workloads/increments/src/processor.rs",
         "materializer/src/metrics.rs",
         "query/src/metrics.rs",
     ]
@@ -300,7 +300,14 @@ fn dockerignore_keeps_the_build_context_small() {
         .map(|(list, _)| list.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()).collect())
         .expect("workspace members");
     assert!(members.contains(&"query"), "members parsed: {members:?}");
-    let needed = ["Cargo.toml", "Cargo.lock", "common/schemas/event.avsc", "common/migrations"];
+    let needed = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "common/schemas/progress.v1.avsc",
+        "common/migrations",
+        "workloads/analytics/schemas/event.v2.avsc",
+        "workloads/analytics/migrations",
+    ];
     for member in &members {
         for path in [format!("{member}/Cargo.toml"), format!("{member}/src")] {
             assert!(!excluded(&path), ".dockerignore keeps {path} (the build needs it)");
