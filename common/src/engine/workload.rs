@@ -89,10 +89,7 @@ type AfterMigrate = for<'a> fn(&'a Pool, Service) -> Preparing<'a>;
 /// Makes a service's view of a workload from the matches of its command line.
 type Bind<B> = Box<dyn Fn(&ArgMatches) -> Result<Box<B>, clap::Error> + Send + Sync>;
 
-fn after_migrate<W: Workload>(
-    pool: &Pool,
-    service: Service,
-) -> Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + '_>> {
+fn after_migrate<W: Workload>(pool: &Pool, service: Service) -> Preparing<'_> {
     Box::pin(W::after_migrate(pool, service))
 }
 

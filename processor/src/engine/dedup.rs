@@ -1,8 +1,9 @@
-//! Event ids for deduplication: an id is counted once while its hour is open.
+//! Event ids for deduplication: an id is counted once while its bucket is open.
 //!
 //! Pure and deterministic: whether an id counts depends only on the records
 //! applied before it, never on when checkpoints ran. An id is held from its
-//! first record until its bucket (an hour) closes on the partition's
+//! first record until its bucket (by default an hour; a workload sets its own
+//! length, [`super::Aggregation::DEDUP_BUCKET_MS`]) closes on the partition's
 //! watermark; a bucket that is closed is never consulted, whether or not its
 //! ids were evicted yet, so eviction timing cannot change an answer.
 
@@ -10,11 +11,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::DedupId;
 
-/// An hour: the granularity at which ids are forgotten.
+/// An hour: the default granularity at which ids are forgotten.
 pub const BUCKET_MS: i64 = 3_600_000;
 
 /// The ids of one partition's open buckets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IdWindow {
     /// Id hash → the bucket whose closing forgets it.
     ids: HashMap<u64, i64>,
@@ -30,22 +31,37 @@ pub struct IdWindow {
     closing: BTreeSet<i64>,
     /// A bucket closes once `watermark >= bucket end + retention`.
     retention_ms: i64,
+    /// The length of a bucket: its end is its start plus this.
+    bucket_len_ms: i64,
+}
+
+impl Default for IdWindow {
+    fn default() -> Self {
+        IdWindow::new(0)
+    }
 }
 
 impl IdWindow {
+    /// A window of hour-long buckets ([`BUCKET_MS`]).
     pub fn new(retention_ms: i64) -> Self {
+        Self::with_buckets(BUCKET_MS, retention_ms)
+    }
+
+    /// A window of `bucket_len_ms`-long buckets.
+    pub fn with_buckets(bucket_len_ms: i64, retention_ms: i64) -> Self {
         IdWindow {
             ids: HashMap::new(),
             buckets: BTreeSet::new(),
             new: Vec::new(),
             closing: BTreeSet::new(),
             retention_ms,
+            bucket_len_ms,
         }
     }
 
     /// True once no record can reach `bucket_ms` any more.
     pub fn is_closed(&self, bucket_ms: i64, watermark_ms: i64) -> bool {
-        bucket_ms.saturating_add(BUCKET_MS).saturating_add(self.retention_ms) <= watermark_ms
+        bucket_ms.saturating_add(self.bucket_len_ms).saturating_add(self.retention_ms) <= watermark_ms
     }
 
     /// True if the id was not counted yet (and is now); false for a repeat.

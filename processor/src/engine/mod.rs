@@ -66,7 +66,8 @@ pub struct Skip(pub &'static str);
 
 /// An event's client id for deduplication: the 64-bit hash of the id (with
 /// whatever else makes it unique, such as the user) and the start of the
-/// hour whose closing forgets it ([`dedup::IdWindow`]).
+/// bucket whose closing forgets it ([`dedup::IdWindow`]): a multiple of the
+/// workload's [`Aggregation::DEDUP_BUCKET_MS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupId {
     pub bucket_ms: i64,
@@ -100,6 +101,10 @@ impl Emit {
 pub trait Aggregation: Send + Sync + 'static {
     /// The workload's name: a label on the engine's metrics and in logs.
     const NAME: &'static str;
+    /// The length of the buckets event ids are kept in ([`DedupId::bucket_ms`]):
+    /// an id is forgotten when its bucket closes (the bucket's end plus the
+    /// horizon's retention, on the partition's watermark). Engine policy; an hour unless the workload sets it.
+    const DEDUP_BUCKET_MS: i64 = dedup::BUCKET_MS;
     /// A decoded record of the events topic.
     type Event: Send;
     /// The state of one partition.

@@ -336,7 +336,7 @@ impl StateStore {
         let epoch: i64 = row.get("epoch");
         let position = Position { next_offset: row.get("next_offset"), watermark_ms: row.get("watermark_ms") };
         let scope = self.scope(partition);
-        let mut ids = IdWindow::new(retention_ms);
+        let mut ids = IdWindow::with_buckets(W::DEDUP_BUCKET_MS, retention_ms);
         let mut id_chunks = ChunkCounts::new();
         for (hour, chunks) in read_chunks(&tx, ID_CHUNKS, scope).await? {
             id_chunks.insert(hour, chunks.len() as u32);

@@ -11,7 +11,6 @@ use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 use deadpool_postgres::Transaction;
 
-use ::processor::engine::dedup::BUCKET_MS;
 use ::processor::engine::state_store::ROWS_PER_STATEMENT;
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
@@ -51,7 +50,11 @@ impl Aggregation for Increments {
     /// hour the increment was accepted in.
     fn dedup_id(&self, event: &IncrementEvent) -> Option<DedupId> {
         let hash = event.id_hash()?;
-        Some(DedupId { bucket_ms: event.accepted_at_ms.div_euclid(BUCKET_MS) * BUCKET_MS, hash })
+        Some(DedupId {
+            bucket_ms: event.accepted_at_ms.div_euclid(<Self as Aggregation>::DEDUP_BUCKET_MS)
+                * <Self as Aggregation>::DEDUP_BUCKET_MS,
+            hash,
+        })
     }
 
     fn apply(&self, state: &mut IncrementState, _: Record, event: IncrementEvent) -> Result<(), Skip> {
@@ -141,7 +144,7 @@ mod tests {
     use common::engine::horizon::Horizon;
 
     use super::*;
-    use ::processor::engine::dedup::IdWindow;
+    use ::processor::engine::dedup::{IdWindow, BUCKET_MS};
 
     /// 30 minutes into an hour: the window is measured from the hour the first attempt was accepted in.
     const FIRST_MS: i64 = 1_900_000_000_000 / BUCKET_MS * BUCKET_MS + 30 * 60_000;
