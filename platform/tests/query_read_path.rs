@@ -120,6 +120,7 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
     assert_eq!(
         tables,
         [
+            "applied_migrations",
             "daily_aggregates",
             "daily_partition_aggregates",
             "hourly_aggregates",
@@ -127,7 +128,6 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
             "hourly_partition_sketches",
             "increments",
             "read_progress",
-            "schema_migrations"
         ]
     );
     let (status, body) = get(&f.app, &format!("/analytics?timestamp={H}")).await;

@@ -22,6 +22,10 @@ pub struct Migration {
     pub name: &'static str,
     /// The services that use its tables, and so apply it at startup.
     pub applied_by: &'static [Service],
+    /// The version it had in the one global sequence of `schema_migrations`
+    /// that a schema migrated before versions were per owner records: found
+    /// there, it is recorded as applied instead of run.
+    pub replaces: Option<i32>,
     sql: &'static str,
 }
 
@@ -33,7 +37,12 @@ impl Migration {
         applied_by: &'static [Service],
         sql: &'static str,
     ) -> Self {
-        Migration { owner, version, name, applied_by, sql }
+        Migration { owner, version, name, applied_by, replaces: None, sql }
+    }
+
+    /// The same, standing for version `global` of the former global sequence.
+    pub const fn replacing(self, global: i32) -> Self {
+        Migration { replaces: Some(global), ..self }
     }
 
     /// The SQL it runs (with `search_path` set to the deployment's schema).
@@ -64,7 +73,8 @@ pub mod migrations {
         "processor_state",
         &[Processor],
         include_str!("../../migrations/0001_processor_state.sql"),
-    );
+    )
+    .replacing(2);
     /// Partition leases and PostgreSQL-held consumer positions (processor, materializer).
     pub const COORDINATION: Migration = Migration::new(
         ENGINE,
@@ -72,7 +82,8 @@ pub mod migrations {
         "coordination",
         &[Processor, Materializer],
         include_str!("../../migrations/0002_coordination.sql"),
-    );
+    )
+    .replacing(3);
     /// Settings the deployment agrees on (command, processor).
     pub const DEPLOYMENT_SETTINGS: Migration = Migration::new(
         ENGINE,
@@ -80,7 +91,8 @@ pub mod migrations {
         "deployment_settings",
         &[Command, Processor],
         include_str!("../../migrations/0003_deployment_settings.sql"),
-    );
+    )
+    .replacing(4);
     /// The processor's counted client event ids.
     pub const PROCESSOR_EVENT_IDS: Migration = Migration::new(
         ENGINE,
@@ -88,7 +100,8 @@ pub mod migrations {
         "processor_event_ids",
         &[Processor],
         include_str!("../../migrations/0004_processor_event_ids.sql"),
-    );
+    )
+    .replacing(5);
     /// Read-your-writes progress per events partition: materializer writes, query reads.
     pub const READ_PROGRESS: Migration = Migration::new(
         ENGINE,
@@ -96,7 +109,8 @@ pub mod migrations {
         "read_progress",
         &[Materializer, Query],
         include_str!("../../migrations/0005_read_progress.sql"),
-    );
+    )
+    .replacing(10);
     /// The processor's outbox: each checkpoint's records until their Kafka transaction committed.
     pub const PROCESSOR_OUTBOX: Migration = Migration::new(
         ENGINE,
@@ -104,7 +118,8 @@ pub mod migrations {
         "processor_outbox",
         &[Processor],
         include_str!("../../migrations/0006_processor_outbox.sql"),
-    );
+    )
+    .replacing(11);
 
     /// All of them, in version order.
     pub const ALL: &[Migration] =
@@ -188,11 +203,10 @@ pub fn pool(cfg: &PgConfig) -> Result<Pool, PgError> {
 /// processes (and services with overlapping lists) at once: an advisory lock
 /// serialises them, and `applied_migrations` records each (owner, version) once.
 ///
-/// Upgrading a schema migrated before versions were numbered per owner (its
-/// `schema_migrations` table is keyed by a global version): that table is
-/// left alone, and `applied_migrations` starts empty, so the first start would
-/// try to create existing tables; fill `applied_migrations` from the mapping in
-/// docs/architecture.md ("Tables and migrations") before starting the new build.
+/// A schema migrated before versions were numbered per owner has a
+/// `schema_migrations` table of global versions: a migration that
+/// [`replaces`](Migration::replaces) one of those is recorded as applied
+/// without running (that table is only read, never written).
 ///
 /// # Errors
 /// When PostgreSQL is unreachable or a migration fails (it is rolled back).
@@ -214,19 +228,35 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig, migrations: &[Migration]) -> R
         .iter()
         .map(|r| (r.get("owner"), r.get("version")))
         .collect();
+    let legacy: Vec<i32> = match tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{schema}.schema_migrations")])
+        .await?
+        .get(0)
+    {
+        true => tx
+            .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
+            .await?
+            .iter()
+            .map(|r| r.get("version"))
+            .collect(),
+        false => Vec::new(),
+    };
     let mut pending: Vec<&Migration> =
         migrations.iter().filter(|m| !applied.iter().any(|(o, v)| o == m.owner && *v == m.version)).collect();
     pending.sort_by_key(|m| (m.owner != ENGINE, m.owner, m.version));
     pending.dedup_by_key(|m| (m.owner, m.version));
-    for Migration { owner, version, name, sql, .. } in pending {
-        tx.batch_execute(&format!("SET LOCAL search_path = {schema}")).await?;
-        tx.batch_execute(sql).await?;
+    for Migration { owner, version, name, sql, replaces, .. } in pending {
+        let done_before = replaces.is_some_and(|v| legacy.contains(&v));
+        if !done_before {
+            tx.batch_execute(&format!("SET LOCAL search_path = {schema}")).await?;
+            tx.batch_execute(sql).await?;
+        }
         tx.execute(
             &format!("INSERT INTO {schema}.applied_migrations (owner, version, name) VALUES ($1, $2, $3)"),
             &[owner, version, name],
         )
         .await?;
-        tracing::info!(owner, version, name, schema, "applied migration");
+        tracing::info!(owner, version, name, schema, done_before, "applied migration");
     }
     tx.commit().await?;
     Ok(())

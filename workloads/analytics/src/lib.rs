@@ -71,7 +71,8 @@ pub mod migrations {
         "read_models",
         READ_MODEL_TABLES,
         include_str!("../migrations/0001_read_models.sql"),
-    );
+    )
+    .replacing(1);
     /// The processor's state: counts and user sets of open hours.
     pub const PROCESSOR_HOURS: Migration = Migration::new(
         "analytics",
@@ -79,10 +80,12 @@ pub mod migrations {
         "processor_hours",
         PROCESSOR_TABLES,
         include_str!("../migrations/0002_processor_hours.sql"),
-    );
+    )
+    .replacing(2);
     /// The range read models (hourly sketches, day totals): materializer writes, query reads.
     pub const RANGES: Migration =
-        Migration::new("analytics", 3, "ranges", READ_MODEL_TABLES, include_str!("../migrations/0003_ranges.sql"));
+        Migration::new("analytics", 3, "ranges", READ_MODEL_TABLES, include_str!("../migrations/0003_ranges.sql"))
+            .replacing(8);
     /// The processor's day user sets.
     pub const PROCESSOR_DAYS: Migration = Migration::new(
         "analytics",
@@ -90,7 +93,8 @@ pub mod migrations {
         "processor_days",
         PROCESSOR_TABLES,
         include_str!("../migrations/0004_processor_days.sql"),
-    );
+    )
+    .replacing(9);
 
     pub const ALL: &[Migration] = &[READ_MODELS, PROCESSOR_HOURS, RANGES, PROCESSOR_DAYS];
 }

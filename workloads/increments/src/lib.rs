@@ -59,7 +59,8 @@ pub mod migrations {
         "processor_sums",
         PROCESSOR_TABLES,
         include_str!("../migrations/0001_processor_sums.sql"),
-    );
+    )
+    .replacing(6);
     /// The read model: materializer writes, query reads.
     pub const READ_MODEL: Migration = Migration::new(
         "increments",
@@ -67,7 +68,8 @@ pub mod migrations {
         "read_model",
         READ_MODEL_TABLES,
         include_str!("../migrations/0002_read_model.sql"),
-    );
+    )
+    .replacing(7);
 
     pub const ALL: &[Migration] = &[PROCESSOR_SUMS, READ_MODEL];
 }
