@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use super::dedup::IdWindow;
-use super::emitter::{AggregateEmitter, PartitionEmitter};
+use super::emitter::{AggregateEmitter, KafkaProducer, Log, PartitionEmitter, TxnProducer};
 use super::metrics as m;
 use super::pipeline::ProcessorError;
-use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore};
-use super::{Aggregation, Emit, Position, Scope};
+use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, Store};
+use super::{planted, Aggregation, Emit, Planted, Position, Scope};
 
 /// Records a partition may read past its last committed checkpoint before
 /// the loop checkpoints at once, and stops reading until a checkpoint
@@ -20,14 +20,14 @@ use super::{Aggregation, Emit, Position, Scope};
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
 /// One partition this instance owns.
-pub struct OwnedPartition<S> {
+pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     pub(crate) epoch: i64,
     pub(crate) position: Position,
     pub(crate) ids: IdWindow,
     pub(crate) id_chunks: ChunkCounts,
     pub(crate) state: S,
     /// This partition's transactional producer (its id fences former owners).
-    pub(crate) emitter: PartitionEmitter,
+    pub(crate) emitter: PartitionEmitter<P>,
     /// The next offset the last emitted progress records carried: a
     /// checkpoint is due whenever the position moved past it, even if the
     /// records changed nothing (duplicates, skipped records), so that a read
@@ -48,7 +48,7 @@ pub struct OwnedPartition<S> {
     pub(crate) last_emit_bytes: usize,
 }
 
-impl<S> OwnedPartition<S> {
+impl<S, P: TxnProducer> OwnedPartition<S, P> {
     pub fn position(&self) -> Position {
         self.position
     }
@@ -101,25 +101,25 @@ impl<S> OwnedPartition<S> {
 ///
 /// # Errors
 /// The store's, or the emitter's.
-pub async fn claim_partition<W: Aggregation>(
+pub async fn claim_partition<W: Aggregation, S: Store, L: Log>(
     workload: &W,
-    store: &StateStore,
-    emitter: &AggregateEmitter,
+    store: &S,
+    emitter: &AggregateEmitter<L>,
     partition: i32,
     retention_ms: i64,
-) -> Result<OwnedPartition<W::State>, ProcessorError> {
+) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
     let claimed = store.claim(workload, partition, retention_ms).await?;
     open_claimed(workload, store.topic(), emitter, partition, claimed).await
 }
 
 /// The second half of [`claim_partition`], once the store's state is loaded.
-pub(crate) async fn open_claimed<W: Aggregation>(
+pub(crate) async fn open_claimed<W: Aggregation, L: Log>(
     workload: &W,
     topic: &str,
-    emitter: &AggregateEmitter,
+    emitter: &AggregateEmitter<L>,
     partition: i32,
     claimed: super::state_store::Claimed<W::State>,
-) -> Result<OwnedPartition<W::State>, ProcessorError> {
+) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
     let position = claimed.position;
     let emitter = emitter.open(partition).await?;
     // Exactly the records that may be missing from the log: those of
@@ -130,7 +130,13 @@ pub(crate) async fn open_claimed<W: Aggregation>(
     // restored state, which is at least as new as the record it replaces.
     let outbox = claimed.outbox;
     let mut records = outbox.kept;
+    if planted(Planted::ResendDropsKept) {
+        records.clear();
+    }
     records.extend(workload.render(Scope { topic, partition }, position, &claimed.state, &outbox.keys));
+    if planted(Planted::ResendIgnoresOutbox) {
+        records.clear();
+    }
     let resent = records.len();
     emitter.emit(records, Some(position.next_offset)).await?;
     metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
@@ -156,11 +162,11 @@ pub(crate) async fn open_claimed<W: Aggregation>(
 /// # Errors
 /// The store's (nothing was written then), or the emitter's (the store is
 /// then ahead of the log: the partition must be claimed again, which re-sends).
-pub async fn checkpoint_partition<W: Aggregation>(
+pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     workload: &W,
-    store: &StateStore,
+    store: &S,
     partition: i32,
-    owned: &mut OwnedPartition<W::State>,
+    owned: &mut OwnedPartition<W::State, P>,
 ) -> Result<Option<i64>, ProcessorError> {
     owned.last_emit_bytes = 0;
     let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
@@ -179,7 +185,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
         ids: &owned.ids,
         closed_id_hours: &closed_id_hours,
         id_chunks: &owned.id_chunks,
-        emits: &emits,
+        emits: if planted(Planted::OutboxSkipped) { &[] } else { &emits },
         emitted_through: owned.outbox_through,
     };
     let work = changes.as_ref().map(|c| (&owned.state, c));

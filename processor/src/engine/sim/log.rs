@@ -1,0 +1,148 @@
+//! The events and aggregates topics in memory, with Kafka's transactional
+//! semantics as the engine relies on them: a producer per events partition,
+//! fenced by the next `open` of that partition; a transaction's records
+//! become visible to (read_committed) readers together at its commit, and
+//! an aborted one's never.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::engine::emitter::{EmitError, Log, TxnProducer};
+use crate::engine::{planted, Emit, Planted};
+
+/// What the next transaction does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFault {
+    /// It aborts: none of its records land.
+    Abort,
+    /// It commits, but the producer hears an error (a commit whose reply was lost).
+    LostCommit,
+}
+
+/// A record of the events topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    /// The broker's log-append time.
+    pub appended_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct Topics {
+    events: BTreeMap<i32, Vec<LogRecord>>,
+    /// Committed records of the aggregates topic, in commit order.
+    aggregates: Vec<Emit>,
+    /// The current producer epoch of each events partition's transactional id.
+    epochs: BTreeMap<i32, u64>,
+    fault: Option<LogFault>,
+    /// Transactions committed and aborted, for the run's summary.
+    committed: u64,
+    aborted: u64,
+}
+
+/// The log of one workload: its events topic and its aggregates topic. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct MemLog {
+    topics: Arc<Mutex<Topics>>,
+}
+
+impl MemLog {
+    pub fn new() -> Self {
+        MemLog::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Topics> {
+        self.topics.lock().expect("no panic while the log is held")
+    }
+
+    /// Appends an event (the command's write); returns its offset.
+    pub fn append_event(&self, partition: i32, payload: Vec<u8>, appended_ms: i64) -> i64 {
+        let mut topics = self.lock();
+        let records = topics.events.entry(partition).or_default();
+        let offset = records.len() as i64;
+        records.push(LogRecord { offset, payload, appended_ms });
+        offset
+    }
+
+    /// Up to `max` events of `partition` from offset `from`.
+    pub fn read_events(&self, partition: i32, from: i64, max: usize) -> Vec<LogRecord> {
+        let topics = self.lock();
+        let records = topics.events.get(&partition).map(Vec::as_slice).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(0).min(records.len());
+        records[from..].iter().take(max).cloned().collect()
+    }
+
+    /// The next offset of `partition`'s events.
+    pub fn events_end(&self, partition: i32) -> i64 {
+        self.lock().events.get(&partition).map_or(0, |r| r.len() as i64)
+    }
+
+    /// Every committed aggregates record, in commit order (what a read_committed reader sees).
+    pub fn committed_aggregates(&self) -> Vec<Emit> {
+        self.lock().aggregates.clone()
+    }
+
+    /// Makes the next transaction fail this way.
+    pub fn inject(&self, fault: LogFault) {
+        self.lock().fault = Some(fault);
+    }
+
+    /// Transactions committed and aborted so far.
+    pub fn transactions(&self) -> (u64, u64) {
+        let topics = self.lock();
+        (topics.committed, topics.aborted)
+    }
+}
+
+impl Log for MemLog {
+    type Producer = MemProducer;
+
+    async fn open(&self, partition: i32) -> Result<MemProducer, EmitError> {
+        let mut topics = self.lock();
+        let epoch = topics.epochs.entry(partition).or_default();
+        // The bug: a producer whose id is not the partition's fences no one.
+        if !planted(Planted::NoEmitFence) {
+            *epoch += 1;
+        }
+        Ok(MemProducer { log: self.clone(), partition, epoch: *epoch })
+    }
+}
+
+/// One events partition's transactional producer.
+#[derive(Debug)]
+pub struct MemProducer {
+    log: MemLog,
+    partition: i32,
+    epoch: u64,
+}
+
+fn failed(partition: i32) -> EmitError {
+    EmitError::Kafka { partition, source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) }
+}
+
+impl TxnProducer for MemProducer {
+    async fn transaction(&self, records: Vec<Emit>, placed: Vec<(i32, Emit)>) -> Result<(), EmitError> {
+        let mut topics = self.log.lock();
+        if topics.epochs.get(&self.partition) != Some(&self.epoch) {
+            return Err(EmitError::Fenced(self.partition));
+        }
+        match topics.fault.take() {
+            Some(LogFault::Abort) => {
+                topics.aborted += 1;
+                Err(failed(self.partition))
+            }
+            fault => {
+                topics.aggregates.extend(records);
+                topics.aggregates.extend(placed.into_iter().map(|(_, r)| r));
+                topics.committed += 1;
+                match fault {
+                    Some(LogFault::LostCommit) => Err(failed(self.partition)),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
