@@ -85,9 +85,9 @@ impl MemLog {
         self.lock().aggregates.clone()
     }
 
-    /// Makes the next transaction fail this way.
-    pub fn inject(&self, fault: LogFault) {
-        self.lock().fault = Some(fault);
+    /// Makes the next transaction fail this way (`None`: clears a fault not yet hit).
+    pub fn inject(&self, fault: Option<LogFault>) {
+        self.lock().fault = fault;
     }
 
     /// Transactions committed and aborted so far.

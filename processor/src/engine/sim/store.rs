@@ -63,9 +63,9 @@ impl MemStore {
         MemStore { topic: topic.to_owned(), shared: Arc::default() }
     }
 
-    /// Makes the next transaction fail this way.
-    pub fn inject(&self, fault: StoreFault) {
-        self.lock().fault = Some(fault);
+    /// Makes the next transaction fail this way (`None`: clears a fault not yet hit).
+    pub fn inject(&self, fault: Option<StoreFault>) {
+        self.lock().fault = fault;
     }
 
     /// The committed position and epoch of a partition, if it was ever claimed.
