@@ -49,6 +49,31 @@ const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// What the loop does with a partition after a failed checkpoint (the
+/// simulation applies the same policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterCheckpoint {
+    /// Keep it: the store failed and wrote nothing, so the next tick retries.
+    Keep,
+    /// Drop it: another instance owns it now (`fenced`), or its emit failed
+    /// and the next heartbeat claims it again, which re-sends the outbox.
+    Drop { fenced: bool },
+    /// Not one partition's problem: the loop stops.
+    Fatal,
+}
+
+/// The policy for a checkpoint's outcome (a success keeps the partition).
+pub(crate) fn after_checkpoint(result: &Result<Option<i64>, ProcessorError>) -> AfterCheckpoint {
+    match result {
+        Ok(_) | Err(ProcessorError::Store(StoreError::Pg(_))) => AfterCheckpoint::Keep,
+        Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
+            AfterCheckpoint::Drop { fenced: true }
+        }
+        Err(ProcessorError::Emit(EmitError::Kafka { .. })) => AfterCheckpoint::Drop { fenced: false },
+        Err(ProcessorError::Kafka(_) | ProcessorError::LogReset(_)) => AfterCheckpoint::Fatal,
+    }
+}
+
 /// What the engine needs to run one workload's processor.
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
@@ -392,15 +417,15 @@ impl<W: Aggregation> Processor<W> {
         let results = futures::future::join_all(rounds).await;
         let mut retry_later = false;
         for (p, owned, result) in results {
-            match result {
-                Ok(Some(next)) => {
+            match (after_checkpoint(&result), result) {
+                (_, Ok(Some(next))) => {
                     commits.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
                     self.owned.insert(p, owned);
                 }
-                Ok(None) => {
+                (_, Ok(None)) => {
                     self.owned.insert(p, owned);
                 }
-                Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
+                (AfterCheckpoint::Drop { fenced: true }, Err(_)) => {
                     tracing::warn!(
                         workload = W::NAME,
                         partition = p,
@@ -410,14 +435,14 @@ impl<W: Aggregation> Processor<W> {
                         .increment(1);
                     fenced = true;
                 }
-                Err(ProcessorError::Store(e)) => {
+                (AfterCheckpoint::Keep, Err(e)) => {
                     // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
                     tracing::warn!(workload = W::NAME, partition = p, error = %e, "checkpoint failed; will retry");
                     metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
                     retry_later = true;
                 }
-                Err(ProcessorError::Emit(e)) => {
+                (AfterCheckpoint::Drop { fenced: false }, Err(e)) => {
                     // The state store is ahead of the log: dropped here, the partition is
                     // claimed again at the next heartbeat (its lease is still ours), and the
                     // claim re-sends the outbox, which holds this checkpoint's records.
@@ -426,7 +451,7 @@ impl<W: Aggregation> Processor<W> {
                         .increment(1);
                     fenced = true;
                 }
-                Err(e) => return Err(e),
+                (AfterCheckpoint::Fatal, Err(e)) => return Err(e),
             }
         }
         let emitted: usize = self.owned.values().map(|o| o.last_emit_bytes).sum();

@@ -21,20 +21,22 @@
 //! prints its steps; `SIM_SEEDS=n` runs seeds 0..n (default 1000).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use common::analytics::wire::{decode_hour_aggregate, encode_event};
 use common::analytics::{ClickEvent, EventKind, HourBucket, HourCounts, HourStart, UserId};
 use common::engine::progress::{decode_progress, PROGRESS_KEY_PREFIX};
-use futures::executor::block_on;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{LogFault, MemLog, MemProducer, MemStore, StoreFault};
 use crate::analytics::{Analytics, AnalyticsState};
-use crate::engine::emitter::{AggregateEmitter, EmitError};
+use crate::engine::emitter::AggregateEmitter;
 use crate::engine::partition::{checkpoint_partition, claim_partition, OwnedPartition};
-use crate::engine::state_store::StoreError;
+use crate::engine::pipeline::{after_checkpoint, AfterCheckpoint};
 use crate::engine::{plant, Aggregation, Planted, ProcessorError};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -51,8 +53,21 @@ type Owned = OwnedPartition<AnalyticsState, MemProducer>;
 /// One processor instance: what it holds in memory.
 struct Instance {
     up: bool,
-    emitter: AggregateEmitter<MemLog>,
     owned: BTreeMap<i32, Owned>,
+}
+
+/// The end of a claim or checkpoint.
+enum Outcome {
+    Claim(Result<Owned, ProcessorError>),
+    Checkpoint(Owned, Result<Option<i64>, ProcessorError>),
+}
+
+/// A claim or checkpoint held up in the network (its emit stalled): the
+/// run goes on around it, and a later step finishes it.
+struct InFlight {
+    instance: usize,
+    partition: i32,
+    op: Pin<Box<dyn Future<Output = Outcome>>>,
 }
 
 /// What a run did, for the summary of a replayed seed.
@@ -65,6 +80,7 @@ struct Counts {
     log_faults: u32,
     claims: u32,
     checkpoints: u32,
+    stalls: u32,
     retries: u32,
 }
 
@@ -76,6 +92,9 @@ struct Sim {
     instances: Vec<Instance>,
     /// The lease of each partition: the instance meant to hold it.
     lease: BTreeMap<i32, usize>,
+    in_flight: Vec<InFlight>,
+    /// Set when a checkpoint wrote or failed: the quiescing run is not done yet.
+    busy: bool,
     /// Events the command has yet to append, in order.
     pending: VecDeque<(i32, ClickEvent)>,
     counts: Counts,
@@ -137,11 +156,10 @@ impl Sim {
         let log = MemLog::new();
         let mut counts = Counts::default();
         let pending = generate(&mut rng, partitions, &mut counts);
-        let instances = (0..n)
-            .map(|_| Instance { up: true, emitter: AggregateEmitter::over(log.clone(), TOPIC, 1), owned: BTreeMap::new() })
-            .collect();
+        let instances = (0..n).map(|_| Instance { up: true, owned: BTreeMap::new() }).collect();
         let lease = (0..partitions).map(|p| (p, p as usize % n)).collect();
-        Sim { rng, log, store: MemStore::new(TOPIC), partitions, instances, lease, pending, counts, verbose }
+        let store = MemStore::new(TOPIC);
+        Sim { rng, log, store, partitions, instances, lease, in_flight: Vec::new(), busy: false, pending, counts, verbose }
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
@@ -182,43 +200,84 @@ impl Sim {
         self.trace(|| format!("i{i} consumes p{partition}: {} records, next {next}", records.len()));
     }
 
-    /// A checkpoint of one partition, and what the loop does with its outcome
-    /// (`checkpoint_all`): keep the partition, or drop it (fenced, or the emit
-    /// failed: the next heartbeat claims it again, re-sending the outbox).
-    fn checkpoint(&mut self, i: usize, partition: i32) -> Result<Option<i64>, ()> {
-        let Some(mut owned) = self.instances[i].owned.remove(&partition) else { return Ok(None) };
+    /// Starts a checkpoint of one partition (`checkpoint_partition`); it
+    /// finishes at once unless its emit stalls.
+    fn checkpoint(&mut self, i: usize, partition: i32) {
+        let Some(mut owned) = self.instances[i].owned.remove(&partition) else { return };
         self.counts.checkpoints += 1;
-        let result = block_on(checkpoint_partition(&WORKLOAD, &self.store, partition, &mut owned));
-        self.trace(|| format!("i{i} checkpoints p{partition}: {result:?}"));
-        match result {
-            Ok(next) => {
-                self.instances[i].owned.insert(partition, owned);
-                Ok(next)
-            }
-            Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
-                self.counts.zombie_fences += 1;
-                Err(())
-            }
-            Err(ProcessorError::Store(_)) => {
-                self.instances[i].owned.insert(partition, owned);
-                Err(())
-            }
-            Err(_) => Err(()),
+        let store = self.store.clone();
+        let op = async move {
+            let result = checkpoint_partition(&WORKLOAD, &store, partition, &mut owned).await;
+            Outcome::Checkpoint(owned, result)
+        };
+        self.start(i, partition, Box::pin(op));
+    }
+
+    /// Starts a claim of a partition leased to `i` (`Processor::claim`, one
+    /// attempt); it finishes at once unless its re-send stalls.
+    fn claim(&mut self, i: usize, partition: i32) {
+        self.counts.claims += 1;
+        let (store, log) = (self.store.clone(), self.log.clone());
+        let op = async move {
+            let emitter = AggregateEmitter::over(log, TOPIC, 1);
+            Outcome::Claim(claim_partition(&WORKLOAD, &store, &emitter, partition, RETENTION_MS).await)
+        };
+        self.start(i, partition, Box::pin(op));
+    }
+
+    fn start(&mut self, instance: usize, partition: i32, op: Pin<Box<dyn Future<Output = Outcome>>>) {
+        let mut op = InFlight { instance, partition, op };
+        if !self.poll(&mut op) {
+            self.counts.stalls += 1;
+            self.trace(|| format!("i{instance}: p{partition}'s operation stalls"));
+            self.in_flight.push(op);
         }
     }
 
-    /// A claim of a partition leased to `i` (`Processor::claim`, one attempt).
-    fn claim(&mut self, i: usize, partition: i32) {
-        self.counts.claims += 1;
-        let emitter = &self.instances[i].emitter;
-        let claimed = block_on(claim_partition(&WORKLOAD, &self.store, emitter, partition, RETENTION_MS));
-        match claimed {
-            Ok(owned) => {
+    /// Polls an operation; true when it finished (and its outcome was applied).
+    fn poll(&mut self, op: &mut InFlight) -> bool {
+        let (i, partition) = (op.instance, op.partition);
+        match op.op.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => false,
+            Poll::Ready(Outcome::Claim(Ok(owned))) => {
                 self.trace(|| format!("i{i} claims p{partition}: epoch {}, {:?}", owned.epoch, owned.position));
                 self.instances[i].owned.insert(partition, owned);
+                true
             }
-            Err(e) => self.trace(|| format!("i{i} claim of p{partition} failed: {e}")),
+            Poll::Ready(Outcome::Claim(Err(e))) => {
+                // Retried at the next heartbeat.
+                self.trace(|| format!("i{i} claim of p{partition} failed: {e}"));
+                true
+            }
+            Poll::Ready(Outcome::Checkpoint(owned, result)) => {
+                self.trace(|| format!("i{i} checkpoints p{partition}: {result:?}"));
+                // What the loop does with the outcome (`checkpoint_all`): keep the partition,
+                // or drop it (fenced; or its emit failed: the next heartbeat claims it again).
+                let after = after_checkpoint(&result);
+                if after == (AfterCheckpoint::Drop { fenced: true }) {
+                    self.counts.zombie_fences += 1;
+                }
+                if after == AfterCheckpoint::Keep {
+                    self.instances[i].owned.insert(partition, owned);
+                }
+                if matches!(result, Ok(Some(_)) | Err(_)) {
+                    self.busy = true;
+                }
+                true
+            }
         }
+    }
+
+    /// Polls a stalled operation again.
+    fn resume(&mut self, k: usize) {
+        let mut op = self.in_flight.remove(k);
+        if !self.poll(&mut op) {
+            self.in_flight.push(op);
+        }
+    }
+
+    fn is_in_flight(&self, i: usize, partition: i32) -> bool {
+        self.in_flight.iter().any(|op| op.instance == i && op.partition == partition)
     }
 
     /// A heartbeat of `i` (`Processor::rebalance`): drops the partitions whose
@@ -234,7 +293,7 @@ impl Sim {
         }
         let mine: Vec<i32> = self.lease.iter().filter(|(_, owner)| **owner == i).map(|(p, _)| *p).collect();
         for p in mine {
-            if !self.instances[i].owned.contains_key(&p) {
+            if !self.instances[i].owned.contains_key(&p) && !self.is_in_flight(i, p) {
                 self.claim(i, p);
             }
         }
@@ -255,22 +314,28 @@ impl Sim {
     fn step(&mut self) {
         let up = self.up_instances();
         match self.rng.random_range(0..100) {
-            0..20 => {
+            0..18 => {
                 let n = self.rng.random_range(1..=4);
                 self.append(n);
             }
-            20..50 => {
+            18..44 => {
                 let Some(i) = self.pick(&up) else { return };
                 let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
                 let Some(p) = self.pick(&held) else { return };
                 let max = self.rng.random_range(1..=8);
                 self.consume(i, p, max);
             }
-            50..72 => {
+            44..64 => {
                 let Some(i) = self.pick(&up) else { return };
                 let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
                 if let Some(p) = self.pick(&held) {
-                    let _ = self.checkpoint(i, p);
+                    self.checkpoint(i, p);
+                }
+            }
+            64..72 => {
+                if !self.in_flight.is_empty() {
+                    let k = self.rng.random_range(0..self.in_flight.len());
+                    self.resume(k);
                 }
             }
             72..74 => {
@@ -280,6 +345,8 @@ impl Sim {
                 let instance = &mut self.instances[i];
                 instance.up = false;
                 instance.owned.clear();
+                // Its claims and checkpoints in flight die with it (a checkpoint's store commit may be done).
+                self.in_flight.retain(|op| op.instance != i);
             }
             74..78 => {
                 let down: Vec<usize> = (0..self.instances.len()).filter(|i| !self.instances[*i].up).collect();
@@ -298,18 +365,19 @@ impl Sim {
                 let graceful = self.rng.random_bool(0.5);
                 self.trace(|| format!("p{p} moves i{from} -> i{to}, graceful: {graceful}"));
                 if graceful && self.instances[from].up {
-                    let _ = self.checkpoint(from, p);
+                    // The final checkpoint before the hand-over; the partition is released either way.
+                    self.checkpoint(from, p);
                     self.instances[from].owned.remove(&p);
                 }
                 self.lease.insert(p, to);
             }
-            83..92 => {
+            83..91 => {
                 self.expire_leases();
                 let Some(i) = self.pick(&up) else { return };
                 let notices = self.rng.random_bool(0.5);
                 self.heartbeat(i, notices);
             }
-            92..96 => {
+            91..95 => {
                 self.counts.store_faults += 1;
                 let fault = if self.rng.random_bool(0.6) { StoreFault::Fail } else { StoreFault::LostReply };
                 self.trace(|| format!("next store transaction: {fault:?}"));
@@ -317,15 +385,20 @@ impl Sim {
             }
             _ => {
                 self.counts.log_faults += 1;
-                let fault = if self.rng.random_bool(0.6) { LogFault::Abort } else { LogFault::LostCommit };
+                let fault = match self.rng.random_range(0..10) {
+                    0..4 => LogFault::Abort,
+                    4..6 => LogFault::LostCommit,
+                    _ => LogFault::Stall,
+                };
                 self.trace(|| format!("next log transaction: {fault:?}"));
                 self.log.inject(Some(fault));
             }
         }
     }
 
-    /// No more faults; every instance up; every partition claimed by its
-    /// lease holder, consumed to the end and checkpointed until nothing is left to do.
+    /// No more faults; every instance up; every stalled operation finished;
+    /// every partition claimed by its lease holder, consumed to the end and
+    /// checkpointed until nothing is left to do.
     fn quiesce(&mut self) -> Result<(), String> {
         self.trace(|| "quiesce".to_owned());
         self.store.inject(None);
@@ -334,38 +407,40 @@ impl Sim {
         for i in 0..self.instances.len() {
             self.instances[i].up = true;
         }
-        for round in 0..20 {
-            let mut idle = true;
+        for _ in 0..20 {
+            self.busy = false;
+            while !self.in_flight.is_empty() {
+                self.resume(0);
+            }
             for i in 0..self.instances.len() {
                 self.heartbeat(i, true);
             }
             for p in 0..self.partitions {
                 let i = self.lease[&p];
-                let end = self.log.events_end(p);
-                let Some(owned) = self.instances[i].owned.get(&p) else {
-                    return Err(format!("round {round}: p{p} not claimed by i{i} without faults"));
-                };
-                if owned.position.next_offset < end {
-                    idle = false;
+                if !self.instances[i].owned.contains_key(&p) {
+                    self.busy = true; // its claim failed or stalled: the next round finishes it
+                    continue;
+                }
+                if self.instances[i].owned[&p].position.next_offset < self.log.events_end(p) {
+                    self.busy = true;
                     self.consume(i, p, usize::MAX);
                 }
                 // A fenced zombie copy (the lease came back to an instance still holding an
                 // old epoch) is dropped by its failed checkpoint and claimed at the next heartbeat.
-                if self.checkpoint(i, p) != Ok(None) {
-                    idle = false;
-                }
+                self.checkpoint(i, p);
             }
-            if idle {
+            if !self.busy && self.in_flight.is_empty() {
                 return Ok(());
             }
         }
-        Err("the run does not quiesce".to_owned())
+        Err("the run does not quiesce without faults".to_owned())
     }
 
     /// The read model against the exact fold, and each partition's newest progress record against its end.
     fn check(&self, events: &[(i32, ClickEvent)]) -> Result<(), String> {
         let mut model: BTreeMap<String, (i64, HourCounts)> = BTreeMap::new();
         let mut progress: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
         for r in self.log.committed_aggregates() {
             if r.key.starts_with(PROGRESS_KEY_PREFIX) {
                 let p = decode_progress(&r.payload).map_err(|e| format!("progress {}: {e}", r.key))?;
@@ -374,6 +449,16 @@ impl Sim {
                 continue;
             }
             let a = decode_hour_aggregate(&r.payload).map_err(|e| format!("aggregate {}: {e}", r.key))?;
+            // The log itself: a key's records never go back in input offset (compaction keeps the newest).
+            if let Some(newest) = newest.get(&r.key) {
+                if a.input_offset < *newest {
+                    return Err(format!(
+                        "{}: a record of input offset {} was committed after one of {newest}",
+                        r.key, a.input_offset
+                    ));
+                }
+            }
+            newest.insert(r.key.clone(), a.input_offset);
             // The materializer's guard: a record replaces the held one only if its input offset is newer.
             if model.get(&r.key).is_none_or(|(offset, _)| a.input_offset > *offset) {
                 model.insert(r.key.clone(), (a.input_offset, a.counts));

@@ -19,6 +19,24 @@ pub enum LogFault {
     Abort,
     /// It commits, but the producer hears an error (a commit whose reply was lost).
     LostCommit,
+    /// It is held up on its way to the broker: the emit stays in flight
+    /// (its future pending) until the test polls it again.
+    Stall,
+}
+
+/// Pending once, then ready: a transaction held up in the network.
+struct Stalled(bool);
+
+impl std::future::Future for Stalled {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
 }
 
 /// A record of the events topic.
@@ -125,6 +143,17 @@ fn failed(partition: i32) -> EmitError {
 
 impl TxnProducer for MemProducer {
     async fn transaction(&self, records: Vec<Emit>, placed: Vec<(i32, Emit)>) -> Result<(), EmitError> {
+        let stall = {
+            let mut topics = self.log.lock();
+            let stall = topics.fault == Some(LogFault::Stall);
+            if stall {
+                topics.fault = None;
+            }
+            stall
+        };
+        if stall {
+            Stalled(false).await;
+        }
         let mut topics = self.log.lock();
         if topics.epochs.get(&self.partition) != Some(&self.epoch) {
             return Err(EmitError::Fenced(self.partition));

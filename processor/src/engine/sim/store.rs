@@ -77,9 +77,10 @@ impl MemStore {
         self.shared.lock().expect("no panic while the tables are held")
     }
 
-    fn begin(&self) -> (MemTx, Option<StoreFault>) {
+    /// A transaction on a copy of the tables, and the fault it is to hit (if `faulty`).
+    fn begin(&self, faulty: bool) -> (MemTx, Option<StoreFault>) {
         let mut shared = self.lock();
-        let fault = shared.fault.take();
+        let fault = if faulty { shared.fault.take() } else { None };
         (MemTx { tables: shared.tables.clone() }, fault)
     }
 
@@ -112,7 +113,7 @@ impl Store for MemStore {
         partition: i32,
         retention_ms: i64,
     ) -> Result<Claimed<W::State>, StoreError> {
-        let (mut tx, fault) = self.begin();
+        let (mut tx, fault) = self.begin(true);
         let scope = Scope { topic: &self.topic, partition };
         let claimed = claim_in(&mut tx, workload, scope, retention_ms).await?;
         self.finish(tx, fault)?;
@@ -129,13 +130,13 @@ impl Store for MemStore {
         let scope = Scope { topic: &self.topic, partition };
         if planted(Planted::PositionBeforeState) {
             // The bug: the position commits on its own, then the rest (which may fail).
-            let (mut tx, _) = self.begin();
+            let (mut tx, _) = self.begin(false);
             if !tx.advance(scope, cp.epoch, cp.position).await? {
                 return Err(StoreError::Fenced(partition));
             }
             self.finish(tx, None)?;
         }
-        let (mut tx, fault) = self.begin();
+        let (mut tx, fault) = self.begin(true);
         let committed = commit_in(&mut tx, workload, scope, cp, work).await?;
         self.finish(tx, fault)?;
         Ok(committed)
