@@ -159,7 +159,19 @@ impl Sim {
         let instances = (0..n).map(|_| Instance { up: true, owned: BTreeMap::new() }).collect();
         let lease = (0..partitions).map(|p| (p, p as usize % n)).collect();
         let store = MemStore::new(TOPIC);
-        Sim { rng, log, store, partitions, instances, lease, in_flight: Vec::new(), busy: false, pending, counts, verbose }
+        Sim {
+            rng,
+            log,
+            store,
+            partitions,
+            instances,
+            lease,
+            in_flight: Vec::new(),
+            busy: false,
+            pending,
+            counts,
+            verbose,
+        }
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {

@@ -22,6 +22,8 @@ pub enum StoreFault {
 }
 
 type PartitionKey = (String, i32);
+/// An outbox row: the input offset, and the record's bytes where they are kept whole.
+type OutboxRow = (i64, Option<Vec<u8>>);
 
 /// The tables, as one value: a transaction works on a copy.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +35,7 @@ struct Tables {
     /// Chunks per (table, partition, hour), in write order.
     chunks: BTreeMap<(&'static str, PartitionKey, i64), Vec<Vec<u8>>>,
     /// Key → (input offset, payload kept whole or not).
-    outbox: BTreeMap<PartitionKey, BTreeMap<String, (i64, Option<Vec<u8>>)>>,
+    outbox: BTreeMap<PartitionKey, BTreeMap<String, OutboxRow>>,
 }
 
 #[derive(Debug, Default)]
@@ -241,7 +243,7 @@ impl EngineTx for MemTx {
     }
 
     async fn read_outbox(&mut self, scope: Scope<'_>) -> Result<Outbox, PgError> {
-        let mut rows: Vec<(&String, &(i64, Option<Vec<u8>>))> =
+        let mut rows: Vec<(&String, &OutboxRow)> =
             self.tables.outbox.get(&key(scope)).map(|o| o.iter().collect()).unwrap_or_default();
         // As PostgreSQL's: ORDER BY input_offset, key.
         rows.sort_by_key(|(k, (offset, _))| (*offset, *k));
