@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::{assignment, consumer_config, partition_for};
+use common::engine::kafka::{assignment, consumer_config};
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
 use futures::{FutureExt, StreamExt};
@@ -36,7 +36,9 @@ use tracing::Instrument;
 
 use super::emitter::{AggregateEmitter, EmitError};
 use super::metrics as m;
-use super::partition::{checkpoint_partition, emit_pause, open_claimed, OwnedPartition};
+use super::partition::{
+    checkpoint_partition, emit_pause, open_claimed, FetchedRecord, OnRecord, OwnedPartition, MISROUTED,
+};
 use super::state_store::{StateStore, StoreError};
 use super::Aggregation;
 
@@ -304,54 +306,33 @@ impl<W: Aggregation> Processor<W> {
         let (partition, offset) = (msg.partition(), msg.offset());
         // A message fetched before a partition was handed over: not ours any more.
         let Some(owned) = self.owned.get_mut(&partition) else { return };
-        if owned.stalled_at.is_some() {
-            return; // fetched before the partition stopped: its position must stay at the bad record
-        }
-        if offset < owned.position.next_offset {
-            // Already in the restored state (a replay after a re-assignment).
-            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "replayed").increment(1);
-            return;
-        }
-        // A record whose key belongs to another partition (a producer with another
-        // partitioner or partition count): counting it here could count it twice.
-        // Skipped, the same way on every replay, and counted in a metric.
-        if msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition) {
-            tracing::warn!(workload = W::NAME, partition, offset, "record keyed for another partition: not counted");
-            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "misrouted").increment(1);
-            owned.position.next_offset = offset + 1;
-            owned.pending_records += 1;
-            return;
-        }
-        let event = match msg.payload().map(|p| self.workload.decode(p)) {
-            Some(Ok(event)) => event,
-            other => {
-                // Skipping it would lose an accepted event for good (a record of a
-                // newer schema version, say). Stop this partition at the record,
-                // keeping its lease and state, and raise the alarm; the others go on.
-                let error = other.and_then(Result::err).map(|e| e.to_string());
-                owned.stalled_at = Some(offset);
-                common::engine::kafka::stall_partition(
-                    &*self.consumer,
-                    &self.topic,
-                    partition,
-                    offset,
-                    error,
-                    m::PARTITION_STALLED,
-                );
-                return;
-            }
+        let log_append_ms = match msg.timestamp() {
+            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+            _ => None,
         };
-        // The broker's clock, where the topic stamps it (LogAppendTime): one
-        // clock for the whole partition; else the writer's acceptance time.
-        let accepted_at_ms = match msg.timestamp() {
-            rdkafka::Timestamp::LogAppendTime(ms) => ms,
-            _ => self.workload.accepted_at_ms(&event),
-        };
-        match owned.apply(&self.workload, offset, accepted_at_ms, event) {
-            Ok(_) => self.applied += 1,
-            Err(skip) => {
-                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => skip.0).increment(1);
+        let fetched = FetchedRecord { offset, key: msg.key(), payload: msg.payload(), log_append_ms };
+        match owned.on_record(&self.workload, self.partitions, partition, fetched) {
+            OnRecord::Applied => self.applied += 1,
+            OnRecord::Ignored => {}
+            OnRecord::Skipped(reason) => {
+                if reason == MISROUTED {
+                    tracing::warn!(
+                        workload = W::NAME,
+                        partition,
+                        offset,
+                        "record keyed for another partition: not counted"
+                    );
+                }
+                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => reason.0).increment(1);
             }
+            OnRecord::Stalled(error) => common::engine::kafka::stall_partition(
+                &*self.consumer,
+                &self.topic,
+                partition,
+                offset,
+                error,
+                m::PARTITION_STALLED,
+            ),
         }
     }
 

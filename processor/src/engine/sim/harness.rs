@@ -35,9 +35,9 @@ use rand::{Rng, SeedableRng};
 use super::{LogFault, MemLog, MemProducer, MemStore, StoreFault};
 use crate::analytics::{Analytics, AnalyticsState};
 use crate::engine::emitter::AggregateEmitter;
-use crate::engine::partition::{checkpoint_partition, claim_partition, OwnedPartition};
+use crate::engine::partition::{checkpoint_partition, claim_partition, FetchedRecord, OnRecord, OwnedPartition};
 use crate::engine::pipeline::{after_checkpoint, AfterCheckpoint};
-use crate::engine::{plant, Aggregation, Planted, ProcessorError};
+use crate::engine::{plant, Planted, ProcessorError};
 
 const HOUR_MS: i64 = 3_600_000;
 const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
@@ -192,7 +192,8 @@ impl Sim {
     fn append(&mut self, n: usize) {
         for _ in 0..n {
             let Some((partition, event)) = self.pending.pop_front() else { return };
-            let offset = self.log.append_event(partition, encode_event(&event), event.accepted_at_ms);
+            let key = event.user.as_str().as_bytes().to_vec();
+            let offset = self.log.append_event(partition, key, encode_event(&event), event.accepted_at_ms);
             self.trace(|| format!("append p{partition}@{offset} {:?} id={:?}", event.user.as_str(), event.id));
         }
     }
@@ -205,8 +206,16 @@ impl Sim {
         };
         let owned = self.instances[i].owned.get_mut(&partition).expect("checked above");
         for r in &records {
-            let event = WORKLOAD.decode(&r.payload).expect("the simulation writes valid events");
-            let _counted_or_skipped = owned.apply(&WORKLOAD, r.offset, r.appended_ms, event);
+            let fetched = FetchedRecord {
+                offset: r.offset,
+                key: Some(&r.key),
+                payload: Some(&r.payload),
+                log_append_ms: Some(r.appended_ms),
+            };
+            let outcome = owned.on_record(&WORKLOAD, self.partitions, partition, fetched);
+            if let OnRecord::Stalled(e) = outcome {
+                panic!("p{partition}@{}: the simulation writes only valid events: {e:?}", r.offset);
+            }
         }
         let next = owned.position.next_offset;
         self.trace(|| format!("i{i} consumes p{partition}: {} records, next {next}", records.len()));

@@ -43,6 +43,7 @@ impl std::future::Future for Stalled {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
     pub offset: i64,
+    pub key: Vec<u8>,
     pub payload: Vec<u8>,
     /// The broker's log-append time.
     pub appended_ms: i64,
@@ -77,11 +78,11 @@ impl MemLog {
     }
 
     /// Appends an event (the command's write); returns its offset.
-    pub fn append_event(&self, partition: i32, payload: Vec<u8>, appended_ms: i64) -> i64 {
+    pub fn append_event(&self, partition: i32, key: Vec<u8>, payload: Vec<u8>, appended_ms: i64) -> i64 {
         let mut topics = self.lock();
         let records = topics.events.entry(partition).or_default();
         let offset = records.len() as i64;
-        records.push(LogRecord { offset, payload, appended_ms });
+        records.push(LogRecord { offset, key, payload, appended_ms });
         offset
     }
 
