@@ -1,8 +1,9 @@
 //! The engine's deterministic simulation (docs/architecture.md,
 //! "Deterministic simulation").
 //!
-//! One seed draws a run: 1–3 events partitions, 2–3 processor instances, a
-//! stream of analytics events (late ones, retries of the same client id),
+//! One seed draws a run of one workload ([`Simulated`]: analytics or
+//! increments): 1–3 events partitions, 2–3 processor instances, a stream of
+//! events (late ones, retries of the same client id),
 //! and a few hundred steps, each chosen by the seeded generator: the command
 //! appends events; an instance consumes some of a partition it holds, or
 //! checkpoints it (store, then emit); an instance crashes (its memory is
@@ -17,61 +18,82 @@
 //! — must equal the exact fold of the acknowledged events (each client id
 //! once).
 //!
-//! `SIM_SEED=1234 cargo test -p processor --lib sim` replays one seed and
-//! prints its steps; `SIM_SEEDS=n` runs seeds 0..n (default 1000).
+//! `SIM_SEED=1234 cargo test -p processor --lib sim` replays one seed (of
+//! each workload) and prints its steps; `SIM_SEEDS=n` runs seeds 0..n
+//! (default 1000).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use common::analytics::wire::{decode_hour_aggregate, encode_event};
-use common::analytics::{ClickEvent, EventKind, HourBucket, HourCounts, HourStart, UserId};
 use common::engine::progress::{decode_progress, PROGRESS_KEY_PREFIX};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{LogFault, MemLog, MemProducer, MemStore, StoreFault};
-use crate::analytics::{Analytics, AnalyticsState};
+use crate::analytics::Analytics;
 use crate::engine::emitter::AggregateEmitter;
 use crate::engine::partition::{checkpoint_partition, claim_partition, FetchedRecord, OnRecord, OwnedPartition};
 use crate::engine::pipeline::{after_checkpoint, AfterCheckpoint};
-use crate::engine::{plant, Planted, ProcessorError};
+use crate::engine::{plant, Aggregation, Emit, Planted, ProcessorError};
+use crate::increments::Increments;
 
-const HOUR_MS: i64 = 3_600_000;
-const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
-/// Hours close 30 minutes after their end, on the partition's watermark.
-const RETENTION_MS: i64 = 30 * 60_000;
-const WORKLOAD: Analytics = Analytics { retention_ms: RETENTION_MS };
+pub(super) const HOUR_MS: i64 = 3_600_000;
+pub(super) const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
+/// Hours close, and ids are forgotten, 30 minutes after their hour's end, on the partition's watermark.
+pub(super) const RETENTION_MS: i64 = 30 * 60_000;
 const TOPIC: &str = "events";
 /// Random steps before the run quiesces.
 const STEPS: usize = 300;
 
-type Owned = OwnedPartition<AnalyticsState, MemProducer>;
+/// A workload as the simulation drives it: what the command appends, and
+/// what the read model must hold once the run quiesces.
+pub(super) trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> {
+    /// The read model's value of one aggregate key.
+    type Value: std::fmt::Debug + PartialEq;
+
+    fn get() -> &'static Self;
+
+    /// A run's events in append order: broker time (the acceptance time)
+    /// moves forward; some are retries of earlier ones (counted in `retries`).
+    fn generate(rng: &mut StdRng, retries: &mut u32) -> Vec<Self::Event>;
+
+    /// The event's record key (which sets its partition) and its bytes.
+    fn record(event: &Self::Event) -> (Vec<u8>, Vec<u8>);
+
+    /// An aggregates record's input offset and read-model value.
+    fn read(record: &Emit) -> Result<(i64, Self::Value), String>;
+
+    /// The exact fold of the acknowledged events, per aggregate key.
+    fn fold(events: &[(i32, Self::Event)]) -> BTreeMap<String, Self::Value>;
+}
+
+type Owned<W> = OwnedPartition<<W as Aggregation>::State, MemProducer>;
 
 /// One processor instance: what it holds in memory.
-struct Instance {
+struct Instance<W: Simulated> {
     up: bool,
-    owned: BTreeMap<i32, Owned>,
+    owned: BTreeMap<i32, Owned<W>>,
 }
 
 /// The end of a claim or checkpoint.
-enum Outcome {
-    Claim(Result<Owned, ProcessorError>),
-    Checkpoint(Owned, Result<Option<i64>, ProcessorError>),
+enum Outcome<W: Simulated> {
+    Claim(Result<Owned<W>, ProcessorError>),
+    Checkpoint(Owned<W>, Result<Option<i64>, ProcessorError>),
 }
 
 /// A claim or checkpoint held up in the network (its emit stalled): the
 /// run goes on around it, and a later step finishes it.
-struct InFlight {
+struct InFlight<W: Simulated> {
     instance: usize,
     partition: i32,
-    op: Pin<Box<dyn Future<Output = Outcome>>>,
+    op: Pin<Box<dyn Future<Output = Outcome<W>>>>,
 }
 
-/// What a run did, for the summary of a replayed seed.
-#[derive(Debug, Default)]
+/// What a run (or the sum of runs) did, for the summaries.
+#[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     crashes: u32,
     moves: u32,
@@ -84,78 +106,48 @@ struct Counts {
     retries: u32,
 }
 
-struct Sim {
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.crashes += o.crashes;
+        self.moves += o.moves;
+        self.zombie_fences += o.zombie_fences;
+        self.store_faults += o.store_faults;
+        self.log_faults += o.log_faults;
+        self.claims += o.claims;
+        self.checkpoints += o.checkpoints;
+        self.stalls += o.stalls;
+        self.retries += o.retries;
+    }
+}
+
+struct Sim<W: Simulated> {
     rng: StdRng,
     log: MemLog,
     store: MemStore,
     partitions: i32,
-    instances: Vec<Instance>,
+    instances: Vec<Instance<W>>,
     /// The lease of each partition: the instance meant to hold it.
     lease: BTreeMap<i32, usize>,
-    in_flight: Vec<InFlight>,
+    in_flight: Vec<InFlight<W>>,
     /// Set when a checkpoint wrote or failed: the quiescing run is not done yet.
     busy: bool,
     /// Events the command has yet to append, in order.
-    pending: VecDeque<(i32, ClickEvent)>,
+    pending: VecDeque<(i32, W::Event)>,
     counts: Counts,
     verbose: bool,
 }
 
-/// The events of a run, in append order, with their partitions: broker time
-/// moves forward, event times are up to the retention late (so every event
-/// is counted), and some are retries of an earlier event (same user and id).
-fn generate(rng: &mut StdRng, partitions: i32, counts: &mut Counts) -> VecDeque<(i32, ClickEvent)> {
-    let n = rng.random_range(30..150);
-    let mut now = H0 + rng.random_range(0..HOUR_MS);
-    let mut events: VecDeque<(i32, ClickEvent)> = VecDeque::new();
-    for i in 0..n {
-        now += rng.random_range(0..8 * 60_000);
-        let with_id: Vec<&(i32, ClickEvent)> = events.iter().rev().take(12).filter(|(_, e)| e.id.is_some()).collect();
-        let event = if !with_id.is_empty() && rng.random_bool(0.15) {
-            counts.retries += 1;
-            let (_, original) = with_id[rng.random_range(0..with_id.len())];
-            ClickEvent { accepted_at_ms: now, ..original.clone() }
-        } else {
-            let user = rng.random_range(0..12);
-            ClickEvent {
-                timestamp_ms: now - rng.random_range(0..RETENTION_MS),
-                user: UserId::parse(&format!("user-{user}")).expect("a valid user id"),
-                kind: EventKind::ALL[rng.random_range(0..EventKind::ALL.len())],
-                accepted_at_ms: now,
-                id: rng.random_bool(0.9).then(|| format!("e{i}")),
-            }
-        };
-        let partition = common::engine::kafka::partition_for(event.user.as_str().as_bytes(), partitions);
-        events.push_back((partition, event));
-    }
-    events
-}
-
-/// The exact fold of the acknowledged events: per (hour, partition) key,
-/// the counts of the events with distinct client ids (or none).
-fn expected(events: &[(i32, ClickEvent)]) -> BTreeMap<String, HourCounts> {
-    let mut seen = HashSet::new();
-    let mut buckets: BTreeMap<String, HourBucket> = BTreeMap::new();
-    for (partition, e) in events {
-        if let Some(id) = &e.id {
-            if !seen.insert((e.user.clone(), id.clone())) {
-                continue;
-            }
-        }
-        let key = format!("{}:{partition}", e.hour().start_ms());
-        buckets.entry(key).or_default().apply(e.user.hash64(), e.kind);
-    }
-    buckets.into_iter().map(|(k, b)| (k, b.counts())).collect()
-}
-
-impl Sim {
+impl<W: Simulated> Sim<W> {
     fn new(seed: u64, verbose: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let partitions = rng.random_range(1..=3);
         let n = rng.random_range(2..=3);
         let log = MemLog::new();
         let mut counts = Counts::default();
-        let pending = generate(&mut rng, partitions, &mut counts);
+        let pending = W::generate(&mut rng, &mut counts.retries)
+            .into_iter()
+            .map(|e| (common::engine::kafka::partition_for(&W::record(&e).0, partitions), e))
+            .collect();
         let instances = (0..n).map(|_| Instance { up: true, owned: BTreeMap::new() }).collect();
         let lease = (0..partitions).map(|p| (p, p as usize % n)).collect();
         let store = MemStore::new(TOPIC);
@@ -192,9 +184,9 @@ impl Sim {
     fn append(&mut self, n: usize) {
         for _ in 0..n {
             let Some((partition, event)) = self.pending.pop_front() else { return };
-            let key = event.user.as_str().as_bytes().to_vec();
-            let offset = self.log.append_event(partition, key, encode_event(&event), event.accepted_at_ms);
-            self.trace(|| format!("append p{partition}@{offset} {:?} id={:?}", event.user.as_str(), event.id));
+            let (key, payload) = W::record(&event);
+            let offset = self.log.append_event(partition, key, payload, W::get().accepted_at_ms(&event));
+            self.trace(|| format!("append p{partition}@{offset} {event:?}"));
         }
     }
 
@@ -212,7 +204,7 @@ impl Sim {
                 payload: Some(&r.payload),
                 log_append_ms: Some(r.appended_ms),
             };
-            let outcome = owned.on_record(&WORKLOAD, self.partitions, partition, fetched);
+            let outcome = owned.on_record(W::get(), self.partitions, partition, fetched);
             if let OnRecord::Stalled(e) = outcome {
                 panic!("p{partition}@{}: the simulation writes only valid events: {e:?}", r.offset);
             }
@@ -228,7 +220,7 @@ impl Sim {
         self.counts.checkpoints += 1;
         let store = self.store.clone();
         let op = async move {
-            let result = checkpoint_partition(&WORKLOAD, &store, partition, &mut owned).await;
+            let result = checkpoint_partition(W::get(), &store, partition, &mut owned).await;
             Outcome::Checkpoint(owned, result)
         };
         self.start(i, partition, Box::pin(op));
@@ -241,12 +233,12 @@ impl Sim {
         let (store, log) = (self.store.clone(), self.log.clone());
         let op = async move {
             let emitter = AggregateEmitter::over(log, TOPIC, 1);
-            Outcome::Claim(claim_partition(&WORKLOAD, &store, &emitter, partition, RETENTION_MS).await)
+            Outcome::Claim(claim_partition(W::get(), &store, &emitter, partition, RETENTION_MS).await)
         };
         self.start(i, partition, Box::pin(op));
     }
 
-    fn start(&mut self, instance: usize, partition: i32, op: Pin<Box<dyn Future<Output = Outcome>>>) {
+    fn start(&mut self, instance: usize, partition: i32, op: Pin<Box<dyn Future<Output = Outcome<W>>>>) {
         let mut op = InFlight { instance, partition, op };
         if !self.poll(&mut op) {
             self.counts.stalls += 1;
@@ -256,7 +248,7 @@ impl Sim {
     }
 
     /// Polls an operation; true when it finished (and its outcome was applied).
-    fn poll(&mut self, op: &mut InFlight) -> bool {
+    fn poll(&mut self, op: &mut InFlight<W>) -> bool {
         let (i, partition) = (op.instance, op.partition);
         match op.op.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Pending => false,
@@ -334,32 +326,32 @@ impl Sim {
 
     fn step(&mut self) {
         let up = self.up_instances();
-        match self.rng.random_range(0..100) {
-            0..18 => {
+        match self.rng.random_range(0..1000) {
+            0..170 => {
                 let n = self.rng.random_range(1..=4);
                 self.append(n);
             }
-            18..44 => {
+            170..440 => {
                 let Some(i) = self.pick(&up) else { return };
                 let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
                 let Some(p) = self.pick(&held) else { return };
                 let max = self.rng.random_range(1..=8);
                 self.consume(i, p, max);
             }
-            44..64 => {
+            440..680 => {
                 let Some(i) = self.pick(&up) else { return };
                 let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
                 if let Some(p) = self.pick(&held) {
                     self.checkpoint(i, p);
                 }
             }
-            64..72 => {
+            680..740 => {
                 if !self.in_flight.is_empty() {
                     let k = self.rng.random_range(0..self.in_flight.len());
                     self.resume(k);
                 }
             }
-            72..74 => {
+            740..755 => {
                 let Some(i) = self.pick(&up) else { return };
                 self.counts.crashes += 1;
                 self.trace(|| format!("i{i} crashes"));
@@ -369,14 +361,14 @@ impl Sim {
                 // Its claims and checkpoints in flight die with it (a checkpoint's store commit may be done).
                 self.in_flight.retain(|op| op.instance != i);
             }
-            74..78 => {
+            755..790 => {
                 let down: Vec<usize> = (0..self.instances.len()).filter(|i| !self.instances[*i].up).collect();
                 if let Some(i) = self.pick(&down) {
                     self.trace(|| format!("i{i} restarts"));
                     self.instances[i].up = true;
                 }
             }
-            78..83 => {
+            790..830 => {
                 // A partition moves (a member joined or left): gracefully, or behind its owner's back.
                 let p = self.rng.random_range(0..self.partitions);
                 let from = self.lease[&p];
@@ -392,13 +384,13 @@ impl Sim {
                 }
                 self.lease.insert(p, to);
             }
-            83..91 => {
+            830..940 => {
                 self.expire_leases();
                 let Some(i) = self.pick(&up) else { return };
                 let notices = self.rng.random_bool(0.5);
                 self.heartbeat(i, notices);
             }
-            91..95 => {
+            940..965 => {
                 self.counts.store_faults += 1;
                 let fault = if self.rng.random_bool(0.6) { StoreFault::Fail } else { StoreFault::LostReply };
                 self.trace(|| format!("next store transaction: {fault:?}"));
@@ -458,8 +450,8 @@ impl Sim {
     }
 
     /// The read model against the exact fold, and each partition's newest progress record against its end.
-    fn check(&self, events: &[(i32, ClickEvent)]) -> Result<(), String> {
-        let mut model: BTreeMap<String, (i64, HourCounts)> = BTreeMap::new();
+    fn check(&self, events: &[(i32, W::Event)]) -> Result<(), String> {
+        let mut model: BTreeMap<String, (i64, W::Value)> = BTreeMap::new();
         let mut progress: BTreeMap<i32, i64> = BTreeMap::new();
         let mut newest: BTreeMap<String, i64> = BTreeMap::new();
         for r in self.log.committed_aggregates() {
@@ -469,33 +461,30 @@ impl Sim {
                 *newest = (*newest).max(p.next_offset);
                 continue;
             }
-            let a = decode_hour_aggregate(&r.payload).map_err(|e| format!("aggregate {}: {e}", r.key))?;
+            let (input_offset, value) = W::read(&r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
             // The log itself: a key's records never go back in input offset (compaction keeps the newest).
             if let Some(newest) = newest.get(&r.key) {
-                if a.input_offset < *newest {
+                if input_offset < *newest {
                     return Err(format!(
-                        "{}: a record of input offset {} was committed after one of {newest}",
-                        r.key, a.input_offset
+                        "{}: a record of input offset {input_offset} was committed after one of {newest}",
+                        r.key
                     ));
                 }
             }
-            newest.insert(r.key.clone(), a.input_offset);
+            newest.insert(r.key.clone(), input_offset);
             // The materializer's guard: a record replaces the held one only if its input offset is newer.
-            if model.get(&r.key).is_none_or(|(offset, _)| a.input_offset > *offset) {
-                model.insert(r.key.clone(), (a.input_offset, a.counts));
+            if model.get(&r.key).is_none_or(|(offset, _)| input_offset > *offset) {
+                model.insert(r.key.clone(), (input_offset, value));
             }
         }
-        let model: BTreeMap<String, HourCounts> = model.into_iter().map(|(k, (_, c))| (k, c)).collect();
-        let expected = expected(events);
+        let model: BTreeMap<String, W::Value> = model.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        let expected = W::fold(events);
         if model != expected {
             let keys: std::collections::BTreeSet<&String> = model.keys().chain(expected.keys()).collect();
             let diff: Vec<String> = keys
                 .into_iter()
                 .filter(|k| model.get(*k) != expected.get(*k))
-                .map(|k| {
-                    let hour = k.split(':').next().and_then(|h| h.parse().ok()).and_then(HourStart::from_aligned);
-                    format!("{k} ({hour:?}): read model {:?}, expected {:?}", model.get(k), expected.get(k))
-                })
+                .map(|k| format!("{k}: read model {:?}, expected {:?}", model.get(k), expected.get(k)))
                 .collect();
             return Err(format!("read model differs from the fold of the events:\n    {}", diff.join("\n    ")));
         }
@@ -510,12 +499,13 @@ impl Sim {
 }
 
 /// One run: the seed's steps, then quiesce and check.
-fn run_seed(seed: u64, verbose: bool) -> Result<Counts, String> {
-    let mut sim = Sim::new(seed, verbose);
-    let events: Vec<(i32, ClickEvent)> = sim.pending.iter().cloned().collect();
+fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+    let mut sim = Sim::<W>::new(seed, verbose);
+    let events: Vec<(i32, W::Event)> = sim.pending.iter().cloned().collect();
     if verbose {
         eprintln!(
-            "seed {seed}: {} partitions, {} instances, {} events",
+            "{} seed {seed}: {} partitions, {} instances, {} events",
+            W::NAME,
             sim.partitions,
             sim.instances.len(),
             events.len()
@@ -530,13 +520,14 @@ fn run_seed(seed: u64, verbose: bool) -> Result<Counts, String> {
 }
 
 /// Runs `seed`, turning a panic (an engine assertion) into a failure.
-fn run_caught(seed: u64, verbose: bool) -> Result<Counts, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| run_seed(seed, verbose)))
+fn run_caught<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| run_seed::<W>(seed, verbose)))
         .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")))
 }
 
 /// The seeds among `seeds` that fail with `bug` planted, run on a few threads.
-fn failing_seeds(seeds: std::ops::Range<u64>, bug: Option<Planted>) -> Vec<(u64, String)> {
+/// The seeds among `seeds` that fail with `bug` planted, and what the passing ones did in all.
+fn failing_seeds<W: Simulated>(seeds: std::ops::Range<u64>, bug: Option<Planted>) -> (Vec<(u64, String)>, Counts) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4) as u64;
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -544,19 +535,26 @@ fn failing_seeds(seeds: std::ops::Range<u64>, bug: Option<Planted>) -> Vec<(u64,
                 let seeds = seeds.clone();
                 s.spawn(move || {
                     plant(bug);
-                    let failed: Vec<(u64, String)> = seeds
-                        .filter(|seed| seed % threads == t)
-                        .filter_map(|seed| run_caught(seed, false).err().map(|e| (seed, e)))
-                        .collect();
+                    let (mut failed, mut total) = (Vec::new(), Counts::default());
+                    for seed in seeds.filter(|seed| seed % threads == t) {
+                        match run_caught::<W>(seed, false) {
+                            Ok(counts) => total.add(counts),
+                            Err(e) => failed.push((seed, e)),
+                        }
+                    }
                     plant(None);
-                    failed
+                    (failed, total)
                 })
             })
             .collect();
-        let mut failed: Vec<(u64, String)> =
-            workers.into_iter().flat_map(|w| w.join().expect("a worker does not panic")).collect();
+        let (mut failed, mut total) = (Vec::new(), Counts::default());
+        for w in workers {
+            let (f, t) = w.join().expect("a worker does not panic");
+            failed.extend(f);
+            total.add(t);
+        }
         failed.sort_by_key(|(seed, _)| *seed);
-        failed
+        (failed, total)
     })
 }
 
@@ -565,9 +563,9 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The first seed (of at most `max`) that fails with `bug` planted, on this thread.
-fn first_failure(bug: Planted, max: u64) -> Option<(u64, String)> {
+fn first_failure<W: Simulated>(bug: Planted, max: u64) -> Option<(u64, String)> {
     plant(Some(bug));
-    let found = (0..max).find_map(|seed| run_caught(seed, false).err().map(|e| (seed, e)));
+    let found = (0..max).find_map(|seed| run_caught::<W>(seed, false).err().map(|e| (seed, e)));
     plant(None);
     found
 }
@@ -582,44 +580,61 @@ const BUGS: [Planted; 7] = [
     Planted::PositionBeforeState,
 ];
 
-#[test]
-fn sim_every_seed_yields_the_exact_fold_of_the_acknowledged_events() {
+/// Runs `SIM_SEED` alone (verbose), or seeds 0..`SIM_SEEDS` (1000), and fails naming the first failing seed.
+fn simulate<W: Simulated>() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        match run_seed(seed, true) {
-            Ok(counts) => eprintln!("seed {seed} passed: {counts:?}"),
-            Err(e) => panic!("seed {seed} failed: {e}"),
+        match run_seed::<W>(seed, true) {
+            Ok(counts) => eprintln!("{} seed {seed} passed: {counts:?}", W::NAME),
+            Err(e) => panic!("{} seed {seed} failed: {e}", W::NAME),
         }
         return;
     }
     let seeds = env_u64("SIM_SEEDS").unwrap_or(1000);
     let started = std::time::Instant::now();
-    let failed = failing_seeds(0..seeds, None);
-    eprintln!("{seeds} seeds in {:.1} s", started.elapsed().as_secs_f64());
+    let (failed, total) = failing_seeds::<W>(0..seeds, None);
+    eprintln!("{}: {seeds} seeds in {:.1} s; in all: {total:?}", W::NAME, started.elapsed().as_secs_f64());
     if let Some((seed, error)) = failed.first() {
         panic!(
-            "{} of {seeds} seeds failed; the first, seed {seed}: {error}\nreproduce: SIM_SEED={seed} cargo test -p processor --lib sim",
-            failed.len()
+            "{} of {seeds} {} seeds failed; the first, seed {seed}: {error}\nreproduce: SIM_SEED={seed} cargo test -p processor --lib sim_{} -- --nocapture",
+            failed.len(),
+            W::NAME,
+            W::NAME,
         );
     }
 }
 
 #[test]
+fn sim_analytics_yields_the_exact_fold_of_the_acknowledged_events() {
+    simulate::<Analytics>();
+}
+
+#[test]
+fn sim_increments_yields_the_exact_fold_of_the_acknowledged_events() {
+    simulate::<Increments>();
+}
+
+#[test]
 fn sim_catches_every_planted_bug() {
     for bug in BUGS {
-        let found = first_failure(bug, 1000);
-        assert!(found.is_some(), "{bug:?} planted: no seed of 1000 failed");
+        let found = first_failure::<Analytics>(bug, 1000);
+        assert!(found.is_some(), "{bug:?} planted: no analytics seed of 1000 failed");
     }
 }
 
-/// How many of 1,000 seeds catch each planted bug (docs/architecture.md):
+/// How many of 1,000 seeds catch each planted bug, per workload (docs/architecture.md):
 /// `cargo test -p processor --lib sim_planted_bug_catch_rates -- --ignored --nocapture`.
 #[test]
-#[ignore = "a measurement for the docs: runs 1,000 seeds per bug"]
+#[ignore = "a measurement for the docs: runs 1,000 seeds per bug and workload"]
 fn sim_planted_bug_catch_rates() {
     let seeds = env_u64("SIM_SEEDS").unwrap_or(1000);
     for bug in BUGS {
-        let failed = failing_seeds(0..seeds, Some(bug));
-        let first = failed.first().map(|(seed, e)| format!("first seed {seed}: {}", e.lines().next().unwrap_or("")));
-        eprintln!("{bug:?}: {} of {seeds} seeds fail; {}", failed.len(), first.unwrap_or_default());
+        for (name, failed) in [
+            ("analytics", failing_seeds::<Analytics>(0..seeds, Some(bug)).0),
+            ("increments", failing_seeds::<Increments>(0..seeds, Some(bug)).0),
+        ] {
+            let first =
+                failed.first().map(|(seed, e)| format!("first seed {seed}: {}", e.lines().next().unwrap_or("")));
+            eprintln!("{bug:?} {name}: {} of {seeds} seeds fail; {}", failed.len(), first.unwrap_or_default());
+        }
     }
 }

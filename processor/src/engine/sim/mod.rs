@@ -20,6 +20,8 @@ mod store;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod workloads;
 
 pub use log::{LogFault, LogRecord, MemLog, MemProducer};
 pub use store::{MemStore, StoreFault};
