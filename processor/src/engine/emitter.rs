@@ -12,7 +12,7 @@
 //! the newest.
 //!
 //! The log is a trait ([`Log`], [`TxnProducer`]): Kafka here ([`KafkaLog`]),
-//! memory in the simulation ([`super::sim`]); the batching and progress
+//! memory in the simulation (`engine::sim`); the batching and progress
 //! records ([`PartitionEmitter`]) are the same over both.
 
 use std::future::Future;

@@ -20,8 +20,9 @@
 //!
 //! The state store ([`state_store::Store`]) and the aggregates log
 //! ([`emitter::Log`]) are traits with a PostgreSQL / Kafka implementation
-//! and an in-memory one ([`sim`], behind the `sim` feature and in tests),
-//! over which a seeded simulation checks exactly-once ([`sim`]).
+//! and an in-memory one (`sim`, in tests and behind the `sim` feature),
+//! over which a seeded simulation checks exactly-once (docs/architecture.md,
+//! "Deterministic simulation").
 
 pub mod dedup;
 pub mod emitter;

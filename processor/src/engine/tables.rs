@@ -7,7 +7,7 @@
 //! columns by name ([`Row::int`], [`Row::text`]), never by position. The
 //! engine implements [`StateTx`] for PostgreSQL (the SQL is generated from
 //! the declaration, [`state_store`](super::state_store)) and in memory (for
-//! the deterministic simulation, [`sim`](super::sim)).
+//! the deterministic simulation, `engine::sim`).
 
 use std::collections::HashMap;
 use std::future::Future;

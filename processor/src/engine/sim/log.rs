@@ -176,3 +176,40 @@ impl TxnProducer for MemProducer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+
+    use super::*;
+
+    fn record(key: &str) -> Emit {
+        Emit { key: key.to_owned(), payload: key.as_bytes().to_vec(), keep_payload: false }
+    }
+
+    #[test]
+    fn opening_a_partitions_producer_fences_the_previous_one() {
+        let log = MemLog::new();
+        let old = block_on(log.open(0)).expect("opened");
+        let new = block_on(log.open(0)).expect("opened again");
+        assert!(matches!(block_on(old.transaction(vec![record("a")], Vec::new())), Err(EmitError::Fenced(0))));
+        block_on(new.transaction(vec![record("b")], Vec::new())).expect("the new owner commits");
+        let other = block_on(log.open(1)).expect("another partition's producer");
+        block_on(other.transaction(vec![record("c")], Vec::new())).expect("not fenced by partition 0's");
+        let keys: Vec<String> = log.committed_aggregates().into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["b", "c"]);
+    }
+
+    #[test]
+    fn an_aborted_transaction_lands_nothing_and_a_lost_commit_lands_everything() {
+        let log = MemLog::new();
+        let producer = block_on(log.open(0)).expect("opened");
+        log.inject(Some(LogFault::Abort));
+        assert!(block_on(producer.transaction(vec![record("a")], Vec::new())).is_err());
+        log.inject(Some(LogFault::LostCommit));
+        assert!(block_on(producer.transaction(vec![record("b")], vec![(0, record("p"))])).is_err());
+        let keys: Vec<String> = log.committed_aggregates().into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["b", "p"]);
+        assert_eq!(log.transactions(), (1, 1));
+    }
+}

@@ -280,3 +280,54 @@ impl EngineTx for MemTx {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::engine::dedup::IdWindow;
+    use crate::increments::Increments;
+
+    fn checkpoint(store: &MemStore, epoch: i64, next_offset: i64) -> Result<(), StoreError> {
+        let ids = IdWindow::new(0);
+        let cp = EngineCheckpoint {
+            position: Position { next_offset, watermark_ms: 0 },
+            epoch,
+            ids: &ids,
+            closed_id_hours: &[],
+            id_chunks: &HashMap::new(),
+            emits: &[],
+            emitted_through: None,
+        };
+        block_on(store.commit(&Increments, 0, cp, None)).map(|_| ())
+    }
+
+    #[test]
+    fn a_checkpoint_under_an_older_epoch_is_fenced_and_writes_nothing() {
+        let store = MemStore::new("events");
+        let first = block_on(store.claim(&Increments, 0, 0)).expect("claimed");
+        let second = block_on(store.claim(&Increments, 0, 0)).expect("claimed again");
+        assert_eq!((first.epoch, second.epoch), (1, 2));
+        assert!(matches!(checkpoint(&store, 1, 5), Err(StoreError::Fenced(0))));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(0));
+        checkpoint(&store, 2, 5).expect("the owner's checkpoint commits");
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(5));
+    }
+
+    #[test]
+    fn a_failed_commit_writes_nothing_and_a_lost_reply_writes_everything() {
+        let store = MemStore::new("events");
+        block_on(store.claim(&Increments, 0, 0)).expect("claimed");
+        store.inject(Some(StoreFault::Fail));
+        assert!(checkpoint(&store, 1, 3).is_err_and(|e| e.is_retryable()));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(0));
+        store.inject(Some(StoreFault::LostReply));
+        assert!(checkpoint(&store, 1, 4).is_err_and(|e| e.is_retryable()));
+        assert_eq!(
+            store.partition(0).map(|(_, p)| p.next_offset),
+            Some(4),
+            "committed, though the caller heard an error"
+        );
+    }
+}
