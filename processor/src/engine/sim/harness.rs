@@ -451,42 +451,28 @@ impl<W: Simulated> Sim<W> {
 
     /// The read model against the exact fold, and each partition's newest progress record against its end.
     fn check(&self, events: &[(i32, W::Event)]) -> Result<(), String> {
-        let mut model: BTreeMap<String, (i64, W::Value)> = BTreeMap::new();
-        let mut progress: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-        for r in self.log.committed_aggregates() {
-            if r.key.starts_with(PROGRESS_KEY_PREFIX) {
-                let p = decode_progress(&r.payload).map_err(|e| format!("progress {}: {e}", r.key))?;
-                let newest = progress.entry(p.partition).or_default();
-                *newest = (*newest).max(p.next_offset);
-                continue;
-            }
-            let (input_offset, value) = W::read(&r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
-            // The log itself: a key's records never go back in input offset (compaction keeps the newest).
-            if let Some(newest) = newest.get(&r.key) {
-                if input_offset < *newest {
-                    return Err(format!(
-                        "{}: a record of input offset {input_offset} was committed after one of {newest}",
-                        r.key
-                    ));
-                }
-            }
-            newest.insert(r.key.clone(), input_offset);
-            // The materializer's guard: a record replaces the held one only if its input offset is newer.
-            if model.get(&r.key).is_none_or(|(offset, _)| input_offset > *offset) {
-                model.insert(r.key.clone(), (input_offset, value));
+        let expected = W::fold(events);
+        let committed = self.log.committed_aggregates();
+        // The log itself: a key's records never go back in input offset (compaction keeps the newest).
+        let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in committed.iter().filter(|r| !r.key.starts_with(PROGRESS_KEY_PREFIX)) {
+            let (input_offset, _) = W::read(r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
+            if let Some(newest) = newest.insert(&r.key, input_offset).filter(|n| input_offset < *n) {
+                return Err(format!(
+                    "{}: a record of input offset {input_offset} was committed after one of {newest}",
+                    r.key
+                ));
             }
         }
-        let model: BTreeMap<String, W::Value> = model.into_iter().map(|(k, (_, v))| (k, v)).collect();
-        let expected = W::fold(events);
-        if model != expected {
-            let keys: std::collections::BTreeSet<&String> = model.keys().chain(expected.keys()).collect();
-            let diff: Vec<String> = keys
-                .into_iter()
-                .filter(|k| model.get(*k) != expected.get(*k))
-                .map(|k| format!("{k}: read model {:?}, expected {:?}", model.get(k), expected.get(k)))
-                .collect();
-            return Err(format!("read model differs from the fold of the events:\n    {}", diff.join("\n    ")));
+        compare(&read_model::<W>(&committed)?, &expected, "read model")?;
+        // Without transactions (a broker with no read_committed and no fencing): every record
+        // sent, aborted or fenced ones included. The guard alone must still give the fold.
+        compare(&read_model::<W>(&self.log.sent_aggregates())?, &expected, "read model without transactions")?;
+        let mut progress: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in committed.iter().filter(|r| r.key.starts_with(PROGRESS_KEY_PREFIX)) {
+            let p = decode_progress(&r.payload).map_err(|e| format!("progress {}: {e}", r.key))?;
+            let newest = progress.entry(p.partition).or_default();
+            *newest = (*newest).max(p.next_offset);
         }
         for p in 0..self.partitions {
             let end = self.log.events_end(p);
@@ -496,6 +482,38 @@ impl<W: Simulated> Sim<W> {
         }
         Ok(())
     }
+}
+
+/// What the materializer's guard keeps of `records`: per key, the value of
+/// the record with the highest input offset (a record replaces the held one
+/// only if strictly newer).
+fn read_model<W: Simulated>(records: &[Emit]) -> Result<BTreeMap<String, W::Value>, String> {
+    let mut model: BTreeMap<String, (i64, W::Value)> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.key.starts_with(PROGRESS_KEY_PREFIX)) {
+        let (input_offset, value) = W::read(r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
+        if model.get(&r.key).is_none_or(|(offset, _)| input_offset > *offset) {
+            model.insert(r.key.clone(), (input_offset, value));
+        }
+    }
+    Ok(model.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
+
+/// Fails with the keys where `model` and `expected` differ.
+fn compare<V: std::fmt::Debug + PartialEq>(
+    model: &BTreeMap<String, V>,
+    expected: &BTreeMap<String, V>,
+    what: &str,
+) -> Result<(), String> {
+    if model == expected {
+        return Ok(());
+    }
+    let keys: std::collections::BTreeSet<&String> = model.keys().chain(expected.keys()).collect();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| model.get(*k) != expected.get(*k))
+        .map(|k| format!("{k}: {what} {:?}, expected {:?}", model.get(k), expected.get(k)))
+        .collect();
+    Err(format!("{what} differs from the fold of the events:\n    {}", diff.join("\n    ")))
 }
 
 /// One run: the seed's steps, then quiesce and check.

@@ -54,6 +54,10 @@ struct Topics {
     events: BTreeMap<i32, Vec<LogRecord>>,
     /// Committed records of the aggregates topic, in commit order.
     aggregates: Vec<Emit>,
+    /// Every record any producer sent, in send order, whether its
+    /// transaction committed, aborted or was fenced: what a broker without
+    /// transactions would hold.
+    sent: Vec<Emit>,
     /// The current producer epoch of each events partition's transactional id.
     epochs: BTreeMap<i32, u64>,
     fault: Option<LogFault>,
@@ -102,6 +106,11 @@ impl MemLog {
     /// Every committed aggregates record, in commit order (what a read_committed reader sees).
     pub fn committed_aggregates(&self) -> Vec<Emit> {
         self.lock().aggregates.clone()
+    }
+
+    /// Every record any producer sent, aborted and fenced transactions' included, in send order.
+    pub fn sent_aggregates(&self) -> Vec<Emit> {
+        self.lock().sent.clone()
     }
 
     /// Makes the next transaction fail this way (`None`: clears a fault not yet hit).
@@ -156,6 +165,8 @@ impl TxnProducer for MemProducer {
             Stalled(false).await;
         }
         let mut topics = self.log.lock();
+        topics.sent.extend(records.iter().cloned());
+        topics.sent.extend(placed.iter().map(|(_, r)| r.clone()));
         if topics.epochs.get(&self.partition) != Some(&self.epoch) {
             return Err(EmitError::Fenced(self.partition));
         }
