@@ -453,21 +453,21 @@ impl<W: Simulated> Sim<W> {
     fn check(&self, events: &[(i32, W::Event)]) -> Result<(), String> {
         let expected = W::fold(events);
         let committed = self.log.committed_aggregates();
+        let records = decode::<W>(&committed)?;
         // The log itself: a key's records never go back in input offset (compaction keeps the newest).
         let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
-        for r in committed.iter().filter(|r| !r.key.starts_with(PROGRESS_KEY_PREFIX)) {
-            let (input_offset, _) = W::read(r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
-            if let Some(newest) = newest.insert(&r.key, input_offset).filter(|n| input_offset < *n) {
+        for (key, input_offset, _) in &records {
+            if let Some(newest) = newest.insert(key, *input_offset).filter(|n| input_offset < n) {
                 return Err(format!(
-                    "{}: a record of input offset {input_offset} was committed after one of {newest}",
-                    r.key
+                    "{key}: a record of input offset {input_offset} was committed after one of {newest}"
                 ));
             }
         }
-        compare(&read_model::<W>(&committed)?, &expected, "read model")?;
+        compare(&read_model::<W>(records), &expected, "read model")?;
         // Without transactions (a broker with no read_committed and no fencing): every record
         // sent, aborted or fenced ones included. The guard alone must still give the fold.
-        compare(&read_model::<W>(&self.log.sent_aggregates())?, &expected, "read model without transactions")?;
+        let sent = self.log.sent_aggregates();
+        compare(&read_model::<W>(decode::<W>(&sent)?), &expected, "read model without transactions")?;
         let mut progress: BTreeMap<i32, i64> = BTreeMap::new();
         for r in committed.iter().filter(|r| r.key.starts_with(PROGRESS_KEY_PREFIX)) {
             let p = decode_progress(&r.payload).map_err(|e| format!("progress {}: {e}", r.key))?;
@@ -484,18 +484,30 @@ impl<W: Simulated> Sim<W> {
     }
 }
 
+/// An aggregates record as the read model sees it: key, input offset, value.
+type Aggregate<'a, V> = (&'a str, i64, V);
+
+/// The aggregates among `records` (progress records left out).
+fn decode<W: Simulated>(records: &[Emit]) -> Result<Vec<Aggregate<'_, W::Value>>, String> {
+    records
+        .iter()
+        .filter(|r| !r.key.starts_with(PROGRESS_KEY_PREFIX))
+        .map(|r| W::read(r).map(|(offset, value)| (r.key.as_str(), offset, value)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("an undecodable aggregate: {e}"))
+}
+
 /// What the materializer's guard keeps of `records`: per key, the value of
 /// the record with the highest input offset (a record replaces the held one
 /// only if strictly newer).
-fn read_model<W: Simulated>(records: &[Emit]) -> Result<BTreeMap<String, W::Value>, String> {
+fn read_model<W: Simulated>(records: Vec<Aggregate<'_, W::Value>>) -> BTreeMap<String, W::Value> {
     let mut model: BTreeMap<String, (i64, W::Value)> = BTreeMap::new();
-    for r in records.iter().filter(|r| !r.key.starts_with(PROGRESS_KEY_PREFIX)) {
-        let (input_offset, value) = W::read(r).map_err(|e| format!("aggregate {}: {e}", r.key))?;
-        if model.get(&r.key).is_none_or(|(offset, _)| input_offset > *offset) {
-            model.insert(r.key.clone(), (input_offset, value));
+    for (key, input_offset, value) in records {
+        if model.get(key).is_none_or(|(offset, _)| input_offset > *offset) {
+            model.insert(key.to_owned(), (input_offset, value));
         }
     }
-    Ok(model.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    model.into_iter().map(|(k, (_, v))| (k, v)).collect()
 }
 
 /// Fails with the keys where `model` and `expected` differ.
