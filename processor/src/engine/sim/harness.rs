@@ -21,6 +21,9 @@
 //! `SIM_SEED=1234 cargo test -p processor --lib sim` replays one seed (of
 //! each workload) and prints its steps; `SIM_SEEDS=n` runs seeds 0..n
 //! (default 1000).
+//!
+//! Public behind the `sim` feature: a workload crate simulates itself by
+//! implementing [`Simulated`] in its tests and calling [`simulate`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -33,27 +36,33 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{LogFault, MemLog, MemProducer, MemStore, StoreFault};
+#[cfg(test)]
 use crate::analytics::Analytics;
 use crate::engine::emitter::AggregateEmitter;
 use crate::engine::partition::{checkpoint_partition, claim_partition, FetchedRecord, OnRecord, OwnedPartition};
 use crate::engine::pipeline::{after_checkpoint, AfterCheckpoint};
-use crate::engine::{plant, Aggregation, Emit, Planted, ProcessorError};
+#[cfg(test)]
+use crate::engine::plant;
+use crate::engine::{Aggregation, Emit, Planted, ProcessorError};
+#[cfg(test)]
 use crate::increments::Increments;
 
-pub(super) const HOUR_MS: i64 = 3_600_000;
-pub(super) const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
+pub const HOUR_MS: i64 = 3_600_000;
+/// The start of the hour the simulated broker clock starts in.
+pub const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
 /// Hours close, and ids are forgotten, 30 minutes after their hour's end, on the partition's watermark.
-pub(super) const RETENTION_MS: i64 = 30 * 60_000;
+pub const RETENTION_MS: i64 = 30 * 60_000;
 const TOPIC: &str = "events";
 /// Random steps before the run quiesces.
 const STEPS: usize = 300;
 
 /// A workload as the simulation drives it: what the command appends, and
 /// what the read model must hold once the run quiesces.
-pub(super) trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> {
+pub trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> {
     /// The read model's value of one aggregate key.
     type Value: std::fmt::Debug + PartialEq;
 
+    /// The workload (with its hours closing, if it has any, after [`RETENTION_MS`]).
     fn get() -> &'static Self;
 
     /// A run's events in append order: broker time (the acceptance time)
@@ -94,16 +103,16 @@ struct InFlight<W: Simulated> {
 
 /// What a run (or the sum of runs) did, for the summaries.
 #[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    crashes: u32,
-    moves: u32,
-    zombie_fences: u32,
-    store_faults: u32,
-    log_faults: u32,
-    claims: u32,
-    checkpoints: u32,
-    stalls: u32,
-    retries: u32,
+pub struct Counts {
+    pub crashes: u32,
+    pub moves: u32,
+    pub zombie_fences: u32,
+    pub store_faults: u32,
+    pub log_faults: u32,
+    pub claims: u32,
+    pub checkpoints: u32,
+    pub stalls: u32,
+    pub retries: u32,
 }
 
 impl Counts {
@@ -529,7 +538,10 @@ fn compare<V: std::fmt::Debug + PartialEq>(
 }
 
 /// One run: the seed's steps, then quiesce and check.
-fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+///
+/// # Errors
+/// What the run found wrong (the seed reproduces it).
+pub fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
     let mut sim = Sim::<W>::new(seed, verbose);
     let events: Vec<(i32, W::Event)> = sim.pending.iter().cloned().collect();
     if verbose {
@@ -557,6 +569,7 @@ fn run_caught<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> 
 
 /// The seeds among `seeds` that fail with `bug` planted, run on a few threads.
 /// The seeds among `seeds` that fail with `bug` planted, and what the passing ones did in all.
+#[cfg_attr(not(test), allow(unused_variables))]
 fn failing_seeds<W: Simulated>(seeds: std::ops::Range<u64>, bug: Option<Planted>) -> (Vec<(u64, String)>, Counts) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4) as u64;
     std::thread::scope(|s| {
@@ -564,6 +577,7 @@ fn failing_seeds<W: Simulated>(seeds: std::ops::Range<u64>, bug: Option<Planted>
             .map(|t| {
                 let seeds = seeds.clone();
                 s.spawn(move || {
+                    #[cfg(test)]
                     plant(bug);
                     let (mut failed, mut total) = (Vec::new(), Counts::default());
                     for seed in seeds.filter(|seed| seed % threads == t) {
@@ -572,6 +586,7 @@ fn failing_seeds<W: Simulated>(seeds: std::ops::Range<u64>, bug: Option<Planted>
                             Err(e) => failed.push((seed, e)),
                         }
                     }
+                    #[cfg(test)]
                     plant(None);
                     (failed, total)
                 })
@@ -593,6 +608,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The first seed (of at most `max`) that fails with `bug` planted, on this thread.
+#[cfg(test)]
 fn first_failure<W: Simulated>(bug: Planted, max: u64) -> Option<(u64, String)> {
     plant(Some(bug));
     let found = (0..max).find_map(|seed| run_caught::<W>(seed, false).err().map(|e| (seed, e)));
@@ -600,6 +616,7 @@ fn first_failure<W: Simulated>(bug: Planted, max: u64) -> Option<(u64, String)> 
     found
 }
 
+#[cfg(test)]
 const BUGS: [Planted; 7] = [
     Planted::NoCheckpointFence,
     Planted::NoEmitFence,
@@ -610,8 +627,10 @@ const BUGS: [Planted; 7] = [
     Planted::PositionBeforeState,
 ];
 
-/// Runs `SIM_SEED` alone (verbose), or seeds 0..`SIM_SEEDS` (1000), and fails naming the first failing seed.
-fn simulate<W: Simulated>() {
+/// The simulation of a workload, as a test runs it: `SIM_SEED` alone
+/// (printing its steps), or seeds 0..`SIM_SEEDS` (1000) on the available
+/// cores; panics naming the first failing seed and how to replay it.
+pub fn simulate<W: Simulated>() {
     if let Some(seed) = env_u64("SIM_SEED") {
         match run_seed::<W>(seed, true) {
             Ok(counts) => eprintln!("{} seed {seed} passed: {counts:?}", W::NAME),

@@ -12,14 +12,14 @@
 //! seeded random generator and a run is a function of its seed.
 //!
 //! Public behind the `sim` feature so that workload crates can simulate
-//! themselves; the engine's own simulation is the `harness` test module
-//! (docs/architecture.md, "Deterministic simulation").
+//! themselves ([`harness::Simulated`], [`harness::simulate`]); the engine
+//! simulates analytics and increments in its own tests (docs/architecture.md,
+//! "Deterministic simulation").
 
 mod log;
 mod store;
 
-#[cfg(test)]
-mod harness;
+pub mod harness;
 #[cfg(test)]
 mod workloads;
 
