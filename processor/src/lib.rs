@@ -3,8 +3,11 @@
 //! ```text
 //! engine/      the workload-free loop: leases, fencing, checkpoints, dedup, emits
 //!   pipeline     consume / apply / checkpoint / emit, per workload
-//!   state_store  position + epoch + ids in PostgreSQL, chunked hash sets
-//!   emitter      one transactional producer per owned partition
+//!   partition    one owned partition: apply a fetched record, claim, checkpoint
+//!   state_store  position + epoch + ids + outbox (the `Store` trait; PostgreSQL)
+//!   tables       the storage a workload declares (keyed rows, hash chunks) and its `StateTx`
+//!   emitter      one transactional producer per owned partition (the `Log` trait; Kafka)
+//!   sim          in-memory Store and Log, and the seeded simulation (tests, feature `sim`)
 //!   dedup        event ids, held while their hour is open
 //! ```
 //!

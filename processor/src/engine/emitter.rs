@@ -10,7 +10,12 @@
 //! materializer, or any other consumer) therefore never sees an older
 //! aggregate of an (hour, partition) after a newer one, and compaction keeps
 //! the newest.
+//!
+//! The log is a trait ([`Log`], [`TxnProducer`]): Kafka here ([`KafkaLog`]),
+//! memory in the simulation (`engine::sim`); the batching and progress
+//! records ([`PartitionEmitter`]) are the same over both.
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::engine::config::KafkaConfig;
@@ -41,13 +46,50 @@ pub enum EmitError {
     Kafka { partition: i32, source: KafkaError },
 }
 
+/// The aggregates log as the engine writes it: one transactional producer
+/// per events partition. Kafka in production ([`KafkaLog`]), memory in the
+/// simulation.
+pub trait Log: Send + Sync {
+    type Producer: TxnProducer;
+
+    /// Takes over `partition`'s transactional id, fencing every earlier
+    /// producer of it (and aborting its open transaction). Called on every
+    /// claim, before the first emit.
+    ///
+    /// # Errors
+    /// When the log does not answer or refuses.
+    fn open(&self, partition: i32) -> impl Future<Output = Result<Self::Producer, EmitError>> + Send;
+}
+
+/// One partition's transactional producer.
+pub trait TxnProducer: Send + Sync + 'static {
+    /// One transaction: begin, send the keyed records then the placed ones
+    /// (each to its aggregates partition), commit; aborted on any error.
+    ///
+    /// # Errors
+    /// [`EmitError::Fenced`] when a newer owner opened the partition's
+    /// producer; any other error means the transaction did not commit, or
+    /// may have (its outcome is then unknown to the caller).
+    fn transaction(
+        &self,
+        records: Vec<Emit>,
+        placed: Vec<(i32, Emit)>,
+    ) -> impl Future<Output = Result<(), EmitError>> + Send;
+}
+
 /// Opens the transactional producer of each partition this instance claims.
-pub struct AggregateEmitter {
+pub struct AggregateEmitter<L: Log = KafkaLog> {
+    log: L,
+    events_topic: String,
+    aggregates_partitions: i32,
+}
+
+/// The aggregates topic in Kafka: a producer per partition, with the
+/// `transactional.id` `<group>.<events topic>.<partition>`.
+pub struct KafkaLog {
     config: rdkafka::ClientConfig,
     id_prefix: String,
     topic: String,
-    events_topic: String,
-    aggregates_partitions: i32,
 }
 
 impl AggregateEmitter {
@@ -69,29 +111,29 @@ impl AggregateEmitter {
         // Right after a commit the coordinator may still be writing its markers and answer the
         // next transaction with CONCURRENT_TRANSACTIONS; retry quickly rather than after 100 ms.
         config.set("retry.backoff.ms", "2").set("retry.backoff.max.ms", "100");
-        Ok(AggregateEmitter {
+        let log = KafkaLog {
             config,
             id_prefix: format!("{group_id}.{events_topic}"),
             topic: settings.aggregates_topic.clone(),
-            events_topic: events_topic.clone(),
-            aggregates_partitions: settings.aggregates_partitions,
-        })
+        };
+        Ok(AggregateEmitter::over(log, events_topic, settings.aggregates_partitions))
+    }
+}
+
+impl<L: Log> AggregateEmitter<L> {
+    /// An emitter over any log (the simulation's, say).
+    pub fn over(log: L, events_topic: &str, aggregates_partitions: i32) -> Self {
+        AggregateEmitter { log, events_topic: events_topic.to_owned(), aggregates_partitions }
     }
 
-    /// Takes over `partition`'s transactional id, fencing every earlier producer of it
-    /// (and aborting its open transaction). Call on every claim, before the first emit.
+    /// Takes over `partition`'s transactional id ([`Log::open`]). Call on every claim, before the first emit.
     ///
     /// # Errors
-    /// When the broker does not answer or refuses.
-    pub async fn open(&self, partition: i32) -> Result<PartitionEmitter, EmitError> {
-        let mut config = self.config.clone();
-        config.set("transactional.id", format!("{}.{partition}", self.id_prefix));
-        let producer: FutureProducer = config.create().map_err(|source| EmitError::Kafka { partition, source })?;
-        let p = producer.clone();
-        blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
+    /// When the log does not answer or refuses.
+    pub async fn open(&self, partition: i32) -> Result<PartitionEmitter<L::Producer>, EmitError> {
+        let producer = self.log.open(partition).await?;
         Ok(PartitionEmitter {
             producer,
-            topic: self.topic.clone(),
             partition,
             events_topic: self.events_topic.clone(),
             aggregates_partitions: self.aggregates_partitions,
@@ -99,16 +141,35 @@ impl AggregateEmitter {
     }
 }
 
-/// The transactional producer of one owned partition. Dropped with the partition.
-pub struct PartitionEmitter {
+impl Log for KafkaLog {
+    type Producer = KafkaProducer;
+
+    async fn open(&self, partition: i32) -> Result<KafkaProducer, EmitError> {
+        let mut config = self.config.clone();
+        config.set("transactional.id", format!("{}.{partition}", self.id_prefix));
+        let producer: FutureProducer = config.create().map_err(|source| EmitError::Kafka { partition, source })?;
+        let p = producer.clone();
+        blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
+        Ok(KafkaProducer { producer, topic: self.topic.clone(), partition })
+    }
+}
+
+/// The Kafka transactional producer of one owned partition.
+pub struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
+    partition: i32,
+}
+
+/// The transactional producer of one owned partition. Dropped with the partition.
+pub struct PartitionEmitter<P: TxnProducer = KafkaProducer> {
+    producer: P,
     partition: i32,
     events_topic: String,
     aggregates_partitions: i32,
 }
 
-impl PartitionEmitter {
+impl<P: TxnProducer> PartitionEmitter<P> {
     /// The progress records of `next_offset`: one per aggregates partition,
     /// written to it explicitly (its key alone would land in one).
     fn progress(&self, next_offset: i64) -> Vec<(i32, Emit)> {
@@ -127,7 +188,7 @@ impl PartitionEmitter {
     }
 
     /// Writes the records, then (with `progress`, the partition's next offset)
-    /// a progress record to every aggregates partition, in Kafka transactions
+    /// a progress record to every aggregates partition, in transactions
     /// of at most [`MAX_TXN_RECORDS`] records and about [`MAX_TXN_BYTES`]
     /// (the progress records in the last), waiting for each to commit.
     ///
@@ -150,11 +211,13 @@ impl PartitionEmitter {
         let mut batches = bounded_batches(records);
         let last = batches.pop().unwrap_or_default();
         for batch in batches {
-            self.transaction(batch, Vec::new()).await?;
+            self.producer.transaction(batch, Vec::new()).await?;
         }
-        self.transaction(last, progress).await
+        self.producer.transaction(last, progress).await
     }
+}
 
+impl TxnProducer for KafkaProducer {
     /// One Kafka transaction: the keyed records, then the placed ones.
     async fn transaction(&self, records: Vec<Emit>, progress: Vec<(i32, Emit)>) -> Result<(), EmitError> {
         let partition = self.partition;

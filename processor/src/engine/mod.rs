@@ -15,23 +15,32 @@
 //!
 //! A workload plugs in by implementing [`Aggregation`]: its event decoding,
 //! its pure state (apply, changes since the last checkpoint), the rows that
-//! persist that state (inside the engine's transaction) and the records it
-//! emits.
+//! persist that state (in the tables it declares, [`tables`], written inside
+//! the engine's transaction) and the records it emits.
+//!
+//! The state store ([`state_store::Store`]) and the aggregates log
+//! ([`emitter::Log`]) are traits with a PostgreSQL / Kafka implementation
+//! and an in-memory one (`sim`, in tests and behind the `sim` feature),
+//! over which a seeded simulation checks exactly-once (docs/architecture.md,
+//! "Deterministic simulation").
 
 pub mod dedup;
 pub mod emitter;
 pub mod metrics;
 pub mod partition;
 mod pipeline;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod state_store;
+pub mod tables;
 
 use std::future::Future;
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
 
 pub use pipeline::{Processor, ProcessorError, ProcessorSettings};
+use tables::StateTx;
 
 /// How far one partition's state has got: every record below `next_offset`
 /// is reflected, and `watermark_ms` is the newest acceptance time among them.
@@ -134,19 +143,19 @@ pub trait Aggregation: Send + Sync + 'static {
     /// again until [`committed`](Self::committed), so a failed write is retried.
     fn changes(&self, state: &mut Self::State) -> Option<Self::Changes>;
 
-    /// Loads a partition's state inside the engine's claim transaction.
-    fn restore(
+    /// Loads a partition's state from its tables, inside the engine's claim transaction.
+    fn restore<T: StateTx>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut T,
         scope: Scope<'_>,
         position: Position,
     ) -> impl Future<Output = Result<Self::State, PgError>> + Send;
 
     /// Writes `changes` inside the engine's checkpoint transaction, which
     /// commits them together with the position under the partition's epoch.
-    fn persist(
+    fn persist<T: StateTx>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut T,
         scope: Scope<'_>,
         state: &Self::State,
         changes: &Self::Changes,
@@ -169,4 +178,49 @@ pub trait Aggregation: Send + Sync + 'static {
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a Self::State>)
     where
         Self::State: 'a;
+}
+
+/// Bugs the simulation must catch, planted one at a time by its tests:
+/// [`planted`] is a constant `false` unless the `sim` feature (test-only: a
+/// workload crate's dev-dependency) is on, so no service binary carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(test, feature = "sim")), allow(dead_code))]
+pub enum Planted {
+    /// A checkpoint writes even when its epoch was bumped (a zombie's state lands).
+    NoCheckpointFence,
+    /// A claim does not fence the former owner's producer (a zombie's emits land).
+    NoEmitFence,
+    /// A claim re-sends only the rendered records, not those kept whole (closed hours' finals).
+    ResendDropsKept,
+    /// A claim re-sends nothing from the outbox.
+    ResendIgnoresOutbox,
+    /// A claim does not restore the event ids (a retried id counts again).
+    IdsNotRestored,
+    /// A checkpoint writes no outbox rows: its records live only until their emit.
+    OutboxSkipped,
+    /// A checkpoint commits the position in one transaction and the state in another.
+    PositionBeforeState,
+}
+
+#[cfg(any(test, feature = "sim"))]
+thread_local! {
+    static PLANTED: std::cell::Cell<Option<Planted>> = const { std::cell::Cell::new(None) };
+}
+
+/// True when `bug` is planted on this thread (simulation only).
+#[cfg(any(test, feature = "sim"))]
+pub(crate) fn planted(bug: Planted) -> bool {
+    PLANTED.with(|p| p.get() == Some(bug))
+}
+
+#[cfg(not(any(test, feature = "sim")))]
+#[inline(always)]
+pub(crate) const fn planted(_: Planted) -> bool {
+    false
+}
+
+/// Plants `bug` (or none) on this thread.
+#[cfg(any(test, feature = "sim"))]
+pub fn plant(bug: Option<Planted>) {
+    PLANTED.with(|p| p.set(bug));
 }

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use super::dedup::IdWindow;
-use super::emitter::{AggregateEmitter, PartitionEmitter};
+use super::emitter::{AggregateEmitter, KafkaProducer, Log, PartitionEmitter, TxnProducer};
 use super::metrics as m;
 use super::pipeline::ProcessorError;
-use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, StateStore};
-use super::{Aggregation, Emit, Position, Scope};
+use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, Store};
+use super::{planted, Aggregation, Emit, Planted, Position, Scope, Skip};
+use common::engine::kafka::partition_for;
 
 /// Records a partition may read past its last committed checkpoint before
 /// the loop checkpoints at once, and stops reading until a checkpoint
@@ -19,15 +20,42 @@ use super::{Aggregation, Emit, Position, Scope};
 /// bounded however large a backlog is or however long PostgreSQL fails.
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
+/// The skip reason of a record already in the restored state.
+pub const REPLAYED: Skip = Skip("replayed");
+/// The skip reason of a record keyed for another partition.
+pub const MISROUTED: Skip = Skip("misrouted");
+
+/// A record as the consumer fetched it.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchedRecord<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// The broker's timestamp, where the topic stamps log-append times.
+    pub log_append_ms: Option<i64>,
+}
+
+/// What became of a fetched record ([`OwnedPartition::on_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnRecord {
+    Applied,
+    /// Not counted: the label of `analytics_processor_events_skipped_total{reason}`.
+    Skipped(Skip),
+    /// The partition stopped before it (a record fetched before the stop).
+    Ignored,
+    /// Undecodable: the partition stops at it (the decoder's error, if any).
+    Stalled(Option<String>),
+}
+
 /// One partition this instance owns.
-pub struct OwnedPartition<S> {
+pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     pub(crate) epoch: i64,
     pub(crate) position: Position,
     pub(crate) ids: IdWindow,
     pub(crate) id_chunks: ChunkCounts,
     pub(crate) state: S,
     /// This partition's transactional producer (its id fences former owners).
-    pub(crate) emitter: PartitionEmitter,
+    pub(crate) emitter: PartitionEmitter<P>,
     /// The next offset the last emitted progress records carried: a
     /// checkpoint is due whenever the position moved past it, even if the
     /// records changed nothing (duplicates, skipped records), so that a read
@@ -48,7 +76,7 @@ pub struct OwnedPartition<S> {
     pub(crate) last_emit_bytes: usize,
 }
 
-impl<S> OwnedPartition<S> {
+impl<S, P: TxnProducer> OwnedPartition<S, P> {
     pub fn position(&self) -> Position {
         self.position
     }
@@ -68,6 +96,54 @@ impl<S> OwnedPartition<S> {
     /// True when the partition must checkpoint before it reads more.
     pub fn is_full(&self) -> bool {
         self.pending_records >= MAX_PENDING_RECORDS
+    }
+
+    /// What the loop does with one fetched record of this partition: ignores
+    /// it if the partition stopped or already holds it (a replay), skips it if
+    /// it is keyed for another of the `partitions` (moving the position),
+    /// stops the partition at it if it cannot be decoded, and else applies it
+    /// ([`apply`](Self::apply)) at the broker's log-append time where the
+    /// topic stamps one, else at the writer's acceptance time.
+    pub fn on_record<W: Aggregation<State = S>>(
+        &mut self,
+        workload: &W,
+        partitions: i32,
+        partition: i32,
+        record: FetchedRecord<'_>,
+    ) -> OnRecord {
+        let offset = record.offset;
+        if self.stalled_at.is_some() {
+            return OnRecord::Ignored; // fetched before the partition stopped: its position must stay at the bad record
+        }
+        if offset < self.position.next_offset {
+            // Already in the restored state (a replay after a re-assignment).
+            return OnRecord::Skipped(REPLAYED);
+        }
+        // A record whose key belongs to another partition (a producer with another
+        // partitioner or partition count): counting it here could count it twice.
+        // Skipped, the same way on every replay, and counted in a metric.
+        if record.key.is_some_and(|k| partition_for(k, partitions) != partition) {
+            self.position.next_offset = offset + 1;
+            self.pending_records += 1;
+            return OnRecord::Skipped(MISROUTED);
+        }
+        let event = match record.payload.map(|p| workload.decode(p)) {
+            Some(Ok(event)) => event,
+            other => {
+                // Skipping it would lose an accepted event for good (a record of a
+                // newer schema version, say). Stop this partition at the record,
+                // keeping its lease and state, and raise the alarm; the others go on.
+                self.stalled_at = Some(offset);
+                return OnRecord::Stalled(other.and_then(Result::err).map(|e| e.to_string()));
+            }
+        };
+        // The broker's clock, where the topic stamps it (LogAppendTime): one
+        // clock for the whole partition; else the writer's acceptance time.
+        let accepted_at_ms = record.log_append_ms.unwrap_or_else(|| workload.accepted_at_ms(&event));
+        match self.apply(workload, offset, accepted_at_ms, event) {
+            Ok(_) => OnRecord::Applied,
+            Err(skip) => OnRecord::Skipped(skip),
+        }
     }
 
     /// What the engine does with one decoded record that passed the routing
@@ -101,25 +177,25 @@ impl<S> OwnedPartition<S> {
 ///
 /// # Errors
 /// The store's, or the emitter's.
-pub async fn claim_partition<W: Aggregation>(
+pub async fn claim_partition<W: Aggregation, S: Store, L: Log>(
     workload: &W,
-    store: &StateStore,
-    emitter: &AggregateEmitter,
+    store: &S,
+    emitter: &AggregateEmitter<L>,
     partition: i32,
     retention_ms: i64,
-) -> Result<OwnedPartition<W::State>, ProcessorError> {
+) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
     let claimed = store.claim(workload, partition, retention_ms).await?;
     open_claimed(workload, store.topic(), emitter, partition, claimed).await
 }
 
 /// The second half of [`claim_partition`], once the store's state is loaded.
-pub(crate) async fn open_claimed<W: Aggregation>(
+pub(crate) async fn open_claimed<W: Aggregation, L: Log>(
     workload: &W,
     topic: &str,
-    emitter: &AggregateEmitter,
+    emitter: &AggregateEmitter<L>,
     partition: i32,
     claimed: super::state_store::Claimed<W::State>,
-) -> Result<OwnedPartition<W::State>, ProcessorError> {
+) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
     let position = claimed.position;
     let emitter = emitter.open(partition).await?;
     // Exactly the records that may be missing from the log: those of
@@ -130,7 +206,13 @@ pub(crate) async fn open_claimed<W: Aggregation>(
     // restored state, which is at least as new as the record it replaces.
     let outbox = claimed.outbox;
     let mut records = outbox.kept;
+    if planted(Planted::ResendDropsKept) {
+        records.clear();
+    }
     records.extend(workload.render(Scope { topic, partition }, position, &claimed.state, &outbox.keys));
+    if planted(Planted::ResendIgnoresOutbox) {
+        records.clear();
+    }
     let resent = records.len();
     emitter.emit(records, Some(position.next_offset)).await?;
     metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
@@ -156,11 +238,11 @@ pub(crate) async fn open_claimed<W: Aggregation>(
 /// # Errors
 /// The store's (nothing was written then), or the emitter's (the store is
 /// then ahead of the log: the partition must be claimed again, which re-sends).
-pub async fn checkpoint_partition<W: Aggregation>(
+pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     workload: &W,
-    store: &StateStore,
+    store: &S,
     partition: i32,
-    owned: &mut OwnedPartition<W::State>,
+    owned: &mut OwnedPartition<W::State, P>,
 ) -> Result<Option<i64>, ProcessorError> {
     owned.last_emit_bytes = 0;
     let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
@@ -179,7 +261,7 @@ pub async fn checkpoint_partition<W: Aggregation>(
         ids: &owned.ids,
         closed_id_hours: &closed_id_hours,
         id_chunks: &owned.id_chunks,
-        emits: &emits,
+        emits: if planted(Planted::OutboxSkipped) { &[] } else { &emits },
         emitted_through: owned.outbox_through,
     };
     let work = changes.as_ref().map(|c| (&owned.state, c));

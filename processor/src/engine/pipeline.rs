@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::{assignment, consumer_config, partition_for};
+use common::engine::kafka::{assignment, consumer_config};
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
 use futures::{FutureExt, StreamExt};
@@ -36,7 +36,9 @@ use tracing::Instrument;
 
 use super::emitter::{AggregateEmitter, EmitError};
 use super::metrics as m;
-use super::partition::{checkpoint_partition, emit_pause, open_claimed, OwnedPartition};
+use super::partition::{
+    checkpoint_partition, emit_pause, open_claimed, FetchedRecord, OnRecord, OwnedPartition, MISROUTED,
+};
 use super::state_store::{StateStore, StoreError};
 use super::Aggregation;
 
@@ -48,6 +50,31 @@ const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 /// First and longest wait between attempts to claim a partition's state.
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What the loop does with a partition after a failed checkpoint (the
+/// simulation applies the same policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterCheckpoint {
+    /// Keep it: the store failed and wrote nothing, so the next tick retries.
+    Keep,
+    /// Drop it: another instance owns it now (`fenced`), or its emit failed
+    /// and the next heartbeat claims it again, which re-sends the outbox.
+    Drop { fenced: bool },
+    /// Not one partition's problem: the loop stops.
+    Fatal,
+}
+
+/// The policy for a checkpoint's outcome (a success keeps the partition).
+pub(crate) fn after_checkpoint(result: &Result<Option<i64>, ProcessorError>) -> AfterCheckpoint {
+    match result {
+        Ok(_) | Err(ProcessorError::Store(StoreError::Pg(_))) => AfterCheckpoint::Keep,
+        Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
+            AfterCheckpoint::Drop { fenced: true }
+        }
+        Err(ProcessorError::Emit(EmitError::Kafka { .. })) => AfterCheckpoint::Drop { fenced: false },
+        Err(ProcessorError::Kafka(_) | ProcessorError::LogReset(_)) => AfterCheckpoint::Fatal,
+    }
+}
 
 /// What the engine needs to run one workload's processor.
 #[derive(Debug, Clone)]
@@ -279,54 +306,33 @@ impl<W: Aggregation> Processor<W> {
         let (partition, offset) = (msg.partition(), msg.offset());
         // A message fetched before a partition was handed over: not ours any more.
         let Some(owned) = self.owned.get_mut(&partition) else { return };
-        if owned.stalled_at.is_some() {
-            return; // fetched before the partition stopped: its position must stay at the bad record
-        }
-        if offset < owned.position.next_offset {
-            // Already in the restored state (a replay after a re-assignment).
-            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "replayed").increment(1);
-            return;
-        }
-        // A record whose key belongs to another partition (a producer with another
-        // partitioner or partition count): counting it here could count it twice.
-        // Skipped, the same way on every replay, and counted in a metric.
-        if msg.key().is_some_and(|k| partition_for(k, self.partitions) != partition) {
-            tracing::warn!(workload = W::NAME, partition, offset, "record keyed for another partition: not counted");
-            metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => "misrouted").increment(1);
-            owned.position.next_offset = offset + 1;
-            owned.pending_records += 1;
-            return;
-        }
-        let event = match msg.payload().map(|p| self.workload.decode(p)) {
-            Some(Ok(event)) => event,
-            other => {
-                // Skipping it would lose an accepted event for good (a record of a
-                // newer schema version, say). Stop this partition at the record,
-                // keeping its lease and state, and raise the alarm; the others go on.
-                let error = other.and_then(Result::err).map(|e| e.to_string());
-                owned.stalled_at = Some(offset);
-                common::engine::kafka::stall_partition(
-                    &*self.consumer,
-                    &self.topic,
-                    partition,
-                    offset,
-                    error,
-                    m::PARTITION_STALLED,
-                );
-                return;
-            }
+        let log_append_ms = match msg.timestamp() {
+            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+            _ => None,
         };
-        // The broker's clock, where the topic stamps it (LogAppendTime): one
-        // clock for the whole partition; else the writer's acceptance time.
-        let accepted_at_ms = match msg.timestamp() {
-            rdkafka::Timestamp::LogAppendTime(ms) => ms,
-            _ => self.workload.accepted_at_ms(&event),
-        };
-        match owned.apply(&self.workload, offset, accepted_at_ms, event) {
-            Ok(_) => self.applied += 1,
-            Err(skip) => {
-                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => skip.0).increment(1);
+        let fetched = FetchedRecord { offset, key: msg.key(), payload: msg.payload(), log_append_ms };
+        match owned.on_record(&self.workload, self.partitions, partition, fetched) {
+            OnRecord::Applied => self.applied += 1,
+            OnRecord::Ignored => {}
+            OnRecord::Skipped(reason) => {
+                if reason == MISROUTED {
+                    tracing::warn!(
+                        workload = W::NAME,
+                        partition,
+                        offset,
+                        "record keyed for another partition: not counted"
+                    );
+                }
+                metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => reason.0).increment(1);
             }
+            OnRecord::Stalled(error) => common::engine::kafka::stall_partition(
+                &*self.consumer,
+                &self.topic,
+                partition,
+                offset,
+                error,
+                m::PARTITION_STALLED,
+            ),
         }
     }
 
@@ -392,15 +398,15 @@ impl<W: Aggregation> Processor<W> {
         let results = futures::future::join_all(rounds).await;
         let mut retry_later = false;
         for (p, owned, result) in results {
-            match result {
-                Ok(Some(next)) => {
+            match (after_checkpoint(&result), result) {
+                (_, Ok(Some(next))) => {
                     commits.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
                     self.owned.insert(p, owned);
                 }
-                Ok(None) => {
+                (_, Ok(None)) => {
                     self.owned.insert(p, owned);
                 }
-                Err(ProcessorError::Store(StoreError::Fenced(_)) | ProcessorError::Emit(EmitError::Fenced(_))) => {
+                (AfterCheckpoint::Drop { fenced: true }, Err(_)) => {
                     tracing::warn!(
                         workload = W::NAME,
                         partition = p,
@@ -410,14 +416,14 @@ impl<W: Aggregation> Processor<W> {
                         .increment(1);
                     fenced = true;
                 }
-                Err(ProcessorError::Store(e)) => {
+                (AfterCheckpoint::Keep, Err(e)) => {
                     // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
                     tracing::warn!(workload = W::NAME, partition = p, error = %e, "checkpoint failed; will retry");
                     metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
                     self.owned.insert(p, owned);
                     retry_later = true;
                 }
-                Err(ProcessorError::Emit(e)) => {
+                (AfterCheckpoint::Drop { fenced: false }, Err(e)) => {
                     // The state store is ahead of the log: dropped here, the partition is
                     // claimed again at the next heartbeat (its lease is still ours), and the
                     // claim re-sends the outbox, which holds this checkpoint's records.
@@ -426,7 +432,7 @@ impl<W: Aggregation> Processor<W> {
                         .increment(1);
                     fenced = true;
                 }
-                Err(e) => return Err(e),
+                (AfterCheckpoint::Fatal, Err(e)) => return Err(e),
             }
         }
         let emitted: usize = self.owned.values().map(|o| o.last_emit_bytes).sum();

@@ -14,16 +14,23 @@
 //! is new, and an hour's chunks are merged into one once it has many.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use common::engine::pg::PgError;
 use deadpool_postgres::{Pool, Transaction};
+use tokio_postgres::types::ToSql;
 
 use super::dedup::IdWindow;
+pub use super::tables::ChunkTable;
+use super::tables::{ColumnType, Row, RowTable, StateTx, Value};
 use super::{Aggregation, Emit, Position, Scope};
 
 /// Rows one statement of a checkpoint writes at most (a checkpoint of more
 /// uses several): each statement stays well within the statement timeout.
 pub const ROWS_PER_STATEMENT: usize = 10_000;
+
+/// Rows a claim reads per fetch from a workload's row table.
+const RESTORE_PAGE: i32 = 100_000;
 
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
@@ -59,13 +66,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// A table of hash chunks: `(topic, partition, hour_start_ms, seq, <column> BYTEA)`.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkTable {
-    pub table: &'static str,
-    pub column: &'static str,
-}
-
 /// The engine's chunks of event ids.
 const ID_CHUNKS: ChunkTable = ChunkTable { table: "processor_id_chunks", column: "ids" };
 
@@ -85,27 +85,13 @@ pub fn decode_hashes(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
 /// Every chunk of a partition, per hour, in write order.
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer.
-pub async fn read_chunks(
-    tx: &Transaction<'_>,
+/// [`PgError`] when the store cannot answer.
+pub async fn read_chunks<T: StateTx>(
+    tx: &mut T,
     table: ChunkTable,
     scope: Scope<'_>,
 ) -> Result<HashMap<i64, Vec<Vec<u8>>>, PgError> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT hour_start_ms, {col} FROM {table} WHERE topic = $1 AND partition = $2 ORDER BY hour_start_ms, seq",
-                col = table.column,
-                table = table.table
-            ),
-            &[&scope.topic, &scope.partition],
-        )
-        .await?;
-    let mut chunks: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
-    for row in rows {
-        chunks.entry(row.get(0)).or_default().push(row.get(1));
-    }
-    Ok(chunks)
+    tx.read_chunks(table, scope).await
 }
 
 /// Appends one chunk per hour with new hashes, and merges the chunks of an
@@ -113,9 +99,9 @@ pub async fn read_chunks(
 /// Returns the hours' chunk counts, to record once the transaction commits.
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer.
-pub async fn append_chunks(
-    tx: &Transaction<'_>,
+/// [`PgError`] when the store cannot answer.
+pub async fn append_chunks<T: StateTx>(
+    tx: &mut T,
     table: ChunkTable,
     scope: Scope<'_>,
     new: &[(i64, &[u64])],
@@ -126,30 +112,12 @@ pub async fn append_chunks(
     if hours.is_empty() {
         return Ok(Vec::new());
     }
-    let (name, column) = (table.table, table.column);
-    tx.execute(
-        &format!(
-            "INSERT INTO {name} (topic, partition, hour_start_ms, {column})
-             SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])"
-        ),
-        &[&scope.topic, &scope.partition, &hours, &blobs],
-    )
-    .await?;
+    tx.insert_chunks(table, scope, &hours, &blobs).await?;
     let mut after = Vec::with_capacity(hours.len());
     for h in hours {
         let n = counts.get(&h).copied().unwrap_or(0) + 1;
         if n >= MAX_CHUNKS_PER_HOUR {
-            tx.execute(
-                &format!(
-                    "WITH old AS (
-                         DELETE FROM {name} WHERE topic = $1 AND partition = $2 AND hour_start_ms = $3
-                         RETURNING seq, {column})
-                     INSERT INTO {name} (topic, partition, hour_start_ms, {column})
-                     SELECT $1, $2, $3, string_agg({column}, ''::bytea ORDER BY seq) FROM old"
-                ),
-                &[&scope.topic, &scope.partition, &h],
-            )
-            .await?;
+            tx.merge_chunks(table, scope, h).await?;
             after.push((h, 1));
         } else {
             after.push((h, n));
@@ -161,21 +129,17 @@ pub async fn append_chunks(
 /// Deletes the chunks of closed hours.
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer.
-pub async fn delete_chunks(
-    tx: &Transaction<'_>,
+/// [`PgError`] when the store cannot answer.
+pub async fn delete_chunks<T: StateTx>(
+    tx: &mut T,
     table: ChunkTable,
     scope: Scope<'_>,
     hours: &[i64],
 ) -> Result<(), PgError> {
-    if !hours.is_empty() {
-        tx.execute(
-            &format!("DELETE FROM {} WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)", table.table),
-            &[&scope.topic, &scope.partition, &hours],
-        )
-        .await?;
+    if hours.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    tx.delete_chunks(table, scope, hours).await
 }
 
 /// Records committed chunk counts and forgets closed hours.
@@ -232,67 +196,429 @@ pub struct EngineCheckpoint<'a> {
     pub emitted_through: Option<i64>,
 }
 
-/// Writes a checkpoint's records to the outbox (one row per key, the newest
-/// replacing an older one) after deleting the rows known to be in the log.
-async fn write_outbox(
-    tx: &Transaction<'_>,
-    scope: Scope<'_>,
-    position: Position,
-    emits: &[Emit],
-    emitted_through: Option<i64>,
-) -> Result<(), PgError> {
-    if let Some(through) = emitted_through {
-        tx.execute(
-            "DELETE FROM processor_outbox WHERE topic = $1 AND partition = $2 AND input_offset <= $3",
-            &[&scope.topic, &scope.partition, &through],
-        )
-        .await?;
-    }
-    if emits.is_empty() {
-        return Ok(());
-    }
-    // One row per key: a statement may not upsert a row twice, so the last record of a key wins.
-    // The bytes only where the state cannot render the record again.
-    let mut newest: HashMap<&str, Option<&[u8]>> = HashMap::with_capacity(emits.len());
-    for e in emits {
-        newest.insert(&e.key, e.keep_payload.then_some(e.payload.as_slice()));
-    }
-    let rows: Vec<(&str, Option<&[u8]>)> = newest.into_iter().collect();
-    // Bounded statements: each stays well within the statement timeout.
-    for slice in rows.chunks(ROWS_PER_STATEMENT) {
-        let (keys, payloads): (Vec<&str>, Vec<Option<&[u8]>>) = slice.iter().copied().unzip();
-        tx.execute(
-            "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
-             SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
-             ON CONFLICT (topic, partition, key)
-             DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
-            &[&scope.topic, &scope.partition, &position.next_offset, &keys, &payloads],
-        )
-        .await?;
-    }
-    Ok(())
+/// The engine's own tables in the claim or checkpoint transaction, beside
+/// the workload's ([`StateTx`]): the partition's epoch and position, and its outbox.
+pub trait EngineTx: StateTx {
+    /// Bumps the partition's epoch (a first claim creates it at epoch 1,
+    /// position 0) and returns the new epoch with the stored position.
+    fn claim_epoch(&mut self, scope: Scope<'_>) -> impl Future<Output = Result<(i64, Position), PgError>> + Send;
+
+    /// Stores `position` if the partition's epoch is still `epoch`; false
+    /// (and nothing written) when another claim bumped it.
+    fn advance(
+        &mut self,
+        scope: Scope<'_>,
+        epoch: i64,
+        position: Position,
+    ) -> impl Future<Output = Result<bool, PgError>> + Send;
+
+    /// The partition's outbox: the records kept whole (oldest first), the keys kept alone.
+    fn read_outbox(&mut self, scope: Scope<'_>) -> impl Future<Output = Result<Outbox, PgError>> + Send;
+
+    /// Deletes the outbox rows up to input offset `through` (they are in the log).
+    fn delete_outbox_through(
+        &mut self,
+        scope: Scope<'_>,
+        through: i64,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Inserts or replaces outbox rows (one per key) tagged with `input_offset`.
+    fn upsert_outbox(
+        &mut self,
+        scope: Scope<'_>,
+        input_offset: i64,
+        rows: &[(&str, Option<&[u8]>)],
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
 }
 
-/// A partition's outbox: the records kept whole (oldest first), the keys kept alone.
-async fn read_outbox(tx: &Transaction<'_>, scope: Scope<'_>) -> Result<Outbox, PgError> {
-    let rows = tx
-        .query(
-            "SELECT key, input_offset, payload FROM processor_outbox
-             WHERE topic = $1 AND partition = $2 ORDER BY input_offset, key",
-            &[&scope.topic, &scope.partition],
-        )
-        .await?;
-    let mut outbox =
-        Outbox { through: rows.iter().map(|r| r.get::<_, i64>("input_offset")).max(), ..Outbox::default() };
-    for r in rows {
-        match r.get::<_, Option<Vec<u8>>>("payload") {
-            Some(payload) => outbox.kept.push(Emit { key: r.get("key"), payload, keep_payload: true }),
-            None => outbox.keys.push(r.get("key")),
+/// Where the engine keeps each partition's state: PostgreSQL
+/// ([`StateStore`]) in production, memory in the simulation. Both run the
+/// same transaction bodies ([`claim_in`], [`commit_in`]) over their [`EngineTx`].
+pub trait Store: Send + Sync {
+    /// The events topic whose partitions this store keeps.
+    fn topic(&self) -> &str;
+
+    /// Takes ownership of a partition (bumping its epoch) and loads its state, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Pg`] when the store cannot answer.
+    fn claim<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        retention_ms: i64,
+    ) -> impl Future<Output = Result<Claimed<W::State>, StoreError>> + Send;
+
+    /// Commits a checkpoint under its epoch, in one transaction ([`commit_in`]).
+    /// Returns the id chunks appended per hour and the workload's receipt.
+    ///
+    /// # Errors
+    /// [`StoreError::Fenced`] if the partition was claimed by someone else;
+    /// [`StoreError::Pg`] otherwise (nothing is written then).
+    fn commit<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        cp: EngineCheckpoint<'_>,
+        work: Option<(&W::State, &W::Changes)>,
+    ) -> impl Future<Output = Result<Committed<W::Receipt>, StoreError>> + Send;
+}
+
+/// What a committed checkpoint leaves to record: the id chunks appended per
+/// hour, and the workload's receipt if it persisted changes.
+pub type Committed<R> = (Vec<(i64, u32)>, Option<R>);
+
+/// The body of a claim, inside the store's transaction.
+///
+/// # Errors
+/// [`StoreError::Pg`] when the store cannot answer.
+pub async fn claim_in<W: Aggregation, T: EngineTx>(
+    tx: &mut T,
+    workload: &W,
+    scope: Scope<'_>,
+    retention_ms: i64,
+) -> Result<Claimed<W::State>, StoreError> {
+    let (epoch, position) = tx.claim_epoch(scope).await?;
+    let mut ids = IdWindow::with_buckets(W::DEDUP_BUCKET_MS, retention_ms);
+    let mut id_chunks = ChunkCounts::new();
+    for (hour, chunks) in tx.read_chunks(ID_CHUNKS, scope).await? {
+        id_chunks.insert(hour, chunks.len() as u32);
+        if !super::planted(super::Planted::IdsNotRestored) {
+            ids.restore(hour, chunks.iter().flat_map(|c| decode_hashes(c)));
         }
     }
-    Ok(outbox)
+    let state = workload.restore(tx, scope, position).await?;
+    let outbox = tx.read_outbox(scope).await?;
+    Ok(Claimed { epoch, position, ids, id_chunks, state, outbox })
 }
 
+/// The body of a checkpoint, inside the store's transaction: the position
+/// under the epoch first (a fenced writer writes nothing), the new ids (and
+/// the closed hours' ids gone), the workload's changes if it has any, and
+/// its records to the outbox (with the rows known emitted gone).
+///
+/// # Errors
+/// [`StoreError::Fenced`] if the partition was claimed by someone else;
+/// [`StoreError::Pg`] otherwise (the caller must not commit then).
+pub async fn commit_in<W: Aggregation, T: EngineTx>(
+    tx: &mut T,
+    workload: &W,
+    scope: Scope<'_>,
+    cp: EngineCheckpoint<'_>,
+    work: Option<(&W::State, &W::Changes)>,
+) -> Result<Committed<W::Receipt>, StoreError> {
+    if !tx.advance(scope, cp.epoch, cp.position).await? && !super::planted(super::Planted::NoCheckpointFence) {
+        return Err(StoreError::Fenced(scope.partition));
+    }
+    let new_ids = cp.ids.new_ids();
+    let new_ids: Vec<(i64, &[u64])> = new_ids.iter().map(|(h, ids)| (*h, ids.as_slice())).collect();
+    let ids_added = append_chunks(tx, ID_CHUNKS, scope, &new_ids, cp.id_chunks).await?;
+    delete_chunks(tx, ID_CHUNKS, scope, cp.closed_id_hours).await?;
+    let receipt = match work {
+        Some((state, changes)) => Some(workload.persist(tx, scope, state, changes).await?),
+        None => None,
+    };
+    if let Some(through) = cp.emitted_through {
+        tx.delete_outbox_through(scope, through).await?;
+    }
+    if !cp.emits.is_empty() {
+        // One row per key: a statement may not upsert a row twice, so the last record of a key wins.
+        // The bytes only where the state cannot render the record again.
+        let mut newest: HashMap<&str, Option<&[u8]>> = HashMap::with_capacity(cp.emits.len());
+        for e in cp.emits {
+            newest.insert(&e.key, e.keep_payload.then_some(e.payload.as_slice()));
+        }
+        let mut rows: Vec<(&str, Option<&[u8]>)> = newest.into_iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        tx.upsert_outbox(scope, cp.position.next_offset, &rows).await?;
+    }
+    Ok((ids_added, receipt))
+}
+
+/// A claim or checkpoint transaction in PostgreSQL.
+pub struct PgTx<'t> {
+    tx: &'t Transaction<'t>,
+}
+
+/// The SQL of a row table's column list, and its reading expression (text for `Uuid`/`Numeric`).
+fn select_expr(c: &super::tables::Column) -> String {
+    match c.ty {
+        ColumnType::BigInt => c.name.to_owned(),
+        ColumnType::Uuid | ColumnType::Numeric => format!("{0}::text AS {0}", c.name),
+    }
+}
+
+fn array_cast(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::BigInt => "",
+        ColumnType::Uuid => "::uuid[]",
+        ColumnType::Numeric => "::numeric[]",
+    }
+}
+
+/// One column's values of `rows`, as one array parameter.
+fn column_param(
+    table: &RowTable,
+    c: &super::tables::Column,
+    rows: &[Row],
+) -> Result<Box<dyn ToSql + Sync + Send>, PgError> {
+    let missing = || PgError::Corrupt(format!("{}: a row without a valid {}", table.table, c.name));
+    Ok(match c.ty {
+        ColumnType::BigInt => Box::new(
+            rows.iter()
+                .map(|r| match r.value(c) {
+                    Some(Value::Int(v)) => Ok(*v),
+                    _ => Err(missing()),
+                })
+                .collect::<Result<Vec<i64>, _>>()?,
+        ),
+        ColumnType::Uuid | ColumnType::Numeric => Box::new(
+            rows.iter()
+                .map(|r| match r.value(c) {
+                    Some(Value::Text(v)) => Ok(v.clone()),
+                    _ => Err(missing()),
+                })
+                .collect::<Result<Vec<String>, _>>()?,
+        ),
+    })
+}
+
+impl StateTx for PgTx<'_> {
+    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
+    where
+        F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
+    {
+        let columns: Vec<String> = table.columns().map(select_expr).collect();
+        let sql = format!("SELECT {} FROM {} WHERE topic = $1 AND partition = $2", columns.join(", "), table.table);
+        // Through a portal: one scan of the partition's rows, with bounded fetches however many it holds.
+        let portal = self.tx.bind(sql.as_str(), &[&scope.topic, &scope.partition]).await?;
+        loop {
+            let rows = self.tx.query_portal(&portal, RESTORE_PAGE).await?;
+            let fetched = rows.len();
+            let mut page = Vec::with_capacity(fetched);
+            for r in &rows {
+                let mut row = Row::new();
+                for c in table.columns() {
+                    let value = match c.ty {
+                        ColumnType::BigInt => Value::Int(r.try_get(c.name)?),
+                        ColumnType::Uuid | ColumnType::Numeric => Value::Text(r.try_get(c.name)?),
+                    };
+                    row.set(c.name, value);
+                }
+                page.push(row);
+            }
+            each_page(page)?;
+            if fetched < RESTORE_PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn upsert_rows(&mut self, table: &RowTable, scope: Scope<'_>, rows: &[Row]) -> Result<(), PgError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = table.columns().map(|c| c.name).collect();
+        let exprs: Vec<String> = table.columns().map(|c| format!("{}{}", c.name, c.ty.cast())).collect();
+        let arrays: Vec<String> =
+            table.columns().enumerate().map(|(i, c)| format!("${}::{}", i + 3, c.ty.param_array())).collect();
+        let set: Vec<String> = table.values.iter().map(|c| format!("{0} = EXCLUDED.{0}", c.name)).collect();
+        let on_conflict =
+            if set.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", set.join(", ")) };
+        let sql = format!(
+            "INSERT INTO {table} (topic, partition, {names})
+             SELECT $1, $2, {exprs} FROM unnest({arrays}) AS t({names})
+             ON CONFLICT (topic, partition, {key}) {on_conflict}",
+            table = table.table,
+            names = names.join(", "),
+            exprs = exprs.join(", "),
+            arrays = arrays.join(", "),
+            key = table.key.name,
+        );
+        // Bounded statements: each stays well within the statement timeout.
+        for slice in rows.chunks(ROWS_PER_STATEMENT) {
+            let columns =
+                table.columns().map(|c| column_param(table, c, slice)).collect::<Result<Vec<_>, PgError>>()?;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&scope.topic, &scope.partition];
+            params.extend(columns.iter().map(|c| &**c as &(dyn ToSql + Sync)));
+            self.tx.execute(sql.as_str(), &params).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_rows(&mut self, table: &RowTable, scope: Scope<'_>, keys: &[Value]) -> Result<(), PgError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let key = table.key;
+        let rows: Vec<Row> = keys.iter().map(|k| Row::new().with(key.name, k.clone())).collect();
+        let param = column_param(table, &key, &rows)?;
+        let sql = format!(
+            "DELETE FROM {} WHERE topic = $1 AND partition = $2 AND {} = ANY($3::{}{})",
+            table.table,
+            key.name,
+            key.ty.param_array(),
+            array_cast(key.ty)
+        );
+        self.tx.execute(sql.as_str(), &[&scope.topic, &scope.partition, &*param as &(dyn ToSql + Sync)]).await?;
+        Ok(())
+    }
+
+    async fn read_chunks(
+        &mut self,
+        table: ChunkTable,
+        scope: Scope<'_>,
+    ) -> Result<HashMap<i64, Vec<Vec<u8>>>, PgError> {
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT hour_start_ms, {col} FROM {table} WHERE topic = $1 AND partition = $2 ORDER BY hour_start_ms, seq",
+                    col = table.column,
+                    table = table.table
+                ),
+                &[&scope.topic, &scope.partition],
+            )
+            .await?;
+        let mut chunks: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
+        for row in rows {
+            chunks.entry(row.try_get("hour_start_ms")?).or_default().push(row.try_get(table.column)?);
+        }
+        Ok(chunks)
+    }
+
+    async fn insert_chunks(
+        &mut self,
+        table: ChunkTable,
+        scope: Scope<'_>,
+        hours: &[i64],
+        blobs: &[Vec<u8>],
+    ) -> Result<(), PgError> {
+        let (name, column) = (table.table, table.column);
+        self.tx
+            .execute(
+                &format!(
+                    "INSERT INTO {name} (topic, partition, hour_start_ms, {column})
+                     SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])"
+                ),
+                &[&scope.topic, &scope.partition, &hours, &blobs],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn merge_chunks(&mut self, table: ChunkTable, scope: Scope<'_>, hour: i64) -> Result<(), PgError> {
+        let (name, column) = (table.table, table.column);
+        self.tx
+            .execute(
+                &format!(
+                    "WITH old AS (
+                         DELETE FROM {name} WHERE topic = $1 AND partition = $2 AND hour_start_ms = $3
+                         RETURNING seq, {column})
+                     INSERT INTO {name} (topic, partition, hour_start_ms, {column})
+                     SELECT $1, $2, $3, string_agg({column}, ''::bytea ORDER BY seq) FROM old"
+                ),
+                &[&scope.topic, &scope.partition, &hour],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_chunks(&mut self, table: ChunkTable, scope: Scope<'_>, hours: &[i64]) -> Result<(), PgError> {
+        self.tx
+            .execute(
+                &format!("DELETE FROM {} WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)", table.table),
+                &[&scope.topic, &scope.partition, &hours],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl EngineTx for PgTx<'_> {
+    async fn claim_epoch(&mut self, scope: Scope<'_>) -> Result<(i64, Position), PgError> {
+        let row = self
+            .tx
+            .query_one(
+                "INSERT INTO processor_partitions (topic, partition, epoch, next_offset, watermark_ms)
+                 VALUES ($1, $2, 1, 0, 0)
+                 ON CONFLICT (topic, partition) DO UPDATE SET epoch = processor_partitions.epoch + 1, updated_at = now()
+                 RETURNING epoch, next_offset, watermark_ms",
+                &[&scope.topic, &scope.partition],
+            )
+            .await?;
+        let position =
+            Position { next_offset: row.try_get("next_offset")?, watermark_ms: row.try_get("watermark_ms")? };
+        Ok((row.try_get("epoch")?, position))
+    }
+
+    async fn advance(&mut self, scope: Scope<'_>, epoch: i64, position: Position) -> Result<bool, PgError> {
+        let updated = self
+            .tx
+            .execute(
+                "UPDATE processor_partitions SET next_offset = $3, watermark_ms = $4, updated_at = now()
+                 WHERE topic = $1 AND partition = $2 AND epoch = $5",
+                &[&scope.topic, &scope.partition, &position.next_offset, &position.watermark_ms, &epoch],
+            )
+            .await?;
+        Ok(updated > 0)
+    }
+
+    async fn read_outbox(&mut self, scope: Scope<'_>) -> Result<Outbox, PgError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT key, input_offset, payload FROM processor_outbox
+                 WHERE topic = $1 AND partition = $2 ORDER BY input_offset, key",
+                &[&scope.topic, &scope.partition],
+            )
+            .await?;
+        let mut outbox = Outbox::default();
+        for r in rows {
+            let offset: i64 = r.try_get("input_offset")?;
+            outbox.through = outbox.through.max(Some(offset));
+            match r.try_get::<_, Option<Vec<u8>>>("payload")? {
+                Some(payload) => outbox.kept.push(Emit { key: r.try_get("key")?, payload, keep_payload: true }),
+                None => outbox.keys.push(r.try_get("key")?),
+            }
+        }
+        Ok(outbox)
+    }
+
+    async fn delete_outbox_through(&mut self, scope: Scope<'_>, through: i64) -> Result<(), PgError> {
+        self.tx
+            .execute(
+                "DELETE FROM processor_outbox WHERE topic = $1 AND partition = $2 AND input_offset <= $3",
+                &[&scope.topic, &scope.partition, &through],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn upsert_outbox(
+        &mut self,
+        scope: Scope<'_>,
+        input_offset: i64,
+        rows: &[(&str, Option<&[u8]>)],
+    ) -> Result<(), PgError> {
+        // Bounded statements: each stays well within the statement timeout.
+        for slice in rows.chunks(ROWS_PER_STATEMENT) {
+            let (keys, payloads): (Vec<&str>, Vec<Option<&[u8]>>) = slice.iter().copied().unzip();
+            self.tx
+                .execute(
+                    "INSERT INTO processor_outbox (topic, partition, key, input_offset, payload)
+                     SELECT $1, $2, k, $3, p FROM unnest($4::text[], $5::bytea[]) AS t(k, p)
+                     ON CONFLICT (topic, partition, key)
+                     DO UPDATE SET input_offset = EXCLUDED.input_offset, payload = EXCLUDED.payload",
+                    &[&scope.topic, &scope.partition, &input_offset, &keys, &payloads],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The state store in PostgreSQL.
 #[derive(Clone)]
 pub struct StateStore {
     pool: Pool,
@@ -324,33 +650,12 @@ impl StateStore {
     ) -> Result<Claimed<W::State>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_one(
-                "INSERT INTO processor_partitions (topic, partition, epoch, next_offset, watermark_ms)
-                 VALUES ($1, $2, 1, 0, 0)
-                 ON CONFLICT (topic, partition) DO UPDATE SET epoch = processor_partitions.epoch + 1, updated_at = now()
-                 RETURNING epoch, next_offset, watermark_ms",
-                &[&self.topic, &partition],
-            )
-            .await?;
-        let epoch: i64 = row.get("epoch");
-        let position = Position { next_offset: row.get("next_offset"), watermark_ms: row.get("watermark_ms") };
-        let scope = self.scope(partition);
-        let mut ids = IdWindow::with_buckets(W::DEDUP_BUCKET_MS, retention_ms);
-        let mut id_chunks = ChunkCounts::new();
-        for (hour, chunks) in read_chunks(&tx, ID_CHUNKS, scope).await? {
-            id_chunks.insert(hour, chunks.len() as u32);
-            ids.restore(hour, chunks.iter().flat_map(|c| decode_hashes(c)));
-        }
-        let state = workload.restore(&tx, scope, position).await?;
-        let outbox = read_outbox(&tx, scope).await?;
+        let claimed = claim_in(&mut PgTx { tx: &tx }, workload, self.scope(partition), retention_ms).await?;
         tx.commit().await?;
-        Ok(Claimed { epoch, position, ids, id_chunks, state, outbox })
+        Ok(claimed)
     }
 
-    /// Commits a checkpoint under its epoch: the position, the new ids (and
-    /// the closed hours' ids gone), the workload's changes if it has any, and
-    /// its records to the outbox (with the rows known emitted gone).
+    /// Commits a checkpoint under its epoch ([`commit_in`]).
     ///
     /// # Errors
     /// [`StoreError::Fenced`] if the partition was claimed by someone else;
@@ -361,31 +666,37 @@ impl StateStore {
         partition: i32,
         cp: EngineCheckpoint<'_>,
         work: Option<(&W::State, &W::Changes)>,
-    ) -> Result<(Vec<(i64, u32)>, Option<W::Receipt>), StoreError> {
+    ) -> Result<Committed<W::Receipt>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let updated = tx
-            .execute(
-                "UPDATE processor_partitions SET next_offset = $3, watermark_ms = $4, updated_at = now()
-                 WHERE topic = $1 AND partition = $2 AND epoch = $5",
-                &[&self.topic, &partition, &cp.position.next_offset, &cp.position.watermark_ms, &cp.epoch],
-            )
-            .await?;
-        if updated == 0 {
-            return Err(StoreError::Fenced(partition));
-        }
-        let scope = self.scope(partition);
-        let new_ids = cp.ids.new_ids();
-        let new_ids: Vec<(i64, &[u64])> = new_ids.iter().map(|(h, ids)| (*h, ids.as_slice())).collect();
-        let ids_added = append_chunks(&tx, ID_CHUNKS, scope, &new_ids, cp.id_chunks).await?;
-        delete_chunks(&tx, ID_CHUNKS, scope, cp.closed_id_hours).await?;
-        let receipt = match work {
-            Some((state, changes)) => Some(workload.persist(&tx, scope, state, changes).await?),
-            None => None,
-        };
-        write_outbox(&tx, scope, cp.position, cp.emits, cp.emitted_through).await?;
+        let committed = commit_in(&mut PgTx { tx: &tx }, workload, self.scope(partition), cp, work).await?;
         tx.commit().await?;
-        Ok((ids_added, receipt))
+        Ok(committed)
+    }
+}
+
+impl Store for StateStore {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn claim<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        retention_ms: i64,
+    ) -> Result<Claimed<W::State>, StoreError> {
+        StateStore::claim(self, workload, partition, retention_ms).await
+    }
+
+    async fn commit<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        cp: EngineCheckpoint<'_>,
+        work: Option<(&W::State, &W::Changes)>,
+    ) -> Result<Committed<W::Receipt>, StoreError> {
+        StateStore::commit(self, workload, partition, cp, work).await
     }
 }
 

@@ -43,6 +43,8 @@ pub mod query;
 pub mod range;
 pub mod read_model;
 pub mod request;
+#[cfg(test)]
+mod sim;
 pub mod sketch;
 pub mod time;
 pub mod user_set;

@@ -8,15 +8,15 @@
 
 use crate::bucket::{ChangedHour, Checkpoint, DayUsers, Observation, Skipped};
 use crate::event::event_id_hash;
-use crate::read_model::{count_columns, COUNTS, COUNT_FIELDS};
+use crate::read_model::{COUNTS, COUNT_FIELDS};
 use crate::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use crate::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
 
 use ::processor::engine::state_store::{
     append_chunks, decode_hashes, delete_chunks, read_chunks, record_chunks, ChunkCounts, ChunkTable,
 };
+use ::processor::engine::tables::{Column, ColumnType, Row, RowTable, StateTx, Value};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
@@ -27,17 +27,14 @@ pub const OPEN_DAYS: &str = "analytics_processor_open_days";
 pub const STATE_DAY_BYTES: &str = "analytics_processor_state_day_bytes";
 pub const STATE_USER_DAYS: &str = "analytics_processor_state_user_days";
 
-/// The upsert of changed hours' counts: one array parameter per value of
-/// [`COUNT_FIELDS`], after the topic, partition and hours.
-static UPSERT_HOURS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let arrays: String = (0..COUNTS).map(|k| format!(", ${}::bigint[]", k + 4)).collect();
-    format!(
-        "INSERT INTO processor_hours (topic, partition, hour_start_ms, {columns})
-         SELECT $1, $2, * FROM unnest($3::bigint[]{arrays})
-         ON CONFLICT (topic, partition, hour_start_ms) DO UPDATE SET {set}",
-        columns = count_columns(str::to_owned, ", "),
-        set = count_columns(|c| format!("{c} = EXCLUDED.{c}"), ", "),
-    )
+/// The key column of [`HOURS`].
+const HOUR_KEY: &str = "hour_start_ms";
+
+/// The counts of open hours: one column per value of [`COUNT_FIELDS`].
+static HOURS: std::sync::LazyLock<RowTable> = std::sync::LazyLock::new(|| RowTable {
+    table: "processor_hours",
+    key: Column { name: HOUR_KEY, ty: ColumnType::BigInt },
+    values: COUNT_FIELDS.iter().map(|f| Column { name: f.column, ty: ColumnType::BigInt }).collect(),
 });
 
 /// The user sets of open hours, as chunks of hashes.
@@ -122,21 +119,18 @@ impl Aggregation for Analytics {
         state.window.has_changes().then(|| state.window.checkpoint())
     }
 
-    async fn restore(
+    async fn restore<T: StateTx>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut T,
         scope: Scope<'_>,
         position: Position,
     ) -> Result<AnalyticsState, PgError> {
-        let hours = tx
-            .query(
-                &format!(
-                    "SELECT hour_start_ms, {} FROM processor_hours WHERE topic = $1 AND partition = $2",
-                    count_columns(str::to_owned, ", ")
-                ),
-                &[&scope.topic, &scope.partition],
-            )
-            .await?;
+        let mut hours = Vec::new();
+        tx.read_rows(&HOURS, scope, |page| {
+            hours.extend(page);
+            Ok(())
+        })
+        .await?;
         let mut users = read_chunks(tx, USER_CHUNKS, scope).await?;
         let mut window = PartitionWindow::new(position.watermark_ms, self.retention_ms);
         let mut day_user_chunks = ChunkCounts::new();
@@ -149,10 +143,13 @@ impl Aggregation for Analytics {
         }
         let mut user_chunks = ChunkCounts::new();
         for h in &hours {
-            let Some(hour) = HourStart::from_aligned(h.get("hour_start_ms")) else { continue };
+            let Some(hour) = HourStart::from_aligned(h.int(HOUR_KEY)?) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
-            let stored =
-                HourCounts::from_array(COUNT_FIELDS.map(|f| u64::try_from(h.get::<_, i64>(f.column)).unwrap_or(0)));
+            let mut counts = [0u64; COUNTS];
+            for (count, field) in counts.iter_mut().zip(COUNT_FIELDS.iter()) {
+                *count = u64::try_from(h.int(field.column)?).unwrap_or(0);
+            }
+            let stored = HourCounts::from_array(counts);
             let expected = usize::try_from(stored.unique_users).unwrap_or(0);
             let bucket = HourBucket::restore(stored, parts.iter().flat_map(|p| decode_hashes(p)), expected);
             debug_assert_eq!(bucket.counts().unique_users as usize, expected, "user chunks match the stored count");
@@ -162,30 +159,32 @@ impl Aggregation for Analytics {
         Ok(AnalyticsState { window, user_chunks, day_user_chunks })
     }
 
-    async fn persist(
+    async fn persist<T: StateTx>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut T,
         scope: Scope<'_>,
         state: &AnalyticsState,
         cp: &Checkpoint,
     ) -> Result<Appended, PgError> {
-        let hours: Vec<i64> = cp.changed.iter().map(|c| c.hour.start_ms()).collect();
-        let counts: Vec<Vec<i64>> = (0..COUNTS)
-            .map(|k| cp.changed.iter().map(|c| i64::try_from(c.counts.to_array()[k]).unwrap_or(i64::MAX)).collect())
+        let rows: Vec<Row> = cp
+            .changed
+            .iter()
+            .map(|c| {
+                let mut row = Row::new().with(HOUR_KEY, Value::Int(c.hour.start_ms()));
+                for (field, count) in COUNT_FIELDS.iter().zip(c.counts.to_array()) {
+                    row.set(field.column, Value::Int(i64::try_from(count).unwrap_or(i64::MAX)));
+                }
+                row
+            })
             .collect();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&scope.topic, &scope.partition, &hours];
-        params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
-        tx.execute(UPSERT_HOURS.as_str(), &params).await?;
+        tx.upsert_rows(&HOURS, scope, &rows).await?;
         let new_users: Vec<(i64, &[u64])> =
             cp.changed.iter().map(|c| (c.hour.start_ms(), c.new_users.as_slice())).collect();
         let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &state.user_chunks).await?;
         let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
         if !closed.is_empty() {
-            tx.execute(
-                "DELETE FROM processor_hours WHERE topic = $1 AND partition = $2 AND hour_start_ms = ANY($3)",
-                &[&scope.topic, &scope.partition, &closed],
-            )
-            .await?;
+            let keys: Vec<Value> = closed.iter().map(|h| Value::Int(*h)).collect();
+            tx.delete_rows(&HOURS, scope, &keys).await?;
             delete_chunks(tx, USER_CHUNKS, scope, &closed).await?;
         }
         let new_day_users: Vec<(i64, &[u64])> =

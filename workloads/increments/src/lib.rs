@@ -32,6 +32,8 @@ pub mod query;
 pub mod read_model;
 pub mod request;
 pub mod row;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod wire;
 

@@ -9,14 +9,17 @@ use crate::wire::{decode_increment, encode_increment_sum};
 use crate::{IncrementEvent, IncrementKey, IncrementState, IncrementSum};
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
 
-use ::processor::engine::state_store::ROWS_PER_STATEMENT;
+use ::processor::engine::tables::{Column, ColumnType, Row, RowTable, StateTx, Value};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
-/// Keys read per query when a claim restores a partition's sums.
-const RESTORE_PAGE: i32 = 100_000;
+/// The sums: `processor_increment_sums (topic, partition, key UUID, sum NUMERIC)`.
+static SUMS: std::sync::LazyLock<RowTable> = std::sync::LazyLock::new(|| RowTable {
+    table: "processor_increment_sums",
+    key: Column { name: "key", ty: ColumnType::Uuid },
+    values: vec![Column { name: "sum", ty: ColumnType::Numeric }],
+});
 
 /// The increments workload.
 pub struct Increments;
@@ -66,55 +69,38 @@ impl Aggregation for Increments {
         state.has_changes().then(|| state.changed())
     }
 
-    /// Reads the sums through a portal, `RESTORE_PAGE` rows at a time: one
-    /// scan of the partition's rows, with bounded fetches however many keys
-    /// it holds.
-    async fn restore(&self, tx: &Transaction<'_>, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
-        let portal = tx
-            .bind(
-                "SELECT key::text AS key, sum::text AS sum FROM processor_increment_sums
-                 WHERE topic = $1 AND partition = $2",
-                &[&scope.topic, &scope.partition],
-            )
-            .await?;
+    /// Reads the sums a page at a time (the engine bounds the fetches
+    /// however many keys the partition holds).
+    async fn restore<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, _: Position) -> Result<IncrementState, PgError> {
         let mut state = IncrementState::new();
-        loop {
-            let rows = tx.query_portal(&portal, RESTORE_PAGE).await?;
+        tx.read_rows(&SUMS, scope, |rows| {
             state.reserve(rows.len());
             for row in &rows {
-                let (key, sum): (&str, &str) = (row.get("key"), row.get("sum"));
+                let (key, sum) = (row.text("key")?, row.text("sum")?);
                 match (IncrementKey::parse_canonical(key), sum.parse::<i128>()) {
                     (Some(key), Ok(sum)) => state.restore(key, sum),
                     _ => return Err(PgError::Corrupt(format!("processor_increment_sums: key {key}, sum {sum}"))),
                 }
             }
-            if rows.len() < RESTORE_PAGE as usize {
-                return Ok(state);
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(state)
     }
 
-    async fn persist(
+    async fn persist<T: StateTx>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut T,
         scope: Scope<'_>,
         _: &IncrementState,
         changed: &ChangedSums,
     ) -> Result<(), PgError> {
-        // Sorted by key (IncrementState::changed): concurrent writers lock rows in
-        // one order. In bounded statements, each well within the statement timeout.
-        for slice in changed.chunks(ROWS_PER_STATEMENT) {
-            let keys: Vec<String> = slice.iter().map(|(k, _)| k.to_string()).collect();
-            let sums: Vec<String> = slice.iter().map(|(_, s)| s.to_string()).collect();
-            tx.execute(
-                "INSERT INTO processor_increment_sums (topic, partition, key, sum)
-                 SELECT $1, $2, k::uuid, s::numeric FROM unnest($3::text[], $4::text[]) AS t(k, s)
-                 ON CONFLICT (topic, partition, key) DO UPDATE SET sum = EXCLUDED.sum",
-                &[&scope.topic, &scope.partition, &keys, &sums],
-            )
-            .await?;
-        }
-        Ok(())
+        // Sorted by key (IncrementState::changed): concurrent writers lock rows in one order.
+        let rows: Vec<Row> = changed
+            .iter()
+            .map(|(k, s)| Row::new().with("key", Value::Text(k.to_string())).with("sum", Value::Text(s.to_string())))
+            .collect();
+        tx.upsert_rows(&SUMS, scope, &rows).await
     }
 
     fn committed(&self, state: &mut IncrementState, _: ChangedSums, (): ()) {

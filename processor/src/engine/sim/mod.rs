@@ -1,0 +1,25 @@
+//! Deterministic simulation of the processor engine: the state store and
+//! the aggregates log in memory, with faults injected on demand.
+//!
+//! [`MemStore`] runs the engine's own claim and checkpoint transaction
+//! bodies ([`claim_in`](super::state_store::claim_in),
+//! [`commit_in`](super::state_store::commit_in)) over an in-memory copy of
+//! the tables, committed atomically (or not at all); [`MemLog`] holds the
+//! events topic and the aggregates topic, with one transactional producer per
+//! events partition fenced by epoch, as Kafka fences a `transactional.id`.
+//! Nothing here sleeps, spawns or touches the network: every future is ready
+//! when polled, so a test drives the engine's steps one after another from a
+//! seeded random generator and a run is a function of its seed.
+//!
+//! Public behind the `sim` feature so that workload crates can simulate
+//! themselves ([`harness::Simulated`], [`harness::simulate`]): analytics and
+//! increments do, each in its crate's `sim` tests (docs/architecture.md,
+//! "Deterministic simulation").
+
+mod log;
+mod store;
+
+pub mod harness;
+
+pub use log::{LogFault, LogRecord, MemLog, MemProducer};
+pub use store::{MemStore, StoreFault};

@@ -1,0 +1,375 @@
+//! The state store in memory: the same transaction bodies as PostgreSQL's,
+//! over a copy of the tables that replaces the committed one atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use common::engine::pg::PgError;
+
+use crate::engine::state_store::{
+    claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
+};
+use crate::engine::tables::{ChunkTable, Row, RowTable, StateTx, Value};
+use crate::engine::{planted, Aggregation, Emit, Planted, Position, Scope};
+
+/// What the next transaction does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// It fails before committing: nothing is written.
+    Fail,
+    /// It commits, but the caller hears an error (a connection lost during COMMIT).
+    LostReply,
+}
+
+type PartitionKey = (String, i32);
+/// An outbox row: the input offset, and the record's bytes where they are kept whole.
+type OutboxRow = (i64, Option<Vec<u8>>);
+
+/// The tables, as one value: a transaction works on a copy.
+#[derive(Debug, Clone, Default)]
+struct Tables {
+    /// Bumped by every commit: a transaction that started on an older one fails (serialization).
+    version: u64,
+    partitions: BTreeMap<PartitionKey, (i64, Position)>,
+    rows: BTreeMap<(&'static str, PartitionKey), BTreeMap<Value, Row>>,
+    /// Chunks per (table, partition, hour), in write order.
+    chunks: BTreeMap<(&'static str, PartitionKey, i64), Vec<Vec<u8>>>,
+    /// Key → (input offset, payload kept whole or not).
+    outbox: BTreeMap<PartitionKey, BTreeMap<String, OutboxRow>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    tables: Tables,
+    fault: Option<StoreFault>,
+}
+
+/// The state store of one events topic, in memory. Clones share the tables.
+#[derive(Debug, Clone)]
+pub struct MemStore {
+    topic: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// A retryable error, as PostgreSQL's pool gives when it cannot connect.
+fn unavailable() -> StoreError {
+    StoreError::Pg(PgError::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)))
+}
+
+fn key(scope: Scope<'_>) -> PartitionKey {
+    (scope.topic.to_owned(), scope.partition)
+}
+
+impl MemStore {
+    pub fn new(topic: &str) -> Self {
+        MemStore { topic: topic.to_owned(), shared: Arc::default() }
+    }
+
+    /// Makes the next transaction fail this way (`None`: clears a fault not yet hit).
+    pub fn inject(&self, fault: Option<StoreFault>) {
+        self.lock().fault = fault;
+    }
+
+    /// The committed position and epoch of a partition, if it was ever claimed.
+    pub fn partition(&self, partition: i32) -> Option<(i64, Position)> {
+        self.lock().tables.partitions.get(&(self.topic.clone(), partition)).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("no panic while the tables are held")
+    }
+
+    /// A transaction on a copy of the tables, and the fault it is to hit (if `faulty`).
+    fn begin(&self, faulty: bool) -> (MemTx, Option<StoreFault>) {
+        let mut shared = self.lock();
+        let fault = if faulty { shared.fault.take() } else { None };
+        (MemTx { tables: shared.tables.clone() }, fault)
+    }
+
+    /// Commits `tx` unless another transaction committed since it began.
+    fn finish(&self, tx: MemTx, fault: Option<StoreFault>) -> Result<(), StoreError> {
+        if fault == Some(StoreFault::Fail) {
+            return Err(unavailable());
+        }
+        let mut shared = self.lock();
+        if shared.tables.version != tx.tables.version {
+            return Err(unavailable());
+        }
+        shared.tables = tx.tables;
+        shared.tables.version += 1;
+        match fault {
+            Some(StoreFault::LostReply) => Err(unavailable()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn claim<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        retention_ms: i64,
+    ) -> Result<Claimed<W::State>, StoreError> {
+        let (mut tx, fault) = self.begin(true);
+        let scope = Scope { topic: &self.topic, partition };
+        let claimed = claim_in(&mut tx, workload, scope, retention_ms).await?;
+        self.finish(tx, fault)?;
+        Ok(claimed)
+    }
+
+    async fn commit<W: Aggregation>(
+        &self,
+        workload: &W,
+        partition: i32,
+        cp: EngineCheckpoint<'_>,
+        work: Option<(&W::State, &W::Changes)>,
+    ) -> Result<Committed<W::Receipt>, StoreError> {
+        let scope = Scope { topic: &self.topic, partition };
+        if planted(Planted::PositionBeforeState) {
+            // The bug: the position commits on its own, then the rest (which may fail).
+            let (mut tx, _) = self.begin(false);
+            if !tx.advance(scope, cp.epoch, cp.position).await? {
+                return Err(StoreError::Fenced(partition));
+            }
+            self.finish(tx, None)?;
+        }
+        let (mut tx, fault) = self.begin(true);
+        let committed = commit_in(&mut tx, workload, scope, cp, work).await?;
+        self.finish(tx, fault)?;
+        Ok(committed)
+    }
+}
+
+/// One transaction: a private copy of the tables.
+pub struct MemTx {
+    tables: Tables,
+}
+
+impl StateTx for MemTx {
+    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
+    where
+        F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
+    {
+        let rows = self.tables.rows.get(&(table.table, key(scope))).map(|r| r.values().cloned().collect());
+        each_page(rows.unwrap_or_default())
+    }
+
+    async fn upsert_rows(&mut self, table: &RowTable, scope: Scope<'_>, rows: &[Row]) -> Result<(), PgError> {
+        let stored = self.tables.rows.entry((table.table, key(scope))).or_default();
+        for row in rows {
+            let k = row.get(table.key.name).cloned().ok_or_else(|| PgError::Corrupt("a row without its key".into()))?;
+            for c in table.columns() {
+                if row.get(c.name).is_none() {
+                    return Err(PgError::Corrupt(format!("{}: a row without {}", table.table, c.name)));
+                }
+            }
+            stored.insert(k, row.clone());
+        }
+        Ok(())
+    }
+
+    async fn delete_rows(&mut self, table: &RowTable, scope: Scope<'_>, keys: &[Value]) -> Result<(), PgError> {
+        if let Some(stored) = self.tables.rows.get_mut(&(table.table, key(scope))) {
+            for k in keys {
+                stored.remove(k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_chunks(
+        &mut self,
+        table: ChunkTable,
+        scope: Scope<'_>,
+    ) -> Result<HashMap<i64, Vec<Vec<u8>>>, PgError> {
+        let k = key(scope);
+        Ok(self
+            .tables
+            .chunks
+            .iter()
+            .filter(|((t, p, _), _)| *t == table.table && *p == k)
+            .map(|((_, _, hour), chunks)| (*hour, chunks.clone()))
+            .collect())
+    }
+
+    async fn insert_chunks(
+        &mut self,
+        table: ChunkTable,
+        scope: Scope<'_>,
+        hours: &[i64],
+        blobs: &[Vec<u8>],
+    ) -> Result<(), PgError> {
+        for (hour, blob) in hours.iter().zip(blobs) {
+            self.tables.chunks.entry((table.table, key(scope), *hour)).or_default().push(blob.clone());
+        }
+        Ok(())
+    }
+
+    async fn merge_chunks(&mut self, table: ChunkTable, scope: Scope<'_>, hour: i64) -> Result<(), PgError> {
+        if let Some(chunks) = self.tables.chunks.get_mut(&(table.table, key(scope), hour)) {
+            *chunks = vec![chunks.concat()];
+        }
+        Ok(())
+    }
+
+    async fn delete_chunks(&mut self, table: ChunkTable, scope: Scope<'_>, hours: &[i64]) -> Result<(), PgError> {
+        for hour in hours {
+            self.tables.chunks.remove(&(table.table, key(scope), *hour));
+        }
+        Ok(())
+    }
+}
+
+impl EngineTx for MemTx {
+    async fn claim_epoch(&mut self, scope: Scope<'_>) -> Result<(i64, Position), PgError> {
+        let entry = self.tables.partitions.entry(key(scope)).or_insert((0, Position::default()));
+        entry.0 += 1;
+        Ok(*entry)
+    }
+
+    async fn advance(&mut self, scope: Scope<'_>, epoch: i64, position: Position) -> Result<bool, PgError> {
+        match self.tables.partitions.get_mut(&key(scope)) {
+            Some(stored) if stored.0 == epoch => {
+                stored.1 = position;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn read_outbox(&mut self, scope: Scope<'_>) -> Result<Outbox, PgError> {
+        let mut rows: Vec<(&String, &OutboxRow)> =
+            self.tables.outbox.get(&key(scope)).map(|o| o.iter().collect()).unwrap_or_default();
+        // As PostgreSQL's: ORDER BY input_offset, key.
+        rows.sort_by_key(|(k, (offset, _))| (*offset, *k));
+        let mut outbox = Outbox::default();
+        for (k, (offset, payload)) in rows {
+            outbox.through = outbox.through.max(Some(*offset));
+            match payload {
+                Some(payload) => {
+                    outbox.kept.push(Emit { key: k.clone(), payload: payload.clone(), keep_payload: true })
+                }
+                None => outbox.keys.push(k.clone()),
+            }
+        }
+        Ok(outbox)
+    }
+
+    async fn delete_outbox_through(&mut self, scope: Scope<'_>, through: i64) -> Result<(), PgError> {
+        if let Some(outbox) = self.tables.outbox.get_mut(&key(scope)) {
+            outbox.retain(|_, (offset, _)| *offset > through);
+        }
+        Ok(())
+    }
+
+    async fn upsert_outbox(
+        &mut self,
+        scope: Scope<'_>,
+        input_offset: i64,
+        rows: &[(&str, Option<&[u8]>)],
+    ) -> Result<(), PgError> {
+        let outbox = self.tables.outbox.entry(key(scope)).or_default();
+        for (k, payload) in rows {
+            outbox.insert((*k).to_owned(), (input_offset, payload.map(<[u8]>::to_vec)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::engine::dedup::IdWindow;
+    use crate::engine::tables::StateTx;
+    use crate::engine::{DedupId, Record, Skip};
+
+    /// A workload with no state of its own: what these tests check is the engine's.
+    struct Stateless;
+
+    impl Aggregation for Stateless {
+        const NAME: &'static str = "none";
+        type Event = ();
+        type State = ();
+        type Changes = ();
+        type Receipt = ();
+
+        fn decode(&self, _: &[u8]) -> Result<(), common::engine::avro::DecodeError> {
+            Ok(())
+        }
+        fn accepted_at_ms(&self, (): &()) -> i64 {
+            0
+        }
+        fn dedup_id(&self, (): &()) -> Option<DedupId> {
+            None
+        }
+        fn apply(&self, (): &mut (), _: Record, (): ()) -> Result<(), Skip> {
+            Ok(())
+        }
+        fn changes(&self, (): &mut ()) -> Option<()> {
+            None
+        }
+        async fn restore<T: StateTx>(&self, _: &mut T, _: Scope<'_>, _: Position) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn persist<T: StateTx>(&self, _: &mut T, _: Scope<'_>, (): &(), (): &()) -> Result<(), PgError> {
+            Ok(())
+        }
+        fn committed(&self, (): &mut (), (): (), (): ()) {}
+        fn emits(&self, _: Scope<'_>, _: Position, (): &()) -> Vec<Emit> {
+            Vec::new()
+        }
+        fn render(&self, _: Scope<'_>, _: Position, (): &(), _: &[String]) -> Vec<Emit> {
+            Vec::new()
+        }
+        fn record_gauges<'a>(&self, _: impl Iterator<Item = &'a ()>) {}
+    }
+
+    fn checkpoint(store: &MemStore, epoch: i64, next_offset: i64) -> Result<(), StoreError> {
+        let ids = IdWindow::new(0);
+        let cp = EngineCheckpoint {
+            position: Position { next_offset, watermark_ms: 0 },
+            epoch,
+            ids: &ids,
+            closed_id_hours: &[],
+            id_chunks: &HashMap::new(),
+            emits: &[],
+            emitted_through: None,
+        };
+        block_on(store.commit(&Stateless, 0, cp, None)).map(|_| ())
+    }
+
+    #[test]
+    fn a_checkpoint_under_an_older_epoch_is_fenced_and_writes_nothing() {
+        let store = MemStore::new("events");
+        let first = block_on(store.claim(&Stateless, 0, 0)).expect("claimed");
+        let second = block_on(store.claim(&Stateless, 0, 0)).expect("claimed again");
+        assert_eq!((first.epoch, second.epoch), (1, 2));
+        assert!(matches!(checkpoint(&store, 1, 5), Err(StoreError::Fenced(0))));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(0));
+        checkpoint(&store, 2, 5).expect("the owner's checkpoint commits");
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(5));
+    }
+
+    #[test]
+    fn a_failed_commit_writes_nothing_and_a_lost_reply_writes_everything() {
+        let store = MemStore::new("events");
+        block_on(store.claim(&Stateless, 0, 0)).expect("claimed");
+        store.inject(Some(StoreFault::Fail));
+        assert!(checkpoint(&store, 1, 3).is_err_and(|e| e.is_retryable()));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(0));
+        store.inject(Some(StoreFault::LostReply));
+        assert!(checkpoint(&store, 1, 4).is_err_and(|e| e.is_retryable()));
+        assert_eq!(
+            store.partition(0).map(|(_, p)| p.next_offset),
+            Some(4),
+            "committed, though the caller heard an error"
+        );
+    }
+}
