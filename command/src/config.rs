@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::engine::config::{
-    parse_duration, EdgeConfig, HorizonConfig, KafkaConfig, PartitionsConfig, PgConfig, TelemetryConfig,
+    parse_duration, EdgeConfig, EventsPartitionsConfig, HorizonConfig, KafkaConfig, PgConfig, TelemetryConfig,
     WriteAuthConfig,
 };
 use common::engine::kafka::ProducerTuning;
@@ -36,7 +36,7 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
-    pub partitions: PartitionsConfig,
+    pub partitions: EventsPartitionsConfig,
     /// The accepted window of event times: engine policy, handed to each workload's intake.
     #[command(flatten)]
     pub horizon: HorizonConfig,

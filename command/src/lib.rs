@@ -63,8 +63,13 @@ impl<W: CommandRole> Registered for Configured<W> {
 }
 
 /// The workloads the command serves, in the platform's order.
-#[derive(Default)]
 pub struct Workloads(WorkloadList<dyn Registered>);
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Workloads(WorkloadList::new(Service::Command))
+    }
+}
 
 impl Workloads {
     pub fn new() -> Self {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use std::num::NonZeroU32;
 
-use crate::engine::config::{KafkaConfig, PartitionsConfig, PgConfig, RedisConfig};
+use crate::engine::config::{
+    AggregatesPartitionsConfig, EventsPartitionsConfig, KafkaConfig, PartitionsConfig, PgConfig, RedisConfig,
+};
 
 /// A short random suffix so parallel tests never share topics, schemas or keys.
 pub fn unique_suffix() -> String {
@@ -48,8 +50,8 @@ impl TestKafka {
     /// The deployment's partition counts.
     pub fn partitions(&self) -> PartitionsConfig {
         PartitionsConfig {
-            events_partitions: self.events_partitions,
-            aggregates_partitions: self.aggregates_partitions,
+            events: EventsPartitionsConfig { events_partitions: self.events_partitions },
+            aggregates: AggregatesPartitionsConfig { aggregates_partitions: self.aggregates_partitions },
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::engine::config::{
-    parse_duration, KafkaConfig, LeaseConfig, PartitionsConfig, PgConfig, RedisConfig, TelemetryConfig,
+    parse_duration, AggregatesPartitionsConfig, KafkaConfig, LeaseConfig, PgConfig, RedisConfig, TelemetryConfig,
 };
 
 /// Keeps the read models (PostgreSQL history, Redis hot copy) in line with each workload's aggregates topic.
@@ -29,7 +29,7 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
-    pub partitions: PartitionsConfig,
+    pub partitions: AggregatesPartitionsConfig,
     #[command(flatten)]
     pub lease: LeaseConfig,
     #[command(flatten)]

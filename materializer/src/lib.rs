@@ -59,8 +59,13 @@ impl<W: MaterializerRole> Registered for Configured<W> {
 }
 
 /// The workloads the materializer runs, in the platform's order.
-#[derive(Default)]
 pub struct Workloads(WorkloadList<dyn Registered>);
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Workloads(WorkloadList::new(Service::Materializer))
+    }
+}
 
 impl Workloads {
     pub fn new() -> Self {

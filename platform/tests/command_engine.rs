@@ -9,7 +9,6 @@ use command::engine::{BodyUse, Engine, Input, Intake, Reject, RejectStatus};
 use command::Registered;
 use command::{CommandApp, Config};
 use common::engine::kafka::TopicSpec;
-use common::engine::workload::Service;
 use common::test_util::{isolated, unique_suffix};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -98,7 +97,7 @@ fn config(sums_topic_suffix: &str, extra: &[&str]) -> (Config, Vec<Box<dyn Regis
 
 /// Analytics and the sums, registered the way `command::build` registers the listed workloads.
 async fn app((cfg, workloads): &(Config, Vec<Box<dyn Registered>>), sums_topic: &str) -> CommandApp {
-    let migrations = platform::command().migrations(Service::Command);
+    let migrations = platform::command().migrations();
     let pool = common::engine::pg::connect_migrated(&cfg.pg, &migrations).await.expect("PostgreSQL");
     let analytics = workloads.iter().find(|w| w.name() == "analytics").expect("analytics is listed");
     analytics

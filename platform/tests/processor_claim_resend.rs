@@ -2,7 +2,6 @@
 //! the records a former owner committed to the state store but may not have
 //! got into the log, and nothing it did get there.
 
-use common::engine::workload::Service;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -85,7 +84,7 @@ async fn a_closed_hours_final_counts_are_re_sent_when_their_emit_never_committed
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     common::engine::kafka::ensure_topics(
         &kafka.broker(),
         &[TopicSpec::aggregates_named(&kafka.aggregates_topic, kafka.aggregates_partitions.get())],
@@ -150,7 +149,7 @@ async fn claim_with_many_keys_re_sends_only_what_may_be_missing(held: i64) {
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let sums_topic = kafka.increments_sums_topic.clone();
     common::engine::kafka::ensure_topics(&kafka.broker(), &[TopicSpec::aggregates_named(&sums_topic, 2)])
         .await

@@ -9,7 +9,6 @@
 
 use analytics::processor::Analytics;
 use analytics::{ClickEvent, EventKind, UserId};
-use common::engine::workload::Service;
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use increments::processor::Increments;
 use increments::{IncrementEvent, IncrementKey, IncrementValue};
@@ -109,7 +108,7 @@ fn increment(rng: &mut StdRng, now: i64) -> IncrementEvent {
 async fn outbox_bytes_per_checkpoint_of_increments() {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "increments".into());
     for round in 0..2 {
         let (without, _) = run(&Increments, &store, &pool, round * 2, false, increment).await;
@@ -130,7 +129,7 @@ async fn outbox_bytes_per_checkpoint_of_increments() {
 async fn outbox_bytes_per_checkpoint() {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
     for round in 0..2 {
         let (without, payload) = run(&WORKLOAD, &store, &pool, round * 2, false, event).await;

@@ -2,7 +2,6 @@
 //! workload: a checkpoint restores exactly (position, event ids and the
 //! workload's state), and an instance that lost its partition cannot write.
 
-use common::engine::workload::Service;
 use std::collections::HashMap;
 
 use analytics::processor::{Analytics, AnalyticsState};
@@ -68,7 +67,7 @@ fn counts(p: &Claimed<AnalyticsState>) -> HashMap<HourStart, HourCounts> {
 async fn checkpoints_restore_exactly_and_zombies_are_fenced() {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
 
     // Instance A claims partition 0 and checkpoints twice (the second adds users to an existing hour).
@@ -108,7 +107,7 @@ async fn checkpoints_restore_exactly_and_zombies_are_fenced() {
 async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
     let mut a = store.claim(&WORKLOAD, 3, RETENTION).await.unwrap();
     for i in 0..150u64 {
@@ -134,7 +133,7 @@ async fn increment_sums_beyond_i64_restore_exactly() {
 
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "increments".into());
     let key = IncrementKey::parse("0B3C8F2E-7D41-4C55-9A1E-5F6B7C8D9E0F").unwrap();
     let mut a = store.claim(&Increments, 0, RETENTION).await.unwrap();
@@ -178,7 +177,7 @@ async fn day_user_sets_restore_exactly_and_are_dropped_when_their_day_closes() {
     use analytics::DayStart;
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     let store = StateStore::new(pool.clone(), "events".into());
     let day = DayStart::of(H);
     let hours_to_next_day = (day.end_ms() - H) / 3_600_000;

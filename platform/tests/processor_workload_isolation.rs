@@ -3,7 +3,6 @@
 //! increments workload unable to claim a partition (its stored position lies
 //! beyond the end of the log), while analytics events keep being counted.
 
-use common::engine::workload::Service;
 use std::time::Duration;
 
 use analytics::wire::encode_event;
@@ -32,7 +31,7 @@ async fn a_workload_that_cannot_claim_does_not_stop_the_other() {
     let suffix = unique_suffix();
     let (kafka, _, pg) = isolated(&suffix);
     let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations(Service::Processor)).await.unwrap();
+    common::engine::pg::migrate(&pool, &pg, &platform::processor().migrations()).await.unwrap();
     // Increments partition 0 was checkpointed at an offset its (new, empty) log never reached.
     pool.get()
         .await

@@ -34,7 +34,7 @@ struct Fixture {
 /// with the in-process cache off: every read goes to the stores.
 async fn fixture() -> Fixture {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let pool = platform::query().connect_migrated(&pg, common::engine::workload::Service::Query).await.unwrap();
+    let pool = platform::query().connect_migrated(&pg).await.unwrap();
     let store = RedisStore::connect(&redis).await.unwrap();
     let (cfg, workloads) = platform::parse::query(["query"]);
     let edge = common::engine::edge::Edge::new(&cfg.edge, None);

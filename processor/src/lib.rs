@@ -85,8 +85,13 @@ impl<W: ProcessorRole> Registered for Configured<W> {
 }
 
 /// The workloads the processor runs, in the platform's order.
-#[derive(Default)]
 pub struct Workloads(WorkloadList<dyn Registered>);
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Workloads(WorkloadList::new(Service::Processor))
+    }
+}
 
 impl Workloads {
     pub fn new() -> Self {
@@ -231,7 +236,7 @@ pub async fn run(
             .with_context(|| format!("preparing the tables of {}", w.name()))?;
     }
     let (events_partitions, aggregates_partitions) =
-        (cfg.partitions.events_partitions.get(), cfg.partitions.aggregates_partitions.get());
+        (cfg.partitions.events.events_partitions.get(), cfg.partitions.aggregates.aggregates_partitions.get());
     let topics: Vec<TopicSpec> = workloads
         .iter()
         .flat_map(|w| {

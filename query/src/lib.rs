@@ -52,8 +52,13 @@ impl<W: QueryRole> Registered for Configured<W> {
 }
 
 /// The workloads the query serves, in the platform's order.
-#[derive(Default)]
 pub struct Workloads(WorkloadList<dyn Registered>);
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Workloads(WorkloadList::new(Service::Query))
+    }
+}
 
 impl Workloads {
     pub fn new() -> Self {

@@ -14,8 +14,9 @@ use clap::{Args, ValueEnum};
 use crate::engine::horizon::Horizon;
 
 /// The Kafka broker, for the services that use the log (command, processor,
-/// materializer). Each of them flattens, beside it, the deployment's
-/// [`PartitionsConfig`]; the topics' names are each workload's config.
+/// materializer). Each of them flattens, beside it, the partition counts of
+/// the topics it creates ([`EventsPartitionsConfig`],
+/// [`AggregatesPartitionsConfig`]); the topics' names are each workload's config.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated host:port.
@@ -32,18 +33,33 @@ pub struct KafkaConfig {
     pub create_topics: bool,
 }
 
-/// The partition counts of the topics the services create: one pair for the
-/// deployment, used by every workload's topics (a workload names its topics in
-/// its own config section; see [`crate::engine::workload::Workload::topics`]).
+/// The partition count of every workload's events topic, for the services
+/// that create those topics (command, processor). A workload names its topics
+/// in its own config section ([`crate::engine::workload::Workload::topics`]).
 #[derive(Debug, Clone, Args)]
-pub struct PartitionsConfig {
+pub struct EventsPartitionsConfig {
     /// Partitions of each events topic when the service creates it. Bounds processor parallelism;
     /// never change it on an existing topic (users would move between partitions).
     #[arg(long, env = "EVENTS_PARTITIONS", default_value = "4")]
     pub events_partitions: NonZeroU32,
+}
+
+/// The partition count of every workload's aggregates topic, for the services
+/// that create those topics (processor, materializer).
+#[derive(Debug, Clone, Args)]
+pub struct AggregatesPartitionsConfig {
     /// Partitions of each aggregates topic when the service creates it. Bounds materializer parallelism.
     #[arg(long, env = "AGGREGATES_PARTITIONS", default_value = "4")]
     pub aggregates_partitions: NonZeroU32,
+}
+
+/// Both partition counts: the processor reads one topic and writes the other.
+#[derive(Debug, Clone, Args)]
+pub struct PartitionsConfig {
+    #[command(flatten)]
+    pub events: EventsPartitionsConfig,
+    #[command(flatten)]
+    pub aggregates: AggregatesPartitionsConfig,
 }
 
 /// Partition leases in PostgreSQL, for the services that split a topic's

@@ -31,6 +31,15 @@ pub enum Service {
     Query,
 }
 
+/// The ids of the arguments of a workload's config section that name its two
+/// topics (a clap derive's id is the field's name): a service whose role
+/// does not use a topic leaves its flag out of `--help` (it still accepts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicArgs {
+    pub events: &'static str,
+    pub aggregates: &'static str,
+}
+
 /// A workload's two topics, by name: the command writes events, the processor
 /// reads them and writes aggregates, the materializer reads those. Their
 /// partition counts are the deployment's ([`crate::engine::config::PartitionsConfig`]).
@@ -55,6 +64,8 @@ pub trait Workload: Send + Sync + 'static {
     /// Its config section: flags and environment variables, shown in each
     /// service's `--help`.
     type Config: clap::Args + Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// Which arguments of [`Self::Config`] name its topics.
+    const TOPIC_ARGS: TopicArgs;
 
     /// Its topics, as configured.
     fn topics(cfg: &Self::Config) -> Topics;
@@ -136,24 +147,25 @@ struct Entry<B: ?Sized> {
     migrations: &'static [Migration],
     after_migrate: AfterMigrate,
     augment: fn(clap::Command) -> clap::Command,
+    topic_args: TopicArgs,
     bind: Bind<B>,
 }
 
 /// The workloads one service runs, in the order of the platform's list, each
 /// as the service's view `B` of a [`Configured`] workload (e.g.
-/// `dyn command::Registered`). Built by the service's own `add::<W: Role>()`,
+/// `dyn command::Registered`), for the service `service`. Built by the service's own `add::<W: Role>()`,
 /// which calls [`WorkloadList::with`].
 pub struct WorkloadList<B: ?Sized> {
+    service: Service,
     entries: Vec<Entry<B>>,
 }
 
-impl<B: ?Sized> Default for WorkloadList<B> {
-    fn default() -> Self {
-        WorkloadList { entries: Vec::new() }
-    }
-}
-
 impl<B: ?Sized + 'static> WorkloadList<B> {
+    /// No workload yet, for `service`.
+    pub fn new(service: Service) -> Self {
+        WorkloadList { service, entries: Vec::new() }
+    }
+
     /// Adds `W`; `view` makes the service's view of it once its config is parsed.
     ///
     /// # Panics
@@ -165,6 +177,7 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
             migrations: W::MIGRATIONS,
             after_migrate: after_migrate::<W>,
             augment: <W::Config as clap::Args>::augment_args,
+            topic_args: W::TOPIC_ARGS,
             bind: Box::new(move |matches| {
                 let config = <W::Config as FromArgMatches>::from_arg_matches(matches)?;
                 Ok(view(Configured { config }))
@@ -178,19 +191,35 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
         self.entries.iter().map(|e| e.name).collect()
     }
 
-    /// The migrations `service` applies: the engine's, then each workload's.
-    pub fn migrations(&self, service: Service) -> Vec<Migration> {
-        crate::engine::pg::migrations_for(service, self.entries.iter().map(|e| e.migrations))
+    /// The migrations this service applies: the engine's, then each workload's.
+    pub fn migrations(&self) -> Vec<Migration> {
+        crate::engine::pg::migrations_for(self.service, self.entries.iter().map(|e| e.migrations))
     }
 
     /// The service's command line (`C`, its engine config) with every listed
-    /// workload's section added: what `--help` shows.
+    /// workload's section added: what `--help` shows. A topic flag of a topic
+    /// the service does not use is hidden (the command reads no aggregates
+    /// topic, the materializer no events topic, the query neither).
     pub fn command<C: CommandFactory>(&self) -> clap::Command {
         let service = C::command();
         // A section's doc comment would replace the service's own description.
         let (about, long_about) = (service.get_about().cloned(), service.get_long_about().cloned());
         let reset = || clap::builder::Resettable::<clap::builder::StyledStr>::Reset;
-        let cmd = self.entries.iter().fold(service, |cmd, e| (e.augment)(cmd));
+        let (events, aggregates) = match self.service {
+            Service::Command => (true, false),
+            Service::Processor => (true, true),
+            Service::Materializer => (false, true),
+            Service::Query => (false, false),
+        };
+        let cmd = self.entries.iter().fold(service, |cmd, e| {
+            let cmd = (e.augment)(cmd);
+            let cmd = if events { cmd } else { cmd.mut_arg(e.topic_args.events, |a| a.hide(true)) };
+            if aggregates {
+                cmd
+            } else {
+                cmd.mut_arg(e.topic_args.aggregates, |a| a.hide(true))
+            }
+        });
         let cmd = match about {
             Some(about) => cmd.about(about),
             None => cmd.about(reset()),
@@ -229,11 +258,13 @@ impl<B: ?Sized + 'static> WorkloadList<B> {
     ///
     /// # Errors
     /// A bad configuration, or PostgreSQL unreachable or refusing a migration.
-    pub async fn connect_migrated(&self, cfg: &PgConfig, service: Service) -> anyhow::Result<Pool> {
+    pub async fn connect_migrated(&self, cfg: &PgConfig) -> anyhow::Result<Pool> {
         use anyhow::Context;
-        let pool = crate::engine::pg::connect_migrated(cfg, &self.migrations(service)).await?;
+        let pool = crate::engine::pg::connect_migrated(cfg, &self.migrations()).await?;
         for e in &self.entries {
-            (e.after_migrate)(&pool, service).await.with_context(|| format!("preparing the tables of {}", e.name))?;
+            (e.after_migrate)(&pool, self.service)
+                .await
+                .with_context(|| format!("preparing the tables of {}", e.name))?;
         }
         Ok(pool)
     }

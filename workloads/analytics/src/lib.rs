@@ -52,7 +52,7 @@ pub mod wire;
 
 use common::engine::kafka::TopicSpec;
 use common::engine::pg::{Migration, PgError, PROCESSOR_TABLES, READ_MODEL_TABLES};
-use common::engine::workload::{Service, Topics, Workload};
+use common::engine::workload::{Service, TopicArgs, Topics, Workload};
 
 pub use bucket::{HourBucket, HourCounts, PartitionWindow};
 pub use event::{ClickEvent, EventId, EventKind, Horizon, RejectReason, UserId};
@@ -107,6 +107,7 @@ impl Workload for Analytics {
     const GROUP_SUFFIX: &'static str = "";
     const MIGRATIONS: &'static [Migration] = migrations::ALL;
     type Config = config::AnalyticsConfig;
+    const TOPIC_ARGS: TopicArgs = TopicArgs { events: "events_topic", aggregates: "aggregates_topic" };
 
     fn topics(cfg: &Self::Config) -> Topics {
         Topics { events: cfg.events_topic.clone(), aggregates: cfg.aggregates_topic.clone() }

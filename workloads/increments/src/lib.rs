@@ -40,7 +40,7 @@ pub mod wire;
 use common::engine::horizon::Horizon;
 use common::engine::kafka::TopicSpec;
 use common::engine::pg::{Migration, PROCESSOR_TABLES, READ_MODEL_TABLES};
-use common::engine::workload::{Topics, Workload};
+use common::engine::workload::{TopicArgs, Topics, Workload};
 
 pub use event::{IncrementEvent, IncrementKey, IncrementValue};
 pub use request::{parse_post, IncrementReject, IncrementRequest, MAX_BODY_BYTES};
@@ -81,6 +81,7 @@ impl Workload for Increments {
     const GROUP_SUFFIX: &'static str = ".increments";
     const MIGRATIONS: &'static [Migration] = migrations::ALL;
     type Config = config::IncrementsConfig;
+    const TOPIC_ARGS: TopicArgs = TopicArgs { events: "increments_events_topic", aggregates: "increments_sums_topic" };
 
     fn topics(cfg: &Self::Config) -> Topics {
         Topics { events: cfg.increments_events_topic.clone(), aggregates: cfg.increments_sums_topic.clone() }
