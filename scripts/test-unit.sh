@@ -15,6 +15,10 @@
 #   scripts/test-unit.sh                      build the binaries, run the unit tier
 #   scripts/test-unit.sh --targets unit|service
 #                                             print a tier's integration test targets, `<package> <test>` a line
+#   scripts/test-unit.sh --audit              run the service tier isolated too and list the tests that
+#                                             passed there: they need no service (candidates for the unit
+#                                             tier; a file where all pass gets the marker). Minutes: the
+#                                             tests that need a service fail, some only after their timeouts.
 #
 # Environment: UNIT_USER (default analytics-test: created as a system user when
 # run as root) runs the tests; CARGO_TEST_ARGS is appended to each `cargo test`.
@@ -65,7 +69,8 @@ isolation() {
   fi
 }
 
-run_unit_tier() {
+# The isolation of scripts/isolate.sh, as cargo's target runner for this shell.
+isolate_tests() {
   UNIT_USER="${UNIT_USER:-analytics-test}"
   UNIT_ISOLATION="$(isolation)"
   UNIT_TMP="$(mktemp -d "${TMPDIR:-/tmp}/analytics-unit.XXXXXX")"
@@ -79,6 +84,27 @@ run_unit_tier() {
   user="$(id -un)"
   if [[ $UNIT_ISOLATION == root ]]; then user=$UNIT_USER; fi
   log "tests run as $user, in a network namespace where nothing listens"
+}
+
+audit() {
+  isolate_tests
+  local package test out passed
+  while read -r package test; do
+    out="$(cargo test -p "$package" --test "$test" --no-fail-fast -- --test-threads 2 </dev/null 2>&1 || true)"
+    passed="$(sed -n 's/^test \(.*\) \.\.\. ok$/\1/p' <<<"$out")"
+    if [[ -n $passed ]]; then
+      if grep -qE '^test .* \.\.\. FAILED$' <<<"$out"; then
+        printf '%s/%s: some tests need no service:\n' "$package" "$test"
+        printf '    %s\n' "${passed//$'\n'/$'\n'    }"
+      else
+        printf '%s/%s: every test passed isolated: mark the file "%s"?\n' "$package" "$test" "$MARKER"
+      fi
+    fi
+  done < <(targets service)
+}
+
+run_unit_tier() {
+  isolate_tests
 
   # The docs tests compare the binaries' --help with docs/configuration.md.
   cargo build --bins --quiet
@@ -101,6 +127,7 @@ run_unit_tier() {
 
 case "${1:-}" in
   "") run_unit_tier ;;
+  --audit) audit ;;
   --targets) [[ ${2:-} == unit || ${2:-} == service ]] || die "usage: $0 --targets unit|service"; targets "$2" ;;
-  *) die "usage: $0 [--targets unit|service]" ;;
+  *) die "usage: $0 [--targets unit|service | --audit]" ;;
 esac
