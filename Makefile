@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test lint fmt build broker help chaos bench observe reset
+.PHONY: up down status test test-unit lint fmt build broker help chaos bench observe reset
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -13,12 +13,14 @@ down: ## stop exactly what `make up` started (by PID)
 status: ## show what is running
 	@scripts/stack.sh status
 
-test: ## every test: lint, unit, property and integration (real broker, Redis, PostgreSQL)
+test: ## every test: lint, the unit tier (isolated), the service tier (real broker, Redis, PostgreSQL); each stage timed
 	@scripts/test.sh
 
-lint: ## rustfmt and clippy, warnings are errors
-	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+test-unit: ## the tests that need no service: src/ tests, doctests, tests/ files marked `// tier: unit`; non-root, nothing listening
+	@scripts/test-unit.sh
+
+lint: ## rustfmt, clippy (warnings are errors), cargo machete, shellcheck over scripts/, cargo-deny (deny.toml)
+	@scripts/lint.sh
 
 fmt: ## format the code
 	cargo fmt --all

@@ -50,7 +50,7 @@ stop_service() { # stop_service <name>: by its PID file, as scripts/stack.sh doe
 }
 ceiling_pid=""
 cleanup() {
-  [[ -n $ceiling_pid ]] && kill "$ceiling_pid" 2>/dev/null || true
+  if [[ -n $ceiling_pid ]]; then kill "$ceiling_pid" 2>/dev/null || true; fi
   if ((started_broker)); then
     scripts/stack.sh down >/dev/null
   else

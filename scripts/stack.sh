@@ -37,13 +37,6 @@ wait_for() { # wait_for <what> <seconds> <command...>
   done
 }
 
-apt_install() {
-  command -v apt-get >/dev/null || die "need $* but apt-get is not available"
-  log "installing $* from Debian packages"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
 ensure_redis() {
   if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then return; fi
   command -v redis-server >/dev/null || apt_install redis-server redis-tools
@@ -58,7 +51,7 @@ ensure_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi
   command -v pg_ctlcluster >/dev/null || apt_install postgresql
   local version
-  version="$(ls /etc/postgresql | sort -V | tail -1)"
+  version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)"
   log "starting PostgreSQL $version"
   # Trust auth on loopback, as on the CI machines.
   local hba="/etc/postgresql/$version/main/pg_hba.conf"

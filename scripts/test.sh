@@ -1,42 +1,57 @@
 #!/usr/bin/env bash
-# `make test`: everything a change must pass, against the real broker, Redis and PostgreSQL.
-# Starts what it needs; stops the broker again if it was not running before.
+# `make test`: everything a change must pass — the lint checks (scripts/lint.sh), the
+# unit tier run isolated (scripts/test-unit.sh: no service reachable, non-root), then the
+# service tier against the real broker, Redis and PostgreSQL. Starts what it needs; stops
+# the broker again if it was not running before. Each stage is timed; a table of the
+# stages closes the run (a failed one too).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 RUN_DIR="${RUN_DIR:-$ROOT/run}"
-
-scripts/stack.sh deps
-scripts/stack.sh prometheus-deps
-scripts/stack.sh schemathesis-deps # the API contract run (e2e/tests/contract.rs)
-started_broker=0
-LOG_TAG=test
+LOG_TAG="test"
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
-if ! alive "$RUN_DIR/kafka.pid"; then
-  if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then started_broker=1; fi
-fi
-scripts/stack.sh broker-up
-cleanup() { if ((started_broker)); then scripts/stack.sh broker-down; fi; }
+
+started_broker=0
+cleanup() {
+  local status=$?
+  if ((started_broker)); then scripts/stack.sh broker-down; fi
+  stage_summary
+  exit "$status"
+}
 trap cleanup EXIT
 
-echo "== format and lint"
-cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-# No unused dependencies (false positives, crates used only through macros or features, go in
-# [package.metadata.cargo-machete] ignored = [...] of their Cargo.toml, with the reason).
-if ! cargo machete --version >/dev/null 2>&1; then cargo install --locked cargo-machete; fi
-cargo machete
+for check in fmt clippy machete shellcheck deny; do stage "lint: $check" scripts/lint.sh "$check"; done
 
-echo "== build the service binaries (the end-to-end tests run them as processes)"
-cargo build --bins --quiet
+services() {
+  scripts/stack.sh deps
+  scripts/stack.sh prometheus-deps
+  scripts/stack.sh schemathesis-deps # the API contract run (e2e/tests/contract.rs)
+  scripts/stack.sh broker-up
+}
+if ! alive "$RUN_DIR/kafka.pid" && ! port_open 9092; then started_broker=1; fi
+stage "services: Redis, PostgreSQL, the broker, tools" services
 
-echo "== tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
-  # nextest does not run doctests
-  cargo test --workspace --doc --quiet
-else
-  cargo test --workspace --no-fail-fast
-fi
+# The end-to-end tests run the service binaries as processes.
+stage "build the service binaries" cargo build --bins --quiet
+
+stage "unit tier (isolated: non-root, nothing listening)" scripts/test-unit.sh
+
+# The service tier: every integration test file not marked `// tier: unit`, one cargo
+# run per package (test names repeat across crates).
+service_tier() {
+  local package test failed=0
+  declare -A tests=()
+  while read -r package test; do tests[$package]+=" --test $test"; done < <(scripts/test-unit.sh --targets service)
+  for package in "${!tests[@]}"; do
+    # shellcheck disable=SC2086 # the --test flags split on purpose
+    if cargo nextest --version >/dev/null 2>&1; then
+      cargo nextest run -p "$package" ${tests[$package]} --no-fail-fast || failed=1
+    else
+      cargo test -p "$package" ${tests[$package]} --no-fail-fast || failed=1
+    fi
+  done
+  ((failed == 0))
+}
+stage "service tier (real broker, Redis, PostgreSQL)" service_tier

@@ -1,3 +1,4 @@
+// tier: unit
 //! The Docker Compose deployment cannot run here (no Docker engine), so this
 //! checks what can go wrong without running it: the files parse, the services
 //! exist, every environment variable given to a service is one its binary

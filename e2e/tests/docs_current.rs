@@ -1,3 +1,4 @@
+// tier: unit
 //! docs/configuration.md is generated from the binaries' `--help`; this test
 //! fails when a flag, environment variable or default changed without the
 //! document being regenerated.

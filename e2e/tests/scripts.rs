@@ -1,3 +1,4 @@
+// tier: unit
 //! The stack script's contract about data: `make up` never deletes anything;
 //! only `make reset` does, and only with the stack stopped. Checked on the
 //! script's own text (running `up` here would start a second stack).

@@ -218,32 +218,3 @@ async fn the_token_is_checked_before_a_body_is_judged() {
     authorised.headers_mut().insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
     assert_eq!(send(&app, authorised).await.0, StatusCode::OK);
 }
-
-#[test]
-fn a_route_or_topic_can_be_registered_once_and_never_over_the_operational_routes() {
-    struct Health;
-    impl Intake for Health {
-        const NAME: &'static str = "health";
-        const ROUTE: &'static str = "/health";
-        const ACCEPTED: StatusCode = StatusCode::OK;
-        type Event = ();
-        type Reject = BadSum;
-        fn topic(&self) -> TopicSpec {
-            TopicSpec { name: "health".into(), partitions: 1, configs: vec![] }
-        }
-        fn parse(&self, _: &Input<'_>, _: i64) -> Result<(), BadSum> {
-            Ok(())
-        }
-        fn key<'e>(&self, _: &'e ()) -> std::borrow::Cow<'e, [u8]> {
-            b"".as_slice().into()
-        }
-        fn encode(&self, _: &()) -> Vec<u8> {
-            Vec::new()
-        }
-    }
-    let cfg = config(&unique_suffix(), &["--create-topics", "false"]);
-    let engine = || Engine::new(&cfg.0, common::engine::telemetry::prometheus(), fixed_clock).expect("engine");
-    let twice = engine().register(Sums { topic: "a".into() }).expect("once").register(Sums { topic: "b".into() });
-    assert!(twice.is_err(), "the same route twice");
-    assert!(engine().register(Health).is_err(), "an operational route");
-}

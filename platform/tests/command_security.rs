@@ -109,21 +109,3 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
-
-#[tokio::test]
-async fn a_request_timeout_shorter_than_delivery_is_refused_at_startup() {
-    let (cfg, workloads) = platform::parse::command([
-        "command",
-        "--request-timeout",
-        "2s",
-        "--delivery-timeout",
-        "5s",
-        "--create-topics",
-        "false",
-    ]);
-    let err = command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), fixed_clock)
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("--request-timeout"), "{err}");
-}

@@ -326,3 +326,71 @@ async fn gauges(app: CommandApp, stop: CancellationToken) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use clap::Parser;
+    use common::engine::kafka::TopicSpec;
+
+    use super::*;
+    use crate::engine::{Input, Reject, RejectStatus};
+
+    /// Never happens: the test workloads accept every request.
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Reject for Never {
+        fn label(&self) -> &'static str {
+            "never"
+        }
+        fn status(&self) -> RejectStatus {
+            RejectStatus::BadRequest
+        }
+    }
+
+    /// Implements an accept-anything [`Intake`] on `$name`, on `$route`, with the topic in its field.
+    macro_rules! intake {
+        ($name:ident, $route:literal) => {
+            struct $name {
+                topic: &'static str,
+            }
+            impl Intake for $name {
+                const NAME: &'static str = stringify!($name);
+                const ROUTE: &'static str = $route;
+                const ACCEPTED: StatusCode = StatusCode::OK;
+                type Event = ();
+                type Reject = Never;
+                fn topic(&self) -> TopicSpec {
+                    TopicSpec { name: self.topic.into(), partitions: 1, configs: vec![] }
+                }
+                fn parse(&self, _: &Input<'_>, _: i64) -> Result<(), Never> {
+                    Ok(())
+                }
+                fn key<'e>(&self, _: &'e ()) -> Cow<'e, [u8]> {
+                    b"".as_slice().into()
+                }
+                fn encode(&self, _: &()) -> Vec<u8> {
+                    Vec::new()
+                }
+            }
+        };
+    }
+    intake!(Sums, "/sum");
+    intake!(Other, "/other");
+    intake!(Health, "/health");
+
+    /// Registering creates producers, which connect lazily: no broker needed.
+    #[test]
+    fn a_route_or_topic_can_be_registered_once_and_never_over_the_operational_routes() {
+        let cfg = Config::parse_from(["command", "--create-topics", "false"]);
+        let engine = || Engine::new(&cfg, common::engine::telemetry::prometheus(), || 0).expect("engine");
+        let twice = engine().register(Sums { topic: "a" }).expect("once").register(Sums { topic: "b" });
+        assert!(twice.is_err(), "the same route twice");
+        let shared_topic = engine().register(Sums { topic: "a" }).expect("once").register(Other { topic: "a" });
+        assert!(shared_topic.is_err(), "the same topic twice");
+        assert!(engine().register(Health { topic: "health" }).is_err(), "an operational route");
+    }
+}

@@ -156,17 +156,19 @@ async fn serve_connection<IO, H, F>(
 /// When a file cannot be read or holds no usable certificate or key.
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
     use anyhow::Context;
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("opening {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("reading the private key from {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
+    let key = match PrivateKeyDer::from_pem_file(key) {
+        Ok(found) => found,
+        Err(pem::Error::NoItemsFound) => anyhow::bail!("no private key in {}", key.display()),
+        Err(pem::Error::Io(e)) => return Err(e).with_context(|| format!("opening {}", key.display())),
+        Err(e) => return Err(e).with_context(|| format!("reading the private key from {}", key.display())),
+    };
     let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
