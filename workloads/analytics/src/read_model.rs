@@ -92,8 +92,9 @@ pub static PARTITION_DAYS: LazyLock<VersionedTable> = LazyLock::new(|| {
 });
 
 /// `daily_aggregates`: one row per UTC day, the sum over partitions ([`DAY_TOTALS`]), counter-versioned.
-pub static DAYS: LazyLock<VersionedTable> =
-    LazyLock::new(|| VersionedTable::new("daily_aggregates", vec![DAY], vec![UNIQUE_USERS], Version::Counter("version")));
+pub static DAYS: LazyLock<VersionedTable> = LazyLock::new(|| {
+    VersionedTable::new("daily_aggregates", vec![DAY], vec![UNIQUE_USERS], Version::Counter("version"))
+});
 
 /// A day's exact users as the sum of its partition rows.
 pub static DAY_TOTALS: LazyLock<Rollup> = LazyLock::new(|| Rollup::new(&DAYS, &PARTITION_DAYS));
@@ -193,6 +194,8 @@ mod tests {
             assert!(t.upsert_sql().starts_with(&format!("INSERT INTO {}", t.name())));
         }
         assert!(HOUR_TOTALS.sql().contains("sum(hourly_partition_aggregates.clicks)::bigint"));
-        assert!(DAY_TOTALS.sql().contains("FROM daily_partition_aggregates WHERE daily_partition_aggregates.day_start_ms = ANY($1::bigint[])"));
+        assert!(DAY_TOTALS.sql().contains(
+            "FROM daily_partition_aggregates WHERE daily_partition_aggregates.day_start_ms = ANY($1::bigint[])"
+        ));
     }
 }

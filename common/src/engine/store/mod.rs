@@ -13,8 +13,8 @@
 pub mod cache;
 pub mod table;
 
+pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable};
 use crate::engine::pg::PgError;
-pub use self::table::{Column, ColumnType, Conn, Row, Rollup, Stored, Value, Version, VersionedTable};
 
 /// A row as one of its copies holds it, with the version that orders the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

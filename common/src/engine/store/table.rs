@@ -392,7 +392,13 @@ impl VersionedTable {
             .key
             .iter()
             .chain(&self.values)
-            .map(|c| if c.ty.read_as_text() { format!("{t}.{n}::text AS {n}", n = c.name) } else { format!("{t}.{}", c.name) })
+            .map(|c| {
+                if c.ty.read_as_text() {
+                    format!("{t}.{n}::text AS {n}", n = c.name)
+                } else {
+                    format!("{t}.{}", c.name)
+                }
+            })
             .collect();
         cols.push(format!("{t}.{}", self.version.column()));
         cols.join(", ")
@@ -405,8 +411,12 @@ impl VersionedTable {
 
     /// `(<t.key>...)` compared with a row of scalar parameters from `$first` on.
     fn key_params(&self, first: usize) -> String {
-        let params: Vec<String> =
-            self.key.iter().enumerate().map(|(i, c)| format!("${}::{}{}", first + i, c.ty.param(), c.ty.cast())).collect();
+        let params: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}{}", first + i, c.ty.param(), c.ty.cast()))
+            .collect();
         params.join(", ")
     }
 
@@ -437,7 +447,13 @@ impl VersionedTable {
                     set = set.join(", "),
                 )
             }
-            Version::Counter(version) => counter_upsert(self, &insert_cols, &format!("{}, 1", unnest_columns(&written, 1)), &unnest_from(&written, 1), version),
+            Version::Counter(version) => counter_upsert(
+                self,
+                &insert_cols,
+                &format!("{}, 1", unnest_columns(&written, 1)),
+                &unnest_from(&written, 1),
+                version,
+            ),
         };
         let select = format!("SELECT {} FROM {t}", self.select_list());
         let key_eq: Vec<String> = self
@@ -507,11 +523,13 @@ impl VersionedTable {
                 latest.insert(key, values);
             }
         }
-        let arrays: Vec<Array> = written
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Array::collect(c.ty, latest.values().map(|values| &values[i])))
-            .collect();
+        // One array per column, the values moved in (a sketch is not copied again).
+        let mut arrays: Vec<Array> = written.iter().map(|c| Array::new(c.ty)).collect();
+        for values in latest.into_values() {
+            for (array, value) in arrays.iter_mut().zip(values) {
+                array.push(value);
+            }
+        }
         let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(Array::as_param).collect();
         let stmt = conn.prepare_cached(&self.sql.upsert).await?;
         conn.execute(&stmt, &params).await?;
@@ -648,7 +666,8 @@ fn unnest_columns(columns: &[Column], _first: usize) -> String {
 
 /// `FROM unnest($first::type[], ...) AS u(c0, c1, ...)`.
 fn unnest_from(columns: &[Column], first: usize) -> String {
-    let arrays: Vec<String> = columns.iter().enumerate().map(|(i, c)| format!("${}::{}[]", first + i, c.ty.param())).collect();
+    let arrays: Vec<String> =
+        columns.iter().enumerate().map(|(i, c)| format!("${}::{}[]", first + i, c.ty.param())).collect();
     let names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
     format!("FROM unnest({}) AS u({})", arrays.join(", "), names.join(", "))
 }
@@ -664,7 +683,9 @@ fn counter_upsert(t: &VersionedTable, insert_cols: &str, select: &str, from: &st
     let table = t.table;
     let key = t.key_names(false);
     if t.values.is_empty() {
-        return format!("INSERT INTO {table} ({insert_cols}, {version}) SELECT {select} {from} ON CONFLICT ({key}) DO NOTHING");
+        return format!(
+            "INSERT INTO {table} ({insert_cols}, {version}) SELECT {select} {from} ON CONFLICT ({key}) DO NOTHING"
+        );
     }
     let set: Vec<String> = t.values.iter().map(|c| format!("{n} = EXCLUDED.{n}", n = c.name)).collect();
     let current: Vec<String> = t.values.iter().map(|c| format!("{table}.{}", c.name)).collect();
@@ -712,7 +733,8 @@ impl Rollup {
             _ => format!("({keys}) IN ({})", unnest(&target.key, 1)),
         };
         let insert_cols = target.key.iter().chain(&target.values).map(|c| c.name).collect::<Vec<_>>().join(", ");
-        let sql = counter_upsert(target, &insert_cols, &select, &format!("FROM {s} WHERE {filter} GROUP BY {keys}"), version);
+        let sql =
+            counter_upsert(target, &insert_cols, &select, &format!("FROM {s} WHERE {filter} GROUP BY {keys}"), version);
         Rollup { sql }
     }
 
@@ -765,22 +787,31 @@ enum Array {
 }
 
 impl Array {
-    /// The array of column type `ty` of `values` (checked to match by [`Row::values_of`]).
-    fn collect<'v>(ty: ColumnType, values: impl Iterator<Item = &'v Value>) -> Array {
-        let mut array = match ty {
+    fn new(ty: ColumnType) -> Array {
+        match ty {
             ColumnType::BigInt => Array::BigInt(Vec::new()),
             ColumnType::Int => Array::Int(Vec::new()),
             ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Array::Text(Vec::new()),
             ColumnType::Bytea => Array::Bytes(Vec::new()),
-        };
+        }
+    }
+
+    /// Appends a value (checked against the column's type by [`Row::values_of`]).
+    fn push(&mut self, value: Value) {
+        match (self, value) {
+            (Array::BigInt(a), Value::BigInt(v)) => a.push(v),
+            (Array::Int(a), Value::Int(v)) => a.push(v),
+            (Array::Text(a), Value::Text(v)) => a.push(v),
+            (Array::Bytes(a), Value::Bytes(v)) => a.push(v),
+            _ => unreachable!("values are checked against their column's type"),
+        }
+    }
+
+    /// The array of column type `ty` of `values`.
+    fn collect<'v>(ty: ColumnType, values: impl Iterator<Item = &'v Value>) -> Array {
+        let mut array = Array::new(ty);
         for v in values {
-            match (&mut array, v) {
-                (Array::BigInt(a), Value::BigInt(v)) => a.push(*v),
-                (Array::Int(a), Value::Int(v)) => a.push(*v),
-                (Array::Text(a), Value::Text(v)) => a.push(v.clone()),
-                (Array::Bytes(a), Value::Bytes(v)) => a.push(v.clone()),
-                _ => unreachable!("values are checked against their column's type"),
-            }
+            array.push(v.clone());
         }
         array
     }
@@ -911,20 +942,28 @@ mod tests {
 
     #[test]
     fn pages_go_by_the_qualified_key_in_bounded_steps() {
-        let (first, next) = sums().page_sql();
-        assert!(first.ends_with("increments.updated_at >= $1 AS changed FROM increments ORDER BY increments.key LIMIT $2"), "{first}");
+        let sums = sums();
+        let (first, next) = sums.page_sql();
         assert!(
-            next.ends_with("FROM increments WHERE (increments.key) > ($3::text::uuid) ORDER BY increments.key LIMIT $2"),
+            first.ends_with("increments.updated_at >= $1 AS changed FROM increments ORDER BY increments.key LIMIT $2"),
+            "{first}"
+        );
+        assert!(
+            next.ends_with(
+                "FROM increments WHERE (increments.key) > ($3::text::uuid) ORDER BY increments.key LIMIT $2"
+            ),
             "{next}"
         );
-        let (_, next) = partitions().page_sql();
+        let partitions = partitions();
+        let (_, next) = partitions.page_sql();
         assert!(next.contains("WHERE (parts.hour_start_ms, parts.partition) > ($3::bigint, $4::int) ORDER BY parts.hour_start_ms, parts.partition LIMIT $2"), "{next}");
     }
 
     #[test]
     fn cached_columns_round_trip_through_the_hash_by_name() {
         let t = sums();
-        let row = Row::new().with("value", Value::Text("1180591620717411303424".into())).with("partition", Value::Int(3));
+        let row =
+            Row::new().with("value", Value::Text("1180591620717411303424".into())).with("partition", Value::Int(3));
         let hash = t.to_cache(&row).unwrap();
         assert_eq!(hash, vec!["1180591620717411303424".to_owned()]);
         assert_eq!(t.from_cache(&hash), Some(Row::new().with("value", Value::Text("1180591620717411303424".into()))));
