@@ -115,7 +115,10 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
     assert!(first[0].1, "changed within the minute");
     assert_eq!(first[0].0.row.int("partition").unwrap(), 0);
     let next = parts.page(&client, SystemTime::now() + Duration::from_secs(60), Some(&key(0)), 10).await.unwrap();
-    assert_eq!(next.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(), [(1, false)]);
+    assert_eq!(
+        next.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(),
+        [(1, false)]
+    );
     assert!(parts.page(&client, before, Some(&key(1)), 10).await.unwrap().is_empty());
     assert!(parts.read(&client, &key(5)).await.unwrap().is_none());
 
