@@ -162,8 +162,13 @@ async fn ten_thousand_increments_on_a_thousand_keys_sum_exactly() {
     let pool = common::engine::pg::pool(&stack.pg).unwrap();
     let total: i128 = expected.values().sum();
     wait_until("PostgreSQL to hold every sum", Duration::from_secs(60), || async {
-        let row =
-            pool.get().await.ok()?.query_one("SELECT count(*) AS keys, sum(value)::text AS sum FROM increments", &[]).await.ok()?;
+        let row = pool
+            .get()
+            .await
+            .ok()?
+            .query_one("SELECT count(*) AS keys, sum(value)::text AS sum FROM increments", &[])
+            .await
+            .ok()?;
         let (keys, sum): (i64, Option<String>) = (row.get("keys"), row.get("sum"));
         (keys == 1_000 && sum.as_deref() == Some(total.to_string().as_str())).then_some(())
     })

@@ -117,8 +117,11 @@ async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     }
     let client = pool.get().await.unwrap();
     for table in ["processor_user_chunks", "processor_id_chunks"] {
-        let chunks: i64 =
-            client.query_one(&format!("SELECT count(*) AS chunks FROM {table} WHERE partition = 3"), &[]).await.unwrap().get("chunks");
+        let chunks: i64 = client
+            .query_one(&format!("SELECT count(*) AS chunks FROM {table} WHERE partition = 3"), &[])
+            .await
+            .unwrap()
+            .get("chunks");
         assert!(chunks < 64, "{chunks} chunks left in {table} after merging");
     }
     let b = store.claim(&WORKLOAD, 3, RETENTION).await.unwrap();
@@ -165,7 +168,10 @@ async fn increment_sums_beyond_i64_restore_exactly() {
         .get()
         .await
         .unwrap()
-        .query_one("SELECT sum::text AS sum FROM processor_increment_sums WHERE key = $1::text::uuid", &[&key.to_string()])
+        .query_one(
+            "SELECT sum::text AS sum FROM processor_increment_sums WHERE key = $1::text::uuid",
+            &[&key.to_string()],
+        )
         .await
         .unwrap()
         .get("sum");

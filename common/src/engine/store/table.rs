@@ -300,7 +300,7 @@ impl Conn for deadpool_postgres::Transaction<'_> {
 }
 
 /// The statements of a table, generated once by [`VersionedTable::new`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Statements {
     upsert: String,
     by_keys: String,
@@ -450,7 +450,7 @@ impl VersionedTable {
             Version::Counter(version) => counter_upsert(
                 self,
                 &insert_cols,
-                &format!("{}, 1", unnest_columns(&written, 1)),
+                &format!("{}, 1", unnest_columns(&written)),
                 &unnest_from(&written, 1),
                 version,
             ),
@@ -639,18 +639,6 @@ impl VersionedTable {
 /// A row as a table holds it, with its version.
 pub type Stored = super::Versioned<Row>;
 
-impl Default for Statements {
-    fn default() -> Self {
-        Statements {
-            upsert: String::new(),
-            by_keys: String::new(),
-            by_key: String::new(),
-            first_page: String::new(),
-            next_page: String::new(),
-        }
-    }
-}
-
 /// `::uuid[]` after a `text[]` parameter of uuid keys, and so on.
 fn array_cast(ty: ColumnType) -> String {
     match ty.cast() {
@@ -660,7 +648,7 @@ fn array_cast(ty: ColumnType) -> String {
 }
 
 /// `u.c0[::cast], u.c1, ...`: the columns of [`unnest_from`], cast to their types.
-fn unnest_columns(columns: &[Column], _first: usize) -> String {
+fn unnest_columns(columns: &[Column]) -> String {
     columns.iter().enumerate().map(|(i, c)| format!("u.c{i}{}", c.ty.cast())).collect::<Vec<_>>().join(", ")
 }
 
@@ -674,7 +662,7 @@ fn unnest_from(columns: &[Column], first: usize) -> String {
 
 /// `SELECT u.c0::uuid, ... FROM unnest(...) AS u(...)`.
 fn unnest(columns: &[Column], first: usize) -> String {
-    format!("SELECT {} {}", unnest_columns(columns, first), unnest_from(columns, first))
+    format!("SELECT {} {}", unnest_columns(columns), unnest_from(columns, first))
 }
 
 /// The counter-versioned upsert of `insert_cols` from `select ... from`:
