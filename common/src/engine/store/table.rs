@@ -333,12 +333,13 @@ impl VersionedTable {
     /// # Panics
     /// On a declaration that cannot be right (a bug, found by the first test
     /// that touches the table): no key, a name that is not a plain
-    /// identifier, a column named twice, a cached `BYTEA` column, a version
+    /// identifier, a column named twice, a `BYTEA` key or cached column, a version
     /// column declared among the others.
     pub fn new(table: &'static str, key: Vec<Column>, values: Vec<Column>, version: Version) -> Self {
         assert!(!key.is_empty(), "{table}: a versioned table needs a key");
+        assert!(identifier(table), "`{table}` is not a plain identifier");
         let mut names: Vec<&str> = key.iter().chain(&values).map(|c| c.name).collect();
-        names.extend([version.column(), "updated_at", table]);
+        names.extend([version.column(), "updated_at"]);
         for name in &names {
             assert!(identifier(name), "{table}: `{name}` is not a plain identifier");
         }
@@ -346,6 +347,9 @@ impl VersionedTable {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "{table}: a column named twice");
+        for c in &key {
+            assert!(c.ty != ColumnType::Bytea, "{table}.{}: a key is never bytes (it names a Redis key)", c.name);
+        }
         for c in key.iter().chain(&values) {
             assert!(!(c.ty == ColumnType::Bytea && c.cached_as.is_some()), "{table}.{}: bytes are not cached", c.name);
         }
