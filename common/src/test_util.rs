@@ -257,7 +257,7 @@ pub mod sums {
     pub async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
         let rows: Vec<Row> =
             batch.iter().map(|s| Sum::key(&s.key).with("total", Value::Text(s.total.to_string()))).collect();
-        TABLE.upsert(tx, &rows).await?;
+        TABLE.upsert(tx, rows).await?;
         Ok(batch.iter().map(|s| s.key.clone()).collect())
     }
 }

@@ -65,7 +65,7 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
     // One batch, out of order and with a duplicate key: the highest offset wins.
     let tx = client.transaction().await.unwrap();
     lock_in_order(&tx, 7, &[3, 1, 3]).await.unwrap();
-    parts.upsert(&tx, &[part(0, 5, 5), part(0, 9, 9), part(1, 2, 2), part(0, 7, 7)]).await.unwrap();
+    parts.upsert(&tx, vec![part(0, 5, 5), part(0, 9, 9), part(1, 2, 2), part(0, 7, 7)]).await.unwrap();
     rollup.apply(&totals, &tx, &sum_key).await.unwrap();
     tx.commit().await.unwrap();
     let p0 = parts.read(&client, &key(0)).await.unwrap().expect("written");
@@ -77,7 +77,7 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
 
     // A later batch carrying an older offset changes nothing; the rollup keeps its version.
     let tx = client.transaction().await.unwrap();
-    parts.upsert(&tx, &[part(0, 1, 8)]).await.unwrap();
+    parts.upsert(&tx, vec![part(0, 1, 8)]).await.unwrap();
     rollup.apply(&totals, &tx, &sum_key).await.unwrap();
     tx.commit().await.unwrap();
     let p0 = parts.read(&client, &key(0)).await.unwrap().unwrap();
@@ -86,8 +86,8 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
 
     // A replay of the same offset is a no-op too; a newer one moves the row and the total.
     let tx = client.transaction().await.unwrap();
-    parts.upsert(&tx, &[part(0, 100, 9)]).await.unwrap();
-    parts.upsert(&tx, &[part(1, 4, 3)]).await.unwrap();
+    parts.upsert(&tx, vec![part(0, 100, 9)]).await.unwrap();
+    parts.upsert(&tx, vec![part(1, 4, 3)]).await.unwrap();
     rollup.apply(&totals, &tx, &sum_key).await.unwrap();
     tx.commit().await.unwrap();
     let t = totals.read(&client, &sum_key[0]).await.unwrap().unwrap();
@@ -95,11 +95,11 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
 
     // A counter-versioned upsert: the same values keep the version, others bump it.
     let tx = client.transaction().await.unwrap();
-    totals.upsert(&tx, &[sum_key[0].clone().with("total", Value::BigInt(13))]).await.unwrap();
+    totals.upsert(&tx, vec![sum_key[0].clone().with("total", Value::BigInt(13))]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(totals.read(&client, &sum_key[0]).await.unwrap().unwrap().version, 2);
     let tx = client.transaction().await.unwrap();
-    totals.upsert(&tx, &[sum_key[0].clone().with("total", Value::BigInt(14))]).await.unwrap();
+    totals.upsert(&tx, vec![sum_key[0].clone().with("total", Value::BigInt(14))]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(totals.read(&client, &sum_key[0]).await.unwrap().unwrap().version, 3);
 

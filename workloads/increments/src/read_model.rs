@@ -82,7 +82,7 @@ pub async fn write_sums(
                 .with("input_offset", Value::BigInt(s.input_offset))
         })
         .collect();
-    SUMS.upsert(tx, &rows).await?;
+    SUMS.upsert(tx, rows).await?;
     let mut keys: Vec<IncrementKey> = sums.iter().map(|s| s.key).collect();
     keys.sort_unstable();
     keys.dedup();

@@ -228,6 +228,20 @@ impl Row {
     }
 
     /// The values of `columns`, in their order (a key; a sort order).
+    /// The values of `columns`, in their order, moved out of the row (a sketch is not copied).
+    fn into_values_of(mut self, columns: &[Column]) -> Result<Vec<Value>, PgError> {
+        columns
+            .iter()
+            .map(|c| {
+                let at = self.cells.iter().position(|(name, _)| *name == c.name);
+                match at.map(|i| self.cells.swap_remove(i).1) {
+                    Some(v) if v.matches(c.ty) => Ok(v),
+                    other => Err(mistyped(c.name, other.as_ref(), &format!("{:?}", c.ty))),
+                }
+            })
+            .collect()
+    }
+
     fn values_of<'c>(&self, columns: impl IntoIterator<Item = &'c Column>) -> Result<Vec<Value>, PgError> {
         columns
             .into_iter()
@@ -510,14 +524,14 @@ impl VersionedTable {
     /// # Errors
     /// [`PgError::Corrupt`] for a row lacking a column or of another type (a
     /// bug of the caller); [`PgError`] when PostgreSQL fails.
-    pub async fn upsert(&self, conn: &impl Conn, rows: &[Row]) -> Result<(), PgError> {
+    pub async fn upsert(&self, conn: &impl Conn, rows: Vec<Row>) -> Result<(), PgError> {
         if rows.is_empty() {
             return Ok(());
         }
         let written = self.written();
         let mut latest: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
         for row in rows {
-            let values = row.values_of(&written)?;
+            let values = row.into_values_of(&written)?;
             let key = values[..self.key.len()].to_vec();
             let newer = match (self.version, latest.get(&key)) {
                 (Version::Offset(_), Some(held)) => values.last() > held.last(),

@@ -84,7 +84,7 @@ pub async fn write_aggregates(
         hours.iter().map(|h| i32::try_from(h.start_ms() / crate::time::HOUR_MS).unwrap_or(i32::MAX)).collect();
     store::table::lock_in_order(tx, HOUR_LOCK_SPACE, &locks).await?;
     let rows: Vec<Row> = aggs.iter().map(partition_row).collect();
-    PARTITION_HOURS.upsert(tx, &rows).await?;
+    PARTITION_HOURS.upsert(tx, rows).await?;
     let keys: Vec<Row> = hours.iter().map(|h| hour_key(*h)).collect();
     HOUR_TOTALS.apply(&HOURS, tx, &keys).await?;
     // The range read models, from the same aggregates (day locks after the hour locks).

@@ -38,7 +38,7 @@ pub async fn write_sketches(tx: &deadpool_postgres::Transaction<'_>, aggs: &[Hou
             )
         })
         .collect();
-    SKETCHES.upsert(tx, &rows).await
+    SKETCHES.upsert(tx, rows).await
 }
 
 /// One (day, partition) count from the aggregates: the one with the highest offset.
@@ -94,7 +94,7 @@ pub async fn write_days(tx: &deadpool_postgres::Transaction<'_>, aggs: &[HourAgg
                 .with("watermark_ms", Value::BigInt(r.watermark_ms))
         })
         .collect();
-    PARTITION_DAYS.upsert(tx, &rows).await?;
+    PARTITION_DAYS.upsert(tx, rows).await?;
     let keys: Vec<Row> = days.iter().map(|d| day_key(*d)).collect();
     DAY_TOTALS.apply(&DAYS, tx, &keys).await
 }
