@@ -183,10 +183,13 @@ pub async fn delete_topics(kafka: &TestKafka) {
 }
 
 /// A test-only second workload's read model: exact per-key sums (beyond
-/// `i64`), to show the engine carries rows it was not written for.
+/// `i64`), to show the engine carries rows it was not written for. Declared
+/// as a counter-versioned table; the engine writes, guards and reads it.
 pub mod sums {
+    use std::sync::LazyLock;
+
     use crate::engine::pg::PgError;
-    use crate::engine::store::{CachedRow, Versioned};
+    use crate::engine::store::{CachedRow, Column, ColumnType, Row, Value, Version, VersionedTable};
 
     /// The sum of one key.
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,24 +197,40 @@ pub mod sums {
         pub total: i128,
     }
 
+    /// `test_sums (key TEXT PRIMARY KEY, total NUMERIC, version BIGINT, updated_at)`.
+    pub static TABLE: LazyLock<VersionedTable> = LazyLock::new(|| {
+        VersionedTable::new(
+            "test_sums",
+            vec![Column::new("key", ColumnType::Text)],
+            vec![Column::new("total", ColumnType::Numeric).cached_as("t")],
+            Version::Counter("version"),
+        )
+    });
+
     impl CachedRow for Sum {
         type Id = String;
         const KIND: &'static str = "sum";
-        const FIELDS: &'static [&'static str] = &["t"];
 
-        fn id_to_key(id: &String) -> String {
-            id.clone()
+        fn table() -> &'static VersionedTable {
+            &TABLE
         }
 
-        fn to_values(&self) -> Vec<String> {
-            vec![self.total.to_string()]
+        fn key(id: &String) -> Row {
+            Row::new().with("key", Value::Text(id.clone()))
         }
 
-        fn from_values(values: &[String]) -> Option<Self> {
-            match values {
-                [t] => Some(Sum { total: t.parse().ok()? }),
-                _ => None,
-            }
+        fn id(key: &Row) -> Result<String, PgError> {
+            key.text("key").map(str::to_owned)
+        }
+
+        fn to_row(&self) -> Row {
+            Row::new().with("total", Value::Text(self.total.to_string()))
+        }
+
+        fn from_row(row: &Row) -> Result<Self, PgError> {
+            let total = row.text("total")?;
+            let total = total.parse().map_err(|_| PgError::Corrupt(format!("test_sums: total {total}")))?;
+            Ok(Sum { total })
         }
     }
 
@@ -221,8 +240,6 @@ pub mod sums {
         pub key: String,
         pub total: i128,
     }
-
-    const COLUMNS: &str = "key, total::text AS total, version";
 
     /// Creates the table of the sums in the pool's schema.
     pub async fn create_table(client: &deadpool_postgres::Client) {
@@ -235,71 +252,15 @@ pub mod sums {
             .expect("creating test_sums");
     }
 
-    fn row(r: &tokio_postgres::Row) -> Option<(String, Versioned<Sum>)> {
-        let total: String = r.get("total");
-        Some((r.get("key"), Versioned { row: Sum { total: total.parse().ok()? }, version: r.get("version") }))
-    }
-
-    /// Writes the batch in `tx`; returns every touched row.
+    /// Writes the batch in `tx`; returns the keys it touched.
     ///
     /// # Errors
     /// [`PgError`].
-    pub async fn write(
-        tx: &deadpool_postgres::Transaction<'_>,
-        batch: &[SetSum],
-    ) -> Result<Vec<(String, Versioned<Sum>)>, PgError> {
-        let mut keys = Vec::new();
-        for s in batch {
-            tx.execute(
-                "INSERT INTO test_sums (key, total, version) VALUES ($1, $2::text::numeric, 1)
-                 ON CONFLICT (key) DO UPDATE SET total = EXCLUDED.total, version = test_sums.version + 1,
-                     updated_at = now()
-                 WHERE test_sums.total IS DISTINCT FROM EXCLUDED.total",
-                &[&s.key, &s.total.to_string()],
-            )
-            .await?;
-            keys.push(s.key.clone());
-        }
-        let rows = tx.query(&format!("SELECT {COLUMNS} FROM test_sums WHERE key = ANY($1)"), &[&keys]).await?;
-        Ok(rows.iter().filter_map(row).collect())
-    }
-
-    /// # Errors
-    /// [`PgError`].
-    pub async fn read(client: &deadpool_postgres::Client, key: &str) -> Result<Option<Versioned<Sum>>, PgError> {
-        let r = client.query_opt(&format!("SELECT {COLUMNS} FROM test_sums WHERE key = $1"), &[&key]).await?;
-        Ok(r.as_ref().and_then(row).map(|(_, v)| v))
-    }
-
-    /// One page in key order: at most `limit` keys after `after`, those changed since `since`.
-    ///
-    /// # Errors
-    /// [`PgError`].
-    pub async fn changed_page(
-        client: &deadpool_postgres::Client,
-        since: std::time::SystemTime,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<crate::engine::store::ChangedPage<Sum>, PgError> {
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS}, updated_at >= $1 AS changed FROM test_sums
-                     WHERE key > $2 ORDER BY key LIMIT $3"
-                ),
-                &[&since, &after.unwrap_or(""), &limit],
-            )
-            .await?;
-        let mut page = crate::engine::store::ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
-        for r in &rows {
-            if let Some((key, sum)) = row(r) {
-                if r.get::<_, bool>("changed") {
-                    page.changed.push((key.clone(), sum));
-                }
-                page.last = Some(key);
-            }
-        }
-        Ok(page)
+    pub async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
+        let rows: Vec<Row> =
+            batch.iter().map(|s| Sum::key(&s.key).with("total", Value::Text(s.total.to_string()))).collect();
+        TABLE.upsert(tx, rows).await?;
+        Ok(batch.iter().map(|s| s.key.clone()).collect())
     }
 }
 

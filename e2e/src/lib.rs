@@ -593,8 +593,10 @@ pub async fn assert_sums_converge(stack: &Stack, expected: &BTreeMap<String, i12
     let started = std::time::Instant::now();
     while started.elapsed() < limit {
         if let Ok(client) = pool.get().await {
-            if let Ok(rows) = client.query("SELECT key::text, value::text FROM increments ORDER BY key", &[]).await {
-                last = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+            if let Ok(rows) =
+                client.query("SELECT key::text AS key, value::text AS value FROM increments ORDER BY key", &[]).await
+            {
+                last = rows.iter().map(|r| (r.get::<_, String>("key"), r.get::<_, String>("value"))).collect();
                 if last == want {
                     break;
                 }

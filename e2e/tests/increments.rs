@@ -139,10 +139,10 @@ async fn sums_are_exact_beyond_i64_unknown_keys_are_404_and_ids_count_once() {
         .get()
         .await
         .unwrap()
-        .query_one("SELECT value::text FROM increments WHERE key = $1::text::uuid", &[&key(2)])
+        .query_one("SELECT value::text AS value FROM increments WHERE key = $1::text::uuid", &[&key(2)])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "27670116110564327421");
+    assert_eq!(row.get::<_, String>("value"), "27670116110564327421");
     stack.cleanup().await;
 }
 
@@ -162,9 +162,14 @@ async fn ten_thousand_increments_on_a_thousand_keys_sum_exactly() {
     let pool = common::engine::pg::pool(&stack.pg).unwrap();
     let total: i128 = expected.values().sum();
     wait_until("PostgreSQL to hold every sum", Duration::from_secs(60), || async {
-        let row =
-            pool.get().await.ok()?.query_one("SELECT count(*), sum(value)::text FROM increments", &[]).await.ok()?;
-        let (keys, sum): (i64, Option<String>) = (row.get(0), row.get(1));
+        let row = pool
+            .get()
+            .await
+            .ok()?
+            .query_one("SELECT count(*) AS keys, sum(value)::text AS sum FROM increments", &[])
+            .await
+            .ok()?;
+        let (keys, sum): (i64, Option<String>) = (row.get("keys"), row.get("sum"));
         (keys == 1_000 && sum.as_deref() == Some(total.to_string().as_str())).then_some(())
     })
     .await;

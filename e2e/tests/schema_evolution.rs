@@ -250,7 +250,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
         )
         .await
         .expect("the partition's position");
-    let (next_offset, epoch): (i64, i64) = (row.get(0), row.get(1));
+    let (next_offset, epoch): (i64, i64) = (row.get("next_offset"), row.get("epoch"));
     assert_eq!(next_offset, unknown_offset, "the position is the undecodable record");
     let moved = client
         .execute(
@@ -276,7 +276,7 @@ async fn an_undecodable_record_stalls_its_partition_and_only_that_one() {
         )
         .await
         .expect("the partition's position");
-    assert_eq!(row.get::<_, i64>(0), garbage_offset, "still at the garbage record");
+    assert_eq!(row.get::<_, i64>("next_offset"), garbage_offset, "still at the garbage record");
     drop(client);
     stack.cleanup().await;
 }

@@ -3,17 +3,14 @@
 //! PostgreSQL in one transaction, then in Redis under the version guard;
 //! a replay changes nothing. Real PostgreSQL and Redis.
 
-use std::time::SystemTime;
-
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 use common::engine::store::cache::VersionedCache;
-use common::engine::store::ChangedPage;
 use common::test_util::sums::{self, SetSum, Sum};
 use common::test_util::{drop_schema, isolated, unique_suffix};
-use deadpool_postgres::{Client, Transaction};
+use deadpool_postgres::Transaction;
 use materializer::engine::sink::ReadModelSink;
-use materializer::engine::{Keyed, SinkWorkload};
+use materializer::engine::SinkWorkload;
 
 struct Sums;
 
@@ -30,18 +27,8 @@ impl SinkWorkload for Sums {
         common::now_ms()
     }
 
-    async fn write(&self, tx: &Transaction<'_>, batch: &[SetSum]) -> Result<Vec<Keyed<Sum>>, PgError> {
+    async fn write(&self, tx: &Transaction<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
         sums::write(tx, batch).await
-    }
-
-    async fn changed_page(
-        &self,
-        client: &Client,
-        since: SystemTime,
-        after: Option<&String>,
-        limit: i64,
-    ) -> Result<ChangedPage<Sum>, PgError> {
-        sums::changed_page(client, since, after.map(String::as_str), limit).await
     }
 }
 
@@ -73,7 +60,7 @@ async fn a_second_workload_goes_through_the_same_sink() {
     sink.catch_up().await;
     let a = cache.get(&"a".to_owned()).await.unwrap().unwrap();
     assert_eq!((a.row.total, a.version), (1, 2));
-    assert_eq!(sums::read(&pool.get().await.unwrap(), "a").await.unwrap(), Some(a));
+    assert_eq!(common::engine::store::read::<Sum>(&pool.get().await.unwrap(), &"a".to_owned()).await.unwrap(), Some(a));
 
     cache.clear().await.unwrap();
     drop_schema(&pg).await;

@@ -204,7 +204,7 @@ async fn a_body_workload_beside_analytics_gets_its_route_topic_status_and_body_r
         .query_one("SELECT value FROM deployment_settings WHERE name = $1", &[&format!("partitions.{sums_topic}")])
         .await
         .expect("the setting is stored");
-    assert_eq!(row.get::<_, String>(0), PARTITIONS.to_string());
+    assert_eq!(row.get::<_, String>("value"), PARTITIONS.to_string());
 }
 
 #[tokio::test]

@@ -115,10 +115,10 @@ async fn a_closed_hours_final_counts_are_re_sent_when_their_emit_never_committed
         .get()
         .await
         .unwrap()
-        .query_one("SELECT count(*) FROM processor_hours WHERE hour_start_ms = $1", &[&H])
+        .query_one("SELECT count(*) AS hours FROM processor_hours WHERE hour_start_ms = $1", &[&H])
         .await
         .unwrap()
-        .get(0);
+        .get("hours");
     assert_eq!(stored, 0, "the state store committed H's close");
 
     // Claimed again: the re-send holds H with both users.

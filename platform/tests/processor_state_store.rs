@@ -116,8 +116,11 @@ async fn many_checkpoints_of_one_hour_are_merged_and_still_restore_exactly() {
     }
     let client = pool.get().await.unwrap();
     for table in ["processor_user_chunks", "processor_id_chunks"] {
-        let chunks: i64 =
-            client.query_one(&format!("SELECT count(*) FROM {table} WHERE partition = 3"), &[]).await.unwrap().get(0);
+        let chunks: i64 = client
+            .query_one(&format!("SELECT count(*) AS chunks FROM {table} WHERE partition = 3"), &[])
+            .await
+            .unwrap()
+            .get("chunks");
         assert!(chunks < 64, "{chunks} chunks left in {table} after merging");
     }
     let b = store.claim(&WORKLOAD, 3, RETENTION).await.unwrap();
@@ -164,10 +167,13 @@ async fn increment_sums_beyond_i64_restore_exactly() {
         .get()
         .await
         .unwrap()
-        .query_one("SELECT sum::text FROM processor_increment_sums WHERE key = $1::text::uuid", &[&key.to_string()])
+        .query_one(
+            "SELECT sum::text AS sum FROM processor_increment_sums WHERE key = $1::text::uuid",
+            &[&key.to_string()],
+        )
         .await
         .unwrap()
-        .get(0);
+        .get("sum");
     assert_eq!(sql_sum, "36893488147419103228");
     drop_schema(&pg).await;
 }
@@ -207,12 +213,12 @@ async fn day_user_sets_restore_exactly_and_are_dropped_when_their_day_closes() {
     let client = pool.get().await.unwrap();
     let left: i64 = client
         .query_one(
-            "SELECT count(*) FROM processor_day_user_chunks WHERE partition = 2 AND hour_start_ms = $1",
+            "SELECT count(*) AS chunks FROM processor_day_user_chunks WHERE partition = 2 AND hour_start_ms = $1",
             &[&day.start_ms()],
         )
         .await
         .unwrap()
-        .get(0);
+        .get("chunks");
     assert_eq!(left, 0);
     let c = store.claim(&WORKLOAD, 2, RETENTION).await.unwrap();
     assert_eq!(days(&c), days(&b));

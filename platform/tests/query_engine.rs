@@ -6,12 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::engine::pg::PgError;
 use common::engine::store::cache::{RedisStore, VersionedCache};
-use common::engine::store::Versioned;
 use common::test_util::sums::{self, SetSum, Sum};
 use common::test_util::{drop_schema, isolated, unique_suffix};
-use deadpool_postgres::Client;
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use query::engine::{Answer, QueryError, QueryWorkload, Reader, Route, Stores};
@@ -22,10 +19,6 @@ struct Sums;
 impl QueryWorkload for Sums {
     const NAME: &'static str = "sums";
     type Row = Sum;
-
-    async fn read(&self, client: &Client, key: &String) -> Result<Option<Versioned<Sum>>, PgError> {
-        sums::read(client, key).await
-    }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
         let handler = move |_: &str, query: Option<&str>| {

@@ -109,13 +109,13 @@ async fn started_first_it_creates_only_the_read_models_and_answers_zeros() {
     let client = f.pool.get().await.unwrap();
     let tables: Vec<String> = client
         .query(
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            "SELECT table_name::text AS table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
             &[&f.pg.schema],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("table_name"))
         .collect();
     assert_eq!(
         tables,

@@ -128,7 +128,7 @@ impl Membership {
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| r.get("member_id"))
             .collect();
         let desired = desired_partitions(&members, &self.member, self.partitions);
         let keep: Vec<i32> = owned.intersection(&desired).copied().collect();
@@ -140,7 +140,7 @@ impl Membership {
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| r.get("partition"))
             .collect();
         let wanted: Vec<i32> = desired.difference(owned).copied().collect();
         let acquired: Vec<i32> = client
@@ -157,7 +157,7 @@ impl Membership {
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| r.get("partition"))
             .collect();
         // Forget members silent for much longer than a lease.
         client
@@ -217,7 +217,7 @@ impl Membership {
                 &[&self.group, &topic],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().map(|r| (r.get("partition"), r.get("next_offset"))).collect())
     }
 
     /// Stores positions; a position never moves backwards.

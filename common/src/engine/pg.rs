@@ -229,9 +229,9 @@ pub async fn migrate(pool: &Pool, cfg: &PgConfig, migrations: &[Migration]) -> R
         .map(|r| (r.get("owner"), r.get("version")))
         .collect();
     let legacy: Vec<i32> = match tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{schema}.schema_migrations")])
+        .query_one("SELECT to_regclass($1) IS NOT NULL AS present", &[&format!("{schema}.schema_migrations")])
         .await?
-        .get(0)
+        .get("present")
     {
         true => tx
             .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
@@ -304,7 +304,7 @@ pub async fn agree_settings(pool: &Pool, service: &str, settings: &[(String, Str
             )
             .await?;
         let row = client.query_one("SELECT value, set_by FROM deployment_settings WHERE name = $1", &[name]).await?;
-        let (stored, set_by): (String, String) = (row.get(0), row.get(1));
+        let (stored, set_by): (String, String) = (row.get("value"), row.get("set_by"));
         if &stored != ours {
             return Err(SettingMismatch { name: name.clone(), ours: ours.clone(), stored, set_by }.into());
         }

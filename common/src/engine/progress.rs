@@ -238,7 +238,11 @@ pub mod pg {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| Mark { aggregates_partition: r.get(0), aggregates_partitions: r.get(1), next_offset: r.get(2) })
+            .map(|r| Mark {
+                aggregates_partition: r.get("aggregates_partition"),
+                aggregates_partitions: r.get("aggregates_partitions"),
+                next_offset: r.get("next_offset"),
+            })
             .collect())
     }
 

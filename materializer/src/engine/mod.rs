@@ -16,7 +16,7 @@ pub mod sink;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::engine::avro::DecodeError;
 use common::engine::config::{KafkaConfig, LeaseConfig};
@@ -25,8 +25,8 @@ use common::engine::membership::Membership;
 use common::engine::pg::PgError;
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{RedisStore, VersionedCache};
-use common::engine::store::{CachedRow, ChangedPage, Versioned};
-use deadpool_postgres::{Client, Pool, Transaction};
+use common::engine::store::{CachedRow, Versioned};
+use deadpool_postgres::{Pool, Transaction};
 use tracing::Instrument;
 
 use self::pipeline::Pipeline;
@@ -36,7 +36,10 @@ use self::sink::ReadModelSink;
 pub type Keyed<R> = (<R as CachedRow>::Id, Versioned<R>);
 
 /// What a workload gives the materializer: how to decode its aggregates and
-/// how to write them to its read model.
+/// which rows of its declared tables they write. The engine reads the
+/// touched rows back, copies them to Redis and pages through the table for
+/// the catch-up ([`common::engine::store::changed_page`]), all from the
+/// row's table declaration.
 pub trait SinkWorkload: Send + Sync + 'static {
     /// Names the workload in logs and in the `workload` metric label.
     const NAME: &'static str;
@@ -56,27 +59,17 @@ pub trait SinkWorkload: Send + Sync + 'static {
     /// epoch): the freshness metric measures from it.
     fn watermark_ms(&self, aggregate: &Self::Aggregate) -> i64;
 
-    /// Writes a batch within `tx` (the engine commits it) and returns every
-    /// row the batch touched, changed or not, with its version. Must be safe
-    /// to repeat with the same batch: after any failure the batch is replayed.
+    /// Writes a batch within `tx` (the engine commits it), through the
+    /// engine's declared tables ([`common::engine::store::VersionedTable`]),
+    /// and returns the id of every row of [`Self::Row`] the batch touched,
+    /// changed or not (the engine reads them back for Redis, so a replay
+    /// after a crash still refreshes it). Must be safe to repeat with the
+    /// same batch: after any failure the batch is replayed.
     fn write(
         &self,
         tx: &Transaction<'_>,
         batch: &[Self::Aggregate],
-    ) -> impl Future<Output = Result<Vec<Keyed<Self::Row>>, PgError>> + Send;
-
-    /// One page of the read model in id order for the catch-up of Redis: at
-    /// most `limit` rows after `after` (from the first when `None`), keeping
-    /// those changed since `since` (by PostgreSQL's clock). The engine pages
-    /// through the table at startup (in case an instance died with rows still
-    /// pending) and after dropping pending rows, a bounded amount of work per call.
-    fn changed_page(
-        &self,
-        client: &Client,
-        since: SystemTime,
-        after: Option<&<Self::Row as CachedRow>::Id>,
-        limit: i64,
-    ) -> impl Future<Output = Result<ChangedPage<Self::Row>, PgError>> + Send;
+    ) -> impl Future<Output = Result<Vec<<Self::Row as CachedRow>::Id>, PgError>> + Send;
 }
 
 /// Where a workload's aggregates come from: its topic and its lease group

@@ -16,7 +16,7 @@
 //! Redis possibly stale for them, so every pipeline starts by copying to
 //! Redis every row PostgreSQL changed within one Redis TTL (any older Redis
 //! entry has expired). It pages through the read model by id
-//! ([`SinkWorkload::changed_page`], [`ROWS_PER_PAGE`] rows a statement),
+//! ([`store::changed_page`] of the row's table, [`ROWS_PER_PAGE`] rows a statement),
 //! between the copies of new batches' rows, which go first.
 //!
 //! The processor's progress records ([`common::engine::progress`]) ride along:
@@ -35,7 +35,7 @@ use common::engine::pg::PgError;
 use common::engine::progress::{self, Progress};
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{CacheError, VersionedCache};
-use common::engine::store::{CachedRow, Versioned};
+use common::engine::store::{self, CachedRow, Versioned};
 use deadpool_postgres::Pool;
 
 use super::{Keyed, SinkWorkload};
@@ -305,7 +305,12 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         let rows = async {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
             let tx = client.transaction().await?;
-            let rows = if batch.is_empty() { Vec::new() } else { self.workload.write(&tx, batch).await? };
+            let rows = if batch.is_empty() {
+                Vec::new()
+            } else {
+                let ids = self.workload.write(&tx, batch).await?;
+                store::read_many::<W::Row>(&tx, &ids).await?
+            };
             progress::pg::write(&tx, progress).await?;
             tx.commit().await?;
             Ok::<_, PgError>(rows)
@@ -456,7 +461,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                     row.get::<_, SystemTime>("since")
                 }
             };
-            let page = self.workload.changed_page(&client, since, after.as_ref(), ROWS_PER_PAGE).await?;
+            let page = store::changed_page::<W::Row>(&client, since, after.as_ref(), ROWS_PER_PAGE).await?;
             Ok::<_, PgError>((since, page))
         }
         .await;
@@ -528,21 +533,33 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Row;
 
+    static TABLE: std::sync::LazyLock<store::VersionedTable> = std::sync::LazyLock::new(|| {
+        use store::{Column, ColumnType, Version};
+        store::VersionedTable::new("rows", vec![Column::new("id", ColumnType::BigInt)], vec![], Version::Counter("v"))
+    });
+
     impl CachedRow for Row {
         type Id = u32;
         const KIND: &'static str = "row";
-        const FIELDS: &'static [&'static str] = &[];
 
-        fn id_to_key(id: &u32) -> String {
-            id.to_string()
+        fn table() -> &'static store::VersionedTable {
+            &TABLE
         }
 
-        fn to_values(&self) -> Vec<String> {
-            Vec::new()
+        fn key(id: &u32) -> store::Row {
+            store::Row::new().with("id", store::Value::BigInt(i64::from(*id)))
         }
 
-        fn from_values(_: &[String]) -> Option<Self> {
-            Some(Row)
+        fn id(key: &store::Row) -> Result<u32, PgError> {
+            u32::try_from(key.big_int("id")?).map_err(|_| PgError::Corrupt("id".into()))
+        }
+
+        fn to_row(&self) -> store::Row {
+            store::Row::new()
+        }
+
+        fn from_row(_: &store::Row) -> Result<Self, PgError> {
+            Ok(Row)
         }
     }
 

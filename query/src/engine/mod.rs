@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::engine::http::Body;
-use common::engine::pg::PgError;
 use common::engine::store::cache::RedisStore;
-use common::engine::store::{CachedRow, Versioned};
-use deadpool_postgres::{Client, Pool};
+use common::engine::store::CachedRow;
+use deadpool_postgres::Pool;
 use hyper::Response;
 
 pub use self::changes::Changes;
@@ -33,20 +32,14 @@ pub use self::live::LiveFeed;
 pub use self::reader::{ReadError, Reader};
 pub use self::wait::ProgressWait;
 
-/// What a workload gives the query service: its read-model row, how to read
-/// one from PostgreSQL, and the routes that answer from a [`Reader`].
+/// What a workload gives the query service: its read-model row and the
+/// routes that answer from a [`Reader`]. The engine reads a row from
+/// PostgreSQL by its table declaration ([`common::engine::store::read`]).
 pub trait QueryWorkload: Sized + Send + Sync + 'static {
     /// Names the workload in logs and in the `workload` metric label.
     const NAME: &'static str;
     /// The read-model row; its [`Default`] at version 0 is the answer when no store holds an id.
     type Row: CachedRow + Default;
-
-    /// The row `id` from PostgreSQL, `None` if it was never written.
-    fn read(
-        &self,
-        client: &Client,
-        id: &<Self::Row as CachedRow>::Id,
-    ) -> impl Future<Output = Result<Option<Versioned<Self::Row>>, PgError>> + Send;
 
     /// The workload's HTTP routes, answering from `reader`.
     fn routes(reader: Reader<Self>) -> Vec<Route>;

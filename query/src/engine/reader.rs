@@ -1,5 +1,6 @@
 //! Reads a workload's row by id: the in-process copy, then Redis, then
-//! PostgreSQL (writing the answer back to Redis), then the empty row.
+//! PostgreSQL (the row's declared table, writing the answer back to Redis),
+//! then the empty row.
 //!
 //! Reads never go backwards within a process. PostgreSQL is the record and
 //! Redis may lag it (a materializer write to Redis that failed is pending;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::engine::pg::PgError;
 use common::engine::store::cache::{CacheError, RedisStore, VersionedCache};
-use common::engine::store::{CachedRow, Versioned};
+use common::engine::store::{self, CachedRow, Versioned};
 use deadpool_postgres::Pool;
 use moka::ops::compute::Op;
 
@@ -162,6 +163,11 @@ impl<W: QueryWorkload> Clone for Reader<W> {
 }
 
 impl<W: QueryWorkload> Reader<W> {
+    /// The workload whose rows it reads.
+    pub fn workload(&self) -> &W {
+        &self.workload
+    }
+
     /// The PostgreSQL pool it reads (for a workload's own reads beside the row's).
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -262,7 +268,7 @@ impl<W: QueryWorkload> Reader<W> {
         let started = Instant::now();
         let found = async {
             let client = self.pool.get().await?;
-            self.workload.read(&client, id).await
+            store::read::<W::Row>(&client, id).await
         }
         .await
         .inspect_err(|_| {

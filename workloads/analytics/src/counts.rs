@@ -22,7 +22,14 @@
 
 use serde::Serialize;
 
-use common::engine::store::Field;
+/// Where one count lives: its field in the Redis hash of an hour and its
+/// column in PostgreSQL (from which the tables' declarations are built,
+/// [`crate::read_model`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub redis: &'static str,
+    pub column: &'static str,
+}
 
 /// Calls `$then!` with the list of event kinds:
 /// `(Variant, "api name", "AVRO_SYMBOL", count_field, "redis field")`.
@@ -170,7 +177,7 @@ mod tests {
     mod one_more_count {
         use serde::Serialize;
 
-        use common::engine::store::Field;
+        use crate::counts::Field;
 
         define_counts! {
             (Click, "click", "CLICK", clicks, "c"),

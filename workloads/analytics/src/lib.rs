@@ -27,9 +27,9 @@
 //!   unique users over ranges no exact set covers.
 //! - [`range`]: the time ranges of the read API (timeseries and aggregate):
 //!   parsing, buckets, and when unique users are exact.
-//! - [`read_model`]: the hour totals as a cached row, and their PostgreSQL
-//!   statements ([`read_model::pg`]), used by the materializer and the query;
-//!   beside them the hourly sketches and the day totals of the ranges.
+//! - [`read_model`]: the read-model tables' declarations (the engine
+//!   generates their statements), the hour totals as a cached row, the
+//!   batch write ([`read_model::pg`]) and the range reads ([`read_model::ranges`]).
 
 pub mod bucket;
 pub mod command;

@@ -1,16 +1,14 @@
 //! The hourly analytics workload in the materializer: the processor's
 //! absolute (hour, partition) aggregates → the per-partition rows guarded by
-//! input offset and the per-hour totals with a version
-//! ([`crate::read_model::pg`]) → the hour totals in Redis.
+//! input offset and the per-hour totals with a version (tables declared in
+//! [`crate::read_model`], written by the engine's statements through
+//! [`crate::read_model::pg`]) → the hour totals in Redis.
 
-use std::time::SystemTime;
-
-use crate::read_model::{pg, HourTotals};
+use crate::read_model::pg;
 use crate::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
 use crate::{HourCounts, HourStart};
 use common::engine::pg::PgError;
-use common::engine::store::ChangedPage;
-use deadpool_postgres::{Client, Transaction};
+use deadpool_postgres::Transaction;
 
 use ::materializer::engine::SinkWorkload;
 
@@ -30,21 +28,7 @@ impl SinkWorkload for Analytics {
         aggregate.watermark_ms
     }
 
-    async fn write(
-        &self,
-        tx: &Transaction<'_>,
-        batch: &[HourAggregate],
-    ) -> Result<Vec<(HourStart, HourTotals)>, PgError> {
+    async fn write(&self, tx: &Transaction<'_>, batch: &[HourAggregate]) -> Result<Vec<HourStart>, PgError> {
         pg::write_aggregates(tx, batch).await
-    }
-
-    async fn changed_page(
-        &self,
-        client: &Client,
-        since: SystemTime,
-        after: Option<&HourStart>,
-        limit: i64,
-    ) -> Result<ChangedPage<HourCounts>, PgError> {
-        pg::changed_page(client, since, after.copied(), limit).await
     }
 }

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use crate::range::{self, Interval, RangeReject, TimeseriesRequest, UniqueUsers};
-use crate::read_model::{pg, ranges, HourTotals};
+use crate::read_model::ranges;
 use crate::request::parse_get;
 use crate::time::DayStart;
 use crate::{HourCounts, HourStart};
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::Pool;
 use hyper::{Response, StatusCode};
 
 use ::query::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
@@ -28,10 +28,6 @@ pub struct Analytics;
 impl QueryWorkload for Analytics {
     const NAME: &'static str = "analytics";
     type Row = HourCounts;
-
-    async fn read(&self, client: &Client, hour: &HourStart) -> Result<Option<HourTotals>, PgError> {
-        pg::read_hour(client, *hour).await
-    }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
         let hourly = reader.clone();

@@ -20,7 +20,7 @@
 //! - [`state`]: per-partition exact sums ([`IncrementState`]) and the emitted [`IncrementSum`].
 //! - [`wire`]: the Avro records of both topics.
 //! - [`row`]: the read-model row and the GET answer.
-//! - [`read_model`]: the row's PostgreSQL statements.
+//! - [`read_model`]: the `increments` table's declaration and the row as the engine caches it.
 //! - [`config`]: the workload's flags (its topics).
 
 pub mod command;

@@ -1,16 +1,13 @@
 //! The increments workload in the materializer: the processor's per-key sums
-//! → the `increments` table, guarded by input offset
-//! ([`crate::read_model`]) → the sums in Redis.
+//! → the `increments` table (declared in [`crate::read_model`]; the engine
+//! writes it under the input-offset guard) → the sums in Redis.
 
-use std::time::SystemTime;
-
-use crate::read_model::{self, StoredSum, SumRow};
+use crate::read_model::{self, StoredSum};
 use crate::wire::decode_increment_sum;
 use crate::{IncrementKey, IncrementSum};
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use common::engine::store::ChangedPage;
-use deadpool_postgres::{Client, Transaction};
+use deadpool_postgres::Transaction;
 
 use ::materializer::engine::SinkWorkload;
 
@@ -30,21 +27,7 @@ impl SinkWorkload for Increments {
         sum.watermark_ms
     }
 
-    async fn write(
-        &self,
-        tx: &Transaction<'_>,
-        batch: &[IncrementSum],
-    ) -> Result<Vec<(IncrementKey, SumRow)>, PgError> {
+    async fn write(&self, tx: &Transaction<'_>, batch: &[IncrementSum]) -> Result<Vec<IncrementKey>, PgError> {
         read_model::write_sums(tx, batch).await
-    }
-
-    async fn changed_page(
-        &self,
-        client: &Client,
-        since: SystemTime,
-        after: Option<&IncrementKey>,
-        limit: i64,
-    ) -> Result<ChangedPage<StoredSum>, PgError> {
-        read_model::changed_page(client, since, after.copied(), limit).await
     }
 }

@@ -4,11 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::read_model::{self, StoredSum, SumRow};
+use crate::read_model::StoredSum;
 use crate::{IncrementKey, IncrementRow};
 use common::engine::http::{self, Body};
-use common::engine::pg::PgError;
-use deadpool_postgres::Client;
 use hyper::{Response, StatusCode};
 
 use ::query::engine::{QueryError, QueryWorkload, Reader, Route};
@@ -22,10 +20,6 @@ pub struct Increments;
 impl QueryWorkload for Increments {
     const NAME: &'static str = "increments";
     type Row = StoredSum;
-
-    async fn read(&self, client: &Client, key: &IncrementKey) -> Result<Option<SumRow>, PgError> {
-        read_model::read_sum(client, *key).await
-    }
 
     fn routes(reader: Reader<Self>) -> Vec<Route> {
         let handler = move |path: &str, _: Option<&str>| {

@@ -1,6 +1,8 @@
 //! The Redis copy of a read model: one hash per row,
 //! `<prefix>:<kind>:<id>`, with the version in field `v` first, then the
-//! row's fields (see [`CachedRow`]), and a TTL.
+//! row's cached columns under their fields (see [`CachedRow`]), and a TTL.
+//! The fields and their values come from the row's table declaration, by
+//! column name; the Lua scripts below are the only Redis writes of rows.
 //!
 //! Two writers: the materializer ([`VersionedCache::put_if_newer`]) and the
 //! query's write-back of what it read from PostgreSQL ([`VersionedCache::fill`]).
@@ -96,20 +98,27 @@ end
 return 0
 ";
 
+/// The hash fields of a row of kind `R` after the version: its table's cached columns.
+fn fields<R: CachedRow>() -> Vec<&'static str> {
+    R::table().cached().filter_map(|c| c.cached_as).collect()
+}
+
 /// Adds the number of hash fields and their names (the version first) to a script call.
 fn field_names<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>) {
-    inv.arg(R::FIELDS.len() + 1);
+    let fields = fields::<R>();
+    inv.arg(fields.len() + 1);
     inv.arg(VERSION_FIELD);
-    for name in R::FIELDS {
-        inv.arg(*name);
+    for name in fields {
+        inv.arg(name);
     }
 }
 
 /// Adds the values of one row's hash fields, in the order of [`field_names`].
 fn field_values<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>, versioned: &Versioned<R>) {
-    let values = versioned.row.to_values();
-    // A row giving another number of values than it has fields would shift every value after it.
-    assert_eq!(values.len(), R::FIELDS.len(), "{}: one value per field", R::KIND);
+    // Named, not lined up: the table picks each cached column from the row by name.
+    let values = R::table()
+        .to_cache(&versioned.row.to_row())
+        .unwrap_or_else(|e| panic!("{}: to_row gives every cached column: {e}", R::KIND));
     inv.arg(versioned.version);
     for value in values {
         inv.arg(value);
@@ -402,8 +411,12 @@ impl<R: CachedRow> VersionedCache<R> {
         &self.store
     }
 
+    /// The Redis key of row `id`: `<prefix>:<KIND>:<its key columns' values joined by :>`.
     pub fn key(&self, id: &R::Id) -> String {
-        self.store.key(R::KIND, &R::id_to_key(id))
+        let key = R::table()
+            .cache_key(&R::key(id))
+            .unwrap_or_else(|e| panic!("{}: key gives every key column: {e}", R::KIND));
+        self.store.key(R::KIND, &key)
     }
 
     /// The cached row `id`, or `None` on a miss.
@@ -413,17 +426,21 @@ impl<R: CachedRow> VersionedCache<R> {
     pub async fn get(&self, id: &R::Id) -> Result<Option<Versioned<R>>, CacheError> {
         let key = self.key(id);
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&key).arg(VERSION_FIELD).arg(R::FIELDS);
+        let fields = fields::<R>();
+        cmd.arg(&key).arg(VERSION_FIELD).arg(&fields);
         let values: Vec<Option<String>> =
             self.store.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
         // Any field missing is a miss (an entry being written or expiring).
         let Some(mut values) = values.into_iter().collect::<Option<Vec<String>>>() else { return Ok(None) };
-        if values.len() != R::FIELDS.len() + 1 {
+        if values.len() != fields.len() + 1 {
             return Ok(None);
         }
         let row_values = values.split_off(1);
         let version = values[0].parse::<i64>().map_err(|_| CacheError::Malformed(key.clone()))?;
-        let row = R::from_values(&row_values).ok_or(CacheError::Malformed(key))?;
+        let row = R::table()
+            .from_cache(&row_values)
+            .and_then(|row| R::from_row(&row).ok())
+            .ok_or(CacheError::Malformed(key))?;
         Ok(Some(Versioned { row, version }))
     }
 

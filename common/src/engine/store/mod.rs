@@ -1,15 +1,20 @@
 //! The read-model stores, generic over the row a workload keeps in them.
 //!
 //! A workload's read model lives twice: in PostgreSQL (the record, kept for
-//! ever; the workload owns its tables and statements) and in Redis (the hot
-//! copy, with a TTL; [`cache::VersionedCache`]). Every copy carries the
-//! PostgreSQL row's `version`, and only a newer version replaces an older
-//! one, so writers racing each other never move the cache backwards.
+//! ever; a table the workload declares, [`table::VersionedTable`], whose
+//! statements the engine generates) and in Redis (the hot copy, with a TTL;
+//! [`cache::VersionedCache`]). Every copy carries the PostgreSQL row's
+//! version, and only a newer version replaces an older one, so writers racing
+//! each other never move the cache backwards.
 //!
-//! The engine knows a row only through [`CachedRow`]: its key kind, its field
-//! names and their values as strings (so a sum beyond `i64` fits).
+//! The engine knows a row only through [`CachedRow`]: its kind, its table,
+//! and its conversion to and from a [`Row`] of values named by column.
 
 pub mod cache;
+pub mod table;
+
+pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable};
+use crate::engine::pg::PgError;
 
 /// A row as one of its copies holds it, with the version that orders the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,32 +31,90 @@ impl<R: Default> Versioned<R> {
     }
 }
 
-/// Where one value of a row lives: its field in the Redis hash and its column in PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field {
-    pub redis: &'static str,
-    pub column: &'static str,
-}
-
 /// The Redis hash field of the version, always first.
 pub const VERSION_FIELD: &str = "v";
 
-/// A read-model row the engine can copy to Redis: one hash per row,
-/// `<prefix>:<KIND>:<id>`, with the field [`VERSION_FIELD`] then [`FIELDS`](Self::FIELDS).
+/// A read-model row the engine stores and copies: kept in PostgreSQL in the
+/// [`VersionedTable`] it declares, and in Redis as one hash per row,
+/// `<prefix>:<KIND>:<key>` (the key columns' values joined by `:`), with the
+/// field [`VERSION_FIELD`] then one per cached column of the table
+/// ([`table::Column::cached_as`]). The workload only converts between its
+/// types and [`Row`]s named by column; the engine writes the SQL, the Lua
+/// and the hash's fields from the declaration.
 pub trait CachedRow: Clone + Send + Sync + 'static {
     /// What identifies a row (an hour, a key).
     type Id: Clone + Eq + Ord + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static;
     /// The key segment naming the kind of row, e.g. `hour`.
     const KIND: &'static str;
-    /// The hash field names of the row's values, in the order of [`to_values`](Self::to_values).
-    const FIELDS: &'static [&'static str];
 
-    /// The id as it appears in the key.
-    fn id_to_key(id: &Self::Id) -> String;
-    /// The values in the order of [`FIELDS`](Self::FIELDS), as decimal strings or any text.
-    fn to_values(&self) -> Vec<String>;
-    /// The row from its values in the order of [`FIELDS`](Self::FIELDS); `None` if one is malformed.
-    fn from_values(values: &[String]) -> Option<Self>;
+    /// The table the row is kept in.
+    fn table() -> &'static VersionedTable;
+    /// The id as the table's key columns, by name.
+    fn key(id: &Self::Id) -> Row;
+    /// The id of a row holding (at least) the key columns.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when a key column is missing or malformed.
+    fn id(key: &Row) -> Result<Self::Id, PgError>;
+    /// The row's values by column name: at least every cached column.
+    fn to_row(&self) -> Row;
+    /// The row from values by column name: given every cached column (a
+    /// Redis hash) or every column (a PostgreSQL row).
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when a column is missing or malformed.
+    fn from_row(row: &Row) -> Result<Self, PgError>;
+}
+
+/// A stored row as its typed id and row.
+fn typed<R: CachedRow>(stored: &Stored) -> Result<(R::Id, Versioned<R>), PgError> {
+    Ok((R::id(&stored.row)?, Versioned { row: R::from_row(&stored.row)?, version: stored.version }))
+}
+
+/// The row `id` from PostgreSQL, if it was ever written.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer or the row is unreadable.
+pub async fn read<R: CachedRow>(conn: &impl Conn, id: &R::Id) -> Result<Option<Versioned<R>>, PgError> {
+    let stored = R::table().read(conn, &R::key(id)).await?;
+    stored.as_ref().map(|s| typed::<R>(s).map(|(_, row)| row)).transpose()
+}
+
+/// The rows of `ids` from PostgreSQL (those ever written), in id order.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer or a row is unreadable.
+pub async fn read_many<R: CachedRow>(conn: &impl Conn, ids: &[R::Id]) -> Result<Vec<(R::Id, Versioned<R>)>, PgError> {
+    let keys: Vec<Row> = ids.iter().map(R::key).collect();
+    let mut rows: Vec<(R::Id, Versioned<R>)> =
+        R::table().read_keys(conn, &keys).await?.iter().map(typed::<R>).collect::<Result<_, _>>()?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
+}
+
+/// One page of the read model in key order for the materializer's catch-up:
+/// at most `limit` rows after `after` (from the first when `None`), keeping
+/// those changed since `since` (PostgreSQL's clock).
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer or a row is unreadable.
+pub async fn changed_page<R: CachedRow>(
+    conn: &impl Conn,
+    since: std::time::SystemTime,
+    after: Option<&R::Id>,
+    limit: i64,
+) -> Result<ChangedPage<R>, PgError> {
+    let after = after.map(R::key);
+    let rows = R::table().page(conn, since, after.as_ref(), limit).await?;
+    let mut page = ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
+    for (stored, changed) in &rows {
+        let (id, row) = typed::<R>(stored)?;
+        if *changed {
+            page.changed.push((id.clone(), row));
+        }
+        page.last = Some(id);
+    }
+    Ok(page)
 }
 
 /// One page of a read model in id order, for the materializer's catch-up of

@@ -1,7 +1,10 @@
-//! The range read models in PostgreSQL (migration `0008_ranges.sql`): the
-//! sketch of each (hour, partition) and the exact unique users of each
-//! (day, partition), offset-guarded like the hour rows, with the per-day sums;
-//! and the range reads of the query service.
+//! The range read models in PostgreSQL (analytics migration `0003_ranges.sql`):
+//! the sketch of each (hour, partition) and the exact unique users of each
+//! (day, partition), offset-guarded like the hour rows, with the per-day sums
+//! (all declared in [`super`], written by the engine's generated statements);
+//! and the range reads of the query service, which the declarations do not
+//! generate (sums over a range of hours, the day join, the streamed sketch
+//! merge): workload SQL, read by column name.
 //!
 //! Written by [`super::pg::write_aggregates`] in the same transaction as the
 //! hour rows, from the same aggregates (v2 records carry the sketch and the
@@ -10,35 +13,32 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use super::{count_columns, counts_from_values, COUNTS, COUNT_FIELDS};
+use super::{count_columns, DAYS, DAY_TOTALS, PARTITION_DAYS, SKETCHES};
 use crate::time::{DayStart, EpochMillis, DAY_MS};
 use crate::wire::HourAggregate;
 use crate::{HourCounts, HourStart, UserSketch};
 use common::engine::pg::PgError;
+use common::engine::store::{self, Row, Value};
 
 /// Namespace of the per-day advisory locks (the hours' is `0x4e41`).
 const DAY_LOCK_SPACE: i32 = 0x4e44;
 
 /// Upserts the latest sketch of each (hour, partition); only a higher offset replaces one.
 pub async fn write_sketches(tx: &deadpool_postgres::Transaction<'_>, aggs: &[HourAggregate]) -> Result<(), PgError> {
-    let with: Vec<&HourAggregate> = aggs.iter().filter(|a| a.sketch.is_some()).collect();
-    if with.is_empty() {
-        return Ok(());
-    }
-    let hours: Vec<i64> = with.iter().map(|a| a.hour.start_ms()).collect();
-    let partitions: Vec<i32> = with.iter().map(|a| a.partition).collect();
-    let sketches: Vec<&[u8]> = with.iter().map(|a| a.sketch.as_deref().unwrap_or_default()).collect();
-    let offsets: Vec<i64> = with.iter().map(|a| a.input_offset).collect();
-    tx.execute(
-        "INSERT INTO hourly_partition_sketches (hour_start_ms, partition, sketch, input_offset)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[])
-         ON CONFLICT (hour_start_ms, partition) DO UPDATE SET
-             sketch = EXCLUDED.sketch, input_offset = EXCLUDED.input_offset, updated_at = now()
-         WHERE hourly_partition_sketches.input_offset < EXCLUDED.input_offset",
-        &[&hours, &partitions, &sketches, &offsets],
-    )
-    .await?;
-    Ok(())
+    let rows: Vec<Row> = aggs
+        .iter()
+        .filter_map(|a| {
+            let sketch = a.sketch.as_ref()?;
+            Some(
+                Row::new()
+                    .with("hour_start_ms", Value::BigInt(a.hour.start_ms()))
+                    .with("partition", Value::Int(a.partition))
+                    .with("sketch", Value::Bytes(sketch.to_vec()))
+                    .with("input_offset", Value::BigInt(a.input_offset)),
+            )
+        })
+        .collect();
+    SKETCHES.upsert(tx, rows).await
 }
 
 /// One (day, partition) count from the aggregates: the one with the highest offset.
@@ -79,39 +79,28 @@ pub async fn write_days(tx: &deadpool_postgres::Transaction<'_>, aggs: &[HourAgg
     if latest.is_empty() {
         return Ok(());
     }
-    let mut days: Vec<i64> = latest.keys().map(|(d, _)| d.start_ms()).collect();
+    let mut days: Vec<DayStart> = latest.keys().map(|(d, _)| *d).collect();
     days.dedup(); // sorted: the map is ordered by day first
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await?;
-    for d in &days {
-        let key = i32::try_from(d / DAY_MS).unwrap_or(i32::MAX);
-        tx.execute(&lock, &[&DAY_LOCK_SPACE, &key]).await?;
-    }
-    let day_starts: Vec<i64> = latest.keys().map(|(d, _)| d.start_ms()).collect();
-    let partitions: Vec<i32> = latest.keys().map(|(_, p)| *p).collect();
-    let users: Vec<i64> = latest.values().map(|r| i64::try_from(r.unique_users).unwrap_or(i64::MAX)).collect();
-    let offsets: Vec<i64> = latest.values().map(|r| r.input_offset).collect();
-    let watermarks: Vec<i64> = latest.values().map(|r| r.watermark_ms).collect();
-    tx.execute(
-        "INSERT INTO daily_partition_aggregates (day_start_ms, partition, unique_users, input_offset, watermark_ms)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[])
-         ON CONFLICT (day_start_ms, partition) DO UPDATE SET
-             unique_users = EXCLUDED.unique_users, input_offset = EXCLUDED.input_offset,
-             watermark_ms = EXCLUDED.watermark_ms, updated_at = now()
-         WHERE daily_partition_aggregates.input_offset < EXCLUDED.input_offset",
-        &[&day_starts, &partitions, &users, &offsets, &watermarks],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO daily_aggregates (day_start_ms, unique_users, version)
-         SELECT day_start_ms, sum(unique_users)::bigint, 1
-         FROM daily_partition_aggregates WHERE day_start_ms = ANY($1) GROUP BY day_start_ms
-         ON CONFLICT (day_start_ms) DO UPDATE SET
-             unique_users = EXCLUDED.unique_users, version = daily_aggregates.version + 1, updated_at = now()
-         WHERE daily_aggregates.unique_users IS DISTINCT FROM EXCLUDED.unique_users",
-        &[&days],
-    )
-    .await?;
-    Ok(())
+    let locks: Vec<i32> = days.iter().map(|d| i32::try_from(d.start_ms() / DAY_MS).unwrap_or(i32::MAX)).collect();
+    store::table::lock_in_order(tx, DAY_LOCK_SPACE, &locks).await?;
+    let rows: Vec<Row> = latest
+        .iter()
+        .map(|((day, partition), r)| {
+            Row::new()
+                .with("day_start_ms", Value::BigInt(day.start_ms()))
+                .with("partition", Value::Int(*partition))
+                .with("unique_users", Value::BigInt(i64::try_from(r.unique_users).unwrap_or(i64::MAX)))
+                .with("input_offset", Value::BigInt(r.input_offset))
+                .with("watermark_ms", Value::BigInt(r.watermark_ms))
+        })
+        .collect();
+    PARTITION_DAYS.upsert(tx, rows).await?;
+    let keys: Vec<Row> = days.iter().map(|d| day_key(*d)).collect();
+    DAY_TOTALS.apply(&DAYS, tx, &keys).await
+}
+
+fn day_key(day: DayStart) -> Row {
+    Row::new().with("day_start_ms", Value::BigInt(day.start_ms()))
 }
 
 /// The hour totals in `[from_ms, to_ms)`, by hour start.
@@ -148,9 +137,10 @@ static SELECT_RANGE_SUMS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The counts of a range read's row, by column name.
 fn counts_of(row: &tokio_postgres::Row) -> HourCounts {
-    let values: [u64; COUNTS] = COUNT_FIELDS.map(|f| u64::try_from(row.get::<_, i64>(f.column)).unwrap_or(0));
-    counts_from_values(values)
+    let values = crate::read_model::COUNT_FIELDS.map(|f| u64::try_from(row.get::<_, i64>(f.column)).unwrap_or(0));
+    HourCounts::from_array(values)
 }
 
 /// The totals of every hour in `[from_ms, to_ms)` that has any, by hour start.
@@ -220,9 +210,10 @@ pub async fn read_sums(
 /// # Errors
 /// [`PgError`] when PostgreSQL cannot answer.
 pub async fn read_day_users(client: &deadpool_postgres::Client, day: DayStart) -> Result<u64, PgError> {
-    let stmt = client.prepare_cached("SELECT unique_users FROM daily_aggregates WHERE day_start_ms = $1").await?;
-    let row = client.query_opt(&stmt, &[&day.start_ms()]).await?;
-    Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    match DAYS.read(client, &day_key(day)).await? {
+        Some(stored) => stored.row.count("unique_users"),
+        None => Ok(0),
+    }
 }
 
 /// Sketches fetched per round trip while merging a range: at most
