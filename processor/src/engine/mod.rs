@@ -26,6 +26,7 @@
 
 pub mod dedup;
 pub mod emitter;
+pub mod io;
 pub mod metrics;
 pub mod partition;
 mod pipeline;
@@ -39,7 +40,7 @@ use std::future::Future;
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 
-pub use pipeline::{Processor, ProcessorError, ProcessorSettings};
+pub use pipeline::{Parts, Processor, ProcessorError, ProcessorSettings};
 use tables::StateTx;
 
 /// How far one partition's state has got: every record below `next_offset`
