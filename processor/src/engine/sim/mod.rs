@@ -16,10 +16,12 @@
 //! increments do, each in its crate's `sim` tests (docs/architecture.md,
 //! "Deterministic simulation").
 
+mod io;
 mod log;
 mod store;
 
 pub mod harness;
 
+pub use io::{Control, Leases, SimClock, SimIo, SimMembers, SimSource};
 pub use log::{LogFault, LogRecord, MemLog, MemProducer};
 pub use store::{MemStore, StoreFault};
