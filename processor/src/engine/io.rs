@@ -185,8 +185,8 @@ impl Source for KafkaSource {
         self.consumer.assign(&common::engine::kafka::assignment(&self.topic, positions)?)
     }
 
-    fn recv(&self) -> impl Future<Output = Option<Result<BorrowedMessage<'_>, KafkaError>>> + Send {
-        async move { self.consumer.stream().next().await }
+    async fn recv(&self) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
+        self.consumer.stream().next().await
     }
 
     fn try_recv(&self) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
@@ -258,10 +258,8 @@ pub struct TokioClock;
 pub struct TokioTicker(tokio::time::Interval);
 
 impl Ticker for TokioTicker {
-    fn tick(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            self.0.tick().await;
-        }
+    async fn tick(&mut self) {
+        self.0.tick().await;
     }
 }
 

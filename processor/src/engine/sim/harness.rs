@@ -3,20 +3,30 @@
 //!
 //! One seed draws a run of one workload ([`Simulated`]: analytics or
 //! increments): 1–3 events partitions, 2–3 processor instances, a stream of
-//! events (late ones, retries of the same client id),
-//! and a few hundred steps, each chosen by the seeded generator: the command
-//! appends events; an instance consumes some of a partition it holds, or
-//! checkpoints it (store, then emit); an instance crashes (its memory is
-//! gone) or restarts; a partition moves to another instance, gracefully
-//! (final checkpoint) or not (the former owner goes on as a zombie until a
-//! fence or its heartbeat stops it); an instance heartbeats (claims what it
-//! was given, drops what it lost); the next store or log transaction fails
-//! (before commit, or after it with the reply lost). Then the run quiesces
-//! (no faults, every instance up, every partition claimed, consumed to the
-//! end and checkpointed) and the read model — per aggregate key, the
-//! committed record with the highest input offset, the materializer's guard
-//! — must equal the exact fold of the acknowledged events (each client id
-//! once).
+//! events (late ones, retries of the same client id). Each instance is a
+//! real [`Processor`] — the production loop, `run` to `leave` — over
+//! [`SimIo`]: the in-memory store and log, and a consumer, a lease group
+//! and timers the harness controls. Its loop is a future the harness polls
+//! (no runtime, no threads, a no-op waker) until it waits again; it only
+//! ever waits for the harness: a timer, a record, a heartbeat, a stalled
+//! transaction.
+//!
+//! Then a few hundred steps, each chosen by the seeded generator: the
+//! command appends events; an instance's consumer delivers some records of
+//! a partition it is assigned (sometimes again from a few records back); its
+//! checkpoint or heartbeat timer fires (a heartbeat may fail: the instance
+//! keeps what it holds); an instance crashes (its future dropped: memory and
+//! transactions in flight gone) or is stopped (final checkpoint, leave), or
+//! restarts; a partition moves to another instance, handed over at its
+//! holder's next heartbeat or taken behind its back (the former holder goes
+//! on as a zombie until a heartbeat or a fence stops it); a stalled
+//! transaction goes on; the next store or log transaction fails (before
+//! commit, after it with the reply lost, or stalls). Then the run quiesces
+//! (no faults, every instance up, rounds of heartbeats, deliveries and
+//! checkpoints until nothing is written) and the read model — per aggregate
+//! key, the committed record with the highest input offset, the
+//! materializer's guard — must equal the exact fold of the acknowledged
+//! events (each client id once).
 //!
 //! `SIM_SEED=1234 cargo test -p <workload> --lib sim` replays one seed and prints its steps; `SIM_SEEDS=n` runs seeds 0..n
 //! (default 1000).
@@ -86,8 +96,11 @@ struct Instance {
     control: Arc<Control>,
     token: CancellationToken,
     /// The processor's `run`, until it crashes (dropped) or stops; `None`: down.
-    run: Option<Pin<Box<dyn Future<Output = Result<(), ProcessorError>>>>>,
+    run: Option<Running>,
 }
+
+/// A processor's `run`, as the harness polls it.
+type Running = Pin<Box<dyn Future<Output = Result<(), ProcessorError>>>>;
 
 /// What a run (or the sum of runs) did, for the summaries.
 #[derive(Debug, Default, Clone, Copy)]
@@ -574,6 +587,20 @@ fn compare<V: std::fmt::Debug + PartialEq>(
 /// # Errors
 /// What the run found wrong (the seed reproduces it).
 pub fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+    if verbose {
+        // The loop's own log lines, between the harness's steps.
+        let log = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        return tracing::subscriber::with_default(log, || run_seed_quietly::<W>(seed, true));
+    }
+    run_seed_quietly::<W>(seed, false)
+}
+
+fn run_seed_quietly<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
     let mut sim = Sim::<W>::new(seed, verbose);
     let events: Vec<(i32, W::Event)> = sim.pending.iter().cloned().collect();
     if verbose {
