@@ -47,8 +47,7 @@ const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What the loop does with a partition after a failed checkpoint (the
-/// simulation applies the same policy).
+/// What the loop does with a partition after a failed checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterCheckpoint {
     /// Keep it: the store failed and wrote nothing, so the next tick retries.

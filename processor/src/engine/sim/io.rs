@@ -322,3 +322,60 @@ impl Clock for SimClock {
         std::iter::repeat(Duration::ZERO)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn members(me: usize, leases: &Arc<Mutex<Leases>>) -> SimMembers {
+        SimMembers::new(me, leases.clone(), Arc::default())
+    }
+
+    #[test]
+    fn a_heartbeat_plans_as_the_lease_group_does() {
+        let leases = Arc::new(Mutex::new(Leases {
+            meant: BTreeMap::from([(0, 0), (1, 0), (2, 1)]),
+            holder: BTreeMap::from([(0, None), (1, Some(1)), (2, Some(0))]),
+        }));
+        let (a, b) = (members(0, &leases), members(1, &leases));
+        // Meant for a: 0 is free (acquired), 1 is held by b (not yet); a holds 2, meant for b (hand over).
+        let plan = block_on(a.changes(&BTreeSet::from([2]))).expect("a plan");
+        assert_eq!((plan.acquired, plan.to_release, plan.lost), (vec![0], vec![2], vec![]));
+        block_on(a.release(&[2])).expect("released");
+        // b holds 1's lease but 1 is meant for a: b hands it over; 2 is free now, and b's.
+        let plan = block_on(b.changes(&BTreeSet::from([1]))).expect("a plan");
+        assert_eq!((plan.acquired, plan.to_release, plan.lost), (vec![2], vec![1], vec![]));
+        // A partition a owns and is meant for, whose lease another took: lost.
+        leases.lock().unwrap().holder.insert(0, Some(1));
+        let plan = block_on(a.changes(&BTreeSet::from([0]))).expect("a plan");
+        assert_eq!(plan.lost, vec![0]);
+        // A failing heartbeat changes nothing.
+        a.control.set_heartbeat_fails(true);
+        assert!(block_on(a.changes(&BTreeSet::new())).is_none());
+    }
+
+    #[test]
+    fn the_source_delivers_only_what_the_harness_lets_it() {
+        let log = MemLog::new();
+        for n in 0..5u8 {
+            log.append_event(0, vec![n], vec![n], 0);
+        }
+        let control = Arc::new(Control::default());
+        let source = SimSource::new(log, control.clone());
+        source.assign(vec![(0, 1)]).expect("assigned");
+        assert!(source.recv().now_or_never().is_none(), "nothing delivered before the harness says so");
+        control.deliver(Some((0, 2)));
+        let first = block_on(source.recv()).expect("a record").expect("no error");
+        assert_eq!(first.fetched().offset, 1);
+        assert_eq!(source.try_recv().expect("the second").expect("no error").fetched().offset, 2);
+        assert!(source.try_recv().is_none(), "two at most");
+        control.rewind(0, 2);
+        control.deliver(Some((0, 1)));
+        assert_eq!(source.try_recv().expect("again").expect("no error").fetched().offset, 1);
+        source.stall(0, 2, None);
+        assert!(control.assigned().is_empty(), "a stopped partition is not consumed");
+    }
+}
