@@ -20,7 +20,7 @@
 //! partition whose emit or claim fails is dropped and claimed again at the
 //! next heartbeat; the loop goes on with the others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,9 @@ pub struct Processor<W: Aggregation, I: Io = Production> {
     emit_bytes_per_sec: u64,
     /// No tick checkpoints before this: the pause the last round's emitted bytes call for.
     paced_until: Instant,
-    owned: HashMap<i32, Owned<W, I>>,
+    /// Ordered, so that the partitions are claimed and checkpointed in one
+    /// order, the same in every simulated run of a seed.
+    owned: BTreeMap<i32, Owned<W, I>>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
     partitions: i32,
@@ -175,7 +177,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             retention_ms: settings.retention_ms,
             checkpoint_interval: settings.checkpoint_interval,
             emit_bytes_per_sec: settings.emit_bytes_per_sec,
-            owned: HashMap::new(),
+            owned: BTreeMap::new(),
             applied: 0,
             partitions: settings.partitions,
         }
@@ -430,7 +432,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         // All partitions at once: each has its own PostgreSQL connection and Kafka
         // transaction, so a round takes as long as the slowest, not the sum.
         let (workload, store) = (&self.workload, &self.store);
-        let rounds = self.owned.drain().map(|(p, mut owned)| async move {
+        let rounds = std::mem::take(&mut self.owned).into_iter().map(|(p, mut owned)| async move {
             let result = checkpoint_partition(workload, store, p, &mut owned).await;
             (p, owned, result)
         });
