@@ -7,6 +7,7 @@
 //!   state_store  position + epoch + ids + outbox (the `Store` trait; PostgreSQL)
 //!   tables       the storage a workload declares (keyed rows, hash chunks) and its `StateTx`
 //!   emitter      one transactional producer per owned partition (the `Log` trait; Kafka)
+//!   io           the loop's consumer, lease group and clock (`Source`, `Members`, `Clock`) and `Io`, the bundle
 //!   sim          in-memory Store and Log, and the seeded simulation (tests, feature `sim`)
 //!   dedup        event ids, held while their hour is open
 //! ```

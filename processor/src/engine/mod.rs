@@ -18,14 +18,18 @@
 //! persist that state (in the tables it declares, [`tables`], written inside
 //! the engine's transaction) and the records it emits.
 //!
-//! The state store ([`state_store::Store`]) and the aggregates log
-//! ([`emitter::Log`]) are traits with a PostgreSQL / Kafka implementation
-//! and an in-memory one (`sim`, in tests and behind the `sim` feature),
-//! over which a seeded simulation checks exactly-once (docs/architecture.md,
+//! The loop does all its I/O through traits, bundled as [`io::Io`]: the
+//! state store ([`state_store::Store`]), the aggregates log
+//! ([`emitter::Log`]), the events consumer ([`io::Source`]), the lease group
+//! ([`io::Members`]) and its timers ([`io::Clock`]); each has a production
+//! implementation (PostgreSQL, Kafka, tokio) and an in-memory one (`sim`, in
+//! tests and behind the `sim` feature), over which a seeded simulation runs
+//! the real loop and checks exactly-once (docs/architecture.md,
 //! "Deterministic simulation").
 
 pub mod dedup;
 pub mod emitter;
+pub mod io;
 pub mod metrics;
 pub mod partition;
 mod pipeline;
@@ -39,7 +43,7 @@ use std::future::Future;
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 
-pub use pipeline::{Processor, ProcessorError, ProcessorSettings};
+pub use pipeline::{Parts, Processor, ProcessorError, ProcessorSettings};
 use tables::StateTx;
 
 /// How far one partition's state has got: every record below `next_offset`

@@ -20,26 +20,22 @@
 //! partition whose emit or claim fails is dropped and claimed again at the
 //! next heartbeat; the loop goes on with the others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::{assignment, consumer_config};
+use common::engine::kafka::consumer_config;
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
-use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::StreamConsumer;
 use tracing::Instrument;
 
-use super::emitter::{AggregateEmitter, EmitError};
+use super::emitter::{AggregateEmitter, EmitError, Log};
+use super::io::{Clock, Io, KafkaSource, Members, Production, Source, SourceMessage, Ticker, Timer, TokioClock};
 use super::metrics as m;
-use super::partition::{
-    checkpoint_partition, emit_pause, open_claimed, FetchedRecord, OnRecord, OwnedPartition, MISROUTED,
-};
-use super::state_store::{StateStore, StoreError};
+use super::partition::{checkpoint_partition, emit_pause, open_claimed, OnRecord, OwnedPartition, MISROUTED};
+use super::state_store::{Claimed, StateStore, Store, StoreError};
 use super::Aggregation;
 
 /// Records taken per wake-up of the loop once one has arrived.
@@ -51,8 +47,7 @@ const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What the loop does with a partition after a failed checkpoint (the
-/// simulation applies the same policy).
+/// What the loop does with a partition after a failed checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterCheckpoint {
     /// Keep it: the store failed and wrote nothing, so the next tick retries.
@@ -96,21 +91,35 @@ pub struct ProcessorSettings {
     pub partitions: i32,
 }
 
-type Owned<S> = OwnedPartition<S>;
+type Owned<W, I> = OwnedPartition<<W as Aggregation>::State, <<I as Io>::Log as Log>::Producer>;
 
-pub struct Processor<W: Aggregation> {
+/// What a processor is built over ([`Processor::assemble`]): its [`Io`], one of each.
+pub struct Parts<I: Io> {
+    pub source: I::Source,
+    pub members: I::Members,
+    pub store: I::Store,
+    pub emitter: AggregateEmitter<I::Log>,
+    pub clock: I::Clock,
+}
+
+/// One workload's processor loop, over Kafka and PostgreSQL ([`Production`])
+/// or the simulation's memory.
+pub struct Processor<W: Aggregation, I: Io = Production> {
     workload: W,
-    consumer: Arc<StreamConsumer>,
-    membership: Membership,
-    store: StateStore,
-    emitter: AggregateEmitter,
+    source: Arc<I::Source>,
+    membership: I::Members,
+    store: I::Store,
+    emitter: AggregateEmitter<I::Log>,
+    clock: I::Clock,
     topic: String,
     retention_ms: i64,
     checkpoint_interval: Duration,
     emit_bytes_per_sec: u64,
     /// No tick checkpoints before this: the pause the last round's emitted bytes call for.
     paced_until: Instant,
-    owned: HashMap<i32, Owned<W::State>>,
+    /// Ordered, so that the partitions are claimed and checkpointed in one
+    /// order, the same in every simulated run of a seed.
+    owned: BTreeMap<i32, Owned<W, I>>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
     partitions: i32,
@@ -140,21 +149,38 @@ impl<W: Aggregation> Processor<W> {
         membership: Membership,
     ) -> Result<Self, ProcessorError> {
         let consumer: StreamConsumer = consumer_config(&settings.kafka, &settings.group_id, "processor").create()?;
-        Ok(Processor {
-            workload,
-            consumer: Arc::new(consumer),
-            membership,
+        let parts = Parts {
+            source: KafkaSource::new(consumer, &settings.events_topic, m::PARTITION_STALLED, m::CONSUMER_LAG),
+            members: membership,
             store,
             emitter: AggregateEmitter::new(&settings.kafka, settings, settings.delivery_timeout)?,
+            clock: TokioClock,
+        };
+        Ok(Processor::assemble(workload, settings, parts))
+    }
+}
+
+impl<W: Aggregation, I: Io> Processor<W, I> {
+    /// A processor over any [`Io`] (the simulation's, say); `settings.kafka`
+    /// and `delivery_timeout` are the parts' business, not read here.
+    pub fn assemble(workload: W, settings: &ProcessorSettings, parts: Parts<I>) -> Self {
+        let Parts { source, members, store, emitter, clock } = parts;
+        Processor {
+            workload,
+            source: Arc::new(source),
+            membership: members,
+            store,
+            emitter,
+            paced_until: clock.now(),
+            clock,
             topic: settings.events_topic.clone(),
             retention_ms: settings.retention_ms,
             checkpoint_interval: settings.checkpoint_interval,
             emit_bytes_per_sec: settings.emit_bytes_per_sec,
-            paced_until: Instant::now(),
-            owned: HashMap::new(),
+            owned: BTreeMap::new(),
             applied: 0,
             partitions: settings.partitions,
-        })
+        }
     }
 
     /// Runs until `token` is cancelled, then checkpoints what it holds and leaves the group.
@@ -182,20 +208,20 @@ impl<W: Aggregation> Processor<W> {
     }
 
     async fn run_loop(&mut self, token: &CancellationToken) -> Result<(), ProcessorError> {
-        let mut tick = tokio::time::interval(self.checkpoint_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = self.clock.ticker(Timer::Checkpoint, self.checkpoint_interval);
+        let mut heartbeat = self.clock.ticker(Timer::Heartbeat, self.membership.heartbeat_interval());
+        let mut gauges = self.clock.ticker(Timer::Gauges, Duration::from_secs(5));
         tracing::info!(workload = W::NAME, member = self.membership.member_id(), "joining the processor group");
         // A handle of our own: messages borrow it while `self` is changed.
-        let consumer = self.consumer.clone();
-        let (mut backlogged, mut last_checkpoint) = (false, Instant::now());
+        let source = self.source.clone();
+        let (mut backlogged, mut last_checkpoint) = (false, self.clock.now());
         loop {
             // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint:
             // checkpoint before reading more (bounds a checkpoint, and the state's growth
             // while PostgreSQL fails).
             let full = self.owned.values().any(OwnedPartition::is_full);
+            // Biased: the branches are polled in this order, never at random, so
+            // that a simulated run is a function of its seed.
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
@@ -203,22 +229,24 @@ impl<W: Aggregation> Processor<W> {
                     // Behind (a backlog): checkpoint less often, so that the loop spends its
                     // time consuming rather than waiting for commits. Counts are the same;
                     // only the freshness of a backlog's progress is coarser.
-                    let paced = Instant::now() < self.paced_until;
-                    if full || !(paced || backlogged && last_checkpoint.elapsed() < BACKLOG_CHECKPOINT_INTERVAL) {
+                    let now = self.clock.now();
+                    let paced = now < self.paced_until;
+                    let recent = now.saturating_duration_since(last_checkpoint) < BACKLOG_CHECKPOINT_INTERVAL;
+                    if full || !(paced || backlogged && recent) {
                         self.checkpoint_all().await?;
-                        last_checkpoint = Instant::now();
+                        last_checkpoint = self.clock.now();
                     }
                 }
                 _ = heartbeat.tick() => self.rebalance(token).await?,
                 _ = gauges.tick() => self.record_gauges(),
-                msg = async { consumer.stream().next().await }, if !full => match msg {
+                msg = source.recv(), if !full => match msg {
                     Some(msg) => {
                         self.on_message(msg);
                         // Take what is already fetched without going round the select
                         // (timers, cancellation) for every record: a backlog drains faster.
                         backlogged = true;
                         for _ in 0..DRAIN_BATCH {
-                            match consumer.recv().now_or_never() {
+                            match source.try_recv() {
                                 Some(msg) => self.on_message(msg),
                                 None => {
                                     backlogged = false;
@@ -228,7 +256,7 @@ impl<W: Aggregation> Processor<W> {
                         }
                         if self.owned.values().any(OwnedPartition::is_full) {
                             self.checkpoint_all().await?;
-                            last_checkpoint = Instant::now();
+                            last_checkpoint = self.clock.now();
                         }
                     }
                     None => break,
@@ -293,24 +321,22 @@ impl<W: Aggregation> Processor<W> {
             .owned
             .iter()
             .filter(|(_, o)| o.stalled_at.is_none())
-            .map(|(p, o)| (*p, Offset::Offset(o.position.next_offset)));
-        self.consumer.assign(&assignment(&self.topic, positions)?)?;
+            .map(|(p, o)| (*p, o.position.next_offset))
+            .collect();
+        self.source.assign(positions)?;
         Ok(())
     }
 
-    fn on_message(&mut self, msg: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
+    fn on_message(&mut self, msg: Result<impl SourceMessage, rdkafka::error::KafkaError>) {
         let msg = match msg {
             Ok(msg) => msg,
             Err(e) => return tracing::warn!(error = %e, "consumer error"),
         };
-        let (partition, offset) = (msg.partition(), msg.offset());
+        let partition = msg.partition();
         // A message fetched before a partition was handed over: not ours any more.
         let Some(owned) = self.owned.get_mut(&partition) else { return };
-        let log_append_ms = match msg.timestamp() {
-            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
-            _ => None,
-        };
-        let fetched = FetchedRecord { offset, key: msg.key(), payload: msg.payload(), log_append_ms };
+        let fetched = msg.fetched();
+        let offset = fetched.offset;
         match owned.on_record(&self.workload, self.partitions, partition, fetched) {
             OnRecord::Applied => self.applied += 1,
             OnRecord::Ignored => {}
@@ -325,14 +351,7 @@ impl<W: Aggregation> Processor<W> {
                 }
                 metrics::counter!(m::EVENTS_SKIPPED, "workload" => W::NAME, "reason" => reason.0).increment(1);
             }
-            OnRecord::Stalled(error) => common::engine::kafka::stall_partition(
-                &*self.consumer,
-                &self.topic,
-                partition,
-                offset,
-                error,
-                m::PARTITION_STALLED,
-            ),
+            OnRecord::Stalled(error) => self.source.stall(partition, offset, error),
         }
     }
 
@@ -344,26 +363,17 @@ impl<W: Aggregation> Processor<W> {
         &self,
         partition: i32,
         token: &CancellationToken,
-    ) -> Result<Option<(i32, Owned<W::State>)>, ProcessorError> {
+    ) -> Result<Option<(i32, Owned<W, I>)>, ProcessorError> {
         let started = Instant::now();
-        let attempt = || self.store.claim(&self.workload, partition, self.retention_ms);
-        let policy = common::engine::retry::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
-        let retried = common::engine::retry::until_cancelled(
-            token,
-            policy,
-            "claiming the state",
-            attempt,
-            StoreError::is_retryable,
-        );
         // The span names the partition in the retry warnings.
+        let retried = self.claim_retried(partition, token);
         let Some(claimed) = retried.instrument(tracing::info_span!("claim", workload = W::NAME, partition)).await
         else {
             return Ok(None);
         };
         let claimed = claimed?;
         let position = claimed.position;
-        common::engine::kafka::check_position(self.consumer.clone(), &self.topic, partition, position.next_offset)
-            .await?;
+        self.source.check_position(partition, position.next_offset).await?;
         let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
         let owned = open_claimed(&self.workload, &self.topic, &self.emitter, partition, claimed).await?;
         tracing::info!(
@@ -381,17 +391,48 @@ impl<W: Aggregation> Processor<W> {
         Ok(Some((partition, owned)))
     }
 
+    /// Claims the partition's state in the store until it succeeds or fails
+    /// with an error that is not retryable, backing off in between
+    /// (`common::engine::retry::until_cancelled`, with the clock's waits);
+    /// `None` when `token` is cancelled first.
+    async fn claim_retried(
+        &self,
+        partition: i32,
+        token: &CancellationToken,
+    ) -> Option<Result<Claimed<W::State>, StoreError>> {
+        let mut waits = self.clock.backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = token.cancelled() => return None,
+                result = self.store.claim(&self.workload, partition, self.retention_ms) => result,
+            };
+            match result {
+                Err(e) if e.is_retryable() => {
+                    let wait = waits.next().unwrap_or(CLAIM_RETRY_MAX);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "claiming the state failed; retrying");
+                    tokio::select! {
+                        biased;
+                        _ = token.cancelled() => return None,
+                        _ = self.clock.sleep(wait) => {}
+                    }
+                }
+                result => return Some(result),
+            }
+        }
+    }
+
     async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
         if self.applied > 0 {
             metrics::counter!(m::EVENTS_APPLIED, "workload" => W::NAME).increment(std::mem::take(&mut self.applied));
         }
-        let started = Instant::now();
-        let mut commits = TopicPartitionList::new();
+        let started = self.clock.now();
+        let mut commits = Vec::new();
         let mut fenced = false;
         // All partitions at once: each has its own PostgreSQL connection and Kafka
         // transaction, so a round takes as long as the slowest, not the sum.
         let (workload, store) = (&self.workload, &self.store);
-        let rounds = self.owned.drain().map(|(p, mut owned)| async move {
+        let rounds = std::mem::take(&mut self.owned).into_iter().map(|(p, mut owned)| async move {
             let result = checkpoint_partition(workload, store, p, &mut owned).await;
             (p, owned, result)
         });
@@ -400,7 +441,7 @@ impl<W: Aggregation> Processor<W> {
         for (p, owned, result) in results {
             match (after_checkpoint(&result), result) {
                 (_, Ok(Some(next))) => {
-                    commits.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
+                    commits.push((p, next));
                     self.owned.insert(p, owned);
                 }
                 (_, Ok(None)) => {
@@ -439,17 +480,13 @@ impl<W: Aggregation> Processor<W> {
         self.paced_until = started + emit_pause(emitted, self.emit_bytes_per_sec);
         if retry_later {
             // Kept as a plain pause: the retry is the next checkpoint tick, this only applies backpressure.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.clock.sleep(Duration::from_millis(500)).await;
         }
         if fenced {
             self.assign_owned()?;
         }
-        if commits.count() > 0 {
-            // Only a hint for lag tooling: positions come from the state store.
-            if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
-                tracing::debug!(error = %e, "offset commit failed");
-            }
-        }
+        // Only a hint for lag tooling: positions come from the state store.
+        self.source.commit_hint(&commits)?;
         Ok(())
     }
 
@@ -462,7 +499,7 @@ impl<W: Aggregation> Processor<W> {
             .set(self.owned.values().map(|o| o.ids.heap_bytes()).sum::<usize>() as f64);
         self.workload.record_gauges(self.owned.values().map(|o| &o.state));
         let positions = self.owned.iter().map(|(p, o)| (*p, o.position.next_offset)).collect();
-        common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
+        self.source.record_lag(positions);
         for p in 0..self.partitions {
             let stalled = self.owned.get(&p).is_some_and(|o| o.stalled_at.is_some());
             metrics::gauge!(m::PARTITION_STALLED, "topic" => self.topic.clone(), "partition" => p.to_string())

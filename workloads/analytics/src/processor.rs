@@ -43,6 +43,7 @@ const USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_user_chunks", col
 const DAY_USER_CHUNKS: ChunkTable = ChunkTable { table: "processor_day_user_chunks", column: "users" };
 
 /// The analytics workload; holds the deployment's hour retention.
+#[derive(Debug, Clone, Copy)]
 pub struct Analytics {
     /// How long after its end an hour stays open, on the partition's watermark.
     pub retention_ms: i64,

@@ -22,6 +22,7 @@ static SUMS: std::sync::LazyLock<RowTable> = std::sync::LazyLock::new(|| RowTabl
 });
 
 /// The increments workload.
+#[derive(Debug, Clone, Copy)]
 pub struct Increments;
 
 /// Keys changed since the last checkpoint, with their sums, sorted by key.

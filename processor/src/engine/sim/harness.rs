@@ -3,20 +3,30 @@
 //!
 //! One seed draws a run of one workload ([`Simulated`]: analytics or
 //! increments): 1–3 events partitions, 2–3 processor instances, a stream of
-//! events (late ones, retries of the same client id),
-//! and a few hundred steps, each chosen by the seeded generator: the command
-//! appends events; an instance consumes some of a partition it holds, or
-//! checkpoints it (store, then emit); an instance crashes (its memory is
-//! gone) or restarts; a partition moves to another instance, gracefully
-//! (final checkpoint) or not (the former owner goes on as a zombie until a
-//! fence or its heartbeat stops it); an instance heartbeats (claims what it
-//! was given, drops what it lost); the next store or log transaction fails
-//! (before commit, or after it with the reply lost). Then the run quiesces
-//! (no faults, every instance up, every partition claimed, consumed to the
-//! end and checkpointed) and the read model — per aggregate key, the
-//! committed record with the highest input offset, the materializer's guard
-//! — must equal the exact fold of the acknowledged events (each client id
-//! once).
+//! events (late ones, retries of the same client id). Each instance is a
+//! real [`Processor`] — the production loop, `run` to `leave` — over
+//! [`SimIo`]: the in-memory store and log, and a consumer, a lease group
+//! and timers the harness controls. Its loop is a future the harness polls
+//! (no runtime, no threads, a no-op waker) until it waits again; it only
+//! ever waits for the harness: a timer, a record, a heartbeat, a stalled
+//! transaction.
+//!
+//! Then a few hundred steps, each chosen by the seeded generator: the
+//! command appends events; an instance's consumer delivers some records of
+//! a partition it is assigned (sometimes again from a few records back); its
+//! checkpoint or heartbeat timer fires (a heartbeat may fail: the instance
+//! keeps what it holds); an instance crashes (its future dropped: memory and
+//! transactions in flight gone) or is stopped (final checkpoint, leave), or
+//! restarts; a partition moves to another instance, handed over at its
+//! holder's next heartbeat or taken behind its back (the former holder goes
+//! on as a zombie until a heartbeat or a fence stops it); a stalled
+//! transaction goes on; the next store or log transaction fails (before
+//! commit, after it with the reply lost, or stalls). Then the run quiesces
+//! (no faults, every instance up, rounds of heartbeats, deliveries and
+//! checkpoints until nothing is written) and the read model — per aggregate
+//! key, the committed record with the highest input offset, the
+//! materializer's guard — must equal the exact fold of the acknowledged
+//! events (each client id once).
 //!
 //! `SIM_SEED=1234 cargo test -p <workload> --lib sim` replays one seed and prints its steps; `SIM_SEEDS=n` runs seeds 0..n
 //! (default 1000).
@@ -28,18 +38,22 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
+use common::engine::config::KafkaConfig;
 use common::engine::progress::{decode_progress, PROGRESS_KEY_PREFIX};
+use common::engine::shutdown::CancellationToken;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{LogFault, MemLog, MemProducer, MemStore, StoreFault};
+use super::io::{Control, Leases, SimClock, SimIo, SimMembers, SimSource};
+use super::{LogFault, MemLog, MemStore, StoreFault};
 use crate::engine::emitter::AggregateEmitter;
-use crate::engine::partition::{checkpoint_partition, claim_partition, FetchedRecord, OnRecord, OwnedPartition};
-use crate::engine::pipeline::{after_checkpoint, AfterCheckpoint};
+use crate::engine::io::Timer;
 use crate::engine::plant;
-use crate::engine::{Aggregation, Emit, Planted, ProcessorError};
+use crate::engine::{Aggregation, Emit, Parts, Planted, Processor, ProcessorError, ProcessorSettings};
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// The start of the hour the simulated broker clock starts in.
@@ -52,7 +66,7 @@ const STEPS: usize = 300;
 
 /// A workload as the simulation drives it: what the command appends, and
 /// what the read model must hold once the run quiesces.
-pub trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> {
+pub trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> + Clone {
     /// The read model's value of one aggregate key.
     type Value: std::fmt::Debug + PartialEq;
 
@@ -73,32 +87,26 @@ pub trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> {
     fn fold(events: &[(i32, Self::Event)]) -> BTreeMap<String, Self::Value>;
 }
 
-type Owned<W> = OwnedPartition<<W as Aggregation>::State, MemProducer>;
+/// The loop's checkpoint interval (each checkpoint tick moves an instance's clock by it).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// One processor instance: what it holds in memory.
-struct Instance<W: Simulated> {
-    up: bool,
-    owned: BTreeMap<i32, Owned<W>>,
+/// One processor instance: a real [`Processor`] over [`SimIo`], its loop a
+/// future the harness polls, and what the harness controls of it.
+struct Instance {
+    control: Arc<Control>,
+    token: CancellationToken,
+    /// The processor's `run`, until it crashes (dropped) or stops; `None`: down.
+    run: Option<Running>,
 }
 
-/// The end of a claim or checkpoint.
-enum Outcome<W: Simulated> {
-    Claim(Result<Owned<W>, ProcessorError>),
-    Checkpoint(Owned<W>, Result<Option<i64>, ProcessorError>),
-}
-
-/// A claim or checkpoint held up in the network (its emit stalled): the
-/// run goes on around it, and a later step finishes it.
-struct InFlight<W: Simulated> {
-    instance: usize,
-    partition: i32,
-    op: Pin<Box<dyn Future<Output = Outcome<W>>>>,
-}
+/// A processor's `run`, as the harness polls it.
+type Running = Pin<Box<dyn Future<Output = Result<(), ProcessorError>>>>;
 
 /// What a run (or the sum of runs) did, for the summaries.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
     pub crashes: u32,
+    pub stops: u32,
     pub moves: u32,
     pub zombie_fences: u32,
     pub store_faults: u32,
@@ -106,12 +114,15 @@ pub struct Counts {
     pub claims: u32,
     pub checkpoints: u32,
     pub stalls: u32,
+    pub redeliveries: u32,
+    pub failed_heartbeats: u32,
     pub retries: u32,
 }
 
 impl Counts {
     fn add(&mut self, o: Counts) {
         self.crashes += o.crashes;
+        self.stops += o.stops;
         self.moves += o.moves;
         self.zombie_fences += o.zombie_fences;
         self.store_faults += o.store_faults;
@@ -119,6 +130,8 @@ impl Counts {
         self.claims += o.claims;
         self.checkpoints += o.checkpoints;
         self.stalls += o.stalls;
+        self.redeliveries += o.redeliveries;
+        self.failed_heartbeats += o.failed_heartbeats;
         self.retries += o.retries;
     }
 }
@@ -128,12 +141,11 @@ struct Sim<W: Simulated> {
     log: MemLog,
     store: MemStore,
     partitions: i32,
-    instances: Vec<Instance<W>>,
-    /// The lease of each partition: the instance meant to hold it.
-    lease: BTreeMap<i32, usize>,
-    in_flight: Vec<InFlight<W>>,
-    /// Set when a checkpoint wrote or failed: the quiescing run is not done yet.
-    busy: bool,
+    instances: Vec<Instance>,
+    /// Each partition's lease: the instance it is meant for, and its holder.
+    leases: Arc<Mutex<Leases>>,
+    /// The run's start on every instance's clock.
+    start: Instant,
     /// Events the command has yet to append, in order.
     pending: VecDeque<(i32, W::Event)>,
     counts: Counts,
@@ -151,22 +163,28 @@ impl<W: Simulated> Sim<W> {
             .into_iter()
             .map(|e| (common::engine::kafka::partition_for(&W::record(&e).0, partitions), e))
             .collect();
-        let instances = (0..n).map(|_| Instance { up: true, owned: BTreeMap::new() }).collect();
-        let lease = (0..partitions).map(|p| (p, p as usize % n)).collect();
-        let store = MemStore::new(TOPIC);
-        Sim {
+        let leases = Leases {
+            meant: (0..partitions).map(|p| (p, p as usize % n)).collect(),
+            holder: (0..partitions).map(|p| (p, None)).collect(),
+        };
+        let instances =
+            (0..n).map(|_| Instance { control: Arc::default(), token: CancellationToken::new(), run: None }).collect();
+        let mut sim = Sim {
             rng,
             log,
-            store,
+            store: MemStore::new(TOPIC),
             partitions,
             instances,
-            lease,
-            in_flight: Vec::new(),
-            busy: false,
+            leases: Arc::new(Mutex::new(leases)),
+            start: Instant::now(),
             pending,
             counts,
             verbose,
+        };
+        for i in 0..n {
+            sim.start(i);
         }
+        sim
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
@@ -175,12 +193,69 @@ impl<W: Simulated> Sim<W> {
         }
     }
 
+    fn is_up(&self, i: usize) -> bool {
+        self.instances[i].run.is_some()
+    }
+
     fn up_instances(&self) -> Vec<usize> {
-        (0..self.instances.len()).filter(|i| self.instances[*i].up).collect()
+        (0..self.instances.len()).filter(|i| self.is_up(*i)).collect()
     }
 
     fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
         (!from.is_empty()).then(|| from[self.rng.random_range(0..from.len())])
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().expect("no panic while the leases are held")
+    }
+
+    /// Starts instance `i`: a new processor (nothing of a former one's memory), its loop not yet polled.
+    fn start(&mut self, i: usize) {
+        let control = Arc::new(Control::default());
+        let settings = ProcessorSettings {
+            kafka: KafkaConfig { brokers: "sim".to_owned(), create_topics: false },
+            events_topic: TOPIC.to_owned(),
+            aggregates_topic: "aggregates".to_owned(),
+            aggregates_partitions: 1,
+            group_id: "sim".to_owned(),
+            checkpoint_interval: CHECKPOINT_INTERVAL,
+            emit_bytes_per_sec: 0,
+            delivery_timeout: Duration::from_secs(10),
+            retention_ms: RETENTION_MS,
+            partitions: self.partitions,
+        };
+        let parts = Parts::<SimIo> {
+            source: SimSource::new(self.log.clone(), control.clone()),
+            members: SimMembers::new(i, self.leases.clone(), control.clone()),
+            store: self.store.clone(),
+            emitter: AggregateEmitter::over(self.log.clone(), TOPIC, 1),
+            clock: SimClock::new(control.clone(), self.start),
+        };
+        let processor = Processor::<W, SimIo>::assemble(W::get().clone(), &settings, parts);
+        let token = CancellationToken::new();
+        self.instances[i] = Instance { control, token: token.clone(), run: Some(Box::pin(processor.run(token))) };
+    }
+
+    /// Runs instance `i`'s loop until it waits (for a timer, a record, a
+    /// stalled transaction) or ends.
+    ///
+    /// # Errors
+    /// When the loop fails: nothing the simulation does may fail it.
+    fn poll(&mut self, i: usize) -> Result<(), String> {
+        let Some(run) = self.instances[i].run.as_mut() else { return Ok(()) };
+        match run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.trace(|| format!("i{i} stopped"));
+                self.instances[i].run = None;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(format!("i{i}: the processor's loop failed: {e}")),
+        }
+    }
+
+    fn poll_all(&mut self) -> Result<(), String> {
+        (0..self.instances.len()).try_for_each(|i| self.poll(i))
     }
 
     /// The command appends up to `n` events.
@@ -193,141 +268,60 @@ impl<W: Simulated> Sim<W> {
         }
     }
 
-    /// What the loop does with fetched records of an owned partition (`on_message`).
-    fn consume(&mut self, i: usize, partition: i32, max: usize) {
-        let records = {
-            let Some(owned) = self.instances[i].owned.get(&partition) else { return };
-            self.log.read_events(partition, owned.position.next_offset, max)
+    /// Instance `i`'s consumer delivers up to `max` records of `partition`, and its loop runs.
+    fn deliver(&mut self, i: usize, partition: i32, max: usize) -> Result<(), String> {
+        let control = self.instances[i].control.clone();
+        let from = control.assigned().get(&partition).copied();
+        control.deliver(Some((partition, max)));
+        let polled = self.poll(i);
+        control.deliver(None);
+        let to = control.assigned().get(&partition).copied();
+        self.trace(|| format!("i{i} consumes p{partition}: {from:?} -> {to:?}"));
+        polled
+    }
+
+    /// One of instance `i`'s timers fires, and its loop runs.
+    fn fire(&mut self, i: usize, timer: Timer) -> Result<(), String> {
+        let period = match timer {
+            Timer::Checkpoint => CHECKPOINT_INTERVAL,
+            Timer::Heartbeat => Duration::from_secs(1),
+            Timer::Gauges => Duration::ZERO,
         };
-        let owned = self.instances[i].owned.get_mut(&partition).expect("checked above");
-        for r in &records {
-            let fetched = FetchedRecord {
-                offset: r.offset,
-                key: Some(&r.key),
-                payload: Some(&r.payload),
-                log_append_ms: Some(r.appended_ms),
-            };
-            let outcome = owned.on_record(W::get(), self.partitions, partition, fetched);
-            if let OnRecord::Stalled(e) = outcome {
-                panic!("p{partition}@{}: the simulation writes only valid events: {e:?}", r.offset);
-            }
+        self.trace(|| format!("i{i}: {timer:?} timer"));
+        self.instances[i].control.fire(timer, period);
+        let before = self.store.counts();
+        let polled = self.poll(i);
+        let after = self.store.counts();
+        if after != before {
+            self.trace(|| format!("  claims, checkpoints, fenced: {before:?} -> {after:?}"));
         }
-        let next = owned.position.next_offset;
-        self.trace(|| format!("i{i} consumes p{partition}: {} records, next {next}", records.len()));
+        polled
     }
 
-    /// Starts a checkpoint of one partition (`checkpoint_partition`); it
-    /// finishes at once unless its emit stalls.
-    fn checkpoint(&mut self, i: usize, partition: i32) {
-        let Some(mut owned) = self.instances[i].owned.remove(&partition) else { return };
-        self.counts.checkpoints += 1;
-        let store = self.store.clone();
-        let op = async move {
-            let result = checkpoint_partition(W::get(), &store, partition, &mut owned).await;
-            Outcome::Checkpoint(owned, result)
-        };
-        self.start(i, partition, Box::pin(op));
-    }
-
-    /// Starts a claim of a partition leased to `i` (`Processor::claim`, one
-    /// attempt); it finishes at once unless its re-send stalls.
-    fn claim(&mut self, i: usize, partition: i32) {
-        self.counts.claims += 1;
-        let (store, log) = (self.store.clone(), self.log.clone());
-        let op = async move {
-            let emitter = AggregateEmitter::over(log, TOPIC, 1);
-            Outcome::Claim(claim_partition(W::get(), &store, &emitter, partition, RETENTION_MS).await)
-        };
-        self.start(i, partition, Box::pin(op));
-    }
-
-    fn start(&mut self, instance: usize, partition: i32, op: Pin<Box<dyn Future<Output = Outcome<W>>>>) {
-        let mut op = InFlight { instance, partition, op };
-        if !self.poll(&mut op) {
-            self.counts.stalls += 1;
-            self.trace(|| format!("i{instance}: p{partition}'s operation stalls"));
-            self.in_flight.push(op);
-        }
-    }
-
-    /// Polls an operation; true when it finished (and its outcome was applied).
-    fn poll(&mut self, op: &mut InFlight<W>) -> bool {
-        let (i, partition) = (op.instance, op.partition);
-        match op.op.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => false,
-            Poll::Ready(Outcome::Claim(Ok(owned))) => {
-                self.trace(|| format!("i{i} claims p{partition}: epoch {}, {:?}", owned.epoch, owned.position));
-                self.instances[i].owned.insert(partition, owned);
-                true
-            }
-            Poll::Ready(Outcome::Claim(Err(e))) => {
-                // Retried at the next heartbeat.
-                self.trace(|| format!("i{i} claim of p{partition} failed: {e}"));
-                true
-            }
-            Poll::Ready(Outcome::Checkpoint(owned, result)) => {
-                self.trace(|| format!("i{i} checkpoints p{partition}: {result:?}"));
-                // What the loop does with the outcome (`checkpoint_all`): keep the partition,
-                // or drop it (fenced; or its emit failed: the next heartbeat claims it again).
-                let after = after_checkpoint(&result);
-                if after == (AfterCheckpoint::Drop { fenced: true }) {
-                    self.counts.zombie_fences += 1;
-                }
-                if after == AfterCheckpoint::Keep {
-                    self.instances[i].owned.insert(partition, owned);
-                }
-                if matches!(result, Ok(Some(_)) | Err(_)) {
-                    self.busy = true;
-                }
-                true
-            }
-        }
-    }
-
-    /// Polls a stalled operation again.
-    fn resume(&mut self, k: usize) {
-        let mut op = self.in_flight.remove(k);
-        if !self.poll(&mut op) {
-            self.in_flight.push(op);
-        }
-    }
-
-    fn is_in_flight(&self, i: usize, partition: i32) -> bool {
-        self.in_flight.iter().any(|op| op.instance == i && op.partition == partition)
-    }
-
-    /// A heartbeat of `i` (`Processor::rebalance`): drops the partitions whose
-    /// lease it lost (unless it is too slow to notice: a zombie), claims those
-    /// leased to it.
-    fn heartbeat(&mut self, i: usize, notices_loss: bool) {
-        let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
-        for p in held {
-            if self.lease.get(&p) != Some(&i) && notices_loss {
-                self.trace(|| format!("i{i} drops p{p}: lease lost"));
-                self.instances[i].owned.remove(&p);
-            }
-        }
-        let mine: Vec<i32> = self.lease.iter().filter(|(_, owner)| **owner == i).map(|(p, _)| *p).collect();
-        for p in mine {
-            if !self.instances[i].owned.contains_key(&p) && !self.is_in_flight(i, p) {
-                self.claim(i, p);
-            }
-        }
-    }
-
-    /// Leases of partitions whose holder is down expire: another live instance takes them.
+    /// Leases not renewed expire: those of instances that are down, and
+    /// those their holder neither consumes nor is meant to (a heartbeat
+    /// renews only those); a live instance is meant to take a down one's.
     fn expire_leases(&mut self) {
         let up = self.up_instances();
         for p in 0..self.partitions {
-            if !self.instances[self.lease[&p]].up {
+            let (meant, holder) = {
+                let leases = self.leases();
+                (leases.meant[&p], leases.holder[&p])
+            };
+            let renewed =
+                |h: usize| self.is_up(h) && (h == meant || self.instances[h].control.assigned().contains_key(&p));
+            if holder.is_some_and(|h| !renewed(h)) {
+                self.leases().holder.insert(p, None);
+            }
+            if !self.is_up(meant) {
                 if let Some(to) = self.pick(&up) {
-                    self.lease.insert(p, to);
+                    self.leases().meant.insert(p, to);
                 }
             }
         }
     }
 
-    fn step(&mut self) {
+    fn step(&mut self) -> Result<(), String> {
         let up = self.up_instances();
         match self.rng.random_range(0..1000) {
             0..170 => {
@@ -335,63 +329,87 @@ impl<W: Simulated> Sim<W> {
                 self.append(n);
             }
             170..440 => {
-                let Some(i) = self.pick(&up) else { return };
-                let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
-                let Some(p) = self.pick(&held) else { return };
+                let Some(i) = self.pick(&up) else { return Ok(()) };
+                let assigned: Vec<i32> = self.instances[i].control.assigned().into_keys().collect();
+                let Some(p) = self.pick(&assigned) else { return Ok(()) };
+                if self.rng.random_bool(0.1) {
+                    // The consumer fetches again records it delivered (a re-fetch after a reconnect).
+                    let back = self.rng.random_range(1..=3);
+                    self.counts.redeliveries += 1;
+                    self.trace(|| format!("i{i}: p{p} delivered again from {back} back"));
+                    self.instances[i].control.rewind(p, back);
+                }
                 let max = self.rng.random_range(1..=8);
-                self.consume(i, p, max);
+                self.deliver(i, p, max)?;
             }
             440..680 => {
-                let Some(i) = self.pick(&up) else { return };
-                let held: Vec<i32> = self.instances[i].owned.keys().copied().collect();
-                if let Some(p) = self.pick(&held) {
-                    self.checkpoint(i, p);
+                let Some(i) = self.pick(&up) else { return Ok(()) };
+                if self.rng.random_bool(0.1) {
+                    self.instances[i].control.fire(Timer::Gauges, Duration::ZERO);
                 }
+                self.fire(i, Timer::Checkpoint)?;
             }
             680..740 => {
-                if !self.in_flight.is_empty() {
-                    let k = self.rng.random_range(0..self.in_flight.len());
-                    self.resume(k);
+                let stalled = self.log.stalled();
+                if stalled > 0 {
+                    let k = self.rng.random_range(0..stalled);
+                    self.trace(|| format!("stalled transaction {k} of {stalled} goes on"));
+                    self.log.release_stalled(k);
+                    self.poll_all()?;
                 }
             }
             740..755 => {
-                let Some(i) = self.pick(&up) else { return };
-                self.counts.crashes += 1;
-                self.trace(|| format!("i{i} crashes"));
-                let instance = &mut self.instances[i];
-                instance.up = false;
-                instance.owned.clear();
-                // Its claims and checkpoints in flight die with it (a checkpoint's store commit may be done).
-                self.in_flight.retain(|op| op.instance != i);
+                let Some(i) = self.pick(&up) else { return Ok(()) };
+                if self.rng.random_bool(0.2) {
+                    // Stopped: a final checkpoint and leave (or later, if the checkpoint stalls).
+                    self.counts.stops += 1;
+                    self.trace(|| format!("i{i} is stopped"));
+                    self.instances[i].token.cancel();
+                    self.poll(i)?;
+                } else {
+                    // Its memory and its transactions in flight are gone (a checkpoint's store
+                    // commit may be done, its emit not).
+                    self.counts.crashes += 1;
+                    self.trace(|| format!("i{i} crashes"));
+                    self.instances[i].run = None;
+                }
             }
             755..790 => {
-                let down: Vec<usize> = (0..self.instances.len()).filter(|i| !self.instances[*i].up).collect();
+                let down: Vec<usize> = (0..self.instances.len()).filter(|i| !self.is_up(*i)).collect();
                 if let Some(i) = self.pick(&down) {
                     self.trace(|| format!("i{i} restarts"));
-                    self.instances[i].up = true;
+                    self.start(i);
+                    self.poll(i)?;
                 }
             }
             790..830 => {
-                // A partition moves (a member joined or left): gracefully, or behind its owner's back.
+                // A partition moves (a member joined or left): handed over at its holder's
+                // next heartbeat, or taken behind its back (its lease expired: the holder
+                // goes on as a zombie until its heartbeat or a fence stops it).
                 let p = self.rng.random_range(0..self.partitions);
-                let from = self.lease[&p];
+                let from = self.leases().meant[&p];
                 let others: Vec<usize> = up.iter().copied().filter(|i| *i != from).collect();
-                let Some(to) = self.pick(&others) else { return };
+                let Some(to) = self.pick(&others) else { return Ok(()) };
                 self.counts.moves += 1;
                 let graceful = self.rng.random_bool(0.5);
                 self.trace(|| format!("p{p} moves i{from} -> i{to}, graceful: {graceful}"));
-                if graceful && self.instances[from].up {
-                    // The final checkpoint before the hand-over; the partition is released either way.
-                    self.checkpoint(from, p);
-                    self.instances[from].owned.remove(&p);
+                let mut leases = self.leases();
+                leases.meant.insert(p, to);
+                if !graceful {
+                    // Its lease expired: free for the instance meant to take it.
+                    leases.holder.insert(p, None);
                 }
-                self.lease.insert(p, to);
             }
             830..940 => {
                 self.expire_leases();
-                let Some(i) = self.pick(&up) else { return };
-                let notices = self.rng.random_bool(0.5);
-                self.heartbeat(i, notices);
+                let Some(i) = self.pick(&up) else { return Ok(()) };
+                // A heartbeat that does not get through: the instance keeps what it holds.
+                let fails = self.rng.random_bool(0.3);
+                if fails {
+                    self.counts.failed_heartbeats += 1;
+                }
+                self.instances[i].control.set_heartbeat_fails(fails);
+                self.fire(i, Timer::Heartbeat)?;
             }
             940..965 => {
                 self.counts.store_faults += 1;
@@ -406,50 +424,83 @@ impl<W: Simulated> Sim<W> {
                     4..6 => LogFault::LostCommit,
                     _ => LogFault::Stall,
                 };
+                if fault == LogFault::Stall {
+                    self.counts.stalls += 1;
+                }
                 self.trace(|| format!("next log transaction: {fault:?}"));
                 self.log.inject(Some(fault));
             }
         }
+        Ok(())
     }
 
-    /// No more faults; every instance up; every stalled operation finished;
-    /// every partition claimed by its lease holder, consumed to the end and
-    /// checkpointed until nothing is left to do.
+    /// What changes when anything is written: the store's version, the log's transactions.
+    fn fingerprint(&self) -> (u64, (u64, u64), u64) {
+        (self.store.version(), self.log.transactions(), self.log.fenced())
+    }
+
+    /// Every partition is held by the instance it is meant for, whose consumer is at its end.
+    fn settled(&self) -> bool {
+        let leases = self.leases();
+        (0..self.partitions).all(|p| {
+            let meant = leases.meant[&p];
+            leases.holder[&p] == Some(meant)
+                && self.instances[meant].control.assigned().get(&p) == Some(&self.log.events_end(p))
+        })
+    }
+
+    /// No more faults; every instance up; every stalled transaction finished;
+    /// then rounds of heartbeats, deliveries to the end and checkpoints on
+    /// every instance until a whole round writes nothing and every partition
+    /// is held by its lease's instance, consumed to the end.
     fn quiesce(&mut self) -> Result<(), String> {
         self.trace(|| "quiesce".to_owned());
         self.store.inject(None);
         self.log.inject(None);
         self.append(usize::MAX);
-        for i in 0..self.instances.len() {
-            self.instances[i].up = true;
-        }
         for _ in 0..20 {
-            self.busy = false;
-            while !self.in_flight.is_empty() {
-                self.resume(0);
+            let before = self.fingerprint();
+            while self.log.stalled() > 0 {
+                self.log.release_stalled(0);
+                self.poll_all()?;
             }
             for i in 0..self.instances.len() {
-                self.heartbeat(i, true);
-            }
-            for p in 0..self.partitions {
-                let i = self.lease[&p];
-                if !self.instances[i].owned.contains_key(&p) {
-                    self.busy = true; // its claim failed or stalled: the next round finishes it
-                    continue;
+                if !self.is_up(i) {
+                    self.start(i);
+                    self.poll(i)?;
                 }
-                if self.instances[i].owned[&p].position.next_offset < self.log.events_end(p) {
-                    self.busy = true;
-                    self.consume(i, p, usize::MAX);
-                }
-                // A fenced zombie copy (the lease came back to an instance still holding an
-                // old epoch) is dropped by its failed checkpoint and claimed at the next heartbeat.
-                self.checkpoint(i, p);
+                self.instances[i].control.set_heartbeat_fails(false);
             }
-            if !self.busy && self.in_flight.is_empty() {
+            self.expire_leases();
+            for i in 0..self.instances.len() {
+                self.fire(i, Timer::Heartbeat)?;
+            }
+            for i in 0..self.instances.len() {
+                for p in self.instances[i].control.assigned().into_keys().collect::<Vec<_>>() {
+                    self.deliver(i, p, usize::MAX)?;
+                }
+            }
+            for i in 0..self.instances.len() {
+                self.fire(i, Timer::Checkpoint)?;
+            }
+            if self.fingerprint() == before && self.log.stalled() == 0 && self.settled() {
                 return Ok(());
             }
         }
-        Err("the run does not quiesce without faults".to_owned())
+        let assigned: Vec<_> = self.instances.iter().map(|i| i.control.assigned()).collect();
+        let ends: Vec<i64> = (0..self.partitions).map(|p| self.log.events_end(p)).collect();
+        Err(format!(
+            "the run does not quiesce without faults: {:?}, consumers at {assigned:?}, ends {ends:?}",
+            self.leases()
+        ))
+    }
+
+    /// What the store and the log counted.
+    fn count_io(&mut self) {
+        let (claims, checkpoints, fenced) = self.store.counts();
+        self.counts.claims = claims as u32;
+        self.counts.checkpoints = checkpoints as u32;
+        self.counts.zombie_fences = (fenced + self.log.fenced()) as u32;
     }
 
     /// The read model against the exact fold, and each partition's newest progress record against its end.
@@ -536,6 +587,20 @@ fn compare<V: std::fmt::Debug + PartialEq>(
 /// # Errors
 /// What the run found wrong (the seed reproduces it).
 pub fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+    if verbose {
+        // The loop's own log lines, between the harness's steps.
+        let log = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        return tracing::subscriber::with_default(log, || run_seed_quietly::<W>(seed, true));
+    }
+    run_seed_quietly::<W>(seed, false)
+}
+
+fn run_seed_quietly<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
     let mut sim = Sim::<W>::new(seed, verbose);
     let events: Vec<(i32, W::Event)> = sim.pending.iter().cloned().collect();
     if verbose {
@@ -548,10 +613,11 @@ pub fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String
         );
     }
     for _ in 0..STEPS {
-        sim.step();
+        sim.step()?;
     }
     sim.quiesce()?;
     sim.check(&events)?;
+    sim.count_io();
     Ok(sim.counts)
 }
 

@@ -5,6 +5,7 @@
 //! an aborted one's never.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,18 +21,18 @@ pub enum LogFault {
     /// It commits, but the producer hears an error (a commit whose reply was lost).
     LostCommit,
     /// It is held up on its way to the broker: the emit stays in flight
-    /// (its future pending) until the test polls it again.
+    /// (its future pending) until the test releases it ([`MemLog::release_stalled`]).
     Stall,
 }
 
-/// Pending once, then ready: a transaction held up in the network.
-struct Stalled(bool);
+/// A transaction held up in the network: pending until released.
+struct Stalled(Arc<AtomicBool>);
 
 impl std::future::Future for Stalled {
     type Output = ();
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if std::mem::replace(&mut self.0, true) {
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0.load(Ordering::Relaxed) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -61,9 +62,13 @@ struct Topics {
     /// The current producer epoch of each events partition's transactional id.
     epochs: BTreeMap<i32, u64>,
     fault: Option<LogFault>,
-    /// Transactions committed and aborted, for the run's summary.
+    /// The gates of stalled transactions, in stall order (a dropped
+    /// transaction's gate is held here only).
+    stalled: Vec<Arc<AtomicBool>>,
+    /// Transactions committed, aborted and fenced, for the run's summary.
     committed: u64,
     aborted: u64,
+    fenced: u64,
 }
 
 /// The log of one workload: its events topic and its aggregates topic. Clones share it.
@@ -123,6 +128,26 @@ impl MemLog {
         let topics = self.lock();
         (topics.committed, topics.aborted)
     }
+
+    /// Transactions refused because a newer producer of their partition was opened.
+    pub fn fenced(&self) -> u64 {
+        self.lock().fenced
+    }
+
+    /// Transactions stalled and still awaited by someone, in stall order.
+    pub fn stalled(&self) -> usize {
+        let mut topics = self.lock();
+        // Released, or dropped with the future that awaited it (a crashed instance's).
+        topics.stalled.retain(|gate| Arc::strong_count(gate) > 1 && !gate.load(Ordering::Relaxed));
+        topics.stalled.len()
+    }
+
+    /// Lets the `k`th stalled transaction ([`stalled`](Self::stalled)) go on when next polled.
+    pub fn release_stalled(&self, k: usize) {
+        let mut topics = self.lock();
+        let gate = topics.stalled.remove(k);
+        gate.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Log for MemLog {
@@ -155,19 +180,21 @@ impl TxnProducer for MemProducer {
     async fn transaction(&self, records: Vec<Emit>, placed: Vec<(i32, Emit)>) -> Result<(), EmitError> {
         let stall = {
             let mut topics = self.log.lock();
-            let stall = topics.fault == Some(LogFault::Stall);
-            if stall {
+            (topics.fault == Some(LogFault::Stall)).then(|| {
                 topics.fault = None;
-            }
-            stall
+                let gate = Arc::new(AtomicBool::new(false));
+                topics.stalled.push(gate.clone());
+                gate
+            })
         };
-        if stall {
-            Stalled(false).await;
+        if let Some(gate) = stall {
+            Stalled(gate).await;
         }
         let mut topics = self.log.lock();
         topics.sent.extend(records.iter().cloned());
         topics.sent.extend(placed.iter().map(|(_, r)| r.clone()));
         if topics.epochs.get(&self.partition) != Some(&self.epoch) {
+            topics.fenced += 1;
             return Err(EmitError::Fenced(self.partition));
         }
         match topics.fault.take() {

@@ -42,6 +42,10 @@ struct Tables {
 struct Shared {
     tables: Tables,
     fault: Option<StoreFault>,
+    /// Claims begun, and checkpoints refused for an older epoch, for the run's summary.
+    claims: u64,
+    checkpoints: u64,
+    fenced: u64,
 }
 
 /// The state store of one events topic, in memory. Clones share the tables.
@@ -73,6 +77,17 @@ impl MemStore {
     /// The committed position and epoch of a partition, if it was ever claimed.
     pub fn partition(&self, partition: i32) -> Option<(i64, Position)> {
         self.lock().tables.partitions.get(&(self.topic.clone(), partition)).copied()
+    }
+
+    /// Claims begun so far, checkpoints committed, and checkpoints refused as fenced.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let shared = self.lock();
+        (shared.claims, shared.checkpoints, shared.fenced)
+    }
+
+    /// Bumped by every commit: unchanged means nothing was written.
+    pub fn version(&self) -> u64 {
+        self.lock().tables.version
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -115,6 +130,7 @@ impl Store for MemStore {
         partition: i32,
         retention_ms: i64,
     ) -> Result<Claimed<W::State>, StoreError> {
+        self.lock().claims += 1;
         let (mut tx, fault) = self.begin(true);
         let scope = Scope { topic: &self.topic, partition };
         let claimed = claim_in(&mut tx, workload, scope, retention_ms).await?;
@@ -139,8 +155,15 @@ impl Store for MemStore {
             self.finish(tx, None)?;
         }
         let (mut tx, fault) = self.begin(true);
-        let committed = commit_in(&mut tx, workload, scope, cp, work).await?;
+        let committed = match commit_in(&mut tx, workload, scope, cp, work).await {
+            Err(StoreError::Fenced(p)) => {
+                self.lock().fenced += 1;
+                return Err(StoreError::Fenced(p));
+            }
+            other => other?,
+        };
         self.finish(tx, fault)?;
+        self.lock().checkpoints += 1;
         Ok(committed)
     }
 }
