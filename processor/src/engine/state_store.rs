@@ -22,8 +22,9 @@ use tokio_postgres::types::ToSql;
 
 use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
-use super::tables::{ColumnType, Row, RowTable, StateTx, Value};
+use super::tables::{RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
+use common::engine::store::{Column, ColumnType, Row, Value};
 
 /// Rows one statement of a checkpoint writes at most (a checkpoint of more
 /// uses several): each statement stays well within the statement timeout.
@@ -341,45 +342,60 @@ pub struct PgTx<'t> {
 }
 
 /// The SQL of a row table's column list, and its reading expression (text for `Uuid`/`Numeric`).
-fn select_expr(c: &super::tables::Column) -> String {
-    match c.ty {
-        ColumnType::BigInt => c.name.to_owned(),
-        ColumnType::Uuid | ColumnType::Numeric => format!("{0}::text AS {0}", c.name),
+fn select_expr(c: &Column) -> String {
+    if c.ty.read_as_text() {
+        format!("{0}::text AS {0}", c.name)
+    } else {
+        c.name.to_owned()
     }
 }
 
-fn array_cast(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::BigInt => "",
-        ColumnType::Uuid => "::uuid[]",
-        ColumnType::Numeric => "::numeric[]",
+/// The array parameter type of a column, e.g. `text[]` for `Uuid`.
+fn param_array(ty: ColumnType) -> String {
+    format!("{}[]", ty.param())
+}
+
+/// The cast from a column's parameter array to its own array type.
+fn array_cast(ty: ColumnType) -> String {
+    match ty.cast() {
+        "" => String::new(),
+        cast => format!("{cast}[]"),
     }
 }
 
 /// One column's values of `rows`, as one array parameter.
-fn column_param(
-    table: &RowTable,
-    c: &super::tables::Column,
-    rows: &[Row],
-) -> Result<Box<dyn ToSql + Sync + Send>, PgError> {
-    let missing = || PgError::Corrupt(format!("{}: a row without a valid {}", table.table, c.name));
+fn column_param(table: &RowTable, c: &Column, rows: &[Row]) -> Result<Box<dyn ToSql + Sync + Send>, PgError> {
+    fn collect<T>(
+        rows: &[Row],
+        c: &Column,
+        table: &RowTable,
+        pick: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, PgError> {
+        rows.iter()
+            .map(|r| {
+                r.get(c.name)
+                    .and_then(&pick)
+                    .ok_or_else(|| PgError::Corrupt(format!("{}: a row without a valid {}", table.table, c.name)))
+            })
+            .collect()
+    }
     Ok(match c.ty {
-        ColumnType::BigInt => Box::new(
-            rows.iter()
-                .map(|r| match r.value(c) {
-                    Some(Value::Int(v)) => Ok(*v),
-                    _ => Err(missing()),
-                })
-                .collect::<Result<Vec<i64>, _>>()?,
-        ),
-        ColumnType::Uuid | ColumnType::Numeric => Box::new(
-            rows.iter()
-                .map(|r| match r.value(c) {
-                    Some(Value::Text(v)) => Ok(v.clone()),
-                    _ => Err(missing()),
-                })
-                .collect::<Result<Vec<String>, _>>()?,
-        ),
+        ColumnType::BigInt => Box::new(collect(rows, c, table, |v| match v {
+            Value::BigInt(v) => Some(*v),
+            _ => None,
+        })?),
+        ColumnType::Int => Box::new(collect(rows, c, table, |v| match v {
+            Value::Int(v) => Some(*v),
+            _ => None,
+        })?),
+        ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Box::new(collect(rows, c, table, |v| match v {
+            Value::Text(v) => Some(v.clone()),
+            _ => None,
+        })?),
+        ColumnType::Bytea => Box::new(collect(rows, c, table, |v| match v {
+            Value::Bytes(v) => Some(v.clone()),
+            _ => None,
+        })?),
     })
 }
 
@@ -395,18 +411,7 @@ impl StateTx for PgTx<'_> {
         loop {
             let rows = self.tx.query_portal(&portal, RESTORE_PAGE).await?;
             let fetched = rows.len();
-            let mut page = Vec::with_capacity(fetched);
-            for r in &rows {
-                let mut row = Row::new();
-                for c in table.columns() {
-                    let value = match c.ty {
-                        ColumnType::BigInt => Value::Int(r.try_get(c.name)?),
-                        ColumnType::Uuid | ColumnType::Numeric => Value::Text(r.try_get(c.name)?),
-                    };
-                    row.set(c.name, value);
-                }
-                page.push(row);
-            }
+            let page = rows.iter().map(|r| Row::read(r, table.columns())).collect::<Result<Vec<_>, _>>()?;
             each_page(page)?;
             if fetched < RESTORE_PAGE as usize {
                 return Ok(());
@@ -421,7 +426,7 @@ impl StateTx for PgTx<'_> {
         let names: Vec<&str> = table.columns().map(|c| c.name).collect();
         let exprs: Vec<String> = table.columns().map(|c| format!("{}{}", c.name, c.ty.cast())).collect();
         let arrays: Vec<String> =
-            table.columns().enumerate().map(|(i, c)| format!("${}::{}", i + 3, c.ty.param_array())).collect();
+            table.columns().enumerate().map(|(i, c)| format!("${}::{}", i + 3, param_array(c.ty))).collect();
         let set: Vec<String> = table.values.iter().map(|c| format!("{0} = EXCLUDED.{0}", c.name)).collect();
         let on_conflict =
             if set.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", set.join(", ")) };
@@ -457,7 +462,7 @@ impl StateTx for PgTx<'_> {
             "DELETE FROM {} WHERE topic = $1 AND partition = $2 AND {} = ANY($3::{}{})",
             table.table,
             key.name,
-            key.ty.param_array(),
+            param_array(key.ty),
             array_cast(key.ty)
         );
         self.tx.execute(sql.as_str(), &[&scope.topic, &scope.partition, &*param as &(dyn ToSql + Sync)]).await?;

@@ -12,11 +12,12 @@ use crate::read_model::{COUNTS, COUNT_FIELDS};
 use crate::wire::{decode_event, encode_hour_aggregate, DecodeError, HourAggregate};
 use crate::{ClickEvent, DayStart, HourBucket, HourCounts, HourStart, PartitionWindow};
 use common::engine::pg::PgError;
+use common::engine::store::{Column, ColumnType, Row, Value};
 
 use ::processor::engine::state_store::{
     append_chunks, decode_hashes, delete_chunks, read_chunks, record_chunks, ChunkCounts, ChunkTable,
 };
-use ::processor::engine::tables::{Column, ColumnType, Row, RowTable, StateTx, Value};
+use ::processor::engine::tables::{RowTable, StateTx};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const OPEN_HOURS: &str = "analytics_processor_open_hours";
@@ -33,8 +34,8 @@ const HOUR_KEY: &str = "hour_start_ms";
 /// The counts of open hours: one column per value of [`COUNT_FIELDS`].
 static HOURS: std::sync::LazyLock<RowTable> = std::sync::LazyLock::new(|| RowTable {
     table: "processor_hours",
-    key: Column { name: HOUR_KEY, ty: ColumnType::BigInt },
-    values: COUNT_FIELDS.iter().map(|f| Column { name: f.column, ty: ColumnType::BigInt }).collect(),
+    key: Column::new(HOUR_KEY, ColumnType::BigInt),
+    values: COUNT_FIELDS.iter().map(|f| Column::new(f.column, ColumnType::BigInt)).collect(),
 });
 
 /// The user sets of open hours, as chunks of hashes.
@@ -144,11 +145,11 @@ impl Aggregation for Analytics {
         }
         let mut user_chunks = ChunkCounts::new();
         for h in &hours {
-            let Some(hour) = HourStart::from_aligned(h.int(HOUR_KEY)?) else { continue };
+            let Some(hour) = HourStart::from_aligned(h.big_int(HOUR_KEY)?) else { continue };
             let parts = users.remove(&hour.start_ms()).unwrap_or_default();
             let mut counts = [0u64; COUNTS];
             for (count, field) in counts.iter_mut().zip(COUNT_FIELDS.iter()) {
-                *count = u64::try_from(h.int(field.column)?).unwrap_or(0);
+                *count = u64::try_from(h.big_int(field.column)?).unwrap_or(0);
             }
             let stored = HourCounts::from_array(counts);
             let expected = usize::try_from(stored.unique_users).unwrap_or(0);
@@ -171,9 +172,9 @@ impl Aggregation for Analytics {
             .changed
             .iter()
             .map(|c| {
-                let mut row = Row::new().with(HOUR_KEY, Value::Int(c.hour.start_ms()));
+                let mut row = Row::new().with(HOUR_KEY, Value::BigInt(c.hour.start_ms()));
                 for (field, count) in COUNT_FIELDS.iter().zip(c.counts.to_array()) {
-                    row.set(field.column, Value::Int(i64::try_from(count).unwrap_or(i64::MAX)));
+                    row.set(field.column, Value::BigInt(i64::try_from(count).unwrap_or(i64::MAX)));
                 }
                 row
             })
@@ -184,7 +185,7 @@ impl Aggregation for Analytics {
         let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &state.user_chunks).await?;
         let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
         if !closed.is_empty() {
-            let keys: Vec<Value> = closed.iter().map(|h| Value::Int(*h)).collect();
+            let keys: Vec<Value> = closed.iter().map(|h| Value::BigInt(*h)).collect();
             tx.delete_rows(&HOURS, scope, &keys).await?;
             delete_chunks(tx, USER_CHUNKS, scope, &closed).await?;
         }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ::processor::engine::sim::harness::{self, Simulated, H0, HOUR_MS, RETENTION_MS};
+use ::processor::engine::sim::harness::{self, Simulated, RETENTION_MS};
 use ::processor::engine::Emit;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -15,16 +15,6 @@ use crate::wire::{decode_hour_aggregate, encode_event};
 use crate::{ClickEvent, EventKind, HourBucket, HourCounts, UserId};
 
 const ANALYTICS: Analytics = Analytics { retention_ms: RETENTION_MS };
-
-/// Acceptance times of `n` events: from a random point of the first hour,
-/// forward by up to 8 minutes each (a run spans a few hours, which close).
-fn clock(rng: &mut StdRng) -> impl FnMut(&mut StdRng) -> i64 {
-    let mut now = H0 + rng.random_range(0..HOUR_MS);
-    move |rng| {
-        now += rng.random_range(0..8 * 60_000);
-        now
-    }
-}
 
 impl Simulated for Analytics {
     type Value = HourCounts;
@@ -39,7 +29,7 @@ impl Simulated for Analytics {
     /// time; appended later, possibly once its hour closed: then skipped).
     fn generate(rng: &mut StdRng, retries: &mut u32) -> Vec<ClickEvent> {
         let n = rng.random_range(30..150);
-        let mut now = clock(rng);
+        let mut now = harness::clock(rng);
         let mut events: Vec<ClickEvent> = Vec::with_capacity(n);
         for i in 0..n {
             let now = now(rng);

@@ -9,16 +9,17 @@ use crate::wire::{decode_increment, encode_increment_sum};
 use crate::{IncrementEvent, IncrementKey, IncrementState, IncrementSum};
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
+use common::engine::store::{Column, ColumnType, Row, Value};
 
-use ::processor::engine::tables::{Column, ColumnType, Row, RowTable, StateTx, Value};
+use ::processor::engine::tables::{RowTable, StateTx};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 pub const STATE_KEYS: &str = "analytics_processor_state_keys";
 /// The sums: `processor_increment_sums (topic, partition, key UUID, sum NUMERIC)`.
 static SUMS: std::sync::LazyLock<RowTable> = std::sync::LazyLock::new(|| RowTable {
     table: "processor_increment_sums",
-    key: Column { name: "key", ty: ColumnType::Uuid },
-    values: vec![Column { name: "sum", ty: ColumnType::Numeric }],
+    key: Column::new("key", ColumnType::Uuid),
+    values: vec![Column::new("sum", ColumnType::Numeric)],
 });
 
 /// The increments workload.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ::processor::engine::sim::harness::{self, Simulated, H0, HOUR_MS};
+use ::processor::engine::sim::harness::{self, Simulated};
 use ::processor::engine::{Emit, Planted};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -13,16 +13,6 @@ use rand::Rng;
 use crate::processor::Increments;
 use crate::wire::{decode_increment_sum, encode_increment};
 use crate::{IncrementEvent, IncrementKey, IncrementValue};
-
-/// Acceptance times of `n` events: from a random point of the first hour,
-/// forward by up to 8 minutes each (a run spans a few hours, which close).
-fn clock(rng: &mut StdRng) -> impl FnMut(&mut StdRng) -> i64 {
-    let mut now = H0 + rng.random_range(0..HOUR_MS);
-    move |rng| {
-        now += rng.random_range(0..8 * 60_000);
-        now
-    }
-}
 
 impl Simulated for Increments {
     type Value = i128;
@@ -37,7 +27,7 @@ impl Simulated for Increments {
     /// added again; a later one would be, as docs/api.md says).
     fn generate(rng: &mut StdRng, retries: &mut u32) -> Vec<IncrementEvent> {
         let n = rng.random_range(30..150);
-        let mut now = clock(rng);
+        let mut now = harness::clock(rng);
         let mut events: Vec<IncrementEvent> = Vec::with_capacity(n);
         // Each event's first attempt's acceptance time: the id window is measured from it.
         let mut first_ms: Vec<i64> = Vec::with_capacity(n);

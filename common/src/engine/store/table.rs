@@ -12,8 +12,9 @@
 //! ([`Column::cached_as`]), so the Redis hash's fields follow from it too
 //! ([`super::CachedRow`]).
 //!
-//! Like the processor's `RowTable` (`processor::engine::tables`), the
-//! declaration keeps the tables' existing shape: `<key>..., <values>...,
+//! The processor's state tables (`RowTable` in `processor::engine::tables`)
+//! declare their columns and pass their rows with the same [`Column`],
+//! [`ColumnType`], [`Value`] and [`Row`]. Like them, the declaration keeps the tables' existing shape: `<key>..., <values>...,
 //! <version>, updated_at TIMESTAMPTZ NOT NULL DEFAULT now()`, primary key
 //! `(<key>...)`.
 
@@ -40,7 +41,7 @@ pub enum ColumnType {
 
 impl ColumnType {
     /// The element type a parameter of this column is sent as.
-    fn param(self) -> &'static str {
+    pub fn param(self) -> &'static str {
         match self {
             ColumnType::BigInt => "bigint",
             ColumnType::Int => "int",
@@ -50,7 +51,7 @@ impl ColumnType {
     }
 
     /// The cast from the parameter's type to the column's.
-    fn cast(self) -> &'static str {
+    pub fn cast(self) -> &'static str {
         match self {
             ColumnType::Uuid => "::uuid",
             ColumnType::Numeric => "::numeric",
@@ -59,7 +60,7 @@ impl ColumnType {
     }
 
     /// Read back as text (and aliased to the column's name).
-    fn read_as_text(self) -> bool {
+    pub fn read_as_text(self) -> bool {
         matches!(self, ColumnType::Uuid | ColumnType::Numeric)
     }
 }
@@ -227,7 +228,25 @@ impl Row {
         }
     }
 
-    /// The values of `columns`, in their order (a key; a sort order).
+    /// The values of `columns` of a PostgreSQL row, by name (`Uuid` and
+    /// `Numeric` ones read back as text, see [`ColumnType::read_as_text`]).
+    ///
+    /// # Errors
+    /// [`PgError`] when a column is missing or of another type.
+    pub fn read<'c>(r: &tokio_postgres::Row, columns: impl IntoIterator<Item = &'c Column>) -> Result<Row, PgError> {
+        let mut row = Row::new();
+        for c in columns {
+            let value = match c.ty {
+                ColumnType::BigInt => Value::BigInt(r.try_get(c.name)?),
+                ColumnType::Int => Value::Int(r.try_get(c.name)?),
+                ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(r.try_get(c.name)?),
+                ColumnType::Bytea => Value::Bytes(r.try_get(c.name)?),
+            };
+            row.set(c.name, value);
+        }
+        Ok(row)
+    }
+
     /// The values of `columns`, in their order, moved out of the row (a sketch is not copied).
     fn into_values_of(mut self, columns: &[Column]) -> Result<Vec<Value>, PgError> {
         columns
@@ -611,16 +630,7 @@ impl VersionedTable {
 
     /// A row as read back: every key and value column, by name, and the version.
     fn stored(&self, r: &tokio_postgres::Row) -> Result<Stored, PgError> {
-        let mut row = Row::new();
-        for c in self.key.iter().chain(&self.values) {
-            let value = match c.ty {
-                ColumnType::BigInt => Value::BigInt(r.try_get(c.name)?),
-                ColumnType::Int => Value::Int(r.try_get(c.name)?),
-                ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(r.try_get(c.name)?),
-                ColumnType::Bytea => Value::Bytes(r.try_get(c.name)?),
-            };
-            row.set(c.name, value);
-        }
+        let row = Row::read(r, self.key.iter().chain(&self.values))?;
         Ok(Stored { row, version: r.try_get(self.version.column())? })
     }
 

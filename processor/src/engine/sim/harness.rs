@@ -60,6 +60,17 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub const H0: i64 = 1_900_000_000_000 / HOUR_MS * HOUR_MS;
 /// Hours close, and ids are forgotten, 30 minutes after their hour's end, on the partition's watermark.
 pub const RETENTION_MS: i64 = 30 * 60_000;
+
+/// A workload's event clock for [`Simulated::generate`]: acceptance times
+/// from a random point of the first hour ([`H0`]), forward by up to 8 minutes
+/// each (a run spans a few hours, which close).
+pub fn clock(rng: &mut StdRng) -> impl FnMut(&mut StdRng) -> i64 {
+    let mut now = H0 + rng.random_range(0..HOUR_MS);
+    move |rng| {
+        now += rng.random_range(0..8 * 60_000);
+        now
+    }
+}
 const TOPIC: &str = "events";
 /// Random steps before the run quiesces.
 const STEPS: usize = 300;

@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use common::engine::pg::PgError;
+use common::engine::store::{Row, Value};
 
 use crate::engine::state_store::{
     claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
 };
-use crate::engine::tables::{ChunkTable, Row, RowTable, StateTx, Value};
+use crate::engine::tables::{ChunkTable, RowTable, StateTx};
 use crate::engine::{planted, Aggregation, Emit, Planted, Position, Scope};
 
 /// What the next transaction does wrong.
