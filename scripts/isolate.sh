@@ -5,6 +5,7 @@
 # PostgreSQL, Redis or Kafka is refused) and as a non-root user.
 #
 #   UNIT_ISOLATION=root    unshare --net, then setpriv to UNIT_USER
+#   UNIT_ISOLATION=rootnet unshare --net, staying root (a checkout UNIT_USER cannot read)
 #   UNIT_ISOLATION=userns  not root: a user namespace (mapped to root, to bring loopback
 #                          up), then a nested one mapping the caller's own uid back
 # UNIT_TMP is the run's temporary directory (HOME and TMPDIR of the tests).
@@ -19,6 +20,7 @@ if [[ ${1:-} == --inside ]]; then
     exec setpriv --reuid="$UNIT_USER" --regid="$UNIT_USER" --init-groups \
       env HOME="$UNIT_TMP" TMPDIR="$UNIT_TMP" USER="$UNIT_USER" LOGNAME="$UNIT_USER" "$@"
   fi
+  if [[ $UNIT_ISOLATION == rootnet ]]; then exec env HOME="$UNIT_TMP" TMPDIR="$UNIT_TMP" "$@"; fi
   exec unshare --map-user="$UNIT_UID" --map-group="$UNIT_GID" env HOME="$UNIT_TMP" TMPDIR="$UNIT_TMP" "$@"
 fi
 
@@ -35,6 +37,7 @@ if [[ $UNIT_ISOLATION == root ]]; then
   fi
   exec unshare --net -- "$0" --inside "$bin" "$@"
 fi
+if [[ $UNIT_ISOLATION == rootnet ]]; then exec unshare --net -- "$0" --inside "$bin" "$@"; fi
 UNIT_UID="$(id -u)" UNIT_GID="$(id -g)"
 export UNIT_UID UNIT_GID
 exec unshare --net --map-root-user -- "$0" --inside "$bin" "$@"
