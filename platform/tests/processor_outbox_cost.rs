@@ -12,7 +12,7 @@ use analytics::{ClickEvent, EventKind, UserId};
 use common::test_util::{drop_schema, isolated, unique_suffix};
 use increments::processor::Increments;
 use increments::{IncrementEvent, IncrementKey, IncrementValue};
-use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore};
+use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore, Store};
 use processor::engine::{Aggregation, Emit, Position, Record, Scope};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use analytics::processor::{Analytics, AnalyticsState};
 use analytics::{ClickEvent, EventKind, HourCounts, HourStart, UserId};
 use common::test_util::{drop_schema, isolated, unique_suffix};
-use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore, StoreError};
+use processor::engine::state_store::{record_chunks, Claimed, EngineCheckpoint, StateStore, Store, StoreError};
 use processor::engine::{Aggregation, Record};
 
 const H: i64 = 1_900_000_000_000 / 3_600_000 * 3_600_000;

@@ -635,19 +635,23 @@ impl StateStore {
         StateStore { pool, topic }
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     fn scope(&self, partition: i32) -> Scope<'_> {
         Scope { topic: &self.topic, partition }
+    }
+}
+
+/// Each operation is one PostgreSQL transaction running the engine's body
+/// ([`claim_in`], [`commit_in`]), as `MemStore` runs the same bodies in memory.
+impl Store for StateStore {
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Takes ownership of a partition (bumping its epoch) and loads its state.
     ///
     /// # Errors
     /// [`StoreError::Pg`] when PostgreSQL cannot answer.
-    pub async fn claim<W: Aggregation>(
+    async fn claim<W: Aggregation>(
         &self,
         workload: &W,
         partition: i32,
@@ -665,7 +669,7 @@ impl StateStore {
     /// # Errors
     /// [`StoreError::Fenced`] if the partition was claimed by someone else;
     /// [`StoreError::Pg`] otherwise (nothing is written then).
-    pub async fn commit<W: Aggregation>(
+    async fn commit<W: Aggregation>(
         &self,
         workload: &W,
         partition: i32,
@@ -677,31 +681,6 @@ impl StateStore {
         let committed = commit_in(&mut PgTx { tx: &tx }, workload, self.scope(partition), cp, work).await?;
         tx.commit().await?;
         Ok(committed)
-    }
-}
-
-impl Store for StateStore {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    async fn claim<W: Aggregation>(
-        &self,
-        workload: &W,
-        partition: i32,
-        retention_ms: i64,
-    ) -> Result<Claimed<W::State>, StoreError> {
-        StateStore::claim(self, workload, partition, retention_ms).await
-    }
-
-    async fn commit<W: Aggregation>(
-        &self,
-        workload: &W,
-        partition: i32,
-        cp: EngineCheckpoint<'_>,
-        work: Option<(&W::State, &W::Changes)>,
-    ) -> Result<Committed<W::Receipt>, StoreError> {
-        StateStore::commit(self, workload, partition, cp, work).await
     }
 }
 
