@@ -39,6 +39,10 @@ pub struct TestKafka {
     /// The increments workload's topics.
     pub increments_events_topic: String,
     pub increments_sums_topic: String,
+    /// The answers workload's topics.
+    pub answers_commands_topic: String,
+    pub answers_changes_topic: String,
+    pub answers_replies_topic: String,
 }
 
 impl TestKafka {
@@ -66,6 +70,9 @@ pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
         aggregates_partitions: 2.try_into().expect("non-zero"),
         increments_events_topic: format!("test-increments-{suffix}"),
         increments_sums_topic: format!("test-sums-{suffix}"),
+        answers_commands_topic: format!("test-answers-commands-{suffix}"),
+        answers_changes_topic: format!("test-answers-changes-{suffix}"),
+        answers_replies_topic: format!("test-answers-replies-{suffix}"),
     };
     let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
     let pg = PgConfig {
@@ -177,6 +184,9 @@ pub async fn delete_topics(kafka: &TestKafka) {
             &kafka.aggregates_topic,
             &kafka.increments_events_topic,
             &kafka.increments_sums_topic,
+            &kafka.answers_commands_topic,
+            &kafka.answers_changes_topic,
+            &kafka.answers_replies_topic,
         ];
         let _ = admin.delete_topics(&topics.map(String::as_str), &opts).await;
     }

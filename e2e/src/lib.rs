@@ -45,6 +45,8 @@ impl Service {
 struct Running {
     child: Child,
     addr: SocketAddr,
+    /// Its gRPC address (the answers workload's, on the command and the query).
+    grpc: SocketAddr,
 }
 
 /// An isolated deployment of the pipeline.
@@ -92,6 +94,8 @@ impl Stack {
         let path = bin_dir().join(service.bin());
         assert!(path.exists(), "{} is missing: build the binaries first (cargo build --bins)", path.display());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("socket address");
+        // A port of its own, so that instances and stacks run side by side.
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,6 +111,11 @@ impl Stack {
             .env("AGGREGATES_PARTITIONS", self.kafka.aggregates_partitions.to_string())
             .env("INCREMENTS_EVENTS_TOPIC", &self.kafka.increments_events_topic)
             .env("INCREMENTS_SUMS_TOPIC", &self.kafka.increments_sums_topic)
+            .env("ANSWERS_COMMANDS_TOPIC", &self.kafka.answers_commands_topic)
+            .env("ANSWERS_CHANGES_TOPIC", &self.kafka.answers_changes_topic)
+            .env("ANSWERS_REPLIES_TOPIC", &self.kafka.answers_replies_topic)
+            .env("ANSWERS_GRPC_COMMAND_ADDR", grpc.to_string())
+            .env("ANSWERS_GRPC_QUERY_ADDR", grpc.to_string())
             .env("PROCESSOR_GROUP", format!("processor-{}", self.pg.schema))
             .env("MATERIALIZER_GROUP", format!("materializer-{}", self.pg.schema))
             .env("REDIS_URL", &self.redis.url)
@@ -120,7 +129,7 @@ impl Stack {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawning a service");
-        self.procs.insert(name.to_owned(), Running { child, addr });
+        self.procs.insert(name.to_owned(), Running { child, addr, grpc });
         self.wait_ready(name).await;
         addr
     }
@@ -142,6 +151,11 @@ impl Stack {
 
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.procs[name].addr
+    }
+
+    /// The gRPC address of a running command (answers' write service) or query (its read service).
+    pub fn grpc(&self, name: &str) -> SocketAddr {
+        self.procs[name].grpc
     }
 
     /// The process id of a running instance (to read its `/proc/<pid>/status`).
