@@ -61,6 +61,11 @@ enum Setup {
     AnalyticsTwiceWithIds { seed: u64 },
     /// 20,000 increments over 1,000 keys, each sent until acknowledged.
     Increments { seed: u64, commands: &'static [&'static str] },
+    /// A mixed answers load (creates, updates, deletes over a few hundred
+    /// keys, so they collide), each write with its own id, retried with it on
+    /// 503 or a lost connection until it gets a decided answer, round-robin
+    /// to `commands`.
+    Answers { seed: u64, commands: &'static [&'static str] },
     /// `HELD_KEYS` increments written straight to the log, then waits until
     /// every key is in the tables named; with `steady_load`, 8 lanes of
     /// increments over the held keys go on until the load is awaited.
@@ -127,6 +132,11 @@ enum Check {
     RedisEqualsPostgres,
     /// Every increment key holds its exact sum.
     Sums,
+    /// Every answers key's history equals what the decided answers imply:
+    /// versions 1..n, each the change of exactly one 2xx answer (none missing,
+    /// none doubled), in an order the rules allow, and the latest value the
+    /// last change's.
+    AnswersHistory,
     /// The staleness of [`Step::IncrementProbes`]: p99 < 20 s over the
     /// minute, < 10 s in its second half; prints the outbox rows left.
     StalenessAfterProcessorKill,
@@ -228,6 +238,16 @@ scenarios! {
             Start("processor-3", Processor)],
         checks: &[Check::Sums],
     };
+    chaos_14_answers_kill_9_of_processor_materializer_and_a_command: Scenario {
+        what: "answers: kill -9 of processor, materializer and one of two commands, retries by id",
+        setup: Setup::Answers { seed: 14, commands: &["command", "command-2"] },
+        fault: &[Pause(3000), Kill9("processor"), Pause(1500), Start("processor", Processor), Pause(2000),
+            Kill9("materializer"), Pause(1500), Start("materializer", Materializer), Pause(1500),
+            Kill9("command-2"), LoadTargets(&["command"]), Pause(2000),
+            Kill9("processor"), Kill9("materializer"), Start("processor", Processor),
+            Start("materializer", Materializer)],
+        checks: &[Check::AnswersHistory],
+    };
     chaos_12_increments_kill_9_of_the_processor_holding_1m_keys: Scenario {
         what: "increments: kill -9 of the processor holding 1M keys, staleness after",
         setup: Setup::HeldKeys { wait_for: &[HeldIn::Processor, HeldIn::ReadModel], steady_load: false },
@@ -246,10 +266,26 @@ scenarios! {
 
 /// The load a set-up started, running.
 enum Load {
-    Analytics { targets: Arc<Mutex<Vec<std::net::SocketAddr>>>, task: tokio::task::JoinHandle<LoadOutcome> },
-    TwiceWithIds { task: tokio::task::JoinHandle<usize>, expected: Expected },
-    Increments { task: tokio::task::JoinHandle<()>, expected: BTreeMap<String, i128> },
-    Steady { stop: Arc<AtomicBool>, task: tokio::task::JoinHandle<()> },
+    Analytics {
+        targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+        task: tokio::task::JoinHandle<LoadOutcome>,
+    },
+    TwiceWithIds {
+        task: tokio::task::JoinHandle<usize>,
+        expected: Expected,
+    },
+    Increments {
+        task: tokio::task::JoinHandle<()>,
+        expected: BTreeMap<String, i128>,
+    },
+    Answers {
+        targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+        task: tokio::task::JoinHandle<Vec<answers_load::Decided>>,
+    },
+    Steady {
+        stop: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    },
     None,
 }
 
@@ -258,6 +294,7 @@ enum Finished {
     Analytics(LoadOutcome),
     TwiceWithIds { sent: usize, expected: Expected },
     Increments(BTreeMap<String, i128>),
+    Answers(Vec<answers_load::Decided>),
     Nothing,
 }
 
@@ -375,6 +412,11 @@ async fn set_up(setup: &Setup) -> Run {
             let task = tokio::spawn(e2e::post_increments_until_acknowledged(targets, increments, CONCURRENCY));
             Load::Increments { task, expected }
         }
+        Setup::Answers { seed, commands } => {
+            let targets = Arc::new(Mutex::new(extra_commands(&mut run.stack, commands).await));
+            let ops = answers_load::ops(seed, 6_000, 300);
+            Load::Answers { targets: targets.clone(), task: tokio::spawn(answers_load::run(targets, ops, 16)) }
+        }
         Setup::HeldKeys { wait_for, steady_load } => {
             hold_keys(&mut run, wait_for).await;
             if steady_load {
@@ -401,7 +443,9 @@ impl Run {
                 assert!(ok, "{name} exits cleanly on SIGTERM");
             }
             LoadTargets(names) => {
-                let Load::Analytics { targets, .. } = &self.load else { panic!("LoadTargets needs an analytics load") };
+                let (Load::Analytics { targets, .. } | Load::Answers { targets, .. }) = &self.load else {
+                    panic!("LoadTargets needs a load spread over command instances")
+                };
                 *targets.lock().unwrap() = names.iter().map(|n| stack.addr(n)).collect();
             }
             BrokerRestart { pause_ms } => {
@@ -445,6 +489,7 @@ impl Run {
                 task.await.expect("load task");
                 Finished::Increments(expected)
             }
+            Load::Answers { task, .. } => Finished::Answers(task.await.expect("load task")),
             Load::Steady { stop, task } => {
                 stop.store(true, Ordering::Relaxed);
                 task.await.expect("the background load");
@@ -496,6 +541,12 @@ impl Run {
                     panic!("Sums needs an increments load")
                 };
                 e2e::assert_sums_converge(&self.stack, expected, CONVERGE).await;
+            }
+            Check::AnswersHistory => {
+                let Some(Finished::Answers(decided)) = &self.finished else {
+                    panic!("AnswersHistory needs an answers load")
+                };
+                answers_load::check(self.stack.addr("query"), decided, CONVERGE).await;
             }
             Check::StalenessAfterProcessorKill => self.staleness_after_processor_kill().await,
             Check::StalenessAfterMaterializerRestart => self.staleness_after_materializer_restart(),
@@ -879,4 +930,179 @@ async fn staleness_probe(command: std::net::SocketAddr, query: std::net::SocketA
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The answers load of [`Setup::Answers`] and its check.
+mod answers_load {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use rand::{Rng, SeedableRng};
+    use serde_json::{json, Value};
+
+    /// One write of the load: its id makes every retry of it the same write.
+    #[derive(Debug, Clone)]
+    pub struct Op {
+        pub id: String,
+        pub key: String,
+        /// "create", "update" or "delete".
+        pub kind: &'static str,
+        pub value: String,
+    }
+
+    /// A write and its decided answer: the status and, for a 200/201, the version.
+    #[derive(Debug, Clone)]
+    pub struct Decided {
+        pub op: Op,
+        pub status: u16,
+        pub version: Option<i64>,
+    }
+
+    /// `n` writes over `keys` keys: creates, updates and deletes mixed so
+    /// that they collide (half of them refused, about).
+    pub fn ops(seed: u64, n: usize, keys: usize) -> Vec<Op> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|i| {
+                let kind = match rng.random_range(0..10) {
+                    0..=3 => "create",
+                    4..=7 => "update",
+                    _ => "delete",
+                };
+                let key = format!("key-{}", rng.random_range(0..keys));
+                Op { id: format!("op-{seed}-{i}"), key, kind, value: format!("{kind} {i} \u{0}") }
+            })
+            .collect()
+    }
+
+    fn enc(s: &str) -> String {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
+    /// Sends `op` to the next target until it gets a decided answer: a 503
+    /// or a lost connection is retried with the same id (the write may be in
+    /// the log; its id makes the retry answer its first outcome).
+    async fn decide(targets: &Mutex<Vec<SocketAddr>>, op: Op, turn: usize) -> Decided {
+        for attempt in 0.. {
+            let target = {
+                let t = targets.lock().unwrap();
+                t[(turn + attempt) % t.len()]
+            };
+            let (method, path, body) = match op.kind {
+                "create" => ("POST", format!("/answers?id={}", op.id), json!({"key": op.key, "value": op.value})),
+                "update" => ("PUT", format!("/answers/{}?id={}", enc(&op.key), op.id), json!({"value": op.value})),
+                _ => ("DELETE", format!("/answers/{}?id={}", enc(&op.key), op.id), Value::Null),
+            };
+            let (ct, body) = match body {
+                Value::Null => (None, Vec::new()),
+                b => (Some("application/json"), b.to_string().into_bytes()),
+            };
+            match common::test_util::http_body(target, method, &path, ct, &body).await {
+                Ok((status @ (200 | 201), answer)) => {
+                    let v: Value = serde_json::from_str(&answer).expect("a JSON answer");
+                    return Decided { op, status, version: v["version"].as_i64() };
+                }
+                Ok((status @ (204 | 404 | 409), _)) => return Decided { op, status, version: None },
+                Ok((503, _)) | Err(_) | Ok((0, _)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok((status, answer)) => panic!("{op:?}: {status} {answer}"),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Runs `ops` on `lanes` lanes; every op ends decided.
+    pub async fn run(targets: Arc<Mutex<Vec<SocketAddr>>>, ops: Vec<Op>, lanes: usize) -> Vec<Decided> {
+        futures::stream::iter(ops.into_iter().enumerate())
+            .map(|(turn, op)| {
+                let targets = targets.clone();
+                async move { decide(&targets, op, turn).await }
+            })
+            .buffer_unordered(lanes)
+            .collect()
+            .await
+    }
+
+    /// One history entry: event, value, version.
+    type Entry = (String, String, i64);
+
+    async fn history(query: SocketAddr, key: &str) -> Option<Vec<Entry>> {
+        let mut entries = Vec::new();
+        let mut path = format!("/answers/{}/history?limit=10000", enc(key));
+        loop {
+            let a = common::test_util::request(query, "GET", &path, &[]).await.ok()?;
+            match a.status {
+                200 => {}
+                404 => return Some(entries),
+                _ => return None,
+            }
+            let page: Value = serde_json::from_str(&a.body).ok()?;
+            for e in page.as_array()? {
+                entries.push((
+                    e["event"].as_str()?.to_owned(),
+                    e["data"]["value"].as_str()?.to_owned(),
+                    e["version"].as_i64()?,
+                ));
+            }
+            match a.header("link") {
+                Some(l) => path = l.split_once('<')?.1.split_once('>')?.0.to_owned(),
+                None => return Some(entries),
+            }
+        }
+    }
+
+    /// Every key's history against the decided answers (see `Check::AnswersHistory`).
+    pub async fn check(query: SocketAddr, decided: &[Decided], limit: Duration) {
+        let mut per_key: BTreeMap<&str, Vec<&Decided>> = BTreeMap::new();
+        for d in decided {
+            per_key.entry(&d.op.key).or_default().push(d);
+        }
+        let changes: usize = decided.iter().filter(|d| matches!(d.status, 200 | 201 | 204)).count();
+        println!("{} writes decided, {changes} changes, over {} keys", decided.len(), per_key.len());
+        for (key, answers) in per_key {
+            // The changes the 2xx answers imply, by version (a delete's version is the one after the change before it).
+            let mut by_version: BTreeMap<i64, &Decided> = BTreeMap::new();
+            for d in answers.iter().filter(|d| d.version.is_some()) {
+                let v = d.version.expect("filtered");
+                assert!(by_version.insert(v, d).is_none(), "{key}: two 2xx answers of version {v}");
+            }
+            let deletes = answers.iter().filter(|d| d.status == 204).count();
+            let expected = by_version.len() + deletes;
+            let found = common::test_util::wait_until(
+                &format!("{key}'s history to hold its {expected} changes"),
+                limit,
+                || async { history(query, key).await.filter(|h| h.len() >= expected) },
+            )
+            .await;
+            assert_eq!(found.len(), expected, "{key}: as many changes as 2xx answers");
+            let mut live: Option<&str> = None;
+            for (i, (event, value, version)) in found.iter().enumerate() {
+                assert_eq!(*version, i as i64 + 1, "{key}: versions 1..n, none missing or doubled");
+                match by_version.get(version) {
+                    Some(d) => {
+                        assert_eq!((event.as_str(), value), (d.op.kind, &d.op.value), "{key} v{version}");
+                    }
+                    None => assert_eq!(event, "delete", "{key} v{version}: a change no answer names must be a delete"),
+                }
+                match event.as_str() {
+                    "create" => assert!(live.is_none(), "{key} v{version}: created while it existed"),
+                    "update" => assert!(live.is_some(), "{key} v{version}: updated while absent"),
+                    _ => assert_eq!(live, Some(value.as_str()), "{key} v{version}: a delete carries the removed value"),
+                }
+                live = (event != "delete").then_some(value.as_str());
+            }
+            let latest = common::test_util::request(query, "GET", &format!("/answers/{}", enc(key)), &[])
+                .await
+                .expect("the query answers");
+            match live {
+                Some(v) => {
+                    let got: Value = serde_json::from_str(&latest.body).expect("JSON");
+                    assert_eq!((latest.status, got["value"].as_str()), (200, Some(v)), "{key}: the latest value");
+                }
+                None => assert_eq!(latest.status, 404, "{key}: deleted or never created"),
+            }
+        }
+    }
 }
