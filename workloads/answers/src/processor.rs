@@ -46,7 +46,7 @@ pub struct Answers {
 
 impl Answers {
     /// Ids are remembered for `policy`'s retention (the deployment horizon's).
-    pub fn new(policy: Policy) -> Self {
+    pub const fn new(policy: Policy) -> Self {
         Answers { policy }
     }
 }
