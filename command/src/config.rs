@@ -27,6 +27,10 @@ pub struct Config {
     /// A POST whose event is not acknowledged by the broker within this time answers 503.
     #[arg(long, env = "COMMAND_DELIVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
+    /// A decided write (answers) whose decision does not come back within this
+    /// time answers 503 "outcome unknown" (retry with the same id).
+    #[arg(long, env = "COMMAND_DECISION_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub decision_timeout: Duration,
     /// Kafka producers (connections) events are spread over; more lift the broker's per-request latency cap.
     #[arg(long, env = "COMMAND_PRODUCERS", default_value = "1")]
     pub producers: NonZeroU32,

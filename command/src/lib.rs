@@ -44,6 +44,14 @@ pub trait CommandRole: Workload {
     /// [`common::engine::workload::Workload::topics`]) with the deployment's
     /// partition count. `horizon` is the deployment's, agreed with the processor.
     fn intake(cfg: &Self::Config, events: TopicSpec, horizon: &Horizon) -> Self::Intake;
+
+    /// Listeners the workload serves beside the HTTP API (its gRPC API, say),
+    /// usually over `app`'s in-process [`CommandApp::handle`], so that every
+    /// edge check and decision is the HTTP one. None by default.
+    fn listeners(cfg: &Self::Config, app: &CommandApp) -> Vec<common::engine::http::Listener> {
+        let _ = (cfg, app);
+        Vec::new()
+    }
 }
 
 /// The command's view of a listed workload, its config parsed.
@@ -53,12 +61,19 @@ pub trait Registered: Listed {
     /// # Errors
     /// As [`engine::Engine::register`].
     fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>>;
+
+    /// The workload's own listeners over the built `app` ([`CommandRole::listeners`]).
+    fn listeners(&self, app: &CommandApp) -> Vec<common::engine::http::Listener>;
 }
 
 impl<W: CommandRole> Registered for Configured<W> {
     fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>> {
         let events = TopicSpec::events_named(&W::topics(&self.config).events, cfg.partitions.events_partitions.get());
         engine.register(W::intake(&self.config, events, &cfg.horizon.horizon()))
+    }
+
+    fn listeners(&self, app: &CommandApp) -> Vec<common::engine::http::Listener> {
+        W::listeners(&self.config, app)
     }
 }
 
@@ -114,5 +129,9 @@ pub async fn build(
     for w in workloads {
         engine = w.register(engine, cfg)?;
     }
-    engine.start(pool).await
+    let app = engine.start(pool).await?;
+    for listener in workloads.iter().flat_map(|w| w.listeners(&app)) {
+        app.serve_also(listener);
+    }
+    Ok(app)
 }

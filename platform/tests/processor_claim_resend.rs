@@ -40,6 +40,7 @@ fn settings(kafka: &TestKafka, suffix: &str) -> ProcessorSettings {
         kafka: KafkaConfig { brokers: kafka.brokers.clone(), create_topics: true },
         events_topic: kafka.events_topic.clone(),
         aggregates_topic: kafka.aggregates_topic.clone(),
+        replies_topic: None,
         aggregates_partitions: kafka.aggregates_partitions.get() as i32,
         group_id: format!("test-processor-{suffix}"),
         checkpoint_interval: Duration::from_millis(50),

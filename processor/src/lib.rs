@@ -32,7 +32,7 @@ use common::engine::http::OpsRoutes;
 use common::engine::kafka::TopicSpec;
 use common::engine::membership::Membership;
 use common::engine::shutdown::{CancellationToken, TaskTracker};
-use common::engine::workload::{Configured, Listed, Service, Workload, WorkloadList};
+use common::engine::workload::{Configured, Listed, Service, Topics, Workload, WorkloadList};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -74,7 +74,7 @@ impl<W: ProcessorRole> Registered for Configured<W> {
     ) -> BoxFuture<'a, anyhow::Result<tokio::task::JoinHandle<()>>> {
         Box::pin(async move {
             let topics = W::topics(&self.config);
-            let reg = Lanes::new((&topics.events, &topics.aggregates), format!("{}{}", cfg.group_id, W::GROUP_SUFFIX));
+            let reg = Lanes::new(&topics, format!("{}{}", cfg.group_id, W::GROUP_SUFFIX));
             let horizon = cfg.horizon.horizon();
             let first =
                 start(W::aggregation(&self.config, &horizon), cfg, pool, reg.topics(), reg.group.clone()).await?;
@@ -116,18 +116,17 @@ impl std::ops::Deref for Workloads {
 
 /// A workload's topics and lease group.
 struct Lanes {
-    events_topic: String,
-    aggregates_topic: String,
+    topics: Topics,
     group: String,
 }
 
 impl Lanes {
-    fn new((events, aggregates): (&str, &str), group: String) -> Self {
-        Lanes { events_topic: events.to_owned(), aggregates_topic: aggregates.to_owned(), group }
+    fn new(topics: &Topics, group: String) -> Self {
+        Lanes { topics: topics.clone(), group }
     }
 
-    fn topics(&self) -> (&str, &str) {
-        (&self.events_topic, &self.aggregates_topic)
+    fn topics(&self) -> &Topics {
+        &self.topics
     }
 }
 
@@ -187,9 +186,10 @@ async fn start<W: Aggregation>(
     workload: W,
     cfg: &Config,
     pool: &deadpool_postgres::Pool,
-    (events_topic, aggregates_topic): (&str, &str),
+    topics: &Topics,
     group_id: String,
 ) -> anyhow::Result<Processor<W>> {
+    let (events_topic, aggregates_topic) = (topics.events.as_str(), topics.aggregates.as_str());
     let partitions = common::engine::pg::agree_topic_partitions(pool, "processor", &cfg.kafka, events_topic).await?;
     // Progress records go to every partition of the aggregates topic (see common::engine::progress).
     let aggregates_partitions = common::engine::kafka::partition_count(&cfg.kafka, aggregates_topic)
@@ -201,6 +201,7 @@ async fn start<W: Aggregation>(
         kafka: cfg.kafka.clone(),
         events_topic: events_topic.to_owned(),
         aggregates_topic: aggregates_topic.to_owned(),
+        replies_topic: topics.replies.clone(),
         aggregates_partitions,
         group_id,
         checkpoint_interval: cfg.checkpoint_interval,
@@ -242,10 +243,14 @@ pub async fn run(
         .iter()
         .flat_map(|w| {
             let t = w.topics();
+            let replies = t.replies.iter().map(|r| TopicSpec::replies_named(r, events_partitions));
             [
                 TopicSpec::events_named(&t.events, events_partitions),
                 TopicSpec::aggregates_named(&t.aggregates, aggregates_partitions),
             ]
+            .into_iter()
+            .chain(replies)
+            .collect::<Vec<_>>()
         })
         .collect();
     common::engine::kafka::ensure_topics(&cfg.kafka, &topics).await.context("creating topics")?;

@@ -38,16 +38,31 @@ use crate::engine::{Route, Stores};
 /// (usually through [`Stores::register`] of its [`engine::QueryWorkload`]).
 pub trait QueryRole: Workload {
     fn routes(cfg: &Self::Config, stores: &Stores) -> Vec<Route>;
+
+    /// Listeners the workload serves beside the HTTP API (its gRPC API, say),
+    /// usually over `app`'s in-process [`QueryApp::handle`], so that every
+    /// edge check and read is the HTTP one. None by default.
+    fn listeners(cfg: &Self::Config, app: &QueryApp) -> Vec<common::engine::http::Listener> {
+        let _ = (cfg, app);
+        Vec::new()
+    }
 }
 
 /// The query's view of a listed workload, its config parsed.
 pub trait Registered: Listed {
     fn routes(&self, stores: &Stores) -> Vec<Route>;
+
+    /// The workload's own listeners over the built `app` ([`QueryRole::listeners`]).
+    fn listeners(&self, app: &QueryApp) -> Vec<common::engine::http::Listener>;
 }
 
 impl<W: QueryRole> Registered for Configured<W> {
     fn routes(&self, stores: &Stores) -> Vec<Route> {
         W::routes(&self.config, stores)
+    }
+
+    fn listeners(&self, app: &QueryApp) -> Vec<common::engine::http::Listener> {
+        W::listeners(&self.config, app)
     }
 }
 
@@ -107,7 +122,11 @@ pub async fn build(
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
-    Ok(app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors))
+    let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors);
+    for listener in workloads.iter().flat_map(|w| w.listeners(&app)) {
+        app.serve_also(listener);
+    }
+    Ok(app)
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
@@ -139,6 +158,7 @@ pub async fn run(
     drain: Duration,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "query service listening");
+    let served = common::engine::http::spawn_listeners(app.take_listeners(), &token).await?;
     let handler_app = app.clone();
     let handler = move |req| {
         let app = handler_app.clone();
@@ -151,6 +171,9 @@ pub async fn run(
     };
     tokio::join!(common::engine::http::serve(listener, handler, limits, token.clone(), drain), end_streams);
     app.shut_down(drain).await;
+    for task in served {
+        let _ = tokio::time::timeout(drain, task).await;
+    }
     tracing::info!("query service stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::engine::http::{self, Body, OpsRoutes, ServerLimits};
+use common::engine::kafka::TopicSpec;
 use common::engine::shutdown::{spawn_critical, CancellationToken, TaskTracker};
 use hyper::body::Bytes;
 use hyper::header::CONTENT_TYPE;
@@ -15,8 +16,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::lane::{BodyError, Lane, Route, Topic};
+use super::lane::{self, BodyError, Lane, Route, Topic};
 use super::publisher::EventPublisher;
+use super::replies::Replies;
 use super::Intake;
 use crate::config::Config;
 use crate::metrics as m;
@@ -31,6 +33,8 @@ const OPS_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 pub(crate) struct Shared {
     routes: Vec<Box<dyn Route>>,
     pub clock: fn() -> i64,
+    /// How long a decided write waits for its decision.
+    pub decision_timeout: Duration,
     pub in_flight: Semaphore,
     max_in_flight: usize,
     ops: OpsRoutes,
@@ -41,11 +45,13 @@ pub(crate) struct Shared {
     background: CancellationToken,
     /// The service's background tasks (start-up checks, gauges), drained on the way out.
     tasks: TaskTracker,
+    /// The workloads' own listeners (gRPC, say), served by [`run`].
+    listeners: std::sync::Mutex<Vec<http::Listener>>,
 }
 
 impl Shared {
     fn route(&self, path: &str) -> Option<&dyn Route> {
-        self.routes.iter().find(|r| r.path() == path).map(|r| r.as_ref())
+        self.routes.iter().find(|r| r.serves(path)).map(|r| r.as_ref())
     }
 
     fn in_flight_capacity_used(&self) -> usize {
@@ -73,12 +79,14 @@ impl<'c> Engine<'c> {
         clock: fn() -> i64,
     ) -> anyhow::Result<Self> {
         // A request cut short after its event was handed to the producer could be
-        // retried by the client and counted twice: let delivery give up first.
+        // retried by the client and counted twice: let delivery (and the wait
+        // for a decision) give up first, so the client hears "outcome unknown".
         anyhow::ensure!(
-            cfg.edge.request_timeout > cfg.delivery_timeout,
-            "--request-timeout ({:?}) must be longer than --delivery-timeout ({:?})",
+            cfg.edge.request_timeout > cfg.delivery_timeout + cfg.decision_timeout,
+            "--request-timeout ({:?}) must be longer than --delivery-timeout ({:?}) plus --decision-timeout ({:?})",
             cfg.edge.request_timeout,
-            cfg.delivery_timeout
+            cfg.delivery_timeout,
+            cfg.decision_timeout
         );
         Ok(Engine { cfg, metrics, clock, routes: Vec::new() })
     }
@@ -106,8 +114,12 @@ impl<'c> Engine<'c> {
             self.cfg.producers.get() as usize,
         )
         .with_context(|| format!("creating the producers of {}", W::NAME))?;
-        let topic = Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)) };
-        self.routes.push(Box::new(Lane { workload, topic }));
+        let replies = workload.replies_topic().map(|t| Arc::new(Replies::new(t)));
+        let topic = Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)), replies };
+        // Once per workload at start-up: the joined methods live as long as the service.
+        let allow: &'static str =
+            Box::leak(W::METHODS.iter().map(Method::as_str).collect::<Vec<_>>().join(", ").into_boxed_str());
+        self.routes.push(Box::new(Lane { workload, topic, allow }));
         Ok(self)
     }
 
@@ -121,11 +133,23 @@ impl<'c> Engine<'c> {
     pub async fn start(self, pool: deadpool_postgres::Pool) -> anyhow::Result<CommandApp> {
         let Engine { cfg, metrics, clock, routes } = self;
         anyhow::ensure!(!routes.is_empty(), "no workload registered");
-        let specs: Vec<_> = routes.iter().map(|r| r.topic().spec.clone()).collect();
+        let events_partitions = cfg.partitions.events_partitions.get();
+        let specs: Vec<_> = routes
+            .iter()
+            .flat_map(|r| {
+                let replies =
+                    r.topic().replies.as_ref().map(|p| TopicSpec::replies_named(p.topic(), events_partitions));
+                std::iter::once(r.topic().spec.clone()).chain(replies)
+            })
+            .collect();
         common::engine::kafka::ensure_topics(&cfg.kafka, &specs).await.context("creating topics")?;
         let fatal = CancellationToken::new();
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();
+        for replies in routes.iter().filter_map(|r| r.topic().replies.clone()) {
+            let follow = replies.follow(cfg.kafka.clone(), background.clone());
+            spawn_critical(&tasks, &fatal, "replies", follow);
+        }
         for route in &routes {
             let topic = route.topic();
             let (name, agreed) = (topic.spec.name.clone(), topic.agreed_partitions.clone());
@@ -149,6 +173,9 @@ impl<'c> Engine<'c> {
                     let Some(inner) = weak.upgrade() else { return Err("shutting down".into()) };
                     for route in &inner.routes {
                         route.topic().publisher.check_broker(Duration::from_secs(2)).await?;
+                        if route.topic().replies.as_ref().is_some_and(|r| !r.is_following()) {
+                            return Err(format!("not following the decisions of {} yet", route.name()));
+                        }
                     }
                     Ok(())
                 })
@@ -156,6 +183,7 @@ impl<'c> Engine<'c> {
             Shared {
                 routes,
                 clock,
+                decision_timeout: cfg.decision_timeout,
                 in_flight: Semaphore::new(cfg.max_in_flight.get() as usize),
                 max_in_flight: cfg.max_in_flight.get() as usize,
                 ops: OpsRoutes { service: "command", metrics, ready },
@@ -163,6 +191,7 @@ impl<'c> Engine<'c> {
                 fatal,
                 background,
                 tasks,
+                listeners: std::sync::Mutex::new(Vec::new()),
             }
         });
         Ok(CommandApp { inner })
@@ -211,8 +240,8 @@ impl CommandApp {
     {
         let started = Instant::now();
         let (route, resp) = match self.inner.route(req.uri().path()) {
-            Some(route) if req.method() == Method::POST => (route.path(), self.post(route, req).await),
-            Some(route) => (route.path(), http::method_not_allowed("POST")),
+            Some(route) if route.accepts(req.method()) => (route.path(), self.post(route, req).await),
+            Some(route) => (route.path(), http::method_not_allowed(route.allow())),
             None => match self.inner.ops.handle(req.method(), req.uri().path()).await {
                 Some(r) => ("ops", r),
                 None => ("other", http::error(StatusCode::NOT_FOUND, self.not_found())),
@@ -223,8 +252,13 @@ impl CommandApp {
     }
 
     fn not_found(&self) -> String {
-        let routes: Vec<String> = self.inner.routes.iter().map(|r| format!("POST {}", r.path())).collect();
-        format!("not found; {} records an event", routes.join(" or "))
+        let routes: Vec<String> = self.inner.routes.iter().map(|r| format!("{} {}", r.allow(), r.path())).collect();
+        format!("not found; the write routes are {}", routes.join("; "))
+    }
+
+    /// Adds a workload's own listener (its gRPC API, say), served by [`run`].
+    pub fn serve_also(&self, listener: http::Listener) {
+        self.inner.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(listener);
     }
 
     async fn post<B>(&self, route: &dyn Route, req: Request<B>) -> Response<Body>
@@ -248,7 +282,9 @@ impl CommandApp {
                 (true, true) => Err(BodyError::TooLarge { limit_bytes }),
                 (true, false) => read_body(body, limit_bytes).await,
             };
-            route.post(&self.inner, parts.uri.query(), content_type, body.as_deref().map_err(|e| *e)).await
+            let request =
+                lane::Request { method: &parts.method, path: parts.uri.path(), query: parts.uri.query(), content_type };
+            route.post(&self.inner, request, body.as_deref().map_err(|e| *e)).await
         };
         edge.within_time_limit(answer, TOO_LONG).await
     }
@@ -286,6 +322,8 @@ pub async fn run(
     let fatal = app.inner.fatal.clone();
     let stop = token.child_token();
     spawn_critical(&app.inner.tasks, &stop, "gauges", gauges(app.clone(), stop.clone()));
+    let listeners = std::mem::take(&mut *app.inner.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let served = http::spawn_listeners(listeners, &stop).await?;
     let handler_app = app.clone();
     let handler = move |req| {
         let app = handler_app.clone();
@@ -294,6 +332,9 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "command service listening");
     http::serve(listener, handler, limits, stop.clone(), drain).await;
     stop.cancel();
+    for task in served {
+        let _ = tokio::time::timeout(drain, task).await;
+    }
     app.inner.background.cancel();
     common::engine::shutdown::drain(app.inner.tasks.clone(), drain).await?;
     for route in &app.inner.routes {

@@ -15,7 +15,8 @@ use hyper::Response;
 use super::app::Shared;
 use super::outcome::{respond, Outcome};
 use super::publisher::{Delivered, EventPublisher};
-use super::{BodyUse, Input, Intake};
+use super::replies::Replies;
+use super::{BodyUse, Decided, Input, Intake};
 
 /// A workload's topic: where its events go, and the partition count agreed for it.
 pub(crate) struct Topic {
@@ -23,6 +24,8 @@ pub(crate) struct Topic {
     pub publisher: EventPublisher,
     /// Partitions of the topic as agreed for the deployment; 0 until known.
     pub agreed_partitions: Arc<AtomicI32>,
+    /// The decisions of a decided workload ([`Intake::replies_topic`]).
+    pub replies: Option<Arc<Replies>>,
 }
 
 impl Topic {
@@ -52,30 +55,39 @@ pub(crate) type Answer<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send 
 pub(crate) trait Route: Send + Sync {
     fn name(&self) -> &'static str;
     fn path(&self) -> &'static str;
+    /// Whether it serves `path`: its route, or below it for a workload with subpaths.
+    fn serves(&self, path: &str) -> bool;
+    /// The methods it accepts, for 405's `Allow` (e.g. `POST, PUT`).
+    fn allow(&self) -> &'static str;
+    fn accepts(&self, method: &hyper::Method) -> bool;
     /// Whether the body is the input (read within the size limit) or ignored.
     fn reads_body(&self) -> bool;
     fn topic(&self) -> &Topic;
     /// Answers one `POST` that passed the edge checks.
-    fn post<'a>(
-        &'a self,
-        shared: &'a Shared,
-        query: Option<&'a str>,
-        content_type: Option<&'a str>,
-        body: Result<&'a [u8], BodyError>,
-    ) -> Answer<'a>;
+    fn post<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: Result<&'a [u8], BodyError>) -> Answer<'a>;
+}
+
+/// What the engine hands a route of one request, besides its body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub method: &'a hyper::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a str>,
 }
 
 pub(crate) struct Lane<W> {
     pub workload: W,
     pub topic: Topic,
+    /// [`Intake::METHODS`] joined for 405's `Allow` header.
+    pub allow: &'static str,
 }
 
 impl<W: Intake> Lane<W> {
     async fn accept(
         &self,
         shared: &Shared,
-        query: Option<&str>,
-        content_type: Option<&str>,
+        request: Request<'_>,
         body: Result<&[u8], BodyError>,
     ) -> Outcome<W::Reject> {
         let body = match body {
@@ -87,13 +99,20 @@ impl<W: Intake> Lane<W> {
                 BodyUse::Ignored => &[],
             },
         };
-        let input = Input { query, content_type, body };
+        let Request { method, path, query, content_type } = request;
+        let input = Input { method, path, request: uuid::Uuid::new_v4(), query, content_type, body };
         let event = match self.workload.parse(&input, (shared.clock)()) {
             Ok(event) => event,
             Err(reason) => return Outcome::Rejected(reason),
         };
         let Ok(_permit) = shared.in_flight.try_acquire() else {
             return Outcome::Overloaded;
+        };
+        // A decided write waits for its reply, registered before the write can be decided.
+        let mut waiting = match &self.topic.replies {
+            Some(replies) if !replies.is_following() => return Outcome::NotFollowing,
+            Some(replies) => Some(replies.expect(input.request.to_string())),
+            None => None,
         };
         let key = self.workload.key(&event);
         let payload = self.workload.encode(&event);
@@ -104,16 +123,20 @@ impl<W: Intake> Lane<W> {
         if let Some(expected) = self.topic.misrouted(&key, &delivered) {
             return Outcome::Misrouted { partition: delivered.partition, expected };
         }
-        match self.workload.judge(&event, &delivered) {
-            Ok(()) => {
-                let token = ReadToken {
-                    topic: self.topic.spec.name.clone(),
-                    partition: delivered.partition,
-                    offset: delivered.offset,
-                };
-                Outcome::Accepted(W::ACCEPTED, token)
-            }
-            Err(reason) => Outcome::Rejected(reason),
+        if let Err(reason) = self.workload.judge(&event, &delivered) {
+            return Outcome::Rejected(reason);
+        }
+        let token =
+            ReadToken { topic: self.topic.spec.name.clone(), partition: delivered.partition, offset: delivered.offset };
+        let Some(waiting) = waiting.as_mut() else {
+            return Outcome::Accepted(Decided { status: W::ACCEPTED, body: None }, token);
+        };
+        match waiting.reply(shared.decision_timeout).await {
+            None => Outcome::Undecided,
+            Some(reply) => match self.workload.decided(&event, &reply) {
+                Ok(decided) => Outcome::Accepted(decided, token),
+                Err(reason) => Outcome::Rejected(reason),
+            },
         }
     }
 }
@@ -127,6 +150,22 @@ impl<W: Intake> Route for Lane<W> {
         W::ROUTE
     }
 
+    fn serves(&self, path: &str) -> bool {
+        match path.strip_prefix(W::ROUTE) {
+            Some("") => true,
+            Some(rest) => W::SUBPATHS && rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        self.allow
+    }
+
+    fn accepts(&self, method: &hyper::Method) -> bool {
+        W::METHODS.contains(method)
+    }
+
     fn reads_body(&self) -> bool {
         matches!(W::BODY, BodyUse::Read { .. })
     }
@@ -135,15 +174,9 @@ impl<W: Intake> Route for Lane<W> {
         &self.topic
     }
 
-    fn post<'a>(
-        &'a self,
-        shared: &'a Shared,
-        query: Option<&'a str>,
-        content_type: Option<&'a str>,
-        body: Result<&'a [u8], BodyError>,
-    ) -> Answer<'a> {
+    fn post<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: Result<&'a [u8], BodyError>) -> Answer<'a> {
         Box::pin(async move {
-            let outcome = self.accept(shared, query, content_type, body).await;
+            let outcome = self.accept(shared, request, body).await;
             respond(W::NAME, outcome, &shared.fatal)
         })
     }

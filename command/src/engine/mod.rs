@@ -27,8 +27,9 @@ pub mod app;
 mod lane;
 mod outcome;
 pub mod publisher;
+mod replies;
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 pub use app::{run, CommandApp, Engine};
 pub use publisher::Delivered;
@@ -42,8 +43,13 @@ pub use publisher::Delivered;
 pub trait Intake: Send + Sync + 'static {
     /// Names the workload in metrics (label `workload`) and logs, e.g. `analytics`.
     const NAME: &'static str;
-    /// The path it accepts `POST`s on, e.g. `/analytics`.
+    /// The path it accepts writes on, e.g. `/analytics`.
     const ROUTE: &'static str;
+    /// The methods it accepts there; any other answers 405. `POST` by default.
+    const METHODS: &'static [Method] = &[Method::POST];
+    /// Whether paths below the route (`ROUTE/…`) are its too: the workload
+    /// reads them from [`Input::path`] (`PUT /answers/{key}`, say). Not by default.
+    const SUBPATHS: bool = false;
     /// The status once the event is durably in the log (204 for analytics, 200 for increments).
     const ACCEPTED: StatusCode;
     /// Whether its input is in the body. By default it is not: the body is never read.
@@ -79,6 +85,34 @@ pub trait Intake: Send + Sync + 'static {
         let _ = (event, delivered);
         Ok(())
     }
+
+    /// For a workload whose writes are decided downstream, by the owner of
+    /// the event's partition (a create that may conflict, say): the topic
+    /// the decisions come back on, each keyed by the [`Input::request`] of
+    /// the write it decides. The engine then answers a write only once its
+    /// decision arrived ([`Intake::decided`]), or 503 after
+    /// `--decision-timeout` (outcome unknown: retry with the same id).
+    /// `None` by default: a write is answered once it is in the log.
+    fn replies_topic(&self) -> Option<String> {
+        None
+    }
+
+    /// The answer to a decided write, from its reply's payload.
+    ///
+    /// # Errors
+    /// The refusal the decision was (a conflict, a missing key), in the
+    /// workload's words; nothing changed.
+    fn decided(&self, event: &Self::Event, reply: &[u8]) -> Result<Decided, Self::Reject> {
+        let _ = (event, reply);
+        Ok(Decided { status: Self::ACCEPTED, body: None })
+    }
+}
+
+/// A decided write's success: its status, and its JSON body if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub status: StatusCode,
+    pub body: Option<String>,
 }
 
 /// A workload's reason for refusing a request.
@@ -89,11 +123,15 @@ pub trait Reject: std::fmt::Display + Send {
     fn status(&self) -> RejectStatus;
 }
 
-/// The two ways a client's request is refused.
+/// The ways a client's request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectStatus {
     /// 400: malformed.
     BadRequest,
+    /// 404: decided against: what it changes does not exist.
+    NotFound,
+    /// 409: decided against: it conflicts with the current state.
+    Conflict,
     /// 422: well-formed, but it would not be counted (e.g. outside the horizon).
     Unprocessable,
 }
@@ -102,6 +140,8 @@ impl RejectStatus {
     pub fn code(self) -> StatusCode {
         match self {
             RejectStatus::BadRequest => StatusCode::BAD_REQUEST,
+            RejectStatus::NotFound => StatusCode::NOT_FOUND,
+            RejectStatus::Conflict => StatusCode::CONFLICT,
             RejectStatus::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -121,10 +161,24 @@ pub enum BodyUse<R> {
 /// What a workload sees of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
+    /// One of the workload's [`Intake::METHODS`].
+    pub method: &'a Method,
+    /// The request's path, not decoded: the route, or below it for [`Intake::SUBPATHS`].
+    pub path: &'a str,
+    /// This attempt's id, minted by the engine (a retry is another attempt):
+    /// what a decided workload's reply names ([`Intake::replies_topic`]).
+    pub request: uuid::Uuid,
     /// The raw query string, if any (not decoded).
     pub query: Option<&'a str>,
     /// The `Content-Type` header; `Some("")` when it is not visible ASCII.
     pub content_type: Option<&'a str>,
     /// The body, complete and within the size limit; empty for [`BodyUse::Ignored`].
     pub body: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    /// A `POST` of `query`, `content_type` and `body` to the route itself (tests, tools).
+    pub fn post(query: Option<&'a str>, content_type: Option<&'a str>, body: &'a [u8]) -> Self {
+        Input { method: &Method::POST, path: "", request: uuid::Uuid::nil(), query, content_type, body }
+    }
 }

@@ -9,15 +9,22 @@ use common::engine::progress::{ReadToken, TOKEN_HEADER};
 use hyper::header::HeaderValue;
 
 use super::publisher::PublishError;
-use super::Reject;
+use super::{Decided, Reject};
 use crate::metrics as m;
 
 /// The outcome of one `POST` to a workload's route.
 #[derive(Debug)]
 pub(crate) enum Outcome<R> {
-    /// Durably in the log, and it will be counted: the workload's success
-    /// status, with the read token naming where the event landed.
-    Accepted(StatusCode, ReadToken),
+    /// Durably in the log, and it will be counted (or, for a decided write,
+    /// decided in its favour): the workload's success status and body, with
+    /// the read token naming where the event landed.
+    Accepted(Decided, ReadToken),
+    /// A decided write whose decision did not come in time: it is in the log
+    /// and will be decided, but not known here.
+    Undecided,
+    /// A decided write not appended: this instance does not follow the
+    /// decisions yet (it is starting, or the broker does not answer).
+    NotFollowing,
     /// The client's fault, in the workload's words.
     Rejected(R),
     /// The body could not be read (the client went away mid-body, or sent a broken chunk).
@@ -40,9 +47,12 @@ pub(crate) fn respond<R: Reject>(
     fatal: &CancellationToken,
 ) -> Response<Body> {
     match outcome {
-        Outcome::Accepted(status, token) => {
+        Outcome::Accepted(Decided { status, body }, token) => {
             metrics::counter!(m::EVENTS_ACCEPTED, "workload" => workload).increment(1);
-            let mut r = http::no_content();
+            let mut r = match body {
+                Some(json) => http::json(status, json),
+                None => http::no_content(),
+            };
             *r.status_mut() = status;
             // base64url and a version byte: always a valid header value.
             let token = HeaderValue::from_str(&token.encode()).expect("a read token is visible ASCII");
@@ -84,6 +94,17 @@ pub(crate) fn respond<R: Reject>(
                 "event not recorded: the events topic's partitions changed; it will not be counted; retry later",
                 1,
             )
+        }
+        Outcome::Undecided => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "undecided", "workload" => workload).increment(1);
+            http::unavailable(
+                "outcome unknown: the write is in the log but was not decided in time; retry with the same id",
+                1,
+            )
+        }
+        Outcome::NotFollowing => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "not_following", "workload" => workload).increment(1);
+            http::unavailable("not recorded: this instance does not follow the decisions yet; retry later", 1)
         }
         Outcome::Overloaded => {
             metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded", "workload" => workload).increment(1);
@@ -130,10 +151,19 @@ mod tests {
         let fatal = CancellationToken::new();
         let token = || ReadToken { topic: "t".into(), partition: 1, offset: 7 };
         assert_eq!(
-            answer(Outcome::Accepted(StatusCode::OK, token()), &fatal).await,
+            answer(Outcome::Accepted(Decided { status: StatusCode::OK, body: None }, token()), &fatal).await,
             (StatusCode::OK, None, String::new())
         );
-        assert_eq!(answer(Outcome::Accepted(StatusCode::NO_CONTENT, token()), &fatal).await.0, StatusCode::NO_CONTENT);
+        let no_content = Decided { status: StatusCode::NO_CONTENT, body: None };
+        assert_eq!(answer(Outcome::Accepted(no_content, token()), &fatal).await.0, StatusCode::NO_CONTENT);
+        let created = Decided { status: StatusCode::CREATED, body: Some(r#"{"version":1}"#.into()) };
+        assert_eq!(
+            answer(Outcome::Accepted(created, token()), &fatal).await,
+            (StatusCode::CREATED, None, r#"{"version":1}"#.into())
+        );
+        let (status, retry, body) = answer(Outcome::Undecided, &fatal).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert!(body.starts_with("outcome unknown:") && body.contains("same id"), "{body}");
         assert_eq!(
             answer(Outcome::Rejected(Late), &fatal).await,
             (StatusCode::UNPROCESSABLE_ENTITY, None, "too late\n".into())
@@ -155,7 +185,7 @@ mod tests {
         let token = ReadToken { topic: "analytics.events".into(), partition: 2, offset: 41 };
         let r = respond::<Late>(
             "test",
-            Outcome::Accepted(StatusCode::NO_CONTENT, token.clone()),
+            Outcome::Accepted(Decided { status: StatusCode::NO_CONTENT, body: None }, token.clone()),
             &CancellationToken::new(),
         );
         let header = r.headers().get(TOKEN_HEADER).expect("a token header").to_str().expect("ascii");

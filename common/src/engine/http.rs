@@ -291,3 +291,51 @@ pub async fn serve_ops(listener: TcpListener, ops: OpsRoutes, token: Cancellatio
     };
     serve(listener, handler, ServerLimits::default(), token, Duration::from_secs(1)).await;
 }
+
+/// What a listener's serve function returns: runs until its token is cancelled.
+pub type Serving = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A listener a workload serves beside the service's HTTP one (its gRPC API,
+/// say). The engine binds `addr` at start-up (failing the start if it cannot),
+/// runs `serve` on it, cancels the token at shutdown and waits for it to end.
+pub struct Listener {
+    /// Names it in logs.
+    pub name: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub serve: Box<dyn FnOnce(TcpListener, CancellationToken) -> Serving + Send>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("name", &self.name).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Binds every listener, then serves each on its own task until `token` is
+/// cancelled; the returned handles end when they stopped.
+///
+/// # Errors
+/// When an address cannot be bound: the service does not start half-served.
+pub async fn spawn_listeners(
+    listeners: Vec<Listener>,
+    token: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut bound = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let socket =
+            TcpListener::bind(l.addr).await.map_err(|e| anyhow::anyhow!("binding {} on {}: {e}", l.name, l.addr))?;
+        bound.push((l, socket));
+    }
+    Ok(bound
+        .into_iter()
+        .map(|(l, socket)| {
+            let (name, token) = (l.name, token.clone());
+            tracing::info!(listener = name, addr = %l.addr, "listening");
+            tokio::spawn(async move {
+                if let Err(e) = (l.serve)(socket, token).await {
+                    tracing::error!(listener = name, error = %e, "listener stopped");
+                }
+            })
+        })
+        .collect())
+}

@@ -83,6 +83,17 @@ impl TopicSpec {
     pub fn aggregates_named(name: &str, partitions: u32) -> Self {
         TopicSpec { name: name.to_owned(), partitions, configs: vec![("cleanup.policy", "compact")] }
     }
+
+    /// A replies topic: decisions a command instance waits on for seconds at
+    /// most, so an hour of them is kept (a retry after that is answered from
+    /// the processor's memory of the request id, not from this topic).
+    pub fn replies_named(name: &str, partitions: u32) -> Self {
+        TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            configs: vec![("cleanup.policy", "delete"), ("retention.ms", "3600000")],
+        }
+    }
 }
 
 /// Creates the topics of `specs` (those the calling service uses) if they do

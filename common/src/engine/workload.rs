@@ -40,13 +40,19 @@ pub struct TopicArgs {
     pub aggregates: &'static str,
 }
 
-/// A workload's two topics, by name: the command writes events, the processor
+/// A workload's topics, by name: the command writes events, the processor
 /// reads them and writes aggregates, the materializer reads those. Their
 /// partition counts are the deployment's ([`crate::engine::config::PartitionsConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub events: String,
     pub aggregates: String,
+    /// For a workload whose writes are decided by the partition's owner (a
+    /// create that may conflict, say): the topic the processor publishes each
+    /// decision on at once, keyed by the request id, and the command waits on
+    /// ([`crate::engine::kafka::TopicSpec::replies_named`]). `None` for a
+    /// workload whose writes are answered once they are in the log.
+    pub replies: Option<String>,
 }
 
 /// What the engine knows of a workload whatever the service: its name, its

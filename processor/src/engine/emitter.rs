@@ -59,6 +59,12 @@ pub trait Log: Send + Sync {
     /// # Errors
     /// When the log does not answer or refuses.
     fn open(&self, partition: i32) -> impl Future<Output = Result<Self::Producer, EmitError>> + Send;
+
+    /// Publishes decided replies at once, without a transaction and without
+    /// waiting for the broker: a reply lost here leaves its command
+    /// instance to time out and the client to retry with its id, which the
+    /// workload answers with the first decision.
+    fn reply(&self, replies: Vec<Emit>);
 }
 
 /// One partition's transactional producer.
@@ -90,6 +96,8 @@ pub struct KafkaLog {
     config: rdkafka::ClientConfig,
     id_prefix: String,
     topic: String,
+    /// The replies topic's idempotent producer, for a workload that has one.
+    replies: Option<(FutureProducer, String)>,
 }
 
 impl AggregateEmitter {
@@ -111,10 +119,18 @@ impl AggregateEmitter {
         // Right after a commit the coordinator may still be writing its markers and answer the
         // next transaction with CONCURRENT_TRANSACTIONS; retry quickly rather than after 100 ms.
         config.set("retry.backoff.ms", "2").set("retry.backoff.max.ms", "100");
+        let replies = match &settings.replies_topic {
+            Some(topic) => {
+                let tuning = ProducerTuning { linger: Duration::ZERO, ..tuning };
+                Some((kafka::producer_config(kafka_cfg, "processor-replies", tuning).create()?, topic.clone()))
+            }
+            None => None,
+        };
         let log = KafkaLog {
             config,
             id_prefix: format!("{group_id}.{events_topic}"),
             topic: settings.aggregates_topic.clone(),
+            replies,
         };
         Ok(AggregateEmitter::over(log, events_topic, settings.aggregates_partitions))
     }
@@ -124,6 +140,13 @@ impl<L: Log> AggregateEmitter<L> {
     /// An emitter over any log (the simulation's, say).
     pub fn over(log: L, events_topic: &str, aggregates_partitions: i32) -> Self {
         AggregateEmitter { log, events_topic: events_topic.to_owned(), aggregates_partitions }
+    }
+
+    /// Publishes decided replies at once ([`Log::reply`]).
+    pub fn reply(&self, replies: Vec<Emit>) {
+        if !replies.is_empty() {
+            self.log.reply(replies);
+        }
     }
 
     /// Takes over `partition`'s transactional id ([`Log::open`]). Call on every claim, before the first emit.
@@ -151,6 +174,20 @@ impl Log for KafkaLog {
         let p = producer.clone();
         blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
         Ok(KafkaProducer { producer, topic: self.topic.clone(), partition })
+    }
+
+    fn reply(&self, replies: Vec<Emit>) {
+        let Some((producer, topic)) = &self.replies else {
+            tracing::error!(count = replies.len(), "replies decided for a workload without a replies topic");
+            return;
+        };
+        for r in replies {
+            // Enqueued, not awaited: the delivery future is dropped, the record still goes.
+            if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&r.key).payload(&r.payload)) {
+                metrics::counter!(super::metrics::REPLIES_DROPPED).increment(1);
+                tracing::warn!(error = %e, "a reply was not published; its command times out and is retried by id");
+            }
+        }
     }
 }
 

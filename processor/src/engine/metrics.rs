@@ -31,3 +31,5 @@ pub const CONSUMER_LAG: &str = "analytics_processor_consumer_lag_messages";
 /// Label `partition`: 1 while this instance holds the partition stopped at an
 /// undecodable record (needs an operator), else 0.
 pub const PARTITION_STALLED: &str = "analytics_processor_partition_stalled";
+/// Decided replies that could not be enqueued for the replies topic (the producer queue was full).
+pub const REPLIES_DROPPED: &str = "analytics_processor_replies_dropped_total";

@@ -178,6 +178,18 @@ pub trait Aggregation: Send + Sync + 'static {
     /// without their bytes. A key the state no longer holds is left out.
     fn render(&self, scope: Scope<'_>, position: Position, state: &Self::State, keys: &[String]) -> Vec<Emit>;
 
+    /// The replies decided by the records applied since the last call, for a
+    /// workload whose writes wait for a decision (its `Topics::replies`):
+    /// each keyed by the request it answers. The engine calls this after
+    /// every batch it applies and publishes them at once, outside the
+    /// checkpoint's transaction: a decision must be a pure function of the
+    /// log up to its record, so a replay (or a zombie owner) publishes the
+    /// same reply again, never another. None by default.
+    fn replies(&self, state: &mut Self::State) -> Vec<Emit> {
+        let _ = state;
+        Vec::new()
+    }
+
     /// Sets the workload's own gauges over the states this instance holds.
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a Self::State>)
     where

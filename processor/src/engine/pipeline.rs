@@ -77,6 +77,8 @@ pub struct ProcessorSettings {
     pub kafka: KafkaConfig,
     pub events_topic: String,
     pub aggregates_topic: String,
+    /// The workload's replies topic, if its writes wait for a decision (see `Aggregation::replies`).
+    pub replies_topic: Option<String>,
     /// Partitions of the aggregates topic: each gets a progress record per checkpoint.
     pub aggregates_partitions: i32,
     /// Kafka group.id for the offset hint, and the transactional.id prefix.
@@ -254,6 +256,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                                 }
                             }
                         }
+                        self.publish_replies();
                         if self.owned.values().any(OwnedPartition::is_full) {
                             self.checkpoint_all().await?;
                             last_checkpoint = self.clock.now();
@@ -325,6 +328,13 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             .collect();
         self.source.assign(positions)?;
         Ok(())
+    }
+
+    /// Publishes what the records just applied decided, at once: a command
+    /// instance is waiting for each (`Aggregation::replies`).
+    fn publish_replies(&mut self) {
+        let replies: Vec<_> = self.owned.values_mut().flat_map(|o| self.workload.replies(&mut o.state)).collect();
+        self.emitter.reply(replies);
     }
 
     fn on_message(&mut self, msg: Result<impl SourceMessage, rdkafka::error::KafkaError>) {

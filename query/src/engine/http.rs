@@ -28,6 +28,8 @@ pub struct QueryApp {
     cors: Cors,
     progress: ProgressWait,
     changes: Changes,
+    /// The workloads' own listeners (gRPC, say), served by `query::run`.
+    listeners: Arc<std::sync::Mutex<Vec<http::Listener>>>,
 }
 
 impl QueryApp {
@@ -43,7 +45,18 @@ impl QueryApp {
             cors: Cors::default(),
             progress: stores.progress(),
             changes: stores.changes().clone(),
+            listeners: Arc::default(),
         }
+    }
+
+    /// Adds a workload's own listener (its gRPC API, say), served by `query::run`.
+    pub fn serve_also(&self, listener: http::Listener) {
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(listener);
+    }
+
+    /// The listeners added, taken once by `query::run`.
+    pub fn take_listeners(&self) -> Vec<http::Listener> {
+        std::mem::take(&mut *self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The same app, answering browsers of the origins `cors` allows.

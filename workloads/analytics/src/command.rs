@@ -99,7 +99,7 @@ mod tests {
     }
 
     fn query(q: &str) -> Input<'_> {
-        Input { query: Some(q), content_type: None, body: b"ignored" }
+        Input::post(Some(q), None, b"ignored")
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl Workload for Analytics {
     const TOPIC_ARGS: TopicArgs = TopicArgs { events: "events_topic", aggregates: "aggregates_topic" };
 
     fn topics(cfg: &Self::Config) -> Topics {
-        Topics { events: cfg.events_topic.clone(), aggregates: cfg.aggregates_topic.clone() }
+        Topics { events: cfg.events_topic.clone(), aggregates: cfg.aggregates_topic.clone(), replies: None }
     }
 
     /// One column per count of the typed list ([`counts`]), added where missing.

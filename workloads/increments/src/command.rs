@@ -73,7 +73,7 @@ mod tests {
     }
 
     fn body(b: &[u8]) -> Input<'_> {
-        Input { query: None, content_type: Some("application/json"), body: b }
+        Input::post(None, Some("application/json"), b)
     }
 
     #[test]

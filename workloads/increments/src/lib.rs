@@ -84,7 +84,11 @@ impl Workload for Increments {
     const TOPIC_ARGS: TopicArgs = TopicArgs { events: "increments_events_topic", aggregates: "increments_sums_topic" };
 
     fn topics(cfg: &Self::Config) -> Topics {
-        Topics { events: cfg.increments_events_topic.clone(), aggregates: cfg.increments_sums_topic.clone() }
+        Topics {
+            events: cfg.increments_events_topic.clone(),
+            aggregates: cfg.increments_sums_topic.clone(),
+            replies: None,
+        }
     }
 }
 

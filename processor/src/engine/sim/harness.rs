@@ -96,6 +96,18 @@ pub trait Simulated: Aggregation<Event: Clone + std::fmt::Debug> + Clone {
 
     /// The exact fold of the acknowledged events, per aggregate key.
     fn fold(events: &[(i32, Self::Event)]) -> BTreeMap<String, Self::Value>;
+
+    /// For a workload that replies ([`Aggregation::replies`]): checks the
+    /// reply of each request (by its key) against the sequential model of
+    /// `events`. The harness has already checked that every publication of
+    /// one request's reply (a replay's, a zombie's) is the same bytes.
+    fn check_replies(events: &[(i32, Self::Event)], replies: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+        let _ = events;
+        match replies.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{} replies from a workload whose simulation does not check them", replies.len())),
+        }
+    }
 }
 
 /// The loop's checkpoint interval (each checkpoint tick moves an instance's clock by it).
@@ -227,6 +239,7 @@ impl<W: Simulated> Sim<W> {
             kafka: KafkaConfig { brokers: "sim".to_owned(), create_topics: false },
             events_topic: TOPIC.to_owned(),
             aggregates_topic: "aggregates".to_owned(),
+            replies_topic: None,
             aggregates_partitions: 1,
             group_id: "sim".to_owned(),
             checkpoint_interval: CHECKPOINT_INTERVAL,
@@ -529,6 +542,20 @@ impl<W: Simulated> Sim<W> {
             }
         }
         compare(&read_model::<W>(records), &expected, "read model")?;
+        // A decision is a function of the log prefix: every publication of a reply is the same.
+        let mut replies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for r in self.log.replies() {
+            match replies.get(&r.key) {
+                Some(first) if *first != r.payload => {
+                    return Err(format!("request {}: a replay replied differently from the first decision", r.key))
+                }
+                Some(_) => {}
+                None => {
+                    replies.insert(r.key, r.payload);
+                }
+            }
+        }
+        W::check_replies(events, &replies)?;
         // Without transactions (a broker with no read_committed and no fencing): every record
         // sent, aborted or fenced ones included. The guard alone must still give the fold.
         let sent = self.log.sent_aggregates();

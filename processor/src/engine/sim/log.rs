@@ -59,6 +59,8 @@ struct Topics {
     /// transaction committed, aborted or was fenced: what a broker without
     /// transactions would hold.
     sent: Vec<Emit>,
+    /// Every reply published, in publish order (replays and zombies included).
+    replies: Vec<Emit>,
     /// The current producer epoch of each events partition's transactional id.
     epochs: BTreeMap<i32, u64>,
     fault: Option<LogFault>,
@@ -113,6 +115,11 @@ impl MemLog {
         self.lock().aggregates.clone()
     }
 
+    /// Every reply any owner published, in publish order: a replay's or a zombie's again.
+    pub fn replies(&self) -> Vec<Emit> {
+        self.lock().replies.clone()
+    }
+
     /// Every record any producer sent, aborted and fenced transactions' included, in send order.
     pub fn sent_aggregates(&self) -> Vec<Emit> {
         self.lock().sent.clone()
@@ -161,6 +168,10 @@ impl Log for MemLog {
             *epoch += 1;
         }
         Ok(MemProducer { log: self.clone(), partition, epoch: *epoch })
+    }
+
+    fn reply(&self, replies: Vec<Emit>) {
+        self.lock().replies.extend(replies);
     }
 }
 

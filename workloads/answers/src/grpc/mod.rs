@@ -21,9 +21,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::engine::http::{Body, PeerAddr};
+use common::engine::http::{Body, Listener, PeerAddr, Serving};
 use common::engine::shutdown::CancellationToken;
-use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper::Response;
 use tokio::net::TcpListener;
@@ -49,16 +48,6 @@ pub mod proto {
 /// beyond this, tonic refuses the message itself (OUT_OF_RANGE).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
-// STAND-IN for `common::engine::http::Listener` (design "Engine API additions"), being added on
-// main by the lead: the same shape. Delete it and import the engine's once main has it.
-/// A listener the engine binds at `addr` and serves until shutdown (a cancelled token).
-pub struct Listener {
-    /// Names the listener in logs and start-up errors.
-    pub name: &'static str,
-    pub addr: SocketAddr,
-    pub serve: Box<dyn FnOnce(TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
-}
-
 /// The `AnswersWrite` service on `addr`, answered by the command service's `app`.
 pub fn write_listener(addr: SocketAddr, app: command::CommandApp, transport: Transport) -> Listener {
     let service = AnswersWriteServer::new(Bridge(app)).max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -77,7 +66,7 @@ fn listener(
     route: impl FnOnce(&mut tonic::transport::Server) -> tonic::transport::server::Router + Send + 'static,
     transport: Transport,
 ) -> Listener {
-    let serve = move |bound: TcpListener, token: CancellationToken| -> BoxFuture<'static, anyhow::Result<()>> {
+    let serve = move |bound: TcpListener, token: CancellationToken| -> Serving {
         Box::pin(async move {
             if let Ok(local) = bound.local_addr() {
                 tracing::info!(addr = %local, tls = transport.tls.is_some(), name, "gRPC listening");
