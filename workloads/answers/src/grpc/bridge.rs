@@ -20,8 +20,9 @@ use super::proto::{
 /// The HTTP route of the answers, and of one key (`/answers/{key}`).
 pub const ROUTE: &str = "/answers";
 
-/// The read token of a write: the HTTP header, and the gRPC metadata key it becomes.
-pub const ANALYTICS_TOKEN: &str = "analytics-token";
+/// The read token of a write: the HTTP header (the engine's name), and the gRPC metadata key it
+/// becomes.
+pub const ANALYTICS_TOKEN: &str = common::engine::progress::TOKEN_HEADER;
 
 /// An in-process HTTP request, as `CommandApp::handle` / `QueryApp::handle` take it.
 pub type HttpRequest = Request<Full<Bytes>>;
