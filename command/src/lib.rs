@@ -48,8 +48,12 @@ pub trait CommandRole: Workload {
     /// Listeners the workload serves beside the HTTP API (its gRPC API, say),
     /// usually over `app`'s in-process [`CommandApp::handle`], so that every
     /// edge check and decision is the HTTP one. None by default.
-    fn listeners(cfg: &Self::Config, app: &CommandApp) -> Vec<common::engine::http::Listener> {
-        let _ = (cfg, app);
+    fn listeners(
+        cfg: &Self::Config,
+        app: &CommandApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        let _ = (cfg, app, limits);
         Vec::new()
     }
 }
@@ -63,7 +67,11 @@ pub trait Registered: Listed {
     fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>>;
 
     /// The workload's own listeners over the built `app` ([`CommandRole::listeners`]).
-    fn listeners(&self, app: &CommandApp) -> Vec<common::engine::http::Listener>;
+    fn listeners(
+        &self,
+        app: &CommandApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener>;
 }
 
 impl<W: CommandRole> Registered for Configured<W> {
@@ -72,8 +80,12 @@ impl<W: CommandRole> Registered for Configured<W> {
         engine.register(W::intake(&self.config, events, &cfg.horizon.horizon()))
     }
 
-    fn listeners(&self, app: &CommandApp) -> Vec<common::engine::http::Listener> {
-        W::listeners(&self.config, app)
+    fn listeners(
+        &self,
+        app: &CommandApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        W::listeners(&self.config, app, limits)
     }
 }
 
@@ -130,7 +142,11 @@ pub async fn build(
         engine = w.register(engine, cfg)?;
     }
     let app = engine.start(pool).await?;
-    for listener in workloads.iter().flat_map(|w| w.listeners(&app)) {
+    let limits = common::engine::http::ListenerLimits {
+        limits: common::engine::http::ServerLimits::from_edge(&cfg.edge)?,
+        drain: cfg.telemetry.shutdown_timeout,
+    };
+    for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
     }
     Ok(app)

@@ -25,6 +25,9 @@ async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
     let port = free_port();
     let (cfg, workloads) = platform::parse::command([
         "command",
+        // Served by `command::run`: a port of its own, as tests run side by side.
+        "--answers-grpc-command-addr",
+        "127.0.0.1:0",
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--kafka-brokers",

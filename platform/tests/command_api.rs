@@ -34,6 +34,9 @@ fn config(extra: &[&str]) -> (Config, Vec<Box<dyn Registered>>) {
         // The deployment settings these tests agree on (default horizon, one row per test topic).
         "--pg-schema".into(),
         "test_command".into(),
+        // Served by `command::run`: a port of its own, as tests run side by side.
+        "--answers-grpc-command-addr".into(),
+        "127.0.0.1:0".into(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     platform::parse::command(args)

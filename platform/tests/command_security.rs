@@ -44,6 +44,9 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
     let (kafka, _, _) = isolated(&unique_suffix());
     let (cfg, workloads) = platform::parse::command([
         "command",
+        // Served by `command::run`: a port of its own, as tests run side by side.
+        "--answers-grpc-command-addr",
+        "127.0.0.1:0",
         "--kafka-brokers",
         &kafka.brokers,
         "--events-topic",

@@ -42,8 +42,12 @@ pub trait QueryRole: Workload {
     /// Listeners the workload serves beside the HTTP API (its gRPC API, say),
     /// usually over `app`'s in-process [`QueryApp::handle`], so that every
     /// edge check and read is the HTTP one. None by default.
-    fn listeners(cfg: &Self::Config, app: &QueryApp) -> Vec<common::engine::http::Listener> {
-        let _ = (cfg, app);
+    fn listeners(
+        cfg: &Self::Config,
+        app: &QueryApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        let _ = (cfg, app, limits);
         Vec::new()
     }
 }
@@ -53,7 +57,11 @@ pub trait Registered: Listed {
     fn routes(&self, stores: &Stores) -> Vec<Route>;
 
     /// The workload's own listeners over the built `app` ([`QueryRole::listeners`]).
-    fn listeners(&self, app: &QueryApp) -> Vec<common::engine::http::Listener>;
+    fn listeners(
+        &self,
+        app: &QueryApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener>;
 }
 
 impl<W: QueryRole> Registered for Configured<W> {
@@ -61,8 +69,12 @@ impl<W: QueryRole> Registered for Configured<W> {
         W::routes(&self.config, stores)
     }
 
-    fn listeners(&self, app: &QueryApp) -> Vec<common::engine::http::Listener> {
-        W::listeners(&self.config, app)
+    fn listeners(
+        &self,
+        app: &QueryApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        W::listeners(&self.config, app, limits)
     }
 }
 
@@ -123,7 +135,11 @@ pub async fn build(
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
     let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors);
-    for listener in workloads.iter().flat_map(|w| w.listeners(&app)) {
+    let limits = common::engine::http::ListenerLimits {
+        limits: common::engine::http::ServerLimits::from_edge(&cfg.edge)?,
+        drain: cfg.telemetry.shutdown_timeout,
+    };
+    for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
     }
     Ok(app)

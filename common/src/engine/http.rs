@@ -311,6 +311,14 @@ impl std::fmt::Debug for Listener {
     }
 }
 
+/// What a workload's listener shares with its service's HTTP edge: the
+/// transport limits (TLS, the slow-client limit) and the shutdown drain.
+#[derive(Clone)]
+pub struct ListenerLimits {
+    pub limits: ServerLimits,
+    pub drain: Duration,
+}
+
 /// Binds every listener, then serves each on its own task until `token` is
 /// cancelled; the returned handles end when they stopped.
 ///

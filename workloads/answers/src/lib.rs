@@ -16,6 +16,8 @@
 //! - [`processor`]: the decisions per partition (an `Aggregation` with replies).
 //! - [`materializer`]: the history and latest read models and the Redis copy (a `SinkWorkload`).
 //! - [`query`]: `GET /answers/{key}` and its history (a `QueryWorkload`).
+//! - [`grpc`]: the same API over gRPC (`proto/answers.proto`), bridged onto
+//!   the command's and the query's in-process HTTP handling.
 //!
 //! The pure domain touches no tokio, rdkafka, redis or postgres:
 //!
@@ -29,6 +31,7 @@
 
 pub mod command;
 pub mod config;
+pub mod grpc;
 pub mod key;
 pub mod materializer;
 pub mod processor;
@@ -101,6 +104,16 @@ impl ::command::CommandRole for Answers {
     fn intake(cfg: &Self::Config, events: TopicSpec, _: &Horizon) -> command::Answers {
         command::Answers::new(events, cfg.answers_replies_topic.clone())
     }
+
+    /// `AnswersWrite` on `--answers-grpc-command-addr`.
+    fn listeners(
+        cfg: &Self::Config,
+        app: &::command::CommandApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        let transport = grpc::Transport::new(&limits.limits, limits.drain);
+        vec![grpc::write_listener(cfg.answers_grpc_command_addr, app.clone(), transport)]
+    }
 }
 
 impl ::processor::ProcessorRole for Answers {
@@ -124,6 +137,16 @@ impl ::materializer::MaterializerRole for Answers {
 impl ::query::QueryRole for Answers {
     fn routes(_: &Self::Config, stores: &::query::engine::Stores) -> Vec<::query::engine::Route> {
         stores.register(query::Answers)
+    }
+
+    /// `AnswersRead` on `--answers-grpc-query-addr`.
+    fn listeners(
+        cfg: &Self::Config,
+        app: &::query::QueryApp,
+        limits: &common::engine::http::ListenerLimits,
+    ) -> Vec<common::engine::http::Listener> {
+        let transport = grpc::Transport::new(&limits.limits, limits.drain);
+        vec![grpc::read_listener(cfg.answers_grpc_query_addr, app.clone(), transport)]
     }
 }
 
