@@ -21,6 +21,7 @@ else
   DUR=30s; PROBE=30; PRODUCE=500000; BACKLOG=1000000; LIVE=(--streams 1000 --rounds 30 --token-tries 300)
 fi
 PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
+MATERIALIZER_PORT="${MATERIALIZER_PORT:-9102}"
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
 for tool in wrk redis-benchmark; do
@@ -64,9 +65,11 @@ cargo build --release -p bench --bins --quiet
 
 # One JSON object per measurement in $OUT, merged at the end; {} when the tool printed nothing (it failed).
 record() { local json="$2"; [[ -n $json ]] || json='{}'; echo "$json" >"$OUT/$1.json"; }
-wrk_run() { # wrk_run <name> <connections> <script> <url>
+wrk_run() { # wrk_run <name> <connections> <script> <url> [script arguments...]
+  local target=("$4")
+  if (($# > 4)); then target+=(-- "${@:5}"); fi
   log "wrk $1: $2 connections, $DUR, $3"
-  record "$1" "$(wrk -t2 -c"$2" -d"$DUR" --timeout 10s -s "bench/wrk/$3" "$4" | tail -1)"
+  record "$1" "$(wrk -t2 -c"$2" -d"$DUR" --timeout 10s -s "bench/wrk/$3" "${target[@]}" | tail -1)"
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$RUN_DIR/$1.pid")/status"; }
 rss_all() { # rss_all <name>
@@ -77,15 +80,17 @@ rss_all() { # rss_all <name>
 metric() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 # The sum of a metric over its labels; empty while the metric is not there.
 metric_sum() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2; n++} END {if (n) printf "%d\n", s}'; }
-# Waits until the processor has applied everything in the events topic (its lag gauges refresh every 5 s).
-wait_processor_caught_up() {
+# Waits until a consumer has applied everything in its topics (its lag gauges refresh every 5 s).
+wait_caught_up() { # wait_caught_up <name> <ops port> <lag metric>
   sleep 5.5
   local deadline=$((SECONDS + 120))
-  until [[ $(metric_sum "$PROCESSOR_PORT" analytics_processor_consumer_lag_messages) == 0 ]]; do
-    ((SECONDS < deadline)) || { log "warning: the processor still lags after 120s"; return; }
+  until [[ $(metric_sum "$2" "$3") == 0 ]]; do
+    ((SECONDS < deadline)) || { log "warning: the $1 still lags after 120s"; return; }
     sleep 0.5
   done
 }
+wait_processor_caught_up() { wait_caught_up processor "$PROCESSOR_PORT" analytics_processor_consumer_lag_messages; }
+wait_materializer_caught_up() { wait_caught_up materializer "$MATERIALIZER_PORT" analytics_materializer_consumer_lag_messages; }
 
 log "aggregation core (criterion)"
 QUICK=$QUICK cargo bench -p bench --bench core --quiet -- --noplot >"$OUT/criterion.txt" 2>&1
@@ -147,6 +152,90 @@ target/release/increment-staleness "$PROBE" >"$OUT/increment_staleness.json" &
 probe_pid=$!
 wrk_run increment_256 256 increment.lua http://127.0.0.1:8081
 wait "$probe_pid"
+
+# The answers workload (decided writes: 201/200 once the processor has decided, then reads of the read model),
+# all at 64 connections beside post_64 and ceiling_get_64. Keys carry a tag of this run, so a stack kept from an
+# earlier run neither answers 409 to the creates nor holds more than 1,000 changes of the history key.
+answers_setup() { # answers_setup <run>: 1,000 keys bench-<run>-<n>, and bench-<run>-history with 1,000 changes
+  python3 - "$1" <<'EOF'
+import concurrent.futures, http.client, json, sys, threading, time
+
+run = sys.argv[1]
+pool, changes = 1000, 1000
+command, query = ("127.0.0.1", 8081), ("127.0.0.1", 8082)
+history_key = f"bench-{run}-history"
+local = threading.local()
+
+
+def call(addr, method, path, body=None):
+    """One request on this thread's keep-alive connection to addr: (status, body), status None if it broke."""
+    if not hasattr(local, "conns"):
+        local.conns = {}
+    if addr not in local.conns:
+        local.conns[addr] = http.client.HTTPConnection(*addr, timeout=30)
+    conn = local.conns[addr]
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        del local.conns[addr]
+        return None, b""
+
+
+def write(method, path, body, request_id, want):
+    """A write retried with the same id while its outcome is unknown (503, 429, a broken connection): the retry
+    answers the first outcome, so each write is one change. False if it ends with another status."""
+    deadline = time.monotonic() + 60
+    while True:
+        status, data = call(command, method, f"{path}?id={request_id}", body)
+        if status == want:
+            return True
+        if status not in (None, 429, 503) or time.monotonic() > deadline:
+            print(f"answers setup: {method} {path} answered {status} {data[:200]!r}", file=sys.stderr)
+            return False
+        time.sleep(0.2)
+
+
+t0 = time.monotonic()
+value = "s" * 100
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    created = sum(ex.map(lambda n: write("POST", "/answers", {"key": f"bench-{run}-{n}", "value": value}, f"c{n}", 201),
+                         range(pool)))
+ok = write("POST", "/answers", {"key": history_key, "value": value}, "c", 201)
+# Updates of one key serialize on its partition: a few in flight keep the processor's batches full.
+with concurrent.futures.ThreadPoolExecutor(8) as ex:
+    updated = sum(ex.map(lambda n: write("PUT", f"/answers/{history_key}", {"value": f"{value} {n}"}, f"u{n}", 200),
+                         range(1, changes)))
+writes_failed = pool - created + (not ok) + changes - 1 - updated
+
+# Waits (up to 120 s) until the read models hold every pool key and the whole history.
+deadline = time.monotonic() + 120
+pending, entries = set(range(pool)), 0
+while time.monotonic() < deadline:
+    status, data = call(query, "GET", f"/answers/{history_key}/history?limit={changes + 1}")
+    entries = len(json.loads(data)) if status == 200 else 0
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        found = list(ex.map(lambda n: call(query, "GET", f"/answers/bench-{run}-{n}")[0] == 200, sorted(pending)))
+    pending = {n for n, f in zip(sorted(pending), found) if not f}
+    if not pending and entries >= changes:
+        break
+    time.sleep(0.5)
+print(json.dumps({"answers_setup_s": time.monotonic() - t0, "answers_setup_writes_failed": writes_failed,
+                  "answers_pool_keys_readable": pool - len(pending), "answers_history_entries": entries}))
+EOF
+}
+wait_processor_caught_up # the increments backlog would slow the decisions
+answers_run="$(date +%s)$((RANDOM % 1000))"
+log "answers: creating 1,000 keys and a key with 1,000 changes (run tag $answers_run)"
+record answers_setup "$(answers_setup "$answers_run" | tail -1)"
+wrk_run answers_create_64 64 answers-create.lua http://127.0.0.1:8081 "$answers_run"
+wrk_run answers_update_64 64 answers-update.lua http://127.0.0.1:8081 "$answers_run"
+wait_materializer_caught_up # the read models follow the writes above; the GETs measure reads alone
+wrk_run answers_get_64 64 answers-get.lua http://127.0.0.1:8082 "$answers_run"
+wrk_run answers_history_64 64 answers-history.lua http://127.0.0.1:8082 "$answers_run"
 
 wrk_run get_current 64 get.lua http://127.0.0.1:8082
 redis-cli -h 127.0.0.1 --scan --pattern "analytics:hour:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null

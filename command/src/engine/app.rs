@@ -273,10 +273,10 @@ impl CommandApp {
             return refused;
         }
         let answer = async {
-            let declared_too_large = edge.declares_body_over_limit(&req);
+            let limit_bytes = edge.max_body_bytes().max(route.min_body_limit());
+            let declared_too_large = common::engine::edge::Edge::declares_body_over(&req, limit_bytes);
             let (parts, body) = req.into_parts();
             let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or(""));
-            let limit_bytes = edge.max_body_bytes();
             let body = match (route.reads_body(), declared_too_large) {
                 (false, _) => Ok(Bytes::new()),
                 (true, true) => Err(BodyError::TooLarge { limit_bytes }),

@@ -62,6 +62,8 @@ pub(crate) trait Route: Send + Sync {
     fn accepts(&self, method: &hyper::Method) -> bool;
     /// Whether the body is the input (read within the size limit) or ignored.
     fn reads_body(&self) -> bool;
+    /// The body limit this route needs at least ([`Intake::MIN_BODY_LIMIT`]).
+    fn min_body_limit(&self) -> u64;
     fn topic(&self) -> &Topic;
     /// Answers one `POST` that passed the edge checks.
     fn post<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: Result<&'a [u8], BodyError>) -> Answer<'a>;
@@ -131,12 +133,14 @@ impl<W: Intake> Lane<W> {
         let Some(waiting) = waiting.as_mut() else {
             return Outcome::Accepted(Decided { status: W::ACCEPTED, body: None }, token);
         };
-        match waiting.reply(shared.decision_timeout).await {
-            None => Outcome::Undecided,
-            Some(reply) => match self.workload.decided(&event, &reply) {
-                Ok(decided) => Outcome::Accepted(decided, token),
-                Err(reason) => Outcome::Rejected(reason),
-            },
+        let Some(reply) = waiting.reply(shared.decision_timeout).await else { return Outcome::Undecided };
+        match self.workload.decided(&event, &reply) {
+            Some(Ok(decided)) => Outcome::Accepted(decided, token),
+            Some(Err(reason)) => Outcome::Rejected(reason),
+            None => {
+                tracing::error!(workload = W::NAME, "a reply this instance cannot read: outcome unknown");
+                Outcome::Undecided
+            }
         }
     }
 }
@@ -168,6 +172,10 @@ impl<W: Intake> Route for Lane<W> {
 
     fn reads_body(&self) -> bool {
         matches!(W::BODY, BodyUse::Read { .. })
+    }
+
+    fn min_body_limit(&self) -> u64 {
+        W::MIN_BODY_LIMIT
     }
 
     fn topic(&self) -> &Topic {

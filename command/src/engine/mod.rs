@@ -54,6 +54,10 @@ pub trait Intake: Send + Sync + 'static {
     const ACCEPTED: StatusCode;
     /// Whether its input is in the body. By default it is not: the body is never read.
     const BODY: BodyUse<Self::Reject> = BodyUse::Ignored;
+    /// The body size its largest valid request needs (a 64 KiB value, JSON-escaped, say): the
+    /// route's limit is the larger of this and the edge's `--max-body-bytes`, so a deployment's
+    /// small default never refuses valid input. 0 by default.
+    const MIN_BODY_LIMIT: u64 = 0;
 
     /// The validated event, as it goes to the log.
     type Event: Send + Sync;
@@ -97,14 +101,15 @@ pub trait Intake: Send + Sync + 'static {
         None
     }
 
-    /// The answer to a decided write, from its reply's payload.
-    ///
-    /// # Errors
-    /// The refusal the decision was (a conflict, a missing key), in the
-    /// workload's words; nothing changed.
-    fn decided(&self, event: &Self::Event, reply: &[u8]) -> Result<Decided, Self::Reject> {
+    /// The answer to a decided write, from its reply's payload: `Some(Ok)`
+    /// for a success, `Some(Err)` for the refusal the decision was (a
+    /// conflict, a missing key: nothing changed), in the workload's words;
+    /// `None` when the reply cannot be read (a newer record version, say),
+    /// which the engine answers as it does a decision that did not come:
+    /// 503, outcome unknown, retry with the same id.
+    fn decided(&self, event: &Self::Event, reply: &[u8]) -> Option<Result<Decided, Self::Reject>> {
         let _ = (event, reply);
-        Ok(Decided { status: Self::ACCEPTED, body: None })
+        Some(Ok(Decided { status: Self::ACCEPTED, body: None }))
     }
 }
 

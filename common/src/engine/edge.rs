@@ -139,8 +139,13 @@ impl Edge {
 
     /// Whether the request's `Content-Length` is over [`Edge::max_body_bytes`].
     pub fn declares_body_over_limit<B>(&self, req: &Request<B>) -> bool {
+        Self::declares_body_over(req, self.max_body_bytes)
+    }
+
+    /// Whether the request's `Content-Length` is over `limit_bytes`.
+    pub fn declares_body_over<B>(req: &Request<B>, limit_bytes: u64) -> bool {
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        declared.is_some_and(|n| n > self.max_body_bytes)
+        declared.is_some_and(|n| n > limit_bytes)
     }
 
     /// The rate-limit and token checks of [`Edge::refusal`] without the body

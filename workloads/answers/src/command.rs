@@ -71,6 +71,8 @@ impl Intake for Answers {
     const ACCEPTED: StatusCode = StatusCode::OK;
     const BODY: BodyUse<AnswerReject> =
         BodyUse::Read { too_large: |limit| AnswerReject::BodyTooLarge(usize::try_from(limit).unwrap_or(usize::MAX)) };
+    /// A 64 KiB value of control characters, each escaped to six bytes.
+    const MIN_BODY_LIMIT: u64 = crate::request::MAX_BODY_BYTES as u64;
 
     type Event = AnswerCommand;
     type Reject = AnswerReject;
@@ -104,24 +106,21 @@ impl Intake for Answers {
     /// 201 / 200 with `{"key","value","version"}`, 204, or the refusal. A
     /// repeated id answers its first decision: its outcome and version, with
     /// the value this attempt sent (a retry sends the same body).
-    fn decided(&self, event: &AnswerCommand, reply: &[u8]) -> Result<Decided, AnswerReject> {
+    fn decided(&self, event: &AnswerCommand, reply: &[u8]) -> Option<Result<Decided, AnswerReject>> {
         let reply = match decode_reply(reply) {
             Ok(reply) if reply.request == event.request => reply,
             // A reply this build cannot read (or not this request's, which the
             // engine's keying rules out): the outcome is unknown to us, as on a timeout.
             other => {
                 tracing::error!(request = %event.request, reply = ?other.map(|r| r.request), "unreadable decision");
-                return Ok(Decided {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    body: Some(r#"{"error":"outcome unknown; retry with the same id"}"#.to_owned()),
-                });
+                return None;
             }
         };
         let body = || {
             let value = event.value.as_ref().map(AnswerValue::as_str).unwrap_or_default();
             Some(AnswerBody { key: event.key.as_str(), value, version: reply.version }.to_json())
         };
-        match reply.outcome {
+        Some(match reply.outcome {
             Outcome::Created => Ok(Decided { status: StatusCode::CREATED, body: body() }),
             Outcome::Updated => Ok(Decided { status: StatusCode::OK, body: body() }),
             Outcome::Deleted => Ok(Decided { status: StatusCode::NO_CONTENT, body: None }),
@@ -131,7 +130,7 @@ impl Intake for Answers {
             Outcome::NotFound => {
                 Err(AnswerReject::NotFound(common::engine::request::truncate_for_message(event.key.as_str())))
             }
-        }
+        })
     }
 }
 
@@ -189,23 +188,23 @@ mod tests {
     fn decisions_answer_with_the_answer_and_its_version() {
         let i = intake();
         let post = i.parse(&input(&Method::POST, "/answers", br#"{"key":"k","value":"a\u0000\"b"}"#), 0).unwrap();
-        let created = i.decided(&post, &reply(Outcome::Created, 3)).unwrap();
+        let created = i.decided(&post, &reply(Outcome::Created, 3)).expect("readable").unwrap();
         assert_eq!(created.status, StatusCode::CREATED);
         assert_eq!(created.body.as_deref(), Some(r#"{"key":"k","value":"a\u0000\"b","version":3}"#));
-        assert_eq!(i.decided(&post, &reply(Outcome::Updated, 4)).unwrap().status, StatusCode::OK);
+        assert_eq!(i.decided(&post, &reply(Outcome::Updated, 4)).expect("readable").unwrap().status, StatusCode::OK);
         assert_eq!(
-            i.decided(&post, &reply(Outcome::Deleted, 5)).unwrap(),
+            i.decided(&post, &reply(Outcome::Deleted, 5)).expect("readable").unwrap(),
             Decided { status: StatusCode::NO_CONTENT, body: None }
         );
-        let exists = i.decided(&post, &reply(Outcome::Exists, 0)).unwrap_err();
+        let exists = i.decided(&post, &reply(Outcome::Exists, 0)).expect("readable").unwrap_err();
         assert_eq!(
             (Reject::status(&exists), exists.to_string()),
             (RejectStatus::Conflict, "the key `k` exists".into())
         );
-        let missing = i.decided(&post, &reply(Outcome::NotFound, 0)).unwrap_err();
+        let missing = i.decided(&post, &reply(Outcome::NotFound, 0)).expect("readable").unwrap_err();
         assert_eq!(Reject::status(&missing), RejectStatus::NotFound);
-        assert_eq!(i.decided(&post, b"garbage").unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(i.decided(&post, b"garbage").is_none(), "unreadable: the outcome is unknown");
         let other = encode_reply(&Reply { request: Uuid::from_u128(1), outcome: Outcome::Created, version: 1 });
-        assert_eq!(i.decided(&post, &other).unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(i.decided(&post, &other).is_none(), "another request's reply decides nothing here");
     }
 }
