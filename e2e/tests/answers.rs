@@ -345,3 +345,78 @@ async fn values_come_back_byte_for_byte_and_a_long_history_is_paged() {
     assert_eq!(seen, (1..=1_200).collect::<Vec<_>>());
     stack.cleanup().await;
 }
+
+/// The gRPC API on the same stack: the same decisions and status codes as
+/// HTTP (ALREADY_EXISTS, NOT_FOUND, INVALID_ARGUMENT), the read token as
+/// metadata, retries by id, and the history paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_api_has_the_same_semantics_as_http() {
+    use answers::grpc::proto::answers_read_client::AnswersReadClient;
+    use answers::grpc::proto::answers_write_client::AnswersWriteClient;
+    use answers::grpc::proto::{CreateRequest, DeleteRequest, Event, GetRequest, HistoryRequest, UpdateRequest};
+    use tonic::transport::Channel;
+    use tonic::Code;
+
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let channel = |addr: SocketAddr| async move {
+        Channel::from_shared(format!("http://{addr}")).expect("endpoint").connect().await.expect("connected")
+    };
+    let mut write = AnswersWriteClient::new(channel(stack.grpc("command")).await);
+    let mut read = AnswersReadClient::new(channel(stack.grpc("query")).await);
+    let read_token = |metadata: &tonic::metadata::MetadataMap| {
+        metadata.get("analytics-token").expect("a write carries its read token").to_str().expect("ascii").to_owned()
+    };
+    let key = "grpc/key with spaces".to_owned();
+    let first = "first \0 value \"quoted\" 🦀";
+
+    let create = CreateRequest { key: key.clone(), value: first.into(), id: Some("g-1".into()) };
+    let created = write.create(create.clone()).await.expect("created");
+    let token = read_token(created.metadata());
+    let created = created.into_inner();
+    assert_eq!((created.key.as_str(), created.value.as_str(), created.version), (key.as_str(), first, 1));
+    assert_eq!(write.create(create).await.expect("the first outcome again").into_inner(), created);
+    let twice = CreateRequest { key: key.clone(), value: "other".into(), id: None };
+    assert_eq!(write.create(twice).await.expect_err("exists").code(), Code::AlreadyExists);
+
+    let get = |after: String| GetRequest { key: key.clone(), after: Some(after), wait_ms: Some(5_000) };
+    assert_eq!(read.get(get(token)).await.expect("read").into_inner(), created);
+
+    let update = UpdateRequest { key: key.clone(), value: "second".into(), id: Some("g-2".into()) };
+    let updated = write.update(update).await.expect("updated");
+    let token = read_token(updated.metadata());
+    assert_eq!(updated.into_inner().version, 2);
+    let got = read.get(get(token)).await.expect("read").into_inner();
+    assert_eq!((got.value.as_str(), got.version), ("second", 2));
+
+    let deleted = write.delete(DeleteRequest { key: key.clone(), id: Some("g-3".into()) }).await.expect("deleted");
+    let token = read_token(deleted.metadata());
+    assert_eq!(read.get(get(token.clone())).await.expect_err("deleted").code(), Code::NotFound);
+    let update = UpdateRequest { key: key.clone(), value: "third".into(), id: None };
+    assert_eq!(write.update(update).await.expect_err("deleted").code(), Code::NotFound);
+    let delete = DeleteRequest { key: key.clone(), id: None };
+    assert_eq!(write.delete(delete).await.expect_err("deleted").code(), Code::NotFound);
+
+    let history = |from, limit| HistoryRequest {
+        key: key.clone(),
+        from,
+        limit,
+        after: Some(token.clone()),
+        wait_ms: Some(5_000),
+    };
+    let all = read.history(history(None, None)).await.expect("history").into_inner();
+    let seen: Vec<(Event, &str, u64)> = all.entries.iter().map(|e| (e.event(), e.value.as_str(), e.version)).collect();
+    assert_eq!(seen, [(Event::Create, first, 1), (Event::Update, "second", 2), (Event::Delete, "second", 3)]);
+    assert!(all.entries.iter().all(|e| e.key == key && e.at_ms > 0));
+    assert_eq!(all.next_from, None);
+    let page = read.history(history(None, Some(2))).await.expect("page 1").into_inner();
+    assert_eq!((page.entries.len(), page.next_from), (2, Some(3)));
+    let page = read.history(history(page.next_from, Some(2))).await.expect("page 2").into_inner();
+    assert_eq!((page.entries[0].version, page.next_from), (3, None));
+
+    let bad = CreateRequest { key: "bad\u{7}key".into(), value: "v".into(), id: None };
+    assert_eq!(write.create(bad).await.expect_err("a control character").code(), Code::InvalidArgument);
+    let never = HistoryRequest { key: "never".into(), ..Default::default() };
+    assert_eq!(read.history(never).await.expect_err("never written").code(), Code::NotFound);
+    stack.cleanup().await;
+}
