@@ -298,7 +298,10 @@ async fn bad_bodies_are_400_with_one_line_and_never_reach_the_log() {
         let a = send(command, "PUT", path, JSON, body).await;
         assert_eq!(a.status, 400, "{what}: {}", a.body);
     }
-    assert_eq!(send(command, "GET", "/answers/k", None, b"").await.status, 405, "reads are the query's");
+    let get = send(command, "GET", "/answers/k", None, b"").await;
+    assert_eq!((get.status, get.header("allow")), (405, Some("PUT, DELETE")), "reads are the query's");
+    let put = send(command, "PUT", "/answers", JSON, br#"{"value":"v"}"#).await;
+    assert_eq!((put.status, put.header("allow")), (405, Some("POST")), "a PUT names its key");
     assert_eq!(send(command, "POST", "/answers?id=a%20b", JSON, br#"{"key":"k","value":"v"}"#).await.status, 400);
     assert_eq!(records_in(&stack.kafka.brokers, &stack.kafka.answers_commands_topic), 0, "nothing reached the log");
     stack.cleanup().await;

@@ -117,8 +117,10 @@ impl<'c> Engine<'c> {
         let replies = workload.replies_topic().map(|t| Arc::new(Replies::new(t)));
         let topic = Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)), replies };
         // Once per workload at start-up: the joined methods live as long as the service.
-        let allow: &'static str =
-            Box::leak(W::METHODS.iter().map(Method::as_str).collect::<Vec<_>>().join(", ").into_boxed_str());
+        let join = |methods: &[Method]| -> &'static str {
+            Box::leak(methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ").into_boxed_str())
+        };
+        let allow = (join(W::METHODS), join(W::SUBPATH_METHODS));
         self.routes.push(Box::new(Lane { workload, topic, allow }));
         Ok(self)
     }
@@ -240,8 +242,8 @@ impl CommandApp {
     {
         let started = Instant::now();
         let (route, resp) = match self.inner.route(req.uri().path()) {
-            Some(route) if route.accepts(req.method()) => (route.path(), self.post(route, req).await),
-            Some(route) => (route.path(), http::method_not_allowed(route.allow())),
+            Some(route) if route.accepts(req.method(), req.uri().path()) => (route.path(), self.post(route, req).await),
+            Some(route) => (route.path(), http::method_not_allowed(route.allow(req.uri().path()))),
             None => match self.inner.ops.handle(req.method(), req.uri().path()).await {
                 Some(r) => ("ops", r),
                 None => ("other", http::error(StatusCode::NOT_FOUND, self.not_found())),
@@ -252,7 +254,8 @@ impl CommandApp {
     }
 
     fn not_found(&self) -> String {
-        let routes: Vec<String> = self.inner.routes.iter().map(|r| format!("{} {}", r.allow(), r.path())).collect();
+        let routes: Vec<String> =
+            self.inner.routes.iter().map(|r| format!("{} {}", r.allow(r.path()), r.path())).collect();
         format!("not found; the write routes are {}", routes.join("; "))
     }
 

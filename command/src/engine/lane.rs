@@ -57,9 +57,9 @@ pub(crate) trait Route: Send + Sync {
     fn path(&self) -> &'static str;
     /// Whether it serves `path`: its route, or below it for a workload with subpaths.
     fn serves(&self, path: &str) -> bool;
-    /// The methods it accepts, for 405's `Allow` (e.g. `POST, PUT`).
-    fn allow(&self) -> &'static str;
-    fn accepts(&self, method: &hyper::Method) -> bool;
+    /// The methods it accepts on `path` (one it serves), for 405's `Allow` (e.g. `PUT, DELETE`).
+    fn allow(&self, path: &str) -> &'static str;
+    fn accepts(&self, method: &hyper::Method, path: &str) -> bool;
     /// Whether the body is the input (read within the size limit) or ignored.
     fn reads_body(&self) -> bool;
     /// The body limit this route needs at least ([`Intake::MIN_BODY_LIMIT`]).
@@ -81,8 +81,8 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Lane<W> {
     pub workload: W,
     pub topic: Topic,
-    /// [`Intake::METHODS`] joined for 405's `Allow` header.
-    pub allow: &'static str,
+    /// [`Intake::METHODS`] and [`Intake::SUBPATH_METHODS`], each joined for 405's `Allow` header.
+    pub allow: (&'static str, &'static str),
 }
 
 impl<W: Intake> Lane<W> {
@@ -157,17 +157,25 @@ impl<W: Intake> Route for Lane<W> {
     fn serves(&self, path: &str) -> bool {
         match path.strip_prefix(W::ROUTE) {
             Some("") => true,
-            Some(rest) => W::SUBPATHS && rest.starts_with('/'),
+            Some(rest) => !W::SUBPATH_METHODS.is_empty() && rest.starts_with('/'),
             None => false,
         }
     }
 
-    fn allow(&self) -> &'static str {
-        self.allow
+    fn allow(&self, path: &str) -> &'static str {
+        if path == W::ROUTE {
+            self.allow.0
+        } else {
+            self.allow.1
+        }
     }
 
-    fn accepts(&self, method: &hyper::Method) -> bool {
-        W::METHODS.contains(method)
+    fn accepts(&self, method: &hyper::Method, path: &str) -> bool {
+        if path == W::ROUTE {
+            W::METHODS.contains(method)
+        } else {
+            W::SUBPATH_METHODS.contains(method)
+        }
     }
 
     fn reads_body(&self) -> bool {

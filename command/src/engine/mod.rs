@@ -45,11 +45,12 @@ pub trait Intake: Send + Sync + 'static {
     const NAME: &'static str;
     /// The path it accepts writes on, e.g. `/analytics`.
     const ROUTE: &'static str;
-    /// The methods it accepts there; any other answers 405. `POST` by default.
+    /// The methods it accepts on the route itself; any other answers 405. `POST` by default.
     const METHODS: &'static [Method] = &[Method::POST];
-    /// Whether paths below the route (`ROUTE/…`) are its too: the workload
-    /// reads them from [`Input::path`] (`PUT /answers/{key}`, say). Not by default.
-    const SUBPATHS: bool = false;
+    /// The methods it accepts on paths below the route (`ROUTE/…`, e.g.
+    /// `PUT /answers/{key}`), read from [`Input::path`]; any other answers
+    /// 405 there. None by default: the paths below are not the workload's.
+    const SUBPATH_METHODS: &'static [Method] = &[];
     /// The status once the event is durably in the log (204 for analytics, 200 for increments).
     const ACCEPTED: StatusCode;
     /// Whether its input is in the body. By default it is not: the body is never read.

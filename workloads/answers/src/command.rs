@@ -65,8 +65,9 @@ impl AnswerBody<'_> {
 impl Intake for Answers {
     const NAME: &'static str = "answers";
     const ROUTE: &'static str = request::ROUTE;
-    const METHODS: &'static [Method] = &[Method::POST, Method::PUT, Method::DELETE];
-    const SUBPATHS: bool = true;
+    /// `POST /answers`; `PUT` and `DELETE /answers/{key}`.
+    const METHODS: &'static [Method] = &[Method::POST];
+    const SUBPATH_METHODS: &'static [Method] = &[Method::PUT, Method::DELETE];
     /// Not used: every write of this workload is answered from its decision.
     const ACCEPTED: StatusCode = StatusCode::OK;
     const BODY: BodyUse<AnswerReject> =
