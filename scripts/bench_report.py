@@ -54,6 +54,24 @@ for k in ["rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
     put(f"increment_{k}_256", inc.get(k))
 for k, v in raw.get("increment_staleness", {}).items():
     put(k, v)
+# The answers workload at 64 connections; bench.sh's setup prints its keys ready-made (answers_setup_*,
+# answers_pool_keys_readable, answers_history_entries).
+for op in ["create", "update", "get", "history"]:
+    w = raw.get(f"answers_{op}_64", {})
+    for k in ["rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
+        put(f"answers_{op}_{k}_64", w.get(k))
+for k, v in raw.get("answers_setup", {}).items():
+    put(k, v)
+
+
+def quotient(a, b):
+    return r[a] / r[b] if r.get(a) is not None and r.get(b) else None
+
+
+# The issue's goals: a write's p99 within 2x the same run's POST /analytics p99, GET within 70 % of the GET ceiling.
+put("answers_create_p99_over_post_p99_64", quotient("answers_create_p99_ms_64", "post_p99_ms_64"))
+put("answers_update_p99_over_post_p99_64", quotient("answers_update_p99_ms_64", "post_p99_ms_64"))
+put("answers_get_rps_over_ceiling_64", quotient("answers_get_rps_64", "get_ceiling_rps"))
 # Time ranges (wrk), and one answer of each summarized by bench.sh (the ranges hold data).
 for name, suffix in [("timeseries_48h", "48h"), ("aggregate_7d", "7d")]:
     w = raw.get(name, {})
@@ -150,6 +168,40 @@ increment_targets = [
 ]
 
 
+# The targets of the "Answers" issue. A phase that answered errors (409, 404, 503) did not measure decided writes or
+# reads of existing keys, so it does not meet its goal whatever its figures.
+def answers_clean(op):
+    return g(f"answers_{op}_non_2xx_64") == 0
+
+
+def answers_errors(op):
+    return "" if answers_clean(op) else f", {count(g(f'answers_{op}_non_2xx_64'))} non-2xx"
+
+
+def answers_write_p99(op):
+    v = g(f"answers_{op}_p99_over_post_p99_64")
+    if v is None:
+        return "n/a"
+    return f"{v:.2f}× ({fmt(g(f'answers_{op}_p99_ms_64'))} ms vs {fmt(g('post_p99_ms_64'))} ms{answers_errors(op)})"
+
+
+def answers_get_share():
+    v = g("answers_get_rps_over_ceiling_64")
+    if v is None:
+        return "n/a"
+    return f"{v:.0%} ({fmt(g('answers_get_rps_64'))} vs {fmt(g('get_ceiling_rps'))} requests/s{answers_errors('get')})"
+
+
+answers_targets = [
+    ("POST /answers (create) p99 ≤ 2× the same run's POST /analytics p99, 64 connections", answers_write_p99("create"), "",
+     at_most(g("answers_create_p99_over_post_p99_64"), 2) and answers_clean("create")),
+    ("PUT /answers/{key} (update) p99 ≤ 2× the same run's POST /analytics p99, 64 connections", answers_write_p99("update"), "",
+     at_most(g("answers_update_p99_over_post_p99_64"), 2) and answers_clean("update")),
+    ("GET /answers/{key} ≥ 70 % of the bare-hyper GET ceiling, 64 connections", answers_get_share(), "",
+     at_least(g("answers_get_rps_over_ceiling_64"), 0.7) and answers_clean("get")),
+]
+
+
 # The targets of "The analytics product" issue.
 token_ok = g("token_tries") and g("token_round_trip_samples") == g("token_tries") and g("token_not_reflected") == 0
 product_targets = [
@@ -195,6 +247,12 @@ lines = [
     "| target | measured | met |",
     "|---|---|---|",
 ] + target_rows(increment_targets) + [
+    "",
+    "Targets of the issue \"Answers\":",
+    "",
+    "| target | measured | met |",
+    "|---|---|---|",
+] + target_rows(answers_targets) + [
     "",
     "Targets of the issue \"The analytics product\":",
     "",
@@ -242,6 +300,36 @@ lines += [
     f"Staleness of the increments read model while that load runs (`increment-staleness`: POST 1 to a probe key, GET until",
     f"the sum shows it): p50 {fmt(g('increment_staleness_p50_ms'))} ms, p99 {fmt(g('increment_staleness_p99_ms'))} ms, max "
     f"{fmt(g('increment_staleness_max_ms'))} ms over {fmt(g('increment_staleness_samples'))} samples. The reference design's bound is 10 s.",
+    "",
+    "## Answers (64 connections)",
+    "",
+    "Writes are decided: `201`/`200` once the processor has decided the command (after the broker's acks=all and the",
+    "decision's round trip through the replies topic), beside POST /analytics at 64 connections earlier in the same run.",
+    "",
+    "| request | requests/s | p50 ms | p99 ms | p99.9 ms | p99 ÷ POST /analytics p99 | non-2xx |",
+    "|---|---|---|---|---|---|---|",
+    f"| POST /analytics (the same run) | {fmt(g('post_rps_64'))} | {fmt(g('post_p50_ms_64'))} | {fmt(g('post_p99_ms_64'))} | "
+    f"{fmt(g('post_p999_ms_64'))} | | {count(g('post_non_2xx_64'))} |",
+]
+for op, label in [("create", "POST /answers (create, a new key each)"), ("update", "PUT /answers/{key} (update, 1,000 keys)")]:
+    v = g(f"answers_{op}_p99_over_post_p99_64")
+    lines.append(f"| {label} | {fmt(g(f'answers_{op}_rps_64'))} | {fmt(g(f'answers_{op}_p50_ms_64'))} | {fmt(g(f'answers_{op}_p99_ms_64'))} | "
+                 f"{fmt(g(f'answers_{op}_p999_ms_64'))} | {'n/a' if v is None else f'{v:.2f}×'} | {count(g(f'answers_{op}_non_2xx_64'))} |")
+lines += [
+    "",
+    "| read | requests/s | ceiling (bare hyper, fixed body) | ratio | p50 ms | p99 ms | p99.9 ms | non-2xx |",
+    "|---|---|---|---|---|---|---|---|",
+    f"| GET /answers/{{key}} (1,000 keys) | {fmt(g('answers_get_rps_64'))} | {fmt(g('get_ceiling_rps'))} | "
+    f"{ratio('answers_get_rps_64', 'get_ceiling_rps')} | {fmt(g('answers_get_p50_ms_64'))} | {fmt(g('answers_get_p99_ms_64'))} | "
+    f"{fmt(g('answers_get_p999_ms_64'))} | {count(g('answers_get_non_2xx_64'))} |",
+    f"| GET /answers/{{key}}/history (a key with 1,000 changes, all in one page) | {fmt(g('answers_history_rps_64'))} | | | "
+    f"{fmt(g('answers_history_p50_ms_64'))} | {fmt(g('answers_history_p99_ms_64'))} | {fmt(g('answers_history_p999_ms_64'))} | "
+    f"{count(g('answers_history_non_2xx_64'))} |",
+    "",
+    f"Before them, in {fmt(g('answers_setup_s'))} s: 1,000 keys created for the updates and GETs, and one key given 1 create and",
+    f"999 updates, each retried with its `?id=` while its outcome was unknown ({count(g('answers_setup_writes_failed'))} writes failed);",
+    f"read back before the runs: {count(g('answers_pool_keys_readable'))} of the 1,000 keys and "
+    f"{count(g('answers_history_entries'))} history entries. The keys carry a tag of the run, so every create is of a new key.",
     "",
     "## GET /analytics (64 connections)",
     "",
