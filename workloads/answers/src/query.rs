@@ -71,7 +71,7 @@ pub enum ReadReject {
     DuplicateParameter(&'static str),
     #[error("malformed percent-encoding or non-UTF-8 in the query string")]
     BadQueryEncoding,
-    #[error("`from` must be a version, an integer of at least 1")]
+    #[error("`from` must be a version, an integer from 1 to 9223372036854775807")]
     BadFrom,
     #[error("`limit` must be an integer from 1 to 10000")]
     BadLimit,
@@ -131,7 +131,8 @@ pub fn parse_read(path: &str, query: Option<&str>) -> Result<Read, ReadReject> {
         return Ok(Read::Latest(key));
     }
     let from = from.unwrap_or(1);
-    if from < 1 {
+    // A version is a BIGINT: beyond i64::MAX is no version at all.
+    if from < 1 || i64::try_from(from).is_err() {
         return Err(ReadReject::BadFrom);
     }
     let limit = match limit {
@@ -265,6 +266,7 @@ mod tests {
         assert_eq!(page("from=0"), Err(ReadReject::BadFrom));
         assert_eq!(page("from=-1"), Err(ReadReject::BadFrom));
         assert_eq!(page("from=1.5"), Err(ReadReject::BadFrom));
+        assert_eq!(page("from=9223372036854775808"), Err(ReadReject::BadFrom), "past a BIGINT");
         assert_eq!(page("from="), Err(ReadReject::BadFrom));
         assert_eq!(page("limit=0"), Err(ReadReject::BadLimit));
         assert_eq!(page("limit=10001"), Err(ReadReject::BadLimit));
