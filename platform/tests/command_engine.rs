@@ -186,7 +186,7 @@ async fn a_body_workload_beside_analytics_gets_its_route_topic_status_and_body_r
     let missing = Request::post("/nowhere").body(Full::default()).unwrap();
     assert_eq!(
         send(&app, missing).await,
-        (StatusCode::NOT_FOUND, "not found; POST /analytics or POST /sum records an event\n".to_owned())
+        (StatusCode::NOT_FOUND, "not found; the write routes are POST /analytics; POST /sum\n".to_owned())
     );
 
     // Only the good ones reached the log, keyed and partitioned by their key.

@@ -254,8 +254,18 @@ impl CommandApp {
     }
 
     fn not_found(&self) -> String {
-        let routes: Vec<String> =
-            self.inner.routes.iter().map(|r| format!("{} {}", r.allow(r.path()), r.path())).collect();
+        let routes: Vec<String> = self
+            .inner
+            .routes
+            .iter()
+            .map(|r| {
+                let below = format!("{}/…", r.path());
+                match r.serves(&below) {
+                    true => format!("{} {}; {} {below}", r.allow(r.path()), r.path(), r.allow(&below)),
+                    false => format!("{} {}", r.allow(r.path()), r.path()),
+                }
+            })
+            .collect();
         format!("not found; the write routes are {}", routes.join("; "))
     }
 

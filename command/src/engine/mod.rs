@@ -62,7 +62,8 @@ pub trait Intake: Send + Sync + 'static {
 
     /// The validated event, as it goes to the log.
     type Event: Send + Sync;
-    /// Why a request is refused: the client's fault, answered 400 or 422.
+    /// Why a request is refused: the client's fault (400, 422), or a decision
+    /// against it (404, 409); see [`RejectStatus`].
     type Reject: Reject;
 
     /// The topic the events go to, as created when missing. Its partition
@@ -167,9 +168,10 @@ pub enum BodyUse<R> {
 /// What a workload sees of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
-    /// One of the workload's [`Intake::METHODS`].
+    /// One of the workload's [`Intake::METHODS`] on the route itself, or of
+    /// its [`Intake::SUBPATH_METHODS`] below it.
     pub method: &'a Method,
-    /// The request's path, not decoded: the route, or below it for [`Intake::SUBPATHS`].
+    /// The request's path, not decoded: the route, or below it (see [`Intake::SUBPATH_METHODS`]).
     pub path: &'a str,
     /// This attempt's id, minted by the engine (a retry is another attempt):
     /// what a decided workload's reply names ([`Intake::replies_topic`]).

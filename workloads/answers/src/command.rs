@@ -86,7 +86,7 @@ impl Intake for Answers {
         let write = match *input.method {
             Method::POST => request::parse_create(input.path, input.content_type, input.query, input.body),
             Method::PUT => request::parse_update(input.path, input.content_type, input.query, input.body),
-            // The engine lets through only METHODS.
+            // The engine lets through only POST on the route, PUT and DELETE below it.
             _ => request::parse_delete(input.path, input.query, input.body),
         }?;
         Ok(AnswerCommand::new(write, input.request, now_ms))

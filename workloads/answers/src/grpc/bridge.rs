@@ -219,6 +219,11 @@ fn unreadable(what: &'static str, detail: impl std::fmt::Display) -> Status {
 /// # Errors
 /// INTERNAL when the body is not that JSON.
 pub fn answer(answer: &HttpAnswer) -> Result<Answer, Status> {
+    // A create or update whose id was first used for a delete of the key answers that first
+    // outcome, a 204 with no answer to read: the id names another write.
+    if answer.status == StatusCode::NO_CONTENT {
+        return Err(Status::failed_precondition("this id was first used for a delete of the key; use a new id"));
+    }
     #[derive(Deserialize)]
     struct Body {
         key: String,
@@ -429,6 +434,8 @@ mod tests {
         assert_eq!(reply.metadata().get(ANALYTICS_TOKEN).expect("token"), "0:12:34");
         assert_eq!(reply.into_inner(), Answer { key: "k".into(), value: "v\0".into(), version: 3 });
         assert_eq!(deleted(&http(204, &[], "")).expect("empty"), DeleteResponse {});
+        let reused = answer(&http(204, &[], "")).expect_err("a create's id first used for a delete");
+        assert_eq!(reused.code(), Code::FailedPrecondition);
     }
 
     #[test]
