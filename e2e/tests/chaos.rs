@@ -959,6 +959,8 @@ mod answers_load {
         pub op: Op,
         pub status: u16,
         pub version: Option<i64>,
+        /// Attempts it took (a 503 or a lost connection is retried with the same id).
+        pub attempts: usize,
     }
 
     /// `n` writes over `keys` keys: creates, updates and deletes mixed so
@@ -1003,9 +1005,11 @@ mod answers_load {
             match common::test_util::http_body(target, method, &path, ct, &body).await {
                 Ok((status @ (200 | 201), answer)) => {
                     let v: Value = serde_json::from_str(&answer).expect("a JSON answer");
-                    return Decided { op, status, version: v["version"].as_i64() };
+                    return Decided { op, status, version: v["version"].as_i64(), attempts: attempt + 1 };
                 }
-                Ok((status @ (204 | 404 | 409), _)) => return Decided { op, status, version: None },
+                Ok((status @ (204 | 404 | 409), _)) => {
+                    return Decided { op, status, version: None, attempts: attempt + 1 }
+                }
                 Ok((503, _)) | Err(_) | Ok((0, _)) => tokio::time::sleep(Duration::from_millis(200)).await,
                 Ok((status, answer)) => panic!("{op:?}: {status} {answer}"),
             }
@@ -1060,7 +1064,12 @@ mod answers_load {
             per_key.entry(&d.op.key).or_default().push(d);
         }
         let changes: usize = decided.iter().filter(|d| matches!(d.status, 200 | 201 | 204)).count();
-        println!("{} writes decided, {changes} changes, over {} keys", decided.len(), per_key.len());
+        let retried = decided.iter().filter(|d| d.attempts > 1).count();
+        println!(
+            "{} writes decided ({retried} after retries by id), {changes} changes, over {} keys",
+            decided.len(),
+            per_key.len()
+        );
         for (key, answers) in per_key {
             // The changes the 2xx answers imply, by version (a delete's version is the one after the change before it).
             let mut by_version: BTreeMap<i64, &Decided> = BTreeMap::new();
