@@ -39,10 +39,6 @@ pub struct TestKafka {
     /// The increments workload's topics.
     pub increments_events_topic: String,
     pub increments_sums_topic: String,
-    /// The answers workload's topics.
-    pub answers_commands_topic: String,
-    pub answers_changes_topic: String,
-    pub answers_replies_topic: String,
 }
 
 impl TestKafka {
@@ -70,9 +66,6 @@ pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
         aggregates_partitions: 2.try_into().expect("non-zero"),
         increments_events_topic: format!("test-increments-{suffix}"),
         increments_sums_topic: format!("test-sums-{suffix}"),
-        answers_commands_topic: format!("test-answers-commands-{suffix}"),
-        answers_changes_topic: format!("test-answers-changes-{suffix}"),
-        answers_replies_topic: format!("test-answers-replies-{suffix}"),
     };
     let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
     let pg = PgConfig {
@@ -173,22 +166,21 @@ pub async fn clear_redis_prefix(redis: &RedisConfig) {
 
 /// Deletes a test's topics (cleanup), so repeated runs do not pile up partitions on the broker.
 pub async fn delete_topics(kafka: &TestKafka) {
+    let topics =
+        [&kafka.events_topic, &kafka.aggregates_topic, &kafka.increments_events_topic, &kafka.increments_sums_topic];
+    delete_topic_names(&kafka.brokers, &topics.map(String::clone)).await;
+}
+
+/// Deletes topics by name (cleanup); a name the broker does not have is no error.
+pub async fn delete_topic_names(brokers: &str, topics: &[String]) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     let admin: Result<AdminClient<DefaultClientContext>, _> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create();
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create();
     if let Ok(admin) = admin {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let topics = [
-            &kafka.events_topic,
-            &kafka.aggregates_topic,
-            &kafka.increments_events_topic,
-            &kafka.increments_sums_topic,
-            &kafka.answers_commands_topic,
-            &kafka.answers_changes_topic,
-            &kafka.answers_replies_topic,
-        ];
-        let _ = admin.delete_topics(&topics.map(String::as_str), &opts).await;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = admin.delete_topics(&names, &opts).await;
     }
 }
 

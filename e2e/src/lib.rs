@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use analytics::{HourCounts, HourStart};
@@ -45,9 +46,59 @@ impl Service {
 struct Running {
     child: Child,
     addr: SocketAddr,
-    /// Its gRPC address (the answers workload's, on the command and the query).
-    grpc: SocketAddr,
+    /// Its address of each workload listener flag ([`WORKLOAD_FLAGS`]), by the flag's id.
+    listeners: BTreeMap<&'static str, SocketAddr>,
 }
+
+/// The environment variables the harness names topics the engine's topic
+/// flags by explicitly (from [`TestKafka`]), for the workloads tests read the topics of.
+const NAMED_TOPICS: [&str; 4] =
+    ["EVENTS_TOPIC", "AGGREGATES_TOPIC", "INCREMENTS_EVENTS_TOPIC", "INCREMENTS_SUMS_TOPIC"];
+
+/// A workload flag each stack (or instance) must have its own value of.
+#[derive(Debug)]
+struct WorkloadFlag {
+    /// The clap id, e.g. `answers_commands_topic`.
+    id: &'static str,
+    env: String,
+    kind: FlagKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlagKind {
+    /// A topic: named after the stack (`test-<id>-<suffix>`), deleted with it.
+    Topic,
+    /// A workload's own listener (its gRPC API, say): a free port per instance.
+    Listener,
+}
+
+/// Every listed workload's topic and listener flags with an environment
+/// variable, read from the four services' command lines (the platform's one
+/// list): a new workload's topics and listeners are isolated per stack
+/// without a change here. Topics named explicitly ([`NAMED_TOPICS`]) are left out.
+static WORKLOAD_FLAGS: LazyLock<Vec<WorkloadFlag>> = LazyLock::new(|| {
+    let commands = [
+        platform::command().command::<command::Config>(),
+        platform::processor().command::<processor::Config>(),
+        platform::materializer().command::<materializer::Config>(),
+        platform::query().command::<query::Config>(),
+    ];
+    let mut flags: BTreeMap<&'static str, WorkloadFlag> = BTreeMap::new();
+    for arg in commands.iter().flat_map(|c| c.get_arguments()) {
+        let (id, Some(env)) = (arg.get_id().as_str(), arg.get_env()) else { continue };
+        let env = env.to_string_lossy().into_owned();
+        let kind = match id {
+            _ if NAMED_TOPICS.contains(&env.as_str()) => continue,
+            _ if id.ends_with("_topic") => FlagKind::Topic,
+            _ if id.ends_with("_addr") => FlagKind::Listener,
+            _ => continue,
+        };
+        // Leaked once per flag for the process: the ids live as long as the harness.
+        let id: &'static str = Box::leak(id.to_owned().into_boxed_str());
+        flags.entry(id).or_insert(WorkloadFlag { id, env, kind });
+    }
+    flags.into_values().collect()
+});
 
 /// An isolated deployment of the pipeline.
 pub struct Stack {
@@ -57,6 +108,8 @@ pub struct Stack {
     logs: PathBuf,
     procs: HashMap<String, Running>,
     extra_env: Vec<(String, String)>,
+    /// Names this stack's topics of [`WORKLOAD_FLAGS`].
+    suffix: String,
 }
 
 /// Where the service binaries are: `ANALYTICS_BIN_DIR`, or the cargo
@@ -81,7 +134,7 @@ impl Stack {
         let (kafka, redis, pg) = test_util::isolated(&suffix);
         let logs = bin_dir().join("e2e-logs").join(&suffix);
         std::fs::create_dir_all(&logs).expect("creating the log folder");
-        Stack { kafka, redis, pg, logs, procs: HashMap::new(), extra_env: Vec::new() }
+        Stack { kafka, redis, pg, logs, procs: HashMap::new(), extra_env: Vec::new(), suffix }
     }
 
     /// Adds an environment variable for every service started afterwards.
@@ -94,8 +147,12 @@ impl Stack {
         let path = bin_dir().join(service.bin());
         assert!(path.exists(), "{} is missing: build the binaries first (cargo build --bins)", path.display());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("socket address");
-        // A port of its own, so that instances and stacks run side by side.
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // A port of its own for each workload listener, so that instances and stacks run side by side.
+        let listeners: BTreeMap<&'static str, SocketAddr> = WORKLOAD_FLAGS
+            .iter()
+            .filter(|f| f.kind == FlagKind::Listener)
+            .map(|f| (f.id, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -111,11 +168,6 @@ impl Stack {
             .env("AGGREGATES_PARTITIONS", self.kafka.aggregates_partitions.to_string())
             .env("INCREMENTS_EVENTS_TOPIC", &self.kafka.increments_events_topic)
             .env("INCREMENTS_SUMS_TOPIC", &self.kafka.increments_sums_topic)
-            .env("ANSWERS_COMMANDS_TOPIC", &self.kafka.answers_commands_topic)
-            .env("ANSWERS_CHANGES_TOPIC", &self.kafka.answers_changes_topic)
-            .env("ANSWERS_REPLIES_TOPIC", &self.kafka.answers_replies_topic)
-            .env("ANSWERS_GRPC_COMMAND_ADDR", grpc.to_string())
-            .env("ANSWERS_GRPC_QUERY_ADDR", grpc.to_string())
             .env("PROCESSOR_GROUP", format!("processor-{}", self.pg.schema))
             .env("MATERIALIZER_GROUP", format!("materializer-{}", self.pg.schema))
             .env("REDIS_URL", &self.redis.url)
@@ -125,11 +177,17 @@ impl Stack {
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().expect("cloning a file handle")))
             .stderr(Stdio::from(log));
+        for flag in WORKLOAD_FLAGS.iter() {
+            match flag.kind {
+                FlagKind::Topic => cmd.env(&flag.env, self.topic(flag.id)),
+                FlagKind::Listener => cmd.env(&flag.env, listeners[flag.id].to_string()),
+            };
+        }
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawning a service");
-        self.procs.insert(name.to_owned(), Running { child, addr, grpc });
+        self.procs.insert(name.to_owned(), Running { child, addr, listeners });
         self.wait_ready(name).await;
         addr
     }
@@ -153,9 +211,15 @@ impl Stack {
         self.procs[name].addr
     }
 
-    /// The gRPC address of a running command (answers' write service) or query (its read service).
-    pub fn grpc(&self, name: &str) -> SocketAddr {
-        self.procs[name].grpc
+    /// The address a running instance serves a workload listener flag on
+    /// (e.g. `answers_grpc_command_addr` of the command).
+    pub fn listener(&self, name: &str, flag: &str) -> SocketAddr {
+        self.procs[name].listeners[flag]
+    }
+
+    /// This stack's name of a workload topic flag (e.g. `answers_commands_topic`).
+    pub fn topic(&self, flag: &str) -> String {
+        format!("test-{}-{}", flag.replace('_', "-"), self.suffix)
     }
 
     /// The process id of a running instance (to read its `/proc/<pid>/status`).
@@ -205,6 +269,9 @@ impl Stack {
         test_util::drop_schema(&self.pg).await;
         test_util::clear_redis_prefix(&self.redis).await;
         test_util::delete_topics(&self.kafka).await;
+        let topics: Vec<String> =
+            WORKLOAD_FLAGS.iter().filter(|f| f.kind == FlagKind::Topic).map(|f| self.topic(f.id)).collect();
+        test_util::delete_topic_names(&self.kafka.brokers, &topics).await;
         // Reached only by a test that got this far: its logs are not needed (a failed test keeps them).
         let _ = std::fs::remove_dir_all(&self.logs);
     }

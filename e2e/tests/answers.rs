@@ -303,7 +303,7 @@ async fn bad_bodies_are_400_with_one_line_and_never_reach_the_log() {
     let put = send(command, "PUT", "/answers", JSON, br#"{"value":"v"}"#).await;
     assert_eq!((put.status, put.header("allow")), (405, Some("POST")), "a PUT names its key");
     assert_eq!(send(command, "POST", "/answers?id=a%20b", JSON, br#"{"key":"k","value":"v"}"#).await.status, 400);
-    assert_eq!(records_in(&stack.kafka.brokers, &stack.kafka.answers_commands_topic), 0, "nothing reached the log");
+    assert_eq!(records_in(&stack.kafka.brokers, &stack.topic("answers_commands_topic")), 0, "nothing reached the log");
     stack.cleanup().await;
 }
 
@@ -365,8 +365,8 @@ async fn the_grpc_api_has_the_same_semantics_as_http() {
     let channel = |addr: SocketAddr| async move {
         Channel::from_shared(format!("http://{addr}")).expect("endpoint").connect().await.expect("connected")
     };
-    let mut write = AnswersWriteClient::new(channel(stack.grpc("command")).await);
-    let mut read = AnswersReadClient::new(channel(stack.grpc("query")).await);
+    let mut write = AnswersWriteClient::new(channel(stack.listener("command", "answers_grpc_command_addr")).await);
+    let mut read = AnswersReadClient::new(channel(stack.listener("query", "answers_grpc_query_addr")).await);
     let read_token = |metadata: &tonic::metadata::MetadataMap| {
         metadata.get("analytics-token").expect("a write carries its read token").to_str().expect("ascii").to_owned()
     };
