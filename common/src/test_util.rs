@@ -290,13 +290,25 @@ pub async fn request(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Answer> {
+    request_with_body(addr, method, path_and_query, headers, b"").await
+}
+
+/// [`request`] with a body (its `Content-Type`, if any, among `headers`).
+pub async fn request_with_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Answer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n"
+        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
     );
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&[head.as_bytes(), body].concat()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);

@@ -19,25 +19,8 @@ const JSON: Option<&str> = Some("application/json");
 
 /// One request with a body, on a fresh connection: the whole answer.
 async fn send(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the service answers");
-    stream.write_all(&[head.as_bytes(), body].concat()).await.expect("request written");
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.expect("answer read");
-    let text = String::from_utf8(buf).expect("a UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer { status, headers, body: body.to_owned() }
+    let headers: Vec<(&str, &str)> = content_type.map(|c| ("Content-Type", c)).into_iter().collect();
+    common::test_util::request_with_body(addr, method, path, &headers, body).await.expect("the service answers")
 }
 
 /// A key as it goes in a path.

@@ -107,6 +107,76 @@ pub fn truncate_for_message(s: &str) -> String {
     }
 }
 
+/// Why the query string of a write that takes only `?id=` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdQueryError {
+    /// Longer than [`MAX_QUERY_BYTES`].
+    TooLong(usize),
+    /// A part that is not valid percent-encoding or UTF-8.
+    BadEncoding,
+    /// A parameter other than `id` (its name, quoted for a message).
+    UnknownParameter(String),
+    /// `id` given twice.
+    DuplicateId,
+    BadId(BadEventId),
+}
+
+/// The query string of a write that takes nothing but an optional client
+/// event id: nothing, or `id=<id>` under the id rules ([`EventId::parse`]),
+/// strictly percent-decoded ([`decode`]). Each workload maps the error into its reject.
+///
+/// # Errors
+/// The first problem found, in [`IdQueryError`].
+pub fn parse_id_query(query: Option<&str>) -> Result<Option<EventId>, IdQueryError> {
+    let query = query.unwrap_or("");
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(IdQueryError::TooLong(MAX_QUERY_BYTES));
+    }
+    let mut id = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name).map_err(|_| IdQueryError::BadEncoding)?;
+        if name != "id" {
+            return Err(IdQueryError::UnknownParameter(truncate_for_message(&name)));
+        }
+        if id.is_some() {
+            return Err(IdQueryError::DuplicateId);
+        }
+        let value = decode(value).map_err(|_| IdQueryError::BadEncoding)?;
+        id = Some(EventId::parse(&value).map_err(IdQueryError::BadId)?);
+    }
+    Ok(id)
+}
+
+/// The members of one JSON object in document order, duplicates kept and
+/// values as raw JSON text: what a strict body parser reads before it
+/// checks names, duplicates and types in its own words (serde's derive
+/// would keep the last of two equal names, or refuse in its words).
+#[derive(Debug)]
+pub struct JsonMembers<'a>(pub Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+            type Value = JsonMembers<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonMembers<'de>, A::Error> {
+                let mut members = Vec::with_capacity(2);
+                while let Some(name) = map.next_key::<String>()? {
+                    members.push((name, map.next_value::<&'de serde_json::value::RawValue>()?));
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+        d.deserialize_map(MembersVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,12 +21,11 @@
 //! (unknown, then duplicate), missing fields, `key`, `value`, then the query
 //! string.
 
-use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::key::{AnswerKey, BadKey, MAX_KEY_BYTES};
-use common::engine::request::{decode as decode_query_part, truncate_for_message, BadEventId, EventId};
+use common::engine::request::{truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers};
 
 /// Longest value, in bytes of UTF-8 once unescaped.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -370,7 +369,7 @@ fn parse_body(body: &[u8], shape: BodyShape) -> Result<(Option<AnswerKey>, Answe
     }
     // Valid JSON already, so this only fails on what serde_json checks late
     // (a lone surrogate in a member name): still not JSON we accept.
-    let Members(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
+    let JsonMembers(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
     let (mut key, mut value) = (None, None);
     for (name, raw) in members {
         let (field, slot) = match (name.as_str(), shape) {
@@ -414,31 +413,6 @@ fn parse_value(raw: &RawValue) -> Result<AnswerValue, AnswerReject> {
     }
 }
 
-/// The members of a JSON object in document order, duplicates kept, values as raw text.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(2);
-                while let Some(name) = map.next_key::<String>()? {
-                    members.push((name, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Members(members))
-            }
-        }
-        d.deserialize_map(MembersVisitor)
-    }
-}
-
 /// The query string of a write: nothing, or `id=<id>` with the engine's id
 /// rules ([`EventId::parse`]) and strict percent-decoding, as for increments.
 ///
@@ -446,24 +420,13 @@ impl<'de> Deserialize<'de> for Members<'de> {
 /// [`AnswerReject::UnknownParameter`], [`AnswerReject::DuplicateId`],
 /// [`AnswerReject::BadQueryEncoding`], [`AnswerReject::QueryTooLong`] or an id reason.
 pub fn parse_query(query: Option<&str>) -> Result<Option<EventId>, AnswerReject> {
-    let query = query.unwrap_or("");
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(AnswerReject::QueryTooLong(MAX_QUERY_BYTES));
-    }
-    let mut id = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode_query_part(name).map_err(|_| AnswerReject::BadQueryEncoding)?;
-        if name != "id" {
-            return Err(AnswerReject::UnknownParameter(truncate_for_message(&name)));
-        }
-        if id.is_some() {
-            return Err(AnswerReject::DuplicateId);
-        }
-        let value = decode_query_part(value).map_err(|_| AnswerReject::BadQueryEncoding)?;
-        id = Some(EventId::parse(&value).map_err(AnswerReject::from_id)?);
-    }
-    Ok(id)
+    common::engine::request::parse_id_query(query).map_err(|e| match e {
+        IdQueryError::TooLong(limit) => AnswerReject::QueryTooLong(limit),
+        IdQueryError::BadEncoding => AnswerReject::BadQueryEncoding,
+        IdQueryError::UnknownParameter(name) => AnswerReject::UnknownParameter(name),
+        IdQueryError::DuplicateId => AnswerReject::DuplicateId,
+        IdQueryError::BadId(bad) => AnswerReject::from_id(bad),
+    })
 }
 
 #[cfg(test)]

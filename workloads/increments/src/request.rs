@@ -20,12 +20,11 @@
 //! document order (unknown, then duplicate), missing `key`, missing `value`,
 //! `key`, `value`, then the query string.
 
-use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::event::{IncrementEvent, IncrementKey, IncrementValue};
-use common::engine::request::{decode as decode_query_part, truncate_for_message, BadEventId, EventId};
+use common::engine::request::{truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers};
 
 /// Largest accepted body in bytes. The caller stops reading past it and
 /// answers [`IncrementReject::BodyTooLarge`]; a valid body is under 100 bytes.
@@ -259,7 +258,7 @@ pub fn parse_body(body: &[u8]) -> Result<(IncrementKey, IncrementValue), Increme
     }
     // Valid JSON already, so this only fails on what serde_json checks late
     // (a lone surrogate in a member name): still not JSON we accept.
-    let Members(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
+    let JsonMembers(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
     let (mut key, mut value) = (None, None);
     for (name, raw) in members {
         let (field, slot) = match name.as_str() {
@@ -302,31 +301,6 @@ fn parse_value(raw: &RawValue) -> Result<IncrementValue, IncrementReject> {
     }
 }
 
-/// The members of a JSON object in document order, duplicates kept, values as raw text.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(2);
-                while let Some(name) = map.next_key::<String>()? {
-                    members.push((name, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Members(members))
-            }
-        }
-        d.deserialize_map(MembersVisitor)
-    }
-}
-
 /// Parses the query string of `POST /increment`: nothing, or `id=<id>` with
 /// the engine's id rules ([`EventId::parse`]) and strict percent-decoding.
 ///
@@ -335,24 +309,13 @@ impl<'de> Deserialize<'de> for Members<'de> {
 /// [`IncrementReject::BadQueryEncoding`], [`IncrementReject::QueryTooLong`]
 /// or an id reason.
 pub fn parse_query(query: Option<&str>) -> Result<Option<EventId>, IncrementReject> {
-    let query = query.unwrap_or("");
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(IncrementReject::QueryTooLong(MAX_QUERY_BYTES));
-    }
-    let mut id = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode_query_part(name).map_err(|_| IncrementReject::BadQueryEncoding)?;
-        if name != "id" {
-            return Err(IncrementReject::UnknownParameter(truncate_for_message(&name)));
-        }
-        if id.is_some() {
-            return Err(IncrementReject::DuplicateId);
-        }
-        let value = decode_query_part(value).map_err(|_| IncrementReject::BadQueryEncoding)?;
-        id = Some(EventId::parse(&value).map_err(IncrementReject::from_id)?);
-    }
-    Ok(id)
+    common::engine::request::parse_id_query(query).map_err(|e| match e {
+        IdQueryError::TooLong(limit) => IncrementReject::QueryTooLong(limit),
+        IdQueryError::BadEncoding => IncrementReject::BadQueryEncoding,
+        IdQueryError::UnknownParameter(name) => IncrementReject::UnknownParameter(name),
+        IdQueryError::DuplicateId => IncrementReject::DuplicateId,
+        IdQueryError::BadId(bad) => IncrementReject::from_id(bad),
+    })
 }
 
 #[cfg(test)]
