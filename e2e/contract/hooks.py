@@ -32,12 +32,14 @@ schema counts characters. A schema-valid key (in the body of `POST /answers` or 
 of `/answers/{key}`) or value longer than its limit in bytes is cut to its first bytes, as
 user ids are; one already invalid (too many characters, a control character) is sent as
 generated (a positive case's key is also freed of the control characters schemathesis' own
-path encoding can make of a `%XY` in the generated text). Ids: a write whose (key, id) was decided answers the first outcome, whatever its
-method (a `DELETE` reusing a create's id answers `201`), and generated ids repeat (`0`, `a`)
-across operations; a valid id gets its method as a suffix, so every id names writes of one
-method only, and a repeat is a retry of the same kind of write.
+path encoding can make of a `%XY` in the generated text). Ids: a write whose (key, id) was decided answers the first outcome, whatever happened to the
+key since (a create retried after a delete answers `201` again, and the key stays deleted), and
+generated ids repeat (`0`, `a`) across requests; a valid id gets its method and a number unique
+in the run as a suffix, so no two requests share one (retries by id are tested in
+e2e/tests/answers.rs, where they are meant).
 """
 
+import itertools
 import os
 import pathlib
 import re
@@ -125,6 +127,9 @@ def _cut(text, max_bytes, need_chars):
     return text.encode()[:max_bytes].decode(errors="ignore")
 
 
+_IDS = itertools.count()
+
+
 def valid_answer(method, path, path_parameters, query, body, positive=False):
     if not path.startswith(ANSWERS_PREFIX):
         return path_parameters, query, body
@@ -145,7 +150,7 @@ def valid_answer(method, path, path_parameters, query, body, positive=False):
         if "value" in body:
             body["value"] = _cut(body["value"], VALUE_MAX_BYTES, False)
     if isinstance(query, dict) and isinstance(query.get("id"), str) and ID.match(query["id"]):
-        suffix = f"-{method.lower()}"
+        suffix = f"-{method.lower()}-{os.getpid()}-{next(_IDS)}"
         ident = query["id"]
         if len(ident) <= ID_MAX_BYTES:
             query = {**query, "id": ident[: ID_MAX_BYTES - len(suffix)] + suffix}
