@@ -121,9 +121,25 @@ pub mod migrations {
     )
     .replacing(11);
 
+    /// Bulk generations: the processor stores them, the query reads the active one.
+    pub const BULK_GENERATIONS: Migration = Migration::new(
+        ENGINE,
+        7,
+        "bulk_generations",
+        &[Processor, Query],
+        include_str!("../../migrations/0007_bulk_generations.sql"),
+    );
+
     /// All of them, in version order.
-    pub const ALL: &[Migration] =
-        &[PROCESSOR_STATE, COORDINATION, DEPLOYMENT_SETTINGS, PROCESSOR_EVENT_IDS, READ_PROGRESS, PROCESSOR_OUTBOX];
+    pub const ALL: &[Migration] = &[
+        PROCESSOR_STATE,
+        COORDINATION,
+        DEPLOYMENT_SETTINGS,
+        PROCESSOR_EVENT_IDS,
+        READ_PROGRESS,
+        PROCESSOR_OUTBOX,
+        BULK_GENERATIONS,
+    ];
 }
 
 /// The migrations `service` applies: the engine's, then each workload's of
