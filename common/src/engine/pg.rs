@@ -403,7 +403,7 @@ mod tests {
     fn each_service_applies_the_engine_tables_it_uses() {
         let names = |s| migrations_for(s, []).iter().map(|m| m.name).collect::<Vec<_>>();
         assert_eq!(names(Service::Command), ["deployment_settings"]);
-        assert_eq!(names(Service::Query), ["read_progress"]);
+        assert_eq!(names(Service::Query), ["read_progress", "bulk_generations"]);
         assert_eq!(names(Service::Materializer), ["coordination", "read_progress"]);
         assert!(!names(Service::Processor).contains(&"read_progress"));
     }
