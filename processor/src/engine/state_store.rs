@@ -499,6 +499,17 @@ impl StateTx for PgTx<'_> {
         Ok(previous.filter(|p| *p != generation))
     }
 
+    async fn bulk_generations(&mut self, table: &BulkTable) -> Result<Vec<i64>, PgError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT generation FROM processor_bulk_generations WHERE bulk_table = $1 ORDER BY generation",
+                &[&table.table],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get("generation")).collect())
+    }
+
     async fn drop_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
         self.tx.batch_execute(&table.drop_sql(generation)).await?;
         for sql in [
@@ -871,6 +882,7 @@ mod tests {
         assert_eq!(t.seal_generation(&table, 3).await.unwrap(), None);
         assert_eq!(t.activate_generation(&table, 3).await.unwrap(), Some(1));
         assert_eq!(t.active_generation(&table).await.unwrap(), Some(3));
+        assert_eq!(t.bulk_generations(&table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
         tx.commit().await.unwrap();
         let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
         assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));

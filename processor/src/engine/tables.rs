@@ -153,6 +153,10 @@ pub trait StateTx: Send {
         generation: i64,
     ) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;
 
+    /// The generations of `table` whose storage exists (created and not
+    /// dropped), oldest first: what a switch may drop of those it leaves behind.
+    fn bulk_generations(&mut self, table: &BulkTable) -> impl Future<Output = Result<Vec<i64>, PgError>> + Send;
+
     /// Drops `generation`'s storage, registration and reports (a replaced or failed one).
     fn drop_generation(
         &mut self,

@@ -249,6 +249,10 @@ impl StateTx for MemTx {
         Ok(self.tables.bulk_active.insert(table.table, generation).filter(|p| *p != generation))
     }
 
+    async fn bulk_generations(&mut self, table: &BulkTable) -> Result<Vec<i64>, PgError> {
+        Ok(self.tables.bulk.keys().filter(|(t, _)| *t == table.table).map(|(_, g)| *g).collect())
+    }
+
     async fn drop_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
         let k = (table.table, generation);
         self.tables.bulk.remove(&k);
@@ -485,6 +489,7 @@ mod tests {
         assert_eq!(block_on(tx.seal_generation(&table, 2)).unwrap().as_deref(), Some("a"));
         block_on(tx.drop_generation(&table, 2)).unwrap();
         assert!(block_on(tx.copy_rows(&table, 2, &[row("c", 3)])).is_err(), "a dropped generation has no storage");
+        assert_eq!(block_on(tx.bulk_generations(&table)).unwrap(), vec![1], "only 1 has storage");
         store.finish(tx, None).unwrap();
         assert_eq!(store.bulk(&table, 2), (None, Some(1)));
     }
