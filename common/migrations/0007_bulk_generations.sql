@@ -1,6 +1,7 @@
 -- Bulk generations (common::engine::store::bulk): immutable sets of rows a
 -- processor workload loads in bulk, one table per generation (`<table>_g<n>`,
--- created by the engine), made visible by moving one pointer.
+-- created by the engine), made visible by moving one pointer (bulk_active,
+-- migration 8, which the query applies too).
 --
 -- Every generation the processor has begun storing, locked (SELECT … FOR
 -- UPDATE) by each partition's report so that the last two partitions to
@@ -18,11 +19,4 @@ CREATE TABLE processor_bulk_reports (
     partition  INT    NOT NULL,
     rows       BIGINT NOT NULL,
     PRIMARY KEY (bulk_table, generation, partition)
-);
--- The active generation of each bulk table: what readers read. Moved in the
--- checkpoint transaction that completes a generation.
-CREATE TABLE bulk_active (
-    bulk_table  TEXT        PRIMARY KEY,
-    generation  BIGINT      NOT NULL,
-    switched_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
