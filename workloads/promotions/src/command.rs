@@ -196,3 +196,123 @@ impl Upload for Files {
         Err(UploadError::Rejected(reject))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ::command::engine::{AppendError, Delivered};
+    use hyper::body::Bytes;
+
+    use super::*;
+    use crate::wire::decode_file_record;
+
+    /// A log of `partitions` partitions in memory, keyed records placed as the engine would.
+    struct Log {
+        partitions: Vec<Vec<FileRecord>>,
+    }
+
+    impl Append for Log {
+        fn partitions(&self) -> i32 {
+            self.partitions.len() as i32
+        }
+
+        async fn append(&mut self, key: &[u8], payload: Vec<u8>) -> Result<i32, AppendError> {
+            let p = common::engine::kafka::partition_for(key, self.partitions());
+            self.partitions[p as usize].push(decode_file_record(&payload).expect("a record"));
+            Ok(p)
+        }
+
+        async fn append_to(&mut self, partition: i32, payload: Vec<u8>) -> Result<(), AppendError> {
+            self.partitions[partition as usize].push(decode_file_record(&payload).expect("a record"));
+            Ok(())
+        }
+
+        async fn deliver_to(&mut self, partition: i32, payload: Vec<u8>) -> Result<Delivered, AppendError> {
+            self.append_to(partition, payload).await?;
+            let offset = self.partitions[partition as usize].len() as i64 - 1;
+            Ok(Delivered { partition, offset, appended_ms: None })
+        }
+
+        async fn flush(&mut self) -> Result<(), AppendError> {
+            Ok(())
+        }
+    }
+
+    struct Body(std::vec::IntoIter<Result<Bytes, BodyError>>);
+
+    impl Chunks for Body {
+        async fn next_chunk(&mut self) -> Option<Result<Bytes, BodyError>> {
+            self.0.next()
+        }
+    }
+
+    fn line(i: u32) -> String {
+        format!("00000000-0000-4000-8000-{i:012X},{i}.505,2018-08-04 05:32:31 +0200 CEST\n")
+    }
+
+    /// Uploads `chunks` into a fresh 3-partition log with 5 records in partition 0 already.
+    async fn upload(chunks: Vec<Result<Bytes, BodyError>>) -> (Result<Decided, UploadError<FileReject>>, Log) {
+        let mut log = Log { partitions: vec![Vec::new(); 3] };
+        for _ in 0..5 {
+            log.partitions[0].push(FileRecord::Begin(Begin { partitions: 3 }));
+        }
+        let files = Files::new(TopicSpec::events_named("promotions.rows", 3));
+        let input = Input::post(None, Some("text/csv; charset=utf-8"), b"");
+        let result = files.receive(&input, 0, &mut Body(chunks.into_iter()), &mut log).await;
+        (result, log)
+    }
+
+    fn chunked(text: &str, size: usize) -> Vec<Result<Bytes, BodyError>> {
+        text.as_bytes().chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_is_a_begin_its_rows_by_id_and_an_end_per_partition_with_its_count() {
+        let text: String = (1..=50).map(line).collect();
+        let (result, log) = upload(chunked(&text, 37)).await;
+        let decided = result.expect("accepted");
+        assert_eq!((decided.status, decided.body.as_deref()), (StatusCode::ACCEPTED, Some(r#"{"generation":6}"#)));
+        let mut total = 0;
+        for (p, records) in log.partitions.iter().enumerate() {
+            let rows = records.iter().filter(|r| matches!(r, FileRecord::Row(row) if row.generation == 6)).count();
+            let Some(FileRecord::End(end)) = records.last() else { panic!("partition {p} ends with its end record") };
+            assert_eq!(*end, End { generation: 6, partition: p as i32, partitions: 3, rows: rows as u64, total: 50 });
+            total += rows;
+        }
+        assert_eq!(total, 50);
+    }
+
+    #[tokio::test]
+    async fn the_first_bad_line_aborts_the_file_in_every_partition_and_names_the_line() {
+        let text: String = (1..=9).map(line).collect::<String>() + "not,a,line\n" + &line(11);
+        let (result, log) = upload(chunked(&text, 64)).await;
+        let Err(UploadError::Rejected(reject)) = result else { panic!("refused") };
+        assert_eq!(Reject::label(&reject), "bad_id");
+        assert!(reject.to_string().starts_with("line 10: bad UUID `not`"), "{reject}");
+        assert!(reject.to_string().ends_with("(generation 6 failed)"), "{reject}");
+        for records in &log.partitions {
+            let Some(FileRecord::Abort(abort)) = records.last() else { panic!("every partition ends with an abort") };
+            assert_eq!((abort.generation, abort.failure.line), (6, Some(10)));
+            assert!(!records.iter().any(|r| matches!(r, FileRecord::End(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_a_cut_off_body_and_another_type_are_refused() {
+        let (result, log) = upload(Vec::new()).await;
+        assert!(matches!(result, Err(UploadError::Rejected(FileReject::Empty { generation: 6 }))));
+        assert!(log.partitions.iter().all(|r| matches!(r.last(), Some(FileRecord::Abort(_)))));
+
+        let mut cut = chunked(&line(1), 10);
+        cut.push(Err(BodyError::Unreadable));
+        let (result, log) = upload(cut).await;
+        assert!(matches!(result, Err(UploadError::Body(BodyError::Unreadable))));
+        assert!(log.partitions.iter().all(|r| matches!(r.last(), Some(FileRecord::Abort(_)))));
+
+        let files = Files::new(TopicSpec::events_named("promotions.rows", 3));
+        let mut log = Log { partitions: vec![Vec::new(); 3] };
+        let input = Input::post(None, Some("application/json"), b"");
+        let result = files.receive(&input, 0, &mut Body(Vec::new().into_iter()), &mut log).await;
+        assert!(matches!(result, Err(UploadError::Rejected(FileReject::ContentType))));
+        assert!(log.partitions.iter().all(Vec::is_empty), "nothing appended");
+    }
+}

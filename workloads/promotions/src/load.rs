@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::generation::{Failure, GenerationState};
+use crate::generation::Failure;
 use crate::line::Promotion;
 use crate::records::{End, FileRecord, GenerationStatus};
 
@@ -325,11 +325,6 @@ pub fn duplicate(generation: i64, id: &str) -> GenerationStatus {
     GenerationStatus::failed(generation, format!("id {id} appears more than once in the file"))
 }
 
-/// The state a stored status name means ([`GenerationState::parse`]), for the processor's tables.
-pub fn state_of(text: &str) -> Option<GenerationState> {
-    GenerationState::parse(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,7 +401,6 @@ mod tests {
 
     #[test]
     fn a_generation_completes_once_every_partition_reported_and_the_rows_add_up() {
-        let End { .. } = End { generation: 1, partition: 0, partitions: 2, rows: 3, total: 5 };
         let e = End { generation: 1, partition: 0, partitions: 2, rows: 3, total: 5 };
         assert_eq!(decide(&[(0, 3)], &e), Decision::Wait);
         assert_eq!(decide(&[(0, 3), (1, 2)], &e), Decision::Complete(5));
