@@ -38,7 +38,8 @@ pub use crate::engine::{run, CommandApp};
 
 /// A workload's role at the write edge: the [`engine::Intake`] it serves.
 pub trait CommandRole: Workload {
-    type Intake: engine::Intake;
+    /// An [`engine::Intake`], or an [`engine::Upload`] in [`engine::Streamed`].
+    type Intake: engine::Served;
 
     /// The intake on `events`: the workload's events topic (see
     /// [`common::engine::workload::Workload::topics`]) with the deployment's
@@ -77,7 +78,7 @@ pub trait Registered: Listed {
 impl<W: CommandRole> Registered for Configured<W> {
     fn register<'c>(&self, engine: engine::Engine<'c>, cfg: &Config) -> anyhow::Result<engine::Engine<'c>> {
         let events = TopicSpec::events_named(&W::topics(&self.config).events, cfg.partitions.events_partitions.get());
-        engine.register(W::intake(&self.config, events, &cfg.horizon.horizon()))
+        engine::Served::register_on(W::intake(&self.config, events, &cfg.horizon.horizon()), engine)
     }
 
     fn listeners(

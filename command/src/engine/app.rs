@@ -16,10 +16,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::lane::{self, BodyError, Lane, Route, Topic};
+use super::lane::{self, BodyError, Lane, Route, StreamLane, Topic};
 use super::publisher::EventPublisher;
 use super::replies::Replies;
-use super::Intake;
+use super::{upload, Intake, Upload};
 use crate::config::Config;
 use crate::metrics as m;
 
@@ -96,33 +96,47 @@ impl<'c> Engine<'c> {
     /// # Errors
     /// When its route or topic is taken, or librdkafka rejects the producer configuration.
     pub fn register<W: Intake>(mut self, workload: W) -> anyhow::Result<Self> {
-        let spec = workload.topic();
+        let replies = workload.replies_topic().map(|t| Arc::new(Replies::new(t)));
+        let topic = self.topic(W::NAME, W::ROUTE, workload.topic(), replies)?;
+        let allow = (join(W::METHODS), join(W::SUBPATH_METHODS));
+        self.routes.push(Box::new(Lane { workload, topic, allow }));
+        Ok(self)
+    }
+
+    /// Adds a workload whose body is streamed to it ([`Upload`]): its route and its topic's producers.
+    ///
+    /// # Errors
+    /// As [`Engine::register`].
+    pub fn register_upload<U: Upload>(mut self, workload: U) -> anyhow::Result<Self> {
+        let topic = self.topic(U::NAME, U::ROUTE, workload.topic(), None)?;
+        self.routes.push(Box::new(StreamLane { workload, topic, allow: join(U::METHODS) }));
+        Ok(self)
+    }
+
+    /// A new route's topic and producers, once its route and topic are known to be free.
+    fn topic(
+        &self,
+        name: &'static str,
+        route: &'static str,
+        spec: TopicSpec,
+        replies: Option<Arc<Replies>>,
+    ) -> anyhow::Result<Topic> {
         anyhow::ensure!(
-            W::ROUTE.starts_with('/') && !OPS_PATHS.contains(&W::ROUTE),
-            "workload {}: route {} is not a free path",
-            W::NAME,
-            W::ROUTE
+            route.starts_with('/') && !OPS_PATHS.contains(&route),
+            "workload {name}: route {route} is not a free path"
         );
-        if let Some(other) = self.routes.iter().find(|r| r.path() == W::ROUTE || r.topic().spec.name == spec.name) {
-            anyhow::bail!("workloads {} and {} share a route or a topic", other.name(), W::NAME);
+        if let Some(other) = self.routes.iter().find(|r| r.path() == route || r.topic().spec.name == spec.name) {
+            anyhow::bail!("workloads {} and {name} share a route or a topic", other.name());
         }
         let publisher = EventPublisher::new(
             &self.cfg.kafka,
             &spec.name,
-            W::NAME,
+            name,
             self.cfg.producer_tuning(),
             self.cfg.producers.get() as usize,
         )
-        .with_context(|| format!("creating the producers of {}", W::NAME))?;
-        let replies = workload.replies_topic().map(|t| Arc::new(Replies::new(t)));
-        let topic = Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)), replies };
-        // Once per workload at start-up: the joined methods live as long as the service.
-        let join = |methods: &[Method]| -> &'static str {
-            Box::leak(methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ").into_boxed_str())
-        };
-        let allow = (join(W::METHODS), join(W::SUBPATH_METHODS));
-        self.routes.push(Box::new(Lane { workload, topic, allow }));
-        Ok(self)
+        .with_context(|| format!("creating the producers of {name}"))?;
+        Ok(Topic { spec, publisher, agreed_partitions: Arc::new(AtomicI32::new(0)), replies })
     }
 
     /// Creates the workloads' topics if configured, and agrees each topic's
@@ -280,6 +294,9 @@ impl CommandApp {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let edge = &self.inner.edge;
+        if route.streams() {
+            return self.post_stream(route, req).await;
+        }
         // A workload whose body is its input refuses an oversized one in its own words, after the token check.
         let refusal = if route.reads_body() { edge.access_refusal(&req, true) } else { edge.refusal(&req, true) };
         if let Some(refused) = refusal {
@@ -301,6 +318,36 @@ impl CommandApp {
         };
         edge.within_time_limit(answer, TOO_LONG).await
     }
+}
+
+/// Answers a streamed upload: the edge's access checks (no size limit, no
+/// time limit: a file of any size streams at the client's pace), then the
+/// body fed through a bounded channel to the workload while it appends.
+impl CommandApp {
+    async fn post_stream<B>(&self, route: &dyn Route, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(refused) = self.inner.edge.access_refusal(&req, true) {
+            return refused;
+        }
+        let (parts, body) = req.into_parts();
+        let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or(""));
+        let request =
+            lane::Request { method: &parts.method, path: parts.uri.path(), query: parts.uri.query(), content_type };
+        let (tx, rx) = tokio::sync::mpsc::channel(upload::BUFFERED_CHUNKS);
+        // Both in this task: the pump stops once the workload stops reading (the channel closes).
+        let (answer, ()) =
+            tokio::join!(route.post_stream(&self.inner, request, upload::ChannelChunks(rx)), upload::pump(body, tx));
+        answer
+    }
+}
+
+/// Joins methods for 405's `Allow` header; once per workload at start-up, so
+/// the joined text lives as long as the service.
+fn join(methods: &[Method]) -> &'static str {
+    Box::leak(methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ").into_boxed_str())
 }
 
 /// Reads a whole body of at most `limit_bytes`.

@@ -16,6 +16,7 @@ use super::app::Shared;
 use super::outcome::{respond, Outcome};
 use super::publisher::{Delivered, EventPublisher};
 use super::replies::Replies;
+use super::upload::{self, Appender, ChannelChunks, Upload, UploadError};
 use super::{BodyUse, Decided, Input, Intake};
 
 /// A workload's topic: where its events go, and the partition count agreed for it.
@@ -67,6 +68,17 @@ pub(crate) trait Route: Send + Sync {
     fn topic(&self) -> &Topic;
     /// Answers one `POST` that passed the edge checks.
     fn post<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: Result<&'a [u8], BodyError>) -> Answer<'a>;
+    /// Whether the body is streamed to the workload ([`Upload`]) rather than read first.
+    fn streams(&self) -> bool {
+        false
+    }
+    /// Answers one streamed `POST` that passed the edge checks, reading its body from `body`.
+    fn post_stream<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: ChannelChunks) -> Answer<'a> {
+        let _ = (shared, request, body);
+        Box::pin(async {
+            common::engine::http::error(hyper::StatusCode::INTERNAL_SERVER_ERROR, "not a streamed route")
+        })
+    }
 }
 
 /// What the engine hands a route of one request, besides its body.
@@ -194,6 +206,85 @@ impl<W: Intake> Route for Lane<W> {
         Box::pin(async move {
             let outcome = self.accept(shared, request, body).await;
             respond(W::NAME, outcome, &shared.fatal)
+        })
+    }
+}
+
+/// A registered [`Upload`] with its topic: the body is streamed to the workload.
+pub(crate) struct StreamLane<U> {
+    pub workload: U,
+    pub topic: Topic,
+    /// [`Upload::METHODS`] joined for 405's `Allow` header.
+    pub allow: &'static str,
+}
+
+impl<U: Upload> StreamLane<U> {
+    async fn receive(&self, shared: &Shared, request: Request<'_>, mut body: ChannelChunks) -> Outcome<U::Reject> {
+        // One permit per upload, however long it streams.
+        let Ok(_permit) = shared.in_flight.try_acquire() else {
+            return Outcome::Overloaded;
+        };
+        let Request { method, path, query, content_type } = request;
+        let input = Input { method, path, request: uuid::Uuid::new_v4(), query, content_type, body: &[] };
+        let partitions = self.topic.agreed_partitions.load(Ordering::Relaxed);
+        let mut out = Appender::new(&self.topic.publisher, partitions, U::MAX_IN_FLIGHT);
+        match self.workload.receive(&input, (shared.clock)(), &mut body, &mut out).await {
+            Ok(decided) => Outcome::Uploaded(decided),
+            Err(UploadError::Rejected(reason)) => Outcome::Rejected(reason),
+            Err(UploadError::Body(upload::BodyError::Unreadable)) => Outcome::BodyUnreadable,
+            Err(UploadError::Append(e)) => Outcome::NotAppended(e),
+        }
+    }
+}
+
+impl<U: Upload> Route for StreamLane<U> {
+    fn name(&self) -> &'static str {
+        U::NAME
+    }
+
+    fn path(&self) -> &'static str {
+        U::ROUTE
+    }
+
+    fn serves(&self, path: &str) -> bool {
+        path == U::ROUTE
+    }
+
+    fn allow(&self, _: &str) -> &'static str {
+        self.allow
+    }
+
+    fn accepts(&self, method: &hyper::Method, _: &str) -> bool {
+        U::METHODS.contains(method)
+    }
+
+    /// Streamed, not read: no size limit applies.
+    fn reads_body(&self) -> bool {
+        false
+    }
+
+    fn min_body_limit(&self) -> u64 {
+        0
+    }
+
+    fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    fn post<'a>(&'a self, _: &'a Shared, _: Request<'a>, _: Result<&'a [u8], BodyError>) -> Answer<'a> {
+        Box::pin(async {
+            common::engine::http::error(hyper::StatusCode::INTERNAL_SERVER_ERROR, "a streamed route read whole")
+        })
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn post_stream<'a>(&'a self, shared: &'a Shared, request: Request<'a>, body: ChannelChunks) -> Answer<'a> {
+        Box::pin(async move {
+            let outcome = self.receive(shared, request, body).await;
+            respond(U::NAME, outcome, &shared.fatal)
         })
     }
 }

@@ -28,11 +28,39 @@ mod lane;
 mod outcome;
 pub mod publisher;
 mod replies;
+pub mod upload;
 
 use hyper::{Method, StatusCode};
 
 pub use app::{run, CommandApp, Engine};
 pub use publisher::Delivered;
+pub use upload::{Append, AppendError, Chunks, Upload, UploadError};
+
+/// What a workload serves at the write edge: an [`Intake`] (one request, one
+/// event) or, wrapped in [`Streamed`], an [`Upload`] (a streamed body, many
+/// records). [`crate::CommandRole::Intake`] is either.
+pub trait Served: Send + Sync + 'static {
+    /// Adds it to `engine`.
+    ///
+    /// # Errors
+    /// As [`Engine::register`].
+    fn register_on(self, engine: Engine<'_>) -> anyhow::Result<Engine<'_>>;
+}
+
+impl<T: Intake> Served for T {
+    fn register_on(self, engine: Engine<'_>) -> anyhow::Result<Engine<'_>> {
+        engine.register(self)
+    }
+}
+
+/// An [`Upload`] as a workload's [`crate::CommandRole::Intake`].
+pub struct Streamed<U>(pub U);
+
+impl<U: Upload> Served for Streamed<U> {
+    fn register_on(self, engine: Engine<'_>) -> anyhow::Result<Engine<'_>> {
+        engine.register_upload(self.0)
+    }
+}
 
 /// One workload at the write edge: a `POST` route whose requests become typed
 /// events on the workload's own topic.

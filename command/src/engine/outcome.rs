@@ -9,6 +9,7 @@ use common::engine::progress::{ReadToken, TOKEN_HEADER};
 use hyper::header::HeaderValue;
 
 use super::publisher::PublishError;
+use super::upload::AppendError;
 use super::{Decided, Reject};
 use crate::metrics as m;
 
@@ -30,6 +31,10 @@ pub(crate) enum Outcome<R> {
     /// The body could not be read (the client went away mid-body, or sent a broken chunk).
     BodyUnreadable,
     Unavailable(PublishError),
+    /// A streamed upload accepted by its workload: its status and JSON body.
+    Uploaded(Decided),
+    /// A streamed upload whose records the log did not all take.
+    NotAppended(AppendError),
     Overloaded,
     /// Written to a partition its key does not map to under the agreed count:
     /// downstream will skip it, so it is not counted.
@@ -105,6 +110,21 @@ pub(crate) fn respond<R: Reject>(
         Outcome::NotFollowing => {
             metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "not_following", "workload" => workload).increment(1);
             http::unavailable("not recorded: this instance does not follow the decisions yet; retry later", 1)
+        }
+        Outcome::Uploaded(decided) => {
+            metrics::counter!(m::EVENTS_ACCEPTED, "workload" => workload).increment(1);
+            super::upload::accepted(decided)
+        }
+        Outcome::NotAppended(e) => {
+            metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "upload_not_appended", "workload" => workload)
+                .increment(1);
+            tracing::warn!(error = %e, workload, "upload not accepted");
+            if let AppendError::Publish(p) = &e {
+                if p.is_fatal() {
+                    fatal.cancel();
+                }
+            }
+            http::unavailable(format!("upload not accepted: {e}; upload the file again"), 1)
         }
         Outcome::Overloaded => {
             metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => "overloaded", "workload" => workload).increment(1);

@@ -121,6 +121,14 @@ impl EventPublisher {
         let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
         metrics::histogram!(m::PRODUCE_DURATION, "workload" => self.workload).record(started.elapsed().as_secs_f64());
         match result {
+            Ok(delivery) => Self::delivered(Ok(delivery)),
+            Err((e, _)) => Err(Self::publish_error(e)),
+        }
+    }
+
+    /// Where a delivery landed, or why it did not.
+    fn delivered(result: rdkafka::producer::future_producer::OwnedDeliveryResult) -> Result<Delivered, PublishError> {
+        match result {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
@@ -129,11 +137,15 @@ impl EventPublisher {
                     _ => None,
                 },
             }),
-            Err((e, _)) => Err(match e.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
-                Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout,
-                _ => PublishError::Broker(e),
-            }),
+            Err((e, _)) => Err(Self::publish_error(e)),
+        }
+    }
+
+    fn publish_error(e: KafkaError) -> PublishError {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+            Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout,
+            _ => PublishError::Broker(e),
         }
     }
 
@@ -161,5 +173,35 @@ impl EventPublisher {
     /// Sends everything still queued; part of graceful shutdown.
     pub fn flush(&self, limit: Duration) -> Result<(), KafkaError> {
         self.producers.iter().try_for_each(|p| p.flush(limit))
+    }
+}
+
+/// Streamed uploads enqueue records and collect their acks later (a window of them, `upload::Appender`).
+impl super::upload::Sender for EventPublisher {
+    fn start(
+        &self,
+        partition: i32,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<futures::future::BoxFuture<'static, Result<Delivered, PublishError>>, PublishError> {
+        use futures::FutureExt;
+        let record = FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).payload(payload);
+        let record = match key {
+            Some(key) => record.key(key),
+            None => record,
+        };
+        let ack = self.producer().send_result(record).map_err(|(e, _)| Self::publish_error(e))?;
+        let workload = self.workload;
+        let started = Instant::now();
+        Ok(async move {
+            let result = match ack.await {
+                Ok(result) => Self::delivered(result),
+                // The producer was dropped with the record queued: never acknowledged.
+                Err(_canceled) => Err(PublishError::Timeout),
+            };
+            metrics::histogram!(m::PRODUCE_DURATION, "workload" => workload).record(started.elapsed().as_secs_f64());
+            result
+        }
+        .boxed())
     }
 }

@@ -121,9 +121,34 @@ pub mod migrations {
     )
     .replacing(11);
 
+    /// Bulk generations: the processor's record of the generations it stores and their reports.
+    pub const BULK_GENERATIONS: Migration = Migration::new(
+        ENGINE,
+        7,
+        "bulk_generations",
+        &[Processor],
+        include_str!("../../migrations/0007_bulk_generations.sql"),
+    );
+    /// Bulk generations' active pointer: the processor moves it, the query reads it.
+    pub const BULK_ACTIVE: Migration = Migration::new(
+        ENGINE,
+        8,
+        "bulk_active",
+        &[Processor, Query],
+        include_str!("../../migrations/0008_bulk_active.sql"),
+    );
+
     /// All of them, in version order.
-    pub const ALL: &[Migration] =
-        &[PROCESSOR_STATE, COORDINATION, DEPLOYMENT_SETTINGS, PROCESSOR_EVENT_IDS, READ_PROGRESS, PROCESSOR_OUTBOX];
+    pub const ALL: &[Migration] = &[
+        PROCESSOR_STATE,
+        COORDINATION,
+        DEPLOYMENT_SETTINGS,
+        PROCESSOR_EVENT_IDS,
+        READ_PROGRESS,
+        PROCESSOR_OUTBOX,
+        BULK_GENERATIONS,
+        BULK_ACTIVE,
+    ];
 }
 
 /// The migrations `service` applies: the engine's, then each workload's of
@@ -387,7 +412,7 @@ mod tests {
     fn each_service_applies_the_engine_tables_it_uses() {
         let names = |s| migrations_for(s, []).iter().map(|m| m.name).collect::<Vec<_>>();
         assert_eq!(names(Service::Command), ["deployment_settings"]);
-        assert_eq!(names(Service::Query), ["read_progress"]);
+        assert_eq!(names(Service::Query), ["read_progress", "bulk_active"]);
         assert_eq!(names(Service::Materializer), ["coordination", "read_progress"]);
         assert!(!names(Service::Processor).contains(&"read_progress"));
     }

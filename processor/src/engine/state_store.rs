@@ -22,7 +22,7 @@ use tokio_postgres::types::ToSql;
 
 use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
-use super::tables::{RowTable, StateTx};
+use super::tables::{BulkTable, RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
 use common::engine::store::{Column, ColumnType, Row, Value};
 
@@ -400,6 +400,127 @@ fn column_param(table: &RowTable, c: &Column, rows: &[Row]) -> Result<Box<dyn To
 }
 
 impl StateTx for PgTx<'_> {
+    async fn create_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
+        self.tx
+            .execute(
+                "INSERT INTO processor_bulk_generations (bulk_table, generation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&table.table, &generation],
+            )
+            .await?;
+        self.tx.batch_execute(&table.create_sql(generation)).await?;
+        Ok(())
+    }
+
+    async fn copy_rows(&mut self, table: &BulkTable, generation: i64, rows: &[Row]) -> Result<u64, PgError> {
+        use futures::SinkExt;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let text = table.copy_text(rows)?;
+        let sink = self.tx.copy_in(table.copy_sql(generation).as_str()).await?;
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        Ok(sink.finish().await?)
+    }
+
+    async fn report_partition(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        partition: i32,
+        rows: i64,
+    ) -> Result<Vec<(i32, i64)>, PgError> {
+        self.tx
+            .execute(
+                "INSERT INTO processor_bulk_generations (bulk_table, generation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&table.table, &generation],
+            )
+            .await?;
+        // The lock that serializes the reports of one generation (released at commit).
+        self.tx
+            .execute(
+                "SELECT 1 FROM processor_bulk_generations WHERE bulk_table = $1 AND generation = $2 FOR UPDATE",
+                &[&table.table, &generation],
+            )
+            .await?;
+        self.tx
+            .execute(
+                "INSERT INTO processor_bulk_reports (bulk_table, generation, partition, rows) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (bulk_table, generation, partition) DO UPDATE SET rows = EXCLUDED.rows",
+                &[&table.table, &generation, &partition, &rows],
+            )
+            .await?;
+        let reports = self
+            .tx
+            .query(
+                "SELECT partition, rows FROM processor_bulk_reports WHERE bulk_table = $1 AND generation = $2
+                 ORDER BY partition",
+                &[&table.table, &generation],
+            )
+            .await?;
+        Ok(reports.iter().map(|r| (r.get("partition"), r.get("rows"))).collect())
+    }
+
+    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<String>, PgError> {
+        if let Some(dup) = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await? {
+            return Ok(Some(dup.get(table.key.name)));
+        }
+        let keyed = self
+            .tx
+            .query_opt(
+                "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)",
+                &[&format!("{}_pkey", table.generation_table(generation)), &table.generation_table(generation)],
+            )
+            .await?;
+        if keyed.is_none() {
+            self.tx.batch_execute(&table.seal_sql(generation)).await?;
+        }
+        Ok(None)
+    }
+
+    async fn active_generation(&mut self, table: &BulkTable) -> Result<Option<i64>, PgError> {
+        common::engine::store::bulk::active_generation(self.tx, table).await
+    }
+
+    async fn activate_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<i64>, PgError> {
+        // Locks the pointer's row: switches of one table are serialized.
+        let previous = self
+            .tx
+            .query_opt("SELECT generation FROM bulk_active WHERE bulk_table = $1 FOR UPDATE", &[&table.table])
+            .await?
+            .map(|r| r.get::<_, i64>("generation"));
+        self.tx
+            .execute(
+                "INSERT INTO bulk_active (bulk_table, generation) VALUES ($1, $2)
+                 ON CONFLICT (bulk_table) DO UPDATE SET generation = EXCLUDED.generation, switched_at = now()",
+                &[&table.table, &generation],
+            )
+            .await?;
+        Ok(previous.filter(|p| *p != generation))
+    }
+
+    async fn bulk_generations(&mut self, table: &BulkTable) -> Result<Vec<i64>, PgError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT generation FROM processor_bulk_generations WHERE bulk_table = $1 ORDER BY generation",
+                &[&table.table],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get("generation")).collect())
+    }
+
+    async fn drop_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
+        self.tx.batch_execute(&table.drop_sql(generation)).await?;
+        for sql in [
+            "DELETE FROM processor_bulk_reports WHERE bulk_table = $1 AND generation = $2",
+            "DELETE FROM processor_bulk_generations WHERE bulk_table = $1 AND generation = $2",
+        ] {
+            self.tx.execute(sql, &[&table.table, &generation]).await?;
+        }
+        Ok(())
+    }
+
     async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
@@ -687,6 +808,88 @@ impl Store for StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn promotions() -> BulkTable {
+        BulkTable {
+            table: "promotions",
+            key: Column::new("id", ColumnType::Uuid),
+            values: vec![Column::new("cents", ColumnType::BigInt), Column::new("expires", ColumnType::Text)],
+        }
+    }
+
+    fn promotion(id: &str, cents: i64) -> Row {
+        Row::new()
+            .with("id", Value::Text(id.into()))
+            .with("cents", Value::BigInt(cents))
+            .with("expires", Value::Text("2018-08-04 05:32:31".into()))
+    }
+
+    const A: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+    const B: &str = "0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f";
+
+    /// The bulk generation storage on the local PostgreSQL: created, copied,
+    /// reported, sealed, switched and dropped in transactions, and read by id
+    /// through the pointer; a duplicate key is found instead of keyed.
+    #[tokio::test]
+    async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
+        let suffix = common::test_util::unique_suffix();
+        let (_, _, pg) = common::test_util::isolated(&suffix);
+        let migrations = common::engine::pg::migrations::ALL.to_vec();
+        let pool = common::engine::pg::connect_migrated(&pg, &migrations).await.expect("the local PostgreSQL");
+        let table = promotions();
+        let mut client = pool.get().await.unwrap();
+
+        // Generation 1: two partitions' rows, in two checkpoints; the second report completes it.
+        let tx = client.transaction().await.unwrap();
+        let mut t = PgTx { tx: &tx };
+        t.create_generation(&table, 1).await.unwrap();
+        t.create_generation(&table, 1).await.expect("a replay creates nothing");
+        assert_eq!(t.copy_rows(&table, 1, &[promotion(A, 6068)]).await.unwrap(), 1);
+        assert_eq!(t.report_partition(&table, 1, 0, 1).await.unwrap(), vec![(0, 1)]);
+        tx.commit().await.unwrap();
+        assert_eq!(common::engine::store::bulk::read_active(&client, &table, A).await.unwrap(), None);
+
+        let tx = client.transaction().await.unwrap();
+        let mut t = PgTx { tx: &tx };
+        t.copy_rows(&table, 1, &[promotion(B, 100)]).await.unwrap();
+        assert_eq!(t.report_partition(&table, 1, 1, 1).await.unwrap(), vec![(0, 1), (1, 1)]);
+        assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None);
+        assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None, "sealing twice (a replay) is a no-op");
+        assert_eq!(t.activate_generation(&table, 1).await.unwrap(), None);
+        tx.commit().await.unwrap();
+        let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &A.to_uppercase())
+            .await
+            .unwrap()
+            .expect("a generation is active");
+        assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (1, 6068));
+
+        // Generation 2 with a duplicate key: not sealed, dropped; generation 1 still answers.
+        let tx = client.transaction().await.unwrap();
+        let mut t = PgTx { tx: &tx };
+        t.create_generation(&table, 2).await.unwrap();
+        t.copy_rows(&table, 2, &[promotion(A, 1), promotion(A, 2)]).await.unwrap();
+        assert_eq!(t.seal_generation(&table, 2).await.unwrap().as_deref(), Some(A));
+        t.drop_generation(&table, 2).await.unwrap();
+        tx.commit().await.unwrap();
+        let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+        assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((1, true)));
+
+        // Generation 3 replaces 1: B is gone, 1 is kept until the next switch.
+        let tx = client.transaction().await.unwrap();
+        let mut t = PgTx { tx: &tx };
+        t.create_generation(&table, 3).await.unwrap();
+        t.copy_rows(&table, 3, &[promotion(A, 7)]).await.unwrap();
+        assert_eq!(t.seal_generation(&table, 3).await.unwrap(), None);
+        assert_eq!(t.activate_generation(&table, 3).await.unwrap(), Some(1));
+        assert_eq!(t.active_generation(&table).await.unwrap(), Some(3));
+        assert_eq!(t.bulk_generations(&table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
+        tx.commit().await.unwrap();
+        let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+        assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
+        let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
+        assert!(kept.get::<_, bool>("kept"));
+        common::test_util::drop_schema(&pg).await;
+    }
 
     #[test]
     fn hashes_round_trip_through_the_chunk_format() {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use common::engine::pg::PgError;
+pub use common::engine::store::bulk::BulkTable;
 use common::engine::store::{Column, Row, Value};
 
 use super::Scope;
@@ -103,5 +104,63 @@ pub trait StateTx: Send {
         table: ChunkTable,
         scope: Scope<'_>,
         hours: &[i64],
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Creates `generation`'s storage in `table` (its own table, no key yet)
+    /// and registers the generation; does nothing if both exist (a replay).
+    fn create_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Copies `rows` into `generation`'s storage (PostgreSQL `COPY`); returns how many.
+    fn copy_rows(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        rows: &[Row],
+    ) -> impl Future<Output = Result<u64, PgError>> + Send;
+
+    /// Records that `partition` loaded `rows` rows of `generation`, and returns
+    /// every partition's report so far, sorted by partition. The generation's
+    /// registration is locked first (`SELECT … FOR UPDATE`): two partitions
+    /// reporting at once are serialized, so the later one sees the earlier's
+    /// report and the last one to report always sees them all.
+    fn report_partition(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        partition: i32,
+        rows: i64,
+    ) -> impl Future<Output = Result<Vec<(i32, i64)>, PgError>> + Send;
+
+    /// Keys `generation`'s storage by the table's key; returns a key held by
+    /// more than one row instead (nothing keyed then), as text.
+    fn seal_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+    ) -> impl Future<Output = Result<Option<String>, PgError>> + Send;
+
+    /// The generation readers of `table` read, if any.
+    fn active_generation(&mut self, table: &BulkTable) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;
+
+    /// Makes `generation` the one readers read; returns the one it replaces.
+    fn activate_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+    ) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;
+
+    /// The generations of `table` whose storage exists (created and not
+    /// dropped), oldest first: what a switch may drop of those it leaves behind.
+    fn bulk_generations(&mut self, table: &BulkTable) -> impl Future<Output = Result<Vec<i64>, PgError>> + Send;
+
+    /// Drops `generation`'s storage, registration and reports (a replaced or failed one).
+    fn drop_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
     ) -> impl Future<Output = Result<(), PgError>> + Send;
 }

@@ -10,6 +10,7 @@
 //! The engine knows a row only through [`CachedRow`]: its kind, its table,
 //! and its conversion to and from a [`Row`] of values named by column.
 
+pub mod bulk;
 pub mod cache;
 pub mod table;
 

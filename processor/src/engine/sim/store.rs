@@ -10,7 +10,7 @@ use common::engine::store::{Row, Value};
 use crate::engine::state_store::{
     claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
 };
-use crate::engine::tables::{ChunkTable, RowTable, StateTx};
+use crate::engine::tables::{BulkTable, ChunkTable, RowTable, StateTx};
 use crate::engine::{planted, Aggregation, Emit, Planted, Position, Scope};
 
 /// What the next transaction does wrong.
@@ -37,6 +37,14 @@ struct Tables {
     chunks: BTreeMap<(&'static str, PartitionKey, i64), Vec<Vec<u8>>>,
     /// Key → (input offset, payload kept whole or not).
     outbox: BTreeMap<PartitionKey, BTreeMap<String, OutboxRow>>,
+    /// Bulk generations' rows, per (table, generation), in copy order.
+    bulk: BTreeMap<(&'static str, i64), Vec<Row>>,
+    /// What each partition reported of a generation.
+    bulk_reports: BTreeMap<(&'static str, i64), BTreeMap<i32, i64>>,
+    /// Generations keyed by their key (sealed).
+    bulk_sealed: std::collections::BTreeSet<(&'static str, i64)>,
+    /// The active generation of each bulk table.
+    bulk_active: BTreeMap<&'static str, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +92,13 @@ impl MemStore {
     pub fn counts(&self) -> (u64, u64, u64) {
         let shared = self.lock();
         (shared.claims, shared.checkpoints, shared.fenced)
+    }
+
+    /// The rows of `generation` of a bulk table as committed, if it exists; and the active generation.
+    pub fn bulk(&self, table: &BulkTable, generation: i64) -> (Option<Vec<Row>>, Option<i64>) {
+        let shared = self.lock();
+        let rows = shared.tables.bulk.get(&(table.table, generation)).cloned();
+        (rows, shared.tables.bulk_active.get(table.table).copied())
     }
 
     /// Bumped by every commit: unchanged means nothing was written.
@@ -175,6 +190,77 @@ pub struct MemTx {
 }
 
 impl StateTx for MemTx {
+    async fn create_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
+        self.tables.bulk.entry((table.table, generation)).or_default();
+        self.tables.bulk_reports.entry((table.table, generation)).or_default();
+        Ok(())
+    }
+
+    async fn copy_rows(&mut self, table: &BulkTable, generation: i64, rows: &[Row]) -> Result<u64, PgError> {
+        // As PostgreSQL's: into a table that does not exist is an error, and so is a row the COPY cannot encode.
+        table.copy_text(rows)?;
+        if self.tables.bulk_sealed.contains(&(table.table, generation)) {
+            return Err(PgError::Corrupt(format!("{}: copy into a sealed generation", table.table)));
+        }
+        let stored = self
+            .tables
+            .bulk
+            .get_mut(&(table.table, generation))
+            .ok_or_else(|| PgError::Corrupt(format!("{}: no generation {generation}", table.table)))?;
+        stored.extend_from_slice(rows);
+        Ok(rows.len() as u64)
+    }
+
+    async fn report_partition(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        partition: i32,
+        rows: i64,
+    ) -> Result<Vec<(i32, i64)>, PgError> {
+        // One transaction at a time commits (a copy of the tables): serialized as FOR UPDATE makes PostgreSQL's.
+        let reports = self.tables.bulk_reports.entry((table.table, generation)).or_default();
+        reports.insert(partition, rows);
+        Ok(reports.iter().map(|(p, r)| (*p, *r)).collect())
+    }
+
+    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<String>, PgError> {
+        let rows = self.tables.bulk.get(&(table.table, generation)).map(Vec::as_slice).unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        for row in rows {
+            let key =
+                row.get(table.key.name).cloned().ok_or_else(|| PgError::Corrupt("a row without its key".into()))?;
+            if !seen.insert(key.clone()) {
+                return Ok(Some(match key {
+                    Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                }));
+            }
+        }
+        self.tables.bulk_sealed.insert((table.table, generation));
+        Ok(None)
+    }
+
+    async fn active_generation(&mut self, table: &BulkTable) -> Result<Option<i64>, PgError> {
+        Ok(self.tables.bulk_active.get(table.table).copied())
+    }
+
+    async fn activate_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<i64>, PgError> {
+        Ok(self.tables.bulk_active.insert(table.table, generation).filter(|p| *p != generation))
+    }
+
+    async fn bulk_generations(&mut self, table: &BulkTable) -> Result<Vec<i64>, PgError> {
+        Ok(self.tables.bulk.keys().filter(|(t, _)| *t == table.table).map(|(_, g)| *g).collect())
+    }
+
+    async fn drop_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
+        let k = (table.table, generation);
+        self.tables.bulk.remove(&k);
+        self.tables.bulk_reports.remove(&k);
+        self.tables.bulk_sealed.remove(&k);
+        Ok(())
+    }
+
     async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
@@ -367,6 +453,45 @@ mod tests {
             emitted_through: None,
         };
         block_on(store.commit(&Stateless, 0, cp, None)).map(|_| ())
+    }
+
+    #[test]
+    fn bulk_generations_commit_with_the_transaction_and_a_failed_one_writes_nothing() {
+        use common::engine::store::{Column, ColumnType};
+        let table = BulkTable {
+            table: "promotions",
+            key: Column::new("id", ColumnType::Uuid),
+            values: vec![Column::new("cents", ColumnType::BigInt)],
+        };
+        let row = |id: &str, cents| Row::new().with("id", Value::Text(id.into())).with("cents", Value::BigInt(cents));
+        let store = MemStore::new("events");
+        let (mut tx, _) = store.begin(false);
+        block_on(tx.create_generation(&table, 1)).unwrap();
+        block_on(tx.copy_rows(&table, 1, &[row("a", 1), row("b", 2)])).unwrap();
+        assert_eq!(block_on(tx.report_partition(&table, 1, 1, 1)).unwrap(), vec![(1, 1)]);
+        assert_eq!(block_on(tx.report_partition(&table, 1, 0, 1)).unwrap(), vec![(0, 1), (1, 1)]);
+        store.finish(tx, Some(StoreFault::Fail)).expect_err("a failed commit");
+        assert_eq!(store.bulk(&table, 1), (None, None), "nothing of it is visible");
+
+        let (mut tx, _) = store.begin(false);
+        block_on(tx.create_generation(&table, 1)).unwrap();
+        block_on(tx.copy_rows(&table, 1, &[row("a", 1), row("b", 2)])).unwrap();
+        assert_eq!(block_on(tx.seal_generation(&table, 1)).unwrap(), None);
+        assert!(block_on(tx.copy_rows(&table, 1, &[row("c", 3)])).is_err(), "a sealed generation is immutable");
+        assert_eq!(block_on(tx.activate_generation(&table, 1)).unwrap(), None);
+        store.finish(tx, None).unwrap();
+        assert_eq!(store.bulk(&table, 1).0.map(|r| r.len()), Some(2));
+        assert_eq!(store.bulk(&table, 1).1, Some(1));
+
+        let (mut tx, _) = store.begin(false);
+        block_on(tx.create_generation(&table, 2)).unwrap();
+        block_on(tx.copy_rows(&table, 2, &[row("a", 1), row("a", 2)])).unwrap();
+        assert_eq!(block_on(tx.seal_generation(&table, 2)).unwrap().as_deref(), Some("a"));
+        block_on(tx.drop_generation(&table, 2)).unwrap();
+        assert!(block_on(tx.copy_rows(&table, 2, &[row("c", 3)])).is_err(), "a dropped generation has no storage");
+        assert_eq!(block_on(tx.bulk_generations(&table)).unwrap(), vec![1], "only 1 has storage");
+        store.finish(tx, None).unwrap();
+        assert_eq!(store.bulk(&table, 2), (None, Some(1)));
     }
 
     #[test]

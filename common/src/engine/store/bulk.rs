@@ -1,0 +1,232 @@
+//! Bulk generations: immutable sets of rows loaded in bulk and made visible
+//! all at once by moving one pointer.
+//!
+//! A workload declares a [`BulkTable`] (its name, key and value columns);
+//! the engine owns the storage: each generation is its own PostgreSQL table
+//! `<table>_g<generation>` (created, filled by `COPY`, keyed once complete,
+//! dropped), and `bulk_active` holds the generation readers read. The
+//! processor writes them inside its checkpoint transaction
+//! (`processor::engine::tables::StateTx`); readers use [`read_active`].
+//!
+//! A table per generation rather than a partition of one table: creating or
+//! dropping a partition locks the parent against every reader, a standalone
+//! table locks nothing they read.
+
+use tokio_postgres::types::ToSql;
+
+use super::table::{Column, ColumnType, Row, Value};
+use crate::engine::pg::PgError;
+
+/// A workload's bulk table: every generation has these columns, unique by `key`.
+#[derive(Debug, Clone)]
+pub struct BulkTable {
+    /// The base name: generation `n` is the table `<table>_g<n>`.
+    pub table: &'static str,
+    pub key: Column,
+    pub values: Vec<Column>,
+}
+
+/// The SQL type of a column.
+fn sql_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::BigInt => "BIGINT",
+        ColumnType::Int => "INT",
+        ColumnType::Uuid => "UUID",
+        ColumnType::Numeric => "NUMERIC",
+        ColumnType::Text => "TEXT",
+        ColumnType::Bytea => "BYTEA",
+    }
+}
+
+impl BulkTable {
+    /// Every column, the key first.
+    pub fn columns(&self) -> impl Iterator<Item = &Column> {
+        std::iter::once(&self.key).chain(&self.values)
+    }
+
+    /// The table of `generation` (never negative: the engine's own numbers).
+    pub fn generation_table(&self, generation: i64) -> String {
+        format!("{}_g{}", self.table, generation.max(0))
+    }
+
+    /// Creates `generation`'s table if missing, without its key yet (rows are
+    /// copied in first; [`BulkTable::seal_sql`] checks and keys them).
+    pub fn create_sql(&self, generation: i64) -> String {
+        let columns: Vec<String> = self.columns().map(|c| format!("{} {} NOT NULL", c.name, sql_type(c.ty))).collect();
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", self.generation_table(generation), columns.join(", "))
+    }
+
+    /// `COPY … FROM STDIN` (text format) into `generation`'s table.
+    pub fn copy_sql(&self, generation: i64) -> String {
+        let names: Vec<&str> = self.columns().map(|c| c.name).collect();
+        format!("COPY {} ({}) FROM STDIN", self.generation_table(generation), names.join(", "))
+    }
+
+    /// One key with more than one row in `generation`, as text, if any.
+    pub fn duplicate_sql(&self, generation: i64) -> String {
+        format!(
+            "SELECT {key}::text AS {key} FROM {t} GROUP BY {key} HAVING count(*) > 1 LIMIT 1",
+            key = self.key.name,
+            t = self.generation_table(generation)
+        )
+    }
+
+    /// Keys `generation`'s table by its key (after [`BulkTable::duplicate_sql`] found none).
+    pub fn seal_sql(&self, generation: i64) -> String {
+        let t = self.generation_table(generation);
+        format!("ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY ({})", self.key.name)
+    }
+
+    /// Drops `generation`'s table if it exists.
+    pub fn drop_sql(&self, generation: i64) -> String {
+        format!("DROP TABLE IF EXISTS {}", self.generation_table(generation))
+    }
+
+    /// One row of `generation` by key (the key given as text): the columns, UUID and NUMERIC as text.
+    pub fn read_sql(&self, generation: i64) -> String {
+        let columns: Vec<String> = self
+            .columns()
+            .map(|c| if c.ty.read_as_text() { format!("{0}::text AS {0}", c.name) } else { c.name.to_owned() })
+            .collect();
+        format!(
+            "SELECT {} FROM {} WHERE {} = $1::text::{}",
+            columns.join(", "),
+            self.generation_table(generation),
+            self.key.name,
+            sql_type(self.key.ty)
+        )
+    }
+
+    /// `rows` as `COPY` text: one line per row, columns in declaration order.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when a row lacks a column or holds a value of another type.
+    pub fn copy_text(&self, rows: &[Row]) -> Result<Vec<u8>, PgError> {
+        let mut out = Vec::with_capacity(rows.len() * 64);
+        for row in rows {
+            for (i, c) in self.columns().enumerate() {
+                if i > 0 {
+                    out.push(b'\t');
+                }
+                let corrupt = || PgError::Corrupt(format!("{}: a row without a valid {}", self.table, c.name));
+                match (c.ty, row.get(c.name).ok_or_else(corrupt)?) {
+                    (ColumnType::BigInt, Value::BigInt(v)) => out.extend_from_slice(v.to_string().as_bytes()),
+                    (ColumnType::Int, Value::Int(v)) => out.extend_from_slice(v.to_string().as_bytes()),
+                    (ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text, Value::Text(v)) => escape(v, &mut out),
+                    (ColumnType::Bytea, Value::Bytes(v)) => {
+                        // bytea's hex input `\x…`, its backslash escaped for COPY.
+                        out.extend_from_slice(b"\\\\x");
+                        for b in v {
+                            out.extend_from_slice(format!("{b:02x}").as_bytes());
+                        }
+                    }
+                    _ => return Err(corrupt()),
+                }
+            }
+            out.push(b'\n');
+        }
+        Ok(out)
+    }
+}
+
+/// COPY text escaping: backslash, tab, newline and carriage return.
+fn escape(text: &str, out: &mut Vec<u8>) {
+    for b in text.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+}
+
+/// The active generation of `table`, if one was ever switched to.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer.
+pub async fn active_generation(
+    client: &impl deadpool_postgres::GenericClient,
+    table: &BulkTable,
+) -> Result<Option<i64>, PgError> {
+    let row = client.query_opt("SELECT generation FROM bulk_active WHERE bulk_table = $1", &[&table.table]).await?;
+    Ok(row.map(|r| r.get("generation")))
+}
+
+/// The row of `key` in the active generation of `table`, with that
+/// generation: `None` when no generation is active, `Some((n, None))` when
+/// generation `n` has no such row.
+///
+/// The pointer is read first, then the row from that generation's table: a
+/// generation stays readable until the switch after the one that replaced it,
+/// so a reader between the two statements reads a whole generation; one
+/// slower than two switches finds the table gone and reads again.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer.
+pub async fn read_active(
+    client: &impl deadpool_postgres::GenericClient,
+    table: &BulkTable,
+    key: &str,
+) -> Result<Option<(i64, Option<Row>)>, PgError> {
+    let mut attempts = 0;
+    loop {
+        let Some(generation) = active_generation(client, table).await? else { return Ok(None) };
+        let params: [&(dyn ToSql + Sync); 1] = [&key];
+        match client.query_opt(table.read_sql(generation).as_str(), &params).await {
+            Ok(row) => {
+                let row = row.map(|r| Row::read(&r, table.columns())).transpose()?;
+                return Ok(Some((generation, row)));
+            }
+            Err(e) if attempts < 3 && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> BulkTable {
+        BulkTable {
+            table: "promotions",
+            key: Column::new("id", ColumnType::Uuid),
+            values: vec![Column::new("cents", ColumnType::BigInt), Column::new("note", ColumnType::Text)],
+        }
+    }
+
+    #[test]
+    fn each_generation_is_its_own_table_keyed_once_sealed() {
+        let t = table();
+        assert_eq!(
+            t.create_sql(7),
+            "CREATE TABLE IF NOT EXISTS promotions_g7 (id UUID NOT NULL, cents BIGINT NOT NULL, note TEXT NOT NULL)"
+        );
+        assert_eq!(t.copy_sql(7), "COPY promotions_g7 (id, cents, note) FROM STDIN");
+        assert_eq!(t.seal_sql(7), "ALTER TABLE promotions_g7 ADD CONSTRAINT promotions_g7_pkey PRIMARY KEY (id)");
+        assert_eq!(t.read_sql(7), "SELECT id::text AS id, cents, note FROM promotions_g7 WHERE id = $1::text::UUID");
+        assert_eq!(t.generation_table(-1), "promotions_g0", "never a negative name");
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_read_as_syntax() {
+        let row = Row::new()
+            .with("id", Value::Text("d018ef0b-dbd9-48f1-ac1a-eb4d90e57118".into()))
+            .with("cents", Value::BigInt(6068))
+            .with("note", Value::Text("a\tb\\c\nd".into()));
+        let text = table().copy_text(&[row.clone(), row]).unwrap();
+        let line = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118\t6068\ta\\tb\\\\c\\nd\n";
+        assert_eq!(String::from_utf8(text).unwrap(), line.repeat(2));
+        let missing = Row::new().with("id", Value::Text("x".into()));
+        assert!(table().copy_text(&[missing]).is_err());
+        let wrong = Row::new()
+            .with("id", Value::Text("x".into()))
+            .with("cents", Value::Text("1".into()))
+            .with("note", Value::Text(String::new()));
+        assert!(table().copy_text(&[wrong]).is_err());
+    }
+}

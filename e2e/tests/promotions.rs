@@ -1,0 +1,260 @@
+//! The promotions workload end to end on the real stack (broker, Redis,
+//! PostgreSQL, the four service binaries): a file loads and answers every
+//! id; a second file replaces it (ids only in the first answer 404); a
+//! malformed file, or one repeating an id, fails with its reason while the
+//! active generation still answers; readers during a switch never see the
+//! old generation after the new one, nor a 404 for an id in both.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::test_util::{wait_until, Answer};
+use e2e::Stack;
+use serde_json::{json, Value};
+
+/// How long a small file may take from its upload to active.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
+
+/// A file's lines and what `GET /promotions/{id}` answers for each id (lowercase).
+struct File {
+    csv: String,
+    answers: BTreeMap<String, Value>,
+}
+
+/// A file of `ids`, each priced from `seed` (prices differ between seeds).
+fn file(ids: &[uuid::Uuid], seed: u32) -> File {
+    let mut csv = String::new();
+    let mut answers = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let cents = (i as u32 * 7 + seed * 1000) % 100_000;
+        // Four decimals, the last two rounded away: 12.345 → 12.35.
+        let price = format!("{}.{:02}49", cents / 100, cents % 100);
+        let date = format!("2018-08-{:02} 05:32:{:02}", i % 28 + 1, seed % 60);
+        // Upper case in the file: ids compare case-insensitively.
+        csv += &format!("{},{price},{date} +0200 CEST\n", id.to_string().to_uppercase());
+        let answer = json!({
+            "id": id.to_string(),
+            "price": format!("{}.{:02}", cents / 100, cents % 100).parse::<f64>().unwrap(),
+            "expiration_date": date,
+        });
+        answers.insert(id.to_string(), answer);
+    }
+    File { csv, answers }
+}
+
+fn ids(n: usize) -> Vec<uuid::Uuid> {
+    (0..n).map(|_| uuid::Uuid::new_v4()).collect()
+}
+
+async fn upload(command: SocketAddr, csv: &str) -> Answer {
+    let headers = [("Content-Type", "text/csv")];
+    common::test_util::request_with_body(command, "POST", "/promotions/files", &headers, csv.as_bytes())
+        .await
+        .expect("the command answers")
+}
+
+async fn get(query: SocketAddr, path: &str) -> Answer {
+    common::test_util::request(query, "GET", path, &[]).await.expect("the query answers")
+}
+
+fn json_of(a: &Answer) -> Value {
+    serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{e}: {a:?}"))
+}
+
+/// Uploads a file that must be accepted; its generation.
+async fn accepted(command: SocketAddr, csv: &str) -> i64 {
+    let a = upload(command, csv).await;
+    assert_eq!(a.status, 202, "{a:?}");
+    json_of(&a)["generation"].as_i64().expect("a generation number")
+}
+
+/// Waits until generation `n` is in `state`; its status. Panics if it ends in another.
+async fn wait_state(query: SocketAddr, n: i64, state: &str) -> Value {
+    wait_until(&format!("generation {n} {state}"), LOAD_LIMIT, || async move {
+        let a = get(query, &format!("/promotions/generations/{n}")).await;
+        if a.status == 404 {
+            return None;
+        }
+        assert_eq!(a.status, 200, "{a:?}");
+        let status = json_of(&a);
+        let now = status["state"].as_str().expect("a state").to_owned();
+        if now == state {
+            return Some(status);
+        }
+        let contradicts = match state {
+            "failed" => now == "active" || now == "replaced",
+            _ => now == "failed",
+        };
+        assert!(!contradicts, "generation {n} is {now}, never to be {state}: {status}");
+        None
+    })
+    .await
+}
+
+/// Every id of `file` answers as the file says.
+async fn assert_answers(query: SocketAddr, file: &File) {
+    for (id, expected) in &file.answers {
+        let a = get(query, &format!("/promotions/{id}")).await;
+        assert_eq!((a.status, json_of(&a)), (200, expected.clone()), "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let missing = uuid::Uuid::new_v4();
+    assert_eq!(get(query, &format!("/promotions/{missing}")).await.status, 404, "nothing loaded yet");
+
+    let first_ids = ids(1000);
+    let first = file(&first_ids, 1);
+    let g1 = accepted(command, &first.csv).await;
+    let status = wait_state(query, g1, "active").await;
+    assert_eq!(status, json!({"generation": g1, "state": "active", "rows": 1000, "error": null}));
+    assert_answers(query, &first).await;
+    let upper = first_ids[0].to_string().to_uppercase();
+    assert_eq!(get(query, &format!("/promotions/{upper}")).await.status, 200, "ids compare case-insensitively");
+    assert_eq!(get(query, &format!("/promotions/{missing}")).await.status, 404);
+    assert_eq!(get(query, "/promotions/not-a-uuid").await.status, 400);
+
+    // The second file: half the ids again (new prices), half new ones.
+    let mut second_ids = first_ids[..500].to_vec();
+    second_ids.extend(ids(500));
+    let second = file(&second_ids, 2);
+    let g2 = accepted(command, &second.csv).await;
+    assert!(g2 > g1, "generations are numbered in the log's order");
+    wait_state(query, g2, "active").await;
+    assert_answers(query, &second).await;
+    for id in &first_ids[500..] {
+        assert_eq!(get(query, &format!("/promotions/{id}")).await.status, 404, "{id} was only in the first file");
+    }
+    let replaced = wait_state(query, g1, "replaced").await;
+    assert_eq!(replaced["rows"], 1000, "a replaced generation keeps its rows");
+
+    let list = json_of(&get(query, "/promotions/generations").await);
+    let listed: Vec<(i64, &str)> = list
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|g| (g["generation"].as_i64().unwrap(), g["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![(g2, "active"), (g1, "replaced")], "newest first");
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_file_fails_with_its_line_number_and_the_active_generation_still_answers() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let good = file(&ids(200), 3);
+    let g1 = accepted(command, &good.csv).await;
+    wait_state(query, g1, "active").await;
+
+    // Line 7 has a bad price: 400 naming it, and the generation fails with it.
+    let mut lines: Vec<String> = file(&ids(100), 4).csv.lines().map(str::to_owned).collect();
+    lines[6] = format!("{},12,50,2018-08-04 05:32:31 +0200 CEST", uuid::Uuid::new_v4());
+    let a = upload(command, &(lines.join("\n") + "\n")).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(a.body.contains("line 7: expected 3 fields"), "{}", a.body);
+    assert_eq!(a.body.trim().lines().count(), 1, "one line: {}", a.body);
+    let g2: i64 = a
+        .body
+        .split("(generation ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the answer names the generation: {}", a.body));
+    let failed = wait_state(query, g2, "failed").await;
+    assert!(failed["error"].as_str().is_some_and(|e| e.starts_with("line 7: ")), "{failed}");
+
+    // A repeated id is found by the switch: the generation fails, naming it.
+    let dup_ids = ids(50);
+    let mut dup = file(&dup_ids, 5).csv;
+    dup += &format!("{},1.00,2019-01-01 00:00:00 +0000 UTC\n", dup_ids[10]);
+    let g3 = accepted(command, &dup).await;
+    let failed = wait_state(query, g3, "failed").await;
+    let error = failed["error"].as_str().expect("an error");
+    assert!(error.contains(&dup_ids[10].to_string()) && error.contains("more than once"), "{error}");
+
+    // Neither touched the active generation.
+    assert_eq!(wait_state(query, g1, "active").await["rows"], 200);
+    assert_answers(query, &good).await;
+    assert_eq!(upload(command, "").await.status, 400, "an empty file");
+    let wrong = common::test_util::request_with_body(command, "POST", "/promotions/files", &[], good.csv.as_bytes())
+        .await
+        .expect("the command answers");
+    assert_eq!(wrong.status, 400, "not declared as CSV: {wrong:?}");
+    assert_answers(query, &good).await;
+    stack.cleanup().await;
+}
+
+/// What one read saw: when it started and ended, and which file's answer it got.
+struct Seen {
+    started: Instant,
+    ended: Instant,
+    second: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn readers_during_a_switch_never_see_the_old_generation_after_the_new_one_nor_a_404() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let shared = ids(1000);
+    let (first, second) = (file(&shared, 6), file(&shared, 7));
+    let g1 = accepted(command, &first.csv).await;
+    wait_state(query, g1, "active").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (first, second) = (Arc::new(first), Arc::new(second));
+    let readers: Vec<_> = (0..8)
+        .map(|r| {
+            let (stop, first, second, ids) = (stop.clone(), first.clone(), second.clone(), shared.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut i = r * 97;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = ids[i % ids.len()].to_string();
+                    i += 13;
+                    let started = Instant::now();
+                    let a = get(query, &format!("/promotions/{id}")).await;
+                    assert_eq!(a.status, 200, "an id in both files never answers 404: {a:?}");
+                    let body = json_of(&a);
+                    let second = if body == first.answers[&id] {
+                        false
+                    } else {
+                        assert_eq!(body, second.answers[&id], "{id}: neither file's answer");
+                        true
+                    };
+                    seen.push(Seen { started, ended: Instant::now(), second });
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let g2 = accepted(command, &second.csv).await;
+    wait_state(query, g2, "active").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for r in readers {
+        let mine = r.await.expect("a reader");
+        // Per reader: never back to the first file once it saw the second.
+        let first_new = mine.iter().position(|s| s.second).expect("every reader saw the switch");
+        assert!(mine[first_new..].iter().all(|s| s.second), "a reader saw the old generation after the new one");
+        seen.extend(mine);
+    }
+    // Over all readers: no read that started after another read got the new
+    // generation answered from the old one.
+    let earliest_new_end = seen.iter().filter(|s| s.second).map(|s| s.ended).min().expect("the switch was seen");
+    let late_old = seen.iter().filter(|s| !s.second && s.started > earliest_new_end).count();
+    assert_eq!(late_old, 0, "reads that began after the new generation was seen still got the old one");
+    assert!(seen.iter().any(|s| !s.second), "reads before the switch saw the first file");
+    stack.cleanup().await;
+}

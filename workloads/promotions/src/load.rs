@@ -1,0 +1,430 @@
+//! One events partition's part of the generations being loaded, as a pure
+//! state: the processor's [`Aggregation`](::processor::engine::Aggregation)
+//! state of the workload (`crate::processor` maps it onto the engine).
+//!
+//! Each file sends a partition its rows, then one end record with their
+//! count (or an abort). Between checkpoints a partition buffers the rows it
+//! applied ([`Loads::apply`]); a checkpoint copies them into the
+//! generation's storage and, once the end record is in, reports the
+//! partition's count; the partition whose report completes the generation
+//! decides its fate ([`decide`], then the switch). What a checkpoint does is
+//! [`Changes`], a function of the records applied, never of a clock, so a
+//! replay decides the same.
+//!
+//! What the switch decides is announced on the generations topic by the
+//! next checkpoint: its records are written before the checkpoint's
+//! transaction decides, so the decision waits in [`Announcement`]s, stored
+//! with that transaction, until the next one emits them.
+
+use std::collections::BTreeMap;
+
+use crate::generation::Failure;
+use crate::line::Promotion;
+use crate::records::{End, FileRecord, GenerationStatus};
+
+/// Generations a partition remembers once its part of them is finished
+/// (ended or failed): enough to skip a late record of any recent file.
+pub const KEEP_FINISHED: usize = 32;
+
+/// Where a partition's part of a generation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Rows are arriving.
+    Loading,
+    /// The end record is in and the partition reported its count.
+    Ended,
+    /// The file was aborted: nothing of it is kept.
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Ended => "ended",
+            Phase::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Phase::Loading, Phase::Ended, Phase::Failed].into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+/// A partition's part of one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    /// As of the last checkpoint.
+    pub phase: Phase,
+    /// Rows in the generation's storage, as of the last checkpoint.
+    pub copied: u64,
+    /// Rows applied since, to copy at the next checkpoint.
+    pub buffer: Vec<Promotion>,
+    /// The begin record was applied since the last checkpoint (partition 0 only).
+    pub begun: bool,
+    /// The end record, applied since the last checkpoint.
+    pub end: Option<End>,
+    /// The abort record, applied since the last checkpoint.
+    pub abort: Option<Failure>,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load { phase: Phase::Loading, copied: 0, buffer: Vec::new(), begun: false, end: None, abort: None }
+    }
+
+    /// Still taking rows: neither its end nor an abort has been applied.
+    fn open(&self) -> bool {
+        self.phase == Phase::Loading && self.end.is_none() && self.abort.is_none()
+    }
+
+    fn dirty(&self) -> bool {
+        self.begun || self.end.is_some() || self.abort.is_some() || !self.buffer.is_empty()
+    }
+}
+
+/// A generation's status decided by a checkpoint, waiting for the next one
+/// to emit it. `key` (`<generation>:<state>`) tells a generation's
+/// announcements apart (it may be active and replaced before either is out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub key: String,
+    pub status: GenerationStatus,
+}
+
+impl Announcement {
+    pub fn new(status: GenerationStatus) -> Self {
+        Announcement { key: format!("{}:{}", status.generation, status.state.as_str()), status }
+    }
+}
+
+/// What one checkpoint does for one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenChange {
+    pub generation: i64,
+    /// Copy the first `copy` buffered rows.
+    pub copy: usize,
+    /// Announce it loading (its begin record is in).
+    pub begin: bool,
+    /// Report the partition's count: its end record is in.
+    pub end: Option<End>,
+    /// Rows this partition holds of it once the copy is done.
+    pub loaded: u64,
+    /// Drop it: the file was aborted.
+    pub abort: Option<Failure>,
+}
+
+impl GenChange {
+    /// Why the partition's count disagrees with its end record, if it does.
+    pub fn mismatch(&self, partition: i32) -> Option<String> {
+        let end = self.end.as_ref()?;
+        (end.rows != self.loaded)
+            .then(|| format!("partition {partition} loaded {} of the {} rows the file sent it", self.loaded, end.rows))
+    }
+}
+
+/// What a checkpoint does: the generations it copies, reports, drops; the
+/// announcements it emits; the finished generations it forgets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub gens: Vec<GenChange>,
+    pub announce: Vec<Announcement>,
+    pub prune: Vec<i64>,
+}
+
+impl Changes {
+    /// The statuses this checkpoint emits, known before its transaction: a
+    /// begun generation is loading, an aborted one failed (every partition
+    /// says so, alike), a partition whose count disagrees fails it; and the
+    /// decisions of the checkpoint before.
+    pub fn statuses(&self, partition: i32) -> Vec<GenerationStatus> {
+        let mut out = Vec::new();
+        for g in &self.gens {
+            if g.begin {
+                out.push(GenerationStatus::loading(g.generation));
+            }
+            if let Some(abort) = &g.abort {
+                out.push(GenerationStatus::failed(g.generation, abort.error.clone()));
+            } else if let Some(why) = g.mismatch(partition) {
+                out.push(GenerationStatus::failed(g.generation, why));
+            }
+        }
+        out.extend(self.announce.iter().map(|a| a.status.clone()));
+        out
+    }
+}
+
+/// What a committed checkpoint leaves to record: the rows each generation's
+/// copy stored, and the decisions to announce next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    pub copied: Vec<(i64, u64)>,
+    pub decided: Vec<Announcement>,
+}
+
+/// Why a record was read but not applied (a label for the engine's skip metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late(pub &'static str);
+
+/// The generations of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loads {
+    loads: BTreeMap<i64, Load>,
+    /// Decided by a committed checkpoint, not yet emitted.
+    announce: Vec<Announcement>,
+}
+
+impl Loads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state as stored: each generation's phase and copied rows, and the pending announcements.
+    pub fn restored(loads: impl IntoIterator<Item = (i64, Phase, u64)>, announce: Vec<Announcement>) -> Self {
+        let loads = loads.into_iter().map(|(g, phase, copied)| (g, Load { phase, copied, ..Load::new() })).collect();
+        Loads { loads, announce }
+    }
+
+    pub fn get(&self, generation: i64) -> Option<&Load> {
+        self.loads.get(&generation)
+    }
+
+    /// Rows held in memory, waiting for a checkpoint.
+    pub fn buffered(&self) -> usize {
+        self.loads.values().map(|l| l.buffer.len()).sum()
+    }
+
+    pub fn generations(&self) -> usize {
+        self.loads.len()
+    }
+
+    /// Applies the record at `offset`.
+    ///
+    /// # Errors
+    /// [`Late`] for a record of a file whose part here is already finished
+    /// (a row after its end record, a second end or abort): not applied.
+    pub fn apply(&mut self, offset: i64, record: FileRecord) -> Result<(), Late> {
+        match record {
+            FileRecord::Begin(_) => {
+                let load = self.loads.entry(offset + 1).or_insert_with(Load::new);
+                load.begun = load.phase == Phase::Loading;
+            }
+            FileRecord::Row(row) => {
+                let load = self.loads.entry(row.generation).or_insert_with(Load::new);
+                if !load.open() {
+                    return Err(Late("row_after_end"));
+                }
+                load.buffer.push(row.promotion);
+            }
+            FileRecord::End(end) => {
+                let load = self.loads.entry(end.generation).or_insert_with(Load::new);
+                if !load.open() {
+                    return Err(Late("repeated_end"));
+                }
+                load.end = Some(end);
+            }
+            FileRecord::Abort(abort) => {
+                let load = self.loads.entry(abort.generation).or_insert_with(Load::new);
+                // A partition that reported its count may be part of a visible generation: never failed then.
+                if !load.open() {
+                    return Err(Late("abort_after_end"));
+                }
+                load.buffer = Vec::new();
+                load.abort = Some(abort.failure);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the next checkpoint does, or `None`. Leaves the state as it is:
+    /// asked again before [`Loads::committed`], it answers the same.
+    pub fn changes(&self) -> Option<Changes> {
+        let gens: Vec<GenChange> = self
+            .loads
+            .iter()
+            .filter(|(_, l)| l.dirty())
+            .map(|(g, l)| GenChange {
+                generation: *g,
+                copy: l.buffer.len(),
+                begin: l.begun,
+                end: l.end,
+                loaded: l.copied + l.buffer.len() as u64,
+                abort: l.abort.clone(),
+            })
+            .collect();
+        let finished: Vec<i64> =
+            self.loads.iter().filter(|(_, l)| l.phase != Phase::Loading && !l.dirty()).map(|(g, _)| *g).collect();
+        let prune = finished[..finished.len().saturating_sub(KEEP_FINISHED)].to_vec();
+        let changes = Changes { gens, announce: self.announce.clone(), prune };
+        (!changes.gens.is_empty() || !changes.announce.is_empty() || !changes.prune.is_empty()).then_some(changes)
+    }
+
+    /// Records that `changes` are durable, with what their transaction did.
+    pub fn committed(&mut self, changes: Changes, receipt: Receipt) {
+        for g in changes.gens {
+            let Some(load) = self.loads.get_mut(&g.generation) else { continue };
+            load.buffer.drain(..g.copy.min(load.buffer.len()));
+            load.begun = false;
+            if g.end.is_some() {
+                load.end = None;
+                load.phase = Phase::Ended;
+            }
+            if g.abort.is_some() {
+                load.abort = None;
+                load.phase = Phase::Failed;
+            }
+        }
+        for (g, copied) in receipt.copied {
+            if let Some(load) = self.loads.get_mut(&g) {
+                load.copied += copied;
+            }
+        }
+        for g in changes.prune {
+            self.loads.remove(&g);
+        }
+        self.announce.retain(|a| changes.announce.iter().all(|sent| sent.key != a.key));
+        self.announce.extend(receipt.decided);
+    }
+}
+
+/// What the report that may complete a generation decides, from every
+/// partition's report so far (`(partition, rows loaded)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A partition has not reported yet.
+    Wait,
+    /// Every partition reported, and the rows add up to the file's: switch to it (its rows).
+    Complete(u64),
+    /// Every partition reported, and rows are missing or extra.
+    Fail(String),
+}
+
+/// Decides a generation from its reports and an end record's partitions and total.
+pub fn decide(reports: &[(i32, i64)], end: &End) -> Decision {
+    let partitions = end.partitions as i32;
+    if !(0..partitions).all(|p| reports.iter().any(|(q, _)| *q == p)) {
+        return Decision::Wait;
+    }
+    let loaded: i64 = reports.iter().filter(|(p, _)| (0..partitions).contains(p)).map(|(_, n)| n).sum();
+    match u64::try_from(loaded) {
+        Ok(rows) if rows == end.total => Decision::Complete(rows),
+        _ => Decision::Fail(format!("the file has {} rows, {loaded} were loaded", end.total)),
+    }
+}
+
+/// The status of a generation a switch left behind, by what it did.
+pub fn superseded(generation: i64, active: i64) -> GenerationStatus {
+    GenerationStatus::failed(
+        generation,
+        format!("superseded: generation {active}, from a later file, became active first"),
+    )
+}
+
+/// The status of a generation whose file repeats an id.
+pub fn duplicate(generation: i64, id: &str) -> GenerationStatus {
+    GenerationStatus::failed(generation, format!("id {id} appears more than once in the file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::parse_line;
+    use crate::records::{Abort, Begin, FileRow};
+
+    fn promotion(i: u32) -> Promotion {
+        parse_line(1, &format!("00000000-0000-4000-8000-{i:012x},1.50,2018-08-04 05:32:31 +0200 CEST")).unwrap()
+    }
+
+    fn row(generation: i64, i: u32) -> FileRecord {
+        FileRecord::Row(FileRow { generation, promotion: promotion(i) })
+    }
+
+    fn end(generation: i64, partition: i32, rows: u64, total: u64) -> FileRecord {
+        FileRecord::End(End { generation, partition, partitions: 2, rows, total })
+    }
+
+    /// Commits what `changes` asks as a store would: every buffered row copied.
+    fn commit(loads: &mut Loads, decided: Vec<Announcement>) -> Changes {
+        let changes = loads.changes().expect("something to do");
+        let copied = changes.gens.iter().map(|g| (g.generation, g.copy as u64)).collect();
+        loads.committed(changes.clone(), Receipt { copied, decided });
+        changes
+    }
+
+    #[test]
+    fn rows_are_buffered_until_a_checkpoint_copies_them_and_the_end_reports_the_count() {
+        let mut loads = Loads::new();
+        loads.apply(9, FileRecord::Begin(Begin { partitions: 2 })).unwrap();
+        loads.apply(10, row(10, 1)).unwrap();
+        loads.apply(11, row(10, 2)).unwrap();
+        let first = loads.changes().unwrap();
+        assert_eq!(loads.changes().unwrap(), first, "asked twice, the same answer");
+        assert_eq!(first.statuses(0), vec![GenerationStatus::loading(10)]);
+        commit(&mut loads, vec![]);
+        assert_eq!((loads.get(10).unwrap().copied, loads.buffered()), (2, 0));
+        assert_eq!(loads.changes(), None, "nothing new");
+
+        loads.apply(12, row(10, 3)).unwrap();
+        loads.apply(13, end(10, 0, 3, 5)).unwrap();
+        assert_eq!(loads.apply(14, row(10, 4)), Err(Late("row_after_end")));
+        let changes = commit(&mut loads, vec![Announcement::new(GenerationStatus::active(10, 5))]);
+        assert_eq!((changes.gens[0].copy, changes.gens[0].loaded, changes.gens[0].mismatch(0)), (1, 3, None));
+        assert_eq!(loads.get(10).unwrap().phase, Phase::Ended);
+
+        // The decision is announced by the next checkpoint, once.
+        let next = commit(&mut loads, vec![]);
+        assert_eq!(next.statuses(0), vec![GenerationStatus::active(10, 5)]);
+        assert_eq!(loads.changes(), None);
+    }
+
+    #[test]
+    fn an_abort_drops_the_buffer_and_every_partition_fails_the_generation_alike() {
+        let mut loads = Loads::new();
+        loads.apply(0, row(4, 1)).unwrap();
+        let failure = Failure { line: Some(3), error: "line 3: bad UUID `x`".into() };
+        loads.apply(1, FileRecord::Abort(Abort { generation: 4, failure: failure.clone() })).unwrap();
+        let changes = commit(&mut loads, vec![]);
+        assert_eq!(changes.gens[0].copy, 0, "nothing of an aborted file is copied");
+        assert_eq!(changes.statuses(1), vec![GenerationStatus::failed(4, failure.error)]);
+        assert_eq!(loads.get(4).unwrap().phase, Phase::Failed);
+    }
+
+    #[test]
+    fn a_count_that_disagrees_with_the_end_record_fails_the_generation() {
+        let mut loads = Loads::new();
+        loads.apply(0, row(4, 1)).unwrap();
+        loads.apply(1, end(4, 1, 2, 2)).unwrap();
+        let changes = loads.changes().unwrap();
+        let why = "partition 1 loaded 1 of the 2 rows the file sent it".to_owned();
+        assert_eq!(changes.statuses(1), vec![GenerationStatus::failed(4, why)]);
+    }
+
+    #[test]
+    fn a_generation_completes_once_every_partition_reported_and_the_rows_add_up() {
+        let e = End { generation: 1, partition: 0, partitions: 2, rows: 3, total: 5 };
+        assert_eq!(decide(&[(0, 3)], &e), Decision::Wait);
+        assert_eq!(decide(&[(0, 3), (1, 2)], &e), Decision::Complete(5));
+        assert!(matches!(decide(&[(0, 3), (1, 1)], &e), Decision::Fail(_)));
+    }
+
+    #[test]
+    fn finished_generations_beyond_the_kept_few_are_forgotten() {
+        let mut loads = Loads::new();
+        for g in 0..(KEEP_FINISHED as i64 + 3) {
+            loads.apply(g, end(g, 0, 0, 0)).unwrap();
+        }
+        commit(&mut loads, vec![]);
+        let pruned = commit(&mut loads, vec![]).prune;
+        assert_eq!(pruned, vec![0, 1, 2]);
+        assert_eq!(loads.generations(), KEEP_FINISHED);
+        assert_eq!(loads.changes(), None);
+    }
+
+    #[test]
+    fn restored_state_skips_late_records_of_finished_files() {
+        let mut loads = Loads::restored([(3, Phase::Ended, 10), (4, Phase::Loading, 2)], vec![]);
+        assert_eq!(loads.apply(0, row(3, 1)), Err(Late("row_after_end")));
+        loads.apply(1, row(4, 1)).unwrap();
+        assert_eq!(loads.changes().unwrap().gens[0].loaded, 3);
+    }
+}
