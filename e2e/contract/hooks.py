@@ -37,6 +37,13 @@ key since (a create retried after a delete answers `201` again, and the key stay
 generated ids repeat (`0`, `a`) across requests; a valid id gets its method and a number unique
 in the run as a suffix, so no two requests share one (retries by id are tested in
 e2e/tests/answers.rs, where they are meant).
+
+Promotions: `POST /promotions/files` takes any string as its body (`text/csv`), but only a file
+of valid `id,price,expiration_date` lines, each id once, is accepted (202); nearly every
+generated string has a malformed line (400). A positive case's body is kept if it is such a
+file, else replaced by 1 to 3 valid lines derived from it (distinct ids), so the 202 answer is
+checked too. A negative case (a body that is not a string) is sent as generated: it must get
+400.
 """
 
 import itertools
@@ -44,6 +51,7 @@ import os
 import pathlib
 import re
 import time
+import uuid
 import zlib
 from urllib.parse import quote, unquote
 
@@ -157,6 +165,39 @@ def valid_answer(method, path, path_parameters, query, body, positive=False):
     return path_parameters, query, body
 
 
+PROMOTIONS_FILES = "/promotions/files"
+# A valid line, day at most 28 (any month has it): what the upload accepts, kept as generated.
+PROMOTION_LINE = re.compile(
+    r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12},"
+    r"[0-9]{1,15}(?:\.[0-9]+)?,"
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8]) (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9] "
+    r"[+-](?:[01][0-9]|2[0-3])[0-5][0-9] [A-Za-z0-9+-]{1,8}\r?$"
+)
+
+
+def _valid_file(text):
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    ids = [line.split(",", 1)[0].lower() for line in lines]
+    return bool(lines) and all(PROMOTION_LINE.match(line) for line in lines) and len(set(ids)) == len(ids)
+
+
+def valid_promotions(method, path, body, positive):
+    """A positive case's body of `POST /promotions/files` (any string, to the schema) as a file the
+    upload accepts (202): kept if it is one, else 1 to 3 valid lines derived from it, distinct ids."""
+    if (method.upper(), path) != ("POST", PROMOTIONS_FILES) or not positive or not isinstance(body, str):
+        return body
+    if _valid_file(body):
+        return body
+    seed = zlib.crc32(body.encode(errors="replace"))
+    lines = []
+    for i in range(1 + seed % 3):
+        ident = uuid.uuid5(uuid.NAMESPACE_OID, f"{body!r}:{i}")
+        lines.append(f"{ident},{seed % 100000}.{i:02d}5,2018-08-{1 + (seed + i) % 28:02d} 05:32:31 +0200 CEST\n")
+    return "".join(lines)
+
+
 SPEC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "openapi" / "query.yaml"
 TOKEN = re.compile(yaml.safe_load(SPEC.read_text())["components"]["parameters"]["After"]["schema"]["pattern"])
 REAL_TOKEN = os.environ.get("CONTRACT_TOKEN")
@@ -191,6 +232,7 @@ def before_call(ctx, case, **kwargs):
     meta = getattr(case, "meta", None)
     positive = bool(meta is not None and meta.generation.mode.is_positive)
     path_parameters, query, body = valid_answer(case.method, path, case.path_parameters, case.query, case.body, positive)
+    body = valid_promotions(case.method, path, body, positive)
     # Only what changed: schemathesis checks a changed case against the schema again, and it
     # checks a path parameter as encoded (`%C2%87` passes a pattern that refuses U+0087).
     if path_parameters != case.path_parameters:
