@@ -341,6 +341,13 @@ pub struct PgTx<'t> {
     tx: &'t Transaction<'t>,
 }
 
+impl<'t> PgTx<'t> {
+    /// The workload's view of `tx` (tests drive the declared tables through it).
+    pub fn new(tx: &'t Transaction<'t>) -> Self {
+        PgTx { tx }
+    }
+}
+
 /// The SQL of a row table's column list, and its reading expression (text for `Uuid`/`Numeric`).
 fn select_expr(c: &Column) -> String {
     if c.ty.read_as_text() {
@@ -808,88 +815,6 @@ impl Store for StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn promotions() -> BulkTable {
-        BulkTable {
-            table: "promotions",
-            key: Column::new("id", ColumnType::Uuid),
-            values: vec![Column::new("cents", ColumnType::BigInt), Column::new("expires", ColumnType::Text)],
-        }
-    }
-
-    fn promotion(id: &str, cents: i64) -> Row {
-        Row::new()
-            .with("id", Value::Text(id.into()))
-            .with("cents", Value::BigInt(cents))
-            .with("expires", Value::Text("2018-08-04 05:32:31".into()))
-    }
-
-    const A: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
-    const B: &str = "0b3c8f2e-7d41-4c55-9a1e-5f6b7c8d9e0f";
-
-    /// The bulk generation storage on the local PostgreSQL: created, copied,
-    /// reported, sealed, switched and dropped in transactions, and read by id
-    /// through the pointer; a duplicate key is found instead of keyed.
-    #[tokio::test]
-    async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
-        let suffix = common::test_util::unique_suffix();
-        let (_, _, pg) = common::test_util::isolated(&suffix);
-        let migrations = common::engine::pg::migrations::ALL.to_vec();
-        let pool = common::engine::pg::connect_migrated(&pg, &migrations).await.expect("the local PostgreSQL");
-        let table = promotions();
-        let mut client = pool.get().await.unwrap();
-
-        // Generation 1: two partitions' rows, in two checkpoints; the second report completes it.
-        let tx = client.transaction().await.unwrap();
-        let mut t = PgTx { tx: &tx };
-        t.create_generation(&table, 1).await.unwrap();
-        t.create_generation(&table, 1).await.expect("a replay creates nothing");
-        assert_eq!(t.copy_rows(&table, 1, &[promotion(A, 6068)]).await.unwrap(), 1);
-        assert_eq!(t.report_partition(&table, 1, 0, 1).await.unwrap(), vec![(0, 1)]);
-        tx.commit().await.unwrap();
-        assert_eq!(common::engine::store::bulk::read_active(&client, &table, A).await.unwrap(), None);
-
-        let tx = client.transaction().await.unwrap();
-        let mut t = PgTx { tx: &tx };
-        t.copy_rows(&table, 1, &[promotion(B, 100)]).await.unwrap();
-        assert_eq!(t.report_partition(&table, 1, 1, 1).await.unwrap(), vec![(0, 1), (1, 1)]);
-        assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None);
-        assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None, "sealing twice (a replay) is a no-op");
-        assert_eq!(t.activate_generation(&table, 1).await.unwrap(), None);
-        tx.commit().await.unwrap();
-        let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &A.to_uppercase())
-            .await
-            .unwrap()
-            .expect("a generation is active");
-        assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (1, 6068));
-
-        // Generation 2 with a duplicate key: not sealed, dropped; generation 1 still answers.
-        let tx = client.transaction().await.unwrap();
-        let mut t = PgTx { tx: &tx };
-        t.create_generation(&table, 2).await.unwrap();
-        t.copy_rows(&table, 2, &[promotion(A, 1), promotion(A, 2)]).await.unwrap();
-        assert_eq!(t.seal_generation(&table, 2).await.unwrap().as_deref(), Some(A));
-        t.drop_generation(&table, 2).await.unwrap();
-        tx.commit().await.unwrap();
-        let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
-        assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((1, true)));
-
-        // Generation 3 replaces 1: B is gone, 1 is kept until the next switch.
-        let tx = client.transaction().await.unwrap();
-        let mut t = PgTx { tx: &tx };
-        t.create_generation(&table, 3).await.unwrap();
-        t.copy_rows(&table, 3, &[promotion(A, 7)]).await.unwrap();
-        assert_eq!(t.seal_generation(&table, 3).await.unwrap(), None);
-        assert_eq!(t.activate_generation(&table, 3).await.unwrap(), Some(1));
-        assert_eq!(t.active_generation(&table).await.unwrap(), Some(3));
-        assert_eq!(t.bulk_generations(&table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
-        tx.commit().await.unwrap();
-        let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
-        assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
-        let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
-        assert!(kept.get::<_, bool>("kept"));
-        common::test_util::drop_schema(&pg).await;
-    }
 
     #[test]
     fn hashes_round_trip_through_the_chunk_format() {
