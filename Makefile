@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test test-unit lint fmt build broker help chaos bench observe reset
+.PHONY: up down status test test-unit lint fmt build broker help chaos bench observe reset load-promotions
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,9 @@ build: ## release binaries
 
 observe: ## Prometheus (Debian package) scraping the four services, on :9090
 	@scripts/stack.sh observe
+
+load-promotions: ## upload a promotions CSV as a new generation (streamed): make load-promotions FILE=path.csv
+	@scripts/load-promotions.sh "$(FILE)"
 
 reset: ## drop this stack's read models, processor state and Kafka log (the stack must be down)
 	@scripts/stack.sh reset

@@ -258,3 +258,42 @@ async fn readers_during_a_switch_never_see_the_old_generation_after_the_new_one_
     assert!(seen.iter().any(|s| !s.second), "reads before the switch saw the first file");
     stack.cleanup().await;
 }
+
+/// `make load-promotions FILE=…` streams a file to the command (`COMMAND_URL`),
+/// prints its generation and the file becomes active; a missing file is a
+/// usage error and a malformed one fails the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn make_load_promotions_uploads_a_file_as_a_generation() {
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let make = |file: &str| {
+        std::process::Command::new("make")
+            .args(["-s", "-C", root, "load-promotions", &format!("FILE={file}")])
+            .env("COMMAND_URL", format!("http://{command}"))
+            .output()
+            .expect("make runs")
+    };
+    let dir = std::env::temp_dir().join(format!("load-promotions-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = file(&ids(100), 3);
+    let path = dir.join("promotions.csv");
+    std::fs::write(&path, &good.csv).unwrap();
+    let out = make(path.to_str().unwrap());
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{printed} {}", String::from_utf8_lossy(&out.stderr));
+    let n = serde_json::from_str::<Value>(&printed).expect("the answer")["generation"].as_i64().expect("a generation");
+    wait_state(query, n, "active").await;
+    assert_answers(query, &good).await;
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "not,a,promotion\n").unwrap();
+    let out = make(bad.to_str().unwrap());
+    assert!(!out.status.success(), "a malformed file fails the target");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line 1"), "{out:?}");
+    let out = make(dir.join("absent.csv").to_str().unwrap());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("usage"), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    stack.cleanup().await;
+}
