@@ -143,10 +143,7 @@ pub async fn build(
         engine = w.register(engine, cfg)?;
     }
     let app = engine.start(pool).await?;
-    let limits = common::engine::http::ListenerLimits {
-        limits: common::engine::http::ServerLimits::from_edge(&cfg.edge)?,
-        drain: cfg.telemetry.shutdown_timeout,
-    };
+    let limits = common::engine::http::ListenerLimits::from_edge(&cfg.edge, cfg.telemetry.shutdown_timeout)?;
     for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
     }

@@ -47,7 +47,7 @@ struct Running {
     child: Child,
     addr: SocketAddr,
     /// Its address of each workload listener flag ([`WORKLOAD_FLAGS`]), by the flag's id.
-    listeners: BTreeMap<&'static str, SocketAddr>,
+    listeners: BTreeMap<String, SocketAddr>,
 }
 
 /// The environment variables the harness names topics the engine's topic
@@ -59,7 +59,7 @@ const NAMED_TOPICS: [&str; 4] =
 #[derive(Debug)]
 struct WorkloadFlag {
     /// The clap id, e.g. `answers_commands_topic`.
-    id: &'static str,
+    id: String,
     env: String,
     kind: FlagKind,
 }
@@ -83,7 +83,7 @@ static WORKLOAD_FLAGS: LazyLock<Vec<WorkloadFlag>> = LazyLock::new(|| {
         platform::materializer().command::<materializer::Config>(),
         platform::query().command::<query::Config>(),
     ];
-    let mut flags: BTreeMap<&'static str, WorkloadFlag> = BTreeMap::new();
+    let mut flags: BTreeMap<String, WorkloadFlag> = BTreeMap::new();
     for arg in commands.iter().flat_map(|c| c.get_arguments()) {
         let (id, Some(env)) = (arg.get_id().as_str(), arg.get_env()) else { continue };
         let env = env.to_string_lossy().into_owned();
@@ -93,9 +93,7 @@ static WORKLOAD_FLAGS: LazyLock<Vec<WorkloadFlag>> = LazyLock::new(|| {
             _ if id.ends_with("_addr") => FlagKind::Listener,
             _ => continue,
         };
-        // Leaked once per flag for the process: the ids live as long as the harness.
-        let id: &'static str = Box::leak(id.to_owned().into_boxed_str());
-        flags.entry(id).or_insert(WorkloadFlag { id, env, kind });
+        flags.entry(id.to_owned()).or_insert_with(|| WorkloadFlag { id: id.to_owned(), env, kind });
     }
     flags.into_values().collect()
 });
@@ -148,10 +146,10 @@ impl Stack {
         assert!(path.exists(), "{} is missing: build the binaries first (cargo build --bins)", path.display());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("socket address");
         // A port of its own for each workload listener, so that instances and stacks run side by side.
-        let listeners: BTreeMap<&'static str, SocketAddr> = WORKLOAD_FLAGS
+        let listeners: BTreeMap<String, SocketAddr> = WORKLOAD_FLAGS
             .iter()
             .filter(|f| f.kind == FlagKind::Listener)
-            .map(|f| (f.id, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .map(|f| (f.id.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()))))
             .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -179,8 +177,8 @@ impl Stack {
             .stderr(Stdio::from(log));
         for flag in WORKLOAD_FLAGS.iter() {
             match flag.kind {
-                FlagKind::Topic => cmd.env(&flag.env, self.topic(flag.id)),
-                FlagKind::Listener => cmd.env(&flag.env, listeners[flag.id].to_string()),
+                FlagKind::Topic => cmd.env(&flag.env, self.topic(&flag.id)),
+                FlagKind::Listener => cmd.env(&flag.env, listeners[&flag.id].to_string()),
             };
         }
         for (k, v) in &self.extra_env {
@@ -270,7 +268,7 @@ impl Stack {
         test_util::clear_redis_prefix(&self.redis).await;
         test_util::delete_topics(&self.kafka).await;
         let topics: Vec<String> =
-            WORKLOAD_FLAGS.iter().filter(|f| f.kind == FlagKind::Topic).map(|f| self.topic(f.id)).collect();
+            WORKLOAD_FLAGS.iter().filter(|f| f.kind == FlagKind::Topic).map(|f| self.topic(&f.id)).collect();
         test_util::delete_topic_names(&self.kafka.brokers, &topics).await;
         // Reached only by a test that got this far: its logs are not needed (a failed test keeps them).
         let _ = std::fs::remove_dir_all(&self.logs);

@@ -135,10 +135,7 @@ pub async fn build(
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
     let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors);
-    let limits = common::engine::http::ListenerLimits {
-        limits: common::engine::http::ServerLimits::from_edge(&cfg.edge)?,
-        drain: cfg.telemetry.shutdown_timeout,
-    };
+    let limits = common::engine::http::ListenerLimits::from_edge(&cfg.edge, cfg.telemetry.shutdown_timeout)?;
     for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
     }

@@ -319,6 +319,16 @@ pub struct ListenerLimits {
     pub drain: Duration,
 }
 
+impl ListenerLimits {
+    /// The limits of a service's HTTP edge (`edge`) and its shutdown drain.
+    ///
+    /// # Errors
+    /// As [`ServerLimits::from_edge`] (the TLS certificate cannot be read).
+    pub fn from_edge(edge: &crate::engine::config::EdgeConfig, drain: Duration) -> anyhow::Result<Self> {
+        Ok(ListenerLimits { limits: ServerLimits::from_edge(edge)?, drain })
+    }
+}
+
 /// Binds every listener, then serves each on its own task until `token` is
 /// cancelled; the returned handles end when they stopped.
 ///
