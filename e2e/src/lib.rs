@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use analytics::{HourCounts, HourStart};
 use common::engine::config::{PgConfig, RedisConfig};
 use common::test_util::{self, http, TestKafka};
+use platform::isolation::{self, FlagKind};
 
 /// One of the four services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,57 +46,9 @@ impl Service {
 struct Running {
     child: Child,
     addr: SocketAddr,
-    /// Its address of each workload listener flag ([`WORKLOAD_FLAGS`]), by the flag's id.
+    /// Its address of each workload listener flag ([`isolation::flags`]), by the flag's id.
     listeners: BTreeMap<String, SocketAddr>,
 }
-
-/// The environment variables the harness names topics the engine's topic
-/// flags by explicitly (from [`TestKafka`]), for the workloads tests read the topics of.
-const NAMED_TOPICS: [&str; 4] =
-    ["EVENTS_TOPIC", "AGGREGATES_TOPIC", "INCREMENTS_EVENTS_TOPIC", "INCREMENTS_SUMS_TOPIC"];
-
-/// A workload flag each stack (or instance) must have its own value of.
-#[derive(Debug)]
-struct WorkloadFlag {
-    /// The clap id, e.g. `answers_commands_topic`.
-    id: String,
-    env: String,
-    kind: FlagKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FlagKind {
-    /// A topic: named after the stack (`test-<id>-<suffix>`), deleted with it.
-    Topic,
-    /// A workload's own listener (its gRPC API, say): a free port per instance.
-    Listener,
-}
-
-/// Every listed workload's topic and listener flags with an environment
-/// variable, read from the four services' command lines (the platform's one
-/// list): a new workload's topics and listeners are isolated per stack
-/// without a change here. Topics named explicitly ([`NAMED_TOPICS`]) are left out.
-static WORKLOAD_FLAGS: LazyLock<Vec<WorkloadFlag>> = LazyLock::new(|| {
-    let commands = [
-        platform::command().command::<command::Config>(),
-        platform::processor().command::<processor::Config>(),
-        platform::materializer().command::<materializer::Config>(),
-        platform::query().command::<query::Config>(),
-    ];
-    let mut flags: BTreeMap<String, WorkloadFlag> = BTreeMap::new();
-    for arg in commands.iter().flat_map(|c| c.get_arguments()) {
-        let (id, Some(env)) = (arg.get_id().as_str(), arg.get_env()) else { continue };
-        let env = env.to_string_lossy().into_owned();
-        let kind = match id {
-            _ if NAMED_TOPICS.contains(&env.as_str()) => continue,
-            _ if id.ends_with("_topic") => FlagKind::Topic,
-            _ if id.ends_with("_addr") => FlagKind::Listener,
-            _ => continue,
-        };
-        flags.entry(id.to_owned()).or_insert_with(|| WorkloadFlag { id: id.to_owned(), env, kind });
-    }
-    flags.into_values().collect()
-});
 
 /// An isolated deployment of the pipeline.
 pub struct Stack {
@@ -106,7 +58,7 @@ pub struct Stack {
     logs: PathBuf,
     procs: HashMap<String, Running>,
     extra_env: Vec<(String, String)>,
-    /// Names this stack's topics of [`WORKLOAD_FLAGS`].
+    /// Names this stack's workload topics ([`isolation::topic`]).
     suffix: String,
 }
 
@@ -146,7 +98,7 @@ impl Stack {
         assert!(path.exists(), "{} is missing: build the binaries first (cargo build --bins)", path.display());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("socket address");
         // A port of its own for each workload listener, so that instances and stacks run side by side.
-        let listeners: BTreeMap<String, SocketAddr> = WORKLOAD_FLAGS
+        let listeners: BTreeMap<String, SocketAddr> = isolation::flags()
             .iter()
             .filter(|f| f.kind == FlagKind::Listener)
             .map(|f| (f.id.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()))))
@@ -175,7 +127,7 @@ impl Stack {
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().expect("cloning a file handle")))
             .stderr(Stdio::from(log));
-        for flag in WORKLOAD_FLAGS.iter() {
+        for flag in isolation::flags() {
             match flag.kind {
                 FlagKind::Topic => cmd.env(&flag.env, self.topic(&flag.id)),
                 FlagKind::Listener => cmd.env(&flag.env, listeners[&flag.id].to_string()),
@@ -215,9 +167,15 @@ impl Stack {
         self.procs[name].listeners[flag]
     }
 
+    /// The arguments that put an in-process command on this stack's workload
+    /// topics, with its workload listeners on ports of their own.
+    pub fn command_args(&self) -> Vec<String> {
+        isolation::command_args(&self.suffix)
+    }
+
     /// This stack's name of a workload topic flag (e.g. `answers_commands_topic`).
     pub fn topic(&self, flag: &str) -> String {
-        format!("test-{}-{}", flag.replace('_', "-"), self.suffix)
+        isolation::topic(flag, &self.suffix)
     }
 
     /// The process id of a running instance (to read its `/proc/<pid>/status`).
@@ -267,9 +225,7 @@ impl Stack {
         test_util::drop_schema(&self.pg).await;
         test_util::clear_redis_prefix(&self.redis).await;
         test_util::delete_topics(&self.kafka).await;
-        let topics: Vec<String> =
-            WORKLOAD_FLAGS.iter().filter(|f| f.kind == FlagKind::Topic).map(|f| self.topic(&f.id)).collect();
-        test_util::delete_topic_names(&self.kafka.brokers, &topics).await;
+        test_util::delete_topic_names(&self.kafka.brokers, &isolation::topics(&self.suffix)).await;
         // Reached only by a test that got this far: its logs are not needed (a failed test keeps them).
         let _ = std::fs::remove_dir_all(&self.logs);
     }

@@ -23,11 +23,8 @@ fn slow_clock() -> i64 {
 /// A command service in this process, on the stack's topics and schema, with its own clock.
 async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
     let port = free_port();
-    let (cfg, workloads) = platform::parse::command([
+    let mut args: Vec<String> = [
         "command",
-        // Served by `command::run`: a port of its own, as tests run side by side.
-        "--answers-grpc-command-addr",
-        "127.0.0.1:0",
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--kafka-brokers",
@@ -40,7 +37,11 @@ async fn command_with_clock(stack: &Stack, clock: fn() -> i64) -> SocketAddr {
         &stack.pg.url,
         "--pg-schema",
         &stack.pg.schema,
-    ]);
+    ]
+    .map(String::from)
+    .into();
+    args.extend(stack.command_args());
+    let (cfg, workloads) = platform::parse::command(args);
     let app =
         command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), clock).await.expect("command app");
     let listener = common::engine::http::bind(cfg.listen).await.expect("binding");

@@ -18,8 +18,12 @@ fn fixed_clock() -> i64 {
     NOW
 }
 
-fn config(extra: &[&str]) -> (Config, Vec<Box<dyn Registered>>) {
-    let (kafka, _, _) = isolated(&unique_suffix());
+/// A command's config, its workloads and the suffix its topics are named after.
+type Setup = (Config, Vec<Box<dyn Registered>>, String);
+
+fn config(extra: &[&str]) -> Setup {
+    let suffix = unique_suffix();
+    let (kafka, _, _) = isolated(&suffix);
     let mut args = vec!["command".to_owned()];
     if !extra.contains(&"--kafka-brokers") {
         args.extend(["--kafka-brokers".into(), kafka.brokers]);
@@ -34,19 +38,27 @@ fn config(extra: &[&str]) -> (Config, Vec<Box<dyn Registered>>) {
         // The deployment settings these tests agree on (default horizon, one row per test topic).
         "--pg-schema".into(),
         "test_command".into(),
-        // Served by `command::run`: a port of its own, as tests run side by side.
-        "--answers-grpc-command-addr".into(),
-        "127.0.0.1:0".into(),
     ]);
+    // Every other workload's topics of this test's own, and its listeners on ports of their own.
+    args.extend(platform::isolation::command_args(&suffix));
     args.extend(extra.iter().map(|s| s.to_string()));
-    platform::parse::command(args)
+    let (cfg, workloads) = platform::parse::command(args);
+    (cfg, workloads, suffix)
+}
+
+/// Deletes the test's topics.
+async fn cleanup((cfg, _, suffix): &Setup) {
+    let (mut kafka, _, _) = isolated(suffix);
+    kafka.brokers.clone_from(&cfg.kafka.brokers);
+    common::test_util::delete_topics(&kafka).await;
+    common::test_util::delete_topic_names(&kafka.brokers, &platform::isolation::topics(suffix)).await;
 }
 
 fn empty() -> http_body_util::Empty<hyper::body::Bytes> {
     http_body_util::Empty::new()
 }
 
-async fn app((cfg, workloads): &(Config, Vec<Box<dyn Registered>>)) -> CommandApp {
+async fn app((cfg, workloads, _): &Setup) -> CommandApp {
     command::build(cfg, workloads, common::engine::telemetry::prometheus(), fixed_clock)
         .await
         .expect("building the command app")
@@ -148,6 +160,7 @@ async fn accepted_events_land_once_keyed_by_user_on_the_java_partition() {
         assert_eq!((event.timestamp_ms, event.kind, event.accepted_at_ms), (ts, kind, NOW));
         assert_eq!(*partition, java_partition(&user, 3), "murmur2 partitioning agrees with Java clients for {user}");
     }
+    cleanup(&cfg).await;
 }
 
 #[tokio::test]
@@ -217,6 +230,7 @@ async fn malformed_requests_get_a_4xx_with_a_reason_and_record_nothing() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let records = read_topic(&cfg.0.kafka.brokers, &cfg.1[0].topics().events, 3);
     assert_eq!(records.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>(), vec!["good"]);
+    cleanup(&cfg).await;
 }
 
 #[tokio::test]
@@ -248,6 +262,7 @@ async fn a_real_listener_serves_and_refuses_oversized_or_broken_requests() {
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops within 10 s").unwrap().unwrap();
     let records = read_topic(&cfg.0.kafka.brokers, &cfg.1[0].topics().events, 3);
     assert_eq!(records.len(), 1);
+    cleanup(&cfg).await;
 }
 
 #[tokio::test]

@@ -41,12 +41,10 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
 
-    let (kafka, _, _) = isolated(&unique_suffix());
-    let (cfg, workloads) = platform::parse::command([
+    let suffix = unique_suffix();
+    let (kafka, _, _) = isolated(&suffix);
+    let mut args: Vec<String> = [
         "command",
-        // Served by `command::run`: a port of its own, as tests run side by side.
-        "--answers-grpc-command-addr",
-        "127.0.0.1:0",
         "--kafka-brokers",
         &kafka.brokers,
         "--events-topic",
@@ -65,7 +63,12 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
         cert_path.to_str().unwrap(),
         "--tls-key",
         key_path.to_str().unwrap(),
-    ]);
+    ]
+    .map(String::from)
+    .into();
+    // Every other workload's topics of this test's own, and its listeners on ports of their own.
+    args.extend(platform::isolation::command_args(&suffix));
+    let (cfg, workloads) = platform::parse::command(args);
     let app = command::build(&cfg, &workloads, common::engine::telemetry::prometheus(), fixed_clock).await.unwrap();
     let limits = common::engine::http::ServerLimits::from_edge(&cfg.edge).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,4 +114,6 @@ async fn https_with_bearer_token_and_per_client_rate_limit() {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    common::test_util::delete_topics(&kafka).await;
+    common::test_util::delete_topic_names(&kafka.brokers, &platform::isolation::topics(&suffix)).await;
 }
