@@ -649,7 +649,7 @@ impl Run {
     }
 
     async fn whole_generation(&self) {
-        use promotions_load::From;
+        use promotions_load::File;
         let Some(Finished::Promotions { rows, status, readers }) = &self.finished else {
             panic!("WholeGeneration needs the promotions load")
         };
@@ -659,18 +659,18 @@ impl Run {
         let ids = promotions_load::final_ids(*rows);
         if status["state"] == "active" {
             assert_eq!(status["rows"], *rows, "{status}");
-            let last_from_b = readers.iter().all(|r| r.last().is_some_and(|s| s.from == Ok(From::B)));
+            let last_from_b = readers.iter().all(|r| r.last().is_some_and(|s| s.from == Ok(File::B)));
             assert!(last_from_b, "once B is active, every reader reads B");
             let b = status["generation"].as_i64().expect("a generation");
             let client = self.pool.as_ref().expect("a pool").get().await.expect("a connection");
             let held: i64 =
                 client.query_one(&format!("SELECT count(*) AS n FROM promotions_g{b}"), &[]).await.unwrap().get("n");
             assert_eq!(held, *rows as i64, "B's table holds every row once");
-            promotions_load::assert_all_from(query, ids, From::B).await;
+            promotions_load::assert_all_from(query, ids, File::B).await;
         } else {
             println!("B failed: {}", status["error"]);
             assert_eq!(from_b, 0, "a failed generation was never read");
-            promotions_load::assert_all_from(query, ids, From::A).await;
+            promotions_load::assert_all_from(query, ids, File::A).await;
         }
     }
 
@@ -1319,22 +1319,22 @@ mod promotions_load {
         ids.map(|id| id.line(id.in_file_a())).collect()
     }
 
-    /// Which generation a read was answered from.
+    /// Which file's generation a read was answered from.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum From {
+    pub enum File {
         A,
         B,
     }
 
     /// What one answer says, or why it is neither file's.
-    pub fn classify(id: Id, status: u16, body: &str) -> Result<From, String> {
+    pub fn classify(id: Id, status: u16, body: &str) -> Result<File, String> {
         let json: Option<Value> = serde_json::from_str(body).ok();
         let is = |file: (u64, String)| json.as_ref() == Some(&id.answer(file));
         match (status, id.in_a(), id.in_b()) {
-            (200, true, _) if is(id.in_file_a()) => Ok(From::A),
-            (200, _, true) if is(id.in_file_b()) => Ok(From::B),
-            (404, true, false) => Ok(From::B),
-            (404, false, true) => Ok(From::A),
+            (200, true, _) if is(id.in_file_a()) => Ok(File::A),
+            (200, _, true) if is(id.in_file_b()) => Ok(File::B),
+            (404, true, false) => Ok(File::B),
+            (404, false, true) => Ok(File::A),
             _ => Err(format!("{}: {status} {body}", id.text())),
         }
     }
@@ -1343,14 +1343,14 @@ mod promotions_load {
     pub struct Seen {
         pub started: Instant,
         pub ended: Instant,
-        pub from: Result<From, String>,
+        pub from: Result<File, String>,
     }
 
     async fn get(query: SocketAddr, path: &str) -> Answer {
         request(query, "GET", path, &[]).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    pub async fn read(query: SocketAddr, id: Id) -> Result<From, String> {
+    pub async fn read(query: SocketAddr, id: Id) -> Result<File, String> {
         let a = get(query, &format!("/promotions/{}", id.text())).await;
         classify(id, a.status, &a.body)
     }
@@ -1385,7 +1385,7 @@ mod promotions_load {
             .collect()
     }
 
-    /// The body of a file of `rows` rows, `chunk` bytes at a time, made as it is sent.
+    /// B's body, about 256 KiB at a time, made as it is sent.
     fn file_b_chunks(rows: u64) -> impl Iterator<Item = Vec<u8>> {
         const CHUNK: usize = 256 * 1024;
         let mut next = 0;
@@ -1482,24 +1482,24 @@ mod promotions_load {
         );
         let from = |s: &Seen| *s.from.as_ref().expect("checked above");
         for (r, seen) in readers.iter().enumerate() {
-            if let Some(first_b) = seen.iter().position(|s| from(s) == From::B) {
-                let back = seen[first_b..].iter().filter(|s| from(s) == From::A).count();
+            if let Some(first_b) = seen.iter().position(|s| from(s) == File::B) {
+                let back = seen[first_b..].iter().filter(|s| from(s) == File::A).count();
                 assert_eq!(back, 0, "reader {r} was answered from A {back} times after it was answered from B");
             }
         }
         let all = || readers.iter().flatten();
-        let (reads, from_b) = (all().count(), all().filter(|s| from(s) == From::B).count());
-        if let Some(first_b_end) = all().filter(|s| from(s) == From::B).map(|s| s.ended).min() {
-            let late = all().filter(|s| from(s) == From::A && s.started > first_b_end).count();
+        let (reads, from_b) = (all().count(), all().filter(|s| from(s) == File::B).count());
+        if let Some(first_b_end) = all().filter(|s| from(s) == File::B).map(|s| s.ended).min() {
+            let late = all().filter(|s| from(s) == File::A && s.started > first_b_end).count();
             assert_eq!(late, 0, "reads that began after one was answered from B were answered from A");
         }
         (reads, from_b)
     }
 
     /// Reads every id of `ids` (32 at a time); each must be answered from `want`.
-    pub async fn assert_all_from(query: SocketAddr, ids: Vec<Id>, want: From) {
+    pub async fn assert_all_from(query: SocketAddr, ids: Vec<Id>, want: File) {
         use futures::StreamExt;
-        let answers: Vec<Result<From, String>> =
+        let answers: Vec<Result<File, String>> =
             futures::stream::iter(ids).map(|id| read(query, id)).buffer_unordered(32).collect().await;
         let wrong: Vec<_> = answers.iter().filter(|a| a.as_ref().ok() != Some(&want)).take(5).collect();
         assert!(wrong.is_empty(), "not answered from {want:?}: {wrong:?}");
