@@ -4,7 +4,8 @@
 //! The analytics rows post ≥ 100k events over several hours (late ones
 //! included) and check every affected hour against the exact expected counts;
 //! the increments rows check every sum; rows 12 and 13 measure staleness after
-//! a restart with a million keys held. Each row is an `#[ignore]`d test of its
+//! a restart with a million keys held; row 15 loads a 2M-row promotions file
+//! while readers check that no answer ever mixes two generations. Each row is an `#[ignore]`d test of its
 //! own (one stack per process), ignored by `make test`; `scripts/chaos.sh`
 //! lists them from this binary, runs them one by one and prints a summary.
 //!
@@ -70,6 +71,10 @@ enum Setup {
     /// every key is in the tables named; with `steady_load`, 8 lanes of
     /// increments over the held keys go on until the load is awaited.
     HeldKeys { wait_for: &'static [HeldIn], steady_load: bool },
+    /// Promotions: a small file A loaded and active, then a generated file B
+    /// of `rows` rows uploaded streamed, while readers ask for ids of A only,
+    /// of both and of B only ([`promotions_load`]).
+    Promotions { rows: u64 },
 }
 
 /// Where [`Setup::HeldKeys`] waits for the held keys.
@@ -116,6 +121,10 @@ enum Step {
     /// Waits for the load to finish (or stops the steady load), so later
     /// steps run after it.
     AwaitLoad,
+    /// Waits until the processor has copied (committed) at least this many
+    /// rows of the promotions file being loaded: the next step hits a load
+    /// mid-copy. Fails if the file was over before.
+    WaitCopied(i64),
 }
 
 /// One check, after the fault and the load.
@@ -145,6 +154,11 @@ enum Check {
     StalenessAfterMaterializerRestart,
     /// A sample of held keys reads in Redis as in PostgreSQL.
     RedisMatchesPostgresSample,
+    /// Promotions: no reader ever saw a mix of A and B, went back to A after
+    /// B, or got a 404 for an id in both; B ended active with every row
+    /// (all of its first ids and a sample answer B's values) or failed with
+    /// A answering fully.
+    WholeGeneration,
 }
 
 use Service::{Materializer, Processor};
@@ -262,6 +276,15 @@ scenarios! {
             Pause(3000)],
         checks: &[Check::StalenessAfterMaterializerRestart, Check::RedisMatchesPostgresSample],
     };
+    chaos_15_promotions_kill_9_of_processor_and_materializer_mid_load_of_2m_rows: Scenario {
+        what: "promotions: kill -9 of processor and materializer mid 2M-row load",
+        setup: Setup::Promotions { rows: 2_000_000 },
+        fault: &[WaitCopied(200_000), Kill9("processor"), Pause(1000), Start("processor", Processor),
+            WaitCopied(700_000), Kill9("materializer"), Pause(1000), Start("materializer", Materializer),
+            WaitCopied(1_200_000), Kill9("processor"), Kill9("materializer"), Start("processor", Processor),
+            Start("materializer", Materializer)],
+        checks: &[Check::WholeGeneration],
+    };
 }
 
 /// The load a set-up started, running.
@@ -286,15 +309,33 @@ enum Load {
         stop: Arc<AtomicBool>,
         task: tokio::task::JoinHandle<()>,
     },
+    Promotions {
+        rows: u64,
+        /// A's generation.
+        a: i64,
+        started: Instant,
+        upload: tokio::task::JoinHandle<common::test_util::Answer>,
+        stop: Arc<AtomicBool>,
+        readers: Vec<tokio::task::JoinHandle<Vec<promotions_load::Seen>>>,
+    },
     None,
 }
 
 /// The load, finished: what the checks compare with.
 enum Finished {
     Analytics(LoadOutcome),
-    TwiceWithIds { sent: usize, expected: Expected },
+    TwiceWithIds {
+        sent: usize,
+        expected: Expected,
+    },
     Increments(BTreeMap<String, i128>),
     Answers(Vec<answers_load::Decided>),
+    /// B's status once active or failed, and every reader's reads.
+    Promotions {
+        rows: u64,
+        status: serde_json::Value,
+        readers: Vec<Vec<promotions_load::Seen>>,
+    },
     Nothing,
 }
 
@@ -425,6 +466,17 @@ async fn set_up(setup: &Setup) -> Run {
                 Load::None
             }
         }
+        Setup::Promotions { rows } => {
+            let (command, query) = (run.stack.addr("command"), run.stack.addr("query"));
+            let a = promotions_load::load_a(command, query).await;
+            run.pool = Some(common::engine::pg::pool(&run.stack.pg).expect("a pool"));
+            let stop = Arc::new(AtomicBool::new(false));
+            let readers = promotions_load::readers(query, rows, stop.clone());
+            pause(300).await;
+            let started = Instant::now();
+            let upload = tokio::spawn(promotions_load::upload_b(command, rows));
+            Load::Promotions { rows, a, started, upload, stop, readers }
+        }
     };
     run
 }
@@ -472,7 +524,25 @@ impl Run {
             IncrementProbes => self.increment_probes().await,
             ProbeUntilCaughtUp => self.probe_until_caught_up().await,
             AwaitLoad => self.await_load().await,
+            WaitCopied(rows) => self.wait_copied(rows).await,
         }
+    }
+
+    async fn wait_copied(&mut self, rows: i64) {
+        let Load::Promotions { a, started, .. } = &self.load else { panic!("WaitCopied needs the promotions load") };
+        let (a, started) = (*a, *started);
+        let pool = self.pool.as_ref().expect("the promotions set-up keeps a pool");
+        let copied = common::test_util::wait_until(
+            &format!("{rows} rows of the file copied"),
+            promotions_load::SETTLE,
+            || async {
+                let (copied, over) = promotions_load::copied(pool, a).await;
+                assert!(!over, "the file was over after {copied} rows copied, before {rows}: nothing was hit mid-copy");
+                (copied >= rows).then_some(copied)
+            },
+        )
+        .await;
+        println!("{copied} rows copied {:.1} s after the upload began", started.elapsed().as_secs_f64());
     }
 
     /// Waits for the load (once): the steps after [`Step::AwaitLoad`] and the checks see it finished.
@@ -494,6 +564,29 @@ impl Run {
                 stop.store(true, Ordering::Relaxed);
                 task.await.expect("the background load");
                 Finished::Nothing
+            }
+            Load::Promotions { rows, a: _, started, upload, stop, readers } => {
+                let answer = upload.await.expect("the upload task");
+                assert_eq!(answer.status, 202, "B was accepted: {answer:?}");
+                let uploaded = started.elapsed();
+                let b: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+                let b = b["generation"].as_i64().expect("a generation");
+                let status = promotions_load::settled(self.stack.addr("query"), b, promotions_load::SETTLE).await;
+                println!(
+                    "measured: {rows}-row file uploaded in {:.1} s, {} {:.1} s after the upload began ({:.0} rows/s)",
+                    uploaded.as_secs_f64(),
+                    status["state"],
+                    started.elapsed().as_secs_f64(),
+                    rows as f64 / started.elapsed().as_secs_f64()
+                );
+                // A last round of reads after the outcome is known.
+                pause(500).await;
+                stop.store(true, Ordering::Relaxed);
+                let mut seen = Vec::new();
+                for r in readers {
+                    seen.push(r.await.expect("a reader"));
+                }
+                Finished::Promotions { rows, status, readers: seen }
             }
             Load::None => Finished::Nothing,
         });
@@ -551,6 +644,33 @@ impl Run {
             Check::StalenessAfterProcessorKill => self.staleness_after_processor_kill().await,
             Check::StalenessAfterMaterializerRestart => self.staleness_after_materializer_restart(),
             Check::RedisMatchesPostgresSample => self.redis_matches_postgres_sample().await,
+            Check::WholeGeneration => self.whole_generation().await,
+        }
+    }
+
+    async fn whole_generation(&self) {
+        use promotions_load::File;
+        let Some(Finished::Promotions { rows, status, readers }) = &self.finished else {
+            panic!("WholeGeneration needs the promotions load")
+        };
+        let (reads, from_b) = promotions_load::check_reads(readers);
+        println!("measured: {reads} reads by {} readers during the load, {from_b} answered from B", readers.len());
+        let query = self.stack.addr("query");
+        let ids = promotions_load::final_ids(*rows);
+        if status["state"] == "active" {
+            assert_eq!(status["rows"], *rows, "{status}");
+            let last_from_b = readers.iter().all(|r| r.last().is_some_and(|s| s.from == Ok(File::B)));
+            assert!(last_from_b, "once B is active, every reader reads B");
+            let b = status["generation"].as_i64().expect("a generation");
+            let client = self.pool.as_ref().expect("a pool").get().await.expect("a connection");
+            let held: i64 =
+                client.query_one(&format!("SELECT count(*) AS n FROM promotions_g{b}"), &[]).await.unwrap().get("n");
+            assert_eq!(held, *rows as i64, "B's table holds every row once");
+            promotions_load::assert_all_from(query, ids, File::B).await;
+        } else {
+            println!("B failed: {}", status["error"]);
+            assert_eq!(from_b, 0, "a failed generation was never read");
+            promotions_load::assert_all_from(query, ids, File::A).await;
         }
     }
 
@@ -1113,5 +1233,281 @@ mod answers_load {
                 None => assert_eq!(latest.status, 404, "{key}: deleted or never created"),
             }
         }
+    }
+}
+
+/// The promotions load of [`Setup::Promotions`] and its check: an active
+/// generation A (a small file), then a generated file B of `rows` rows
+/// uploaded streamed, while readers ask for ids of A only, of both, and of
+/// B only, each read classified as answered from A or from B.
+mod promotions_load {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use common::test_util::{request, wait_until, Answer};
+    use serde_json::{json, Value};
+
+    /// Ids of both files (B's first ones, with other prices in A).
+    pub const SHARED: u64 = 1_000;
+    /// Ids only in A.
+    pub const ONLY_A: u64 = 1_000;
+    /// B's ids every final check reads, all of them (the shared ones included).
+    pub const READ_ALL: u64 = 3_000;
+    /// B's ids read at random beyond those.
+    pub const SAMPLE: u64 = 2_000;
+    /// Readers asking for ids throughout the load.
+    pub const READERS: usize = 4;
+    /// How long B may take from its upload to active or failed.
+    pub const SETTLE: Duration = Duration::from_secs(600);
+
+    /// Which file an id is in.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Id {
+        /// B's `i`-th id, also in A when `i < SHARED`.
+        B(u64),
+        /// The `j`-th id only A has.
+        OnlyA(u64),
+    }
+
+    impl Id {
+        pub fn text(self) -> String {
+            match self {
+                Id::B(i) => format!("00000000-0000-4000-8000-{i:012x}"),
+                Id::OnlyA(j) => format!("00000000-0000-4000-9000-{j:012x}"),
+            }
+        }
+
+        fn in_a(self) -> bool {
+            matches!(self, Id::OnlyA(_)) || matches!(self, Id::B(i) if i < SHARED)
+        }
+
+        fn in_b(self) -> bool {
+            matches!(self, Id::B(_))
+        }
+
+        /// (cents, expiration date) of the id in A.
+        fn in_file_a(self) -> (u64, String) {
+            let n = match self {
+                Id::B(i) => i,
+                Id::OnlyA(j) => SHARED + j,
+            };
+            ((n * 11 + 1) % 100_000, format!("2018-08-{:02} 05:32:31", n % 28 + 1))
+        }
+
+        /// (cents, expiration date) of the id in B: another price than A's for a shared id.
+        fn in_file_b(self) -> (u64, String) {
+            let Id::B(i) = self else { unreachable!("only B's ids are in B") };
+            ((i * 7 + 5) % 100_000, format!("2019-01-{:02} 10:00:{:02}", i % 28 + 1, i % 60))
+        }
+
+        /// The file's line for it: four decimals (two rounded away), upper case (ids compare case-insensitively).
+        fn line(self, (cents, date): (u64, String)) -> String {
+            format!("{},{}.{:02}49,{date} +0200 CEST\n", self.text().to_uppercase(), cents / 100, cents % 100)
+        }
+
+        fn answer(self, (cents, date): (u64, String)) -> Value {
+            let price: f64 = format!("{}.{:02}", cents / 100, cents % 100).parse().expect("a price");
+            json!({"id": self.text(), "price": price, "expiration_date": date})
+        }
+    }
+
+    /// A's lines: the shared ids, then the ids only A has.
+    pub fn file_a() -> String {
+        let ids = (0..SHARED).map(Id::B).chain((0..ONLY_A).map(Id::OnlyA));
+        ids.map(|id| id.line(id.in_file_a())).collect()
+    }
+
+    /// Which file's generation a read was answered from.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum File {
+        A,
+        B,
+    }
+
+    /// What one answer says, or why it is neither file's.
+    pub fn classify(id: Id, status: u16, body: &str) -> Result<File, String> {
+        let json: Option<Value> = serde_json::from_str(body).ok();
+        let is = |file: (u64, String)| json.as_ref() == Some(&id.answer(file));
+        match (status, id.in_a(), id.in_b()) {
+            (200, true, _) if is(id.in_file_a()) => Ok(File::A),
+            (200, _, true) if is(id.in_file_b()) => Ok(File::B),
+            (404, true, false) => Ok(File::B),
+            (404, false, true) => Ok(File::A),
+            _ => Err(format!("{}: {status} {body}", id.text())),
+        }
+    }
+
+    /// One read: when it started and ended, and what it was answered from.
+    pub struct Seen {
+        pub started: Instant,
+        pub ended: Instant,
+        pub from: Result<File, String>,
+    }
+
+    async fn get(query: SocketAddr, path: &str) -> Answer {
+        request(query, "GET", path, &[]).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub async fn read(query: SocketAddr, id: Id) -> Result<File, String> {
+        let a = get(query, &format!("/promotions/{}", id.text())).await;
+        classify(id, a.status, &a.body)
+    }
+
+    /// The ids reader `r` asks for, in turn: one of each kind, B's spread over the whole file.
+    fn reader_ids(r: u64, rows: u64) -> impl Iterator<Item = Id> {
+        (0..).flat_map(move |k: u64| {
+            let n = k * READERS as u64 + r;
+            [Id::B(n % SHARED), Id::OnlyA(n % ONLY_A), Id::B(SHARED + (n * 7919) % (rows - SHARED))]
+        })
+    }
+
+    /// Readers until `stop`, each a sequence of reads.
+    pub fn readers(query: SocketAddr, rows: u64, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+        (0..READERS as u64)
+            .map(|r| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut ids = reader_ids(r, rows);
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = ids.next().expect("endless");
+                        let started = Instant::now();
+                        let from = read(query, id).await;
+                        seen.push(Seen { started, ended: Instant::now(), from });
+                        // Leaves the two cores to the load, mostly.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    seen
+                })
+            })
+            .collect()
+    }
+
+    /// B's body, about 256 KiB at a time, made as it is sent.
+    fn file_b_chunks(rows: u64) -> impl Iterator<Item = Vec<u8>> {
+        const CHUNK: usize = 256 * 1024;
+        let mut next = 0;
+        std::iter::from_fn(move || {
+            if next == rows {
+                return None;
+            }
+            let mut chunk = Vec::with_capacity(CHUNK + 128);
+            while next < rows && chunk.len() < CHUNK {
+                let id = Id::B(next);
+                chunk.extend_from_slice(id.line(id.in_file_b()).as_bytes());
+                next += 1;
+            }
+            Some(chunk)
+        })
+    }
+
+    /// `POST /promotions/files` with B's `rows` rows, streamed (chunked), never held whole.
+    pub async fn upload_b(command: SocketAddr, rows: u64) -> Answer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(command).await.expect("the command listens");
+        let head = "POST /promotions/files HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("sending the head");
+        for chunk in file_b_chunks(rows) {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.expect("sending");
+            stream.write_all(&chunk).await.expect("sending");
+            stream.write_all(b"\r\n").await.expect("sending");
+        }
+        stream.write_all(b"0\r\n\r\n").await.expect("sending the last chunk");
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.expect("the answer");
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Answer { status, headers: Vec::new(), body: body.to_owned() }
+    }
+
+    /// Uploads A and waits until it is active; its generation.
+    pub async fn load_a(command: SocketAddr, query: SocketAddr) -> i64 {
+        let headers = [("Content-Type", "text/csv")];
+        let csv = file_a();
+        let a = common::test_util::request_with_body(command, "POST", "/promotions/files", &headers, csv.as_bytes())
+            .await
+            .expect("the command answers");
+        assert_eq!(a.status, 202, "{a:?}");
+        let n = serde_json::from_str::<Value>(&a.body).expect("JSON")["generation"].as_i64().expect("a generation");
+        let status = settled(query, n, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "active", "{status}");
+        n
+    }
+
+    /// Waits until generation `n` is active or failed; its status.
+    pub async fn settled(query: SocketAddr, n: i64, limit: Duration) -> Value {
+        wait_until(&format!("generation {n} active or failed"), limit, || async move {
+            let a = get(query, &format!("/promotions/generations/{n}")).await;
+            let status: Value = serde_json::from_str(&a.body).ok()?;
+            matches!(status["state"].as_str(), Some("active" | "failed")).then_some(status)
+        })
+        .await
+    }
+
+    /// The rows the processor has copied of the generations after `a` (its
+    /// committed checkpoints), and whether one of them is over (switched or failed).
+    pub async fn copied(pool: &deadpool_postgres::Pool, a: i64) -> (i64, bool) {
+        let Ok(client) = pool.get().await else { return (0, false) };
+        let copied = client
+            .query_one(
+                "SELECT coalesce(sum(copied), 0)::bigint AS copied, coalesce(bool_or(phase = 'failed'), false) AS failed
+                 FROM processor_promotion_loads WHERE generation > $1",
+                &[&a],
+            )
+            .await;
+        let active = client.query_opt("SELECT generation FROM bulk_active WHERE bulk_table = 'promotions'", &[]).await;
+        match (copied, active) {
+            (Ok(row), Ok(active)) => {
+                let switched = active.is_some_and(|r| r.get::<_, i64>("generation") > a);
+                (row.get("copied"), row.get::<_, bool>("failed") || switched)
+            }
+            _ => (0, false),
+        }
+    }
+
+    /// The reads of every reader: each reader's answers never go back from B
+    /// to A, no read that began after a read answered from B was answered
+    /// from A, and none was neither file's. Returns (reads, reads from B).
+    pub fn check_reads(readers: &[Vec<Seen>]) -> (usize, usize) {
+        let wrong: Vec<&String> = readers.iter().flatten().filter_map(|s| s.from.as_ref().err()).collect();
+        assert!(
+            wrong.is_empty(),
+            "{} answers of neither file, the first: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        let from = |s: &Seen| *s.from.as_ref().expect("checked above");
+        for (r, seen) in readers.iter().enumerate() {
+            if let Some(first_b) = seen.iter().position(|s| from(s) == File::B) {
+                let back = seen[first_b..].iter().filter(|s| from(s) == File::A).count();
+                assert_eq!(back, 0, "reader {r} was answered from A {back} times after it was answered from B");
+            }
+        }
+        let all = || readers.iter().flatten();
+        let (reads, from_b) = (all().count(), all().filter(|s| from(s) == File::B).count());
+        if let Some(first_b_end) = all().filter(|s| from(s) == File::B).map(|s| s.ended).min() {
+            let late = all().filter(|s| from(s) == File::A && s.started > first_b_end).count();
+            assert_eq!(late, 0, "reads that began after one was answered from B were answered from A");
+        }
+        (reads, from_b)
+    }
+
+    /// Reads every id of `ids` (32 at a time); each must be answered from `want`.
+    pub async fn assert_all_from(query: SocketAddr, ids: Vec<Id>, want: File) {
+        use futures::StreamExt;
+        let answers: Vec<Result<File, String>> =
+            futures::stream::iter(ids).map(|id| read(query, id)).buffer_unordered(32).collect().await;
+        let wrong: Vec<_> = answers.iter().filter(|a| a.as_ref().ok() != Some(&want)).take(5).collect();
+        assert!(wrong.is_empty(), "not answered from {want:?}: {wrong:?}");
+    }
+
+    /// What the final check reads: all of B's first [`READ_ALL`] ids, a sample over the rest, and A's own.
+    pub fn final_ids(rows: u64) -> Vec<Id> {
+        let sample = (0..SAMPLE).map(|k| Id::B(READ_ALL + (k * 104_729) % (rows - READ_ALL)));
+        (0..READ_ALL).map(Id::B).chain(sample).chain((0..ONLY_A).map(Id::OnlyA)).collect()
     }
 }

@@ -1,9 +1,10 @@
 //! The promotions workload end to end on the real stack (broker, Redis,
 //! PostgreSQL, the four service binaries): a file loads and answers every
 //! id; a second file replaces it (ids only in the first answer 404); a
-//! malformed file, or one repeating an id, fails with its reason while the
-//! active generation still answers; readers during a switch never see the
-//! old generation after the new one, nor a 404 for an id in both.
+//! malformed file, or one repeating an id, fails with its first bad line's
+//! number and reason while the active generation still answers; readers
+//! during a switch never see the old generation after the new one, nor a
+//! 404 for an id in both.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -172,14 +173,16 @@ async fn a_malformed_file_fails_with_its_line_number_and_the_active_generation_s
     let failed = wait_state(query, g2, "failed").await;
     assert!(failed["error"].as_str().is_some_and(|e| e.starts_with("line 7: ")), "{failed}");
 
-    // A repeated id is found by the switch: the generation fails, naming it.
+    // Repeated ids are found by the switch: the generation fails at the first line that repeats one
+    // (line 51 repeats line 31; line 52 repeats line 4, an earlier id, but later in the file).
     let dup_ids = ids(50);
     let mut dup = file(&dup_ids, 5).csv;
-    dup += &format!("{},1.00,2019-01-01 00:00:00 +0000 UTC\n", dup_ids[10]);
+    dup += &format!("{},1.00,2019-01-01 00:00:00 +0000 UTC\n", dup_ids[30]);
+    dup += &format!("{},2.00,2019-01-01 00:00:00 +0000 UTC\n", dup_ids[3].to_string().to_uppercase());
     let g3 = accepted(command, &dup).await;
     let failed = wait_state(query, g3, "failed").await;
     let error = failed["error"].as_str().expect("an error");
-    assert!(error.contains(&dup_ids[10].to_string()) && error.contains("more than once"), "{error}");
+    assert_eq!(error, format!("line 51: duplicate id {} (first on line 31)", dup_ids[30]));
 
     // Neither touched the active generation.
     assert_eq!(wait_state(query, g1, "active").await["rows"], 200);

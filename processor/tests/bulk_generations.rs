@@ -2,7 +2,7 @@
 //! tier): created, copied, reported, sealed, switched and dropped in
 //! transactions, and read by id through the active pointer.
 
-use common::engine::store::bulk::BulkTable;
+use common::engine::store::bulk::{BulkTable, Duplicate};
 use common::engine::store::{Column, ColumnType, Row, Value};
 use processor::engine::state_store::PgTx;
 use processor::engine::tables::StateTx;
@@ -11,15 +11,25 @@ fn promotions() -> BulkTable {
     BulkTable {
         table: "promotions",
         key: Column::new("id", ColumnType::Uuid),
-        values: vec![Column::new("cents", ColumnType::BigInt), Column::new("expires", ColumnType::Text)],
+        values: vec![
+            Column::new("cents", ColumnType::BigInt),
+            Column::new("expires", ColumnType::Text),
+            Column::new("line", ColumnType::BigInt),
+        ],
+        origin: Some("line"),
     }
 }
 
 fn promotion(id: &str, cents: i64) -> Row {
+    on_line(id, cents, 0)
+}
+
+fn on_line(id: &str, cents: i64, line: i64) -> Row {
     Row::new()
         .with("id", Value::Text(id.into()))
         .with("cents", Value::BigInt(cents))
         .with("expires", Value::Text("2018-08-04 05:32:31".into()))
+        .with("line", Value::BigInt(line))
 }
 
 const A: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
@@ -61,12 +71,15 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
         .expect("a generation is active");
     assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (1, 6068));
 
-    // Generation 2 with a duplicate key: not sealed, dropped; generation 1 still answers.
+    // Generation 2 with duplicate keys: not sealed, dropped; generation 1 still answers. The one
+    // reported repeats first in the source (B on line 5, first on line 2; A only on line 8).
     let tx = client.transaction().await.unwrap();
     let mut t = PgTx::new(&tx);
     t.create_generation(&table, 2).await.unwrap();
-    t.copy_rows(&table, 2, &[promotion(A, 1), promotion(A, 2)]).await.unwrap();
-    assert_eq!(t.seal_generation(&table, 2).await.unwrap().as_deref(), Some(A));
+    let rows = [on_line(A, 1, 8), on_line(B, 1, 9), on_line(A, 2, 1), on_line(B, 2, 5), on_line(B, 3, 2)];
+    t.copy_rows(&table, 2, &rows).await.unwrap();
+    let first_repeat = Duplicate { key: B.into(), first: Some(2), repeat: Some(5) };
+    assert_eq!(t.seal_generation(&table, 2).await.unwrap(), Some(first_repeat));
     t.drop_generation(&table, 2).await.unwrap();
     tx.commit().await.unwrap();
     let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
@@ -86,5 +99,25 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
     let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
     assert!(kept.get::<_, bool>("kept"));
+
+    // Generation 4's table was created by a release without the origin column (a file in flight across the
+    // upgrade): the next copy adds it (0 in the old rows), and the generation reads and switches as any other.
+    client
+        .batch_execute(
+            "CREATE TABLE promotions_g4 (id UUID NOT NULL, cents BIGINT NOT NULL, expires TEXT NOT NULL);
+             INSERT INTO promotions_g4 VALUES ('d018ef0b-dbd9-48f1-ac1a-eb4d90e57118', 5, '2018-08-04 05:32:31')",
+        )
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    let mut t = PgTx::new(&tx);
+    t.create_generation(&table, 4).await.unwrap();
+    t.create_generation(&table, 4).await.expect("a replay alters nothing");
+    t.copy_rows(&table, 4, &[on_line(B, 6, 2)]).await.unwrap();
+    assert_eq!(t.seal_generation(&table, 4).await.unwrap(), None);
+    t.activate_generation(&table, 4).await.unwrap();
+    tx.commit().await.unwrap();
+    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, A).await.unwrap().unwrap();
+    assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (4, 5));
     common::test_util::drop_schema(&pg).await;
 }

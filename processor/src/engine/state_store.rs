@@ -22,7 +22,7 @@ use tokio_postgres::types::ToSql;
 
 use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
-use super::tables::{BulkTable, RowTable, StateTx};
+use super::tables::{BulkTable, Duplicate, RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
 use common::engine::store::{Column, ColumnType, Row, Value};
 
@@ -415,6 +415,21 @@ impl StateTx for PgTx<'_> {
             )
             .await?;
         self.tx.batch_execute(&table.create_sql(generation)).await?;
+        if let Some(add) = table.add_origin_sql(generation) {
+            // Only for a table created before its origin column was declared: altering takes a lock that
+            // would serialize the partitions' copies, so it is not run when the column is there.
+            let origin = table.origin.expect("an origin column, since there is its SQL");
+            let has = self
+                .tx
+                .query_opt(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
+                    &[&table.generation_table(generation), &origin],
+                )
+                .await?;
+            if has.is_none() {
+                self.tx.batch_execute(&add).await?;
+            }
+        }
         Ok(())
     }
 
@@ -468,9 +483,17 @@ impl StateTx for PgTx<'_> {
         Ok(reports.iter().map(|r| (r.get("partition"), r.get("rows"))).collect())
     }
 
-    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<String>, PgError> {
+    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<Duplicate>, PgError> {
+        // The cheap check first (one aggregate): placing the duplicate sorts rows, only worth it when there is one.
         if let Some(dup) = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await? {
-            return Ok(Some(dup.get(table.key.name)));
+            let key: String = dup.get(table.key.name);
+            let Some(sql) = table.first_duplicate_sql(generation) else { return Ok(Some(Duplicate::unplaced(key))) };
+            let first = self.tx.query_one(sql.as_str(), &[]).await?;
+            return Ok(Some(Duplicate::placed(
+                first.get(table.key.name),
+                first.get("first_at"),
+                first.get("repeat_at"),
+            )));
         }
         let keyed = self
             .tx

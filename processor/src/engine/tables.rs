@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use common::engine::pg::PgError;
-pub use common::engine::store::bulk::BulkTable;
+pub use common::engine::store::bulk::{BulkTable, Duplicate};
 use common::engine::store::{Column, Row, Value};
 
 use super::Scope;
@@ -136,12 +136,13 @@ pub trait StateTx: Send {
     ) -> impl Future<Output = Result<Vec<(i32, i64)>, PgError>> + Send;
 
     /// Keys `generation`'s storage by the table's key; returns a key held by
-    /// more than one row instead (nothing keyed then), as text.
+    /// more than one row instead (nothing keyed then): with the table's
+    /// origin column, the one repeated first in the source, and where.
     fn seal_generation(
         &mut self,
         table: &BulkTable,
         generation: i64,
-    ) -> impl Future<Output = Result<Option<String>, PgError>> + Send;
+    ) -> impl Future<Output = Result<Option<Duplicate>, PgError>> + Send;
 
     /// The generation readers of `table` read, if any.
     fn active_generation(&mut self, table: &BulkTable) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;

@@ -84,9 +84,9 @@ struct Sending {
 }
 
 impl Sending {
-    async fn row<A: Append>(&mut self, out: &mut A, p: &Promotion) -> Result<(), UploadError<FileReject>> {
+    async fn row<A: Append>(&mut self, out: &mut A, line: u64, p: &Promotion) -> Result<(), UploadError<FileReject>> {
         let key = p.id.to_string();
-        let partition = out.append(key.as_bytes(), encode_row(self.generation, p)).await?;
+        let partition = out.append(key.as_bytes(), encode_row(self.generation, Some(line), p)).await?;
         let slot = usize::try_from(partition).expect("the appender names one of the topic's partitions");
         self.per_partition[slot] += 1;
         Ok(())
@@ -124,19 +124,19 @@ async fn send_rows<C: Chunks, A: Append>(
     body: &mut C,
     out: &mut A,
 ) -> Result<Result<(), Stop>, UploadError<FileReject>> {
-    let mut parsed: Vec<Promotion> = Vec::new();
+    let mut parsed: Vec<(u64, Promotion)> = Vec::new();
     loop {
         let (result, last) = match body.next_chunk().await {
-            Some(Ok(chunk)) => (lines.push(&chunk, |n, text| parse_line(n, text).map(|p| parsed.push(p))), false),
+            Some(Ok(chunk)) => (lines.push(&chunk, |n, text| parse_line(n, text).map(|p| parsed.push((n, p)))), false),
             Some(Err(e)) => return Ok(Err(Stop::Body(e))),
-            None => (lines.finish(|n, text| parse_line(n, text).map(|p| parsed.push(p))), true),
+            None => (lines.finish(|n, text| parse_line(n, text).map(|p| parsed.push((n, p)))), true),
         };
         if let Err(e) = result {
             return Ok(Err(Stop::Line(e)));
         }
         // A chunk's rows: a bounded few (a chunk is at most a frame of the connection).
-        for p in parsed.drain(..) {
-            sending.row(out, &p).await?;
+        for (n, p) in parsed.drain(..) {
+            sending.row(out, n, &p).await?;
         }
         if last {
             return Ok(Ok(()));

@@ -18,9 +18,10 @@
 
 use std::collections::BTreeMap;
 
+use common::engine::store::bulk::Duplicate;
+
 use crate::generation::Failure;
-use crate::line::Promotion;
-use crate::records::{End, FileRecord, GenerationStatus};
+use crate::records::{End, FileRecord, FileRow, GenerationStatus};
 
 /// Generations a partition remembers once its part of them is finished
 /// (ended or failed): enough to skip a late record of any recent file.
@@ -59,7 +60,7 @@ pub struct Load {
     /// Rows in the generation's storage, as of the last checkpoint.
     pub copied: u64,
     /// Rows applied since, to copy at the next checkpoint.
-    pub buffer: Vec<Promotion>,
+    pub buffer: Vec<FileRow>,
     /// The begin record was applied since the last checkpoint (partition 0 only).
     pub begun: bool,
     /// The end record, applied since the last checkpoint.
@@ -214,7 +215,7 @@ impl Loads {
                 if !load.open() {
                     return Err(Late("row_after_end"));
                 }
-                load.buffer.push(row.promotion);
+                load.buffer.push(row);
             }
             FileRecord::End(end) => {
                 let load = self.loads.entry(end.generation).or_insert_with(Load::new);
@@ -320,23 +321,30 @@ pub fn superseded(generation: i64, active: i64) -> GenerationStatus {
     )
 }
 
-/// The status of a generation whose file repeats an id.
-pub fn duplicate(generation: i64, id: &str) -> GenerationStatus {
-    GenerationStatus::failed(generation, format!("id {id} appears more than once in the file"))
+/// The status of a generation whose file repeats an id: the line that
+/// repeats one first (the first bad line of a file whose every line parsed),
+/// and the id's first line; without the lines (rows of a command of an
+/// earlier release), the id alone.
+pub fn duplicate(generation: i64, dup: &Duplicate) -> GenerationStatus {
+    let error = match (dup.repeat, dup.first) {
+        (Some(line), Some(first)) => format!("line {line}: duplicate id {} (first on line {first})", dup.key),
+        _ => format!("id {} appears more than once in the file", dup.key),
+    };
+    GenerationStatus::failed(generation, error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::line::parse_line;
-    use crate::records::{Abort, Begin, FileRow};
+    use crate::line::{parse_line, Promotion};
+    use crate::records::{Abort, Begin};
 
     fn promotion(i: u32) -> Promotion {
         parse_line(1, &format!("00000000-0000-4000-8000-{i:012x},1.50,2018-08-04 05:32:31 +0200 CEST")).unwrap()
     }
 
     fn row(generation: i64, i: u32) -> FileRecord {
-        FileRecord::Row(FileRow { generation, promotion: promotion(i) })
+        FileRecord::Row(FileRow { generation, line: Some(u64::from(i)), promotion: promotion(i) })
     }
 
     fn end(generation: i64, partition: i32, rows: u64, total: u64) -> FileRecord {
@@ -405,6 +413,26 @@ mod tests {
         assert_eq!(decide(&[(0, 3)], &e), Decision::Wait);
         assert_eq!(decide(&[(0, 3), (1, 2)], &e), Decision::Complete(5));
         assert!(matches!(decide(&[(0, 3), (1, 1)], &e), Decision::Fail(_)));
+    }
+
+    #[test]
+    fn a_duplicate_id_fails_at_the_line_that_repeats_it_naming_its_first() {
+        let id = "00000000-0000-4000-8000-00000000000a";
+        let placed = Duplicate { key: id.into(), first: Some(3), repeat: Some(7) };
+        let why = format!("line 7: duplicate id {id} (first on line 3)");
+        assert_eq!(duplicate(5, &placed), GenerationStatus::failed(5, why));
+        let unplaced = Duplicate::unplaced(id.into());
+        let why = format!("id {id} appears more than once in the file");
+        assert_eq!(duplicate(5, &unplaced), GenerationStatus::failed(5, why), "rows written without their lines");
+    }
+
+    #[test]
+    fn rows_keep_their_lines_until_the_checkpoint_copies_them() {
+        let mut loads = Loads::new();
+        loads.apply(0, row(4, 7)).unwrap();
+        loads.apply(1, row(4, 9)).unwrap();
+        let lines: Vec<_> = loads.get(4).unwrap().buffer.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![Some(7), Some(9)]);
     }
 
     #[test]

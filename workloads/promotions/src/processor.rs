@@ -129,9 +129,9 @@ async fn settle<T: StateTx>(
         }
         _ => {}
     }
-    if let Some(id) = tx.seal_generation(table, generation).await? {
+    if let Some(dup) = tx.seal_generation(table, generation).await? {
         tx.drop_generation(table, generation).await?;
-        return Ok(fail(load::duplicate(generation, &id)));
+        return Ok(fail(load::duplicate(generation, &dup)));
     }
     let mut decided = vec![Announcement::new(GenerationStatus::active(generation, rows))];
     if let Some(previous) = tx.activate_generation(table, generation).await? {
@@ -225,7 +225,7 @@ impl Aggregation for Promotions {
             }
             let mut copied = 0;
             for batch in load.buffer[..g.copy].chunks(COPY_BATCH) {
-                let rows: Vec<Row> = batch.iter().map(promotion_row).collect();
+                let rows: Vec<Row> = batch.iter().map(|r| promotion_row(&r.promotion, r.line)).collect();
                 copied += tx.copy_rows(table, g.generation, &rows).await?;
             }
             receipt.copied.push((g.generation, copied));

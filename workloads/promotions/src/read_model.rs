@@ -2,7 +2,8 @@
 //!
 //! - [`PROMOTIONS`]: the bulk table of the engine ([`BulkTable`]): each
 //!   generation its own PostgreSQL table `promotions_g<n>` (`id UUID`,
-//!   `cents BIGINT`, `expiration_date TEXT`), filled by the processor with
+//!   `cents BIGINT`, `expiration_date TEXT`, `line BIGINT`: the row's line
+//!   in the file, which places a duplicate id), filled by the processor with
 //!   `COPY`, keyed by id once complete, and made visible by moving the
 //!   engine's active pointer; the query reads the active one by id
 //!   ([`read_promotion`]).
@@ -24,19 +25,28 @@ use crate::generation::GenerationState;
 use crate::line::{Expiration, Price, Promotion, PromotionId};
 use crate::records::GenerationStatus;
 
-/// The promotions of every generation: `promotions_g<n> (id UUID, cents BIGINT, expiration_date TEXT)`.
+/// The promotions of every generation:
+/// `promotions_g<n> (id UUID, cents BIGINT, expiration_date TEXT, line BIGINT)`;
+/// `line` is the row's line in the file (0 when the row record did not
+/// carry it), the origin by which the switch reports a duplicate id.
 pub static PROMOTIONS: LazyLock<BulkTable> = LazyLock::new(|| BulkTable {
     table: "promotions",
     key: Column::new("id", ColumnType::Uuid),
-    values: vec![Column::new("cents", ColumnType::BigInt), Column::new("expiration_date", ColumnType::Text)],
+    values: vec![
+        Column::new("cents", ColumnType::BigInt),
+        Column::new("expiration_date", ColumnType::Text),
+        Column::new("line", ColumnType::BigInt),
+    ],
+    origin: Some("line"),
 });
 
-/// A promotion as a row of [`PROMOTIONS`].
-pub fn promotion_row(p: &Promotion) -> Row {
+/// A promotion of the file's line `line` (if known) as a row of [`PROMOTIONS`].
+pub fn promotion_row(p: &Promotion, line: Option<u64>) -> Row {
     Row::new()
         .with("id", Value::Text(p.id.to_string()))
         .with("cents", Value::BigInt(p.price.cents()))
         .with("expiration_date", Value::Text(p.expiration_date.as_str().to_owned()))
+        .with("line", Value::BigInt(line.map_or(0, |l| i64::try_from(l).expect("a file's lines fit a BIGINT"))))
 }
 
 /// A row of [`PROMOTIONS`] as the promotion it stores.
@@ -216,12 +226,13 @@ mod tests {
     #[test]
     fn a_promotion_round_trips_through_its_bulk_row_and_copy_text() {
         let p = parse_line(1, "D018EF0B-DBD9-48F1-AC1A-EB4D90E57118,60.683466,2018-08-04 05:32:31 +0200 CEST").unwrap();
-        let row = promotion_row(&p);
+        let row = promotion_row(&p, Some(7));
         assert_eq!(promotion_of(&row).unwrap(), p);
-        let text = PROMOTIONS.copy_text(&[row]).unwrap();
+        let text = PROMOTIONS.copy_text(&[row, promotion_row(&p, None)]).unwrap();
         assert_eq!(
             String::from_utf8(text).unwrap(),
-            "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118\t6068\t2018-08-04 05:32:31\n"
+            "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118\t6068\t2018-08-04 05:32:31\t7\n\
+             d018ef0b-dbd9-48f1-ac1a-eb4d90e57118\t6068\t2018-08-04 05:32:31\t0\n"
         );
     }
 

@@ -19,6 +19,9 @@ pub struct Begin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
     pub generation: i64,
+    /// Its line number in the file (from 1); `None` from a command of an
+    /// earlier release, which did not write it.
+    pub line: Option<u64>,
     pub promotion: Promotion,
 }
 

@@ -40,7 +40,7 @@ struct BeginRecord {
     partitions: i32,
 }
 
-/// `promotions.v1.Row`.
+/// `promotions.v1.Row` (v2: `line` added; a v1 row reads with `line: None`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RowRecord<'a> {
@@ -48,6 +48,7 @@ struct RowRecord<'a> {
     id: &'a str,
     cents: i64,
     expiration_date: &'a str,
+    line: Option<i64>,
 }
 
 /// `promotions.v1.End`.
@@ -136,7 +137,7 @@ fn non_negative(n: i64, field: &'static str) -> Result<u64, DecodeError> {
 pub fn encode_file_record(record: &FileRecord) -> Vec<u8> {
     match record {
         FileRecord::Begin(b) => BEGIN.encode(&BeginRecord { partitions: partitions(b.partitions) }),
-        FileRecord::Row(r) => encode_row(r.generation, &r.promotion),
+        FileRecord::Row(r) => encode_row(r.generation, r.line, &r.promotion),
         FileRecord::End(e) => END.encode(&EndRecord {
             generation: e.generation,
             partition: e.partition,
@@ -152,10 +153,16 @@ pub fn encode_file_record(record: &FileRecord) -> Vec<u8> {
     }
 }
 
-/// Encodes one row (the upload's hot path: no record is built around it).
-pub fn encode_row(generation: i64, p: &Promotion) -> Vec<u8> {
+/// Encodes one row, the file's line `line` (the upload's hot path: no record is built around it).
+pub fn encode_row(generation: i64, line: Option<u64>, p: &Promotion) -> Vec<u8> {
     let id = p.id.to_string();
-    ROW.encode(&RowRecord { generation, id: &id, cents: p.price.cents(), expiration_date: p.expiration_date.as_str() })
+    ROW.encode(&RowRecord {
+        generation,
+        id: &id,
+        cents: p.price.cents(),
+        expiration_date: p.expiration_date.as_str(),
+        line: line.map(count),
+    })
 }
 
 /// Whether `bytes` were written with a version of `codec`'s record.
@@ -179,8 +186,11 @@ pub fn decode_file_record(bytes: &[u8]) -> Result<FileRecord, DecodeError> {
             u64::try_from(r.cents).map(|_| Price::from_cents(r.cents)).map_err(|_| DecodeError::Invalid("cents"))?;
         let expiration_date =
             Expiration::from_stored(r.expiration_date).map_err(|_| DecodeError::Invalid("expiration_date"))?;
+        // Lines count from 1.
+        let line = r.line.map(|l| u64::try_from(l).ok().filter(|l| *l > 0).ok_or(DecodeError::Invalid("line")));
         return Ok(FileRecord::Row(FileRow {
             generation: r.generation,
+            line: line.transpose()?,
             promotion: Promotion { id, price, expiration_date },
         }));
     }
@@ -253,7 +263,8 @@ mod tests {
     fn every_record_of_the_rows_topic_round_trips_and_is_told_apart_by_its_header() {
         let records = [
             FileRecord::Begin(Begin { partitions: 4 }),
-            FileRecord::Row(FileRow { generation: 12, promotion: promotion() }),
+            FileRecord::Row(FileRow { generation: 12, line: Some(3), promotion: promotion() }),
+            FileRecord::Row(FileRow { generation: 12, line: None, promotion: promotion() }),
             FileRecord::End(End { generation: 12, partition: 3, partitions: 4, rows: 250, total: 1000 }),
             FileRecord::Abort(Abort {
                 generation: 12,
@@ -268,9 +279,10 @@ mod tests {
 
     #[test]
     fn a_row_holds_what_the_upload_checked() {
-        let bytes = encode_row(3, &promotion());
+        let bytes = encode_row(3, Some(1), &promotion());
         let FileRecord::Row(row) = decode_file_record(&bytes).unwrap() else { panic!("a row") };
         assert_eq!(row.promotion.id.to_string(), "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118");
+        assert_eq!(row.line, Some(1));
         assert_eq!(
             (row.promotion.price.to_string().as_str(), row.promotion.expiration_date.as_str()),
             ("60.68", "2018-08-04 05:32:31")
@@ -280,6 +292,7 @@ mod tests {
             id: "D018EF0B-DBD9-48F1-AC1A-EB4D90E57118",
             cents: 1,
             expiration_date: "2018-08-04 05:32:31",
+            line: None,
         });
         assert_eq!(decode_file_record(&bad), Err(DecodeError::Invalid("id")), "only the lowercase form is written");
         let bad = ROW.encode(&RowRecord {
@@ -287,14 +300,59 @@ mod tests {
             id: "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
             cents: -1,
             expiration_date: "2018-08-04 05:32:31",
+            line: None,
         });
         assert_eq!(decode_file_record(&bad), Err(DecodeError::Invalid("cents")));
+        let bad = ROW.encode(&RowRecord {
+            generation: 3,
+            id: "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
+            cents: 1,
+            expiration_date: "2018-08-04 05:32:31",
+            line: Some(0),
+        });
+        assert_eq!(decode_file_record(&bad), Err(DecodeError::Invalid("line")), "lines count from 1");
         let bad = END.encode(&EndRecord { generation: 3, partition: 4, partitions: 4, rows: 0, total: 0 });
         assert_eq!(decode_file_record(&bad), Err(DecodeError::Invalid("partition")));
         assert!(matches!(
             decode_file_record(&encode_generation(&Announced { status: GenerationStatus::loading(1), at_ms: 0 })),
             Err(DecodeError::UnknownSchema(_))
         ));
+    }
+
+    /// A row written before `line` existed (v1: by a command of an earlier release) still reads, without its line.
+    #[test]
+    fn a_v1_row_reads_without_its_line() {
+        #[derive(Serialize)]
+        struct RowV1<'a> {
+            generation: i64,
+            id: &'a str,
+            cents: i64,
+            expiration_date: &'a str,
+        }
+        let v1 = common::engine::avro::Version::new(ROW_SCHEMA_VERSIONS[0]);
+        let bytes = v1.encode_record(&RowV1 {
+            generation: 3,
+            id: "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
+            cents: 6068,
+            expiration_date: "2018-08-04 05:32:31",
+        });
+        assert_ne!(bytes[..HEADER_LEN], ROW.header(), "written with the old version");
+        let expected = FileRow { generation: 3, line: None, promotion: promotion() };
+        assert_eq!(decode_file_record(&bytes).unwrap(), FileRecord::Row(expected));
+    }
+
+    /// The published headers of the row versions never change (a released schema is never edited).
+    #[test]
+    fn published_row_headers_never_change() {
+        let headers: Vec<[u8; HEADER_LEN]> = ROW.versions.iter().map(|v| v.header).collect();
+        assert_eq!(
+            headers,
+            [
+                [0xC3, 0x01, 0x39, 0x87, 0x84, 0xBC, 0xFA, 0x3E, 0xA7, 0xEC],
+                [0xC3, 0x01, 0x63, 0xDE, 0xED, 0x78, 0xD4, 0xC7, 0x14, 0xE8],
+            ],
+            "v1, then v2 (with `line`)"
+        );
     }
 
     #[test]

@@ -24,6 +24,37 @@ pub struct BulkTable {
     pub table: &'static str,
     pub key: Column,
     pub values: Vec<Column>,
+    /// The `BIGINT` value column, if any, holding each row's place in its
+    /// source (a file's line number, from 1; 0 when not known): a key held
+    /// twice is then reported at its first repeat in the source, and where
+    /// it was first ([`Duplicate`]).
+    pub origin: Option<&'static str>,
+}
+
+/// A key held by more than one row of a generation: with an origin column,
+/// the first repeat in the source's order (the lowest place of a key's
+/// second row), and the place of that key's first row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The key, as text.
+    pub key: String,
+    /// Where the key first was (`None`: no origin column, or not known).
+    pub first: Option<i64>,
+    /// Where it came again.
+    pub repeat: Option<i64>,
+}
+
+impl Duplicate {
+    /// A duplicate whose places are not known.
+    pub fn unplaced(key: String) -> Self {
+        Duplicate { key, first: None, repeat: None }
+    }
+
+    /// From the places read (0 or less: not known).
+    pub fn placed(key: String, first: i64, repeat: i64) -> Self {
+        let known = |place: i64| (place > 0).then_some(place);
+        Duplicate { key, first: known(first), repeat: known(repeat) }
+    }
 }
 
 /// The SQL type of a column.
@@ -42,6 +73,24 @@ impl BulkTable {
     /// Every column, the key first.
     pub fn columns(&self) -> impl Iterator<Item = &Column> {
         std::iter::once(&self.key).chain(&self.values)
+    }
+
+    /// The columns a reader reads: every one but the origin, which only
+    /// places duplicates at the switch (and which a generation written
+    /// before the table had one lacks).
+    pub fn read_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns().filter(|c| Some(c.name) != self.origin)
+    }
+
+    /// Adds the origin column, 0 (not known) in every row, to a generation
+    /// whose table was created before the table declared one (a file in
+    /// flight across the upgrade): `None` without an origin column.
+    pub fn add_origin_sql(&self, generation: i64) -> Option<String> {
+        let origin = self.origin?;
+        Some(format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {origin} BIGINT NOT NULL DEFAULT 0",
+            self.generation_table(generation)
+        ))
     }
 
     /// The table of `generation` (never negative: the engine's own numbers).
@@ -71,6 +120,24 @@ impl BulkTable {
         )
     }
 
+    /// With an origin column, the duplicate key of `generation` that repeats
+    /// first in the source, as text, with the places of its first two rows
+    /// (`first_at`, `repeat_at`); ties (places not known) go to the lowest
+    /// key. Run only once [`BulkTable::duplicate_sql`] found one: it sorts
+    /// the duplicated keys' rows, never the whole table.
+    pub fn first_duplicate_sql(&self, generation: i64) -> Option<String> {
+        let origin = self.origin?;
+        Some(format!(
+            "SELECT {key}::text AS {key}, first_at, repeat_at FROM (\
+             SELECT {key}, lag({origin}) OVER w AS first_at, {origin} AS repeat_at, row_number() OVER w AS n \
+             FROM {t} WHERE {key} IN (SELECT {key} FROM {t} GROUP BY {key} HAVING count(*) > 1) \
+             WINDOW w AS (PARTITION BY {key} ORDER BY {origin})) d \
+             WHERE n = 2 ORDER BY repeat_at, {key} LIMIT 1",
+            key = self.key.name,
+            t = self.generation_table(generation)
+        ))
+    }
+
     /// Keys `generation`'s table by its key (after [`BulkTable::duplicate_sql`] found none).
     pub fn seal_sql(&self, generation: i64) -> String {
         let t = self.generation_table(generation);
@@ -85,7 +152,7 @@ impl BulkTable {
     /// One row of `generation` by key (the key given as text): the columns, UUID and NUMERIC as text.
     pub fn read_sql(&self, generation: i64) -> String {
         let columns: Vec<String> = self
-            .columns()
+            .read_columns()
             .map(|c| if c.ty.read_as_text() { format!("{0}::text AS {0}", c.name) } else { c.name.to_owned() })
             .collect();
         format!(
@@ -176,7 +243,7 @@ pub async fn read_active(
         let params: [&(dyn ToSql + Sync); 1] = [&key];
         match client.query_opt(table.read_sql(generation).as_str(), &params).await {
             Ok(row) => {
-                let row = row.map(|r| Row::read(&r, table.columns())).transpose()?;
+                let row = row.map(|r| Row::read(&r, table.read_columns())).transpose()?;
                 return Ok(Some((generation, row)));
             }
             Err(e) if attempts < 3 && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
@@ -196,7 +263,29 @@ mod tests {
             table: "promotions",
             key: Column::new("id", ColumnType::Uuid),
             values: vec![Column::new("cents", ColumnType::BigInt), Column::new("note", ColumnType::Text)],
+            origin: None,
         }
+    }
+
+    #[test]
+    fn a_duplicate_is_placed_by_the_origin_column_when_there_is_one() {
+        assert_eq!(table().first_duplicate_sql(7), None, "no origin: the key alone");
+        assert_eq!(table().add_origin_sql(7), None);
+        let t = BulkTable { origin: Some("cents"), ..table() };
+        assert_eq!(t.read_sql(7), "SELECT id::text AS id, note FROM promotions_g7 WHERE id = $1::text::UUID");
+        assert_eq!(
+            t.add_origin_sql(7).unwrap(),
+            "ALTER TABLE promotions_g7 ADD COLUMN IF NOT EXISTS cents BIGINT NOT NULL DEFAULT 0"
+        );
+        assert_eq!(
+            t.first_duplicate_sql(7).unwrap(),
+            "SELECT id::text AS id, first_at, repeat_at FROM (\
+             SELECT id, lag(cents) OVER w AS first_at, cents AS repeat_at, row_number() OVER w AS n \
+             FROM promotions_g7 WHERE id IN (SELECT id FROM promotions_g7 GROUP BY id HAVING count(*) > 1) \
+             WINDOW w AS (PARTITION BY id ORDER BY cents)) d WHERE n = 2 ORDER BY repeat_at, id LIMIT 1"
+        );
+        assert_eq!(Duplicate::placed("a".into(), 3, 7), Duplicate { key: "a".into(), first: Some(3), repeat: Some(7) });
+        assert_eq!(Duplicate::placed("a".into(), 0, 0), Duplicate::unplaced("a".into()));
     }
 
     #[test]

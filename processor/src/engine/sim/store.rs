@@ -10,7 +10,7 @@ use common::engine::store::{Row, Value};
 use crate::engine::state_store::{
     claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
 };
-use crate::engine::tables::{BulkTable, ChunkTable, RowTable, StateTx};
+use crate::engine::tables::{BulkTable, ChunkTable, Duplicate, RowTable, StateTx};
 use crate::engine::{planted, Aggregation, Emit, Planted, Position, Scope};
 
 /// What the next transaction does wrong.
@@ -224,18 +224,33 @@ impl StateTx for MemTx {
         Ok(reports.iter().map(|(p, r)| (*p, *r)).collect())
     }
 
-    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<String>, PgError> {
+    async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<Duplicate>, PgError> {
         let rows = self.tables.bulk.get(&(table.table, generation)).map(Vec::as_slice).unwrap_or_default();
-        let mut seen = std::collections::BTreeSet::new();
+        // Each key's places in the source (0 without an origin column), as PostgreSQL's query sorts them.
+        let mut places: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
         for row in rows {
-            let key =
-                row.get(table.key.name).cloned().ok_or_else(|| PgError::Corrupt("a row without its key".into()))?;
-            if !seen.insert(key.clone()) {
-                return Ok(Some(match key {
-                    Value::Text(t) => t,
-                    other => format!("{other:?}"),
-                }));
-            }
+            let key = match row.get(table.key.name) {
+                Some(Value::Text(t)) => t.clone(),
+                Some(other) => format!("{other:?}"),
+                None => return Err(PgError::Corrupt("a row without its key".into())),
+            };
+            let place = match table.origin.map(|o| row.get(o)) {
+                None => 0,
+                Some(Some(Value::BigInt(place))) => *place,
+                Some(_) => return Err(PgError::Corrupt("a row without its origin".into())),
+            };
+            places.entry(key).or_default().push(place);
+        }
+        // The first repeat in the source's order, ties to the lowest key (the map's order).
+        let first_repeat = places
+            .into_iter()
+            .filter_map(|(key, mut at)| {
+                at.sort_unstable();
+                (at.len() > 1).then(|| (at[1], at[0], key))
+            })
+            .min_by_key(|(repeat, _, _)| *repeat);
+        if let Some((repeat, first, key)) = first_repeat {
+            return Ok(Some(Duplicate::placed(key, first, repeat)));
         }
         self.tables.bulk_sealed.insert((table.table, generation));
         Ok(None)
@@ -462,6 +477,7 @@ mod tests {
             table: "promotions",
             key: Column::new("id", ColumnType::Uuid),
             values: vec![Column::new("cents", ColumnType::BigInt)],
+            origin: Some("cents"),
         };
         let row = |id: &str, cents| Row::new().with("id", Value::Text(id.into())).with("cents", Value::BigInt(cents));
         let store = MemStore::new("events");
@@ -485,8 +501,9 @@ mod tests {
 
         let (mut tx, _) = store.begin(false);
         block_on(tx.create_generation(&table, 2)).unwrap();
-        block_on(tx.copy_rows(&table, 2, &[row("a", 1), row("a", 2)])).unwrap();
-        assert_eq!(block_on(tx.seal_generation(&table, 2)).unwrap().as_deref(), Some("a"));
+        block_on(tx.copy_rows(&table, 2, &[row("b", 9), row("a", 4), row("b", 3), row("a", 2), row("b", 1)])).unwrap();
+        let first_repeat = Duplicate { key: "b".into(), first: Some(1), repeat: Some(3) };
+        assert_eq!(block_on(tx.seal_generation(&table, 2)).unwrap(), Some(first_repeat), "b repeats first, at 3");
         block_on(tx.drop_generation(&table, 2)).unwrap();
         assert!(block_on(tx.copy_rows(&table, 2, &[row("c", 3)])).is_err(), "a dropped generation has no storage");
         assert_eq!(block_on(tx.bulk_generations(&table)).unwrap(), vec![1], "only 1 has storage");
