@@ -510,7 +510,7 @@ mod tests {
         assert!(body.next_chunk().await.unwrap().is_ok(), "a chunk in time");
         // Chunks keep coming, but no record is appended: the bound still runs out.
         let drip = tokio::spawn(async move {
-            for _ in 0..20 {
+            loop {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 if tx.send(Ok(Bytes::from_static(b"b"))).await.is_err() {
                     return;
@@ -526,7 +526,8 @@ mod tests {
             }
         }
         assert_eq!(last, Some(Err(BodyError::Idle(bound))));
-        assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+        // The drip never ends: only the bound ended the body (generous for a loaded machine).
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         progress.touch();
         assert!(progress.idle() < bound, "an append restarts the bound");
         drip.abort();

@@ -249,7 +249,10 @@ fn chunks(
         async move {
             let mut file = file?;
             let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+            // Stopping first: a file read to its end while the command stops would still load whole,
+            // but a stopping command starts no more of it.
             let read = tokio::select! {
+                biased;
                 _ = stop.cancelled() => Err(std::io::Error::other("the command is stopping")),
                 read = file.read_buf(&mut buf) => read,
             };
