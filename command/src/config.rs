@@ -31,6 +31,11 @@ pub struct Config {
     /// time answers 503 "outcome unknown" (retry with the same id).
     #[arg(long, env = "COMMAND_DECISION_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
     pub decision_timeout: Duration,
+    /// A streamed upload (`POST /promotions/files`) that appends no record for this long while it waits for the
+    /// body (a client gone silent, or sending slower than a line at a time) is ended: 408, and its workload voids
+    /// what it appended. Bounds how long a live upload leaves its records' topic quiet.
+    #[arg(long, env = "COMMAND_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
     /// Kafka producers (connections) events are spread over; more lift the broker's per-request latency cap.
     #[arg(long, env = "COMMAND_PRODUCERS", default_value = "1")]
     pub producers: NonZeroU32,

@@ -57,6 +57,17 @@ pub trait CommandRole: Workload {
         let _ = (cfg, app, limits);
         Vec::new()
     }
+
+    /// Background tasks the workload runs in each command instance (a
+    /// watched directory, a janitor), usually over `app`'s in-process
+    /// [`CommandApp::handle`] or its topic ([`CommandApp::append_to`],
+    /// [`CommandApp::tail`]). The engine starts them once the command
+    /// serves, cancels their token when it stops and waits for them within
+    /// the shutdown drain; a task's error stops the command. None by default.
+    fn tasks(cfg: &Self::Config, app: &CommandApp) -> Vec<common::engine::task::Task> {
+        let _ = (cfg, app);
+        Vec::new()
+    }
 }
 
 /// The command's view of a listed workload, its config parsed.
@@ -73,6 +84,9 @@ pub trait Registered: Listed {
         app: &CommandApp,
         limits: &common::engine::http::ListenerLimits,
     ) -> Vec<common::engine::http::Listener>;
+
+    /// The workload's background tasks over the built `app` ([`CommandRole::tasks`]).
+    fn tasks(&self, app: &CommandApp) -> Vec<common::engine::task::Task>;
 }
 
 impl<W: CommandRole> Registered for Configured<W> {
@@ -87,6 +101,10 @@ impl<W: CommandRole> Registered for Configured<W> {
         limits: &common::engine::http::ListenerLimits,
     ) -> Vec<common::engine::http::Listener> {
         W::listeners(&self.config, app, limits)
+    }
+
+    fn tasks(&self, app: &CommandApp) -> Vec<common::engine::task::Task> {
+        W::tasks(&self.config, app)
     }
 }
 
@@ -146,6 +164,9 @@ pub async fn build(
     let limits = common::engine::http::ListenerLimits::from_edge(&cfg.edge, cfg.telemetry.shutdown_timeout)?;
     for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
+    }
+    for task in workloads.iter().flat_map(|w| w.tasks(&app)) {
+        app.run_also(task);
     }
     Ok(app)
 }

@@ -4,7 +4,8 @@
 //! (`analytics`, ...: `Intake::NAME`).
 
 pub const EVENTS_ACCEPTED: &str = "analytics_command_events_accepted_total";
-/// Label `reason`: the workload's `Reject::label` (analytics: see `RejectReason::label`), or `body_unreadable`.
+/// Label `reason`: the workload's `Reject::label` (analytics: see `RejectReason::label`), `body_unreadable`, or
+/// `body_idle` (a streamed upload that appended nothing for `--upload-idle-timeout`).
 pub const EVENTS_REJECTED: &str = "analytics_command_events_rejected_total";
 /// Label `reason`: `queue_full`, `timeout`, `broker`, `overloaded`, `partition_count_changed`.
 pub const EVENTS_UNAVAILABLE: &str = "analytics_command_events_unavailable_total";

@@ -300,3 +300,123 @@ async fn make_load_promotions_uploads_a_file_as_a_generation() {
     std::fs::remove_dir_all(&dir).unwrap();
     stack.cleanup().await;
 }
+
+/// A folder of its own under the system's temporary one, for a watched directory.
+fn watched_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("promotions-watch-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("creating the watched directory");
+    dir
+}
+
+/// Drops `csv` into `dir` as `name` the way a writer should: written under a
+/// hidden name, then renamed into place.
+fn drop_file(dir: &std::path::Path, name: &str, csv: &str) {
+    let hidden = dir.join(format!(".{name}"));
+    std::fs::write(&hidden, csv).expect("writing the file");
+    std::fs::rename(&hidden, dir.join(name)).expect("renaming it into place");
+}
+
+/// The names in `dir/sub`.
+fn names_in(dir: &std::path::Path, sub: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join(sub))
+        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_dropped_in_the_watched_directory_becomes_active_and_a_malformed_one_lands_in_failed() {
+    let dir = watched_dir();
+    let mut stack = Stack::new();
+    stack.env("PROMOTIONS_DIR", dir.to_str().expect("a UTF-8 path"));
+    stack.env("PROMOTIONS_DIR_INTERVAL", "200ms");
+    stack.start_all().await;
+    let query = stack.addr("query");
+
+    let good = file(&ids(300), 8);
+    drop_file(&dir, "promotions.csv", &good.csv);
+    let done = wait_until("the file loaded into done/", LOAD_LIMIT, || {
+        let names = names_in(&dir, "done");
+        async move { names.into_iter().find(|n| n.ends_with(".promotions.csv")) }
+    })
+    .await;
+    let g: i64 = done
+        .strip_prefix('g')
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("done/ names the generation: {done}"));
+    assert_eq!(wait_state(query, g, "active").await["rows"], 300);
+    assert_answers(query, &good).await;
+    assert!(!dir.join("promotions.csv").exists(), "taken once");
+
+    // The same name again, malformed on line 3: refused, with its reason beside it.
+    let mut lines: Vec<String> = file(&ids(10), 9).csv.lines().map(str::to_owned).collect();
+    lines[2] = "not-a-uuid,1.00,2018-08-04 05:32:31 +0200 CEST".into();
+    drop_file(&dir, "promotions.csv", &(lines.join("\n") + "\n"));
+    let error = wait_until("the malformed file in failed/", LOAD_LIMIT, || {
+        let names = names_in(&dir, "failed");
+        async move { names.into_iter().find(|n| n.ends_with(".promotions.csv.error")) }
+    })
+    .await;
+    let reason = std::fs::read_to_string(dir.join("failed").join(&error)).expect("the reason");
+    assert!(reason.starts_with("line 3: ") && reason.ends_with('\n') && reason.lines().count() == 1, "{reason:?}");
+    assert!(dir.join("failed").join(error.trim_end_matches(".error")).exists(), "the file beside its reason");
+    assert!(names_in(&dir, ".loading").is_empty(), "nothing left claimed");
+
+    // The active generation is untouched.
+    assert_eq!(wait_state(query, g, "active").await["rows"], 300);
+    assert_answers(query, &good).await;
+    stack.cleanup().await;
+    std::fs::remove_dir_all(&dir).expect("removing the watched directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_killed_mid_upload_fails_its_generation_within_the_stall_bound() {
+    use tokio::io::AsyncWriteExt;
+    /// The stall bound of this test (production: minutes).
+    const STALL: Duration = Duration::from_secs(3);
+    let mut stack = Stack::new();
+    stack.env("COMMAND_UPLOAD_IDLE_TIMEOUT", "1s");
+    stack.env("PROMOTIONS_UPLOAD_STALL", "3s");
+    stack.start_all().await;
+    // The instance whose janitor finds the dead upload.
+    let survivor = stack.start("command-2", e2e::Service::Command).await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let good = file(&ids(200), 10);
+    let g1 = accepted(survivor, &good.csv).await;
+    wait_state(query, g1, "active").await;
+
+    // A large file, streamed without end to the command that is about to die.
+    let mut conn = tokio::net::TcpStream::connect(command).await.expect("connecting");
+    let head = "POST /promotions/files HTTP/1.1\r\nHost: command\r\nContent-Type: text/csv\r\n\
+                Content-Length: 100000000000\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.expect("sending the head");
+    let writer = tokio::spawn(async move {
+        loop {
+            let batch = file(&ids(500), 11).csv;
+            if conn.write_all(batch.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let g2 = wait_until("the upload's generation loading", LOAD_LIMIT, || async move {
+        let list = json_of(&get(query, "/promotions/generations").await);
+        list.as_array()?
+            .iter()
+            .find(|g| g["state"] == "loading" && g["generation"].as_i64() > Some(g1))
+            .and_then(|g| g["generation"].as_i64())
+    })
+    .await;
+    stack.kill9("command");
+    let killed = Instant::now();
+    let failed = wait_state(query, g2, "failed").await;
+    let error = failed["error"].as_str().expect("a reason");
+    assert_eq!(error, "the upload stopped (no record for 3s)", "{failed}");
+    // The bound, plus the processor's checkpoint and the materializer: seconds, not the load limit.
+    assert!(killed.elapsed() < STALL * 10, "failed {:?} after the kill", killed.elapsed());
+    writer.abort();
+
+    assert_eq!(wait_state(query, g1, "active").await["rows"], 200, "the previous generation still active");
+    assert_answers(query, &good).await;
+    stack.cleanup().await;
+}

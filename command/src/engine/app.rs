@@ -10,6 +10,7 @@ use anyhow::Context;
 use common::engine::http::{self, Body, OpsRoutes, ServerLimits};
 use common::engine::kafka::TopicSpec;
 use common::engine::shutdown::{spawn_critical, CancellationToken, TaskTracker};
+use common::engine::task::Task;
 use hyper::body::Bytes;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,7 +20,9 @@ use tokio::sync::Semaphore;
 use super::lane::{self, BodyError, Lane, Route, StreamLane, Topic};
 use super::publisher::EventPublisher;
 use super::replies::Replies;
-use super::{upload, Intake, Upload};
+use super::tail::Tail;
+use super::upload::{Append, AppendError, Appender};
+use super::{upload, Delivered, Intake, Upload};
 use crate::config::Config;
 use crate::metrics as m;
 
@@ -47,6 +50,12 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// The workloads' own listeners (gRPC, say), served by [`run`].
     listeners: std::sync::Mutex<Vec<http::Listener>>,
+    /// The workloads' background tasks, started by [`run`].
+    workload_tasks: std::sync::Mutex<Vec<Task>>,
+    /// How long a streamed upload may wait for its body without appending a record.
+    pub upload_idle: Duration,
+    /// The broker, for the workloads' [`Tail`]s.
+    kafka: common::engine::config::KafkaConfig,
 }
 
 impl Shared {
@@ -208,6 +217,9 @@ impl<'c> Engine<'c> {
                 background,
                 tasks,
                 listeners: std::sync::Mutex::new(Vec::new()),
+                workload_tasks: std::sync::Mutex::new(Vec::new()),
+                upload_idle: cfg.upload_idle_timeout,
+                kafka: cfg.kafka.clone(),
             }
         });
         Ok(CommandApp { inner })
@@ -288,6 +300,66 @@ impl CommandApp {
         self.inner.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(listener);
     }
 
+    /// Adds a workload's background task, started by [`run`] once the
+    /// service serves and cancelled (then awaited, within the shutdown
+    /// drain) when it stops; its error stops the service.
+    pub fn run_also(&self, task: Task) {
+        self.inner.workload_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
+    }
+
+    /// Lets an in-process request from a source the operator configured (a
+    /// watched directory: whoever may write there may load) through the
+    /// write token: sets `Authorization: Bearer <--api-token>` when one is
+    /// set, so the request passes every other edge check as a client's
+    /// would. A bridge of a remote API (gRPC) forwards its caller's
+    /// credentials instead and never calls this.
+    pub fn authorize_in_process(&self, headers: &mut hyper::HeaderMap) {
+        if let Some(mut value) = self.inner.edge.write_authorization() {
+            value.set_sensitive(true);
+            headers.insert(hyper::header::AUTHORIZATION, value);
+        }
+    }
+
+    /// How long a streamed upload may wait for its body without appending a
+    /// record (`--upload-idle-timeout`): a live upload never leaves its
+    /// topic quiet for longer.
+    pub fn upload_idle_timeout(&self) -> Duration {
+        self.inner.upload_idle
+    }
+
+    /// The topic of the workload named `workload` ([`Intake::NAME`] or [`Upload::NAME`]).
+    fn route_named(&self, workload: &str) -> Result<&dyn Route, AppendError> {
+        self.inner.routes.iter().find(|r| r.name() == workload).map(|r| r.as_ref()).ok_or(AppendError::NoSuchWorkload)
+    }
+
+    /// Appends an unkeyed record to `partition` of the topic of `workload`
+    /// and waits for its acknowledgement: for a workload's background task
+    /// (closing what a dead instance left open, say).
+    ///
+    /// # Errors
+    /// As [`Append::deliver_to`]; [`AppendError::NoSuchWorkload`] for a name not registered.
+    pub async fn append_to(&self, workload: &str, partition: i32, payload: Vec<u8>) -> Result<Delivered, AppendError> {
+        let topic = self.route_named(workload)?.topic();
+        let partitions = topic.agreed_partitions.load(Ordering::Relaxed);
+        Appender::new(&topic.publisher, partitions, 1).deliver_to(partition, payload).await
+    }
+
+    /// The partition count agreed for the topic of `workload` (0 while not known yet).
+    pub fn partitions_of(&self, workload: &str) -> i32 {
+        self.route_named(workload).map_or(0, |r| r.topic().agreed_partitions.load(Ordering::Relaxed))
+    }
+
+    /// Follows every partition of the topic of `workload` from its first
+    /// record appended at or after `since_ms` (log-append time).
+    ///
+    /// # Errors
+    /// A workload not registered, the consumer not created, or the broker
+    /// not answering for its partitions and offsets (retry later).
+    pub async fn tail(&self, workload: &str, since_ms: i64) -> anyhow::Result<Tail> {
+        let topic = self.route_named(workload).map_err(anyhow::Error::from)?.topic().spec.name.clone();
+        Tail::start(&self.inner.kafka, topic, since_ms).await
+    }
+
     async fn post<B>(&self, route: &dyn Route, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
@@ -338,8 +410,10 @@ impl CommandApp {
             lane::Request { method: &parts.method, path: parts.uri.path(), query: parts.uri.query(), content_type };
         let (tx, rx) = tokio::sync::mpsc::channel(upload::BUFFERED_CHUNKS);
         // Both in this task: the pump stops once the workload stops reading (the channel closes).
-        let (answer, ()) =
-            tokio::join!(route.post_stream(&self.inner, request, upload::ChannelChunks(rx)), upload::pump(body, tx));
+        let (answer, ()) = tokio::join!(
+            route.post_stream(&self.inner, request, upload::ChannelChunks::new(rx)),
+            upload::pump(body, tx)
+        );
         answer
     }
 }
@@ -384,6 +458,10 @@ pub async fn run(
     spawn_critical(&app.inner.tasks, &stop, "gauges", gauges(app.clone(), stop.clone()));
     let listeners = std::mem::take(&mut *app.inner.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let served = http::spawn_listeners(listeners, &stop).await?;
+    let workload_tasks =
+        std::mem::take(&mut *app.inner.workload_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    // A failed task cancels `fatal`: the gauges task then stops the service, which exits non-zero.
+    let running = common::engine::task::spawn_tasks(workload_tasks, &stop, &fatal);
     let handler_app = app.clone();
     let handler = move |req| {
         let app = handler_app.clone();
@@ -395,6 +473,11 @@ pub async fn run(
     for task in served {
         let _ = tokio::time::timeout(drain, task).await;
     }
+    // Before the producers flush: a task may be appending (a file it streams in).
+    let late = common::engine::task::join_bounded(running, drain).await;
+    if late > 0 {
+        tracing::warn!(tasks = late, "workload tasks still running after the drain period; leaving them");
+    }
     app.inner.background.cancel();
     common::engine::shutdown::drain(app.inner.tasks.clone(), drain).await?;
     for route in &app.inner.routes {
@@ -402,7 +485,7 @@ pub async fn run(
         publisher.flush(drain).with_context(|| format!("flushing the producer of {}", publisher.topic()))?;
     }
     if fatal.is_cancelled() {
-        anyhow::bail!("the producer hit a fatal error");
+        anyhow::bail!("a producer hit a fatal error, or a background task failed");
     }
     tracing::info!("command service stopped");
     Ok(())

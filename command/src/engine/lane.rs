@@ -227,11 +227,15 @@ impl<U: Upload> StreamLane<U> {
         let Request { method, path, query, content_type } = request;
         let input = Input { method, path, request: uuid::Uuid::new_v4(), query, content_type, body: &[] };
         let partitions = self.topic.agreed_partitions.load(Ordering::Relaxed);
-        let mut out = Appender::new(&self.topic.publisher, partitions, U::MAX_IN_FLIGHT);
+        // The bound runs from the first record appended (the workload's begin, say) on.
+        let progress = Arc::new(upload::Progress::default());
+        body.idle = Some((shared.upload_idle, progress.clone()));
+        let mut out = Appender::new(&self.topic.publisher, partitions, U::MAX_IN_FLIGHT).with_progress(progress);
         match self.workload.receive(&input, (shared.clock)(), &mut body, &mut out).await {
             Ok(decided) => Outcome::Uploaded(decided),
             Err(UploadError::Rejected(reason)) => Outcome::Rejected(reason),
             Err(UploadError::Body(upload::BodyError::Unreadable)) => Outcome::BodyUnreadable,
+            Err(UploadError::Body(upload::BodyError::Idle(bound))) => Outcome::BodyIdle(bound),
             Err(UploadError::Append(e)) => Outcome::NotAppended(e),
         }
     }

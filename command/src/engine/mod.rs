@@ -18,7 +18,9 @@
 //!   with the `Analytics-Token` header on every success: the read token of
 //!   the event's topic, partition and offset, which any `GET` of the query
 //!   accepts as `after=` to read its own write;
-//! - metrics (label `workload`), the gauges task and graceful shutdown.
+//! - metrics (label `workload`), the gauges task and graceful shutdown;
+//! - for a workload's background tasks ([`crate::CommandRole::tasks`]):
+//!   appending to its topic and following it ([`tail`]).
 //!
 //! A workload's crate implements [`Intake`] and returns it from its
 //! [`crate::CommandRole`]; `crate::build` registers every listed workload.
@@ -28,12 +30,14 @@ mod lane;
 mod outcome;
 pub mod publisher;
 mod replies;
+pub mod tail;
 pub mod upload;
 
 use hyper::{Method, StatusCode};
 
 pub use app::{run, CommandApp, Engine};
 pub use publisher::Delivered;
+pub use tail::{Tail, Tailed};
 pub use upload::{Append, AppendError, Chunks, Upload, UploadError};
 
 /// What a workload serves at the write edge: an [`Intake`] (one request, one

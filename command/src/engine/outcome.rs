@@ -30,6 +30,8 @@ pub(crate) enum Outcome<R> {
     Rejected(R),
     /// The body could not be read (the client went away mid-body, or sent a broken chunk).
     BodyUnreadable,
+    /// A streamed upload whose body brought no record for this long (`--upload-idle-timeout`).
+    BodyIdle(std::time::Duration),
     Unavailable(PublishError),
     /// A streamed upload accepted by its workload: its status and JSON body.
     Uploaded(Decided),
@@ -71,6 +73,13 @@ pub(crate) fn respond<R: Reject>(
         Outcome::BodyUnreadable => {
             metrics::counter!(m::EVENTS_REJECTED, "reason" => "body_unreadable", "workload" => workload).increment(1);
             http::error(StatusCode::BAD_REQUEST, "the request body could not be read")
+        }
+        Outcome::BodyIdle(bound) => {
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => "body_idle", "workload" => workload).increment(1);
+            http::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload appended nothing for {bound:?}: send the body faster; upload the file again"),
+            )
         }
         Outcome::Unavailable(e) => {
             metrics::counter!(m::EVENTS_UNAVAILABLE, "reason" => e.label(), "workload" => workload).increment(1);
@@ -189,6 +198,9 @@ mod tests {
             (StatusCode::UNPROCESSABLE_ENTITY, None, "too late\n".into())
         );
         assert_eq!(answer(Outcome::BodyUnreadable, &fatal).await.0, StatusCode::BAD_REQUEST);
+        let (status, _, body) = answer(Outcome::BodyIdle(std::time::Duration::from_secs(30)), &fatal).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(body.contains("30s"), "{body}");
         let (status, retry, body) = answer(Outcome::Overloaded, &fatal).await;
         assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
         assert!(body.contains("in flight"), "{body}");

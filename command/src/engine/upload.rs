@@ -14,8 +14,18 @@
 //! partition their key maps to under the topic's agreed partition count (the
 //! engine names it explicitly, so no record can be misrouted), and records
 //! meant for one partition (a per-partition end marker) name it.
+//!
+//! A live upload never goes quiet for long: once its first record is
+//! appended, a body that lets `--upload-idle-timeout` pass without a record
+//! appended (a client gone silent, or dripping bytes slower than lines)
+//! reads as [`BodyError::Idle`], and the workload ends the upload as it does
+//! a broken body. So anything that watches the log may take an upload with
+//! no record for several times that bound as one whose writer died.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::engine::kafka::TopicSpec;
 use futures::future::BoxFuture;
@@ -39,6 +49,37 @@ pub enum BodyError {
     /// The client went away mid-body, or sent a broken chunk.
     #[error("the request body could not be read")]
     Unreadable,
+    /// No record was appended for this long while the body was awaited.
+    #[error("no record for {0:?}: the body came too slowly")]
+    Idle(Duration),
+}
+
+/// When an upload last appended a record: shared by its [`Appender`] (which
+/// touches it) and its body (which gives up once it is too old).
+#[derive(Debug)]
+pub struct Progress {
+    started: tokio::time::Instant,
+    /// Milliseconds from `started` to the last append.
+    last_ms: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { started: tokio::time::Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Progress {
+    /// Records an append now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last append (or the start).
+    pub fn idle(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 /// A body, chunk by chunk.
@@ -61,6 +102,9 @@ pub enum AppendError {
     /// An earlier record failed: what was appended since is unknown.
     #[error("an earlier record was not acknowledged: {0}")]
     Failed(String),
+    /// No workload of that name is registered (a bug in the caller).
+    #[error("no workload of that name is registered")]
+    NoSuchWorkload,
 }
 
 impl AppendError {
@@ -68,7 +112,7 @@ impl AppendError {
     pub fn outcome_known(&self) -> bool {
         match self {
             AppendError::Publish(e) => e.outcome_known(),
-            AppendError::NoPartitions | AppendError::NoSuchPartition(_) => true,
+            AppendError::NoPartitions | AppendError::NoSuchPartition(_) | AppendError::NoSuchWorkload => true,
             AppendError::Failed(_) => false,
         }
     }
@@ -173,6 +217,8 @@ pub struct Appender<'s, S: Sender> {
     in_flight: FuturesUnordered<BoxFuture<'static, Result<Delivered, PublishError>>>,
     /// The first failure, returned again by every later call.
     failed: Option<String>,
+    /// Touched on every record started.
+    progress: Option<Arc<Progress>>,
 }
 
 impl<'s, S: Sender> Appender<'s, S> {
@@ -184,7 +230,14 @@ impl<'s, S: Sender> Appender<'s, S> {
             max_in_flight: max_in_flight.max(1),
             in_flight: FuturesUnordered::new(),
             failed: None,
+            progress: None,
         }
+    }
+
+    /// The same, touching `progress` on every record it starts.
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Records appended and not yet acknowledged.
@@ -226,6 +279,9 @@ impl<'s, S: Sender> Appender<'s, S> {
             match self.sender.start(partition, key, payload) {
                 Ok(ack) => {
                     self.in_flight.push(ack);
+                    if let Some(progress) = &self.progress {
+                        progress.touch();
+                    }
                     return Ok(());
                 }
                 // The producer's own queue is full: wait for an ack, then try again.
@@ -270,12 +326,33 @@ impl<S: Sender> Append for Appender<'_, S> {
     }
 }
 
-/// The body of a streamed request, as the engine feeds it: chunks from a bounded channel.
-pub(crate) struct ChannelChunks(pub tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>);
+/// The body of a streamed request, as the engine feeds it: chunks from a
+/// bounded channel, given up on ([`BodyError::Idle`]) once `idle` holds an
+/// upload that appended nothing for its bound.
+pub(crate) struct ChannelChunks {
+    pub chunks: tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>,
+    pub idle: Option<(Duration, Arc<Progress>)>,
+}
+
+impl ChannelChunks {
+    pub fn new(chunks: tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>) -> Self {
+        ChannelChunks { chunks, idle: None }
+    }
+}
 
 impl Chunks for ChannelChunks {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, BodyError>> {
-        self.0.recv().await
+        let Some((bound, progress)) = &self.idle else { return self.chunks.recv().await };
+        loop {
+            let left = bound.saturating_sub(progress.idle());
+            if left.is_zero() {
+                return Some(Err(BodyError::Idle(*bound)));
+            }
+            // A chunk may come without a record (part of a line): wait again for what is left.
+            if let Ok(chunk) = tokio::time::timeout(left, self.chunks.recv()).await {
+                return chunk;
+            }
+        }
     }
 }
 
@@ -424,12 +501,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_that_brings_no_record_within_the_bound_is_given_up() {
+        let (tx, rx) = tokio::sync::mpsc::channel(BUFFERED_CHUNKS);
+        let progress = Arc::new(Progress::default());
+        let bound = Duration::from_millis(60);
+        let mut body = ChannelChunks { chunks: rx, idle: Some((bound, progress.clone())) };
+        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        assert!(body.next_chunk().await.unwrap().is_ok(), "a chunk in time");
+        // Chunks keep coming, but no record is appended: the bound still runs out.
+        let drip = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if tx.send(Ok(Bytes::from_static(b"b"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut last = None;
+        while let Some(chunk) = body.next_chunk().await {
+            if chunk.is_err() {
+                last = Some(chunk);
+                break;
+            }
+        }
+        assert_eq!(last, Some(Err(BodyError::Idle(bound))));
+        // The drip never ends: only the bound ended the body (generous for a loaded machine).
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        progress.touch();
+        assert!(progress.idle() < bound, "an append restarts the bound");
+        drip.abort();
+    }
+
+    #[tokio::test]
     async fn the_pump_stops_when_the_reader_stops_and_forwards_a_broken_body() {
         let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> =
             (0..100).map(|i| Ok(hyper::body::Frame::data(Bytes::from(vec![i as u8; 10])))).collect();
         let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
         let (tx, rx) = tokio::sync::mpsc::channel(BUFFERED_CHUNKS);
-        let mut reader = ChannelChunks(rx);
+        let mut reader = ChannelChunks::new(rx);
         let read_two = async move {
             let first = reader.next_chunk().await;
             let second = reader.next_chunk().await;
@@ -445,7 +555,7 @@ mod tests {
         let body = http_body_util::StreamBody::new(futures::stream::iter(broken));
         let (tx, rx) = tokio::sync::mpsc::channel(BUFFERED_CHUNKS);
         pump(body, tx).await;
-        let mut reader = ChannelChunks(rx);
+        let mut reader = ChannelChunks::new(rx);
         assert!(reader.next_chunk().await.unwrap().is_ok());
         assert_eq!(reader.next_chunk().await.unwrap(), Err(BodyError::Unreadable));
         assert!(reader.next_chunk().await.is_none());

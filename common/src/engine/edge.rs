@@ -111,6 +111,12 @@ impl Edge {
         self
     }
 
+    /// The `Authorization` value that passes the write token check, if writes need one.
+    pub fn write_authorization(&self) -> Option<HeaderValue> {
+        let token = self.token.as_ref()?;
+        HeaderValue::from_str(&format!("Bearer {token}")).ok()
+    }
+
     /// Whether reads need a bearer token.
     pub fn reads_need_token(&self) -> bool {
         self.read_token.is_some()

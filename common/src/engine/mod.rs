@@ -8,6 +8,7 @@
 //! - [`progress`]: read-your-writes tokens and the progress of each events partition.
 //! - [`store`]: the read-model stores: the versioned Redis cache of any [`store::CachedRow`].
 //! - [`retry`]: back-off with cancellation.
+//! - [`task`]: a workload's background tasks in a service, started and stopped by the engine.
 //! - [`workload`]: the workload descriptor every service's roles build on,
 //!   and the list of workloads a service runs.
 //! - [`request`]: the client's event id and strict query-string decoding, for every workload's edge.
@@ -26,5 +27,6 @@ pub mod request;
 pub mod retry;
 pub mod shutdown;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod workload;

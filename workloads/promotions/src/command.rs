@@ -29,6 +29,9 @@ use crate::line::{parse_line, LineError, Lines, Promotion};
 use crate::records::{Abort, Begin, End, FileRecord};
 use crate::wire::{encode_file_record, encode_row};
 
+/// The route files are uploaded on.
+pub const ROUTE: &str = "/promotions/files";
+
 /// `POST /promotions/files`.
 pub struct Files {
     topic: TopicSpec,
@@ -146,7 +149,7 @@ async fn send_rows<C: Chunks, A: Append>(
 
 impl Upload for Files {
     const NAME: &'static str = "promotions";
-    const ROUTE: &'static str = "/promotions/files";
+    const ROUTE: &'static str = ROUTE;
 
     type Reject = FileReject;
 

@@ -14,7 +14,10 @@
 //! [`Promotions`] is the descriptor ([`Workload`]); the engine of each
 //! service runs it through its role, one module each:
 //!
-//! - [`command`]: `POST /promotions/files`, a streamed `Upload`, answered 202.
+//! - [`command`]: `POST /promotions/files`, a streamed `Upload`, answered 202;
+//!   and two command tasks: [`watcher`] loads the files dropped in
+//!   `--promotions-dir` through it, [`janitor`] fails the uploads whose
+//!   writer died.
 //! - [`processor`]: per partition, the rows copied into the generation's
 //!   storage at each checkpoint, and the switch (an `Aggregation`).
 //! - [`materializer`]: the generations' states (a `SinkWorkload`).
@@ -30,19 +33,26 @@
 //! - [`records`]: the records of both topics, and a generation's status.
 //! - [`load`]: one partition's part of the generations being loaded.
 //! - [`wire`]: the Avro records of both topics.
+//! - [`watch`]: the watched directory's layout, names and outcomes.
+//! - [`stall`]: which uploads lost their writer.
 //! - [`read_model`]: the bulk table, the generations' table, and their reads.
 //! - [`config`]: the workload's flags (its topics).
 
 pub mod command;
 pub mod config;
 pub mod generation;
+pub mod janitor;
 pub mod line;
 pub mod load;
 pub mod materializer;
+pub mod metrics;
 pub mod processor;
 pub mod query;
 pub mod read_model;
 pub mod records;
+pub mod stall;
+pub mod watch;
+pub mod watcher;
 pub mod wire;
 
 use common::engine::horizon::Horizon;
@@ -103,6 +113,16 @@ impl ::command::CommandRole for Promotions {
 
     fn intake(_: &Self::Config, events: TopicSpec, _: &Horizon) -> Self::Intake {
         ::command::engine::Streamed(command::Files::new(events))
+    }
+
+    /// The janitor always; the watcher when `--promotions-dir` is set.
+    fn tasks(cfg: &Self::Config, app: &::command::CommandApp) -> Vec<common::engine::task::Task> {
+        let janitor = janitor::Janitor { stall: cfg.promotions_upload_stall, lookback: cfg.promotions_upload_lookback };
+        let mut tasks = vec![janitor::task(janitor, app.clone())];
+        if let Some(dir) = &cfg.promotions_dir {
+            tasks.push(watcher::task(dir.clone(), cfg.promotions_dir_interval, app.clone()));
+        }
+        tasks
     }
 }
 

@@ -398,6 +398,35 @@ mod tests {
     }
 
     #[test]
+    fn a_janitors_abort_racing_a_late_end_is_decided_by_the_log_order_in_each_partition() {
+        let stopped = || {
+            FileRecord::Abort(Abort {
+                generation: 4,
+                failure: Failure { line: None, error: "the upload stopped (no record for 2m)".into() },
+            })
+        };
+        // Partition 0: the late end first, then the janitor's abort: the abort is skipped.
+        let mut p0 = Loads::new();
+        p0.apply(0, row(4, 1)).unwrap();
+        p0.apply(1, end(4, 0, 1, 2)).unwrap();
+        assert_eq!(p0.apply(2, stopped()), Err(Late("abort_after_end")));
+        // Partition 1: the abort first (and a second janitor's): the end is skipped, the generation fails.
+        let mut p1 = Loads::new();
+        p1.apply(0, row(4, 2)).unwrap();
+        p1.apply(1, stopped()).unwrap();
+        assert_eq!(p1.apply(2, stopped()), Err(Late("abort_after_end")), "aborts are idempotent");
+        assert_eq!(p1.apply(3, end(4, 1, 1, 2)), Err(Late("repeated_end")));
+        let changes = commit(&mut p1, vec![]);
+        assert!(changes.gens[0].end.is_none(), "partition 1 never reports: the generation cannot complete");
+        assert_eq!(changes.statuses(1)[0].state, crate::GenerationState::Failed);
+        // Replayed, the same records decide the same.
+        let mut again = Loads::new();
+        again.apply(0, row(4, 2)).unwrap();
+        again.apply(1, stopped()).unwrap();
+        assert_eq!(again.apply(3, end(4, 1, 1, 2)), Err(Late("repeated_end")));
+    }
+
+    #[test]
     fn a_count_that_disagrees_with_the_end_record_fails_the_generation() {
         let mut loads = Loads::new();
         loads.apply(0, row(4, 1)).unwrap();

@@ -222,6 +222,40 @@ pub fn decode_file_record(bytes: &[u8]) -> Result<FileRecord, DecodeError> {
     Ok(FileRecord::Begin(Begin { partitions: positive(r.partitions, "partitions")? }))
 }
 
+/// What the janitor needs of a rows-topic record ([`crate::stall::Mark`]):
+/// a row's generation is read from its first field without decoding the
+/// rest (the janitor reads every row of every file), other records whole.
+///
+/// # Errors
+/// As [`decode_file_record`].
+pub fn decode_mark(bytes: &[u8]) -> Result<crate::stall::Mark, DecodeError> {
+    use crate::stall::Mark;
+    // v1 (the first version) starts with `generation: long`.
+    if bytes.get(..HEADER_LEN) == Some(&ROW.versions[0].header[..]) {
+        return zigzag_long(&bytes[HEADER_LEN..])
+            .map(|generation| Mark::Row { generation })
+            .ok_or(DecodeError::Invalid("generation"));
+    }
+    Ok(match decode_file_record(bytes)? {
+        FileRecord::Begin(b) => Mark::Begin { partitions: b.partitions },
+        FileRecord::Row(r) => Mark::Row { generation: r.generation },
+        FileRecord::End(e) => Mark::End { generation: e.generation },
+        FileRecord::Abort(a) => Mark::Abort { generation: a.generation },
+    })
+}
+
+/// Avro's `long`: a zig-zag varint of at most 10 bytes.
+fn zigzag_long(bytes: &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
 /// Encodes a generation's status with the current `promotions.v1.Generation` schema.
 pub fn encode_generation(a: &Announced) -> Vec<u8> {
     let s = &a.status;
@@ -275,6 +309,19 @@ mod tests {
         for r in &records {
             assert_eq!(&decode_file_record(&encode_file_record(r)).expect("decodes"), r);
         }
+    }
+
+    #[test]
+    fn the_janitor_reads_a_rows_generation_without_decoding_the_rest() {
+        use crate::stall::Mark;
+        for generation in [1, 63, 64, 300, i64::MAX] {
+            assert_eq!(decode_mark(&encode_row(generation, &promotion())).unwrap(), Mark::Row { generation });
+        }
+        let end = FileRecord::End(End { generation: 9, partition: 1, partitions: 2, rows: 3, total: 5 });
+        assert_eq!(decode_mark(&encode_file_record(&end)).unwrap(), Mark::End { generation: 9 });
+        let begin = FileRecord::Begin(Begin { partitions: 4 });
+        assert_eq!(decode_mark(&encode_file_record(&begin)).unwrap(), Mark::Begin { partitions: 4 });
+        assert!(decode_mark(&ROW.header()).is_err(), "a row cut short");
     }
 
     #[test]
