@@ -49,7 +49,7 @@ impl Snapshot {
     pub fn from_widgets(widgets: impl IntoIterator<Item = Widget>) -> Result<Self, Violation> {
         let mut map = BTreeMap::new();
         for mut w in widgets {
-            w.associations.sort();
+            w.associations.sort_by(|x, y| (x.port, &x.with).cmp(&(y.port, &y.with)));
             if let Some(w) = map.insert(w.serial.clone(), w) {
                 return Err(Violation::Duplicate(w.serial));
             }
@@ -158,4 +158,220 @@ pub fn replay_commands<'a>(accepted: impl IntoIterator<Item = &'a Command>) -> R
 
 fn decide(graph: &Graph, at: usize, command: &Command) -> Result<Change, ReplayError> {
     graph.decide(command).map_err(|reject| ReplayError::Refused { at, command: command.clone(), reject })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Name, Ports};
+    use crate::records::Association;
+    use proptest::prelude::*;
+
+    fn s(serial: &str) -> Serial {
+        Serial::parse(serial).expect("a test serial")
+    }
+
+    /// A widget with `associations` given as `(with, port)`.
+    fn widget(serial: &str, ports: &str, associations: &[(&str, Port)]) -> Widget {
+        Widget {
+            serial: s(serial),
+            name: Name::parse("").unwrap(),
+            ports: Ports::parse(ports).unwrap(),
+            associations: associations.iter().map(|(w, port)| Association { with: s(w), port: *port }).collect(),
+        }
+    }
+
+    fn check(widgets: Vec<Widget>) -> Result<(), Violation> {
+        Snapshot::from_widgets(widgets)?.check()
+    }
+
+    #[test]
+    fn the_checker_finds_every_kind_of_violation() {
+        use Port::{P, R};
+        assert_eq!(check(vec![widget("a", "PR", &[("b", P)]), widget("b", "P", &[("a", P)])]), Ok(()));
+        assert_eq!(check(vec![widget("a", "P", &[]), widget("a", "P", &[])]), Err(Violation::Duplicate(s("a"))));
+        assert_eq!(
+            check(vec![
+                widget("a", "PR", &[("b", P), ("c", P)]),
+                widget("b", "P", &[("a", P)]),
+                widget("c", "P", &[("a", P)])
+            ]),
+            Err(Violation::SlotOverfull { serial: s("a"), port: P, slots: 1, held: 2 })
+        );
+        assert_eq!(
+            check(vec![widget("a", "PP", &[("a", P), ("a", P)])]),
+            Err(Violation::WithItself { serial: s("a"), port: P })
+        );
+        assert_eq!(
+            check(vec![widget("a", "PP", &[("b", P), ("b", P)]), widget("b", "PP", &[("a", P), ("a", P)])]),
+            Err(Violation::Twice { serial: s("a"), with: s("b"), port: P })
+        );
+        assert_eq!(
+            check(vec![widget("a", "R", &[("gone", R)])]),
+            Err(Violation::Dangling { serial: s("a"), with: s("gone"), port: R })
+        );
+        assert_eq!(
+            check(vec![widget("a", "PR", &[("b", R)]), widget("b", "PR", &[("a", P)])]),
+            Err(Violation::Asymmetric { serial: s("a"), with: s("b"), port: R })
+        );
+    }
+
+    #[test]
+    fn a_replay_refuses_two_winners_of_one_last_slot() {
+        let create = |serial: &str, ports: &str| Change::Created {
+            serial: s(serial),
+            name: Name::parse("").unwrap(),
+            ports: Ports::parse(ports).unwrap(),
+        };
+        let associated =
+            |serial: &str, with: &str| Change::Associated { serial: s(serial), with: s(with), port: Port::Q };
+        let ok = [create("a", "Q"), create("b", "Q"), create("c", "Q"), associated("b", "a")];
+        assert_eq!(replay(&ok).map(|g| g.len()), Ok(3));
+        let raced = [&ok[..], &[associated("c", "a")]].concat();
+        assert_eq!(
+            replay(&raced).map(|g| g.len()),
+            Err(ReplayError::Refused {
+                at: 4,
+                command: associated("c", "a").command(),
+                reject: Reject::NoFreeSlot { serial: s("a"), port: Port::Q }
+            })
+        );
+        let commands: Vec<Command> = raced.iter().map(Change::command).collect();
+        assert!(matches!(replay_commands(&commands), Err(ReplayError::Refused { at: 4, .. })));
+        // A delete answered with other freed associations than it frees.
+        let forged = [&ok[..], &[Change::Deleted { serial: s("a"), freed: vec![] }]].concat();
+        assert!(matches!(replay(&forged), Err(ReplayError::Differs { at: 4, .. })));
+    }
+
+    /// A plain model of the rules, written from the issue independently of
+    /// the compact graph: widgets by serial, each slot `Some(partner)` or free.
+    #[derive(Default)]
+    struct Model(BTreeMap<String, (Vec<Port>, Vec<Option<String>>)>);
+
+    impl Model {
+        /// Decides and makes `c`: `Ok` when the rules allow it, else why not.
+        fn step(&mut self, c: &Command) -> Result<(), Reject> {
+            let nf = |x: &Serial| Reject::NotFound(x.clone());
+            match c {
+                Command::Create { serial, ports, .. } => {
+                    if self.0.contains_key(serial.as_str()) {
+                        return Err(Reject::Exists(serial.clone()));
+                    }
+                    self.0.insert(serial.to_string(), (ports.iter().collect(), vec![None; ports.len()]));
+                }
+                Command::Delete { serial } => {
+                    let (ports, slots) = self.0.remove(serial.as_str()).ok_or_else(|| nf(serial))?;
+                    for (port, partner) in ports.iter().zip(slots).filter_map(|(p, x)| Some((p, x?))) {
+                        let (pp, ps) = self.0.get_mut(&partner).unwrap();
+                        let i = (0..pp.len())
+                            .find(|i| pp[*i] == *port && ps[*i].as_deref() == Some(serial.as_str()))
+                            .unwrap();
+                        ps[i] = None;
+                    }
+                }
+                Command::Associate { serial, with, port } => {
+                    let a = self.0.get(serial.as_str()).ok_or_else(|| nf(serial))?;
+                    let b = self.0.get(with.as_str()).ok_or_else(|| nf(with))?;
+                    if serial == with {
+                        return Err(Reject::WithItself);
+                    }
+                    let has = |(ports, slots): &(Vec<Port>, Vec<Option<String>>), x: Option<&str>| {
+                        (0..ports.len()).find(|i| ports[*i] == *port && slots[*i].as_deref() == x)
+                    };
+                    if has(a, Some(with.as_str())).is_some() {
+                        return Err(Reject::AlreadyAssociated {
+                            serial: serial.clone(),
+                            with: with.clone(),
+                            port: *port,
+                        });
+                    }
+                    let full = |x: &Serial| Reject::NoFreeSlot { serial: x.clone(), port: *port };
+                    let i = has(a, None).ok_or_else(|| full(serial))?;
+                    let j = has(b, None).ok_or_else(|| full(with))?;
+                    self.0.get_mut(serial.as_str()).unwrap().1[i] = Some(with.to_string());
+                    self.0.get_mut(with.as_str()).unwrap().1[j] = Some(serial.to_string());
+                }
+                Command::Dissociate { serial, other, port } => {
+                    for x in [serial, other] {
+                        self.0.get(x.as_str()).ok_or_else(|| nf(x))?;
+                    }
+                    let none = Reject::NoSuchAssociation { serial: serial.clone(), other: other.clone(), port: *port };
+                    for (x, y) in [(serial, other), (other, serial)] {
+                        let (ports, slots) = self.0.get_mut(x.as_str()).unwrap();
+                        let i = (0..ports.len())
+                            .find(|i| ports[*i] == *port && slots[*i].as_deref() == Some(y.as_str()))
+                            .ok_or(none.clone())?;
+                        slots[i] = None;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// `serial -> sorted "(with, port)"`, to compare with a [`Snapshot`].
+        fn view(&self) -> BTreeMap<String, Vec<(String, Port)>> {
+            self.0
+                .iter()
+                .map(|(k, (ports, slots))| {
+                    let mut a: Vec<(String, Port)> =
+                        ports.iter().zip(slots).filter_map(|(p, x)| Some((x.clone()?, *p))).collect();
+                    a.sort_by(|x, y| (x.1, &x.0).cmp(&(y.1, &y.0)));
+                    (k.clone(), a)
+                })
+                .collect()
+        }
+    }
+
+    fn view(snapshot: &Snapshot) -> BTreeMap<String, Vec<(String, Port)>> {
+        snapshot
+            .widgets()
+            .map(|w| (w.serial.to_string(), w.associations.iter().map(|a| (a.with.to_string(), a.port)).collect()))
+            .collect()
+    }
+
+    /// Commands over six serials (so they collide), one of them multi-byte;
+    /// ports and types drawn so that slots run out and free up often.
+    fn commands() -> impl Strategy<Value = Vec<Command>> {
+        let serial = prop::sample::select(vec!["s0", "s1", "s2", "s3", "s4", "s5·é"]).prop_map(s);
+        let ports = prop::sample::select(vec!["P", "R", "Q", "PP", "PR", "QQ", "PRQ", "PPP", "RRQ"])
+            .prop_map(|p| Ports::parse(p).unwrap());
+        let port = prop::sample::select(Port::ALL.to_vec());
+        let command = prop_oneof![
+            2 => (serial.clone(), ports).prop_map(|(serial, ports)| Command::Create { serial, name: Name::parse("w").unwrap(), ports }),
+            1 => serial.clone().prop_map(|serial| Command::Delete { serial }),
+            5 => (serial.clone(), serial.clone(), port.clone()).prop_map(|(serial, with, port)| Command::Associate { serial, with, port }),
+            2 => (serial.clone(), serial, port).prop_map(|(serial, other, port)| Command::Dissociate { serial, other, port }),
+        ];
+        prop::collection::vec(command, 0..300)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// After every command the graph keeps every invariant, decides as
+        /// the plain model, and equals it; at the end the accepted changes,
+        /// and the accepted commands, replay to the same graph.
+        #[test]
+        fn random_commands_keep_every_invariant_and_replay_to_the_same_graph(commands in commands()) {
+            let mut graph = Graph::new();
+            let mut model = Model::default();
+            let (mut changes, mut accepted) = (Vec::new(), Vec::new());
+            for c in &commands {
+                let outcome = graph.execute(c);
+                prop_assert_eq!(outcome.clone().map(|_| ()), model.step(c), "{:?}", c);
+                if let Ok(change) = outcome {
+                    prop_assert_eq!(change.command(), c.clone());
+                    changes.push(change);
+                    accepted.push(c.clone());
+                }
+                graph.check_representation().map_err(TestCaseError::fail)?;
+                let snapshot = Snapshot::of(&graph);
+                prop_assert_eq!(snapshot.check(), Ok(()));
+                prop_assert_eq!(view(&snapshot), model.view());
+            }
+            let snapshot = Snapshot::of(&graph);
+            prop_assert_eq!(Snapshot::of(&replay(&changes).expect("the accepted changes replay")), snapshot.clone());
+            prop_assert_eq!(Snapshot::of(&replay_commands(&accepted).expect("the accepted commands replay")), snapshot);
+        }
+    }
 }

@@ -318,7 +318,7 @@ impl Graph {
     }
 
     fn insert(&mut self, serial: &Serial, name: &Name, ports: Ports) {
-        assert!(self.find(serial.as_str()).is_none(), "a change decided on this graph: `{serial}` exists");
+        debug_assert!(self.find(serial.as_str()).is_none(), "a change decided on this graph: `{serial}` exists");
         let node = Node {
             text: self.text.len() as u64,
             partners: [EMPTY; MAX_PORTS],
@@ -651,5 +651,136 @@ mod tests {
         assert_eq!(g.widget("w10").unwrap().name, name);
         assert!(partners(&g, "w10").is_empty(), "w11 is gone");
         checked(&g);
+    }
+}
+
+/// Measurements for docs/architecture.md ("Widgets"), not assertions: run
+/// `cargo test -p widgets --release --lib -- --ignored --nocapture --test-threads=1 measure`.
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::time::Instant;
+
+    /// xorshift64*: a fixed, dependency-free stream of choices.
+    struct Choices(u64);
+
+    impl Choices {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    const PORTS: [&str; 6] = ["P", "PR", "PRQ", "QQ", "RRQ", "PPP"];
+
+    fn serial(i: u64) -> Serial {
+        Serial::parse(&format!("SN-{i:010}")).expect("a valid serial")
+    }
+
+    fn create(i: u64) -> Command {
+        Command::Create {
+            serial: serial(i),
+            name: Name::parse(&format!("widget {i}")).expect("a valid name"),
+            ports: Ports::parse(PORTS[(i % 6) as usize]).expect("valid ports"),
+        }
+    }
+
+    /// CPU time this thread has run (user + system), from /proc (Linux):
+    /// on a shared machine the wall clock also counts the time others ran.
+    fn cpu_secs() -> f64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th of the line.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse().ok()).collect();
+        ticks.iter().sum::<f64>() / 100.0
+    }
+
+    /// Resident set size of this process, from /proc (Linux).
+    fn rss_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096
+    }
+
+    /// 1M decisions (decide, and apply when allowed) of a mixed stream over
+    /// 100k widgets: 20 % creates, 10 % deletes, 50 % associations, 20 %
+    /// dissociations, between random widgets and ports (so many are refused,
+    /// as under contention). The commands are built before the clock starts.
+    #[test]
+    #[ignore = "a measurement: run in release"]
+    fn measure_decision_rate() {
+        const SERIALS: u64 = 100_000;
+        const DECISIONS: usize = 1_000_000;
+        let mut g = Graph::new();
+        for i in 0..SERIALS {
+            g.execute(&create(i)).expect("a fresh serial");
+        }
+        let mut r = Choices(0x9e37_79b9_7f4a_7c15);
+        let port = |r: &mut Choices| Port::ALL[r.below(3) as usize];
+        let commands: Vec<Command> = (0..DECISIONS)
+            .map(|_| match r.below(10) {
+                0 | 1 => create(r.below(SERIALS)),
+                2 => Command::Delete { serial: serial(r.below(SERIALS)) },
+                3 | 4 => Command::Dissociate {
+                    serial: serial(r.below(SERIALS)),
+                    other: serial(r.below(SERIALS)),
+                    port: port(&mut r),
+                },
+                _ => Command::Associate {
+                    serial: serial(r.below(SERIALS)),
+                    with: serial(r.below(SERIALS)),
+                    port: port(&mut r),
+                },
+            })
+            .collect();
+        let (start, cpu) = (Instant::now(), cpu_secs());
+        let accepted = commands.iter().filter(|c| g.execute(c).is_ok()).count();
+        let (took, cpu) = (start.elapsed(), cpu_secs() - cpu);
+        println!(
+            "measure: {DECISIONS} decisions in {:.3} s = {:.0} decisions/s; {cpu:.2} CPU s = {:.0} decisions per CPU s ({accepted} accepted, {} widgets live)",
+            took.as_secs_f64(),
+            DECISIONS as f64 / took.as_secs_f64(),
+            DECISIONS as f64 / cpu,
+            g.len()
+        );
+        g.check_representation().expect("consistent");
+    }
+
+    /// The graph's bytes per widget at 10M widgets (serials `SN-0000000001`,
+    /// 13 bytes; names `widget 1`, 8–14 bytes; 1–3 ports; half of them
+    /// associated with a neighbour): its heap by capacity, and the process's
+    /// RSS growth.
+    #[test]
+    #[ignore = "a measurement: run in release"]
+    fn measure_bytes_per_widget() {
+        const WIDGETS: u64 = 10_000_000;
+        let rss_before = rss_bytes();
+        let mut g = Graph::new();
+        // Commands built in batches off the clock: the clock times the graph's creates alone.
+        let (mut created, mut cpu) = (std::time::Duration::ZERO, 0.0);
+        for batch in (0..WIDGETS).step_by(100_000) {
+            let commands: Vec<Command> = (batch..batch + 100_000).map(create).collect();
+            let (start, cpu_start) = (Instant::now(), cpu_secs());
+            for c in &commands {
+                g.execute(c).expect("a fresh serial");
+            }
+            created += start.elapsed();
+            cpu += cpu_secs() - cpu_start;
+        }
+        for i in (0..WIDGETS - 1).step_by(2) {
+            let port = g.nodes[i as usize].ports.get(0);
+            let _ = g.execute(&Command::Associate { serial: serial(i), with: serial(i + 1), port });
+        }
+        let (heap, rss) = (g.heap_bytes(), rss_bytes().saturating_sub(rss_before));
+        let text = g.text.len() as f64 / WIDGETS as f64;
+        println!(
+            "measure: {WIDGETS} widgets created in {:.2} s ({cpu:.2} CPU s); heap {} MB = {:.1} B/widget (text {text:.1} B/widget); RSS +{} MB = {:.1} B/widget",
+            created.as_secs_f64(),
+            heap >> 20,
+            heap as f64 / WIDGETS as f64,
+            rss >> 20,
+            rss as f64 / WIDGETS as f64
+        );
     }
 }

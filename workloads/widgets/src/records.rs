@@ -38,7 +38,7 @@ impl Command {
 }
 
 /// One end of an association, as seen from a widget: the partner and the type.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Association {
     pub with: Serial,
     pub port: Port,
