@@ -43,7 +43,7 @@ macro_rules! workloads {
     };
 }
 
-workloads![analytics::Analytics, increments::Increments, answers::Answers, promotions::Promotions];
+workloads![analytics::Analytics, increments::Increments, answers::Answers, promotions::Promotions, widgets::Widgets,];
 
 /// Each service's engine config and listed workloads from `args` (the first
 /// is the program's name), for tests and tools; panics on a bad argument,

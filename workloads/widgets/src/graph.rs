@@ -38,7 +38,7 @@ use std::hash::{BuildHasher, RandomState};
 use hashbrown::HashTable;
 
 use crate::input::{Name, Port, Ports, Serial, MAX_PORTS};
-use crate::records::{Association, Change, Command, Reject, Widget};
+use crate::records::{Association, Change, Command, Reject, StoredWidget, Widget};
 
 /// A widget's place in `nodes`.
 type Id = u32;
@@ -212,6 +212,22 @@ impl Graph {
         (0..self.nodes.len() as Id).filter(|id| self.nodes[*id as usize].is_live()).map(|id| self.view(id))
     }
 
+    /// The live widget `serial` slot by slot: what a checkpoint persists.
+    pub fn stored(&self, serial: &str) -> Option<StoredWidget> {
+        let id = self.find(serial)?;
+        let n = &self.nodes[id as usize];
+        let partner = |i: usize| {
+            (n.partners[i] != EMPTY)
+                .then(|| Serial::parse(self.serial_of(n.partners[i])).expect("a serial checked when created"))
+        };
+        Some(StoredWidget {
+            serial: Serial::parse(self.serial_of(id)).expect("a serial checked when created"),
+            name: Name::parse(self.name_of(id)).expect("a name checked when created"),
+            ports: n.ports,
+            slots: [partner(0), partner(1), partner(2)],
+        })
+    }
+
     /// Bytes the graph holds on the heap (by capacity: what the allocator gave it).
     pub fn heap_bytes(&self) -> usize {
         // A hashbrown table: per bucket one id and one control byte, plus a
@@ -377,6 +393,62 @@ impl Graph {
         }
         self.text = text;
         self.garbage = 0;
+    }
+}
+
+/// Rebuilds a graph from its stored widgets, in any order: each widget
+/// first, then (in [`GraphBuilder::finish`]) every slot's partner by serial.
+/// A restore of millions of widgets adds them as it reads them, holding only
+/// the occupied slots' partner serials on the side.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    graph: Graph,
+    /// (widget, slot, partner's serial) of every occupied slot.
+    pending: Vec<(Id, u8, Serial)>,
+}
+
+impl GraphBuilder {
+    /// Room for `widgets` widgets whose serials and names take `text_bytes`.
+    pub fn with_capacity(widgets: usize, text_bytes: usize) -> Self {
+        GraphBuilder { graph: Graph::with_capacity(widgets, text_bytes), pending: Vec::new() }
+    }
+
+    /// Adds one stored widget.
+    ///
+    /// # Errors
+    /// Its serial was added already, or a slot past its ports is held.
+    pub fn add(&mut self, w: StoredWidget) -> Result<(), String> {
+        if self.graph.find(w.serial.as_str()).is_some() {
+            return Err(format!("`{}` is stored twice", w.serial));
+        }
+        self.graph.insert(&w.serial, &w.name, w.ports);
+        let id = self.graph.find(w.serial.as_str()).expect("just inserted");
+        for (slot, partner) in w.slots.into_iter().enumerate() {
+            if let Some(partner) = partner {
+                if slot >= w.ports.len() {
+                    return Err(format!("`{}` holds a partner past its {} slots", w.serial, w.ports.len()));
+                }
+                self.pending.push((id, slot as u8, partner));
+            }
+        }
+        Ok(())
+    }
+
+    /// The graph, every slot wired to its partner.
+    ///
+    /// # Errors
+    /// A partner that is not a stored widget, or slots that do not hold each
+    /// other back ([`Graph::check_representation`]).
+    pub fn finish(self) -> Result<Graph, String> {
+        let GraphBuilder { mut graph, pending } = self;
+        for (id, slot, partner) in pending {
+            let p = graph
+                .find(partner.as_str())
+                .ok_or_else(|| format!("`{}` holds `{partner}`, which is not stored", graph.serial_of(id)))?;
+            graph.nodes[id as usize].partners[usize::from(slot)] = p;
+        }
+        graph.check_representation()?;
+        Ok(graph)
     }
 }
 

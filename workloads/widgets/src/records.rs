@@ -10,7 +10,7 @@
 //! Everything names widgets by [`Serial`], never by the graph's internal ids,
 //! so a change means the same to every reader of the log.
 
-use crate::input::{Name, Port, Ports, Serial};
+use crate::input::{Name, Port, Ports, Serial, MAX_PORTS};
 
 /// One valid write, as the single writer decides it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,4 +127,34 @@ pub struct Widget {
     pub ports: Ports,
     /// From the graph: in slot order; in a [`crate::check::Snapshot`]: sorted by port, then partner.
     pub associations: Vec<Association>,
+}
+
+/// A widget slot by slot, as the single writer persists it and a change
+/// carries it: slot *i* (of type `ports.get(i)`) holds its partner or is
+/// free. Unlike [`Widget`], it keeps which slot holds what, so a restored
+/// graph decides (and lists a delete's freed associations) exactly as before.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredWidget {
+    pub serial: Serial,
+    pub name: Name,
+    pub ports: Ports,
+    /// Slots past `ports.len()` are always `None`.
+    pub slots: [Option<Serial>; MAX_PORTS],
+}
+
+impl StoredWidget {
+    /// As a read shows it: the associations in slot order.
+    pub fn widget(&self) -> Widget {
+        Widget {
+            serial: self.serial.clone(),
+            name: self.name.clone(),
+            ports: self.ports,
+            associations: self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|with| Association { with: with.clone(), port: self.ports.get(i) }))
+                .collect(),
+        }
+    }
 }
