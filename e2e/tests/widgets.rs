@@ -345,7 +345,6 @@ async fn bad_requests_are_400_with_one_line_and_never_reach_the_log() {
         ("POST", "/widgets/a/associations", r#"{"with":7,"port":"P"}"#, "a numeric with"),
         ("POST", "/widgets/a%ZZ/associations", r#"{"with":"b","port":"P"}"#, "a malformed escape"),
         ("POST", "/widgets/%FF/associations", r#"{"with":"b","port":"P"}"#, "not UTF-8"),
-        ("POST", "/widgets/a", r#"{}"#, "a POST to a widget"),
         ("DELETE", "/widgets/a%00", "", "a serial with U+0000"),
         ("DELETE", "/widgets/a", "{}", "a DELETE with a body"),
         ("DELETE", "/widgets/a/associations/b/X", "", "a port X"),
@@ -359,7 +358,15 @@ async fn bad_requests_are_400_with_one_line_and_never_reach_the_log() {
         assert_eq!(refused(&a), 400, "{what}: {}", a.body);
     }
     let get = send(command, "GET", "/widgets/a", None, b"").await;
-    assert_eq!((get.status, get.header("allow")), (405, Some("POST, DELETE")), "reads are the query's");
+    assert_eq!((get.status, get.header("allow")), (405, Some("DELETE")), "reads are the query's");
+    let post = send(command, "POST", "/widgets/a", JSON, b"{}").await;
+    assert_eq!((post.status, post.header("allow")), (405, Some("DELETE")), "a widget is created on /widgets");
+    let delete = send(command, "DELETE", "/widgets/a/associations", None, b"").await;
+    assert_eq!((delete.status, delete.header("allow")), (405, Some("POST")));
+    let post = send(command, "POST", "/widgets/a/associations/b/P", JSON, b"{}").await;
+    assert_eq!((post.status, post.header("allow")), (405, Some("DELETE")));
+    let delete = send(command, "DELETE", "/widgets", None, b"").await;
+    assert_eq!((delete.status, delete.header("allow")), (405, Some("POST")));
     assert_eq!(records_in(&stack.kafka.brokers, &stack.topic("widgets_commands_topic")), 0, "nothing reached the log");
     stack.cleanup().await;
 }

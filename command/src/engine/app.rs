@@ -107,7 +107,18 @@ impl<'c> Engine<'c> {
     pub fn register<W: Intake>(mut self, workload: W) -> anyhow::Result<Self> {
         let replies = workload.replies_topic().map(|t| Arc::new(Replies::new(t)));
         let topic = self.topic(W::NAME, W::ROUTE, workload.topic(), replies)?;
-        let allow = (join(W::METHODS), join(W::SUBPATH_METHODS));
+        let subsets = (0..1usize << W::SUBPATH_METHODS.len())
+            .map(|mask| {
+                let methods: Vec<Method> = W::SUBPATH_METHODS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & 1 << i != 0)
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                join(&methods)
+            })
+            .collect();
+        let allow = (join(W::METHODS), subsets);
         self.routes.push(Box::new(Lane { workload, topic, allow }));
         Ok(self)
     }

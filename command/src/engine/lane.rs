@@ -93,8 +93,10 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Lane<W> {
     pub workload: W,
     pub topic: Topic,
-    /// [`Intake::METHODS`] and [`Intake::SUBPATH_METHODS`], each joined for 405's `Allow` header.
-    pub allow: (&'static str, &'static str),
+    /// [`Intake::METHODS`] joined for 405's `Allow` header, and every subset
+    /// of [`Intake::SUBPATH_METHODS`] joined, by its bit mask (what
+    /// [`Intake::subpath_methods`] may answer for a path below the route).
+    pub allow: (&'static str, Vec<&'static str>),
 }
 
 impl<W: Intake> Lane<W> {
@@ -176,17 +178,20 @@ impl<W: Intake> Route for Lane<W> {
 
     fn allow(&self, path: &str) -> &'static str {
         if path == W::ROUTE {
-            self.allow.0
-        } else {
-            self.allow.1
+            return self.allow.0;
         }
+        let mask = W::subpath_methods(path)
+            .iter()
+            .filter_map(|m| W::SUBPATH_METHODS.iter().position(|s| s == m))
+            .fold(0, |mask, i| mask | 1 << i);
+        self.allow.1[mask]
     }
 
     fn accepts(&self, method: &hyper::Method, path: &str) -> bool {
         if path == W::ROUTE {
             W::METHODS.contains(method)
         } else {
-            W::SUBPATH_METHODS.contains(method)
+            W::subpath_methods(path).contains(method)
         }
     }
 

@@ -83,6 +83,16 @@ pub trait Intake: Send + Sync + 'static {
     /// `PUT /answers/{key}`), read from [`Input::path`]; any other answers
     /// 405 there. None by default: the paths below are not the workload's.
     const SUBPATH_METHODS: &'static [Method] = &[];
+
+    /// The methods one path below the route takes, for a workload whose
+    /// paths below it differ (`DELETE /widgets/{serial}` but `POST
+    /// /widgets/{serial}/associations`, say): a subset of
+    /// [`Intake::SUBPATH_METHODS`], in its order; any other method there
+    /// answers 405 with an `Allow` header naming these. All of them by default.
+    fn subpath_methods(path: &str) -> &'static [Method] {
+        let _ = path;
+        Self::SUBPATH_METHODS
+    }
     /// The status once the event is durably in the log (204 for analytics, 200 for increments).
     const ACCEPTED: StatusCode;
     /// Whether its input is in the body. By default it is not: the body is never read.

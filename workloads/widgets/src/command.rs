@@ -72,6 +72,13 @@ impl Intake for Widgets {
     type Event = WidgetCommand;
     type Reject = WidgetReject;
 
+    /// `DELETE` on `/widgets/{serial}` and `…/associations/{other}/{port}`,
+    /// `POST` on `…/associations`; both elsewhere below the route (whose
+    /// parse then answers 400 with the paths there are).
+    fn subpath_methods(path: &str) -> &'static [Method] {
+        request::methods_below(path).unwrap_or(Self::SUBPATH_METHODS)
+    }
+
     fn topic(&self) -> TopicSpec {
         self.topic.clone()
     }

@@ -221,6 +221,23 @@ pub fn serial_segment(segment: &str, what: &'static str) -> Result<Serial, Widge
     Serial::parse(&text).map_err(|e| if what == "other" { WidgetReject::BadWith(e) } else { WidgetReject::BadInput(e) })
 }
 
+/// The one method a path below [`ROUTE`] takes, by its shape: `DELETE` for
+/// `/{serial}` and `/{serial}/associations/{other}/{port}`, `POST` for
+/// `/{serial}/associations`; `None` for any other path.
+pub fn methods_below(path: &str) -> Option<&'static [Method]> {
+    const POST: &[Method] = &[Method::POST];
+    const DELETE: &[Method] = &[Method::DELETE];
+    let segments: Vec<&str> = path.strip_prefix(ROUTE)?.strip_prefix('/')?.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    match segments.as_slice() {
+        [_] | [_, ASSOCIATIONS, _, _] => Some(DELETE),
+        [_, ASSOCIATIONS] => Some(POST),
+        _ => None,
+    }
+}
+
 fn target(method: &Method, path: &str) -> Result<Target, WidgetReject> {
     let rest = path.strip_prefix(ROUTE).ok_or(WidgetReject::BadPath)?;
     let segments: Vec<&str> = match rest {
@@ -443,6 +460,16 @@ mod tests {
             delete(&format!("/widgets/{}", "a".repeat(129))),
             Err(BadInput(crate::BadInput::SerialTooLong(129)))
         );
+    }
+
+    #[test]
+    fn each_path_below_the_route_takes_one_method() {
+        assert_eq!(methods_below("/widgets/a"), Some(&[Method::DELETE][..]));
+        assert_eq!(methods_below("/widgets/a/associations"), Some(&[Method::POST][..]));
+        assert_eq!(methods_below("/widgets/a/associations/b/P"), Some(&[Method::DELETE][..]));
+        for other in ["/widgets", "/widgets/", "/widgets/a/x", "/widgets//associations", "/widgets/a/associations/b"] {
+            assert_eq!(methods_below(other), None, "{other}");
+        }
     }
 
     #[test]
