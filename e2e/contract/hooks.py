@@ -38,6 +38,11 @@ generated ids repeat (`0`, `a`) across requests; a valid id gets its method and 
 in the run as a suffix, so no two requests share one (retries by id are tested in
 e2e/tests/answers.rs, where they are meant).
 
+Widgets: serials are at most 128 bytes of UTF-8 and names at most 256, and a schema counts
+characters: a schema-valid serial (in a body, or a path's `serial` and `other`) or name longer
+than its limit in bytes is cut to its first bytes, as answer keys are (a positive case's path
+serials also freed of control characters); ids get a unique suffix, as on the answers' writes.
+
 Promotions: `POST /promotions/files` takes any string as its body (`text/csv`), but only a file
 of valid `id,price,expiration_date` lines, each id once, is accepted (202); nearly every
 generated string has a malformed line (400). A positive case's body is kept if it is such a
@@ -165,6 +170,42 @@ def valid_answer(method, path, path_parameters, query, body, positive=False):
     return path_parameters, query, body
 
 
+WIDGETS_PREFIX = "/widgets"
+SERIAL_MAX_BYTES = 128
+NAME_MAX_BYTES = 256
+
+
+def _unique_id(method, query):
+    """A valid `id` with its method and a number unique in the run as a suffix, so no two requests share one."""
+    if isinstance(query, dict) and isinstance(query.get("id"), str) and ID.match(query["id"]):
+        suffix = f"-{method.lower()}-{os.getpid()}-{next(_IDS)}"
+        ident = query["id"]
+        if len(ident) <= ID_MAX_BYTES:
+            query = {**query, "id": ident[: ID_MAX_BYTES - len(suffix)] + suffix}
+    return query
+
+
+def valid_widget(method, path, path_parameters, query, body, positive=False):
+    if not path.startswith(WIDGETS_PREFIX):
+        return path_parameters, query, body
+    if isinstance(path_parameters, dict):
+        path_parameters = dict(path_parameters)
+        for name in ("serial", "other"):
+            if isinstance(path_parameters.get(name), str):
+                serial = unquote(path_parameters[name])
+                if positive and CONTROL.search(serial):
+                    serial = CONTROL.sub("", serial) or "s"
+                path_parameters[name] = quote(_cut(serial, SERIAL_MAX_BYTES, True), safe="")
+    if isinstance(body, dict):
+        body = dict(body)
+        for name in ("serial", "with"):
+            if name in body:
+                body[name] = _cut(body[name], SERIAL_MAX_BYTES, True)
+        if "name" in body:
+            body["name"] = _cut(body["name"], NAME_MAX_BYTES, True)
+    return path_parameters, _unique_id(method, query), body
+
+
 PROMOTIONS_FILES = "/promotions/files"
 # A valid line, day at most 28 (any month has it): what the upload accepts, kept as generated.
 PROMOTION_LINE = re.compile(
@@ -232,6 +273,7 @@ def before_call(ctx, case, **kwargs):
     meta = getattr(case, "meta", None)
     positive = bool(meta is not None and meta.generation.mode.is_positive)
     path_parameters, query, body = valid_answer(case.method, path, case.path_parameters, case.query, case.body, positive)
+    path_parameters, query, body = valid_widget(case.method, path, path_parameters, query, body, positive)
     body = valid_promotions(case.method, path, body, positive)
     # Only what changed: schemathesis checks a changed case against the schema again, and it
     # checks a path parameter as encoded (`%C2%87` passes a pattern that refuses U+0087).
