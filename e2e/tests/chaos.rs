@@ -5,12 +5,16 @@
 //! included) and check every affected hour against the exact expected counts;
 //! the increments rows check every sum; rows 12 and 13 measure staleness after
 //! a restart with a million keys held; row 15 loads a 2M-row promotions file
-//! while readers check that no answer ever mixes two generations. Each row is an `#[ignore]`d test of its
+//! while readers check that no answer ever mixes two generations; row 16 kills
+//! every widgets service under 20,000 racing graph writes and runs the
+//! widgets checker. Each row is an `#[ignore]`d test of its
 //! own (one stack per process), ignored by `make test`; `scripts/chaos.sh`
 //! lists them from this binary, runs them one by one and prints a summary.
 //!
 //! A new scenario is one row in [`scenarios!`]; a new kind of set-up, fault
 //! step or check is one variant and its arm in [`run`].
+
+mod widgets_support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +71,11 @@ enum Setup {
     /// 503 or a lost connection until it gets a decided answer, round-robin
     /// to `commands`.
     Answers { seed: u64, commands: &'static [&'static str] },
+    /// The widgets load ([`widgets_support::load`]): 16 clients × 1,250
+    /// random creates, associations, dissociations and deletes over 10
+    /// serials, each with its own id and retried with it until decided,
+    /// round-robin to `commands`.
+    Widgets { seed: u64, commands: &'static [&'static str] },
     /// `HELD_KEYS` increments written straight to the log, then waits until
     /// every key is in the tables named; with `steady_load`, 8 lanes of
     /// increments over the held keys go on until the load is awaited.
@@ -146,6 +155,11 @@ enum Check {
     /// none doubled), in an order the rules allow, and the latest value the
     /// last change's.
     AnswersHistory,
+    /// Widgets: every answer is its command's first decision in the log
+    /// (a `2xx` has exactly its change, a refusal or a retry none), real-time
+    /// order holds, the `2xx` history replays, and the read model equals it
+    /// with every invariant ([`widgets_support::check`]).
+    WidgetsHistory,
     /// The staleness of [`Step::IncrementProbes`]: p99 < 20 s over the
     /// minute, < 10 s in its second half; prints the outbox rows left.
     StalenessAfterProcessorKill,
@@ -262,6 +276,17 @@ scenarios! {
             Start("materializer", Materializer)],
         checks: &[Check::AnswersHistory],
     };
+    chaos_16_widgets_kill_9_of_every_service_under_racing_writes: Scenario {
+        what: "widgets: kill -9 of processor, materializer, query and one of two commands, retries by id",
+        setup: Setup::Widgets { seed: 16, commands: &["command", "command-2"] },
+        fault: &[Pause(3000), Kill9("processor"), Pause(1500), Start("processor", Processor), Pause(2000),
+            Kill9("materializer"), Pause(1500), Start("materializer", Materializer), Pause(1500),
+            Kill9("command-2"), LoadTargets(&["command"]), Pause(1500),
+            Kill9("query"), Pause(500), Start("query", Service::Query), Pause(1500),
+            Kill9("processor"), Kill9("materializer"), Start("processor", Processor),
+            Start("materializer", Materializer)],
+        checks: &[Check::WidgetsHistory],
+    };
     chaos_12_increments_kill_9_of_the_processor_holding_1m_keys: Scenario {
         what: "increments: kill -9 of the processor holding 1M keys, staleness after",
         setup: Setup::HeldKeys { wait_for: &[HeldIn::Processor, HeldIn::ReadModel], steady_load: false },
@@ -305,6 +330,10 @@ enum Load {
         targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
         task: tokio::task::JoinHandle<Vec<answers_load::Decided>>,
     },
+    Widgets {
+        targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+        task: tokio::task::JoinHandle<Vec<widgets::check::Answered<Instant>>>,
+    },
     Steady {
         stop: Arc<AtomicBool>,
         task: tokio::task::JoinHandle<()>,
@@ -330,6 +359,7 @@ enum Finished {
     },
     Increments(BTreeMap<String, i128>),
     Answers(Vec<answers_load::Decided>),
+    Widgets(Vec<widgets::check::Answered<Instant>>),
     /// B's status once active or failed, and every reader's reads.
     Promotions {
         rows: u64,
@@ -458,6 +488,13 @@ async fn set_up(setup: &Setup) -> Run {
             let ops = answers_load::ops(seed, 6_000, 300);
             Load::Answers { targets: targets.clone(), task: tokio::spawn(answers_load::run(targets, ops, 16)) }
         }
+        Setup::Widgets { seed, commands } => {
+            let targets = Arc::new(Mutex::new(extra_commands(&mut run.stack, commands).await));
+            Load::Widgets {
+                targets: targets.clone(),
+                task: tokio::spawn(widgets_support::load(targets, seed, 16, 1_250)),
+            }
+        }
         Setup::HeldKeys { wait_for, steady_load } => {
             hold_keys(&mut run, wait_for).await;
             if steady_load {
@@ -495,7 +532,9 @@ impl Run {
                 assert!(ok, "{name} exits cleanly on SIGTERM");
             }
             LoadTargets(names) => {
-                let (Load::Analytics { targets, .. } | Load::Answers { targets, .. }) = &self.load else {
+                let (Load::Analytics { targets, .. } | Load::Answers { targets, .. } | Load::Widgets { targets, .. }) =
+                    &self.load
+                else {
                     panic!("LoadTargets needs a load spread over command instances")
                 };
                 *targets.lock().unwrap() = names.iter().map(|n| stack.addr(n)).collect();
@@ -560,6 +599,7 @@ impl Run {
                 Finished::Increments(expected)
             }
             Load::Answers { task, .. } => Finished::Answers(task.await.expect("load task")),
+            Load::Widgets { task, .. } => Finished::Widgets(task.await.expect("load task")),
             Load::Steady { stop, task } => {
                 stop.store(true, Ordering::Relaxed);
                 task.await.expect("the background load");
@@ -640,6 +680,17 @@ impl Run {
                     panic!("AnswersHistory needs an answers load")
                 };
                 answers_load::check(self.stack.addr("query"), decided, CONVERGE).await;
+            }
+            Check::WidgetsHistory => {
+                let Some(Finished::Widgets(answered)) = &self.finished else {
+                    panic!("WidgetsHistory needs a widgets load")
+                };
+                let stack = &self.stack;
+                let (commands, changes) = (stack.topic("widgets_commands_topic"), stack.topic("widgets_changes_topic"));
+                let query = stack.addr("query");
+                let widgets =
+                    widgets_support::check(&stack.kafka.brokers, &commands, &changes, query, answered, CONVERGE).await;
+                println!("widgets: the checker passed, {widgets} widgets at the end");
             }
             Check::StalenessAfterProcessorKill => self.staleness_after_processor_kill().await,
             Check::StalenessAfterMaterializerRestart => self.staleness_after_materializer_restart(),

@@ -7,67 +7,19 @@
 //! history in decided order (the changes topic, matched to each request
 //! through the commands topic by its client id).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod widgets_support;
+
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::test_util::Answer;
 use e2e::Stack;
-use futures::StreamExt;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
-use widgets::check::{replay, Snapshot};
-use widgets::log::{Logged, WidgetCommand};
-use widgets::{Association, Command, Name, Port, Ports, Serial, Widget};
-
-const JSON: Option<&str> = Some("application/json");
-
-/// One request with a body, on a fresh connection: the whole answer.
-async fn send(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
-    let headers: Vec<(&str, &str)> = content_type.map(|c| ("Content-Type", c)).into_iter().collect();
-    common::test_util::request_with_body(addr, method, path, &headers, body).await.expect("the service answers")
-}
-
-/// A serial as one path segment.
-fn seg(serial: &str) -> String {
-    percent_encoding::utf8_percent_encode(serial, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn with_id(path: String, id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("{path}?id={id}"),
-        None => path,
-    }
-}
-
-/// The request of a command: method, path and body.
-fn request_of(c: &Command) -> (&'static str, String, Option<String>) {
-    match c {
-        Command::Create { serial, name, ports } => (
-            "POST",
-            "/widgets".into(),
-            Some(json!({"serial": serial.as_str(), "name": name.as_str(), "ports": ports.to_string()}).to_string()),
-        ),
-        Command::Delete { serial } => ("DELETE", format!("/widgets/{}", seg(serial.as_str())), None),
-        Command::Associate { serial, with, port } => (
-            "POST",
-            format!("/widgets/{}/associations", seg(serial.as_str())),
-            Some(json!({"with": with.as_str(), "port": port.to_string()}).to_string()),
-        ),
-        Command::Dissociate { serial, other, port } => {
-            ("DELETE", format!("/widgets/{}/associations/{}/{port}", seg(serial.as_str()), seg(other.as_str())), None)
-        }
-    }
-}
-
-async fn run(command: SocketAddr, c: &Command, id: Option<&str>) -> Answer {
-    let (method, path, body) = request_of(c);
-    let content_type = body.as_ref().and(JSON);
-    send(command, method, &with_id(path, id), content_type, body.unwrap_or_default().as_bytes()).await
-}
+use widgets::{Command, Name, Port, Ports, Serial};
+use widgets_support::{read_topic, run, seg, send, JSON};
 
 fn s(serial: &str) -> Serial {
     Serial::parse(serial).expect("a test serial")
@@ -108,41 +60,6 @@ fn refused(a: &Answer) -> u16 {
     a.status
 }
 
-/// Every record of a topic, over all its partitions: (partition, offset, key, payload).
-async fn read_topic(brokers: &str, topic: &str) -> Vec<(i32, i64, String, Vec<u8>)> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-read-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-        if high > 0 {
-            remaining.insert(p, high);
-        }
-        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assigning");
-    let mut out = Vec::new();
-    // Until every partition is read to its high watermark, or nothing more comes
-    // (a transaction's control record may be the last offset, never delivered).
-    while !remaining.is_empty() {
-        let Ok(msg) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await else { break };
-        let msg = msg.expect("a record");
-        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-        out.push((msg.partition(), msg.offset(), key, msg.payload().unwrap_or_default().to_vec()));
-        if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
-            remaining.remove(&msg.partition());
-        }
-    }
-    out
-}
-
 /// Records in a topic, over all its partitions (high watermarks).
 fn records_in(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -155,38 +72,6 @@ fn records_in(brokers: &str, topic: &str) -> i64 {
     (0..t.partitions().len() as i32)
         .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
         .sum()
-}
-
-/// The widget of a GET's body.
-fn widget_of(body: &Value) -> Widget {
-    Widget {
-        serial: s(body["serial"].as_str().expect("a serial")),
-        name: Name::parse(body["name"].as_str().expect("a name")).expect("a valid name"),
-        ports: Ports::parse(body["ports"].as_str().expect("ports")).expect("valid ports"),
-        associations: body["associations"]
-            .as_array()
-            .expect("an array")
-            .iter()
-            .map(|a| Association {
-                with: s(a["with"].as_str().expect("with")),
-                port: Port::parse(a["port"].as_str().expect("port")).expect("a port"),
-            })
-            .collect(),
-    }
-}
-
-/// The read model of `serials`, read back through the query.
-async fn read_model(query: SocketAddr, serials: &[&str]) -> Snapshot {
-    let mut widgets = Vec::new();
-    for serial in serials {
-        let a = send(query, "GET", &format!("/widgets/{}", seg(serial)), None, b"").await;
-        match a.status {
-            200 => widgets.push(widget_of(&json_of(&a))),
-            404 => {}
-            other => panic!("GET {serial}: {other} {}", a.body),
-        }
-    }
-    Snapshot::from_widgets(widgets).expect("one widget per serial")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -371,140 +256,32 @@ async fn bad_requests_are_400_with_one_line_and_never_reach_the_log() {
     stack.cleanup().await;
 }
 
-/// One answered request of the concurrency test.
-#[derive(Debug, Clone)]
-struct Sent {
-    id: String,
-    command: Command,
-    status: u16,
-    sent: Instant,
-    answered: Instant,
-}
-
-const SERIALS: [&str; 10] = ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w/9 é"];
-
-fn random_command(rng: &mut StdRng) -> Command {
-    let serial = |rng: &mut StdRng| SERIALS[rng.random_range(0..SERIALS.len())];
-    let port = Port::ALL[rng.random_range(0..3)];
-    match rng.random_range(0..20) {
-        0..=4 => create(serial(rng), ["P", "R", "Q", "PR", "PQ", "RQ", "PRQ", "PP", "QQR"][rng.random_range(0..9)]),
-        5..=6 => delete(serial(rng)),
-        7..=15 => associate(serial(rng), serial(rng), port),
-        _ => dissociate(serial(rng), serial(rng), port),
-    }
-}
-
-/// Sends `n` random commands one after the other, each with its own id;
-/// a 503 (outcome unknown) is retried with the same id until decided.
-async fn client(command: SocketAddr, client: usize, n: usize) -> Vec<Sent> {
-    let mut rng = StdRng::seed_from_u64(0x5eed + client as u64);
-    let mut out = Vec::with_capacity(n);
-    for k in 0..n {
-        let (c, id) = (random_command(&mut rng), format!("c{client}-{k}"));
-        let sent = Instant::now();
-        let status = loop {
-            match run(command, &c, Some(&id)).await.status {
-                503 => tokio::time::sleep(Duration::from_millis(50)).await,
-                status => break status,
-            }
-        };
-        assert!(matches!(status, 201 | 204 | 404 | 409), "{c:?}: {status}");
-        out.push(Sent { id, command: c, status, sent, answered: Instant::now() });
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_clients_keep_every_invariant_and_the_state_is_the_2xx_history_in_decided_order() {
-    const CLIENTS: usize = 16;
-    const EACH: usize = 1_250;
+    // 32 clients of 625 commands: each client waits for its decision (a
+    // round trip through the broker twice), so more clients, more throughput.
+    const CLIENTS: usize = 32;
+    const EACH: usize = 625;
     let mut stack = Stack::new();
     stack.start_all().await;
     let (command, query) = (stack.addr("command"), stack.addr("query"));
 
     let started = Instant::now();
-    let sent: Vec<Sent> = futures::stream::iter(0..CLIENTS)
-        .map(|i| client(command, i, EACH))
-        .buffer_unordered(CLIENTS)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let answered = widgets_support::load(Arc::new(Mutex::new(vec![command])), 1, CLIENTS, EACH).await;
     let took = started.elapsed();
-    let accepted = sent.iter().filter(|s| s.status < 300).count();
+    let accepted = answered.iter().filter(|a| a.status < 300).count();
     println!(
         "{} requests from {CLIENTS} clients in {:.1} s ({:.0}/s), {accepted} accepted",
-        sent.len(),
+        answered.len(),
         took.as_secs_f64(),
-        sent.len() as f64 / took.as_secs_f64()
+        answered.len() as f64 / took.as_secs_f64()
     );
-    assert_eq!(sent.len(), CLIENTS * EACH);
-    assert!(accepted > 1_000 && accepted < sent.len() - 1_000, "they collide: {accepted} accepted");
-
-    // The decided order: each command's offset (its first record, by its client id) ...
-    let commands = read_topic(&stack.kafka.brokers, &stack.topic("widgets_commands_topic")).await;
-    let partitions: BTreeSet<i32> = commands.iter().map(|(p, ..)| *p).collect();
-    assert_eq!(partitions.len(), 1, "one decision partition");
-    let mut offsets: BTreeMap<String, (i64, Command)> = BTreeMap::new();
-    for (_, offset, _, payload) in &commands {
-        let c: WidgetCommand = widgets::wire::decode_command(payload).expect("a command");
-        offsets.entry(c.id.expect("every test command has an id")).or_insert((*offset, c.command));
-    }
-    // ... and the changes, each once, in that order.
-    let mut changes: BTreeMap<i64, Logged> = BTreeMap::new();
-    for (_, _, key, payload) in read_topic(&stack.kafka.brokers, &stack.topic("widgets_changes_topic")).await {
-        if !key.starts_with("progress:") {
-            let l = widgets::wire::decode_change(&payload).expect("a change");
-            assert_eq!(key, l.record_key());
-            changes.insert(l.input_offset - 1, l);
-        }
-    }
-
-    // Every answer is its command's decision: a 2xx has exactly its change, a refusal none.
-    let mut by_offset: BTreeMap<i64, &Sent> = BTreeMap::new();
-    for s in &sent {
-        let (offset, logged) = offsets.get(&s.id).unwrap_or_else(|| panic!("{}: answered, not in the log", s.id));
-        assert_eq!(*logged, s.command, "{}", s.id);
-        assert_eq!(
-            changes.get(offset).map(|l| l.change.command()).as_ref(),
-            (s.status < 300).then_some(&s.command),
-            "{}",
-            s.id
-        );
-        by_offset.insert(*offset, s);
-    }
-    assert_eq!(changes.len(), accepted, "no change without its 2xx");
-    // Linearizable: a write answered before another was sent was decided first.
-    let mut order: Vec<&Sent> = sent.iter().collect();
-    order.sort_by_key(|s| s.sent);
-    let mut answered: Vec<(Instant, i64)> = by_offset.iter().map(|(o, s)| (s.answered, *o)).collect();
-    answered.sort();
-    let (mut i, mut latest_decided) = (0, -1);
-    for s in order {
-        while i < answered.len() && answered[i].0 < s.sent {
-            latest_decided = latest_decided.max(answered[i].1);
-            i += 1;
-        }
-        let own = offsets[&s.id].0;
-        assert!(own > latest_decided, "{} (offset {own}) was sent after offset {latest_decided} was answered", s.id);
-    }
-
-    // The 2xx history replays in decided order, every invariant holds on the
-    // replayed graph, and the read model equals it once caught up.
-    let history: Vec<_> = changes.values().map(|l| l.change.clone()).collect();
-    let expected = Snapshot::of(&replay(&history).expect("the 2xx history replays in decided order"));
-    expected.check().expect("every invariant on the replayed graph");
-    let observed = common::test_util::wait_until(
-        "the read model equals the replayed history",
-        Duration::from_secs(60),
-        || async {
-            let observed = read_model(query, &SERIALS).await;
-            (observed == expected).then_some(observed)
-        },
-    )
-    .await;
-    observed.check().expect("every invariant on the read model");
-    println!("checked in {:.1} s in all; {} widgets at the end", started.elapsed().as_secs_f64(), observed.len());
+    assert_eq!(answered.len(), CLIENTS * EACH);
+    assert!(accepted > 1_000 && accepted < answered.len() - 1_000, "they collide: {accepted} accepted");
+    let (commands, changes) = (stack.topic("widgets_commands_topic"), stack.topic("widgets_changes_topic"));
+    let widgets =
+        widgets_support::check(&stack.kafka.brokers, &commands, &changes, query, &answered, Duration::from_secs(60))
+            .await;
+    println!("checked in {:.1} s in all; {widgets} widgets at the end", started.elapsed().as_secs_f64());
     stack.cleanup().await;
 }

@@ -11,6 +11,10 @@
 //!   command decides on the state the earlier ones made (so a `201` for a
 //!   slot that was not free fails here), and the replayed graph's snapshot
 //!   must equal the one observed.
+//! - [`check_history`]: a run's answers against its log (the commands by
+//!   client id, the changes by offset): each `2xx` has exactly its change,
+//!   a refusal or a retry none, a request answered before another was sent
+//!   was decided first, and the changes replay.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,6 +158,114 @@ pub fn replay_commands<'a>(accepted: impl IntoIterator<Item = &'a Command>) -> R
         graph.apply(&change);
     }
     Ok(graph)
+}
+
+/// One client request as the client saw it: its id (`?id=`, one per
+/// request and its retries), the command, the final status (`201`, `204`,
+/// `404` or `409`: retried with the same id until decided), when its first
+/// attempt was sent and when its decision was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered<T> {
+    pub id: String,
+    pub command: Command,
+    pub status: u16,
+    pub sent: T,
+    pub answered: T,
+}
+
+/// Why a run's answers do not fit its log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("`{0}` was answered, but no command of the log carries its id")]
+    NotInLog(String),
+    #[error("`{id}` asked {asked:?}, but its first command in the log is {logged:?}")]
+    Differs { id: String, asked: Box<Command>, logged: Box<Command> },
+    #[error("`{id}` was answered {status}, but its first command (offset {offset}) {what}")]
+    Mismatch { id: String, status: u16, offset: i64, what: &'static str },
+    #[error("the change of offset {0} is not the first command of an answered request (a retry or an unknown write changed the graph)")]
+    Unanswered(i64),
+    #[error("`{later}` (offset {later_offset}) was sent after `{earlier}` (offset {earlier_offset}) was answered, but decided before it")]
+    NotLinearizable { earlier: String, earlier_offset: i64, later: String, later_offset: i64 },
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+}
+
+/// Checks a run's answers against its log and gives the graph its `2xx`
+/// history makes: `commands` are the decision partition's command records
+/// (offset, client id, command), `changes` the decided changes (the offset
+/// of the command each decided, and the change). Every answered request's
+/// first command in the log is its command; it has a change exactly when it
+/// was answered `2xx` (a retry's later records, and refusals, none); every
+/// change is such a first command's; a request answered before another was
+/// first sent was decided first; and the changes replay in log order
+/// ([`replay`]). The caller compares the graph's [`Snapshot`] with the read model.
+///
+/// # Errors
+/// The first [`HistoryError`] found.
+pub fn check_history<T: Ord + Copy>(
+    answered: &[Answered<T>],
+    commands: &[(i64, Option<String>, Command)],
+    changes: &[(i64, Change)],
+) -> Result<Graph, HistoryError> {
+    let mut first: BTreeMap<&str, (i64, &Command)> = BTreeMap::new();
+    for (offset, id, command) in commands {
+        if let Some(id) = id {
+            let e = first.entry(id.as_str()).or_insert((*offset, command));
+            if *offset < e.0 {
+                *e = (*offset, command);
+            }
+        }
+    }
+    let changed: BTreeMap<i64, &Change> = changes.iter().map(|(o, c)| (*o, c)).collect();
+    let mut decided_at: BTreeMap<&str, i64> = BTreeMap::new();
+    for a in answered {
+        let (offset, logged) = *first.get(a.id.as_str()).ok_or_else(|| HistoryError::NotInLog(a.id.clone()))?;
+        if *logged != a.command {
+            return Err(HistoryError::Differs {
+                id: a.id.clone(),
+                asked: Box::new(a.command.clone()),
+                logged: Box::new(logged.clone()),
+            });
+        }
+        let mismatch = |what| HistoryError::Mismatch { id: a.id.clone(), status: a.status, offset, what };
+        match (a.status < 300, changed.get(&offset)) {
+            (true, None) => return Err(mismatch("changed nothing")),
+            (false, Some(_)) => return Err(mismatch("made a change")),
+            (true, Some(c)) if c.command() != a.command => return Err(mismatch("made another change")),
+            _ => {}
+        }
+        decided_at.insert(&a.id, offset);
+    }
+    let answered_offsets: BTreeSet<i64> = decided_at.values().copied().collect();
+    if let Some(offset) = changed.keys().find(|o| !answered_offsets.contains(o)) {
+        return Err(HistoryError::Unanswered(*offset));
+    }
+    // Real time: sweep the requests by first attempt, holding the latest
+    // decision of those answered before it.
+    let mut by_sent: Vec<&Answered<T>> = answered.iter().collect();
+    by_sent.sort_by_key(|a| a.sent);
+    let mut by_answer: Vec<&Answered<T>> = answered.iter().collect();
+    by_answer.sort_by_key(|a| a.answered);
+    let (mut i, mut latest): (usize, Option<(&str, i64)>) = (0, None);
+    for a in by_sent {
+        while i < by_answer.len() && by_answer[i].answered < a.sent {
+            let (id, offset) = (by_answer[i].id.as_str(), decided_at[by_answer[i].id.as_str()]);
+            if latest.is_none_or(|(_, o)| offset > o) {
+                latest = Some((id, offset));
+            }
+            i += 1;
+        }
+        let own = decided_at[a.id.as_str()];
+        if let Some((earlier, earlier_offset)) = latest.filter(|(_, o)| *o >= own) {
+            return Err(HistoryError::NotLinearizable {
+                earlier: earlier.to_owned(),
+                earlier_offset,
+                later: a.id.clone(),
+                later_offset: own,
+            });
+        }
+    }
+    Ok(replay(changed.values().copied())?)
 }
 
 fn decide(graph: &Graph, at: usize, command: &Command) -> Result<Change, ReplayError> {
@@ -331,6 +443,48 @@ pub(crate) mod tests {
 
     /// Commands over six serials (so they collide), one of them multi-byte;
     /// ports and types drawn so that slots run out and free up often.
+    #[test]
+    fn a_history_check_finds_answers_that_do_not_fit_the_log() {
+        let create = |serial: &str| Command::Create {
+            serial: s(serial),
+            name: crate::Name::parse("n").unwrap(),
+            ports: Ports::parse("P").unwrap(),
+        };
+        let answered = |id: &str, command: Command, status, sent, answered| Answered {
+            id: id.into(),
+            command,
+            status,
+            sent,
+            answered,
+        };
+        let log = vec![
+            (0, Some("a".to_owned()), create("x")),
+            (1, Some("b".to_owned()), create("x")),
+            (2, Some("a".to_owned()), create("x")),
+        ];
+        let created = Change::Created {
+            serial: s("x"),
+            name: crate::Name::parse("n").unwrap(),
+            ports: Ports::parse("P").unwrap(),
+        };
+        let changes = vec![(0, created.clone())];
+        let ok = [answered("a", create("x"), 201, 0, 5), answered("b", create("x"), 409, 1, 6)];
+        assert_eq!(check_history(&ok, &log, &changes).map(|g| g.len()), Ok(1));
+        let late = [answered("a", create("x"), 201, 0, 1), answered("b", create("x"), 409, 1, 6)];
+        assert!(check_history(&late, &log, &changes).is_ok(), "b sent at 1, not after a's answer at 1");
+        let wrong = [answered("a", create("x"), 201, 5, 6), answered("b", create("x"), 409, 0, 1)];
+        assert!(matches!(check_history(&wrong, &log, &changes), Err(HistoryError::NotLinearizable { .. })));
+        let refused = [answered("a", create("x"), 409, 0, 1)];
+        assert!(matches!(check_history(&refused, &log, &changes), Err(HistoryError::Mismatch { .. })));
+        assert!(matches!(check_history(&ok[1..], &log, &changes), Err(HistoryError::Unanswered(0))));
+        assert!(matches!(
+            check_history(&[answered("c", create("x"), 409, 0, 1)], &log, &[]),
+            Err(HistoryError::NotInLog(_))
+        ));
+        let doubled = vec![(0, created.clone()), (2, created)];
+        assert!(matches!(check_history(&ok, &log, &doubled), Err(HistoryError::Unanswered(2))));
+    }
+
     pub(crate) fn commands() -> impl Strategy<Value = Vec<Command>> {
         let serial = prop::sample::select(vec!["s0", "s1", "s2", "s3", "s4", "s5·é"]).prop_map(s);
         let ports = prop::sample::select(vec!["P", "R", "Q", "PP", "PR", "QQ", "PRQ", "PPP", "RRQ"])
