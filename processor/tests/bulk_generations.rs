@@ -36,6 +36,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     let pool = common::engine::pg::connect_migrated(&pg, &migrations).await.expect("the local PostgreSQL");
     let table = promotions();
     let mut client = pool.get().await.unwrap();
+    let hint = common::engine::store::bulk::ActiveHint::default();
 
     // Generation 1: two partitions' rows, in two checkpoints; the second report completes it.
     let tx = client.transaction().await.unwrap();
@@ -45,7 +46,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.copy_rows(&table, 1, &[promotion(A, 6068)]).await.unwrap(), 1);
     assert_eq!(t.report_partition(&table, 1, 0, 1).await.unwrap(), vec![(0, 1)]);
     tx.commit().await.unwrap();
-    assert_eq!(common::engine::store::bulk::read_active(&client, &table, A).await.unwrap(), None);
+    assert_eq!(common::engine::store::bulk::read_active(&client, &table, &hint, A).await.unwrap(), None);
 
     let tx = client.transaction().await.unwrap();
     let mut t = PgTx::new(&tx);
@@ -55,7 +56,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None, "sealing twice (a replay) is a no-op");
     assert_eq!(t.activate_generation(&table, 1).await.unwrap(), None);
     tx.commit().await.unwrap();
-    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &A.to_uppercase())
+    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &hint, &A.to_uppercase())
         .await
         .unwrap()
         .expect("a generation is active");
@@ -69,7 +70,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.seal_generation(&table, 2).await.unwrap().as_deref(), Some(A));
     t.drop_generation(&table, 2).await.unwrap();
     tx.commit().await.unwrap();
-    let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+    let read = common::engine::store::bulk::read_active(&client, &table, &hint, B).await.unwrap();
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((1, true)));
 
     // Generation 3 replaces 1: B is gone, 1 is kept until the next switch.
@@ -82,9 +83,28 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.active_generation(&table).await.unwrap(), Some(3));
     assert_eq!(t.bulk_generations(&table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
     tx.commit().await.unwrap();
-    let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+    let read = common::engine::store::bulk::read_active(&client, &table, &hint, B).await.unwrap();
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
     let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
     assert!(kept.get::<_, bool>("kept"));
+
+    // Generation 4 replaces 3, and 1 and 3 are dropped: a reader whose hint still names 3 reads the pointer again.
+    let stale = common::engine::store::bulk::ActiveHint::default();
+    let read = common::engine::store::bulk::read_active(&client, &table, &stale, A).await.unwrap();
+    assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, true)));
+    let tx = client.transaction().await.unwrap();
+    let mut t = PgTx::new(&tx);
+    t.create_generation(&table, 4).await.unwrap();
+    t.copy_rows(&table, 4, &[promotion(A, 4), promotion(B, 4)]).await.unwrap();
+    assert_eq!(t.seal_generation(&table, 4).await.unwrap(), None);
+    assert_eq!(t.activate_generation(&table, 4).await.unwrap(), Some(3));
+    t.drop_generation(&table, 1).await.unwrap();
+    t.drop_generation(&table, 3).await.unwrap();
+    tx.commit().await.unwrap();
+    for h in [&stale, &hint] {
+        let (generation, row) =
+            common::engine::store::bulk::read_active(&client, &table, h, B).await.unwrap().expect("active");
+        assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (4, 4));
+    }
     common::test_util::drop_schema(&pg).await;
 }
