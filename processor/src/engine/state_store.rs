@@ -406,6 +406,9 @@ fn column_param(table: &RowTable, c: &Column, rows: &[Row]) -> Result<Box<dyn To
     })
 }
 
+/// The sort memory of a seal's index build (`SET LOCAL`: this transaction only).
+const SEAL_WORK_MEM: &str = "SET LOCAL maintenance_work_mem = '256MB'";
+
 impl StateTx for PgTx<'_> {
     async fn create_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
         self.tx
@@ -469,9 +472,6 @@ impl StateTx for PgTx<'_> {
     }
 
     async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<String>, PgError> {
-        if let Some(dup) = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await? {
-            return Ok(Some(dup.get(table.key.name)));
-        }
         let keyed = self
             .tx
             .query_opt(
@@ -479,10 +479,30 @@ impl StateTx for PgTx<'_> {
                 &[&format!("{}_pkey", table.generation_table(generation)), &table.generation_table(generation)],
             )
             .await?;
-        if keyed.is_none() {
-            self.tx.batch_execute(&table.seal_sql(generation)).await?;
+        if keyed.is_some() {
+            return Ok(None);
         }
-        Ok(None)
+        // The key's index is built by one sort of every row: in memory up to maintenance_work_mem (64 MB by
+        // default, a few million rows), on disk beyond. This transaction's own setting, of the server's memory.
+        self.tx.batch_execute(SEAL_WORK_MEM).await?;
+        // Keying finds a duplicate by itself (a unique violation): no scan of the rows before it. The savepoint
+        // keeps the checkpoint's transaction usable when it does; only then is the duplicate looked up.
+        self.tx.batch_execute("SAVEPOINT bulk_seal").await?;
+        match self.tx.batch_execute(&table.seal_sql(generation)).await {
+            Ok(()) => {
+                self.tx.batch_execute("RELEASE SAVEPOINT bulk_seal").await?;
+                Ok(None)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                self.tx.batch_execute("ROLLBACK TO SAVEPOINT bulk_seal").await?;
+                let dup = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await?;
+                let dup = dup.ok_or_else(|| {
+                    PgError::Corrupt(format!("{}: a unique violation without a duplicate key", table.table))
+                })?;
+                Ok(Some(dup.get(table.key.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn active_generation(&mut self, table: &BulkTable) -> Result<Option<i64>, PgError> {
