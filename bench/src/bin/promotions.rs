@@ -277,7 +277,11 @@ async fn main() -> anyhow::Result<()> {
     let generated = t0.elapsed();
 
     let mut stack = e2e::Stack::new();
-    let result = measure(&args, &mut stack, &file, &ids).await;
+    // Interrupted, it still removes what it created.
+    let result = tokio::select! {
+        r = measure(&args, &mut stack, &file, &ids) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     stack.cleanup().await;
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&ids);

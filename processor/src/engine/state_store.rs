@@ -406,8 +406,10 @@ fn column_param(table: &RowTable, c: &Column, rows: &[Row]) -> Result<Box<dyn To
     })
 }
 
-/// The sort memory of a seal's index build (`SET LOCAL`: this transaction only).
-const SEAL_WORK_MEM: &str = "SET LOCAL maintenance_work_mem = '256MB'";
+/// A seal's settings (`SET LOCAL`: this transaction only). The key's sort memory; and no statement timeout: the
+/// connection's (`--pg-timeout`, 5 s) is far shorter than keying millions of rows (25 s for 10M here), and a
+/// checkpoint that always times out retries the same seal for ever, the generation never switching.
+const SEAL_SETTINGS: &str = "SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL statement_timeout = 0";
 
 impl StateTx for PgTx<'_> {
     async fn create_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
@@ -483,8 +485,8 @@ impl StateTx for PgTx<'_> {
             return Ok(None);
         }
         // The key's index is built by one sort of every row: in memory up to maintenance_work_mem (64 MB by
-        // default, a few million rows), on disk beyond. This transaction's own setting, of the server's memory.
-        self.tx.batch_execute(SEAL_WORK_MEM).await?;
+        // default, a few million rows), on disk beyond. This transaction's own settings, of the server's memory.
+        self.tx.batch_execute(SEAL_SETTINGS).await?;
         // Keying finds a duplicate by itself (a unique violation): no scan of the rows before it. The savepoint
         // keeps the checkpoint's transaction usable when it does; only then is the duplicate looked up.
         self.tx.batch_execute("SAVEPOINT bulk_seal").await?;
