@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test test-unit lint fmt build broker help chaos bench observe reset load-promotions
+.PHONY: up down status test test-unit lint fmt build broker help chaos bench bench-promotions observe reset load-promotions
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,3 +45,6 @@ chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis
 
 bench: ## benchmarks against same-run ceilings (QUICK=1 for a short run); writes target/bench/results.json and docs/benchmarks.md
 	@QUICK=$(QUICK) scripts/bench.sh
+
+bench-promotions: ## only the promotions bench (10M rows; PROMOTION_ROWS=1000000 for less), on its own stack; updates docs/benchmarks.md
+	@BENCH_ONLY=promotions QUICK=$(QUICK) scripts/bench.sh

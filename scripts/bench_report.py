@@ -7,6 +7,9 @@ import pathlib
 import sys
 
 out, cores, quick, duration = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+# "promotions": only the promotions section ran (make bench-promotions): its figures replace those of its two blocks
+# in docs/benchmarks.md and in results.json; every other figure stays that of the last full run.
+only = sys.argv[5] if len(sys.argv) > 5 else ""
 root = out.parent.parent
 raw = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.stem != "results"}
 r = {}
@@ -17,10 +20,14 @@ def put(key, value):
         r[key] = round(float(value), 3)
 
 
+if only:
+    raw = {"promotions": raw.get("promotions", {})}
 state = raw.get("core_state", {})
-est = json.loads((root / "target/criterion/core/apply/new/estimates.json").read_text())
+criterion = root / "target/criterion/core/apply/new/estimates.json"
+est = json.loads(criterion.read_text()) if criterion.exists() and not only else None
 put("core_events", state.get("core_events"))
-put("core_events_per_sec_per_core", state["core_events"] / (est["mean"]["point_estimate"] / 1e9))
+if est and state.get("core_events"):
+    put("core_events_per_sec_per_core", state["core_events"] / (est["mean"]["point_estimate"] / 1e9))
 put("state_bytes_per_user_hour", state.get("state_bytes_per_user_hour"))
 live = raw.get("state_live", {})
 if live.get("live_state_user_hours"):
@@ -105,7 +112,18 @@ for k in ["backlog_write_events_per_sec", "backlog_distinct_users", "backlog_hou
 for phase in ["rest", "load"]:
     for k, v in raw.get(f"rss_{phase}", {}).items():
         put(k, v)
+# The promotions bench prints its keys ready-made (promotions_*), from a stack of its own; it may run alone
+# (make bench-promotions), so its section carries its own time.
+promotions_file = out / "promotions.json"
+for k, v in raw.get("promotions", {}).items():
+    put(k, v)
+promotions_at = (datetime.datetime.fromtimestamp(promotions_file.stat().st_mtime, datetime.timezone.utc)
+                 .strftime("%Y-%m-%d %H:%M UTC") if promotions_file.exists() else None)
 put("cores", cores)
+if only:
+    # The last full run's figures, with this run's promotions figures over them.
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    r = {**{k: v for k, v in earlier.items() if not k.startswith("promotions_")}, **r}
 (out / "results.json").write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")
 
 
@@ -202,6 +220,31 @@ answers_targets = [
 ]
 
 
+# The targets of the "Promotions" issue (21): the GET share beside the bench's own same-run ceiling; 10 % of its ids
+# are absent by design, so its non-2xx are the 404s expected.
+def promotions_get(phase):
+    v = pct(f"promotions_get_{phase}_rps", "promotions_get_ceiling_rps")
+    if v is None:
+        return None, "n/a"
+    return v, f"{v:.0%} ({fmt(g(f'promotions_get_{phase}_rps'))} vs {fmt(g('promotions_get_ceiling_rps'))} requests/s)"
+
+
+promotions_rss = max((g(f"promotions_rss_peak_kb_{s}") or 0 for s in ["command", "processor", "materializer", "query"]),
+                     default=0) or None
+promotions_targets = [
+    (f"load {count(g('promotions_rows'))} rows end to end (upload start → active) at ≥ 150,000 rows/s",
+     "n/a" if g("promotions_rows_per_sec") is None else
+     f"{fmt(g('promotions_rows_per_sec'))} rows/s ({fmt(g('promotions_load_s'))} s)", "", at_least(g("promotions_rows_per_sec"), 150_000)),
+    ("every service's peak RSS < 100 MB during the loads (VmHWM)",
+     "n/a" if promotions_rss is None else f"{promotions_rss * 1024 / 1e6:,.1f} MB (the largest)", "",
+     promotions_rss is not None and promotions_rss * 1024 < 100e6),
+    ("GET /promotions/{id} ≥ 70 % of the bare-hyper GET ceiling at rest, 64 connections", promotions_get("rest")[1], "",
+     at_least(promotions_get("rest")[0], 0.7)),
+    ("GET /promotions/{id} ≥ 50 % of the bare-hyper GET ceiling during a load, 64 connections", promotions_get("load")[1], "",
+     at_least(promotions_get("load")[0], 0.5) and g("promotions_get_load_within_load") == 1),
+]
+
+
 # The targets of "The analytics product" issue.
 token_ok = g("token_tries") and g("token_round_trip_samples") == g("token_tries") and g("token_not_reflected") == 0
 product_targets = [
@@ -218,6 +261,16 @@ def target_rows(rows):
     # A measured value already written out (a string) is shown as it is.
     return [f"| {t} | {v if isinstance(v, str) else show(v, unit)} | {'yes' if ok else '**no**'} |" for t, v, unit, ok in rows]
 
+
+PROMOTIONS_TARGETS = ("<!-- promotions targets -->", "<!-- /promotions targets -->")
+PROMOTIONS_SECTION = ("<!-- promotions section -->", "<!-- /promotions section -->")
+promotions_targets_block = [
+    PROMOTIONS_TARGETS[0],
+    "Targets of the issue \"Promotions\" (measured by the promotions section, see [below](#promotions-bulk-generations)):",
+    "",
+    "| target | measured | met |",
+    "|---|---|---|",
+] + target_rows(promotions_targets) + [PROMOTIONS_TARGETS[1]]
 
 cmd = "make bench QUICK=1" if quick else "make bench"
 backlog_note = " (QUICK: a smaller backlog than the full run's 1,000,000)" if quick else ""
@@ -253,6 +306,8 @@ lines = [
     "| target | measured | met |",
     "|---|---|---|",
 ] + target_rows(answers_targets) + [
+    "",
+] + promotions_targets_block + [
     "",
     "Targets of the issue \"The analytics product\":",
     "",
@@ -407,6 +462,48 @@ lines += [
     f"| half the maximum: {fmt(g('post_rps_half_load'))} requests/s paced | {fmt(g('freshness_p50_ms_half_load'))} | {fmt(g('freshness_p99_ms_half_load'))} | "
     f"{fmt(g('freshness_max_ms_half_load'))} | {fmt(g('freshness_samples_half_load'))} |",
     "",
+    PROMOTIONS_SECTION[0],
+    "## Promotions (bulk generations)",
+    "",
+    ("Not measured in this run." if promotions_at is None else
+     f"Measured {promotions_at} by the promotions section (`make bench-promotions`, or the last section of `make bench`;"
+     f" `bench/src/bin/promotions.rs`) on a stack of its own: the release binaries, {count(g('promotions_partitions'))} partitions,"
+     " its own topics, schema and Redis prefix on the shared broker, PostgreSQL and Redis, all removed at the end."),
+    "",
+    "| load (a generated file, random v4 ids) | rows | file | upload (all rows in the log, 202) | to active (upload start → pointer moved) | rows/s |",
+    "|---|---|---|---|---|---|",
+    f"| first file, nothing else running | {count(g('promotions_rows'))} | {fmt((g('promotions_file_bytes') or 0) / 1e6)} MB | "
+    f"{fmt(g('promotions_upload_s'))} s | {fmt(g('promotions_load_s'))} s | {fmt(g('promotions_rows_per_sec'))} |",
+    f"| the same file again (a new generation), while the GET below runs | {count(g('promotions_rows'))} | | | "
+    f"{fmt(g('promotions_load2_s'))} s | {fmt(g('promotions_load2_rows_per_sec'))} |",
+    "",
+    f"On disk, one generation of {count(g('promotions_rows'))} rows: {fmt((g('promotions_table_bytes') or 0) / 1e6)} MB "
+    f"(rows {fmt((g('promotions_heap_bytes') or 0) / 1e6)} MB, the rest the primary key); during a switch two generations are kept "
+    f"({count(g('promotions_generation_tables_after'))} tables after the second load).",
+    "",
+    f"GET /promotions/{{id}}, {count(g('promotions_get_connections'))} connections, {duration}: ids picked from a uniform sample of the file's"
+    " ids plus one absent id for every nine (so about 10 % of the answers are the expected 404s, counted as non-2xx):",
+    "",
+    "| run | requests/s | ceiling (bare hyper, same run) | ratio | p50 ms | p99 ms | p99.9 ms | non-2xx (404) |",
+    "|---|---|---|---|---|---|---|---|",
+]
+for phase, label in [("rest", "at rest"), ("load", "during the second load")]:
+    lines.append(f"| {label} | {fmt(g(f'promotions_get_{phase}_rps'))} | {fmt(g('promotions_get_ceiling_rps'))} | "
+                 f"{ratio(f'promotions_get_{phase}_rps', 'promotions_get_ceiling_rps')} | {fmt(g(f'promotions_get_{phase}_p50_ms'))} | "
+                 f"{fmt(g(f'promotions_get_{phase}_p99_ms'))} | {fmt(g(f'promotions_get_{phase}_p999_ms'))} | "
+                 f"{count(g(f'promotions_get_{phase}_non_2xx'))} of {count(g(f'promotions_get_{phase}_requests'))} |")
+lines += [
+    "",
+    "Peak RSS (VmHWM, KiB; each service started fresh for the section):",
+    "",
+    "| service | after the first load | after everything (second load and GETs) |",
+    "|---|---|---|",
+]
+for s in ["command", "processor", "materializer", "query"]:
+    lines.append(f"| {s} | {fmt(g(f'promotions_rss_peak_kb_{s}_load'))} | {fmt(g(f'promotions_rss_peak_kb_{s}'))} |")
+lines += [
+    PROMOTIONS_SECTION[1],
+    "",
     "## Memory (RSS, KiB)",
     "",
     "| service | at rest | under load |",
@@ -414,6 +511,28 @@ lines += [
 ]
 for s in ["command", "processor", "materializer", "query"]:
     lines.append(f"| {s} | {fmt(g(f'rss_kb_{s}_rest'))} | {fmt(g(f'rss_kb_{s}_load'))} |")
+
+
+def block(text, marks):
+    """The lines of `text` between (and with) the markers `marks`, as one string."""
+    start, end = text.index(marks[0]), text.index(marks[1]) + len(marks[1])
+    return text[start:end]
+
+
+if only:
+    # Splices this run's two promotions blocks into the report of the last full run, in place.
+    doc = root / "docs/benchmarks.md"
+    text = doc.read_text()
+    rendered = "\n".join(lines)
+    for marks in [PROMOTIONS_TARGETS, PROMOTIONS_SECTION]:
+        if marks[0] not in text:
+            sys.exit(f"docs/benchmarks.md has no {marks[0]} block: run make bench once")
+        text = text.replace(block(text, marks), block(rendered, marks))
+    notes = root / "docs/benchmarks-notes.md"
+    if notes.exists() and "\n## How the broker-bound figures are measured" in text:
+        text = text[:text.index("## How the broker-bound figures are measured")] + notes.read_text().rstrip() + "\n"
+    doc.write_text(text)
+    sys.exit(0)
 notes = root / "docs/benchmarks-notes.md"
 if notes.exists():
     lines += ["", notes.read_text().rstrip()]

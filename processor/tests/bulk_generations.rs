@@ -46,6 +46,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     let pool = common::engine::pg::connect_migrated(&pg, &migrations).await.expect("the local PostgreSQL");
     let table = promotions();
     let mut client = pool.get().await.unwrap();
+    let hint = common::engine::store::bulk::ActiveHint::default();
 
     // Generation 1: two partitions' rows, in two checkpoints; the second report completes it.
     let tx = client.transaction().await.unwrap();
@@ -55,7 +56,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.copy_rows(&table, 1, &[promotion(A, 6068)]).await.unwrap(), 1);
     assert_eq!(t.report_partition(&table, 1, 0, 1).await.unwrap(), vec![(0, 1)]);
     tx.commit().await.unwrap();
-    assert_eq!(common::engine::store::bulk::read_active(&client, &table, A).await.unwrap(), None);
+    assert_eq!(common::engine::store::bulk::read_active(&client, &table, &hint, A).await.unwrap(), None);
 
     let tx = client.transaction().await.unwrap();
     let mut t = PgTx::new(&tx);
@@ -65,7 +66,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.seal_generation(&table, 1).await.unwrap(), None, "sealing twice (a replay) is a no-op");
     assert_eq!(t.activate_generation(&table, 1).await.unwrap(), None);
     tx.commit().await.unwrap();
-    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &A.to_uppercase())
+    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &hint, &A.to_uppercase())
         .await
         .unwrap()
         .expect("a generation is active");
@@ -82,7 +83,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.seal_generation(&table, 2).await.unwrap(), Some(first_repeat));
     t.drop_generation(&table, 2).await.unwrap();
     tx.commit().await.unwrap();
-    let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+    let read = common::engine::store::bulk::read_active(&client, &table, &hint, B).await.unwrap();
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((1, true)));
 
     // Generation 3 replaces 1: B is gone, 1 is kept until the next switch.
@@ -95,29 +96,47 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.active_generation(&table).await.unwrap(), Some(3));
     assert_eq!(t.bulk_generations(&table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
     tx.commit().await.unwrap();
-    let read = common::engine::store::bulk::read_active(&client, &table, B).await.unwrap();
+    let read = common::engine::store::bulk::read_active(&client, &table, &hint, B).await.unwrap();
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
     let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
     assert!(kept.get::<_, bool>("kept"));
 
-    // Generation 4's table was created by a release without the origin column (a file in flight across the
+    // Generation 4 replaces 3, and 1 and 3 are dropped: a reader whose hint still names 3 reads the pointer again.
+    let stale = common::engine::store::bulk::ActiveHint::default();
+    let read = common::engine::store::bulk::read_active(&client, &table, &stale, A).await.unwrap();
+    assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, true)));
+    let tx = client.transaction().await.unwrap();
+    let mut t = PgTx::new(&tx);
+    t.create_generation(&table, 4).await.unwrap();
+    t.copy_rows(&table, 4, &[promotion(A, 4), promotion(B, 4)]).await.unwrap();
+    assert_eq!(t.seal_generation(&table, 4).await.unwrap(), None);
+    assert_eq!(t.activate_generation(&table, 4).await.unwrap(), Some(3));
+    t.drop_generation(&table, 1).await.unwrap();
+    t.drop_generation(&table, 3).await.unwrap();
+    tx.commit().await.unwrap();
+    for h in [&stale, &hint] {
+        let (generation, row) =
+            common::engine::store::bulk::read_active(&client, &table, h, B).await.unwrap().expect("active");
+        assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (4, 4));
+    }
+    // Generation 5's table was created by a release without the origin column (a file in flight across the
     // upgrade): the next copy adds it (0 in the old rows), and the generation reads and switches as any other.
     client
         .batch_execute(
-            "CREATE TABLE promotions_g4 (id UUID NOT NULL, cents BIGINT NOT NULL, expires TEXT NOT NULL);
-             INSERT INTO promotions_g4 VALUES ('d018ef0b-dbd9-48f1-ac1a-eb4d90e57118', 5, '2018-08-04 05:32:31')",
+            "CREATE TABLE promotions_g5 (id UUID NOT NULL, cents BIGINT NOT NULL, expires TEXT NOT NULL);
+             INSERT INTO promotions_g5 VALUES ('d018ef0b-dbd9-48f1-ac1a-eb4d90e57118', 5, '2018-08-04 05:32:31')",
         )
         .await
         .unwrap();
     let tx = client.transaction().await.unwrap();
     let mut t = PgTx::new(&tx);
-    t.create_generation(&table, 4).await.unwrap();
-    t.create_generation(&table, 4).await.expect("a replay alters nothing");
-    t.copy_rows(&table, 4, &[on_line(B, 6, 2)]).await.unwrap();
-    assert_eq!(t.seal_generation(&table, 4).await.unwrap(), None);
-    t.activate_generation(&table, 4).await.unwrap();
+    t.create_generation(&table, 5).await.unwrap();
+    t.create_generation(&table, 5).await.expect("a replay alters nothing");
+    t.copy_rows(&table, 5, &[on_line(B, 6, 2)]).await.unwrap();
+    assert_eq!(t.seal_generation(&table, 5).await.unwrap(), None);
+    assert_eq!(t.activate_generation(&table, 5).await.unwrap(), Some(4));
     tx.commit().await.unwrap();
-    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, A).await.unwrap().unwrap();
-    assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (4, 5));
+    let (generation, row) = common::engine::store::bulk::read_active(&client, &table, &hint, A).await.unwrap().unwrap();
+    assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (5, 5));
     common::test_util::drop_schema(&pg).await;
 }

@@ -1,8 +1,10 @@
 //! Tracing and the Prometheus recorder, set up once per process.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::engine::config::{LogFormat, TelemetryConfig};
@@ -13,9 +15,14 @@ const LATENCY_BUCKETS: &[f64] =
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often the recorder's histograms are drained ([`upkeep`]).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Initialises logging (RUST_LOG filter, default `info`) and the metrics
-/// recorder. Safe to call more than once (tests): later calls reuse the first.
-pub fn init(service: &'static str, cfg: &TelemetryConfig) -> PrometheusHandle {
+/// recorder, and drains the recorder's histograms until `shutdown`
+/// ([`upkeep`]). Safe to call more than once (tests): later calls reuse the
+/// first recorder. Call it inside the service's runtime.
+pub fn init(service: &'static str, cfg: &TelemetryConfig, shutdown: &CancellationToken) -> PrometheusHandle {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let _ = match cfg.log_format {
         LogFormat::Human => fmt().with_env_filter(filter).with_target(false).try_init(),
@@ -23,7 +30,23 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig) -> PrometheusHandle {
     };
     let handle = prometheus();
     metrics::gauge!("analytics_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY, shutdown.clone()));
     handle
+}
+
+/// Drains the recorder's histograms every `every` until `shutdown`: the
+/// recorder keeps every observed value of a histogram until a render or an
+/// upkeep folds it into the buckets, so a service nobody scrapes would grow
+/// by 8 bytes and more per observation (an upload's every record, say).
+pub async fn upkeep(handle: PrometheusHandle, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 /// The process's Prometheus recorder (installed on first use).
@@ -40,4 +63,29 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upkeep_runs_until_shutdown_then_ends() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..1000 {
+                metrics::histogram!("upkeep_test_seconds").record(0.001);
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(upkeep(handle.clone(), Duration::from_millis(10), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(handle.render().contains("upkeep_test_seconds_count 1000"), "{}", handle.render());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends at shutdown").expect("no panic");
+    }
 }

@@ -406,6 +406,11 @@ fn column_param(table: &RowTable, c: &Column, rows: &[Row]) -> Result<Box<dyn To
     })
 }
 
+/// A seal's settings (`SET LOCAL`: this transaction only). The key's sort memory; and no statement timeout: the
+/// connection's (`--pg-timeout`, 5 s) is far shorter than keying millions of rows (25 s for 10M here), and a
+/// checkpoint that always times out retries the same seal for ever, the generation never switching.
+const SEAL_SETTINGS: &str = "SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL statement_timeout = 0";
+
 impl StateTx for PgTx<'_> {
     async fn create_generation(&mut self, table: &BulkTable, generation: i64) -> Result<(), PgError> {
         self.tx
@@ -484,17 +489,6 @@ impl StateTx for PgTx<'_> {
     }
 
     async fn seal_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<Duplicate>, PgError> {
-        // The cheap check first (one aggregate): placing the duplicate sorts rows, only worth it when there is one.
-        if let Some(dup) = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await? {
-            let key: String = dup.get(table.key.name);
-            let Some(sql) = table.first_duplicate_sql(generation) else { return Ok(Some(Duplicate::unplaced(key))) };
-            let first = self.tx.query_one(sql.as_str(), &[]).await?;
-            return Ok(Some(Duplicate::placed(
-                first.get(table.key.name),
-                first.get("first_at"),
-                first.get("repeat_at"),
-            )));
-        }
         let keyed = self
             .tx
             .query_opt(
@@ -502,10 +496,36 @@ impl StateTx for PgTx<'_> {
                 &[&format!("{}_pkey", table.generation_table(generation)), &table.generation_table(generation)],
             )
             .await?;
-        if keyed.is_none() {
-            self.tx.batch_execute(&table.seal_sql(generation)).await?;
+        if keyed.is_some() {
+            return Ok(None);
         }
-        Ok(None)
+        // The key's index is built by one sort of every row: in memory up to maintenance_work_mem (64 MB by
+        // default, a few million rows), on disk beyond. This transaction's own settings, of the server's memory.
+        self.tx.batch_execute(SEAL_SETTINGS).await?;
+        // Keying finds a duplicate by itself (a unique violation): no scan of the rows before it. The savepoint
+        // keeps the checkpoint's transaction usable when it does; only then is the duplicate looked up.
+        self.tx.batch_execute("SAVEPOINT bulk_seal").await?;
+        match self.tx.batch_execute(&table.seal_sql(generation)).await {
+            Ok(()) => {
+                self.tx.batch_execute("RELEASE SAVEPOINT bulk_seal").await?;
+                Ok(None)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                self.tx.batch_execute("ROLLBACK TO SAVEPOINT bulk_seal").await?;
+                let dup = self.tx.query_opt(table.duplicate_sql(generation).as_str(), &[]).await?;
+                let dup = dup.ok_or_else(|| {
+                    PgError::Corrupt(format!("{}: a unique violation without a duplicate key", table.table))
+                })?;
+                let key: String = dup.get(table.key.name);
+                // Placing the duplicate sorts the duplicated keys' rows: only now that there is one.
+                let Some(sql) = table.first_duplicate_sql(generation) else {
+                    return Ok(Some(Duplicate::unplaced(key)));
+                };
+                let first = self.tx.query_one(sql.as_str(), &[]).await?;
+                Ok(Some(Duplicate::placed(first.get(table.key.name), first.get("first_at"), first.get("repeat_at"))))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn active_generation(&mut self, table: &BulkTable) -> Result<Option<i64>, PgError> {

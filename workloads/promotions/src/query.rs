@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
+use common::engine::store::bulk::ActiveHint;
 use hyper::{Response, StatusCode};
 
 use ::query::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
@@ -58,9 +59,11 @@ impl QueryWorkload for Promotions {
             let reader = all.clone();
             Box::pin(async move { list_generations(&reader).await }) as ::query::engine::Answer
         };
+        // Which generation's statement to read with; each read checks it against the pointer.
+        let hint = Arc::new(ActiveHint::default());
         let promotion = move |path: &str, _: Option<&str>| {
             let id = path.strip_prefix(PROMOTION).map(PromotionId::parse);
-            let reader = reader.clone();
+            let (reader, hint) = (reader.clone(), hint.clone());
             Box::pin(async move {
                 let Some(Ok(id)) = id else {
                     return Err(QueryError::Rejected {
@@ -68,7 +71,7 @@ impl QueryWorkload for Promotions {
                         message: "the id must be a UUID: GET /promotions/<uuid>".into(),
                     });
                 };
-                get_promotion(&reader, id).await
+                get_promotion(&reader, &hint, id).await
             }) as ::query::engine::Answer
         };
         // The first route that matches answers: the generations' paths before the ids'.
@@ -80,9 +83,13 @@ impl QueryWorkload for Promotions {
     }
 }
 
-async fn get_promotion(reader: &Reader<Promotions>, id: PromotionId) -> Result<Response<Body>, QueryError> {
+async fn get_promotion(
+    reader: &Reader<Promotions>,
+    hint: &ActiveHint,
+    id: PromotionId,
+) -> Result<Response<Body>, QueryError> {
     let client = reader.pool().get().await.map_err(|e| unavailable(e.into()))?;
-    match read_promotion(&client, &id).await.map_err(unavailable)? {
+    match read_promotion(&client, hint, &id).await.map_err(unavailable)? {
         Lookup::Found(_, promotion) => Ok(http::json(StatusCode::OK, promotion.to_json())),
         Lookup::Absent(g) => Err(QueryError::NotFound(format!("no promotion {id} in generation {g}"))),
         Lookup::NothingActive => Err(QueryError::NotFound(format!("no promotion {id}: no file is loaded yet"))),

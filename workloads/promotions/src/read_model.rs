@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use common::engine::pg::PgError;
-use common::engine::store::bulk::{read_active, BulkTable};
+use common::engine::store::bulk::{read_active, ActiveHint, BulkTable};
 use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
 use crate::generation::GenerationState;
@@ -74,16 +74,19 @@ pub enum Lookup {
     Found(i64, Promotion),
 }
 
-/// The promotion `id` of the active generation (the engine reads the
-/// pointer, then that generation's table: a whole generation, never a mix).
+/// The promotion `id` of the active generation: one statement reads the
+/// pointer and the row of the generation `hint` names (the engine's
+/// [`read_active`]): a whole generation, never a mix, never one the pointer
+/// has left.
 ///
 /// # Errors
 /// [`PgError`] when PostgreSQL cannot answer or the row is unreadable.
 pub async fn read_promotion(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &deadpool_postgres::Client,
+    hint: &ActiveHint,
     id: &PromotionId,
 ) -> Result<Lookup, PgError> {
-    Ok(match read_active(client, &PROMOTIONS, &id.to_string()).await? {
+    Ok(match read_active(client, &PROMOTIONS, hint, &id.to_string()).await? {
         None => Lookup::NothingActive,
         Some((g, None)) => Lookup::Absent(g),
         Some((g, Some(row))) => Lookup::Found(g, promotion_of(&row)?),

@@ -221,35 +221,142 @@ pub async fn active_generation(
     Ok(row.map(|r| r.get("generation")))
 }
 
+/// What a reader last saw of a table's active generation, and the one
+/// statement that reads a row of it ([`BulkTable::read_active_sql`]).
+///
+/// Only a hint of which table to read: every read also reads the pointer,
+/// in the same statement, and a read that finds the pointer elsewhere reads
+/// again. So a reader never answers from a generation the pointer has left,
+/// whatever the hint says, and readers in other processes see a switch at
+/// the same moment (the pointer's commit), as the issue's atomicity asks:
+/// once any reader sees the new generation, no reader sees the old one.
+/// Caching the pointer itself would break that across query instances.
+#[derive(Debug, Default)]
+pub struct ActiveHint {
+    last: std::sync::RwLock<Option<std::sync::Arc<HintedStatement>>>,
+}
+
+#[derive(Debug)]
+struct HintedStatement {
+    generation: i64,
+    sql: String,
+    /// The statement of the generation read before (a switch ago): each
+    /// connection drops it from its statement cache, so a long-lived
+    /// connection does not keep one prepared statement per generation.
+    stale_sql: Option<String>,
+}
+
+impl ActiveHint {
+    fn get(&self) -> Option<std::sync::Arc<HintedStatement>> {
+        self.last.read().expect("the hint's lock is never poisoned").clone()
+    }
+
+    /// Moves the hint to `generation`, or clears it. Any way the pointer went: a
+    /// store reset starts the numbers again.
+    fn set(&self, table: &BulkTable, generation: Option<i64>) {
+        let mut last = self.last.write().expect("the hint's lock is never poisoned");
+        let current = last.as_ref().map(|h| h.generation);
+        match generation {
+            Some(g) if current != Some(g) => {
+                let stale_sql = last.as_ref().map(|h| h.sql.clone());
+                *last = Some(std::sync::Arc::new(HintedStatement {
+                    generation: g,
+                    sql: table.read_active_sql(g),
+                    stale_sql,
+                }));
+            }
+            Some(_) => {}
+            None => *last = None,
+        }
+    }
+}
+
+impl BulkTable {
+    /// One row of `generation` by key (`$1`, as text) joined to the pointer
+    /// of the table (`$2`): one row with the active generation and, if that
+    /// is `generation` and holds the key, the row's columns (NULL otherwise);
+    /// no row when nothing is active. One statement, one snapshot.
+    pub fn read_active_sql(&self, generation: i64) -> String {
+        let columns: Vec<String> = self
+            .read_columns()
+            .map(|c| if c.ty.read_as_text() { format!("r.{0}::text AS {0}", c.name) } else { format!("r.{}", c.name) })
+            .collect();
+        format!(
+            "SELECT a.generation AS bulk_active_generation, {} FROM bulk_active a LEFT JOIN {} r \
+             ON a.generation = {generation} AND r.{} = $1::text::{} WHERE a.bulk_table = $2",
+            columns.join(", "),
+            self.generation_table(generation),
+            self.key.name,
+            sql_type(self.key.ty)
+        )
+    }
+}
+
 /// The row of `key` in the active generation of `table`, with that
 /// generation: `None` when no generation is active, `Some((n, None))` when
 /// generation `n` has no such row.
 ///
-/// The pointer is read first, then the row from that generation's table: a
-/// generation stays readable until the switch after the one that replaced it,
-/// so a reader between the two statements reads a whole generation; one
-/// slower than two switches finds the table gone and reads again.
+/// One prepared statement reads the pointer and the row of the generation
+/// `hint` names; if the pointer has moved, the hint follows it and the
+/// statement of the new generation reads again. Without a hint (the first
+/// read, or the hinted table was dropped) the pointer is read alone first.
+/// A generation's table stays until the switch after the one that replaced
+/// it, so a reader racing one switch still finds it.
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer.
+/// [`PgError`] when PostgreSQL cannot answer, or the pointer moves on every
+/// one of a few reads in a row.
 pub async fn read_active(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &deadpool_postgres::Client,
     table: &BulkTable,
+    hint: &ActiveHint,
     key: &str,
 ) -> Result<Option<(i64, Option<Row>)>, PgError> {
     let mut attempts = 0;
     loop {
-        let Some(generation) = active_generation(client, table).await? else { return Ok(None) };
-        let params: [&(dyn ToSql + Sync); 1] = [&key];
-        match client.query_opt(table.read_sql(generation).as_str(), &params).await {
-            Ok(row) => {
-                let row = row.map(|r| Row::read(&r, table.read_columns())).transpose()?;
-                return Ok(Some((generation, row)));
+        attempts += 1;
+        let hinted = match hint.get() {
+            Some(h) => h,
+            None => {
+                let Some(generation) = active_generation(client, table).await? else { return Ok(None) };
+                hint.set(table, Some(generation));
+                hint.get().expect("just set")
             }
-            Err(e) if attempts < 3 && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                attempts += 1;
+        };
+        if let Some(stale) = &hinted.stale_sql {
+            client.statement_cache.remove(stale, &[]);
+        }
+        let read = match client.prepare_cached(&hinted.sql).await {
+            Ok(statement) => {
+                let params: [&(dyn ToSql + Sync); 2] = [&key, &table.table];
+                client.query_opt(&statement, &params).await
+            }
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(None) => return Ok(None),
+            Ok(Some(r)) => {
+                let active: i64 = r.try_get("bulk_active_generation")?;
+                if active == hinted.generation {
+                    let present = r.try_get::<_, Option<String>>(table.key.name)?.is_some();
+                    let row = present.then(|| Row::read(&r, table.read_columns())).transpose()?;
+                    return Ok(Some((active, row)));
+                }
+                hint.set(table, Some(active));
+            }
+            // The hinted generation was dropped (two switches since): read the pointer again.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                client.statement_cache.remove(&hinted.sql, &[]);
+                hint.set(table, None);
+                if attempts > 3 {
+                    return Err(e.into());
+                }
+                continue;
             }
             Err(e) => return Err(e.into()),
+        }
+        if attempts > 3 {
+            return Err(PgError::Corrupt(format!("{}: the active generation moved on every read", table.table)));
         }
     }
 }
@@ -298,6 +405,11 @@ mod tests {
         assert_eq!(t.copy_sql(7), "COPY promotions_g7 (id, cents, note) FROM STDIN");
         assert_eq!(t.seal_sql(7), "ALTER TABLE promotions_g7 ADD CONSTRAINT promotions_g7_pkey PRIMARY KEY (id)");
         assert_eq!(t.read_sql(7), "SELECT id::text AS id, cents, note FROM promotions_g7 WHERE id = $1::text::UUID");
+        assert_eq!(
+            t.read_active_sql(7),
+            "SELECT a.generation AS bulk_active_generation, r.id::text AS id, r.cents, r.note FROM bulk_active a \
+             LEFT JOIN promotions_g7 r ON a.generation = 7 AND r.id = $1::text::UUID WHERE a.bulk_table = $2"
+        );
         assert_eq!(t.generation_table(-1), "promotions_g0", "never a negative name");
     }
 
