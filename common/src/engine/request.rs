@@ -96,6 +96,27 @@ pub fn decode(raw: &str) -> Result<String, BadEncoding> {
     String::from_utf8(out).map_err(|_| BadEncoding::NotUtf8)
 }
 
+/// Whether a `Content-Type` is JSON: `application/json` (any case),
+/// optionally with parameters (`name=value`, separated by `;`, whitespace
+/// around them ignored); a `charset` parameter must be `utf-8` (quoted or
+/// not), as JSON is.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let media = parts.next().unwrap_or("");
+    let param_ok = |p: &str| {
+        p.trim().split_once('=').is_some_and(|(name, value)| {
+            let (name, value) = (name.trim(), value.trim());
+            let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+            let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+            let bare = value.trim_matches('"');
+            token(name)
+                && (token(value) || quoted)
+                && (!name.eq_ignore_ascii_case("charset") || bare.eq_ignore_ascii_case("utf-8"))
+        })
+    };
+    media.trim().eq_ignore_ascii_case("application/json") && parts.all(param_ok)
+}
+
 /// User input quoted in a message: control characters replaced, at most 40 characters.
 pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 40;
@@ -180,6 +201,33 @@ impl<'de> serde::Deserialize<'de> for JsonMembers<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_media_types_with_parameters_and_only_a_utf_8_charset() {
+        for good in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json ; charset=\"utf-8\"",
+            "application/json; version=2",
+            "application/json; a=b; charset=utf-8",
+        ] {
+            assert!(is_json_media_type(good), "{good}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+            "application/json;",
+            "application/json; x",
+            "application/jsonx",
+            "application/json-patch+json",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn event_ids_are_checked() {

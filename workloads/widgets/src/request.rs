@@ -320,27 +320,13 @@ fn check_body(content_type: Option<&str>, body: &[u8]) -> Result<(), WidgetRejec
     check_content_type(content_type)
 }
 
-/// Accepts `application/json` (any case), optionally with parameters
-/// (`name=value`, separated by `;`); a `charset` parameter must be `utf-8`.
+/// Accepts a JSON content type ([`common::engine::request::is_json_media_type`]).
 ///
 /// # Errors
 /// [`WidgetReject::MissingContentType`] or [`WidgetReject::WrongContentType`].
 pub fn check_content_type(content_type: Option<&str>) -> Result<(), WidgetReject> {
     let raw = content_type.ok_or(WidgetReject::MissingContentType)?;
-    let mut parts = raw.split(';');
-    let media = parts.next().unwrap_or("");
-    let param_ok = |p: &str| {
-        p.trim().split_once('=').is_some_and(|(name, value)| {
-            let (name, value) = (name.trim(), value.trim());
-            let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
-            let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
-            let bare = value.trim_matches('"');
-            token(name)
-                && (token(value) || quoted)
-                && (!name.eq_ignore_ascii_case("charset") || bare.eq_ignore_ascii_case("utf-8"))
-        })
-    };
-    if media.trim().eq_ignore_ascii_case("application/json") && parts.all(param_ok) {
+    if common::engine::request::is_json_media_type(raw) {
         Ok(())
     } else {
         Err(WidgetReject::WrongContentType(truncate_for_message(raw)))
