@@ -115,6 +115,14 @@ async fn services_refuse_to_start_on_another_horizon_or_partition_count() {
         rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let grown = NewPartitions::new(&kafka.events_topic, kafka.events_partitions.get() as usize + 1);
     admin.create_partitions(&[grown], &AdminOptions::new()).await.unwrap();
+    // The controller accepted it; wait until the broker's metadata says so too (it may lag a moment).
+    let grown_to = kafka.events_partitions.get() as i32 + 1;
+    for _ in 0..100 {
+        if common::engine::kafka::partition_count(&broker, &kafka.events_topic).await.ok() == Some(grown_to) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let err =
         common::engine::pg::agree_topic_partitions(&pool, "processor", &broker, &kafka.events_topic).await.unwrap_err();
     assert!(err.to_string().contains(&format!("partitions.{}", kafka.events_topic)), "{err}");
