@@ -96,6 +96,47 @@ pub fn decode(raw: &str) -> Result<String, BadEncoding> {
     String::from_utf8(out).map_err(|_| BadEncoding::NotUtf8)
 }
 
+/// What a JSON value is, for saying what was sent instead of a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+/// The whitespace JSON allows between tokens.
+pub const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+impl JsonType {
+    /// The type of a syntactically valid JSON value, from its first character.
+    pub fn of(raw: &serde_json::value::RawValue) -> JsonType {
+        match raw.get().trim_start_matches(JSON_WHITESPACE).as_bytes().first() {
+            Some(b'n') => JsonType::Null,
+            Some(b't' | b'f') => JsonType::Bool,
+            Some(b'"') => JsonType::String,
+            Some(b'[') => JsonType::Array,
+            Some(b'{') => JsonType::Object,
+            _ => JsonType::Number,
+        }
+    }
+}
+
+impl std::fmt::Display for JsonType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JsonType::Null => "null",
+            JsonType::Bool => "a boolean",
+            JsonType::Number => "a number",
+            JsonType::String => "a string",
+            JsonType::Array => "an array",
+            JsonType::Object => "an object",
+        })
+    }
+}
+
 /// Whether a `Content-Type` is JSON: `application/json` (any case),
 /// optionally with parameters (`name=value`, separated by `;`, whitespace
 /// around them ignored); a `charset` parameter must be `utf-8` (quoted or

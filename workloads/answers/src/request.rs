@@ -25,7 +25,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::key::{AnswerKey, BadKey, MAX_KEY_BYTES};
-use common::engine::request::{truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers};
+use common::engine::request::{
+    truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE,
+};
 
 /// Longest value, in bytes of UTF-8 once unescaped.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -94,46 +96,6 @@ impl std::fmt::Display for Field {
         })
     }
 }
-
-/// What a JSON value is, for saying what was sent instead of a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JsonType {
-    Null,
-    Bool,
-    Number,
-    String,
-    Array,
-    Object,
-}
-
-impl JsonType {
-    /// The type of a syntactically valid JSON value, from its first character.
-    fn of(raw: &RawValue) -> JsonType {
-        match raw.get().trim_start_matches(JSON_WHITESPACE).as_bytes().first() {
-            Some(b'n') => JsonType::Null,
-            Some(b't' | b'f') => JsonType::Bool,
-            Some(b'"') => JsonType::String,
-            Some(b'[') => JsonType::Array,
-            Some(b'{') => JsonType::Object,
-            _ => JsonType::Number,
-        }
-    }
-}
-
-impl std::fmt::Display for JsonType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JsonType::Null => "null",
-            JsonType::Bool => "a boolean",
-            JsonType::Number => "a number",
-            JsonType::String => "a string",
-            JsonType::Array => "an array",
-            JsonType::Object => "an object",
-        })
-    }
-}
-
-const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 /// Why a write was refused. The request's own faults are 400 and write
 /// nothing; [`AnswerReject::Exists`] (409) and [`AnswerReject::NotFound`]

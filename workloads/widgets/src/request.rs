@@ -24,7 +24,9 @@ use serde_json::value::RawValue;
 
 use crate::input::{BadInput, Name, Port, Ports, Serial};
 use crate::records::{Command, Status};
-use common::engine::request::{truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers};
+use common::engine::request::{
+    truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE,
+};
 use hyper::Method;
 
 /// The path every write goes to.
@@ -41,46 +43,6 @@ pub struct WriteRequest {
     pub command: Command,
     /// The client's id (`?id=`): a command of the serial with an id decided before answers the first outcome again.
     pub id: Option<EventId>,
-}
-
-/// What a JSON value is, for saying what was sent instead of a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JsonType {
-    Null,
-    Bool,
-    Number,
-    String,
-    Array,
-    Object,
-}
-
-const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
-
-impl JsonType {
-    /// The type of a syntactically valid JSON value, from its first character.
-    fn of(raw: &RawValue) -> JsonType {
-        match raw.get().trim_start_matches(JSON_WHITESPACE).as_bytes().first() {
-            Some(b'n') => JsonType::Null,
-            Some(b't' | b'f') => JsonType::Bool,
-            Some(b'"') => JsonType::String,
-            Some(b'[') => JsonType::Array,
-            Some(b'{') => JsonType::Object,
-            _ => JsonType::Number,
-        }
-    }
-}
-
-impl std::fmt::Display for JsonType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JsonType::Null => "null",
-            JsonType::Bool => "a boolean",
-            JsonType::Number => "a number",
-            JsonType::String => "a string",
-            JsonType::Array => "an array",
-            JsonType::Object => "an object",
-        })
-    }
 }
 
 /// Why a write was refused. The request's own faults are 400 and write
