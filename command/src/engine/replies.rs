@@ -133,17 +133,23 @@ impl Replies {
     }
 }
 
+/// The partitions of `topic` (blocking: a metadata request); an error if it has none yet.
+pub(crate) fn topic_partitions(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions yet");
+    Ok(partitions)
+}
+
 /// Assigns every partition of `topic` at its current high watermark.
 async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions yet");
+        let partitions = topic_partitions(&consumer, &topic)?;
         let mut list = TopicPartitionList::new();
         for p in partitions {
             let (_, high) = consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?;

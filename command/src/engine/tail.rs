@@ -95,14 +95,7 @@ impl Tail {
 /// Assigns every partition of `topic` at the first offset at or after
 /// `since_ms` (its high watermark if none); those offsets, per partition.
 fn assign_since(consumer: &StreamConsumer, topic: &str, since_ms: i64) -> anyhow::Result<HashMap<i32, i64>> {
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions yet");
+    let partitions = super::replies::topic_partitions(consumer, topic)?;
     let mut query = TopicPartitionList::new();
     for p in &partitions {
         query.add_partition_offset(topic, *p, Offset::Offset(since_ms))?;
