@@ -134,6 +134,13 @@ enum Step {
     /// rows of the promotions file being loaded: the next step hits a load
     /// mid-copy. Fails if the file was over before.
     WaitCopied(i64),
+    /// Starts a second instance of the service, then `kills` times: kill -9 it
+    /// once it owns its share of the analytics partitions, time until another
+    /// instance has checkpointed each of them past where it stood at the kill
+    /// (the failover pause), and start it again. A trickle of analytics events
+    /// (counted by [`Check::Counts`]) keeps every partition moving. Prints each
+    /// pause and their p50/p99/max.
+    Failovers(Service, usize),
 }
 
 /// One check, after the fault and the load.
@@ -300,6 +307,12 @@ scenarios! {
             // the last increments of the load reach both stores
             Pause(3000)],
         checks: &[Check::StalenessAfterMaterializerRestart, Check::RedisMatchesPostgresSample],
+    };
+    chaos_17_failover_pause_of_processors_and_materializers: Scenario {
+        what: "failover: 12 kills -9 of a second processor, then of a second materializer, pause measured",
+        setup: Setup::Analytics { seed: 27, commands: &["command"], proxied: Proxied::Nothing },
+        fault: &[Failovers(Processor, 12), Failovers(Materializer, 12)],
+        checks: &[Check::Counts],
     };
     chaos_15_promotions_kill_9_of_processor_and_materializer_mid_load_of_2m_rows: Scenario {
         what: "promotions: kill -9 of processor and materializer mid 2M-row load",
@@ -564,7 +577,103 @@ impl Run {
             ProbeUntilCaughtUp => self.probe_until_caught_up().await,
             AwaitLoad => self.await_load().await,
             WaitCopied(rows) => self.wait_copied(rows).await,
+            Failovers(service, kills) => self.failovers(service, kills).await,
         }
+    }
+
+    async fn failovers(&mut self, service: Service, kills: usize) {
+        let schema = self.stack.pg.schema.clone();
+        // Where each service records how far it got in a partition: one row per partition.
+        let (name, group, positions, topic, partitions) = match service {
+            Processor => (
+                "processor-2",
+                format!("processor-{schema}"),
+                "SELECT partition, next_offset FROM processor_partitions WHERE topic = $1",
+                self.stack.kafka.events_topic.clone(),
+                self.stack.kafka.events_partitions,
+            ),
+            Materializer => (
+                "materializer-2",
+                format!("materializer-{schema}"),
+                "SELECT partition, next_offset FROM consumer_offsets WHERE group_name = $2 AND topic = $1",
+                self.stack.kafka.aggregates_topic.clone(),
+                self.stack.kafka.aggregates_partitions,
+            ),
+            _ => panic!("Failovers needs a processor or a materializer"),
+        };
+        let pool = common::engine::pg::pool(&self.stack.pg).expect("a pool");
+        let client = pool.get().await.expect("a connection");
+        let positions = client.prepare(positions).await.expect("the positions statement");
+        let read = || async {
+            let params: Vec<&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync)> =
+                if service == Processor { vec![&topic] } else { vec![&topic, &group] };
+            let rows = client.query(&positions, &params).await.expect("positions");
+            rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect::<BTreeMap<i32, i64>>()
+        };
+        let (stop, trickle) = trickle(self.stack.addr("command"), self.now, service);
+        self.stack.start(name, service).await;
+        let mut pauses = Vec::new();
+        for kill in 1..=kills {
+            let pid = self.stack.pid(name);
+            let owned: Vec<i32> = common::test_util::wait_until(
+                &format!("{name} owning its share of the {partitions} partitions"),
+                Duration::from_secs(60),
+                || async {
+                    let rows = client
+                        .query(
+                            "SELECT partition FROM partition_leases WHERE group_name = $1 AND owner LIKE $2",
+                            &[&group, &format!("%-{pid}-%")],
+                        )
+                        .await
+                        .expect("leases");
+                    let owned: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+                    (owned.len() as u32 == partitions.get() / 2).then_some(owned)
+                },
+            )
+            .await;
+            pause(1500).await; // its claims done and checkpointing
+            self.stack.kill9(name);
+            let killed = Instant::now();
+            let mut at_kill = read().await;
+            let mut taken = None;
+            loop {
+                let now = read().await;
+                if taken.is_some() && owned.iter().all(|p| now.get(p) > at_kill.get(p)) {
+                    break;
+                }
+                if taken.is_none() {
+                    // A commit the process sent just before it died may land after the kill: not the
+                    // new owner's, which can only come once it holds the lease.
+                    at_kill = now;
+                    let left: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM partition_leases WHERE group_name = $1 AND owner LIKE $2",
+                            &[&group, &format!("%-{pid}-%")],
+                        )
+                        .await
+                        .expect("leases")
+                        .get(0);
+                    taken = (left == 0).then(|| killed.elapsed());
+                }
+                assert!(killed.elapsed() < Duration::from_secs(60), "partitions {owned:?} did not resume in 60 s");
+                pause(5).await;
+            }
+            let paused = killed.elapsed();
+            println!(
+                "kill {kill}: partitions {owned:?} leased by another instance {taken:?}, checkpointed by it {paused:?} after the kill"
+            );
+            pauses.push(paused);
+            self.stack.start(name, service).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        self.also_accepted.extend(trickle.await.expect("the trickle"));
+        pauses.sort();
+        println!(
+            "measured: {name} failover pause over {kills} kills: p50 {:?}, p99 {:?}, max {:?} (goal: p99 ≤ 1 s)",
+            percentile(&pauses, 0.50),
+            percentile(&pauses, 0.99),
+            pauses.last().expect("a kill")
+        );
     }
 
     async fn wait_copied(&mut self, rows: i64) {
@@ -979,6 +1088,39 @@ async fn hold_keys(run: &mut Run, wait_for: &[HeldIn]) {
         println!("{table} holds {held} keys after {:?}", loading.elapsed());
     }
     run.pool = Some(pool);
+}
+
+/// Analytics events at a steady ~100/s, each a user of its own in `now`'s
+/// hour (so every partition moves), until stopped; returns the accepted ones.
+/// A refusal that records nothing (503 "queue is full", 429) is retried; the
+/// command is never faulted here, so no outcome is unknown.
+fn trickle(
+    command: std::net::SocketAddr,
+    now: i64,
+    tag: Service,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<e2e::Event>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut accepted = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let event = e2e::Event {
+                    timestamp_ms: now,
+                    user: format!("trickle-{tag:?}-{}", accepted.len()),
+                    kind: e2e::Kind::Click,
+                };
+                match common::test_util::http(command, "POST", &event.path()).await {
+                    Ok((204, _)) => accepted.push(event),
+                    Ok((429 | 503, _)) => {}
+                    other => panic!("the trickle's {event:?} answered {other:?}"),
+                }
+                pause(10).await;
+            }
+            accepted
+        }
+    });
+    (stop, task)
 }
 
 /// A steady load over the held keys (each increment a different key), 8 lanes,

@@ -104,7 +104,7 @@ fn every_variable_given_to_a_service_is_one_it_reads() {
 #[test]
 fn each_help_lists_only_the_kafka_settings_its_service_uses() {
     // (variable, services that read it): the broker and topics a service touches, leases where it shares partitions.
-    let kafka: [(&str, &[&str]); 7] = [
+    let kafka: [(&str, &[&str]); 8] = [
         ("KAFKA_BROKERS", &["command", "processor", "materializer"]),
         ("KAFKA_CREATE_TOPICS", &["command", "processor", "materializer"]),
         ("EVENTS_TOPIC", &["command", "processor"]),
@@ -112,6 +112,7 @@ fn each_help_lists_only_the_kafka_settings_its_service_uses() {
         ("AGGREGATES_TOPIC", &["processor", "materializer"]),
         ("AGGREGATES_PARTITIONS", &["processor", "materializer"]),
         ("MEMBER_LEASE", &["processor", "materializer"]),
+        ("MEMBER_HEARTBEAT", &["processor", "materializer"]),
     ];
     for service in SERVICES {
         let help = help(service);

@@ -69,6 +69,10 @@ pub struct LeaseConfig {
     /// How long a silent instance keeps its partitions before another instance of its lease group takes them over.
     #[arg(long, env = "MEMBER_LEASE", default_value = "6s", value_parser = parse_duration)]
     pub member_lease: Duration,
+    /// How often an instance heartbeats its lease group (at most a third of the lease): how soon the others see a
+    /// killed instance's presence lock gone and take its partitions.
+    #[arg(long, env = "MEMBER_HEARTBEAT", default_value = "200ms", value_parser = parse_duration)]
+    pub member_heartbeat: Duration,
 }
 
 /// Redis, the hot read model.

@@ -3,9 +3,16 @@
 //! Each instance of a lease group (the processors, the materializers)
 //! heartbeats into `group_members`; the live members, sorted by id, split the
 //! partitions round-robin; a partition changes hands only once its owner
-//! released it or its lease expired. The services do not use Kafka consumer
-//! groups: partitions are assigned by hand, and positions live in the
-//! services' own stores (docs/architecture.md, "Assignment").
+//! released it, its lease expired, or its owner is gone. The services do not
+//! use Kafka consumer groups: partitions are assigned by hand, and positions
+//! live in the services' own stores (docs/architecture.md, "Assignment").
+//!
+//! A member is live while it heartbeats *and* holds its presence lock: a
+//! session-level advisory lock on a connection of its own. PostgreSQL drops
+//! that lock the moment the session ends, and a killed process's socket is
+//! closed by its kernel, so a kill -9 is seen at the others' next heartbeat
+//! (`--member-heartbeat`) rather than after the lease; the lease still bounds
+//! an instance that is alive but silent (stalled, cut off).
 //!
 //! Leases give liveness and balance only. Correctness never depends on them:
 //! the processor fences its state store by epoch, and every sink write is
@@ -13,9 +20,10 @@
 //! partition still produce exact counts.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{ClientWrapper, Object, Pool};
+use tokio::sync::Mutex;
 
 use crate::engine::pg::PgError;
 
@@ -51,26 +59,63 @@ impl Plan {
     }
 }
 
+/// The members of a group that are live: heartbeat within the lease, and
+/// presence lock held (or no presence key: a member of an older version; or
+/// `$3`, presence not judged). `pg_locks` is read once per call, in the CTE.
+const LIVE_MEMBERS: &str = "WITH held AS (
+        SELECT (l.classid::bigint << 32) | l.objid::bigint AS key FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+    SELECT member_id FROM group_members m
+    WHERE group_name = $1 AND heartbeat_at > now() - $2 * interval '1 millisecond'
+      AND ($3 OR presence_key IS NULL OR presence_key IN (SELECT key FROM held))";
+
 /// One instance's membership in a group.
 pub struct Membership {
     pool: Pool,
     group: String,
     member: String,
     lease: Duration,
+    heartbeat: Duration,
     partitions: i32,
+    /// The advisory lock key of this member's presence.
+    presence_key: i64,
+    /// The session holding the presence lock (a connection taken out of the
+    /// pool for good: dropping it closes it, which releases the lock), and
+    /// when it took the lock.
+    presence: Mutex<Option<(ClientWrapper, Instant)>>,
 }
+
+/// How many heartbeats a member's own presence session must have lived
+/// before it judges the others' presence: after PostgreSQL restarts or a
+/// connection blip every member re-takes its lock at its next heartbeat, and
+/// none should take the partitions of a peer that has not come round yet.
+const PRESENCE_SETTLE_HEARTBEATS: u32 = 5;
 
 impl Membership {
     /// A member of `group` sharing `partitions` partitions; `lease` is how
-    /// long a silent member keeps its partitions.
-    pub fn new(pool: Pool, group: &str, partitions: i32, lease: Duration) -> Self {
+    /// long a silent member keeps its partitions, `heartbeat` how often it
+    /// heartbeats (at most a third of the lease).
+    pub fn new(pool: Pool, group: &str, partitions: i32, lease: Duration, heartbeat: Duration) -> Self {
         let member = format!(
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
             std::process::id(),
             crate::random_suffix()
         );
-        Membership { pool, group: group.to_owned(), member, lease, partitions }
+        // Unique per member (its id is), spread over the whole key space so that it
+        // meets no other advisory lock user's small constants.
+        let presence_key = fnv1a(format!("member presence/{group}/{member}").as_bytes()) as i64;
+        Membership {
+            pool,
+            group: group.to_owned(),
+            member,
+            lease,
+            heartbeat: heartbeat.min(lease / 3),
+            partitions,
+            presence_key,
+            presence: Mutex::new(None),
+        }
     }
 
     /// Joins `group` for the partitions of `topic`, as many as the broker says it has;
@@ -89,7 +134,7 @@ impl Membership {
         let partitions = crate::engine::kafka::partition_count(kafka, topic)
             .await
             .with_context(|| format!("reading the partition count of {topic}"))?;
-        Ok(Membership::new(pool, group, partitions, lease.member_lease))
+        Ok(Membership::new(pool, group, partitions, lease.member_lease, lease.member_heartbeat))
     }
 
     pub fn member_id(&self) -> &str {
@@ -98,7 +143,32 @@ impl Membership {
 
     /// How often to call [`heartbeat`](Self::heartbeat).
     pub fn heartbeat_interval(&self) -> Duration {
-        self.lease / 3
+        self.heartbeat
+    }
+
+    /// Holds the presence lock, on a new session if the last one ended;
+    /// whether that session has lived long enough to judge the others'
+    /// presence ([`PRESENCE_SETTLE_HEARTBEATS`]).
+    ///
+    /// # Errors
+    /// [`PgError`] when PostgreSQL is unreachable, or the lock is still held
+    /// by this member's previous session (not yet ended on the server side):
+    /// not present, so this heartbeat renews nothing.
+    async fn hold_presence(&self) -> Result<bool, PgError> {
+        let mut presence = self.presence.lock().await;
+        if let Some((client, since)) = presence.as_ref() {
+            if !client.is_closed() {
+                return Ok(since.elapsed() >= self.heartbeat * PRESENCE_SETTLE_HEARTBEATS);
+            }
+        }
+        *presence = None;
+        let client = Object::take(self.pool.get().await?);
+        let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&self.presence_key]).await?.get(0);
+        if !held {
+            return Err(PgError::PresenceHeld(self.member.clone()));
+        }
+        *presence = Some((client, Instant::now()));
+        Ok(false)
     }
 
     fn lease_ms(&self) -> f64 {
@@ -111,25 +181,25 @@ impl Membership {
     /// [`PgError`] when PostgreSQL is unreachable: keep going with what you own;
     /// if it lasts longer than the lease, others will take over (and fence you).
     pub async fn heartbeat(&self, owned: &BTreeSet<i32>) -> Result<Plan, PgError> {
+        let judge_presence = self.hold_presence().await?;
         let client = self.pool.get().await?;
         let lease = self.lease_ms();
         client
             .execute(
-                "INSERT INTO group_members (group_name, member_id, heartbeat_at) VALUES ($1, $2, now())
-                 ON CONFLICT (group_name, member_id) DO UPDATE SET heartbeat_at = now()",
-                &[&self.group, &self.member],
+                "INSERT INTO group_members (group_name, member_id, heartbeat_at, presence_key) VALUES ($1, $2, now(), $3)
+                 ON CONFLICT (group_name, member_id) DO UPDATE SET heartbeat_at = now(), presence_key = $3",
+                &[&self.group, &self.member, &self.presence_key],
             )
             .await?;
-        let members: Vec<String> = client
-            .query(
-                "SELECT member_id FROM group_members
-                 WHERE group_name = $1 AND heartbeat_at > now() - $2 * interval '1 millisecond'",
-                &[&self.group, &lease],
-            )
+        let mut members: Vec<String> = client
+            .query(LIVE_MEMBERS, &[&self.group, &lease, &!judge_presence])
             .await?
             .iter()
             .map(|r| r.get("member_id"))
             .collect();
+        if !members.contains(&self.member) {
+            members.push(self.member.clone());
+        }
         let desired = desired_partitions(&members, &self.member, self.partitions);
         let keep: Vec<i32> = owned.intersection(&desired).copied().collect();
         let renewed: BTreeSet<i32> = client
@@ -143,6 +213,8 @@ impl Membership {
             .map(|r| r.get("partition"))
             .collect();
         let wanted: Vec<i32> = desired.difference(owned).copied().collect();
+        // A partition is free once released, expired, or owned by a member that is no longer live
+        // (its presence lock went with its process).
         let acquired: Vec<i32> = client
             .query(
                 "INSERT INTO partition_leases (group_name, partition, owner, lease_until)
@@ -152,8 +224,9 @@ impl Membership {
                  WHERE partition_leases.owner IS NULL
                     OR partition_leases.owner = EXCLUDED.owner
                     OR partition_leases.lease_until < now()
+                    OR partition_leases.owner <> ALL($5::text[])
                  RETURNING partition",
-                &[&self.group, &self.member, &wanted, &lease],
+                &[&self.group, &self.member, &wanted, &lease, &members],
             )
             .await?
             .iter()
@@ -261,8 +334,15 @@ impl Membership {
         client
             .execute("DELETE FROM group_members WHERE group_name = $1 AND member_id = $2", &[&self.group, &self.member])
             .await?;
+        self.presence.lock().await.take();
         Ok(())
     }
+}
+
+/// FNV-1a, 64 bits: a stable hash of a member's name for its lock key (std's
+/// hashers are seeded per process; this key must be the same in the row and the lock).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

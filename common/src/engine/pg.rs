@@ -137,6 +137,14 @@ pub mod migrations {
         &[Processor, Query],
         include_str!("../../migrations/0008_bulk_active.sql"),
     );
+    /// Members' presence locks: a killed member's partitions move at the next heartbeat, not after its lease.
+    pub const MEMBER_PRESENCE: Migration = Migration::new(
+        ENGINE,
+        9,
+        "member_presence",
+        &[Processor, Materializer],
+        include_str!("../../migrations/0009_member_presence.sql"),
+    );
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -148,6 +156,7 @@ pub mod migrations {
         PROCESSOR_OUTBOX,
         BULK_GENERATIONS,
         BULK_ACTIVE,
+        MEMBER_PRESENCE,
     ];
 }
 
@@ -175,6 +184,10 @@ pub enum PgError {
     /// A stored row this build cannot read (a bug or a manual edit): retrying cannot help.
     #[error("unreadable row: {0}")]
     Corrupt(String),
+    /// A lease group member's presence lock is still held by its previous
+    /// session (the server has not seen it end yet): retried at the next heartbeat.
+    #[error("presence lock still held: {0}")]
+    PresenceHeld(String),
 }
 
 impl PgError {
@@ -182,7 +195,7 @@ impl PgError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PgError::Config(_) | PgError::Corrupt(_) => false,
-            PgError::Pool(_) => true,
+            PgError::Pool(_) | PgError::PresenceHeld(_) => true,
             PgError::Db(e) => e.as_db_error().is_none_or(|db| {
                 // Serialization failures, deadlocks, connection and resource errors.
                 let code = db.code().code();
@@ -413,7 +426,7 @@ mod tests {
         let names = |s| migrations_for(s, []).iter().map(|m| m.name).collect::<Vec<_>>();
         assert_eq!(names(Service::Command), ["deployment_settings"]);
         assert_eq!(names(Service::Query), ["read_progress", "bulk_active"]);
-        assert_eq!(names(Service::Materializer), ["coordination", "read_progress"]);
+        assert_eq!(names(Service::Materializer), ["coordination", "read_progress", "member_presence"]);
         assert!(!names(Service::Processor).contains(&"read_progress"));
     }
 }
