@@ -26,8 +26,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-/// How long a metadata or watermark request may take while following starts.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a metadata, offset or watermark request may take while following starts (the tail's too).
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The requests of one replies topic waiting for their decision.
 pub(crate) struct Replies {

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use common::engine::config::KafkaConfig;
@@ -14,8 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// How long a metadata, offset or watermark request may take.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+use super::replies::METADATA_TIMEOUT;
 
 /// One record of the followed topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
