@@ -48,4 +48,20 @@ for name in "${scenarios[@]}"; do
   fi
 done
 echo "$passed passed, $failed failed"
+
+# Beside row 17 (the services' failover pause): the same kill -9 measured on the broker's own group protocol,
+# classic (session timeout at the broker's minimum) and KIP-848's (the broker's defaults). Run with every row,
+# or when asked for by name (`scripts/chaos.sh group_failover`).
+run_group=$(( $# == 0 ))
+for want in "$@"; do [[ group_failover == *"$want"* ]] && run_group=1; done
+if ((run_group)); then
+  for args in "--protocol classic --kills 10" "--protocol consumer --kills 3"; do
+    # shellcheck disable=SC2086 # the arguments are split on purpose
+    if json="$(target/release/group-failover $args 2>target/chaos/group_failover.log | tail -1)"; then
+      printf 'MEASURED  the broker group protocol (%s): %s\n' "$args" "$json"
+    else
+      printf 'FAIL  group failover measurement (%s), see target/chaos/group_failover.log\n' "$args"; failed=$((failed + 1))
+    fi
+  done
+fi
 ((failed == 0))
