@@ -205,12 +205,19 @@ controller() {
   echo "$best"
 }
 
+# The nodes of BROKERS, then any node of the other layout that runs here (a cluster while
+# BROKERS is unset, say).
 status() {
-  local n
+  local n pidfile
   for n in $(nodes); do
     node "$n"
     local name=kafka; ((BROKERS == 1)) || name="kafka node $n (:$NODE_PORT)"
     if alive "$NODE_PIDFILE"; then echo "$name: running (pid $(cat "$NODE_PIDFILE"))"; else echo "$name: stopped"; fi
+  done
+  for pidfile in "$RUN_DIR/kafka.pid" "$RUN_DIR"/kafka-[0-9].pid; do
+    if ((BROKERS == 1)) && [[ $pidfile == */kafka.pid ]]; then continue; fi
+    if ((BROKERS > 1)) && [[ $pidfile != */kafka.pid ]]; then continue; fi
+    if alive "$pidfile"; then echo "kafka ($(basename "$pidfile" .pid)): running (pid $(cat "$pidfile"))"; fi
   done
 }
 
