@@ -4,7 +4,7 @@
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-up: ## install what is missing, build, start broker + four services, wait until ready
+up: ## install what is missing, build, start broker + four services, wait until ready (BROKERS=3: a three-node Kafka cluster)
 	@scripts/stack.sh up
 
 down: ## stop exactly what `make up` started (by PID)
@@ -37,10 +37,10 @@ load-promotions: ## upload a promotions CSV as a new generation (streamed): make
 reset: ## drop this stack's read models, processor state and Kafka log (the stack must be down)
 	@scripts/stack.sh reset
 
-broker: ## start only the broker (Apache Kafka, KRaft, natively)
+broker: ## start only the broker (Apache Kafka, KRaft, natively; BROKERS=3: a three-node cluster)
 	@scripts/stack.sh broker-up
 
-chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis flush, PostgreSQL outage, scale)
+chaos: ## fault scenarios against the real stack (kill -9, broker restart, Redis flush, PostgreSQL outage, scale, a Kafka node killed in a 3-node cluster)
 	@scripts/chaos.sh
 
 bench: ## benchmarks against same-run ceilings (QUICK=1 for a short run); writes target/bench/results.json and docs/benchmarks.md

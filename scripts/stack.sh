@@ -2,7 +2,7 @@
 # The local stack, natively: dependencies, Apache Kafka and the four services.
 #
 #   scripts/stack.sh deps          install/start what is missing (Redis, PostgreSQL, the Kafka jars)
-#   scripts/stack.sh broker-up     start the broker if it is not running
+#   scripts/stack.sh broker-up     start the broker if it is not running (BROKERS=3: a three-node cluster)
 #   scripts/stack.sh broker-down   stop the broker this script started
 #   scripts/stack.sh up            deps + release build + broker + services, wait until ready
 #   scripts/stack.sh down          stop everything `up` started, by PID
@@ -12,12 +12,15 @@
 #   scripts/stack.sh schemathesis-deps   the pinned schemathesis in $RUN_DIR/venv-schemathesis (make test's contract run)
 #
 # Everything runtime lives under $RUN_DIR (default ./run): logs, PID files, broker data.
+# BROKERS=3 (`make up BROKERS=3`) runs Kafka as a three-node cluster (scripts/kafka.sh, docs/broker.md);
+# the services then get all three in KAFKA_BROKERS.
 # Idempotent: running `up` twice is harmless.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${RUN_DIR:-$ROOT/run}"
 BROKER_PORT="${BROKER_PORT:-9092}"
+BROKERS="${BROKERS:-1}"
 COMMAND_PORT="${COMMAND_PORT:-8081}"
 QUERY_PORT="${QUERY_PORT:-8082}"
 PROCESSOR_PORT="${PROCESSOR_PORT:-9101}"
@@ -108,9 +111,11 @@ YAML
   log "Prometheus on http://127.0.0.1:$PROMETHEUS_PORT (try: analytics_http_requests_total)"
 }
 
-broker_up() { RUN_DIR="$RUN_DIR" BROKER_PORT="$BROKER_PORT" "$ROOT/scripts/kafka.sh" up; }
+kafka() { RUN_DIR="$RUN_DIR" BROKERS="$BROKERS" BROKER_PORT="$BROKER_PORT" "$ROOT/scripts/kafka.sh" "$@"; }
 
-broker_down() { RUN_DIR="$RUN_DIR" "$ROOT/scripts/kafka.sh" down; }
+broker_up() { kafka up; }
+
+broker_down() { kafka down; }
 
 SERVICES=(command processor materializer query)
 
@@ -138,7 +143,8 @@ up() {
   log "building release binaries"
   (cd "$ROOT" && cargo build --release --bins --quiet)
   broker_up
-  export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$BROKER_PORT}"
+  KAFKA_BROKERS="${KAFKA_BROKERS:-$(kafka brokers)}"
+  export KAFKA_BROKERS
   for s in "${SERVICES[@]}"; do
     if alive "$RUN_DIR/$s.pid"; then log "$s already running (pid $(cat "$RUN_DIR/$s.pid"))"; continue; fi
     # shellcheck disable=SC2046
@@ -172,14 +178,14 @@ reset() {
   for s in "${SERVICES[@]}"; do alive "$RUN_DIR/$s.pid" && die "stop the stack first (make down)"; done
   broker_down
   local schema="${PG_SCHEMA:-analytics}" prefix="${REDIS_KEY_PREFIX:-analytics}"
-  log "dropping PostgreSQL schema '$schema', Redis keys '$prefix:*' and the broker log $RUN_DIR/kafka/data"
+  log "dropping PostgreSQL schema '$schema', Redis keys '$prefix:*' and the broker logs $RUN_DIR/kafka*/data"
   psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP SCHEMA IF EXISTS $schema CASCADE" 2>/dev/null || true
   redis-cli -h 127.0.0.1 --scan --pattern "$prefix:*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null || true
-  rm -rf "$RUN_DIR/kafka/data"
+  rm -rf "$RUN_DIR/kafka/data" "$RUN_DIR"/kafka-[0-9]*/data "$RUN_DIR/kafka-cluster.id"
 }
 
 status() {
-  RUN_DIR="$RUN_DIR" "$ROOT/scripts/kafka.sh" status
+  kafka status
   for s in "${SERVICES[@]}" prometheus; do
     if alive "$RUN_DIR/$s.pid"; then echo "$s: running (pid $(cat "$RUN_DIR/$s.pid"))"; else echo "$s: stopped"; fi
   done

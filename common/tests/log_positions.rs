@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::engine::kafka::{check_position, PositionOutsideLog};
+use common::engine::kafka::{check_position, PositionOutsideLog, BROKER_DEFAULT_REPLICATION};
 use common::test_util::{delete_topics, isolated, unique_suffix};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -21,7 +21,7 @@ async fn positions_outside_the_log_are_refused() {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    admin.create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &opts).await.unwrap();
+    admin.create_topics(&[NewTopic::new(&topic, 1, BROKER_DEFAULT_REPLICATION)], &opts).await.unwrap();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     for i in 0..10 {
         let key = format!("k{i}");

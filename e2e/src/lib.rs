@@ -246,6 +246,72 @@ impl Drop for Stack {
     }
 }
 
+/// A three-node Kafka cluster of its own (`scripts/kafka.sh` with `BROKERS=3`),
+/// on ports and in a run directory apart from the shared broker's: for the
+/// cluster rows of `make chaos`. Node `n` (1..=3) is also its KRaft node id,
+/// the id the broker metadata names leaders by.
+pub struct KafkaCluster {
+    run_dir: PathBuf,
+    /// Node 1's client port; node n listens on `base + 2(n-1)`, its controller one above.
+    base_port: u16,
+}
+
+impl KafkaCluster {
+    /// The cluster in `<repo>/run/cluster` on ports 19092-19097, or `CLUSTER_RUN_DIR`
+    /// and `CLUSTER_BROKER_PORT` (node 1's client port) when set.
+    pub fn from_env() -> Self {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let run_dir = std::env::var("CLUSTER_RUN_DIR").map_or_else(|_| repo.join("run/cluster"), PathBuf::from);
+        let base_port = std::env::var("CLUSTER_BROKER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(19092);
+        KafkaCluster { run_dir, base_port }
+    }
+
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("BROKERS", "3")
+            .env("RUN_DIR", &self.run_dir)
+            .env("BROKER_PORT", self.base_port.to_string())
+            .env("CONTROLLER_PORT", (self.base_port + 1).to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/kafka.sh")
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.script(args);
+        assert!(out.status.success(), "scripts/kafka.sh {args:?} failed");
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    }
+
+    /// Starts every node that is not running and waits until each answers.
+    pub fn up(&self) {
+        self.run(&["up"]);
+    }
+
+    /// Stops every node (SIGTERM, by PID).
+    pub fn down(&self) {
+        self.run(&["down"]);
+    }
+
+    /// The bootstrap list, for `KAFKA_BROKERS`.
+    pub fn brokers(&self) -> String {
+        self.run(&["brokers"])
+    }
+
+    /// kill -9 of node `n`: no controlled shutdown, no flush.
+    pub fn kill9(&self, n: i32) {
+        self.run(&["kill", &n.to_string()]);
+    }
+
+    /// The node id of the active controller.
+    pub fn controller(&self) -> i32 {
+        self.run(&["controller"]).parse().expect("a node id")
+    }
+}
+
 /// The event kinds, as the API spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -7,7 +7,12 @@
 //! a restart with a million keys held; row 15 loads a 2M-row promotions file
 //! while readers check that no answer ever mixes two generations; row 16 kills
 //! every widgets service under 20,000 racing graph writes and runs the
-//! widgets checker. Each row is an `#[ignore]`d test of its
+//! widgets checker; rows 17-19 run on a three-node Kafka cluster of their own
+//! ([`e2e::KafkaCluster`]) and kill -9 a partition leader or the active
+//! controller under a load of events posted with ids, then check exact counts
+//! and measure the pause; row 20 kills a second processor, then a second
+//! materializer, twelve times each and measures how soon another instance
+//! checkpoints their partitions (the failover pause). Each row is an `#[ignore]`d test of its
 //! own (one stack per process), ignored by `make test`; `scripts/chaos.sh`
 //! lists them from this binary, runs them one by one and prints a summary.
 //!
@@ -23,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use analytics::{HourCounts, HourStart};
 use e2e::{
-    assert_counts_within, get_counts, post_under_faults, test_hours, workload, CuttableProxy, Expected, LoadOutcome,
-    Service, Stack,
+    assert_counts_within, get_counts, post_under_faults, test_hours, workload, CuttableProxy, Expected, KafkaCluster,
+    LoadOutcome, Service, Stack,
 };
 
 const EVENTS: usize = 100_000;
@@ -84,6 +89,19 @@ enum Setup {
     /// of `rows` rows uploaded streamed, while readers ask for ids of A only,
     /// of both and of B only ([`promotions_load`]).
     Promotions { rows: u64 },
+    /// The stack on a three-node Kafka cluster started for the row
+    /// ([`KafkaCluster`]: replication factor 3, `min.insync.replicas=2`, every
+    /// topic created with the broker's default), and the analytics events of
+    /// `seed`, each posted with its own id and retried with it until a 204
+    /// ([`post_with_ids_until_accepted`]); every answer is noted with its time.
+    ClusterAnalyticsWithIds { seed: u64 },
+}
+
+/// A topic of the stack, whose partition leaders [`Step::KillLeaderOf`] picks from.
+#[derive(Clone, Copy, Debug)]
+enum LogTopic {
+    Events,
+    Aggregates,
 }
 
 /// Where [`Setup::HeldKeys`] waits for the held keys.
@@ -141,6 +159,14 @@ enum Step {
     /// (counted by [`Check::Counts`]) keeps every partition moving. Prints each
     /// pause and their p50/p99/max.
     Failovers(Service, usize),
+    /// kill -9 of the cluster node that leads a partition of the topic (one
+    /// that is not also the active controller, when there is one), noting
+    /// when: the pause of [`Check::ExactlyOnceThroughFailover`] is measured from it.
+    KillLeaderOf(LogTopic),
+    /// kill -9 of the cluster's active controller (a broker too), noting when.
+    KillController,
+    /// `scripts/kafka.sh up`: the killed node starts again and catches up.
+    RestartBroker,
 }
 
 /// One check, after the fault and the load.
@@ -180,6 +206,11 @@ enum Check {
     /// (all of its first ids and a sample answer B's values) or failed with
     /// A answering fully.
     WholeGeneration,
+    /// [`Setup::ClusterAnalyticsWithIds`]: every event accepted and counted
+    /// exactly once (none lost, none doubled); every answer a 204 or a
+    /// retryable 503; prints the pause after the kill (the longest stretch
+    /// without a 204) and the answers by kind.
+    ExactlyOnceThroughFailover,
 }
 
 use Service::{Materializer, Processor};
@@ -294,6 +325,24 @@ scenarios! {
             Start("materializer", Materializer)],
         checks: &[Check::WidgetsHistory],
     };
+    chaos_17_cluster_kill_9_of_an_events_partition_leader: Scenario {
+        what: "3-node Kafka: kill -9 the leader of an events partition, restart it",
+        setup: Setup::ClusterAnalyticsWithIds { seed: 17 },
+        fault: &[Pause(4000), KillLeaderOf(LogTopic::Events), Pause(15_000), RestartBroker],
+        checks: &[Check::ExactlyOnceThroughFailover],
+    };
+    chaos_18_cluster_kill_9_of_an_aggregates_partition_leader_mid_transactions: Scenario {
+        what: "3-node Kafka: kill -9 the leader of an aggregates partition mid-transactions",
+        setup: Setup::ClusterAnalyticsWithIds { seed: 18 },
+        fault: &[Pause(4000), KillLeaderOf(LogTopic::Aggregates), Pause(15_000), RestartBroker],
+        checks: &[Check::ExactlyOnceThroughFailover],
+    };
+    chaos_19_cluster_kill_9_of_the_active_controller: Scenario {
+        what: "3-node Kafka: kill -9 the active controller, restart it",
+        setup: Setup::ClusterAnalyticsWithIds { seed: 19 },
+        fault: &[Pause(4000), KillController, Pause(15_000), RestartBroker],
+        checks: &[Check::ExactlyOnceThroughFailover],
+    };
     chaos_12_increments_kill_9_of_the_processor_holding_1m_keys: Scenario {
         what: "increments: kill -9 of the processor holding 1M keys, staleness after",
         setup: Setup::HeldKeys { wait_for: &[HeldIn::Processor, HeldIn::ReadModel], steady_load: false },
@@ -308,7 +357,7 @@ scenarios! {
             Pause(3000)],
         checks: &[Check::StalenessAfterMaterializerRestart, Check::RedisMatchesPostgresSample],
     };
-    chaos_17_failover_pause_of_processors_and_materializers: Scenario {
+    chaos_20_failover_pause_of_processors_and_materializers: Scenario {
         what: "failover: 12 kills -9 of a second processor, then of a second materializer, pause measured",
         setup: Setup::Analytics { seed: 27, commands: &["command"], proxied: Proxied::Nothing },
         fault: &[Failovers(Processor, 12), Failovers(Materializer, 12)],
@@ -351,6 +400,10 @@ enum Load {
         stop: Arc<AtomicBool>,
         task: tokio::task::JoinHandle<()>,
     },
+    WithIds {
+        task: tokio::task::JoinHandle<Vec<Answered>>,
+        expected: Expected,
+    },
     Promotions {
         rows: u64,
         /// A's generation.
@@ -373,6 +426,10 @@ enum Finished {
     Increments(BTreeMap<String, i128>),
     Answers(Vec<answers_load::Decided>),
     Widgets(Vec<widgets::check::Answered<Instant>>),
+    WithIds {
+        answers: Vec<Answered>,
+        expected: Expected,
+    },
     /// B's status once active or failed, and every reader's reads.
     Promotions {
         rows: u64,
@@ -400,6 +457,10 @@ struct Run {
     /// [`Step::ProbeUntilCaughtUp`]: (seconds after the restart, staleness in seconds).
     samples: Vec<(f64, f64)>,
     caught_up_after: Option<Duration>,
+    /// The cluster of [`Setup::ClusterAnalyticsWithIds`], stopped after the checks.
+    cluster: Option<KafkaCluster>,
+    /// The cluster node a step killed, what it led, and when.
+    broker_killed: Option<(i32, String, Instant)>,
 }
 
 /// The runner: set-up, the fault's steps, the load awaited, the checks, cleanup.
@@ -414,6 +475,9 @@ async fn run(scenario: Scenario) {
         run.check(*check).await;
     }
     run.stack.cleanup().await;
+    if let Some(cluster) = run.cluster {
+        cluster.down();
+    }
 }
 
 fn events(seed: u64) -> Vec<e2e::Event> {
@@ -440,6 +504,13 @@ async fn extra_commands(stack: &mut Stack, commands: &[&str]) -> Vec<std::net::S
 
 async fn set_up(setup: &Setup) -> Run {
     let mut stack = Stack::new();
+    let mut cluster = None;
+    if let Setup::ClusterAnalyticsWithIds { .. } = setup {
+        let c = KafkaCluster::from_env();
+        c.up();
+        stack.kafka.brokers = c.brokers();
+        cluster = Some(c);
+    }
     let (mut pg_proxy, mut redis_proxy) = (None, None);
     if let Setup::Analytics { proxied: Proxied::Postgres, .. } = setup {
         let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
@@ -467,6 +538,8 @@ async fn set_up(setup: &Setup) -> Run {
         probes: Vec::new(),
         samples: Vec::new(),
         caught_up_after: None,
+        cluster,
+        broker_killed: None,
     };
     run.load = match *setup {
         Setup::Analytics { seed, commands, proxied } => {
@@ -527,6 +600,12 @@ async fn set_up(setup: &Setup) -> Run {
             let upload = tokio::spawn(promotions_load::upload_b(command, rows));
             Load::Promotions { rows, a, started, upload, stop, readers }
         }
+        Setup::ClusterAnalyticsWithIds { seed } => {
+            let all = events(seed);
+            let expected = expected_of(&all);
+            let task = tokio::spawn(post_with_ids_until_accepted(run.stack.addr("command"), all, seed));
+            Load::WithIds { task, expected }
+        }
     };
     run
 }
@@ -578,7 +657,42 @@ impl Run {
             AwaitLoad => self.await_load().await,
             WaitCopied(rows) => self.wait_copied(rows).await,
             Failovers(service, kills) => self.failovers(service, kills).await,
+            KillLeaderOf(topic) => self.kill_leader_of(topic).await,
+            KillController => {
+                let cluster = self.cluster.as_ref().expect("KillController needs a cluster");
+                let node = cluster.controller();
+                cluster.kill9(node);
+                println!("killed node {node}, the active controller");
+                self.broker_killed = Some((node, "the active controller".into(), Instant::now()));
+            }
+            RestartBroker => {
+                let cluster = self.cluster.as_ref().expect("RestartBroker needs a cluster");
+                let started = Instant::now();
+                tokio::task::block_in_place(|| cluster.up());
+                println!("the killed node is back, ready after {:.1} s", started.elapsed().as_secs_f64());
+            }
         }
+    }
+
+    /// Kills the leader of a partition of `topic`, preferring one that is not the active controller.
+    async fn kill_leader_of(&mut self, topic: LogTopic) {
+        let cluster = self.cluster.as_ref().expect("KillLeaderOf needs a cluster");
+        let name = match topic {
+            LogTopic::Events => self.stack.kafka.events_topic.clone(),
+            LogTopic::Aggregates => self.stack.kafka.aggregates_topic.clone(),
+        };
+        let controller = cluster.controller();
+        let leaders = partition_leaders(&self.stack.kafka.brokers, &name).await;
+        let (partition, node) = leaders
+            .iter()
+            .copied()
+            .find(|(_, leader)| *leader != controller)
+            .or_else(|| leaders.first().copied())
+            .expect("the topic has partitions");
+        cluster.kill9(node);
+        let what = format!("the leader of {name}[{partition}] (leaders {leaders:?}, controller {controller})");
+        println!("killed node {node}, {what}");
+        self.broker_killed = Some((node, what, Instant::now()));
     }
 
     async fn failovers(&mut self, service: Service, kills: usize) {
@@ -709,6 +823,7 @@ impl Run {
             }
             Load::Answers { task, .. } => Finished::Answers(task.await.expect("load task")),
             Load::Widgets { task, .. } => Finished::Widgets(task.await.expect("load task")),
+            Load::WithIds { task, expected } => Finished::WithIds { answers: task.await.expect("load task"), expected },
             Load::Steady { stop, task } => {
                 stop.store(true, Ordering::Relaxed);
                 task.await.expect("the background load");
@@ -805,7 +920,43 @@ impl Run {
             Check::StalenessAfterMaterializerRestart => self.staleness_after_materializer_restart(),
             Check::RedisMatchesPostgresSample => self.redis_matches_postgres_sample().await,
             Check::WholeGeneration => self.whole_generation().await,
+            Check::ExactlyOnceThroughFailover => self.exactly_once_through_failover().await,
         }
+    }
+
+    async fn exactly_once_through_failover(&self) {
+        let Some(Finished::WithIds { answers, expected }) = &self.finished else {
+            panic!("ExactlyOnceThroughFailover needs the with-ids load")
+        };
+        let (node, what, killed) = self.broker_killed.as_ref().expect("a step killed a cluster node");
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for a in answers {
+            *kinds.entry(a.kind()).or_default() += 1;
+        }
+        println!("answers: {kinds:?}");
+        let wrong: Vec<&Answered> = answers.iter().filter(|a| !a.is_2xx_or_retryable()).take(5).collect();
+        assert!(wrong.is_empty(), "answers other than a 2xx or a retryable 503: {wrong:?}");
+        // The pause: the longest stretch without a 204 from the kill on (while the load lasted).
+        let mut accepted: Vec<Instant> = answers.iter().filter(|a| a.status == Some(204)).map(|a| a.at).collect();
+        accepted.sort_unstable();
+        let after: Vec<Instant> = accepted.iter().copied().filter(|t| t > killed).collect();
+        let pause = std::iter::once(*killed)
+            .chain(after.iter().copied())
+            .zip(after.iter().copied())
+            .map(|(a, b)| b - a)
+            .max()
+            .unwrap_or_default();
+        let first = after.first().map_or(Duration::ZERO, |t| *t - *killed);
+        let retried = answers.iter().filter(|a| a.status != Some(204)).count();
+        println!(
+            "measured: kill -9 of node {node}, {what}: longest stretch without a 204 {:.2} s (first 204 after the \
+             kill {:.2} s), {retried} answers retried with the event's id",
+            pause.as_secs_f64(),
+            first.as_secs_f64()
+        );
+        assert!(!after.is_empty(), "the load went on after the kill");
+        // Every event was acknowledged (a 204, possibly after retries with its id): each counted exactly once.
+        assert_counts_within(self.stack.addr("query"), expected, expected, CONVERGE).await;
     }
 
     async fn whole_generation(&self) {
@@ -1062,6 +1213,81 @@ async fn post_twice_with_ids(command: std::net::SocketAddr, events: Vec<e2e::Eve
         .buffer_unordered(CONCURRENCY)
         .count()
         .await
+}
+
+/// One answer the command gave (or did not give) to a POST with an id.
+#[derive(Debug)]
+struct Answered {
+    at: Instant,
+    /// `None`: no answer (a connection error).
+    status: Option<u16>,
+    body: String,
+}
+
+impl Answered {
+    /// A 204, or a 503 the client may retry with the same id: the command's
+    /// answers all say "retry" and carry `Retry-After` (common::engine::http::unavailable).
+    fn is_2xx_or_retryable(&self) -> bool {
+        match self.status {
+            Some(200..=299) => true,
+            Some(503) => self.body.contains("same id") || self.body.contains("retry"),
+            _ => false,
+        }
+    }
+
+    /// Its status and, for a 503, the reason's first words.
+    fn kind(&self) -> String {
+        match self.status {
+            Some(503) => format!("503 {}", self.body.split(':').next().unwrap_or_default()),
+            Some(status) => status.to_string(),
+            None => "no answer".into(),
+        }
+    }
+}
+
+/// Posts every event with its own id, retrying it with that id after anything
+/// but a 204 (a 503 whose outcome is unknown included: the id makes the
+/// retry safe), and notes every answer with its time.
+async fn post_with_ids_until_accepted(
+    command: std::net::SocketAddr,
+    events: Vec<e2e::Event>,
+    seed: u64,
+) -> Vec<Answered> {
+    use futures::StreamExt;
+    let answers: Vec<Vec<Answered>> = futures::stream::iter(events.into_iter().enumerate())
+        .map(|(i, e)| async move {
+            let path = format!("{}&id=cluster-{seed}-{i}", e.path());
+            let mut seen = Vec::new();
+            for _ in 0..600 {
+                let answer = common::test_util::http(command, "POST", &path).await;
+                let (status, body) = answer.map_or((None, String::new()), |(s, b)| (Some(s), b));
+                seen.push(Answered { at: Instant::now(), status, body });
+                if status == Some(204) {
+                    return seen;
+                }
+                pause(200).await;
+            }
+            panic!("event {i} never accepted: last answers {:?}", &seen[seen.len() - 3..]);
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    answers.into_iter().flatten().collect()
+}
+
+/// Each partition of `topic` with the node id of its leader, from the cluster's metadata.
+async fn partition_leaders(brokers: &str, topic: &str) -> Vec<(i32, i32)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("a metadata client");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("the cluster's metadata");
+        let t = md.topics().first().expect("the topic");
+        t.partitions().iter().map(|p| (p.id(), p.leader())).collect()
+    })
+    .await
+    .expect("the metadata task")
 }
 
 /// The `i`-th key of a bulk load.

@@ -3,8 +3,8 @@
 //! checks what can go wrong without running it: the files parse, the services
 //! exist, every environment variable given to a service is one its binary
 //! really reads (per `--help`), ports agree between the services, Prometheus
-//! and the gateway, Kafka keeps its log on its volume with the native stack's
-//! broker settings, the build context is small, the services' image is built
+//! and the gateway, each of the three Kafka nodes keeps its log on its volume
+//! with the native cluster's broker settings, the build context is small, the services' image is built
 //! once, and each service waits for exactly the backends it uses.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +33,8 @@ fn compose() -> Value {
 
 /// The four services built from this repository.
 const SERVICES: [&str; 4] = ["command", "processor", "materializer", "query"];
+/// The Kafka cluster's nodes, whose node ids are 1, 2, 3 in this order.
+const KAFKA_NODES: [&str; 3] = ["kafka-1", "kafka-2", "kafka-3"];
 /// The image the four services run.
 const IMAGE: &str = "analytics:latest";
 
@@ -66,7 +68,9 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
 fn compose_names_every_part_of_the_deployment() {
     let c = compose();
     for name in [
-        "kafka",
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
         "redis",
         "postgres",
         "command",
@@ -79,7 +83,9 @@ fn compose_names_every_part_of_the_deployment() {
     ] {
         assert!(c["services"][name].is_mapping(), "service {name} missing");
     }
-    assert!(c["services"]["kafka"]["image"].as_str().unwrap().starts_with("apache/kafka"));
+    for node in KAFKA_NODES {
+        assert!(c["services"][node]["image"].as_str().unwrap().starts_with("apache/kafka"), "{node}");
+    }
     let gateway_ports = serde_yaml::to_string(&c["services"]["gateway"]["ports"]).unwrap();
     assert!(gateway_ports.contains("8080:8080"), "one public port: {gateway_ports}");
 }
@@ -150,7 +156,8 @@ fn ports_agree_between_services_prometheus_and_the_gateway() {
         let env = environment(&c["services"][service]);
         assert!(env["PG_URL"].contains("@postgres:5432/"), "{service} PG_URL");
     }
-    assert!(environment(&c["services"]["command"])["KAFKA_BROKERS"].starts_with("kafka:"));
+    let brokers: Vec<String> = KAFKA_NODES.iter().map(|n| format!("{n}:9092")).collect();
+    assert_eq!(environment(&c["services"]["command"])["KAFKA_BROKERS"], brokers.join(","), "every node bootstraps");
 }
 
 #[test]
@@ -194,59 +201,85 @@ fn the_grafana_dashboard_is_provisioned_and_queries_real_metrics() {
 #[test]
 fn kafka_keeps_its_log_on_its_volume() {
     let c = compose();
-    let kafka = &c["services"]["kafka"];
-    let image = kafka["image"].as_str().unwrap();
-    let major: u32 = image
-        .strip_prefix("apache/kafka:")
-        .and_then(|tag| tag.split('.').next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("kafka image is apache/kafka:<version>: {image}"));
-    assert!(major >= 4, "Apache Kafka 4.x, like the native stack: {image}");
+    let mut volumes = BTreeSet::new();
+    let mut cluster_ids = BTreeSet::new();
+    for node in KAFKA_NODES {
+        let kafka = &c["services"][node];
+        let image = kafka["image"].as_str().unwrap();
+        let major: u32 = image
+            .strip_prefix("apache/kafka:")
+            .and_then(|tag| tag.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{node} image is apache/kafka:<version>: {image}"));
+        assert!(major >= 4, "Apache Kafka 4.x, like the native stack: {image}");
 
-    // The log directory is the mount point of a named volume declared at the top level.
-    let env = environment(kafka);
-    let log_dirs = env.get("KAFKA_LOG_DIRS").expect("KAFKA_LOG_DIRS is set (the image's default is under /tmp)");
-    let mounts: Vec<&str> = kafka["volumes"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    let (volume, target) = mounts
-        .iter()
-        .filter_map(|m| m.split_once(':'))
-        .map(|(source, rest)| (source, rest.split(':').next().unwrap()))
-        .find(|(_, target)| target == log_dirs)
-        .unwrap_or_else(|| panic!("KAFKA_LOG_DIRS={log_dirs} is the mount point of a volume: {mounts:?}"));
-    assert_eq!(target, "/var/lib/kafka/data", "the directory the image creates for its user");
-    assert!(!volume.contains('/') && !volume.starts_with('.'), "a named volume, not a bind mount: {volume}");
-    assert!(c["volumes"].get(volume).is_some(), "volume {volume} is declared");
-    assert!(env.get("CLUSTER_ID").is_some_and(|id| !id.is_empty()), "the log is formatted with a fixed cluster id");
+        // The log directory is the mount point of a named volume declared at the top level.
+        let env = environment(kafka);
+        let log_dirs = env.get("KAFKA_LOG_DIRS").expect("KAFKA_LOG_DIRS is set (the image's default is under /tmp)");
+        let mounts: Vec<&str> = kafka["volumes"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let (volume, target) = mounts
+            .iter()
+            .filter_map(|m| m.split_once(':'))
+            .map(|(source, rest)| (source, rest.split(':').next().unwrap()))
+            .find(|(_, target)| target == log_dirs)
+            .unwrap_or_else(|| panic!("{node}: KAFKA_LOG_DIRS={log_dirs} is the mount point of a volume: {mounts:?}"));
+        assert_eq!(target, "/var/lib/kafka/data", "the directory the image creates for its user");
+        assert!(!volume.contains('/') && !volume.starts_with('.'), "a named volume, not a bind mount: {volume}");
+        assert!(c["volumes"].get(volume).is_some(), "volume {volume} is declared");
+        assert!(volumes.insert(volume.to_owned()), "each node has a volume of its own: {volume}");
+        let id = env.get("CLUSTER_ID").filter(|id| !id.is_empty());
+        cluster_ids.insert(id.expect("the log is formatted with a fixed cluster id").clone());
 
-    // Healthy means the broker answers requests, not that a port is open.
-    let check = serde_yaml::to_string(&kafka["healthcheck"]["test"]).unwrap();
-    assert!(check.contains("--bootstrap-server"), "the healthcheck asks the broker: {check}");
+        // Healthy means the broker answers requests, not that a port is open.
+        let check = serde_yaml::to_string(&kafka["healthcheck"]["test"]).unwrap();
+        assert!(check.contains("--bootstrap-server"), "the healthcheck asks the broker: {check}");
+    }
+    assert_eq!(cluster_ids.len(), 1, "one cluster: {cluster_ids:?}");
 }
 
-#[test]
-fn kafka_mirrors_the_native_broker_settings() {
-    let env = environment(&compose()["services"]["kafka"]);
-    let native = std::fs::read_to_string(repo().join("scripts/kafka/server.properties")).unwrap();
-    let settings: Vec<(&str, &str)> = native
-        .lines()
+/// `key=value` lines of a properties file (comments and blank lines left out).
+fn properties(path: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join(path)).unwrap();
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.split_once('=').expect("key=value"))
-        .collect();
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn kafka_mirrors_the_native_cluster_settings() {
+    // What scripts/kafka.sh gives each node of a cluster (BROKERS=3): server.properties with the
+    // keys of cluster.properties replaced, and node.id its own.
+    let mut settings: BTreeMap<String, String> = properties("scripts/kafka/server.properties").into_iter().collect();
     assert!(settings.len() > 10, "server.properties parsed: {settings:?}");
-    for (key, value) in settings {
-        // The image's rule: KAFKA_ + upper case, '.' -> '_', '_' -> "__", '-' -> "___".
-        let var = format!("KAFKA_{}", key.replace('_', "__").replace('-', "___").replace('.', "_").to_uppercase());
-        assert_eq!(env.get(&var).map(String::as_str), Some(value), "compose sets {var} like {key}={value}");
-    }
-    for (var, value) in [
-        ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false"),
-        ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1"),
-        ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1"),
-        ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
-        ("KAFKA_LOG_CLEANER_ENABLE", "true"),
-    ] {
-        assert_eq!(env.get(var).map(String::as_str), Some(value), "{var}");
+    let cluster = properties("scripts/kafka/cluster.properties");
+    assert!(cluster.iter().any(|(k, v)| k == "min.insync.replicas" && v == "2"), "{cluster:?}");
+    settings.extend(cluster);
+    for (n, node) in KAFKA_NODES.iter().enumerate() {
+        let env = environment(&compose()["services"][node]);
+        settings.insert("node.id".into(), (n + 1).to_string());
+        for (key, value) in &settings {
+            // The image's rule: KAFKA_ + upper case, '.' -> '_', '_' -> "__", '-' -> "___".
+            let var = format!("KAFKA_{}", key.replace('_', "__").replace('-', "___").replace('.', "_").to_uppercase());
+            assert_eq!(env.get(&var), Some(value), "{node}: compose sets {var} like {key}={value}");
+        }
+        for (var, value) in [
+            ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false"),
+            ("KAFKA_DEFAULT_REPLICATION_FACTOR", "3"),
+            ("KAFKA_MIN_INSYNC_REPLICAS", "2"),
+            ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "3"),
+            ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "3"),
+            ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "2"),
+            ("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"),
+            ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+            ("KAFKA_LOG_CLEANER_ENABLE", "true"),
+        ] {
+            assert_eq!(env.get(var).map(String::as_str), Some(value), "{node}: {var}");
+        }
+        let advertised = format!("PLAINTEXT://{node}:9092");
+        assert_eq!(env.get("KAFKA_ADVERTISED_LISTENERS"), Some(&advertised), "{node}");
     }
 }
 
@@ -367,7 +400,11 @@ fn each_service_waits_for_exactly_what_it_uses() {
         let s = &c["services"][service];
         let depends = s["depends_on"].as_mapping().unwrap_or_else(|| panic!("{service} depends_on is a mapping"));
         let waits: BTreeSet<&str> = depends.keys().map(|k| k.as_str().unwrap()).collect();
-        assert_eq!(waits, expected, "{service} waits for exactly what it uses");
+        // Kafka is three nodes: a service that uses it waits for each (a topic of three replicas
+        // cannot be created before three brokers have registered).
+        let expected_services: BTreeSet<&str> =
+            expected.iter().flat_map(|b| if *b == "kafka" { KAFKA_NODES.to_vec() } else { vec![*b] }).collect();
+        assert_eq!(waits, expected_services, "{service} waits for exactly what it uses");
         for (backend, condition) in depends {
             let backend = backend.as_str().unwrap();
             assert_eq!(condition["condition"].as_str(), Some("service_healthy"), "{service} waits for {backend}");

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use common::engine::kafka::BROKER_DEFAULT_REPLICATION;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -14,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let topic = format!("bench-produce-{}", common::random_suffix());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
-    admin.create_topics(&[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?;
+    admin.create_topics(&[NewTopic::new(&topic, 4, BROKER_DEFAULT_REPLICATION)], &AdminOptions::new()).await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::engine::kafka::BROKER_DEFAULT_REPLICATION;
 use rand::SeedableRng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -52,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         ClientConfig::new().set("bootstrap.servers", &cmd.kafka.brokers).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let partitions = cmd.partitions.events_partitions.get() as i32;
-    for r in admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &opts).await? {
+    for r in admin.create_topics(&[NewTopic::new(&topic, partitions, BROKER_DEFAULT_REPLICATION)], &opts).await? {
         r.map_err(|(t, code)| anyhow::anyhow!("creating topic {t}: {code:?}"))?;
     }
     let producers: Arc<Vec<FutureProducer>> = Arc::new(

@@ -1,6 +1,6 @@
 //! The broker's group protocol beside the services' presence locks (issue 24):
 //! how long a consumer killed with `kill -9` keeps its partitions from the
-//! rest of its Kafka consumer group, measured the way `make chaos` row 17
+//! rest of its Kafka consumer group, measured the way `make chaos` row 20
 //! measures the processors and materializers (docs/operations.md, "Failover").
 //!
 //! On a fresh topic of four partitions, a survivor consumer runs for the

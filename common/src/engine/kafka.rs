@@ -59,6 +59,12 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
     c
 }
 
+/// The replication of every topic the pipeline (and its tools) create: the
+/// broker's `default.replication.factor` (replication factor -1 in
+/// CreateTopics), so one configuration serves a single node (1) and a
+/// cluster (3, with `min.insync.replicas=2`; docs/broker.md).
+pub const BROKER_DEFAULT_REPLICATION: TopicReplication<'static> = TopicReplication::Fixed(-1);
+
 /// A topic the pipeline creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -110,7 +116,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {
-            let topic = NewTopic::new(&spec.name, spec.partitions as i32, TopicReplication::Fixed(1));
+            let topic = NewTopic::new(&spec.name, spec.partitions as i32, BROKER_DEFAULT_REPLICATION);
             spec.configs.iter().fold(topic, |t, (k, v)| t.set(k, v))
         })
         .collect();
