@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -133,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", common::test_util::kafka_brokers()).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    // -1: the broker's default replication factor (3 on a cluster, 1 on one node).
-    admin.create_topics(&[NewTopic::new(&topic, PARTITIONS as i32, TopicReplication::Fixed(-1))], &opts).await?;
+    let replication = common::engine::kafka::BROKER_DEFAULT_REPLICATION;
+    admin.create_topics(&[NewTopic::new(&topic, PARTITIONS as i32, replication)], &opts).await?;
     let measured = measure(&args, &group, &topic);
     admin.delete_topics(&[&topic], &opts).await?;
     let mut pauses = measured?;
