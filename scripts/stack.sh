@@ -5,6 +5,7 @@
 #   scripts/stack.sh broker-up     start the broker if it is not running (BROKERS=3: a three-node cluster)
 #   scripts/stack.sh broker-down   stop the broker this script started
 #   scripts/stack.sh up            deps + release build + broker + services, wait until ready
+#                                  (REDIS_CLUSTER=1: on a local Redis Cluster, scripts/redis-cluster.sh, not :6379)
 #   scripts/stack.sh down          stop everything `up` started, by PID
 #   scripts/stack.sh status        what is running
 #   scripts/stack.sh observe       Prometheus (Debian package) scraping the four services on :9090
@@ -145,6 +146,11 @@ up() {
   broker_up
   KAFKA_BROKERS="${KAFKA_BROKERS:-$(kafka brokers)}"
   export KAFKA_BROKERS
+  if [[ ${REDIS_CLUSTER:-} =~ ^(1|true|yes|on)$ ]]; then
+    RUN_DIR="$RUN_DIR" "$ROOT/scripts/redis-cluster.sh" up
+    REDIS_URL="$(RUN_DIR="$RUN_DIR" "$ROOT/scripts/redis-cluster.sh" urls)"
+    export REDIS_URL REDIS_CLUSTER=true
+  fi
   for s in "${SERVICES[@]}"; do
     if alive "$RUN_DIR/$s.pid"; then log "$s already running (pid $(cat "$RUN_DIR/$s.pid"))"; continue; fi
     # shellcheck disable=SC2046
@@ -170,6 +176,7 @@ MSG
 down() {
   stop_pid prometheus "$RUN_DIR/prometheus.pid"
   for s in query command materializer processor; do stop_pid "$s" "$RUN_DIR/$s.pid"; done
+  RUN_DIR="$RUN_DIR" "$ROOT/scripts/redis-cluster.sh" down
   broker_down
 }
 

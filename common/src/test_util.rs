@@ -67,7 +67,12 @@ pub fn isolated(suffix: &str) -> (TestKafka, RedisConfig, PgConfig) {
         increments_events_topic: format!("test-increments-{suffix}"),
         increments_sums_topic: format!("test-sums-{suffix}"),
     };
-    let redis = RedisConfig { url: redis_url(), key_prefix: format!("test-{suffix}"), ttl: Duration::from_secs(600) };
+    let redis = RedisConfig {
+        url: redis_url(),
+        key_prefix: format!("test-{suffix}"),
+        ttl: Duration::from_secs(600),
+        cluster: false,
+    };
     let pg = PgConfig {
         url: pg_url(),
         schema: format!("test_{suffix}"),
@@ -90,7 +95,8 @@ pub fn store_args(bin: &str, redis: &RedisConfig, pg: &PgConfig, extra: &[&str])
         "--redis-key-prefix",
         &redis.key_prefix,
     ];
-    std::iter::once(bin).chain(stores).chain(extra.iter().copied()).map(str::to_owned).collect()
+    let cluster = redis.cluster.then_some("--redis-cluster");
+    std::iter::once(bin).chain(stores).chain(cluster).chain(extra.iter().copied()).map(str::to_owned).collect()
 }
 
 /// Polls `check` until it returns `Some`, or panics after `limit` with `what`.
@@ -155,6 +161,75 @@ pub async fn http_body(
         body.len()
     );
     http_raw(addr, [head.as_bytes(), body].concat()).await
+}
+
+/// A local Redis Cluster of its own (three masters, a replica each), started
+/// by `scripts/redis-cluster.sh` on `base_port` and the five ports after it,
+/// under a run directory of its own; reset (stopped, its files deleted) when dropped.
+pub struct RedisCluster {
+    run_dir: std::path::PathBuf,
+    base_port: u16,
+    /// The nodes' URLs, comma-separated: `RedisConfig::url` with `cluster: true`.
+    pub urls: String,
+}
+
+impl RedisCluster {
+    /// Starts the cluster and waits until it serves; panics if it cannot.
+    pub fn start(base_port: u16) -> Self {
+        let run_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp")
+            .join(format!("redis-cluster-{base_port}"));
+        let mut cluster = RedisCluster { run_dir, base_port, urls: String::new() };
+        cluster.script("reset");
+        cluster.script("up");
+        cluster.urls = cluster.script("urls").trim().to_owned();
+        cluster
+    }
+
+    /// The PID file of the node on `port`.
+    pub fn pid_file(&self, port: u16) -> std::path::PathBuf {
+        self.run_dir.join(format!("redis-cluster/{port}.pid"))
+    }
+
+    /// The ports of the six nodes.
+    pub fn ports(&self) -> std::ops::Range<u16> {
+        self.base_port..self.base_port + 6
+    }
+
+    /// Runs `scripts/redis-cluster.sh <command>` for this cluster; its standard
+    /// output. Panics if it fails.
+    pub fn script(&self, command: &str) -> String {
+        self.run(command).unwrap_or_else(|| panic!("scripts/redis-cluster.sh {command} failed"))
+    }
+
+    fn run(&self, command: &str) -> Option<String> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh");
+        let out = std::process::Command::new(script)
+            .arg(command)
+            .env("RUN_DIR", &self.run_dir)
+            .env("REDIS_CLUSTER_PORT", self.base_port.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The config of a test-private key prefix on this cluster.
+    pub fn config(&self, suffix: &str) -> RedisConfig {
+        RedisConfig {
+            url: self.urls.clone(),
+            key_prefix: format!("test-{suffix}"),
+            ttl: Duration::from_secs(600),
+            cluster: true,
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        // Not a panic while a failed test unwinds: the next start resets anyway.
+        let _ = self.run("reset");
+    }
 }
 
 /// Deletes every Redis key under a prefix (cleanup).

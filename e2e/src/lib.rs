@@ -122,6 +122,7 @@ impl Stack {
             .env("MATERIALIZER_GROUP", format!("materializer-{}", self.pg.schema))
             .env("REDIS_URL", &self.redis.url)
             .env("REDIS_KEY_PREFIX", &self.redis.key_prefix)
+            .env("REDIS_CLUSTER", self.redis.cluster.to_string())
             .env("PG_URL", &self.pg.url)
             .env("PG_SCHEMA", &self.pg.schema)
             .env("RUST_LOG", "info")

@@ -59,7 +59,14 @@ enum Proxied {
     /// cached in Redis before the load starts.
     Postgres,
     Redis,
+    /// Nothing proxied, but the stack's Redis is a Redis Cluster of its own
+    /// (three masters, a replica each: `scripts/redis-cluster.sh` on ports
+    /// [`REDIS_CLUSTER_PORT`] to +5), reset at the end.
+    RedisCluster,
 }
+
+/// First port of the Redis Cluster of [`Proxied::RedisCluster`] (clear of the service tier's 7201).
+const REDIS_CLUSTER_PORT: u16 = 7301;
 
 /// The stack (four services, plus extra command instances) and the load.
 enum Setup {
@@ -152,6 +159,11 @@ enum Step {
     /// rows of the promotions file being loaded: the next step hits a load
     /// mid-copy. Fails if the file was over before.
     WaitCopied(i64),
+    /// kill -9 the Redis Cluster master holding the current hour's row, then
+    /// wait until its replica serves that slot (printed: the failover time).
+    KillRedisMaster,
+    /// `scripts/redis-cluster.sh up`: the killed node starts again and rejoins as a replica.
+    RedisClusterUp,
     /// Starts a second instance of the service, then `kills` times: kill -9 it
     /// once it owns its share of the analytics partitions, time until another
     /// instance has checkpointed each of them past where it stood at the kill
@@ -363,6 +375,12 @@ scenarios! {
         fault: &[Failovers(Processor, 12), Failovers(Materializer, 12)],
         checks: &[Check::Counts],
     };
+    chaos_21_redis_cluster_master_killed_under_load: Scenario {
+        what: "Redis Cluster: kill -9 the master holding the current hour under load, its replica takes over",
+        setup: Setup::Analytics { seed: 22, commands: &["command"], proxied: Proxied::RedisCluster },
+        fault: &[Pause(4000), KillRedisMaster, Pause(3000), RedisClusterUp],
+        checks: &[Check::Counts, Check::RedisEqualsPostgres],
+    };
     chaos_15_promotions_kill_9_of_processor_and_materializer_mid_load_of_2m_rows: Scenario {
         what: "promotions: kill -9 of processor and materializer mid 2M-row load",
         setup: Setup::Promotions { rows: 2_000_000 },
@@ -446,6 +464,8 @@ struct Run {
     now: i64,
     pg_proxy: Option<CuttableProxy>,
     redis_proxy: Option<CuttableProxy>,
+    /// [`Proxied::RedisCluster`]: the cluster, stopped and deleted when the run is dropped.
+    redis_cluster: Option<common::test_util::RedisCluster>,
     load: Load,
     finished: Option<Finished>,
     /// Events accepted outside the load (probes, the outages' posts): counted exactly once.
@@ -523,6 +543,13 @@ async fn set_up(setup: &Setup) -> Run {
         stack.redis.url = format!("redis://{}", proxy.addr);
         redis_proxy = Some(proxy);
     }
+    let mut redis_cluster = None;
+    if let Setup::Analytics { proxied: Proxied::RedisCluster, .. } = setup {
+        let cluster = common::test_util::RedisCluster::start(REDIS_CLUSTER_PORT);
+        stack.redis.url = cluster.urls.clone();
+        stack.redis.cluster = true;
+        redis_cluster = Some(cluster);
+    }
     stack.start_all().await;
     let now = common::now_ms();
     let mut run = Run {
@@ -530,6 +557,7 @@ async fn set_up(setup: &Setup) -> Run {
         now,
         pg_proxy,
         redis_proxy,
+        redis_cluster,
         load: Load::None,
         finished: None,
         also_accepted: Vec::new(),
@@ -671,6 +699,10 @@ impl Run {
                 tokio::task::block_in_place(|| cluster.up());
                 println!("the killed node is back, ready after {:.1} s", started.elapsed().as_secs_f64());
             }
+            KillRedisMaster => self.kill_redis_master().await,
+            RedisClusterUp => {
+                self.redis_cluster.as_ref().expect("RedisClusterUp needs Proxied::RedisCluster").script("up");
+            }
         }
     }
 
@@ -693,6 +725,41 @@ impl Run {
         let what = format!("the leader of {name}[{partition}] (leaders {leaders:?}, controller {controller})");
         println!("killed node {node}, {what}");
         self.broker_killed = Some((node, what, Instant::now()));
+    }
+
+    async fn kill_redis_master(&mut self) {
+        let cluster = self.redis_cluster.as_ref().expect("KillRedisMaster needs Proxied::RedisCluster");
+        let cache = analytics::read_model::HourCache::connect(&self.stack.redis).await.expect("redis answers");
+        let slot = common::engine::store::cache::key_slot(&cache.key(&HourStart::of(self.now)));
+        let ports: Vec<u16> = cluster.ports().collect();
+        let master = |port: u16| async move {
+            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .ok()?
+                .get_multiplexed_async_connection()
+                .await
+                .ok()?;
+            let ranges: Vec<Vec<redis::Value>> =
+                redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.ok()?;
+            ranges.into_iter().find_map(|r| {
+                let (start, end): (u16, u16) =
+                    (redis::from_redis_value(&r[0]).ok()?, redis::from_redis_value(&r[1]).ok()?);
+                let node: Vec<redis::Value> = redis::from_redis_value(&r[2]).ok()?;
+                (start..=end).contains(&slot).then(|| redis::from_redis_value::<u16>(&node[1]).ok()).flatten()
+            })
+        };
+        let killed = master(ports[0]).await.expect("the cluster answers");
+        let pid = std::fs::read_to_string(cluster.pid_file(killed)).expect("the node's PID file");
+        let status = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status().expect("kill");
+        assert!(status.success(), "kill -9 of the master :{killed}");
+        let at = Instant::now();
+        let witness = *ports.iter().find(|p| **p != killed).expect("another node");
+        let (promoted, after) = common::test_util::wait_until(
+            &format!("a replica serving slot {slot} of the killed master :{killed}"),
+            Duration::from_secs(30),
+            || async { master(witness).await.filter(|p| *p != killed).map(|p| (p, at.elapsed())) },
+        )
+        .await;
+        println!("measured: Redis master :{killed} (slot {slot}) killed; replica :{promoted} serves it {after:?} after");
     }
 
     async fn failovers(&mut self, service: Service, kills: usize) {

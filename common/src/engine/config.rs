@@ -78,7 +78,7 @@ pub struct LeaseConfig {
 /// Redis, the hot read model.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
-    /// Redis URL.
+    /// Redis URL; with `--redis-cluster`, the URLs of some of the cluster's nodes (seeds), comma-separated.
     #[arg(
         id = "redis_url",
         value_name = "URL",
@@ -99,6 +99,20 @@ pub struct RedisConfig {
     /// Lifetime of an hour's copy in Redis, refreshed on every write.
     #[arg(id = "redis_ttl", value_name = "DURATION", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// The Redis URLs are seeds of a Redis Cluster: rows are spread over its masters by slot, each write is
+    /// acknowledged only once a replica has it (see docs/architecture.md, Redis).
+    #[arg(
+        id = "redis_cluster",
+        value_name = "BOOL",
+        long = "redis-cluster",
+        env = "REDIS_CLUSTER",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub cluster: bool,
 }
 
 /// PostgreSQL: history, and the processor's state store.

@@ -17,11 +17,23 @@
 //! [`RedisStore`] is the connection (timeouts, back-off, reconnects), shared
 //! by every workload of a service; [`VersionedCache`] is its typed view for
 //! one kind of row.
+//!
+//! On a Redis Cluster (`--redis-cluster`) the same operations run over the
+//! cluster's masters. A row's key carries its id as a hash tag,
+//! `<prefix>:<kind>:{<id>}`, so the row and its fill lease `<key>:fill` share
+//! a slot and each script touches one slot; a batch of rows is one script
+//! call per slot. The progress marks share one slot,
+//! `<prefix>:{<prefix>:progress}:<topic>:<partition>`, so their script and
+//! pipeline stay one call. Every batch of rows is acknowledged only once each
+//! master's replica has it (`WAIT`), so a master's failover loses no row the
+//! materializer counts as copied (docs/architecture.md, Redis).
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::Script;
 
 use super::{CachedRow, Versioned, VERSION_FIELD};
@@ -141,6 +153,10 @@ pub enum CacheError {
     /// A hash whose values the row does not accept (written by something else).
     #[error("redis: malformed value under {0}")]
     Malformed(String),
+    /// A cluster master took the write but its replica did not acknowledge it
+    /// in time: the write could be lost in a failover, so it counts as failed.
+    #[error("redis: a replica did not acknowledge the write within {0:?}")]
+    NotReplicated(Duration),
 }
 
 /// Longest wait for one Redis command. Redis answers in well under a
@@ -154,14 +170,123 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failure, Redis is skipped for this long, so an outage costs each
 /// request nothing instead of one timeout.
 const BACK_OFF: Duration = Duration::from_secs(1);
+/// On a cluster, how long a batch of rows waits for every master's replica
+/// (`WAIT`); a replica on the same network acknowledges in about a millisecond.
+const REPLICA_ACK: Duration = Duration::from_millis(100);
+
+/// How the store reaches Redis: one server, or a cluster through its seeds.
+#[derive(Clone)]
+enum Backend {
+    Single { client: redis::Client, manager_config: redis::aio::ConnectionManagerConfig },
+    Cluster { client: redis::cluster::ClusterClient, seeds: Vec<redis::Client> },
+}
+
+impl Backend {
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        Ok(match self {
+            Backend::Single { client, manager_config } => {
+                Conn::Single(ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await?)
+            }
+            Backend::Cluster { client, .. } => Conn::Cluster(client.get_async_connection().await?),
+        })
+    }
+}
+
+/// A live connection of either kind; commands, scripts and pipelines run on
+/// both (the cluster one routes each to the master of its key's slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The cluster slot of `key` (CRC16 of its hash tag, or of the whole key
+/// without one, modulo 16384), as Redis computes it.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            rest.iter().position(|&b| b == b'}').filter(|&len| len > 0).map(|len| &rest[..len])
+        })
+        .unwrap_or(bytes);
+    // CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0.
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
+/// Whether every master's replica has this connection's writes: `WAIT` on
+/// each master; one that answers 0 passes only if it has no replica at all
+/// (`ROLE`), since then no failover can lose the write (a replica attached
+/// later copies it with the rest).
+async fn replicated(conn: &mut ClusterConnection) -> Result<bool, redis::RedisError> {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(REPLICA_ACK.as_millis() as u64);
+    let acks = conn.route_command(&wait, RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None))).await?;
+    let acks: std::collections::BTreeMap<String, i64> = redis::from_redis_value(&acks)?;
+    for (addr, acked) in acks {
+        if acked > 0 {
+            continue;
+        }
+        let Some((host, port)) = addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?))) else {
+            return Ok(false);
+        };
+        let role = conn
+            .route_command(
+                &redis::cmd("ROLE"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+            )
+            .await?;
+        let (_, _, replicas): (String, i64, Vec<redis::Value>) = redis::from_redis_value(&role)?;
+        if !replicas.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// The Redis connection of a service and its key prefix, TTL and scripts.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    manager_config: redis::aio::ConnectionManagerConfig,
+    backend: Backend,
     /// The live connection; `None` after a failure, until the next connect.
-    conn: std::sync::Arc<std::sync::Mutex<Option<ConnectionManager>>>,
+    conn: std::sync::Arc<std::sync::Mutex<Option<Conn>>>,
     prefix: String,
     ttl: Duration,
     put: Script,
@@ -177,15 +302,26 @@ impl RedisStore {
     /// # Errors
     /// When Redis is unreachable at startup or the URL is invalid.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, CacheError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
-        let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client.clone(), mgr_cfg.clone()).await?;
+        let backend = if cfg.cluster {
+            let urls: Vec<&str> = cfg.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+            let client = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(Duration::from_secs(2))
+                .response_timeout(Duration::from_secs(2))
+                .retries(2)
+                .build()?;
+            let seeds = urls.into_iter().map(redis::Client::open).collect::<Result<_, _>>()?;
+            Backend::Cluster { client, seeds }
+        } else {
+            let client = redis::Client::open(cfg.url.as_str())?;
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(Duration::from_secs(2))
+                .set_number_of_retries(2);
+            Backend::Single { client, manager_config }
+        };
+        let conn = backend.connect().await?;
         Ok(RedisStore {
-            client,
-            manager_config: mgr_cfg,
+            backend,
             conn: std::sync::Arc::new(std::sync::Mutex::new(Some(conn))),
             prefix: cfg.key_prefix.clone(),
             ttl: cfg.ttl,
@@ -199,7 +335,7 @@ impl RedisStore {
     /// Runs one Redis operation with the timeout and the back-off after failures.
     async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let now = std::time::Instant::now();
@@ -211,8 +347,7 @@ impl RedisStore {
             let conn = match held {
                 Some(c) => c,
                 None => {
-                    let c =
-                        ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone()).await?;
+                    let c = self.backend.connect().await?;
                     *self.conn.lock().expect("connection lock") = Some(c.clone());
                     c
                 }
@@ -231,9 +366,19 @@ impl RedisStore {
         result
     }
 
-    /// The key of the row `id` of kind `kind`.
+    /// Whether this store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// The key of the row `id` of kind `kind`; on a cluster the id is the
+    /// hash tag, so the row and its fill lease share a slot.
     pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:{kind}:{id}", self.prefix)
+        if self.is_cluster() {
+            format!("{}:{kind}:{{{id}}}", self.prefix)
+        } else {
+            format!("{}:{kind}:{id}", self.prefix)
+        }
     }
 
     /// Deletes every key under the prefix (tests and operators), a thousand
@@ -243,14 +388,47 @@ impl RedisStore {
     /// # Errors
     /// [`CacheError`] when Redis does not answer; some keys may be deleted.
     pub async fn clear(&self) -> Result<(), CacheError> {
+        if !self.is_cluster() {
+            return self.clear_on(None).await;
+        }
+        // A SCAN sees one server's keys: scan every master the connection knows.
+        let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let pongs: std::collections::BTreeMap<String, String> = self
+            .guarded(|conn| async move {
+                let Conn::Cluster(mut conn) = conn else { unreachable!("a cluster store has a cluster connection") };
+                redis::from_redis_value(&conn.route_command(&redis::cmd("PING"), masters).await?)
+            })
+            .await?;
+        for (addr, _) in pongs {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| CacheError::Malformed(addr.clone()))?;
+            self.clear_on(Some(SingleNodeRoutingInfo::ByAddress { host, port })).await?;
+        }
+        Ok(())
+    }
+
+    /// [`RedisStore::clear`] on one server: the single one, or one master of a cluster.
+    async fn clear_on(&self, node: Option<SingleNodeRoutingInfo>) -> Result<(), CacheError> {
         let pattern = format!("{}:*", self.prefix);
         let mut cursor: u64 = 0;
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
-            let (next, keys): (u64, Vec<String>) =
-                self.guarded(|mut conn| async move { scan.query_async(&mut conn).await }).await?;
+            let node = node.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .guarded(|conn| async move {
+                    match (conn, node) {
+                        (Conn::Cluster(mut conn), Some(node)) => {
+                            redis::from_redis_value(&conn.route_command(&scan, RoutingInfo::SingleNode(node)).await?)
+                        }
+                        (mut conn, _) => scan.query_async(&mut conn).await,
+                    }
+                })
+                .await?;
             if !keys.is_empty() {
+                // On a cluster the connection splits this by slot.
                 let mut unlink = redis::cmd("UNLINK");
                 unlink.arg(keys);
                 self.guarded(|mut conn| async move { unlink.query_async::<()>(&mut conn).await }).await?;
@@ -262,9 +440,14 @@ impl RedisStore {
         }
     }
 
-    /// The key of the progress marks of one events partition.
+    /// The key of the progress marks of one events partition; on a cluster
+    /// all of a prefix's marks share one slot (one script call, one pipeline).
     fn progress_key(&self, topic: &str, partition: i32) -> String {
-        format!("{}:progress:{topic}:{partition}", self.prefix)
+        if self.is_cluster() {
+            format!("{0}:{{{0}:progress}}:{topic}:{partition}", self.prefix)
+        } else {
+            format!("{}:progress:{topic}:{partition}", self.prefix)
+        }
     }
 
     /// The pub/sub channel announcing that a workload's read model changed;
@@ -340,15 +523,31 @@ impl RedisStore {
     }
 
     /// A dedicated connection subscribed to [`RedisStore::changes_channel`].
+    /// On a cluster it is to the first seed that answers: a cluster delivers
+    /// every `PUBLISH` to the subscribers of all its nodes.
     ///
     /// # Errors
-    /// [`CacheError`] when Redis does not answer.
+    /// [`CacheError`] when Redis (every seed, on a cluster) does not answer.
     pub async fn subscribe_changes(&self) -> Result<redis::aio::PubSub, CacheError> {
         let channel = self.changes_channel();
+        let clients = match &self.backend {
+            Backend::Single { client, .. } => std::slice::from_ref(client),
+            Backend::Cluster { seeds, .. } => seeds.as_slice(),
+        };
         let subscribe = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let mut last = None;
+            for client in clients {
+                let attempt = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                match attempt.await {
+                    Ok(pubsub) => return Ok(pubsub),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| (redis::ErrorKind::InvalidClientConfig, "no Redis URL").into()))
         };
         match tokio::time::timeout(Duration::from_secs(2), subscribe).await {
             Ok(r) => r.map_err(CacheError::from),
@@ -452,6 +651,9 @@ impl<R: CachedRow> VersionedCache<R> {
         if rows.is_empty() {
             return Ok(0);
         }
+        if self.store.is_cluster() {
+            return self.put_if_newer_by_slot(rows).await;
+        }
         let mut inv = self.store.put.prepare_invoke();
         inv.arg(self.store.ttl.as_millis() as u64);
         field_names::<R>(&mut inv);
@@ -460,6 +662,46 @@ impl<R: CachedRow> VersionedCache<R> {
             field_values(&mut inv, row);
         }
         self.store.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
+    }
+
+    /// [`VersionedCache::put_if_newer`] on a cluster: one script call per
+    /// slot, all at once, then a replica's acknowledgement from every master.
+    async fn put_if_newer_by_slot(&self, rows: &[(R::Id, Versioned<R>)]) -> Result<usize, CacheError> {
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<(String, &Versioned<R>)>> = Default::default();
+        for (id, row) in rows {
+            let key = self.key(id);
+            by_slot.entry(key_slot(&key)).or_default().push((key, row));
+        }
+        let calls: Vec<redis::ScriptInvocation<'_>> = by_slot
+            .into_values()
+            .map(|slot_rows| {
+                let mut inv = self.store.put.prepare_invoke();
+                inv.arg(self.store.ttl.as_millis() as u64);
+                field_names::<R>(&mut inv);
+                for (key, row) in slot_rows {
+                    inv.key(key);
+                    field_values(&mut inv, row);
+                }
+                inv
+            })
+            .collect();
+        let (written, replicated) = self
+            .store
+            .guarded(|conn| async move {
+                let writes = calls.iter().map(|inv| {
+                    let mut conn = conn.clone();
+                    async move { inv.invoke_async::<usize>(&mut conn).await }
+                });
+                let written: usize = futures::future::try_join_all(writes).await?.into_iter().sum();
+                let Conn::Cluster(mut conn) = conn else { unreachable!("a cluster store has a cluster connection") };
+                Ok((written, replicated(&mut conn).await?))
+            })
+            .await?;
+        if replicated {
+            Ok(written)
+        } else {
+            Err(CacheError::NotReplicated(REPLICA_ACK))
+        }
     }
 
     /// Takes the fill lease of a row before reading it from PostgreSQL; `None`
@@ -497,5 +739,24 @@ impl<R: CachedRow> VersionedCache<R> {
     /// [`CacheError`] when Redis does not answer.
     pub async fn clear(&self) -> Result<(), CacheError> {
         self.store.clear().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn slots_are_those_redis_computes_with_hash_tags() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot("123456789"), 0x31C3);
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        // An empty tag hashes the whole key; only the first `{...}` counts.
+        assert_eq!(key_slot("foo{}{bar}"), 8363);
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
+        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
+        assert_eq!(key_slot("a:sum:{row-1}"), key_slot("a:sum:{row-1}:fill"));
     }
 }
