@@ -229,7 +229,9 @@ impl redis::aio::ConnectionLike for Conn {
 }
 
 /// The cluster slot of `key` (CRC16 of its hash tag, or of the whole key
-/// without one, modulo 16384), as Redis computes it.
+/// without one, modulo 16384), as Redis computes it. Written here: the
+/// `redis` crate's own `get_slot` is crate-private, and ten lines beat a
+/// dependency for one checksum (its test compares with `CLUSTER KEYSLOT`).
 pub fn key_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();
     let hashed = bytes
