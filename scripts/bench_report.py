@@ -662,7 +662,7 @@ lines += [
     "|---|---|---|",
     f"| processor | the new process answers `/ready` | {fmt(g('widgets_recovery_processor_ready_s'))} |",
     f"| processor | it has claimed every partition of the workload, the shard's among them (`analytics_processor_restores_total`;"
-    f" the claims themselves took {fmt(g('widgets_recovery_processor_claims_s'))} s) | {fmt(g('widgets_recovery_processor_all_claimed_s'))} |",
+    f" its claims, run together, took {fmt(g('widgets_recovery_processor_claims_s'))} s summed) | {fmt(g('widgets_recovery_processor_all_claimed_s'))} |",
     f"| processor | a create (sent at the kill, retried with its `?id=`) is answered 201 | **{fmt(g('widgets_recovery_processor_write_s'))}** |",
     f"| command | a create is answered 201 | {fmt(g('widgets_recovery_command_write_s'))} |",
     f"| materializer | a create is readable (a plain GET) | {fmt(g('widgets_recovery_materializer_row_s'))} |",
