@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench` (about 30 minutes) / `make bench QUICK=1` (under 7 minutes on a quiet machine).
+# `make bench` (about 20 minutes, plus about 30 for the 10M-widget section) / `make bench QUICK=1` (under 7 minutes on a quiet machine, plus about 8 for 1M widgets).
 # Drives the real stack with wrk and the bench tools (bench/src/bin), measures
 # same-run ceilings, writes target/bench/results.json and regenerates docs/benchmarks.md.
 # `make bench-promotions` (BENCH_ONLY=promotions) runs only the promotions section, on its own isolated stack
