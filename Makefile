@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` (stack up, services running) and `make test` (every test).
-.PHONY: up down status test test-unit lint fmt build broker help chaos bench bench-promotions observe reset load-promotions
+.PHONY: up down status test test-unit lint fmt build broker help chaos bench bench-promotions bench-widgets observe reset load-promotions
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,3 +48,6 @@ bench: ## benchmarks against same-run ceilings (QUICK=1 for a short run); writes
 
 bench-promotions: ## only the promotions bench (10M rows; PROMOTION_ROWS=1000000 for less), on its own stack; updates docs/benchmarks.md
 	@BENCH_ONLY=promotions QUICK=$(QUICK) scripts/bench.sh
+
+bench-widgets: ## only the widgets bench (10M widgets; WIDGETS=1000000 for less), on its own stack; updates docs/benchmarks.md
+	@BENCH_ONLY=widgets QUICK=$(QUICK) WIDGETS=$(WIDGETS) scripts/bench.sh

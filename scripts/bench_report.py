@@ -7,8 +7,8 @@ import pathlib
 import sys
 
 out, cores, quick, duration = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-# "promotions": only the promotions section ran (make bench-promotions): its figures replace those of its two blocks
-# in docs/benchmarks.md and in results.json; every other figure stays that of the last full run.
+# "promotions" or "widgets": only that section ran (make bench-promotions, make bench-widgets): its figures replace
+# those of its two blocks in docs/benchmarks.md and in results.json; every other figure stays that of the last full run.
 only = sys.argv[5] if len(sys.argv) > 5 else ""
 root = out.parent.parent
 raw = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.stem != "results"}
@@ -21,7 +21,7 @@ def put(key, value):
 
 
 if only:
-    raw = {"promotions": raw.get("promotions", {})}
+    raw = {only: raw.get(only, {})}
 state = raw.get("core_state", {})
 criterion = root / "target/criterion/core/apply/new/estimates.json"
 est = json.loads(criterion.read_text()) if criterion.exists() and not only else None
@@ -119,11 +119,17 @@ for k, v in raw.get("promotions", {}).items():
     put(k, v)
 promotions_at = (datetime.datetime.fromtimestamp(promotions_file.stat().st_mtime, datetime.timezone.utc)
                  .strftime("%Y-%m-%d %H:%M UTC") if promotions_file.exists() else None)
+# The widgets bench likewise (widgets_*, bench/src/bin/widgets.rs), from a stack of its own.
+widgets_file = out / "widgets.json"
+for k, v in raw.get("widgets", {}).items():
+    put(k, v)
+widgets_at = (datetime.datetime.fromtimestamp(widgets_file.stat().st_mtime, datetime.timezone.utc)
+              .strftime("%Y-%m-%d %H:%M UTC") if widgets_file.exists() and raw.get("widgets") else None)
 put("cores", cores)
 if only:
-    # The last full run's figures, with this run's promotions figures over them.
+    # The last full run's figures, with this run's figures of the section over them.
     earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    r = {**{k: v for k, v in earlier.items() if not k.startswith("promotions_")}, **r}
+    r = {**{k: v for k, v in earlier.items() if not k.startswith(f"{only}_")}, **r}
 (out / "results.json").write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")
 
 
@@ -245,6 +251,43 @@ promotions_targets = [
 ]
 
 
+# The targets of the "Widgets" issue (22), measured by the widgets section on a stack of its own.
+def widgets_load():
+    if g("widgets_graph_widgets") is None:
+        return "n/a"
+    how = ("through `POST /widgets` only" if not g("widgets_load_bulk") else
+           f"`POST /widgets` for {fmt(g('widgets_api_load_sent_s'))} s ({fmt(g('widgets_api_load_per_sec'))} decided creates/s), "
+           f"the rest appended by the bulk path ({fmt(g('widgets_bulk_per_sec'))} widgets/s decided and readable)")
+    return f"{count(g('widgets_graph_widgets'))} widgets in the graph; {how}"
+
+
+def widgets_mixed():
+    if g("widgets_mixed_rps") is None:
+        return "n/a"
+    return (f"{fmt(g('widgets_mixed_rps'))} requests/s, p99 {fmt(g('widgets_mixed_p99_ms'))} ms "
+            f"({count(g('widgets_mixed_2xx'))} 2xx, {count(g('widgets_mixed_4xx'))} 4xx, {count(g('widgets_mixed_503'))} 503, "
+            f"{count(g('widgets_mixed_errors'))} errors)")
+
+
+widgets_rss = max((g(f"widgets_rss_kb_{s}") or 0 for s in ["command", "processor", "materializer", "query"]), default=0) or None
+widgets_targets = [
+    (f"load {count(g('widgets_widgets'))} widgets (the issue: 10,000,000), reporting the rate", widgets_load(), "",
+     at_least(g("widgets_graph_widgets"), 10_000_000)),
+    ("mixed load (50 % GET, 50 % decided writes), 64 connections: ≥ 10,000 requests/s", widgets_mixed(), "",
+     at_least(g("widgets_mixed_rps"), 10_000)),
+    ("the same run: p99 ≤ 50 ms", "n/a" if g("widgets_mixed_p99_ms") is None else f"{fmt(g('widgets_mixed_p99_ms'))} ms", "",
+     at_most(g("widgets_mixed_p99_ms"), 50)),
+    ("each service's RSS at that size, the graph's bytes per widget (reported, no bound)",
+     "n/a" if widgets_rss is None else
+     f"largest {widgets_rss * 1024 / 1e6:,.0f} MB; processor {fmt(g('widgets_processor_rss_bytes_per_widget'))} B/widget "
+     f"(RSS growth), graph {fmt(g('widgets_graph_bytes_per_widget'))} B/widget", "", widgets_rss is not None),
+    ("kill -9 of the processor at that size → a decided write answered again ≤ 10 s",
+     "n/a" if g("widgets_recovery_processor_write_s") is None else
+     f"{fmt(g('widgets_recovery_processor_write_s'))} s", "",
+     at_most(g("widgets_recovery_processor_write_s"), 10)),
+]
+
+
 # The targets of "The analytics product" issue.
 token_ok = g("token_tries") and g("token_round_trip_samples") == g("token_tries") and g("token_not_reflected") == 0
 product_targets = [
@@ -263,6 +306,8 @@ def target_rows(rows):
 
 
 PROMOTIONS_TARGETS = ("<!-- promotions targets -->", "<!-- /promotions targets -->")
+WIDGETS_TARGETS = ("<!-- widgets targets -->", "<!-- /widgets targets -->")
+WIDGETS_SECTION = ("<!-- widgets section -->", "<!-- /widgets section -->")
 PROMOTIONS_SECTION = ("<!-- promotions section -->", "<!-- /promotions section -->")
 promotions_targets_block = [
     PROMOTIONS_TARGETS[0],
@@ -271,6 +316,13 @@ promotions_targets_block = [
     "| target | measured | met |",
     "|---|---|---|",
 ] + target_rows(promotions_targets) + [PROMOTIONS_TARGETS[1]]
+widgets_targets_block = [
+    WIDGETS_TARGETS[0],
+    "Targets of the issue \"Widgets\" (measured by the widgets section, see [below](#widgets-10m-widget-graph-mixed-load-recovery)):",
+    "",
+    "| target | measured | met |",
+    "|---|---|---|",
+] + target_rows(widgets_targets) + [WIDGETS_TARGETS[1]]
 
 cmd = "make bench QUICK=1" if quick else "make bench"
 backlog_note = " (QUICK: a smaller backlog than the full run's 1,000,000)" if quick else ""
@@ -308,6 +360,8 @@ lines = [
 ] + target_rows(answers_targets) + [
     "",
 ] + promotions_targets_block + [
+    "",
+] + widgets_targets_block + [
     "",
     "Targets of the issue \"The analytics product\":",
     "",
@@ -504,6 +558,122 @@ for s in ["command", "processor", "materializer", "query"]:
 lines += [
     PROMOTIONS_SECTION[1],
     "",
+    WIDGETS_SECTION[0],
+    "## Widgets (10M-widget graph, mixed load, recovery)",
+    "",
+    ("Not measured in this run." if widgets_at is None else
+     f"Measured {widgets_at} by the widgets section (`make bench-widgets`, or the last section of `make bench`;"
+     f" `bench/src/bin/widgets.rs`) on a stack of its own: the release binaries, {count(g('widgets_partitions'))} partitions"
+     " (every widget command in one of them: the one decision partition), its own topics, schema and Redis prefix on the"
+     " shared broker, PostgreSQL and Redis, all removed at the end. Widget `n` is serial `w<n>` with ports"
+     " `P`, `R`, `Q`, `PR`, `PQ`, `RQ`, `PRQ`, `PP`, `QQR` in turn."),
+    "",
+    f"**Load** of {count(g('widgets_widgets'))} widgets. Each phase's clock runs from its first request until"
+    " `GET /widgets/<its last serial>?after=<its last command's token>` answers 200 (everything before it decided and"
+    " in the read model):",
+    "",
+    "| phase | path | widgets | requests sent / appended | decided | decided and readable | widgets/s (readable) |",
+    "|---|---|---|---|---|---|---|",
+    f"| 1 | API: `POST /widgets`, {count(g('widgets_connections'))} connections (each 201 a decided create) | "
+    f"{count(g('widgets_api_load_created'))} | {fmt(g('widgets_api_load_sent_s'))} s | "
+    f"{fmt(g('widgets_api_load_per_sec'))} creates/s (p50 {fmt(g('widgets_api_load_p50_ms'))} ms, p99 {fmt(g('widgets_api_load_p99_ms'))} ms) | "
+    f"{fmt(g('widgets_api_load_readable_s'))} s | {fmt(g('widgets_api_load_readable_per_sec'))} |",
+]
+if g("widgets_load_bulk"):
+    lines += [
+        f"| 2 | **bulk**: create commands appended straight to `widgets.commands` (see below) | {count(g('widgets_bulk_widgets'))} | "
+        f"{fmt(g('widgets_bulk_append_s'))} s ({fmt(g('widgets_bulk_append_per_sec'))}/s) | {fmt(g('widgets_bulk_decided_s'))} s "
+        f"({fmt(g('widgets_bulk_decided_per_sec'))}/s) | {fmt(g('widgets_bulk_readable_s'))} s | {fmt(g('widgets_bulk_per_sec'))} |",
+        "",
+        f"At the API's rate the other {count(g('widgets_bulk_widgets'))} would have taken {fmt(g('widgets_api_projected_rest_s'))} s,"
+        " more than the bench's budget (`--api-budget`, 480 s), so they took the **bulk path**: the tool appends each create to the stack's"
+        " `widgets.commands` as the command does (`widgets::wire::encode_command`, the shard's key `0`, the command's"
+        " idempotent `acks=all` producer settings), and the processor decides every one as usual (same rules, its replies"
+        " unread). It measures the decision partition, the checkpoints and the read side; not the HTTP edge, which phase 1"
+        " measures. Decided: the processor's `analytics_processor_events_applied_total` reached the commands (it moves at"
+        " each checkpoint).",
+    ]
+elif g("widgets_api_rest_created") is not None:
+    lines += [
+        f"| 2 | API, the rest | {count(g('widgets_api_rest_created'))} | | | {fmt(g('widgets_api_rest_readable_s'))} s | "
+        f"{fmt(g('widgets_load_per_sec'))} (whole load) |",
+    ]
+lines += [
+    "",
+    f"**Memory at {count(g('widgets_graph_widgets'))} widgets** (KiB; `VmRSS` before the load and after it, `VmHWM` its peak):",
+    "",
+    "| service | VmRSS before the load | VmRSS after | VmHWM after |",
+    "|---|---|---|---|",
+]
+for s in ["command", "processor", "materializer", "query"]:
+    lines.append(f"| {s} | {fmt(g(f'widgets_rss_kb_{s}_rest'))} | {fmt(g(f'widgets_rss_kb_{s}'))} | {fmt(g(f'widgets_hwm_kb_{s}'))} |")
+lines += [
+    "",
+    f"The processor's RSS grew {fmt(g('widgets_processor_rss_bytes_per_widget'))} bytes per widget; the graph itself holds "
+    f"{fmt(g('widgets_graph_bytes_per_widget'))} bytes per widget on the heap (`analytics_processor_widgets_graph_bytes` ÷ "
+    f"`analytics_processor_widgets`). In PostgreSQL: `processor_widgets` {fmt((g('widgets_pg_bytes_processor_widgets') or 0) / 1e6)} MB, "
+    f"`widgets` {fmt((g('widgets_pg_bytes_widgets') or 0) / 1e6)} MB, `widget_slots` {fmt((g('widgets_pg_bytes_widget_slots') or 0) / 1e6)} MB"
+    " (tables and indexes).",
+    "",
+    f"**Mixed load**, {count(g('widgets_connections'))} connections, {fmt(g('widgets_duration_s'))} s, closed loop (each connection sends"
+    " its next request when the last is answered): 50 % `GET /widgets/{serial}` of a random loaded serial, 50 % writes (40 %"
+    " creates of new serials, 35 % associations of two loaded widgets with the same ports on one of their types, 15 %"
+    " removals of an association the connection made, 10 % deletes of a widget it created). Every write is answered once"
+    " decided. Ceilings of the same run, at the same connections: the bare-hyper `ceiling` binary under wrk (as"
+    " `make bench` measures them), and under this tool's own mixed client (the load generator's own ceiling).",
+    "",
+    "| run | requests/s | ratio to the wrk ceiling (writes: POST, the rest: GET) | p50 ms | p99 ms | p99.9 ms | 2xx | 4xx | 503 | other | errors |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+]
+for key, label, ceiling in [("widgets_mixed", "**mixed load, all requests**", "get"), ("widgets_mixed_reads", "its reads", "get"),
+                            ("widgets_mixed_writes", "its writes", "post"),
+                            ("widgets_mixed_ceiling", "the mixed client against the bare-hyper GET server", "get")]:
+    lines.append(f"| {label} | {fmt(g(key + '_rps'))} | {ratio(key + '_rps', f'widgets_{ceiling}_ceiling_rps')} | {fmt(g(key + '_p50_ms'))} | "
+                 f"{fmt(g(key + '_p99_ms'))} | {fmt(g(key + '_p999_ms'))} | {count(g(key + '_2xx'))} | {count(g(key + '_4xx'))} | "
+                 f"{count(g(key + '_503'))} | {count(g(key + '_other'))} | {count(g(key + '_errors'))} |")
+for mode in ["get", "post"]:
+    key = f"widgets_{mode}_ceiling"
+    lines.append(f"| bare-hyper {mode.upper()} ceiling (wrk) | {fmt(g(key + '_rps'))} | {ratio(key + '_rps', 'widgets_get_ceiling_rps')} | "
+                 f"{fmt(g(key + '_p50_ms'))} | {fmt(g(key + '_p99_ms'))} | {fmt(g(key + '_p999_ms'))} | | | | | |")
+lines += [
+    "",
+    "| write | requests | 2xx | 4xx (404, 409) |",
+    "|---|---|---|---|",
+]
+for kind in ["creates", "associations", "dissociations", "deletes"]:
+    lines.append(f"| {kind} | {count(g(f'widgets_mixed_{kind}_requests'))} | {count(g(f'widgets_mixed_{kind}_2xx'))} | "
+                 f"{count(g(f'widgets_mixed_{kind}_4xx'))} |")
+busy = g("widgets_mixed_checkpoint_busy_s")
+lines += [
+    "",
+    f"Where a write's time goes, over the mixed run (the services' `/metrics` before and after): the processor checkpointed the"
+    f" widgets {count(g('widgets_mixed_checkpoints'))} times, {fmt(g('widgets_mixed_checkpoint_avg_ms'))} ms on average (PostgreSQL"
+    f" {fmt(g('widgets_mixed_checkpoint_store_avg_ms'))} ms, Kafka transaction {fmt(g('widgets_mixed_checkpoint_emit_avg_ms'))} ms),"
+    f" p99 ≤ {fmt(g('widgets_mixed_checkpoint_p99_bucket_ms'))} ms (histogram bucket); in all "
+    f"{fmt(busy)} s of the {fmt(g('widgets_duration_s'))} s"
+    + (f" ({busy / g('widgets_duration_s'):.0%})" if busy is not None and g("widgets_duration_s") else "")
+    + " during which its loop decides nothing. The command's append (broker acks=all) took"
+    f" {fmt(g('widgets_mixed_append_avg_ms'))} ms on average, p99 ≤ {fmt(g('widgets_mixed_append_p99_bucket_ms'))} ms.",
+    "",
+    f"**Recovery** at {count(g('widgets_graph_widgets'))} widgets (after the mixed load), each service killed with `kill -9` and"
+    " started again at once:",
+    "",
+    "| service killed | until | seconds |",
+    "|---|---|---|",
+    f"| processor | the new process answers `/ready` | {fmt(g('widgets_recovery_processor_ready_s'))} |",
+    f"| processor | it has claimed every partition of the workload, the shard's among them (`analytics_processor_restores_total`;"
+    f" its claims, run together, took {fmt(g('widgets_recovery_processor_claims_s'))} s summed) | {fmt(g('widgets_recovery_processor_all_claimed_s'))} |",
+    f"| processor | a create (sent at the kill, retried with its `?id=`) is answered 201 | **{fmt(g('widgets_recovery_processor_write_s'))}** |",
+    f"| command | a create is answered 201 | {fmt(g('widgets_recovery_command_write_s'))} |",
+    f"| materializer | a create is readable (a plain GET) | {fmt(g('widgets_recovery_materializer_row_s'))} |",
+    f"| materializer | the same create is readable with its token (after the started materializer's Redis catch-up) | "
+    f"{fmt(g('widgets_recovery_materializer_readable_s'))} |",
+    f"| query | a GET of a loaded widget answers 200 | {fmt(g('widgets_recovery_query_read_s'))} |",
+    "",
+    f"The restored processor held {count(g('widgets_recovery_processor_graph_widgets'))} widgets, at {fmt(g('widgets_recovery_processor_rss_kb'))}"
+    f" KiB RSS (peak {fmt(g('widgets_recovery_processor_hwm_kb'))} KiB).",
+    WIDGETS_SECTION[1],
+    "",
     "## Memory (RSS, KiB)",
     "",
     "| service | at rest | under load |",
@@ -520,14 +690,21 @@ def block(text, marks):
 
 
 if only:
-    # Splices this run's two promotions blocks into the report of the last full run, in place.
+    # Splices this run's two blocks of the section into the report of the last full run, in place; a report written
+    # before the widgets section existed gets its blocks after the promotions ones.
     doc = root / "docs/benchmarks.md"
     text = doc.read_text()
     rendered = "\n".join(lines)
-    for marks in [PROMOTIONS_TARGETS, PROMOTIONS_SECTION]:
-        if marks[0] not in text:
+    blocks = {"promotions": [(PROMOTIONS_TARGETS, None), (PROMOTIONS_SECTION, None)],
+              "widgets": [(WIDGETS_TARGETS, PROMOTIONS_TARGETS), (WIDGETS_SECTION, PROMOTIONS_SECTION)]}[only]
+    for marks, after in blocks:
+        if marks[0] not in text and after is not None and after[1] in text:
+            end = text.index(after[1]) + len(after[1])
+            text = text[:end] + "\n\n" + block(rendered, marks) + text[end:]
+        elif marks[0] not in text:
             sys.exit(f"docs/benchmarks.md has no {marks[0]} block: run make bench once")
-        text = text.replace(block(text, marks), block(rendered, marks))
+        else:
+            text = text.replace(block(text, marks), block(rendered, marks))
     notes = root / "docs/benchmarks-notes.md"
     if notes.exists() and "\n## How the broker-bound figures are measured" in text:
         text = text[:text.index("## How the broker-bound figures are measured")] + notes.read_text().rstrip() + "\n"

@@ -27,6 +27,8 @@ use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, S
 
 pub const GRAPH_WIDGETS: &str = "analytics_processor_widgets";
 pub const GRAPH_IDS: &str = "analytics_processor_widget_ids";
+/// Heap bytes of the graphs held (`Graph::heap_bytes`, by capacity): ÷ the widgets, the graph's bytes per widget.
+pub const GRAPH_BYTES: &str = "analytics_processor_widgets_graph_bytes";
 
 /// The slot columns, slot i's partner ('' when free).
 const SLOTS: [&str; MAX_PORTS] = ["slot0", "slot1", "slot2"];
@@ -241,13 +243,15 @@ impl Aggregation for Widgets {
     }
 
     fn record_gauges<'a>(&self, states: impl Iterator<Item = &'a WidgetsState>) {
-        let (mut widgets, mut ids) = (0, 0);
+        let (mut widgets, mut ids, mut bytes) = (0, 0, 0);
         for s in states {
             widgets += s.graph().len();
             ids += s.ids();
+            bytes += s.graph().heap_bytes();
         }
         metrics::gauge!(GRAPH_WIDGETS).set(widgets as f64);
         metrics::gauge!(GRAPH_IDS).set(ids as f64);
+        metrics::gauge!(GRAPH_BYTES).set(bytes as f64);
     }
 }
 
