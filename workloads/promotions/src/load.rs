@@ -170,6 +170,10 @@ pub struct Late(pub &'static str);
 /// The generations of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loads {
+    /// The partition these are of, once known (restored by a claim): a
+    /// batch of another partition's rows is skipped, as the engine skips a
+    /// keyed record of another partition.
+    partition: Option<i32>,
     loads: BTreeMap<i64, Load>,
     /// Decided by a committed checkpoint, not yet emitted.
     announce: Vec<Announcement>,
@@ -180,10 +184,15 @@ impl Loads {
         Self::default()
     }
 
-    /// The state as stored: each generation's phase and copied rows, and the pending announcements.
-    pub fn restored(loads: impl IntoIterator<Item = (i64, Phase, u64)>, announce: Vec<Announcement>) -> Self {
+    /// Partition `partition`'s state as stored: each generation's phase and copied rows, and the pending
+    /// announcements.
+    pub fn restored(
+        partition: i32,
+        loads: impl IntoIterator<Item = (i64, Phase, u64)>,
+        announce: Vec<Announcement>,
+    ) -> Self {
         let loads = loads.into_iter().map(|(g, phase, copied)| (g, Load { phase, copied, ..Load::new() })).collect();
-        Loads { loads, announce }
+        Loads { partition: Some(partition), loads, announce }
     }
 
     pub fn get(&self, generation: i64) -> Option<&Load> {
@@ -216,6 +225,19 @@ impl Loads {
                     return Err(Late("row_after_end"));
                 }
                 load.buffer.push(row);
+            }
+            FileRecord::Batch(batch) => {
+                if self.partition.is_some_and(|p| p != batch.partition) {
+                    return Err(Late("misrouted"));
+                }
+                let generation = batch.generation;
+                let load = self.loads.entry(generation).or_insert_with(Load::new);
+                if !load.open() {
+                    return Err(Late("row_after_end"));
+                }
+                load.buffer.extend(
+                    batch.rows.into_iter().map(|(line, promotion)| FileRow { generation, line: Some(line), promotion }),
+                );
             }
             FileRecord::End(end) => {
                 let load = self.loads.entry(end.generation).or_insert_with(Load::new);
@@ -465,6 +487,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_buffers_its_rows_with_their_lines_and_one_of_another_partition_is_skipped() {
+        use crate::records::FileBatch;
+        let batch = |partition, lines: &[u32]| {
+            let rows = lines.iter().map(|i| (u64::from(*i), promotion(*i))).collect();
+            FileRecord::Batch(FileBatch { generation: 4, partition, partitions: 2, rows })
+        };
+        let mut loads = Loads::restored(1, [], vec![]);
+        loads.apply(0, batch(1, &[3, 5])).unwrap();
+        assert_eq!(loads.apply(1, batch(0, &[7])), Err(Late("misrouted")));
+        loads.apply(2, batch(1, &[8])).unwrap();
+        let lines: Vec<_> = loads.get(4).unwrap().buffer.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![Some(3), Some(5), Some(8)]);
+        loads.apply(3, end(4, 1, 3, 3)).unwrap();
+        assert_eq!(loads.apply(4, batch(1, &[9])), Err(Late("row_after_end")));
+        assert_eq!(loads.changes().unwrap().gens[0].mismatch(1), None, "the end's count is the batches' rows");
+    }
+
+    #[test]
     fn finished_generations_beyond_the_kept_few_are_forgotten() {
         let mut loads = Loads::new();
         for g in 0..(KEEP_FINISHED as i64 + 3) {
@@ -479,7 +519,7 @@ mod tests {
 
     #[test]
     fn restored_state_skips_late_records_of_finished_files() {
-        let mut loads = Loads::restored([(3, Phase::Ended, 10), (4, Phase::Loading, 2)], vec![]);
+        let mut loads = Loads::restored(0, [(3, Phase::Ended, 10), (4, Phase::Loading, 2)], vec![]);
         assert_eq!(loads.apply(0, row(3, 1)), Err(Late("row_after_end")));
         loads.apply(1, row(4, 1)).unwrap();
         assert_eq!(loads.changes().unwrap().gens[0].loaded, 3);

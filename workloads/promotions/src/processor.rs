@@ -167,6 +167,14 @@ impl Aggregation for Promotions {
         None
     }
 
+    /// A batch counts for its rows: the engine's pending bound is a bound on the rows buffered.
+    fn weight(&self, record: &FileRecord) -> usize {
+        match record {
+            FileRecord::Batch(b) => b.rows.len(),
+            _ => 1,
+        }
+    }
+
     fn apply(&self, state: &mut Loads, record: Record, event: FileRecord) -> Result<(), Skip> {
         state.apply(record.offset, event).map_err(|load::Late(label)| Skip(label))
     }
@@ -195,7 +203,7 @@ impl Aggregation for Promotions {
             Ok(())
         })
         .await?;
-        Ok(Loads::restored(loads, announce))
+        Ok(Loads::restored(scope.partition, loads, announce))
     }
 
     async fn persist<T: StateTx>(
