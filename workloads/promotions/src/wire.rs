@@ -460,7 +460,16 @@ mod tests {
     /// `n` promotions whose ids map to `partition` of `partitions`, with their lines.
     fn rows_of(partition: i32, partitions: i32, n: usize) -> Vec<(u64, Promotion)> {
         (0u32..)
-            .map(|i| (u64::from(i) + 1, parse_line(1, &format!("{:08x}-0000-4000-8000-000000000000,{i}.125,2018-08-04 05:32:31 +0200 CEST", i)).unwrap()))
+            .map(|i| {
+                (
+                    u64::from(i) + 1,
+                    parse_line(
+                        1,
+                        &format!("{:08x}-0000-4000-8000-000000000000,{i}.125,2018-08-04 05:32:31 +0200 CEST", i),
+                    )
+                    .unwrap(),
+                )
+            })
             .filter(|(_, p)| partition_for(p.id.to_string().as_bytes(), partitions) == partition)
             .take(n)
             .collect()
@@ -479,7 +488,10 @@ mod tests {
         let mut rows = rows_of(1, 4, 2);
         rows.extend(rows_of(2, 4, 1));
         assert_eq!(decode_file_record(&encode_batch(41, 1, 4, &rows)), Err(DecodeError::Invalid("partition")));
-        assert_eq!(decode_file_record(&encode_batch(41, 4, 4, &rows_of(0, 4, 1))), Err(DecodeError::Invalid("partition")));
+        assert_eq!(
+            decode_file_record(&encode_batch(41, 4, 4, &rows_of(0, 4, 1))),
+            Err(DecodeError::Invalid("partition"))
+        );
         assert_eq!(decode_file_record(&encode_batch(41, 0, 4, &[])), Err(DecodeError::Invalid("rows")));
         let zero = vec![(0, rows_of(0, 1, 1).remove(0).1)];
         assert_eq!(decode_file_record(&encode_batch(41, 0, 1, &zero)), Err(DecodeError::Invalid("line")));
