@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use common::engine::store::bulk::Duplicate;
 
 use crate::generation::Failure;
-use crate::records::{End, FileRecord, FileRow, GenerationStatus};
+use crate::records::{End, FileRecord, GenerationStatus};
 
 /// Generations a partition remembers once its part of them is finished
 /// (ended or failed): enough to skip a late record of any recent file.
@@ -320,6 +320,11 @@ impl Loads {
                 load.abort = None;
                 load.phase = Phase::Failed;
             }
+            if load.phase != Phase::Loading {
+                // Finished here: its buffer's memory goes now, not when the generation is forgotten
+                // (KEEP_FINISHED files later): each file's buffers would otherwise stay allocated.
+                load.buffer = CopyBuffer::default();
+            }
         }
         for (g, copied) in receipt.copied {
             if let Some(load) = self.loads.get_mut(&g) {
@@ -383,7 +388,7 @@ pub fn duplicate(generation: i64, dup: &Duplicate) -> GenerationStatus {
 mod tests {
     use super::*;
     use crate::line::{parse_line, Promotion};
-    use crate::records::{Abort, Begin};
+    use crate::records::{Abort, Begin, FileRow};
 
     fn promotion(i: u32) -> Promotion {
         parse_line(1, &format!("00000000-0000-4000-8000-{i:012x},1.50,2018-08-04 05:32:31 +0200 CEST")).unwrap()
@@ -430,6 +435,7 @@ mod tests {
         let changes = commit(&mut loads, vec![Announcement::new(GenerationStatus::active(10, 5))]);
         assert_eq!((changes.gens[0].copy, changes.gens[0].loaded, changes.gens[0].mismatch(0)), (1, 3, None));
         assert_eq!(loads.get(10).unwrap().phase, Phase::Ended);
+        assert_eq!(loads.get(10).unwrap().buffer.text.capacity(), 0, "a finished part holds no buffer");
 
         // The decision is announced by the next checkpoint, once.
         let next = commit(&mut loads, vec![]);

@@ -558,6 +558,13 @@ mod tests {
         );
     }
 
+    /// The published header of the batch record never changes (a released schema is never edited).
+    #[test]
+    fn published_batch_header_never_changes() {
+        let headers: Vec<[u8; HEADER_LEN]> = BATCH.versions.iter().map(|v| v.header).collect();
+        assert_eq!(headers, [[0xC3, 0x01, 0x00, 0xAE, 0xD0, 0x4B, 0x9B, 0xAA, 0xA2, 0xCE]], "v1");
+    }
+
     #[test]
     fn a_generation_status_round_trips() {
         for s in [
