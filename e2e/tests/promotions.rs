@@ -147,6 +147,86 @@ async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
     stack.cleanup().await;
 }
 
+/// Every record of `topic`: (partition, decoded record), in each partition's order.
+async fn read_rows_topic(brokers: &str, topic: &str) -> Vec<(i32, promotions::records::FileRecord)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-read-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > 0 {
+            remaining.insert(p, high);
+        }
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assigning");
+    let mut out = Vec::new();
+    while !remaining.is_empty() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await.expect("the topic's records");
+        let msg = msg.expect("a record");
+        let record = promotions::wire::decode_file_record(msg.payload().expect("a payload")).expect("a rows record");
+        out.push((msg.partition(), record));
+        if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
+            remaining.remove(&msg.partition());
+        }
+    }
+    out
+}
+
+/// The command's batch records: a file larger than several batches in every partition loads
+/// whole and answers every id, and each partition's batches hold exactly the ids that map to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_in_batches_over_every_partition_loads_and_answers_every_id() {
+    use promotions::records::FileRecord;
+    let mut stack = Stack::new();
+    stack.start_all().await;
+    let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let partitions = stack.kafka.events_partitions.get() as i32;
+    let rows = 3 * promotions::command::BATCH_ROWS * partitions as usize + 77;
+    let file = file(&ids(rows), 3);
+    let partition_of = |id: &str| common::engine::kafka::partition_for(id.as_bytes(), partitions);
+    let mut per_partition = vec![0u64; partitions as usize];
+    for id in file.answers.keys() {
+        per_partition[partition_of(id) as usize] += 1;
+    }
+    assert!(per_partition.iter().all(|n| *n > promotions::command::BATCH_ROWS as u64), "{per_partition:?}");
+
+    let g = accepted(command, &file.csv).await;
+    let status = wait_state(query, g, "active").await;
+    assert_eq!(status["rows"], rows);
+    assert_answers(query, &file).await;
+
+    let topic = stack.topic("promotions_rows_topic");
+    let mut batched = vec![0u64; partitions as usize];
+    for (partition, record) in read_rows_topic(&stack.kafka.brokers, &topic).await {
+        match record {
+            FileRecord::Batch(b) if b.generation == g => {
+                assert_eq!((b.partition, b.partitions), (partition, partitions as u32));
+                for (_, p) in &b.rows {
+                    assert_eq!(partition_of(&p.id.to_string()), partition, "{} in partition {partition}", p.id);
+                }
+                batched[partition as usize] += b.rows.len() as u64;
+            }
+            FileRecord::End(e) if e.generation == g => {
+                assert_eq!(e.rows, batched[partition as usize], "the end follows its partition's batches");
+            }
+            FileRecord::Row(r) => panic!("a row record ({}): the command writes batches", r.generation),
+            _ => {}
+        }
+    }
+    assert_eq!(batched, per_partition, "each partition got exactly its ids");
+    stack.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_malformed_file_fails_with_its_line_number_and_the_active_generation_still_answers() {
     let mut stack = Stack::new();

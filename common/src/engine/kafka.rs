@@ -41,6 +41,9 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTun
     c
 }
 
+/// Kilobytes of fetched records a consumer queues at most ahead of its reader.
+pub const PREFETCH_KBYTES: u32 = 8 * 1024;
+
 /// A consumer configuration for manually assigned partitions (see
 /// [`crate::engine::membership`]): positions come from the services' own stores.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
@@ -55,6 +58,10 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("isolation.level", "read_committed")
         // Freshness: do not let an idle fetch sit for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
+        // Bounded prefetch: librdkafka queues up to 64 MB of fetched records by default, held while the
+        // service is busy (a processor waiting for its checkpoint): 8 MB still keeps every partition fed.
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set("fetch.max.bytes", (PREFETCH_KBYTES * 1024).to_string())
         .set("socket.keepalive.enable", "true");
     c
 }

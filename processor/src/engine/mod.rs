@@ -136,6 +136,16 @@ pub trait Aggregation: Send + Sync + 'static {
     /// The event's client id, if it carries one: the engine counts an id once.
     fn dedup_id(&self, event: &Self::Event) -> Option<DedupId>;
 
+    /// How many of a partition's pending records
+    /// ([`MAX_PENDING_RECORDS`](partition::MAX_PENDING_RECORDS)) the event
+    /// counts for: 1 by default; more for a record that carries several
+    /// items the state buffers until the checkpoint (a batch of rows), so
+    /// that the bound holds what the state holds, whatever the batching.
+    fn weight(&self, event: &Self::Event) -> usize {
+        let _ = event;
+        1
+    }
+
     /// Applies one record.
     ///
     /// # Errors

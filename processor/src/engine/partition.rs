@@ -18,6 +18,7 @@ use common::engine::kafka::partition_for;
 /// the loop checkpoints at once, and stops reading until a checkpoint
 /// commits: one checkpoint's rows, outbox and Kafka transactions stay
 /// bounded however large a backlog is or however long PostgreSQL fails.
+/// A record counts for its [`Aggregation::weight`] (the items of a batch).
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
 /// The skip reason of a record already in the restored state.
@@ -158,7 +159,7 @@ impl<S, P: TxnProducer> OwnedPartition<S, P> {
     ) -> Result<bool, super::Skip> {
         self.position.next_offset = offset + 1;
         self.position.watermark_ms = self.position.watermark_ms.max(accepted_at_ms);
-        self.pending_records += 1;
+        self.pending_records += workload.weight(&event).max(1);
         let watermark_ms = self.position.watermark_ms;
         if let Some(id) = workload.dedup_id(&event) {
             if !self.ids.admit(id, watermark_ms) {

@@ -33,6 +33,9 @@ pub const ROWS_PER_STATEMENT: usize = 10_000;
 /// Rows a claim reads per fetch from a workload's row table.
 const RESTORE_PAGE: i32 = 100_000;
 
+/// Bytes of `COPY` text sent as one message of a copy ([`StateTx::copy_text`]).
+const COPY_PIECE_BYTES: usize = 256 * 1024;
+
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
 
@@ -438,16 +441,26 @@ impl StateTx for PgTx<'_> {
         Ok(())
     }
 
-    async fn copy_rows(&mut self, table: &BulkTable, generation: i64, rows: &[Row]) -> Result<u64, PgError> {
+    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &[u8]) -> Result<u64, PgError> {
         use futures::SinkExt;
+        if text.is_empty() {
+            return Ok(0);
+        }
+        let sink = self.tx.copy_in(table.copy_sql(generation).as_str()).await?;
+        let mut sink = std::pin::pin!(sink);
+        // In pieces: the copy of the text being sent stays small whatever the buffer's size.
+        for piece in text.chunks(COPY_PIECE_BYTES) {
+            sink.feed(bytes::Bytes::copy_from_slice(piece)).await?;
+        }
+        Ok(sink.finish().await?)
+    }
+
+    async fn copy_rows(&mut self, table: &BulkTable, generation: i64, rows: &[Row]) -> Result<u64, PgError> {
         if rows.is_empty() {
             return Ok(0);
         }
         let text = table.copy_text(rows)?;
-        let sink = self.tx.copy_in(table.copy_sql(generation).as_str()).await?;
-        let mut sink = std::pin::pin!(sink);
-        sink.send(bytes::Bytes::from(text)).await?;
-        Ok(sink.finish().await?)
+        self.copy_text(table, generation, &text).await
     }
 
     async fn report_partition(

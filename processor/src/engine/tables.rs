@@ -114,6 +114,16 @@ pub trait StateTx: Send {
         generation: i64,
     ) -> impl Future<Output = Result<(), PgError>> + Send;
 
+    /// Copies rows given as `COPY` text (lines of
+    /// [`BulkTable::push_copy_row`]) into `generation`'s storage; returns how
+    /// many. For a workload that buffers its rows as that text.
+    fn copy_text(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        text: &[u8],
+    ) -> impl Future<Output = Result<u64, PgError>> + Send;
+
     /// Copies `rows` into `generation`'s storage (PostgreSQL `COPY`); returns how many.
     fn copy_rows(
         &mut self,

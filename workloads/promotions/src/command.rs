@@ -4,9 +4,13 @@
 //!
 //! 1. a begin record in partition 0, waited for: its offset plus one is the
 //!    generation's number, unique and ordered by the log;
-//! 2. each line as it arrives, parsed ([`parse_line`]) and appended keyed by
-//!    its id (lowercase), counted per partition;
-//! 3. an end record in each partition with that partition's count and the
+//! 2. each line as it arrives, parsed ([`parse_line`]) and counted in the
+//!    partition its id (lowercase) maps to, as a record keyed by the id
+//!    would be partitioned; a partition's rows go out [`BATCH_ROWS`] at a
+//!    time, one batch record each (a record per row bounded the upload at
+//!    the broker's per-record cost);
+//! 3. each partition's last batch, then, once every row is acknowledged, an
+//!    end record in each partition with that partition's count and the
 //!    file's total → `202 {"generation": n}`.
 //!
 //! The first malformed line (or an empty file, or a body cut off) ends it:
@@ -27,10 +31,16 @@ use ::command::engine::{Append, Chunks, Decided, Input, Reject, RejectStatus, Up
 use crate::generation::Failure;
 use crate::line::{parse_line, LineError, Lines, Promotion};
 use crate::records::{Abort, Begin, End, FileRecord};
-use crate::wire::{encode_file_record, encode_row};
+use crate::wire::{encode_batch, encode_file_record};
 
 /// The route files are uploaded on.
 pub const ROUTE: &str = "/promotions/files";
+
+/// Rows one batch record carries at most (about 40 KB of Avro).
+pub const BATCH_ROWS: usize = 512;
+
+/// Batch records an upload keeps unacknowledged at most: about 5 MB, 65,536 rows.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 128;
 
 /// `POST /promotions/files`.
 pub struct Files {
@@ -80,18 +90,45 @@ enum Stop {
     Body(BodyError),
 }
 
-/// One file being appended: its generation and the rows sent to each partition.
+/// One file being appended: its generation, the rows sent to each
+/// partition, and each partition's batch being filled.
 struct Sending {
     generation: i64,
     per_partition: Vec<u64>,
+    /// Each partition's rows not appended yet (fewer than [`BATCH_ROWS`]).
+    batches: Vec<Vec<(u64, Promotion)>>,
 }
 
 impl Sending {
-    async fn row<A: Append>(&mut self, out: &mut A, line: u64, p: &Promotion) -> Result<(), UploadError<FileReject>> {
-        let key = p.id.to_string();
-        let partition = out.append(key.as_bytes(), encode_row(self.generation, Some(line), p)).await?;
-        let slot = usize::try_from(partition).expect("the appender names one of the topic's partitions");
+    fn new(generation: i64, partitions: i32) -> Self {
+        let partitions = usize::try_from(partitions).unwrap_or(0);
+        Sending { generation, per_partition: vec![0; partitions], batches: vec![Vec::new(); partitions] }
+    }
+
+    /// Adds line `line` to its partition's batch, and appends the batch once full.
+    async fn row<A: Append>(&mut self, out: &mut A, line: u64, p: Promotion) -> Result<(), UploadError<FileReject>> {
+        let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let key = p.id.uuid().hyphenated().encode_lower(&mut key);
+        // As the keyed records were partitioned: the engine's partitioner over the agreed count.
+        let partition = common::engine::kafka::partition_for(key.as_bytes(), self.batches.len() as i32);
+        let slot = usize::try_from(partition).expect("a partition of the agreed count");
         self.per_partition[slot] += 1;
+        self.batches[slot].push((line, p));
+        if self.batches[slot].len() >= BATCH_ROWS {
+            self.send(out, slot).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends partition `slot`'s batch, if it has rows.
+    async fn send<A: Append>(&mut self, out: &mut A, slot: usize) -> Result<(), UploadError<FileReject>> {
+        if self.batches[slot].is_empty() {
+            return Ok(());
+        }
+        let partitions = self.batches.len() as u32;
+        let record = encode_batch(self.generation, slot as i32, partitions, &self.batches[slot]);
+        self.batches[slot].clear();
+        out.append_to(slot as i32, record).await?;
         Ok(())
     }
 
@@ -99,8 +136,15 @@ impl Sending {
         self.per_partition.iter().sum()
     }
 
-    /// Every partition's end record: the rows it was sent and the file's.
-    async fn end<A: Append>(&self, out: &mut A) -> Result<(), UploadError<FileReject>> {
+    /// Every partition's last batch, then, once every row is acknowledged,
+    /// every partition's end record: the rows it was sent and the file's.
+    /// (Waiting first keeps each end after its partition's rows whatever
+    /// producer carries which record.)
+    async fn end<A: Append>(&mut self, out: &mut A) -> Result<(), UploadError<FileReject>> {
+        for slot in 0..self.batches.len() {
+            self.send(out, slot).await?;
+        }
+        out.flush().await?;
         let partitions = self.per_partition.len() as u32;
         for (partition, rows) in self.per_partition.iter().enumerate() {
             let partition = partition as i32;
@@ -139,7 +183,7 @@ async fn send_rows<C: Chunks, A: Append>(
         }
         // A chunk's rows: a bounded few (a chunk is at most a frame of the connection).
         for (n, p) in parsed.drain(..) {
-            sending.row(out, n, &p).await?;
+            sending.row(out, n, p).await?;
         }
         if last {
             return Ok(Ok(()));
@@ -150,6 +194,9 @@ async fn send_rows<C: Chunks, A: Append>(
 impl Upload for Files {
     const NAME: &'static str = "promotions";
     const ROUTE: &'static str = ROUTE;
+
+    /// Batch records: each carries up to [`BATCH_ROWS`] rows.
+    const MAX_IN_FLIGHT: usize = MAX_IN_FLIGHT_BATCHES;
 
     type Reject = FileReject;
 
@@ -170,7 +217,7 @@ impl Upload for Files {
         let partitions = out.partitions();
         let begin = encode_file_record(&FileRecord::Begin(Begin { partitions: partitions.max(0) as u32 }));
         let generation = out.deliver_to(0, begin).await?.offset + 1;
-        let mut sending = Sending { generation, per_partition: vec![0; partitions as usize] };
+        let mut sending = Sending::new(generation, partitions);
         let mut lines = Lines::new();
         let (reject, failure) = match send_rows(&mut sending, &mut lines, body, out).await? {
             Ok(()) if sending.total() == 0 => {
@@ -269,19 +316,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_is_a_begin_its_rows_by_id_and_an_end_per_partition_with_its_count() {
-        let text: String = (1..=50).map(line).collect();
+    async fn a_file_is_a_begin_its_rows_in_batches_by_id_and_an_end_per_partition_with_its_count() {
+        let lines = 3 * BATCH_ROWS as u32 + 50;
+        let text: String = (1..=lines).map(line).collect();
         let (result, log) = upload(chunked(&text, 37)).await;
         let decided = result.expect("accepted");
         assert_eq!((decided.status, decided.body.as_deref()), (StatusCode::ACCEPTED, Some(r#"{"generation":6}"#)));
-        let mut total = 0;
+        let mut seen = Vec::new();
         for (p, records) in log.partitions.iter().enumerate() {
-            let rows = records.iter().filter(|r| matches!(r, FileRecord::Row(row) if row.generation == 6)).count();
+            let mut rows = 0;
+            for record in records {
+                let FileRecord::Batch(batch) = record else { continue };
+                assert_eq!((batch.generation, batch.partition, batch.partitions), (6, p as i32, 3));
+                assert!((1..=BATCH_ROWS).contains(&batch.rows.len()), "{} rows", batch.rows.len());
+                for (n, promotion) in &batch.rows {
+                    // The partition a record keyed by the id would have gone to.
+                    let key = promotion.id.to_string();
+                    assert_eq!(common::engine::kafka::partition_for(key.as_bytes(), 3), p as i32, "line {n}");
+                    assert_eq!(promotion, &parse_line(*n, line(*n as u32).trim_end()).unwrap(), "line {n}");
+                    seen.push(*n);
+                }
+                rows += batch.rows.len() as u64;
+            }
             let Some(FileRecord::End(end)) = records.last() else { panic!("partition {p} ends with its end record") };
-            assert_eq!(*end, End { generation: 6, partition: p as i32, partitions: 3, rows: rows as u64, total: 50 });
-            total += rows;
+            let total = u64::from(lines);
+            assert_eq!(*end, End { generation: 6, partition: p as i32, partitions: 3, rows, total });
         }
-        assert_eq!(total, 50);
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=u64::from(lines)).collect::<Vec<_>>(), "every line once");
     }
 
     #[tokio::test]

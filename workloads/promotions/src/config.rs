@@ -12,8 +12,8 @@ use common::engine::config::parse_duration;
 /// The section.
 #[derive(Debug, Clone, Args)]
 pub struct PromotionsConfig {
-    /// Topic of uploaded files: a begin record, the rows keyed by id, an end record per partition (or an abort).
-    /// Written by the command, read by the processor.
+    /// Topic of uploaded files: a begin record, the rows in batches by the partition of their id, an end record per
+    /// partition (or an abort). Written by the command, read by the processor.
     #[arg(long, env = "PROMOTIONS_ROWS_TOPIC", default_value = "promotions.rows")]
     pub promotions_rows_topic: String,
     /// Topic of the generations' states (key: the generation number, compacted). Written by the processor, read by

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use common::engine::store::bulk::Duplicate;
 
 use crate::generation::Failure;
-use crate::records::{End, FileRecord, FileRow, GenerationStatus};
+use crate::records::{End, FileRecord, GenerationStatus};
 
 /// Generations a partition remembers once its part of them is finished
 /// (ended or failed): enough to skip a late record of any recent file.
@@ -59,8 +59,9 @@ pub struct Load {
     pub phase: Phase,
     /// Rows in the generation's storage, as of the last checkpoint.
     pub copied: u64,
-    /// Rows applied since, to copy at the next checkpoint.
-    pub buffer: Vec<FileRow>,
+    /// Rows applied since, to copy at the next checkpoint: as the `COPY`
+    /// text that stores them (about 70 bytes a row, nothing decoded held).
+    pub buffer: CopyBuffer,
     /// The begin record was applied since the last checkpoint (partition 0 only).
     pub begun: bool,
     /// The end record, applied since the last checkpoint.
@@ -71,7 +72,7 @@ pub struct Load {
 
 impl Load {
     fn new() -> Self {
-        Load { phase: Phase::Loading, copied: 0, buffer: Vec::new(), begun: false, end: None, abort: None }
+        Load { phase: Phase::Loading, copied: 0, buffer: CopyBuffer::default(), begun: false, end: None, abort: None }
     }
 
     /// Still taking rows: neither its end nor an abort has been applied.
@@ -80,7 +81,28 @@ impl Load {
     }
 
     fn dirty(&self) -> bool {
-        self.begun || self.end.is_some() || self.abort.is_some() || !self.buffer.is_empty()
+        self.begun || self.end.is_some() || self.abort.is_some() || self.buffer.rows > 0
+    }
+}
+
+/// Rows waiting for a checkpoint, as the lines of `COPY` text of the
+/// generation's table ([`crate::read_model::push_promotion`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyBuffer {
+    pub text: Vec<u8>,
+    pub rows: usize,
+}
+
+impl CopyBuffer {
+    fn push(&mut self, line: Option<u64>, promotion: &crate::line::Promotion) {
+        crate::read_model::push_promotion(&mut self.text, promotion, line);
+        self.rows += 1;
+    }
+
+    /// Forgets the first `rows` rows, `bytes` of text (copied by a checkpoint).
+    fn drain(&mut self, rows: usize, bytes: usize) {
+        self.text.drain(..bytes.min(self.text.len()));
+        self.rows = self.rows.saturating_sub(rows);
     }
 }
 
@@ -103,8 +125,9 @@ impl Announcement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenChange {
     pub generation: i64,
-    /// Copy the first `copy` buffered rows.
+    /// Copy the first `copy` buffered rows: the first `copy_bytes` of the buffer's text.
     pub copy: usize,
+    pub copy_bytes: usize,
     /// Announce it loading (its begin record is in).
     pub begin: bool,
     /// Report the partition's count: its end record is in.
@@ -170,6 +193,10 @@ pub struct Late(pub &'static str);
 /// The generations of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loads {
+    /// The partition these are of, once known (restored by a claim): a
+    /// batch of another partition's rows is skipped, as the engine skips a
+    /// keyed record of another partition.
+    partition: Option<i32>,
     loads: BTreeMap<i64, Load>,
     /// Decided by a committed checkpoint, not yet emitted.
     announce: Vec<Announcement>,
@@ -180,10 +207,15 @@ impl Loads {
         Self::default()
     }
 
-    /// The state as stored: each generation's phase and copied rows, and the pending announcements.
-    pub fn restored(loads: impl IntoIterator<Item = (i64, Phase, u64)>, announce: Vec<Announcement>) -> Self {
+    /// Partition `partition`'s state as stored: each generation's phase and copied rows, and the pending
+    /// announcements.
+    pub fn restored(
+        partition: i32,
+        loads: impl IntoIterator<Item = (i64, Phase, u64)>,
+        announce: Vec<Announcement>,
+    ) -> Self {
         let loads = loads.into_iter().map(|(g, phase, copied)| (g, Load { phase, copied, ..Load::new() })).collect();
-        Loads { loads, announce }
+        Loads { partition: Some(partition), loads, announce }
     }
 
     pub fn get(&self, generation: i64) -> Option<&Load> {
@@ -192,7 +224,7 @@ impl Loads {
 
     /// Rows held in memory, waiting for a checkpoint.
     pub fn buffered(&self) -> usize {
-        self.loads.values().map(|l| l.buffer.len()).sum()
+        self.loads.values().map(|l| l.buffer.rows).sum()
     }
 
     pub fn generations(&self) -> usize {
@@ -215,7 +247,20 @@ impl Loads {
                 if !load.open() {
                     return Err(Late("row_after_end"));
                 }
-                load.buffer.push(row);
+                load.buffer.push(row.line, &row.promotion);
+            }
+            FileRecord::Batch(batch) => {
+                if self.partition.is_some_and(|p| p != batch.partition) {
+                    return Err(Late("misrouted"));
+                }
+                let generation = batch.generation;
+                let load = self.loads.entry(generation).or_insert_with(Load::new);
+                if !load.open() {
+                    return Err(Late("row_after_end"));
+                }
+                for (line, promotion) in &batch.rows {
+                    load.buffer.push(Some(*line), promotion);
+                }
             }
             FileRecord::End(end) => {
                 let load = self.loads.entry(end.generation).or_insert_with(Load::new);
@@ -230,7 +275,7 @@ impl Loads {
                 if !load.open() {
                     return Err(Late("abort_after_end"));
                 }
-                load.buffer = Vec::new();
+                load.buffer = CopyBuffer::default();
                 load.abort = Some(abort.failure);
             }
         }
@@ -246,10 +291,11 @@ impl Loads {
             .filter(|(_, l)| l.dirty())
             .map(|(g, l)| GenChange {
                 generation: *g,
-                copy: l.buffer.len(),
+                copy: l.buffer.rows,
+                copy_bytes: l.buffer.text.len(),
                 begin: l.begun,
                 end: l.end,
-                loaded: l.copied + l.buffer.len() as u64,
+                loaded: l.copied + l.buffer.rows as u64,
                 abort: l.abort.clone(),
             })
             .collect();
@@ -264,7 +310,7 @@ impl Loads {
     pub fn committed(&mut self, changes: Changes, receipt: Receipt) {
         for g in changes.gens {
             let Some(load) = self.loads.get_mut(&g.generation) else { continue };
-            load.buffer.drain(..g.copy.min(load.buffer.len()));
+            load.buffer.drain(g.copy, g.copy_bytes);
             load.begun = false;
             if g.end.is_some() {
                 load.end = None;
@@ -273,6 +319,11 @@ impl Loads {
             if g.abort.is_some() {
                 load.abort = None;
                 load.phase = Phase::Failed;
+            }
+            if load.phase != Phase::Loading {
+                // Finished here: its buffer's memory goes now, not when the generation is forgotten
+                // (KEEP_FINISHED files later): each file's buffers would otherwise stay allocated.
+                load.buffer = CopyBuffer::default();
             }
         }
         for (g, copied) in receipt.copied {
@@ -337,7 +388,7 @@ pub fn duplicate(generation: i64, dup: &Duplicate) -> GenerationStatus {
 mod tests {
     use super::*;
     use crate::line::{parse_line, Promotion};
-    use crate::records::{Abort, Begin};
+    use crate::records::{Abort, Begin, FileRow};
 
     fn promotion(i: u32) -> Promotion {
         parse_line(1, &format!("00000000-0000-4000-8000-{i:012x},1.50,2018-08-04 05:32:31 +0200 CEST")).unwrap()
@@ -349,6 +400,12 @@ mod tests {
 
     fn end(generation: i64, partition: i32, rows: u64, total: u64) -> FileRecord {
         FileRecord::End(End { generation, partition, partitions: 2, rows, total })
+    }
+
+    /// The line numbers of generation `g`'s buffered rows, read back from their `COPY` text.
+    fn buffered_lines(loads: &Loads, g: i64) -> Vec<i64> {
+        let rows = crate::read_model::PROMOTIONS.rows_of_copy_text(&loads.get(g).unwrap().buffer.text).unwrap();
+        rows.iter().map(|r| r.big_int("line").unwrap()).collect()
     }
 
     /// Commits what `changes` asks as a store would: every buffered row copied.
@@ -378,6 +435,7 @@ mod tests {
         let changes = commit(&mut loads, vec![Announcement::new(GenerationStatus::active(10, 5))]);
         assert_eq!((changes.gens[0].copy, changes.gens[0].loaded, changes.gens[0].mismatch(0)), (1, 3, None));
         assert_eq!(loads.get(10).unwrap().phase, Phase::Ended);
+        assert_eq!(loads.get(10).unwrap().buffer.text.capacity(), 0, "a finished part holds no buffer");
 
         // The decision is announced by the next checkpoint, once.
         let next = commit(&mut loads, vec![]);
@@ -460,8 +518,24 @@ mod tests {
         let mut loads = Loads::new();
         loads.apply(0, row(4, 7)).unwrap();
         loads.apply(1, row(4, 9)).unwrap();
-        let lines: Vec<_> = loads.get(4).unwrap().buffer.iter().map(|r| r.line).collect();
-        assert_eq!(lines, vec![Some(7), Some(9)]);
+        assert_eq!(buffered_lines(&loads, 4), vec![7, 9]);
+    }
+
+    #[test]
+    fn a_batch_buffers_its_rows_with_their_lines_and_one_of_another_partition_is_skipped() {
+        use crate::records::FileBatch;
+        let batch = |partition, lines: &[u32]| {
+            let rows = lines.iter().map(|i| (u64::from(*i), promotion(*i))).collect();
+            FileRecord::Batch(FileBatch { generation: 4, partition, partitions: 2, rows })
+        };
+        let mut loads = Loads::restored(1, [], vec![]);
+        loads.apply(0, batch(1, &[3, 5])).unwrap();
+        assert_eq!(loads.apply(1, batch(0, &[7])), Err(Late("misrouted")));
+        loads.apply(2, batch(1, &[8])).unwrap();
+        assert_eq!(buffered_lines(&loads, 4), vec![3, 5, 8]);
+        loads.apply(3, end(4, 1, 3, 3)).unwrap();
+        assert_eq!(loads.apply(4, batch(1, &[9])), Err(Late("row_after_end")));
+        assert_eq!(loads.changes().unwrap().gens[0].mismatch(1), None, "the end's count is the batches' rows");
     }
 
     #[test]
@@ -479,7 +553,7 @@ mod tests {
 
     #[test]
     fn restored_state_skips_late_records_of_finished_files() {
-        let mut loads = Loads::restored([(3, Phase::Ended, 10), (4, Phase::Loading, 2)], vec![]);
+        let mut loads = Loads::restored(0, [(3, Phase::Ended, 10), (4, Phase::Loading, 2)], vec![]);
         assert_eq!(loads.apply(0, row(3, 1)), Err(Late("row_after_end")));
         loads.apply(1, row(4, 1)).unwrap();
         assert_eq!(loads.changes().unwrap().gens[0].loaded, 3);

@@ -4,8 +4,8 @@
 //!
 //! Per checkpoint, inside the engine's transaction (so a crash replays
 //! exactly what was not committed): the rows applied since the last one are
-//! copied into the generation's storage (`COPY`, [`COPY_BATCH`] rows a
-//! statement); an end record reports the partition's count; the report that
+//! copied into the generation's storage (one `COPY` of the text they were
+//! buffered as); an end record reports the partition's count; the report that
 //! completes the generation (every partition reported, the rows add up, no
 //! newer generation active, no id twice) activates it and drops what the
 //! switch before left behind: the generation it replaced stays until the
@@ -26,14 +26,10 @@ use ::processor::engine::tables::{RowTable, StateTx};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 use crate::load::{self, Announcement, Changes, Decision, Loads, Phase, Receipt};
-use crate::read_model::{promotion_row, PROMOTIONS};
+use crate::read_model::PROMOTIONS;
 use crate::records::{Announced, End, FileRecord, GenerationStatus};
 use crate::wire::{decode_file_record, encode_generation};
 use crate::GenerationState;
-
-/// Rows one `COPY` statement carries at most (a checkpoint holds at most the
-/// engine's pending-records bound, so a few statements).
-pub const COPY_BATCH: usize = 10_000;
 
 /// Rows buffered for the next checkpoint, over the partitions this instance owns.
 pub const ROWS_BUFFERED: &str = "analytics_processor_promotion_rows_buffered";
@@ -167,6 +163,14 @@ impl Aggregation for Promotions {
         None
     }
 
+    /// A batch counts for its rows: the engine's pending bound is a bound on the rows buffered.
+    fn weight(&self, record: &FileRecord) -> usize {
+        match record {
+            FileRecord::Batch(b) => b.rows.len(),
+            _ => 1,
+        }
+    }
+
     fn apply(&self, state: &mut Loads, record: Record, event: FileRecord) -> Result<(), Skip> {
         state.apply(record.offset, event).map_err(|load::Late(label)| Skip(label))
     }
@@ -195,7 +199,7 @@ impl Aggregation for Promotions {
             Ok(())
         })
         .await?;
-        Ok(Loads::restored(loads, announce))
+        Ok(Loads::restored(scope.partition, loads, announce))
     }
 
     async fn persist<T: StateTx>(
@@ -223,11 +227,8 @@ impl Aggregation for Promotions {
             if g.copy > 0 || g.end.is_some() {
                 tx.create_generation(table, g.generation).await?;
             }
-            let mut copied = 0;
-            for batch in load.buffer[..g.copy].chunks(COPY_BATCH) {
-                let rows: Vec<Row> = batch.iter().map(|r| promotion_row(&r.promotion, r.line)).collect();
-                copied += tx.copy_rows(table, g.generation, &rows).await?;
-            }
+            // The rows' COPY text as buffered: one statement, streamed in pieces.
+            let copied = tx.copy_text(table, g.generation, &load.buffer.text[..g.copy_bytes]).await?;
             receipt.copied.push((g.generation, copied));
             let held = load.copied + copied;
             let phase = match &g.end {

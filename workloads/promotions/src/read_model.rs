@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use common::engine::pg::PgError;
-use common::engine::store::bulk::{read_active, ActiveHint, BulkTable};
+use common::engine::store::bulk::{read_active, ActiveHint, BulkTable, CopyValue};
 use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
 use crate::generation::GenerationState;
@@ -47,6 +47,24 @@ pub fn promotion_row(p: &Promotion, line: Option<u64>) -> Row {
         .with("cents", Value::BigInt(p.price.cents()))
         .with("expiration_date", Value::Text(p.expiration_date.as_str().to_owned()))
         .with("line", Value::BigInt(line.map_or(0, |l| i64::try_from(l).expect("a file's lines fit a BIGINT"))))
+}
+
+/// Appends a promotion of the file's line `line` (if known) to `out` as a
+/// line of [`PROMOTIONS`]' `COPY` text: what the processor buffers until a
+/// checkpoint copies it (no [`Row`] built per row).
+pub fn push_promotion(out: &mut Vec<u8>, p: &Promotion, line: Option<u64>) {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = &*p.id.uuid().hyphenated().encode_lower(&mut id);
+    let line = line.map_or(0, |l| i64::try_from(l).expect("a file's lines fit a BIGINT"));
+    PROMOTIONS
+        .push_copy_row(out, |column| match column {
+            "id" => Some(CopyValue::Text(id)),
+            "cents" => Some(CopyValue::BigInt(p.price.cents())),
+            "expiration_date" => Some(CopyValue::Text(p.expiration_date.as_str())),
+            "line" => Some(CopyValue::BigInt(line)),
+            _ => None,
+        })
+        .expect("every column of PROMOTIONS has its value");
 }
 
 /// A row of [`PROMOTIONS`] as the promotion it stores.
@@ -232,6 +250,10 @@ mod tests {
         let row = promotion_row(&p, Some(7));
         assert_eq!(promotion_of(&row).unwrap(), p);
         let text = PROMOTIONS.copy_text(&[row, promotion_row(&p, None)]).unwrap();
+        let mut pushed = Vec::new();
+        push_promotion(&mut pushed, &p, Some(7));
+        push_promotion(&mut pushed, &p, None);
+        assert_eq!(pushed, text, "buffered straight as COPY text, the same text");
         assert_eq!(
             String::from_utf8(text).unwrap(),
             "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118\t6068\t2018-08-04 05:32:31\t7\n\

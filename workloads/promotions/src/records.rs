@@ -25,6 +25,21 @@ pub struct FileRow {
     pub promotion: Promotion,
 }
 
+/// Several valid lines of a file, every one for one partition: what the
+/// command writes (one record per row cost the upload its rate). Each row's
+/// id maps to `partition` under `partitions` as a record keyed by the id
+/// would have been partitioned ([`common::engine::kafka::partition_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBatch {
+    pub generation: i64,
+    /// The partition the record is in.
+    pub partition: i32,
+    /// The partitions the file is spread over.
+    pub partitions: u32,
+    /// In the file's order; each with its line number (from 1).
+    pub rows: Vec<(u64, Promotion)>,
+}
+
 /// The end of a file in one partition: after every row the file sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct End {
@@ -49,6 +64,7 @@ pub struct Abort {
 pub enum FileRecord {
     Begin(Begin),
     Row(FileRow),
+    Batch(FileBatch),
     End(End),
     Abort(Abort),
 }

@@ -196,6 +196,11 @@ impl StateTx for MemTx {
         Ok(())
     }
 
+    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &[u8]) -> Result<u64, PgError> {
+        let rows = table.rows_of_copy_text(text)?;
+        self.copy_rows(table, generation, &rows).await
+    }
+
     async fn copy_rows(&mut self, table: &BulkTable, generation: i64, rows: &[Row]) -> Result<u64, PgError> {
         // As PostgreSQL's: into a table that does not exist is an error, and so is a row the COPY cannot encode.
         table.copy_text(rows)?;
