@@ -645,7 +645,9 @@ impl Run {
             || async { master(witness).await.filter(|p| *p != killed).map(|p| (p, at.elapsed())) },
         )
         .await;
-        println!("measured: Redis master :{killed} (slot {slot}) killed; replica :{promoted} serves it {after:?} after");
+        println!(
+            "measured: Redis master :{killed} (slot {slot}) killed; replica :{promoted} serves it {after:?} after"
+        );
     }
 
     async fn failovers(&mut self, service: Service, kills: usize) {
