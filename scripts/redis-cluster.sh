@@ -65,6 +65,14 @@ formed() {
   grep -q '^cluster_known_nodes:6' <<<"$info" && grep -q '^cluster_slots_assigned:16384' <<<"$info"
 }
 
+# Every replica has finished its first sync with its master (else a write's WAIT for it would time out).
+replicas_synced() {
+  for port in "${PORTS[@]}"; do
+    [[ "$(cli "$port" ROLE 2>/dev/null | head -1)" == slave ]] || continue
+    cli "$port" INFO replication 2>/dev/null | grep -q '^master_link_status:up' || return 1
+  done
+}
+
 up() {
   command -v redis-server >/dev/null || apt_install redis-server
   for port in "${PORTS[@]}"; do start_node "$port"; done
@@ -77,7 +85,7 @@ up() {
       || die "redis-cli --cluster create failed (see $DIR/create.log)"
   fi
   for _ in $(seq 1 200); do
-    if formed && cluster_ok; then
+    if formed && cluster_ok && replicas_synced; then
       log "Redis Cluster serving on 127.0.0.1:${PORTS[0]}-${PORTS[5]}"
       return
     fi

@@ -229,6 +229,7 @@ impl Drop for RedisCluster {
     fn drop(&mut self) {
         // Not a panic while a failed test unwinds: the next start resets anyway.
         let _ = self.run("reset");
+        let _ = std::fs::remove_dir(&self.run_dir);
     }
 }
 

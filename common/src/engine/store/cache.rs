@@ -687,9 +687,13 @@ impl<R: CachedRow> VersionedCache<R> {
                 inv
             })
             .collect();
+        let script = &self.store.put;
         let (written, replicated) = self
             .store
             .guarded(|conn| async move {
+                // Loaded on every master first (a cached script: one quick broadcast), or each of the calls
+                // would meet NOSCRIPT on a master that lacks it (a new one, a promoted replica) and load it itself.
+                script.load_async(&mut conn.clone()).await?;
                 let writes = calls.iter().map(|inv| {
                     let mut conn = conn.clone();
                     async move { inv.invoke_async::<usize>(&mut conn).await }
