@@ -99,7 +99,7 @@ pub struct RedisConfig {
     /// Lifetime of an hour's copy in Redis, refreshed on every write.
     #[arg(id = "redis_ttl", value_name = "DURATION", long = "redis-ttl", env = "REDIS_TTL", default_value = "2h", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// The Redis URLs are seeds of a Redis Cluster: rows are spread over its masters by slot, each write is
+    /// The Redis URLs are seeds of a Redis Cluster: rows are spread over its masters by slot, each batch of rows is
     /// acknowledged only once a replica has it (see docs/architecture.md, Redis).
     #[arg(
         id = "redis_cluster",
