@@ -185,20 +185,28 @@ pub async fn claim_partition<W: Aggregation, S: Store, L: Log>(
     partition: i32,
     retention_ms: i64,
 ) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
-    let claimed = store.claim(workload, partition, retention_ms).await?;
-    open_claimed(workload, store.topic(), emitter, partition, claimed).await
+    // Both at once (see `open_claimed`): the store's restore and the producer's
+    // `init_transactions` are each a round trip or more, on different servers.
+    let (claimed, opened) = tokio::join!(store.claim(workload, partition, retention_ms), emitter.open(partition));
+    open_claimed(workload, store.topic(), opened?, partition, claimed?).await
 }
 
-/// The second half of [`claim_partition`], once the store's state is loaded.
-pub(crate) async fn open_claimed<W: Aggregation, L: Log>(
+/// The second half of [`claim_partition`], once the store's state is loaded
+/// and the partition's producer is open.
+///
+/// The two may be taken in either order, or at once: nothing is emitted
+/// before both are done. A former owner still alive is fenced in the store by
+/// the claim's epoch and in the log by the producer; whatever it committed in
+/// either before that is in the restored outbox, and re-sending it below is
+/// idempotent.
+pub(crate) async fn open_claimed<W: Aggregation, P: TxnProducer>(
     workload: &W,
     topic: &str,
-    emitter: &AggregateEmitter<L>,
+    emitter: PartitionEmitter<P>,
     partition: i32,
     claimed: super::state_store::Claimed<W::State>,
-) -> Result<OwnedPartition<W::State, L::Producer>, ProcessorError> {
+) -> Result<OwnedPartition<W::State, P>, ProcessorError> {
     let position = claimed.position;
-    let emitter = emitter.open(partition).await?;
     // Exactly the records that may be missing from the log: those of
     // checkpoints whose Kafka transaction was not known committed. Every
     // other record of the state is already there, and the sinks keep the

@@ -375,17 +375,25 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         token: &CancellationToken,
     ) -> Result<Option<(i32, Owned<W, I>)>, ProcessorError> {
         let started = Instant::now();
-        // The span names the partition in the retry warnings.
-        let retried = self.claim_retried(partition, token);
-        let Some(claimed) = retried.instrument(tracing::info_span!("claim", workload = W::NAME, partition)).await
-        else {
-            return Ok(None);
+        // The producer opens while the state is restored: each takes a round trip or
+        // more (the restore's reads, the producer's connection and `init_transactions`),
+        // and a failover waits for both (`open_claimed` says why the order is free).
+        let restoring = async {
+            // The span names the partition in the retry warnings.
+            let retried = self.claim_retried(partition, token);
+            let Some(claimed) = retried.instrument(tracing::info_span!("claim", workload = W::NAME, partition)).await
+            else {
+                return Ok(None);
+            };
+            let claimed = claimed?;
+            self.source.check_position(partition, claimed.position.next_offset).await?;
+            Ok::<_, ProcessorError>(Some(claimed))
         };
-        let claimed = claimed?;
+        let (restored, opened) = tokio::join!(restoring, self.emitter.open(partition));
+        let Some(claimed) = restored? else { return Ok(None) };
         let position = claimed.position;
-        self.source.check_position(partition, position.next_offset).await?;
         let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
-        let owned = open_claimed(&self.workload, &self.topic, &self.emitter, partition, claimed).await?;
+        let owned = open_claimed(&self.workload, &self.topic, opened?, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
