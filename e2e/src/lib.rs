@@ -722,3 +722,70 @@ pub async fn assert_sums_converge(stack: &Stack, expected: &BTreeMap<String, i12
         assert_eq!((status, body), (200, format!(r#"{{"key":"{k}","value":{}}}"#, expected[&k])), "GET {k}");
     }
 }
+
+/// One record read back from a topic by [`read_topic`].
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// What [`read_topic`] makes of `after` without a record before every
+/// partition is read to its high watermark.
+#[derive(Debug, Clone, Copy)]
+pub enum Silence {
+    /// The test fails: every offset below the high watermark is a record
+    /// (a topic written without transactions).
+    Fails(Duration),
+    /// The read ends: a transaction's control record may be a partition's last
+    /// offset, and it is never delivered.
+    Ends(Duration),
+}
+
+/// Every record of `topic`, over all its partitions, each partition in its order,
+/// up to the high watermarks taken when the read starts.
+pub async fn read_topic(brokers: &str, topic: &str, silence: Silence) -> Vec<TopicRecord> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-read-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > 0 {
+            remaining.insert(p, high);
+        }
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assigning");
+    let wait = match silence {
+        Silence::Fails(wait) | Silence::Ends(wait) => wait,
+    };
+    let mut out = Vec::new();
+    while !remaining.is_empty() {
+        let msg = match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(msg) => msg.expect("a record"),
+            Err(_) if matches!(silence, Silence::Ends(_)) => break,
+            Err(_) => panic!("{topic}: no record for {wait:?}, partitions {remaining:?} not read to their ends"),
+        };
+        out.push(TopicRecord {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+        });
+        if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
+            remaining.remove(&msg.partition());
+        }
+    }
+    out
+}

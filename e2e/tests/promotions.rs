@@ -147,39 +147,12 @@ async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
     stack.cleanup().await;
 }
 
-/// Every record of `topic`: (partition, decoded record), in each partition's order.
+/// Every record of `topic`: (partition, decoded record), in each partition's order. Written
+/// without transactions: every offset is a record, so a silence fails the test.
 async fn read_rows_topic(brokers: &str, topic: &str) -> Vec<(i32, promotions::records::FileRecord)> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-read-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-        if high > 0 {
-            remaining.insert(p, high);
-        }
-        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assigning");
-    let mut out = Vec::new();
-    while !remaining.is_empty() {
-        let msg = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await.expect("the topic's records");
-        let msg = msg.expect("a record");
-        let record = promotions::wire::decode_file_record(msg.payload().expect("a payload")).expect("a rows record");
-        out.push((msg.partition(), record));
-        if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
-            remaining.remove(&msg.partition());
-        }
-    }
-    out
+    let records = e2e::read_topic(brokers, topic, e2e::Silence::Fails(Duration::from_secs(10))).await;
+    let decode = |r: &e2e::TopicRecord| promotions::wire::decode_file_record(&r.payload).expect("a rows record");
+    records.iter().map(|r| (r.partition, decode(r))).collect()
 }
 
 /// The command's batch records: a file larger than several batches in every partition loads

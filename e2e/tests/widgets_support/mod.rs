@@ -17,8 +17,6 @@ use common::test_util::Answer;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
 use serde_json::{json, Value};
 use widgets::check::{check_history, Answered, Snapshot};
 use widgets::log::{Logged, WidgetCommand};
@@ -153,39 +151,18 @@ pub async fn load(
         .collect()
 }
 
-/// Every record of a topic, over all its partitions: (partition, offset, key, payload).
-pub async fn read_topic(brokers: &str, topic: &str) -> Vec<(i32, i64, String, Vec<u8>)> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-read-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-        if high > 0 {
-            remaining.insert(p, high);
-        }
-        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assigning");
-    let mut out = Vec::new();
-    // Until every partition is read to its high watermark, or nothing more comes
-    // (a transaction's control record may be the last offset, never delivered).
-    while !remaining.is_empty() {
-        let Ok(msg) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await else { break };
-        let msg = msg.expect("a record");
-        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-        out.push((msg.partition(), msg.offset(), key, msg.payload().unwrap_or_default().to_vec()));
-        if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
-            remaining.remove(&msg.partition());
-        }
-    }
-    out
+/// Every record of a topic written in transactions (a control record may be a partition's
+/// last offset): its key as text.
+pub async fn read_topic(brokers: &str, topic: &str) -> Vec<(e2e::TopicRecord, String)> {
+    let records = e2e::read_topic(brokers, topic, e2e::Silence::Ends(Duration::from_secs(3))).await;
+    let key = |r: &e2e::TopicRecord| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+    records
+        .into_iter()
+        .map(|r| {
+            let k = key(&r);
+            (r, k)
+        })
+        .collect()
 }
 
 /// The widget of a GET's body.
@@ -232,20 +209,20 @@ pub async fn check(
     limit: Duration,
 ) -> usize {
     let commands = read_topic(brokers, commands_topic).await;
-    let partitions: BTreeSet<i32> = commands.iter().map(|(p, ..)| *p).collect();
+    let partitions: BTreeSet<i32> = commands.iter().map(|(r, _)| r.partition).collect();
     assert_eq!(partitions.len(), 1, "one decision partition");
     let commands: Vec<(i64, Option<String>, Command)> = commands
         .iter()
-        .map(|(_, offset, _, payload)| {
-            let c: WidgetCommand = widgets::wire::decode_command(payload).expect("a command");
-            (*offset, c.id, c.command)
+        .map(|(r, _)| {
+            let c: WidgetCommand = widgets::wire::decode_command(&r.payload).expect("a command");
+            (r.offset, c.id, c.command)
         })
         .collect();
     // Each change once (a claim's re-send repeats the same bytes under the same key).
     let mut changes: BTreeMap<i64, Logged> = BTreeMap::new();
-    for (_, _, key, payload) in read_topic(brokers, changes_topic).await {
+    for (r, key) in read_topic(brokers, changes_topic).await {
         if !key.starts_with("progress:") {
-            let l = widgets::wire::decode_change(&payload).expect("a change");
+            let l = widgets::wire::decode_change(&r.payload).expect("a change");
             assert_eq!(key, l.record_key());
             if let Some(before) = changes.insert(l.input_offset - 1, l.clone()) {
                 assert_eq!(before, l, "a change repeated is the same change");
