@@ -144,19 +144,6 @@ async fn wait_active(
     }
 }
 
-/// `VmHWM` (peak resident set) and `VmRSS` of a process, in KiB.
-fn memory_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// One wrk run; its JSON summary (bench/wrk/common.lua).
 fn wrk(args: &Args, script: &str, url: &str, script_args: &[&str]) -> anyhow::Result<Map<String, Value>> {
     let mut cmd = Command::new("wrk");
@@ -208,7 +195,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
     out.insert("promotions_load_s".into(), json!(secs(loaded)));
     out.insert("promotions_rows_per_sec".into(), json!((rows / loaded.as_secs_f64()).round()));
     for s in SERVICES {
-        let (hwm, rss) = memory_kb(stack.pid(s));
+        let (hwm, rss) = bench::memory_kb(stack.pid(s));
         out.insert(format!("promotions_rss_peak_kb_{s}_load"), json!(hwm));
         out.insert(format!("promotions_rss_kb_{s}_after_load"), json!(rss));
     }
@@ -248,7 +235,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
     out.insert("promotions_load2_s".into(), json!(secs(loaded2)));
     out.insert("promotions_load2_rows_per_sec".into(), json!((rows / loaded2.as_secs_f64()).round()));
     for s in SERVICES {
-        out.insert(format!("promotions_rss_peak_kb_{s}"), json!(memory_kb(stack.pid(s)).0));
+        out.insert(format!("promotions_rss_peak_kb_{s}"), json!(bench::memory_kb(stack.pid(s)).0));
     }
     // The first generation is dropped only by the switch after the one that replaced it: both are on disk now.
     let tables: i64 = pg

@@ -405,19 +405,6 @@ fn bucket_quantile_ms(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f
     deltas.iter().find(|(_, c)| *c >= q * total).map(|(b, _)| b * 1000.0)
 }
 
-/// `VmHWM` (peak resident set) and `VmRSS` of a process, in KiB.
-fn memory_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// One wrk run; its JSON summary (bench/wrk/common.lua).
 fn wrk(args: &Args, script: &str, url: &str) -> anyhow::Result<Map<String, Value>> {
     let out = Command::new("wrk")
@@ -763,7 +750,7 @@ async fn recovery(args: &Args, stack: &mut e2e::Stack, out: &mut Map<String, Val
         "widgets_recovery_processor_graph_widgets".into(),
         json!(metric(&text, "analytics_processor_widgets", &[])),
     );
-    let (hwm, rss) = memory_kb(stack.pid("processor"));
+    let (hwm, rss) = bench::memory_kb(stack.pid("processor"));
     out.insert("widgets_recovery_processor_rss_kb".into(), json!(rss));
     out.insert("widgets_recovery_processor_hwm_kb".into(), json!(hwm));
 
@@ -816,7 +803,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
     let mut out = Map::new();
     stack.env("EVENTS_PARTITIONS", &args.partitions.to_string());
     stack.start_all().await;
-    let rest: Vec<(u64, u64)> = SERVICES.iter().map(|s| memory_kb(stack.pid(s))).collect();
+    let rest: Vec<(u64, u64)> = SERVICES.iter().map(|s| bench::memory_kb(stack.pid(s))).collect();
 
     let loaded = load(args, stack, &mut out).await?;
     tokio::time::sleep(Duration::from_secs(6)).await; // the gauges refresh every 5 s
@@ -831,7 +818,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
         out.insert("widgets_graph_bytes_per_widget".into(), bench::json_num(graph_bytes / graph_widgets));
     }
     for (s, (rest_hwm, rest_rss)) in SERVICES.iter().zip(&rest) {
-        let (hwm, rss) = memory_kb(stack.pid(s));
+        let (hwm, rss) = bench::memory_kb(stack.pid(s));
         out.insert(format!("widgets_rss_kb_{s}_rest"), json!(rest_rss));
         out.insert(format!("widgets_hwm_kb_{s}_rest"), json!(rest_hwm));
         out.insert(format!("widgets_rss_kb_{s}"), json!(rss));
