@@ -798,23 +798,27 @@ impl Run {
         let mut pauses = Vec::new();
         for kill in 1..=kills {
             let pid = self.stack.pid(name);
-            let owned: Vec<i32> = common::test_util::wait_until(
-                &format!("{name} owning its share of the {partitions} partitions"),
+            let leased = || async {
+                let rows = client
+                    .query(
+                        "SELECT partition FROM partition_leases WHERE group_name = $1 AND owner LIKE $2",
+                        &[&group, &format!("%-{pid}-%")],
+                    )
+                    .await
+                    .expect("leases");
+                rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>()
+            };
+            // Its share of an odd count may be the larger half or the smaller: either, as the members' order has it.
+            let share = partitions.get() / 2..=partitions.get().div_ceil(2);
+            common::test_util::wait_until(
+                &format!("{name} owning its share ({share:?}) of the {partitions} partitions"),
                 Duration::from_secs(60),
-                || async {
-                    let rows = client
-                        .query(
-                            "SELECT partition FROM partition_leases WHERE group_name = $1 AND owner LIKE $2",
-                            &[&group, &format!("%-{pid}-%")],
-                        )
-                        .await
-                        .expect("leases");
-                    let owned: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-                    (owned.len() as u32 == partitions.get() / 2).then_some(owned)
-                },
+                || async { share.contains(&(leased().await.len() as u32)).then_some(()) },
             )
             .await;
             pause(1500).await; // its claims done and checkpointing
+            let owned = leased().await;
+            assert!(share.contains(&(owned.len() as u32)), "{name} owns {owned:?} after settling");
             self.stack.kill9(name);
             let killed = Instant::now();
             let mut at_kill = read().await;

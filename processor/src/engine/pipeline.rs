@@ -387,10 +387,11 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             };
             let claimed = claimed?;
             self.source.check_position(partition, claimed.position.next_offset).await?;
-            Ok::<_, ProcessorError>(Some(claimed))
+            Ok::<_, ProcessorError>(Some((claimed, started.elapsed())))
         };
-        let (restored, opened) = tokio::join!(restoring, self.emitter.open(partition));
-        let Some(claimed) = restored? else { return Ok(None) };
+        let opening = async { (self.emitter.open(partition).await, started.elapsed()) };
+        let (restored, (opened, open_took)) = tokio::join!(restoring, opening);
+        let Some((claimed, restore_took)) = restored? else { return Ok(None) };
         let position = claimed.position;
         let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
         let owned = open_claimed(&self.workload, &self.topic, opened?, partition, claimed).await?;
@@ -401,6 +402,8 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             next_offset = position.next_offset,
             held_ids,
             resent,
+            restore_ms = restore_took.as_millis() as u64,
+            open_ms = open_took.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "claimed partition"
         );
