@@ -62,6 +62,9 @@ ensure_postgres() {
   if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
     sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
   fi
+  # Room for several isolated stacks at once (the service tier, a bench beside a chaos row): each
+  # stack's services hold pools, presence-lock sessions and listeners; Debian's 100 ran out.
+  echo "max_connections = 400" >"/etc/postgresql/$version/main/conf.d/analytics.conf"
   pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for "PostgreSQL" 30 pg_isready -q -h 127.0.0.1 -p 5432
 }
