@@ -194,7 +194,7 @@ def stage_table(suffix, load):
         f"Where the time goes, POST load {load}: the age of the newest input (ms since its broker log-append time, the",
         "origin every stage shares; the POST is answered after it) when it reaches each stage. The probe's rows are its",
         "own events; the engine's rows are the `_input_age_seconds` histograms scraped when the probe started and stopped",
-        "(the newest input of each loop wake-up, checkpoint or aggregate, every partition). A stage's share is the",
+        "(the newest input of each loop wake-up, checkpoint or materializer batch, every partition). A stage's share is the",
         "difference of the quantile from the stage before it (quantiles do not add: an estimate).",
         "",
         "| stage | p50 ms | p99 ms | share p50 | share p99 | samples |",
