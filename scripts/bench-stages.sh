@@ -18,7 +18,7 @@ log() { printf '\033[1m[bench-stages]\033[0m %s\n' "$*" >&2; }
 record() { local json="$2"; [[ -n $json ]] || json='{}'; echo "$json" >"$OUT/$1.json"; }
 cargo build --release --bins --quiet
 
-# The stack runs as a coprocess: its first line says where it is; closing its stdin stops and removes it.
+# The stack runs as a coprocess: its first line says where it is; it takes commands on its stdin.
 coproc STACK { target/release/isolated-stack; }
 # shellcheck disable=SC2153 # STACK_PID is set by coproc
 stack_pid=$STACK_PID
@@ -29,7 +29,8 @@ command_addr="$(field '["command"]')" query_addr="$(field '["query"]')"
 processor_addr="$(field '["processor"]')" materializer_addr="$(field '["materializer"]')"
 KAFKA_BROKERS="$(field '["env"]["KAFKA_BROKERS"]')" EVENTS_TOPIC="$(field '["env"]["EVENTS_TOPIC"]')"
 export KAFKA_BROKERS EVENTS_TOPIC
-stop_stack() { exec {to_stack}>&-; wait "$stack_pid" 2>/dev/null || true; }
+# Ctrl-C stops it: it stops the services and removes its topics, schema and keys (its stdin stays open in this shell).
+stop_stack() { kill -INT "$stack_pid" 2>/dev/null || true; wait "$stack_pid" 2>/dev/null || true; }
 trap stop_stack EXIT
 log "isolated stack: command $command_addr, query $query_addr, topic $EVENTS_TOPIC"
 

@@ -18,10 +18,11 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     // The release binaries next to this one (e2e::Stack looks next to a test executable otherwise).
     if std::env::var_os("ANALYTICS_BIN_DIR").is_none() {
-        std::env::set_var("ANALYTICS_BIN_DIR", std::env::current_exe()?.parent().expect("a folder"));
+        let exe = std::env::current_exe().expect("the path of this executable");
+        std::env::set_var("ANALYTICS_BIN_DIR", exe.parent().expect("a folder"));
     }
     let mut stack = e2e::Stack::new();
     let result = tokio::select! {
@@ -29,7 +30,12 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     stack.cleanup().await;
-    result
+    if let Err(e) = result {
+        eprintln!("[isolated-stack] {e:#}");
+        std::process::exit(1);
+    }
+    // Not a return: the runtime would wait for its thread blocked reading stdin, which may stay open.
+    std::process::exit(0);
 }
 
 async fn serve(stack: &mut e2e::Stack) -> anyhow::Result<()> {
