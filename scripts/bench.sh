@@ -6,6 +6,7 @@
 # beside whatever runs (the shared broker, Redis and PostgreSQL are used, never started or stopped), and
 # regenerates the report with the other sections' figures of the last full run (target/bench/*.json kept).
 # `make bench-widgets` (BENCH_ONLY=widgets) runs only the widgets section, the same way.
+# `PERF=1 make bench`: the backlog drain also runs under `perf record` (target/bench/drain-profile.txt).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -164,22 +165,41 @@ for n in 64 256; do
 done
 
 wrk_run post_64 64 post.lua http://127.0.0.1:8081
+# Freshness by stage: the processor's and the materializer's `_input_age_seconds` histograms (the age of the
+# newest input at each stage, on the broker's log-append clock) scraped when a freshness probe starts and when
+# it ends; scripts/bench_stages.py turns the difference into p50/p99 per stage.
+scrape_ages() { # scrape_ages <file>
+  { curl -fs "http://127.0.0.1:$PROCESSOR_PORT/metrics" || true; curl -fs "http://127.0.0.1:$MATERIALIZER_PORT/metrics" || true; } \
+    | grep '_input_age_seconds_bucket' >"$1" || true
+}
+stages() { # stages <name> <key suffix>: the stage quantiles between the two scrapes of <name>
+  record "stages$2" "$(python3 scripts/bench_stages.py "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom" analytics "$2")"
+  rm -f "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom"
+}
 # The freshness probe runs while the 256-connection load does.
+scrape_ages "$OUT/ages_saturating_before.prom"
 target/release/freshness-probe "$PROBE" >"$OUT/freshness.json" &
 probe_pid=$!
+# The second scrape when the probe stops probing (it then reads its records' log-append times back).
+( sleep "$PROBE"; scrape_ages "$OUT/ages_saturating_after.prom" ) &
 ( sleep 4; rss_all load ) &
 wrk_run post_256 256 post.lua http://127.0.0.1:8081
 wait "$probe_pid"
 wait
+stages saturating ""
 
 # Freshness again, at half the rate POST just reached with 256 connections (paced: Debian has no wrk2).
 half=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rps"] / 2))' "$OUT/post_256.json")
 wait_processor_caught_up
 log "POST paced at $half/s (half the 256-connection maximum), 256 connections, $DUR, with the freshness probe"
+scrape_ages "$OUT/ages_half_load_before.prom"
 target/release/freshness-probe "$PROBE" >"$OUT/freshness_half_load.json" &
 probe_pid=$!
+( sleep "$PROBE"; scrape_ages "$OUT/ages_half_load_after.prom" ) &
 record post_half_load "$(target/release/paced-post --rate "$half" --connections 256 --duration "$DUR" | tail -1)"
 wait "$probe_pid"
+wait
+stages half_load _half_load
 
 # What the analytics emits cost per event over the POST phases above (5 % of their events spread over the past
 # week, so several open hours change per checkpoint): every change re-sends its hour's whole record, sketch included.
@@ -320,12 +340,29 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 t0=$(date +%s.%N)
 nohup target/release/processor --ops-listen "0.0.0.0:$PROCESSOR_PORT" >>"$RUN_DIR/processor.log" 2>&1 &
 echo $! >"$RUN_DIR/processor.pid"
+# PERF=1: where the drain's CPU goes. `perf record` samples every thread of the processor at 999 Hz from its start
+# until the backlog is applied (a few % of one core: the drain rate of such a run is not the bench's figure);
+# target/bench/drain-profile.txt gets the shares by thread and by symbol.
+perf_pid=""
+if [[ -n ${PERF:-} ]]; then
+  perf record -F 999 -o "$OUT/drain.perf.data" -p "$(cat "$RUN_DIR/processor.pid")" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 deadline=$((SECONDS + 600))
 until [[ $(metric_sum "$PROCESSOR_PORT" analytics_processor_events_applied_total) -ge $BACKLOG ]]; do
   ((SECONDS < deadline)) || { log "warning: the processor did not apply the backlog in 600s"; break; }
   sleep 0.05
 done
 t1=$(date +%s.%N)
+if [[ -n $perf_pid ]]; then
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" || true
+  { perf report -i "$OUT/drain.perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^# [^S]' | grep .
+    perf report -i "$OUT/drain.perf.data" --no-children --sort comm,dso,symbol --stdio --percent-limit 0.3 2>/dev/null \
+      | grep -v '^#' | grep .; } >"$OUT/drain-profile.txt" || true
+  rm -f "$OUT/drain.perf.data" "$OUT/drain.perf.data.old"
+  log "drain profile: $OUT/drain-profile.txt"
+fi
 if ((SECONDS < deadline)); then
   record processor "{\"processor_backlog_events\": $BACKLOG, \"processor_drain_seconds\": $(python3 -c "print($t1 - $t0)")}"
 fi

@@ -93,9 +93,15 @@ for k, v in raw.get("live", {}).items():
 half = raw.get("post_half_load", {})
 for k in ["rps", "target_rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
     put(f"post_{k}_half_load", half.get(k))
-for k in ["freshness_p50_ms", "freshness_p99_ms", "freshness_max_ms", "freshness_samples"]:
+for k in ["freshness_p50_ms", "freshness_p99_ms", "freshness_max_ms", "freshness_samples", "freshness_appended_samples",
+          "freshness_appended_to_answered_p50_ms", "freshness_appended_to_answered_p99_ms",
+          "freshness_appended_to_seen_p50_ms", "freshness_appended_to_seen_p99_ms"]:
     put(k, raw.get("freshness", {}).get(k))
     put(f"{k}_half_load", raw.get("freshness_half_load", {}).get(k))
+# Freshness by stage: bench_stages.py prints its keys ready-made (stage_<stage>_{p50_ms,p99_ms,samples}[_half_load]).
+for name in ["stages", "stages_half_load"]:
+    for k, v in raw.get(name, {}).items():
+        put(k, v)
 emitted = raw.get("emitted", {})
 if emitted.get("analytics_events_applied") and emitted.get("analytics_emitted_records"):
     put("emitted_bytes_per_event", emitted["analytics_emitted_bytes"] / emitted["analytics_events_applied"])
@@ -145,6 +151,58 @@ def fmt(v, unit=""):
     if v is None:
         return "n/a"
     return f"{v:,.0f}{unit}" if abs(v) >= 100 else f"{v:,.2f}{unit}"
+
+
+# Freshness by stage, in pipeline order: (label, the key's stage, the stage it follows). The probe's rows come from
+# its own samples (their log-append times read back by their read tokens), the engine's from its histograms.
+STAGES = [
+    ("POST answered (probe)", "appended_to_answered", None),
+    ("read by the processor", "processor_read", None),
+    ("checkpoint committed in PostgreSQL", "processor_stored", "processor_read"),
+    ("emitted and committed in Kafka", "processor_emitted", "processor_stored"),
+    ("read by the materializer", "materializer_read", "processor_emitted"),
+    ("in PostgreSQL", "materializer_postgres", "materializer_read"),
+    ("in Redis", "materializer_redis", "materializer_postgres"),
+    ("seen by a GET (probe)", "appended_to_seen", "materializer_redis"),
+]
+
+
+def stage_key(stage, q, suffix):
+    probe = stage.startswith("appended_")
+    return f"freshness_{stage}_p{q}_ms{suffix}" if probe else f"stage_{stage}_p{q}_ms{suffix}"
+
+
+def stage_samples(stage, suffix):
+    return g(f"freshness_appended_samples{suffix}") if stage.startswith("appended_") else g(f"stage_{stage}_samples{suffix}")
+
+
+def stage_table(suffix, load):
+    """The stage table of one probe phase; no lines when the run has no stage figures (an older run)."""
+    if all(g(stage_key(stage, 50, suffix)) is None for _, stage, _ in STAGES):
+        return []
+
+    def share(stage, prev, q):
+        a, b = g(stage_key(stage, q, suffix)), (g(stage_key(prev, q, suffix)) if prev else 0.0)
+        return fmt(a - b) if a is not None and b is not None else "n/a"
+
+    rows = [
+        f"| {label} | {fmt(g(stage_key(stage, 50, suffix)))} | {fmt(g(stage_key(stage, 99, suffix)))} | "
+        f"{share(stage, prev, 50)} | {share(stage, prev, 99)} | {count(stage_samples(stage, suffix))} |"
+        for label, stage, prev in STAGES
+    ]
+    return [
+        f"Where the time goes, POST load {load}: the age of the newest input (ms since its broker log-append time, the",
+        "origin every stage shares; the POST is answered after it) when it reaches each stage. The probe's rows are its",
+        "own events; the engine's rows are the `_input_age_seconds` histograms scraped when the probe started and stopped",
+        "(the newest input of each loop wake-up, checkpoint or materializer batch, every partition). A stage's share is the",
+        "difference of the quantile from the stage before it (quantiles do not add: an estimate).",
+        "",
+        "| stage | p50 ms | p99 ms | share p50 | share p99 | samples |",
+        "|---|---|---|---|---|---|",
+        "| appended (broker log-append time) | 0 | 0 | | | |",
+        *rows,
+        "",
+    ]
 
 
 def count(v):
@@ -516,6 +574,8 @@ lines += [
     f"| half the maximum: {fmt(g('post_rps_half_load'))} requests/s paced | {fmt(g('freshness_p50_ms_half_load'))} | {fmt(g('freshness_p99_ms_half_load'))} | "
     f"{fmt(g('freshness_max_ms_half_load'))} | {fmt(g('freshness_samples_half_load'))} |",
     "",
+    *stage_table("_half_load", f"half the maximum ({fmt(g('post_rps_half_load'))} requests/s paced)"),
+    *stage_table("", "saturating (wrk, 256 connections)"),
     PROMOTIONS_SECTION[0],
     "## Promotions (bulk generations)",
     "",

@@ -22,6 +22,28 @@ pub const REDIS_CATCHING_UP: &str = "analytics_materializer_redis_catching_up";
 pub const REDIS_WRITES: &str = "analytics_materializer_redis_hours_written_total";
 /// Input accepted → its read-model row visible in Redis.
 pub const FRESHNESS: &str = "analytics_materializer_freshness_seconds";
+/// Label `stage`: how old the newest input behind an aggregate is (now minus its `watermark_ms`, the broker's
+/// log-append time of the newest event of its partition at the checkpoint that emitted it) when the
+/// materializer has `read` the aggregate, when its batch is in `postgres` (the transaction committed) and its
+/// rows in `redis` (as [`FRESHNESS`]). One sample per distinct watermark of a batch, so about one per
+/// checkpoint of an events partition, as the processor's `analytics_processor_input_age_seconds` (which this
+/// continues, on the same clock), however many aggregates the checkpoint emitted.
+pub const INPUT_AGE: &str = "analytics_materializer_input_age_seconds";
+
+/// Records [`INPUT_AGE`] at `stage`, once for each distinct time in `watermarks_ms`.
+pub(crate) fn record_input_age(workload: &'static str, stage: &'static str, watermarks_ms: &[i64]) {
+    if watermarks_ms.is_empty() {
+        return;
+    }
+    let mut distinct = watermarks_ms.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let now_us = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_micros() as i64);
+    let age = metrics::histogram!(INPUT_AGE, "workload" => workload, "stage" => stage);
+    for w in distinct {
+        age.record((now_us - w * 1000).max(0) as f64 / 1e6);
+    }
+}
 /// Label `partition`: high watermark of the aggregates topic minus the next offset to write.
 pub const CONSUMER_LAG: &str = "analytics_materializer_consumer_lag_messages";
 /// Label `partition`: 1 while this instance holds the partition stopped at an

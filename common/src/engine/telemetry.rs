@@ -13,6 +13,15 @@ use crate::engine::config::{LogFormat, TelemetryConfig};
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Buckets (seconds) for the `_input_age_seconds` histograms (the age of the newest input at each stage of the
+/// pipeline: docs/operations.md): finer between 1 ms and 1 s, where a freshness target of 100 ms is decided.
+pub const INPUT_AGE_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
+/// The suffix of those histograms' names.
+pub const INPUT_AGE_SUFFIX: &str = "_input_age_seconds";
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// How often the recorder's histograms are drained ([`upkeep`]).
@@ -49,14 +58,22 @@ pub async fn upkeep(handle: PrometheusHandle, every: Duration, shutdown: Cancell
     }
 }
 
+/// The recorder's buckets: the input ages' own, every other `_seconds` histogram [`LATENCY_BUCKETS`]
+/// (the exporter tries a metric's matchers in order, every `Full` before any `Prefix` before any `Suffix`,
+/// suffixes by their text: `_input_age_seconds` sorts before `_seconds`).
+fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix(INPUT_AGE_SUFFIX.into()), INPUT_AGE_BUCKETS)
+        .expect("bucket list is not empty")
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .expect("bucket list is not empty")
+}
+
 /// The process's Prometheus recorder (installed on first use).
 pub fn prometheus() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("bucket list is not empty")
-                .build_recorder();
+            let recorder = builder().build_recorder();
             let handle = recorder.handle();
             // In tests another recorder may already be installed; the handle still renders ours.
             let _ = metrics::set_global_recorder(recorder);
@@ -71,10 +88,7 @@ mod tests {
 
     #[tokio::test]
     async fn upkeep_runs_until_shutdown_then_ends() {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .expect("bucket list is not empty")
-            .build_recorder();
+        let recorder = builder().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             for _ in 0..1000 {
@@ -87,5 +101,19 @@ mod tests {
         assert!(handle.render().contains("upkeep_test_seconds_count 1000"), "{}", handle.render());
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends at shutdown").expect("no panic");
+    }
+
+    #[test]
+    fn input_ages_get_their_finer_buckets_and_other_durations_the_latency_ones() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("x_processor_input_age_seconds").record(0.03);
+            metrics::histogram!("x_checkpoint_duration_seconds").record(0.03);
+        });
+        let text = handle.render();
+        assert!(text.contains("x_processor_input_age_seconds_bucket{le=\"0.065\"} 1"), "{text}");
+        assert!(!text.contains("x_checkpoint_duration_seconds_bucket{le=\"0.065\"}"), "{text}");
+        assert!(text.contains("x_checkpoint_duration_seconds_bucket{le=\"0.05\"} 1"), "{text}");
     }
 }

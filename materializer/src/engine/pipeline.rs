@@ -49,11 +49,19 @@ struct Batch<A> {
     progress: Vec<Progress>,
     next_offsets: BTreeMap<i32, i64>,
     started: Option<Instant>,
+    /// The aggregates' watermarks whose age at reading was recorded (once each per batch).
+    read_watermarks: BTreeSet<i64>,
 }
 
 impl<A> Default for Batch<A> {
     fn default() -> Self {
-        Batch { aggregates: Vec::new(), progress: Vec::new(), next_offsets: BTreeMap::new(), started: None }
+        Batch {
+            aggregates: Vec::new(),
+            progress: Vec::new(),
+            next_offsets: BTreeMap::new(),
+            started: None,
+            read_watermarks: BTreeSet::new(),
+        }
     }
 }
 
@@ -186,7 +194,15 @@ impl<W: SinkWorkload> Pipeline<W> {
                 decode_progress(bytes).map(|p| batch.progress.push(p)).map_err(|e| Some(e.to_string()))
             }
             Some(bytes) => {
-                self.sink.workload().decode(bytes).map(|a| batch.aggregates.push(a)).map_err(|e| Some(e.to_string()))
+                let workload = self.sink.workload();
+                let read = |a: W::Aggregate| {
+                    let watermark_ms = workload.watermark_ms(&a);
+                    if batch.read_watermarks.insert(watermark_ms) {
+                        m::record_input_age(W::NAME, "read", &[watermark_ms]);
+                    }
+                    batch.aggregates.push(a);
+                };
+                workload.decode(bytes).map(read).map_err(|e| Some(e.to_string()))
             }
             None => Err(None),
         };

@@ -320,7 +320,8 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         metrics::histogram!(m::SINK_DURATION, "sink" => "postgres", "workload" => W::NAME)
             .record(started.elapsed().as_secs_f64());
 
-        let watermarks = batch.iter().map(|a| self.workload.watermark_ms(a)).collect();
+        let watermarks: Vec<i64> = batch.iter().map(|a| self.workload.watermark_ms(a)).collect();
+        m::record_input_age(W::NAME, "postgres", &watermarks);
         let (dropped, held) = {
             let mut backlog = self.backlog.lock().expect("backlog lock");
             let dropped = backlog.add(rows, progress, watermarks, started, self.max_held);
@@ -376,6 +377,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                 (backlog.due_marks(), backlog.due_watermarks())
             };
             let now = common::now_ms();
+            m::record_input_age(W::NAME, "redis", &watermarks);
             let freshness = metrics::histogram!(m::FRESHNESS, "workload" => W::NAME);
             for w in watermarks {
                 freshness.record((now - w).max(0) as f64 / 1000.0);

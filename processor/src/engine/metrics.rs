@@ -33,3 +33,20 @@ pub const CONSUMER_LAG: &str = "analytics_processor_consumer_lag_messages";
 pub const PARTITION_STALLED: &str = "analytics_processor_partition_stalled";
 /// Decided replies that could not be enqueued for the replies topic (the producer queue was full).
 pub const REPLIES_DROPPED: &str = "analytics_processor_replies_dropped_total";
+/// Label `stage`: how old the newest input record is (now minus its log-append time, the broker's clock, where
+/// the topic stamps it; else its writer's acceptance time) when the processor has `read` it (once per wake-up
+/// of the loop that applied records), when its checkpoint is `stored` (the PostgreSQL transaction committed) and
+/// `emitted` (the checkpoint's Kafka transaction committed), these two once per checkpoint of a partition that
+/// read records. The materializer's `analytics_materializer_input_age_seconds` goes on from there, on the same
+/// clock (the aggregates carry the same newest input's time as `watermark_ms`).
+pub const INPUT_AGE: &str = "analytics_processor_input_age_seconds";
+
+/// Records [`INPUT_AGE`] at `stage` for the newest input, accepted at `newest_ms` (ms since the epoch; 0 or
+/// less: no input, nothing recorded).
+pub(crate) fn record_input_age(workload: &'static str, stage: &'static str, newest_ms: i64) {
+    if newest_ms > 0 {
+        let now_us = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_micros() as i64);
+        let age_us = (now_us - newest_ms * 1000).max(0);
+        metrics::histogram!(INPUT_AGE, "workload" => workload, "stage" => stage).record(age_us as f64 / 1e6);
+    }
+}

@@ -281,6 +281,9 @@ pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     owned.ids.mark_checkpointed();
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
         .record(started.elapsed().as_secs_f64());
+    // The newest input this checkpoint read (its position moved), by the stage it reached.
+    let newest_ms = if moved { owned.position.watermark_ms } else { 0 };
+    m::record_input_age(W::NAME, "stored", newest_ms);
     let emitting = Instant::now();
     let emitted = emits.len();
     let emitted_bytes: usize = emits.iter().map(Emit::bytes).sum();
@@ -297,6 +300,7 @@ pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     owned.outbox_through = (emitted > 0).then_some(next_offset);
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
         .record(emitting.elapsed().as_secs_f64());
+    m::record_input_age(W::NAME, "emitted", newest_ms);
     metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
     metrics::counter!(m::AGGREGATE_BYTES_EMITTED, "workload" => W::NAME).increment(emitted_bytes as u64);
     metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);

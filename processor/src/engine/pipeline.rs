@@ -124,6 +124,8 @@ pub struct Processor<W: Aggregation, I: Io = Production> {
     owned: BTreeMap<i32, Owned<W, I>>,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
+    /// The newest input's time among the records the loop's current wake-up applied (0: none yet).
+    read_newest_ms: i64,
     partitions: i32,
 }
 
@@ -181,6 +183,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             emit_bytes_per_sec: settings.emit_bytes_per_sec,
             owned: BTreeMap::new(),
             applied: 0,
+            read_newest_ms: 0,
             partitions: settings.partitions,
         }
     }
@@ -256,6 +259,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                                 }
                             }
                         }
+                        m::record_input_age(W::NAME, "read", std::mem::take(&mut self.read_newest_ms));
                         self.publish_replies();
                         if self.owned.values().any(OwnedPartition::is_full) {
                             self.checkpoint_all().await?;
@@ -348,7 +352,10 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         let fetched = msg.fetched();
         let offset = fetched.offset;
         match owned.on_record(&self.workload, self.partitions, partition, fetched) {
-            OnRecord::Applied => self.applied += 1,
+            OnRecord::Applied => {
+                self.applied += 1;
+                self.read_newest_ms = self.read_newest_ms.max(owned.position.watermark_ms);
+            }
             OnRecord::Ignored => {}
             OnRecord::Skipped(reason) => {
                 if reason == MISROUTED {
