@@ -230,6 +230,24 @@ impl WidgetsState {
         self.changes.clear();
     }
 
+    /// Forgets what `persisted` (an answer of [`Self::checkpoint`], now
+    /// durable) wrote, whatever was applied since: a widget or an id whose
+    /// row is no longer the one persisted stays touched, and the changes
+    /// decided since (after the persisted ones, in log order) stay to emit.
+    pub fn mark_persisted(&mut self, persisted: &Checkpoint) {
+        for (serial, row) in &persisted.widgets {
+            if self.graph.stored(serial.as_str()) == *row {
+                self.touched.remove(serial);
+            }
+        }
+        for (key, row) in &persisted.ids {
+            if self.ids.get(key) == row.as_ref() {
+                self.ids_touched.remove(key);
+            }
+        }
+        self.changes.drain(..persisted.changes.len().min(self.changes.len()));
+    }
+
     /// The replies decided since the last call, in log order.
     pub fn take_replies(&mut self) -> Vec<Reply> {
         std::mem::take(&mut self.replies)
