@@ -263,21 +263,22 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                 biased;
                 _ = token.cancelled() => break,
                 (started, done) = next_finished(&mut self.inflight), if !self.inflight.is_empty() => {
+                    let p = done.partition();
                     self.on_finished(started, done).await?;
-                    // A full partition reads nothing until its next checkpoint commits: at once.
+                    let now = self.clock.now();
                     if self.owned.values().any(OwnedPartition::is_full) {
+                        // A full partition reads nothing until its next checkpoint commits: at once.
                         self.start_checkpoints()?;
-                        last_checkpoint = self.clock.now();
+                        last_checkpoint = now;
+                    } else if last_checkpoint > started && !self.holds_back(now, last_checkpoint, backlogged) {
+                        // A round began while this one was in flight, and skipped the partition:
+                        // its next checkpoint starts now rather than at the next tick.
+                        self.start_checkpoint(p);
                     }
                 }
                 _ = tick.tick() => {
-                    // Behind (a backlog): checkpoint less often, so that the loop spends its
-                    // time consuming rather than rendering and sending records. Counts are the
-                    // same; only the freshness of a backlog's progress is coarser.
                     let now = self.clock.now();
-                    let paced = now < self.paced_until;
-                    let recent = now.saturating_duration_since(last_checkpoint) < BACKLOG_CHECKPOINT_INTERVAL;
-                    if full || !(paced || backlogged && recent) {
+                    if full || !self.holds_back(now, last_checkpoint, backlogged) {
                         self.start_checkpoints()?;
                         last_checkpoint = now;
                     }
@@ -491,29 +492,48 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         }
     }
 
-    /// Starts a checkpoint of every owned partition that has none in flight
-    /// and something to write ([`begin_checkpoint`]), each on a task of its
-    /// own: its PostgreSQL connection and its Kafka transaction, so a round
-    /// takes as long as the slowest partition, and the loop goes on meanwhile.
-    /// First hints the positions committed since the last round to the broker.
+    /// True while checkpoints wait: the emit pacing's pause, or a backlog's
+    /// longer interval since the last round (`last_round`). Behind (the last
+    /// wake-up found a full batch), the loop checkpoints less often, so that it
+    /// spends its time consuming rather than rendering and sending records:
+    /// counts are the same, only a backlog's progress shows in coarser steps.
+    fn holds_back(&self, now: Instant, last_round: Instant, backlogged: bool) -> bool {
+        let paced = now < self.paced_until;
+        let recent = now.saturating_duration_since(last_round) < BACKLOG_CHECKPOINT_INTERVAL;
+        paced || backlogged && recent
+    }
+
+    /// A round: starts a checkpoint of every owned partition that has none
+    /// in flight ([`start_checkpoint`](Self::start_checkpoint)), so it takes
+    /// as long as the slowest partition; first hints the positions committed
+    /// since the last round to the broker.
     fn start_checkpoints(&mut self) -> Result<(), ProcessorError> {
         if self.applied > 0 {
             metrics::counter!(m::EVENTS_APPLIED, "workload" => W::NAME).increment(std::mem::take(&mut self.applied));
         }
         // Only a hint for lag tooling: positions come from the state store.
         self.source.commit_hint(&std::mem::take(&mut self.hints))?;
-        let topic = self.store.topic();
-        for (p, owned) in &mut self.owned {
-            if self.inflight.contains_key(p) {
-                continue; // its next checkpoint starts once this one's emit ended
-            }
-            let Some(cp) = begin_checkpoint(&*self.workload, topic, *p, owned) else { continue };
-            let (workload, store) = (self.workload.clone(), self.store.clone());
-            let span = tracing::info_span!("checkpoint", workload = W::NAME, partition = *p);
-            let task = self.clock.spawn(async move { run_checkpoint(&*workload, &*store, cp).await }.instrument(span));
-            self.inflight.insert(*p, InFlight { task, started: self.clock.now() });
+        let idle: Vec<i32> = self.owned.keys().filter(|p| !self.inflight.contains_key(p)).copied().collect();
+        for p in idle {
+            self.start_checkpoint(p);
         }
         Ok(())
+    }
+
+    /// Starts a checkpoint of `partition` if it has something to write
+    /// ([`begin_checkpoint`]) and none in flight (its next one starts after
+    /// this one's emit), on a task of its own: its PostgreSQL connection and
+    /// its Kafka transaction, while the loop goes on.
+    fn start_checkpoint(&mut self, partition: i32) {
+        let Some(owned) = self.owned.get_mut(&partition) else { return };
+        if self.inflight.contains_key(&partition) {
+            return;
+        }
+        let Some(cp) = begin_checkpoint(&*self.workload, self.store.topic(), partition, owned) else { return };
+        let (workload, store) = (self.workload.clone(), self.store.clone());
+        let span = tracing::info_span!("checkpoint", workload = W::NAME, partition);
+        let task = self.clock.spawn(async move { run_checkpoint(&*workload, &*store, cp).await }.instrument(span));
+        self.inflight.insert(partition, InFlight { task, started: self.clock.now() });
     }
 
     /// Records an ended checkpoint in its partition ([`finish_checkpoint`])
