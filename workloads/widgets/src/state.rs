@@ -349,6 +349,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn what_is_decided_while_a_checkpoint_is_in_flight_is_in_the_next_one() {
+        let mut st = WidgetsState::new(0, POLICY);
+        st.apply(&wc(1, create("a", "PP"), None), at(0));
+        st.apply(&wc(2, create("b", "P"), Some("r")), at(1));
+        let persisted = st.checkpoint().unwrap();
+        // Decided while that checkpoint commits: a changes again, c is new.
+        st.apply(&wc(3, Command::Associate { serial: s("a"), with: s("b"), port: crate::Port::P }, None), at(2));
+        st.apply(&wc(4, create("c", "Q"), None), at(3));
+        st.mark_persisted(&persisted);
+        let next = st.checkpoint().unwrap();
+        let widgets: Vec<&str> = next.widgets.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(widgets, ["a", "b", "c"], "a and b changed since the snapshot, c is new");
+        assert!(next.ids.is_empty(), "the id of b's create was persisted");
+        assert_eq!(next.changes.iter().map(|c| c.input_offset).collect::<Vec<_>>(), [3, 4]);
+        st.mark_persisted(&next);
+        assert!(st.checkpoint().is_none());
+    }
+
+    #[test]
     fn ids_are_forgotten_past_the_retention_and_beyond_the_cap() {
         let mut st = WidgetsState::new(0, POLICY);
         for i in 0..20 {
