@@ -712,7 +712,8 @@ lines += [
     f" p99 ≤ {fmt(g('widgets_mixed_checkpoint_p99_bucket_ms'))} ms (histogram bucket); in all "
     f"{fmt(busy)} s of the {fmt(g('widgets_duration_s'))} s"
     + (f" ({busy / g('widgets_duration_s'):.0%})" if busy is not None and g("widgets_duration_s") else "")
-    + " during which its loop decides nothing. The command's append (broker acks=all) took"
+    + " with a widgets checkpoint in flight (its loop goes on deciding meanwhile: checkpoints overlap consumption)."
+    " The command's append (broker acks=all) took"
     f" {fmt(g('widgets_mixed_append_avg_ms'))} ms on average, p99 ≤ {fmt(g('widgets_mixed_append_p99_bucket_ms'))} ms.",
     "",
     f"**Recovery** at {count(g('widgets_graph_widgets'))} widgets (after the mixed load), each service killed with `kill -9` and"

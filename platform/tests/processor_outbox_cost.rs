@@ -77,15 +77,14 @@ async fn run<W: Aggregation>(
         let cp = EngineCheckpoint {
             position: p.position,
             epoch: p.epoch,
-            ids: &p.ids,
+            new_ids: &p.ids.new_ids(),
             closed_id_hours: &[],
             id_chunks: &p.id_chunks,
             emits: if outbox { &emits } else { &[] },
             emitted_through: if outbox { emitted_through } else { None },
         };
         let before = wal_lsn(pool).await;
-        let (added, receipt) =
-            store.commit(workload, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await.unwrap();
+        let (added, receipt) = store.commit(workload, partition, cp, changes.as_ref()).await.unwrap();
         wal += wal_lsn(pool).await - before;
         record_chunks(&mut p.id_chunks, added, &[]);
         if let (Some(c), Some(r)) = (changes, receipt) {

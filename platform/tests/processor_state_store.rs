@@ -44,13 +44,13 @@ async fn checkpoint(store: &StateStore, partition: i32, p: &mut Claimed<Analytic
     let cp = EngineCheckpoint {
         position: p.position,
         epoch: p.epoch,
-        ids: &p.ids,
+        new_ids: &p.ids.new_ids(),
         closed_id_hours: &[],
         id_chunks: &p.id_chunks,
         emits: &[],
         emitted_through: None,
     };
-    let (ids_added, receipt) = store.commit(&WORKLOAD, partition, cp, changes.as_ref().map(|c| (&p.state, c))).await?;
+    let (ids_added, receipt) = store.commit(&WORKLOAD, partition, cp, changes.as_ref()).await?;
     record_chunks(&mut p.id_chunks, ids_added, &[]);
     p.ids.mark_checkpointed();
     if let (Some(changes), Some(receipt)) = (changes, receipt) {
@@ -150,13 +150,13 @@ async fn increment_sums_beyond_i64_restore_exactly() {
     let cp = EngineCheckpoint {
         position: a.position,
         epoch: a.epoch,
-        ids: &a.ids,
+        new_ids: &a.ids.new_ids(),
         closed_id_hours: &[],
         id_chunks: &a.id_chunks,
         emits: &[],
         emitted_through: None,
     };
-    store.commit(&Increments, 0, cp, Some((&a.state, &changes))).await.unwrap();
+    store.commit(&Increments, 0, cp, Some(&changes)).await.unwrap();
     Increments.committed(&mut a.state, changes, ());
     assert!(Increments.changes(&mut a.state).is_none());
 

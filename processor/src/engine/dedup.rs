@@ -122,10 +122,28 @@ impl IdWindow {
         self.closing.iter().copied().collect()
     }
 
-    /// Records that the new ids (and the deletion of the closed buckets' chunks) are durable.
+    /// How many ids were first seen since the last checkpoint.
+    pub fn new_len(&self) -> usize {
+        self.new.len()
+    }
+
+    /// Records that every new id (and the deletion of the closed buckets' chunks) is durable.
     pub fn mark_checkpointed(&mut self) {
         self.new.clear();
         self.closing.clear();
+    }
+
+    /// Records that a checkpoint made durable the first `new` new ids (those
+    /// [`new_ids`](Self::new_ids) gave when it started) and the deletion of
+    /// the `closed` buckets' chunks. Ids admitted since it started stay new,
+    /// for the next checkpoint. (Eviction, which may drop new ids, runs only
+    /// when a checkpoint starts, never while one is in flight: the first
+    /// `new` are still the snapshot's.)
+    pub fn checkpointed(&mut self, new: usize, closed: &[i64]) {
+        self.new.drain(..new.min(self.new.len()));
+        for b in closed {
+            self.closing.remove(b);
+        }
     }
 
     pub fn held(&self) -> usize {
@@ -210,6 +228,19 @@ mod tests {
             assert!(!w.admit(id(newer, 42), closes), "restored in order {order:?}: the id is still held");
             assert_eq!(w.held(), 1);
         }
+    }
+
+    #[test]
+    fn ids_admitted_while_a_checkpoint_is_in_flight_stay_new() {
+        let mut w = IdWindow::new(RETENTION);
+        assert!(w.admit(id(H0, 1), H0));
+        assert!(w.admit(id(H0, 2), H0));
+        let (snapshot, n) = (w.new_ids(), w.new_len());
+        assert!(w.admit(id(H0, 3), H0), "applied while the checkpoint is in flight");
+        w.checkpointed(n, &[]);
+        assert_eq!(snapshot[&H0], vec![1, 2]);
+        assert_eq!(w.new_ids()[&H0], vec![3], "the next checkpoint persists the id the snapshot missed");
+        assert!(!w.admit(id(H0, 3), H0), "and it is still held");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the processor's loop ([`Processor`](super::Processor)) does I/O
 //! through, besides the state store and the aggregates log: the events it
-//! consumes ([`Source`]), its lease group ([`Members`]) and its timers
-//! ([`Clock`]); and [`Io`], the bundle of all five a processor is built over.
+//! consumes ([`Source`]), its lease group ([`Members`]) and its timers and
+//! side tasks ([`Clock`]); and [`Io`], the bundle of all five a processor is
+//! built over.
 //!
 //! Production: [`KafkaSource`] (rdkafka's `StreamConsumer`, assigned by
 //! hand), [`Membership`] (PostgreSQL leases), [`TokioClock`], with
@@ -12,7 +13,8 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -134,7 +136,30 @@ pub trait Ticker: Send {
     fn tick(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// Time as the loop sees it: its timers, pauses, and retries with backoff.
+/// A task the loop started beside itself ([`Clock::spawn`]): awaiting it
+/// gives its output; dropping it stops it.
+pub struct Task<T>(Mutex<Pin<Box<dyn Future<Output = T> + Send>>>);
+
+impl<T> Task<T> {
+    pub fn new(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Task(Mutex::new(Box::pin(future)))
+    }
+}
+
+/// Polled through `&mut` only: the mutex is never locked, it only makes the
+/// task `Sync` (the loop's future borrows the processor, its tasks with it,
+/// across awaits) without requiring the future itself to be.
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        let future = self.get_mut().0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        future.as_mut().poll(cx)
+    }
+}
+
+/// Time as the loop sees it: its timers, pauses, retries with backoff, and
+/// the tasks it runs beside itself (a runtime's, as timers are).
 pub trait Clock: Send + Sync + 'static {
     type Ticker: Ticker;
 
@@ -147,6 +172,13 @@ pub trait Clock: Send + Sync + 'static {
 
     /// The waits between retries of a failing call: from `first`, doubling up to `max`.
     fn backoff(&self, first: Duration, max: Duration) -> impl Iterator<Item = Duration> + Send + 'static;
+
+    /// Runs `task` beside the loop, which awaits the [`Task`] when it wants
+    /// the result. In production on a tokio task of its own, so that it goes
+    /// on while the loop awaits something else (a heartbeat, a claim: both
+    /// want a connection of the pool the task holds one of); in the
+    /// simulation the loop polls it itself, so a run stays a function of its seed.
+    fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> Task<T>;
 }
 
 /// The events topic in Kafka, through an rdkafka consumer assigned by hand.
@@ -285,5 +317,19 @@ impl Clock for TokioClock {
     fn backoff(&self, first: Duration, max: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
         // The policy of every retry in the services (jittered): `common::engine::retry::backoff`.
         common::engine::retry::backoff(first, max).build()
+    }
+
+    /// A tokio task, aborted when its [`Task`] is dropped (a partition lost
+    /// mid-checkpoint, the loop gone): nothing outlives the loop.
+    fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> Task<T> {
+        let handle = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task));
+        Task::new(async move {
+            match handle.await {
+                Ok(output) => output,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Aborted only by dropping the handle, which is then not awaited.
+                Err(e) => unreachable!("a task awaited after it was aborted: {e}"),
+            }
+        })
     }
 }

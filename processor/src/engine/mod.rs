@@ -111,6 +111,15 @@ impl Emit {
 /// Everything but `restore` and `persist` is pure: the state must be a
 /// function of the records applied (never of a clock), so a replay after a
 /// crash yields the same emits.
+///
+/// A checkpoint runs beside the loop: [`changes`](Self::changes) takes a
+/// snapshot of what to persist and emit, owned by the checkpoint, which
+/// writes it ([`persist`](Self::persist), without the state) and emits it
+/// while the loop goes on applying records to the same state; then
+/// [`committed`](Self::committed) gets the snapshot back. So `committed`
+/// must leave dirty whatever changed after the snapshot (a key changed
+/// again stays dirty; a delta keeps what was appended since), and the next
+/// checkpoint, which starts only after this one ended, persists it.
 pub trait Aggregation: Send + Sync + 'static {
     /// The workload's name: a label on the engine's metrics and in logs.
     const NAME: &'static str;
@@ -122,7 +131,8 @@ pub trait Aggregation: Send + Sync + 'static {
     type Event: Send;
     /// The state of one partition.
     type State: Send + Sync + 'static;
-    /// What changed since the last checkpoint, as persisted and emitted.
+    /// What changed since the last checkpoint, as persisted and emitted: a
+    /// snapshot, self-contained (it owns whatever `persist` writes).
     type Changes: Send + Sync + 'static;
     /// What a committed `persist` leaves to record in the state (row counts, say).
     type Receipt: Send + 'static;
@@ -152,9 +162,11 @@ pub trait Aggregation: Send + Sync + 'static {
     /// [`Skip`] when the record is not counted (its label names why).
     fn apply(&self, state: &mut Self::State, record: Record, event: Self::Event) -> Result<(), Skip>;
 
-    /// What changed since the last checkpoint, or `None`. May first close what
-    /// the watermark closed. Leaves the state able to give the same answer
-    /// again until [`committed`](Self::committed), so a failed write is retried.
+    /// What changed since the last committed checkpoint, or `None`: a
+    /// snapshot the checkpoint owns, whatever is applied after it. May first
+    /// close what the watermark closed. Leaves the state able to give the
+    /// same answer again (plus what is applied meanwhile) until
+    /// [`committed`](Self::committed), so a failed write is retried whole.
     fn changes(&self, state: &mut Self::State) -> Option<Self::Changes>;
 
     /// Loads a partition's state from its tables, inside the engine's claim transaction.
@@ -167,15 +179,19 @@ pub trait Aggregation: Send + Sync + 'static {
 
     /// Writes `changes` inside the engine's checkpoint transaction, which
     /// commits them together with the position under the partition's epoch.
+    /// Has no access to the state: the loop is applying records to it meanwhile.
     fn persist<T: StateTx>(
         &self,
         tx: &mut T,
         scope: Scope<'_>,
-        state: &Self::State,
         changes: &Self::Changes,
     ) -> impl Future<Output = Result<Self::Receipt, PgError>> + Send;
 
-    /// Records that `changes` are durable.
+    /// Records that `changes` (the snapshot [`changes`](Self::changes) took)
+    /// are durable. Records may have been applied since the snapshot: what
+    /// they changed must stay dirty, for the next checkpoint (a key whose
+    /// value is no longer the one persisted, the users added to a delta
+    /// after the persisted ones).
     fn committed(&self, state: &mut Self::State, changes: Self::Changes, receipt: Self::Receipt);
 
     /// The aggregates of `changes`, each reflecting the input up to `position`.
@@ -226,6 +242,10 @@ pub enum Planted {
     OutboxSkipped,
     /// A checkpoint commits the position in one transaction and the state in another.
     PositionBeforeState,
+    /// A checkpoint's commit marks durable what is in the state when it
+    /// ends, not the snapshot it wrote: the workload's changes and the event
+    /// ids applied while it was in flight are never persisted nor emitted.
+    CommittedClearsLaterChanges,
 }
 
 #[cfg(any(test, feature = "sim"))]

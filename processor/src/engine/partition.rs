@@ -1,9 +1,14 @@
 //! One owned partition of a workload's events topic, and the two steps the
 //! engine runs on it besides applying records: claiming it (restore, fence,
-//! re-send) and checkpointing it (store, then emit).
+//! re-send) and checkpointing it (store, then emit). A checkpoint is taken
+//! ([`begin_checkpoint`]: a snapshot it owns), run beside the loop
+//! ([`run_checkpoint`]: no access to the partition, which goes on applying
+//! records) and recorded in the partition when it ends ([`finish_checkpoint`]).
 //!
 //! Public so that tests drive the exact steps of the loop with faults in between.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dedup::IdWindow;
@@ -18,6 +23,8 @@ use common::engine::kafka::partition_for;
 /// the loop checkpoints at once, and stops reading until a checkpoint
 /// commits: one checkpoint's rows, outbox and Kafka transactions stay
 /// bounded however large a backlog is or however long PostgreSQL fails.
+/// Records read while a checkpoint is in flight count until the one after
+/// it commits.
 /// A record counts for its [`Aggregation::weight`] (the items of a batch).
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
@@ -55,8 +62,9 @@ pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     pub(crate) ids: IdWindow,
     pub(crate) id_chunks: ChunkCounts,
     pub(crate) state: S,
-    /// This partition's transactional producer (its id fences former owners).
-    pub(crate) emitter: PartitionEmitter<P>,
+    /// This partition's transactional producer (its id fences former owners),
+    /// shared with its checkpoint in flight.
+    pub(crate) emitter: Arc<PartitionEmitter<P>>,
     /// The next offset the last emitted progress records carried: a
     /// checkpoint is due whenever the position moved past it, even if the
     /// records changed nothing (duplicates, skipped records), so that a read
@@ -72,9 +80,6 @@ pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     /// Records read since the last committed checkpoint: the loop checkpoints
     /// at [`MAX_PENDING_RECORDS`] and reads no more until one commits.
     pub(crate) pending_records: usize,
-    /// Bytes of the aggregates the last checkpoint emitted (0 if it emitted
-    /// none): the loop paces checkpoints by them ([`emit_pause`]).
-    pub(crate) last_emit_bytes: usize,
 }
 
 impl<S, P: TxnProducer> OwnedPartition<S, P> {
@@ -231,18 +236,18 @@ pub(crate) async fn open_claimed<W: Aggregation, P: TxnProducer>(
         ids: claimed.ids,
         id_chunks: claimed.id_chunks,
         state: claimed.state,
-        emitter,
+        emitter: Arc::new(emitter),
         progress_emitted: position.next_offset,
         stalled_at: None,
         outbox_through: outbox.through,
         pending_records: 0,
-        last_emit_bytes: 0,
     })
 }
 
 /// Checkpoints one partition: its changes, new ids and position to the store
 /// in one transaction, then its emits to Kafka in transactions. Returns the
-/// committed position if anything changed.
+/// committed position if anything changed. The loop runs the same three
+/// steps with records applied in between ([`begin_checkpoint`]).
 ///
 /// # Errors
 /// The store's (nothing was written then), or the emitter's (the store is
@@ -253,51 +258,159 @@ pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     partition: i32,
     owned: &mut OwnedPartition<W::State, P>,
 ) -> Result<Option<i64>, ProcessorError> {
-    owned.last_emit_bytes = 0;
+    let Some(cp) = begin_checkpoint(workload, store.topic(), partition, owned) else { return Ok(None) };
+    let finished = run_checkpoint(workload, store, cp).await;
+    finish_checkpoint(workload, owned, finished)
+}
+
+/// One partition's checkpoint as taken when it starts ([`begin_checkpoint`]):
+/// everything it writes and emits, owned, so that it runs
+/// ([`run_checkpoint`]) while the loop applies more records to the partition.
+pub struct Checkpoint<C, P: TxnProducer> {
+    partition: i32,
+    epoch: i64,
+    position: Position,
+    changes: Option<C>,
+    emits: Vec<Emit>,
+    new_ids: HashMap<i64, Vec<u64>>,
+    /// How many ids `new_ids` holds: the first that many of the window's new ids.
+    new_id_count: usize,
+    closed_id_hours: Vec<i64>,
+    id_chunks: ChunkCounts,
+    emitted_through: Option<i64>,
+    /// The next offset, if the position moved past the last progress records.
+    progress: Option<i64>,
+    /// The partition's pending records it covers.
+    pending_records: usize,
+    emitter: Arc<PartitionEmitter<P>>,
+}
+
+/// What a checkpoint did ([`run_checkpoint`]), for [`finish_checkpoint`] to
+/// record in its partition.
+pub struct Finished<C, R> {
+    partition: i32,
+    /// What the store committed, if it did.
+    stored: Option<Stored<C, R>>,
+    /// Records and bytes emitted, if the emit committed.
+    emitted: Option<(usize, usize)>,
+    next_offset: i64,
+    result: Result<Option<i64>, ProcessorError>,
+}
+
+/// What a committed store transaction leaves to record in the partition.
+struct Stored<C, R> {
+    changes: Option<(C, R)>,
+    ids_added: Vec<(i64, u32)>,
+    new_id_count: usize,
+    closed_id_hours: Vec<i64>,
+    pending_records: usize,
+}
+
+impl<C, R> Finished<C, R> {
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The outcome: the committed position if anything changed, or why it failed.
+    pub fn result(&self) -> &Result<Option<i64>, ProcessorError> {
+        &self.result
+    }
+
+    /// Bytes of aggregates the checkpoint emitted (0 if its emit did not commit):
+    /// the loop paces checkpoints by them ([`emit_pause`]).
+    pub fn emitted_bytes(&self) -> usize {
+        self.emitted.map_or(0, |(_, bytes)| bytes)
+    }
+}
+
+/// Takes a checkpoint of `owned`, or `None` when there is nothing to write:
+/// the snapshot of the workload's changes ([`Aggregation::changes`]), its
+/// records, the new event ids and the position, owned by the checkpoint.
+/// Call only when the partition has no checkpoint in flight: one at a time,
+/// so that a checkpoint's store, then its emit, then the next one's store
+/// keep their order.
+pub fn begin_checkpoint<W: Aggregation, P: TxnProducer>(
+    workload: &W,
+    topic: &str,
+    partition: i32,
+    owned: &mut OwnedPartition<W::State, P>,
+) -> Option<Checkpoint<W::Changes, P>> {
     let closed_id_hours = owned.ids.evict_closed(owned.position.watermark_ms);
     let changes = workload.changes(&mut owned.state);
     let moved = owned.position.next_offset > owned.progress_emitted;
     let outbox_due = owned.outbox_through.is_some();
     if changes.is_none() && !owned.ids.has_new() && closed_id_hours.is_empty() && !moved && !outbox_due {
-        return Ok(None);
+        return None;
     }
-    let started = Instant::now();
-    let scope = Scope { topic: store.topic(), partition };
+    let scope = Scope { topic, partition };
     let emits = changes.as_ref().map(|c| workload.emits(scope, owned.position, c)).unwrap_or_default();
-    let cp = EngineCheckpoint {
-        position: owned.position,
+    Some(Checkpoint {
+        partition,
         epoch: owned.epoch,
-        ids: &owned.ids,
-        closed_id_hours: &closed_id_hours,
-        id_chunks: &owned.id_chunks,
-        emits: if planted(Planted::OutboxSkipped) { &[] } else { &emits },
+        position: owned.position,
+        changes,
+        emits,
+        new_ids: owned.ids.new_ids(),
+        new_id_count: owned.ids.new_len(),
+        closed_id_hours,
+        id_chunks: owned.id_chunks.clone(),
         emitted_through: owned.outbox_through,
+        progress: moved.then_some(owned.position.next_offset),
+        pending_records: owned.pending_records,
+        emitter: owned.emitter.clone(),
+    })
+}
+
+/// Runs a checkpoint: its changes, new ids, position and outbox to the store
+/// in one transaction under its epoch, then (if that committed) its records
+/// to the log in transactions, the progress records last.
+pub async fn run_checkpoint<W: Aggregation, S: Store, P: TxnProducer>(
+    workload: &W,
+    store: &S,
+    cp: Checkpoint<W::Changes, P>,
+) -> Finished<W::Changes, W::Receipt> {
+    let started = Instant::now();
+    let next_offset = cp.position.next_offset;
+    let mut finished = Finished { partition: cp.partition, stored: None, emitted: None, next_offset, result: Ok(None) };
+    let engine = EngineCheckpoint {
+        position: cp.position,
+        epoch: cp.epoch,
+        new_ids: &cp.new_ids,
+        closed_id_hours: &cp.closed_id_hours,
+        id_chunks: &cp.id_chunks,
+        emits: if planted(Planted::OutboxSkipped) { &[] } else { &cp.emits },
+        emitted_through: cp.emitted_through,
     };
-    let work = changes.as_ref().map(|c| (&owned.state, c));
-    let (ids_added, receipt) = store.commit(workload, partition, cp, work).await?;
-    owned.outbox_through = None;
-    owned.pending_records = 0;
-    record_chunks(&mut owned.id_chunks, ids_added, &closed_id_hours);
-    owned.ids.mark_checkpointed();
+    let (ids_added, receipt) = match store.commit(workload, cp.partition, engine, cp.changes.as_ref()).await {
+        Ok(committed) => committed,
+        Err(e) => {
+            finished.result = Err(e.into());
+            return finished;
+        }
+    };
+    finished.stored = Some(Stored {
+        changes: cp.changes.zip(receipt),
+        ids_added,
+        new_id_count: cp.new_id_count,
+        closed_id_hours: cp.closed_id_hours,
+        pending_records: cp.pending_records,
+    });
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
         .record(started.elapsed().as_secs_f64());
     // The newest input this checkpoint read (its position moved), by the stage it reached.
-    let newest_ms = if moved { owned.position.watermark_ms } else { 0 };
+    let newest_ms = if cp.progress.is_some() { cp.position.watermark_ms } else { 0 };
     m::record_input_age(W::NAME, "stored", newest_ms);
     let emitting = Instant::now();
-    let emitted = emits.len();
-    let emitted_bytes: usize = emits.iter().map(Emit::bytes).sum();
-    if let (Some(changes), Some(receipt)) = (changes, receipt) {
-        workload.committed(&mut owned.state, changes, receipt);
-    }
+    let emitted = cp.emits.len();
+    let emitted_bytes: usize = cp.emits.iter().map(Emit::bytes).sum();
     // The progress records after the aggregates, in the last transaction:
     // a reader that applied them has applied the aggregates too.
-    let next_offset = owned.position.next_offset;
-    owned.emitter.emit(emits, moved.then_some(next_offset)).await?;
-    owned.progress_emitted = next_offset;
-    owned.last_emit_bytes = emitted_bytes;
-    // In the log now: the next checkpoint deletes them from the outbox.
-    owned.outbox_through = (emitted > 0).then_some(next_offset);
+    if let Err(e) = cp.emitter.emit(cp.emits, cp.progress).await {
+        finished.result = Err(e.into());
+        return finished;
+    }
+    finished.emitted = Some((emitted, emitted_bytes));
+    finished.result = Ok(Some(next_offset));
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
         .record(emitting.elapsed().as_secs_f64());
     m::record_input_age(W::NAME, "emitted", newest_ms);
@@ -305,7 +418,46 @@ pub async fn checkpoint_partition<W: Aggregation, S: Store, P: TxnProducer>(
     metrics::counter!(m::AGGREGATE_BYTES_EMITTED, "workload" => W::NAME).increment(emitted_bytes as u64);
     metrics::counter!(m::CHECKPOINTS, "workload" => W::NAME).increment(1);
     metrics::histogram!(m::CHECKPOINT_DURATION, "workload" => W::NAME).record(started.elapsed().as_secs_f64());
-    Ok(Some(owned.position.next_offset))
+    finished
+}
+
+/// Records what a checkpoint did in its partition, which may have applied
+/// records since the checkpoint was taken: what the store committed is
+/// marked durable (exactly the snapshot: what changed after it stays for
+/// the next checkpoint, [`Aggregation::committed`]), and what the emit
+/// committed leaves the outbox to delete next time. Returns the checkpoint's
+/// outcome: the committed position if anything changed.
+///
+/// # Errors
+/// The store's (nothing was written then), or the emitter's (the store is
+/// then ahead of the log: the partition must be claimed again, which re-sends).
+pub fn finish_checkpoint<W: Aggregation, P: TxnProducer>(
+    workload: &W,
+    owned: &mut OwnedPartition<W::State, P>,
+    finished: Finished<W::Changes, W::Receipt>,
+) -> Result<Option<i64>, ProcessorError> {
+    if let Some(stored) = finished.stored {
+        owned.outbox_through = None;
+        owned.pending_records = owned.pending_records.saturating_sub(stored.pending_records);
+        record_chunks(&mut owned.id_chunks, stored.ids_added, &stored.closed_id_hours);
+        let clears_later = planted(Planted::CommittedClearsLaterChanges);
+        if clears_later {
+            owned.ids.mark_checkpointed();
+        } else {
+            owned.ids.checkpointed(stored.new_id_count, &stored.closed_id_hours);
+        }
+        if let Some((changes, receipt)) = stored.changes {
+            // The bug: the state's changes as they are now, not the snapshot persisted.
+            let changes = if clears_later { workload.changes(&mut owned.state).unwrap_or(changes) } else { changes };
+            workload.committed(&mut owned.state, changes, receipt);
+        }
+    }
+    if let Some((emitted, _)) = finished.emitted {
+        owned.progress_emitted = finished.next_offset;
+        // In the log now: the next checkpoint deletes them from the outbox.
+        owned.outbox_through = (emitted > 0).then_some(finished.next_offset);
+    }
+    finished.result
 }
 
 /// How long to wait before the next checkpoint after one that emitted

@@ -13,6 +13,12 @@
 //! 3. the consumer offset is committed to the broker (only a hint: on claim
 //!    the position always comes from the state store).
 //!
+//! A checkpoint runs beside the loop, on a snapshot it owns
+//! ([`begin_checkpoint`]): while it commits, the loop goes on consuming,
+//! applying records (to its partition too: they go into the next
+//! checkpoint) and publishing replies. A partition has at most one
+//! checkpoint in flight, so the order store → emit → next store holds.
+//!
 //! A crash anywhere replays from the state store's position and recomputes
 //! the same values (the state is a pure function of the log prefix); a claim
 //! re-sends the outbox, the only records that may be missing from the log
@@ -28,21 +34,29 @@ use common::engine::config::KafkaConfig;
 use common::engine::kafka::consumer_config;
 use common::engine::membership::Membership;
 use common::engine::shutdown::CancellationToken;
+use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 use tracing::Instrument;
 
 use super::emitter::{AggregateEmitter, EmitError, Log};
-use super::io::{Clock, Io, KafkaSource, Members, Production, Source, SourceMessage, Ticker, Timer, TokioClock};
+use super::io::{Clock, Io, KafkaSource, Members, Production, Source, SourceMessage, Task, Ticker, Timer, TokioClock};
 use super::metrics as m;
-use super::partition::{checkpoint_partition, emit_pause, open_claimed, OnRecord, OwnedPartition, MISROUTED};
+use super::partition::{
+    begin_checkpoint, checkpoint_partition, emit_pause, finish_checkpoint, open_claimed, run_checkpoint, Finished,
+    OnRecord, OwnedPartition, MISROUTED,
+};
 use super::state_store::{Claimed, StateStore, Store, StoreError};
 use super::Aggregation;
 
 /// Records taken per wake-up of the loop once one has arrived.
 const DRAIN_BATCH: usize = 1024;
-/// Checkpoint interval while records are waiting (a backlog): a checkpoint
-/// waits for PostgreSQL and a Kafka transaction, time the loop does not consume.
+/// Checkpoint interval while records are waiting (a backlog): each
+/// checkpoint renders and sends its records and holds a PostgreSQL
+/// connection, work taken from the consuming on the same cores.
 const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
+/// The loop's pause after a checkpoint the store failed (PostgreSQL down):
+/// back-pressure, and fewer attempts at a server that does not answer.
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// First and longest wait between attempts to claim a partition's state.
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(250);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -95,6 +109,15 @@ pub struct ProcessorSettings {
 
 type Owned<W, I> = OwnedPartition<<W as Aggregation>::State, <<I as Io>::Log as Log>::Producer>;
 
+/// What a checkpoint gives back when it ends.
+type Done<W> = Finished<<W as Aggregation>::Changes, <W as Aggregation>::Receipt>;
+
+/// A partition's checkpoint in flight: its task, and when the loop started it.
+struct InFlight<W: Aggregation> {
+    task: Task<Done<W>>,
+    started: Instant,
+}
+
 /// What a processor is built over ([`Processor::assemble`]): its [`Io`], one of each.
 pub struct Parts<I: Io> {
     pub source: I::Source,
@@ -107,10 +130,11 @@ pub struct Parts<I: Io> {
 /// One workload's processor loop, over Kafka and PostgreSQL ([`Production`])
 /// or the simulation's memory.
 pub struct Processor<W: Aggregation, I: Io = Production> {
-    workload: W,
+    /// Shared with the checkpoints in flight, as the store is.
+    workload: Arc<W>,
     source: Arc<I::Source>,
     membership: I::Members,
-    store: I::Store,
+    store: Arc<I::Store>,
     emitter: AggregateEmitter<I::Log>,
     clock: I::Clock,
     topic: String,
@@ -122,6 +146,13 @@ pub struct Processor<W: Aggregation, I: Io = Production> {
     /// Ordered, so that the partitions are claimed and checkpointed in one
     /// order, the same in every simulated run of a seed.
     owned: BTreeMap<i32, Owned<W, I>>,
+    /// The checkpoint in flight of each partition that has one (at most one).
+    inflight: BTreeMap<i32, InFlight<W>>,
+    /// Positions committed since the offsets were last hinted to the broker.
+    hints: Vec<(i32, i64)>,
+    /// When the loop last ended a pause after a failed store: a checkpoint
+    /// started before it failed in the same outage, and pauses no more.
+    store_paused_at: Instant,
     /// Events applied since the last metrics flush (recorded per batch, not per event).
     applied: u64,
     /// The newest input's time among the records the loop's current wake-up applied (0: none yet).
@@ -170,25 +201,29 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
     pub fn assemble(workload: W, settings: &ProcessorSettings, parts: Parts<I>) -> Self {
         let Parts { source, members, store, emitter, clock } = parts;
         Processor {
-            workload,
+            workload: Arc::new(workload),
             source: Arc::new(source),
             membership: members,
-            store,
+            store: Arc::new(store),
             emitter,
             paced_until: clock.now(),
+            store_paused_at: clock.now(),
             clock,
             topic: settings.events_topic.clone(),
             retention_ms: settings.retention_ms,
             checkpoint_interval: settings.checkpoint_interval,
             emit_bytes_per_sec: settings.emit_bytes_per_sec,
             owned: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            hints: Vec::new(),
             applied: 0,
             read_newest_ms: 0,
             partitions: settings.partitions,
         }
     }
 
-    /// Runs until `token` is cancelled, then checkpoints what it holds and leaves the group.
+    /// Runs until `token` is cancelled, then checkpoints what it holds (once
+    /// the checkpoints in flight ended) and leaves the group.
     ///
     /// A partition whose emit or claim fails is dropped and claimed again at
     /// the next heartbeat (which re-sends its outbox); the others go on.
@@ -230,16 +265,25 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
-                _ = tick.tick() => {
-                    // Behind (a backlog): checkpoint less often, so that the loop spends its
-                    // time consuming rather than waiting for commits. Counts are the same;
-                    // only the freshness of a backlog's progress is coarser.
+                (started, done) = next_finished(&mut self.inflight), if !self.inflight.is_empty() => {
+                    let p = done.partition();
+                    self.on_finished(started, done).await?;
                     let now = self.clock.now();
-                    let paced = now < self.paced_until;
-                    let recent = now.saturating_duration_since(last_checkpoint) < BACKLOG_CHECKPOINT_INTERVAL;
-                    if full || !(paced || backlogged && recent) {
-                        self.checkpoint_all().await?;
-                        last_checkpoint = self.clock.now();
+                    if self.owned.values().any(OwnedPartition::is_full) {
+                        // A full partition reads nothing until its next checkpoint commits: at once.
+                        self.start_checkpoints()?;
+                        last_checkpoint = now;
+                    } else if last_checkpoint > started && !self.holds_back(now, last_checkpoint, backlogged) {
+                        // A round began while this one was in flight, and skipped the partition:
+                        // its next checkpoint starts now rather than at the next tick.
+                        self.start_checkpoint(p);
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = self.clock.now();
+                    if full || !self.holds_back(now, last_checkpoint, backlogged) {
+                        self.start_checkpoints()?;
+                        last_checkpoint = now;
                     }
                 }
                 _ = heartbeat.tick() => self.rebalance(token).await?,
@@ -262,7 +306,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                         m::record_input_age(W::NAME, "read", std::mem::take(&mut self.read_newest_ms));
                         self.publish_replies();
                         if self.owned.values().any(OwnedPartition::is_full) {
-                            self.checkpoint_all().await?;
+                            self.start_checkpoints()?;
                             last_checkpoint = self.clock.now();
                         }
                     }
@@ -281,11 +325,19 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         let Some(plan) = self.membership.changes(&owned).await else { return Ok(()) };
         for p in &plan.lost {
             tracing::warn!(workload = W::NAME, partition = p, "lease lost; dropping the partition");
+            // Its checkpoint in flight goes with it, as in a crash: whoever claims the
+            // partition fences it in the store and in the log, and re-sends its outbox.
+            self.inflight.remove(p);
             self.owned.remove(p);
         }
         for p in &plan.to_release {
+            // The checkpoint in flight first (one at a time), then the final one.
+            if let Some(inflight) = self.inflight.remove(p) {
+                let done = inflight.task.await;
+                self.on_finished(inflight.started, done).await?;
+            }
             if let Some(mut owned) = self.owned.remove(p) {
-                if let Err(e) = checkpoint_partition(&self.workload, &self.store, *p, &mut owned).await {
+                if let Err(e) = checkpoint_partition(&*self.workload, &*self.store, *p, &mut owned).await {
                     tracing::info!(partition = p, error = %e, "final checkpoint before hand-over failed");
                 }
             }
@@ -351,7 +403,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         let Some(owned) = self.owned.get_mut(&partition) else { return };
         let fetched = msg.fetched();
         let offset = fetched.offset;
-        match owned.on_record(&self.workload, self.partitions, partition, fetched) {
+        match owned.on_record(&*self.workload, self.partitions, partition, fetched) {
             OnRecord::Applied => {
                 self.applied += 1;
                 self.read_newest_ms = self.read_newest_ms.max(owned.position.watermark_ms);
@@ -401,7 +453,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         let Some((claimed, restore_took)) = restored? else { return Ok(None) };
         let position = claimed.position;
         let (epoch, held_ids, resent) = (claimed.epoch, claimed.ids.held(), claimed.outbox.len());
-        let owned = open_claimed(&self.workload, &self.topic, opened?, partition, claimed).await?;
+        let owned = open_claimed(&*self.workload, &self.topic, opened?, partition, claimed).await?;
         tracing::info!(
             workload = W::NAME,
             partition,
@@ -433,7 +485,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             let result = tokio::select! {
                 biased;
                 _ = token.cancelled() => return None,
-                result = self.store.claim(&self.workload, partition, self.retention_ms) => result,
+                result = self.store.claim(&*self.workload, partition, self.retention_ms) => result,
             };
             match result {
                 Err(e) if e.is_retryable() => {
@@ -450,71 +502,113 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         }
     }
 
-    async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
+    /// True while checkpoints wait: the emit pacing's pause, or a backlog's
+    /// longer interval since the last round (`last_round`). Behind (the last
+    /// wake-up found a full batch), the loop checkpoints less often, so that it
+    /// spends its time consuming rather than rendering and sending records:
+    /// counts are the same, only a backlog's progress shows in coarser steps.
+    fn holds_back(&self, now: Instant, last_round: Instant, backlogged: bool) -> bool {
+        let paced = now < self.paced_until;
+        let recent = now.saturating_duration_since(last_round) < BACKLOG_CHECKPOINT_INTERVAL;
+        paced || backlogged && recent
+    }
+
+    /// A round: starts a checkpoint of every owned partition that has none
+    /// in flight ([`start_checkpoint`](Self::start_checkpoint)), so it takes
+    /// as long as the slowest partition; first hints the positions committed
+    /// since the last round to the broker.
+    fn start_checkpoints(&mut self) -> Result<(), ProcessorError> {
         if self.applied > 0 {
             metrics::counter!(m::EVENTS_APPLIED, "workload" => W::NAME).increment(std::mem::take(&mut self.applied));
         }
-        let started = self.clock.now();
-        let mut commits = Vec::new();
-        let mut fenced = false;
-        // All partitions at once: each has its own PostgreSQL connection and Kafka
-        // transaction, so a round takes as long as the slowest, not the sum.
-        let (workload, store) = (&self.workload, &self.store);
-        let rounds = std::mem::take(&mut self.owned).into_iter().map(|(p, mut owned)| async move {
-            let result = checkpoint_partition(workload, store, p, &mut owned).await;
-            (p, owned, result)
-        });
-        let results = futures::future::join_all(rounds).await;
-        let mut retry_later = false;
-        for (p, owned, result) in results {
-            match (after_checkpoint(&result), result) {
-                (_, Ok(Some(next))) => {
-                    commits.push((p, next));
-                    self.owned.insert(p, owned);
-                }
-                (_, Ok(None)) => {
-                    self.owned.insert(p, owned);
-                }
-                (AfterCheckpoint::Drop { fenced: true }, Err(_)) => {
-                    tracing::warn!(
-                        workload = W::NAME,
-                        partition = p,
-                        "fenced: another instance owns this partition now; dropping its state"
-                    );
-                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "fenced")
-                        .increment(1);
-                    fenced = true;
-                }
-                (AfterCheckpoint::Keep, Err(e)) => {
-                    // Transient (PostgreSQL down): keep the state and retry later; stall to apply backpressure.
-                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "checkpoint failed; will retry");
-                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
-                    self.owned.insert(p, owned);
-                    retry_later = true;
-                }
-                (AfterCheckpoint::Drop { fenced: false }, Err(e)) => {
-                    // The state store is ahead of the log: dropped here, the partition is
-                    // claimed again at the next heartbeat (its lease is still ours), and the
-                    // claim re-sends the outbox, which holds this checkpoint's records.
-                    tracing::warn!(workload = W::NAME, partition = p, error = %e, "emit failed; claiming the partition again");
-                    metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "emit_error")
-                        .increment(1);
-                    fenced = true;
-                }
-                (AfterCheckpoint::Fatal, Err(e)) => return Err(e),
-            }
-        }
-        let emitted: usize = self.owned.values().map(|o| o.last_emit_bytes).sum();
-        self.paced_until = started + emit_pause(emitted, self.emit_bytes_per_sec);
-        if retry_later {
-            // Kept as a plain pause: the retry is the next checkpoint tick, this only applies backpressure.
-            self.clock.sleep(Duration::from_millis(500)).await;
-        }
-        if fenced {
-            self.assign_owned()?;
-        }
         // Only a hint for lag tooling: positions come from the state store.
-        self.source.commit_hint(&commits)?;
+        self.source.commit_hint(&std::mem::take(&mut self.hints))?;
+        let idle: Vec<i32> = self.owned.keys().filter(|p| !self.inflight.contains_key(p)).copied().collect();
+        for p in idle {
+            self.start_checkpoint(p);
+        }
+        Ok(())
+    }
+
+    /// Starts a checkpoint of `partition` if it has something to write
+    /// ([`begin_checkpoint`]) and none in flight (its next one starts after
+    /// this one's emit), on a task of its own: its PostgreSQL connection and
+    /// its Kafka transaction, while the loop goes on.
+    fn start_checkpoint(&mut self, partition: i32) {
+        let Some(owned) = self.owned.get_mut(&partition) else { return };
+        if self.inflight.contains_key(&partition) {
+            return;
+        }
+        let Some(cp) = begin_checkpoint(&*self.workload, self.store.topic(), partition, owned) else { return };
+        let (workload, store) = (self.workload.clone(), self.store.clone());
+        let span = tracing::info_span!("checkpoint", workload = W::NAME, partition);
+        let task = self.clock.spawn(async move { run_checkpoint(&*workload, &*store, cp).await }.instrument(span));
+        self.inflight.insert(partition, InFlight { task, started: self.clock.now() });
+    }
+
+    /// Records an ended checkpoint in its partition ([`finish_checkpoint`])
+    /// and applies the policy for its outcome ([`after_checkpoint`]).
+    async fn on_finished(&mut self, started: Instant, done: Done<W>) -> Result<(), ProcessorError> {
+        let p = done.partition();
+        // The emits of an instance stay within the rate: each checkpoint holds the next ones back by its bytes.
+        self.paced_until = self.paced_until.max(started) + emit_pause(done.emitted_bytes(), self.emit_bytes_per_sec);
+        // A partition dropped takes its checkpoint in flight with it: always there.
+        let Some(owned) = self.owned.get_mut(&p) else { return Ok(()) };
+        let result = finish_checkpoint(&*self.workload, owned, done);
+        match (after_checkpoint(&result), result) {
+            (_, Ok(Some(next))) => self.hints.push((p, next)),
+            (_, Ok(None)) => {}
+            (AfterCheckpoint::Drop { fenced: true }, Err(_)) => {
+                tracing::warn!(
+                    workload = W::NAME,
+                    partition = p,
+                    "fenced: another instance owns this partition now; dropping its state"
+                );
+                metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "fenced").increment(1);
+                self.owned.remove(&p);
+                self.assign_owned()?;
+            }
+            (AfterCheckpoint::Keep, Err(e)) => {
+                // Transient (PostgreSQL down): keep the state and retry at a later tick.
+                tracing::warn!(workload = W::NAME, partition = p, error = %e, "checkpoint failed; will retry");
+                metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "error").increment(1);
+                // One pause per outage's round, not one per partition: only if this checkpoint
+                // started after the last pause ended.
+                if started >= self.store_paused_at {
+                    self.clock.sleep(STORE_RETRY_PAUSE).await;
+                    self.store_paused_at = self.clock.now();
+                }
+            }
+            (AfterCheckpoint::Drop { fenced: false }, Err(e)) => {
+                // The state store is ahead of the log: dropped here, the partition is
+                // claimed again at the next heartbeat (its lease is still ours), and the
+                // claim re-sends the outbox, which holds this checkpoint's records.
+                tracing::warn!(workload = W::NAME, partition = p, error = %e, "emit failed; claiming the partition again");
+                metrics::counter!(m::CHECKPOINT_FAILURES, "workload" => W::NAME, "outcome" => "emit_error")
+                    .increment(1);
+                self.owned.remove(&p);
+                self.assign_owned()?;
+            }
+            (AfterCheckpoint::Fatal, Err(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Waits for every checkpoint in flight, in partition order, and records each.
+    async fn drain_checkpoints(&mut self) -> Result<(), ProcessorError> {
+        while let Some((_, inflight)) = self.inflight.pop_first() {
+            let done = inflight.task.await;
+            self.on_finished(inflight.started, done).await?;
+        }
+        Ok(())
+    }
+
+    /// The final checkpoint: once those in flight ended, every partition's, waited for.
+    async fn checkpoint_all(&mut self) -> Result<(), ProcessorError> {
+        self.drain_checkpoints().await?;
+        self.start_checkpoints()?;
+        self.drain_checkpoints().await?;
+        self.source.commit_hint(&std::mem::take(&mut self.hints))?;
         Ok(())
     }
 
@@ -534,4 +628,24 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                 .set(if stalled { 1.0 } else { 0.0 });
         }
     }
+}
+
+/// The first checkpoint in flight that has ended, in partition order (never
+/// by readiness at random, so that a simulated run is a function of its
+/// seed), and when the loop started it.
+async fn next_finished<W: Aggregation>(inflight: &mut BTreeMap<i32, InFlight<W>>) -> (Instant, Done<W>) {
+    futures::future::poll_fn(|cx| {
+        let ended = inflight.iter_mut().find_map(|(p, f)| match f.task.poll_unpin(cx) {
+            std::task::Poll::Ready(done) => Some((*p, done)),
+            std::task::Poll::Pending => None,
+        });
+        match ended {
+            Some((p, done)) => {
+                let started = inflight.remove(&p).expect("found above").started;
+                std::task::Poll::Ready((started, done))
+            }
+            None => std::task::Poll::Pending,
+        }
+    })
+    .await
 }

@@ -191,7 +191,8 @@ impl Outbox {
 pub struct EngineCheckpoint<'a> {
     pub position: Position,
     pub epoch: i64,
-    pub ids: &'a IdWindow,
+    /// Event ids first seen since the last committed checkpoint, per bucket ([`IdWindow::new_ids`]).
+    pub new_ids: &'a HashMap<i64, Vec<u64>>,
     pub closed_id_hours: &'a [i64],
     pub id_chunks: &'a ChunkCounts,
     /// This checkpoint's records, kept in the outbox until their Kafka transaction commits.
@@ -238,7 +239,7 @@ pub trait EngineTx: StateTx {
 /// Where the engine keeps each partition's state: PostgreSQL
 /// ([`StateStore`]) in production, memory in the simulation. Both run the
 /// same transaction bodies ([`claim_in`], [`commit_in`]) over their [`EngineTx`].
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + 'static {
     /// The events topic whose partitions this store keeps.
     fn topic(&self) -> &str;
 
@@ -264,7 +265,7 @@ pub trait Store: Send + Sync {
         workload: &W,
         partition: i32,
         cp: EngineCheckpoint<'_>,
-        work: Option<(&W::State, &W::Changes)>,
+        changes: Option<&W::Changes>,
     ) -> impl Future<Output = Result<Committed<W::Receipt>, StoreError>> + Send;
 }
 
@@ -309,17 +310,16 @@ pub async fn commit_in<W: Aggregation, T: EngineTx>(
     workload: &W,
     scope: Scope<'_>,
     cp: EngineCheckpoint<'_>,
-    work: Option<(&W::State, &W::Changes)>,
+    changes: Option<&W::Changes>,
 ) -> Result<Committed<W::Receipt>, StoreError> {
     if !tx.advance(scope, cp.epoch, cp.position).await? && !super::planted(super::Planted::NoCheckpointFence) {
         return Err(StoreError::Fenced(scope.partition));
     }
-    let new_ids = cp.ids.new_ids();
-    let new_ids: Vec<(i64, &[u64])> = new_ids.iter().map(|(h, ids)| (*h, ids.as_slice())).collect();
+    let new_ids: Vec<(i64, &[u64])> = cp.new_ids.iter().map(|(h, ids)| (*h, ids.as_slice())).collect();
     let ids_added = append_chunks(tx, ID_CHUNKS, scope, &new_ids, cp.id_chunks).await?;
     delete_chunks(tx, ID_CHUNKS, scope, cp.closed_id_hours).await?;
-    let receipt = match work {
-        Some((state, changes)) => Some(workload.persist(tx, scope, state, changes).await?),
+    let receipt = match changes {
+        Some(changes) => Some(workload.persist(tx, scope, changes).await?),
         None => None,
     };
     if let Some(through) = cp.emitted_through {
@@ -858,11 +858,11 @@ impl Store for StateStore {
         workload: &W,
         partition: i32,
         cp: EngineCheckpoint<'_>,
-        work: Option<(&W::State, &W::Changes)>,
+        changes: Option<&W::Changes>,
     ) -> Result<Committed<W::Receipt>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let committed = commit_in(&mut PgTx { tx: &tx }, workload, self.scope(partition), cp, work).await?;
+        let committed = commit_in(&mut PgTx { tx: &tx }, workload, self.scope(partition), cp, changes).await?;
         tx.commit().await?;
         Ok(committed)
     }

@@ -342,6 +342,37 @@ impl PartitionWindow {
         self.closing.clear();
     }
 
+    /// Records that `persisted` (an answer of [`checkpoint`](Self::checkpoint),
+    /// now durable) is, whatever was applied since: its new users leave the
+    /// deltas (those added since stay, after them), an hour stays dirty if
+    /// its counts moved since, and the closed hours and days it reported go.
+    /// (Hours close only in [`evict_closed`](Self::evict_closed), before a
+    /// snapshot: the reported ones are the first of their lists.)
+    pub fn mark_persisted(&mut self, persisted: &Checkpoint) {
+        fn forget_first(users: &mut Vec<u64>, n: usize) {
+            if n >= users.len() {
+                *users = Vec::new(); // its memory goes too, as the deltas are transient
+            } else {
+                users.drain(..n);
+            }
+        }
+        for c in &persisted.changed {
+            if let Some(b) = self.hours.get_mut(&c.hour) {
+                forget_first(&mut b.new_users, c.new_users.len());
+                b.dirty = b.counts() != c.counts;
+            }
+        }
+        for d in &persisted.changed_days {
+            if let Some(day) = self.days.get_mut(&d.day) {
+                forget_first(&mut day.new_users, d.new_users.len());
+            }
+        }
+        let closing = persisted.changed.iter().filter(|c| persisted.closed.contains(&c.hour)).count();
+        self.closing.drain(..closing.min(self.closing.len()));
+        self.closed_pending.drain(..persisted.closed.len().min(self.closed_pending.len()));
+        self.closed_days_pending.drain(..persisted.closed_days.len().min(self.closed_days_pending.len()));
+    }
+
     /// Users held, summed over open hours (the denominator of bytes per user-hour).
     pub fn user_hours(&self) -> u64 {
         self.hours.values().map(|b| b.counts().unique_users).sum()
@@ -456,6 +487,27 @@ mod tests {
         assert_eq!(cp.changed.len(), 1);
         assert!(cp.changed[0].new_users.is_empty(), "user 7 was already persisted");
         assert_eq!(cp.changed[0].counts, HourCounts { unique_users: 1, clicks: 1, impressions: 1 });
+    }
+
+    #[test]
+    fn what_is_applied_while_a_checkpoint_is_in_flight_is_in_the_next_one() {
+        let now = H0 + 30 * HOUR_MS + 10;
+        let mut w = PartitionWindow::new(now, RETENTION);
+        w.apply(obs(now, 1, EventKind::Click, now)).unwrap();
+        w.apply(obs(now - 2 * HOUR_MS, 2, EventKind::Click, now)).unwrap();
+        let persisted = w.checkpoint();
+        // Applied while it commits: a new user of the current hour, and a repeat user.
+        w.apply(obs(now, 3, EventKind::Impression, now)).unwrap();
+        w.apply(obs(now, 1, EventKind::Click, now)).unwrap();
+        w.mark_persisted(&persisted);
+        let next = w.checkpoint();
+        assert_eq!(next.changed.len(), 1, "the earlier hour is durable, the current one moved");
+        assert_eq!(next.changed[0].hour, HourStart::of(now));
+        assert_eq!(next.changed[0].new_users, vec![3], "user 1 was persisted, user 3 was not");
+        assert_eq!(next.changed[0].counts, HourCounts { unique_users: 2, clicks: 2, impressions: 1 });
+        assert_eq!(next.changed_days.iter().map(|d| d.new_users.clone()).collect::<Vec<_>>(), vec![vec![3]]);
+        w.mark_persisted(&next);
+        assert!(!w.has_changes());
     }
 
     #[test]

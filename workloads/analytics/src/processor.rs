@@ -57,6 +57,15 @@ pub struct AnalyticsState {
     day_user_chunks: ChunkCounts,
 }
 
+/// What one checkpoint persists and emits: the window's changes, and how
+/// many user chunks the hours and days it appends to have stored (to merge
+/// an hour's chunks once it has many), taken with it.
+pub struct Changes {
+    cp: Checkpoint,
+    user_chunks: ChunkCounts,
+    day_user_chunks: ChunkCounts,
+}
+
 /// User chunks appended per hour and per day by one checkpoint.
 pub struct Appended {
     hours: Vec<(i64, u32)>,
@@ -68,6 +77,11 @@ impl AnalyticsState {
     pub fn window(&self) -> &PartitionWindow {
         &self.window
     }
+}
+
+/// The stored chunk counts of `keys` (hours or days): what a checkpoint appending to them needs.
+fn chunk_counts(held: &ChunkCounts, keys: impl Iterator<Item = i64>) -> ChunkCounts {
+    keys.filter_map(|k| held.get(&k).map(|n| (k, *n))).collect()
 }
 
 /// `closing`: the checkpoint drops the hour, so the outbox must keep the bytes.
@@ -88,7 +102,7 @@ impl Aggregation for Analytics {
     const NAME: &'static str = "analytics";
     type Event = ClickEvent;
     type State = AnalyticsState;
-    type Changes = Checkpoint;
+    type Changes = Changes;
     /// User chunks appended per hour and per day.
     type Receipt = Appended;
 
@@ -116,9 +130,15 @@ impl Aggregation for Analytics {
         })
     }
 
-    fn changes(&self, state: &mut AnalyticsState) -> Option<Checkpoint> {
+    fn changes(&self, state: &mut AnalyticsState) -> Option<Changes> {
         state.window.evict_closed();
-        state.window.has_changes().then(|| state.window.checkpoint())
+        if !state.window.has_changes() {
+            return None;
+        }
+        let cp = state.window.checkpoint();
+        let user_chunks = chunk_counts(&state.user_chunks, cp.changed.iter().map(|c| c.hour.start_ms()));
+        let day_user_chunks = chunk_counts(&state.day_user_chunks, cp.changed_days.iter().map(|d| d.day.start_ms()));
+        Some(Changes { cp, user_chunks, day_user_chunks })
     }
 
     async fn restore<T: StateTx>(
@@ -161,13 +181,8 @@ impl Aggregation for Analytics {
         Ok(AnalyticsState { window, user_chunks, day_user_chunks })
     }
 
-    async fn persist<T: StateTx>(
-        &self,
-        tx: &mut T,
-        scope: Scope<'_>,
-        state: &AnalyticsState,
-        cp: &Checkpoint,
-    ) -> Result<Appended, PgError> {
+    async fn persist<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, changes: &Changes) -> Result<Appended, PgError> {
+        let cp = &changes.cp;
         let rows: Vec<Row> = cp
             .changed
             .iter()
@@ -182,7 +197,7 @@ impl Aggregation for Analytics {
         tx.upsert_rows(&HOURS, scope, &rows).await?;
         let new_users: Vec<(i64, &[u64])> =
             cp.changed.iter().map(|c| (c.hour.start_ms(), c.new_users.as_slice())).collect();
-        let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &state.user_chunks).await?;
+        let added = append_chunks(tx, USER_CHUNKS, scope, &new_users, &changes.user_chunks).await?;
         let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
         if !closed.is_empty() {
             let keys: Vec<Value> = closed.iter().map(|h| Value::BigInt(*h)).collect();
@@ -191,14 +206,14 @@ impl Aggregation for Analytics {
         }
         let new_day_users: Vec<(i64, &[u64])> =
             cp.changed_days.iter().map(|d| (d.day.start_ms(), d.new_users.as_slice())).collect();
-        let days = append_chunks(tx, DAY_USER_CHUNKS, scope, &new_day_users, &state.day_user_chunks).await?;
+        let days = append_chunks(tx, DAY_USER_CHUNKS, scope, &new_day_users, &changes.day_user_chunks).await?;
         let closed_days: Vec<i64> = cp.closed_days.iter().map(|d| d.start_ms()).collect();
         delete_chunks(tx, DAY_USER_CHUNKS, scope, &closed_days).await?;
         Ok(Appended { hours: added, days })
     }
 
-    fn committed(&self, state: &mut AnalyticsState, cp: Checkpoint, added: Appended) {
-        state.window.mark_checkpointed();
+    fn committed(&self, state: &mut AnalyticsState, Changes { cp, .. }: Changes, added: Appended) {
+        state.window.mark_persisted(&cp);
         let closed: Vec<i64> = cp.closed.iter().map(|h| h.start_ms()).collect();
         record_chunks(&mut state.user_chunks, added.hours, &closed);
         let closed_days: Vec<i64> = cp.closed_days.iter().map(|d| d.start_ms()).collect();
@@ -206,7 +221,8 @@ impl Aggregation for Analytics {
     }
 
     /// From the checkpoint, not the window: an hour that closed in this batch is only there.
-    fn emits(&self, scope: Scope<'_>, position: Position, cp: &Checkpoint) -> Vec<Emit> {
+    fn emits(&self, scope: Scope<'_>, position: Position, changes: &Changes) -> Vec<Emit> {
+        let cp = &changes.cp;
         cp.changed.iter().map(|c| aggregate(scope.partition, position, c, cp.closed.contains(&c.hour))).collect()
     }
 

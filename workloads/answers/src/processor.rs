@@ -121,13 +121,7 @@ impl Aggregation for Answers {
         Ok(state)
     }
 
-    async fn persist<T: StateTx>(
-        &self,
-        tx: &mut T,
-        scope: Scope<'_>,
-        _: &AnswersState,
-        cp: &Checkpoint,
-    ) -> Result<(), PgError> {
+    async fn persist<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, cp: &Checkpoint) -> Result<(), PgError> {
         // Sorted by key (AnswersState::checkpoint): concurrent writers lock rows in one order.
         let rows: Vec<Row> = cp.rows.iter().filter_map(|(k, e)| e.as_ref().map(|e| to_row(k, e))).collect();
         let gone: Vec<Value> =
@@ -139,8 +133,8 @@ impl Aggregation for Answers {
         Ok(())
     }
 
-    fn committed(&self, state: &mut AnswersState, _: Checkpoint, (): ()) {
-        state.mark_checkpointed();
+    fn committed(&self, state: &mut AnswersState, cp: Checkpoint, (): ()) {
+        state.mark_persisted(&cp);
     }
 
     /// One record per change, kept whole in the outbox: once a later change

@@ -111,6 +111,19 @@ impl AnswersState {
         self.changes.clear();
     }
 
+    /// Forgets what `persisted` (an answer of [`Self::checkpoint`], now
+    /// durable) wrote, whatever was applied since: a key whose entry is no
+    /// longer the row persisted stays touched, and the changes decided since
+    /// (after the persisted ones, in log order) stay to emit.
+    pub fn mark_persisted(&mut self, persisted: &Checkpoint) {
+        for (key, row) in &persisted.rows {
+            if self.keys.get(key) == row.as_ref() {
+                self.touched.remove(key);
+            }
+        }
+        self.changes.drain(..persisted.changes.len().min(self.changes.len()));
+    }
+
     /// The replies decided since the last call, in log order.
     pub fn take_replies(&mut self) -> Vec<Reply> {
         std::mem::take(&mut self.replies)

@@ -90,13 +90,7 @@ impl Aggregation for Increments {
         Ok(state)
     }
 
-    async fn persist<T: StateTx>(
-        &self,
-        tx: &mut T,
-        scope: Scope<'_>,
-        _: &IncrementState,
-        changed: &ChangedSums,
-    ) -> Result<(), PgError> {
+    async fn persist<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, changed: &ChangedSums) -> Result<(), PgError> {
         // Sorted by key (IncrementState::changed): concurrent writers lock rows in one order.
         let rows: Vec<Row> = changed
             .iter()
@@ -105,8 +99,8 @@ impl Aggregation for Increments {
         tx.upsert_rows(&SUMS, scope, &rows).await
     }
 
-    fn committed(&self, state: &mut IncrementState, _: ChangedSums, (): ()) {
-        state.mark_checkpointed();
+    fn committed(&self, state: &mut IncrementState, changed: ChangedSums, (): ()) {
+        state.mark_persisted(&changed);
     }
 
     fn emits(&self, scope: Scope<'_>, position: Position, changed: &ChangedSums) -> Vec<Emit> {

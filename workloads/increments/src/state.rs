@@ -105,6 +105,18 @@ impl IncrementState {
         self.changed.clear();
     }
 
+    /// Forgets what changed as of `persisted` (an answer of
+    /// [`IncrementState::changed`], now durable), whatever was applied since:
+    /// a key whose sum moved after it stays changed. A sum only grows, so an
+    /// equal sum is the persisted one.
+    pub fn mark_persisted(&mut self, persisted: &[(IncrementKey, i128)]) {
+        for (key, sum) in persisted {
+            if self.sums.get(key) == Some(sum) {
+                self.changed.remove(key);
+            }
+        }
+    }
+
     /// Makes room for `more` keys (a restore knows how many it reads).
     pub fn reserve(&mut self, more: usize) {
         self.sums.reserve(more);
@@ -171,6 +183,17 @@ mod tests {
         s.apply(&inc(2, 1, 3));
         assert_eq!(s.changed(), vec![(key(2), 8)]);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_key_changed_after_the_persisted_snapshot_stays_changed() {
+        let mut s = state_of(&[inc(1, 5, 0), inc(2, 7, 1)]);
+        let persisted = s.changed();
+        // Applied while that checkpoint was in flight.
+        s.apply(&inc(2, 1, 2));
+        s.apply(&inc(3, 4, 3));
+        s.mark_persisted(&persisted);
+        assert_eq!(s.changed(), vec![(key(2), 8), (key(3), 4)], "key 1 is durable; 2 moved, 3 is new");
     }
 
     #[test]

@@ -128,6 +128,10 @@ pub struct GenChange {
     /// Copy the first `copy` buffered rows: the first `copy_bytes` of the buffer's text.
     pub copy: usize,
     pub copy_bytes: usize,
+    /// Those bytes, taken with the checkpoint (the buffer grows while it commits).
+    pub text: Vec<u8>,
+    /// Rows in the generation's storage before this copy.
+    pub copied: u64,
     /// Announce it loading (its begin record is in).
     pub begin: bool,
     /// Report the partition's count: its end record is in.
@@ -282,8 +286,9 @@ impl Loads {
         Ok(())
     }
 
-    /// What the next checkpoint does, or `None`. Leaves the state as it is:
-    /// asked again before [`Loads::committed`], it answers the same.
+    /// What the next checkpoint does, or `None`: a snapshot, with the rows'
+    /// bytes. Leaves the state as it is: asked again before
+    /// [`Loads::committed`], it answers the same (and what was applied since).
     pub fn changes(&self) -> Option<Changes> {
         let gens: Vec<GenChange> = self
             .loads
@@ -293,6 +298,8 @@ impl Loads {
                 generation: *g,
                 copy: l.buffer.rows,
                 copy_bytes: l.buffer.text.len(),
+                text: l.buffer.text.clone(),
+                copied: l.copied,
                 begin: l.begun,
                 end: l.end,
                 loaded: l.copied + l.buffer.rows as u64,
@@ -307,6 +314,8 @@ impl Loads {
     }
 
     /// Records that `changes` are durable, with what their transaction did.
+    /// Rows, ends and aborts applied since the snapshot stay for the next
+    /// checkpoint: only the copied rows leave the buffer (its first ones).
     pub fn committed(&mut self, changes: Changes, receipt: Receipt) {
         for g in changes.gens {
             let Some(load) = self.loads.get_mut(&g.generation) else { continue };

@@ -202,13 +202,7 @@ impl Aggregation for Promotions {
         Ok(Loads::restored(scope.partition, loads, announce))
     }
 
-    async fn persist<T: StateTx>(
-        &self,
-        tx: &mut T,
-        scope: Scope<'_>,
-        state: &Loads,
-        changes: &Changes,
-    ) -> Result<Receipt, PgError> {
+    async fn persist<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, changes: &Changes) -> Result<Receipt, PgError> {
         let table = &*PROMOTIONS;
         // This checkpoint's outbox holds them now.
         if !changes.announce.is_empty() {
@@ -218,19 +212,18 @@ impl Aggregation for Promotions {
         let mut receipt = Receipt::default();
         let mut loads = Vec::with_capacity(changes.gens.len());
         for g in &changes.gens {
-            let load = state.get(g.generation).expect("a change is of a generation the state holds");
             if g.abort.is_some() {
                 tx.drop_generation(table, g.generation).await?;
-                loads.push(load_row(g.generation, Phase::Failed, load.copied));
+                loads.push(load_row(g.generation, Phase::Failed, g.copied));
                 continue;
             }
             if g.copy > 0 || g.end.is_some() {
                 tx.create_generation(table, g.generation).await?;
             }
             // The rows' COPY text as buffered: one statement, streamed in pieces.
-            let copied = tx.copy_text(table, g.generation, &load.buffer.text[..g.copy_bytes]).await?;
+            let copied = tx.copy_text(table, g.generation, &g.text).await?;
             receipt.copied.push((g.generation, copied));
-            let held = load.copied + copied;
+            let held = g.copied + copied;
             let phase = match &g.end {
                 Some(end) => {
                     let rows = i64::try_from(held).expect("rows fit a BIGINT");

@@ -195,13 +195,7 @@ impl Aggregation for Widgets {
     }
 
     /// The rows of what changed since the last checkpoint, sorted by key.
-    async fn persist<T: StateTx>(
-        &self,
-        tx: &mut T,
-        scope: Scope<'_>,
-        _: &WidgetsState,
-        cp: &Checkpoint,
-    ) -> Result<(), PgError> {
+    async fn persist<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, cp: &Checkpoint) -> Result<(), PgError> {
         let rows: Vec<Row> = cp.widgets.iter().filter_map(|(_, w)| w.as_ref().map(widget_row)).collect();
         let gone: Vec<Value> =
             cp.widgets.iter().filter(|(_, w)| w.is_none()).map(|(s, _)| Value::Text(s.to_string())).collect();
@@ -219,8 +213,8 @@ impl Aggregation for Widgets {
         Ok(())
     }
 
-    fn committed(&self, state: &mut WidgetsState, _: Checkpoint, (): ()) {
-        state.mark_checkpointed();
+    fn committed(&self, state: &mut WidgetsState, cp: Checkpoint, (): ()) {
+        state.mark_persisted(&cp);
     }
 
     /// One record per change, kept whole in the outbox: the state after a

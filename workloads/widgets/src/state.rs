@@ -230,6 +230,24 @@ impl WidgetsState {
         self.changes.clear();
     }
 
+    /// Forgets what `persisted` (an answer of [`Self::checkpoint`], now
+    /// durable) wrote, whatever was applied since: a widget or an id whose
+    /// row is no longer the one persisted stays touched, and the changes
+    /// decided since (after the persisted ones, in log order) stay to emit.
+    pub fn mark_persisted(&mut self, persisted: &Checkpoint) {
+        for (serial, row) in &persisted.widgets {
+            if self.graph.stored(serial.as_str()) == *row {
+                self.touched.remove(serial);
+            }
+        }
+        for (key, row) in &persisted.ids {
+            if self.ids.get(key) == row.as_ref() {
+                self.ids_touched.remove(key);
+            }
+        }
+        self.changes.drain(..persisted.changes.len().min(self.changes.len()));
+    }
+
     /// The replies decided since the last call, in log order.
     pub fn take_replies(&mut self) -> Vec<Reply> {
         std::mem::take(&mut self.replies)
@@ -328,6 +346,25 @@ pub(crate) mod tests {
             Outcome::Refused(Status::NotFound, _)
         ));
         assert_eq!(st.take_replies().len(), 6);
+    }
+
+    #[test]
+    fn what_is_decided_while_a_checkpoint_is_in_flight_is_in_the_next_one() {
+        let mut st = WidgetsState::new(0, POLICY);
+        st.apply(&wc(1, create("a", "PP"), None), at(0));
+        st.apply(&wc(2, create("b", "P"), Some("r")), at(1));
+        let persisted = st.checkpoint().unwrap();
+        // Decided while that checkpoint commits: a changes again, c is new.
+        st.apply(&wc(3, Command::Associate { serial: s("a"), with: s("b"), port: crate::Port::P }, None), at(2));
+        st.apply(&wc(4, create("c", "Q"), None), at(3));
+        st.mark_persisted(&persisted);
+        let next = st.checkpoint().unwrap();
+        let widgets: Vec<&str> = next.widgets.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(widgets, ["a", "b", "c"], "a and b changed since the snapshot, c is new");
+        assert!(next.ids.is_empty(), "the id of b's create was persisted");
+        assert_eq!(next.changes.iter().map(|c| c.input_offset).collect::<Vec<_>>(), [3, 4]);
+        st.mark_persisted(&next);
+        assert!(st.checkpoint().is_none());
     }
 
     #[test]

@@ -703,7 +703,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Every bug the simulation must catch ([`Planted`]).
-pub const BUGS: [Planted; 7] = [
+pub const BUGS: [Planted; 8] = [
     Planted::NoCheckpointFence,
     Planted::NoEmitFence,
     Planted::ResendDropsKept,
@@ -711,6 +711,7 @@ pub const BUGS: [Planted; 7] = [
     Planted::IdsNotRestored,
     Planted::OutboxSkipped,
     Planted::PositionBeforeState,
+    Planted::CommittedClearsLaterChanges,
 ];
 
 /// The first seed (of at most `max`) that fails with `bug` planted, on this thread.

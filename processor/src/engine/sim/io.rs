@@ -17,7 +17,7 @@ use common::engine::pg::PgError;
 use rdkafka::error::KafkaError;
 
 use super::{LogRecord, MemLog, MemStore};
-use crate::engine::io::{Clock, Io, Members, Source, SourceMessage, Ticker, Timer};
+use crate::engine::io::{Clock, Io, Members, Source, SourceMessage, Task, Ticker, Timer};
 use crate::engine::partition::FetchedRecord;
 
 /// The simulation's I/O: memory, driven by the harness.
@@ -320,6 +320,11 @@ impl Clock for SimClock {
 
     fn backoff(&self, _: Duration, _: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
         std::iter::repeat(Duration::ZERO)
+    }
+
+    /// Not spawned: the loop polls it in its own order, so a run stays a function of its seed.
+    fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> Task<T> {
+        Task::new(task)
     }
 }
 

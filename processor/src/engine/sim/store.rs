@@ -159,7 +159,7 @@ impl Store for MemStore {
         workload: &W,
         partition: i32,
         cp: EngineCheckpoint<'_>,
-        work: Option<(&W::State, &W::Changes)>,
+        changes: Option<&W::Changes>,
     ) -> Result<Committed<W::Receipt>, StoreError> {
         let scope = Scope { topic: &self.topic, partition };
         if planted(Planted::PositionBeforeState) {
@@ -171,7 +171,7 @@ impl Store for MemStore {
             self.finish(tx, None)?;
         }
         let (mut tx, fault) = self.begin(true);
-        let committed = match commit_in(&mut tx, workload, scope, cp, work).await {
+        let committed = match commit_in(&mut tx, workload, scope, cp, changes).await {
             Err(StoreError::Fenced(p)) => {
                 self.lock().fenced += 1;
                 return Err(StoreError::Fenced(p));
@@ -416,7 +416,6 @@ mod tests {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::engine::dedup::IdWindow;
     use crate::engine::tables::StateTx;
     use crate::engine::{DedupId, Record, Skip};
 
@@ -448,7 +447,7 @@ mod tests {
         async fn restore<T: StateTx>(&self, _: &mut T, _: Scope<'_>, _: Position) -> Result<(), PgError> {
             Ok(())
         }
-        async fn persist<T: StateTx>(&self, _: &mut T, _: Scope<'_>, (): &(), (): &()) -> Result<(), PgError> {
+        async fn persist<T: StateTx>(&self, _: &mut T, _: Scope<'_>, (): &()) -> Result<(), PgError> {
             Ok(())
         }
         fn committed(&self, (): &mut (), (): (), (): ()) {}
@@ -462,11 +461,11 @@ mod tests {
     }
 
     fn checkpoint(store: &MemStore, epoch: i64, next_offset: i64) -> Result<(), StoreError> {
-        let ids = IdWindow::new(0);
+        let new_ids = std::collections::HashMap::new();
         let cp = EngineCheckpoint {
             position: Position { next_offset, watermark_ms: 0 },
             epoch,
-            ids: &ids,
+            new_ids: &new_ids,
             closed_id_hours: &[],
             id_chunks: &HashMap::new(),
             emits: &[],
