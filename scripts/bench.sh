@@ -194,14 +194,15 @@ record emitted "{\"analytics_emitted_bytes\": $(analytics_metric analytics_proce
 # wrote, and the share of the wall time the materializer's PostgreSQL writes took (its rate over that share is what
 # it could write).
 wait_processor_caught_up
-# increments_counters: "<emitted> <materialized> <PostgreSQL write seconds> <epoch seconds>"
+# increments_counters: "<emitted> <materialized> <PostgreSQL write seconds> <epoch seconds>" (0 for a series not there yet)
 increments_counters() {
   local p m
-  p="$(curl -fs "http://127.0.0.1:$PROCESSOR_PORT/metrics")" m="$(curl -fs "http://127.0.0.1:$MATERIALIZER_PORT/metrics")"
+  p="$(curl -fs "http://127.0.0.1:$PROCESSOR_PORT/metrics" || true)" m="$(curl -fs "http://127.0.0.1:$MATERIALIZER_PORT/metrics" || true)"
+  series() { awk -v s="$1" '$1 == s {v = $2} END {print v + 0}'; }
   printf '%s %s %s %s\n' \
-    "$(awk '$1 == "analytics_processor_aggregates_emitted_total{workload=\"increments\"}" {print $2}' <<<"$p")" \
-    "$(awk '$1 == "analytics_materializer_aggregates_consumed_total{workload=\"increments\"}" {print $2}' <<<"$m")" \
-    "$(awk '$1 == "analytics_materializer_sink_duration_seconds_sum{sink=\"postgres\",workload=\"increments\"}" {print $2}' <<<"$m")" \
+    "$(series 'analytics_processor_aggregates_emitted_total{workload="increments"}' <<<"$p")" \
+    "$(series 'analytics_materializer_aggregates_consumed_total{workload="increments"}' <<<"$m")" \
+    "$(series 'analytics_materializer_sink_duration_seconds_sum{sink="postgres",workload="increments"}' <<<"$m")" \
     "$(date +%s.%N)"
 }
 increments_before="$(increments_counters)"
