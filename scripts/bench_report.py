@@ -143,7 +143,7 @@ def ratio(a, b):
     return f"{g(a) / g(b):.0%}" if g(a) and g(b) else "n/a"
 
 
-def pct(v):
+def share(v):
     return f"{v:.0%}" if v is not None else "n/a"
 
 
@@ -422,7 +422,7 @@ lines += [
     "",
     f"The sums pipeline over that load (the services' counters): the processor emitted {fmt(g('increment_emitted_per_s'))} sums/s, the",
     f"materializer wrote {fmt(g('increment_materialized_per_s'))} rows/s, its PostgreSQL writes taking "
-    f"{pct(g('increment_materializer_pg_busy'))} of the time, so it could write {fmt(g('increment_materializer_capacity_per_s'))} rows/s "
+    f"{share(g('increment_materializer_pg_busy'))} of the time, so it could write {fmt(g('increment_materializer_capacity_per_s'))} rows/s "
     f"({times(g('increment_materializer_capacity_per_s'), g('increment_emitted_per_s'))} the emit rate).",
     "",
     "## Answers (64 connections)",
