@@ -209,12 +209,38 @@ record emitted "{\"analytics_emitted_bytes\": $(analytics_metric analytics_proce
 \"analytics_emitted_records\": $(analytics_metric analytics_processor_aggregates_emitted_total), \
 \"analytics_events_applied\": $(analytics_metric analytics_processor_events_applied_total)}"
 
-# The increments workload: POST /increment at 256 connections, with the staleness probe running.
+# The increments workload: POST /increment at 256 connections, with the staleness probe running; and the sums
+# pipeline's rates over that load from the services' counters: what the processor emitted, what the materializer
+# wrote, and the share of the wall time the materializer's PostgreSQL writes took (its rate over that share is what
+# it could write).
 wait_processor_caught_up
+# increments_counters: "<emitted> <materialized> <PostgreSQL write seconds> <epoch seconds>" (0 for a series not there yet)
+increments_counters() {
+  local p m
+  p="$(curl -fs "http://127.0.0.1:$PROCESSOR_PORT/metrics" || true)" m="$(curl -fs "http://127.0.0.1:$MATERIALIZER_PORT/metrics" || true)"
+  series() { awk -v s="$1" '$1 == s {v = $2} END {print v + 0}'; }
+  printf '%s %s %s %s\n' \
+    "$(series 'analytics_processor_aggregates_emitted_total{workload="increments"}' <<<"$p")" \
+    "$(series 'analytics_materializer_aggregates_consumed_total{workload="increments"}' <<<"$m")" \
+    "$(series 'analytics_materializer_sink_duration_seconds_sum{sink="postgres",workload="increments"}' <<<"$m")" \
+    "$(date +%s.%N)"
+}
+increments_before="$(increments_counters)"
 target/release/increment-staleness "$PROBE" >"$OUT/increment_staleness.json" &
 probe_pid=$!
 wrk_run increment_256 256 increment.lua http://127.0.0.1:8081
+increments_after="$(increments_counters)"
 wait "$probe_pid"
+record increment_rates "$(python3 - "$increments_before" "$increments_after" <<'EOF_RATES'
+import json, sys
+b, a = ([float(x or 0) for x in arg.split()] for arg in sys.argv[1:3])
+secs = a[3] - b[3]
+emitted, written, busy = a[0] - b[0], a[1] - b[1], a[2] - b[2]
+print(json.dumps({"increment_emitted_per_s": emitted / secs, "increment_materialized_per_s": written / secs,
+                  "increment_materializer_pg_busy": busy / secs,
+                  "increment_materializer_capacity_per_s": written / busy if busy > 0 else None}))
+EOF_RATES
+)"
 
 # The answers workload (decided writes: 201/200 once the processor has decided, then reads of the read model),
 # all at 64 connections beside post_64 and ceiling_get_64. Keys carry a tag of this run, so a stack kept from an

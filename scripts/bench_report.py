@@ -61,6 +61,8 @@ for k in ["rps", "p50_ms", "p99_ms", "p999_ms", "non_2xx", "socket_errors"]:
     put(f"increment_{k}_256", inc.get(k))
 for k, v in raw.get("increment_staleness", {}).items():
     put(k, v)
+for k, v in raw.get("increment_rates", {}).items():
+    put(k, v)
 # The answers workload at 64 connections; bench.sh's setup prints its keys ready-made (answers_setup_*,
 # answers_pool_keys_readable, answers_history_entries).
 for op in ["create", "update", "get", "history"]:
@@ -145,6 +147,14 @@ def g(k):
 
 def ratio(a, b):
     return f"{g(a) / g(b):.0%}" if g(a) and g(b) else "n/a"
+
+
+def share(v):
+    return f"{v:.0%}" if v is not None else "n/a"
+
+
+def times(a, b):
+    return f"{a / b:.1f}×" if a and b else "n/a"
 
 
 def fmt(v, unit=""):
@@ -467,6 +477,11 @@ lines += [
     f"Staleness of the increments read model while that load runs (`increment-staleness`: POST 1 to a probe key, GET until",
     f"the sum shows it): p50 {fmt(g('increment_staleness_p50_ms'))} ms, p99 {fmt(g('increment_staleness_p99_ms'))} ms, max "
     f"{fmt(g('increment_staleness_max_ms'))} ms over {fmt(g('increment_staleness_samples'))} samples. The reference design's bound is 10 s.",
+    "",
+    f"The sums pipeline over that load (the services' counters): the processor emitted {fmt(g('increment_emitted_per_s'))} sums/s, the",
+    f"materializer wrote {fmt(g('increment_materialized_per_s'))} rows/s, its PostgreSQL writes taking "
+    f"{share(g('increment_materializer_pg_busy'))} of the time, so it could write {fmt(g('increment_materializer_capacity_per_s'))} rows/s "
+    f"({times(g('increment_materializer_capacity_per_s'), g('increment_emitted_per_s'))} the emit rate).",
     "",
     "## Answers (64 connections)",
     "",

@@ -334,7 +334,7 @@ pub mod sums {
     ///
     /// # Errors
     /// [`PgError`].
-    pub async fn write(tx: &deadpool_postgres::Transaction<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
+    pub async fn write(tx: &impl crate::engine::store::Conn, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
         let rows: Vec<Row> =
             batch.iter().map(|s| Sum::key(&s.key).with("total", Value::Text(s.total.to_string()))).collect();
         TABLE.upsert(tx, rows).await?;

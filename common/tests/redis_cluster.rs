@@ -16,8 +16,8 @@ use futures::StreamExt;
 
 /// First port of this test's cluster (six nodes; buses at +10000).
 const BASE_PORT: u16 = 7201;
-/// Rows per call, as the materializer sends them (`materializer::engine::sink::ROWS_PER_CALL`).
-const ROWS_PER_CALL: usize = 250;
+/// Rows per round, as the materializer's copier sends them (`materializer::engine::sink::ROWS_PER_ROUND`).
+const ROWS_PER_ROUND: usize = 2_000;
 
 async fn node(port: u16) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_multiplexed_async_connection().await.unwrap()
@@ -78,7 +78,7 @@ async fn the_cache_works_across_the_masters_of_a_cluster_and_its_replicas_hold_e
         let sums = sums.clone();
         async move {
             let mut written = 0;
-            for batch in rows.chunks(ROWS_PER_CALL) {
+            for batch in rows.chunks(ROWS_PER_ROUND) {
                 written += sums.put_if_newer(batch).await.unwrap();
             }
             written

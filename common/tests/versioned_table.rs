@@ -1,13 +1,14 @@
 //! The engine's generated read-model statements against the real PostgreSQL:
 //! the offset guard (an older offset never overwrites a newer row, in one
 //! batch or across batches), the counter guard (the version moves only on a
-//! change), the rollup, and the reads by key and by page, every column read
-//! by name.
+//! change), the rollup, the reads by key and by page, every column read
+//! by name, and the rows a [`WriteTx`] keeps (what each statement changed, as
+//! it returned them).
 
 use std::time::{Duration, SystemTime};
 
 use common::engine::store::table::lock_in_order;
-use common::engine::store::{Column, ColumnType, Rollup, Row, Value, Version, VersionedTable};
+use common::engine::store::{Column, ColumnType, Rollup, Row, Value, Version, VersionedTable, WriteTx};
 use common::test_util::{drop_schema, isolated, unique_suffix};
 
 fn parts() -> VersionedTable {
@@ -121,6 +122,60 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
     );
     assert!(parts.page(&client, before, Some(&key(1)), 10).await.unwrap().is_empty());
     assert!(parts.read(&client, &key(5)).await.unwrap().is_none());
+
+    drop_schema(&pg).await;
+}
+
+#[tokio::test]
+async fn a_write_transaction_keeps_the_rows_its_statements_changed_and_only_those() {
+    let (_, _, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[]).await.unwrap();
+    let mut client = pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE parts (id UUID, partition INT, total BIGINT NOT NULL, note NUMERIC NOT NULL,
+                 input_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id, partition));
+             CREATE TABLE totals (id UUID PRIMARY KEY, total BIGINT NOT NULL, version BIGINT NOT NULL,
+                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+        )
+        .await
+        .unwrap();
+    let (parts, totals) = (parts(), totals());
+    let rollup = Rollup::new(&totals, &parts);
+    let sum_key = [Row::new().with("id", Value::Text(ID.into()))];
+    let kept = |rows: &[common::engine::store::Stored]| -> Vec<(i32, i64, i64)> {
+        rows.iter().map(|s| (s.row.int("partition").unwrap(), s.row.big_int("total").unwrap(), s.version)).collect()
+    };
+
+    // One statement, a key twice: the newest per key is written and returned, every column by name.
+    let tx = WriteTx::new(client.transaction().await.unwrap(), "parts");
+    parts.upsert(&tx, vec![part(0, 5, 5), part(0, 9, 9), part(1, 2, 2)]).await.unwrap();
+    rollup.apply(&totals, &tx, &sum_key).await.unwrap(); // not the recorded table: nothing kept
+    let (tx, written) = tx.into_parts();
+    tx.commit().await.unwrap();
+    assert_eq!(kept(&written), vec![(0, 9, 9), (1, 2, 2)]);
+    assert_eq!(written[0].row.text("note").unwrap(), (9i128 << 70).to_string());
+    assert_eq!(written[0].row.text("id").unwrap(), ID);
+    assert_eq!(written[0], parts.read(&client, &key(0)).await.unwrap().unwrap(), "as a read-back would see it");
+
+    // A replay and an older offset change nothing, so nothing is returned; a newer one is.
+    let tx = WriteTx::new(client.transaction().await.unwrap(), "parts");
+    parts.upsert(&tx, vec![part(0, 9, 9), part(1, 1, 1)]).await.unwrap();
+    parts.upsert(&tx, vec![part(1, 4, 3)]).await.unwrap();
+    let (tx, written) = tx.into_parts();
+    tx.commit().await.unwrap();
+    assert_eq!(kept(&written), vec![(1, 4, 3)]);
+
+    // The rollup's changed target rows are kept when the target is recorded; an unchanged sum is not.
+    let tx = WriteTx::new(client.transaction().await.unwrap(), "totals");
+    rollup.apply(&totals, &tx, &sum_key).await.unwrap();
+    let (tx, written) = tx.into_parts();
+    tx.commit().await.unwrap();
+    assert_eq!(written.iter().map(|s| (s.row.big_int("total").unwrap(), s.version)).collect::<Vec<_>>(), [(13, 2)]);
+    let tx = WriteTx::new(client.transaction().await.unwrap(), "totals");
+    rollup.apply(&totals, &tx, &sum_key).await.unwrap();
+    assert!(tx.into_parts().1.is_empty(), "the sums did not move");
 
     drop_schema(&pg).await;
 }

@@ -6,9 +6,9 @@
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 use common::engine::store::cache::VersionedCache;
+use common::engine::store::WriteTx;
 use common::test_util::sums::{self, SetSum, Sum};
 use common::test_util::{drop_schema, isolated, unique_suffix};
-use deadpool_postgres::Transaction;
 use materializer::engine::sink::ReadModelSink;
 use materializer::engine::SinkWorkload;
 
@@ -27,7 +27,7 @@ impl SinkWorkload for Sums {
         common::now_ms()
     }
 
-    async fn write(&self, tx: &Transaction<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[SetSum]) -> Result<Vec<String>, PgError> {
         sums::write(tx, batch).await
     }
 }
@@ -60,7 +60,19 @@ async fn a_second_workload_goes_through_the_same_sink() {
     sink.catch_up().await;
     let a = cache.get(&"a".to_owned()).await.unwrap().unwrap();
     assert_eq!((a.row.total, a.version), (1, 2));
-    assert_eq!(common::engine::store::read::<Sum>(&pool.get().await.unwrap(), &"a".to_owned()).await.unwrap(), Some(a));
+    assert_eq!(
+        common::engine::store::read::<Sum>(&pool.get().await.unwrap(), &"a".to_owned()).await.unwrap(),
+        Some(a.clone())
+    );
+
+    // A replay that changes nothing in PostgreSQL (its statement returns no row) still copies the
+    // rows it touched, read back: a copy lost before (here: Redis emptied) comes back.
+    cache.clear().await.unwrap();
+    let current = [SetSum { key: "a".into(), total: 1 }, SetSum { key: "b".into(), total: -5 }];
+    sink.write(&current, &[]).await.unwrap();
+    sink.catch_up().await;
+    assert_eq!(cache.get(&"a".to_owned()).await.unwrap(), Some(a), "unchanged in PostgreSQL, copied again");
+    assert_eq!(cache.get(&"b".to_owned()).await.unwrap().map(|v| (v.row.total, v.version)), Some((-5, 1)));
 
     cache.clear().await.unwrap();
     drop_schema(&pg).await;

@@ -25,8 +25,8 @@ use common::engine::membership::Membership;
 use common::engine::pg::PgError;
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{RedisStore, VersionedCache};
-use common::engine::store::{CachedRow, Versioned};
-use deadpool_postgres::{Pool, Transaction};
+use common::engine::store::{CachedRow, Versioned, WriteTx};
+use deadpool_postgres::Pool;
 use tracing::Instrument;
 
 use self::pipeline::Pipeline;
@@ -36,10 +36,11 @@ use self::sink::ReadModelSink;
 pub type Keyed<R> = (<R as CachedRow>::Id, Versioned<R>);
 
 /// What a workload gives the materializer: how to decode its aggregates and
-/// which rows of its declared tables they write. The engine reads the
-/// touched rows back, copies them to Redis and pages through the table for
-/// the catch-up ([`common::engine::store::changed_page`]), all from the
-/// row's table declaration.
+/// which rows of its declared tables they write. The engine takes the rows
+/// the batch changed from its statements (`RETURNING`, [`WriteTx`]), reads
+/// back only the touched rows left unchanged, copies them to Redis and pages
+/// through the table for the catch-up
+/// ([`common::engine::store::changed_page`]), all from the row's table declaration.
 pub trait SinkWorkload: Send + Sync + 'static {
     /// Names the workload in logs and in the `workload` metric label.
     const NAME: &'static str;
@@ -60,14 +61,15 @@ pub trait SinkWorkload: Send + Sync + 'static {
     fn watermark_ms(&self, aggregate: &Self::Aggregate) -> i64;
 
     /// Writes a batch within `tx` (the engine commits it), through the
-    /// engine's declared tables ([`common::engine::store::VersionedTable`]),
-    /// and returns the id of every row of [`Self::Row`] the batch touched,
-    /// changed or not (the engine reads them back for Redis, so a replay
-    /// after a crash still refreshes it). Must be safe to repeat with the
-    /// same batch: after any failure the batch is replayed.
+    /// engine's declared tables ([`common::engine::store::VersionedTable`],
+    /// passed `tx` itself so that the rows of [`Self::Row`]'s table they
+    /// change are kept), and returns the id of every row of [`Self::Row`] the
+    /// batch touched, changed or not (the engine reads the unchanged ones
+    /// back for Redis, so a replay after a crash still refreshes it). Must be
+    /// safe to repeat with the same batch: after any failure the batch is replayed.
     fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &WriteTx<'_>,
         batch: &[Self::Aggregate],
     ) -> impl Future<Output = Result<Vec<<Self::Row as CachedRow>::Id>, PgError>> + Send;
 }

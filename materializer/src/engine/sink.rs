@@ -6,7 +6,8 @@
 //! batch only fails on a PostgreSQL error, and it never waits for Redis. The
 //! rows it wrote are held (newest version each, in batch order) and copied
 //! by one background task per pipeline, [`ReadModelSink::run_copier`], in
-//! calls of at most [`ROWS_PER_CALL`] rows under the version guard, so Redis
+//! rounds of at most [`ROWS_PER_ROUND`] rows (one round trip, script calls of
+//! at most [`common::engine::store::cache::ROWS_PER_SCRIPT`]) under the version guard, so Redis
 //! is never blocked for more than a few milliseconds and catches up without
 //! ever moving backwards. When Redis does not answer, the rows stay held;
 //! past [`MAX_PENDING`] of them they are dropped and re-read from PostgreSQL
@@ -35,16 +36,16 @@ use common::engine::pg::PgError;
 use common::engine::progress::{self, Progress};
 use common::engine::shutdown::CancellationToken;
 use common::engine::store::cache::{CacheError, VersionedCache};
-use common::engine::store::{self, CachedRow, Versioned};
+use common::engine::store::{self, CachedRow, Versioned, WriteTx};
 use deadpool_postgres::Pool;
 
 use super::{Keyed, SinkWorkload};
 use crate::metrics as m;
 
-/// Most rows in one Redis call. The version-guarded write costs Redis about
-/// 7 µs a row (1.8 ms a call of 250 on the shared 2-core test box, measured by
-/// `materializer/tests/catch_up.rs`), so no call blocks Redis for long.
-pub const ROWS_PER_CALL: usize = 250;
+/// Most held rows copied in one round: one round trip to Redis, in script
+/// calls of at most [`common::engine::store::cache::ROWS_PER_SCRIPT`] rows each (so none blocks
+/// Redis for long). A default batch's rows go in one round.
+pub const ROWS_PER_ROUND: usize = 2_000;
 /// Most rows one PostgreSQL statement of the catch-up reads.
 pub const ROWS_PER_PAGE: i64 = 5_000;
 /// Most rows held for Redis. Beyond, they are dropped and re-read from
@@ -304,13 +305,12 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         let started = Instant::now();
         let rows = async {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
-            let tx = client.transaction().await?;
-            let rows = if batch.is_empty() {
-                Vec::new()
-            } else {
-                let ids = self.workload.write(&tx, batch).await?;
-                store::read_many::<W::Row>(&tx, &ids).await?
-            };
+            let tx = WriteTx::new(client.transaction().await?, W::Row::table().name());
+            let ids = if batch.is_empty() { Vec::new() } else { self.workload.write(&tx, batch).await? };
+            // What Redis needs: the rows the statements changed, as they returned them; only the
+            // touched rows they left unchanged (a replay) are read back.
+            let (tx, written) = tx.into_parts();
+            let rows = store::written_rows::<W::Row>(&tx, &ids, written).await?;
             progress::pg::write(&tx, progress).await?;
             tx.commit().await?;
             Ok::<_, PgError>(rows)
@@ -411,7 +411,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     async fn step(&self, pages: bool, wrote: &mut bool) -> Step {
         let (taken, catching_up) = {
             let mut backlog = self.backlog.lock().expect("backlog lock");
-            (backlog.take(ROWS_PER_CALL), backlog.catch_up.is_some())
+            (backlog.take(ROWS_PER_ROUND), backlog.catch_up.is_some())
         };
         if taken.is_empty() {
             return if catching_up && pages { self.catch_up_page(wrote).await } else { Step::Idle };
@@ -439,7 +439,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     }
 
     /// One page of the catch-up: up to [`ROWS_PER_PAGE`] rows from PostgreSQL,
-    /// those changed copied to Redis [`ROWS_PER_CALL`] at a time.
+    /// those changed copied to Redis [`ROWS_PER_ROUND`] at a time.
     async fn catch_up_page(&self, wrote: &mut bool) -> Step {
         let Some((from, since, after, generation)) = self
             .backlog
@@ -475,7 +475,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                 return Step::Failed;
             }
         };
-        for chunk in page.changed.chunks(ROWS_PER_CALL) {
+        for chunk in page.changed.chunks(ROWS_PER_ROUND) {
             match self.cache.put_if_newer(chunk).await {
                 Ok(_) => *wrote = true,
                 Err(e) => {

@@ -8,7 +8,7 @@ use crate::read_model::pg;
 use crate::wire::{decode_hour_aggregate, DecodeError, HourAggregate};
 use crate::{HourCounts, HourStart};
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
+use common::engine::store::WriteTx;
 
 use ::materializer::engine::SinkWorkload;
 
@@ -28,7 +28,7 @@ impl SinkWorkload for Analytics {
         aggregate.watermark_ms
     }
 
-    async fn write(&self, tx: &Transaction<'_>, batch: &[HourAggregate]) -> Result<Vec<HourStart>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[HourAggregate]) -> Result<Vec<HourStart>, PgError> {
         pg::write_aggregates(tx, batch).await
     }
 }

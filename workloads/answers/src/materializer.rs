@@ -5,7 +5,7 @@
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
+use common::engine::store::WriteTx;
 
 use crate::key::AnswerKey;
 use crate::read_model::{self, LatestAnswer};
@@ -32,7 +32,7 @@ impl SinkWorkload for Answers {
 
     /// Safe to repeat: a change's history row is written once, and the
     /// latest row only moves to a higher version.
-    async fn write(&self, tx: &Transaction<'_>, batch: &[Change]) -> Result<Vec<AnswerKey>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[Change]) -> Result<Vec<AnswerKey>, PgError> {
         read_model::write_changes(tx, batch).await
     }
 }

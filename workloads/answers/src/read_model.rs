@@ -117,10 +117,7 @@ fn version(v: u64) -> Value {
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
-pub async fn write_changes(
-    tx: &deadpool_postgres::Transaction<'_>,
-    changes: &[Change],
-) -> Result<Vec<AnswerKey>, PgError> {
+pub async fn write_changes(tx: &impl Conn, changes: &[Change]) -> Result<Vec<AnswerKey>, PgError> {
     let history: Vec<Row> = changes
         .iter()
         .map(|c| {

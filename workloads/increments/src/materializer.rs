@@ -7,7 +7,7 @@ use crate::wire::decode_increment_sum;
 use crate::{IncrementKey, IncrementSum};
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
+use common::engine::store::WriteTx;
 
 use ::materializer::engine::SinkWorkload;
 
@@ -27,7 +27,7 @@ impl SinkWorkload for Increments {
         sum.watermark_ms
     }
 
-    async fn write(&self, tx: &Transaction<'_>, batch: &[IncrementSum]) -> Result<Vec<IncrementKey>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[IncrementSum]) -> Result<Vec<IncrementKey>, PgError> {
         read_model::write_sums(tx, batch).await
     }
 }

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use super::{IncrementKey, IncrementSum};
 use common::engine::pg::PgError;
 use common::engine::store::cache::VersionedCache;
-use common::engine::store::{CachedRow, Column, ColumnType, Row, Value, Version, Versioned, VersionedTable};
+use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, Versioned, VersionedTable};
 
 /// The exact sum of one key (0 only for a key no store holds, at version 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,10 +69,7 @@ impl CachedRow for StoredSum {
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
-pub async fn write_sums(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sums: &[IncrementSum],
-) -> Result<Vec<IncrementKey>, PgError> {
+pub async fn write_sums(tx: &impl Conn, sums: &[IncrementSum]) -> Result<Vec<IncrementKey>, PgError> {
     let rows: Vec<Row> = sums
         .iter()
         .map(|s| {

@@ -10,7 +10,7 @@
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
+use common::engine::store::WriteTx;
 
 use ::materializer::engine::SinkWorkload;
 
@@ -35,7 +35,7 @@ impl SinkWorkload for Generations {
     }
 
     /// Safe to repeat: a generation's row only moves to a later state.
-    async fn write(&self, tx: &Transaction<'_>, batch: &[Announced]) -> Result<Vec<i64>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[Announced]) -> Result<Vec<i64>, PgError> {
         let statuses: Vec<_> = batch.iter().map(|a| a.status.clone()).collect();
         read_model::write_statuses(tx, &statuses).await
     }

@@ -190,10 +190,7 @@ impl CachedRow for StoredGeneration {
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
-pub async fn write_statuses(
-    tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[GenerationStatus],
-) -> Result<Vec<i64>, PgError> {
+pub async fn write_statuses(tx: &impl Conn, batch: &[GenerationStatus]) -> Result<Vec<i64>, PgError> {
     let mut touched: Vec<i64> = batch.iter().map(|s| s.generation).collect();
     touched.sort_unstable();
     touched.dedup();

@@ -5,7 +5,7 @@
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use deadpool_postgres::Transaction;
+use common::engine::store::WriteTx;
 
 use crate::input::Serial;
 use crate::log::Logged;
@@ -32,7 +32,7 @@ impl SinkWorkload for Widgets {
 
     /// Safe to repeat, in any order: every row is a widget's absolute
     /// state, and only moves to a higher offset.
-    async fn write(&self, tx: &Transaction<'_>, batch: &[Logged]) -> Result<Vec<Serial>, PgError> {
+    async fn write(&self, tx: &WriteTx<'_>, batch: &[Logged]) -> Result<Vec<Serial>, PgError> {
         read_model::write_changes(tx, batch).await
     }
 }

@@ -21,7 +21,7 @@ use crate::input::{Serial, MAX_PORTS};
 use crate::log::{After, Logged};
 use crate::records::Widget;
 use common::engine::pg::PgError;
-use common::engine::store::{CachedRow, Column, ColumnType, Row, Value, Version, VersionedTable};
+use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
 /// `widgets (serial, live, name, ports, at_ms, body, input_offset, updated_at)`, the body cached as `b`.
 pub static WIDGETS: LazyLock<VersionedTable> = LazyLock::new(|| {
@@ -176,10 +176,7 @@ pub fn rows(changes: &[Logged]) -> (Vec<Row>, Vec<Row>) {
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
-pub async fn write_changes(
-    tx: &deadpool_postgres::Transaction<'_>,
-    changes: &[Logged],
-) -> Result<Vec<Serial>, PgError> {
+pub async fn write_changes(tx: &impl Conn, changes: &[Logged]) -> Result<Vec<Serial>, PgError> {
     let (widgets, slots) = rows(changes);
     // Each table's upsert keeps, of several rows of one key, the highest offset.
     WIDGETS.upsert(tx, widgets).await?;

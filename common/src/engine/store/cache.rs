@@ -137,6 +137,11 @@ fn field_values<R: CachedRow>(inv: &mut redis::ScriptInvocation<'_>, versioned: 
     }
 }
 
+/// Most rows one call of the write script takes. The version-guarded write
+/// costs Redis about 7 µs a row (1.8 ms a call of 250 on the shared 2-core
+/// test box), and a script holds Redis for its whole run: no call blocks it for long.
+pub const ROWS_PER_SCRIPT: usize = 250;
+
 /// How long a fill lease lives: longer than any PostgreSQL read it covers.
 const FILL_LEASE: Duration = Duration::from_secs(10);
 
@@ -645,7 +650,11 @@ impl<R: CachedRow> VersionedCache<R> {
         Ok(Some(Versioned { row, version }))
     }
 
-    /// Stores rows whose version is newer than what Redis holds; returns how many were written.
+    /// Stores rows whose version is newer than what Redis holds; returns how
+    /// many were written. The rows go in script calls of at most
+    /// [`ROWS_PER_SCRIPT`] (each atomic, so none blocks Redis for long), all
+    /// sent at once on the multiplexed connection: one round trip for the
+    /// whole set (on a cluster, one call per slot, and then the replicas' acknowledgement).
     ///
     /// # Errors
     /// [`CacheError`] when Redis does not answer; nothing or part may be written.
@@ -656,18 +665,34 @@ impl<R: CachedRow> VersionedCache<R> {
         if self.store.is_cluster() {
             return self.put_if_newer_by_slot(rows).await;
         }
-        let mut inv = self.store.put.prepare_invoke();
-        inv.arg(self.store.ttl.as_millis() as u64);
-        field_names::<R>(&mut inv);
-        for (id, row) in rows {
-            inv.key(self.key(id));
-            field_values(&mut inv, row);
-        }
-        self.store.guarded(|mut conn| async move { inv.invoke_async(&mut conn).await }).await
+        let calls: Vec<redis::ScriptInvocation<'_>> = rows
+            .chunks(ROWS_PER_SCRIPT)
+            .map(|chunk| {
+                let mut inv = self.store.put.prepare_invoke();
+                inv.arg(self.store.ttl.as_millis() as u64);
+                field_names::<R>(&mut inv);
+                for (id, row) in chunk {
+                    inv.key(self.key(id));
+                    field_values(&mut inv, row);
+                }
+                inv
+            })
+            .collect();
+        self.store
+            .guarded(|conn| async move {
+                // Each call loads the script itself if Redis lacks it (NOSCRIPT), then retries.
+                let writes = calls.iter().map(|inv| {
+                    let mut conn = conn.clone();
+                    async move { inv.invoke_async::<usize>(&mut conn).await }
+                });
+                Ok(futures::future::try_join_all(writes).await?.into_iter().sum())
+            })
+            .await
     }
 
     /// [`VersionedCache::put_if_newer`] on a cluster: one script call per
-    /// slot, all at once, then a replica's acknowledgement from every master.
+    /// slot (at most [`ROWS_PER_SCRIPT`] rows each), all at once, then a
+    /// replica's acknowledgement from every master.
     async fn put_if_newer_by_slot(&self, rows: &[(R::Id, Versioned<R>)]) -> Result<usize, CacheError> {
         let mut by_slot: std::collections::BTreeMap<u16, Vec<(String, &Versioned<R>)>> = Default::default();
         for (id, row) in rows {
@@ -676,6 +701,14 @@ impl<R: CachedRow> VersionedCache<R> {
         }
         let calls: Vec<redis::ScriptInvocation<'_>> = by_slot
             .into_values()
+            .flat_map(|slot_rows| {
+                let mut chunks = Vec::new();
+                let mut slot_rows = slot_rows.into_iter().peekable();
+                while slot_rows.peek().is_some() {
+                    chunks.push(slot_rows.by_ref().take(ROWS_PER_SCRIPT).collect::<Vec<_>>());
+                }
+                chunks
+            })
             .map(|slot_rows| {
                 let mut inv = self.store.put.prepare_invoke();
                 inv.arg(self.store.ttl.as_millis() as u64);

@@ -14,7 +14,7 @@ pub mod bulk;
 pub mod cache;
 pub mod table;
 
-pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable};
+pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable, WriteTx};
 use crate::engine::pg::PgError;
 
 /// A row as one of its copies holds it, with the version that orders the copies.
@@ -89,6 +89,43 @@ pub async fn read_many<R: CachedRow>(conn: &impl Conn, ids: &[R::Id]) -> Result<
     let keys: Vec<Row> = ids.iter().map(R::key).collect();
     let mut rows: Vec<(R::Id, Versioned<R>)> =
         R::table().read_keys(conn, &keys).await?.iter().map(typed::<R>).collect::<Result<_, _>>()?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
+}
+
+/// The rows of `ids` as a transaction left them: those its writes changed
+/// from what the statements returned (`written`, [`WriteTx::into_parts`]),
+/// the others — left as they were, e.g. by a replay, yet to be copied again
+/// in case an earlier copy was lost — read back from PostgreSQL in one
+/// statement. In id order.
+///
+/// # Errors
+/// [`PgError`] when PostgreSQL cannot answer or a row is unreadable.
+pub async fn written_rows<R: CachedRow>(
+    conn: &impl Conn,
+    ids: &[R::Id],
+    written: Vec<Stored>,
+) -> Result<Vec<(R::Id, Versioned<R>)>, PgError> {
+    // In statement order: a later row of a key is at least as new.
+    let mut changed: std::collections::HashMap<R::Id, Versioned<R>> = std::collections::HashMap::new();
+    for stored in &written {
+        let (id, row) = typed::<R>(stored)?;
+        changed.insert(id, row);
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut rows = Vec::with_capacity(ids.len());
+    let mut unchanged = Vec::new();
+    for id in ids {
+        match changed.remove(&id) {
+            Some(row) => rows.push((id, row)),
+            None => unchanged.push(id),
+        }
+    }
+    if !unchanged.is_empty() {
+        rows.extend(read_many::<R>(conn, &unchanged).await?);
+    }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rows)
 }

@@ -290,6 +290,80 @@ pub trait Conn: Sync {
         stmt: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send;
+
+    /// Whether this connection keeps the rows its writes of `table` change
+    /// ([`WriteTx`]): the table's writes then return them (`RETURNING`) and
+    /// hand them to [`Conn::record`].
+    fn records(&self, _table: &str) -> bool {
+        false
+    }
+
+    /// Keeps rows a write of a recorded table changed, as they now stand.
+    fn record(&self, _rows: Vec<Stored>) {}
+}
+
+/// A transaction that keeps the rows its writes of one table change, as the
+/// statements return them (`RETURNING`): the materializer hands a workload
+/// one, so the rows a batch changed reach Redis without being read back.
+/// Rows a write left as they were (a replay, an unchanged sum) are not
+/// returned; the engine reads those back. Everything else of the
+/// transaction is reached through it (`Deref`).
+///
+/// A row of the recorded table must change only through the table's own
+/// statements ([`VersionedTable::upsert`], [`Rollup::apply`]) within the
+/// transaction: a raw `UPDATE` after them would leave the kept row older
+/// than the stored one.
+pub struct WriteTx<'t> {
+    tx: deadpool_postgres::Transaction<'t>,
+    table: &'static str,
+    written: std::sync::Mutex<Vec<Stored>>,
+}
+
+impl<'t> WriteTx<'t> {
+    /// Keeps the rows the writes of `table` change within `tx`.
+    pub fn new(tx: deadpool_postgres::Transaction<'t>, table: &'static str) -> Self {
+        WriteTx { tx, table, written: std::sync::Mutex::default() }
+    }
+
+    /// The transaction, and the rows kept, in the order they were written
+    /// (a later one of a key is at least as new as an earlier one).
+    pub fn into_parts(self) -> (deadpool_postgres::Transaction<'t>, Vec<Stored>) {
+        (self.tx, self.written.into_inner().expect("written rows lock"))
+    }
+}
+
+impl<'t> std::ops::Deref for WriteTx<'t> {
+    type Target = deadpool_postgres::Transaction<'t>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl Conn for WriteTx<'_> {
+    fn prepare_cached(&self, sql: &str) -> impl Future<Output = Result<Statement, tokio_postgres::Error>> + Send {
+        deadpool_postgres::Transaction::prepare_cached(&self.tx, sql)
+    }
+    fn query(
+        &self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> + Send {
+        tokio_postgres::Transaction::query(&self.tx, stmt, params)
+    }
+    fn execute(
+        &self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        tokio_postgres::Transaction::execute(&self.tx, stmt, params)
+    }
+    fn records(&self, table: &str) -> bool {
+        table == self.table
+    }
+    fn record(&self, rows: Vec<Stored>) {
+        self.written.lock().expect("written rows lock").extend(rows);
+    }
 }
 
 impl Conn for deadpool_postgres::Client {
@@ -336,6 +410,8 @@ impl Conn for deadpool_postgres::Transaction<'_> {
 #[derive(Debug, Clone, Default)]
 struct Statements {
     upsert: String,
+    /// The same, returning every column of the rows it changed.
+    upsert_returning: String,
     by_keys: String,
     by_key: String,
     first_page: String,
@@ -504,6 +580,7 @@ impl VersionedTable {
         let page = format!("SELECT {}, {t}.updated_at >= $1 AS changed FROM {t}", self.select_list());
         let order = format!("ORDER BY {} LIMIT $2", self.key_names(true));
         Statements {
+            upsert_returning: format!("{upsert} RETURNING {}", self.select_list()),
             upsert,
             by_keys: format!("{select} WHERE {}", self.keys_in_arrays(1)),
             by_key: format!("{select} WHERE {}", key_eq.join(" AND ")),
@@ -537,8 +614,11 @@ impl VersionedTable {
     /// offset-versioned row only moves to a higher offset; a
     /// counter-versioned one changes, and counts one version more, only when
     /// a value differs. Of several rows of one key, the one with the highest
-    /// offset (counter: the last) is written. Rows are written in key order,
-    /// so concurrent writers lock them in one order and never deadlock.
+    /// offset (counter: the last) is written (a key twice in one statement
+    /// would be an error). Rows are written in key order, so concurrent
+    /// writers lock them in one order and never deadlock. On a connection
+    /// that records this table ([`WriteTx`]) the rows it changed are returned
+    /// by the same statement and kept.
     ///
     /// # Errors
     /// [`PgError::Corrupt`] for a row lacking a column or of another type (a
@@ -568,8 +648,14 @@ impl VersionedTable {
             }
         }
         let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(Array::as_param).collect();
-        let stmt = conn.prepare_cached(&self.sql.upsert).await?;
-        conn.execute(&stmt, &params).await?;
+        if conn.records(self.table) {
+            let stmt = conn.prepare_cached(&self.sql.upsert_returning).await?;
+            let changed = conn.query(&stmt, &params).await?;
+            conn.record(changed.iter().map(|r| self.stored(r)).collect::<Result<_, _>>()?);
+        } else {
+            let stmt = conn.prepare_cached(&self.sql.upsert).await?;
+            conn.execute(&stmt, &params).await?;
+        }
         Ok(())
     }
 
@@ -721,6 +807,8 @@ fn counter_upsert(t: &VersionedTable, insert_cols: &str, select: &str, from: &st
 #[derive(Debug, Clone)]
 pub struct Rollup {
     sql: String,
+    /// The same, returning every column of the target rows it changed.
+    sql_returning: String,
 }
 
 impl Rollup {
@@ -751,7 +839,8 @@ impl Rollup {
         let insert_cols = target.key.iter().chain(&target.values).map(|c| c.name).collect::<Vec<_>>().join(", ");
         let sql =
             counter_upsert(target, &insert_cols, &select, &format!("FROM {s} WHERE {filter} GROUP BY {keys}"), version);
-        Rollup { sql }
+        let sql_returning = format!("{sql} RETURNING {}", target.select_list());
+        Rollup { sql, sql_returning }
     }
 
     pub fn sql(&self) -> &str {
@@ -760,7 +849,9 @@ impl Rollup {
 
     /// Re-sums the rows of `keys` (rows of the target's key columns, by name).
     /// Concurrent writers of one key must serialise (e.g. advisory locks taken
-    /// in key order) so that each sums what the other committed.
+    /// in key order) so that each sums what the other committed. On a
+    /// connection that records the target ([`WriteTx`]) the target rows it
+    /// changed are returned by the same statement and kept.
     ///
     /// # Errors
     /// [`PgError`] when PostgreSQL fails or a key lacks a column.
@@ -772,8 +863,14 @@ impl Rollup {
         let arrays: Vec<Array> =
             target.key.iter().enumerate().map(|(i, c)| Array::collect(c.ty, keys.iter().map(|k| &k[i]))).collect();
         let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(Array::as_param).collect();
-        let stmt = conn.prepare_cached(&self.sql).await?;
-        conn.execute(&stmt, &params).await?;
+        if conn.records(target.table) {
+            let stmt = conn.prepare_cached(&self.sql_returning).await?;
+            let changed = conn.query(&stmt, &params).await?;
+            conn.record(changed.iter().map(|r| target.stored(r)).collect::<Result<_, _>>()?);
+        } else {
+            let stmt = conn.prepare_cached(&self.sql).await?;
+            conn.execute(&stmt, &params).await?;
+        }
         Ok(())
     }
 }

@@ -72,10 +72,7 @@ fn partition_row(a: &HourAggregate) -> Row {
 ///
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
-pub async fn write_aggregates(
-    tx: &deadpool_postgres::Transaction<'_>,
-    aggs: &[HourAggregate],
-) -> Result<Vec<HourStart>, PgError> {
+pub async fn write_aggregates(tx: &impl store::Conn, aggs: &[HourAggregate]) -> Result<Vec<HourStart>, PgError> {
     let aggs = latest_per_key(aggs.iter().cloned());
     let mut hours: Vec<HourStart> = aggs.iter().map(|a| a.hour).collect();
     hours.sort_unstable();

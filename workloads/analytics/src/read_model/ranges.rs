@@ -24,7 +24,7 @@ use common::engine::store::{self, Row, Value};
 const DAY_LOCK_SPACE: i32 = 0x4e44;
 
 /// Upserts the latest sketch of each (hour, partition); only a higher offset replaces one.
-pub async fn write_sketches(tx: &deadpool_postgres::Transaction<'_>, aggs: &[HourAggregate]) -> Result<(), PgError> {
+pub async fn write_sketches(tx: &impl store::Conn, aggs: &[HourAggregate]) -> Result<(), PgError> {
     let rows: Vec<Row> = aggs
         .iter()
         .filter_map(|a| {
@@ -74,7 +74,7 @@ fn latest_days(aggs: &[HourAggregate]) -> BTreeMap<(DayStart, i32), DayRow> {
 /// touched, under per-day advisory locks taken in day order after the hour
 /// locks, so two materializers never deadlock and each sums what the other
 /// committed. Safe to repeat.
-pub async fn write_days(tx: &deadpool_postgres::Transaction<'_>, aggs: &[HourAggregate]) -> Result<(), PgError> {
+pub async fn write_days(tx: &impl store::Conn, aggs: &[HourAggregate]) -> Result<(), PgError> {
     let latest = latest_days(aggs);
     if latest.is_empty() {
         return Ok(());
