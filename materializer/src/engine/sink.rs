@@ -6,8 +6,8 @@
 //! batch only fails on a PostgreSQL error, and it never waits for Redis. The
 //! rows it wrote are held (newest version each, in batch order) and copied
 //! by one background task per pipeline, [`ReadModelSink::run_copier`], in
-//! rounds of at most [`ROWS_PER_ROUND`] rows (one round trip, script calls of
-//! at most [`common::engine::store::cache::ROWS_PER_SCRIPT`]) under the version guard, so Redis
+//! rounds of at most [`ROWS_PER_ROUND`] rows (script calls of at most
+//! [`common::engine::store::cache::ROWS_PER_SCRIPT`], two in flight at a time) under the version guard, so Redis
 //! is never blocked for more than a few milliseconds and catches up without
 //! ever moving backwards. When Redis does not answer, the rows stay held;
 //! past [`MAX_PENDING`] of them they are dropped and re-read from PostgreSQL
@@ -42,9 +42,9 @@ use deadpool_postgres::Pool;
 use super::{Keyed, SinkWorkload};
 use crate::metrics as m;
 
-/// Most held rows copied in one round: one round trip to Redis, in script
-/// calls of at most [`common::engine::store::cache::ROWS_PER_SCRIPT`] rows each (so none blocks
-/// Redis for long). A default batch's rows go in one round.
+/// Most held rows copied in one round: script calls of at most
+/// [`common::engine::store::cache::ROWS_PER_SCRIPT`] rows each (so none blocks Redis for long),
+/// [`common::engine::store::cache::SCRIPTS_IN_FLIGHT`] in flight at a time. A default batch's rows go in one round.
 pub const ROWS_PER_ROUND: usize = 2_000;
 /// Most rows one PostgreSQL statement of the catch-up reads.
 pub const ROWS_PER_PAGE: i64 = 5_000;
