@@ -30,6 +30,10 @@ use super::Emit;
 
 /// How long the transaction calls (init, commit, abort) may block.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A short attempt at opening a partition's producer ([`KafkaLog::open`]): an
+/// unrefused `init_transactions` on a local broker takes 10-110 ms.
+const INIT_QUICK: Duration = Duration::from_millis(150);
+const INIT_QUICK_ATTEMPTS: usize = 3;
 /// Records per Kafka transaction at most: one transaction stays far below the
 /// producer's queue and commits well within the transaction timeout.
 pub const MAX_TXN_RECORDS: usize = 10_000;
@@ -170,10 +174,26 @@ impl Log for KafkaLog {
     async fn open(&self, partition: i32) -> Result<KafkaProducer, EmitError> {
         let mut config = self.config.clone();
         config.set("transactional.id", format!("{}.{partition}", self.id_prefix));
-        let producer: FutureProducer = config.create().map_err(|source| EmitError::Kafka { partition, source })?;
-        let p = producer.clone();
-        blocking(partition, move || p.init_transactions(TXN_CALL_TIMEOUT)).await?;
-        Ok(KafkaProducer { producer, topic: self.topic.clone(), partition })
+        // A former owner killed mid-transaction: the coordinator refuses the first
+        // InitProducerId (CONCURRENT_TRANSACTIONS) while it aborts that transaction, and
+        // librdkafka asks again only after a fixed 500 ms (rdkafka_idempotence.c, the PID
+        // timer; no setting), which was half of a measured failover. A fresh client asks at
+        // once: so a few short attempts first, each on a new producer, then the full wait.
+        for timeout in [INIT_QUICK; INIT_QUICK_ATTEMPTS].into_iter().chain([TXN_CALL_TIMEOUT]) {
+            let config = config.clone();
+            let opened = blocking(partition, move || {
+                let producer: FutureProducer = config.create()?;
+                // Dropped here if it timed out: destroying a client may block.
+                Ok(producer.init_transactions(timeout).map(|()| producer))
+            })
+            .await?;
+            match opened {
+                Ok(producer) => return Ok(KafkaProducer { producer, topic: self.topic.clone(), partition }),
+                Err(e) if timeout < TXN_CALL_TIMEOUT && timed_out(&e) => continue,
+                Err(e) => return Err(classify(partition, e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     fn reply(&self, replies: Vec<Emit>) {
@@ -325,6 +345,11 @@ where
     F: FnOnce() -> Result<T, KafkaError> + Send + 'static,
 {
     tokio::task::spawn_blocking(f).await.expect("transaction call does not panic").map_err(|e| classify(partition, e))
+}
+
+/// librdkafka's own time limit on a call ran out (not the broker's answer).
+fn timed_out(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)
 }
 
 fn classify(partition: i32, e: KafkaError) -> EmitError {
