@@ -44,12 +44,12 @@ fn key(partition: i32) -> Row {
     Row::new().with("id", Value::Text(ID.into())).with("partition", Value::Int(partition))
 }
 
-#[tokio::test]
-async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_change() {
+/// An isolated schema with the engine's tables and the test's `parts` and `totals`; drop it with `drop_schema`.
+async fn with_tables() -> (common::engine::config::PgConfig, deadpool_postgres::Object) {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
     common::engine::pg::migrate(&pool, &pg, &[]).await.unwrap();
-    let mut client = pool.get().await.unwrap();
+    let client = pool.get().await.unwrap();
     client
         .batch_execute(
             "CREATE TABLE parts (id UUID, partition INT, total BIGINT NOT NULL, note NUMERIC NOT NULL,
@@ -59,6 +59,12 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
         )
         .await
         .unwrap();
+    (pg, client)
+}
+
+#[tokio::test]
+async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_change() {
+    let (pg, mut client) = with_tables().await;
     let (parts, totals) = (parts(), totals());
     let rollup = Rollup::new(&totals, &parts);
     let sum_key = [Row::new().with("id", Value::Text(ID.into()))];
@@ -128,19 +134,7 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
 
 #[tokio::test]
 async fn a_write_transaction_keeps_the_rows_its_statements_changed_and_only_those() {
-    let (_, _, pg) = isolated(&unique_suffix());
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[]).await.unwrap();
-    let mut client = pool.get().await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE parts (id UUID, partition INT, total BIGINT NOT NULL, note NUMERIC NOT NULL,
-                 input_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id, partition));
-             CREATE TABLE totals (id UUID PRIMARY KEY, total BIGINT NOT NULL, version BIGINT NOT NULL,
-                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now());",
-        )
-        .await
-        .unwrap();
+    let (pg, mut client) = with_tables().await;
     let (parts, totals) = (parts(), totals());
     let rollup = Rollup::new(&totals, &parts);
     let sum_key = [Row::new().with("id", Value::Text(ID.into()))];
