@@ -50,27 +50,30 @@ wait_caught_up() {
   until [[ $(processor_lag) == 0 ]] || ((SECONDS > deadline)); do sleep 0.5; done
 }
 
+# probe_phase <name> <stages key suffix> <freshness file> <load name> <load command...>: the load runs with the
+# freshness probe beside it and the services' input ages scraped before the probe and at its end.
+probe_phase() {
+  local name=$1 suffix=$2 freshness=$3 load=$4
+  shift 4
+  scrape_ages "$OUT/ages_${name}_before.prom"
+  probe >"$OUT/$freshness.json" &
+  local probe_pid=$!
+  ( sleep "$DUR"; scrape_ages "$OUT/ages_${name}_after.prom" ) &
+  local scrape_pid=$!
+  record "$load" "$("$@" | tail -1)"
+  wait "$probe_pid" "$scrape_pid"
+  stages "$name" "$suffix"
+}
+
 log "wrk 256 connections, ${DUR}s, with the freshness probe"
-scrape_ages "$OUT/ages_saturating_before.prom"
-probe >"$OUT/freshness.json" &
-probe_pid=$!
-( sleep "$DUR"; scrape_ages "$OUT/ages_saturating_after.prom" ) &
-scrape_pid=$!
-record post_256 "$(wrk -t2 -c256 -d"${DUR}s" --timeout 10s -s bench/wrk/post.lua "http://$command_addr" | tail -1)"
-wait "$probe_pid" "$scrape_pid"
-stages saturating ""
+probe_phase saturating "" freshness post_256 \
+  wrk -t2 -c256 -d"${DUR}s" --timeout 10s -s bench/wrk/post.lua "http://$command_addr"
 
 half=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rps"] / 2))' "$OUT/post_256.json")
 wait_caught_up
 log "POST paced at $half/s (half the 256-connection maximum), ${DUR}s, with the freshness probe"
-scrape_ages "$OUT/ages_half_load_before.prom"
-probe >"$OUT/freshness_half_load.json" &
-probe_pid=$!
-( sleep "$DUR"; scrape_ages "$OUT/ages_half_load_after.prom" ) &
-scrape_pid=$!
-record post_half_load "$(target/release/paced-post --rate "$half" --connections 256 --duration "${DUR}s" --target "$command_addr" | tail -1)"
-wait "$probe_pid" "$scrape_pid"
-stages half_load _half_load
+probe_phase half_load _half_load freshness_half_load post_half_load \
+  target/release/paced-post --rate "$half" --connections 256 --duration "${DUR}s" --target "$command_addr"
 record stages_run "{\"stages_isolated_at\": $(date +%s)}"
 
 if [[ -n ${PERF:-} ]]; then

@@ -227,8 +227,11 @@ impl Stack {
         test_util::clear_redis_prefix(&self.redis).await;
         test_util::delete_topics(&self.kafka).await;
         test_util::delete_topic_names(&self.kafka.brokers, &isolation::topics(&self.suffix)).await;
-        // Reached only by a test that got this far: its logs are not needed (a failed test keeps them).
-        let _ = std::fs::remove_dir_all(&self.logs);
+        // Reached only by a test that got this far: its logs are not needed (a failed test keeps them),
+        // unless asked for (`E2E_KEEP_LOGS=1`: to read what a passed run measured, e.g. the claims' timings).
+        if std::env::var_os("E2E_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        }
     }
 }
 

@@ -179,17 +179,32 @@ impl Log for KafkaLog {
         // librdkafka asks again only after a fixed 500 ms (rdkafka_idempotence.c, the PID
         // timer; no setting), which was half of a measured failover. A fresh client asks at
         // once: so a few short attempts first, each on a new producer, then the full wait.
-        for timeout in [INIT_QUICK; INIT_QUICK_ATTEMPTS].into_iter().chain([TXN_CALL_TIMEOUT]) {
+        let started = std::time::Instant::now();
+        for (attempt, timeout) in [INIT_QUICK; INIT_QUICK_ATTEMPTS].into_iter().chain([TXN_CALL_TIMEOUT]).enumerate() {
             let config = config.clone();
-            let opened = blocking(partition, move || {
+            let (producer, opened) = blocking(partition, move || {
                 let producer: FutureProducer = config.create()?;
-                // Dropped here if it timed out: destroying a client may block.
-                Ok(producer.init_transactions(timeout).map(|()| producer))
+                let opened = producer.init_transactions(timeout);
+                Ok((producer, opened))
             })
             .await?;
+            let took_ms = started.elapsed().as_millis() as u64;
             match opened {
-                Ok(producer) => return Ok(KafkaProducer { producer, topic: self.topic.clone(), partition }),
-                Err(e) if timeout < TXN_CALL_TIMEOUT && timed_out(&e) => continue,
+                Ok(()) => {
+                    tracing::debug!(partition, attempt, took_ms, "transactional producer open");
+                    return Ok(KafkaProducer { producer, topic: self.topic.clone(), partition });
+                }
+                Err(e) if timeout < TXN_CALL_TIMEOUT && timed_out(&e) => {
+                    tracing::info!(
+                        partition,
+                        attempt,
+                        took_ms,
+                        "init_transactions refused or slow; a fresh producer asks again"
+                    );
+                    // Destroying a client blocks until its threads end (tens to hundreds
+                    // of ms): off the claim's path, so the next attempt starts at once.
+                    tokio::task::spawn_blocking(move || drop(producer));
+                }
                 Err(e) => return Err(classify(partition, e)),
             }
         }
