@@ -3,6 +3,11 @@
 //! store the consumed positions. A crash before the positions are stored
 //! replays the batch, which the workload's guards in PostgreSQL and the
 //! version guard in Redis turn into no-ops.
+//!
+//! The loop reads the next batch while the current one is written: one write
+//! in flight, in a task of its own ([`AbortOnDropHandle`]: it goes with the
+//! loop), the next batch handed over only after it ended, so batches and
+//! positions are stored in the order they were read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
