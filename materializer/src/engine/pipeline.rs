@@ -3,19 +3,26 @@
 //! store the consumed positions. A crash before the positions are stored
 //! replays the batch, which the workload's guards in PostgreSQL and the
 //! version guard in Redis turn into no-ops.
+//!
+//! The loop reads the next batch while the current one is written: one write
+//! in flight, in a task of its own ([`AbortOnDropHandle`]: it goes with the
+//! loop), the next batch handed over only after it ended, so batches and
+//! positions are stored in the order they were read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::engine::kafka::{assignment, consumer_config};
-use common::engine::membership::Membership;
+use common::engine::membership::{Membership, Plan};
 use common::engine::progress::{decode_progress, is_progress_key, Progress};
 use common::engine::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::sink::{ReadModelSink, SinkError};
 use super::{Engine, SinkWorkload, Source};
@@ -24,12 +31,14 @@ use crate::metrics as m;
 /// First and longest wait between attempts to write a batch.
 const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a stopping pipeline tries to write what it read (the write in flight, then the rest).
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(5);
 
 pub struct Pipeline<W: SinkWorkload> {
     consumer: Arc<StreamConsumer>,
-    membership: Membership,
+    membership: Arc<Membership>,
     sink: Arc<ReadModelSink<W>>,
-    topic: String,
+    topic: Arc<str>,
     max_batch: usize,
     batch_wait: Duration,
     owned: BTreeSet<i32>,
@@ -77,9 +86,9 @@ impl<W: SinkWorkload> Pipeline<W> {
         let consumer: StreamConsumer = consumer_config(&engine.kafka, &source.group_id, "materializer").create()?;
         Ok(Pipeline {
             consumer: Arc::new(consumer),
-            membership,
+            membership: Arc::new(membership),
             sink,
-            topic: source.topic.name.clone(),
+            topic: source.topic.name.as_str().into(),
             max_batch: engine.max_batch,
             batch_wait: engine.batch_wait,
             owned: BTreeSet::new(),
@@ -88,38 +97,70 @@ impl<W: SinkWorkload> Pipeline<W> {
         })
     }
 
-    /// Runs until `token` is cancelled; the batch in hand is written before returning.
+    /// Runs until `token` is cancelled; the write in flight and then the batch
+    /// in hand are written before returning.
+    ///
+    /// One write in flight, the next batch filling meanwhile: a batch is handed
+    /// to a write task once it is full (`max_batch`) or its wait is over, but
+    /// only after the previous write ended (PostgreSQL committed, positions
+    /// stored), so batches reach the stores in the order they were read and a
+    /// partition's stored position only moves forward, each after the rows it
+    /// covers. A full batch stops reading until the write in flight ends.
     ///
     /// # Errors
-    /// Kafka assignment failures.
+    /// Kafka assignment failures, and a permanent [`SinkError`].
     pub async fn run(mut self, token: CancellationToken) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(self.membership.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
+        let mut writing: Option<Write> = None;
+        // Stops a write's retries once shutdown's grace is over (the write task itself never sees `token`).
+        let stop_writes = CancellationToken::new();
         tracing::info!(workload = W::NAME, member = self.membership.member_id(), "joining the materializer group");
         loop {
             let deadline = batch.started.map(|s| s + self.batch_wait);
+            let full = batch.aggregates.len() >= self.max_batch;
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
+                written = async { writing.as_mut().expect("a write in flight").await }, if writing.is_some() => {
+                    writing = None;
+                    if !joined(written)? { break; }
+                }
                 _ = heartbeat.tick() => {
-                    if !self.flush(&mut batch, &token).await? { break; }
-                    self.rebalance().await?;
+                    if let Some(plan) = self.membership.changes(&self.owned).await {
+                        if !self.settle(&mut writing, &mut batch, &plan, &token, &stop_writes).await? { break; }
+                        self.rebalance(plan).await?;
+                    }
                     self.record_lag();
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    if !self.flush(&mut batch, &token).await? { break; }
-                }
-                msg = self.consumer.recv() => {
-                    self.add(&mut batch, msg);
-                    if batch.aggregates.len() >= self.max_batch && !self.flush(&mut batch, &token).await? {
-                        break;
-                    }
-                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && writing.is_none() => {}
+                msg = self.consumer.recv(), if !full => self.add(&mut batch, msg),
+            }
+            let due = batch.aggregates.len() >= self.max_batch
+                || batch.started.is_some_and(|s| s + self.batch_wait <= Instant::now());
+            if writing.is_none() && due {
+                writing = Some(self.start_write(std::mem::take(&mut batch), &stop_writes));
             }
         }
-        // Write what was read; if that is impossible now, it is replayed later.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.flush(&mut batch, &CancellationToken::new())).await;
+        // Finish the write in flight, then write what was read; what cannot be written now is replayed later.
+        let rest = async {
+            let never = CancellationToken::new();
+            if self.finish(&mut writing, &never).await? {
+                let last = self.start_write(std::mem::take(&mut batch), &stop_writes);
+                self.finish(&mut Some(last), &never).await?;
+            }
+            Ok::<_, SinkError>(())
+        };
+        match tokio::time::timeout(SHUTDOWN_WRITE, rest).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(workload = W::NAME, error = %e, "last batches not written; they will be replayed")
+            }
+            Err(_) => tracing::warn!(workload = W::NAME, "last batches not written in time; they will be replayed"),
+        }
+        stop_writes.cancel();
+        drop(writing); // aborts a write still in flight
         if let Err(e) = self.membership.leave().await {
             tracing::warn!(error = %e, "could not release partitions; they will expire");
         }
@@ -127,13 +168,92 @@ impl<W: SinkWorkload> Pipeline<W> {
         Ok(())
     }
 
-    async fn rebalance(&mut self) -> anyhow::Result<()> {
-        let Some(plan) = self.membership.changes(&self.owned).await else { return Ok(()) };
-        // The batch was flushed before the heartbeat: nothing in hand to finish.
+    /// Before partitions change hands, nothing read from them may still be on
+    /// its way: waits for the write in flight, then writes the batch in hand,
+    /// without the positions of the partitions already lost (their rows are
+    /// harmless, the guarded upserts keep the newest input; their positions
+    /// are the next owner's). False if shutdown came first.
+    async fn settle(
+        &self,
+        writing: &mut Option<Write>,
+        batch: &mut Batch<W::Aggregate>,
+        plan: &Plan,
+        token: &CancellationToken,
+        stop_writes: &CancellationToken,
+    ) -> Result<bool, SinkError> {
+        if !self.finish(writing, token).await? {
+            return Ok(false);
+        }
+        for p in &plan.lost {
+            batch.next_offsets.remove(p);
+        }
+        if batch.next_offsets.is_empty() {
+            *batch = Batch::default(); // only lost partitions' records: theirs to replay
+            return Ok(true);
+        }
+        *writing = Some(self.start_write(std::mem::take(batch), stop_writes));
+        self.finish(writing, token).await
+    }
+
+    /// Waits for the write in flight, if any. False if `token` was cancelled
+    /// first (the write stays in flight) or the write was stopped.
+    ///
+    /// # Errors
+    /// The write's permanent [`SinkError`].
+    async fn finish(&self, writing: &mut Option<Write>, token: &CancellationToken) -> Result<bool, SinkError> {
+        let Some(write) = writing.as_mut() else { return Ok(true) };
+        let written = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(false),
+            written = write => written,
+        };
+        *writing = None;
+        joined(written)
+    }
+
+    /// Hands `batch` to a write task: the write (retrying with backoff while
+    /// the stores are unavailable, until `stop`), then its positions. An empty
+    /// batch is written at once.
+    fn start_write(&self, batch: Batch<W::Aggregate>, stop: &CancellationToken) -> Write {
+        let (sink, membership, positions) = (self.sink.clone(), self.membership.clone(), self.positions.clone());
+        let (topic, stop) = (self.topic.clone(), stop.clone());
+        let write = async move {
+            if batch.next_offsets.is_empty() {
+                return Ok(true);
+            }
+            let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
+            let write = || sink.write(&batch.aggregates, &batch.progress);
+            match common::engine::retry::until_cancelled(
+                &stop,
+                policy,
+                "writing read models",
+                write,
+                SinkError::is_retryable,
+            )
+            .await
+            {
+                None => return Ok(false),
+                Some(written) => written?,
+            }
+            metrics::counter!(m::AGGREGATES_CONSUMED, "workload" => W::NAME).increment(batch.aggregates.len() as u64);
+            metrics::counter!(m::BATCHES, "workload" => W::NAME).increment(1);
+            metrics::histogram!(m::BATCH_SIZE, "workload" => W::NAME).record(batch.aggregates.len() as f64);
+            positions.lock().expect("positions lock").extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
+            // Positions after the write: a crash in between only replays this batch.
+            if let Err(e) = membership.commit_offsets(&topic, &batch.next_offsets).await {
+                tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
+            }
+            Ok(true)
+        };
+        AbortOnDropHandle::new(tokio::spawn(write.instrument(tracing::info_span!("write", workload = W::NAME))))
+    }
+
+    /// Applies a heartbeat's plan, once [`Self::settle`]d: nothing in flight or in hand.
+    async fn rebalance(&mut self, plan: Plan) -> anyhow::Result<()> {
         for p in plan.lost.iter().chain(&plan.to_release) {
             self.owned.remove(p);
             if self.stalled.get_mut().expect("stalled lock").remove(p).is_some() {
-                metrics::gauge!(m::PARTITION_STALLED, "topic" => self.topic.clone(), "partition" => p.to_string())
+                metrics::gauge!(m::PARTITION_STALLED, "topic" => self.topic.to_string(), "partition" => p.to_string())
                     .set(0.0);
             }
         }
@@ -228,39 +348,17 @@ impl<W: SinkWorkload> Pipeline<W> {
         batch.next_offsets.insert(partition, offset + 1);
         batch.started.get_or_insert_with(Instant::now);
     }
+}
 
-    /// Writes the batch (retrying with backoff while the stores are unavailable)
-    /// and stores its positions; false if shutdown came first.
-    ///
-    /// # Errors
-    /// A permanent [`SinkError`]: retrying the same batch cannot succeed.
-    async fn flush(&self, batch: &mut Batch<W::Aggregate>, token: &CancellationToken) -> Result<bool, SinkError> {
-        if batch.next_offsets.is_empty() {
-            return Ok(true);
-        }
-        let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
-        let write = || self.sink.write(&batch.aggregates, &batch.progress);
-        match common::engine::retry::until_cancelled(
-            token,
-            policy,
-            "writing read models",
-            write,
-            SinkError::is_retryable,
-        )
-        .await
-        {
-            None => return Ok(false),
-            Some(written) => written?,
-        }
-        metrics::counter!(m::AGGREGATES_CONSUMED, "workload" => W::NAME).increment(batch.aggregates.len() as u64);
-        metrics::counter!(m::BATCHES, "workload" => W::NAME).increment(1);
-        metrics::histogram!(m::BATCH_SIZE, "workload" => W::NAME).record(batch.aggregates.len() as f64);
-        self.positions.lock().expect("positions lock").extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
-        // Positions after the write: a crash in between only replays this batch.
-        if let Err(e) = self.membership.commit_offsets(&self.topic, &batch.next_offsets).await {
-            tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
-        }
-        *batch = Batch::default();
-        Ok(true)
+/// A batch's write task: whether the batch was written (false: stopped by shutdown).
+type Write = AbortOnDropHandle<Result<bool, SinkError>>;
+
+/// What a write task ended with; its panic goes on in the loop.
+fn joined(written: Result<Result<bool, SinkError>, tokio::task::JoinError>) -> Result<bool, SinkError> {
+    match written {
+        Ok(written) => written,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Aborted only by dropping its handle, which is then not awaited.
+        Err(e) => unreachable!("a write awaited after it was aborted: {e}"),
     }
 }
