@@ -28,6 +28,18 @@ use common::engine::kafka::partition_for;
 /// A record counts for its [`Aggregation::weight`] (the items of a batch).
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
+/// Records a partition with no checkpoint in flight may read past its last
+/// committed checkpoint before its next checkpoint starts at once, whatever
+/// the loop's timers (the backlog's longer interval, the emit pacing): half
+/// the bound. Half, because a checkpoint runs beside the loop, one at a time
+/// per partition: the one started here covers half the bound, and the
+/// partition goes on reading the other half while it commits, so reading
+/// stops at [`MAX_PENDING_RECORDS`] only if committing a checkpoint takes
+/// longer than reading as many records as it holds. Earlier would make a
+/// backlog's checkpoints smaller and more of them (each re-sends its
+/// changed keys' whole records); later would leave less to read meanwhile.
+pub const CHECKPOINT_AT_PENDING_RECORDS: usize = MAX_PENDING_RECORDS / 2;
+
 /// The skip reason of a record already in the restored state.
 pub const REPLAYED: Skip = Skip("replayed");
 /// The skip reason of a record keyed for another partition.
@@ -77,8 +89,9 @@ pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     /// Outbox rows up to this input offset are in the log (their Kafka
     /// transaction committed): the next checkpoint deletes them.
     pub(crate) outbox_through: Option<i64>,
-    /// Records read since the last committed checkpoint: the loop checkpoints
-    /// at [`MAX_PENDING_RECORDS`] and reads no more until one commits.
+    /// Records read since the last committed checkpoint: the loop starts a
+    /// checkpoint at [`CHECKPOINT_AT_PENDING_RECORDS`] (if none is in flight)
+    /// and reads no more at [`MAX_PENDING_RECORDS`] until one commits.
     pub(crate) pending_records: usize,
 }
 
@@ -102,6 +115,12 @@ impl<S, P: TxnProducer> OwnedPartition<S, P> {
     /// True when the partition must checkpoint before it reads more.
     pub fn is_full(&self) -> bool {
         self.pending_records >= MAX_PENDING_RECORDS
+    }
+
+    /// True when the partition's next checkpoint is due at once (if none is
+    /// in flight: then every pending record is one it would write).
+    pub fn is_due(&self) -> bool {
+        self.pending_records >= CHECKPOINT_AT_PENDING_RECORDS
     }
 
     /// What the loop does with one fetched record of this partition: ignores
