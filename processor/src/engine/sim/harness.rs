@@ -21,7 +21,8 @@
 //! holder's next heartbeat or taken behind its back (the former holder goes
 //! on as a zombie until a heartbeat or a fence stops it); a stalled
 //! transaction goes on; the next store or log transaction fails (before
-//! commit, after it with the reply lost, or stalls). Then the run quiesces
+//! commit, after it with the reply lost) or stalls (a checkpoint's store
+//! commit, a log transaction: pending until a later step lets it go on). Then the run quiesces
 //! (no faults, every instance up, rounds of heartbeats, deliveries and
 //! checkpoints until nothing is written) and the read model — per aggregate
 //! key, the committed record with the highest input offset, the
@@ -136,7 +137,10 @@ pub struct Counts {
     pub log_faults: u32,
     pub claims: u32,
     pub checkpoints: u32,
+    /// Log transactions stalled.
     pub stalls: u32,
+    /// Checkpoint commits stalled in the store.
+    pub store_stalls: u32,
     pub redeliveries: u32,
     pub failed_heartbeats: u32,
     pub retries: u32,
@@ -153,6 +157,7 @@ impl Counts {
         self.claims += o.claims;
         self.checkpoints += o.checkpoints;
         self.stalls += o.stalls;
+        self.store_stalls += o.store_stalls;
         self.redeliveries += o.redeliveries;
         self.failed_heartbeats += o.failed_heartbeats;
         self.retries += o.retries;
@@ -374,11 +379,18 @@ impl<W: Simulated> Sim<W> {
                 self.fire(i, Timer::Checkpoint)?;
             }
             680..740 => {
-                let stalled = self.log.stalled();
-                if stalled > 0 {
-                    let k = self.rng.random_range(0..stalled);
-                    self.trace(|| format!("stalled transaction {k} of {stalled} goes on"));
-                    self.log.release_stalled(k);
+                // One of the stalled: the log's transactions, then the store's commits.
+                let (in_log, in_store) = (self.log.stalled(), self.store.stalled());
+                if in_log + in_store > 0 {
+                    let k = self.rng.random_range(0..in_log + in_store);
+                    if k < in_log {
+                        self.trace(|| format!("stalled log transaction {k} of {in_log} goes on"));
+                        self.log.release_stalled(k);
+                    } else {
+                        let k = k - in_log;
+                        self.trace(|| format!("stalled store commit {k} of {in_store} goes on"));
+                        self.store.release_stalled(k);
+                    }
                     self.poll_all()?;
                 }
             }
@@ -437,7 +449,14 @@ impl<W: Simulated> Sim<W> {
             }
             940..965 => {
                 self.counts.store_faults += 1;
-                let fault = if self.rng.random_bool(0.6) { StoreFault::Fail } else { StoreFault::LostReply };
+                let fault = match self.rng.random_range(0..10) {
+                    0..4 => StoreFault::Fail,
+                    4..7 => StoreFault::LostReply,
+                    _ => StoreFault::Stall,
+                };
+                if fault == StoreFault::Stall {
+                    self.counts.store_stalls += 1;
+                }
                 self.trace(|| format!("next store transaction: {fault:?}"));
                 self.store.inject(Some(fault));
             }
@@ -484,8 +503,12 @@ impl<W: Simulated> Sim<W> {
         self.append(usize::MAX);
         for _ in 0..20 {
             let before = self.fingerprint();
-            while self.log.stalled() > 0 {
-                self.log.release_stalled(0);
+            while self.log.stalled() + self.store.stalled() > 0 {
+                if self.log.stalled() > 0 {
+                    self.log.release_stalled(0);
+                } else {
+                    self.store.release_stalled(0);
+                }
                 self.poll_all()?;
             }
             for i in 0..self.instances.len() {
@@ -507,7 +530,7 @@ impl<W: Simulated> Sim<W> {
             for i in 0..self.instances.len() {
                 self.fire(i, Timer::Checkpoint)?;
             }
-            if self.fingerprint() == before && self.log.stalled() == 0 && self.settled() {
+            if self.fingerprint() == before && self.log.stalled() + self.store.stalled() == 0 && self.settled() {
                 return Ok(());
             }
         }
