@@ -40,6 +40,35 @@ pub const MAX_PENDING_RECORDS: usize = 50_000;
 /// changed keys' whole records); later would leave less to read meanwhile.
 pub const CHECKPOINT_AT_PENDING_RECORDS: usize = MAX_PENDING_RECORDS / 2;
 
+#[cfg(any(test, feature = "sim"))]
+thread_local! {
+    static PENDING_BOUND: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The pending records at which a checkpoint is due, and the bound: the
+/// constants, or the smaller bound (and its half) set on this thread by
+/// [`bound_pending`] (simulation only).
+#[cfg(any(test, feature = "sim"))]
+fn pending_bounds() -> (usize, usize) {
+    PENDING_BOUND
+        .with(std::cell::Cell::get)
+        .map_or((CHECKPOINT_AT_PENDING_RECORDS, MAX_PENDING_RECORDS), |max| (max / 2, max))
+}
+
+#[cfg(not(any(test, feature = "sim")))]
+#[inline(always)]
+const fn pending_bounds() -> (usize, usize) {
+    (CHECKPOINT_AT_PENDING_RECORDS, MAX_PENDING_RECORDS)
+}
+
+/// Sets the bound of pending records on this thread (`None`: [`MAX_PENDING_RECORDS`]),
+/// a checkpoint being due at half of it: the simulation's runs (at most 150
+/// events) reach a bound of a few records, not 50,000.
+#[cfg(any(test, feature = "sim"))]
+pub fn bound_pending(max: Option<usize>) {
+    PENDING_BOUND.with(|b| b.set(max));
+}
+
 /// The skip reason of a record already in the restored state.
 pub const REPLAYED: Skip = Skip("replayed");
 /// The skip reason of a record keyed for another partition.
@@ -114,13 +143,13 @@ impl<S, P: TxnProducer> OwnedPartition<S, P> {
 
     /// True when the partition must checkpoint before it reads more.
     pub fn is_full(&self) -> bool {
-        self.pending_records >= MAX_PENDING_RECORDS
+        self.pending_records >= pending_bounds().1
     }
 
     /// True when the partition's next checkpoint is due at once (if none is
     /// in flight: then every pending record is one it would write).
     pub fn is_due(&self) -> bool {
-        self.pending_records >= CHECKPOINT_AT_PENDING_RECORDS
+        self.pending_records >= pending_bounds().0
     }
 
     /// What the loop does with one fetched record of this partition: ignores

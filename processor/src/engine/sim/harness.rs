@@ -53,6 +53,7 @@ use super::io::{Control, Leases, SimClock, SimIo, SimMembers, SimSource};
 use super::{LogFault, MemLog, MemStore, StoreFault};
 use crate::engine::emitter::AggregateEmitter;
 use crate::engine::io::Timer;
+use crate::engine::partition::bound_pending;
 use crate::engine::plant;
 use crate::engine::{Aggregation, Emit, Parts, Planted, Processor, ProcessorError, ProcessorSettings};
 
@@ -661,16 +662,29 @@ pub fn run_seed<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String
     run_seed_quietly::<W>(seed, false)
 }
 
+/// The bound of pending records a seed's partitions run with: half the
+/// seeds keep the engine's (50,000: never reached in a run), half draw one
+/// of 2–32 records, so that checkpoints start at half of it and partitions
+/// stop reading at it ([`bound_pending`]). Drawn from a generator of its own:
+/// the seed's steps are those it drew before bounds were.
+fn pending_bound(seed: u64) -> Option<usize> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_b0d5);
+    rng.random_bool(0.5).then(|| rng.random_range(2..=32))
+}
+
 fn run_seed_quietly<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
+    let bound = pending_bound(seed);
+    bound_pending(bound);
     let mut sim = Sim::<W>::new(seed, verbose);
     let events: Vec<(i32, W::Event)> = sim.pending.iter().cloned().collect();
     if verbose {
         eprintln!(
-            "{} seed {seed}: {} partitions, {} instances, {} events",
+            "{} seed {seed}: {} partitions, {} instances, {} events, pending records bound {}",
             W::NAME,
             sim.partitions,
             sim.instances.len(),
-            events.len()
+            events.len(),
+            bound.map_or_else(|| "50,000".to_owned(), |b| b.to_string()),
         );
     }
     for _ in 0..STEPS {
@@ -684,8 +698,10 @@ fn run_seed_quietly<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, St
 
 /// Runs `seed`, turning a panic (an engine assertion) into a failure.
 fn run_caught<W: Simulated>(seed: u64, verbose: bool) -> Result<Counts, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| run_seed::<W>(seed, verbose)))
-        .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")))
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| run_seed::<W>(seed, verbose)))
+        .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")));
+    bound_pending(None);
+    result
 }
 
 /// The seeds among `seeds` that fail with `bug` planted, run on a few threads.
@@ -753,10 +769,12 @@ pub fn catches<W: Simulated>(bugs: &[Planted]) {
     }
 }
 
-/// How many of `SIM_SEEDS` (1,000) seeds catch each planted bug (docs/architecture.md).
+/// How many of `SIM_SEEDS` (1,000) seeds catch each planted bug
+/// (docs/architecture.md); `SIM_BUG=<name>` measures only that one.
 pub fn catch_rates<W: Simulated>() {
     let seeds = env_u64("SIM_SEEDS").unwrap_or(1000);
-    for bug in BUGS {
+    let only = std::env::var("SIM_BUG").ok();
+    for bug in BUGS.into_iter().filter(|bug| only.as_ref().is_none_or(|name| *name == format!("{bug:?}"))) {
         let failed = failing_seeds::<W>(0..seeds, Some(bug)).0;
         let first = failed.first().map(|(seed, e)| format!("first seed {seed}: {}", e.lines().next().unwrap_or("")));
         eprintln!("{bug:?} {}: {} of {seeds} seeds fail; {}", W::NAME, failed.len(), first.unwrap_or_default());
