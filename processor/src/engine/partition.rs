@@ -28,6 +28,47 @@ use common::engine::kafka::partition_for;
 /// A record counts for its [`Aggregation::weight`] (the items of a batch).
 pub const MAX_PENDING_RECORDS: usize = 50_000;
 
+/// Records a partition with no checkpoint in flight may read past its last
+/// committed checkpoint before its next checkpoint starts at once, whatever
+/// the loop's timers (the backlog's longer interval, the emit pacing): half
+/// the bound. Half, because a checkpoint runs beside the loop, one at a time
+/// per partition: the one started here covers half the bound, and the
+/// partition goes on reading the other half while it commits, so reading
+/// stops at [`MAX_PENDING_RECORDS`] only if committing a checkpoint takes
+/// longer than reading as many records as it holds. Earlier would make a
+/// backlog's checkpoints smaller and more of them (each re-sends its
+/// changed keys' whole records); later would leave less to read meanwhile.
+pub const CHECKPOINT_AT_PENDING_RECORDS: usize = MAX_PENDING_RECORDS / 2;
+
+#[cfg(any(test, feature = "sim"))]
+thread_local! {
+    static PENDING_BOUND: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The pending records at which a checkpoint is due, and the bound: the
+/// constants, or the smaller bound (and its half) set on this thread by
+/// [`bound_pending`] (simulation only).
+#[cfg(any(test, feature = "sim"))]
+fn pending_bounds() -> (usize, usize) {
+    PENDING_BOUND
+        .with(std::cell::Cell::get)
+        .map_or((CHECKPOINT_AT_PENDING_RECORDS, MAX_PENDING_RECORDS), |max| (max / 2, max))
+}
+
+#[cfg(not(any(test, feature = "sim")))]
+#[inline(always)]
+const fn pending_bounds() -> (usize, usize) {
+    (CHECKPOINT_AT_PENDING_RECORDS, MAX_PENDING_RECORDS)
+}
+
+/// Sets the bound of pending records on this thread (`None`: [`MAX_PENDING_RECORDS`]),
+/// a checkpoint being due at half of it: the simulation's runs (at most 150
+/// events) reach a bound of a few records, not 50,000.
+#[cfg(any(test, feature = "sim"))]
+pub fn bound_pending(max: Option<usize>) {
+    PENDING_BOUND.with(|b| b.set(max));
+}
+
 /// The skip reason of a record already in the restored state.
 pub const REPLAYED: Skip = Skip("replayed");
 /// The skip reason of a record keyed for another partition.
@@ -77,8 +118,9 @@ pub struct OwnedPartition<S, P: TxnProducer = KafkaProducer> {
     /// Outbox rows up to this input offset are in the log (their Kafka
     /// transaction committed): the next checkpoint deletes them.
     pub(crate) outbox_through: Option<i64>,
-    /// Records read since the last committed checkpoint: the loop checkpoints
-    /// at [`MAX_PENDING_RECORDS`] and reads no more until one commits.
+    /// Records read since the last committed checkpoint: the loop starts a
+    /// checkpoint at [`CHECKPOINT_AT_PENDING_RECORDS`] (if none is in flight)
+    /// and reads no more at [`MAX_PENDING_RECORDS`] until one commits.
     pub(crate) pending_records: usize,
 }
 
@@ -101,7 +143,13 @@ impl<S, P: TxnProducer> OwnedPartition<S, P> {
 
     /// True when the partition must checkpoint before it reads more.
     pub fn is_full(&self) -> bool {
-        self.pending_records >= MAX_PENDING_RECORDS
+        self.pending_records >= pending_bounds().1
+    }
+
+    /// True when the partition's next checkpoint is due at once (if none is
+    /// in flight: then every pending record is one it would write).
+    pub fn is_due(&self) -> bool {
+        self.pending_records >= pending_bounds().0
     }
 
     /// What the loop does with one fetched record of this partition: ignores

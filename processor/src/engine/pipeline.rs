@@ -256,9 +256,10 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         let source = self.source.clone();
         let (mut backlogged, mut last_checkpoint) = (false, self.clock.now());
         loop {
-            // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint:
-            // checkpoint before reading more (bounds a checkpoint, and the state's growth
-            // while PostgreSQL fails).
+            // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint
+            // reads no more until one commits (bounds a checkpoint, and the state's growth
+            // while PostgreSQL fails). Its checkpoint started at half that (`is_due`), so
+            // this stop is hit only when a checkpoint commits slower than records arrive.
             let full = self.owned.values().any(OwnedPartition::is_full);
             // Biased: the branches are polled in this order, never at random, so
             // that a simulated run is a function of its seed.
@@ -269,11 +270,10 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                     let p = done.partition();
                     self.on_finished(started, done).await?;
                     let now = self.clock.now();
-                    if self.owned.values().any(OwnedPartition::is_full) {
-                        // A full partition reads nothing until its next checkpoint commits: at once.
-                        self.start_checkpoints()?;
-                        last_checkpoint = now;
-                    } else if last_checkpoint > started && !self.holds_back(now, last_checkpoint, backlogged) {
+                    // What the partition read while this one was in flight may make its next one
+                    // due at once (or a failed one's records still pending).
+                    self.start_due_checkpoints();
+                    if last_checkpoint > started && !self.holds_back(now, last_checkpoint, backlogged) {
                         // A round began while this one was in flight, and skipped the partition:
                         // its next checkpoint starts now rather than at the next tick.
                         self.start_checkpoint(p);
@@ -281,9 +281,11 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                 }
                 _ = tick.tick() => {
                     let now = self.clock.now();
-                    if full || !self.holds_back(now, last_checkpoint, backlogged) {
+                    if !self.holds_back(now, last_checkpoint, backlogged) {
                         self.start_checkpoints()?;
                         last_checkpoint = now;
+                    } else {
+                        self.start_due_checkpoints();
                     }
                 }
                 _ = heartbeat.tick() => self.rebalance(token).await?,
@@ -305,10 +307,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                         }
                         m::record_input_age(W::NAME, "read", std::mem::take(&mut self.read_newest_ms));
                         self.publish_replies();
-                        if self.owned.values().any(OwnedPartition::is_full) {
-                            self.start_checkpoints()?;
-                            last_checkpoint = self.clock.now();
-                        }
+                        self.start_due_checkpoints();
                     }
                     None => break,
                 },
@@ -528,6 +527,19 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             self.start_checkpoint(p);
         }
         Ok(())
+    }
+
+    /// Starts the checkpoint of every partition that is due
+    /// ([`OwnedPartition::is_due`]: half the bound of pending records read)
+    /// and has none in flight, whatever the round's timers: under a backlog
+    /// it commits while the partition reads on, so that the partition rarely
+    /// reaches the bound, where it stops reading.
+    fn start_due_checkpoints(&mut self) {
+        let due: Vec<i32> = self.owned.iter().filter(|(_, o)| o.is_due()).map(|(p, _)| *p).collect();
+        for p in due {
+            // Skipped if one is in flight: the next starts when it ends, if still due.
+            self.start_checkpoint(p);
+        }
     }
 
     /// Starts a checkpoint of `partition` if it has something to write

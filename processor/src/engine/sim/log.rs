@@ -5,11 +5,11 @@
 //! an aborted one's never.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use super::stall::Stalls;
 use crate::engine::emitter::{EmitError, Log, TxnProducer};
 use crate::engine::{planted, Emit, Planted};
 
@@ -23,21 +23,6 @@ pub enum LogFault {
     /// It is held up on its way to the broker: the emit stays in flight
     /// (its future pending) until the test releases it ([`MemLog::release_stalled`]).
     Stall,
-}
-
-/// A transaction held up in the network: pending until released.
-struct Stalled(Arc<AtomicBool>);
-
-impl std::future::Future for Stalled {
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.0.load(Ordering::Relaxed) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
 }
 
 /// A record of the events topic.
@@ -64,9 +49,8 @@ struct Topics {
     /// The current producer epoch of each events partition's transactional id.
     epochs: BTreeMap<i32, u64>,
     fault: Option<LogFault>,
-    /// The gates of stalled transactions, in stall order (a dropped
-    /// transaction's gate is held here only).
-    stalled: Vec<Arc<AtomicBool>>,
+    /// Stalled transactions, in stall order.
+    stalled: Stalls,
     /// Transactions committed, aborted and fenced, for the run's summary.
     committed: u64,
     aborted: u64,
@@ -143,17 +127,12 @@ impl MemLog {
 
     /// Transactions stalled and still awaited by someone, in stall order.
     pub fn stalled(&self) -> usize {
-        let mut topics = self.lock();
-        // Released, or dropped with the future that awaited it (a crashed instance's).
-        topics.stalled.retain(|gate| Arc::strong_count(gate) > 1 && !gate.load(Ordering::Relaxed));
-        topics.stalled.len()
+        self.lock().stalled.pending()
     }
 
     /// Lets the `k`th stalled transaction ([`stalled`](Self::stalled)) go on when next polled.
     pub fn release_stalled(&self, k: usize) {
-        let mut topics = self.lock();
-        let gate = topics.stalled.remove(k);
-        gate.store(true, Ordering::Relaxed);
+        self.lock().stalled.release(k);
     }
 }
 
@@ -193,13 +172,11 @@ impl TxnProducer for MemProducer {
             let mut topics = self.log.lock();
             (topics.fault == Some(LogFault::Stall)).then(|| {
                 topics.fault = None;
-                let gate = Arc::new(AtomicBool::new(false));
-                topics.stalled.push(gate.clone());
-                gate
+                topics.stalled.hold()
             })
         };
-        if let Some(gate) = stall {
-            Stalled(gate).await;
+        if let Some(stalled) = stall {
+            stalled.await;
         }
         let mut topics = self.log.lock();
         topics.sent.extend(records.iter().cloned());

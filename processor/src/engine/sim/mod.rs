@@ -21,6 +21,7 @@
 
 mod io;
 mod log;
+mod stall;
 mod store;
 
 pub mod harness;

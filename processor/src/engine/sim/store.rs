@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use common::engine::pg::PgError;
 use common::engine::store::{Row, Value};
 
+use super::stall::Stalls;
 use crate::engine::state_store::{
     claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
 };
@@ -20,6 +21,11 @@ pub enum StoreFault {
     Fail,
     /// It commits, but the caller hears an error (a connection lost during COMMIT).
     LostReply,
+    /// A checkpoint's commit is held up on its way to the server: it stays
+    /// in flight (its future pending) until the test releases it
+    /// ([`MemStore::release_stalled`]), then runs (and may be fenced, or hit
+    /// a fault injected meanwhile). A claim leaves it to the next commit.
+    Stall,
 }
 
 type PartitionKey = (String, i32);
@@ -51,6 +57,8 @@ struct Tables {
 struct Shared {
     tables: Tables,
     fault: Option<StoreFault>,
+    /// Checkpoint commits stalled, in stall order.
+    stalled: Stalls,
     /// Claims begun, and checkpoints refused for an older epoch, for the run's summary.
     claims: u64,
     checkpoints: u64,
@@ -101,6 +109,16 @@ impl MemStore {
         (rows, shared.tables.bulk_active.get(table.table).copied())
     }
 
+    /// Checkpoint commits stalled and still awaited by someone, in stall order.
+    pub fn stalled(&self) -> usize {
+        self.lock().stalled.pending()
+    }
+
+    /// Lets the `k`th stalled commit ([`stalled`](Self::stalled)) go on when next polled.
+    pub fn release_stalled(&self, k: usize) {
+        self.lock().stalled.release(k);
+    }
+
     /// Bumped by every commit: unchanged means nothing was written.
     pub fn version(&self) -> u64 {
         self.lock().tables.version
@@ -110,10 +128,11 @@ impl MemStore {
         self.shared.lock().expect("no panic while the tables are held")
     }
 
-    /// A transaction on a copy of the tables, and the fault it is to hit (if `faulty`).
+    /// A transaction on a copy of the tables, and the fault it is to hit (if
+    /// `faulty`; a stall is a checkpoint commit's, taken before it begins).
     fn begin(&self, faulty: bool) -> (MemTx, Option<StoreFault>) {
         let mut shared = self.lock();
-        let fault = if faulty { shared.fault.take() } else { None };
+        let fault = if faulty && shared.fault != Some(StoreFault::Stall) { shared.fault.take() } else { None };
         (MemTx { tables: shared.tables.clone() }, fault)
     }
 
@@ -161,6 +180,17 @@ impl Store for MemStore {
         cp: EngineCheckpoint<'_>,
         changes: Option<&W::Changes>,
     ) -> Result<Committed<W::Receipt>, StoreError> {
+        let stall = {
+            let mut shared = self.lock();
+            (shared.fault == Some(StoreFault::Stall)).then(|| {
+                shared.fault = None;
+                shared.stalled.hold()
+            })
+        };
+        if let Some(stalled) = stall {
+            // Held up before the server began it: a claim meanwhile fences it.
+            stalled.await;
+        }
         let scope = Scope { topic: &self.topic, partition };
         if planted(Planted::PositionBeforeState) {
             // The bug: the position commits on its own, then the rest (which may fail).
@@ -541,5 +571,45 @@ mod tests {
             Some(4),
             "committed, though the caller heard an error"
         );
+    }
+
+    #[test]
+    fn a_stalled_commit_waits_for_its_release_and_a_claim_meanwhile_fences_it() {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let new_ids = HashMap::new();
+        let id_chunks = HashMap::new();
+        let cp = |next_offset, epoch| EngineCheckpoint {
+            position: Position { next_offset, watermark_ms: 0 },
+            epoch,
+            new_ids: &new_ids,
+            closed_id_hours: &[],
+            id_chunks: &id_chunks,
+            emits: &[],
+            emitted_through: None,
+        };
+        let store = MemStore::new("events");
+        block_on(store.claim(&Stateless, 0, 0)).expect("claimed");
+
+        store.inject(Some(StoreFault::Stall));
+        let mut commit = std::pin::pin!(store.commit(&Stateless, 0, cp(3, 1), None));
+        assert!(commit.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(store.stalled(), 1);
+        assert!(commit.as_mut().poll(&mut cx).is_pending(), "pending until released");
+        store.release_stalled(0);
+        assert!(matches!(commit.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(_))));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(3));
+
+        // A claim does not take the stall: the next commit does, and the claim's epoch fences it.
+        store.inject(Some(StoreFault::Stall));
+        assert_eq!(block_on(store.claim(&Stateless, 0, 0)).expect("claimed again").epoch, 2);
+        assert_eq!(store.stalled(), 0);
+        let mut zombie = std::pin::pin!(store.commit(&Stateless, 0, cp(5, 2), None));
+        assert!(zombie.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(block_on(store.claim(&Stateless, 0, 0)).expect("claimed meanwhile").epoch, 3);
+        store.release_stalled(0);
+        assert!(matches!(zombie.as_mut().poll(&mut cx), std::task::Poll::Ready(Err(StoreError::Fenced(0)))));
+        assert_eq!(store.partition(0).map(|(_, p)| p.next_offset), Some(3), "the zombie wrote nothing");
+        assert_eq!(store.stalled(), 0);
     }
 }
