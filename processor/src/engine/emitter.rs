@@ -33,7 +33,12 @@ const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A short attempt at opening a partition's producer ([`KafkaLog::open`]): an
 /// unrefused `init_transactions` on a local broker takes 10-110 ms.
 const INIT_QUICK: Duration = Duration::from_millis(150);
-const INIT_QUICK_ATTEMPTS: usize = 3;
+/// How long short attempts go on before one waits the full [`TXN_CALL_TIMEOUT`]:
+/// the coordinator's abort of a killed owner's transaction took up to about a
+/// second on the loaded 2-core machine.
+const INIT_QUICK_FOR: Duration = Duration::from_secs(3);
+/// How much longer each short attempt is than the one before it.
+const INIT_QUICK_STEP: Duration = Duration::from_millis(50);
 /// Records per Kafka transaction at most: one transaction stays far below the
 /// producer's queue and commits well within the transaction timeout.
 pub const MAX_TXN_RECORDS: usize = 10_000;
@@ -174,13 +179,20 @@ impl Log for KafkaLog {
     async fn open(&self, partition: i32) -> Result<KafkaProducer, EmitError> {
         let mut config = self.config.clone();
         config.set("transactional.id", format!("{}.{partition}", self.id_prefix));
-        // A former owner killed mid-transaction: the coordinator refuses the first
-        // InitProducerId (CONCURRENT_TRANSACTIONS) while it aborts that transaction, and
-        // librdkafka asks again only after a fixed 500 ms (rdkafka_idempotence.c, the PID
-        // timer; no setting), which was half of a measured failover. A fresh client asks at
-        // once: so a few short attempts first, each on a new producer, then the full wait.
+        // A former owner killed mid-transaction: the coordinator refuses InitProducerId
+        // (CONCURRENT_TRANSACTIONS) until it has aborted that transaction, and librdkafka
+        // asks again only after a fixed 500 ms (rdkafka_idempotence.c, the PID timer; no
+        // setting), or fails the call with that error: measured, each was half of a slow
+        // failover (chaos row 20: one claim failed so, waited for the next heartbeat, then
+        // opened 1.2 s later). A fresh client asks at once: so short attempts, each on a new
+        // producer, for as long as the coordinator refuses, then the full wait.
         let started = std::time::Instant::now();
-        for (attempt, timeout) in [INIT_QUICK; INIT_QUICK_ATTEMPTS].into_iter().chain([TXN_CALL_TIMEOUT]).enumerate() {
+        let mut attempt: u32 = 0;
+        loop {
+            let quick = started.elapsed() < INIT_QUICK_FOR;
+            // Each attempt a little longer: on a busy machine a fresh producer's connection
+            // alone may outlast the first ones, and an open that is only slow must still land.
+            let timeout = if quick { INIT_QUICK + INIT_QUICK_STEP * attempt } else { TXN_CALL_TIMEOUT };
             let config = config.clone();
             let (producer, opened) = blocking(partition, move || {
                 let producer: FutureProducer = config.create()?;
@@ -194,21 +206,16 @@ impl Log for KafkaLog {
                     tracing::debug!(partition, attempt, took_ms, "transactional producer open");
                     return Ok(KafkaProducer { producer, topic: self.topic.clone(), partition });
                 }
-                Err(e) if timeout < TXN_CALL_TIMEOUT && timed_out(&e) => {
-                    tracing::info!(
-                        partition,
-                        attempt,
-                        took_ms,
-                        "init_transactions refused or slow; a fresh producer asks again"
-                    );
+                Err(e) if quick && (timed_out(&e) || refused_for_now(&e)) => {
+                    tracing::info!(partition, attempt, took_ms, error = %e, "init_transactions refused or slow; a fresh producer asks again");
                     // Destroying a client blocks until its threads end (tens to hundreds
                     // of ms): off the claim's path, so the next attempt starts at once.
                     tokio::task::spawn_blocking(move || drop(producer));
+                    attempt += 1;
                 }
                 Err(e) => return Err(classify(partition, e)),
             }
         }
-        unreachable!("the last attempt returns")
     }
 
     fn reply(&self, replies: Vec<Emit>) {
@@ -360,6 +367,13 @@ where
     F: FnOnce() -> Result<T, KafkaError> + Send + 'static,
 {
     tokio::task::spawn_blocking(f).await.expect("transaction call does not panic").map_err(|e| classify(partition, e))
+}
+
+/// The coordinator refused for now (e.g. CONCURRENT_TRANSACTIONS while it
+/// aborts a former owner's transaction): asking again will do.
+fn refused_for_now(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(e) if e.is_retriable())
+        || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::ConcurrentTransactions)
 }
 
 /// librdkafka's own time limit on a call ran out (not the broker's answer).
