@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use deadpool_postgres::Pool;
 use common::engine::config::PgConfig;
 use common::engine::pg::{self, Migration};
+use deadpool_postgres::Pool;
 use processor::engine::state_store::{StateStore, Store};
 use widgets::processor::Widgets;
 use widgets::state::IdPolicy;
