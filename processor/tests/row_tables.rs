@@ -35,7 +35,7 @@ fn row(i: u32) -> Row {
         .with("n", Value::BigInt(i64::MIN + i64::from(i)))
         .with("small", Value::Int(-(i as i32)))
         .with("amount", Value::Text(format!("{i}.50")))
-        .with("label", Value::Text(if i % 2 == 0 { String::new() } else { format!("é 'label' {i}") }))
+        .with("label", Value::Text(if i.is_multiple_of(2) { String::new() } else { format!("é 'label' {i}") }))
         .with("blob", Value::Bytes(i.to_le_bytes().to_vec()))
 }
 
