@@ -100,20 +100,51 @@ async fn run(args: &Args, pg: &PgConfig, pool: &Pool) -> anyhow::Result<()> {
     let store = StateStore::new(pool.clone(), TOPIC.into());
     let workload = Widgets::new(IdPolicy::new(RETENTION_MS));
     for i in 1..=args.claims {
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_ms());
         let claimed = store.claim(&workload, 0, RETENTION_MS).await?;
-        let took = started.elapsed();
+        let (took, cpu) = (started.elapsed(), cpu_ms() - cpu);
         let restored = claimed.state.graph().len();
         anyhow::ensure!(restored as i64 == args.widgets, "restored {restored} widgets of {}", args.widgets);
         println!(
-            "claim {i}: epoch {}, {restored} widgets in {} ms, {:.0} rows/s, VmHWM {} KiB",
+            "claim {i}: epoch {}, {restored} widgets in {} ms ({cpu} ms of this process's CPU), {:.0} rows/s, VmHWM {} KiB",
             claimed.epoch,
             took.as_millis(),
             restored as f64 / took.as_secs_f64(),
             vm_hwm_kib()
         );
     }
+    // The same binary copy drained without decoding: what PostgreSQL and the wire take alone.
+    let mut client = pool.get().await?;
+    let (started, cpu) = (Instant::now(), cpu_ms());
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    let sql = format!(
+        "COPY (SELECT serial, name, ports, slot0, slot1, slot2 FROM processor_widgets
+               WHERE topic = '{TOPIC}' AND partition = 0) TO STDOUT (FORMAT binary)"
+    );
+    let copy = tx.copy_out(sql.as_str()).await?;
+    let mut copy = std::pin::pin!(copy);
+    let mut bytes = 0;
+    while let Some(piece) = futures::TryStreamExt::try_next(&mut copy).await? {
+        bytes += piece.len();
+    }
+    tx.commit().await?;
+    println!(
+        "the copy alone (drained, not decoded): {} ms ({} ms of this process's CPU), {:.1} MB",
+        started.elapsed().as_millis(),
+        cpu_ms() - cpu,
+        bytes as f64 / 1e6
+    );
     Ok(())
+}
+
+/// This process's CPU time so far (user and system, `/proc/self/stat`, in clock ticks of 10 ms), 0 where there is none.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) * 10
 }
 
 /// This process's peak resident memory (`VmHWM` of `/proc/self/status`), 0 where there is none.
