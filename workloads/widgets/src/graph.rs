@@ -170,9 +170,7 @@ impl Graph {
     /// checks a history without panicking.
     pub fn apply(&mut self, change: &Change) {
         match change {
-            Change::Created { serial, name, ports } => {
-                self.insert(serial, name, *ports);
-            }
+            Change::Created { serial, name, ports } => self.insert(serial, name, *ports),
             Change::Deleted { serial, freed } => self.remove(serial, freed),
             Change::Associated { serial, with, port } => {
                 let (a, b) = (self.expect_id(serial), self.expect_id(with));
@@ -335,8 +333,7 @@ impl Graph {
         &self.text[start..start + usize::from(n.name_len)]
     }
 
-    /// Adds a widget that is not in the graph; returns its id.
-    fn insert(&mut self, serial: &Serial, name: &Name, ports: Ports) -> Id {
+    fn insert(&mut self, serial: &Serial, name: &Name, ports: Ports) {
         debug_assert!(self.find(serial.as_str()).is_none(), "a change decided on this graph: `{serial}` exists");
         let node = Node {
             text: self.text.len() as u64,
@@ -361,7 +358,6 @@ impl Graph {
         let Graph { nodes, index, hasher, text, .. } = self;
         index.insert_unique(hasher.hash_one(serial.as_str()), id, |&id| hasher.hash_one(serial_of(nodes, text, id)));
         self.live += 1;
-        id
     }
 
     fn remove(&mut self, serial: &Serial, freed: &[Association]) {
@@ -425,8 +421,8 @@ impl GraphBuilder {
         if self.graph.find(w.serial.as_str()).is_some() {
             return Err(format!("`{}` is stored twice", w.serial));
         }
-        // The id from the insert: a second lookup of every restored serial was a tenth of a restore's time.
-        let id = self.graph.insert(&w.serial, &w.name, w.ports);
+        self.graph.insert(&w.serial, &w.name, w.ports);
+        let id = self.graph.find(w.serial.as_str()).expect("just inserted");
         for (slot, partner) in w.slots.into_iter().enumerate() {
             if let Some(partner) = partner {
                 if slot >= w.ports.len() {
