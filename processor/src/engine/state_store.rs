@@ -18,7 +18,8 @@ use std::future::Future;
 
 use common::engine::pg::PgError;
 use deadpool_postgres::{Pool, Transaction};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyOutRow;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
@@ -30,8 +31,8 @@ use common::engine::store::{Column, ColumnType, Row, Value};
 /// uses several): each statement stays well within the statement timeout.
 pub const ROWS_PER_STATEMENT: usize = 10_000;
 
-/// Rows a claim reads per fetch from a workload's row table.
-const RESTORE_PAGE: i32 = 100_000;
+/// Rows a claim hands to the workload's restore at a time ([`StateTx::read_rows`]).
+const RESTORE_CHUNK: usize = 10_000;
 
 /// Bytes of `COPY` text sent as one message of a copy ([`StateTx::copy_text`]).
 const COPY_PIECE_BYTES: usize = 256 * 1024;
@@ -360,6 +361,49 @@ fn select_expr(c: &Column) -> String {
     }
 }
 
+/// The binary `COPY` of a partition's rows of `table`, the key first (the columns' order of [`RowTable::columns`]).
+/// A `COPY` takes no parameters: the topic is spliced in as a quoted literal.
+fn copy_out_sql(table: &RowTable, scope: Scope<'_>) -> String {
+    let columns: Vec<String> = table.columns().map(select_expr).collect();
+    format!(
+        "COPY (SELECT {} FROM {} WHERE topic = {} AND partition = {}) TO STDOUT (FORMAT binary)",
+        columns.join(", "),
+        table.table,
+        sql_literal(scope.topic),
+        scope.partition
+    )
+}
+
+/// `text` as an SQL string literal (standard-conforming strings: only the quote is special).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The type a column is read back as in a binary copy ([`select_expr`] casts `Uuid` and `Numeric` to text).
+fn copy_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::BigInt => Type::INT8,
+        ColumnType::Int => Type::INT4,
+        ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Type::TEXT,
+        ColumnType::Bytea => Type::BYTEA,
+    }
+}
+
+/// One row of a binary copy of `columns` (in that order), named by column.
+fn copied_row(r: &BinaryCopyOutRow, columns: &[Column]) -> Result<Row, PgError> {
+    let mut row = Row::new();
+    for (i, c) in columns.iter().enumerate() {
+        let value = match c.ty {
+            ColumnType::BigInt => Value::BigInt(r.try_get(i)?),
+            ColumnType::Int => Value::Int(r.try_get(i)?),
+            ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(r.try_get::<&str>(i)?.to_owned()),
+            ColumnType::Bytea => Value::Bytes(r.try_get::<&[u8]>(i)?.to_vec()),
+        };
+        row.set(c.name, value);
+    }
+    Ok(row)
+}
+
 /// The array parameter type of a column, e.g. `text[]` for `Uuid`.
 fn param_array(ty: ColumnType) -> String {
     format!("{}[]", ty.param())
@@ -584,23 +628,35 @@ impl StateTx for PgTx<'_> {
         Ok(())
     }
 
-    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
+    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_chunk: F) -> Result<(), PgError>
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
     {
-        let columns: Vec<String> = table.columns().map(select_expr).collect();
-        let sql = format!("SELECT {} FROM {} WHERE topic = $1 AND partition = $2", columns.join(", "), table.table);
-        // Through a portal: one scan of the partition's rows, with bounded fetches however many it holds.
-        let portal = self.tx.bind(sql.as_str(), &[&scope.topic, &scope.partition]).await?;
-        loop {
-            let rows = self.tx.query_portal(&portal, RESTORE_PAGE).await?;
-            let fetched = rows.len();
-            let page = rows.iter().map(|r| Row::read(r, table.columns())).collect::<Result<Vec<_>, _>>()?;
-            each_page(page)?;
-            if fetched < RESTORE_PAGE as usize {
-                return Ok(());
+        use futures::TryStreamExt;
+        let columns: Vec<Column> = table.columns().copied().collect();
+        let types: Vec<Type> = columns.iter().map(|c| copy_type(c.ty)).collect();
+        // One statement streams the whole partition, however large: the connection's statement timeout
+        // (`--pg-timeout`, 5 s) would stop a large one part way (10M rows take longer) and the claim would
+        // retry the same copy for ever, so it is lifted for the copy alone and put back after it.
+        let timeout: String =
+            self.tx.query_one("SELECT current_setting('statement_timeout')", &[]).await?.try_get(0)?;
+        self.tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+        let copy = self.tx.copy_out(copy_out_sql(table, scope).as_str()).await?;
+        let rows = tokio_postgres::binary_copy::BinaryCopyOutStream::new(copy, &types);
+        let mut rows = std::pin::pin!(rows);
+        // Handed over in bounded chunks, decoded as they arrive: the partition's rows are never all held as rows.
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        while let Some(row) = rows.try_next().await? {
+            chunk.push(copied_row(&row, &columns)?);
+            if chunk.len() == RESTORE_CHUNK {
+                each_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)))?;
             }
         }
+        if !chunk.is_empty() {
+            each_chunk(chunk)?;
+        }
+        self.tx.execute("SELECT set_config('statement_timeout', $1, true)", &[&timeout]).await?;
+        Ok(())
     }
 
     async fn upsert_rows(&mut self, table: &RowTable, scope: Scope<'_>, rows: &[Row]) -> Result<(), PgError> {
@@ -877,5 +933,19 @@ mod tests {
         let hs = vec![0, 1, u64::MAX, 0x0102_0304_0506_0708];
         assert_eq!(decode_hashes(&encode_hashes(&hs)).collect::<Vec<_>>(), hs);
         assert_eq!(encode_hashes(&[1])[..], [1, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_partitions_copy_reads_every_column_key_first_with_the_topic_quoted() {
+        let table = RowTable {
+            table: "t",
+            key: Column::new("id", ColumnType::Uuid),
+            values: vec![Column::new("n", ColumnType::BigInt), Column::new("label", ColumnType::Text)],
+        };
+        assert_eq!(
+            copy_out_sql(&table, Scope { topic: "it's", partition: 7 }),
+            "COPY (SELECT id::text AS id, n, label FROM t WHERE topic = 'it''s' AND partition = 7) \
+             TO STDOUT (FORMAT binary)"
+        );
     }
 }

@@ -47,13 +47,16 @@ pub struct ChunkTable {
 /// one partition. Every call is part of the claim or checkpoint transaction,
 /// so it commits (or not) together with the partition's position and epoch.
 pub trait StateTx: Send {
-    /// Reads every row of `table` of the partition, handing them over in
-    /// pages (a claim restores a partition of any size with bounded fetches).
+    /// Reads every row of `table` of the partition, in no particular order,
+    /// handing them over in chunks as they arrive: a claim restores a
+    /// partition of any size holding one chunk of rows at a time. In
+    /// PostgreSQL one binary `COPY` of the partition, in the claim's
+    /// transaction (its snapshot, under its epoch).
     fn read_rows<F>(
         &mut self,
         table: &RowTable,
         scope: Scope<'_>,
-        each_page: F,
+        each_chunk: F,
     ) -> impl Future<Output = Result<(), PgError>> + Send
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send;

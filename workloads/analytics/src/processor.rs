@@ -148,8 +148,8 @@ impl Aggregation for Analytics {
         position: Position,
     ) -> Result<AnalyticsState, PgError> {
         let mut hours = Vec::new();
-        tx.read_rows(&HOURS, scope, |page| {
-            hours.extend(page);
+        tx.read_rows(&HOURS, scope, |rows| {
+            hours.extend(rows);
             Ok(())
         })
         .await?;

@@ -4,8 +4,8 @@
 //! (keyed by the request), emits its change with the next checkpoint (one
 //! record per change), and persists the rows of the widgets and ids that
 //! changed since the last checkpoint: `processor_widgets` (one row per live
-//! widget, slot by slot) and `processor_widget_ids`. A claim reads both back
-//! a page at a time into the graph ([`Restore`]).
+//! widget, slot by slot) and `processor_widget_ids`. A claim streams both
+//! back into the graph a chunk of rows at a time ([`Restore`]).
 //!
 //! The pure part is `crate::state` and `crate::graph`; this module only
 //! maps it onto the engine's [`Aggregation`] and its rows.
@@ -172,8 +172,8 @@ impl Aggregation for Widgets {
         state.checkpoint()
     }
 
-    /// Reads the widgets a page at a time straight into the graph (no
-    /// second copy of ten million rows), then the ids.
+    /// Reads the widgets a chunk of rows at a time straight into the graph
+    /// (no second copy of ten million rows), then the ids.
     async fn restore<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, _: Position) -> Result<WidgetsState, PgError> {
         let mut restore = Restore::new(scope.partition, self.policy);
         tx.read_rows(&WIDGETS, scope, |rows| {

@@ -311,12 +311,12 @@ impl StateTx for MemTx {
         Ok(())
     }
 
-    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_page: F) -> Result<(), PgError>
+    async fn read_rows<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each_chunk: F) -> Result<(), PgError>
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
     {
         let rows = self.tables.rows.get(&(table.table, key(scope))).map(|r| r.values().cloned().collect());
-        each_page(rows.unwrap_or_default())
+        each_chunk(rows.unwrap_or_default())
     }
 
     async fn upsert_rows(&mut self, table: &RowTable, scope: Scope<'_>, rows: &[Row]) -> Result<(), PgError> {
