@@ -11,7 +11,7 @@
 //! end, whatever happened.
 //!
 //! ```text
-//! cargo run --release -p widgets --example restore_time -- --widgets 1000000
+//! cargo run --release -p bench --bin restore-time -- --widgets 1000000
 //! ```
 //!
 //! Widget `n` is serial `w<n>`, name `widget <n>`, ports `P`, `R`, `Q`, `PR`,
@@ -21,7 +21,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use common::engine::config::PgConfig;
 use common::engine::pg::{self, Migration};
@@ -61,8 +60,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let pool = pg::pool(&pg)?;
     let result = run(&args, &pg, &pool).await;
-    let client = pool.get().await.context("connecting to drop the schema")?;
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema)).await?;
+    common::test_util::drop_schema(&pg).await;
     println!("dropped schema {}", pg.schema);
     result
 }
@@ -110,7 +108,7 @@ async fn run(args: &Args, pg: &PgConfig, pool: &Pool) -> anyhow::Result<()> {
             claimed.epoch,
             took.as_millis(),
             restored as f64 / took.as_secs_f64(),
-            vm_hwm_kib()
+            bench::memory_kb(std::process::id()).0
         );
     }
     // The same binary copy drained without decoding: what PostgreSQL and the wire take alone.
@@ -145,14 +143,4 @@ fn cpu_ms() -> u64 {
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, f)| f.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) * 10
-}
-
-/// This process's peak resident memory (`VmHWM` of `/proc/self/status`), 0 where there is none.
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
