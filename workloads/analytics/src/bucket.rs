@@ -71,11 +71,14 @@ impl HourBucket {
     /// Rebuilds a bucket from a checkpoint; it starts clean (nothing to persist).
     /// `kinds`: the stored per-kind counts (their `unique_users` is ignored).
     pub fn restore(kinds: HourCounts, users: impl IntoIterator<Item = u64>, size_hint: usize) -> Self {
-        let mut set = UserSet::with_capacity(size_hint);
-        for h in users {
-            set.insert(h);
+        let mut hashes = Vec::with_capacity(size_hint);
+        hashes.extend(users);
+        HourBucket {
+            users: UserSet::from_hashes(hashes),
+            kinds: HourCounts { unique_users: 0, ..kinds },
+            new_users: Vec::new(),
+            dirty: false,
         }
-        HourBucket { users: set, kinds: HourCounts { unique_users: 0, ..kinds }, new_users: Vec::new(), dirty: false }
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -111,11 +114,9 @@ impl DayUsers {
 
     /// Rebuilds a day from a checkpoint; it starts clean.
     pub fn restore(users: impl IntoIterator<Item = u64>, size_hint: usize) -> Self {
-        let mut set = UserSet::with_capacity(size_hint);
-        for h in users {
-            set.insert(h);
-        }
-        DayUsers { users: set, new_users: Vec::new() }
+        let mut hashes = Vec::with_capacity(size_hint);
+        hashes.extend(users);
+        DayUsers { users: UserSet::from_hashes(hashes), new_users: Vec::new() }
     }
 
     pub fn unique_users(&self) -> u64 {
