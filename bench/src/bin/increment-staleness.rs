@@ -49,12 +49,8 @@ async fn sum(query: SocketAddr, key: &str) -> Option<i128> {
 /// The processor's lag on the increments topic (records, summed over partitions), `None` if unreachable.
 async fn processor_lag(metrics: SocketAddr) -> Option<f64> {
     let (status, body) = http(metrics, "GET", "/metrics").await.ok()?;
-    (status == 200).then(|| {
-        body.lines()
-            .filter(|l| is_lag_of(l))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    })
+    (status == 200)
+        .then(|| body.lines().filter(|l| is_lag_of(l)).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum())
 }
 
 /// A line of the lag gauge for a topic whose name contains [`LAG_TOPIC`].
