@@ -4,7 +4,8 @@
 # phases as make bench's freshness ones (wrk at 256 connections with the freshness probe, then half that rate paced
 # with the probe, each with the services' `_input_age_seconds` scraped around the probe), then (PERF=1) a backlog
 # drained by the processor under `perf record`. Writes target/bench/{freshness,freshness_half_load,stages,
-# stages_half_load,post_256,post_half_load,stages_run}.json (and drain-profile.txt); `python3
+# stages_half_load,post_256,post_half_load,stages_cadence[_half_load],stages_run}.json (and drain-profile.txt: the
+# cadence files hold the analytics checkpoints per second and the processor's CPU share during each load); `python3
 # scripts/bench_report.py target/bench …` renders them with the other sections' figures of the last run.
 #   scripts/bench-stages.sh [seconds per phase, default 8] [backlog events, default 200000]
 set -euo pipefail
@@ -19,7 +20,7 @@ record() { local json="$2"; [[ -n $json ]] || json='{}'; echo "$json" >"$OUT/$1.
 cargo build --release --bins --quiet
 
 # The stack runs as a coprocess: its first line says where it is; it takes commands on its stdin.
-coproc STACK { target/release/isolated-stack; }
+coproc STACK { exec target/release/isolated-stack; }
 # shellcheck disable=SC2153 # STACK_PID is set by coproc
 stack_pid=$STACK_PID
 exec {to_stack}>&"${STACK[1]}"
@@ -43,6 +44,23 @@ stages() { # stages <name> <key suffix>
   rm -f "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom"
 }
 probe() { target/release/freshness-probe "$DUR" --command "$command_addr" --query "$query_addr"; }
+processor_pid="$(field '["processor_pid"]')"
+# cadence: "<analytics checkpoints> <processor CPU seconds> <epoch seconds>", around each phase: checkpoints/s and
+# the processor's CPU share, what a checkpoint cadence costs (its PostgreSQL and Kafka transactions).
+cadence() {
+  local cps cpu
+  cps="$(curl -fs "http://$processor_addr/metrics" | awk '$1 == "analytics_processor_checkpoints_total{workload=\"analytics\"}" {print $2}')"
+  cpu="$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$processor_pid/stat" 2>/dev/null || echo 0)"
+  printf '%s %s %s\n' "${cps:-0}" "$cpu" "$(date +%s.%N)"
+}
+cadence_json() { # cadence_json <key suffix> <before> <after>
+  python3 - "$@" <<'EOF_CADENCE'
+import json, sys
+suffix, (c0, u0, t0), (c1, u1, t1) = sys.argv[1], *([float(x) for x in a.split()] for a in sys.argv[2:4])
+print(json.dumps({f"stages_checkpoints_per_s{suffix}": (c1 - c0) / (t1 - t0),
+                  f"stages_processor_cpu{suffix}": (u1 - u0) / (t1 - t0)}))
+EOF_CADENCE
+}
 processor_lag() { curl -fs "http://$processor_addr/metrics" | awk '$1 ~ /^analytics_processor_consumer_lag_messages/ {s += $2} END {printf "%d\n", s}'; }
 wait_caught_up() {
   sleep 5.5
@@ -57,10 +75,12 @@ probe_phase() {
   shift 4
   scrape_ages "$OUT/ages_${name}_before.prom"
   probe >"$OUT/$freshness.json" &
-  local probe_pid=$!
+  local probe_pid=$! before
+  before="$(cadence)"
   ( sleep "$DUR"; scrape_ages "$OUT/ages_${name}_after.prom" ) &
   local scrape_pid=$!
   record "$load" "$("$@" | tail -1)"
+  record "stages_cadence$suffix" "$(cadence_json "$suffix" "$before" "$(cadence)")"
   wait "$probe_pid" "$scrape_pid"
   stages "$name" "$suffix"
 }

@@ -172,8 +172,8 @@ scrape_ages() { # scrape_ages <file>
   { curl -fs "http://127.0.0.1:$PROCESSOR_PORT/metrics" || true; curl -fs "http://127.0.0.1:$MATERIALIZER_PORT/metrics" || true; } \
     | grep '_input_age_seconds_bucket' >"$1" || true
 }
-stages() { # stages <name> <key suffix>: the stage quantiles between the two scrapes of <name>
-  record "stages$2" "$(python3 scripts/bench_stages.py "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom" analytics "$2")"
+stages() { # stages <name> <key suffix> [workload]: the stage quantiles between the two scrapes of <name>
+  record "stages$2" "$(python3 scripts/bench_stages.py "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom" "${3:-analytics}" "$2")"
   rm -f "$OUT/ages_$1_before.prom" "$OUT/ages_$1_after.prom"
 }
 # The freshness probe runs while the 256-connection load does.
@@ -225,12 +225,18 @@ increments_counters() {
     "$(series 'analytics_materializer_sink_duration_seconds_sum{sink="postgres",workload="increments"}' <<<"$m")" \
     "$(date +%s.%N)"
 }
+# The probe samples the processor's lag on the increments topic while it runs, and the stages' input ages are
+# scraped around it (as for the freshness probe): which stage the staleness tail waits for.
 increments_before="$(increments_counters)"
-target/release/increment-staleness "$PROBE" >"$OUT/increment_staleness.json" &
+scrape_ages "$OUT/ages_increments_before.prom"
+target/release/increment-staleness "$PROBE" --processor-metrics "127.0.0.1:$PROCESSOR_PORT" >"$OUT/increment_staleness.json" &
 probe_pid=$!
+( sleep "$PROBE"; scrape_ages "$OUT/ages_increments_after.prom" ) &
+scrape_pid=$!
 wrk_run increment_256 256 increment.lua http://127.0.0.1:8081
 increments_after="$(increments_counters)"
-wait "$probe_pid"
+wait "$probe_pid" "$scrape_pid"
+stages increments _increments increments
 record increment_rates "$(python3 - "$increments_before" "$increments_after" <<'EOF_RATES'
 import json, sys
 b, a = ([float(x or 0) for x in arg.split()] for arg in sys.argv[1:3])
