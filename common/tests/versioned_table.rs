@@ -128,7 +128,10 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
         (vec![(1, false)], 2)
     );
     let (next, _) = parts.page(&client, before, Some(&key(0)), 10).await.unwrap();
-    assert_eq!(next.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(), [(1, true)]);
+    assert_eq!(
+        next.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(),
+        [(1, true)]
+    );
     let (rest, scanned) = parts.page(&client, before, Some(&key(1)), 10).await.unwrap();
     assert!(rest.is_empty() && scanned == 0);
     assert!(parts.read(&client, &key(5)).await.unwrap().is_none());

@@ -333,7 +333,8 @@ pub struct ReadModelSink<W: SinkWorkload> {
 }
 
 impl<W: SinkWorkload> ReadModelSink<W> {
-    /// A sink whose first job for Redis is a catch-up of one TTL.
+    /// A sink whose first job for Redis is the start's catch-up, from the
+    /// oldest settled mark of its workload (one TTL back at most, and without one).
     pub fn new(workload: W, pool: Pool, cache: VersionedCache<W::Row>, redis_ttl: Duration) -> Self {
         Self::with_max_held(workload, pool, cache, redis_ttl, MAX_PENDING)
     }

@@ -498,7 +498,8 @@ impl GraphBuilder {
         for p in &pending {
             let partner = &partner_text[p.start..p.start + usize::from(p.len)];
             let found = graph.find(partner);
-            let found = found.ok_or_else(|| format!("`{}` holds `{partner}`, which is not stored", graph.serial_of(p.id)))?;
+            let found =
+                found.ok_or_else(|| format!("`{}` holds `{partner}`, which is not stored", graph.serial_of(p.id)))?;
             graph.nodes[p.id as usize].partners[usize::from(p.slot)] = found;
         }
         // Every partner is a widget (all are live); each must hold this one back on a slot of the same
@@ -508,7 +509,11 @@ impl GraphBuilder {
             let (port, partner) = (n.ports.get(usize::from(p.slot)), n.partners[usize::from(p.slot)]);
             if graph.nodes[partner as usize].slot_with(port, p.id).is_none() {
                 let serial = graph.serial_of(p.id);
-                return Err(format!("`{serial}`'s slot {} ({port}) holds `{}`, which does not hold it back", p.slot, graph.serial_of(partner)));
+                return Err(format!(
+                    "`{serial}`'s slot {} ({port}) holds `{}`, which does not hold it back",
+                    p.slot,
+                    graph.serial_of(partner)
+                ));
             }
         }
         debug_assert_eq!(graph.check_representation(), Ok(()), "a graph built from stored widgets");
@@ -787,7 +792,10 @@ mod tests {
             stored("a", "QP", [None, Some("b"), None]),
         ])
         .unwrap();
-        assert_eq!((partners(&g, "a"), partners(&g, "b"), partners(&g, "c")), (vec!["b:P".into()], vec!["a:P".into(), "c:R".into()], vec!["b:R".into()]));
+        assert_eq!(
+            (partners(&g, "a"), partners(&g, "b"), partners(&g, "c")),
+            (vec!["b:P".into()], vec!["a:P".into(), "c:R".into()], vec!["b:R".into()])
+        );
         checked(&g);
     }
 
@@ -799,7 +807,8 @@ mod tests {
         assert_eq!(missing.unwrap_err(), "`a` holds `x`, which is not stored");
         let one_way = built(vec![stored("a", "P", [Some("b"), None, None]), stored("b", "P", [None; 3])]);
         assert_eq!(one_way.unwrap_err(), "`a`'s slot 0 (P) holds `b`, which does not hold it back");
-        let other_type = built(vec![stored("a", "P", [Some("b"), None, None]), stored("b", "R", [Some("a"), None, None])]);
+        let other_type =
+            built(vec![stored("a", "P", [Some("b"), None, None]), stored("b", "R", [Some("a"), None, None])]);
         assert!(other_type.unwrap_err().contains("does not hold it back"));
         let past = built(vec![stored("a", "P", [None, Some("b"), None])]);
         assert_eq!(past.unwrap_err(), "`a` holds a partner past its 1 slots");

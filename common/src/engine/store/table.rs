@@ -1073,7 +1073,8 @@ mod tests {
     fn pages_go_by_the_qualified_key_in_bounded_steps() {
         let sums = sums();
         let (first, next) = sums.page_sql();
-        let rest = "LIMIT $2) SELECT * FROM page WHERE changed OR scanned = (SELECT max(scanned) FROM page) ORDER BY scanned";
+        let rest =
+            "LIMIT $2) SELECT * FROM page WHERE changed OR scanned = (SELECT max(scanned) FROM page) ORDER BY scanned";
         assert!(
             first.ends_with(&format!("increments.updated_at >= $1 AS changed, row_number() OVER (ORDER BY increments.key) AS scanned FROM increments ORDER BY increments.key {rest}")),
             "{first}"
