@@ -787,7 +787,7 @@ mod tests {
     #[test]
     fn a_graph_builds_from_its_stored_widgets_in_any_order() {
         let g = built(vec![
-            stored("b", "PR", [Some("a"), Some("c")]),
+            stored("b", "PR", [Some("a"), Some("c"), None]),
             stored("c", "R", [Some("b"), None, None]),
             stored("a", "QP", [None, Some("b"), None]),
         ])
