@@ -117,16 +117,23 @@ async fn an_older_offset_never_overwrites_a_newer_row_and_versions_move_only_on_
         read.iter().map(|s| (s.row.int("partition").unwrap(), s.row.big_int("total").unwrap())).collect();
     assert_eq!(got, vec![(0, 9), (1, 4)]);
     let before = SystemTime::now() - Duration::from_secs(60);
-    let first = parts.page(&client, before, None, 1).await.unwrap();
-    assert_eq!(first.len(), 1);
+    let (first, scanned) = parts.page(&client, before, None, 1).await.unwrap();
+    assert_eq!((first.len(), scanned), (1, 1));
     assert!(first[0].1, "changed within the minute");
     assert_eq!(first[0].0.row.int("partition").unwrap(), 0);
-    let next = parts.page(&client, SystemTime::now() + Duration::from_secs(60), Some(&key(0)), 10).await.unwrap();
+    // Of the rows scanned, only the changed ones come back, and the last (where the next page starts).
+    let (all, scanned) = parts.page(&client, SystemTime::now() + Duration::from_secs(60), None, 10).await.unwrap();
+    assert_eq!(
+        (all.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(), scanned),
+        (vec![(1, false)], 2)
+    );
+    let (next, _) = parts.page(&client, before, Some(&key(0)), 10).await.unwrap();
     assert_eq!(
         next.iter().map(|(s, changed)| (s.row.int("partition").unwrap(), *changed)).collect::<Vec<_>>(),
-        [(1, false)]
+        [(1, true)]
     );
-    assert!(parts.page(&client, before, Some(&key(1)), 10).await.unwrap().is_empty());
+    let (rest, scanned) = parts.page(&client, before, Some(&key(1)), 10).await.unwrap();
+    assert!(rest.is_empty() && scanned == 0);
     assert!(parts.read(&client, &key(5)).await.unwrap().is_none());
 
     drop_schema(&pg).await;

@@ -15,10 +15,23 @@
 //!
 //! The catch-up: a materializer that dies with rows still pending leaves
 //! Redis possibly stale for them, so every pipeline starts by copying to
-//! Redis every row PostgreSQL changed within one Redis TTL (any older Redis
-//! entry has expired). It pages through the read model by id
-//! ([`store::changed_page`] of the row's table, [`ROWS_PER_PAGE`] rows a statement),
-//! between the copies of new batches' rows, which go first.
+//! Redis the rows PostgreSQL changed since the oldest *settled mark* of its
+//! workload, less [`MARK_MARGIN`]: each running pipeline keeps one in Redis
+//! ([`RedisStore::put_settled`](common::engine::store::cache::RedisStore::put_settled),
+//! a field per instance), a wall-clock time before which every row it wrote
+//! to PostgreSQL is in Redis (the start of its oldest write not yet all in
+//! Redis, else now), moved forward after the rows it covers were copied, at
+//! most every [`MARK_EVERY`] and once more at a clean stop. So a start
+//! after a clean stop copies what changed in the last seconds, and one after
+//! a kill what its dead predecessor held, not the table. Never more than one
+//! Redis TTL back (an older Redis entry has expired): that is also the window
+//! when no mark is there (a first start, a flushed Redis). A start first
+//! sets its own mark to where its catch-up begins, so a start killed mid-way
+//! is covered by the next; once caught up it removes the marks it read that
+//! did not move since (their instances are gone, their rows copied). The
+//! catch-up pages through the read model by id ([`store::changed_page`] of
+//! the row's table, [`ROWS_PER_PAGE`] rows a statement), between the copies
+//! of new batches' rows, which go first.
 //!
 //! The processor's progress records ([`common::engine::progress`]) ride along:
 //! written to PostgreSQL in the batch's transaction, and to Redis only once
@@ -61,6 +74,11 @@ const MAX_WAITING_BATCHES: usize = 256;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How long the copier keeps handing Redis held rows once its pipeline stopped.
 const LAST_COPY: Duration = Duration::from_secs(3);
+/// A start catches up from this much before the oldest settled mark: the
+/// marks are wall-clock times of other instances, possibly on other hosts.
+pub const MARK_MARGIN: Duration = Duration::from_secs(5);
+/// Most often a pipeline moves its settled mark (one `HSET`).
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -88,8 +106,11 @@ struct Held<R> {
 
 /// A catch-up in progress: paging through the read model by id.
 struct CatchUp<Id> {
-    /// Copy what changed since this moment; one Redis TTL back when `None`.
+    /// Copy what changed since this moment; `None`: the start's, from the
+    /// oldest settled mark (one Redis TTL back at most, and without one).
     from: Option<Instant>,
+    /// The other instances' settled marks the start read: removed once it is done, unless they moved.
+    covered: Vec<(String, i64)>,
     /// The same moment by PostgreSQL's clock, fixed by the first page.
     since: Option<SystemTime>,
     /// The last id done.
@@ -117,6 +138,12 @@ struct RedisBacklog<R: CachedRow> {
     watermarks: BTreeMap<u64, Vec<i64>>,
     /// Redis failed last time (to log an outage once).
     failing: bool,
+    /// When each write to PostgreSQL in flight began, by ticket: its rows'
+    /// `updated_at` is later, and the settled mark stays before it.
+    writing: BTreeMap<u64, Instant>,
+    tickets: u64,
+    /// Rows copied by catch-ups so far.
+    caught_up: usize,
 }
 
 impl<R: CachedRow> RedisBacklog<R> {
@@ -130,6 +157,9 @@ impl<R: CachedRow> RedisBacklog<R> {
             marks: BTreeMap::new(),
             watermarks: BTreeMap::new(),
             failing: false,
+            writing: BTreeMap::new(),
+            tickets: 0,
+            caught_up: 0,
         };
         backlog.start_catch_up(None);
         backlog
@@ -145,6 +175,7 @@ impl<R: CachedRow> RedisBacklog<R> {
         self.generations += 1;
         self.catch_up = Some(CatchUp {
             from,
+            covered: Vec::new(),
             since: None,
             after: None,
             generation: self.generations,
@@ -234,6 +265,17 @@ impl<R: CachedRow> RedisBacklog<R> {
         progress::furthest(&due)
     }
 
+    /// The moment before which every row this pipeline wrote to PostgreSQL is
+    /// in Redis: the start of its oldest write in flight or held, else `now`;
+    /// none while a catch-up runs (the mark stays where it was).
+    fn settled(&self, now: Instant) -> Option<Instant> {
+        if self.catch_up.is_some() {
+            return None;
+        }
+        let held = self.queue.first().map(|(_, id)| self.held[id].written_from);
+        Some(self.writing.values().copied().chain(held).fold(now, Instant::min))
+    }
+
     /// The watermarks of the batches now wholly in Redis.
     fn due_watermarks(&mut self) -> Vec<i64> {
         let rest = self.watermarks.split_off(&self.first_unfinished_batch());
@@ -251,8 +293,34 @@ enum Step {
     Failed,
 }
 
+/// A write to PostgreSQL in flight: counted in the settled mark until dropped.
+struct Writing<'a, R: CachedRow> {
+    backlog: &'a Mutex<RedisBacklog<R>>,
+    ticket: u64,
+}
+
+impl<'a, R: CachedRow> Writing<'a, R> {
+    fn begin(backlog: &'a Mutex<RedisBacklog<R>>, started: Instant) -> Self {
+        let mut b = backlog.lock().expect("backlog lock");
+        b.tickets += 1;
+        let ticket = b.tickets;
+        b.writing.insert(ticket, started);
+        Writing { backlog, ticket }
+    }
+}
+
+impl<R: CachedRow> Drop for Writing<'_, R> {
+    fn drop(&mut self) {
+        self.backlog.lock().expect("backlog lock").writing.remove(&self.ticket);
+    }
+}
+
 pub struct ReadModelSink<W: SinkWorkload> {
     workload: W,
+    /// This pipeline's field among its workload's settled marks.
+    instance: String,
+    /// The settled mark last written (ms since the epoch) and when.
+    marked: Mutex<Option<(i64, Instant)>>,
     pool: Pool,
     cache: VersionedCache<W::Row>,
     redis_ttl: Duration,
@@ -265,7 +333,8 @@ pub struct ReadModelSink<W: SinkWorkload> {
 }
 
 impl<W: SinkWorkload> ReadModelSink<W> {
-    /// A sink whose first job for Redis is a catch-up of one TTL.
+    /// A sink whose first job for Redis is the start's catch-up, from the
+    /// oldest settled mark of its workload (one TTL back at most, and without one).
     pub fn new(workload: W, pool: Pool, cache: VersionedCache<W::Row>, redis_ttl: Duration) -> Self {
         Self::with_max_held(workload, pool, cache, redis_ttl, MAX_PENDING)
     }
@@ -281,6 +350,8 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         metrics::gauge!(m::REDIS_CATCHING_UP, "workload" => W::NAME).set(1.0);
         ReadModelSink {
             workload,
+            instance: common::random_suffix(),
+            marked: Mutex::new(None),
             pool,
             cache,
             redis_ttl,
@@ -303,6 +374,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     /// guarded by offsets).
     pub async fn write(&self, batch: &[W::Aggregate], progress: &[Progress]) -> Result<(), SinkError> {
         let started = Instant::now();
+        let writing = Writing::begin(&self.backlog, started);
         let rows = async {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
             let tx = WriteTx::new(client.transaction().await?, W::Row::table().name());
@@ -327,6 +399,8 @@ impl<W: SinkWorkload> ReadModelSink<W> {
             let dropped = backlog.add(rows, progress, watermarks, started, self.max_held);
             (dropped, backlog.held.len())
         };
+        drop(writing); // after its rows are held: the settled mark never passes them
+
         metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(held as f64);
         if dropped > 0 {
             metrics::counter!(m::REDIS_DROPPED, "workload" => W::NAME).increment(dropped as u64);
@@ -346,6 +420,32 @@ impl<W: SinkWorkload> ReadModelSink<W> {
     /// Redis fails (what it refused stays held). Never fails.
     pub async fn catch_up(&self) {
         self.copy(&CancellationToken::new()).await;
+        self.mark_settled(true).await;
+    }
+
+    /// Rows the catch-ups of this sink copied to Redis so far.
+    pub fn caught_up_rows(&self) -> usize {
+        self.backlog.lock().expect("backlog lock").caught_up
+    }
+
+    /// Moves this pipeline's settled mark forward to what is in Redis now
+    /// (at most every [`MARK_EVERY`] unless `now`). Best effort: a mark left
+    /// behind only makes the next start's catch-up longer.
+    async fn mark_settled(&self, now: bool) {
+        let Some(settled) = self.backlog.lock().expect("backlog lock").settled(Instant::now()) else { return };
+        let at_ms = common::now_ms() - i64::try_from(settled.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let due = match *self.marked.lock().expect("mark lock") {
+            Some((last, _)) if last >= at_ms => false,
+            Some((_, when)) => now || when.elapsed() >= MARK_EVERY,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        match self.cache.store().put_settled(W::NAME, &self.instance, at_ms).await {
+            Ok(()) => *self.marked.lock().expect("mark lock") = Some((at_ms, Instant::now())),
+            Err(e) => self.failed(&e),
+        }
     }
 
     /// The copier of this sink's pipeline: copies whenever a batch was
@@ -363,7 +463,11 @@ impl<W: SinkWorkload> ReadModelSink<W> {
                 _ = tokio::time::sleep(RETRY_EVERY) => {}
             }
         }
-        let _ = tokio::time::timeout(LAST_COPY, self.copy(&stop)).await;
+        let _ = tokio::time::timeout(LAST_COPY, async {
+            self.copy(&stop).await;
+            self.mark_settled(true).await;
+        })
+        .await;
     }
 
     /// Rounds of [`Self::step`] until idle or failed; catch-up pages only until `stop`.
@@ -405,6 +509,7 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         }
         let held = self.backlog.lock().expect("backlog lock").held.len();
         metrics::gauge!(m::REDIS_PENDING, "workload" => W::NAME).set(held as f64);
+        self.mark_settled(false).await;
     }
 
     /// One bounded step: a call's worth of held rows (oldest batch first), else a catch-up page.
@@ -451,12 +556,22 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         else {
             return Step::Idle;
         };
+        let window = match (since, from) {
+            (Some(_), _) => Duration::ZERO, // fixed already
+            (None, Some(from)) => from.elapsed().min(self.redis_ttl),
+            (None, None) => match self.start_window(generation).await {
+                Ok(window) => window,
+                Err(e) => {
+                    self.failed(&e);
+                    return Step::Failed;
+                }
+            },
+        };
         let page = async {
             let client = self.pool.get().await.map_err(PgError::from)?;
             let since = match since {
                 Some(since) => since,
                 None => {
-                    let window = from.map_or(self.redis_ttl, |f| f.elapsed().min(self.redis_ttl));
                     let row = client
                         .query_one("SELECT now() - make_interval(secs => $1) AS since", &[&window.as_secs_f64()])
                         .await?;
@@ -487,25 +602,62 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         }
         self.succeeded();
         metrics::counter!(m::REDIS_CAUGHT_UP, "workload" => W::NAME).increment(page.changed.len() as u64);
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        let Some(c) = backlog.catch_up.as_mut().filter(|c| c.generation == generation) else {
-            return Step::Copied; // restarted meanwhile: this page was not its progress
+        let covered = {
+            let mut backlog = self.backlog.lock().expect("backlog lock");
+            backlog.caught_up += page.changed.len();
+            let Some(c) = backlog.catch_up.as_mut().filter(|c| c.generation == generation) else {
+                return Step::Copied; // restarted meanwhile: this page was not its progress
+            };
+            c.since = Some(since);
+            c.copied += page.changed.len();
+            c.after = page.last;
+            let mut covered = Vec::new();
+            if page.scanned < ROWS_PER_PAGE as usize || c.after.is_none() {
+                tracing::info!(
+                    workload = W::NAME,
+                    rows = c.copied,
+                    seconds = c.began.elapsed().as_secs_f64(),
+                    "redis caught up with PostgreSQL"
+                );
+                covered = std::mem::take(&mut c.covered);
+                backlog.catch_up = None;
+            }
+            metrics::gauge!(m::REDIS_CATCHING_UP, "workload" => W::NAME)
+                .set(f64::from(u8::from(backlog.catch_up.is_some())));
+            covered
         };
-        c.since = Some(since);
-        c.copied += page.changed.len();
-        c.after = page.last;
-        if page.scanned < ROWS_PER_PAGE as usize || c.after.is_none() {
-            tracing::info!(
-                workload = W::NAME,
-                rows = c.copied,
-                seconds = c.began.elapsed().as_secs_f64(),
-                "redis caught up with PostgreSQL"
-            );
-            backlog.catch_up = None;
+        // Their rows are in Redis now; a mark its instance moved since stays.
+        if let Err(e) = self.cache.store().forget_settled(W::NAME, &covered).await {
+            tracing::debug!(workload = W::NAME, error = %e, "settled marks not removed; the next start reads them again");
         }
-        metrics::gauge!(m::REDIS_CATCHING_UP, "workload" => W::NAME)
-            .set(f64::from(u8::from(backlog.catch_up.is_some())));
         Step::Copied
+    }
+
+    /// How far back the start's catch-up (of `generation`) goes: to the
+    /// oldest settled mark of the workload less [`MARK_MARGIN`], one TTL at
+    /// most (also without a mark). Sets this pipeline's own mark there first,
+    /// so a start killed before it is done leaves the next one as far back.
+    async fn start_window(&self, generation: u64) -> Result<Duration, CacheError> {
+        let store = self.cache.store();
+        let marks = store.settled_marks(W::NAME).await?;
+        let now_ms = common::now_ms();
+        let ttl_ms = i64::try_from(self.redis_ttl.as_millis()).unwrap_or(i64::MAX);
+        let margin_ms = MARK_MARGIN.as_millis() as i64;
+        let oldest = marks.iter().map(|(_, at)| *at).filter(|at| now_ms - at < ttl_ms).min();
+        let window_ms = oldest.map_or(ttl_ms, |at| (now_ms - at + margin_ms).clamp(0, ttl_ms));
+        store.put_settled(W::NAME, &self.instance, now_ms - window_ms).await?;
+        *self.marked.lock().expect("mark lock") = Some((now_ms - window_ms, Instant::now()));
+        tracing::info!(
+            workload = W::NAME,
+            marks = marks.len(),
+            window_secs = window_ms as f64 / 1000.0,
+            "redis catch-up from the oldest settled mark"
+        );
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if let Some(c) = backlog.catch_up.as_mut().filter(|c| c.generation == generation) {
+            c.covered = marks.into_iter().filter(|(instance, _)| *instance != self.instance).collect();
+        }
+        Ok(Duration::from_millis(window_ms as u64))
     }
 
     fn succeeded(&self) {
@@ -616,6 +768,26 @@ mod tests {
         assert_eq!(b.due_marks(), vec![mark(10)]);
         assert_eq!(b.take(5).into_iter().map(|(_, h)| h.row.version).collect::<Vec<_>>(), vec![6]);
         assert_eq!(b.due_marks(), vec![mark(30)]);
+    }
+
+    #[test]
+    fn the_settled_mark_stays_before_every_write_in_flight_or_held() {
+        let backlog = Mutex::new(RedisBacklog::<Row>::new());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(backlog.lock().unwrap().settled(at(1)), None, "not while the start's catch-up runs");
+        backlog.lock().unwrap().catch_up = None;
+        assert_eq!(backlog.lock().unwrap().settled(at(1)), Some(at(1)), "nothing held: now");
+        let writing = Writing::begin(&backlog, at(2));
+        assert_eq!(backlog.lock().unwrap().settled(at(3)), Some(at(2)), "a write in flight");
+        backlog.lock().unwrap().add(rows(&[(1, 1)]), &[], vec![], at(2), 100);
+        drop(writing);
+        let later = Writing::begin(&backlog, at(4));
+        assert_eq!(backlog.lock().unwrap().settled(at(5)), Some(at(2)), "its rows held");
+        backlog.lock().unwrap().take(1);
+        assert_eq!(backlog.lock().unwrap().settled(at(5)), Some(at(4)), "copied; the next write in flight");
+        drop(later);
+        assert_eq!(backlog.lock().unwrap().settled(at(5)), Some(at(5)));
     }
 
     #[test]

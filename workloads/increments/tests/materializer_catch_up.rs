@@ -411,3 +411,55 @@ async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_wh
     common::test_util::clear_redis_prefix(&redis).await;
     drop_schema(&pg).await;
 }
+
+/// A start catches Redis up from the settled marks the materializers before
+/// it left, not over the whole TTL: after a clean stop nothing is copied again;
+/// after one killed with rows held, exactly those rows.
+#[tokio::test]
+async fn a_start_catches_up_from_the_last_settled_mark_not_over_the_whole_ttl() {
+    let (_, redis, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
+        .await
+        .unwrap();
+    let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
+    let sink = || ReadModelSink::with_max_held(Increments, pool.clone(), cache.clone(), redis.ttl, 1_000);
+    // 50 rows changed a minute ago: within the TTL, so a first start (no mark) copies them.
+    let early: Vec<IncrementSum> = (0..50).map(|i| sum_of(i, 1)).collect();
+    {
+        let mut c = pool.get().await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        increments::read_model::write_sums(&tx, &early).await.unwrap();
+        tx.execute("UPDATE increments SET updated_at = now() - interval '1 minute'", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let first = sink();
+    first.catch_up().await;
+    assert_eq!(first.caught_up_rows(), 50, "no mark yet: one TTL back");
+    drop(first);
+
+    // A clean stop left its mark: the next start copies nothing (it used to copy the 50 again).
+    let second = sink();
+    second.catch_up().await;
+    assert_eq!(second.caught_up_rows(), 0, "nothing changed since the clean stop");
+
+    // Killed holding rows: written to PostgreSQL, never copied to Redis.
+    let held: Vec<IncrementSum> = (50..60).map(|i| sum_of(i, 2)).collect();
+    second.write(&held, &[]).await.unwrap();
+    drop(second);
+    for s in &held {
+        assert_eq!(cache.get(&s.key).await.unwrap(), None, "{:?} never reached Redis", s.key);
+    }
+    let third = sink();
+    third.catch_up().await;
+    assert_eq!(third.caught_up_rows(), held.len(), "what the killed one held, not the 50 before it");
+    for s in &held {
+        let cached = cache.get(&s.key).await.unwrap().map(|c| (c.version, c.row.0));
+        assert_eq!(cached, Some((s.input_offset, s.sum)), "{:?}: caught up", s.key);
+    }
+    let marks = cache.store().settled_marks("increments").await.unwrap();
+    assert_eq!(marks.len(), 1, "the marks the third start covered are gone, its own stays: {marks:?}");
+
+    common::test_util::clear_redis_prefix(&redis).await;
+    drop_schema(&pg).await;
+}

@@ -35,9 +35,10 @@
 
 use std::hash::{BuildHasher, RandomState};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
-use crate::input::{Name, Port, Ports, Serial, MAX_PORTS};
+use crate::input::{Name, Port, Ports, Serial, MAX_NAME_BYTES, MAX_PORTS, MAX_SERIAL_BYTES};
 use crate::records::{Association, Change, Command, Reject, StoredWidget, Widget};
 
 /// A widget's place in `nodes`.
@@ -98,16 +99,6 @@ pub struct Graph {
 impl Graph {
     pub fn new() -> Self {
         Graph::default()
-    }
-
-    /// Room for `widgets` widgets whose serials and names take `text_bytes` (a restore knows both).
-    pub fn with_capacity(widgets: usize, text_bytes: usize) -> Self {
-        Graph {
-            nodes: Vec::with_capacity(widgets),
-            index: HashTable::with_capacity(widgets),
-            text: String::with_capacity(text_bytes),
-            ..Graph::default()
-        }
     }
 
     /// Live widgets.
@@ -396,58 +387,136 @@ impl Graph {
     }
 }
 
-/// Rebuilds a graph from its stored widgets, in any order: each widget
-/// first, then (in [`GraphBuilder::finish`]) every slot's partner by serial.
-/// A restore of millions of widgets adds them as it reads them, holding only
-/// the occupied slots' partner serials on the side.
+/// One stored widget as its cells read: borrowed text, checked by the caller
+/// ([`Serial::check`], [`Name::check`]); a free slot is `None`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredCells<'a> {
+    pub serial: &'a str,
+    pub name: &'a str,
+    pub ports: Ports,
+    pub slots: [Option<&'a str>; MAX_PORTS],
+}
+
+/// An occupied slot waiting for its partner's id: the partner's serial is
+/// `partner_text[start..start + len]`.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: Id,
+    slot: u8,
+    len: u8,
+    start: usize,
+}
+
+/// Rebuilds a graph from its stored widgets, in any order, in one pass
+/// over them and one over the index: each widget goes straight into the
+/// node vector and the text arena as it is read (nothing allocated per
+/// widget, the cells borrowed from the row), its occupied slots' partner
+/// serials into a second arena; [`GraphBuilder::finish`] then builds the
+/// serial index once, sized to the widgets counted (it never grows, so
+/// never rehashes), one probe per widget (which also finds a serial
+/// stored twice), and wires each occupied slot to its partner, one probe
+/// per slot. A restore of millions of widgets holds, besides the graph,
+/// only the occupied slots' partner serials.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
+    /// Every widget added, its slots still empty; its index still empty.
     graph: Graph,
-    /// (widget, slot, partner's serial) of every occupied slot.
-    pending: Vec<(Id, u8, Serial)>,
+    partner_text: String,
+    pending: Vec<Pending>,
 }
 
 impl GraphBuilder {
-    /// Room for `widgets` widgets whose serials and names take `text_bytes`.
-    pub fn with_capacity(widgets: usize, text_bytes: usize) -> Self {
-        GraphBuilder { graph: Graph::with_capacity(widgets, text_bytes), pending: Vec::new() }
-    }
-
-    /// Adds one stored widget.
+    /// Adds one stored widget (owned: the tests' and the simulation's form).
     ///
     /// # Errors
-    /// Its serial was added already, or a slot past its ports is held.
+    /// A slot past its ports is held.
     pub fn add(&mut self, w: StoredWidget) -> Result<(), String> {
-        if self.graph.find(w.serial.as_str()).is_some() {
-            return Err(format!("`{}` is stored twice", w.serial));
+        let slots = std::array::from_fn(|i| w.slots[i].as_ref().map(Serial::as_str));
+        self.add_cells(StoredCells { serial: w.serial.as_str(), name: w.name.as_str(), ports: w.ports, slots })
+    }
+
+    /// Adds one stored widget from its cells. A serial stored twice is found by [`GraphBuilder::finish`].
+    ///
+    /// # Errors
+    /// A slot past its ports is held, or a cell is longer than a serial or a
+    /// name may be (the caller checks them: [`Serial::check`], [`Name::check`]).
+    pub fn add_cells(&mut self, w: StoredCells<'_>) -> Result<(), String> {
+        let too_long = || format!("`{}`: a serial or a name too long", w.serial);
+        let serial_len = u8::try_from(w.serial.len()).ok().filter(|l| usize::from(*l) <= MAX_SERIAL_BYTES);
+        let name_len = u16::try_from(w.name.len()).ok().filter(|l| usize::from(*l) <= MAX_NAME_BYTES);
+        let (Some(serial_len), Some(name_len)) = (serial_len, name_len) else { return Err(too_long()) };
+        if serial_len == 0 {
+            return Err("an empty serial".into());
         }
-        self.graph.insert(&w.serial, &w.name, w.ports);
-        let id = self.graph.find(w.serial.as_str()).expect("just inserted");
-        for (slot, partner) in w.slots.into_iter().enumerate() {
-            if let Some(partner) = partner {
-                if slot >= w.ports.len() {
-                    return Err(format!("`{}` holds a partner past its {} slots", w.serial, w.ports.len()));
-                }
-                self.pending.push((id, slot as u8, partner));
+        let graph = &mut self.graph;
+        let id = Id::try_from(graph.nodes.len()).ok().filter(|id| *id != EMPTY);
+        let id = id.ok_or("more than 2^32 - 2 widgets in one shard")?;
+        for (slot, partner) in w.slots.iter().enumerate() {
+            let Some(partner) = partner else { continue };
+            if slot >= w.ports.len() {
+                return Err(format!("`{}` holds a partner past its {} slots", w.serial, w.ports.len()));
             }
+            let len = u8::try_from(partner.len()).ok().filter(|l| usize::from(*l) <= MAX_SERIAL_BYTES);
+            let len = len.ok_or_else(|| format!("`{}`: slot {slot} holds a serial too long", w.serial))?;
+            self.pending.push(Pending { id, slot: slot as u8, len, start: self.partner_text.len() });
+            self.partner_text.push_str(partner);
         }
+        graph.nodes.push(Node {
+            text: graph.text.len() as u64,
+            partners: [EMPTY; MAX_PORTS],
+            name_len,
+            serial_len,
+            ports: w.ports,
+        });
+        graph.text.push_str(w.serial);
+        graph.text.push_str(w.name);
+        graph.live += 1;
         Ok(())
     }
 
-    /// The graph, every slot wired to its partner.
+    /// The graph: its index built, every slot wired to its partner.
     ///
     /// # Errors
-    /// A partner that is not a stored widget, or slots that do not hold each
-    /// other back ([`Graph::check_representation`]).
+    /// A serial stored twice, a partner that is not a stored widget, or a
+    /// slot its partner does not hold back on a slot of the same type.
     pub fn finish(self) -> Result<Graph, String> {
-        let GraphBuilder { mut graph, pending } = self;
-        for (id, slot, partner) in pending {
-            let p = graph
-                .find(partner.as_str())
-                .ok_or_else(|| format!("`{}` holds `{partner}`, which is not stored", graph.serial_of(id)))?;
-            graph.nodes[id as usize].partners[usize::from(slot)] = p;
+        let GraphBuilder { mut graph, partner_text, pending } = self;
+        // Sized once: inserting never grows it (the rehash of every serial, at each doubling, is gone).
+        let mut index = HashTable::with_capacity(graph.nodes.len());
+        let (nodes, text, hasher) = (&graph.nodes, &graph.text, &graph.hasher);
+        for id in 0..nodes.len() as Id {
+            let serial = serial_of(nodes, text, id);
+            let rehash = |&x: &Id| hasher.hash_one(serial_of(nodes, text, x));
+            match index.entry(hasher.hash_one(serial), |&x| serial_of(nodes, text, x) == serial, rehash) {
+                Entry::Occupied(_) => return Err(format!("`{serial}` is stored twice")),
+                Entry::Vacant(v) => {
+                    v.insert(id);
+                }
+            }
         }
-        graph.check_representation()?;
+        graph.index = index;
+        for p in &pending {
+            let partner = &partner_text[p.start..p.start + usize::from(p.len)];
+            let found = graph.find(partner);
+            let found =
+                found.ok_or_else(|| format!("`{}` holds `{partner}`, which is not stored", graph.serial_of(p.id)))?;
+            graph.nodes[p.id as usize].partners[usize::from(p.slot)] = found;
+        }
+        // Every partner is a widget (all are live); each must hold this one back on a slot of the same
+        // type: the part of `check_representation` the build does not give by construction.
+        for p in &pending {
+            let n = &graph.nodes[p.id as usize];
+            let (port, partner) = (n.ports.get(usize::from(p.slot)), n.partners[usize::from(p.slot)]);
+            if graph.nodes[partner as usize].slot_with(port, p.id).is_none() {
+                let serial = graph.serial_of(p.id);
+                return Err(format!(
+                    "`{serial}`'s slot {} ({port}) holds `{}`, which does not hold it back",
+                    p.slot,
+                    graph.serial_of(partner)
+                ));
+            }
+        }
+        debug_assert_eq!(graph.check_representation(), Ok(()), "a graph built from stored widgets");
         Ok(graph)
     }
 }
@@ -696,6 +765,53 @@ mod tests {
             assert!(g.execute(&c).is_err(), "{c:?}");
         }
         assert_eq!(Snapshot::of(&g), before);
+    }
+
+    fn stored(serial: &str, ports: &str, slots: [Option<&str>; MAX_PORTS]) -> StoredWidget {
+        StoredWidget {
+            serial: s(serial),
+            name: Name::parse("n").unwrap(),
+            ports: Ports::parse(ports).unwrap(),
+            slots: slots.map(|p| p.map(s)),
+        }
+    }
+
+    fn built(widgets: Vec<StoredWidget>) -> Result<Graph, String> {
+        let mut b = GraphBuilder::default();
+        for w in widgets {
+            b.add(w)?;
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn a_graph_builds_from_its_stored_widgets_in_any_order() {
+        let g = built(vec![
+            stored("b", "PR", [Some("a"), Some("c"), None]),
+            stored("c", "R", [Some("b"), None, None]),
+            stored("a", "QP", [None, Some("b"), None]),
+        ])
+        .unwrap();
+        assert_eq!(
+            (partners(&g, "a"), partners(&g, "b"), partners(&g, "c")),
+            (vec!["b:P".into()], vec!["a:P".into(), "c:R".into()], vec!["b:R".into()])
+        );
+        checked(&g);
+    }
+
+    #[test]
+    fn stored_widgets_that_are_not_a_graph_are_refused() {
+        let twice = built(vec![stored("a", "P", [None; 3]), stored("a", "Q", [None; 3])]);
+        assert_eq!(twice.unwrap_err(), "`a` is stored twice");
+        let missing = built(vec![stored("a", "P", [Some("x"), None, None])]);
+        assert_eq!(missing.unwrap_err(), "`a` holds `x`, which is not stored");
+        let one_way = built(vec![stored("a", "P", [Some("b"), None, None]), stored("b", "P", [None; 3])]);
+        assert_eq!(one_way.unwrap_err(), "`a`'s slot 0 (P) holds `b`, which does not hold it back");
+        let other_type =
+            built(vec![stored("a", "P", [Some("b"), None, None]), stored("b", "R", [Some("a"), None, None])]);
+        assert!(other_type.unwrap_err().contains("does not hold it back"));
+        let past = built(vec![stored("a", "P", [None, Some("b"), None])]);
+        assert_eq!(past.unwrap_err(), "`a` holds a partner past its 1 slots");
     }
 
     #[test]

@@ -53,6 +53,15 @@ impl Serial {
     /// # Errors
     /// [`BadInput::EmptySerial`], [`BadInput::SerialTooLong`] or [`BadInput::SerialControl`].
     pub fn parse(raw: &str) -> Result<Self, BadInput> {
+        Self::check(raw)?;
+        Ok(Serial(raw.to_owned()))
+    }
+
+    /// [`Serial::parse`] without the copy: a restore checks each stored cell where it lies.
+    ///
+    /// # Errors
+    /// As [`Serial::parse`].
+    pub fn check(raw: &str) -> Result<(), BadInput> {
         if raw.is_empty() {
             return Err(BadInput::EmptySerial);
         }
@@ -62,7 +71,7 @@ impl Serial {
         if raw.chars().any(char::is_control) {
             return Err(BadInput::SerialControl);
         }
-        Ok(Serial(raw.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,13 +97,22 @@ impl Name {
     /// # Errors
     /// [`BadInput::NameTooLong`] or [`BadInput::NameControl`].
     pub fn parse(raw: &str) -> Result<Self, BadInput> {
+        Self::check(raw)?;
+        Ok(Name(raw.to_owned()))
+    }
+
+    /// [`Name::parse`] without the copy.
+    ///
+    /// # Errors
+    /// As [`Name::parse`].
+    pub fn check(raw: &str) -> Result<(), BadInput> {
         if raw.len() > MAX_NAME_BYTES {
             return Err(BadInput::NameTooLong(raw.len()));
         }
         if raw.chars().any(char::is_control) {
             return Err(BadInput::NameControl);
         }
-        Ok(Name(raw.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -56,7 +56,7 @@ use common::engine::kafka::TopicSpec;
 use common::engine::pg::{Migration, PROCESSOR_TABLES, READ_MODEL_TABLES};
 use common::engine::workload::{TopicArgs, Topics, Workload};
 
-pub use graph::{Graph, GraphBuilder};
+pub use graph::{Graph, GraphBuilder, StoredCells};
 pub use input::{BadInput, Name, Port, Ports, Serial};
 pub use records::{Association, Change, Command, Reject, Status, StoredWidget, Widget};
 

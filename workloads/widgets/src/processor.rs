@@ -16,6 +16,7 @@ use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 use common::engine::store::{Column, ColumnType, Row, Value};
 
+use crate::graph::StoredCells;
 use crate::input::{Name, Ports, Serial, MAX_PORTS};
 use crate::log::{Outcome, WidgetCommand};
 use crate::records::{Status, StoredWidget};
@@ -86,19 +87,22 @@ fn corrupt(what: String) -> PgError {
     PgError::Corrupt(format!("processor_widgets: {what}"))
 }
 
-fn widget_from_row(row: &Row) -> Result<StoredWidget, PgError> {
+/// A stored widget's cells, checked where they lie in the row (a restore copies each once, into the graph).
+fn cells_of_row(row: &Row) -> Result<StoredCells<'_>, PgError> {
     let serial = row.text("serial")?;
-    let serial = Serial::parse(serial).map_err(|_| corrupt(format!("serial {serial:?}")))?;
-    let name = Name::parse(row.text("name")?).map_err(|_| corrupt(format!("{serial}: name")))?;
+    Serial::check(serial).map_err(|_| corrupt(format!("serial {serial:?}")))?;
+    let name = row.text("name")?;
+    Name::check(name).map_err(|_| corrupt(format!("{serial}: name")))?;
     let ports = Ports::parse(row.text("ports")?).map_err(|_| corrupt(format!("{serial}: ports")))?;
-    let mut slots: [Option<Serial>; MAX_PORTS] = Default::default();
+    let mut slots: [Option<&str>; MAX_PORTS] = [None; MAX_PORTS];
     for (slot, column) in slots.iter_mut().zip(SLOTS) {
         let partner = row.text(column)?;
         if !partner.is_empty() {
-            *slot = Some(Serial::parse(partner).map_err(|_| corrupt(format!("{serial}: {column}")))?);
+            Serial::check(partner).map_err(|_| corrupt(format!("{serial}: {column}")))?;
+            *slot = Some(partner);
         }
     }
-    Ok(StoredWidget { serial, name, ports, slots })
+    Ok(StoredCells { serial, name, ports, slots })
 }
 
 /// An outcome's code in `processor_widget_ids.outcome` (part of the data format).
@@ -178,7 +182,7 @@ impl Aggregation for Widgets {
         let mut restore = Restore::new(scope.partition, self.policy);
         tx.read_rows(&WIDGETS, scope, |rows| {
             for row in &rows {
-                restore.widget(widget_from_row(row)?).map_err(|e| corrupt(e.to_string()))?;
+                restore.widget_cells(cells_of_row(row)?).map_err(|e| corrupt(e.to_string()))?;
             }
             Ok(())
         })
@@ -269,13 +273,18 @@ mod tests {
             ports: Ports::parse("PRQ").unwrap(),
             slots: [None, Some(s("b")), None],
         };
-        assert_eq!(widget_from_row(&widget_row(&w)).unwrap(), w);
+        let row = widget_row(&w);
+        let cells = cells_of_row(&row).unwrap();
+        assert_eq!((cells.serial, cells.name, cells.ports), ("a é", "", w.ports));
+        assert_eq!(cells.slots, [None, Some("b"), None]);
         for outcome in [Outcome::Created, Outcome::Dissociated, Outcome::Refused(Status::Conflict, "why".into())] {
             let m = Memo { outcome, at_ms: 5, offset: 9 };
             assert_eq!(id_from_row(&id_row("r:a", &m)).unwrap(), ("r:a".to_owned(), m));
         }
-        let bad = widget_row(&w).with("ports", Value::Text("X".into()));
-        assert!(matches!(widget_from_row(&bad), Err(PgError::Corrupt(_))));
+        for (column, bad) in [("ports", "X"), ("serial", ""), ("slot2", "\u{7}"), ("name", "\n")] {
+            let bad = widget_row(&w).with(column, Value::Text(bad.into()));
+            assert!(matches!(cells_of_row(&bad), Err(PgError::Corrupt(_))), "{column}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use crate::graph::{Graph, GraphBuilder};
+use crate::graph::{Graph, GraphBuilder, StoredCells};
 use crate::input::Serial;
 use crate::log::{After, Logged, Outcome, Reply, WidgetCommand};
 use crate::records::{Change, StoredWidget};
@@ -125,9 +125,17 @@ impl Restore {
     }
 
     /// # Errors
-    /// [`Corrupt`] for a serial stored twice or a slot past the ports.
+    /// [`Corrupt`] for a slot past the ports.
     pub fn widget(&mut self, w: StoredWidget) -> Result<(), Corrupt> {
         self.graph.add(w).map_err(Corrupt)
+    }
+
+    /// [`Restore::widget`] from the row's cells, borrowed (checked by the caller).
+    ///
+    /// # Errors
+    /// [`Corrupt`] for a slot past the ports.
+    pub fn widget_cells(&mut self, w: StoredCells<'_>) -> Result<(), Corrupt> {
+        self.graph.add_cells(w).map_err(Corrupt)
     }
 
     pub fn id(&mut self, key: String, memo: Memo) {
@@ -135,7 +143,7 @@ impl Restore {
     }
 
     /// # Errors
-    /// [`Corrupt`] when the slots do not wire up into a graph.
+    /// [`Corrupt`] for a serial stored twice, or slots that do not wire up into a graph.
     pub fn finish(self) -> Result<WidgetsState, Corrupt> {
         let mut state = WidgetsState::new(self.partition, self.policy);
         state.graph = self.graph.finish().map_err(Corrupt)?;

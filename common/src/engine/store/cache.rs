@@ -148,6 +148,18 @@ pub const ROWS_PER_SCRIPT: usize = 250;
 /// materializer catch-up test). Two keep one call queued while the other runs.
 pub const SCRIPTS_IN_FLIGHT: usize = 2;
 
+/// Removes settled marks that still hold the value read: ARGV is pairs of
+/// (instance, value); returns how many went.
+const FORGET_SETTLED: &str = r"
+local gone = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    gone = gone + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return gone
+";
+
 /// How long a fill lease lives: longer than any PostgreSQL read it covers.
 const FILL_LEASE: Duration = Duration::from_secs(10);
 
@@ -307,6 +319,7 @@ pub struct RedisStore {
     put: Script,
     fill: Script,
     put_progress: Script,
+    forget_settled: Script,
     /// Until when Redis is skipped after a failure.
     skip_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -343,6 +356,7 @@ impl RedisStore {
             put: Script::new(PUT_IF_NEWER),
             fill: Script::new(FILL),
             put_progress: Script::new(PUT_PROGRESS),
+            forget_settled: Script::new(FORGET_SETTLED),
             skip_until: std::sync::Arc::default(),
         })
     }
@@ -525,6 +539,59 @@ impl RedisStore {
         let all: Vec<Vec<(String, String)>> =
             self.guarded(|mut conn| async move { pipe.query_async(&mut conn).await }).await?;
         keys.into_iter().zip(all.iter()).map(|(key, fields)| parse_marks(key, fields)).collect()
+    }
+
+    /// The hash of the materializers' *settled marks* of one workload: per
+    /// materializer instance, a wall-clock time (ms since the epoch) before
+    /// which every row it wrote to PostgreSQL is in Redis. A starting
+    /// materializer catches Redis up only from the oldest of them
+    /// (`materializer::engine::sink`). No TTL: one small field per instance,
+    /// removed by the next start once covered or past one TTL.
+    fn settled_key(&self, workload: &str) -> String {
+        format!("{}:settled:{workload}", self.prefix)
+    }
+
+    /// Every settled mark of `workload`: (instance, ms since the epoch).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer or holds a malformed mark.
+    pub async fn settled_marks(&self, workload: &str) -> Result<Vec<(String, i64)>, CacheError> {
+        let key = self.settled_key(workload);
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(&key);
+        let fields: Vec<(String, String)> =
+            self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await }).await?;
+        fields
+            .into_iter()
+            .map(|(instance, at)| at.parse().map(|at| (instance, at)).map_err(|_| CacheError::Malformed(key.clone())))
+            .collect()
+    }
+
+    /// Sets `instance`'s settled mark of `workload` to `at_ms`.
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer.
+    pub async fn put_settled(&self, workload: &str, instance: &str, at_ms: i64) -> Result<(), CacheError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.settled_key(workload)).arg(instance).arg(at_ms);
+        self.guarded(|mut conn| async move { cmd.query_async::<i64>(&mut conn).await }).await.map(|_| ())
+    }
+
+    /// Removes each of `marks` of `workload` that still holds the value
+    /// given (a mark its instance moved since stays).
+    ///
+    /// # Errors
+    /// [`CacheError`] when Redis does not answer; some may be removed.
+    pub async fn forget_settled(&self, workload: &str, marks: &[(String, i64)]) -> Result<(), CacheError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.forget_settled.prepare_invoke();
+        inv.key(self.settled_key(workload));
+        for (instance, at) in marks {
+            inv.arg(instance).arg(*at);
+        }
+        self.guarded(|mut conn| async move { inv.invoke_async::<i64>(&mut conn).await }).await.map(|_| ())
     }
 
     /// Announces on [`RedisStore::changes_channel`] that `workload`'s read model changed.

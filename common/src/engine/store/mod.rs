@@ -143,8 +143,8 @@ pub async fn changed_page<R: CachedRow>(
     limit: i64,
 ) -> Result<ChangedPage<R>, PgError> {
     let after = after.map(R::key);
-    let rows = R::table().page(conn, since, after.as_ref(), limit).await?;
-    let mut page = ChangedPage { changed: Vec::new(), scanned: rows.len(), last: None };
+    let (rows, scanned) = R::table().page(conn, since, after.as_ref(), limit).await?;
+    let mut page = ChangedPage { changed: Vec::new(), scanned, last: None };
     for (stored, changed) in &rows {
         let (id, row) = typed::<R>(stored)?;
         if *changed {

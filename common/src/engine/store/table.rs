@@ -577,8 +577,18 @@ impl VersionedTable {
             .collect();
         // Ordered by the qualified key columns: an alias of the same name
         // (`key::text AS key`) would sort the whole table as text.
-        let page = format!("SELECT {}, {t}.updated_at >= $1 AS changed FROM {t}", self.select_list());
-        let order = format!("ORDER BY {} LIMIT $2", self.key_names(true));
+        // A page scans up to $2 rows in key order but returns only those changed, and its
+        // last (where the next page starts): after a clean stop nearly every row scanned is
+        // unchanged, and is neither sent nor decoded. `scanned` numbers the rows scanned.
+        let page = format!(
+            "WITH page AS (SELECT {}, {t}.updated_at >= $1 AS changed, row_number() OVER (ORDER BY {keys}) AS scanned FROM {t}",
+            self.select_list(),
+            keys = self.key_names(true)
+        );
+        let order = format!(
+            "ORDER BY {} LIMIT $2) SELECT * FROM page WHERE changed OR scanned = (SELECT max(scanned) FROM page) ORDER BY scanned",
+            self.key_names(true)
+        );
         Statements {
             upsert_returning: format!("{upsert} RETURNING {}", self.select_list()),
             upsert,
@@ -689,8 +699,9 @@ impl VersionedTable {
 
     /// One page in key order for the materializer's catch-up of Redis: at
     /// most `limit` rows after `after` (a row of the key columns; from the
-    /// first when `None`), each marked whether it changed since `since`
-    /// (PostgreSQL's clock). One range scan of the primary key.
+    /// first when `None`), those changed since `since` (PostgreSQL's clock)
+    /// and the last one scanned (marked whether it changed), with how many
+    /// were scanned. One range scan of the primary key.
     ///
     /// # Errors
     /// [`PgError`] when PostgreSQL fails.
@@ -700,18 +711,23 @@ impl VersionedTable {
         since: SystemTime,
         after: Option<&Row>,
         limit: i64,
-    ) -> Result<Vec<(Stored, bool)>, PgError> {
+    ) -> Result<(Vec<(Stored, bool)>, usize), PgError> {
         let after = after.map(|k| k.values_of(&self.key)).transpose()?;
         let scalars: Vec<Scalar> = after.iter().flatten().map(Scalar::of).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &limit];
         params.extend(scalars.iter().map(Scalar::as_param));
         let sql = if after.is_some() { &self.sql.next_page } else { &self.sql.first_page };
         let stmt = conn.prepare_cached(sql).await?;
-        conn.query(&stmt, &params)
-            .await?
+        let rows = conn.query(&stmt, &params).await?;
+        let scanned = match rows.last() {
+            Some(r) => usize::try_from(r.try_get::<_, i64>("scanned")?).unwrap_or(0),
+            None => 0,
+        };
+        let rows = rows
             .iter()
             .map(|r| Ok((self.stored(r)?, r.try_get::<_, bool>("changed")?)))
-            .collect()
+            .collect::<Result<Vec<_>, PgError>>()?;
+        Ok((rows, scanned))
     }
 
     /// A row as read back: every key and value column, by name, and the version.
@@ -1057,14 +1073,16 @@ mod tests {
     fn pages_go_by_the_qualified_key_in_bounded_steps() {
         let sums = sums();
         let (first, next) = sums.page_sql();
+        let rest =
+            "LIMIT $2) SELECT * FROM page WHERE changed OR scanned = (SELECT max(scanned) FROM page) ORDER BY scanned";
         assert!(
-            first.ends_with("increments.updated_at >= $1 AS changed FROM increments ORDER BY increments.key LIMIT $2"),
+            first.ends_with(&format!("increments.updated_at >= $1 AS changed, row_number() OVER (ORDER BY increments.key) AS scanned FROM increments ORDER BY increments.key {rest}")),
             "{first}"
         );
         assert!(
-            next.ends_with(
-                "FROM increments WHERE (increments.key) > ($3::text::uuid) ORDER BY increments.key LIMIT $2"
-            ),
+            next.ends_with(&format!(
+                "FROM increments WHERE (increments.key) > ($3::text::uuid) ORDER BY increments.key {rest}"
+            )),
             "{next}"
         );
         let partitions = partitions();
