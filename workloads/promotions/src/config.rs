@@ -48,7 +48,7 @@ pub struct PromotionsConfig {
     pub promotions_clock_skew: Duration,
     /// The query's in-process cache of promotions by (generation, id), absent ids too, in MB (0 turns it off):
     /// rows of a generation never change, so nothing but the generation in the key invalidates them.
-    #[arg(long, env = "PROMOTIONS_ROW_CACHE_MB", default_value_t = 32)]
+    #[arg(long, env = "PROMOTIONS_ROW_CACHE_MB", default_value_t = 64)]
     pub promotions_row_cache_mb: u64,
 }
 

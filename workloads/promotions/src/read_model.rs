@@ -94,11 +94,13 @@ pub enum Lookup {
     Found(i64, bytes::Bytes),
 }
 
-/// Bytes a cached answer is charged beyond its body: the key, moka's entry
-/// and its place in the eviction lists, over-estimated, so that the bound
-/// in MB bounds the memory the cache holds (and its entries: at most one
-/// per this many bytes).
-const ENTRY_OVERHEAD: u32 = 192;
+/// Bytes a cached answer is counted for: its key, its body (the JSON of
+/// one promotion, under 120 bytes: a UUID, a price, a date-time), moka's
+/// entry and its places in the eviction lists and the frequency sketch,
+/// over-estimated. The cache is bounded in entries, `--promotions-row-cache-mb`
+/// over this: so both in entries and in bytes. (A weigher in bytes would size
+/// moka's frequency sketch by the byte count, 8 bytes a unit.)
+const ENTRY_BYTES: u64 = 384;
 
 /// Reads promotions of the active generation by id: the pointer through a
 /// lease ([`PointerLease`]: no PostgreSQL round trip while it lasts), the
@@ -113,14 +115,8 @@ pub struct PromotionReader {
 impl PromotionReader {
     /// A reader whose cache holds up to `cache_mb` MB (0: no cache).
     pub fn new(cache_mb: u64) -> Self {
-        let cache = (cache_mb > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(cache_mb.saturating_mul(1024 * 1024))
-                .weigher(|_: &(i64, u128), body: &Option<bytes::Bytes>| {
-                    ENTRY_OVERHEAD.saturating_add(body.as_ref().map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)))
-                })
-                .build()
-        });
+        let entries = cache_mb.saturating_mul(1024 * 1024) / ENTRY_BYTES;
+        let cache = (entries > 0).then(|| moka::sync::Cache::new(entries));
         PromotionReader { lease: PointerLease::new(&PROMOTIONS), cache }
     }
 
