@@ -60,7 +60,8 @@ async fn read_active(
 async fn until_visible(client: &deadpool_postgres::Client, table: &BulkTable) {
     let pointer = read_pointer(client, table).await.unwrap().expect("switched");
     let visible_at = pointer.visible_at_ms.expect("a lease") + LEASE.skew_ms();
-    let wait = visible_at - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let wait =
+        visible_at - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
 }
 
@@ -144,8 +145,7 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     tx.commit().await.unwrap();
     until_visible(&client, table).await;
     for h in [&stale, &hint] {
-        let (generation, row) =
-            read_active(&pool, h, B).await.expect("active");
+        let (generation, row) = read_active(&pool, h, B).await.expect("active");
         assert_eq!((generation, row.unwrap().big_int("cents").unwrap()), (4, 4));
     }
     // Generation 5's table was created by a release without the origin column (a file in flight across the

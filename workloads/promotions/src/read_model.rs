@@ -96,11 +96,12 @@ pub enum Lookup {
 
 /// Bytes a cached answer is counted for: its key, its body (the JSON of
 /// one promotion, under 120 bytes: a UUID, a price, a date-time), moka's
-/// entry and its places in the eviction lists and the frequency sketch,
-/// over-estimated. The cache is bounded in entries, `--promotions-row-cache-mb`
+/// entry and its places in the eviction lists and the frequency sketch, and
+/// the allocator's slack: about 550 bytes an entry of the query's RSS measured
+/// (docs/benchmarks-notes.md). The cache is bounded in entries, `--promotions-row-cache-mb`
 /// over this: so both in entries and in bytes. (A weigher in bytes would size
 /// moka's frequency sketch by the byte count, 8 bytes a unit.)
-const ENTRY_BYTES: u64 = 384;
+const ENTRY_BYTES: u64 = 640;
 
 /// Reads promotions of the active generation by id: the pointer through a
 /// lease ([`PointerLease`]: no PostgreSQL round trip while it lasts), the

@@ -639,7 +639,8 @@ mod tests {
         assert_eq!(decide(Some(&first), Duration::ZERO, 4_000), LeaseDecision::Read(None), "nothing active yet");
         assert_eq!(decide(Some(&first), Duration::ZERO, 5_000), LeaseDecision::Read(Some(9)));
         // A switch written before the lease existed: visible at once, held for its lease (0: not at all).
-        let old = ActivePointer { lease: ReadLease { lease: Duration::ZERO, skew: Duration::ZERO }, ..switched(None, None) };
+        let old =
+            ActivePointer { lease: ReadLease { lease: Duration::ZERO, skew: Duration::ZERO }, ..switched(None, None) };
         assert_eq!(decide(Some(&old), Duration::ZERO, 0), LeaseDecision::Read(Some(9)));
         assert_eq!(decide(Some(&old), Duration::from_millis(1), 0), LeaseDecision::Reread);
         assert_eq!(decide(None, Duration::ZERO, 0), LeaseDecision::Read(None), "the read that found no row");
