@@ -125,6 +125,9 @@ async fn a_bulk_generation_is_copied_sealed_switched_and_dropped_in_postgres() {
     assert_eq!(t.active_generation(table).await.unwrap(), Some(3));
     assert_eq!(t.bulk_generations(table).await.unwrap(), vec![1, 3], "2 was dropped, 1 is kept");
     tx.commit().await.unwrap();
+    let before = read_active(&pool, &PointerLease::new(table), B).await;
+    assert_eq!(before.map(|(g, r)| (g, r.is_some())), Some((1, true)), "1 answers until 3 is visible");
+    until_visible(&client, table).await;
     let read = read_active(&pool, &hint, B).await;
     assert_eq!(read.map(|(g, r)| (g, r.is_some())), Some((3, false)));
     let kept = client.query_one("SELECT to_regclass('promotions_g1') IS NOT NULL AS kept", &[]).await.unwrap();
