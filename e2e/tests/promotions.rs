@@ -72,8 +72,22 @@ async fn accepted(command: SocketAddr, csv: &str) -> i64 {
     json_of(&a)["generation"].as_i64().expect("a generation number")
 }
 
+/// How long after a switch commits every query instance answers from it: the
+/// pointer lease and twice the clock-skew bound, at their defaults
+/// (`--promotions-read-lease` 1 s, `--promotions-clock-skew` 250 ms).
+const VISIBLE: Duration = Duration::from_millis(1500);
+
 /// Waits until generation `n` is in `state`; its status. Panics if it ends in another.
+/// `active`: also until it is visible to every reader (it is `active` from the switch's commit on).
 async fn wait_state(query: SocketAddr, n: i64, state: &str) -> Value {
+    let status = wait_state_only(query, n, state).await;
+    if state == "active" {
+        tokio::time::sleep(VISIBLE).await;
+    }
+    status
+}
+
+async fn wait_state_only(query: SocketAddr, n: i64, state: &str) -> Value {
     wait_until(&format!("generation {n} {state}"), LOAD_LIMIT, || async move {
         let a = get(query, &format!("/promotions/generations/{n}")).await;
         if a.status == 404 {
@@ -260,7 +274,9 @@ struct Seen {
 async fn readers_during_a_switch_never_see_the_old_generation_after_the_new_one_nor_a_404() {
     let mut stack = Stack::new();
     stack.start_all().await;
+    // Two query instances, each with its own lease on the pointer: the promise holds across them.
     let (command, query) = (stack.addr("command"), stack.addr("query"));
+    let queries = [query, stack.start("query2", e2e::Service::Query).await];
     let shared = ids(1000);
     let (first, second) = (file(&shared, 6), file(&shared, 7));
     let g1 = accepted(command, &first.csv).await;
@@ -270,6 +286,7 @@ async fn readers_during_a_switch_never_see_the_old_generation_after_the_new_one_
     let (first, second) = (Arc::new(first), Arc::new(second));
     let readers: Vec<_> = (0..8)
         .map(|r| {
+            let query = queries[r % queries.len()];
             let (stop, first, second, ids) = (stop.clone(), first.clone(), second.clone(), shared.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
@@ -295,6 +312,7 @@ async fn readers_during_a_switch_never_see_the_old_generation_after_the_new_one_
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let g2 = accepted(command, &second.csv).await;
+    // Visible to every reader within the lease and twice the skew bound of the switch's commit.
     wait_state(query, g2, "active").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);

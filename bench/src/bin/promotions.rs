@@ -170,6 +170,29 @@ fn put_run(out: &mut Map<String, Value>, prefix: &str, run: &Map<String, Value>)
     }
 }
 
+/// The query's row cache answers so far (`analytics_query_promotion_row_cache_total`): (hits, misses).
+fn row_cache(query: std::net::SocketAddr) -> (u64, u64) {
+    let out = Command::new("curl").args(["-s", &format!("http://{query}/metrics")]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let count = |result: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("analytics_query_promotion_row_cache_total{") && l.contains(result))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (count("result=\"hit\""), count("result=\"miss\""))
+}
+
+/// The hit rate of the cache answers between two [`row_cache`] readings.
+fn hit_rate(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let (hits, misses) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+    let total = hits + misses;
+    if total == 0 {
+        return 0.0;
+    }
+    (hits as f64 / total as f64 * 1000.0).round() / 1000.0
+}
+
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
@@ -219,13 +242,18 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
 
     let ids = ids.to_str().expect("a UTF-8 path");
     eprintln!("[promotions] GET /promotions/{{id}} at rest");
+    let cache0 = row_cache(query);
     put_run(&mut out, "promotions_get_rest", &wrk(args, "promotions-get.lua", &format!("http://{query}"), &[ids])?);
+    let cache1 = row_cache(query);
+    // The row cache answers from memory only ids asked before: its hit rate depends on `--sample` and the run's length.
+    out.insert("promotions_get_rest_cache_hit_rate".into(), json!(hit_rate(cache0, cache1)));
 
     eprintln!("[promotions] load 2 (the same file, a new generation) with GET /promotions/{{id}} beside it");
     let t0 = Instant::now();
     let curl = upload(command, file)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = wrk(args, "promotions-get.lua", &format!("http://{query}"), &[ids])?;
+    out.insert("promotions_get_load_cache_hit_rate".into(), json!(hit_rate(cache1, row_cache(query))));
     let get_done = t0.elapsed();
     let second = tokio::task::spawn_blocking(move || generation_of(curl)).await??;
     let loaded2 = wait_active(&pg, &schema, second, limit).await?.duration_since(t0);

@@ -145,6 +145,14 @@ pub mod migrations {
         &[Processor, Materializer],
         include_str!("../../migrations/0009_member_presence.sql"),
     );
+    /// The pointer's lease: the generation replaced, when the new one is visible, and the lease it assumed.
+    pub const BULK_ACTIVE_LEASE: Migration = Migration::new(
+        ENGINE,
+        10,
+        "bulk_active_lease",
+        &[Processor, Query],
+        include_str!("../../migrations/0010_bulk_active_lease.sql"),
+    );
 
     /// All of them, in version order.
     pub const ALL: &[Migration] = &[
@@ -157,6 +165,7 @@ pub mod migrations {
         BULK_GENERATIONS,
         BULK_ACTIVE,
         MEMBER_PRESENCE,
+        BULK_ACTIVE_LEASE,
     ];
 }
 
@@ -425,7 +434,7 @@ mod tests {
     fn each_service_applies_the_engine_tables_it_uses() {
         let names = |s| migrations_for(s, []).iter().map(|m| m.name).collect::<Vec<_>>();
         assert_eq!(names(Service::Command), ["deployment_settings"]);
-        assert_eq!(names(Service::Query), ["read_progress", "bulk_active"]);
+        assert_eq!(names(Service::Query), ["read_progress", "bulk_active", "bulk_active_lease"]);
         assert_eq!(names(Service::Materializer), ["coordination", "read_progress", "member_presence"]);
         assert!(!names(Service::Processor).contains(&"read_progress"));
     }

@@ -23,7 +23,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
-use super::tables::{BulkTable, Duplicate, RowTable, StateTx};
+use super::tables::{BulkTable, Duplicate, ReadLease, RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
 use common::engine::store::{Column, ColumnType, Row, Value};
 
@@ -589,20 +589,42 @@ impl StateTx for PgTx<'_> {
         common::engine::store::bulk::active_generation(self.tx, table).await
     }
 
-    async fn activate_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<i64>, PgError> {
-        // Locks the pointer's row: switches of one table are serialized.
+    async fn activate_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        lease: ReadLease,
+    ) -> Result<Option<i64>, PgError> {
+        // Readers answer from the generation before the last switch until that switch is visible: this one waits
+        // for it, before locking the pointer (readers' reads of it wait on the lock). Only switches closer than
+        // the lease wait at all.
+        const WAIT: &str = "SELECT extract(epoch FROM visible_at - clock_timestamp())::float8 AS wait_s \
+                            FROM bulk_active WHERE bulk_table = $1";
+        for locked in [false, true] {
+            let sql = if locked { format!("{WAIT} FOR UPDATE") } else { WAIT.to_owned() };
+            // Locked: switches of one table are serialized, and readers wait until this one commits.
+            let wait = self.tx.query_opt(sql.as_str(), &[&table.table]).await?;
+            let wait_s = wait.and_then(|r| r.get::<_, Option<f64>>("wait_s")).unwrap_or(0.0);
+            if wait_s > 0.0 {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(wait_s.min(3600.0))).await;
+            }
+        }
+        // Visible once every lease read before the lock ended (the longer of this switch's lease and the one
+        // the row promised readers), plus the skew bound: PostgreSQL's clock, after the lock.
         let previous = self
             .tx
-            .query_opt("SELECT generation FROM bulk_active WHERE bulk_table = $1 FOR UPDATE", &[&table.table])
-            .await?
-            .map(|r| r.get::<_, i64>("generation"));
-        self.tx
-            .execute(
-                "INSERT INTO bulk_active (bulk_table, generation) VALUES ($1, $2)
-                 ON CONFLICT (bulk_table) DO UPDATE SET generation = EXCLUDED.generation, switched_at = now()",
-                &[&table.table, &generation],
+            .query_one(
+                "INSERT INTO bulk_active AS a (bulk_table, generation, previous, visible_at, lease_ms, skew_ms)
+                 VALUES ($1, $2, NULL, clock_timestamp() + ($3::bigint + $4::bigint) * interval '1 millisecond', $3, $4)
+                 ON CONFLICT (bulk_table) DO UPDATE SET generation = EXCLUDED.generation,
+                     previous = a.generation, switched_at = now(), lease_ms = EXCLUDED.lease_ms,
+                     skew_ms = EXCLUDED.skew_ms,
+                     visible_at = clock_timestamp() + (greatest($3::bigint, a.lease_ms) + $4::bigint) * interval '1 millisecond'
+                 RETURNING previous",
+                &[&table.table, &generation, &lease.lease_ms(), &lease.skew_ms()],
             )
-            .await?;
+            .await?
+            .get::<_, Option<i64>>("previous");
         Ok(previous.filter(|p| *p != generation))
     }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use common::engine::pg::PgError;
-pub use common::engine::store::bulk::{BulkTable, Duplicate};
+pub use common::engine::store::bulk::{BulkTable, Duplicate, ReadLease};
 use common::engine::store::{Column, Row, Value};
 
 use super::Scope;
@@ -160,11 +160,15 @@ pub trait StateTx: Send {
     /// The generation readers of `table` read, if any.
     fn active_generation(&mut self, table: &BulkTable) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;
 
-    /// Makes `generation` the one readers read; returns the one it replaces.
+    /// Makes `generation` the one readers read, visible to them once every
+    /// lease on the pointer before it ended (`lease`: the lease and skew
+    /// bound readers follow, [`common::engine::store::bulk::decide`]); returns
+    /// the one it replaces. Waits first until the previous switch is visible.
     fn activate_generation(
         &mut self,
         table: &BulkTable,
         generation: i64,
+        lease: ReadLease,
     ) -> impl Future<Output = Result<Option<i64>, PgError>> + Send;
 
     /// The generations of `table` whose storage exists (created and not

@@ -1,5 +1,6 @@
-//! The promotions workload's config section: its two topics, and the
-//! command's watched directory and stalled-upload janitor. Every service
+//! The promotions workload's config section: its two topics, the
+//! command's watched directory and stalled-upload janitor, the pointer
+//! lease of the switch and the query's row cache. Every service
 //! adds it to its command line (the topics' partition counts are the
 //! deployment's: `--events-partitions`, `--aggregates-partitions`).
 
@@ -35,4 +36,25 @@ pub struct PromotionsConfig {
     /// How far back in the rows topic the janitor starts reading when the command starts.
     #[arg(long, env = "PROMOTIONS_UPLOAD_LOOKBACK", default_value = "1h", value_parser = parse_duration)]
     pub promotions_upload_lookback: Duration,
+    /// The pointer lease `L` (read by the processor, at each switch): a query instance answers from the active
+    /// generation it read this long without reading PostgreSQL's pointer again. A switch becomes visible this long
+    /// (plus `--promotions-clock-skew`) after it commits.
+    #[arg(long, env = "PROMOTIONS_READ_LEASE", default_value = "1s", value_parser = parse_duration)]
+    pub promotions_read_lease: Duration,
+    /// The bound `ε` on how far the clocks of the query machines and PostgreSQL's differ (read by the processor, at
+    /// each switch): atomic switches rest on it. Requests that arrive within 2ε before a switch becomes visible
+    /// wait until it is.
+    #[arg(long, env = "PROMOTIONS_CLOCK_SKEW", default_value = "250ms", value_parser = parse_duration)]
+    pub promotions_clock_skew: Duration,
+    /// The query's in-process cache of promotions by (generation, id), absent ids too, in MB (0 turns it off):
+    /// rows of a generation never change, so nothing but the generation in the key invalidates them.
+    #[arg(long, env = "PROMOTIONS_ROW_CACHE_MB", default_value_t = 64)]
+    pub promotions_row_cache_mb: u64,
+}
+
+impl PromotionsConfig {
+    /// The lease the processor's switches write for readers.
+    pub fn read_lease(&self) -> common::engine::store::bulk::ReadLease {
+        common::engine::store::bulk::ReadLease { lease: self.promotions_read_lease, skew: self.promotions_clock_skew }
+    }
 }

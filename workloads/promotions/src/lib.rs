@@ -129,8 +129,8 @@ impl ::command::CommandRole for Promotions {
 impl ::processor::ProcessorRole for Promotions {
     type Aggregation = processor::Promotions;
 
-    fn aggregation(_: &Self::Config, _: &Horizon) -> processor::Promotions {
-        processor::Promotions
+    fn aggregation(cfg: &Self::Config, _: &Horizon) -> processor::Promotions {
+        processor::Promotions { lease: cfg.read_lease() }
     }
 }
 
@@ -143,8 +143,8 @@ impl ::materializer::MaterializerRole for Promotions {
 }
 
 impl ::query::QueryRole for Promotions {
-    fn routes(_: &Self::Config, stores: &::query::engine::Stores) -> Vec<::query::engine::Route> {
-        stores.register(query::Promotions)
+    fn routes(cfg: &Self::Config, stores: &::query::engine::Stores) -> Vec<::query::engine::Route> {
+        stores.register(query::Promotions::new(cfg.promotions_row_cache_mb))
     }
 }
 

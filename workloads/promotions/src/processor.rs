@@ -9,7 +9,8 @@
 //! completes the generation (every partition reported, the rows add up, no
 //! newer generation active, no id twice) activates it and drops what the
 //! switch before left behind: the generation it replaced stays until the
-//! next switch, for readers that read the pointer just before this one.
+//! next switch, for readers holding a lease on the pointer before this one
+//! (the next switch first waits until this one is visible to every reader).
 //! An abort drops the generation. The pure part is [`Loads`] (`crate::load`).
 //!
 //! Each partition keeps in its own tables what a claim restores: the phase
@@ -22,7 +23,7 @@ use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 use common::engine::store::{Column, ColumnType, Row, Value};
 
-use ::processor::engine::tables::{RowTable, StateTx};
+use ::processor::engine::tables::{ReadLease, RowTable, StateTx};
 use ::processor::engine::{Aggregation, DedupId, Emit, Position, Record, Scope, Skip};
 
 use crate::load::{self, Announcement, Changes, Decision, Loads, Phase, Receipt};
@@ -55,8 +56,11 @@ pub static ANNOUNCEMENTS: LazyLock<RowTable> = LazyLock::new(|| RowTable {
 });
 
 /// The promotions workload.
-#[derive(Debug, Clone, Copy)]
-pub struct Promotions;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Promotions {
+    /// The pointer lease each switch writes for readers (`--promotions-read-lease`, `--promotions-clock-skew`).
+    pub lease: ReadLease,
+}
 
 fn load_row(generation: i64, phase: Phase, copied: u64) -> Row {
     Row::new()
@@ -105,6 +109,7 @@ async fn settle<T: StateTx>(
     generation: i64,
     reports: &[(i32, i64)],
     end: &End,
+    lease: ReadLease,
 ) -> Result<Vec<Announcement>, PgError> {
     let table = &*PROMOTIONS;
     let fail = |status: GenerationStatus| vec![Announcement::new(status)];
@@ -130,7 +135,7 @@ async fn settle<T: StateTx>(
         return Ok(fail(load::duplicate(generation, &dup)));
     }
     let mut decided = vec![Announcement::new(GenerationStatus::active(generation, rows))];
-    if let Some(previous) = tx.activate_generation(table, generation).await? {
+    if let Some(previous) = tx.activate_generation(table, generation, lease).await? {
         // Kept: the one just replaced. Dropped: everything older (replaced a switch ago, or never to be active).
         for old in tx.bulk_generations(table).await? {
             if old < previous {
@@ -228,7 +233,7 @@ impl Aggregation for Promotions {
                 Some(end) => {
                     let rows = i64::try_from(held).expect("rows fit a BIGINT");
                     let reports = tx.report_partition(table, g.generation, scope.partition, rows).await?;
-                    receipt.decided.extend(settle(tx, g.generation, &reports, end).await?);
+                    receipt.decided.extend(settle(tx, g.generation, &reports, end, self.lease).await?);
                     Phase::Ended
                 }
                 None => Phase::Loading,

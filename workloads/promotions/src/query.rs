@@ -2,8 +2,9 @@
 //!
 //! - `GET /promotions/{id}` → `200 {"id", "price", "expiration_date"}` from
 //!   the active generation, or `404` (no such id in it, or no generation
-//!   active yet). Read by primary key through the engine's pointer
-//!   ([`crate::read_model::read_promotion`]): a whole generation, never a mix.
+//!   active yet). The generation from a lease on the engine's pointer, the
+//!   row from a cache keyed by generation or by primary key
+//!   ([`crate::read_model::PromotionReader`]): a whole generation, never a mix.
 //! - `GET /promotions/generations/{n}` → `{"generation", "state", "rows",
 //!   "error"}` from the generations read model (through the engine's
 //!   read-through reader), or `404`.
@@ -13,13 +14,12 @@ use std::sync::Arc;
 
 use common::engine::http::{self, Body};
 use common::engine::pg::PgError;
-use common::engine::store::bulk::ActiveHint;
 use hyper::{Response, StatusCode};
 
 use ::query::engine::{QueryError, QueryWorkload, ReadError, Reader, Route};
 
 use crate::line::PromotionId;
-use crate::read_model::{newest_generations, read_promotion, Lookup, StoredGeneration, LISTED};
+use crate::read_model::{newest_generations, Lookup, PromotionReader, StoredGeneration, LISTED};
 
 /// `GET /promotions/{id}`'s prefix.
 const PROMOTION: &str = "/promotions/";
@@ -29,7 +29,16 @@ const GENERATION: &str = "/promotions/generations/";
 const GENERATIONS: &str = "/promotions/generations";
 
 /// The promotions and their generations.
-pub struct Promotions;
+pub struct Promotions {
+    promotions: PromotionReader,
+}
+
+impl Promotions {
+    /// With a row cache of `row_cache_mb` MB (`--promotions-row-cache-mb`, 0: none).
+    pub fn new(row_cache_mb: u64) -> Self {
+        Promotions { promotions: PromotionReader::new(row_cache_mb) }
+    }
+}
 
 fn unavailable(e: PgError) -> QueryError {
     QueryError::Unavailable(ReadError::from(e))
@@ -59,11 +68,9 @@ impl QueryWorkload for Promotions {
             let reader = all.clone();
             Box::pin(async move { list_generations(&reader).await }) as ::query::engine::Answer
         };
-        // Which generation's statement to read with; each read checks it against the pointer.
-        let hint = Arc::new(ActiveHint::default());
         let promotion = move |path: &str, _: Option<&str>| {
             let id = path.strip_prefix(PROMOTION).map(PromotionId::parse);
-            let (reader, hint) = (reader.clone(), hint.clone());
+            let reader = reader.clone();
             Box::pin(async move {
                 let Some(Ok(id)) = id else {
                     return Err(QueryError::Rejected {
@@ -71,7 +78,7 @@ impl QueryWorkload for Promotions {
                         message: "the id must be a UUID: GET /promotions/<uuid>".into(),
                     });
                 };
-                get_promotion(&reader, &hint, id).await
+                get_promotion(&reader, id).await
             }) as ::query::engine::Answer
         };
         // The first route that matches answers: the generations' paths before the ids'.
@@ -83,14 +90,9 @@ impl QueryWorkload for Promotions {
     }
 }
 
-async fn get_promotion(
-    reader: &Reader<Promotions>,
-    hint: &ActiveHint,
-    id: PromotionId,
-) -> Result<Response<Body>, QueryError> {
-    let client = reader.pool().get().await.map_err(|e| unavailable(e.into()))?;
-    match read_promotion(&client, hint, &id).await.map_err(unavailable)? {
-        Lookup::Found(_, promotion) => Ok(http::json(StatusCode::OK, promotion.to_json())),
+async fn get_promotion(reader: &Reader<Promotions>, id: PromotionId) -> Result<Response<Body>, QueryError> {
+    match reader.workload().promotions.read(reader.pool(), &id).await.map_err(unavailable)? {
+        Lookup::Found(_, body) => Ok(http::json(StatusCode::OK, body)),
         Lookup::Absent(g) => Err(QueryError::NotFound(format!("no promotion {id} in generation {g}"))),
         Lookup::NothingActive => Err(QueryError::NotFound(format!("no promotion {id}: no file is loaded yet"))),
     }

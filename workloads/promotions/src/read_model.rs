@@ -6,7 +6,8 @@
 //!   in the file, which places a duplicate id), filled by the processor with
 //!   `COPY`, keyed by id once complete, and made visible by moving the
 //!   engine's active pointer; the query reads the active one by id
-//!   ([`read_promotion`]).
+//!   ([`PromotionReader`]: the pointer through a lease, the rows through a
+//!   cache keyed by generation).
 //! - [`GENERATIONS`]: the generations' states (`promotion_generations`), the
 //!   read model the materializer writes from the generations topic and the
 //!   query reads (`GET /promotions/generations[/{n}]`), hot copy in Redis.
@@ -18,11 +19,12 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use common::engine::pg::PgError;
-use common::engine::store::bulk::{read_active, ActiveHint, BulkTable, CopyValue};
+use common::engine::store::bulk::{BulkTable, CopyValue, GenerationRow, PointerLease};
 use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
 use crate::generation::GenerationState;
 use crate::line::{Expiration, Price, Promotion, PromotionId};
+use crate::metrics as m;
 use crate::records::GenerationStatus;
 
 /// The promotions of every generation:
@@ -84,31 +86,78 @@ pub fn promotion_of(row: &Row) -> Result<Promotion, PgError> {
 /// What the active generation holds of one id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// No generation was ever activated.
+    /// No generation was ever activated (or the first is not visible yet).
     NothingActive,
     /// Generation `n` is active and has no such id.
     Absent(i64),
-    /// Generation `n` is active and has it.
-    Found(i64, Promotion),
+    /// Generation `n` is active and has it: the promotion as its JSON answer.
+    Found(i64, bytes::Bytes),
 }
 
-/// The promotion `id` of the active generation: one statement reads the
-/// pointer and the row of the generation `hint` names (the engine's
-/// [`read_active`]): a whole generation, never a mix, never one the pointer
-/// has left.
-///
-/// # Errors
-/// [`PgError`] when PostgreSQL cannot answer or the row is unreadable.
-pub async fn read_promotion(
-    client: &deadpool_postgres::Client,
-    hint: &ActiveHint,
-    id: &PromotionId,
-) -> Result<Lookup, PgError> {
-    Ok(match read_active(client, &PROMOTIONS, hint, &id.to_string()).await? {
-        None => Lookup::NothingActive,
-        Some((g, None)) => Lookup::Absent(g),
-        Some((g, Some(row))) => Lookup::Found(g, promotion_of(&row)?),
-    })
+/// Bytes a cached answer is counted for: its key, its body (the JSON of
+/// one promotion, under 120 bytes: a UUID, a price, a date-time), moka's
+/// entry and its places in the eviction lists and the frequency sketch, and
+/// the allocator's slack: about 550 bytes an entry of the query's RSS measured
+/// (docs/benchmarks-notes.md). The cache is bounded in entries, `--promotions-row-cache-mb`
+/// over this: so both in entries and in bytes. (A weigher in bytes would size
+/// moka's frequency sketch by the byte count, 8 bytes a unit.)
+const ENTRY_BYTES: u64 = 640;
+
+/// Reads promotions of the active generation by id: the pointer through a
+/// lease ([`PointerLease`]: no PostgreSQL round trip while it lasts), the
+/// rows from a cache keyed by (generation, id), absent ids too, then by
+/// primary key from the generation's table. A generation's rows never
+/// change, so the generation in the key is the only invalidation needed.
+pub struct PromotionReader {
+    lease: PointerLease,
+    cache: Option<moka::sync::Cache<(i64, u128), Option<bytes::Bytes>>>,
+}
+
+impl PromotionReader {
+    /// A reader whose cache holds up to `cache_mb` MB (0: no cache).
+    pub fn new(cache_mb: u64) -> Self {
+        let entries = cache_mb.saturating_mul(1024 * 1024) / ENTRY_BYTES;
+        let cache = (entries > 0).then(|| moka::sync::Cache::new(entries));
+        PromotionReader { lease: PointerLease::new(&PROMOTIONS), cache }
+    }
+
+    /// The promotion `id` of the active generation: the generation the
+    /// lease names now, and its row (a whole generation, never a mix).
+    ///
+    /// # Errors
+    /// [`PgError`] when PostgreSQL cannot answer or the row is unreadable.
+    pub async fn read(&self, pool: &deadpool_postgres::Pool, id: &PromotionId) -> Result<Lookup, PgError> {
+        // A table found gone means the pointer moved twice since it was read: decided again, a few times at most.
+        for _ in 0..3 {
+            let Some(generation) = self.lease.generation(pool).await? else { return Ok(Lookup::NothingActive) };
+            let key = (generation, id.uuid().as_u128());
+            if let Some(cache) = &self.cache {
+                if let Some(body) = cache.get(&key) {
+                    metrics::counter!(m::ROW_CACHE, "result" => "hit").increment(1);
+                    return Ok(lookup(generation, body));
+                }
+                metrics::counter!(m::ROW_CACHE, "result" => "miss").increment(1);
+            }
+            let client = pool.get().await?;
+            let row = match self.lease.read_row(&client, generation, &id.to_string()).await? {
+                GenerationRow::Row(row) => row,
+                GenerationRow::Gone => continue,
+            };
+            let body = row.map(|r| promotion_of(&r).map(|p| bytes::Bytes::from(p.to_json()))).transpose()?;
+            if let Some(cache) = &self.cache {
+                cache.insert(key, body.clone());
+            }
+            return Ok(lookup(generation, body));
+        }
+        Err(PgError::Corrupt(format!("{}: the active generation moved on every read", PROMOTIONS.table)))
+    }
+}
+
+fn lookup(generation: i64, body: Option<bytes::Bytes>) -> Lookup {
+    match body {
+        Some(body) => Lookup::Found(generation, body),
+        None => Lookup::Absent(generation),
+    }
 }
 
 /// `promotion_generations (generation BIGINT, state TEXT, rows BIGINT, error

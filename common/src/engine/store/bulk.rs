@@ -6,13 +6,12 @@
 //! `<table>_g<generation>` (created, filled by `COPY`, keyed once complete,
 //! dropped), and `bulk_active` holds the generation readers read. The
 //! processor writes them inside its checkpoint transaction
-//! (`processor::engine::tables::StateTx`); readers use [`read_active`].
+//! (`processor::engine::tables::StateTx`); readers hold a lease on the pointer ([`PointerLease`]) and read a
+//! generation's rows by key.
 //!
 //! A table per generation rather than a partition of one table: creating or
 //! dropping a partition locks the parent against every reader, a standalone
 //! table locks nothing they read.
-
-use tokio_postgres::types::ToSql;
 
 use super::table::{Column, ColumnType, Row, Value};
 use crate::engine::pg::PgError;
@@ -311,142 +310,290 @@ pub async fn active_generation(
     Ok(row.map(|r| r.get("generation")))
 }
 
-/// What a reader last saw of a table's active generation, and the one
-/// statement that reads a row of it ([`BulkTable::read_active_sql`]).
+/// How long a reader may answer from a pointer it read, and the bound on
+/// clock skew between readers and PostgreSQL: what a switch waits before any
+/// reader may see the new generation ([`ActivePointer::visible_at_ms`]).
 ///
-/// Only a hint of which table to read: every read also reads the pointer,
-/// in the same statement, and a read that finds the pointer elsewhere reads
-/// again. So a reader never answers from a generation the pointer has left,
-/// whatever the hint says, and readers in other processes see a switch at
-/// the same moment (the pointer's commit), as the issue's atomicity asks:
-/// once any reader sees the new generation, no reader sees the old one.
-/// Caching the pointer itself would break that across query instances.
-#[derive(Debug, Default)]
-pub struct ActiveHint {
-    last: std::sync::RwLock<Option<std::sync::Arc<HintedStatement>>>,
+/// Written by the switch into the pointer's row, so every reader follows the
+/// settings of the switch it read, never its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLease {
+    /// `L`: a reader answers from a pointer for this long after it started reading it.
+    pub lease: std::time::Duration,
+    /// `ε`: clocks of readers and PostgreSQL differ by less than this.
+    pub skew: std::time::Duration,
 }
 
-#[derive(Debug)]
-struct HintedStatement {
-    generation: i64,
-    sql: String,
-    /// The statement of the generation read before (a switch ago): each
-    /// connection drops it from its statement cache, so a long-lived
-    /// connection does not keep one prepared statement per generation.
-    stale_sql: Option<String>,
-}
-
-impl ActiveHint {
-    fn get(&self) -> Option<std::sync::Arc<HintedStatement>> {
-        self.last.read().expect("the hint's lock is never poisoned").clone()
-    }
-
-    /// Moves the hint to `generation`, or clears it. Any way the pointer went: a
-    /// store reset starts the numbers again.
-    fn set(&self, table: &BulkTable, generation: Option<i64>) {
-        let mut last = self.last.write().expect("the hint's lock is never poisoned");
-        let current = last.as_ref().map(|h| h.generation);
-        match generation {
-            Some(g) if current != Some(g) => {
-                let stale_sql = last.as_ref().map(|h| h.sql.clone());
-                *last = Some(std::sync::Arc::new(HintedStatement {
-                    generation: g,
-                    sql: table.read_active_sql(g),
-                    stale_sql,
-                }));
-            }
-            Some(_) => {}
-            None => *last = None,
-        }
+impl Default for ReadLease {
+    fn default() -> Self {
+        ReadLease { lease: std::time::Duration::from_secs(1), skew: std::time::Duration::from_millis(250) }
     }
 }
 
-impl BulkTable {
-    /// One row of `generation` by key (`$1`, as text) joined to the pointer
-    /// of the table (`$2`): one row with the active generation and, if that
-    /// is `generation` and holds the key, the row's columns (NULL otherwise);
-    /// no row when nothing is active. One statement, one snapshot.
-    pub fn read_active_sql(&self, generation: i64) -> String {
-        let columns: Vec<String> = self
-            .read_columns()
-            .map(|c| if c.ty.read_as_text() { format!("r.{0}::text AS {0}", c.name) } else { format!("r.{}", c.name) })
-            .collect();
-        format!(
-            "SELECT a.generation AS bulk_active_generation, {} FROM bulk_active a LEFT JOIN {} r \
-             ON a.generation = {generation} AND r.{} = $1::text::{} WHERE a.bulk_table = $2",
-            columns.join(", "),
-            self.generation_table(generation),
-            self.key.name,
-            sql_type(self.key.ty)
-        )
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl ReadLease {
+    /// The lease in milliseconds, as stored.
+    pub fn lease_ms(&self) -> i64 {
+        millis(self.lease)
+    }
+
+    /// The skew bound in milliseconds, as stored.
+    pub fn skew_ms(&self) -> i64 {
+        millis(self.skew)
     }
 }
 
-/// The row of `key` in the active generation of `table`, with that
-/// generation: `None` when no generation is active, `Some((n, None))` when
-/// generation `n` has no such row.
+/// A table's row of `bulk_active`, as a switch wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivePointer {
+    /// The generation switched to.
+    pub active: i64,
+    /// The generation it replaced (`None`: the first one).
+    pub previous: Option<i64>,
+    /// When `active` becomes visible, on PostgreSQL's clock (Unix ms): the
+    /// switch's commit plus the lease plus the skew bound. `None`: visible at
+    /// once (a switch written before the lease existed).
+    pub visible_at_ms: Option<i64>,
+    /// The settings of the switch: how long a reader may hold this pointer.
+    pub lease: ReadLease,
+}
+
+/// What a reader holding a pointer may do now ([`decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseDecision {
+    /// Answer from this generation (`None`: none is active yet).
+    Read(Option<i64>),
+    /// Too close to the switch for this clock to tell which side it is on:
+    /// wait until this time (Unix ms), then decide again.
+    WaitUntil(i64),
+    /// The lease ran out: read the pointer again first.
+    Reread,
+}
+
+/// Which generation a reader answers from, holding `pointer` (`None`: no
+/// row, nothing was ever switched to) read `age` ago (measured from before
+/// the read was sent), when its clock says `now_ms`. Pure.
 ///
-/// One prepared statement reads the pointer and the row of the generation
-/// `hint` names; if the pointer has moved, the hint follows it and the
-/// statement of the new generation reads again. Without a hint (the first
-/// read, or the hinted table was dropped) the pointer is read alone first.
-/// A generation's table stays until the switch after the one that replaced
-/// it, so a reader racing one switch still finds it.
+/// The promise, across readers whose clocks differ from PostgreSQL's by less
+/// than `ε`: a switch locks the pointer's row at `U` (readers' reads of it
+/// wait from then until it commits) and makes the new generation visible at
+/// `V = U + L + ε`. A reader that read the old row did so before `U` and
+/// answers from it until `U + L` at the latest. A reader that read the new
+/// row answers from the old generation only while its clock reads before
+/// `V − 2ε` (before `V − ε` in PostgreSQL's time), from the new one once its
+/// clock reads `V` (after `V − ε`), and in between waits. So every answer
+/// from the old generation comes before `V − ε`, every one from the new
+/// after: once one reader saw the new generation, none sees the old.
+/// Nothing is held without a row (a lease of 0: only the read that found
+/// no row may answer from it).
+pub fn decide(pointer: Option<&ActivePointer>, age: std::time::Duration, now_ms: i64) -> LeaseDecision {
+    let Some(p) = pointer else {
+        return if age.is_zero() { LeaseDecision::Read(None) } else { LeaseDecision::Reread };
+    };
+    if age > p.lease.lease {
+        return LeaseDecision::Reread;
+    }
+    let Some(visible_at) = p.visible_at_ms else { return LeaseDecision::Read(Some(p.active)) };
+    if now_ms >= visible_at {
+        LeaseDecision::Read(Some(p.active))
+    } else if now_ms < visible_at.saturating_sub(2 * p.lease.skew_ms()) {
+        LeaseDecision::Read(p.previous)
+    } else {
+        LeaseDecision::WaitUntil(visible_at)
+    }
+}
+
+/// The pointer of `table` as a reader reads it: `FOR SHARE`, so a read waits
+/// while a switch holds the row (from its lock to its commit) instead of
+/// seeing the row the switch is replacing.
+const POINTER_SQL: &str = "SELECT generation, previous, \
+    (extract(epoch FROM visible_at) * 1000)::bigint AS visible_at_ms, lease_ms, skew_ms \
+    FROM bulk_active WHERE bulk_table = $1 FOR SHARE";
+
+/// Reads the pointer of `table` (see [`POINTER_SQL`]).
 ///
 /// # Errors
-/// [`PgError`] when PostgreSQL cannot answer, or the pointer moves on every
-/// one of a few reads in a row.
-pub async fn read_active(
-    client: &deadpool_postgres::Client,
+/// [`PgError`] when PostgreSQL cannot answer.
+pub async fn read_pointer(
+    client: &impl deadpool_postgres::GenericClient,
     table: &BulkTable,
-    hint: &ActiveHint,
-    key: &str,
-) -> Result<Option<(i64, Option<Row>)>, PgError> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let hinted = match hint.get() {
-            Some(h) => h,
-            None => {
-                let Some(generation) = active_generation(client, table).await? else { return Ok(None) };
-                hint.set(table, Some(generation));
-                hint.get().expect("just set")
-            }
-        };
-        if let Some(stale) = &hinted.stale_sql {
-            client.statement_cache.remove(stale, &[]);
+) -> Result<Option<ActivePointer>, PgError> {
+    let statement = client.prepare_cached(POINTER_SQL).await?;
+    let Some(r) = client.query_opt(&statement, &[&table.table]).await? else { return Ok(None) };
+    let ms = |column: &str| -> Result<std::time::Duration, PgError> {
+        let v: i64 = r.try_get(column)?;
+        Ok(std::time::Duration::from_millis(u64::try_from(v).unwrap_or(0)))
+    };
+    Ok(Some(ActivePointer {
+        active: r.try_get("generation")?,
+        previous: r.try_get("previous")?,
+        visible_at_ms: r.try_get("visible_at_ms")?,
+        lease: ReadLease { lease: ms("lease_ms")?, skew: ms("skew_ms")? },
+    }))
+}
+
+/// A pointer as one reader holds it: what it read, and when it started reading.
+#[derive(Debug)]
+struct Held {
+    pointer: Option<ActivePointer>,
+    read_at: std::time::Instant,
+    /// Nothing read yet, or a table the pointer named was gone: read again.
+    stale: bool,
+}
+
+impl Held {
+    fn stale() -> Self {
+        Held { pointer: None, read_at: std::time::Instant::now(), stale: true }
+    }
+}
+
+/// Generations whose read statements each connection drops from its cache:
+/// those a refresh found the pointer had left (a long-lived connection does
+/// not keep one prepared statement per generation).
+const RETIRED: usize = 4;
+
+/// One reader instance's lease on the pointer of a table: which generation
+/// to answer from, without reading PostgreSQL while the lease lasts
+/// ([`decide`]). One read refreshes it for every request: a request past
+/// half the lease tries to refresh it (if no other is), a request past the
+/// whole lease waits for the refresh.
+#[derive(Debug)]
+pub struct PointerLease {
+    table: &'static BulkTable,
+    held: std::sync::RwLock<std::sync::Arc<Held>>,
+    refreshing: tokio::sync::Mutex<()>,
+    retired: std::sync::Mutex<Vec<String>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A row read from a generation's table ([`PointerLease::read_row`]).
+#[derive(Debug)]
+pub enum GenerationRow {
+    /// The row of the key, if the generation has one.
+    Row(Option<Row>),
+    /// The generation's table is gone (dropped after a later switch): decide again.
+    Gone,
+}
+
+impl PointerLease {
+    /// A lease on `table`'s pointer, read at the first request.
+    pub fn new(table: &'static BulkTable) -> Self {
+        PointerLease {
+            table,
+            held: std::sync::RwLock::new(std::sync::Arc::new(Held::stale())),
+            refreshing: tokio::sync::Mutex::new(()),
+            retired: std::sync::Mutex::new(Vec::new()),
         }
-        let read = match client.prepare_cached(&hinted.sql).await {
-            Ok(statement) => {
-                let params: [&(dyn ToSql + Sync); 2] = [&key, &table.table];
-                client.query_opt(&statement, &params).await
+    }
+
+    fn held(&self) -> std::sync::Arc<Held> {
+        self.held.read().expect("the lease's lock is never poisoned").clone()
+    }
+
+    /// Reads the pointer and holds it.
+    async fn refresh(&self, pool: &deadpool_postgres::Pool) -> Result<(), PgError> {
+        let client = pool.get().await?;
+        // Before the read is sent: the lease counts from no later than the row's snapshot.
+        let read_at = std::time::Instant::now();
+        let pointer = read_pointer(&client, self.table).await?;
+        let mut held = self.held.write().expect("the lease's lock is never poisoned");
+        let kept = |p: &Option<ActivePointer>| p.map(|p| [Some(p.active), p.previous]).unwrap_or_default();
+        let (before, after) = (kept(&held.pointer), kept(&pointer));
+        let left = before.into_iter().flatten().filter(|g| !after.contains(&Some(*g)));
+        let mut retired = self.retired.lock().expect("the retired list's lock is never poisoned");
+        for g in left {
+            retired.push(self.table.read_sql(g));
+        }
+        let excess = retired.len().saturating_sub(RETIRED);
+        retired.drain(..excess);
+        *held = std::sync::Arc::new(Held { pointer, read_at, stale: false });
+        Ok(())
+    }
+
+    /// Forgets the held pointer: the next request reads it again (a table it named was gone).
+    fn expire(&self) {
+        *self.held.write().expect("the lease's lock is never poisoned") = std::sync::Arc::new(Held::stale());
+    }
+
+    /// The generation a request arriving now answers from (`None`: nothing
+    /// active yet), from the held pointer while its lease lasts.
+    ///
+    /// # Errors
+    /// [`PgError`] when the pointer must be read and PostgreSQL cannot answer.
+    pub async fn generation(&self, pool: &deadpool_postgres::Pool) -> Result<Option<i64>, PgError> {
+        let arrived = std::time::Instant::now();
+        loop {
+            let held = self.held();
+            // A read started after the request arrived may answer it whatever its lease.
+            let age = if held.read_at >= arrived { std::time::Duration::ZERO } else { held.read_at.elapsed() };
+            let decision =
+                if held.stale { LeaseDecision::Reread } else { decide(held.pointer.as_ref(), age, now_ms()) };
+            match decision {
+                LeaseDecision::Read(g) => {
+                    if let Some(p) = &held.pointer {
+                        if age * 2 >= p.lease.lease {
+                            if let Ok(_one) = self.refreshing.try_lock() {
+                                if std::sync::Arc::ptr_eq(&held, &self.held()) {
+                                    // Early: a failed refresh leaves the lease as it was, until it runs out.
+                                    if let Err(e) = self.refresh(pool).await {
+                                        tracing::warn!(error = %e, table = self.table.table, "refreshing the pointer");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    return Ok(g);
+                }
+                LeaseDecision::WaitUntil(at_ms) => {
+                    let wait = u64::try_from(at_ms - now_ms()).unwrap_or(0).max(1);
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                LeaseDecision::Reread => {
+                    let _one = self.refreshing.lock().await;
+                    // Another request may have read it meanwhile, after this one arrived.
+                    let now = self.held();
+                    if now.stale || now.read_at < arrived {
+                        self.refresh(pool).await?;
+                    }
+                }
             }
+        }
+    }
+
+    /// The row of `key` (as text) in `generation`'s table: one statement by
+    /// key, prepared once per connection.
+    ///
+    /// # Errors
+    /// [`PgError`] when PostgreSQL cannot answer.
+    pub async fn read_row(
+        &self,
+        client: &deadpool_postgres::Client,
+        generation: i64,
+        key: &str,
+    ) -> Result<GenerationRow, PgError> {
+        let retired = self.retired.lock().expect("the retired list's lock is never poisoned").clone();
+        for sql in &retired {
+            client.statement_cache.remove(sql, &[]);
+        }
+        let sql = self.table.read_sql(generation);
+        let read = match client.prepare_cached(&sql).await {
+            Ok(statement) => client.query_opt(&statement, &[&key]).await,
             Err(e) => Err(e),
         };
         match read {
-            Ok(None) => return Ok(None),
-            Ok(Some(r)) => {
-                let active: i64 = r.try_get("bulk_active_generation")?;
-                if active == hinted.generation {
-                    let present = r.try_get::<_, Option<String>>(table.key.name)?.is_some();
-                    let row = present.then(|| Row::read(&r, table.read_columns())).transpose()?;
-                    return Ok(Some((active, row)));
-                }
-                hint.set(table, Some(active));
-            }
-            // The hinted generation was dropped (two switches since): read the pointer again.
+            Ok(row) => Ok(GenerationRow::Row(row.map(|r| Row::read(&r, self.table.read_columns())).transpose()?)),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                client.statement_cache.remove(&hinted.sql, &[]);
-                hint.set(table, None);
-                if attempts > 3 {
-                    return Err(e.into());
-                }
-                continue;
+                client.statement_cache.remove(&sql, &[]);
+                self.expire();
+                Ok(GenerationRow::Gone)
             }
-            Err(e) => return Err(e.into()),
-        }
-        if attempts > 3 {
-            return Err(PgError::Corrupt(format!("{}: the active generation moved on every read", table.table)));
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -462,6 +609,83 @@ mod tests {
             values: vec![Column::new("cents", ColumnType::BigInt), Column::new("note", ColumnType::Text)],
             origin: None,
         }
+    }
+
+    fn switched(previous: Option<i64>, visible_at_ms: Option<i64>) -> ActivePointer {
+        ActivePointer { active: 9, previous, visible_at_ms, lease: ReadLease::default() }
+    }
+
+    #[test]
+    fn a_lease_answers_from_the_old_generation_before_the_switch_and_the_new_one_after() {
+        use std::time::Duration;
+        let v = 100_000; // visible_at: the lock plus L (1 s) plus ε (250 ms)
+        let p = switched(Some(4), Some(v));
+        let fresh = Duration::from_millis(10);
+        assert_eq!(decide(Some(&p), fresh, v - 501), LeaseDecision::Read(Some(4)), "surely before: the old one");
+        assert_eq!(decide(Some(&p), fresh, v - 500), LeaseDecision::WaitUntil(v), "within 2ε: this clock cannot tell");
+        assert_eq!(decide(Some(&p), fresh, v - 1), LeaseDecision::WaitUntil(v));
+        assert_eq!(decide(Some(&p), fresh, v), LeaseDecision::Read(Some(9)), "from visible_at: the new one");
+        assert_eq!(decide(Some(&p), fresh, v + 60_000), LeaseDecision::Read(Some(9)));
+        // The lease runs out whatever the time: the pointer must be read again.
+        assert_eq!(decide(Some(&p), Duration::from_millis(1000), v), LeaseDecision::Read(Some(9)));
+        assert_eq!(decide(Some(&p), Duration::from_millis(1001), v), LeaseDecision::Reread);
+        assert_eq!(decide(Some(&p), Duration::from_millis(1001), v - 10_000), LeaseDecision::Reread);
+    }
+
+    #[test]
+    fn a_first_generation_is_nothing_until_visible_and_no_row_is_never_held() {
+        use std::time::Duration;
+        let first = switched(None, Some(5_000));
+        assert_eq!(decide(Some(&first), Duration::ZERO, 4_000), LeaseDecision::Read(None), "nothing active yet");
+        assert_eq!(decide(Some(&first), Duration::ZERO, 5_000), LeaseDecision::Read(Some(9)));
+        // A switch written before the lease existed: visible at once, held for its lease (0: not at all).
+        let old =
+            ActivePointer { lease: ReadLease { lease: Duration::ZERO, skew: Duration::ZERO }, ..switched(None, None) };
+        assert_eq!(decide(Some(&old), Duration::ZERO, 0), LeaseDecision::Read(Some(9)));
+        assert_eq!(decide(Some(&old), Duration::from_millis(1), 0), LeaseDecision::Reread);
+        assert_eq!(decide(None, Duration::ZERO, 0), LeaseDecision::Read(None), "the read that found no row");
+        assert_eq!(decide(None, Duration::from_millis(1), 0), LeaseDecision::Reread, "no row is not held");
+    }
+
+    /// The promise of [`decide`], over clocks off by less than ε: for every
+    /// pair of readers, one that read the old row before the lock and one the
+    /// new row after it, every old answer comes before every new one in
+    /// PostgreSQL's time.
+    #[test]
+    fn no_answer_from_the_old_generation_follows_one_from_the_new_across_skewed_clocks() {
+        use std::time::Duration;
+        let lease = ReadLease::default();
+        let (l, e) = (lease.lease_ms(), lease.skew_ms());
+        let lock = 50_000; // U, PostgreSQL's clock
+        let v = lock + l + e;
+        let new = ActivePointer { active: 2, previous: Some(1), visible_at_ms: Some(v), lease };
+        let old = ActivePointer { active: 1, previous: None, visible_at_ms: Some(0), lease };
+        let (mut last_old, mut first_new) = (i64::MIN, i64::MAX);
+        for skew in [-(e - 1), -e / 2, 0, e / 2, e - 1] {
+            for pg_ms in (lock - 2 * l)..(v + 2 * e) {
+                let local = pg_ms + skew;
+                // A reader of the old row read it at most L before (and before the lock).
+                for read_pg in [pg_ms - l, lock - 1, pg_ms] {
+                    if read_pg >= lock || read_pg > pg_ms {
+                        continue;
+                    }
+                    let age = Duration::from_millis(u64::try_from(pg_ms - read_pg).unwrap());
+                    if decide(Some(&old), age, local) == LeaseDecision::Read(Some(1)) {
+                        last_old = last_old.max(pg_ms);
+                    }
+                }
+                // A reader of the new row read it after the lock.
+                if pg_ms >= lock {
+                    match decide(Some(&new), Duration::ZERO, local) {
+                        LeaseDecision::Read(Some(1)) => last_old = last_old.max(pg_ms),
+                        LeaseDecision::Read(Some(2)) => first_new = first_new.min(pg_ms),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(last_old < first_new, "an old answer at {last_old} after a new one at {first_new}");
+        assert!(first_new <= v + e, "the switch is visible everywhere by V + ε");
     }
 
     #[test]
@@ -495,11 +719,6 @@ mod tests {
         assert_eq!(t.copy_sql(7), "COPY promotions_g7 (id, cents, note) FROM STDIN");
         assert_eq!(t.seal_sql(7), "ALTER TABLE promotions_g7 ADD CONSTRAINT promotions_g7_pkey PRIMARY KEY (id)");
         assert_eq!(t.read_sql(7), "SELECT id::text AS id, cents, note FROM promotions_g7 WHERE id = $1::text::UUID");
-        assert_eq!(
-            t.read_active_sql(7),
-            "SELECT a.generation AS bulk_active_generation, r.id::text AS id, r.cents, r.note FROM bulk_active a \
-             LEFT JOIN promotions_g7 r ON a.generation = 7 AND r.id = $1::text::UUID WHERE a.bulk_table = $2"
-        );
         assert_eq!(t.generation_table(-1), "promotions_g0", "never a negative name");
     }
 

@@ -11,7 +11,7 @@ use super::stall::Stalls;
 use crate::engine::state_store::{
     claim_in, commit_in, Claimed, Committed, EngineCheckpoint, EngineTx, Outbox, Store, StoreError,
 };
-use crate::engine::tables::{BulkTable, ChunkTable, Duplicate, RowTable, StateTx};
+use crate::engine::tables::{BulkTable, ChunkTable, Duplicate, ReadLease, RowTable, StateTx};
 use crate::engine::{planted, Aggregation, Emit, Planted, Position, Scope};
 
 /// What the next transaction does wrong.
@@ -295,7 +295,13 @@ impl StateTx for MemTx {
         Ok(self.tables.bulk_active.get(table.table).copied())
     }
 
-    async fn activate_generation(&mut self, table: &BulkTable, generation: i64) -> Result<Option<i64>, PgError> {
+    async fn activate_generation(
+        &mut self,
+        table: &BulkTable,
+        generation: i64,
+        _: ReadLease,
+    ) -> Result<Option<i64>, PgError> {
+        // No readers here: nothing to wait for.
         Ok(self.tables.bulk_active.insert(table.table, generation).filter(|p| *p != generation))
     }
 
@@ -528,7 +534,7 @@ mod tests {
         block_on(tx.copy_rows(&table, 1, &[row("a", 1), row("b", 2)])).unwrap();
         assert_eq!(block_on(tx.seal_generation(&table, 1)).unwrap(), None);
         assert!(block_on(tx.copy_rows(&table, 1, &[row("c", 3)])).is_err(), "a sealed generation is immutable");
-        assert_eq!(block_on(tx.activate_generation(&table, 1)).unwrap(), None);
+        assert_eq!(block_on(tx.activate_generation(&table, 1, ReadLease::default())).unwrap(), None);
         store.finish(tx, None).unwrap();
         assert_eq!(store.bulk(&table, 1).0.map(|r| r.len()), Some(2));
         assert_eq!(store.bulk(&table, 1).1, Some(1));
