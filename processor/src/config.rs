@@ -20,9 +20,7 @@ pub struct Config {
     /// prefix of the aggregate producers' transactional.id (`<group>.<events topic>.<partition>`).
     #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
     pub group_id: String,
-    /// The checkpoints' round: changed hours are checkpointed and emitted at least this often. While the processor
-    /// keeps up, a partition's checkpoint also starts as soon as records arrive and none is in flight; the round is
-    /// the idle path (outbox deletion, hours closing) and the backlog's pace.
+    /// How often changed hours are checkpointed and emitted (bounds freshness).
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
     /// Aggregate bytes per second this instance's checkpoints may emit (0: no limit). A round of checkpoints that

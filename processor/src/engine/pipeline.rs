@@ -1,9 +1,6 @@
 //! The processor loop of one workload: consume events, apply them to
-//! per-partition state, and checkpoint each partition as its records arrive
-//! (commit state, emit aggregates, commit offsets): a partition's checkpoint
-//! starts when records arrive and none is in flight, or when the one in
-//! flight ends with records pending (`Processor::start_pending_checkpoints`); the
-//! checkpoint interval's tick is the idle path and the backlog's pace.
+//! per-partition state, and every checkpoint interval commit state, emit
+//! aggregates, commit offsets.
 //!
 //! Order per checkpoint, which is what makes the output exact
 //! ([`checkpoint_partition`]):
@@ -53,8 +50,7 @@ use super::Aggregation;
 
 /// Records taken per wake-up of the loop once one has arrived.
 const DRAIN_BATCH: usize = 1024;
-/// Checkpoint interval while records are waiting (a backlog), instead of a
-/// checkpoint per partition as soon as records arrive and the last one ended: each
+/// Checkpoint interval while records are waiting (a backlog): each
 /// checkpoint renders and sends its records and holds a PostgreSQL
 /// connection, work taken from the consuming on the same cores.
 const BACKLOG_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(400);
@@ -277,11 +273,9 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                     // What the partition read while this one was in flight may make its next one
                     // due at once (or a failed one's records still pending).
                     self.start_due_checkpoints();
-                    // Records read while this one was in flight (or a failed one's, still pending)
-                    // start the next at once, unless behind; and a round that began meanwhile
-                    // skipped the partition: its checkpoint starts now rather than at the next tick.
-                    let pending = !backlogged && self.owned.get(&p).is_some_and(|o| o.pending_records > 0);
-                    if (pending || last_checkpoint > started) && !self.holds_back(now, last_checkpoint, backlogged) {
+                    if last_checkpoint > started && !self.holds_back(now, last_checkpoint, backlogged) {
+                        // A round began while this one was in flight, and skipped the partition:
+                        // its next checkpoint starts now rather than at the next tick.
                         self.start_checkpoint(p);
                     }
                 }
@@ -314,11 +308,6 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                         m::record_input_age(W::NAME, "read", std::mem::take(&mut self.read_newest_ms));
                         self.publish_replies();
                         self.start_due_checkpoints();
-                        // Not behind: what arrived goes into a checkpoint at once, where none is in
-                        // flight (behind, the backlog's rounds and `is_due` pace them instead).
-                        if !backlogged && !self.holds_back(self.clock.now(), last_checkpoint, false) {
-                            self.start_pending_checkpoints();
-                        }
                     }
                     None => break,
                 },
@@ -538,25 +527,6 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             self.start_checkpoint(p);
         }
         Ok(())
-    }
-
-    /// Starts the checkpoint of every partition that read records since its
-    /// last committed checkpoint and has none in flight: the loop's cadence
-    /// while it keeps up, a checkpoint as soon as records arrive. The
-    /// records that arrive while it is in flight wait for it to end (one at a
-    /// time per partition), and go into the next one together: the faster
-    /// records arrive, the more each checkpoint holds, so the checkpoints of
-    /// a partition never outnumber one per checkpoint's duration.
-    fn start_pending_checkpoints(&mut self) {
-        let pending: Vec<i32> = self
-            .owned
-            .iter()
-            .filter(|(p, o)| o.pending_records > 0 && !self.inflight.contains_key(p))
-            .map(|(p, _)| *p)
-            .collect();
-        for p in pending {
-            self.start_checkpoint(p);
-        }
     }
 
     /// Starts the checkpoint of every partition that is due
