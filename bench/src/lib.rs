@@ -135,3 +135,17 @@ mod tests {
         assert!(quantile(&[], 0.5).is_nan());
     }
 }
+
+/// What a freshness or staleness probe runs against, and for how long.
+#[derive(Debug, clap::Args)]
+pub struct Probe {
+    /// Seconds of probing.
+    #[arg(default_value = "20")]
+    pub secs: u64,
+    /// The command service.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub command: std::net::SocketAddr,
+    /// The query service.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub query: std::net::SocketAddr,
+}

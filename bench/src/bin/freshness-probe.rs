@@ -105,20 +105,13 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 /// Probes freshness while a load runs.
 #[derive(Debug, clap::Parser)]
 struct Args {
-    /// Seconds of probing.
-    #[arg(default_value = "20")]
-    secs: u64,
-    /// The command service.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    command: SocketAddr,
-    /// The query service.
-    #[arg(long, default_value = "127.0.0.1:8082")]
-    query: SocketAddr,
+    #[command(flatten)]
+    probe: bench::Probe,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Args { secs, command, query } = clap::Parser::parse();
+    let Args { probe: bench::Probe { secs, command, query } } = clap::Parser::parse();
     // The brokers as the command is configured (KAFKA_BROKERS), to read the probe's records back.
     let (cmd, _) = platform::command().try_parse_from::<command::Config, _, _>(["command"])?;
     // An hour ~5 days back: inside the horizon, outside the load's hours with high probability of no overlap.

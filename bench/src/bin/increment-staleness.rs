@@ -27,15 +27,8 @@ const LAG_GAUGE: &str = "analytics_processor_consumer_lag_messages";
 
 #[derive(Debug, clap::Parser)]
 struct Args {
-    /// Seconds of probing.
-    #[arg(default_value = "20")]
-    secs: u64,
-    /// The command service.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    command: SocketAddr,
-    /// The query service.
-    #[arg(long, default_value = "127.0.0.1:8082")]
-    query: SocketAddr,
+    #[command(flatten)]
+    probe: bench::Probe,
     /// The processor's metrics endpoint: its increments lag is sampled while the probe runs.
     #[arg(long)]
     processor_metrics: Option<SocketAddr>,
@@ -61,7 +54,7 @@ fn is_lag_of(line: &str) -> bool {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Args { secs, command, query, processor_metrics } = clap::Parser::parse();
+    let Args { probe: bench::Probe { secs, command, query }, processor_metrics } = clap::Parser::parse();
     // A key outside the load's pool (which ends in 0..100k), new for every run.
     let key = format!("ffffffff-0000-4000-8000-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let (mut samples, mut expected) = (Vec::new(), 0i128);
