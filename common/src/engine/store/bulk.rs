@@ -468,10 +468,6 @@ pub struct PointerLease {
     retired: std::sync::Mutex<Vec<String>>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// A row read from a generation's table ([`PointerLease::read_row`]).
 #[derive(Debug)]
 pub enum GenerationRow {
@@ -533,7 +529,7 @@ impl PointerLease {
             // A read started after the request arrived may answer it whatever its lease.
             let age = if held.read_at >= arrived { std::time::Duration::ZERO } else { held.read_at.elapsed() };
             let decision =
-                if held.stale { LeaseDecision::Reread } else { decide(held.pointer.as_ref(), age, now_ms()) };
+                if held.stale { LeaseDecision::Reread } else { decide(held.pointer.as_ref(), age, crate::now_ms()) };
             match decision {
                 LeaseDecision::Read(g) => {
                     if let Some(p) = &held.pointer {
@@ -551,7 +547,7 @@ impl PointerLease {
                     return Ok(g);
                 }
                 LeaseDecision::WaitUntil(at_ms) => {
-                    let wait = u64::try_from(at_ms - now_ms()).unwrap_or(0).max(1);
+                    let wait = u64::try_from(at_ms - crate::now_ms()).unwrap_or(0).max(1);
                     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
                 }
                 LeaseDecision::Reread => {
