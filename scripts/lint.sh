@@ -45,6 +45,9 @@ check_deny() {
     log "installing cargo-deny $CARGO_DENY_VERSION"
     cargo install --locked --force cargo-deny --version "$CARGO_DENY_VERSION"
   fi
+  # --offline reads every package of Cargo.lock, other platforms' too (wasm-bindgen, say), which
+  # a build for this one never downloads: fetch them first (crates.io is reachable; idempotent).
+  cargo fetch --locked --quiet
   cargo deny --offline check licenses bans sources
   # The advisory database is a git repository on github.com. Fetch it (bounded); if that fails,
   # use a copy fetched earlier if there is one, else say so and skip that one check rather than

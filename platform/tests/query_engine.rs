@@ -4,7 +4,6 @@
 //! errors mapped to the same statuses. Real PostgreSQL and Redis.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::engine::store::cache::{RedisStore, VersionedCache};
 use common::test_util::sums::{self, SetSum, Sum};
@@ -55,7 +54,7 @@ async fn a_second_workload_registers_its_route_and_reads_through() {
     tx.commit().await.unwrap();
 
     let store = RedisStore::connect(&redis).await.unwrap();
-    let stores = Stores::new(pool.clone(), store.clone(), Duration::ZERO);
+    let stores = Stores::new(pool.clone(), store.clone(), query::engine::Reuse::OFF);
     let (cfg, workloads) = platform::parse::query(["query"]);
     let ready: common::engine::http::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
     let ops =

@@ -47,7 +47,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
             pool.clone(),
             common::engine::telemetry::prometheus(),
             edge,
-            cfg.local_cache_ttl,
+            cfg.reuse(),
             cfg.limits(),
         );
         return Fixture { app, cache, pool, pg, redis };

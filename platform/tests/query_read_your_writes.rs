@@ -44,7 +44,7 @@ async fn fixture() -> Fixture {
         pool,
         common::engine::telemetry::prometheus(),
         edge,
-        Duration::ZERO,
+        query::engine::Reuse::OFF,
         cfg.limits(),
     );
     Fixture { app, store, redis_url: redis.url.clone(), redis, pg }

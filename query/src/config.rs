@@ -16,10 +16,16 @@ pub struct Config {
     /// Address of the HTTP API (`GET /`: the dashboard, `GET /analytics…`, `GET /increment/{key}`, `/health`, `/ready`, `/metrics`).
     #[arg(long, env = "QUERY_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: SocketAddr,
-    /// How long an answer is reused in process before asking Redis again (0 turns it off).
-    /// Adds at most this much staleness; the current hour gets most reads.
+    /// How long an answer is reused in process before asking Redis again while change
+    /// notifications are not heard (Redis' subscription lost); adds at most this much staleness.
+    /// 0 with `--local-cache-until-change 0` turns the in-process copies off.
     #[arg(long, env = "QUERY_LOCAL_CACHE_TTL", default_value = "10ms", value_parser = parse_duration)]
     pub local_cache_ttl: Duration,
+    /// While change notifications are heard, an answer is reused until its workload's read model
+    /// changes (the materializer publishes after every batch it wrote to Redis), at most this long
+    /// (a bound for a notification lost while subscribed). 0: the ttl alone.
+    #[arg(long, env = "QUERY_LOCAL_CACHE_UNTIL_CHANGE", default_value = "1s", value_parser = parse_duration)]
+    pub local_cache_until_change: Duration,
     /// Most requests waiting at once for their write (`after=`); beyond, 503 with `Retry-After: 1`.
     /// Waiting is cheap: one progress watcher per process serves every waiting request.
     #[arg(long, env = "QUERY_MAX_TOKEN_WAITS", default_value = "4096", value_parser = clap::value_parser!(u32).range(1..))]
@@ -42,6 +48,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// How the in-process copies are reused, from the two flags.
+    pub fn reuse(&self) -> crate::engine::Reuse {
+        crate::engine::Reuse { ttl: self.local_cache_ttl, until_change: self.local_cache_until_change }
+    }
+
     /// The caps of [`crate::engine::Limits`] these flags set.
     pub fn limits(&self) -> crate::engine::Limits {
         crate::engine::Limits {

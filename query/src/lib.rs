@@ -134,7 +134,7 @@ pub async fn build(
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
-    let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.local_cache_ttl, cfg.limits()).with_cors(cors);
+    let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.reuse(), cfg.limits()).with_cors(cors);
     let limits = common::engine::http::ListenerLimits::from_edge(&cfg.edge, cfg.telemetry.shutdown_timeout)?;
     for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
@@ -149,10 +149,10 @@ pub fn app_from_parts(
     pool: deadpool_postgres::Pool,
     metrics: PrometheusHandle,
     edge: common::engine::edge::Edge,
-    local_cache_ttl: Duration,
+    reuse: engine::Reuse,
     limits: engine::Limits,
 ) -> QueryApp {
-    let stores = Stores::with_limits(pool, redis, local_cache_ttl, limits);
+    let stores = Stores::with_limits(pool, redis, reuse, limits);
     let routes = routes(workloads, &stores);
     let ready_stores = stores.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {

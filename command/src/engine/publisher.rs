@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
+use common::engine::kafka::LogProducer;
 use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{FutureRecord, Producer};
 
 use crate::metrics as m;
 
@@ -73,7 +73,7 @@ pub struct Delivered {
 /// the order of events within a partition. (On the local broker more than one
 /// was slower: see docs/benchmarks.md.)
 pub struct EventPublisher {
-    producers: Vec<FutureProducer>,
+    producers: Vec<LogProducer>,
     next: std::sync::atomic::AtomicUsize,
     topic: String,
     /// The workload's name, for the `workload` metrics label.
@@ -91,7 +91,8 @@ impl EventPublisher {
         producers: usize,
     ) -> Result<Self, KafkaError> {
         let producers = (0..producers.max(1))
-            .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{workload}-{i}"), tuning).create())
+            .map(|i| kafka::producer_config(kafka_cfg, &format!("command-{workload}-{i}"), tuning))
+            .map(|c| LogProducer::create(&c))
             .collect::<Result<_, _>>()?;
         Ok(EventPublisher { producers, next: Default::default(), topic: topic.to_owned(), workload })
     }
@@ -100,7 +101,7 @@ impl EventPublisher {
         &self.topic
     }
 
-    fn producer(&self) -> &FutureProducer {
+    fn producer(&self) -> &LogProducer {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         &self.producers[i % self.producers.len()]
     }
@@ -117,13 +118,17 @@ impl EventPublisher {
     pub async fn publish(&self, key: &[u8], payload: &[u8]) -> Result<Delivered, PublishError> {
         let record = FutureRecord::to(&self.topic).key(key).payload(payload);
         let started = Instant::now();
-        // A zero queue timeout: a full queue is overload, answered at once with 503.
-        let result = self.producer().send(record, Timeout::After(Duration::ZERO)).await;
+        // Never waits for room: a full queue is overload, answered at once with 503.
+        let result = match self.producer().send_result(record) {
+            Ok(ack) => match ack.await {
+                Ok(report) => Self::delivered(report),
+                // The producer went away with the record queued: never acknowledged.
+                Err(_canceled) => Err(PublishError::Broker(KafkaError::Canceled)),
+            },
+            Err(e) => Err(Self::publish_error(e)),
+        };
         metrics::histogram!(m::PRODUCE_DURATION, "workload" => self.workload).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(delivery) => Self::delivered(Ok(delivery)),
-            Err((e, _)) => Err(Self::publish_error(e)),
-        }
+        result
     }
 
     /// Where a delivery landed, or why it did not.
@@ -190,7 +195,7 @@ impl super::upload::Sender for EventPublisher {
             Some(key) => record.key(key),
             None => record,
         };
-        let ack = self.producer().send_result(record).map_err(|(e, _)| Self::publish_error(e))?;
+        let ack = self.producer().send_result(record).map_err(Self::publish_error)?;
         let workload = self.workload;
         let started = Instant::now();
         Ok(async move {

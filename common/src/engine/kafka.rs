@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use backon::Retryable;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -14,6 +15,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::engine::config::KafkaConfig;
+
+pub mod producer;
+pub use producer::{DeliveryFuture, LogProducer};
 
 /// Producer settings that bound how long a request can wait for the broker.
 #[derive(Debug, Clone, Copy)]
@@ -109,11 +113,20 @@ impl TopicSpec {
     }
 }
 
+/// How long a topic just created may take to show in the broker's metadata.
+const TOPIC_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
 /// Creates the topics of `specs` (those the calling service uses) if they do
-/// not exist and `--create-topics` is on (otherwise does nothing). Idempotent.
+/// not exist and `--create-topics` is on (otherwise does nothing), then waits
+/// until the broker's metadata shows every one of them: services starting
+/// together create the same topics, and the one whose creation was refused
+/// as already done must not read the metadata before the controller
+/// published it (a fresh broker answered "unknown topic" for a moment).
+/// Idempotent.
 ///
 /// # Errors
-/// When the broker cannot be reached or refuses a creation for another reason.
+/// When the broker cannot be reached or refuses a creation for another
+/// reason, or a topic is still not in its metadata after 30 s.
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaError> {
     if !kafka.create_topics {
         return Ok(());
@@ -138,6 +151,19 @@ pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(
                 })
             }
         }
+    }
+    for spec in specs {
+        let visible = || partition_count(kafka, &spec.name);
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_total_delay(Some(TOPIC_VISIBLE_WITHIN))
+            .without_max_times();
+        visible
+            .retry(policy)
+            .when(|e| e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition))
+            .await
+            .inspect_err(|e| tracing::error!(topic = spec.name, error = %e, "created topic not in the metadata"))?;
     }
     Ok(())
 }

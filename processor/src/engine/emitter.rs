@@ -19,9 +19,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::engine::config::KafkaConfig;
+use common::engine::kafka::LogProducer;
 use common::engine::kafka::{self, ProducerTuning};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 
 use common::engine::progress::{encode_progress, Progress};
 
@@ -106,7 +107,7 @@ pub struct KafkaLog {
     id_prefix: String,
     topic: String,
     /// The replies topic's idempotent producer, for a workload that has one.
-    replies: Option<(FutureProducer, String)>,
+    replies: Option<(LogProducer, String)>,
 }
 
 impl AggregateEmitter {
@@ -131,7 +132,10 @@ impl AggregateEmitter {
         let replies = match &settings.replies_topic {
             Some(topic) => {
                 let tuning = ProducerTuning { linger: Duration::ZERO, ..tuning };
-                Some((kafka::producer_config(kafka_cfg, "processor-replies", tuning).create()?, topic.clone()))
+                Some((
+                    LogProducer::create(&kafka::producer_config(kafka_cfg, "processor-replies", tuning))?,
+                    topic.clone(),
+                ))
             }
             None => None,
         };
@@ -195,7 +199,7 @@ impl Log for KafkaLog {
             let timeout = if quick { INIT_QUICK + INIT_QUICK_STEP * attempt } else { TXN_CALL_TIMEOUT };
             let config = config.clone();
             let (producer, opened) = blocking(partition, move || {
-                let producer: FutureProducer = config.create()?;
+                let producer = LogProducer::create(&config)?;
                 let opened = producer.init_transactions(timeout);
                 Ok((producer, opened))
             })
@@ -208,9 +212,9 @@ impl Log for KafkaLog {
                 }
                 Err(e) if quick && (timed_out(&e) || refused_for_now(&e)) => {
                     tracing::info!(partition, attempt, took_ms, error = %e, "init_transactions refused or slow; a fresh producer asks again");
-                    // Destroying a client blocks until its threads end (tens to hundreds
-                    // of ms): off the claim's path, so the next attempt starts at once.
-                    tokio::task::spawn_blocking(move || drop(producer));
+                    // Its delivery thread destroys the client (which blocks until the client's
+                    // threads end: tens to hundreds of ms), off the claim's path.
+                    drop(producer);
                     attempt += 1;
                 }
                 Err(e) => return Err(classify(partition, e)),
@@ -225,7 +229,7 @@ impl Log for KafkaLog {
         };
         for r in replies {
             // Enqueued, not awaited: the delivery future is dropped, the record still goes.
-            if let Err((e, _)) = producer.send_result(FutureRecord::to(topic).key(&r.key).payload(&r.payload)) {
+            if let Err(e) = producer.send_result(FutureRecord::to(topic).key(&r.key).payload(&r.payload)) {
                 metrics::counter!(super::metrics::REPLIES_DROPPED).increment(1);
                 tracing::warn!(error = %e, "a reply was not published; its command times out and is retried by id");
             }
@@ -235,7 +239,7 @@ impl Log for KafkaLog {
 
 /// The Kafka transactional producer of one owned partition.
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: LogProducer,
     topic: String,
     partition: i32,
 }
@@ -311,7 +315,7 @@ impl TxnProducer for KafkaProducer {
                     .map(|(ap, r)| {
                         let mut record = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
                         record.partition = ap;
-                        p.send_result(record).map_err(|(e, _)| e)
+                        p.send_result(record)
                     })
                     .collect::<Result<Vec<_>, _>>()
             })

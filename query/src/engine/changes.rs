@@ -11,6 +11,7 @@
 //! since messages may have been missed meanwhile.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ struct Inner {
     redis: RedisStore,
     any: watch::Sender<u64>,
     by_workload: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The same counts as atomics, for readers that only compare them ([`Epoch`]).
+    epochs: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Subscribed: every change published from now on reaches [`Inner::bump`].
+    subscribed: Arc<AtomicBool>,
     listening: OnceLock<()>,
     /// Ends the listener and every live stream: the service is stopping.
     stop: CancellationToken,
@@ -40,6 +45,19 @@ struct Inner {
 
 impl Inner {
     fn bump(&self, workload: Option<&str>) {
+        {
+            let epochs = self.epochs.lock().expect("changes lock");
+            match workload {
+                Some(name) => {
+                    if let Some(epoch) = epochs.get(name) {
+                        epoch.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                None => epochs.values().for_each(|epoch| {
+                    epoch.fetch_add(1, Ordering::AcqRel);
+                }),
+            }
+        }
         self.any.send_modify(|n| *n = n.wrapping_add(1));
         let by_workload = self.by_workload.lock().expect("changes lock");
         match workload {
@@ -60,6 +78,8 @@ impl Changes {
                 redis,
                 any: watch::channel(0).0,
                 by_workload: Mutex::default(),
+                epochs: Mutex::default(),
+                subscribed: Arc::new(AtomicBool::new(false)),
                 listening: OnceLock::new(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -70,12 +90,7 @@ impl Changes {
     /// A receiver that sees a change whenever `workload`'s read model (or,
     /// with `None`, any read model) changed. Starts the listener on first use.
     pub fn subscribe(&self, workload: Option<&str>) -> watch::Receiver<u64> {
-        self.inner.listening.get_or_init(|| {
-            let inner = self.inner.clone();
-            self.inner.tasks.spawn(async move {
-                listen(&inner).await;
-            });
-        });
+        self.listen();
         match workload {
             None => self.inner.any.subscribe(),
             Some(name) => {
@@ -83,6 +98,24 @@ impl Changes {
                 by_workload.entry(name.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
             }
         }
+    }
+
+    /// The change count of `workload`'s read model, for copies kept until it
+    /// changes. Starts the listener on first use.
+    pub fn epoch(&self, workload: &str) -> Epoch {
+        self.listen();
+        let count = self.inner.epochs.lock().expect("changes lock").entry(workload.to_owned()).or_default().clone();
+        Epoch { count, subscribed: self.inner.subscribed.clone() }
+    }
+
+    fn listen(&self) {
+        self.inner.listening.get_or_init(|| {
+            let inner = self.inner.clone();
+            self.inner.tasks.spawn(async move {
+                listen(&inner).await;
+                inner.lost();
+            });
+        });
     }
 
     /// Cancelled when the service stops: long-lived answers end on it.
@@ -108,6 +141,47 @@ impl Changes {
     }
 }
 
+/// Where one workload's read model is in its sequence of changes, as far as
+/// this process heard: two equal readings mean no change was published in
+/// between (a copy read after the first is still current). Cheap to clone;
+/// reading is two atomic loads.
+#[derive(Clone)]
+pub struct Epoch {
+    count: Arc<AtomicU64>,
+    subscribed: Arc<AtomicBool>,
+}
+
+impl Epoch {
+    /// The count now, or `None` while not subscribed (changes may go unheard).
+    pub fn now(&self) -> Option<u64> {
+        // The flag first: it drops before the counts move on a loss, and rises
+        // after they moved on a (re)subscription, so a reading of `Some` is
+        // never paired with a count from an unheard stretch.
+        let subscribed = self.subscribed.load(Ordering::Acquire);
+        let count = self.count.load(Ordering::Acquire);
+        subscribed.then_some(count)
+    }
+
+    /// An epoch that is never subscribed (copies then live by their time only).
+    pub fn unheard() -> Self {
+        Epoch { count: Arc::default(), subscribed: Arc::default() }
+    }
+}
+
+impl Inner {
+    /// Subscribed: anything may have changed while we were not, so every count moves first.
+    fn heard(&self) {
+        self.bump(None);
+        self.subscribed.store(true, Ordering::Release);
+    }
+
+    /// Not subscribed any more: what changes from now on goes unheard.
+    fn lost(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        self.bump(None);
+    }
+}
+
 /// Subscribes, fans messages out, and subscribes again after a loss, until stopped.
 async fn listen(inner: &Inner) {
     let mut failing = false;
@@ -119,7 +193,7 @@ async fn listen(inner: &Inner) {
                 }
                 failing = false;
                 // Anything may have changed while we were not subscribed.
-                inner.bump(None);
+                inner.heard();
                 let mut messages = pubsub.into_on_message();
                 loop {
                     tokio::select! {
@@ -130,6 +204,7 @@ async fn listen(inner: &Inner) {
                         },
                     }
                 }
+                inner.lost();
             }
             Err(e) => {
                 if !failing {

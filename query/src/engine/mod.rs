@@ -19,7 +19,6 @@ pub mod wait;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::engine::http::Body;
 use common::engine::store::cache::RedisStore;
@@ -29,7 +28,7 @@ use hyper::Response;
 
 pub use self::changes::Changes;
 pub use self::live::LiveFeed;
-pub use self::reader::{ReadError, Reader};
+pub use self::reader::{ReadError, Reader, Reuse};
 pub use self::wait::ProgressWait;
 
 /// What a workload gives the query service: its read-model row and the
@@ -112,8 +111,8 @@ impl Default for Limits {
 pub struct Stores {
     pub pool: Pool,
     pub redis: RedisStore,
-    /// How long an answer is reused in process (0 turns it off).
-    pub local_cache_ttl: Duration,
+    /// How long an answer is reused in process.
+    pub reuse: Reuse,
     changes: Changes,
     progress: ProgressWait,
     live_slots: Arc<tokio::sync::Semaphore>,
@@ -121,20 +120,20 @@ pub struct Stores {
 
 impl Stores {
     /// The stores, with the default [`Limits`].
-    pub fn new(pool: Pool, redis: RedisStore, local_cache_ttl: Duration) -> Self {
-        Self::with_limits(pool, redis, local_cache_ttl, Limits::default())
+    pub fn new(pool: Pool, redis: RedisStore, reuse: Reuse) -> Self {
+        Self::with_limits(pool, redis, reuse, Limits::default())
     }
 
-    pub fn with_limits(pool: Pool, redis: RedisStore, local_cache_ttl: Duration, limits: Limits) -> Self {
+    pub fn with_limits(pool: Pool, redis: RedisStore, reuse: Reuse, limits: Limits) -> Self {
         let changes = Changes::new(redis.clone());
         let progress = ProgressWait::new(redis.clone(), pool.clone(), changes.clone(), limits.token_waits);
         let live_slots = Arc::new(tokio::sync::Semaphore::new(limits.live_streams));
-        Stores { pool, redis, local_cache_ttl, changes, progress, live_slots }
+        Stores { pool, redis, reuse, changes, progress, live_slots }
     }
 
     /// The routes of `workload`, reading these stores (a workload's [`crate::QueryRole`] calls it).
     pub fn register<W: QueryWorkload>(&self, workload: W) -> Vec<Route> {
-        let reader = Reader::new(workload, self.redis.clone(), self.pool.clone(), self.local_cache_ttl);
+        let reader = Reader::new(workload, self.redis.clone(), self.pool.clone(), self.reuse);
         W::routes(reader.with_changes(self.changes.clone(), self.live_slots.clone()))
     }
 

@@ -28,43 +28,91 @@ use crate::metrics as m;
 #[error("history store unavailable: {0}")]
 pub struct ReadError(#[from] PgError);
 
-/// Answers kept in process for a few milliseconds: a few hot ids take most
-/// reads, and serving a burst of them from memory instead of a Redis round
-/// trip each costs at most `ttl` of extra staleness.
+/// How long the query reuses an answer in process before asking Redis again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// While change notifications are not heard (Redis' subscription lost or
+    /// not yet made): the staleness this may add. Zero turns reuse off.
+    pub ttl: Duration,
+    /// While they are heard: an answer is reused until its workload's read
+    /// model changes, but never longer than this, in case a notification was
+    /// lost without the subscription (a materializer whose publish failed).
+    /// Zero: the ttl alone.
+    pub until_change: Duration,
+}
+
+impl Reuse {
+    /// Every read asks the stores.
+    pub const OFF: Reuse = Reuse { ttl: Duration::ZERO, until_change: Duration::ZERO };
+
+    /// Reuse for `ttl` only, whatever notifications say.
+    pub fn ttl(ttl: Duration) -> Self {
+        Reuse { ttl, until_change: Duration::ZERO }
+    }
+
+    fn longest(&self) -> Duration {
+        self.ttl.max(self.until_change)
+    }
+}
+
+/// Answers kept in process: a few hot ids take most reads, and serving them
+/// from memory instead of a Redis round trip each is the query's main lever.
+/// A copy is reused while its workload's read model has not changed since its
+/// read began (the materializer publishes a change after every batch that
+/// reached Redis, [`super::Changes`]), at most [`Reuse::until_change`]; when
+/// changes are not heard, for [`Reuse::ttl`] only.
 ///
 /// Entries keep the version of the row, and one is only replaced by an equal
 /// or newer version, so concurrent reads finishing out of order never move
-/// an answer backwards. An entry is timestamped when its read *started*: a
-/// slow fallback read is as old as the moment it asked.
+/// an answer backwards. An entry is stamped with the time and the change
+/// count at which its read *started*: a slow read is as old as the moment it
+/// asked, and a change published while it ran makes it stale at once.
 struct LocalCache<R: CachedRow> {
-    ttl: Duration,
+    reuse: Reuse,
     /// The value keeps the start of its read: moka's own time to live counts from
     /// the insert, so it only evicts; [`get`](Self::get) judges the age.
-    entries: moka::sync::Cache<R::Id, (Versioned<R>, Instant)>,
+    entries: moka::sync::Cache<R::Id, Copy<R>>,
+}
+
+/// One answer held in process, with when (and at which change count) its read began.
+#[derive(Clone)]
+struct Copy<R> {
+    row: Versioned<R>,
+    read_at: Instant,
+    epoch: Option<u64>,
 }
 
 /// Rows kept in process (a few are read at once; this only bounds a scan).
 const LOCAL_CAPACITY: u64 = 4096;
 
 impl<R: CachedRow> LocalCache<R> {
-    fn new(ttl: Duration) -> Self {
-        LocalCache { ttl, entries: moka::sync::Cache::builder().max_capacity(LOCAL_CAPACITY).time_to_live(ttl).build() }
+    fn new(reuse: Reuse) -> Self {
+        let entries = moka::sync::Cache::builder().max_capacity(LOCAL_CAPACITY).time_to_live(reuse.longest()).build();
+        LocalCache { reuse, entries }
     }
 
-    /// The entry of `id` if it is younger than the ttl and its read started no earlier than `not_before`.
-    fn get(&self, id: &R::Id, not_before: Option<Instant>) -> Option<Versioned<R>> {
+    /// The entry of `id` if it is still current at change count `epoch` (or
+    /// younger than the ttl) and its read started no earlier than `not_before`.
+    fn get(&self, id: &R::Id, not_before: Option<Instant>, epoch: Option<u64>) -> Option<Versioned<R>> {
         self.entries
             .get(id)
-            .filter(|(_, at)| at.elapsed() < self.ttl && not_before.is_none_or(|t| *at >= t))
-            .map(|(row, _)| row)
+            .filter(|c| {
+                let age = c.read_at.elapsed();
+                let unchanged = c.epoch.is_some() && c.epoch == epoch && age < self.reuse.until_change;
+                (unchanged || age < self.reuse.ttl) && not_before.is_none_or(|t| c.read_at >= t)
+            })
+            .map(|c| c.row)
     }
 
-    fn put(&self, id: &R::Id, row: &Versioned<R>, read_started: Instant) {
+    fn put(&self, id: &R::Id, row: &Versioned<R>, read_at: Instant, epoch: Option<u64>) {
         // One atomic step per key, so that of two racing reads the newer version wins.
         self.entries.entry_by_ref(id).and_compute_with(|held| match held.map(|e| e.into_value()) {
-            Some((held, _)) if held.version > row.version => Op::Nop,
-            Some((_, at)) => Op::Put((row.clone(), read_started.max(at))),
-            None => Op::Put((row.clone(), read_started)),
+            Some(held) if held.row.version > row.version => Op::Nop,
+            // The same version read again: the later start and count are as true.
+            Some(held) if held.read_at > read_at => {
+                Op::Put(Copy { row: row.clone(), read_at: held.read_at, epoch: held.epoch })
+            }
+            _ => Op::Put(Copy { row: row.clone(), read_at, epoch }),
         });
     }
 }
@@ -142,6 +190,8 @@ pub struct Reader<W: QueryWorkload> {
     cache: VersionedCache<W::Row>,
     pool: Pool,
     local: Option<Arc<LocalCache<W::Row>>>,
+    /// The change count the local copies are judged by.
+    epoch: super::changes::Epoch,
     floors: Arc<Floors<<W::Row as CachedRow>::Id>>,
     changes: Option<super::Changes>,
     /// The places for live streams, shared by every live route of the process.
@@ -155,6 +205,7 @@ impl<W: QueryWorkload> Clone for Reader<W> {
             cache: self.cache.clone(),
             pool: self.pool.clone(),
             local: self.local.clone(),
+            epoch: self.epoch.clone(),
             floors: self.floors.clone(),
             changes: self.changes.clone(),
             live_slots: self.live_slots.clone(),
@@ -173,14 +224,16 @@ impl<W: QueryWorkload> Reader<W> {
         &self.pool
     }
 
-    /// `local_ttl` of zero turns the in-process cache off.
-    pub fn new(workload: W, redis: RedisStore, pool: Pool, local_ttl: Duration) -> Self {
-        let local = (!local_ttl.is_zero()).then(|| Arc::new(LocalCache::new(local_ttl)));
+    /// [`Reuse::OFF`] turns the in-process cache off. Copies live by their
+    /// time only until [`Reader::with_changes`] gives the change notifications.
+    pub fn new(workload: W, redis: RedisStore, pool: Pool, reuse: Reuse) -> Self {
+        let local = (!reuse.longest().is_zero()).then(|| Arc::new(LocalCache::new(reuse)));
         Reader {
             workload: Arc::new(workload),
             cache: VersionedCache::new(redis),
             pool,
             local,
+            epoch: super::changes::Epoch::unheard(),
             floors: Arc::new(Floors::new()),
             changes: None,
             live_slots: None,
@@ -190,6 +243,9 @@ impl<W: QueryWorkload> Reader<W> {
     /// The same reader, with the process's change notifications and live-stream
     /// places (for [`Reader::live`]).
     pub fn with_changes(mut self, changes: super::Changes, live_slots: Arc<tokio::sync::Semaphore>) -> Self {
+        if self.local.as_ref().is_some_and(|l| !l.reuse.until_change.is_zero()) {
+            self.epoch = changes.epoch(W::NAME);
+        }
         self.changes = Some(changes);
         self.live_slots = Some(live_slots);
         self
@@ -218,8 +274,9 @@ impl<W: QueryWorkload> Reader<W> {
     pub async fn read(&self, id: &<W::Row as CachedRow>::Id) -> Result<Versioned<W::Row>, ReadError> {
         let fresh = FRESH.try_with(|f| *f).ok();
         let from_postgres = fresh.is_some_and(|f| f.from_postgres);
+        let epoch = self.epoch.now();
         if !from_postgres {
-            if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, fresh.map(|f| f.since))) {
+            if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, fresh.map(|f| f.since), epoch)) {
                 metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME).increment(1);
                 return Ok(row);
             }
@@ -227,7 +284,7 @@ impl<W: QueryWorkload> Reader<W> {
         let started = Instant::now();
         let row = self.read_stores(id, from_postgres).await?;
         if let Some(local) = &self.local {
-            local.put(id, &row, started);
+            local.put(id, &row, started, epoch);
         }
         Ok(row)
     }
@@ -312,45 +369,81 @@ mod tests {
     }
 
     fn cache() -> LocalCache<Sum> {
-        LocalCache::new(Duration::from_millis(500))
+        LocalCache::new(Reuse::ttl(Duration::from_millis(500)))
     }
 
     #[test]
     fn an_older_version_never_replaces_a_newer_one() {
         let (c, h) = (cache(), key());
-        c.put(&h, &totals(7, 70), Instant::now());
-        c.put(&h, &totals(5, 50), Instant::now());
-        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(70));
-        c.put(&h, &totals(7, 70), Instant::now());
-        c.put(&h, &totals(9, 90), Instant::now());
-        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(90));
+        c.put(&h, &totals(7, 70), Instant::now(), None);
+        c.put(&h, &totals(5, 50), Instant::now(), None);
+        assert_eq!(c.get(&h, None, None).map(|x| x.row.total), Some(70));
+        c.put(&h, &totals(7, 70), Instant::now(), None);
+        c.put(&h, &totals(9, 90), Instant::now(), None);
+        assert_eq!(c.get(&h, None, None).map(|x| x.row.total), Some(90));
     }
 
     #[test]
     fn an_entry_is_as_old_as_the_start_of_its_read() {
         let (c, h) = (cache(), key());
         let slow_read_started = Instant::now() - Duration::from_millis(600);
-        c.put(&h, &totals(3, 30), slow_read_started);
-        assert_eq!(c.get(&h, None), None, "a read that took longer than the ttl is stale on arrival");
+        c.put(&h, &totals(3, 30), slow_read_started, None);
+        assert_eq!(c.get(&h, None, None), None, "a read that took longer than the ttl is stale on arrival");
     }
 
     #[test]
     fn a_fresh_read_ignores_copies_read_before_its_write_was_reflected() {
         let (c, h) = (cache(), key());
         let read_started = Instant::now();
-        c.put(&h, &totals(3, 30), read_started);
+        c.put(&h, &totals(3, 30), read_started, None);
         let reflected_at = Instant::now() + Duration::from_millis(1);
-        assert_eq!(c.get(&h, Some(reflected_at)), None);
-        assert_eq!(c.get(&h, Some(read_started)).map(|x| x.row.total), Some(30));
+        assert_eq!(c.get(&h, Some(reflected_at), None), None);
+        assert_eq!(c.get(&h, Some(read_started), None).map(|x| x.row.total), Some(30));
     }
 
     #[test]
     fn an_entry_expires_after_the_ttl() {
-        let (c, h) = (LocalCache::<Sum>::new(Duration::from_millis(50)), key());
-        c.put(&h, &totals(1, 10), Instant::now());
-        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(10));
+        let (c, h) = (LocalCache::<Sum>::new(Reuse::ttl(Duration::from_millis(50))), key());
+        c.put(&h, &totals(1, 10), Instant::now(), None);
+        assert_eq!(c.get(&h, None, None).map(|x| x.row.total), Some(10));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(c.get(&h, None), None);
+        assert_eq!(c.get(&h, None, None), None);
+    }
+
+    fn until_change() -> LocalCache<Sum> {
+        LocalCache::new(Reuse { ttl: Duration::from_millis(200), until_change: Duration::from_secs(2) })
+    }
+
+    #[test]
+    fn a_copy_is_reused_past_the_ttl_while_its_workload_has_not_changed() {
+        let (c, h) = (until_change(), key());
+        c.put(&h, &totals(1, 10), Instant::now() - Duration::from_secs(1), Some(7));
+        assert_eq!(c.get(&h, None, Some(7)).map(|x| x.row.total), Some(10));
+        assert_eq!(c.get(&h, None, Some(8)), None, "a change was published since the read began");
+        assert_eq!(c.get(&h, None, None), None, "changes are not heard: the ttl alone, long passed");
+    }
+
+    #[test]
+    fn a_copy_is_never_reused_past_the_bound_nor_when_read_unheard() {
+        let (c, h) = (until_change(), key());
+        c.put(&h, &totals(1, 10), Instant::now() - Duration::from_millis(2100), Some(7));
+        assert_eq!(c.get(&h, None, Some(7)), None, "older than until_change");
+        let (c, h) = (until_change(), key());
+        c.put(&h, &totals(1, 10), Instant::now() - Duration::from_millis(300), None);
+        assert_eq!(c.get(&h, None, None), None, "read while unheard: past the ttl");
+        assert_eq!(c.get(&h, None, Some(7)), None, "read while unheard, heard now: still by the ttl");
+        c.put(&h, &totals(1, 10), Instant::now(), None);
+        assert_eq!(c.get(&h, None, Some(7)).map(|x| x.row.total), Some(10), "within the ttl");
+    }
+
+    #[test]
+    fn the_same_version_read_again_keeps_the_later_start_and_count() {
+        let (c, h) = (until_change(), key());
+        let later = Instant::now() - Duration::from_millis(500);
+        c.put(&h, &totals(2, 20), later, Some(9));
+        c.put(&h, &totals(2, 20), later - Duration::from_millis(500), Some(8));
+        assert_eq!(c.get(&h, None, Some(9)).map(|x| x.row.total), Some(20));
+        assert_eq!(c.get(&h, Some(later), Some(9)).map(|x| x.row.total), Some(20));
     }
 
     #[test]
@@ -376,7 +469,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for v in 0..200 {
                         let version = (v * 8 + t) as i64;
-                        c.put(&h, &totals(version, version as u64), Instant::now());
+                        c.put(&h, &totals(version, version as u64), Instant::now(), None);
                     }
                 })
             })
@@ -384,6 +477,6 @@ mod tests {
         for w in writers {
             w.join().expect("writer");
         }
-        assert_eq!(c.get(&h, None).map(|x| x.row.total), Some(199 * 8 + 7));
+        assert_eq!(c.get(&h, None, None).map(|x| x.row.total), Some(199 * 8 + 7));
     }
 }
