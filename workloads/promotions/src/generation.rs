@@ -41,6 +41,24 @@ impl GenerationState {
     pub fn parse(text: &str) -> Option<Self> {
         [Self::Loading, Self::Active, Self::Replaced, Self::Failed].into_iter().find(|s| s.as_str() == text)
     }
+
+    /// The state of generation `n` as a reader sees it, when the readers
+    /// answer from `answering` now. A switch commits before its new
+    /// generation is visible (the pointer lease's wait, `visible_at`), so for
+    /// that moment the stored state runs ahead of the reads: the new one is
+    /// stored `active` while ids still answer from the old one, stored
+    /// `replaced`. Answered so, a status of `active` means that reads answer
+    /// from that generation. Pure.
+    pub fn as_seen(self, n: i64, answering: Option<i64>) -> Self {
+        match self {
+            GenerationState::Failed | GenerationState::Loading => self,
+            _ if answering == Some(n) => GenerationState::Active,
+            GenerationState::Active if answering.is_some_and(|a| a > n) => GenerationState::Replaced,
+            // Switched, not visible yet.
+            GenerationState::Active => GenerationState::Loading,
+            GenerationState::Replaced => GenerationState::Replaced,
+        }
+    }
 }
 
 /// A transition the lifecycle does not have (a bug in the caller, or a
@@ -161,6 +179,25 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_generation_is_seen_active_only_while_reads_answer_from_it() {
+        use GenerationState::*;
+        // The switch from 1 to 2 committed, not visible yet: reads answer from 1.
+        assert_eq!(Active.as_seen(2, Some(1)), Loading);
+        assert_eq!(Replaced.as_seen(1, Some(1)), Active);
+        // The first file switched, not visible yet: nothing answers.
+        assert_eq!(Active.as_seen(1, None), Loading);
+        // Visible.
+        assert_eq!(Active.as_seen(2, Some(2)), Active);
+        assert_eq!(Replaced.as_seen(1, Some(2)), Replaced);
+        // A stored state behind the pointer: already replaced by a newer one.
+        assert_eq!(Active.as_seen(2, Some(3)), Replaced);
+        // Loading and failed are what they are.
+        assert_eq!(Loading.as_seen(4, Some(3)), Loading);
+        assert_eq!(Failed.as_seen(4, Some(3)), Failed);
+    }
+
     use proptest::prelude::*;
 
     use super::*;

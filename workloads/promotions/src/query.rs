@@ -106,12 +106,22 @@ async fn get_generation(reader: &Reader<Promotions>, n: i64) -> Result<Response<
     }
     let mut status = found.row.0;
     status.generation = n;
+    status.state = status.state.as_seen(n, answering(reader).await?);
     Ok(http::json(StatusCode::OK, status.to_json()))
 }
 
+/// The generation reads answer from now, which the states are answered by.
+async fn answering(reader: &Reader<Promotions>) -> Result<Option<i64>, QueryError> {
+    reader.workload().promotions.answering(reader.pool()).await.map_err(unavailable)
+}
+
 async fn list_generations(reader: &Reader<Promotions>) -> Result<Response<Body>, QueryError> {
+    let answering = answering(reader).await?;
     let client = reader.pool().get().await.map_err(|e| unavailable(e.into()))?;
-    let newest = newest_generations(&client).await.map_err(unavailable)?;
+    let mut newest = newest_generations(&client).await.map_err(unavailable)?;
+    for status in &mut newest {
+        status.state = status.state.as_seen(status.generation, answering);
+    }
     debug_assert!(newest.len() <= LISTED as usize);
     let body = serde_json::to_vec(&newest).expect("statuses always serialize");
     Ok(http::json(StatusCode::OK, body))

@@ -121,6 +121,14 @@ impl PromotionReader {
         PromotionReader { lease: PointerLease::new(&PROMOTIONS), cache }
     }
 
+    /// The generation a read arriving now answers from (`None`: nothing is active yet).
+    ///
+    /// # Errors
+    /// [`PgError`] when the pointer must be read and PostgreSQL cannot answer.
+    pub async fn answering(&self, pool: &deadpool_postgres::Pool) -> Result<Option<i64>, PgError> {
+        self.lease.generation(pool).await
+    }
+
     /// The promotion `id` of the active generation: the generation the
     /// lease names now, and its row (a whole generation, never a mix).
     ///
