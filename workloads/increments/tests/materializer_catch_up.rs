@@ -95,6 +95,15 @@ async fn judge_slow_ping(url: &str, prefix: &str, since_unix: i64, slowest: Dura
     println!("a PING took {slowest:?}; none of our calls ran that long in Redis; other slow commands: {slow:?}");
 }
 
+/// A pool on the test's schema, with the sums read model and the read progress migrated.
+async fn read_model_pool(pg: &common::engine::config::PgConfig) -> deadpool_postgres::Pool {
+    let pool = common::engine::pg::pool(pg).unwrap();
+    common::engine::pg::migrate(&pool, pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
+        .await
+        .unwrap();
+    pool
+}
+
 /// Every row of `increments` as (Redis key, version, sum).
 async fn postgres_rows(
     client: &deadpool_postgres::Client,
@@ -137,10 +146,7 @@ async fn a_catch_up_of_300k_rows_completes_in_bounded_calls_while_redis_keeps_an
 }
 
 async fn catch_up_of_300k_rows(redis: common::engine::config::RedisConfig, pg: common::engine::config::PgConfig) {
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
-        .await
-        .unwrap();
+    let pool = read_model_pool(&pg).await;
     let client = pool.get().await.unwrap();
     // 300k keys changed just now (within the TTL), none of them in Redis: what
     // a materializer restart finds after a load (or after dying with rows pending).
@@ -265,10 +271,7 @@ impl StallingProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_never_wait_for_a_redis_that_stopped_answering() {
     let (_, mut redis, pg) = isolated(&unique_suffix());
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
-        .await
-        .unwrap();
+    let pool = read_model_pool(&pg).await;
     let direct = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
     let upstream = redis.url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
     let proxy = StallingProxy::start(&upstream).await;
@@ -345,10 +348,7 @@ fn sum_of(i: u128, offset: i64) -> IncrementSum {
 #[tokio::test]
 async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_when_too_many_were_held() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
-        .await
-        .unwrap();
+    let pool = read_model_pool(&pg).await;
     let client = pool.get().await.unwrap();
     let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
     // Rows changed long ago (beyond one TTL: their Redis copies expired) and a minute ago.
@@ -418,10 +418,7 @@ async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_wh
 #[tokio::test]
 async fn a_start_catches_up_from_the_last_settled_mark_not_over_the_whole_ttl() {
     let (_, redis, pg) = isolated(&unique_suffix());
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    common::engine::pg::migrate(&pool, &pg, &[increments::migrations::READ_MODEL, migrations::READ_PROGRESS])
-        .await
-        .unwrap();
+    let pool = read_model_pool(&pg).await;
     let cache = VersionedCache::<StoredSum>::connect(&redis).await.unwrap();
     let sink = || ReadModelSink::with_max_held(Increments, pool.clone(), cache.clone(), redis.ttl, 1_000);
     // 50 rows changed a minute ago: within the TTL, so a first start (no mark) copies them.

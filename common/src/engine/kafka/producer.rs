@@ -7,9 +7,13 @@
 //! millisecond of every window is spent polling with a timeout of 0 in a loop.
 //! Measured with `perf` on an idle stack: those loops were 87 % of the idle
 //! processor's CPU (22 producers, about a fifth of a core) and most of the
-//! command's. Here the window is [`POLL_WINDOW`], ten times longer, so the
-//! same remainder costs a tenth; a delivery report still wakes the thread at
-//! once, since librdkafka's poll returns as soon as an event arrives.
+//! command's. Here the window is [`POLL_WINDOW`]: 100 ms and a tenth of a
+//! millisecond, so librdkafka is asked to wait 100 ms, and its wake-up comes
+//! late enough (the kernel's timer slack, 50 µs) that the window is over: no
+//! loop. A delivery report still wakes the thread at once. The window is also
+//! how long a dropped producer may live on: an abandoned `init_transactions`
+//! left alive for a second (a first version's window) finished later and
+//! fenced the producer that replaced it.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +29,7 @@ use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, ProducerContext};
 
 /// How long the delivery thread waits for an event before it looks at the stop flag.
-pub const POLL_WINDOW: Duration = Duration::from_secs(1);
+pub const POLL_WINDOW: Duration = Duration::from_micros(100_100);
 
 /// Resolves each message's future with its delivery report.
 pub struct Deliveries;
@@ -63,9 +67,9 @@ struct Shared {
 }
 
 impl Drop for Shared {
-    /// The thread ends within a window and drops the producer there (which
-    /// purges what is still queued, as rdkafka's own producers do): a drop
-    /// never blocks its caller for a window.
+    /// The thread ends within a window (100 ms) and drops the producer there
+    /// (which purges what is still queued, as rdkafka's own producers do): a
+    /// drop never blocks its caller for a window.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
     }

@@ -380,18 +380,10 @@ impl<W: Simulated> Sim<W> {
                 self.fire(i, Timer::Checkpoint)?;
             }
             680..740 => {
-                // One of the stalled: the log's transactions, then the store's commits.
-                let (in_log, in_store) = (self.log.stalled(), self.store.stalled());
-                if in_log + in_store > 0 {
-                    let k = self.rng.random_range(0..in_log + in_store);
-                    if k < in_log {
-                        self.trace(|| format!("stalled log transaction {k} of {in_log} goes on"));
-                        self.log.release_stalled(k);
-                    } else {
-                        let k = k - in_log;
-                        self.trace(|| format!("stalled store commit {k} of {in_store} goes on"));
-                        self.store.release_stalled(k);
-                    }
+                let stalled = self.stalled();
+                if stalled > 0 {
+                    let k = self.rng.random_range(0..stalled);
+                    self.release_stalled(k);
                     self.poll_all()?;
                 }
             }
@@ -493,6 +485,24 @@ impl<W: Simulated> Sim<W> {
         })
     }
 
+    /// Log transactions and store commits stalled, in all.
+    fn stalled(&self) -> usize {
+        self.log.stalled() + self.store.stalled()
+    }
+
+    /// Lets the `k`-th stalled operation go on: the log's transactions, then the store's commits.
+    fn release_stalled(&mut self, k: usize) {
+        let in_log = self.log.stalled();
+        if k < in_log {
+            self.trace(|| format!("stalled log transaction {k} of {in_log} goes on"));
+            self.log.release_stalled(k);
+        } else {
+            let (k, in_store) = (k - in_log, self.store.stalled());
+            self.trace(|| format!("stalled store commit {k} of {in_store} goes on"));
+            self.store.release_stalled(k);
+        }
+    }
+
     /// No more faults; every instance up; every stalled transaction finished;
     /// then rounds of heartbeats, deliveries to the end and checkpoints on
     /// every instance until a whole round writes nothing and every partition
@@ -504,12 +514,8 @@ impl<W: Simulated> Sim<W> {
         self.append(usize::MAX);
         for _ in 0..20 {
             let before = self.fingerprint();
-            while self.log.stalled() + self.store.stalled() > 0 {
-                if self.log.stalled() > 0 {
-                    self.log.release_stalled(0);
-                } else {
-                    self.store.release_stalled(0);
-                }
+            while self.stalled() > 0 {
+                self.release_stalled(0);
                 self.poll_all()?;
             }
             for i in 0..self.instances.len() {
@@ -531,7 +537,7 @@ impl<W: Simulated> Sim<W> {
             for i in 0..self.instances.len() {
                 self.fire(i, Timer::Checkpoint)?;
             }
-            if self.fingerprint() == before && self.log.stalled() + self.store.stalled() == 0 && self.settled() {
+            if self.fingerprint() == before && self.stalled() == 0 && self.settled() {
                 return Ok(());
             }
         }
