@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::LogProducer;
-use common::engine::kafka::{self, ProducerTuning};
+use common::engine::kafka::{self, LogProducer, ProducerTuning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureRecord, Producer};
 

@@ -154,11 +154,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(
     }
     for spec in specs {
         let visible = || partition_count(kafka, &spec.name);
-        let policy = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(1))
-            .with_total_delay(Some(TOPIC_VISIBLE_WITHIN))
-            .without_max_times();
+        let policy = crate::engine::retry::backoff(Duration::from_millis(20), Duration::from_secs(1))
+            .with_total_delay(Some(TOPIC_VISIBLE_WITHIN));
         visible
             .retry(policy)
             .when(|e| e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition))

@@ -19,8 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::LogProducer;
-use common::engine::kafka::{self, ProducerTuning};
+use common::engine::kafka::{self, LogProducer, ProducerTuning};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 
