@@ -248,6 +248,10 @@ def count(v):
     return "n/a" if v is None else f"{v:,.0f}"
 
 
+def share(v):
+    return "n/a" if v is None else f"{v * 100:.0f} %"
+
+
 def pct(a, b):
     return g(a) / g(b) if g(a) and g(b) else None
 
@@ -643,14 +647,21 @@ lines += [
     f"GET /promotions/{{id}}, {count(g('promotions_get_connections'))} connections, {duration}: ids picked from a uniform sample of the file's"
     " ids plus one absent id for every nine (so about 10 % of the answers are the expected 404s, counted as non-2xx):",
     "",
-    "| run | requests/s | ceiling (bare hyper, same run) | ratio | p50 ms | p99 ms | p99.9 ms | non-2xx (404) |",
-    "|---|---|---|---|---|---|---|---|",
+    "| run | requests/s | ceiling (bare hyper, same run) | ratio | p50 ms | p99 ms | p99.9 ms | non-2xx (404) | from the local copy | no PostgreSQL round trip |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 for phase, label in [("rest", "at rest"), ("load", "during the second load")]:
     lines.append(f"| {label} | {fmt(g(f'promotions_get_{phase}_rps'))} | {fmt(g('promotions_get_ceiling_rps'))} | "
                  f"{ratio(f'promotions_get_{phase}_rps', 'promotions_get_ceiling_rps')} | {fmt(g(f'promotions_get_{phase}_p50_ms'))} | "
                  f"{fmt(g(f'promotions_get_{phase}_p99_ms'))} | {fmt(g(f'promotions_get_{phase}_p999_ms'))} | "
-                 f"{count(g(f'promotions_get_{phase}_non_2xx'))} of {count(g(f'promotions_get_{phase}_requests'))} |")
+                 f"{count(g(f'promotions_get_{phase}_non_2xx'))} of {count(g(f'promotions_get_{phase}_requests'))} | "
+                 f"{share(g(f'promotions_get_{phase}_copy_rate'))} | {share(g(f'promotions_get_{phase}_cache_hit_rate'))} |")
+lines += [
+    "",
+    f"The query's local copy of the first generation ([docs/architecture.md](architecture.md), bulk generations) was ready "
+    f"{fmt(g('promotions_copy_ready_s'))} s after the pointer named it (its build: {fmt(g('promotions_copy_build_s'))} s); "
+    "the GETs ran after that. Until a copy is ready, a lookup is the row cache's or PostgreSQL's.",
+]
 lines += [
     "",
     "Peak RSS (VmHWM, KiB; each service started fresh for the section):",

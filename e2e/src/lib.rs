@@ -84,7 +84,15 @@ impl Stack {
         let (kafka, redis, pg) = test_util::isolated(&suffix);
         let logs = bin_dir().join("e2e-logs").join(&suffix);
         std::fs::create_dir_all(&logs).expect("creating the log folder");
-        Stack { kafka, redis, pg, logs, procs: HashMap::new(), extra_env: Vec::new(), suffix }
+        // The query's local copies of bulk generations: in the stack's folder, gone with it.
+        let copies = logs.join("copies").to_string_lossy().into_owned();
+        let extra_env = vec![("QUERY_BULK_COPIES_DIR".to_owned(), copies)];
+        Stack { kafka, redis, pg, logs, procs: HashMap::new(), extra_env, suffix }
+    }
+
+    /// The folder of the query instances' local copies of bulk generations (`<dir>/<pid>/`).
+    pub fn copies_dir(&self) -> PathBuf {
+        self.logs.join("copies")
     }
 
     /// Adds an environment variable for every service started afterwards.
@@ -231,6 +239,8 @@ impl Stack {
         // unless asked for (`E2E_KEEP_LOGS=1`: to read what a passed run measured, e.g. the claims' timings).
         if std::env::var_os("E2E_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.logs);
+        } else {
+            let _ = std::fs::remove_dir_all(self.copies_dir()); // data, not logs
         }
     }
 }

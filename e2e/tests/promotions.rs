@@ -117,9 +117,43 @@ async fn assert_answers(query: SocketAddr, file: &File) {
     }
 }
 
+/// The value of the query's metric line that starts with `line` (0 without one).
+async fn query_metric(query: SocketAddr, line: &str) -> f64 {
+    let metrics = get(query, "/metrics").await.body;
+    metrics.lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits until the query's local copy of generation `n` is built (docs/architecture.md, "Local copies").
+async fn wait_copy(query: SocketAddr, n: i64) {
+    wait_until(&format!("the query's copy of generation {n}"), LOAD_LIMIT, || async move {
+        let built = query_metric(query, "analytics_query_bulk_copy_generation{table=\"promotions\"}").await;
+        (built as i64 >= n).then_some(())
+    })
+    .await;
+}
+
+/// Answers of `GET /promotions/{id}` the query took from a local copy so far.
+async fn copy_answers(query: SocketAddr) -> f64 {
+    query_metric(query, "analytics_query_promotion_row_cache_total{result=\"copy\"}").await
+}
+
+/// The files in the query's folder of local copies (`<dir>/<pid>/`).
+fn copy_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|process| std::fs::read_dir(process.path()).into_iter().flatten().flatten())
+        .map(|f| f.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
     let mut stack = Stack::new();
+    let copies = stack.copies_dir();
     stack.start_all().await;
     let (command, query) = (stack.addr("command"), stack.addr("query"));
     let missing = uuid::Uuid::new_v4();
@@ -135,6 +169,15 @@ async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
     assert_eq!(get(query, &format!("/promotions/{upper}")).await.status, 200, "ids compare case-insensitively");
     assert_eq!(get(query, &format!("/promotions/{missing}")).await.status, 404);
     assert_eq!(get(query, "/promotions/not-a-uuid").await.status, 400);
+    // Once the query's local copy of the generation is built, it answers every id, the same.
+    wait_copy(query, g1).await;
+    let before = copy_answers(query).await;
+    assert_answers(query, &first).await;
+    assert_eq!(get(query, &format!("/promotions/{upper}")).await.status, 200, "ids compare case-insensitively");
+    assert_eq!(get(query, &format!("/promotions/{missing}")).await.status, 404);
+    assert_eq!(copy_answers(query).await - before, 1002.0, "every answer from the copy");
+    let table = |g: i64| format!("promotions_g{g}.rows");
+    assert_eq!(copy_files(&copies), vec![table(g1)]);
 
     // The second file: half the ids again (new prices), half new ones.
     let mut second_ids = first_ids[..500].to_vec();
@@ -149,6 +192,19 @@ async fn a_file_loads_and_answers_every_id_and_a_second_file_replaces_it() {
     }
     let replaced = wait_state(query, g1, "replaced").await;
     assert_eq!(replaced["rows"], 1000, "a replaced generation keeps its rows");
+    wait_copy(query, g2).await;
+    let before = copy_answers(query).await;
+    assert_answers(query, &second).await;
+    for id in &first_ids[500..] {
+        assert_eq!(get(query, &format!("/promotions/{id}")).await.status, 404, "{id} was only in the first file");
+    }
+    assert_eq!(copy_answers(query).await - before, 1500.0, "every answer from the copy");
+    // The first generation's copy goes once the pointer no longer names it (after the switch's window).
+    wait_until("the first copy removed", LOAD_LIMIT, || {
+        let files = copy_files(&copies);
+        async move { (files == vec![table(g2)]).then_some(()) }
+    })
+    .await;
 
     let list = json_of(&get(query, "/promotions/generations").await);
     let listed: Vec<(i64, &str)> = list

@@ -49,6 +49,7 @@ async fn fixture(pg_url: Option<&str>) -> Fixture {
             edge,
             cfg.reuse(),
             cfg.limits(),
+            None,
         );
         return Fixture { app, cache, pool, pg, redis };
     }

@@ -46,6 +46,7 @@ async fn fixture() -> Fixture {
         edge,
         query::engine::Reuse::OFF,
         cfg.limits(),
+        None,
     );
     Fixture { app, store, redis_url: redis.url.clone(), redis, pg }
 }

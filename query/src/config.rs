@@ -33,6 +33,12 @@ pub struct Config {
     /// Most live streams (`GET /analytics/live`) open at once; beyond, 503 with `Retry-After: 1`.
     #[arg(long, env = "QUERY_MAX_LIVE_STREAMS", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_streams: u32,
+    /// Where the query keeps its local copies of bulk generations (the promotions files), each process in a folder
+    /// of its own (`<dir>/<pid>`, removed when it stops; a killed process's folder is removed by the next one to
+    /// start): a lookup reads the copy (the page cache) instead of PostgreSQL once it is built, seconds after a
+    /// switch. `off`: every lookup reads PostgreSQL.
+    #[arg(long, env = "QUERY_BULK_COPIES_DIR", default_value = "/tmp/analytics-query-copies")]
+    pub bulk_copies_dir: String,
     #[command(flatten)]
     pub pg: PgConfig,
     #[command(flatten)]
@@ -54,6 +60,18 @@ impl Config {
     }
 
     /// The caps of [`crate::engine::Limits`] these flags set.
+    /// The folder of local copies of bulk generations, opened (`None`: `off`).
+    ///
+    /// # Errors
+    /// When the folder cannot be created.
+    pub fn bulk_copies(&self) -> std::io::Result<Option<std::sync::Arc<common::engine::store::bulk_copy::CopiesDir>>> {
+        if self.bulk_copies_dir.is_empty() || self.bulk_copies_dir == "off" {
+            return Ok(None);
+        }
+        let dir = common::engine::store::bulk_copy::CopiesDir::open(std::path::Path::new(&self.bulk_copies_dir))?;
+        Ok(Some(std::sync::Arc::new(dir)))
+    }
+
     pub fn limits(&self) -> crate::engine::Limits {
         crate::engine::Limits {
             token_waits: self.max_token_waits as usize,

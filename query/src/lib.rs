@@ -134,7 +134,8 @@ pub async fn build(
     let redis = RedisStore::connect(&cfg.redis).await.context("connecting to Redis")?;
     let cors = common::engine::edge::Cors::new(&cfg.cors)?;
     let edge = common::engine::edge::Edge::new(&cfg.edge, None).with_read_auth(&cfg.read_auth);
-    let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.reuse(), cfg.limits()).with_cors(cors);
+    let copies = cfg.bulk_copies().with_context(|| format!("opening {}", cfg.bulk_copies_dir))?;
+    let app = app_from_parts(workloads, redis, pool, metrics, edge, cfg.reuse(), cfg.limits(), copies).with_cors(cors);
     let limits = common::engine::http::ListenerLimits::from_edge(&cfg.edge, cfg.telemetry.shutdown_timeout)?;
     for listener in workloads.iter().flat_map(|w| w.listeners(&app, &limits)) {
         app.serve_also(listener);
@@ -143,6 +144,7 @@ pub async fn build(
 }
 
 /// Assembles the app from already connected stores (tests use it to point at a PostgreSQL that is down).
+#[allow(clippy::too_many_arguments)] // the parts, each once: a struct of them would only be taken apart again
 pub fn app_from_parts(
     workloads: &[Box<dyn Registered>],
     redis: RedisStore,
@@ -151,8 +153,9 @@ pub fn app_from_parts(
     edge: common::engine::edge::Edge,
     reuse: engine::Reuse,
     limits: engine::Limits,
+    bulk_copies: Option<Arc<common::engine::store::bulk_copy::CopiesDir>>,
 ) -> QueryApp {
-    let stores = Stores::with_limits(pool, redis, reuse, limits);
+    let stores = Stores::with_limits(pool, redis, reuse, limits).with_bulk_copies(bulk_copies);
     let routes = routes(workloads, &stores);
     let ready_stores = stores.clone();
     let ready: common::engine::http::ReadyCheck = Arc::new(move || {

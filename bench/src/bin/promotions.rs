@@ -170,27 +170,41 @@ fn put_run(out: &mut Map<String, Value>, prefix: &str, run: &Map<String, Value>)
     }
 }
 
-/// The query's row cache answers so far (`analytics_query_promotion_row_cache_total`): (hits, misses).
-fn row_cache(query: std::net::SocketAddr) -> (u64, u64) {
+/// The sum of the query's metric lines starting with `prefix` (and holding `label`, if given).
+fn query_metric(query: std::net::SocketAddr, prefix: &str, label: &str) -> f64 {
     let out = Command::new("curl").args(["-s", &format!("http://{query}/metrics")]).output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let count = |result: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with("analytics_query_promotion_row_cache_total{") && l.contains(result))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
-    (count("result=\"hit\""), count("result=\"miss\""))
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
-/// The hit rate of the cache answers between two [`row_cache`] readings.
-fn hit_rate(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let (hits, misses) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
-    let total = hits + misses;
+/// The query's answers with a 5xx so far (a GET's 404s are expected, a 5xx never).
+fn server_errors(query: std::net::SocketAddr) -> u64 {
+    query_metric(query, "analytics_http_requests_total{", "status=\"5") as u64
+}
+
+/// The query's promotion answers so far by where they came from
+/// (`analytics_query_promotion_row_cache_total`): (local copy, row cache, PostgreSQL).
+fn row_cache(query: std::net::SocketAddr) -> (u64, u64, u64) {
+    let count = |result: &str| -> u64 {
+        query_metric(query, "analytics_query_promotion_row_cache_total{", &format!("result=\"{result}\"")) as u64
+    };
+    (count("copy"), count("hit"), count("miss"))
+}
+
+/// The share of answers between two [`row_cache`] readings that made no PostgreSQL round trip
+/// (a local copy's or the row cache's), and the local copy's share alone.
+fn hit_rate(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f64) {
+    let (copies, hits, misses) =
+        (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1), after.2.saturating_sub(before.2));
+    let total = copies + hits + misses;
     if total == 0 {
-        return 0.0;
+        return (0.0, 0.0);
     }
-    (hits as f64 / total as f64 * 1000.0).round() / 1000.0
+    let share = |n: u64| (n as f64 / total as f64 * 1000.0).round() / 1000.0;
+    (share(copies + hits), share(copies))
 }
 
 fn secs(d: Duration) -> f64 {
@@ -229,6 +243,22 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
     out.insert("promotions_table_bytes".into(), json!(table_bytes));
     out.insert("promotions_heap_bytes".into(), json!(heap_bytes));
 
+    // The query builds its local copy of a generation once a read finds the pointer naming it; until the copy
+    // is ready, lookups read PostgreSQL. Its build time is reported, and the GETs below run once it is ready.
+    eprintln!("[promotions] waiting for the query's local copy of generation {generation}");
+    let active_at = Instant::now();
+    let probe = format!("http://{query}/promotions/00000000-0000-0000-0000-000000000000");
+    let copy_generation = || query_metric(query, "analytics_query_bulk_copy_generation{", "promotions") as i64;
+    while copy_generation() < generation && active_at.elapsed() < limit {
+        let _ = Command::new("curl").args(["-s", "-o", "/dev/null", &probe]).status();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out.insert("promotions_copy_ready_s".into(), json!(secs(active_at.elapsed())));
+    out.insert(
+        "promotions_copy_build_s".into(),
+        json!(query_metric(query, "analytics_query_bulk_copy_build_seconds{", "promotions")),
+    );
+
     eprintln!("[promotions] GET ceiling (bare hyper)");
     let port = e2e::free_port();
     let mut ceiling = Command::new(std::env::current_exe()?.with_file_name("ceiling"))
@@ -243,21 +273,30 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
     let ids = ids.to_str().expect("a UTF-8 path");
     eprintln!("[promotions] GET /promotions/{{id}} at rest");
     let cache0 = row_cache(query);
+    let failed0 = server_errors(query);
     put_run(&mut out, "promotions_get_rest", &wrk(args, "promotions-get.lua", &format!("http://{query}"), &[ids])?);
     let cache1 = row_cache(query);
+    let failed1 = server_errors(query);
+    anyhow::ensure!(failed1 == failed0, "the query answered {} GETs at rest with a 5xx", failed1 - failed0);
     // The row cache answers from memory only ids asked before: its hit rate depends on `--sample` and the run's length.
-    out.insert("promotions_get_rest_cache_hit_rate".into(), json!(hit_rate(cache0, cache1)));
+    let (hit, copy) = hit_rate(cache0, cache1);
+    out.insert("promotions_get_rest_cache_hit_rate".into(), json!(hit));
+    out.insert("promotions_get_rest_copy_rate".into(), json!(copy));
 
     eprintln!("[promotions] load 2 (the same file, a new generation) with GET /promotions/{{id}} beside it");
     let t0 = Instant::now();
     let curl = upload(command, file)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = wrk(args, "promotions-get.lua", &format!("http://{query}"), &[ids])?;
-    out.insert("promotions_get_load_cache_hit_rate".into(), json!(hit_rate(cache1, row_cache(query))));
+    let (hit, copy) = hit_rate(cache1, row_cache(query));
+    out.insert("promotions_get_load_cache_hit_rate".into(), json!(hit));
+    out.insert("promotions_get_load_copy_rate".into(), json!(copy));
     let get_done = t0.elapsed();
     let second = tokio::task::spawn_blocking(move || generation_of(curl)).await??;
     let loaded2 = wait_active(&pg, &schema, second, limit).await?.duration_since(t0);
     put_run(&mut out, "promotions_get_load", &during);
+    let failed2 = server_errors(query);
+    anyhow::ensure!(failed2 == failed1, "the query answered {} GETs during the load with a 5xx", failed2 - failed1);
     // The GET ran inside the load only if the load outlasted it.
     out.insert("promotions_get_load_within_load".into(), json!(u8::from(loaded2 > get_done)));
     out.insert("promotions_load2_s".into(), json!(secs(loaded2)));

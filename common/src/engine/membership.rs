@@ -53,6 +53,11 @@ pub struct Plan {
     pub lost: Vec<i32>,
 }
 
+/// A heartbeat in flight beside a loop ([`Membership::changes`], or a
+/// simulation's): the loop goes on while its round trips run, and applies the
+/// plan when it comes.
+pub type Heartbeat = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Plan>> + Send>>;
+
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.acquired.is_empty() && self.to_release.is_empty() && self.lost.is_empty()

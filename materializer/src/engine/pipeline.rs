@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::engine::kafka::{assignment, consumer_config};
-use common::engine::membership::{Membership, Plan};
+use common::engine::membership::{Heartbeat, Membership, Plan};
 use common::engine::progress::{decode_progress, is_progress_key, Progress};
 use common::engine::shutdown::CancellationToken;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -114,6 +114,7 @@ impl<W: SinkWorkload> Pipeline<W> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
         let mut writing: Option<Write> = None;
+        let mut beating: Option<Heartbeat> = None;
         // Stops a write's retries once shutdown's grace is over (the write task itself never sees `token`).
         let stop_writes = CancellationToken::new();
         tracing::info!(workload = W::NAME, member = self.membership.member_id(), "joining the materializer group");
@@ -127,12 +128,19 @@ impl<W: SinkWorkload> Pipeline<W> {
                     writing = None;
                     if !joined(written)? { break; }
                 }
-                _ = heartbeat.tick() => {
-                    if let Some(plan) = self.membership.changes(&self.owned).await {
+                // The heartbeat's round trips run beside the loop, which goes on reading and
+                // handing batches to writes meanwhile; only a plan that changes something stops it.
+                _ = heartbeat.tick(), if beating.is_none() => {
+                    let (membership, owned) = (self.membership.clone(), self.owned.clone());
+                    beating = Some(Box::pin(async move { membership.changes(&owned).await }));
+                    self.record_lag();
+                }
+                plan = async { beating.as_mut().expect("polled only while beating").await }, if beating.is_some() => {
+                    beating = None;
+                    if let Some(plan) = plan {
                         if !self.settle(&mut writing, &mut batch, &plan, &token, &stop_writes).await? { break; }
                         self.rebalance(plan).await?;
                     }
-                    self.record_lag();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && writing.is_none() => {}
                 msg = self.consumer.recv(), if !full => self.add(&mut batch, msg),

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
 use common::engine::kafka::consumer_config;
-use common::engine::membership::Membership;
+use common::engine::membership::{Heartbeat, Membership, Plan};
 use common::engine::shutdown::CancellationToken;
 use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
@@ -133,7 +133,8 @@ pub struct Processor<W: Aggregation, I: Io = Production> {
     /// Shared with the checkpoints in flight, as the store is.
     workload: Arc<W>,
     source: Arc<I::Source>,
-    membership: I::Members,
+    /// Shared with the heartbeat in flight, which runs beside the loop.
+    membership: Arc<I::Members>,
     store: Arc<I::Store>,
     emitter: AggregateEmitter<I::Log>,
     clock: I::Clock,
@@ -203,7 +204,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         Processor {
             workload: Arc::new(workload),
             source: Arc::new(source),
-            membership: members,
+            membership: Arc::new(members),
             store: Arc::new(store),
             emitter,
             paced_until: clock.now(),
@@ -255,6 +256,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         // A handle of our own: messages borrow it while `self` is changed.
         let source = self.source.clone();
         let (mut backlogged, mut last_checkpoint) = (false, self.clock.now());
+        let mut beating: Option<Heartbeat> = None;
         loop {
             // A partition that read MAX_PENDING_RECORDS past its last committed checkpoint
             // reads no more until one commits (bounds a checkpoint, and the state's growth
@@ -288,7 +290,19 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                         self.start_due_checkpoints();
                     }
                 }
-                _ = heartbeat.tick() => self.rebalance(token).await?,
+                // The heartbeat's round trips run beside the loop (several statements: under load,
+                // milliseconds to tens of them, which would hold back every decided write and read
+                // record five times a second); only a plan that changes something stops the loop.
+                _ = heartbeat.tick(), if beating.is_none() => {
+                    let (members, owned) = (self.membership.clone(), self.owned.keys().copied().collect());
+                    beating = Some(Box::pin(async move { members.changes(&owned).await }));
+                }
+                plan = async { beating.as_mut().expect("polled only while beating").await }, if beating.is_some() => {
+                    beating = None;
+                    if let Some(plan) = plan {
+                        self.rebalance(plan, token).await?;
+                    }
+                }
                 _ = gauges.tick() => self.record_gauges(),
                 msg = source.recv(), if !full => match msg {
                     Some(msg) => {
@@ -316,12 +330,13 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         Ok(())
     }
 
-    /// Heartbeats the membership and applies its plan: hand over partitions
-    /// meant for others (after a final checkpoint), drop lost ones, claim new ones
-    /// (claims given up at shutdown are left to `leave`).
-    async fn rebalance(&mut self, token: &CancellationToken) -> Result<(), ProcessorError> {
-        let owned: BTreeSet<i32> = self.owned.keys().copied().collect();
-        let Some(plan) = self.membership.changes(&owned).await else { return Ok(()) };
+    /// Applies a heartbeat's plan: hand over partitions meant for others
+    /// (after a final checkpoint), drop lost ones, claim new ones (claims given
+    /// up at shutdown are left to `leave`). The plan was made for what was
+    /// owned when the heartbeat began; a partition dropped since (fenced, a
+    /// failed emit) is released or dropped again harmlessly, and wanted again
+    /// at the next heartbeat.
+    async fn rebalance(&mut self, plan: Plan, token: &CancellationToken) -> Result<(), ProcessorError> {
         for p in &plan.lost {
             tracing::warn!(workload = W::NAME, partition = p, "lease lost; dropping the partition");
             // Its checkpoint in flight goes with it, as in a crash: whoever claims the

@@ -21,6 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use common::engine::http::Body;
+use common::engine::store::bulk::{BulkTable, PointerLease};
+use common::engine::store::bulk_copy::CopiesDir;
 use common::engine::store::cache::RedisStore;
 use common::engine::store::CachedRow;
 use deadpool_postgres::Pool;
@@ -116,6 +118,7 @@ pub struct Stores {
     changes: Changes,
     progress: ProgressWait,
     live_slots: Arc<tokio::sync::Semaphore>,
+    bulk_copies: Option<Arc<CopiesDir>>,
 }
 
 impl Stores {
@@ -128,7 +131,21 @@ impl Stores {
         let changes = Changes::new(redis.clone());
         let progress = ProgressWait::new(redis.clone(), pool.clone(), changes.clone(), limits.token_waits);
         let live_slots = Arc::new(tokio::sync::Semaphore::new(limits.live_streams));
-        Stores { pool, redis, reuse, changes, progress, live_slots }
+        Stores { pool, redis, reuse, changes, progress, live_slots, bulk_copies: None }
+    }
+
+    /// Bulk generations are read from local copies in `dir` (`--bulk-copies-dir`), none without.
+    pub fn with_bulk_copies(mut self, dir: Option<Arc<CopiesDir>>) -> Self {
+        self.bulk_copies = dir;
+        self
+    }
+
+    /// A lease on `table`'s pointer for a workload's reads, over this process's local copies if it keeps them
+    /// (then kept current in the background, so a new generation's copy is built right after its switch).
+    pub fn bulk_lease(&self, table: &'static BulkTable) -> Arc<PointerLease> {
+        let lease = Arc::new(PointerLease::with_copies(table, self.bulk_copies.clone()));
+        lease.keep_copies_current(&self.pool);
+        lease
     }
 
     /// The routes of `workload`, reading these stores (a workload's [`crate::QueryRole`] calls it).

@@ -144,7 +144,7 @@ impl ::materializer::MaterializerRole for Promotions {
 
 impl ::query::QueryRole for Promotions {
     fn routes(cfg: &Self::Config, stores: &::query::engine::Stores) -> Vec<::query::engine::Route> {
-        stores.register(query::Promotions::new(cfg.promotions_row_cache_mb))
+        stores.register(query::Promotions::new(cfg.promotions_row_cache_mb, stores))
     }
 }
 

@@ -6,5 +6,6 @@
 pub const DIR_FILES: &str = "analytics_command_promotion_files_total";
 /// Uploads the janitor found stopped (no record for `--promotions-upload-stall`) and aborted.
 pub const UPLOADS_STOPPED: &str = "analytics_command_promotion_uploads_stopped_total";
-/// `GET /promotions/{id}` answers by whether the query's row cache held them; label `result`: `hit`, `miss`.
+/// `GET /promotions/{id}` answers by where they came from; label `result`: `copy` (the generation's local copy),
+/// `hit` (the row cache), `miss` (PostgreSQL).
 pub const ROW_CACHE: &str = "analytics_query_promotion_row_cache_total";

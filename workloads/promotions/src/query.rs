@@ -35,8 +35,8 @@ pub struct Promotions {
 
 impl Promotions {
     /// With a row cache of `row_cache_mb` MB (`--promotions-row-cache-mb`, 0: none).
-    pub fn new(row_cache_mb: u64) -> Self {
-        Promotions { promotions: PromotionReader::new(row_cache_mb) }
+    pub fn new(row_cache_mb: u64, stores: &::query::engine::Stores) -> Self {
+        Promotions { promotions: PromotionReader::new(row_cache_mb, stores.bulk_lease(&crate::read_model::PROMOTIONS)) }
     }
 }
 

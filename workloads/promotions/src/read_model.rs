@@ -109,16 +109,16 @@ const ENTRY_BYTES: u64 = 640;
 /// primary key from the generation's table. A generation's rows never
 /// change, so the generation in the key is the only invalidation needed.
 pub struct PromotionReader {
-    lease: PointerLease,
+    lease: std::sync::Arc<PointerLease>,
     cache: Option<moka::sync::Cache<(i64, u128), Option<bytes::Bytes>>>,
 }
 
 impl PromotionReader {
     /// A reader whose cache holds up to `cache_mb` MB (0: no cache).
-    pub fn new(cache_mb: u64) -> Self {
+    pub fn new(cache_mb: u64, lease: std::sync::Arc<PointerLease>) -> Self {
         let entries = cache_mb.saturating_mul(1024 * 1024) / ENTRY_BYTES;
         let cache = (entries > 0).then(|| moka::sync::Cache::new(entries));
-        PromotionReader { lease: PointerLease::new(&PROMOTIONS), cache }
+        PromotionReader { lease, cache }
     }
 
     /// The generation a read arriving now answers from (`None`: nothing is active yet).
@@ -138,6 +138,12 @@ impl PromotionReader {
         // A table found gone means the pointer moved twice since it was read: decided again, a few times at most.
         for _ in 0..3 {
             let Some(generation) = self.lease.generation(pool).await? else { return Ok(Lookup::NothingActive) };
+            // The generation's local copy, once built, answers every id without a round trip.
+            if let Some(row) = self.lease.read_copy(generation, &id.to_string()) {
+                metrics::counter!(m::ROW_CACHE, "result" => "copy").increment(1);
+                let body = row.map(|r| promotion_of(&r).map(|p| bytes::Bytes::from(p.to_json()))).transpose()?;
+                return Ok(lookup(generation, body));
+            }
             let key = (generation, id.uuid().as_u128());
             if let Some(cache) = &self.cache {
                 if let Some(body) = cache.get(&key) {

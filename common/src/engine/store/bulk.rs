@@ -466,6 +466,8 @@ pub struct PointerLease {
     held: std::sync::RwLock<std::sync::Arc<Held>>,
     refreshing: tokio::sync::Mutex<()>,
     retired: std::sync::Mutex<Vec<String>>,
+    /// This process's copies of the named generations, if it keeps them ([`super::bulk_copy`]).
+    copies: Option<std::sync::Arc<super::bulk_copy::LocalCopies>>,
 }
 
 /// A row read from a generation's table ([`PointerLease::read_row`]).
@@ -480,11 +482,19 @@ pub enum GenerationRow {
 impl PointerLease {
     /// A lease on `table`'s pointer, read at the first request.
     pub fn new(table: &'static BulkTable) -> Self {
+        Self::with_copies(table, None)
+    }
+
+    /// A lease whose reads are answered from local copies of the generations
+    /// the pointer names, once built, in the files of `dir`
+    /// ([`super::bulk_copy`]); from PostgreSQL without `dir`, or until then.
+    pub fn with_copies(table: &'static BulkTable, dir: Option<std::sync::Arc<super::bulk_copy::CopiesDir>>) -> Self {
         PointerLease {
             table,
             held: std::sync::RwLock::new(std::sync::Arc::new(Held::stale())),
             refreshing: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(Vec::new()),
+            copies: dir.map(|dir| super::bulk_copy::LocalCopies::new(table, dir)),
         }
     }
 
@@ -501,6 +511,12 @@ impl PointerLease {
         let mut held = self.held.write().expect("the lease's lock is never poisoned");
         let kept = |p: &Option<ActivePointer>| p.map(|p| [Some(p.active), p.previous]).unwrap_or_default();
         let (before, after) = (kept(&held.pointer), kept(&pointer));
+        if let Some(copies) = &self.copies {
+            // The previous generation is read only until the switch is visible ([`decide`]).
+            let switching = pointer.and_then(|p| p.visible_at_ms).is_some_and(|at| crate::now_ms() < at);
+            let named = pointer.map(|p| [Some(p.active), p.previous.filter(|_| switching)]).unwrap_or_default();
+            copies.follow(pool, &named.into_iter().flatten().collect::<Vec<_>>());
+        }
         let left = before.into_iter().flatten().filter(|g| !after.contains(&Some(*g)));
         let mut retired = self.retired.lock().expect("the retired list's lock is never poisoned");
         for g in left {
@@ -510,6 +526,27 @@ impl PointerLease {
         retired.drain(..excess);
         *held = std::sync::Arc::new(Held { pointer, read_at, stale: false });
         Ok(())
+    }
+
+    /// Keeps the pointer read while no request reads it (every half lease), so
+    /// that local copies of a new generation are built right after its switch
+    /// rather than at its first request; does nothing without copies. Ends
+    /// when the lease is dropped.
+    pub fn keep_copies_current(self: &std::sync::Arc<Self>, pool: &deadpool_postgres::Pool) {
+        let Some(runtime) = self.copies.as_ref().and_then(|_| tokio::runtime::Handle::try_current().ok()) else {
+            return;
+        };
+        let (lease, pool) = (std::sync::Arc::downgrade(self), pool.clone());
+        runtime.spawn(async move {
+            loop {
+                let Some(lease) = lease.upgrade() else { return };
+                let pause = lease.held().pointer.map_or(std::time::Duration::from_secs(1), |p| p.lease.lease / 2);
+                // A failed read is the requests' problem too; the next round tries again.
+                let _ = lease.generation(&pool).await;
+                drop(lease);
+                tokio::time::sleep(pause.max(std::time::Duration::from_millis(100))).await;
+            }
+        });
     }
 
     /// Forgets the held pointer: the next request reads it again (a table it named was gone).
@@ -558,6 +595,22 @@ impl PointerLease {
                         self.refresh(pool).await?;
                     }
                 }
+            }
+        }
+    }
+
+    /// The row of `key` (as text) in `generation`, from this process's copy
+    /// of it: `None` when there is none (not built yet, not kept, or a read of
+    /// it failed: it is then discarded), and the row must be read from
+    /// PostgreSQL ([`Self::read_row`]).
+    pub fn read_copy(&self, generation: i64, key: &str) -> Option<Option<Row>> {
+        let copies = self.copies.as_ref()?;
+        match copies.get(generation)?.get(key) {
+            Ok(row) => Some(row),
+            Err(e) => {
+                tracing::warn!(table = self.table.table, generation, error = %e, "local copy unreadable; reading PostgreSQL");
+                copies.discard(generation);
+                None
             }
         }
     }

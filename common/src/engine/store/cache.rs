@@ -178,8 +178,10 @@ pub enum CacheError {
     Malformed(String),
     /// A cluster master took the write but its replica did not acknowledge it
     /// in time: the write could be lost in a failover, so it counts as failed.
-    #[error("redis: a replica did not acknowledge the write within {0:?}")]
-    NotReplicated(Duration),
+    /// `written` is how many rows the masters took (a retry of the batch
+    /// finds them there and writes only the rest).
+    #[error("redis: a replica did not acknowledge the write within {waited:?} ({written} rows taken by the masters)")]
+    NotReplicated { waited: Duration, written: usize },
 }
 
 /// Longest wait for one Redis command. Redis answers in well under a
@@ -828,7 +830,7 @@ impl<R: CachedRow> VersionedCache<R> {
         if replicated {
             Ok(written)
         } else {
-            Err(CacheError::NotReplicated(REPLICA_ACK))
+            Err(CacheError::NotReplicated { waited: REPLICA_ACK, written })
         }
     }
 

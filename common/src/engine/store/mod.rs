@@ -11,6 +11,7 @@
 //! and its conversion to and from a [`Row`] of values named by column.
 
 pub mod bulk;
+pub mod bulk_copy;
 pub mod cache;
 pub mod table;
 
