@@ -249,7 +249,8 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
     let active_at = Instant::now();
     let probe = format!("http://{query}/promotions/00000000-0000-0000-0000-000000000000");
     let copy_generation = || query_metric(query, "analytics_query_bulk_copy_generation{", "promotions") as i64;
-    while copy_generation() < generation && active_at.elapsed() < limit {
+    while copy_generation() < generation {
+        anyhow::ensure!(active_at.elapsed() < limit, "no local copy of generation {generation} after {limit:?}");
         let _ = Command::new("curl").args(["-s", "-o", "/dev/null", &probe]).status();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -496,10 +496,14 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
     ) -> Option<Result<Claimed<W::State>, StoreError>> {
         let mut waits = self.clock.backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
         loop {
+            // On a task of its own: the partitions claimed together restore on as many cores (a
+            // restore builds the partition's state, seconds of CPU for a large one); dropped, it stops.
+            let (store, workload, retention_ms) = (self.store.clone(), self.workload.clone(), self.retention_ms);
+            let claim = self.clock.spawn(async move { store.claim(&*workload, partition, retention_ms).await });
             let result = tokio::select! {
                 biased;
                 _ = token.cancelled() => return None,
-                result = self.store.claim(&*self.workload, partition, self.retention_ms) => result,
+                result = claim => result,
             };
             match result {
                 Err(e) if e.is_retryable() => {

@@ -391,12 +391,14 @@ impl Drop for GenerationCopy {
     }
 }
 
-/// Exports `generation` of `table` from PostgreSQL into a copy at `path`.
+/// Exports `generation` of `table` from PostgreSQL into a copy at `path`,
+/// in one statement of `tx` (whose statement timeout is lifted for it: a
+/// generation of millions of rows takes longer than any request).
 ///
 /// # Errors
 /// [`CopyError`]; a partly written file is removed.
 pub async fn build(
-    client: &tokio_postgres::Client,
+    tx: &tokio_postgres::Transaction<'_>,
     table: &BulkTable,
     generation: i64,
     path: &Path,
@@ -416,7 +418,8 @@ pub async fn build(
     let types: Vec<Type> = std::iter::once(&table.key).chain(&values).map(|c| wire_type(c.ty)).collect();
     let file = create(path)?;
     let written = async {
-        let stream = BinaryCopyOutStream::new(client.copy_out(&sql).await?, &types);
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+        let stream = BinaryCopyOutStream::new(tx.copy_out(&sql).await?, &types);
         pin_mut!(stream);
         let mut writer = CopyWriter::new(file.try_clone()?);
         let mut encoded = Vec::new();
@@ -505,8 +508,12 @@ pub struct LocalCopies {
     ready: RwLock<BTreeMap<i64, Arc<GenerationCopy>>>,
     /// The generations the pointer names now (a copy of another is dropped, or not kept once built).
     named: Mutex<BTreeSet<i64>>,
-    building: Mutex<Option<i64>>,
+    /// The generation being built, or the last one whose build failed, and when it failed.
+    building: Mutex<Option<(i64, Option<std::time::Instant>)>>,
 }
+
+/// How long after a failed build the same generation is tried again.
+const RETRY_BUILD: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl LocalCopies {
     pub fn new(table: &'static BulkTable, dir: Arc<CopiesDir>) -> Arc<Self> {
@@ -532,8 +539,8 @@ impl LocalCopies {
     /// The pointer now names `named` (the active generation first): copies of
     /// others are dropped, and the first named one without a copy is built in
     /// the background if no build runs (one at a time: a build reads the
-    /// whole generation). A failed build is logged and not tried again for
-    /// that generation by this process.
+    /// whole generation). A failed build is logged and tried again
+    /// [`RETRY_BUILD`] later.
     pub fn follow(self: &Arc<Self>, pool: &deadpool_postgres::Pool, named: &[i64]) {
         *self.named.lock().expect("never poisoned") = named.iter().copied().collect();
         self.ready.write().expect("never poisoned").retain(|g, _| named.contains(g));
@@ -542,10 +549,14 @@ impl LocalCopies {
             return;
         }
         let mut building = self.building.lock().expect("never poisoned");
-        if building.is_some_and(|g| g >= generation) {
-            return; // this one, or a newer one, is being built; or this one failed (below)
+        match *building {
+            // This one or a newer one is being built.
+            Some((g, None)) if g >= generation => return,
+            // Failed a moment ago (PostgreSQL away, the disk full): tried again later.
+            Some((g, Some(failed))) if g == generation && failed.elapsed() < RETRY_BUILD => return,
+            _ => {}
         }
-        *building = Some(generation);
+        *building = Some((generation, None));
         let (copies, pool) = (self.clone(), pool.clone());
         tokio::spawn(async move { copies.build(&pool, generation).await });
     }
@@ -553,10 +564,14 @@ impl LocalCopies {
     async fn build(&self, pool: &deadpool_postgres::Pool, generation: i64) {
         let started = std::time::Instant::now();
         let path = self.dir.path(self.table, generation);
-        let built = match pool.get().await {
-            Ok(client) => build(&client, self.table, generation, &path).await,
-            Err(e) => Err(CopyError::Pg(e.into())),
-        };
+        let built = async {
+            let mut client = pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await?;
+            let copy = build(&tx, self.table, generation, &path).await?;
+            tx.commit().await?;
+            Ok::<_, CopyError>(copy)
+        }
+        .await;
         match built {
             Ok(copy) => {
                 let seconds = started.elapsed().as_secs_f64();
@@ -567,9 +582,12 @@ impl LocalCopies {
                     self.ready.write().expect("never poisoned").insert(generation, Arc::new(copy));
                 }
             }
-            // Kept in `building`: this process does not try this generation again (a newer one may be).
             Err(e) => {
-                tracing::warn!(table = self.table.table, generation, error = %e, "no local copy; reading PostgreSQL")
+                tracing::warn!(table = self.table.table, generation, error = %e, "no local copy; reading PostgreSQL");
+                let mut building = self.building.lock().expect("never poisoned");
+                if *building == Some((generation, None)) {
+                    *building = Some((generation, Some(std::time::Instant::now())));
+                }
             }
         }
     }
