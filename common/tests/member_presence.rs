@@ -83,3 +83,43 @@ async fn a_killed_members_partitions_move_at_the_next_heartbeat_not_after_its_le
     a.leave().await.unwrap();
     drop_schema(&pg).await;
 }
+
+/// A process that has just started (its presence session younger than its
+/// settling) judges at once a member whose lock is gone and whose heartbeat
+/// is older than two heartbeats: a killed instance's partitions move at the
+/// new process's first heartbeat, not after it settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_takes_a_long_dead_members_partitions_at_its_first_heartbeat() {
+    let (_, _, pg) = isolated(&unique_suffix());
+    let pool = common::engine::pg::pool(&pg).unwrap();
+    use common::engine::pg::migrations::{COORDINATION, MEMBER_PRESENCE};
+    common::engine::pg::migrate(&pool, &pg, &[COORDINATION, MEMBER_PRESENCE]).await.unwrap();
+    let group = "presence-first-beat";
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    // A lease long enough that nothing expires during the test, short enough that PostgreSQL started before it.
+    let lease = Duration::from_secs(3);
+    // The judgment holds back while PostgreSQL itself is younger than the lease (every session is new then).
+    let client = pool.get().await.unwrap();
+    while client
+        .query_one("SELECT pg_postmaster_start_time() > now() - interval '3 seconds'", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+
+    let a = Membership::new(pool.clone(), group, PARTITIONS, lease, HEARTBEAT);
+    let mut a_owned = BTreeSet::new();
+    settle(&a, &mut a_owned, &all).await;
+    drop(a); // killed: its presence session closes, its leases stay
+    tokio::time::sleep(HEARTBEAT * 4).await;
+
+    let c = Membership::new(pool.clone(), group, PARTITIONS, lease, HEARTBEAT);
+    let plan = c.heartbeat(&BTreeSet::new()).await.unwrap();
+    let acquired: BTreeSet<i32> = plan.acquired.into_iter().collect();
+    assert_eq!(acquired, all, "every partition of the dead member at the first heartbeat");
+    c.leave().await.unwrap();
+    drop_schema(&pg).await;
+}

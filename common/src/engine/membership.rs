@@ -65,15 +65,23 @@ impl Plan {
 }
 
 /// The members of a group that are live: heartbeat within the lease, and
-/// presence lock held (or no presence key: a member of an older version; or
-/// `$3`, presence not judged). `pg_locks` is read once per call, in the CTE.
+/// presence lock held (or no presence key: a member of an older version).
+/// While this member's own session is young (`$3`: presence not judged yet),
+/// a member without its lock still counts if it may be taking it again: it
+/// heartbeated within `$4` ms (two heartbeats), or PostgreSQL itself started
+/// within the lease (every session is new then). So a member killed a while
+/// ago is judged dead at once by a process that just started, instead of
+/// after its settling (a restarted processor takes its partitions back a
+/// second sooner). `pg_locks` is read once per call, in the CTE.
 const LIVE_MEMBERS: &str = "WITH held AS (
         SELECT (l.classid::bigint << 32) | l.objid::bigint AS key FROM pg_locks l
         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
     SELECT member_id FROM group_members m
     WHERE group_name = $1 AND heartbeat_at > now() - $2 * interval '1 millisecond'
-      AND ($3 OR presence_key IS NULL OR presence_key IN (SELECT key FROM held))";
+      AND (presence_key IS NULL OR presence_key IN (SELECT key FROM held)
+           OR ($3 AND (heartbeat_at > now() - $4 * interval '1 millisecond'
+                       OR pg_postmaster_start_time() > now() - $2 * interval '1 millisecond')))";
 
 /// One instance's membership in a group.
 pub struct Membership {
@@ -197,7 +205,7 @@ impl Membership {
             )
             .await?;
         let mut members: Vec<String> = client
-            .query(LIVE_MEMBERS, &[&self.group, &lease, &!judge_presence])
+            .query(LIVE_MEMBERS, &[&self.group, &lease, &!judge_presence, &(2.0 * self.heartbeat.as_millis() as f64)])
             .await?
             .iter()
             .map(|r| r.get("member_id"))
