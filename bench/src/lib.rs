@@ -149,3 +149,15 @@ pub struct Probe {
     #[arg(long, default_value = "127.0.0.1:8082")]
     pub query: std::net::SocketAddr,
 }
+
+/// Fails at once when `wrk` is not installed (`scripts/bench.sh` installs
+/// it), rather than after a load of several minutes.
+///
+/// # Errors
+/// When `wrk` cannot be run.
+pub fn require_wrk() -> anyhow::Result<()> {
+    match std::process::Command::new("wrk").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("wrk cannot be run ({e}): install it (apt-get install wrk) or run make bench")),
+    }
+}

@@ -175,7 +175,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "query service listening");
     let served = common::engine::http::spawn_listeners(app.take_listeners(), &token).await?;
-    let handler_app = app.clone();
+    // Shared, not cloned per request (its clone and drop were a visible part of a cached answer's CPU).
+    let handler_app = Arc::new(app.clone());
     let handler = move |req| {
         let app = handler_app.clone();
         async move { app.handle(req).await }

@@ -320,6 +320,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack, file: &Path, ids: &Path) -
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    bench::require_wrk()?;
     // The release binaries next to this one (e2e::Stack looks next to a test executable otherwise).
     if std::env::var_os("ANALYTICS_BIN_DIR").is_none() {
         std::env::set_var("ANALYTICS_BIN_DIR", std::env::current_exe()?.parent().expect("a folder"));

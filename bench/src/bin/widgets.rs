@@ -854,6 +854,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    bench::require_wrk()?;
     anyhow::ensure!(args.widgets >= 9 && args.connections > 0, "--widgets must be at least 9, --connections positive");
     // The release binaries next to this one (e2e::Stack looks next to a test executable otherwise).
     if std::env::var_os("ANALYTICS_BIN_DIR").is_none() {

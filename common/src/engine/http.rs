@@ -267,12 +267,29 @@ impl OpsRoutes {
 }
 
 /// Records the standard request metrics (`route` is a fixed label, never the raw path).
+///
+/// The counter and histogram of each labels' set are looked up by name and
+/// labels once per thread, then kept: the registry's lookup, its label
+/// strings and the status's text were a visible part of a cached answer's
+/// CPU (docs/benchmarks-notes.md). Keyed by the labels' addresses: two equal
+/// labels at two addresses only take two entries for the same handles.
 pub fn record_request(service: &'static str, route: &'static str, status: StatusCode, started: Instant) {
-    let status = status.as_u16().to_string();
-    metrics::counter!("analytics_http_requests_total", "service" => service, "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!("analytics_http_request_duration_seconds", "service" => service, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    type Handles = std::collections::HashMap<(usize, usize, u16), (metrics::Counter, metrics::Histogram)>;
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new(Handles::new());
+    }
+    let key = (service.as_ptr() as usize, route.as_ptr() as usize, status.as_u16());
+    HANDLES.with_borrow_mut(|handles| {
+        let (requests, duration) = handles.entry(key).or_insert_with(|| {
+            let status = status.as_u16().to_string();
+            (
+                metrics::counter!("analytics_http_requests_total", "service" => service, "route" => route, "status" => status),
+                metrics::histogram!("analytics_http_request_duration_seconds", "service" => service, "route" => route),
+            )
+        });
+        requests.increment(1);
+        duration.record(started.elapsed().as_secs_f64());
+    });
 }
 
 /// Serves only the operational routes (the processor and materializer have no other HTTP API).

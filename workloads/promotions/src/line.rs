@@ -162,12 +162,17 @@ impl Expiration {
         &self.0
     }
 
-    /// An expiration already checked (read back from storage).
+    /// An expiration already checked (read back from storage): only its
+    /// shape is checked again, digits and separators where they belong (a
+    /// calendar parse per answer was a visible part of a lookup's CPU).
     ///
     /// # Errors
-    /// When `written` is not `YYYY-MM-DD HH:MM:SS`.
+    /// When `written` is not shaped `YYYY-MM-DD HH:MM:SS`.
     pub fn from_stored(written: &str) -> Result<Self, LineReason> {
-        match written.len() == 19 && chrono::NaiveDateTime::parse_from_str(written, "%Y-%m-%d %H:%M:%S").is_ok() {
+        const SHAPE: &[u8; 19] = b"dddd-dd-dd dd:dd:dd";
+        let shaped = written.len() == 19
+            && written.bytes().zip(SHAPE).all(|(b, s)| if *s == b'd' { b.is_ascii_digit() } else { b == *s });
+        match shaped {
             true => Ok(Expiration(written.to_owned())),
             false => Err(LineReason::BadDate(written.to_owned())),
         }

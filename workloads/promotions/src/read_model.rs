@@ -111,6 +111,26 @@ const ENTRY_BYTES: u64 = 640;
 pub struct PromotionReader {
     lease: std::sync::Arc<PointerLease>,
     cache: Option<moka::sync::Cache<(i64, u128), Option<bytes::Bytes>>>,
+    /// The answers by tier, their handles taken once (a lookup by name and
+    /// labels per request was a visible part of a copy's answer).
+    answered: Tiers,
+}
+
+/// [`m::ROW_CACHE`] by its `result` label.
+struct Tiers {
+    copy: metrics::Counter,
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+}
+
+impl Tiers {
+    fn new() -> Self {
+        Tiers {
+            copy: metrics::counter!(m::ROW_CACHE, "result" => "copy"),
+            hit: metrics::counter!(m::ROW_CACHE, "result" => "hit"),
+            miss: metrics::counter!(m::ROW_CACHE, "result" => "miss"),
+        }
+    }
 }
 
 impl PromotionReader {
@@ -118,7 +138,7 @@ impl PromotionReader {
     pub fn new(cache_mb: u64, lease: std::sync::Arc<PointerLease>) -> Self {
         let entries = cache_mb.saturating_mul(1024 * 1024) / ENTRY_BYTES;
         let cache = (entries > 0).then(|| moka::sync::Cache::new(entries));
-        PromotionReader { lease, cache }
+        PromotionReader { lease, cache, answered: Tiers::new() }
     }
 
     /// The generation a read arriving now answers from (`None`: nothing is active yet).
@@ -140,17 +160,17 @@ impl PromotionReader {
             let Some(generation) = self.lease.generation(pool).await? else { return Ok(Lookup::NothingActive) };
             // The generation's local copy, once built, answers every id without a round trip.
             if let Some(row) = self.lease.read_copy(generation, &id.to_string()) {
-                metrics::counter!(m::ROW_CACHE, "result" => "copy").increment(1);
+                self.answered.copy.increment(1);
                 let body = row.map(|r| promotion_of(&r).map(|p| bytes::Bytes::from(p.to_json()))).transpose()?;
                 return Ok(lookup(generation, body));
             }
             let key = (generation, id.uuid().as_u128());
             if let Some(cache) = &self.cache {
                 if let Some(body) = cache.get(&key) {
-                    metrics::counter!(m::ROW_CACHE, "result" => "hit").increment(1);
+                    self.answered.hit.increment(1);
                     return Ok(lookup(generation, body));
                 }
-                metrics::counter!(m::ROW_CACHE, "result" => "miss").increment(1);
+                self.answered.miss.increment(1);
             }
             let client = pool.get().await?;
             let row = match self.lease.read_row(&client, generation, &id.to_string()).await? {

@@ -25,8 +25,8 @@
 //! writes, and gives up (the generation is then read from PostgreSQL) if
 //! PostgreSQL's order differs (text under a collation that is not byte order).
 //!
-//! Memory: the index holds one key per block (about 80 rows of 49 bytes per
-//! block: some 120,000 keys, 3.4 MB, for 10 million rows); the rows themselves
+//! Memory: the index holds one key per block (about 40 rows of 49 bytes per
+//! block: some 240,000 keys, 6.8 MB, for 10 million rows); the rows themselves
 //! stay in the kernel's page cache, which is not the process's memory (read
 //! with `pread`, not mapped). Disk: about the rows' own bytes per copy, one
 //! or two copies (the active generation and, during a switch, the previous).
@@ -55,8 +55,11 @@ pub const COPY_GENERATION: &str = "analytics_query_bulk_copy_generation";
 /// Gauge: how long that copy took to build, in seconds; label `table`.
 pub const COPY_BUILD_SECONDS: &str = "analytics_query_bulk_copy_build_seconds";
 
-/// Most bytes of a block (rows up to it are read with one `pread`).
-const BLOCK: usize = 4096;
+/// Most bytes of a block (rows up to it are read with one `pread`). 2 KiB:
+/// the kernel's copy of the block was half of a lookup's `pread` at 4 KiB
+/// (docs/benchmarks-notes.md), for twice the index's memory (6.8 MB for 10
+/// million rows of 49 bytes).
+const BLOCK: usize = 2048;
 
 /// Why a copy could not be built or read.
 #[derive(Debug, thiserror::Error)]
