@@ -9,19 +9,11 @@
 /// keep the tokio workers apart on this machine's two cores.
 const MALLOC_ARENAS: i32 = 2;
 
-/// Bytes from which glibc serves an allocation by its own mapping, returned
-/// to the kernel when it is freed. Left alone, glibc raises this threshold to
-/// the size of every mapped block freed (up to 32 MB), after which a
-/// checkpoint's COPY text and the fetch buffers come from the arenas and stay
-/// in the RSS once freed; set, the threshold is fixed.
-const MALLOC_MMAP_THRESHOLD: i32 = 256 * 1024;
-
 fn main() -> anyhow::Result<()> {
     // Before any thread starts, so that no thread has an arena of its own yet.
     // SAFETY: mallopt only sets a parameter of the allocator; no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
     }
     tokio::runtime::Runtime::new()?.block_on(run())
 }
