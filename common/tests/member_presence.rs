@@ -34,12 +34,18 @@ async fn settle(member: &Membership, owned: &mut BTreeSet<i32>, want: &BTreeSet<
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_members_partitions_move_at_the_next_heartbeat_not_after_its_lease() {
+/// A pool on a schema of its own, with the membership tables.
+async fn migrated() -> (deadpool_postgres::Pool, common::engine::config::PgConfig) {
     let (_, _, pg) = isolated(&unique_suffix());
     let pool = common::engine::pg::pool(&pg).unwrap();
     use common::engine::pg::migrations::{COORDINATION, MEMBER_PRESENCE};
     common::engine::pg::migrate(&pool, &pg, &[COORDINATION, MEMBER_PRESENCE]).await.unwrap();
+    (pool, pg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_members_partitions_move_at_the_next_heartbeat_not_after_its_lease() {
+    let (pool, pg) = migrated().await;
     let group = "presence-test";
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
 
@@ -90,18 +96,16 @@ async fn a_killed_members_partitions_move_at_the_next_heartbeat_not_after_its_le
 /// new process's first heartbeat, not after it settled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_takes_a_long_dead_members_partitions_at_its_first_heartbeat() {
-    let (_, _, pg) = isolated(&unique_suffix());
-    let pool = common::engine::pg::pool(&pg).unwrap();
-    use common::engine::pg::migrations::{COORDINATION, MEMBER_PRESENCE};
-    common::engine::pg::migrate(&pool, &pg, &[COORDINATION, MEMBER_PRESENCE]).await.unwrap();
+    let (pool, pg) = migrated().await;
     let group = "presence-first-beat";
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
     // A lease long enough that nothing expires during the test, short enough that PostgreSQL started before it.
     let lease = Duration::from_secs(3);
     // The judgment holds back while PostgreSQL itself is younger than the lease (every session is new then).
     let client = pool.get().await.unwrap();
+    let lease_ms = lease.as_millis() as f64;
     while client
-        .query_one("SELECT pg_postmaster_start_time() > now() - interval '3 seconds'", &[])
+        .query_one("SELECT pg_postmaster_start_time() > now() - $1 * interval '1 millisecond'", &[&lease_ms])
         .await
         .unwrap()
         .get::<_, bool>(0)

@@ -177,6 +177,20 @@ impl Expiration {
             false => Err(LineReason::BadDate(written.to_owned())),
         }
     }
+
+    /// An expiration as a record of the log carries it: shaped as stored
+    /// ([`Self::from_stored`]) and a real calendar date-time, as the upload
+    /// checked it.
+    ///
+    /// # Errors
+    /// When `written` is not a date-time `YYYY-MM-DD HH:MM:SS`.
+    pub fn from_record(written: &str) -> Result<Self, LineReason> {
+        let expiration = Self::from_stored(written)?;
+        match chrono::NaiveDateTime::parse_from_str(written, "%Y-%m-%d %H:%M:%S") {
+            Ok(_) => Ok(expiration),
+            Err(_) => Err(LineReason::BadDate(written.to_owned())),
+        }
+    }
 }
 
 /// One promotion, and the body of `GET /promotions/{id}`.
@@ -371,6 +385,17 @@ mod tests {
         );
         let generic: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
         assert!(generic["price"].is_number());
+    }
+
+    #[test]
+    fn a_stored_expiration_is_checked_by_shape_and_a_records_also_by_calendar() {
+        assert_eq!(Expiration::from_stored("2018-08-04 05:32:31").unwrap().as_str(), "2018-08-04 05:32:31");
+        assert!(Expiration::from_stored("2018-08-04T05:32:31").is_err());
+        assert!(Expiration::from_stored("2018-8-04 05:32:31").is_err());
+        assert!(Expiration::from_record("2018-08-04 05:32:31").is_ok());
+        assert!(Expiration::from_stored("2018-02-30 05:32:31").is_ok(), "read back: its shape only");
+        assert!(Expiration::from_record("2018-02-30 05:32:31").is_err(), "from the log: a real date");
+        assert!(Expiration::from_record("2018-8-04 05:32:31").is_err());
     }
 
     #[test]

@@ -155,11 +155,12 @@ impl PromotionReader {
     /// # Errors
     /// [`PgError`] when PostgreSQL cannot answer or the row is unreadable.
     pub async fn read(&self, pool: &deadpool_postgres::Pool, id: &PromotionId) -> Result<Lookup, PgError> {
+        let text = id.to_string();
         // A table found gone means the pointer moved twice since it was read: decided again, a few times at most.
         for _ in 0..3 {
             let Some(generation) = self.lease.generation(pool).await? else { return Ok(Lookup::NothingActive) };
             // The generation's local copy, once built, answers every id without a round trip.
-            if let Some(row) = self.lease.read_copy(generation, &id.to_string()) {
+            if let Some(row) = self.lease.read_copy(generation, &text) {
                 self.answered.copy.increment(1);
                 let body = row.map(|r| promotion_of(&r).map(|p| bytes::Bytes::from(p.to_json()))).transpose()?;
                 return Ok(lookup(generation, body));
@@ -173,7 +174,7 @@ impl PromotionReader {
                 self.answered.miss.increment(1);
             }
             let client = pool.get().await?;
-            let row = match self.lease.read_row(&client, generation, &id.to_string()).await? {
+            let row = match self.lease.read_row(&client, generation, &text).await? {
                 GenerationRow::Row(row) => row,
                 GenerationRow::Gone => continue,
             };

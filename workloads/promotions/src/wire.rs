@@ -223,7 +223,7 @@ fn promotion_of(id: &str, cents: i64, expiration_date: &str) -> Result<Promotion
         .ok_or(DecodeError::Invalid("id"))?;
     let price = u64::try_from(cents).map(|_| Price::from_cents(cents)).map_err(|_| DecodeError::Invalid("cents"))?;
     let expiration_date =
-        Expiration::from_stored(expiration_date).map_err(|_| DecodeError::Invalid("expiration_date"))?;
+        Expiration::from_record(expiration_date).map_err(|_| DecodeError::Invalid("expiration_date"))?;
     Ok(Promotion { id, price, expiration_date })
 }
 
