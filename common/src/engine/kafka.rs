@@ -50,6 +50,7 @@ pub const PREFETCH_KBYTES: u32 = 8 * 1024;
 
 /// A consumer configuration for manually assigned partitions (see
 /// [`crate::engine::membership`]): positions come from the services' own stores.
+/// Its prefetch is [`PREFETCH_KBYTES`]; [`prefetch`] sets another.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
@@ -62,13 +63,29 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("isolation.level", "read_committed")
         // Freshness: do not let an idle fetch sit for the default 500 ms.
         .set("fetch.wait.max.ms", "10")
-        // Bounded prefetch: librdkafka queues up to 64 MB of fetched records by default, held while the
-        // service is busy (a processor waiting for its checkpoint): 8 MB still keeps every partition fed.
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
-        .set("fetch.max.bytes", (PREFETCH_KBYTES * 1024).to_string())
         .set("socket.keepalive.enable", "true");
+    // Bounded prefetch: librdkafka queues up to 64 MB of fetched records by default, held while the
+    // service is busy (a processor waiting for its checkpoint): 8 MB still keeps every partition fed.
+    prefetch(&mut c, PREFETCH_KBYTES);
     c
 }
+
+/// Bounds what a consumer fetches ahead of its reader: `kbytes` queued
+/// (librdkafka's consumer queue, over all its partitions) and as much in one
+/// fetch response, so at most about twice `kbytes` is held.
+pub fn prefetch(c: &mut ClientConfig, kbytes: u32) {
+    c.set("queued.max.messages.kbytes", kbytes.to_string())
+        .set("fetch.max.bytes", (kbytes * 1024).to_string())
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string());
+}
+
+/// Milliseconds a full consumer queue postpones the partition's next fetch
+/// ([`prefetch`]). librdkafka's default is 1 s, so a reader that empties its
+/// queue in less than that (any backlog) then idles with records waiting on
+/// the broker: a 1M-event drain ran at 143k events/s with it and 224k with
+/// 10 ms, a promotions load at 168k rows/s and 262k (docs/benchmarks-notes.md,
+/// "Fetches that wait, and a bound that holds"). Shorter gave nothing more.
+pub const FETCH_QUEUE_BACKOFF_MS: u32 = 10;
 
 /// The replication of every topic the pipeline (and its tools) create: the
 /// broker's `default.replication.factor` (replication factor -1 in

@@ -127,6 +127,12 @@ pub trait Aggregation: Send + Sync + 'static {
     /// an id is forgotten when its bucket closes (the bucket's end plus the
     /// horizon's retention, on the partition's watermark). Engine policy; an hour unless the workload sets it.
     const DEDUP_BUCKET_MS: i64 = dedup::BUCKET_MS;
+    /// Kilobytes of fetched records the workload's consumer holds ahead of
+    /// its loop ([`common::engine::kafka::prefetch`]): enough to keep every
+    /// partition fed. A workload whose records are large batches held in the
+    /// state until a checkpoint (bulk rows) sets less, since a starved loop
+    /// holds both its pending rows and a full prefetch.
+    const PREFETCH_KBYTES: u32 = common::engine::kafka::PREFETCH_KBYTES;
     /// A decoded record of the events topic.
     type Event: Send;
     /// The state of one partition.

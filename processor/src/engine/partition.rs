@@ -173,6 +173,8 @@ impl<S, P: TxnProducer> OwnedPartition<S, P> {
             // Already in the restored state (a replay after a re-assignment).
             return OnRecord::Skipped(REPLAYED);
         }
+        // The loop gives a full partition nothing until a checkpoint commits, not even the rest of a fetch.
+        debug_assert!(!self.is_full(), "a record given to a partition at its bound of pending records");
         // A record whose key belongs to another partition (a producer with another
         // partitioner or partition count): counting it here could count it twice.
         // Skipped, the same way on every replay, and counted in a metric.

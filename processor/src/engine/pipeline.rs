@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::engine::config::KafkaConfig;
-use common::engine::kafka::consumer_config;
+use common::engine::kafka::{consumer_config, prefetch};
 use common::engine::membership::{Heartbeat, Membership, Plan};
 use common::engine::shutdown::CancellationToken;
 use futures::FutureExt;
@@ -184,7 +184,9 @@ impl<W: Aggregation> Processor<W> {
         store: StateStore,
         membership: Membership,
     ) -> Result<Self, ProcessorError> {
-        let consumer: StreamConsumer = consumer_config(&settings.kafka, &settings.group_id, "processor").create()?;
+        let mut config = consumer_config(&settings.kafka, &settings.group_id, "processor");
+        prefetch(&mut config, W::PREFETCH_KBYTES);
+        let consumer: StreamConsumer = config.create()?;
         let parts = Parts {
             source: KafkaSource::new(consumer, &settings.events_topic, m::PARTITION_STALLED, m::CONSUMER_LAG),
             members: membership,
@@ -306,13 +308,18 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
                 _ = gauges.tick() => self.record_gauges(),
                 msg = source.recv(), if !full => match msg {
                     Some(msg) => {
-                        self.on_message(msg);
+                        let mut full = self.on_message(msg);
                         // Take what is already fetched without going round the select
                         // (timers, cancellation) for every record: a backlog drains faster.
+                        // Until a partition is full: what it holds stays bounded (a
+                        // batch of rows counts for its rows, and a fetch holds many).
                         backlogged = true;
                         for _ in 0..DRAIN_BATCH {
+                            if full {
+                                break;
+                            }
                             match source.try_recv() {
-                                Some(msg) => self.on_message(msg),
+                                Some(msg) => full = self.on_message(msg),
                                 None => {
                                     backlogged = false;
                                     break;
@@ -407,14 +414,19 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
         self.emitter.reply(replies);
     }
 
-    fn on_message(&mut self, msg: Result<impl SourceMessage, rdkafka::error::KafkaError>) {
+    /// Applies one fetched message; returns whether its partition is now full
+    /// ([`OwnedPartition::is_full`]): it must not be given more until a checkpoint commits.
+    fn on_message(&mut self, msg: Result<impl SourceMessage, rdkafka::error::KafkaError>) -> bool {
         let msg = match msg {
             Ok(msg) => msg,
-            Err(e) => return tracing::warn!(error = %e, "consumer error"),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                return false;
+            }
         };
         let partition = msg.partition();
         // A message fetched before a partition was handed over: not ours any more.
-        let Some(owned) = self.owned.get_mut(&partition) else { return };
+        let Some(owned) = self.owned.get_mut(&partition) else { return false };
         let fetched = msg.fetched();
         let offset = fetched.offset;
         match owned.on_record(&*self.workload, self.partitions, partition, fetched) {
@@ -436,6 +448,7 @@ impl<W: Aggregation, I: Io> Processor<W, I> {
             }
             OnRecord::Stalled(error) => self.source.stall(partition, offset, error),
         }
+        self.owned.get(&partition).is_some_and(OwnedPartition::is_full)
     }
 
     /// Claims a partition's state (fencing any previous owner) and re-emits

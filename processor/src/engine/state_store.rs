@@ -25,7 +25,7 @@ use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
 use super::tables::{BulkTable, Duplicate, ReadLease, RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
-use common::engine::store::{Column, ColumnType, Row, Value};
+use common::engine::store::{Column, ColumnType, CopyText, Row, Value};
 
 /// Rows one statement of a checkpoint writes at most (a checkpoint of more
 /// uses several): each statement stays well within the statement timeout.
@@ -33,9 +33,6 @@ pub const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Rows a claim hands to the workload's restore at a time ([`StateTx::read_rows`]).
 const RESTORE_CHUNK: usize = 10_000;
-
-/// Bytes of `COPY` text sent as one message of a copy ([`StateTx::copy_text`]).
-const COPY_PIECE_BYTES: usize = 256 * 1024;
 
 /// Chunks an hour may have before they are merged into one.
 const MAX_CHUNKS_PER_HOUR: u32 = 64;
@@ -485,16 +482,16 @@ impl StateTx for PgTx<'_> {
         Ok(())
     }
 
-    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &[u8]) -> Result<u64, PgError> {
+    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &CopyText) -> Result<u64, PgError> {
         use futures::SinkExt;
         if text.is_empty() {
             return Ok(0);
         }
         let sink = self.tx.copy_in(table.copy_sql(generation).as_str()).await?;
         let mut sink = std::pin::pin!(sink);
-        // In pieces: the copy of the text being sent stays small whatever the buffer's size.
-        for piece in text.chunks(COPY_PIECE_BYTES) {
-            sink.feed(bytes::Bytes::copy_from_slice(piece)).await?;
+        // The buffer's own blocks, shared: nothing of the text is copied to send it.
+        for piece in text.pieces() {
+            sink.feed(piece).await?;
         }
         Ok(sink.finish().await?)
     }
@@ -504,7 +501,7 @@ impl StateTx for PgTx<'_> {
             return Ok(0);
         }
         let text = table.copy_text(rows)?;
-        self.copy_text(table, generation, &text).await
+        self.copy_text(table, generation, &CopyText::from(text)).await
     }
 
     async fn report_partition(

@@ -16,7 +16,7 @@ use std::future::Future;
 
 use common::engine::pg::PgError;
 pub use common::engine::store::bulk::{BulkTable, Duplicate, ReadLease};
-use common::engine::store::{Column, Row, Value};
+use common::engine::store::{Column, CopyText, Row, Value};
 
 use super::Scope;
 
@@ -124,7 +124,7 @@ pub trait StateTx: Send {
         &mut self,
         table: &BulkTable,
         generation: i64,
-        text: &[u8],
+        text: &CopyText,
     ) -> impl Future<Output = Result<u64, PgError>> + Send;
 
     /// Copies `rows` into `generation`'s storage (PostgreSQL `COPY`); returns how many.

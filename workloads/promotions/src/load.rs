@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use common::engine::store::bulk::Duplicate;
+use common::engine::store::CopyText;
 
 use crate::generation::Failure;
 use crate::records::{End, FileRecord, GenerationStatus};
@@ -89,19 +90,20 @@ impl Load {
 /// generation's table ([`crate::read_model::push_promotion`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyBuffer {
-    pub text: Vec<u8>,
+    /// In shared blocks: a checkpoint's snapshot copies none of it.
+    pub text: CopyText,
     pub rows: usize,
 }
 
 impl CopyBuffer {
     fn push(&mut self, line: Option<u64>, promotion: &crate::line::Promotion) {
-        crate::read_model::push_promotion(&mut self.text, promotion, line);
+        self.text.push_with(|out| crate::read_model::push_promotion(out, promotion, line));
         self.rows += 1;
     }
 
     /// Forgets the first `rows` rows, `bytes` of text (copied by a checkpoint).
     fn drain(&mut self, rows: usize, bytes: usize) {
-        self.text.drain(..bytes.min(self.text.len()));
+        self.text.drain_front(bytes);
         self.rows = self.rows.saturating_sub(rows);
     }
 }
@@ -125,11 +127,11 @@ impl Announcement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenChange {
     pub generation: i64,
-    /// Copy the first `copy` buffered rows: the first `copy_bytes` of the buffer's text.
+    /// Copy the first `copy` buffered rows: the buffer's text as it was, `text`.
     pub copy: usize,
-    pub copy_bytes: usize,
-    /// Those bytes, taken with the checkpoint (the buffer grows while it commits).
-    pub text: Vec<u8>,
+    /// Those rows' text, taken with the checkpoint (the buffer grows while it
+    /// commits), sharing the buffer's blocks.
+    pub text: CopyText,
     /// Rows in the generation's storage before this copy.
     pub copied: u64,
     /// Announce it loading (its begin record is in).
@@ -297,7 +299,6 @@ impl Loads {
             .map(|(g, l)| GenChange {
                 generation: *g,
                 copy: l.buffer.rows,
-                copy_bytes: l.buffer.text.len(),
                 text: l.buffer.text.clone(),
                 copied: l.copied,
                 begin: l.begun,
@@ -319,7 +320,7 @@ impl Loads {
     pub fn committed(&mut self, changes: Changes, receipt: Receipt) {
         for g in changes.gens {
             let Some(load) = self.loads.get_mut(&g.generation) else { continue };
-            load.buffer.drain(g.copy, g.copy_bytes);
+            load.buffer.drain(g.copy, g.text.len());
             load.begun = false;
             if g.end.is_some() {
                 load.end = None;
@@ -413,7 +414,8 @@ mod tests {
 
     /// The line numbers of generation `g`'s buffered rows, read back from their `COPY` text.
     fn buffered_lines(loads: &Loads, g: i64) -> Vec<i64> {
-        let rows = crate::read_model::PROMOTIONS.rows_of_copy_text(&loads.get(g).unwrap().buffer.text).unwrap();
+        let rows =
+            crate::read_model::PROMOTIONS.rows_of_copy_text(&loads.get(g).unwrap().buffer.text.to_vec()).unwrap();
         rows.iter().map(|r| r.big_int("line").unwrap()).collect()
     }
 

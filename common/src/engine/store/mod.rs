@@ -13,8 +13,10 @@
 pub mod bulk;
 pub mod bulk_copy;
 pub mod cache;
+pub mod copy_text;
 pub mod table;
 
+pub use self::copy_text::CopyText;
 pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable, WriteTx};
 use crate::engine::pg::PgError;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use common::engine::pg::PgError;
-use common::engine::store::{Row, Value};
+use common::engine::store::{CopyText, Row, Value};
 
 use super::stall::Stalls;
 use crate::engine::state_store::{
@@ -226,8 +226,8 @@ impl StateTx for MemTx {
         Ok(())
     }
 
-    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &[u8]) -> Result<u64, PgError> {
-        let rows = table.rows_of_copy_text(text)?;
+    async fn copy_text(&mut self, table: &BulkTable, generation: i64, text: &CopyText) -> Result<u64, PgError> {
+        let rows = table.rows_of_copy_text(&text.to_vec())?;
         self.copy_rows(table, generation, &rows).await
     }
 
