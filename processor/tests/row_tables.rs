@@ -1,5 +1,6 @@
 //! A workload's row table on the local PostgreSQL (service tier): a claim's
-//! read of a partition (`StateTx::read_rows`, one binary `COPY`) hands every
+//! read of a partition (`StateTx::read_rows`, one binary `COPY`; and
+//! `read_cells`, the same copy lent row by row) hands every
 //! row of that partition back exactly, of every column type, in bounded
 //! chunks, inside the claim's transaction, and leaves the connection's
 //! statement timeout as it was.
@@ -76,6 +77,24 @@ async fn a_partition_is_read_back_exactly_in_bounded_chunks_within_the_claims_tr
     assert!(chunks.iter().all(|n| (1..=10_000).contains(n)), "chunks of at most 10,000 rows: {chunks:?}");
     assert_eq!(chunks.iter().sum::<usize>(), rows.len());
     assert_eq!(by_key(read), by_key(rows.clone()));
+    // Lent instead of handed over: the same cells, read where the copy holds them; a missing column is an error.
+    let mut lent = Vec::new();
+    t.read_cells(&table, ours, |cells| {
+        assert!(cells.text("no_such_column").is_err());
+        lent.push(
+            Row::new()
+                .with("id", Value::Text(cells.text("id")?.to_owned()))
+                .with("n", Value::BigInt(cells.big_int("n")?))
+                .with("small", Value::Int(cells.int("small")?))
+                .with("amount", Value::Text(cells.text("amount")?.to_owned()))
+                .with("label", Value::Text(cells.text("label")?.to_owned()))
+                .with("blob", Value::Bytes(cells.bytes("blob")?.to_vec())),
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(by_key(lent), by_key(rows.clone()));
     let timeout: String = tx.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
     assert_eq!(timeout, "5s", "the connection's statement timeout is back after the copy");
     tx.commit().await.unwrap();

@@ -25,7 +25,7 @@ use super::dedup::IdWindow;
 pub use super::tables::ChunkTable;
 use super::tables::{BulkTable, Duplicate, ReadLease, RowTable, StateTx};
 use super::{Aggregation, Emit, Position, Scope};
-use common::engine::store::{Column, ColumnType, CopyText, Row, Value};
+use common::engine::store::{Cells, Column, ColumnType, CopyText, Row, Value};
 
 /// Rows one statement of a checkpoint writes at most (a checkpoint of more
 /// uses several): each statement stays well within the statement timeout.
@@ -386,15 +386,48 @@ fn copy_type(ty: ColumnType) -> Type {
     }
 }
 
-/// One row of a binary copy of `columns` (in that order), named by column.
-fn copied_row(r: &BinaryCopyOutRow, columns: &[Column]) -> Result<Row, PgError> {
+/// One row of a binary copy of `columns` (in that order), its cells read in place by name.
+struct CopiedCells<'r> {
+    row: &'r BinaryCopyOutRow,
+    columns: &'r [Column],
+}
+
+impl CopiedCells<'_> {
+    fn at(&self, column: &str) -> Result<usize, PgError> {
+        self.columns
+            .iter()
+            .position(|c| c.name == column)
+            .ok_or_else(|| PgError::Corrupt(format!("column {column}: not in the copy")))
+    }
+}
+
+impl Cells for CopiedCells<'_> {
+    fn text(&self, column: &str) -> Result<&str, PgError> {
+        Ok(self.row.try_get(self.at(column)?)?)
+    }
+
+    fn big_int(&self, column: &str) -> Result<i64, PgError> {
+        Ok(self.row.try_get(self.at(column)?)?)
+    }
+
+    fn int(&self, column: &str) -> Result<i32, PgError> {
+        Ok(self.row.try_get(self.at(column)?)?)
+    }
+
+    fn bytes(&self, column: &str) -> Result<&[u8], PgError> {
+        Ok(self.row.try_get(self.at(column)?)?)
+    }
+}
+
+/// A lent row's `columns`, owned.
+fn owned_row(cells: &dyn Cells, columns: &[Column]) -> Result<Row, PgError> {
     let mut row = Row::new();
-    for (i, c) in columns.iter().enumerate() {
+    for c in columns {
         let value = match c.ty {
-            ColumnType::BigInt => Value::BigInt(r.try_get(i)?),
-            ColumnType::Int => Value::Int(r.try_get(i)?),
-            ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(r.try_get::<&str>(i)?.to_owned()),
-            ColumnType::Bytea => Value::Bytes(r.try_get::<&[u8]>(i)?.to_vec()),
+            ColumnType::BigInt => Value::BigInt(cells.big_int(c.name)?),
+            ColumnType::Int => Value::Int(cells.int(c.name)?),
+            ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(cells.text(c.name)?.to_owned()),
+            ColumnType::Bytea => Value::Bytes(cells.bytes(c.name)?.to_vec()),
         };
         row.set(c.name, value);
     }
@@ -651,6 +684,27 @@ impl StateTx for PgTx<'_> {
     where
         F: FnMut(Vec<Row>) -> Result<(), PgError> + Send,
     {
+        let columns: Vec<Column> = table.columns().copied().collect();
+        // Handed over in bounded chunks, decoded as they arrive: the partition's rows are never all held as rows.
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        self.read_cells(table, scope, |cells| {
+            chunk.push(owned_row(cells, &columns)?);
+            if chunk.len() == RESTORE_CHUNK {
+                each_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)))?;
+            }
+            Ok(())
+        })
+        .await?;
+        if !chunk.is_empty() {
+            each_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    async fn read_cells<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each: F) -> Result<(), PgError>
+    where
+        F: FnMut(&dyn Cells) -> Result<(), PgError> + Send,
+    {
         use futures::TryStreamExt;
         let columns: Vec<Column> = table.columns().copied().collect();
         let types: Vec<Type> = columns.iter().map(|c| copy_type(c.ty)).collect();
@@ -663,16 +717,9 @@ impl StateTx for PgTx<'_> {
         let copy = self.tx.copy_out(copy_out_sql(table, scope).as_str()).await?;
         let rows = tokio_postgres::binary_copy::BinaryCopyOutStream::new(copy, &types);
         let mut rows = std::pin::pin!(rows);
-        // Handed over in bounded chunks, decoded as they arrive: the partition's rows are never all held as rows.
-        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        // Each row lent as it arrives: its cells are read where the copy's buffer holds them.
         while let Some(row) = rows.try_next().await? {
-            chunk.push(copied_row(&row, &columns)?);
-            if chunk.len() == RESTORE_CHUNK {
-                each_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)))?;
-            }
-        }
-        if !chunk.is_empty() {
-            each_chunk(chunk)?;
+            each(&CopiedCells { row: &row, columns: &columns })?;
         }
         self.tx.execute("SELECT set_config('statement_timeout', $1, true)", &[&timeout]).await?;
         Ok(())

@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
-use common::engine::store::{Column, ColumnType, Row, Value};
+use common::engine::store::{Cells, Column, ColumnType, Row, Value};
 
 use crate::graph::StoredCells;
 use crate::input::{Name, Ports, Serial, MAX_PORTS};
@@ -88,7 +88,7 @@ fn corrupt(what: String) -> PgError {
 }
 
 /// A stored widget's cells, checked where they lie in the row (a restore copies each once, into the graph).
-fn cells_of_row(row: &Row) -> Result<StoredCells<'_>, PgError> {
+fn cells_of_row(row: &dyn Cells) -> Result<StoredCells<'_>, PgError> {
     let serial = row.text("serial")?;
     Serial::check(serial).map_err(|_| corrupt(format!("serial {serial:?}")))?;
     let name = row.text("name")?;
@@ -180,11 +180,9 @@ impl Aggregation for Widgets {
     /// (no second copy of ten million rows), then the ids.
     async fn restore<T: StateTx>(&self, tx: &mut T, scope: Scope<'_>, _: Position) -> Result<WidgetsState, PgError> {
         let mut restore = Restore::new(scope.partition, self.policy);
-        tx.read_rows(&WIDGETS, scope, |rows| {
-            for row in &rows {
-                restore.widget_cells(cells_of_row(row)?).map_err(|e| corrupt(e.to_string()))?;
-            }
-            Ok(())
+        // Lent, not handed over: millions of widgets, each read where the copy holds it.
+        tx.read_cells(&WIDGETS, scope, |row| {
+            restore.widget_cells(cells_of_row(row)?).map_err(|e| corrupt(e.to_string()))
         })
         .await?;
         tx.read_rows(&IDS, scope, |rows| {

@@ -17,7 +17,7 @@ pub mod copy_text;
 pub mod table;
 
 pub use self::copy_text::CopyText;
-pub use self::table::{Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable, WriteTx};
+pub use self::table::{Cells, Column, ColumnType, Conn, Rollup, Row, Stored, Value, Version, VersionedTable, WriteTx};
 use crate::engine::pg::PgError;
 
 /// A row as one of its copies holds it, with the version that orders the copies.

@@ -272,6 +272,54 @@ impl Row {
     }
 }
 
+/// A stored row's cells by column name, as a restore reads them: a [`Row`],
+/// or a row an engine's read lends without copying its cells out
+/// (`processor::engine::tables::StateTx::read_cells`: a restore of millions
+/// of rows then allocates nothing per row).
+pub trait Cells {
+    /// A `UUID`, `NUMERIC` or `TEXT` column's value, as text.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when the row has no such column of that type.
+    fn text(&self, column: &str) -> Result<&str, PgError>;
+
+    /// A `BIGINT` column's value.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when the row has no such column of that type.
+    fn big_int(&self, column: &str) -> Result<i64, PgError>;
+
+    /// An `INT` column's value.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when the row has no such column of that type.
+    fn int(&self, column: &str) -> Result<i32, PgError>;
+
+    /// A `BYTEA` column's value.
+    ///
+    /// # Errors
+    /// [`PgError::Corrupt`] when the row has no such column of that type.
+    fn bytes(&self, column: &str) -> Result<&[u8], PgError>;
+}
+
+impl Cells for Row {
+    fn text(&self, column: &str) -> Result<&str, PgError> {
+        Row::text(self, column)
+    }
+
+    fn big_int(&self, column: &str) -> Result<i64, PgError> {
+        Row::big_int(self, column)
+    }
+
+    fn int(&self, column: &str) -> Result<i32, PgError> {
+        Row::int(self, column)
+    }
+
+    fn bytes(&self, column: &str) -> Result<&[u8], PgError> {
+        Row::bytes(self, column)
+    }
+}
+
 fn mistyped(column: &str, found: Option<&Value>, wanted: &str) -> PgError {
     PgError::Corrupt(format!("column {column}: {found:?} is not {wanted}"))
 }

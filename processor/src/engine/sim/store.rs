@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use common::engine::pg::PgError;
-use common::engine::store::{CopyText, Row, Value};
+use common::engine::store::{Cells, CopyText, Row, Value};
 
 use super::stall::Stalls;
 use crate::engine::state_store::{
@@ -323,6 +323,16 @@ impl StateTx for MemTx {
     {
         let rows = self.tables.rows.get(&(table.table, key(scope))).map(|r| r.values().cloned().collect());
         each_chunk(rows.unwrap_or_default())
+    }
+
+    async fn read_cells<F>(&mut self, table: &RowTable, scope: Scope<'_>, mut each: F) -> Result<(), PgError>
+    where
+        F: FnMut(&dyn Cells) -> Result<(), PgError> + Send,
+    {
+        for row in self.tables.rows.get(&(table.table, key(scope))).into_iter().flat_map(|r| r.values()) {
+            each(row)?;
+        }
+        Ok(())
     }
 
     async fn upsert_rows(&mut self, table: &RowTable, scope: Scope<'_>, rows: &[Row]) -> Result<(), PgError> {
