@@ -3,11 +3,11 @@
 //! A workload that loads rows in bulk buffers them between checkpoints as the
 //! text a `COPY` reads ([`super::bulk::BulkTable::push_copy_row`]), and each
 //! checkpoint takes a snapshot of what is buffered while the buffer goes on
-//! growing. One contiguous buffer would be copied whole by every snapshot and
-//! grown by doubling, so a partition held up to three times its pending text
-//! (measured: the processor's peak RSS in a 10M-row promotions load,
-//! docs/benchmarks-notes.md "Pending rows in shared blocks"). Here the text
-//! is a queue of frozen blocks of about [`BLOCK_BYTES`] and one open tail: a
+//! growing. One contiguous buffer is copied whole by every snapshot and grown
+//! by doubling: a partition could hold up to three times its pending text
+//! (the buffer, its slack, the snapshot; the processor's peak RSS in 10M-row
+//! promotions loads is in docs/benchmarks-notes.md, "Fetches that wait, and a
+//! bound that holds"). Here the text is a queue of frozen blocks of about [`BLOCK_BYTES`] and one open tail: a
 //! snapshot shares the blocks (a reference count each) and copies only the
 //! tail, and the buffer's memory is its text plus one block.
 
@@ -102,7 +102,7 @@ impl CopyText {
         out
     }
 
-    /// Bytes of memory held (the blocks' and the tail's capacity, not counting a block shared with a snapshot twice).
+    /// Bytes held: the blocks' text and the open tail's capacity (a block shared with a snapshot counted here once).
     pub fn capacity(&self) -> usize {
         self.blocks.iter().map(Bytes::len).sum::<usize>() + self.tail.capacity()
     }
