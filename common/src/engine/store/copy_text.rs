@@ -116,11 +116,12 @@ impl PartialEq for CopyText {
 
 impl Eq for CopyText {}
 
-/// Text written whole: one block, not copied.
+/// Text written whole: cut into blocks of [`BLOCK_BYTES`] that share it, not
+/// copied, so that a `COPY` of it still sends messages of a bounded size.
 impl From<Vec<u8>> for CopyText {
     fn from(text: Vec<u8>) -> Self {
-        let len = text.len();
-        let blocks = if text.is_empty() { VecDeque::new() } else { VecDeque::from([Bytes::from(text)]) };
+        let (len, text) = (text.len(), Bytes::from(text));
+        let blocks = (0..len).step_by(BLOCK_BYTES).map(|at| text.slice(at..(at + BLOCK_BYTES).min(len))).collect();
         CopyText { blocks, tail: Vec::new(), len }
     }
 }
@@ -174,6 +175,19 @@ mod tests {
         assert_eq!(pieces.len(), 2);
         assert_eq!(&pieces[0][..], &long[..]);
         assert_eq!(&pieces[1][..], b"2\ty\n");
+    }
+
+    #[test]
+    fn text_written_whole_is_sent_in_blocks() {
+        let whole: Vec<u8> = (0..3 * BLOCK_BYTES + 100).map(|i| b'a' + (i % 26) as u8).collect();
+        let text = CopyText::from(whole.clone());
+        let pieces: Vec<Bytes> = text.pieces().collect();
+        assert_eq!(pieces.len(), 4);
+        assert!(pieces.iter().all(|p| p.len() <= BLOCK_BYTES));
+        assert_eq!(text.to_vec(), whole);
+        assert_eq!(text.len(), whole.len());
+        assert!(CopyText::from(Vec::new()).is_empty());
+        assert_eq!(CopyText::from(Vec::new()).pieces().count(), 0);
     }
 
     proptest! {
