@@ -419,21 +419,6 @@ impl Cells for CopiedCells<'_> {
     }
 }
 
-/// A lent row's `columns`, owned.
-fn owned_row(cells: &dyn Cells, columns: &[Column]) -> Result<Row, PgError> {
-    let mut row = Row::new();
-    for c in columns {
-        let value = match c.ty {
-            ColumnType::BigInt => Value::BigInt(cells.big_int(c.name)?),
-            ColumnType::Int => Value::Int(cells.int(c.name)?),
-            ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(cells.text(c.name)?.to_owned()),
-            ColumnType::Bytea => Value::Bytes(cells.bytes(c.name)?.to_vec()),
-        };
-        row.set(c.name, value);
-    }
-    Ok(row)
-}
-
 /// The array parameter type of a column, e.g. `text[]` for `Uuid`.
 fn param_array(ty: ColumnType) -> String {
     format!("{}[]", ty.param())
@@ -688,7 +673,7 @@ impl StateTx for PgTx<'_> {
         // Handed over in bounded chunks, decoded as they arrive: the partition's rows are never all held as rows.
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
         self.read_cells(table, scope, |cells| {
-            chunk.push(owned_row(cells, &columns)?);
+            chunk.push(Row::from_cells(cells, &columns)?);
             if chunk.len() == RESTORE_CHUNK {
                 each_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)))?;
             }

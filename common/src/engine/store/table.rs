@@ -234,13 +234,23 @@ impl Row {
     /// # Errors
     /// [`PgError`] when a column is missing or of another type.
     pub fn read<'c>(r: &tokio_postgres::Row, columns: impl IntoIterator<Item = &'c Column>) -> Result<Row, PgError> {
+        Row::from_cells(r, columns)
+    }
+
+    /// The values of `columns` of a row read by name ([`Cells`]), owned.
+    ///
+    /// # Errors
+    /// [`PgError`] when a column is missing or of another type.
+    pub fn from_cells<'c>(cells: &dyn Cells, columns: impl IntoIterator<Item = &'c Column>) -> Result<Row, PgError> {
         let mut row = Row::new();
         for c in columns {
             let value = match c.ty {
-                ColumnType::BigInt => Value::BigInt(r.try_get(c.name)?),
-                ColumnType::Int => Value::Int(r.try_get(c.name)?),
-                ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => Value::Text(r.try_get(c.name)?),
-                ColumnType::Bytea => Value::Bytes(r.try_get(c.name)?),
+                ColumnType::BigInt => Value::BigInt(cells.big_int(c.name)?),
+                ColumnType::Int => Value::Int(cells.int(c.name)?),
+                ColumnType::Uuid | ColumnType::Numeric | ColumnType::Text => {
+                    Value::Text(cells.text(c.name)?.to_owned())
+                }
+                ColumnType::Bytea => Value::Bytes(cells.bytes(c.name)?.to_vec()),
             };
             row.set(c.name, value);
         }
@@ -317,6 +327,25 @@ impl Cells for Row {
 
     fn bytes(&self, column: &str) -> Result<&[u8], PgError> {
         Row::bytes(self, column)
+    }
+}
+
+/// A row of a query, its cells read by name.
+impl Cells for tokio_postgres::Row {
+    fn text(&self, column: &str) -> Result<&str, PgError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn big_int(&self, column: &str) -> Result<i64, PgError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn int(&self, column: &str) -> Result<i32, PgError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn bytes(&self, column: &str) -> Result<&[u8], PgError> {
+        Ok(self.try_get(column)?)
     }
 }
 
