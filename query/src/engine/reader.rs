@@ -184,8 +184,15 @@ pub async fn fresh_as<F: std::future::Future>(fresh: Fresh, answer: F) -> F::Out
     FRESH.scope(fresh, answer).await
 }
 
-/// The read path of one workload's rows.
+/// The read path of one workload's rows. Cloned by every request that reads
+/// (a route's answer owns it), so a clone is one reference count: cloning
+/// its parts, the Redis store's scripts and prefix among them, was a visible
+/// part of a cached answer's CPU (docs/benchmarks-notes.md).
 pub struct Reader<W: QueryWorkload> {
+    parts: Arc<Parts<W>>,
+}
+
+struct Parts<W: QueryWorkload> {
     workload: Arc<W>,
     cache: VersionedCache<W::Row>,
     pool: Pool,
@@ -196,11 +203,20 @@ pub struct Reader<W: QueryWorkload> {
     changes: Option<super::Changes>,
     /// The places for live streams, shared by every live route of the process.
     live_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Reads answered in process, counted by a handle made once: the macro's
+    /// lookup by name and labels on every read was a visible part of its CPU.
+    local_reads: metrics::Counter,
 }
 
 impl<W: QueryWorkload> Clone for Reader<W> {
     fn clone(&self) -> Self {
-        Reader {
+        Reader { parts: self.parts.clone() }
+    }
+}
+
+impl<W: QueryWorkload> Clone for Parts<W> {
+    fn clone(&self) -> Self {
+        Parts {
             workload: self.workload.clone(),
             cache: self.cache.clone(),
             pool: self.pool.clone(),
@@ -209,6 +225,7 @@ impl<W: QueryWorkload> Clone for Reader<W> {
             floors: self.floors.clone(),
             changes: self.changes.clone(),
             live_slots: self.live_slots.clone(),
+            local_reads: self.local_reads.clone(),
         }
     }
 }
@@ -216,19 +233,19 @@ impl<W: QueryWorkload> Clone for Reader<W> {
 impl<W: QueryWorkload> Reader<W> {
     /// The workload whose rows it reads.
     pub fn workload(&self) -> &W {
-        &self.workload
+        &self.parts.workload
     }
 
     /// The PostgreSQL pool it reads (for a workload's own reads beside the row's).
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.parts.pool
     }
 
     /// [`Reuse::OFF`] turns the in-process cache off. Copies live by their
     /// time only until [`Reader::with_changes`] gives the change notifications.
     pub fn new(workload: W, redis: RedisStore, pool: Pool, reuse: Reuse) -> Self {
         let local = (!reuse.longest().is_zero()).then(|| Arc::new(LocalCache::new(reuse)));
-        Reader {
+        let parts = Parts {
             workload: Arc::new(workload),
             cache: VersionedCache::new(redis),
             pool,
@@ -237,18 +254,21 @@ impl<W: QueryWorkload> Reader<W> {
             floors: Arc::new(Floors::new()),
             changes: None,
             live_slots: None,
-        }
+            local_reads: metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME),
+        };
+        Reader { parts: Arc::new(parts) }
     }
 
     /// The same reader, with the process's change notifications and live-stream
     /// places (for [`Reader::live`]).
-    pub fn with_changes(mut self, changes: super::Changes, live_slots: Arc<tokio::sync::Semaphore>) -> Self {
-        if self.local.as_ref().is_some_and(|l| !l.reuse.until_change.is_zero()) {
-            self.epoch = changes.epoch(W::NAME);
+    pub fn with_changes(self, changes: super::Changes, live_slots: Arc<tokio::sync::Semaphore>) -> Self {
+        let mut parts = Parts::clone(&self.parts);
+        if parts.local.as_ref().is_some_and(|l| !l.reuse.until_change.is_zero()) {
+            parts.epoch = changes.epoch(W::NAME);
         }
-        self.changes = Some(changes);
-        self.live_slots = Some(live_slots);
-        self
+        parts.changes = Some(changes);
+        parts.live_slots = Some(live_slots);
+        Reader { parts: Arc::new(parts) }
     }
 
     /// A live feed of this workload: `render` turns the reader's rows into
@@ -258,8 +278,10 @@ impl<W: QueryWorkload> Reader<W> {
         F: Fn(Reader<W>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<String, super::QueryError>> + Send + 'static,
     {
-        let changes = self.changes.clone().unwrap_or_else(|| super::Changes::new(self.cache.store().clone()));
+        let changes =
+            self.parts.changes.clone().unwrap_or_else(|| super::Changes::new(self.parts.cache.store().clone()));
         let slots = self
+            .parts
             .live_slots
             .clone()
             .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(super::Limits::default().live_streams)));
@@ -274,16 +296,16 @@ impl<W: QueryWorkload> Reader<W> {
     pub async fn read(&self, id: &<W::Row as CachedRow>::Id) -> Result<Versioned<W::Row>, ReadError> {
         let fresh = FRESH.try_with(|f| *f).ok();
         let from_postgres = fresh.is_some_and(|f| f.from_postgres);
-        let epoch = self.epoch.now();
+        let epoch = self.parts.epoch.now();
         if !from_postgres {
-            if let Some(row) = self.local.as_ref().and_then(|l| l.get(id, fresh.map(|f| f.since), epoch)) {
-                metrics::counter!(m::READS, "source" => "local", "workload" => W::NAME).increment(1);
+            if let Some(row) = self.parts.local.as_ref().and_then(|l| l.get(id, fresh.map(|f| f.since), epoch)) {
+                self.parts.local_reads.increment(1);
                 return Ok(row);
             }
         }
         let started = Instant::now();
         let row = self.read_stores(id, from_postgres).await?;
-        if let Some(local) = &self.local {
+        if let Some(local) = &self.parts.local {
             local.put(id, &row, started, epoch);
         }
         Ok(row)
@@ -296,10 +318,10 @@ impl<W: QueryWorkload> Reader<W> {
         skip_redis: bool,
     ) -> Result<Versioned<W::Row>, ReadError> {
         let started = Instant::now();
-        let cached = if skip_redis { Ok(None) } else { self.cache.get(id).await };
+        let cached = if skip_redis { Ok(None) } else { self.parts.cache.get(id).await };
         let stale = match cached {
-            Ok(Some(row)) if row.version >= self.floors.get(id) => {
-                self.floors.reached(id, row.version);
+            Ok(Some(row)) if row.version >= self.parts.floors.get(id) => {
+                self.parts.floors.reached(id, row.version);
                 metrics::histogram!(m::STORE_DURATION, "store" => "redis", "workload" => W::NAME)
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::READS, "source" => "redis", "workload" => W::NAME).increment(1);
@@ -321,10 +343,10 @@ impl<W: QueryWorkload> Reader<W> {
         };
         // Taken before the PostgreSQL read, so a write-back of that read can never
         // land over anything written after it began.
-        let lease = if stale || skip_redis { self.cache.lease(id).await.ok().flatten() } else { None };
+        let lease = if stale || skip_redis { self.parts.cache.lease(id).await.ok().flatten() } else { None };
         let started = Instant::now();
         let found = async {
-            let client = self.pool.get().await?;
+            let client = self.parts.pool.get().await?;
             store::read::<W::Row>(&client, id).await
         }
         .await
@@ -340,7 +362,7 @@ impl<W: QueryWorkload> Reader<W> {
         metrics::counter!(m::READS, "source" => source, "workload" => W::NAME).increment(1);
         let mut filled = false;
         if let Some(lease) = lease {
-            match self.cache.fill(id, &row, &lease).await {
+            match self.parts.cache.fill(id, &row, &lease).await {
                 Ok(written) => filled = written,
                 Err(e) => tracing::debug!(error = %e, "redis write-back failed"),
             }
@@ -349,7 +371,7 @@ impl<W: QueryWorkload> Reader<W> {
         // refused because something wrote the row since): later Redis copies
         // below it are stale.
         if !filled && row.version > 0 {
-            self.floors.raise(id, row.version);
+            self.parts.floors.raise(id, row.version);
         }
         Ok(row)
     }
