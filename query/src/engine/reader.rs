@@ -69,9 +69,11 @@ impl Reuse {
 /// asked, and a change published while it ran makes it stale at once.
 struct LocalCache<R: CachedRow> {
     reuse: Reuse,
-    /// The value keeps the start of its read: moka's own time to live counts from
-    /// the insert, so it only evicts; [`get`](Self::get) judges the age.
-    entries: moka::sync::Cache<R::Id, Copy<R>>,
+    /// Bounded in entries only: [`get`](Self::get) judges the age. quick_cache
+    /// rather than moka here: moka's bookkeeping of every read (its read log,
+    /// its LRU deques) was 3 % of the query's CPU answering cached rows, a
+    /// lookup under a sharded read lock is a fraction of it (docs/benchmarks-notes.md).
+    entries: quick_cache::sync::Cache<R::Id, Copy<R>>,
 }
 
 /// One answer held in process, with when (and at which change count) its read began.
@@ -83,12 +85,11 @@ struct Copy<R> {
 }
 
 /// Rows kept in process (a few are read at once; this only bounds a scan).
-const LOCAL_CAPACITY: u64 = 4096;
+const LOCAL_CAPACITY: usize = 4096;
 
 impl<R: CachedRow> LocalCache<R> {
     fn new(reuse: Reuse) -> Self {
-        let entries = moka::sync::Cache::builder().max_capacity(LOCAL_CAPACITY).time_to_live(reuse.longest()).build();
-        LocalCache { reuse, entries }
+        LocalCache { reuse, entries: quick_cache::sync::Cache::new(LOCAL_CAPACITY) }
     }
 
     /// The entry of `id` if it is still current at change count `epoch` (or
@@ -105,15 +106,19 @@ impl<R: CachedRow> LocalCache<R> {
     }
 
     fn put(&self, id: &R::Id, row: &Versioned<R>, read_at: Instant, epoch: Option<u64>) {
-        // One atomic step per key, so that of two racing reads the newer version wins.
-        self.entries.entry_by_ref(id).and_compute_with(|held| match held.map(|e| e.into_value()) {
-            Some(held) if held.row.version > row.version => Op::Nop,
-            // The same version read again: the later start and count are as true.
-            Some(held) if held.read_at > read_at => {
-                Op::Put(Copy { row: row.clone(), read_at: held.read_at, epoch: held.epoch })
+        use quick_cache::sync::{EntryAction, EntryResult};
+        // One atomic step per key (under the shard's lock), so that of two racing reads the newer version wins.
+        let placed = self.entries.entry(id, None, |_, held| {
+            if held.row.version <= row.version {
+                // The same version read again: the later start and count are as true.
+                let (read_at, epoch) = if held.read_at > read_at { (held.read_at, held.epoch) } else { (read_at, epoch) };
+                *held = Copy { row: row.clone(), read_at, epoch };
             }
-            _ => Op::Put(Copy { row: row.clone(), read_at, epoch }),
+            EntryAction::Retain(())
         });
+        if let EntryResult::Vacant(slot) = placed {
+            let _ = slot.insert(Copy { row: row.clone(), read_at, epoch });
+        }
     }
 }
 
