@@ -18,7 +18,6 @@ use common::engine::pg::PgError;
 use common::engine::store::cache::{CacheError, RedisStore, VersionedCache};
 use common::engine::store::{self, CachedRow, Versioned};
 use deadpool_postgres::Pool;
-use moka::ops::compute::Op;
 
 use super::QueryWorkload;
 use crate::metrics as m;
@@ -111,7 +110,8 @@ impl<R: CachedRow> LocalCache<R> {
         let placed = self.entries.entry(id, None, |_, held| {
             if held.row.version <= row.version {
                 // The same version read again: the later start and count are as true.
-                let (read_at, epoch) = if held.read_at > read_at { (held.read_at, held.epoch) } else { (read_at, epoch) };
+                let (read_at, epoch) =
+                    if held.read_at > read_at { (held.read_at, held.epoch) } else { (read_at, epoch) };
                 *held = Copy { row: row.clone(), read_at, epoch };
             }
             EntryAction::Retain(())
@@ -124,40 +124,42 @@ impl<R: CachedRow> LocalCache<R> {
 
 /// Versions below which a Redis copy is stale: the highest version of each
 /// row answered from PostgreSQL and not (known to be) in Redis. An entry
-/// goes once Redis is seen at or above it.
+/// goes once Redis is seen at or above it, or when the bound evicts it (a
+/// floor kept longer than needed only sends reads of a Redis copy below it
+/// to PostgreSQL, whose write-back repairs Redis).
 struct Floors<Id: Clone + Eq + std::hash::Hash + Send + Sync + 'static> {
-    versions: moka::sync::Cache<Id, i64>,
+    versions: quick_cache::sync::Cache<Id, i64>,
 }
 
 /// Rows with a floor held at once: those read from PostgreSQL while Redis lagged.
-const FLOOR_CAPACITY: u64 = 100_000;
-/// A floor not consulted for this long goes (Redis has long caught up by then).
-const FLOOR_IDLE: Duration = Duration::from_secs(3600);
+const FLOOR_CAPACITY: usize = 100_000;
 
 impl<Id: Clone + Eq + std::hash::Hash + Send + Sync + 'static> Floors<Id> {
     fn new() -> Self {
-        Floors { versions: moka::sync::Cache::builder().max_capacity(FLOOR_CAPACITY).time_to_idle(FLOOR_IDLE).build() }
+        Floors { versions: quick_cache::sync::Cache::new(FLOOR_CAPACITY) }
     }
 
     fn get(&self, id: &Id) -> i64 {
         self.versions.get(id).unwrap_or(0)
     }
 
-    /// Raises the floor of `id` to `version` (never lowers it).
+    /// Raises the floor of `id` to `version` (never lowers it), in one step under the shard's lock.
     fn raise(&self, id: &Id, version: i64) {
-        self.versions.entry_by_ref(id).and_compute_with(|held| match held.map(|e| e.into_value()) {
-            Some(held) if held >= version => Op::Nop,
-            _ => Op::Put(version),
+        use quick_cache::sync::{EntryAction, EntryResult};
+        let placed = self.versions.entry(id, None, |_, held| {
+            *held = (*held).max(version);
+            EntryAction::Retain(())
         });
+        if let EntryResult::Vacant(slot) = placed {
+            let _ = slot.insert(version);
+        }
     }
 
     /// Redis holds `version` of `id`: a floor at or below it is no longer needed.
     fn reached(&self, id: &Id, version: i64) {
-        if self.versions.contains_key(id) {
-            self.versions.entry_by_ref(id).and_compute_with(|held| match held {
-                Some(held) if *held.value() <= version => Op::Remove,
-                _ => Op::Nop,
-            });
+        // A read lock first: most rows have no floor, and the removal takes the write lock.
+        if self.versions.get(id).is_some() {
+            self.versions.remove_if(id, |held| *held <= version);
         }
     }
 }

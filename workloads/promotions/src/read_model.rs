@@ -95,12 +95,12 @@ pub enum Lookup {
 }
 
 /// Bytes a cached answer is counted for: its key, its body (the JSON of
-/// one promotion, under 120 bytes: a UUID, a price, a date-time), moka's
-/// entry and its places in the eviction lists and the frequency sketch, and
-/// the allocator's slack: about 550 bytes an entry of the query's RSS measured
-/// (docs/benchmarks-notes.md). The cache is bounded in entries, `--promotions-row-cache-mb`
-/// over this: so both in entries and in bytes. (A weigher in bytes would size
-/// moka's frequency sketch by the byte count, 8 bytes a unit.)
+/// one promotion, under 120 bytes: a UUID, a price, a date-time), the cache's
+/// entry and the allocator's slack. 550 bytes an entry of the query's RSS were
+/// measured when the cache was moka's, whose entries also held places in its
+/// eviction lists and frequency sketch (docs/benchmarks-notes.md); quick_cache's
+/// are smaller, so the count stays a bound. The cache is bounded in entries,
+/// `--promotions-row-cache-mb` over this: so both in entries and in bytes.
 const ENTRY_BYTES: u64 = 640;
 
 /// Reads promotions of the active generation by id: the pointer through a
@@ -110,7 +110,7 @@ const ENTRY_BYTES: u64 = 640;
 /// change, so the generation in the key is the only invalidation needed.
 pub struct PromotionReader {
     lease: std::sync::Arc<PointerLease>,
-    cache: Option<moka::sync::Cache<(i64, u128), Option<bytes::Bytes>>>,
+    cache: Option<quick_cache::sync::Cache<(i64, u128), Option<bytes::Bytes>>>,
     /// The answers by tier, their handles taken once (a lookup by name and
     /// labels per request was a visible part of a copy's answer).
     answered: Tiers,
@@ -137,7 +137,8 @@ impl PromotionReader {
     /// A reader whose cache holds up to `cache_mb` MB (0: no cache).
     pub fn new(cache_mb: u64, lease: std::sync::Arc<PointerLease>) -> Self {
         let entries = cache_mb.saturating_mul(1024 * 1024) / ENTRY_BYTES;
-        let cache = (entries > 0).then(|| moka::sync::Cache::new(entries));
+        let cache =
+            (entries > 0).then(|| quick_cache::sync::Cache::new(usize::try_from(entries).unwrap_or(usize::MAX)));
         PromotionReader { lease, cache, answered: Tiers::new() }
     }
 
