@@ -44,7 +44,7 @@ pub struct TestKafka {
 impl TestKafka {
     /// The broker section, creating missing topics.
     pub fn broker(&self) -> KafkaConfig {
-        KafkaConfig { brokers: self.brokers.clone(), create_topics: true }
+        KafkaConfig::new(self.brokers.clone(), true)
     }
 
     /// The deployment's partition counts.

@@ -1464,7 +1464,7 @@ fn steady_increments(command: std::net::SocketAddr) -> Load {
 async fn bulk_increments(stack: &Stack, n: u64) {
     use futures::StreamExt;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let kafka = common::engine::config::KafkaConfig { brokers: stack.kafka.brokers.clone(), create_topics: false };
+    let kafka = common::engine::config::KafkaConfig::new(stack.kafka.brokers.clone(), false);
     let tuning = common::engine::kafka::ProducerTuning {
         linger: Duration::from_millis(20),
         delivery_timeout: Duration::from_secs(120),

@@ -37,7 +37,7 @@ fn click(at: i64, user: u64) -> ClickEvent {
 
 fn settings(kafka: &TestKafka, suffix: &str) -> ProcessorSettings {
     ProcessorSettings {
-        kafka: KafkaConfig { brokers: kafka.brokers.clone(), create_topics: true },
+        kafka: KafkaConfig::new(kafka.brokers.clone(), true),
         events_topic: kafka.events_topic.clone(),
         aggregates_topic: kafka.aggregates_topic.clone(),
         replies_topic: None,

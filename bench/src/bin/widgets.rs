@@ -307,7 +307,7 @@ async fn api_load(command: SocketAddr, connections: usize, from: u64, to: u64, d
 /// the commands topic, as the command appends them. Returns the token of the
 /// last one and the time the appends took.
 async fn bulk_load(brokers: &str, topic: &str, from: u64, to: u64) -> anyhow::Result<(ReadToken, Duration)> {
-    let kafka = KafkaConfig { brokers: brokers.to_owned(), create_topics: false };
+    let kafka = KafkaConfig::new(brokers, false);
     let tuning = ProducerTuning {
         linger: Duration::from_millis(20),
         delivery_timeout: Duration::from_secs(120),

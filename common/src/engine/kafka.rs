@@ -61,8 +61,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str) -> 
         .set("auto.offset.reset", "earliest")
         // Only committed transactions: a fenced processor's aborted emits are never seen.
         .set("isolation.level", "read_committed")
-        // Freshness: do not let an idle fetch sit for the default 500 ms.
-        .set("fetch.wait.max.ms", "10")
+        // How long the broker holds a fetch of an idle partition (librdkafka's default: 500 ms).
+        .set("fetch.wait.max.ms", kafka.fetch_wait.as_millis().max(1).to_string())
         .set("socket.keepalive.enable", "true");
     // Bounded prefetch: librdkafka queues up to 64 MB of fetched records by default, held while the
     // service is busy (a processor waiting for its checkpoint): 8 MB still keeps every partition fed.

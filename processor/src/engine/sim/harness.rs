@@ -242,7 +242,7 @@ impl<W: Simulated> Sim<W> {
     fn start(&mut self, i: usize) {
         let control = Arc::new(Control::default());
         let settings = ProcessorSettings {
-            kafka: KafkaConfig { brokers: "sim".to_owned(), create_topics: false },
+            kafka: KafkaConfig::new("sim", false),
             events_topic: TOPIC.to_owned(),
             aggregates_topic: "aggregates".to_owned(),
             replies_topic: None,
