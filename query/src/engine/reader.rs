@@ -105,20 +105,43 @@ impl<R: CachedRow> LocalCache<R> {
     }
 
     fn put(&self, id: &R::Id, row: &Versioned<R>, read_at: Instant, epoch: Option<u64>) {
-        use quick_cache::sync::{EntryAction, EntryResult};
-        // One atomic step per key (under the shard's lock), so that of two racing reads the newer version wins.
-        let placed = self.entries.entry(id, None, |_, held| {
-            if held.row.version <= row.version {
-                // The same version read again: the later start and count are as true.
-                let (read_at, epoch) =
-                    if held.read_at > read_at { (held.read_at, held.epoch) } else { (read_at, epoch) };
-                *held = Copy { row: row.clone(), read_at, epoch };
-            }
-            EntryAction::Retain(())
-        });
-        if let EntryResult::Vacant(slot) = placed {
-            let _ = slot.insert(Copy { row: row.clone(), read_at, epoch });
-        }
+        // One atomic step per key, so that of two racing reads the newer version wins.
+        merge_or_insert(
+            &self.entries,
+            id,
+            |held| {
+                if held.row.version <= row.version {
+                    // The same version read again: the later start and count are as true.
+                    let (read_at, epoch) =
+                        if held.read_at > read_at { (held.read_at, held.epoch) } else { (read_at, epoch) };
+                    *held = Copy { row: row.clone(), read_at, epoch };
+                }
+            },
+            || Copy { row: row.clone(), read_at, epoch },
+        );
+    }
+}
+
+/// Changes the value held for `key` with `merge`, or inserts `fresh()` if
+/// none is: one step under the key's shard lock, so racing callers merge in turn.
+fn merge_or_insert<K, V>(
+    cache: &quick_cache::sync::Cache<K, V>,
+    key: &K,
+    merge: impl FnOnce(&mut V),
+    fresh: impl FnOnce() -> V,
+) where
+    K: Clone + Eq + std::hash::Hash,
+    V: Clone,
+{
+    use quick_cache::sync::{EntryAction, EntryResult};
+    let placed = cache.entry(key, None, |_, held| {
+        merge(held);
+        EntryAction::Retain(())
+    });
+    if let EntryResult::Vacant(slot) = placed {
+        // Racing `entry` calls on the key wait for this placeholder; only a removal of the
+        // key in between refuses it, and no caller here removes a key it has not seen held.
+        let _ = slot.insert(fresh());
     }
 }
 
@@ -145,14 +168,7 @@ impl<Id: Clone + Eq + std::hash::Hash + Send + Sync + 'static> Floors<Id> {
 
     /// Raises the floor of `id` to `version` (never lowers it), in one step under the shard's lock.
     fn raise(&self, id: &Id, version: i64) {
-        use quick_cache::sync::{EntryAction, EntryResult};
-        let placed = self.versions.entry(id, None, |_, held| {
-            *held = (*held).max(version);
-            EntryAction::Retain(())
-        });
-        if let EntryResult::Vacant(slot) = placed {
-            let _ = slot.insert(version);
-        }
+        merge_or_insert(&self.versions, id, |held| *held = (*held).max(version), || version);
     }
 
     /// Redis holds `version` of `id`: a floor at or below it is no longer needed.

@@ -112,9 +112,7 @@ impl LogProducer {
         let base = BaseRecord { topic, partition, payload, key, timestamp, headers, delivery_opaque: Box::new(tx) };
         self.shared.base.send(base).map(|()| rx).map_err(|(e, _)| e)
     }
-}
 
-impl LogProducer {
     /// Commits the open transaction, once librdkafka has counted out every
     /// delivered message (blocking: call it off the runtime's threads).
     ///
