@@ -20,9 +20,14 @@ pub struct Config {
     /// prefix of the aggregate producers' transactional.id (`<group>.<events topic>.<partition>`).
     #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
     pub group_id: String,
-    /// How often changed hours are checkpointed and emitted (bounds freshness).
+    /// How often changed hours are checkpointed and emitted (bounds freshness), for every workload that does not
+    /// declare its own cadence (or is not named in --checkpoint-intervals).
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
+    /// Per-workload checkpoint intervals, `<workload>=<duration>` separated by commas (`widgets=100ms,answers=50ms`):
+    /// over the workload's declared cadence and --checkpoint-interval.
+    #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVALS", value_delimiter = ',', value_parser = parse_workload_interval)]
+    pub checkpoint_intervals: Vec<(String, Duration)>,
     /// Aggregate bytes per second this instance's checkpoints may emit (0: no limit). A round of checkpoints that
     /// emitted B bytes holds the next one back B / this (seconds), so that more events fold into each record when
     /// changes are spread over many open hours (each carries its hour's whole sketch, up to 49 KB).
@@ -51,6 +56,27 @@ impl Config {
     pub fn retention_ms(&self) -> i64 {
         self.horizon.horizon().retention_ms()
     }
+
+    /// The checkpoint interval of the workload `name`, which declares `declared`
+    /// (`Aggregation::CHECKPOINT_INTERVAL`): the operator's for it, else its own, else the engine's.
+    pub fn checkpoint_interval_of(&self, name: &str, declared: Option<Duration>) -> Duration {
+        let named = self.checkpoint_intervals.iter().rev().find(|(w, _)| w == name).map(|(_, d)| *d);
+        named.or(declared).unwrap_or(self.checkpoint_interval)
+    }
+}
+
+/// `<workload>=<duration>`, one of --checkpoint-intervals.
+fn parse_workload_interval(raw: &str) -> Result<(String, Duration), String> {
+    let (name, interval) = raw.split_once('=').ok_or_else(|| format!("'{raw}' is not <workload>=<duration>"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("'{raw}' names no workload"));
+    }
+    let interval = parse_duration(interval.trim())?;
+    if interval.is_zero() {
+        return Err(format!("'{raw}': an interval of zero would checkpoint without pause"));
+    }
+    Ok((name.to_owned(), interval))
 }
 
 #[cfg(test)]
@@ -62,5 +88,18 @@ mod tests {
     fn flags_are_consistent_and_defaults_parse() {
         Config::command().debug_assert();
         Config::try_parse_from(["bin"]).expect("defaults are valid");
+    }
+
+    #[test]
+    fn a_workload_interval_is_the_operators_then_its_own_then_the_engines() {
+        let cfg = Config::try_parse_from(["bin", "--checkpoint-intervals", "widgets=300ms, answers=20ms"]).unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(cfg.checkpoint_interval_of("widgets", Some(ms(200))), ms(300));
+        assert_eq!(cfg.checkpoint_interval_of("answers", None), ms(20));
+        assert_eq!(cfg.checkpoint_interval_of("promotions", Some(ms(200))), ms(200));
+        assert_eq!(cfg.checkpoint_interval_of("analytics", None), ms(50));
+        for bad in ["widgets", "=1s", "widgets=soon", "widgets=0ms"] {
+            assert!(Config::try_parse_from(["bin", "--checkpoint-intervals", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -133,6 +133,16 @@ pub trait Aggregation: Send + Sync + 'static {
     /// state until a checkpoint (bulk rows) sets less, since a starved loop
     /// holds both its pending rows and a full prefetch.
     const PREFETCH_KBYTES: u32 = common::engine::kafka::PREFETCH_KBYTES;
+    /// The workload's own checkpoint interval, where the engine's
+    /// (`--checkpoint-interval`, 50 ms: the freshness of counts) is not what
+    /// it wants; an operator's `--checkpoint-intervals <name>=<d>` is over
+    /// both. A workload whose writes are answered by their decision (replies
+    /// published at once, not at the checkpoint) sets a longer one: every
+    /// checkpoint is a PostgreSQL transaction and a Kafka transaction whose
+    /// cost does not grow with the writes it holds, so under load fewer of
+    /// them leave the cores to the decisions (docs/benchmarks-notes.md);
+    /// what it costs is the read model's lag, up to the interval more.
+    const CHECKPOINT_INTERVAL: Option<std::time::Duration> = None;
     /// A decoded record of the events topic.
     type Event: Send;
     /// The state of one partition.

@@ -12,21 +12,24 @@
 //! ```text
 //! pointer names g ─▶ COPY (SELECT … ORDER BY key) TO STDOUT (binary) ─▶ <dir>/<pid>/<table>_g<g>.rows
 //!                                                     index: each block's first key, in memory
-//! lookup(g, key) ─▶ binary search of the index ─▶ pread one block (page cache) ─▶ binary search in it
+//! lookup(g, key) ─▶ front table (key's leading bits) ─▶ binary search of those blocks' first keys
+//!                ─▶ pread one block (page cache) ─▶ binary search in it
 //! ```
 //!
 //! The file is a run of blocks of at most [`BLOCK`] bytes (a larger row gets
 //! a block of its own), each a run of records `key length (u16) · key · values
 //! length (u32) · values`, keys strictly ascending, then the records' offsets
 //! in the block (`u32` each) and their count (`u32`): a lookup is a binary
-//! search of the index, one read, and a binary search of the block. Keys are stored so that
+//! search of the index (of the few blocks its key's leading bits allow: the
+//! index's front table), one read, and a binary search of the block. Keys are stored so that
 //! byte order is the column's order (a UUID's 16 bytes, an integer big-endian
 //! with its sign flipped, text as its bytes); the build checks the order as it
 //! writes, and gives up (the generation is then read from PostgreSQL) if
 //! PostgreSQL's order differs (text under a collation that is not byte order).
 //!
 //! Memory: the index holds one key per block (about 40 rows of 49 bytes per
-//! block: some 240,000 keys, 6.8 MB, for 10 million rows); the rows themselves
+//! block: some 240,000 keys, 6.8 MB, for 10 million rows; its front table
+//! 4 bytes a block, rounded up to a power of two: 1 MB); the rows themselves
 //! stay in the kernel's page cache, which is not the process's memory (read
 //! with `pread`, not mapped). Disk: about the rows' own bytes per copy, one
 //! or two copies (the active generation and, during a switch, the previous).
@@ -183,7 +186,8 @@ fn create(path: &Path) -> std::io::Result<File> {
 }
 
 /// The blocks of a copy by their first keys, packed (one allocation, and a
-/// binary search that reads neighbouring memory).
+/// binary search that reads neighbouring memory), with a front table that
+/// narrows that search to the blocks of the key's leading bits.
 #[derive(Debug, Default)]
 struct Index {
     /// Every block's first key, one after the other.
@@ -192,6 +196,27 @@ struct Index {
     key_at: Vec<u32>,
     /// Each block's offset in the file; one more entry: the file's end.
     offsets: Vec<u64>,
+    /// For each value `p` of a key's leading [`Self::bits`] bits ([`prefix`]),
+    /// the first block whose first key's are `p` or more; one more entry:
+    /// the blocks' count. Empty until [`Self::seal`]. Measured at 10 million
+    /// rows (240,000 blocks, 6.8 MB of first keys): the whole index's 18
+    /// probes each missed the CPU's caches twice; the blocks of one prefix
+    /// are one or two (docs/benchmarks-notes.md).
+    front: Vec<u32>,
+    bits: u32,
+}
+
+/// Most leading bits the front table is indexed by (4 × 2^24 bytes at most).
+const FRONT_BITS_MAX: u32 = 24;
+
+/// A key's leading `bits` bits (1–32): its first four bytes, short keys
+/// padded with zeros. Never smaller for a larger key (byte order), which is
+/// what the front table relies on.
+fn prefix(key: &[u8], bits: u32) -> u32 {
+    let mut head = [0u8; 4];
+    let n = key.len().min(4);
+    head[..n].copy_from_slice(&key[..n]);
+    u32::from_be_bytes(head) >> (32 - bits)
 }
 
 impl Index {
@@ -213,9 +238,32 @@ impl Index {
         self.offsets.push(end);
     }
 
+    /// Builds the front table once every block is pushed: about one block a
+    /// prefix (as many prefixes as blocks, rounded up to a power of two).
+    fn seal(&mut self) {
+        let blocks = u32::try_from(self.len()).expect("blocks under 4 G");
+        self.bits = blocks.next_power_of_two().trailing_zeros().clamp(1, FRONT_BITS_MAX);
+        let prefixes = 1usize << self.bits;
+        self.front = Vec::with_capacity(prefixes + 1);
+        for block in 0..self.len() {
+            let p = prefix(self.first_key(block), self.bits) as usize;
+            let at = u32::try_from(block).expect("blocks under 4 G");
+            while self.front.len() <= p {
+                self.front.push(at);
+            }
+        }
+        self.front.resize(prefixes + 1, blocks);
+    }
+
     /// The block that would hold `key`: the last one whose first key is not after it.
     fn block_of(&self, key: &[u8]) -> Option<(u64, usize)> {
-        let (mut lo, mut hi) = (0, self.len());
+        // Blocks before the prefix's first start before `key`, blocks of a larger prefix after it.
+        let (mut lo, mut hi) = if self.front.is_empty() {
+            (0, self.len())
+        } else {
+            let p = prefix(key, self.bits) as usize;
+            (self.front[p] as usize, self.front[p + 1] as usize)
+        };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if self.first_key(mid) <= key {
@@ -326,6 +374,7 @@ impl CopyWriter {
         }
         let file = self.out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
         file.sync_data()?;
+        self.index.seal();
         Ok((file, self.index, self.rows))
     }
 }
@@ -355,7 +404,8 @@ impl GenerationCopy {
 
     /// Bytes of memory its index holds.
     pub fn index_bytes(&self) -> usize {
-        self.index.keys.capacity() + 4 * self.index.key_at.capacity() + 8 * self.index.offsets.capacity()
+        let i = &self.index;
+        i.keys.capacity() + 4 * i.key_at.capacity() + 8 * i.offsets.capacity() + 4 * i.front.capacity()
     }
 
     /// The row of `key` (as text), if the generation has one.
@@ -647,6 +697,41 @@ mod tests {
         encode_values(&columns, &row, &mut out).unwrap();
         assert_eq!(decode_values(&columns, &out), Some(row));
         assert_eq!(decode_values(&columns, &out[..out.len() - 1]), None, "a short record is malformed");
+    }
+
+    /// The whole index's binary search, the front table's answer checked against.
+    fn block_of_unfronted(index: &Index, key: &[u8]) -> Option<(u64, usize)> {
+        let (keys, key_at, offsets) = (index.keys.clone(), index.key_at.clone(), index.offsets.clone());
+        Index { keys, key_at, offsets, front: Vec::new(), bits: 0 }.block_of(key)
+    }
+
+    proptest::proptest! {
+        /// Whatever the keys (short, long, sharing their leading bytes or not), the
+        /// front table names the block the whole index's search does, for keys in and out.
+        #[test]
+        fn the_front_table_finds_the_block_the_whole_search_does(
+            mut firsts in proptest::collection::btree_set(proptest::collection::vec(0u8..=255, 0..6), 0..300),
+            probes in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..6), 0..200),
+        ) {
+            firsts.insert(vec![0x7f, 0x7f, 0x7f, 0x7f, 1]);
+            let mut index = Index::default();
+            for (i, first) in firsts.iter().enumerate() {
+                index.push(first, 10 * i as u64, 10 * (i as u64 + 1));
+            }
+            index.seal();
+            proptest::prop_assert_eq!(index.front.len(), (1 << index.bits) + 1);
+            for key in probes.iter().chain(firsts.iter()) {
+                proptest::prop_assert_eq!(index.block_of(key), block_of_unfronted(&index, key), "key {:?}", key);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_index_has_no_block() {
+        let mut index = Index::default();
+        index.seal();
+        assert_eq!(index.block_of(b"any"), None);
+        assert_eq!(index.block_of(b""), None);
     }
 
     /// A copy written by the writer, read back by key: every key found in
