@@ -313,18 +313,40 @@ pub fn stall_partition<C: Consumer>(
     }
 }
 
-/// Sets `gauge{topic, partition}` to high watermark − next offset for each position.
-/// Asking the broker blocks, so it runs on the blocking pool, off the caller's loop.
-pub fn record_lag<C>(consumer: std::sync::Arc<C>, topic: &str, positions: Vec<(i32, i64)>, gauge: &'static str)
-where
+/// Sets `gauge` (labels `topic`, `partition`) to each partition's lag: its
+/// high watermark less `positions`' next offset (what the caller has applied).
+///
+/// `settled`: the caller holds nothing it read and has not applied, so the
+/// consumer's own position is where it stands. That position is librdkafka's,
+/// which steps over transaction markers (never delivered): without it a
+/// read_committed reader of a transactional topic stays one behind its last
+/// commit marker for ever, and a lag of 0 is never seen (the materializer's, 1
+/// per partition whose last write came in a transaction). Read here, before the
+/// caller reads on; the watermarks, a round trip each, on a blocking thread.
+pub fn record_lag<C>(
+    consumer: std::sync::Arc<C>,
+    topic: &str,
+    positions: Vec<(i32, i64)>,
+    settled: bool,
+    gauge: &'static str,
+) where
     C: Consumer + Send + Sync + 'static,
 {
+    let read = if settled { consumer.position().ok() } else { None };
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         for (p, next) in positions {
+            let at = read
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&topic, p))
+                .and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o.max(next)),
+                    _ => None,
+                })
+                .unwrap_or(next);
             if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
                 metrics::gauge!(gauge, "topic" => topic.clone(), "partition" => p.to_string())
-                    .set((high - next).max(0) as f64);
+                    .set((high - at).max(0) as f64);
             }
         }
     });

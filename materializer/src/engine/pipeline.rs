@@ -74,6 +74,13 @@ impl<A> Default for Batch<A> {
     }
 }
 
+impl<A> Batch<A> {
+    /// Nothing read into it (every record read moves its partition's next offset).
+    fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+}
+
 impl<W: SinkWorkload> Pipeline<W> {
     /// # Errors
     /// When the consumer cannot be created.
@@ -133,7 +140,7 @@ impl<W: SinkWorkload> Pipeline<W> {
                 _ = heartbeat.tick(), if beating.is_none() => {
                     let (membership, owned) = (self.membership.clone(), self.owned.clone());
                     beating = Some(Box::pin(async move { membership.changes(&owned).await }));
-                    self.record_lag();
+                    self.record_lag(writing.is_none() && batch.is_empty());
                 }
                 plan = async { beating.as_mut().expect("polled only while beating").await }, if beating.is_some() => {
                     beating = None;
@@ -195,7 +202,7 @@ impl<W: SinkWorkload> Pipeline<W> {
         for p in &plan.lost {
             batch.next_offsets.remove(p);
         }
-        if batch.next_offsets.is_empty() {
+        if batch.is_empty() {
             *batch = Batch::default(); // only lost partitions' records: theirs to replay
             return Ok(true);
         }
@@ -226,7 +233,7 @@ impl<W: SinkWorkload> Pipeline<W> {
         let (sink, membership, positions) = (self.sink.clone(), self.membership.clone(), self.positions.clone());
         let (topic, stop) = (self.topic.clone(), stop.clone());
         let write = async move {
-            if batch.next_offsets.is_empty() {
+            if batch.is_empty() {
                 return Ok(true);
             }
             let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
@@ -294,10 +301,10 @@ impl<W: SinkWorkload> Pipeline<W> {
         Ok(())
     }
 
-    /// Consumer lag per owned partition.
-    fn record_lag(&self) {
+    /// Consumer lag per owned partition; `settled` when no batch is in hand or being written.
+    fn record_lag(&self, settled: bool) {
         let positions = self.positions.lock().expect("positions lock").iter().map(|(p, o)| (*p, *o)).collect();
-        common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, m::CONSUMER_LAG);
+        common::engine::kafka::record_lag(self.consumer.clone(), &self.topic, positions, settled, m::CONSUMER_LAG);
     }
 
     fn add(&self, batch: &mut Batch<W::Aggregate>, msg: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>) {
