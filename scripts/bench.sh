@@ -68,6 +68,11 @@ if [[ $BENCH_ONLY == promotions || $BENCH_ONLY == widgets ]]; then
   command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
   log "building the service binaries and the benchmark tools"
   cargo build --release --bins --quiet
+  # The section's stack is its own, but its broker, PostgreSQL and Redis are the shared ones: started here if they
+  # are not running (as `make test` does), the broker stopped again at the end if this run started it.
+  scripts/stack.sh deps
+  if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then trap 'scripts/stack.sh broker-down' EXIT; fi
+  scripts/stack.sh broker-up
   "${BENCH_ONLY}_section"
   python3 scripts/bench_report.py "$OUT" "$(nproc)" "${QUICK:-0}" "$DUR" "$BENCH_ONLY"
   log "results: target/bench/results.json (${BENCH_ONLY}_*), report: docs/benchmarks.md (its $BENCH_ONLY blocks)"
