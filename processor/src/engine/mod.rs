@@ -44,6 +44,13 @@ use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;
 
 pub use pipeline::{Parts, Processor, ProcessorError, ProcessorSettings};
+
+/// The checkpoint interval of a workload whose writes are answered by their
+/// decision (`Aggregation::replies`, published at once): its checkpoint only
+/// carries the read model's changes and the state, so 200 ms rather than the
+/// engine's 50; under load fewer transactions leave the cores to the
+/// decisions. Answers and widgets set it as their `CHECKPOINT_INTERVAL`.
+pub const DECIDED_WRITES_CHECKPOINT_INTERVAL: Option<std::time::Duration> = Some(std::time::Duration::from_millis(200));
 use tables::StateTx;
 
 /// How far one partition's state has got: every record below `next_offset`

@@ -147,9 +147,7 @@ fn id_from_row(row: &Row) -> Result<(String, Memo), PgError> {
 
 impl Aggregation for Widgets {
     const NAME: &'static str = "widgets";
-    /// Decided writes are answered at once (`replies`); the checkpoint only carries the read model's
-    /// changes, so 200 ms rather than 50: under load, fewer transactions leave the cores to the decisions.
-    const CHECKPOINT_INTERVAL: Option<std::time::Duration> = Some(std::time::Duration::from_millis(200));
+    const CHECKPOINT_INTERVAL: Option<std::time::Duration> = ::processor::engine::DECIDED_WRITES_CHECKPOINT_INTERVAL;
     type Event = WidgetCommand;
     type State = WidgetsState;
     type Changes = Checkpoint;
