@@ -49,9 +49,27 @@ done
 # prefix, removed at the end, with the generated file).
 promotions_section() {
   log "promotions: $PROMOTION_ROWS rows end to end, then GET /promotions/{id} at 64 connections, $DUR each"
-  local json
-  json="$(target/release/promotions --rows "$PROMOTION_ROWS" --duration "$DUR" | tail -1)" || json='{}'
-  echo "$json" >"$OUT/promotions.json"
+  section promotions target/release/promotions --rows "$PROMOTION_ROWS" --duration "$DUR"
+}
+# Runs a section's tool; its last line (JSON) becomes $OUT/<name>.json. A tool that fails (or prints no JSON) leaves
+# the section's last result as it was (the report dates it), keeps its output in $OUT/<name>.log, and fails the run
+# once the report is written.
+failed_sections=()
+section() {
+  local name=$1 json
+  shift
+  # stderr to the terminal and the log; stdout's last line to $json (the tee ends before it is read).
+  if json="$({ "$@" 2>&1 1>&3 | tee "$OUT/$name.log" >&2; } 3>&1 | tail -1)" && [[ $json == "{"* ]]; then
+    echo "$json" >"$OUT/$name.json"
+    rm -f "$OUT/$name.log"
+  else
+    log "error: the $name section failed (its output: $OUT/$name.log); its last result is kept"
+    failed_sections+=("$name")
+  fi
+}
+# Fails the run if a section failed (after the report, which keeps their last results).
+sections_passed() {
+  ((${#failed_sections[@]} == 0)) || { log "failed sections: ${failed_sections[*]}"; return 1; }
 }
 # The widgets section (issue 22): WIDGETS widgets loaded (through POST /widgets for 20 s, the rest appended to the
 # commands topic as the command appends them when the API would take over 8 minutes; both rates reported), every
@@ -60,9 +78,7 @@ promotions_section() {
 # runs it on a stack of its own (its own topics, schema and Redis prefix, removed at the end).
 widgets_section() {
   log "widgets: $WIDGETS widgets loaded, a mixed load at 64 connections for $DUR, then kill -9 of each service"
-  local json
-  json="$(target/release/widgets --widgets "$WIDGETS" --duration "$DUR" | tail -1)" || json='{}'
-  echo "$json" >"$OUT/widgets.json"
+  section widgets target/release/widgets --widgets "$WIDGETS" --duration "$DUR"
 }
 if [[ $BENCH_ONLY == promotions || $BENCH_ONLY == widgets ]]; then
   command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -76,6 +92,7 @@ if [[ $BENCH_ONLY == promotions || $BENCH_ONLY == widgets ]]; then
   "${BENCH_ONLY}_section"
   python3 scripts/bench_report.py "$OUT" "$(nproc)" "${QUICK:-0}" "$DUR" "$BENCH_ONLY"
   log "results: target/bench/results.json (${BENCH_ONLY}_*), report: docs/benchmarks.md (its $BENCH_ONLY blocks)"
+  sections_passed
   exit 0
 fi
 [[ -z $BENCH_ONLY ]] || { log "BENCH_ONLY=$BENCH_ONLY: only 'promotions' or 'widgets' runs alone"; exit 2; }
@@ -417,3 +434,4 @@ widgets_section
 
 python3 scripts/bench_report.py "$OUT" "$(nproc)" "${QUICK:-0}" "$DUR"
 log "results: target/bench/results.json, report: docs/benchmarks.md"
+sections_passed

@@ -44,7 +44,7 @@ async fn a_second_workload_goes_through_the_same_sink() {
 
     let huge = i128::from(i64::MAX) * 3;
     let batch = [SetSum { key: "a".into(), total: huge }, SetSum { key: "b".into(), total: -5 }];
-    sink.write(&batch, &[]).await.unwrap();
+    sink.write(&batch, &[], None).await.unwrap();
     // The copier's work, done here rather than by its background task.
     sink.catch_up().await;
     let a = cache.get(&"a".to_owned()).await.unwrap().expect("copied to redis");
@@ -52,11 +52,11 @@ async fn a_second_workload_goes_through_the_same_sink() {
     assert_eq!(cache.get(&"b".to_owned()).await.unwrap().map(|v| v.row.total), Some(-5));
 
     // The same batch again: same rows, same versions.
-    sink.write(&batch, &[]).await.unwrap();
+    sink.write(&batch, &[], None).await.unwrap();
     sink.catch_up().await;
     assert_eq!(cache.get(&"a".to_owned()).await.unwrap().map(|v| v.version), Some(1));
     // A change moves the version in both stores.
-    sink.write(&[SetSum { key: "a".into(), total: 1 }], &[]).await.unwrap();
+    sink.write(&[SetSum { key: "a".into(), total: 1 }], &[], None).await.unwrap();
     sink.catch_up().await;
     let a = cache.get(&"a".to_owned()).await.unwrap().unwrap();
     assert_eq!((a.row.total, a.version), (1, 2));
@@ -69,7 +69,7 @@ async fn a_second_workload_goes_through_the_same_sink() {
     // rows it touched, read back: a copy lost before (here: Redis emptied) comes back.
     cache.clear().await.unwrap();
     let current = [SetSum { key: "a".into(), total: 1 }, SetSum { key: "b".into(), total: -5 }];
-    sink.write(&current, &[]).await.unwrap();
+    sink.write(&current, &[], None).await.unwrap();
     sink.catch_up().await;
     assert_eq!(cache.get(&"a".to_owned()).await.unwrap(), Some(a), "unchanged in PostgreSQL, copied again");
     assert_eq!(cache.get(&"b".to_owned()).await.unwrap().map(|v| (v.row.total, v.version)), Some((-5, 1)));

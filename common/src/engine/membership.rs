@@ -306,12 +306,15 @@ impl Membership {
         Ok(rows.iter().map(|r| (r.get("partition"), r.get("next_offset"))).collect())
     }
 
-    /// Stores positions; a position never moves backwards.
+    /// Stores positions through `client`: in the transaction of what was read
+    /// up to them, they commit with it (a materializer's batch and the
+    /// positions after it cost one commit). A position never moves backwards.
     ///
     /// # Errors
-    /// [`PgError`]; the records after the old position are then consumed again.
-    pub async fn commit_offsets(
+    /// [`PgError`].
+    pub async fn store_offsets(
         &self,
+        client: &impl deadpool_postgres::GenericClient,
         topic: &str,
         next: &std::collections::BTreeMap<i32, i64>,
     ) -> Result<(), PgError> {
@@ -319,7 +322,6 @@ impl Membership {
             return Ok(());
         }
         let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().map(|(p, o)| (*p, *o)).unzip();
-        let client = self.pool.get().await?;
         client
             .execute(
                 "INSERT INTO consumer_offsets (group_name, topic, partition, next_offset)

@@ -1,8 +1,8 @@
 //! The loop of one workload's pipeline: consume aggregates from the
-//! partitions this instance holds, write each batch to the read models, then
-//! store the consumed positions. A crash before the positions are stored
-//! replays the batch, which the workload's guards in PostgreSQL and the
-//! version guard in Redis turn into no-ops.
+//! partitions this instance holds, write each batch to the read models with
+//! the consumed positions in the same PostgreSQL transaction. A crash before
+//! it commits replays the batch, which the workload's guards in PostgreSQL and
+//! the version guard in Redis turn into no-ops.
 //!
 //! The loop reads the next batch while the current one is written: one write
 //! in flight, in a task of its own ([`AbortOnDropHandle`]: it goes with the
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::sink::{ReadModelSink, SinkError};
+use super::sink::{Positions, ReadModelSink, SinkError};
 use super::{Engine, SinkWorkload, Source};
 use crate::metrics as m;
 
@@ -109,8 +109,8 @@ impl<W: SinkWorkload> Pipeline<W> {
     ///
     /// One write in flight, the next batch filling meanwhile: a batch is handed
     /// to a write task once it is full (`max_batch`) or its wait is over, but
-    /// only after the previous write ended (PostgreSQL committed, positions
-    /// stored), so batches reach the stores in the order they were read and a
+    /// only after the previous write ended (PostgreSQL committed, with the
+    /// positions), so batches reach the stores in the order they were read and a
     /// partition's stored position only moves forward, each after the rows it
     /// covers. A full batch stops reading until the write in flight ends.
     ///
@@ -237,7 +237,9 @@ impl<W: SinkWorkload> Pipeline<W> {
                 return Ok(true);
             }
             let policy = common::engine::retry::backoff(WRITE_RETRY_FIRST, WRITE_RETRY_MAX);
-            let write = || sink.write(&batch.aggregates, &batch.progress);
+            // The positions in the batch's transaction: a crash before its commit replays the batch.
+            let read = Positions { membership: &membership, topic: &topic, next: &batch.next_offsets };
+            let write = || sink.write(&batch.aggregates, &batch.progress, Some(read));
             match common::engine::retry::until_cancelled(
                 &stop,
                 policy,
@@ -254,10 +256,6 @@ impl<W: SinkWorkload> Pipeline<W> {
             metrics::counter!(m::BATCHES, "workload" => W::NAME).increment(1);
             metrics::histogram!(m::BATCH_SIZE, "workload" => W::NAME).record(batch.aggregates.len() as f64);
             positions.lock().expect("positions lock").extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
-            // Positions after the write: a crash in between only replays this batch.
-            if let Err(e) = membership.commit_offsets(&topic, &batch.next_offsets).await {
-                tracing::warn!(error = %e, "storing positions failed; the batch will be replayed");
-            }
             Ok(true)
         };
         AbortOnDropHandle::new(tokio::spawn(write.instrument(tracing::info_span!("write", workload = W::NAME))))

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::engine::membership::Membership;
 use common::engine::pg::PgError;
 use common::engine::progress::{self, Progress};
 use common::engine::shutdown::CancellationToken;
@@ -93,6 +94,16 @@ impl SinkError {
             SinkError::Pg(e) => e.is_retryable(),
         }
     }
+}
+
+/// Where a batch's reading stopped, stored with its rows: a crash before
+/// their commit replays the batch, one after it never does.
+#[derive(Clone, Copy)]
+pub struct Positions<'a> {
+    pub membership: &'a Membership,
+    pub topic: &'a str,
+    /// The next offset to read per partition.
+    pub next: &'a BTreeMap<i32, i64>,
 }
 
 /// A row PostgreSQL holds and Redis may not.
@@ -366,13 +377,20 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         &self.workload
     }
 
-    /// Applies a batch to PostgreSQL and hands its rows to the Redis copier
-    /// (never waiting for Redis). Safe to call again with the same batch after any failure.
+    /// Applies a batch to PostgreSQL, with the consumer `positions` after it
+    /// when given (one transaction: one commit per batch), and hands its rows
+    /// to the Redis copier (never waiting for Redis). Safe to call again with
+    /// the same batch after any failure.
     ///
     /// # Errors
     /// [`SinkError::Pg`]: retry the whole batch (PostgreSQL keeps what it has,
     /// guarded by offsets).
-    pub async fn write(&self, batch: &[W::Aggregate], progress: &[Progress]) -> Result<(), SinkError> {
+    pub async fn write(
+        &self,
+        batch: &[W::Aggregate],
+        progress: &[Progress],
+        positions: Option<Positions<'_>>,
+    ) -> Result<(), SinkError> {
         let started = Instant::now();
         let writing = Writing::begin(&self.backlog, started);
         let rows = async {
@@ -384,6 +402,9 @@ impl<W: SinkWorkload> ReadModelSink<W> {
             let (tx, written) = tx.into_parts();
             let rows = store::written_rows::<W::Row>(&tx, &ids, written).await?;
             progress::pg::write(&tx, progress).await?;
+            if let Some(Positions { membership, topic, next }) = positions {
+                membership.store_offsets(&tx, topic, next).await?;
+            }
             tx.commit().await?;
             Ok::<_, PgError>(rows)
         }

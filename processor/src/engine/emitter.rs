@@ -79,7 +79,10 @@ pub trait Log: Send + Sync {
 /// One partition's transactional producer.
 pub trait TxnProducer: Send + Sync + 'static {
     /// One transaction: begin, send the keyed records then the placed ones
-    /// (each to its aggregates partition), commit; aborted on any error.
+    /// (each to its aggregates partition), then commit once `commit` resolves
+    /// to true, or abort if it resolves to false; aborted on any error. The
+    /// sends go while `commit` is pending (a checkpoint's store commits
+    /// meanwhile). True if it committed, false if `commit` withdrew it.
     ///
     /// # Errors
     /// [`EmitError::Fenced`] when a newer owner opened the partition's
@@ -89,7 +92,8 @@ pub trait TxnProducer: Send + Sync + 'static {
         &self,
         records: Vec<Emit>,
         placed: Vec<(i32, Emit)>,
-    ) -> impl Future<Output = Result<(), EmitError>> + Send;
+        commit: impl Future<Output = bool> + Send,
+    ) -> impl Future<Output = Result<bool, EmitError>> + Send;
 }
 
 /// Opens the transactional producer of each partition this instance claims.
@@ -272,7 +276,13 @@ impl<P: TxnProducer> PartitionEmitter<P> {
     /// Writes the records, then (with `progress`, the partition's next offset)
     /// a progress record to every aggregates partition, in transactions
     /// of at most [`MAX_TXN_RECORDS`] records and about [`MAX_TXN_BYTES`]
-    /// (the progress records in the last), waiting for each to commit.
+    /// (the progress records in the last), waiting for each to commit; none
+    /// commits before `stored` resolves to true (the checkpoint holding the
+    /// records is committed in the state store), and with false nothing is
+    /// committed. A single transaction (the usual case) sends its records
+    /// while `stored` is pending, so only its commit waits for the store;
+    /// several wait for `stored` first. True if it committed (or had nothing
+    /// to commit), false if `stored` withdrew it.
     ///
     /// Several transactions are not atomic together, and need not be: the
     /// records stay in the state store's outbox until the next checkpoint, so
@@ -285,23 +295,41 @@ impl<P: TxnProducer> PartitionEmitter<P> {
     /// caller must drop the partition. Any other error: the transaction is
     /// aborted and the caller must drop the partition and claim it again
     /// (which re-sends the outbox).
-    pub async fn emit(&self, records: Vec<Emit>, progress: Option<i64>) -> Result<(), EmitError> {
+    pub async fn emit(
+        &self,
+        records: Vec<Emit>,
+        progress: Option<i64>,
+        stored: impl Future<Output = bool> + Send,
+    ) -> Result<bool, EmitError> {
         let progress = progress.map(|next_offset| self.progress(next_offset)).unwrap_or_default();
         if records.is_empty() && progress.is_empty() {
-            return Ok(());
+            return Ok(stored.await);
         }
         let mut batches = bounded_batches(records);
         let last = batches.pop().unwrap_or_default();
-        for batch in batches {
-            self.producer.transaction(batch, Vec::new()).await?;
+        if batches.is_empty() {
+            // Sent beside the store, committed only after it: the outbox's repair needs the store first.
+            let stored = async { super::planted(super::Planted::EmitBeforeStored) || stored.await };
+            return self.producer.transaction(last, progress, stored).await;
         }
-        self.producer.transaction(last, progress).await
+        if !stored.await {
+            return Ok(false);
+        }
+        for batch in batches {
+            self.producer.transaction(batch, Vec::new(), std::future::ready(true)).await?;
+        }
+        self.producer.transaction(last, progress, std::future::ready(true)).await
     }
 }
 
 impl TxnProducer for KafkaProducer {
     /// One Kafka transaction: the keyed records, then the placed ones.
-    async fn transaction(&self, records: Vec<Emit>, progress: Vec<(i32, Emit)>) -> Result<(), EmitError> {
+    async fn transaction(
+        &self,
+        records: Vec<Emit>,
+        progress: Vec<(i32, Emit)>,
+        commit: impl Future<Output = bool> + Send,
+    ) -> Result<bool, EmitError> {
         let partition = self.partition;
         let (topic, p) = (self.topic.clone(), self.producer.clone());
         let result = async {
@@ -331,8 +359,13 @@ impl TxnProducer for KafkaProducer {
                     Err(_canceled) => return Err(classify(partition, KafkaError::Canceled)),
                 }
             }
+            if !commit.await {
+                let p = self.producer.clone();
+                blocking(partition, move || p.abort_transaction(TXN_CALL_TIMEOUT)).await?;
+                return Ok(false);
+            }
             let p = self.producer.clone();
-            blocking(partition, move || p.commit_transaction(TXN_CALL_TIMEOUT)).await
+            blocking(partition, move || p.commit_transaction(TXN_CALL_TIMEOUT)).await.map(|()| true)
         }
         .await;
         if let Err(e) = &result {

@@ -269,6 +269,10 @@ pub enum Planted {
     /// ends, not the snapshot it wrote: the workload's changes and the event
     /// ids applied while it was in flight are never persisted nor emitted.
     CommittedClearsLaterChanges,
+    /// A checkpoint's log transaction commits without waiting for its store
+    /// to commit: a crash or a failed store in between leaves the log ahead of
+    /// the state, and the next owner's re-send goes back in input offset.
+    EmitBeforeStored,
 }
 
 #[cfg(any(test, feature = "sim"))]

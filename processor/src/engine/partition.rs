@@ -15,7 +15,7 @@ use super::dedup::IdWindow;
 use super::emitter::{AggregateEmitter, KafkaProducer, Log, PartitionEmitter, TxnProducer};
 use super::metrics as m;
 use super::pipeline::ProcessorError;
-use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, Store};
+use super::state_store::{record_chunks, ChunkCounts, EngineCheckpoint, Store, StoreError};
 use super::{planted, Aggregation, Emit, Planted, Position, Scope, Skip};
 use common::engine::kafka::partition_for;
 
@@ -278,7 +278,8 @@ pub(crate) async fn open_claimed<W: Aggregation, P: TxnProducer>(
         records.clear();
     }
     let resent = records.len();
-    emitter.emit(records, Some(position.next_offset)).await?;
+    // The claim's state is committed: nothing to wait for.
+    emitter.emit(records, Some(position.next_offset), std::future::ready(true)).await?;
     metrics::counter!(m::CLAIM_RESENT, "workload" => W::NAME).increment(resent as u64);
     Ok(OwnedPartition {
         epoch: claimed.epoch,
@@ -412,8 +413,10 @@ pub fn begin_checkpoint<W: Aggregation, P: TxnProducer>(
 }
 
 /// Runs a checkpoint: its changes, new ids, position and outbox to the store
-/// in one transaction under its epoch, then (if that committed) its records
-/// to the log in transactions, the progress records last.
+/// in one transaction under its epoch, and its records to the log in
+/// transactions, the progress records last, none committed before the store
+/// committed. The records of one transaction (the usual case) are sent while
+/// the store commits; several wait for it.
 pub async fn run_checkpoint<W: Aggregation, S: Store, P: TxnProducer>(
     workload: &W,
     store: &S,
@@ -431,10 +434,34 @@ pub async fn run_checkpoint<W: Aggregation, S: Store, P: TxnProducer>(
         emits: if planted(Planted::OutboxSkipped) { &[] } else { &cp.emits },
         emitted_through: cp.emitted_through,
     };
-    let (ids_added, receipt) = match store.commit(workload, cp.partition, engine, cp.changes.as_ref()).await {
+    // The newest input this checkpoint read (its position moved), by the stage it reached.
+    let newest_ms = if cp.progress.is_some() { cp.position.watermark_ms } else { 0 };
+    let emitted = cp.emits.len();
+    let emitted_bytes: usize = cp.emits.iter().map(Emit::bytes).sum();
+    let (stored_tx, stored_rx) = futures::channel::oneshot::channel();
+    let store = async {
+        let committed = store.commit(workload, cp.partition, engine, cp.changes.as_ref()).await;
+        let _ = stored_tx.send(committed.is_ok());
+        metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
+            .record(started.elapsed().as_secs_f64());
+        m::record_input_age(W::NAME, "stored", newest_ms);
+        (committed, Instant::now())
+    };
+    // The progress records after the aggregates, in the last transaction:
+    // a reader that applied them has applied the aggregates too. A copy of
+    // the records goes to the log while the store holds them for its outbox.
+    let emit = cp.emitter.emit(cp.emits.clone(), cp.progress, async { stored_rx.await.unwrap_or(false) });
+    let ((committed, stored_at), emit) = futures::join!(store, emit);
+    let (ids_added, receipt) = match committed {
         Ok(committed) => committed,
-        Err(e) => {
-            finished.result = Err(e.into());
+        // The store refused (another owner) or failed: nothing was written, and the
+        // log withdrew the records; unless the log failed too, which leaves its
+        // producer in doubt: the partition is claimed again, as after a failed emit.
+        Err(refused) => {
+            finished.result = Err(match (refused, emit) {
+                (StoreError::Pg(_), Err(e)) => e.into(),
+                (refused, _) => refused.into(),
+            });
             return finished;
         }
     };
@@ -445,24 +472,15 @@ pub async fn run_checkpoint<W: Aggregation, S: Store, P: TxnProducer>(
         closed_id_hours: cp.closed_id_hours,
         pending_records: cp.pending_records,
     });
-    metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
-        .record(started.elapsed().as_secs_f64());
-    // The newest input this checkpoint read (its position moved), by the stage it reached.
-    let newest_ms = if cp.progress.is_some() { cp.position.watermark_ms } else { 0 };
-    m::record_input_age(W::NAME, "stored", newest_ms);
-    let emitting = Instant::now();
-    let emitted = cp.emits.len();
-    let emitted_bytes: usize = cp.emits.iter().map(Emit::bytes).sum();
-    // The progress records after the aggregates, in the last transaction:
-    // a reader that applied them has applied the aggregates too.
-    if let Err(e) = cp.emitter.emit(cp.emits, cp.progress).await {
+    if let Err(e) = emit {
         finished.result = Err(e.into());
         return finished;
     }
     finished.emitted = Some((emitted, emitted_bytes));
     finished.result = Ok(Some(next_offset));
+    // What the log's commit added after the store's.
     metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "emit")
-        .record(emitting.elapsed().as_secs_f64());
+        .record(stored_at.elapsed().as_secs_f64());
     m::record_input_age(W::NAME, "emitted", newest_ms);
     metrics::counter!(m::AGGREGATES_EMITTED, "workload" => W::NAME).increment(emitted as u64);
     metrics::counter!(m::AGGREGATE_BYTES_EMITTED, "workload" => W::NAME).increment(emitted_bytes as u64);

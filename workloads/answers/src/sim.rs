@@ -176,9 +176,14 @@ fn sim_answers_decides_every_command_as_the_sequential_model() {
 /// workloads, whose records carry checkpoint positions). Nor the engine's
 /// ids not restored (`IdsNotRestored`): this workload gives the engine no
 /// ids ([`dedup_id`](::processor::engine::Aggregation::dedup_id) is `None`); its own are in its rows.
+/// Nor a log transaction committed before its store (`EmitBeforeStored`):
+/// the next owner decides the same commands again into the same records, so
+/// a log ahead of the state re-sends nothing older than it holds.
 #[test]
 fn sim_catches_every_planted_bug_that_applies() {
-    let bugs: Vec<Planted> =
-        harness::BUGS.into_iter().filter(|b| !matches!(b, Planted::NoEmitFence | Planted::IdsNotRestored)).collect();
+    let bugs: Vec<Planted> = harness::BUGS
+        .into_iter()
+        .filter(|b| !matches!(b, Planted::NoEmitFence | Planted::IdsNotRestored | Planted::EmitBeforeStored))
+        .collect();
     harness::catches::<Answers>(&bugs);
 }

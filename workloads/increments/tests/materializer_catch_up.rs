@@ -181,7 +181,7 @@ async fn catch_up_of_300k_rows(redis: common::engine::config::RedisConfig, pg: c
     let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs() as i64 - 1;
     let started = Instant::now();
     let within = Duration::from_secs(120);
-    sink.write(&[sum], std::slice::from_ref(&progress)).await.unwrap();
+    sink.write(&[sum], std::slice::from_ref(&progress), None).await.unwrap();
     // The materializer's heartbeat drives the catch-up; here the test does.
     let marked = loop {
         let slowest = Duration::from_micros(slowest_us.load(Ordering::Relaxed));
@@ -301,7 +301,7 @@ async fn batches_never_wait_for_a_redis_that_stopped_answering() {
             })
             .collect()
     };
-    sink.write(&batch(1), &[]).await.unwrap();
+    sink.write(&batch(1), &[], None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Redis stops answering: every batch still commits at PostgreSQL's pace.
@@ -309,7 +309,7 @@ async fn batches_never_wait_for_a_redis_that_stopped_answering() {
     let mut slowest = Duration::ZERO;
     for round in 2..=30 {
         let started = Instant::now();
-        sink.write(&batch(round), &[]).await.unwrap();
+        sink.write(&batch(round), &[], None).await.unwrap();
         slowest = slowest.max(started.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -396,7 +396,7 @@ async fn the_catch_up_copies_the_rows_changed_within_the_ttl_and_rows_dropped_wh
         aggregates_partitions: 1,
     };
     let fresh: Vec<IncrementSum> = (60..72).map(|i| sum_of(i, 3)).collect();
-    sink.write(&fresh, std::slice::from_ref(&progress)).await.unwrap();
+    sink.write(&fresh, std::slice::from_ref(&progress), None).await.unwrap();
     sink.catch_up().await;
     for s in &fresh {
         let cached = cache.get(&s.key).await.unwrap().map(|c| (c.version, c.row.0));
@@ -442,7 +442,7 @@ async fn a_start_catches_up_from_the_last_settled_mark_not_over_the_whole_ttl() 
 
     // Killed holding rows: written to PostgreSQL, never copied to Redis.
     let held: Vec<IncrementSum> = (50..60).map(|i| sum_of(i, 2)).collect();
-    second.write(&held, &[]).await.unwrap();
+    second.write(&held, &[], None).await.unwrap();
     drop(second);
     for s in &held {
         assert_eq!(cache.get(&s.key).await.unwrap(), None, "{:?} never reached Redis", s.key);

@@ -748,7 +748,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Every bug the simulation must catch ([`Planted`]).
-pub const BUGS: [Planted; 8] = [
+pub const BUGS: [Planted; 9] = [
     Planted::NoCheckpointFence,
     Planted::NoEmitFence,
     Planted::ResendDropsKept,
@@ -757,6 +757,7 @@ pub const BUGS: [Planted; 8] = [
     Planted::OutboxSkipped,
     Planted::PositionBeforeState,
     Planted::CommittedClearsLaterChanges,
+    Planted::EmitBeforeStored,
 ];
 
 /// The first seed (of at most `max`) that fails with `bug` planted, on this thread.

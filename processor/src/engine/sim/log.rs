@@ -5,6 +5,7 @@
 //! an aborted one's never.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -167,7 +168,12 @@ fn failed(partition: i32) -> EmitError {
 }
 
 impl TxnProducer for MemProducer {
-    async fn transaction(&self, records: Vec<Emit>, placed: Vec<(i32, Emit)>) -> Result<(), EmitError> {
+    async fn transaction(
+        &self,
+        records: Vec<Emit>,
+        placed: Vec<(i32, Emit)>,
+        commit: impl Future<Output = bool> + Send,
+    ) -> Result<bool, EmitError> {
         let stall = {
             let mut topics = self.log.lock();
             (topics.fault == Some(LogFault::Stall)).then(|| {
@@ -178,9 +184,17 @@ impl TxnProducer for MemProducer {
         if let Some(stalled) = stall {
             stalled.await;
         }
+        {
+            let mut topics = self.log.lock();
+            topics.sent.extend(records.iter().cloned());
+            topics.sent.extend(placed.iter().map(|(_, r)| r.clone()));
+        }
+        // Sent, not committed: a crash here (the future dropped) leaves nothing readable.
+        if !commit.await {
+            self.log.lock().aborted += 1;
+            return Ok(false);
+        }
         let mut topics = self.log.lock();
-        topics.sent.extend(records.iter().cloned());
-        topics.sent.extend(placed.iter().map(|(_, r)| r.clone()));
         if topics.epochs.get(&self.partition) != Some(&self.epoch) {
             topics.fenced += 1;
             return Err(EmitError::Fenced(self.partition));
@@ -196,7 +210,7 @@ impl TxnProducer for MemProducer {
                 topics.committed += 1;
                 match fault {
                     Some(LogFault::LostCommit) => Err(failed(self.partition)),
-                    _ => Ok(()),
+                    _ => Ok(true),
                 }
             }
         }
@@ -205,6 +219,8 @@ impl TxnProducer for MemProducer {
 
 #[cfg(test)]
 mod tests {
+    use std::future::ready;
+
     use futures::executor::block_on;
 
     use super::*;
@@ -218,10 +234,13 @@ mod tests {
         let log = MemLog::new();
         let old = block_on(log.open(0)).expect("opened");
         let new = block_on(log.open(0)).expect("opened again");
-        assert!(matches!(block_on(old.transaction(vec![record("a")], Vec::new())), Err(EmitError::Fenced(0))));
-        block_on(new.transaction(vec![record("b")], Vec::new())).expect("the new owner commits");
+        assert!(matches!(
+            block_on(old.transaction(vec![record("a")], Vec::new(), ready(true))),
+            Err(EmitError::Fenced(0))
+        ));
+        block_on(new.transaction(vec![record("b")], Vec::new(), ready(true))).expect("the new owner commits");
         let other = block_on(log.open(1)).expect("another partition's producer");
-        block_on(other.transaction(vec![record("c")], Vec::new())).expect("not fenced by partition 0's");
+        block_on(other.transaction(vec![record("c")], Vec::new(), ready(true))).expect("not fenced by partition 0's");
         let keys: Vec<String> = log.committed_aggregates().into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["b", "c"]);
     }
@@ -231,9 +250,9 @@ mod tests {
         let log = MemLog::new();
         let producer = block_on(log.open(0)).expect("opened");
         log.inject(Some(LogFault::Abort));
-        assert!(block_on(producer.transaction(vec![record("a")], Vec::new())).is_err());
+        assert!(block_on(producer.transaction(vec![record("a")], Vec::new(), ready(true))).is_err());
         log.inject(Some(LogFault::LostCommit));
-        assert!(block_on(producer.transaction(vec![record("b")], vec![(0, record("p"))])).is_err());
+        assert!(block_on(producer.transaction(vec![record("b")], vec![(0, record("p"))], ready(true))).is_err());
         let keys: Vec<String> = log.committed_aggregates().into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["b", "p"]);
         assert_eq!(log.transactions(), (1, 1));
