@@ -52,8 +52,9 @@ promotions_section() {
   section promotions target/release/promotions --rows "$PROMOTION_ROWS" --duration "$DUR"
 }
 # Runs a section's tool; its last line (JSON) becomes $OUT/<name>.json. A tool that fails (or prints no JSON) leaves
-# the section's last result as it was (the report dates it), keeps its output in $OUT/<name>.log, and fails the run
-# once the report is written.
+# $OUT/<name>.json as it was (a full run removed it first: the report says the section was not measured; a run of the
+# section alone keeps the last result, which the report dates), keeps its output in $OUT/<name>.log, and fails the
+# run once the report is written.
 failed_sections=()
 section() {
   local name=$1 json
@@ -63,7 +64,7 @@ section() {
     echo "$json" >"$OUT/$name.json"
     rm -f "$OUT/$name.log"
   else
-    log "error: the $name section failed (its output: $OUT/$name.log); its last result is kept"
+    log "error: the $name section failed (its output: $OUT/$name.log)"
     failed_sections+=("$name")
   fi
 }

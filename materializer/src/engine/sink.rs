@@ -396,15 +396,26 @@ impl<W: SinkWorkload> ReadModelSink<W> {
         let rows = async {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
             let tx = WriteTx::new(client.transaction().await?, W::Row::table().name());
-            let ids = if batch.is_empty() { Vec::new() } else { self.workload.write(&tx, batch).await? };
+            // The rows, the progress records and the positions are independent statements, issued
+            // at once: the connection pipelines them, one round trip's wait instead of three.
+            let rows = async {
+                if batch.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.workload.write(&tx, batch).await
+                }
+            };
+            let positions = async {
+                match positions {
+                    Some(Positions { membership, topic, next }) => membership.store_offsets(&*tx, topic, next).await,
+                    None => Ok(()),
+                }
+            };
+            let (ids, (), ()) = tokio::try_join!(rows, progress::pg::write(&tx, progress), positions)?;
             // What Redis needs: the rows the statements changed, as they returned them; only the
             // touched rows they left unchanged (a replay) are read back.
             let (tx, written) = tx.into_parts();
             let rows = store::written_rows::<W::Row>(&tx, &ids, written).await?;
-            progress::pg::write(&tx, progress).await?;
-            if let Some(Positions { membership, topic, next }) = positions {
-                membership.store_offsets(&tx, topic, next).await?;
-            }
             tx.commit().await?;
             Ok::<_, PgError>(rows)
         }
