@@ -21,7 +21,8 @@ pub struct Config {
     #[arg(long, env = "PROCESSOR_GROUP", default_value = "analytics-processor")]
     pub group_id: String,
     /// How often changed hours are checkpointed and emitted (bounds freshness), for every workload that does not
-    /// declare its own cadence (or is not named in --checkpoint-intervals).
+    /// declare its own cadence (or is not named in --checkpoint-intervals); a workload with a replies topic (decided
+    /// writes) gets 200 ms unless it declares another.
     #[arg(long, env = "PROCESSOR_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
     /// Per-workload checkpoint intervals, `<workload>=<duration>` separated by commas (`widgets=100ms,answers=50ms`):
@@ -58,10 +59,15 @@ impl Config {
     }
 
     /// The checkpoint interval of the workload `name`, which declares `declared`
-    /// (`Aggregation::CHECKPOINT_INTERVAL`): the operator's for it, else its own, else the engine's.
-    pub fn checkpoint_interval_of(&self, name: &str, declared: Option<Duration>) -> Duration {
+    /// (`Aggregation::CHECKPOINT_INTERVAL`) and whose writes are answered by
+    /// their decision if `decided_writes` (it has a replies topic): the
+    /// operator's for it, else its own, else
+    /// [`DECIDED_WRITES_CHECKPOINT_INTERVAL`](crate::engine::DECIDED_WRITES_CHECKPOINT_INTERVAL)
+    /// for decided writes, else the engine's.
+    pub fn checkpoint_interval_of(&self, name: &str, declared: Option<Duration>, decided_writes: bool) -> Duration {
         let named = self.checkpoint_intervals.iter().rev().find(|(w, _)| w == name).map(|(_, d)| *d);
-        named.or(declared).unwrap_or(self.checkpoint_interval)
+        let decided = decided_writes.then_some(crate::engine::DECIDED_WRITES_CHECKPOINT_INTERVAL);
+        named.or(declared).or(decided).unwrap_or(self.checkpoint_interval)
     }
 }
 
@@ -94,10 +100,13 @@ mod tests {
     fn a_workload_interval_is_the_operators_then_its_own_then_the_engines() {
         let cfg = Config::try_parse_from(["bin", "--checkpoint-intervals", "widgets=300ms, answers=20ms"]).unwrap();
         let ms = Duration::from_millis;
-        assert_eq!(cfg.checkpoint_interval_of("widgets", Some(ms(200))), ms(300));
-        assert_eq!(cfg.checkpoint_interval_of("answers", None), ms(20));
-        assert_eq!(cfg.checkpoint_interval_of("promotions", Some(ms(200))), ms(200));
-        assert_eq!(cfg.checkpoint_interval_of("analytics", None), ms(50));
+        assert_eq!(cfg.checkpoint_interval_of("widgets", Some(ms(100)), true), ms(300));
+        assert_eq!(cfg.checkpoint_interval_of("answers", None, true), ms(20));
+        assert_eq!(cfg.checkpoint_interval_of("promotions", Some(ms(200)), false), ms(200));
+        assert_eq!(cfg.checkpoint_interval_of("analytics", None, false), ms(50));
+        // Decided writes (a replies topic): the engine's interval for them, unless the workload names its own.
+        assert_eq!(cfg.checkpoint_interval_of("decided", None, true), ms(200));
+        assert_eq!(cfg.checkpoint_interval_of("decided", Some(ms(100)), true), ms(100));
         for bad in ["widgets", "=1s", "widgets=soon", "widgets=0ms"] {
             assert!(Config::try_parse_from(["bin", "--checkpoint-intervals", bad]).is_err(), "{bad}");
         }

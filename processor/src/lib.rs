@@ -204,7 +204,7 @@ async fn start<W: Aggregation>(
         replies_topic: topics.replies.clone(),
         aggregates_partitions,
         group_id,
-        checkpoint_interval: cfg.checkpoint_interval_of(W::NAME, W::CHECKPOINT_INTERVAL),
+        checkpoint_interval: cfg.checkpoint_interval_of(W::NAME, W::CHECKPOINT_INTERVAL, topics.replies.is_some()),
         emit_bytes_per_sec: cfg.emit_bytes_per_sec,
         delivery_timeout: cfg.delivery_timeout,
         retention_ms: cfg.retention_ms(),

@@ -46,11 +46,11 @@ use common::engine::pg::PgError;
 pub use pipeline::{Parts, Processor, ProcessorError, ProcessorSettings};
 
 /// The checkpoint interval of a workload whose writes are answered by their
-/// decision (`Aggregation::replies`, published at once): its checkpoint only
-/// carries the read model's changes and the state, so 200 ms rather than the
-/// engine's 50; under load fewer transactions leave the cores to the
-/// decisions. Answers and widgets set it as their `CHECKPOINT_INTERVAL`.
-pub const DECIDED_WRITES_CHECKPOINT_INTERVAL: Option<std::time::Duration> = Some(std::time::Duration::from_millis(200));
+/// decision (it has a replies topic; `Aggregation::replies`, published at
+/// once) unless it declares its own: its checkpoint only carries the read
+/// model's changes and the state, so 200 ms rather than the engine's 50;
+/// under load fewer transactions leave the cores to the decisions.
+pub const DECIDED_WRITES_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 use tables::StateTx;
 
 /// How far one partition's state has got: every record below `next_offset`
@@ -144,7 +144,8 @@ pub trait Aggregation: Send + Sync + 'static {
     /// (`--checkpoint-interval`, 50 ms: the freshness of counts) is not what
     /// it wants; an operator's `--checkpoint-intervals <name>=<d>` is over
     /// both. A workload whose writes are answered by their decision (replies
-    /// published at once, not at the checkpoint) sets a longer one: every
+    /// published at once, not at the checkpoint) gets a longer one from the
+    /// engine ([`DECIDED_WRITES_CHECKPOINT_INTERVAL`]) unless it sets its own: every
     /// checkpoint is a PostgreSQL transaction and a Kafka transaction whose
     /// cost does not grow with the writes it holds, so under load fewer of
     /// them leave the cores to the decisions (docs/benchmarks-notes.md);

@@ -77,7 +77,6 @@ fn from_row(row: &Row) -> Result<(AnswerKey, Entry), PgError> {
 
 impl Aggregation for Answers {
     const NAME: &'static str = "answers";
-    const CHECKPOINT_INTERVAL: Option<std::time::Duration> = ::processor::engine::DECIDED_WRITES_CHECKPOINT_INTERVAL;
     type Event = AnswerCommand;
     type State = AnswersState;
     type Changes = Checkpoint;

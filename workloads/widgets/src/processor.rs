@@ -147,7 +147,6 @@ fn id_from_row(row: &Row) -> Result<(String, Memo), PgError> {
 
 impl Aggregation for Widgets {
     const NAME: &'static str = "widgets";
-    const CHECKPOINT_INTERVAL: Option<std::time::Duration> = ::processor::engine::DECIDED_WRITES_CHECKPOINT_INTERVAL;
     type Event = WidgetCommand;
     type State = WidgetsState;
     type Changes = Checkpoint;
