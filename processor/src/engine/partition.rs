@@ -442,9 +442,12 @@ pub async fn run_checkpoint<W: Aggregation, S: Store, P: TxnProducer>(
     let store = async {
         let committed = store.commit(workload, cp.partition, engine, cp.changes.as_ref()).await;
         let _ = stored_tx.send(committed.is_ok());
-        metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
-            .record(started.elapsed().as_secs_f64());
-        m::record_input_age(W::NAME, "stored", newest_ms);
+        // A stage reached: a store that failed records neither.
+        if committed.is_ok() {
+            metrics::histogram!(m::CHECKPOINT_STAGE_DURATION, "workload" => W::NAME, "stage" => "store")
+                .record(started.elapsed().as_secs_f64());
+            m::record_input_age(W::NAME, "stored", newest_ms);
+        }
         (committed, Instant::now())
     };
     // The progress records after the aggregates, in the last transaction:
