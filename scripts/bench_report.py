@@ -728,8 +728,7 @@ lines += [
     f"The processor's RSS grew {fmt(g('widgets_processor_rss_bytes_per_widget'))} bytes per widget; the graph itself holds "
     f"{fmt(g('widgets_graph_bytes_per_widget'))} bytes per widget on the heap (`analytics_processor_widgets_graph_bytes` ÷ "
     f"`analytics_processor_widgets`). In PostgreSQL: `processor_widgets` {fmt((g('widgets_pg_bytes_processor_widgets') or 0) / 1e6)} MB, "
-    f"`widgets` {fmt((g('widgets_pg_bytes_widgets') or 0) / 1e6)} MB, `widget_slots` {fmt((g('widgets_pg_bytes_widget_slots') or 0) / 1e6)} MB"
-    " (tables and indexes).",
+    f"`widgets` {fmt((g('widgets_pg_bytes_widgets') or 0) / 1e6)} MB, slots included (tables and indexes).",
     "",
     f"**Mixed load**, {count(g('widgets_connections'))} connections, {fmt(g('widgets_duration_s'))} s, closed loop (each connection sends"
     " its next request when the last is answered): 50 % `GET /widgets/{serial}` of a random loaded serial, 50 % writes (40 %"

@@ -121,6 +121,20 @@ async fn every_rule_of_the_task_holds_over_http() {
     );
     assert_eq!(json_of(&get(query, "b", &t).await)["associations"], json!([{"with": "a/1 é", "port": "P"}]));
     assert_eq!(json_of(&get(query, "c", &t).await)["associations"], json!([{"with": "a/1 é", "port": "R"}]));
+    // PostgreSQL holds the same, readable with SQL: each association once from each end.
+    let pool = common::engine::pg::pool(&stack.pg).unwrap();
+    let ends: Vec<(String, String, String)> = pool
+        .get()
+        .await
+        .unwrap()
+        .query("SELECT serial, with_serial, port FROM widget_associations ORDER BY 1, 3", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let end = |a: &str, b: &str, p: &str| (a.to_owned(), b.to_owned(), p.to_owned());
+    assert_eq!(ends, [end("a/1 é", "b", "P"), end("a/1 é", "c", "R"), end("b", "a/1 é", "P"), end("c", "a/1 é", "R")]);
 
     // Removing an association frees the slot on both; a second removal is 404.
     let gone = run(command, &dissociate("b", "a/1 é", Port::P), None).await;

@@ -830,7 +830,7 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
     }
     let (pg, conn) = tokio_postgres::connect(&stack.pg.url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    for table in ["processor_widgets", "widgets", "widget_slots"] {
+    for table in ["processor_widgets", "widgets"] {
         let sql = format!("SELECT pg_total_relation_size('{}.{table}')", stack.pg.schema);
         let bytes: i64 = pg.query_one(sql.as_str(), &[]).await?.get(0);
         out.insert(format!("widgets_pg_bytes_{table}"), json!(bytes));

@@ -19,7 +19,7 @@
 //!
 //! - [`command`]: the writes (an `Intake` with a replies topic), answered from their decision.
 //! - [`processor`]: the decisions of the shard (an `Aggregation` with replies), its graph checkpointed incrementally.
-//! - [`materializer`]: the `widgets` and `widget_slots` read models and the Redis copy (a `SinkWorkload`).
+//! - [`materializer`]: the `widgets` read model (slots included) and the Redis copy (a `SinkWorkload`).
 //! - [`query`]: `GET /widgets/{serial}` (a `QueryWorkload`).
 //!
 //! The pure core touches no tokio, rdkafka, redis or postgres:
@@ -83,8 +83,16 @@ pub mod migrations {
         READ_MODEL_TABLES,
         include_str!("../migrations/0002_read_models.sql"),
     );
+    /// A widget's slots in its `widgets` row (`widget_slots` dropped).
+    pub const SLOTS_IN_WIDGETS: Migration = Migration::new(
+        "widgets",
+        3,
+        "slots_in_widgets",
+        READ_MODEL_TABLES,
+        include_str!("../migrations/0003_slots_in_widgets.sql"),
+    );
 
-    pub const ALL: &[Migration] = &[PROCESSOR_WIDGETS, READ_MODELS];
+    pub const ALL: &[Migration] = &[PROCESSOR_WIDGETS, READ_MODELS, SLOTS_IN_WIDGETS];
 }
 
 impl Workload for Widgets {

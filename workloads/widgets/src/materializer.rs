@@ -1,7 +1,7 @@
 //! The widgets workload in the materializer: the processor's decided
-//! changes → `widgets` and `widget_slots` (each touched widget's newest
-//! state, declared in [`crate::read_model`] and written by the engine's
-//! offset-guarded upserts) → the GET bodies in Redis.
+//! changes → `widgets` (each touched widget's newest state, slots included,
+//! declared in [`crate::read_model`] and written by the engine's
+//! offset-guarded upsert) → the GET bodies in Redis.
 
 use common::engine::avro::DecodeError;
 use common::engine::pg::PgError;

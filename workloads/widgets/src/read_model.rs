@@ -1,17 +1,19 @@
-//! The read models of the widgets workload, written by the materializer from
-//! `widgets.changes` and read by the query (migration `0002_read_models.sql`):
+//! The read model of the widgets workload, written by the materializer from
+//! `widgets.changes` and read by the query (migrations `0002_read_models.sql`
+//! and `0003_slots_in_widgets.sql`): `widgets`, each widget's newest state by
+//! serial, its slots partner by partner (the view `widget_associations` lists
+//! the held ones), with the GET body (`{"serial","name","ports",
+//! "associations"}`) cached in Redis (`<prefix>:widget:<serial>`, field `b`),
+//! so a read renders nothing; empty once deleted.
 //!
-//! - `widgets`: each widget's newest state by serial, with the GET body
-//!   (`{"serial","name","ports","associations"}`) cached in Redis
-//!   (`<prefix>:widget:<serial>`, field `b`), so a read renders nothing;
-//!   empty once deleted.
-//! - `widget_slots`: each widget's three slots, partner by partner (the
-//!   view `widget_associations` lists the held ones).
+//! One row per widget, slots included: a touched widget is one upsert, not
+//! four (the slots had a table of their own, three rows a widget, the largest
+//! table at 10M widgets and the mixed load's busiest statement).
 //!
-//! Both are offset-guarded [`VersionedTable`]s: a change carries the state
-//! after it of every widget it touched ([`crate::log::Logged`]), and a row
-//! only moves to a higher `input_offset` (the decided order of the one
-//! decision partition), so changes may arrive in any order, or twice.
+//! An offset-guarded [`VersionedTable`]: a change carries the state after it
+//! of every widget it touched ([`crate::log::Logged`]), and a row only moves
+//! to a higher `input_offset` (the decided order of the one decision
+//! partition), so changes may arrive in any order, or twice.
 
 use std::sync::LazyLock;
 
@@ -23,7 +25,11 @@ use crate::records::Widget;
 use common::engine::pg::PgError;
 use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
-/// `widgets (serial, live, name, ports, at_ms, body, input_offset, updated_at)`, the body cached as `b`.
+/// The slot columns: slot i's partner, '' when free, past the ports or once deleted.
+const SLOTS: [&str; MAX_PORTS] = ["slot0", "slot1", "slot2"];
+
+/// `widgets (serial, live, name, ports, at_ms, body, slot0, slot1, slot2, input_offset, updated_at)`,
+/// the body cached as `b`.
 pub static WIDGETS: LazyLock<VersionedTable> = LazyLock::new(|| {
     VersionedTable::new(
         "widgets",
@@ -34,17 +40,10 @@ pub static WIDGETS: LazyLock<VersionedTable> = LazyLock::new(|| {
             Column::new("ports", ColumnType::Text),
             Column::new("at_ms", ColumnType::BigInt),
             Column::new("body", ColumnType::Text).cached_as("b"),
+            Column::new(SLOTS[0], ColumnType::Text),
+            Column::new(SLOTS[1], ColumnType::Text),
+            Column::new(SLOTS[2], ColumnType::Text),
         ],
-        Version::Offset("input_offset"),
-    )
-});
-
-/// `widget_slots (serial, slot, port, partner, input_offset, updated_at)`.
-pub static SLOTS: LazyLock<VersionedTable> = LazyLock::new(|| {
-    VersionedTable::new(
-        "widget_slots",
-        vec![Column::new("serial", ColumnType::Text), Column::new("slot", ColumnType::Int)],
-        vec![Column::new("port", ColumnType::Text), Column::new("partner", ColumnType::Text)],
         Version::Offset("input_offset"),
     )
 });
@@ -131,43 +130,34 @@ impl CachedRow for WidgetRow {
     }
 }
 
-/// The rows of a batch of changes: every touched widget's row and its three slot rows.
-pub fn rows(changes: &[Logged]) -> (Vec<Row>, Vec<Row>) {
-    let (mut widgets, mut slots) = (Vec::new(), Vec::new());
+/// The rows of a batch of changes: every touched widget's, slots included.
+pub fn rows(changes: &[Logged]) -> Vec<Row> {
+    let mut rows = Vec::new();
     for c in changes {
         for a in &c.after {
             let live = a.widget.is_some();
             let (name, ports) =
                 a.widget.as_ref().map(|w| (w.name.to_string(), w.ports.to_string())).unwrap_or_default();
-            widgets.push(
-                WidgetRow::key(&a.serial)
-                    .with("live", Value::Int(i32::from(live)))
-                    .with("name", Value::Text(name))
-                    .with("ports", Value::Text(ports))
-                    .with("at_ms", Value::BigInt(c.at_ms))
-                    .with("body", Value::Text(WidgetRow::after(a).body))
-                    .with("input_offset", Value::BigInt(c.input_offset)),
-            );
-            for slot in 0..MAX_PORTS {
-                let (port, partner) = match &a.widget {
-                    Some(w) if slot < w.ports.len() => (
-                        w.ports.get(slot).to_string(),
-                        w.slots[slot].as_ref().map(Serial::to_string).unwrap_or_default(),
-                    ),
-                    _ => (String::new(), String::new()),
+            let mut row = WidgetRow::key(&a.serial)
+                .with("live", Value::Int(i32::from(live)))
+                .with("name", Value::Text(name))
+                .with("ports", Value::Text(ports))
+                .with("at_ms", Value::BigInt(c.at_ms))
+                .with("body", Value::Text(WidgetRow::after(a).body))
+                .with("input_offset", Value::BigInt(c.input_offset));
+            for (slot, column) in SLOTS.iter().enumerate() {
+                let partner = match &a.widget {
+                    Some(w) if slot < w.ports.len() => {
+                        w.slots[slot].as_ref().map(Serial::to_string).unwrap_or_default()
+                    }
+                    _ => String::new(),
                 };
-                slots.push(
-                    Row::new()
-                        .with("serial", Value::Text(a.serial.to_string()))
-                        .with("slot", Value::Int(slot as i32))
-                        .with("port", Value::Text(port))
-                        .with("partner", Value::Text(partner))
-                        .with("input_offset", Value::BigInt(c.input_offset)),
-                );
+                row = row.with(column, Value::Text(partner));
             }
+            rows.push(row);
         }
     }
-    (widgets, slots)
+    rows
 }
 
 /// Writes a batch of changes within `tx`: each touched widget's newest
@@ -177,10 +167,8 @@ pub fn rows(changes: &[Logged]) -> (Vec<Row>, Vec<Row>) {
 /// # Errors
 /// [`PgError`]; the caller rolls the transaction back.
 pub async fn write_changes(tx: &impl Conn, changes: &[Logged]) -> Result<Vec<Serial>, PgError> {
-    let (widgets, slots) = rows(changes);
-    // Each table's upsert keeps, of several rows of one key, the highest offset.
-    WIDGETS.upsert(tx, widgets).await?;
-    SLOTS.upsert(tx, slots).await?;
+    // The upsert keeps, of several rows of one key, the highest offset.
+    WIDGETS.upsert(tx, rows(changes)).await?;
     let mut serials: Vec<Serial> = changes.iter().flat_map(|c| c.after.iter().map(|a| a.serial.clone())).collect();
     serials.sort_unstable();
     serials.dedup();
@@ -213,16 +201,26 @@ mod tests {
     }
 
     #[test]
-    fn every_touched_widget_writes_its_row_and_three_slots() {
-        let logged = Logged {
+    fn every_touched_widget_writes_one_row_with_its_slots() {
+        let held = StoredWidget {
+            serial: s("a"),
+            name: Name::parse("n").unwrap(),
+            ports: Ports::parse("PQ").unwrap(),
+            slots: [None, Some(s("b")), None],
+        };
+        let logged = |widget, input_offset| Logged {
             change: Change::Deleted { serial: s("a"), freed: vec![] },
-            after: vec![After { serial: s("a"), widget: None }],
+            after: vec![After { serial: s("a"), widget }],
             at_ms: 1,
             partition: 0,
-            input_offset: 7,
+            input_offset,
         };
-        let (widgets, slots) = rows(&[logged]);
-        assert_eq!((widgets.len(), slots.len()), (1, 3));
+        let rows = rows(&[logged(Some(held), 6), logged(None, 7)]);
+        assert_eq!(rows.len(), 2);
+        let slots = |row: &Row| SLOTS.map(|c| row.text(c).unwrap().to_owned());
+        assert_eq!(slots(&rows[0]), ["", "b", ""]);
+        assert_eq!(rows[0].text("ports").unwrap(), "PQ");
+        assert_eq!(slots(&rows[1]), ["", "", ""], "a deleted widget holds no slot");
         assert!(
             WIDGETS.upsert_sql().contains("WHERE widgets.input_offset < EXCLUDED.input_offset"),
             "{}",
