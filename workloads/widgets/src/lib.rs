@@ -92,7 +92,25 @@ pub mod migrations {
         include_str!("../migrations/0003_slots_in_widgets.sql"),
     );
 
-    pub const ALL: &[Migration] = &[PROCESSOR_WIDGETS, READ_MODELS, SLOTS_IN_WIDGETS];
+    /// Room on `processor_widgets`' pages for updates that stay on their page.
+    pub const PROCESSOR_WIDGETS_FILLFACTOR: Migration = Migration::new(
+        "widgets",
+        4,
+        "processor_widgets_fillfactor",
+        PROCESSOR_TABLES,
+        include_str!("../migrations/0004_processor_widgets_fillfactor.sql"),
+    );
+    /// The same on the read model's `widgets`.
+    pub const WIDGETS_FILLFACTOR: Migration = Migration::new(
+        "widgets",
+        5,
+        "widgets_fillfactor",
+        READ_MODEL_TABLES,
+        include_str!("../migrations/0005_widgets_fillfactor.sql"),
+    );
+
+    pub const ALL: &[Migration] =
+        &[PROCESSOR_WIDGETS, READ_MODELS, SLOTS_IN_WIDGETS, PROCESSOR_WIDGETS_FILLFACTOR, WIDGETS_FILLFACTOR];
 }
 
 impl Workload for Widgets {
