@@ -31,8 +31,18 @@ pub const GRAPH_IDS: &str = "analytics_processor_widget_ids";
 /// Heap bytes of the graphs held (`Graph::heap_bytes`, by capacity): ÷ the widgets, the graph's bytes per widget.
 pub const GRAPH_BYTES: &str = "analytics_processor_widgets_graph_bytes";
 
-/// The slot columns, slot i's partner ('' when free).
-const SLOTS: [&str; MAX_PORTS] = ["slot0", "slot1", "slot2"];
+/// The slot columns, slot i's partner ('' when free): of `processor_widgets`
+/// and of the read model's `widgets` alike ([`with_partners`]).
+pub(crate) const SLOTS: [&str; MAX_PORTS] = ["slot0", "slot1", "slot2"];
+
+/// `row` with each slot's partner in its [`SLOTS`] column, '' when free
+/// (and past the ports, where a [`StoredWidget`]'s slots are always free).
+pub(crate) fn with_partners(mut row: Row, slots: &[Option<Serial>; MAX_PORTS]) -> Row {
+    for (column, partner) in SLOTS.iter().zip(slots) {
+        row = row.with(column, Value::Text(partner.as_ref().map(Serial::to_string).unwrap_or_default()));
+    }
+    row
+}
 
 /// `processor_widgets (topic, partition, serial, name, ports, slot0, slot1, slot2)`.
 static WIDGETS: LazyLock<RowTable> = LazyLock::new(|| RowTable {
@@ -73,14 +83,11 @@ impl Widgets {
 }
 
 fn widget_row(w: &StoredWidget) -> Row {
-    let mut row = Row::new()
+    let row = Row::new()
         .with("serial", Value::Text(w.serial.to_string()))
         .with("name", Value::Text(w.name.to_string()))
         .with("ports", Value::Text(w.ports.to_string()));
-    for (column, partner) in SLOTS.iter().zip(&w.slots) {
-        row = row.with(column, Value::Text(partner.as_ref().map(Serial::to_string).unwrap_or_default()));
-    }
-    row
+    with_partners(row, &w.slots)
 }
 
 fn corrupt(what: String) -> PgError {

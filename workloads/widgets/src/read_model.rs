@@ -21,12 +21,13 @@ use serde::Serialize;
 
 use crate::input::{Serial, MAX_PORTS};
 use crate::log::{After, Logged};
+use crate::processor::{with_partners, SLOTS};
 use crate::records::Widget;
 use common::engine::pg::PgError;
 use common::engine::store::{CachedRow, Column, ColumnType, Conn, Row, Value, Version, VersionedTable};
 
-/// The slot columns: slot i's partner, '' when free, past the ports or once deleted.
-const SLOTS: [&str; MAX_PORTS] = ["slot0", "slot1", "slot2"];
+/// A deleted widget's slots: all free.
+const FREED: [Option<Serial>; MAX_PORTS] = [None, None, None];
 
 /// `widgets (serial, live, name, ports, at_ms, body, slot0, slot1, slot2, input_offset, updated_at)`,
 /// the body cached as `b`.
@@ -138,23 +139,14 @@ pub fn rows(changes: &[Logged]) -> Vec<Row> {
             let live = a.widget.is_some();
             let (name, ports) =
                 a.widget.as_ref().map(|w| (w.name.to_string(), w.ports.to_string())).unwrap_or_default();
-            let mut row = WidgetRow::key(&a.serial)
+            let row = WidgetRow::key(&a.serial)
                 .with("live", Value::Int(i32::from(live)))
                 .with("name", Value::Text(name))
                 .with("ports", Value::Text(ports))
                 .with("at_ms", Value::BigInt(c.at_ms))
                 .with("body", Value::Text(WidgetRow::after(a).body))
                 .with("input_offset", Value::BigInt(c.input_offset));
-            for (slot, column) in SLOTS.iter().enumerate() {
-                let partner = match &a.widget {
-                    Some(w) if slot < w.ports.len() => {
-                        w.slots[slot].as_ref().map(Serial::to_string).unwrap_or_default()
-                    }
-                    _ => String::new(),
-                };
-                row = row.with(column, Value::Text(partner));
-            }
-            rows.push(row);
+            rows.push(with_partners(row, a.widget.as_ref().map_or(&FREED, |w| &w.slots)));
         }
     }
     rows
