@@ -25,9 +25,10 @@ async fn main() {
         std::env::set_var("ANALYTICS_BIN_DIR", exe.parent().expect("a folder"));
     }
     let mut stack = e2e::Stack::new();
+    let stop = common::engine::shutdown::on_signals();
     let result = tokio::select! {
         r = serve(&mut stack) => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = stop.cancelled() => Ok(()),
     };
     stack.cleanup().await;
     if let Err(e) = result {

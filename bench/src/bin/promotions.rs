@@ -333,10 +333,11 @@ async fn main() -> anyhow::Result<()> {
     let generated = t0.elapsed();
 
     let mut stack = e2e::Stack::new();
-    // Interrupted, it still removes what it created.
+    // Interrupted (SIGINT, or SIGTERM as `timeout` sends), it still removes what it created.
+    let stop = common::engine::shutdown::on_signals();
     let result = tokio::select! {
         r = measure(&args, &mut stack, &file, &ids) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
     stack.cleanup().await;
     let _ = std::fs::remove_file(&file);

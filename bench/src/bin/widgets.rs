@@ -861,10 +861,11 @@ async fn main() -> anyhow::Result<()> {
         std::env::set_var("ANALYTICS_BIN_DIR", std::env::current_exe()?.parent().expect("a folder"));
     }
     let mut stack = e2e::Stack::new();
-    // Interrupted, it still removes what it created.
+    // Interrupted (SIGINT, or SIGTERM as `timeout` sends), it still removes what it created.
+    let stop = common::engine::shutdown::on_signals();
     let result = tokio::select! {
         r = measure(&args, &mut stack) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
     stack.cleanup().await;
     let mut out = result?;
