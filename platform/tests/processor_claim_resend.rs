@@ -46,6 +46,7 @@ fn settings(kafka: &TestKafka, suffix: &str) -> ProcessorSettings {
         checkpoint_interval: Duration::from_millis(50),
         emit_bytes_per_sec: 0,
         delivery_timeout: Duration::from_secs(10),
+        replies_linger: Duration::from_millis(1),
         retention_ms: RETENTION,
         partitions: kafka.events_partitions.get() as i32,
     }

@@ -38,6 +38,10 @@ pub struct Config {
     /// again, which re-sends the records the state store holds in its outbox.
     #[arg(long, env = "PROCESSOR_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
+    /// How long the replies' producer batches the decisions' replies (decided writes) before sending: sub-millisecond
+    /// values are kept (`500us`). 0 sends each as it comes, a produce request per reply or two under load.
+    #[arg(long, env = "PROCESSOR_REPLIES_LINGER", default_value = "1ms", value_parser = parse_duration)]
+    pub replies_linger: Duration,
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]

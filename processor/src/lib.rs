@@ -207,6 +207,7 @@ async fn start<W: Aggregation>(
         checkpoint_interval: cfg.checkpoint_interval_of(W::NAME, W::CHECKPOINT_INTERVAL, topics.replies.is_some()),
         emit_bytes_per_sec: cfg.emit_bytes_per_sec,
         delivery_timeout: cfg.delivery_timeout,
+        replies_linger: cfg.replies_linger,
         retention_ms: cfg.retention_ms(),
         partitions,
     };

@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
                 common::engine::kafka::producer_config(
                     &cmd.kafka,
                     &format!("bench-closed-loop-{i}"),
-                    cmd.producer_tuning(),
+                    cmd.producer_tuning(false),
                 )
                 .create()
             })

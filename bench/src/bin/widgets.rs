@@ -92,6 +92,9 @@ struct Args {
     /// Partitions of the stack's topics (the deployment's default; the widgets use one of them).
     #[arg(long, default_value = "4")]
     partitions: u32,
+    /// Only the load and the mixed load: no ceilings, no kill -9s (a quick A/B of a change by hand).
+    #[arg(long)]
+    mixed_only: bool,
     /// The folder of the wrk scripts.
     #[arg(long, default_value = "bench/wrk")]
     wrk_dir: PathBuf,
@@ -836,7 +839,9 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
         out.insert(format!("widgets_pg_bytes_{table}"), json!(bytes));
     }
 
-    ceilings(args, &mut out).await?;
+    if !args.mixed_only {
+        ceilings(args, &mut out).await?;
+    }
     eprintln!("[widgets] mixed load: {} connections, {:?}", args.connections, args.duration);
     let before = write_costs(stack).await;
     let m = mixed_load(stack.addr("command"), stack.addr("query"), loaded, args.connections, args.duration).await;
@@ -845,6 +850,9 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
     put_write_costs(&mut out, &before, &after);
 
     // What recovery measured is kept even if a step gives up.
+    if args.mixed_only {
+        return Ok(out);
+    }
     if let Err(e) = recovery(args, stack, &mut out).await {
         eprintln!("[widgets] recovery: {e:#}");
     }

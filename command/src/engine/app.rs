@@ -152,7 +152,7 @@ impl<'c> Engine<'c> {
             &self.cfg.kafka,
             &spec.name,
             name,
-            self.cfg.producer_tuning(),
+            self.cfg.producer_tuning(replies.is_some()),
             self.cfg.producers.get() as usize,
         )
         .with_context(|| format!("creating the producers of {name}"))?;

@@ -38,11 +38,16 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str, tuning: ProducerTun
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", tuning.linger.as_millis().to_string())
+        .set("linger.ms", linger_ms(tuning.linger))
         .set("message.timeout.ms", tuning.delivery_timeout.as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", tuning.queue_max_messages.to_string())
         .set("socket.keepalive.enable", "true");
     c
+}
+
+/// librdkafka's `linger.ms`, a float: a linger below a millisecond is kept, not truncated to 0.
+fn linger_ms(linger: Duration) -> String {
+    format!("{}", linger.as_secs_f64() * 1000.0)
 }
 
 /// Kilobytes of fetched records a consumer queues at most ahead of its reader.
@@ -385,6 +390,21 @@ mod tests {
         for (key, java) in cases {
             assert_eq!(murmur2::murmur2(key, murmur2::KAFKA_SEED) as i32, java, "{}", String::from_utf8_lossy(key));
             assert_eq!(partition_for(key, 7), (java & 0x7fff_ffff) % 7);
+        }
+    }
+
+    #[test]
+    fn a_linger_below_a_millisecond_reaches_librdkafka_as_a_fraction() {
+        let kafka = KafkaConfig::new("127.0.0.1:1", false);
+        for (linger, ms) in
+            [(Duration::from_micros(500), "0.5"), (Duration::ZERO, "0"), (Duration::from_millis(2), "2")]
+        {
+            let tuning = ProducerTuning { linger, delivery_timeout: Duration::from_secs(1), queue_max_messages: 10 };
+            let config = producer_config(&kafka, "test", tuning);
+            assert_eq!(config.get("linger.ms"), Some(ms));
+            // librdkafka parses it (a property it rejected would fail the creation).
+            let created: Result<rdkafka::producer::BaseProducer, _> = config.create();
+            assert!(created.is_ok(), "{linger:?}: {:?}", created.err());
         }
     }
 }

@@ -134,7 +134,7 @@ impl AggregateEmitter {
         config.set("retry.backoff.ms", "2").set("retry.backoff.max.ms", "100");
         let replies = match &settings.replies_topic {
             Some(topic) => {
-                let tuning = ProducerTuning { linger: Duration::ZERO, ..tuning };
+                let tuning = ProducerTuning { linger: settings.replies_linger, ..tuning };
                 Some((
                     LogProducer::create(&kafka::producer_config(kafka_cfg, "processor-replies", tuning))?,
                     topic.clone(),

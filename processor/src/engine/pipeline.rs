@@ -101,6 +101,8 @@ pub struct ProcessorSettings {
     /// Aggregate bytes per second the checkpoints may emit (0: no limit); see [`emit_pause`].
     pub emit_bytes_per_sec: u64,
     pub delivery_timeout: Duration,
+    /// How long the replies' producer batches before sending ([`crate::config::Config::replies_linger`]).
+    pub replies_linger: Duration,
     /// How long after its end an hour's event ids are held, on the watermark.
     pub retention_ms: i64,
     /// Partitions of the events topic, as agreed for the deployment (routing check).

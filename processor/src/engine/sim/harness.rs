@@ -251,6 +251,7 @@ impl<W: Simulated> Sim<W> {
             checkpoint_interval: CHECKPOINT_INTERVAL,
             emit_bytes_per_sec: 0,
             delivery_timeout: Duration::from_secs(10),
+            replies_linger: Duration::from_millis(1),
             retention_ms: RETENTION_MS,
             partitions: self.partitions,
         };
