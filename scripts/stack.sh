@@ -64,10 +64,12 @@ ensure_postgres() {
   fi
   # Room for several isolated stacks at once (the service tier, a bench beside a chaos row): each
   # stack's services hold pools, presence-lock sessions and listeners; Debian's 100 ran out.
-  # Sized for the tables the benches build (8 GB of widget tables at 10M widgets): at Debian's 128 MB of shared
-  # buffers and 1 GB of WAL between checkpoints, upserts spread over gigabytes each missed the buffers and wrote a
-  # full-page image to the WAL; the widgets' checkpoint write 160 → 109 ms (docs/benchmarks-notes.md).
-  printf '%s\n' "max_connections = 400" "shared_buffers = 2GB" "max_wal_size = 8GB" "checkpoint_timeout = 15min" \
+  # Sized for the tables the benches build (4.9 GB of widget tables at 10M widgets, a quarter of this 24 GiB
+  # machine's memory): at Debian's 128 MB of shared buffers and 1 GB of WAL between checkpoints, upserts spread over
+  # gigabytes each missed the buffers and wrote a full-page image to the WAL (the widgets' checkpoint write 160 →
+  # 109 ms); at 2 GB the 10M widgets' mixed load still missed them, 6,359 requests/s against 10,155 at 6 GB
+  # (docs/benchmarks-notes.md, "Shared buffers that hold the widgets"). Applied when PostgreSQL starts.
+  printf '%s\n' "max_connections = 400" "shared_buffers = 6GB" "max_wal_size = 8GB" "checkpoint_timeout = 15min" \
     "wal_compression = lz4" >"/etc/postgresql/$version/main/conf.d/analytics.conf"
   pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for "PostgreSQL" 30 pg_isready -q -h 127.0.0.1 -p 5432

@@ -849,10 +849,10 @@ async fn measure(args: &Args, stack: &mut e2e::Stack) -> anyhow::Result<Map<Stri
     put_mixed(&mut out, "widgets_mixed", m, args.duration);
     put_write_costs(&mut out, &before, &after);
 
-    // What recovery measured is kept even if a step gives up.
     if args.mixed_only {
         return Ok(out);
     }
+    // What recovery measured is kept even if a step gives up.
     if let Err(e) = recovery(args, stack, &mut out).await {
         eprintln!("[widgets] recovery: {e:#}");
     }
