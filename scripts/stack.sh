@@ -51,8 +51,27 @@ ensure_redis() {
   wait_for "Redis" 20 bash -c 'redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG'
 }
 
+# PostgreSQL's shared buffers: a quarter of the machine's memory (6 GB on the 24 GiB machines the benches run on).
+postgres_shared_buffers() {
+  awk '/^MemTotal:/ { mb = int($2 / 4 / 1024); if (mb < 128) mb = 128
+    if (mb >= 1024) print int(mb / 1024 + 0.5) "GB"; else print mb "MB" }' /proc/meminfo
+}
+
 ensure_postgres() {
-  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi
+  local buffers
+  buffers="$(postgres_shared_buffers)"
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    # A PostgreSQL started earlier (by an older checkout, say) keeps its settings until it restarts: say so
+    # instead of restarting it under whatever stacks are using it.
+    local running
+    running="$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW shared_buffers' 2>/dev/null || true)"
+    running="${running^^}" # 6GB, 128MB, 6144KB: numfmt's suffixes without the B
+    if [[ -n "$running" && "$(numfmt --from=iec "${running%B}" 2>/dev/null)" != "$(numfmt --from=iec "${buffers%B}")" ]]; then
+      log "PostgreSQL runs with shared_buffers = $running, not $buffers: restart it to apply" \
+        "(pg_ctlcluster --skip-systemctl-redirect <version> main restart, with no stack running)"
+    fi
+    return
+  fi
   command -v pg_ctlcluster >/dev/null || apt_install postgresql
   local version
   version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)"
@@ -64,12 +83,12 @@ ensure_postgres() {
   fi
   # Room for several isolated stacks at once (the service tier, a bench beside a chaos row): each
   # stack's services hold pools, presence-lock sessions and listeners; Debian's 100 ran out.
-  # Sized for the tables the benches build (4.9 GB of widget tables at 10M widgets, a quarter of this 24 GiB
-  # machine's memory): at Debian's 128 MB of shared buffers and 1 GB of WAL between checkpoints, upserts spread over
+  # Sized for the tables the benches build (4.9 GB of widget tables at 10M widgets; a quarter of the machine's
+  # memory, postgres_shared_buffers): at Debian's 128 MB of shared buffers and 1 GB of WAL between checkpoints, upserts spread over
   # gigabytes each missed the buffers and wrote a full-page image to the WAL (the widgets' checkpoint write 160 →
   # 109 ms); at 2 GB the 10M widgets' mixed load still missed them, 6,359 requests/s against 10,155 at 6 GB
   # (docs/benchmarks-notes.md, "Shared buffers that hold the widgets"). Applied when PostgreSQL starts.
-  printf '%s\n' "max_connections = 400" "shared_buffers = 6GB" "max_wal_size = 8GB" "checkpoint_timeout = 15min" \
+  printf '%s\n' "max_connections = 400" "shared_buffers = $buffers" "max_wal_size = 8GB" "checkpoint_timeout = 15min" \
     "wal_compression = lz4" >"/etc/postgresql/$version/main/conf.d/analytics.conf"
   pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for "PostgreSQL" 30 pg_isready -q -h 127.0.0.1 -p 5432
