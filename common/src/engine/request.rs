@@ -169,23 +169,47 @@ pub fn truncate_for_message(s: &str) -> String {
     }
 }
 
-/// Why the query string of a write that takes only `?id=` was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the query string of a write that takes only `?id=` was refused, in
+/// the one-line reason every JSON write answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdQueryError {
     /// Longer than [`MAX_QUERY_BYTES`].
+    #[error("query string longer than {0} bytes")]
     TooLong(usize),
     /// A part that is not valid percent-encoding or UTF-8.
+    #[error("malformed percent-encoding or non-UTF-8 in the query string")]
     BadEncoding,
     /// A parameter other than `id` (its name, quoted for a message).
+    #[error("unknown query parameter `{0}`; only `id` is allowed")]
     UnknownParameter(String),
     /// `id` given twice.
+    #[error("query parameter `id` given more than once")]
     DuplicateId,
+    #[error("{}", id_reason(*.0))]
     BadId(BadEventId),
+}
+
+fn id_reason(bad: BadEventId) -> String {
+    match bad {
+        BadEventId::Empty => "`id` is empty".into(),
+        BadEventId::TooLong(n) => format!("`id` is {n} bytes long; the limit is {MAX_EVENT_ID_BYTES}"),
+        BadEventId::Chars => "`id` may contain only A-Z, a-z, 0-9, `_` and `-`".into(),
+    }
+}
+
+impl IdQueryError {
+    /// The metrics label of the refusal (`reason="bad_id"`): the id itself, or the rest of the query string.
+    pub fn label(&self) -> &'static str {
+        match self {
+            IdQueryError::BadId(_) => "bad_id",
+            _ => "bad_query",
+        }
+    }
 }
 
 /// The query string of a write that takes nothing but an optional client
 /// event id: nothing, or `id=<id>` under the id rules ([`EventId::parse`]),
-/// strictly percent-decoded ([`decode`]). Each workload maps the error into its reject.
+/// strictly percent-decoded ([`decode`]). Each workload's reject carries the error as it is.
 ///
 /// # Errors
 /// The first problem found, in [`IdQueryError`].
@@ -283,6 +307,37 @@ mod tests {
         }
         // The length is checked in bytes, before the characters.
         assert_eq!(EventId::parse(&"é".repeat(65)), Err(BadEventId::TooLong(130)));
+    }
+
+    #[test]
+    fn the_id_query_carries_only_an_optional_id() {
+        use IdQueryError::*;
+        assert_eq!(parse_id_query(None), Ok(None));
+        assert_eq!(parse_id_query(Some("")), Ok(None));
+        assert_eq!(parse_id_query(Some("id=a-B_9")).unwrap().map(EventId::into_string).as_deref(), Some("a-B_9"));
+        assert_eq!(parse_id_query(Some("id=%61")).unwrap().map(EventId::into_string).as_deref(), Some("a"));
+        let long = format!("id={}", "a".repeat(MAX_QUERY_BYTES));
+        let cases = [
+            ("id=", BadId(BadEventId::Empty), "`id` is empty"),
+            ("id", BadId(BadEventId::Empty), "`id` is empty"),
+            ("id=a.b", BadId(BadEventId::Chars), "`id` may contain only A-Z, a-z, 0-9, `_` and `-`"),
+            (
+                &format!("id={}", "x".repeat(129)),
+                BadId(BadEventId::TooLong(129)),
+                "`id` is 129 bytes long; the limit is 128",
+            ),
+            ("id=a&id=b", DuplicateId, "query parameter `id` given more than once"),
+            ("key=a", UnknownParameter("key".into()), "unknown query parameter `key`; only `id` is allowed"),
+            ("id=%zz", BadEncoding, "malformed percent-encoding or non-UTF-8 in the query string"),
+            ("id=%ff", BadEncoding, "malformed percent-encoding or non-UTF-8 in the query string"),
+            (&long, TooLong(MAX_QUERY_BYTES), "query string longer than 2048 bytes"),
+        ];
+        for (query, error, reason) in cases {
+            assert_eq!(parse_id_query(Some(query)).as_ref(), Err(&error), "{query}");
+            assert_eq!(error.to_string(), reason);
+            let label = if matches!(error, BadId(_)) { "bad_id" } else { "bad_query" };
+            assert_eq!(error.label(), label, "{query}");
+        }
     }
 
     #[test]

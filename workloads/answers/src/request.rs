@@ -25,9 +25,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::key::{AnswerKey, BadKey, MAX_KEY_BYTES};
-use common::engine::request::{
-    truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE,
-};
+use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE};
 
 /// Longest value, in bytes of UTF-8 once unescaped.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -139,20 +137,9 @@ pub enum AnswerReject {
     ValueNotString(JsonType),
     #[error("`value` is {0} bytes of UTF-8; the limit is 65536")]
     ValueTooLong(usize),
-    #[error("unknown query parameter `{0}`; only `id` is allowed")]
-    UnknownParameter(String),
-    #[error("query parameter `id` given more than once")]
-    DuplicateId,
-    #[error("malformed percent-encoding or non-UTF-8 in the query string")]
-    BadQueryEncoding,
-    #[error("query string longer than {0} bytes")]
-    QueryTooLong(usize),
-    #[error("`id` is empty")]
-    EmptyId,
-    #[error("`id` is {0} bytes long; the limit is 128")]
-    IdTooLong(usize),
-    #[error("`id` may contain only A-Z, a-z, 0-9, `_` and `-`")]
-    BadId,
+    /// The query string ([`common::engine::request::parse_id_query`]).
+    #[error(transparent)]
+    Query(IdQueryError),
     #[error("the key `{0}` exists")]
     Exists(String),
     #[error("no answer for the key `{0}` (never created, or deleted)")]
@@ -171,8 +158,7 @@ impl AnswerReject {
             NotAnObject(_) | MissingField(_) | UnknownField(..) | DuplicateField(_) => "bad_fields",
             KeyNotString(_) | BadKey(_) => "bad_key",
             ValueNotString(_) | ValueTooLong(_) => "bad_value",
-            UnknownParameter(_) | DuplicateId | BadQueryEncoding | QueryTooLong(_) => "bad_query",
-            EmptyId | IdTooLong(_) | BadId => "bad_id",
+            Query(e) => e.label(),
             Exists(_) => "exists",
             NotFound(_) => "not_found",
         }
@@ -181,14 +167,6 @@ impl AnswerReject {
     /// True for the processor's refusals (409, 404), false for the request's own faults (400).
     pub fn is_decided(&self) -> bool {
         matches!(self, AnswerReject::Exists(_) | AnswerReject::NotFound(_))
-    }
-
-    fn from_id(bad: BadEventId) -> Self {
-        match bad {
-            BadEventId::Empty => AnswerReject::EmptyId,
-            BadEventId::TooLong(n) => AnswerReject::IdTooLong(n),
-            BadEventId::Chars => AnswerReject::BadId,
-        }
     }
 }
 
@@ -364,21 +342,15 @@ fn parse_value(raw: &RawValue) -> Result<AnswerValue, AnswerReject> {
 /// rules ([`EventId::parse`]) and strict percent-decoding, as for increments.
 ///
 /// # Errors
-/// [`AnswerReject::UnknownParameter`], [`AnswerReject::DuplicateId`],
-/// [`AnswerReject::BadQueryEncoding`], [`AnswerReject::QueryTooLong`] or an id reason.
+/// [`AnswerReject::Query`].
 pub fn parse_query(query: Option<&str>) -> Result<Option<EventId>, AnswerReject> {
-    common::engine::request::parse_id_query(query).map_err(|e| match e {
-        IdQueryError::TooLong(limit) => AnswerReject::QueryTooLong(limit),
-        IdQueryError::BadEncoding => AnswerReject::BadQueryEncoding,
-        IdQueryError::UnknownParameter(name) => AnswerReject::UnknownParameter(name),
-        IdQueryError::DuplicateId => AnswerReject::DuplicateId,
-        IdQueryError::BadId(bad) => AnswerReject::from_id(bad),
-    })
+    common::engine::request::parse_id_query(query).map_err(AnswerReject::Query)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::engine::request::BadEventId;
     use AnswerReject::*;
 
     const JSON: Option<&str> = Some("application/json");
@@ -546,16 +518,14 @@ mod tests {
     fn the_query_carries_only_an_optional_id() {
         assert_eq!(parse_query(None), Ok(None));
         assert_eq!(parse_query(Some("id=a-B_9")).unwrap().map(EventId::into_string).as_deref(), Some("a-B_9"));
-        assert_eq!(parse_query(Some("id=")), Err(EmptyId));
-        assert_eq!(parse_query(Some("id=a.b")), Err(BadId));
-        assert_eq!(parse_query(Some(&format!("id={}", "x".repeat(129)))), Err(IdTooLong(129)));
-        assert_eq!(parse_query(Some("id=a&id=b")), Err(DuplicateId));
-        assert_eq!(parse_query(Some("after=x")), Err(UnknownParameter("after".into())));
-        assert_eq!(parse_query(Some("id=%zz")), Err(BadQueryEncoding));
-        let long = format!("id={}", "a".repeat(MAX_QUERY_BYTES));
-        assert_eq!(parse_query(Some(&long)), Err(QueryTooLong(MAX_QUERY_BYTES)));
+        // The engine's rules and reasons (common::engine::request's tests), carried as they are.
+        let bad = parse_query(Some("id=a.b")).unwrap_err();
+        assert_eq!(bad, Query(IdQueryError::BadId(BadEventId::Chars)));
+        assert_eq!((bad.label(), bad.to_string()), ("bad_id", IdQueryError::BadId(BadEventId::Chars).to_string()));
         let body = br#"{"key":"k","value":"v"}"#;
-        assert_eq!(parse_create(ROUTE, JSON, Some("x=1"), body), Err(UnknownParameter("x".into())));
+        let unknown = parse_create(ROUTE, JSON, Some("x=1"), body);
+        assert_eq!(unknown, Err(Query(IdQueryError::UnknownParameter("x".into()))));
+        assert_eq!(unknown.unwrap_err().label(), "bad_query");
     }
 
     #[test]
@@ -579,13 +549,8 @@ mod tests {
             BadKey(crate::key::BadKey::Empty),
             ValueNotString(JsonType::Number),
             ValueTooLong(1),
-            UnknownParameter("x".into()),
-            DuplicateId,
-            BadQueryEncoding,
-            QueryTooLong(1),
-            EmptyId,
-            IdTooLong(1),
-            BadId,
+            Query(IdQueryError::DuplicateId),
+            Query(IdQueryError::BadId(BadEventId::Empty)),
             Exists("k".into()),
             NotFound("k".into()),
         ];

@@ -24,9 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::input::{BadInput, Name, Port, Ports, Serial};
 use crate::records::{Command, Status};
-use common::engine::request::{
-    truncate_for_message, BadEventId, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE,
-};
+use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE};
 use hyper::Method;
 
 /// The path every write goes to.
@@ -84,20 +82,9 @@ pub enum WidgetReject {
     BadInput(BadInput),
     #[error("`with`: {0}")]
     BadWith(BadInput),
-    #[error("unknown query parameter `{0}`; only `id` is allowed")]
-    UnknownParameter(String),
-    #[error("query parameter `id` given more than once")]
-    DuplicateId,
-    #[error("malformed percent-encoding or non-UTF-8 in the query string")]
-    BadQueryEncoding,
-    #[error("query string longer than {0} bytes")]
-    QueryTooLong(usize),
-    #[error("`id` is empty")]
-    EmptyId,
-    #[error("`id` is {0} bytes long; the limit is 128")]
-    IdTooLong(usize),
-    #[error("`id` may contain only A-Z, a-z, 0-9, `_` and `-`")]
-    BadId,
+    /// The query string ([`common::engine::request::parse_id_query`]).
+    #[error(transparent)]
+    Query(IdQueryError),
     /// The processor's refusal, in its words ([`crate::Reject`]).
     #[error("{1}")]
     Refused(Status, String),
@@ -114,18 +101,9 @@ impl WidgetReject {
             BodyNotAllowed | EmptyBody | NotJson | TrailingData => "bad_json",
             NotAnObject(_) | MissingField(_) | UnknownField(..) | DuplicateField(_) | NotString(..) => "bad_fields",
             BadInput(_) | BadWith(_) => "bad_input",
-            UnknownParameter(_) | DuplicateId | BadQueryEncoding | QueryTooLong(_) => "bad_query",
-            EmptyId | IdTooLong(_) | BadId => "bad_id",
+            Query(e) => e.label(),
             Refused(Status::NotFound, _) => "not_found",
             Refused(Status::Conflict, _) => "conflict",
-        }
-    }
-
-    fn from_id(bad: BadEventId) -> Self {
-        match bad {
-            BadEventId::Empty => WidgetReject::EmptyId,
-            BadEventId::TooLong(n) => WidgetReject::IdTooLong(n),
-            BadEventId::Chars => WidgetReject::BadId,
         }
     }
 }
@@ -341,20 +319,15 @@ fn string(raw: &RawValue, field: &'static str) -> Result<String, WidgetReject> {
 /// The query string of a write: nothing, or `id=<id>` with the engine's id rules.
 ///
 /// # Errors
-/// A query or id reason.
+/// [`WidgetReject::Query`].
 pub fn parse_query(query: Option<&str>) -> Result<Option<EventId>, WidgetReject> {
-    common::engine::request::parse_id_query(query).map_err(|e| match e {
-        IdQueryError::TooLong(limit) => WidgetReject::QueryTooLong(limit),
-        IdQueryError::BadEncoding => WidgetReject::BadQueryEncoding,
-        IdQueryError::UnknownParameter(name) => WidgetReject::UnknownParameter(name),
-        IdQueryError::DuplicateId => WidgetReject::DuplicateId,
-        IdQueryError::BadId(bad) => WidgetReject::from_id(bad),
-    })
+    common::engine::request::parse_id_query(query).map_err(WidgetReject::Query)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::engine::request::BadEventId;
     use WidgetReject::*;
 
     const JSON: Option<&str> = Some("application/json");
@@ -464,7 +437,10 @@ mod tests {
         );
         assert_eq!(ok.unwrap().id.map(EventId::into_string).as_deref(), Some("r-1"));
         assert_eq!(parse(&Method::DELETE, "/widgets/a", None, Some("x=1"), b"").unwrap_err().label(), "bad_query");
-        assert_eq!(parse(&Method::DELETE, "/widgets/a", None, Some("id=a.b"), b""), Err(BadId));
+        assert_eq!(
+            parse(&Method::DELETE, "/widgets/a", None, Some("id=a.b"), b""),
+            Err(Query(IdQueryError::BadId(BadEventId::Chars)))
+        );
     }
 
     #[test]
