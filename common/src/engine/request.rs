@@ -96,12 +96,15 @@ pub fn decode(raw: &str) -> Result<String, BadEncoding> {
     String::from_utf8(out).map_err(|_| BadEncoding::NotUtf8)
 }
 
-/// What a JSON value is, for saying what was sent instead of a string.
+/// What a JSON value is, for saying what was sent instead of what was expected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonType {
     Null,
     Bool,
-    Number,
+    /// A number written without fraction or exponent.
+    Integer,
+    /// A number with a fraction or an exponent (`1.0`, `1e3`), even if its value is whole.
+    Float,
     String,
     Array,
     Object,
@@ -111,15 +114,18 @@ pub enum JsonType {
 pub const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 impl JsonType {
-    /// The type of a syntactically valid JSON value, from its first character.
+    /// The type of a syntactically valid JSON value, from its first character
+    /// (and for a number, whether it has a fraction or exponent).
     pub fn of(raw: &serde_json::value::RawValue) -> JsonType {
-        match raw.get().trim_start_matches(JSON_WHITESPACE).as_bytes().first() {
+        let text = raw.get().trim_start_matches(JSON_WHITESPACE);
+        match text.as_bytes().first() {
             Some(b'n') => JsonType::Null,
             Some(b't' | b'f') => JsonType::Bool,
             Some(b'"') => JsonType::String,
             Some(b'[') => JsonType::Array,
             Some(b'{') => JsonType::Object,
-            _ => JsonType::Number,
+            _ if text.contains(['.', 'e', 'E']) => JsonType::Float,
+            _ => JsonType::Integer,
         }
     }
 }
@@ -129,12 +135,88 @@ impl std::fmt::Display for JsonType {
         f.write_str(match self {
             JsonType::Null => "null",
             JsonType::Bool => "a boolean",
-            JsonType::Number => "a number",
+            JsonType::Integer => "an integer",
+            JsonType::Float => "a number with a fraction or exponent",
             JsonType::String => "a string",
             JsonType::Array => "an array",
             JsonType::Object => "an object",
         })
     }
+}
+
+/// Why a JSON write was refused before any of its fields was read: its
+/// size, its `Content-Type`, or a body that is not one JSON object. The
+/// one-line reasons every JSON write answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonBodyError {
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("missing Content-Type; send `application/json`")]
+    MissingContentType,
+    #[error("Content-Type `{0}` is not `application/json`")]
+    WrongContentType(String),
+    #[error("body is empty; send a JSON object")]
+    Empty,
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("data after the JSON object")]
+    TrailingData,
+    #[error("body must be a JSON object, got {0}")]
+    NotAnObject(JsonType),
+}
+
+impl JsonBodyError {
+    /// The metrics label of the refusal (`reason="bad_json"`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            JsonBodyError::TooLarge(_) => "body_too_large",
+            JsonBodyError::MissingContentType | JsonBodyError::WrongContentType(_) => "bad_content_type",
+            JsonBodyError::Empty | JsonBodyError::NotJson | JsonBodyError::TrailingData => "bad_json",
+            JsonBodyError::NotAnObject(_) => "bad_fields",
+        }
+    }
+}
+
+/// A JSON write's head: a body of at most `max` bytes (checked first), then
+/// a JSON `Content-Type` ([`is_json_media_type`]).
+///
+/// # Errors
+/// [`JsonBodyError::TooLarge`], [`JsonBodyError::MissingContentType`] or [`JsonBodyError::WrongContentType`].
+pub fn check_json_head(content_type: Option<&str>, body_len: usize, max: usize) -> Result<(), JsonBodyError> {
+    if body_len > max {
+        return Err(JsonBodyError::TooLarge(max));
+    }
+    let raw = content_type.ok_or(JsonBodyError::MissingContentType)?;
+    if is_json_media_type(raw) {
+        Ok(())
+    } else {
+        Err(JsonBodyError::WrongContentType(truncate_for_message(raw)))
+    }
+}
+
+/// A body that must be one JSON object: its members in document order,
+/// duplicates kept, values as raw JSON ([`JsonMembers`]), for the workload
+/// to check names, duplicates and types in its own words.
+///
+/// # Errors
+/// [`JsonBodyError::Empty`] (nothing but whitespace), [`JsonBodyError::NotJson`],
+/// [`JsonBodyError::TrailingData`] or [`JsonBodyError::NotAnObject`], in that order.
+pub fn json_object_members(body: &[u8]) -> Result<Vec<(String, &serde_json::value::RawValue)>, JsonBodyError> {
+    use serde::Deserialize;
+    if body.iter().all(|b| JSON_WHITESPACE.contains(&char::from(*b))) {
+        return Err(JsonBodyError::Empty);
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let whole = <&serde_json::value::RawValue>::deserialize(&mut de).map_err(|_| JsonBodyError::NotJson)?;
+    de.end().map_err(|_| JsonBodyError::TrailingData)?;
+    match JsonType::of(whole) {
+        JsonType::Object => {}
+        other => return Err(JsonBodyError::NotAnObject(other)),
+    }
+    // Valid JSON already, so this only fails on what serde_json checks late
+    // (a lone surrogate in a member name): still not JSON we accept.
+    let JsonMembers(members) = serde_json::from_str(whole.get()).map_err(|_| JsonBodyError::NotJson)?;
+    Ok(members)
 }
 
 /// Whether a `Content-Type` is JSON: `application/json` (any case),
@@ -307,6 +389,42 @@ mod tests {
         }
         // The length is checked in bytes, before the characters.
         assert_eq!(EventId::parse(&"é".repeat(65)), Err(BadEventId::TooLong(130)));
+    }
+
+    #[test]
+    fn a_json_write_is_checked_head_first_then_as_one_object() {
+        use JsonBodyError::*;
+        let json = Some("application/json");
+        assert_eq!(check_json_head(json, 10, 10), Ok(()));
+        // The size before the Content-Type: a client that sends too much is told so first.
+        assert_eq!(check_json_head(None, 11, 10), Err(TooLarge(10)));
+        assert_eq!(check_json_head(None, 1, 10), Err(MissingContentType));
+        assert_eq!(check_json_head(Some("text/plain"), 1, 10), Err(WrongContentType("text/plain".into())));
+        let members = json_object_members(br#" {"b": 1, "a": [2], "b": "x"} "#).unwrap();
+        let members: Vec<(&str, &str)> = members.iter().map(|(n, v)| (n.as_str(), v.get())).collect();
+        assert_eq!(members, [("b", "1"), ("a", "[2]"), ("b", "\"x\"")]);
+        for (body, error, label) in [
+            ("", Empty, "bad_json"),
+            (" \n\t", Empty, "bad_json"),
+            ("{", NotJson, "bad_json"),
+            (r#"{"a": 1,}"#, NotJson, "bad_json"),
+            (r#"{"\ud800": 1}"#, NotJson, "bad_json"),
+            ("{} x", TrailingData, "bad_json"),
+            ("[]", NotAnObject(JsonType::Array), "bad_fields"),
+            ("1", NotAnObject(JsonType::Integer), "bad_fields"),
+            ("1e3", NotAnObject(JsonType::Float), "bad_fields"),
+            ("null", NotAnObject(JsonType::Null), "bad_fields"),
+        ] {
+            assert_eq!(json_object_members(body.as_bytes()).err(), Some(error.clone()), "{body}");
+            assert_eq!(error.label(), label, "{body}");
+            assert!(!error.to_string().contains('\n'));
+        }
+        assert_eq!(TooLarge(1).label(), "body_too_large");
+        assert_eq!(MissingContentType.label(), "bad_content_type");
+        assert_eq!(
+            NotAnObject(JsonType::Float).to_string(),
+            "body must be a JSON object, got a number with a fraction or exponent"
+        );
     }
 
     #[test]

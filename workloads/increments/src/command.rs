@@ -41,7 +41,11 @@ impl Intake for Increments {
     /// The reference's clients expect 200.
     const ACCEPTED: StatusCode = StatusCode::OK;
     const BODY: BodyUse<IncrementReject> = BodyUse::Read {
-        too_large: |limit| IncrementReject::BodyTooLarge(usize::try_from(limit).unwrap_or(usize::MAX)),
+        too_large: |limit| {
+            IncrementReject::Json(common::engine::request::JsonBodyError::TooLarge(
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            ))
+        },
     };
 
     type Event = IncrementEvent;

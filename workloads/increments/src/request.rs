@@ -12,7 +12,7 @@
 //! message is the only way to tell the reasons apart, and serde_json hands an
 //! integer beyond `u64` to the visitor as an `f64`, so "too large" and "a
 //! float" would look alike. Instead the body is read once as JSON (any syntax
-//! error is [`IncrementReject::NotJson`]), its members are collected as raw
+//! error is [`IncrementReject::Json(JsonBodyError::NotJson)`]), its members are collected as raw
 //! JSON text, and each rule is checked on that text with a typed reason.
 //!
 //! Checks run in a fixed order, and the first failure is the answer: body
@@ -20,14 +20,13 @@
 //! document order (unknown, then duplicate), missing `key`, missing `value`,
 //! `key`, `value`, then the query string.
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::event::{IncrementEvent, IncrementKey, IncrementValue};
-use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonMembers};
+use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonBodyError, JsonType, JSON_WHITESPACE};
 
 /// Largest accepted body in bytes. The caller stops reading past it and
-/// answers [`IncrementReject::BodyTooLarge`]; a valid body is under 100 bytes.
+/// answers [`JsonBodyError::TooLarge`]; a valid body is under 100 bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
 
 /// Longest accepted query string, in bytes as received: the engine's.
@@ -71,71 +70,13 @@ impl std::fmt::Display for Field {
     }
 }
 
-/// What a JSON value is, for saying what was sent instead of what was expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JsonType {
-    Null,
-    Bool,
-    /// A number written without fraction or exponent.
-    Integer,
-    /// A number with a fraction or an exponent (`1.0`, `1e3`), even if its value is whole.
-    Float,
-    String,
-    Array,
-    Object,
-}
-
-impl JsonType {
-    /// The type of a syntactically valid JSON value, from its first character
-    /// (and for a number, whether it has a fraction or exponent).
-    fn of(raw: &RawValue) -> JsonType {
-        let text = raw.get().trim_start_matches(JSON_WHITESPACE);
-        match text.as_bytes().first() {
-            Some(b'n') => JsonType::Null,
-            Some(b't' | b'f') => JsonType::Bool,
-            Some(b'"') => JsonType::String,
-            Some(b'[') => JsonType::Array,
-            Some(b'{') => JsonType::Object,
-            _ if text.contains(['.', 'e', 'E']) => JsonType::Float,
-            _ => JsonType::Integer,
-        }
-    }
-}
-
-impl std::fmt::Display for JsonType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JsonType::Null => "null",
-            JsonType::Bool => "a boolean",
-            JsonType::Integer => "an integer",
-            JsonType::Float => "a number with a fraction or exponent",
-            JsonType::String => "a string",
-            JsonType::Array => "an array",
-            JsonType::Object => "an object",
-        })
-    }
-}
-
-const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
-
 /// Why `POST /increment` was refused. Always the caller's fault (HTTP 400):
 /// nothing was written to the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IncrementReject {
-    #[error("body is larger than {0} bytes")]
-    BodyTooLarge(usize),
-    #[error("missing Content-Type; send `application/json`")]
-    MissingContentType,
-    #[error("Content-Type `{0}` is not `application/json`")]
-    WrongContentType(String),
-    #[error(r#"body is empty; send {{"key": "<uuid>", "value": <integer>}}"#)]
-    EmptyBody,
-    #[error("body is not valid JSON")]
-    NotJson,
-    #[error("data after the JSON object")]
-    TrailingData,
-    #[error("body must be a JSON object, got {0}")]
-    NotAnObject(JsonType),
+    /// The body's size, its `Content-Type`, or not one JSON object ([`JsonBodyError`]).
+    #[error(transparent)]
+    Json(JsonBodyError),
     #[error("missing field `{0}`")]
     MissingField(Field),
     #[error("unknown field `{0}`; only `key` and `value` are allowed")]
@@ -162,12 +103,10 @@ impl IncrementReject {
     pub fn label(&self) -> &'static str {
         use IncrementReject::*;
         match self {
-            BodyTooLarge(_) => "body_too_large",
-            MissingContentType | WrongContentType(_) => "bad_content_type",
-            EmptyBody | NotJson | TrailingData => "bad_json",
-            NotAnObject(_) | MissingField(_) | UnknownField(_) | DuplicateField(_) => "bad_fields",
+            MissingField(_) | UnknownField(_) | DuplicateField(_) => "bad_fields",
             KeyNotString(_) | KeyNotUuid => "bad_key",
             ValueNotInteger(_) | ValueBelowOne | ValueTooLarge => "bad_value",
+            Json(e) => e.label(),
             Query(e) => e.label(),
         }
     }
@@ -183,27 +122,11 @@ pub fn parse_post(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<IncrementRequest, IncrementReject> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(IncrementReject::BodyTooLarge(MAX_BODY_BYTES));
-    }
-    check_content_type(content_type)?;
+    common::engine::request::check_json_head(content_type, body.len(), MAX_BODY_BYTES)
+        .map_err(IncrementReject::Json)?;
     let (key, value) = parse_body(body)?;
     let id = parse_query(query)?;
     Ok(IncrementRequest { key, value, id })
-}
-
-/// Accepts a JSON content type ([`common::engine::request::is_json_media_type`]),
-/// the same rule as every JSON write of the platform.
-///
-/// # Errors
-/// [`IncrementReject::MissingContentType`] or [`IncrementReject::WrongContentType`].
-pub fn check_content_type(content_type: Option<&str>) -> Result<(), IncrementReject> {
-    let raw = content_type.ok_or(IncrementReject::MissingContentType)?;
-    if common::engine::request::is_json_media_type(raw) {
-        Ok(())
-    } else {
-        Err(IncrementReject::WrongContentType(truncate_for_message(raw)))
-    }
 }
 
 /// Parses the JSON body into its key and value.
@@ -213,21 +136,9 @@ pub fn check_content_type(content_type: Option<&str>) -> Result<(), IncrementRej
 pub fn parse_body(body: &[u8]) -> Result<(IncrementKey, IncrementValue), IncrementReject> {
     use IncrementReject::*;
     if body.len() > MAX_BODY_BYTES {
-        return Err(BodyTooLarge(MAX_BODY_BYTES));
+        return Err(Json(JsonBodyError::TooLarge(MAX_BODY_BYTES)));
     }
-    if body.iter().all(|b| JSON_WHITESPACE.contains(&char::from(*b))) {
-        return Err(EmptyBody);
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let whole = <&RawValue>::deserialize(&mut de).map_err(|_| NotJson)?;
-    de.end().map_err(|_| TrailingData)?;
-    match JsonType::of(whole) {
-        JsonType::Object => {}
-        other => return Err(NotAnObject(other)),
-    }
-    // Valid JSON already, so this only fails on what serde_json checks late
-    // (a lone surrogate in a member name): still not JSON we accept.
-    let JsonMembers(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
+    let members = common::engine::request::json_object_members(body).map_err(Json)?;
     let (mut key, mut value) = (None, None);
     for (name, raw) in members {
         let (field, slot) = match name.as_str() {
@@ -247,7 +158,8 @@ pub fn parse_body(body: &[u8]) -> Result<(IncrementKey, IncrementValue), Increme
 fn parse_key(raw: &RawValue) -> Result<IncrementKey, IncrementReject> {
     match JsonType::of(raw) {
         JsonType::String => {
-            let text: String = serde_json::from_str(raw.get()).map_err(|_| IncrementReject::NotJson)?;
+            let text: String =
+                serde_json::from_str(raw.get()).map_err(|_| IncrementReject::Json(JsonBodyError::NotJson))?;
             IncrementKey::parse(&text)
         }
         other => Err(IncrementReject::KeyNotString(other)),
@@ -320,23 +232,23 @@ mod tests {
     fn refuses_bad_bodies_with_a_reason() {
         let k = KEY;
         let cases: Vec<(String, IncrementReject)> = vec![
-            ("".into(), EmptyBody),
-            ("  \n ".into(), EmptyBody),
-            ("not json".into(), NotJson),
-            (r#"{"key": "#.into(), NotJson),
-            (format!(r#"{{"key": "{k}", "value": 1,}}"#), NotJson),
-            (format!(r#"{{'key': '{k}', 'value': 1}}"#), NotJson),
-            (format!(r#"{{"key": "{k}", "value": 01}}"#), NotJson),
-            (format!(r#"{{"key": "{k}", "value": +1}}"#), NotJson),
-            (format!(r#"{{"key": "{k}", "value": NaN}}"#), NotJson),
-            (format!("\u{feff}{{\"key\": \"{k}\", \"value\": 1}}"), NotJson),
-            (format!(r#"{{"key": "{k}", "value": 1}} x"#), TrailingData),
-            (format!(r#"{{"key": "{k}", "value": 1}}{{}}"#), TrailingData),
-            (format!(r#"{{"key": "{k}", "value": 1}}}}"#), TrailingData),
-            ("[]".into(), NotAnObject(JsonType::Array)),
-            ("1".into(), NotAnObject(JsonType::Integer)),
-            ("\"x\"".into(), NotAnObject(JsonType::String)),
-            ("null".into(), NotAnObject(JsonType::Null)),
+            ("".into(), Json(JsonBodyError::Empty)),
+            ("  \n ".into(), Json(JsonBodyError::Empty)),
+            ("not json".into(), Json(JsonBodyError::NotJson)),
+            (r#"{"key": "#.into(), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{"key": "{k}", "value": 1,}}"#), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{'key': '{k}', 'value': 1}}"#), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{"key": "{k}", "value": 01}}"#), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{"key": "{k}", "value": +1}}"#), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{"key": "{k}", "value": NaN}}"#), Json(JsonBodyError::NotJson)),
+            (format!("\u{feff}{{\"key\": \"{k}\", \"value\": 1}}"), Json(JsonBodyError::NotJson)),
+            (format!(r#"{{"key": "{k}", "value": 1}} x"#), Json(JsonBodyError::TrailingData)),
+            (format!(r#"{{"key": "{k}", "value": 1}}{{}}"#), Json(JsonBodyError::TrailingData)),
+            (format!(r#"{{"key": "{k}", "value": 1}}}}"#), Json(JsonBodyError::TrailingData)),
+            ("[]".into(), Json(JsonBodyError::NotAnObject(JsonType::Array))),
+            ("1".into(), Json(JsonBodyError::NotAnObject(JsonType::Integer))),
+            ("\"x\"".into(), Json(JsonBodyError::NotAnObject(JsonType::String))),
+            ("null".into(), Json(JsonBodyError::NotAnObject(JsonType::Null))),
             ("{}".into(), MissingField(Field::Key)),
             (format!(r#"{{"key": "{k}"}}"#), MissingField(Field::Value)),
             (r#"{"value": 1}"#.into(), MissingField(Field::Key)),
@@ -382,34 +294,7 @@ mod tests {
             assert!(!want.to_string().contains('\n'), "one line: {want}");
         }
         let big = format!(r#"{{"key": "{k}", "value": 1{}}}"#, " ".repeat(MAX_BODY_BYTES));
-        assert_eq!(body(&big), Err(BodyTooLarge(MAX_BODY_BYTES)));
-    }
-
-    #[test]
-    fn content_type_must_be_json() {
-        for good in [
-            "application/json",
-            "Application/JSON",
-            "application/json; charset=utf-8",
-            "application/json;charset=UTF-8",
-            "application/json ; charset=\"utf-8\"",
-            "application/json; charset=utf-8; x=y",
-        ] {
-            assert_eq!(check_content_type(Some(good)), Ok(()), "{good}");
-        }
-        assert_eq!(check_content_type(None), Err(MissingContentType));
-        for bad in [
-            "",
-            "text/plain",
-            "application/x-www-form-urlencoded",
-            "application/json; charset=latin1",
-            "application/json; charset=utf-8; x",
-            "application/json;",
-            "application/jsonx",
-            "application/json-patch+json",
-        ] {
-            assert_eq!(check_content_type(Some(bad)), Err(WrongContentType(bad.into())), "{bad}");
-        }
+        assert_eq!(body(&big), Err(Json(JsonBodyError::TooLarge(MAX_BODY_BYTES))));
     }
 
     #[test]
@@ -430,26 +315,29 @@ mod tests {
         let event = req.into_event(1_000);
         assert_eq!((event.accepted_at_ms, event.id.as_deref()), (1_000, Some("abc")));
         assert_eq!(&event.partition_key(), KEY.as_bytes());
-        assert_eq!(parse_post(Some("text/plain"), None, b"{}"), Err(WrongContentType("text/plain".into())));
+        assert_eq!(
+            parse_post(Some("text/plain"), None, b"{}"),
+            Err(Json(JsonBodyError::WrongContentType("text/plain".into())))
+        );
         assert_eq!(parse_post(JSON, Some("x=1"), b"{}"), Err(MissingField(Field::Key)));
         assert_eq!(
             parse_post(JSON, Some("x=1"), good.as_bytes()),
             Err(Query(IdQueryError::UnknownParameter("x".into())))
         );
         let huge = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(parse_post(None, None, &huge), Err(BodyTooLarge(MAX_BODY_BYTES)));
+        assert_eq!(parse_post(None, None, &huge), Err(Json(JsonBodyError::TooLarge(MAX_BODY_BYTES))));
     }
 
     #[test]
     fn labels_are_a_small_fixed_set() {
         let all = [
-            BodyTooLarge(1),
-            MissingContentType,
-            WrongContentType("x".into()),
-            EmptyBody,
-            NotJson,
-            TrailingData,
-            NotAnObject(JsonType::Null),
+            Json(JsonBodyError::TooLarge(1)),
+            Json(JsonBodyError::MissingContentType),
+            Json(JsonBodyError::WrongContentType("x".into())),
+            Json(JsonBodyError::Empty),
+            Json(JsonBodyError::NotJson),
+            Json(JsonBodyError::TrailingData),
+            Json(JsonBodyError::NotAnObject(JsonType::Null)),
             MissingField(Field::Key),
             UnknownField("x".into()),
             DuplicateField(Field::Value),
@@ -473,7 +361,7 @@ mod tests {
     /// an integer past `u64` reaches it as a float.
     #[test]
     fn serde_derive_alone_would_not_tell_the_reasons_apart() {
-        #[derive(Debug, Deserialize)]
+        #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         #[allow(dead_code)]
         struct Derived {
@@ -500,7 +388,7 @@ mod tests {
         fn parsing_arbitrary_text_never_panics(b in "\\PC{0,200}") {
             let _ = parse_body(b.as_bytes());
             let _ = parse_query(Some(&b));
-            let _ = check_content_type(Some(&b));
+            let _ = parse_post(Some(&b), None, b"{}");
         }
 
         #[test]

@@ -19,12 +19,11 @@
 //! (unknown, then duplicate), missing fields, each field's type and value in
 //! the table's order, then the query string.
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::input::{BadInput, Name, Port, Ports, Serial};
 use crate::records::{Command, Status};
-use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonMembers, JsonType, JSON_WHITESPACE};
+use common::engine::request::{truncate_for_message, EventId, IdQueryError, JsonBodyError, JsonType};
 use hyper::Method;
 
 /// The path every write goes to.
@@ -54,22 +53,11 @@ pub enum WidgetReject {
     WrongMethod(&'static str),
     #[error("{0}: malformed percent-encoding or not UTF-8")]
     BadSegment(&'static str),
-    #[error("body is larger than {0} bytes")]
-    BodyTooLarge(usize),
+    /// The body's size, its `Content-Type`, or not one JSON object ([`JsonBodyError`]).
+    #[error(transparent)]
+    Json(JsonBodyError),
     #[error("`DELETE` takes no body")]
     BodyNotAllowed,
-    #[error("missing Content-Type; send `application/json`")]
-    MissingContentType,
-    #[error("Content-Type `{0}` is not `application/json`")]
-    WrongContentType(String),
-    #[error("body is empty; send a JSON object")]
-    EmptyBody,
-    #[error("body is not valid JSON")]
-    NotJson,
-    #[error("data after the JSON object")]
-    TrailingData,
-    #[error("body must be a JSON object, got {0}")]
-    NotAnObject(JsonType),
     #[error("missing field `{0}`")]
     MissingField(&'static str),
     #[error("unknown field `{0}`; the body takes {1}")]
@@ -96,11 +84,10 @@ impl WidgetReject {
         use WidgetReject::*;
         match self {
             BadPath | WrongMethod(_) | BadSegment(_) => "bad_path",
-            BodyTooLarge(_) => "body_too_large",
-            MissingContentType | WrongContentType(_) => "bad_content_type",
-            BodyNotAllowed | EmptyBody | NotJson | TrailingData => "bad_json",
-            NotAnObject(_) | MissingField(_) | UnknownField(..) | DuplicateField(_) | NotString(..) => "bad_fields",
+            BodyNotAllowed => "bad_json",
+            MissingField(_) | UnknownField(..) | DuplicateField(_) | NotString(..) => "bad_fields",
             BadInput(_) | BadWith(_) => "bad_input",
+            Json(e) => e.label(),
             Query(e) => e.label(),
             Refused(Status::NotFound, _) => "not_found",
             Refused(Status::Conflict, _) => "conflict",
@@ -254,23 +241,7 @@ fn no_body(body: &[u8]) -> Result<(), WidgetReject> {
 }
 
 fn check_body(content_type: Option<&str>, body: &[u8]) -> Result<(), WidgetReject> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(WidgetReject::BodyTooLarge(MAX_BODY_BYTES));
-    }
-    check_content_type(content_type)
-}
-
-/// Accepts a JSON content type ([`common::engine::request::is_json_media_type`]).
-///
-/// # Errors
-/// [`WidgetReject::MissingContentType`] or [`WidgetReject::WrongContentType`].
-pub fn check_content_type(content_type: Option<&str>) -> Result<(), WidgetReject> {
-    let raw = content_type.ok_or(WidgetReject::MissingContentType)?;
-    if common::engine::request::is_json_media_type(raw) {
-        Ok(())
-    } else {
-        Err(WidgetReject::WrongContentType(truncate_for_message(raw)))
-    }
+    common::engine::request::check_json_head(content_type, body.len(), MAX_BODY_BYTES).map_err(WidgetReject::Json)
 }
 
 /// The raw values of exactly the fields `names`, in that order.
@@ -280,19 +251,7 @@ fn fields<'b, const N: usize>(
     takes: &'static str,
 ) -> Result<[&'b RawValue; N], WidgetReject> {
     use WidgetReject::*;
-    if body.iter().all(|b| JSON_WHITESPACE.contains(&char::from(*b))) {
-        return Err(EmptyBody);
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let whole = <&RawValue>::deserialize(&mut de).map_err(|_| NotJson)?;
-    de.end().map_err(|_| TrailingData)?;
-    match JsonType::of(whole) {
-        JsonType::Object => {}
-        other => return Err(NotAnObject(other)),
-    }
-    // Valid JSON already, so this only fails on what serde_json checks late
-    // (a lone surrogate in a member name): still not JSON we accept.
-    let JsonMembers(members) = serde_json::from_str(whole.get()).map_err(|_| NotJson)?;
+    let members = common::engine::request::json_object_members(body).map_err(Json)?;
     let mut slots: [Option<&RawValue>; N] = [None; N];
     for (name, raw) in members {
         let i =
@@ -301,17 +260,16 @@ fn fields<'b, const N: usize>(
             return Err(DuplicateField(names[i]));
         }
     }
-    let mut out = [whole; N];
-    for (i, slot) in slots.into_iter().enumerate() {
-        out[i] = slot.ok_or(MissingField(names[i]))?;
+    if let Some(i) = slots.iter().position(Option::is_none) {
+        return Err(MissingField(names[i]));
     }
-    Ok(out)
+    Ok(slots.map(|slot| slot.expect("every field is present")))
 }
 
 /// A field's text; a lone surrogate escape (`"\ud800"`) is not UTF-8: not JSON we accept.
 fn string(raw: &RawValue, field: &'static str) -> Result<String, WidgetReject> {
     match JsonType::of(raw) {
-        JsonType::String => serde_json::from_str(raw.get()).map_err(|_| WidgetReject::NotJson),
+        JsonType::String => serde_json::from_str(raw.get()).map_err(|_| WidgetReject::Json(JsonBodyError::NotJson)),
         other => Err(WidgetReject::NotString(field, other)),
     }
 }
@@ -402,17 +360,17 @@ mod tests {
             create(r#"{"serial": "a", "serial": "b", "name": "n", "ports": "P"}"#),
             Err(DuplicateField("serial"))
         );
-        assert_eq!(create(r#"{"serial": 1, "name": "n", "ports": "P"}"#), Err(NotString("serial", JsonType::Number)));
+        assert_eq!(create(r#"{"serial": 1, "name": "n", "ports": "P"}"#), Err(NotString("serial", JsonType::Integer)));
         assert_eq!(create(r#"{"serial": "a", "name": "n", "ports": "PX"}"#), Err(BadInput(crate::BadInput::BadPorts)));
         assert_eq!(
             create(r#"{"serial": "a", "name": "n", "ports": "PRRQ"}"#),
             Err(BadInput(crate::BadInput::TooManyPorts(4)))
         );
         assert_eq!(create(r#"{"serial": "", "name": "n", "ports": "P"}"#), Err(BadInput(crate::BadInput::EmptySerial)));
-        assert_eq!(create("[]"), Err(NotAnObject(JsonType::Array)));
-        assert_eq!(create("{} x"), Err(TrailingData));
-        assert_eq!(create(" "), Err(EmptyBody));
-        assert_eq!(create("{"), Err(NotJson));
+        assert_eq!(create("[]"), Err(Json(JsonBodyError::NotAnObject(JsonType::Array))));
+        assert_eq!(create("{} x"), Err(Json(JsonBodyError::TrailingData)));
+        assert_eq!(create(" "), Err(Json(JsonBodyError::Empty)));
+        assert_eq!(create("{"), Err(Json(JsonBodyError::NotJson)));
         assert_eq!(post("/widgets/a/associations", r#"{"with": "b"}"#), Err(MissingField("port")));
         assert_eq!(
             post("/widgets/a/associations", r#"{"with": "b", "port": "PP"}"#),
@@ -423,7 +381,7 @@ mod tests {
             Err(BadWith(crate::BadInput::EmptySerial))
         );
         assert_eq!(parse(&Method::DELETE, "/widgets/a", None, None, b"{}"), Err(BodyNotAllowed));
-        assert_eq!(parse(&Method::POST, "/widgets", None, None, b"{}"), Err(MissingContentType));
+        assert_eq!(parse(&Method::POST, "/widgets", None, None, b"{}"), Err(Json(JsonBodyError::MissingContentType)));
         assert_eq!(
             parse(&Method::POST, "/widgets", Some("text/plain"), None, b"{}").unwrap_err().label(),
             "bad_content_type"
