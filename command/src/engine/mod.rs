@@ -33,6 +33,7 @@ mod replies;
 pub mod tail;
 pub mod upload;
 
+use common::engine::request::JsonBodyError;
 use hyper::{Method, StatusCode};
 
 pub use app::{run, CommandApp, Engine};
@@ -205,6 +206,16 @@ pub enum BodyUse<R> {
     /// reads it, up to the edge's limit (`--max-body-bytes`); a larger one is
     /// refused with `too_large(limit_bytes)`, in the workload's words.
     Read { too_large: fn(u64) -> R },
+}
+
+impl<R: From<JsonBodyError>> BodyUse<R> {
+    /// A JSON body (the engine's rules, `common::engine::request`): read, and
+    /// one over the limit refused as [`JsonBodyError::TooLarge`] in the workload's reject.
+    pub const JSON: Self = BodyUse::Read { too_large: json_too_large::<R> };
+}
+
+fn json_too_large<R: From<JsonBodyError>>(limit_bytes: u64) -> R {
+    R::from(JsonBodyError::TooLarge(usize::try_from(limit_bytes).unwrap_or(usize::MAX)))
 }
 
 /// What a workload sees of one request.

@@ -70,13 +70,7 @@ impl Intake for Answers {
     const SUBPATH_METHODS: &'static [Method] = &[Method::PUT, Method::DELETE];
     /// Not used: every write of this workload is answered from its decision.
     const ACCEPTED: StatusCode = StatusCode::OK;
-    const BODY: BodyUse<AnswerReject> = BodyUse::Read {
-        too_large: |limit| {
-            AnswerReject::Json(common::engine::request::JsonBodyError::TooLarge(
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            ))
-        },
-    };
+    const BODY: BodyUse<AnswerReject> = BodyUse::JSON;
     /// A 64 KiB value of control characters, each escaped to six bytes.
     const MIN_BODY_LIMIT: u64 = crate::request::MAX_BODY_BYTES as u64;
 

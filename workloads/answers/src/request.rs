@@ -108,7 +108,7 @@ pub enum AnswerReject {
     BadPath,
     /// The body's size, its `Content-Type`, or not one JSON object ([`JsonBodyError`]).
     #[error(transparent)]
-    Json(JsonBodyError),
+    Json(#[from] JsonBodyError),
     #[error("`DELETE` takes no body")]
     BodyNotAllowed,
     #[error("missing field `{0}`")]
@@ -127,7 +127,7 @@ pub enum AnswerReject {
     ValueTooLong(usize),
     /// The query string ([`common::engine::request::parse_id_query`]).
     #[error(transparent)]
-    Query(IdQueryError),
+    Query(#[from] IdQueryError),
     #[error("the key `{0}` exists")]
     Exists(String),
     #[error("no answer for the key `{0}` (never created, or deleted)")]

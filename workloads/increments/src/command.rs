@@ -40,13 +40,7 @@ impl Intake for Increments {
     const ROUTE: &'static str = "/increment";
     /// The reference's clients expect 200.
     const ACCEPTED: StatusCode = StatusCode::OK;
-    const BODY: BodyUse<IncrementReject> = BodyUse::Read {
-        too_large: |limit| {
-            IncrementReject::Json(common::engine::request::JsonBodyError::TooLarge(
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            ))
-        },
-    };
+    const BODY: BodyUse<IncrementReject> = BodyUse::JSON;
 
     type Event = IncrementEvent;
     type Reject = IncrementReject;

@@ -76,7 +76,7 @@ impl std::fmt::Display for Field {
 pub enum IncrementReject {
     /// The body's size, its `Content-Type`, or not one JSON object ([`JsonBodyError`]).
     #[error(transparent)]
-    Json(JsonBodyError),
+    Json(#[from] JsonBodyError),
     #[error("missing field `{0}`")]
     MissingField(Field),
     #[error("unknown field `{0}`; only `key` and `value` are allowed")]
@@ -95,7 +95,7 @@ pub enum IncrementReject {
     ValueTooLarge,
     /// The query string ([`common::engine::request::parse_id_query`]).
     #[error(transparent)]
-    Query(IdQueryError),
+    Query(#[from] IdQueryError),
 }
 
 impl IncrementReject {

@@ -64,13 +64,7 @@ impl Intake for Widgets {
     const SUBPATH_METHODS: &'static [Method] = &[Method::POST, Method::DELETE];
     /// Not used: every write of this workload is answered from its decision.
     const ACCEPTED: StatusCode = StatusCode::OK;
-    const BODY: BodyUse<WidgetReject> = BodyUse::Read {
-        too_large: |limit| {
-            WidgetReject::Json(common::engine::request::JsonBodyError::TooLarge(
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            ))
-        },
-    };
+    const BODY: BodyUse<WidgetReject> = BodyUse::JSON;
     /// A longest serial and name with every character escaped to six bytes.
     const MIN_BODY_LIMIT: u64 = request::MAX_BODY_BYTES as u64;
 

@@ -55,7 +55,7 @@ pub enum WidgetReject {
     BadSegment(&'static str),
     /// The body's size, its `Content-Type`, or not one JSON object ([`JsonBodyError`]).
     #[error(transparent)]
-    Json(JsonBodyError),
+    Json(#[from] JsonBodyError),
     #[error("`DELETE` takes no body")]
     BodyNotAllowed,
     #[error("missing field `{0}`")]
@@ -72,7 +72,7 @@ pub enum WidgetReject {
     BadWith(BadInput),
     /// The query string ([`common::engine::request::parse_id_query`]).
     #[error(transparent)]
-    Query(IdQueryError),
+    Query(#[from] IdQueryError),
     /// The processor's refusal, in its words ([`crate::Reject`]).
     #[error("{1}")]
     Refused(Status, String),
