@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use ::processor::engine::sim::harness::{self, Simulated, RETENTION_MS};
-use ::processor::engine::{Emit, Planted};
+use ::processor::engine::Emit;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -140,18 +140,7 @@ impl Simulated for Widgets {
 
     /// Every command has a reply, and it is the sequential model's decision.
     fn check_replies(events: &[(i32, WidgetCommand)], replies: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
-        let expected = model(events).1;
-        if replies.len() != expected.len() {
-            return Err(format!("{} replies for {} commands", replies.len(), expected.len()));
-        }
-        for (request, want) in &expected {
-            let payload = replies.get(request).ok_or_else(|| format!("request {request}: no reply"))?;
-            let got = decode_reply(payload).map_err(|e| format!("request {request}: {e}"))?;
-            if got != *want {
-                return Err(format!("request {request}: replied {got:?}, the sequential model decides {want:?}"));
-            }
-        }
-        Ok(())
+        harness::replies_as_modelled(&model(events).1, replies, decode_reply, |_, got, want| got == want)
     }
 }
 
@@ -161,17 +150,8 @@ fn sim_widgets_decides_every_command_as_the_sequential_model() {
 }
 
 /// Every planted bug that can touch decided changes or replies fails some
-/// seed; not a zombie's emits landing (`NoEmitFence`: a change and its
-/// record key are functions of the log alone, the same bytes from any
-/// owner), nor the engine's ids not restored (`IdsNotRestored`: this
-/// workload gives the engine no ids; its own are in its rows), nor a log
-/// transaction committed before its store (`EmitBeforeStored`: the next owner
-/// decides the same commands again into the same records).
+/// seed ([`harness::decided_write_bugs`]).
 #[test]
 fn sim_catches_every_planted_bug_that_applies() {
-    let bugs: Vec<Planted> = harness::BUGS
-        .into_iter()
-        .filter(|b| !matches!(b, Planted::NoEmitFence | Planted::IdsNotRestored | Planted::EmitBeforeStored))
-        .collect();
-    harness::catches::<Widgets>(&bugs);
+    harness::catches::<Widgets>(&harness::decided_write_bugs());
 }

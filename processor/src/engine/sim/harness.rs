@@ -761,6 +761,46 @@ pub const BUGS: [Planted; 9] = [
     Planted::EmitBeforeStored,
 ];
 
+/// The planted bugs a decided-write workload (one that replies, and whose
+/// changes are decided from the log alone) can be caught by: all but a
+/// zombie's emits landing ([`Planted::NoEmitFence`]: a change and its record
+/// key are functions of the log alone, so a former owner's copy is the same
+/// bytes under the same key as the new owner's, and changes nothing a reader
+/// sees), the engine's ids not restored ([`Planted::IdsNotRestored`]: such a
+/// workload gives the engine no ids, its own are in its rows) and a log
+/// transaction committed before its store ([`Planted::EmitBeforeStored`]: the
+/// next owner decides the same commands again into the same records).
+pub fn decided_write_bugs() -> Vec<Planted> {
+    BUGS.into_iter()
+        .filter(|b| !matches!(b, Planted::NoEmitFence | Planted::IdsNotRestored | Planted::EmitBeforeStored))
+        .collect()
+}
+
+/// For [`Simulated::check_replies`]: one reply per request of `expected`
+/// (the sequential model's decisions, by request key), each decoded by
+/// `decode` and `agrees` with its decision.
+///
+/// # Errors
+/// The first request whose reply is missing, unreadable or another decision.
+pub fn replies_as_modelled<M: std::fmt::Debug, R: std::fmt::Debug, E: std::fmt::Display>(
+    expected: &BTreeMap<String, M>,
+    replies: &BTreeMap<String, Vec<u8>>,
+    decode: impl Fn(&[u8]) -> Result<R, E>,
+    agrees: impl Fn(&str, &R, &M) -> bool,
+) -> Result<(), String> {
+    if replies.len() != expected.len() {
+        return Err(format!("{} replies for {} commands", replies.len(), expected.len()));
+    }
+    for (request, want) in expected {
+        let payload = replies.get(request).ok_or_else(|| format!("request {request}: no reply"))?;
+        let got = decode(payload).map_err(|e| format!("request {request}: {e}"))?;
+        if !agrees(request, &got, want) {
+            return Err(format!("request {request}: replied {got:?}, the sequential model decides {want:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The first seed (of at most `max`) that fails with `bug` planted, on this thread.
 pub fn first_failure<W: Simulated>(bug: Planted, max: u64) -> Option<(u64, String)> {
     plant(Some(bug));
