@@ -12,7 +12,7 @@
 //! message is the only way to tell the reasons apart, and serde_json hands an
 //! integer beyond `u64` to the visitor as an `f64`, so "too large" and "a
 //! float" would look alike. Instead the body is read once as JSON (any syntax
-//! error is [`IncrementReject::Json(JsonBodyError::NotJson)`]), its members are collected as raw
+//! error is [`JsonBodyError::NotJson`]), its members are collected as raw
 //! JSON text, and each rule is checked on that text with a typed reason.
 //!
 //! Checks run in a fixed order, and the first failure is the answer: body
