@@ -77,44 +77,27 @@ impl Simulated for Answers {
     }
 
     /// Keys k0..k4, creates, updates and deletes in equal parts (so every
-    /// outcome happens), values with U+0000 in them; 70% with an id, and 20%
-    /// retries (a new request, the same id and write) of one of the last 10
-    /// commands with an id whose first attempt is at most 25 minutes old
-    /// (inside the ids' retention, so a retry answers the first decision).
+    /// outcome happens), values with U+0000 in them; 70% with an id, and
+    /// retries as [`harness::decided_commands`] makes them.
     fn generate(rng: &mut StdRng, retries: &mut u32) -> Vec<AnswerCommand> {
-        let n = rng.random_range(30..150);
-        let mut now = harness::clock(rng);
-        let mut commands: Vec<AnswerCommand> = Vec::with_capacity(n);
-        let mut first_ms: Vec<i64> = Vec::with_capacity(n);
-        for i in 0..n {
-            let now = now(rng);
-            let request = uuid::Uuid::from_u128(rng.random());
-            let recent: Vec<usize> = (0..commands.len())
-                .rev()
-                .take(10)
-                .filter(|k| commands[*k].id.is_some() && now - first_ms[*k] <= 25 * 60_000)
-                .collect();
-            let command = if !recent.is_empty() && rng.random_bool(0.2) {
-                *retries += 1;
-                let k = recent[rng.random_range(0..recent.len())];
-                first_ms.push(first_ms[k]);
-                AnswerCommand { request, accepted_at_ms: now, ..commands[k].clone() }
-            } else {
-                first_ms.push(now);
-                let op = [Op::Create, Op::Update, Op::Delete][rng.random_range(0..3)];
-                let value = format!("v{i}\u{0}{}", rng.random_range(0..100));
-                AnswerCommand {
-                    request,
-                    id: rng.random_bool(0.7).then(|| format!("w{i}")),
-                    op,
-                    key: AnswerKey::parse(&format!("k{}", rng.random_range(0..5))).expect("a valid key"),
-                    value: (op != Op::Delete).then(|| AnswerValue::new(value).expect("short")),
-                    accepted_at_ms: now,
-                }
-            };
-            commands.push(command);
-        }
-        commands
+        let fresh = |rng: &mut StdRng, i: usize, request: u128, now| {
+            let op = [Op::Create, Op::Update, Op::Delete][rng.random_range(0..3)];
+            let value = format!("v{i}\u{0}{}", rng.random_range(0..100));
+            AnswerCommand {
+                request: uuid::Uuid::from_u128(request),
+                id: rng.random_bool(0.7).then(|| format!("w{i}")),
+                op,
+                key: AnswerKey::parse(&format!("k{}", rng.random_range(0..5))).expect("a valid key"),
+                value: (op != Op::Delete).then(|| AnswerValue::new(value).expect("short")),
+                accepted_at_ms: now,
+            }
+        };
+        let retry = |first: &AnswerCommand, request: u128, now| AnswerCommand {
+            request: uuid::Uuid::from_u128(request),
+            accepted_at_ms: now,
+            ..first.clone()
+        };
+        harness::decided_commands(rng, retries, fresh, retry, |c| c.id.is_some())
     }
 
     /// Keyed by the answer key, as the command writes it.

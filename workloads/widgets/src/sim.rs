@@ -86,39 +86,21 @@ impl Simulated for Widgets {
     }
 
     /// Five serials, every kind of command (so every rule and refusal
-    /// happens); 70% with an id, and 20% retries (a new request, the same id
-    /// and command) of one of the last 10 commands with an id whose first
-    /// attempt is at most 25 minutes old (inside the ids' retention).
+    /// happens); 70% with an id, and retries as [`harness::decided_commands`]
+    /// makes them.
     fn generate(rng: &mut StdRng, retries: &mut u32) -> Vec<WidgetCommand> {
-        let n = rng.random_range(30..150);
-        let mut now = harness::clock(rng);
-        let mut commands: Vec<WidgetCommand> = Vec::with_capacity(n);
-        let mut first_ms: Vec<i64> = Vec::with_capacity(n);
-        for i in 0..n {
-            let now = now(rng);
-            let request = uuid::Uuid::from_u128(rng.random());
-            let recent: Vec<usize> = (0..commands.len())
-                .rev()
-                .take(10)
-                .filter(|k| commands[*k].id.is_some() && now - first_ms[*k] <= 25 * 60_000)
-                .collect();
-            let c = if !recent.is_empty() && rng.random_bool(0.2) {
-                *retries += 1;
-                let k = recent[rng.random_range(0..recent.len())];
-                first_ms.push(first_ms[k]);
-                WidgetCommand { request, accepted_at_ms: now, ..commands[k].clone() }
-            } else {
-                first_ms.push(now);
-                WidgetCommand {
-                    request,
-                    id: rng.random_bool(0.7).then(|| format!("w{i}")),
-                    command: command(rng),
-                    accepted_at_ms: now,
-                }
-            };
-            commands.push(c);
-        }
-        commands
+        let fresh = |rng: &mut StdRng, i: usize, request: u128, now| WidgetCommand {
+            request: uuid::Uuid::from_u128(request),
+            id: rng.random_bool(0.7).then(|| format!("w{i}")),
+            command: command(rng),
+            accepted_at_ms: now,
+        };
+        let retry = |first: &WidgetCommand, request: u128, now| WidgetCommand {
+            request: uuid::Uuid::from_u128(request),
+            accepted_at_ms: now,
+            ..first.clone()
+        };
+        harness::decided_commands(rng, retries, fresh, retry, |c| c.id.is_some())
     }
 
     /// Keyed by the shard, as the command writes it.

@@ -73,6 +73,47 @@ pub fn clock(rng: &mut StdRng) -> impl FnMut(&mut StdRng) -> i64 {
         now
     }
 }
+/// The commands of a decided-write workload's run ([`Simulated::generate`]):
+/// 30 to 150 of them, each a new request (a random id); 20 % are retries (a
+/// new request, the same id and write) of one of the last 10 commands that
+/// have an id, while the first attempt is at most 25 minutes old (inside the
+/// ids' retention, so a retry answers the first decision), counted in
+/// `retries`; the others are `fresh(rng, i, request, now)`. `retry(first,
+/// request, now)` is that command again as a new request; a request's id is
+/// 128 random bits (a UUID's).
+pub fn decided_commands<C>(
+    rng: &mut StdRng,
+    retries: &mut u32,
+    mut fresh: impl FnMut(&mut StdRng, usize, u128, i64) -> C,
+    retry: impl Fn(&C, u128, i64) -> C,
+    has_id: impl Fn(&C) -> bool,
+) -> Vec<C> {
+    let n = rng.random_range(30..150);
+    let mut now = clock(rng);
+    let mut commands: Vec<C> = Vec::with_capacity(n);
+    let mut first_ms: Vec<i64> = Vec::with_capacity(n);
+    for i in 0..n {
+        let now = now(rng);
+        let request: u128 = rng.random();
+        let recent: Vec<usize> = (0..commands.len())
+            .rev()
+            .take(10)
+            .filter(|k| has_id(&commands[*k]) && now - first_ms[*k] <= 25 * 60_000)
+            .collect();
+        let command = if !recent.is_empty() && rng.random_bool(0.2) {
+            *retries += 1;
+            let k = recent[rng.random_range(0..recent.len())];
+            first_ms.push(first_ms[k]);
+            retry(&commands[k], request, now)
+        } else {
+            first_ms.push(now);
+            fresh(rng, i, request, now)
+        };
+        commands.push(command);
+    }
+    commands
+}
+
 const TOPIC: &str = "events";
 /// Random steps before the run quiesces.
 const STEPS: usize = 300;
