@@ -158,6 +158,24 @@ pub trait Intake: Send + Sync + 'static {
     }
 }
 
+/// For [`Intake::decided`]: the reply as the workload decoded it, if it is
+/// `request`'s. Otherwise (a reply this build cannot read, or another
+/// request's, which the engine's keying rules out) it is logged and `None`:
+/// the outcome is unknown to the command, as on a timeout.
+pub fn reply_for<R, E: std::fmt::Debug>(
+    request: uuid::Uuid,
+    decoded: Result<R, E>,
+    request_of: impl Fn(&R) -> uuid::Uuid,
+) -> Option<R> {
+    match decoded {
+        Ok(reply) if request_of(&reply) == request => Some(reply),
+        other => {
+            tracing::error!(%request, reply = ?other.map(|r| request_of(&r)), "unreadable decision");
+            None
+        }
+    }
+}
+
 /// A decided write's success: its status, and its JSON body if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {

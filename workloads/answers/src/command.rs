@@ -16,7 +16,7 @@ use crate::request::{self, AnswerReject, AnswerValue};
 use crate::rules::Outcome;
 use crate::wire::{decode_reply, encode_command};
 
-use ::command::engine::{BodyUse, Decided, Input, Intake, Reject, RejectStatus};
+use ::command::engine::{reply_for, BodyUse, Decided, Input, Intake, Reject, RejectStatus};
 
 /// The answers store's writes.
 pub struct Answers {
@@ -107,15 +107,7 @@ impl Intake for Answers {
     /// repeated id answers its first decision: its outcome and version, with
     /// the value this attempt sent (a retry sends the same body).
     fn decided(&self, event: &AnswerCommand, reply: &[u8]) -> Option<Result<Decided, AnswerReject>> {
-        let reply = match decode_reply(reply) {
-            Ok(reply) if reply.request == event.request => reply,
-            // A reply this build cannot read (or not this request's, which the
-            // engine's keying rules out): the outcome is unknown to us, as on a timeout.
-            other => {
-                tracing::error!(request = %event.request, reply = ?other.map(|r| r.request), "unreadable decision");
-                return None;
-            }
-        };
+        let reply = reply_for(event.request, decode_reply(reply), |r| r.request)?;
         let body = || {
             let value = event.value.as_ref().map(AnswerValue::as_str).unwrap_or_default();
             Some(AnswerBody { key: event.key.as_str(), value, version: reply.version }.to_json())

@@ -18,7 +18,7 @@ use crate::records::{Command, Status};
 use crate::request::{self, WidgetReject};
 use crate::wire::{decode_reply, encode_command};
 
-use ::command::engine::{BodyUse, Decided, Input, Intake, Reject, RejectStatus};
+use ::command::engine::{reply_for, BodyUse, Decided, Input, Intake, Reject, RejectStatus};
 
 /// The widgets' writes.
 pub struct Widgets {
@@ -109,14 +109,7 @@ impl Intake for Widgets {
     /// processor's words. A repeated id answers its first decision (with
     /// the body this attempt sent: a retry sends the same).
     fn decided(&self, event: &WidgetCommand, reply: &[u8]) -> Option<Result<Decided, WidgetReject>> {
-        let reply = match decode_reply(reply) {
-            Ok(reply) if reply.request == event.request => reply,
-            // A reply this build cannot read: the outcome is unknown to us, as on a timeout.
-            other => {
-                tracing::error!(request = %event.request, reply = ?other.map(|r| r.request), "unreadable decision");
-                return None;
-            }
-        };
+        let reply = reply_for(event.request, decode_reply(reply), |r| r.request)?;
         let created = |body: String| Ok(Decided { status: StatusCode::CREATED, body: Some(body) });
         let no_content = || Ok(Decided { status: StatusCode::NO_CONTENT, body: None });
         Some(match (reply.outcome, &event.command) {
