@@ -50,6 +50,8 @@ for name in "${scenarios[@]}"; do
     printf 'PASS  %-70s %4ss\n' "$what" $((SECONDS - start)); passed=$((passed + 1))
     # What a scenario measured (the staleness after a restart, say), under its line.
     grep -E '^(staleness|measured)' "$log" | sed 's/^/        /' || true
+    # A passed row's log is gone with its services' (E2E_KEEP_LOGS=1 keeps both).
+    [[ -n ${E2E_KEEP_LOGS:-} ]] || rm -f "$log"
   else
     printf 'FAIL  %-70s %4ss  (%s)\n' "$what" $((SECONDS - start)) "$log"; failed=$((failed + 1))
   fi
@@ -66,6 +68,7 @@ if ((run_group)); then
     # shellcheck disable=SC2086 # the arguments are split on purpose
     if json="$(target/release/group-failover $args 2>target/chaos/group_failover.log | tail -1)"; then
       printf 'MEASURED  the broker group protocol (%s): %s\n' "$args" "$json"
+      [[ -n ${E2E_KEEP_LOGS:-} ]] || rm -f target/chaos/group_failover.log
     else
       printf 'FAIL  group failover measurement (%s), see target/chaos/group_failover.log\n' "$args"; failed=$((failed + 1))
     fi
