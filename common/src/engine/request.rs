@@ -1,8 +1,10 @@
 //! Request rules every workload's HTTP edge shares: the client's event id
 //! (deduplication is engine policy: the processor counts an id once while
 //! its period is open), strict percent-decoding of query-string parts, the
-//! query-string size limit, and how user input is quoted in messages.
-//! Pure: no I/O. Each workload maps the errors into its own reject reasons.
+//! query-string size limit, how user input is quoted in messages, and a
+//! JSON write's rules (a query of only `id`, the body's size and
+//! `Content-Type`, one JSON object) with their one-line reasons and metrics
+//! labels, which a JSON workload's reject carries as they are. Pure: no I/O.
 
 /// Longest accepted query string, in bytes as received.
 pub const MAX_QUERY_BYTES: usize = 2048;
