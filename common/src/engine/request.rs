@@ -180,7 +180,8 @@ impl JsonBodyError {
 }
 
 /// A JSON write's head: a body of at most `max` bytes (checked first), then
-/// a JSON `Content-Type` ([`is_json_media_type`]).
+/// a JSON `Content-Type`: `application/json`, any case, optionally with
+/// well-formed parameters; a `charset`, if given, `utf-8`.
 ///
 /// # Errors
 /// [`JsonBodyError::TooLarge`], [`JsonBodyError::MissingContentType`] or [`JsonBodyError::WrongContentType`].
@@ -197,7 +198,7 @@ pub fn check_json_head(content_type: Option<&str>, body_len: usize, max: usize) 
 }
 
 /// A body that must be one JSON object: its members in document order,
-/// duplicates kept, values as raw JSON ([`JsonMembers`]), for the workload
+/// duplicates kept, values as raw JSON, for the workload
 /// to check names, duplicates and types in its own words.
 ///
 /// # Errors
@@ -225,7 +226,7 @@ pub fn json_object_members(body: &[u8]) -> Result<Vec<(String, &serde_json::valu
 /// optionally with parameters (`name=value`, separated by `;`, whitespace
 /// around them ignored); a `charset` parameter must be `utf-8` (quoted or
 /// not), as JSON is.
-pub fn is_json_media_type(content_type: &str) -> bool {
+fn is_json_media_type(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     let media = parts.next().unwrap_or("");
     let param_ok = |p: &str| {
@@ -323,7 +324,7 @@ pub fn parse_id_query(query: Option<&str>) -> Result<Option<EventId>, IdQueryErr
 /// checks names, duplicates and types in its own words (serde's derive
 /// would keep the last of two equal names, or refuse in its words).
 #[derive(Debug)]
-pub struct JsonMembers<'a>(pub Vec<(String, &'a serde_json::value::RawValue)>);
+struct JsonMembers<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
 
 impl<'de> serde::Deserialize<'de> for JsonMembers<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
